@@ -1,0 +1,46 @@
+use std::path::PathBuf;
+
+/// What went wrong with the repository, in terms a caller can branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {key} not found in the repository")]
+    NotFound { key: String },
+    #[error("object {key} already exists in the repository")]
+    AlreadyExists { key: String },
+    #[error("object {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    #[error("repository I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("repository at {path} is not usable: {reason}")]
+    Unavailable { path: PathBuf, reason: String },
+}
+
+impl StorageError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StorageError::Io { path: path.into(), source }
+    }
+
+    /// True when the object is simply absent, as opposed to the repository failing.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// True when retrying the same call may succeed (a transient I/O failure).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+}

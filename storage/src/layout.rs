@@ -1,0 +1,75 @@
+//! Where each object lives in the repository. Every key is built here and nowhere else.
+//!
+//! ```text
+//! cluster.json                                 the cluster this repository archives (create-only)
+//! wal/<sysid>/<TTTTTTTT>/<wal file name>       one framed object per WAL, history or backup file
+//! chunks/<first 2 hex>/<blake3 hex>            one framed object per chunk, keyed by content
+//! backups/<backup id>/manifest                 the framed JSON manifest; written last
+//! backups/<backup id>/<backup id>.metadata     plain JSON summary for people and older tools
+//! ```
+//!
+//! A backup exists once its manifest exists: the manifest is written only after every chunk it
+//! names is durable, so a crash mid-backup leaves unreferenced chunks, never a broken backup.
+
+use crate::wal::WalFileName;
+
+pub const CLUSTER_KEY: &str = "cluster.json";
+pub const WAL_PREFIX: &str = "wal/";
+pub const BACKUPS_PREFIX: &str = "backups/";
+pub const CHUNKS_PREFIX: &str = "chunks/";
+pub const MANIFEST_NAME: &str = "manifest";
+
+pub fn wal_prefix(system_identifier: u64) -> String {
+    format!("{WAL_PREFIX}{system_identifier}/")
+}
+
+pub fn wal_key(system_identifier: u64, name: &WalFileName) -> String {
+    format!("{WAL_PREFIX}{system_identifier}/{}/{name}", name.timeline())
+}
+
+/// Recover the cluster and file name from a WAL key (for catalog rebuild).
+pub fn parse_wal_key(key: &str) -> Option<(u64, WalFileName)> {
+    let rest = key.strip_prefix(WAL_PREFIX)?;
+    let mut parts = rest.split('/');
+    let sysid = parts.next()?.parse().ok()?;
+    let _timeline = parts.next()?;
+    let name = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((sysid, name))
+}
+
+pub fn chunk_key(hash_hex: &str) -> String {
+    let shard = hash_hex.get(..2).unwrap_or("00");
+    format!("{CHUNKS_PREFIX}{shard}/{hash_hex}")
+}
+
+pub fn manifest_key(backup_id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{backup_id}/{MANIFEST_NAME}")
+}
+
+pub fn metadata_key(backup_id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{backup_id}/{backup_id}.metadata")
+}
+
+/// The backup id of a manifest key, if it is one.
+pub fn parse_manifest_key(key: &str) -> Option<&str> {
+    key.strip_prefix(BACKUPS_PREFIX)?
+        .strip_suffix(MANIFEST_NAME)?
+        .strip_suffix('/')
+        .filter(|id| !id.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let name: WalFileName = "000000020000000000000003".parse().expect("name");
+        let key = wal_key(7, &name);
+        assert_eq!(key, "wal/7/00000002/000000020000000000000003");
+        assert_eq!(parse_wal_key(&key), Some((7, name)));
+        assert_eq!(parse_manifest_key(&manifest_key("backup_20251227_010000")), Some("backup_20251227_010000"));
+        assert_eq!(parse_manifest_key("backups/x/y/manifest"), None);
+        assert_eq!(chunk_key("abcdef"), "chunks/ab/abcdef");
+    }
+}

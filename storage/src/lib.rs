@@ -1,0 +1,22 @@
+//! The repository: where every backup, chunk and WAL file lives, and the format it is stored in.
+//!
+//! - [`Storage`]: the backend contract (local filesystem now; S3 next), with [`LocalStorage`].
+//! - [`object`]: the self-describing framed object format (codec, length, blake3) that every
+//!   stored object uses; anything read back is verified against it.
+//! - [`wal`]: WAL file names, timelines and LSNs as validated types.
+//! - [`chunking`]: page-aligned blocks for relation files, content-defined chunks for streams.
+//! - [`manifest`]: what a backup is made of; [`layout`]: which key each object lives under.
+
+pub mod chunking;
+mod error;
+pub mod layout;
+mod local;
+pub mod manifest;
+pub mod object;
+mod storage;
+pub mod wal;
+
+pub use error::StorageError;
+pub use local::LocalStorage;
+pub use object::{Codec, Compression, ObjectHeader};
+pub use storage::{Durability, ObjectMeta, PutMode, PutOutcome, Storage, StorageExt};

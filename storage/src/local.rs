@@ -1,0 +1,360 @@
+//! The local filesystem backend: a repository is a directory, a key is a relative path.
+//!
+//! Crash safety: every put writes a uniquely named temporary file (`.tmp.*`, ignored by
+//! `list`) in the target directory, then renames it into place (`Overwrite`) or hard-links it
+//! (`Create`, so an existing object is never replaced). Immediate puts fsync the file before
+//! the rename and the directory after; deferred puts are made durable by one `syncfs` in
+//! [`Storage::sync`].
+
+use std::io::ErrorKind;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::storage::ObjectReader;
+use crate::{Durability, ObjectMeta, PutMode, PutOutcome, Storage, StorageError};
+
+const TEMP_PREFIX: &str = ".tmp.";
+
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalStorage {
+    /// Open (creating if needed) a repository rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| StorageError::Unavailable {
+            path: root.clone(),
+            reason: format!("cannot create the repository directory ({e}); check BACKUP_DIR and its permissions"),
+        })?;
+        let meta = std::fs::metadata(&root).map_err(|e| StorageError::io(&root, e))?;
+        if !meta.is_dir() {
+            return Err(StorageError::Unavailable {
+                path: root,
+                reason: "it is not a directory; point BACKUP_DIR at a directory".into(),
+            });
+        }
+        Ok(LocalStorage { root })
+    }
+
+    /// Open an existing repository without creating it (readers must not invent an empty one).
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        let root = root.into();
+        match std::fs::metadata(&root) {
+            Ok(meta) if meta.is_dir() => Ok(LocalStorage { root }),
+            Ok(_) => Err(StorageError::Unavailable {
+                path: root,
+                reason: "it is not a directory; point BACKUP_DIR at the repository".into(),
+            }),
+            Err(e) => Err(StorageError::Unavailable {
+                path: root,
+                reason: format!("{e}; point BACKUP_DIR at the repository"),
+            }),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), StorageError> {
+    let invalid = |reason: &str| StorageError::InvalidKey {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
+    if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
+        return Err(invalid("keys are relative paths with no leading or trailing '/'"));
+    }
+    for part in key.split('/') {
+        if part.is_empty() || part == "." || part == ".." || part.starts_with(TEMP_PREFIX) {
+            return Err(invalid("empty, '.', '..' or temporary path component"));
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid("only ASCII letters, digits, '.', '_' and '-' are allowed"));
+        }
+    }
+    Ok(())
+}
+
+fn map_open_error(key: &str, path: &Path, e: std::io::Error) -> StorageError {
+    if e.kind() == ErrorKind::NotFound {
+        StorageError::NotFound { key: key.to_string() }
+    } else {
+        StorageError::io(path, e)
+    }
+}
+
+async fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    let file = tokio::fs::File::open(dir)
+        .await
+        .map_err(|e| StorageError::io(dir, e))?;
+    file.sync_all().await.map_err(|e| StorageError::io(dir, e))
+}
+
+/// Create `dir` and, for durable puts, fsync the parents of every directory it had to create.
+async fn ensure_dir(root: &Path, dir: &Path, durability: Durability) -> Result<(), StorageError> {
+    if tokio::fs::metadata(dir).await.is_ok() {
+        return Ok(());
+    }
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| StorageError::io(dir, e))?;
+    if durability == Durability::Immediate {
+        let mut current = dir;
+        while let Some(parent) = current.parent() {
+            fsync_dir(parent).await?;
+            if parent == root || !parent.starts_with(root) {
+                break;
+            }
+            current = parent;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut payload: ObjectReader,
+        mode: PutMode,
+        durability: Durability,
+    ) -> Result<PutOutcome, StorageError> {
+        let path = self.path_of(key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        ensure_dir(&self.root, &dir, durability).await?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = dir.join(format!(
+            "{TEMP_PREFIX}{file_name}.{}.{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = write_temp(&temp, &mut payload, durability).await;
+        let result = match result {
+            Ok(()) => publish(&temp, &path, key, mode).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() || mode == PutMode::Create {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        result?;
+        if durability == Durability::Immediate {
+            fsync_dir(&dir).await?;
+        }
+        Ok(PutOutcome::Written)
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let path = self.path_of(key)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| map_open_error(key, &path, e))?;
+        Ok(Box::new(tokio::io::BufReader::with_capacity(1 << 20, file)))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StorageError> {
+        let path = self.path_of(key)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| map_open_error(key, &path, e))?;
+        file.seek(std::io::SeekFrom::Start(range.start))
+            .await
+            .map_err(|e| StorageError::io(&path, e))?;
+        let mut bytes = Vec::new();
+        file.take(range.end.saturating_sub(range.start))
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StorageError::io(&path, e))?;
+        Ok(bytes)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        let path = self.path_of(key)?;
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| map_open_error(key, &path, e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: meta.len(),
+            last_modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
+            .await
+            .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(&path, e)),
+        }
+    }
+
+    async fn sync(&self) -> Result<(), StorageError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = std::fs::File::open(&root).map_err(|e| StorageError::io(&root, e))?;
+            rustix::fs::syncfs(&dir).map_err(|e| StorageError::io(&root, e.into()))
+        })
+        .await
+        .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+async fn write_temp(
+    temp: &Path,
+    payload: &mut ObjectReader,
+    durability: Durability,
+) -> Result<(), StorageError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temp)
+        .await
+        .map_err(|e| StorageError::io(temp, e))?;
+    tokio::io::copy(payload, &mut file)
+        .await
+        .map_err(|e| StorageError::io(temp, e))?;
+    file.flush().await.map_err(|e| StorageError::io(temp, e))?;
+    if durability == Durability::Immediate {
+        file.sync_all().await.map_err(|e| StorageError::io(temp, e))?;
+    }
+    Ok(())
+}
+
+async fn publish(temp: &Path, path: &Path, key: &str, mode: PutMode) -> Result<(), StorageError> {
+    match mode {
+        PutMode::Overwrite => tokio::fs::rename(temp, path)
+            .await
+            .map_err(|e| StorageError::io(path, e)),
+        PutMode::Create => match tokio::fs::hard_link(temp, path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(StorageError::AlreadyExists {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(StorageError::io(path, e)),
+        },
+    }
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    // Start from the deepest directory the prefix names, so listing one timeline does not walk
+    // the whole repository.
+    let start_rel = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let start = if start_rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(start_rel)
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(StorageError::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let path = entry.path();
+            let meta = entry.metadata().map_err(|e| StorageError::io(&path, e))?;
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let key = rel.to_string_lossy().replace('\\', "/");
+            if key.starts_with(prefix) && validate_key(&key).is_ok() {
+                out.push(ObjectMeta {
+                    key,
+                    size: meta.len(),
+                    last_modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StorageExt;
+
+    #[tokio::test]
+    async fn create_never_replaces_and_overwrite_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStorage::open(dir.path()).expect("open");
+        store
+            .put_bytes("a/b", b"one".to_vec(), PutMode::Create, Durability::Immediate)
+            .await
+            .expect("first put");
+        let err = store
+            .put_bytes("a/b", b"two".to_vec(), PutMode::Create, Durability::Immediate)
+            .await
+            .expect_err("second create must fail");
+        assert!(matches!(err, StorageError::AlreadyExists { .. }));
+        assert_eq!(store.get_bytes("a/b").await.expect("get"), b"one");
+        store
+            .put_bytes("a/b", b"three".to_vec(), PutMode::Overwrite, Durability::Deferred)
+            .await
+            .expect("overwrite");
+        store.sync().await.expect("sync");
+        assert_eq!(store.get_bytes("a/b").await.expect("get"), b"three");
+        assert_eq!(store.get_range("a/b", 1..3).await.expect("range"), b"hr");
+        let keys: Vec<_> = store.list("a/").await.expect("list").into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, vec!["a/b".to_string()]);
+        assert!(store.get_bytes("a/c").await.expect_err("missing").is_not_found());
+        store.delete("a/b").await.expect("delete");
+        store.delete("a/b").await.expect("delete twice");
+        assert!(!store.exists("a/b").await.expect("exists"));
+    }
+
+    #[test]
+    fn keys_cannot_escape_the_repository() {
+        for key in ["", "/etc/passwd", "a/../b", "a//b", "a/.tmp.x", "a b"] {
+            assert!(validate_key(key).is_err(), "{key:?} accepted");
+        }
+        assert!(validate_key("wal/7312/00000001/000000010000000000000001").is_ok());
+    }
+}

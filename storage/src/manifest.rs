@@ -1,0 +1,162 @@
+//! A backup manifest: everything needed to put a backup back, and to know it is whole.
+//!
+//! Stored as JSON inside a framed object at `backups/<id>/manifest`. Relation files list their
+//! blocks; small files are concatenated (in manifest order) into one "pack" stream that is cut
+//! by content, and each small file names its offset in that stream.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wal::{Lsn, TimelineId};
+
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// blake3 of the plaintext, hex.
+    pub hash: String,
+    /// Plaintext length.
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the data directory, '/'-separated.
+    pub path: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    /// Bytes as copied (a relation may grow or shrink while it is copied; WAL replay fixes it).
+    pub size: u64,
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+    /// Blocks of a relation file, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<ChunkRef>,
+    /// Offset of a small file in the pack stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    pub format: u32,
+    pub backup_id: String,
+    pub service: String,
+    pub kind: String,
+    pub system_identifier: u64,
+    pub server_version: String,
+    pub database: String,
+    pub timeline: TimelineId,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub segment_size: u64,
+    pub started_at: jiff::Timestamp,
+    pub finished_at: jiff::Timestamp,
+    pub block_size: u64,
+    pub files: Vec<FileEntry>,
+    pub pack: Vec<ChunkRef>,
+    /// The `backup_label` from `pg_backup_stop`, written into the data directory on restore.
+    pub backup_label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_map: Option<String>,
+    /// Rows per table (`schema.table`) in `database` when the backup started.
+    pub row_counts: BTreeMap<String, i64>,
+    /// Bytes of data backed up (plaintext).
+    pub size_bytes: u64,
+    /// Bytes this backup added to the repository (new chunks, compressed).
+    pub new_bytes: u64,
+}
+
+impl BackupManifest {
+    /// Every chunk the backup needs, each once.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        let mut seen = std::collections::HashSet::new();
+        self.files
+            .iter()
+            .flat_map(|f| f.blocks.iter())
+            .chain(self.pack.iter())
+            .filter(move |c| seen.insert(c.hash.as_str()))
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serializes")
+    }
+
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, crate::StorageError> {
+        let manifest: BackupManifest =
+            serde_json::from_slice(bytes).map_err(|e| crate::StorageError::Corrupt {
+                key: key.to_string(),
+                reason: format!("manifest does not parse: {e}"),
+            })?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(crate::StorageError::Corrupt {
+                key: key.to_string(),
+                reason: format!(
+                    "manifest format {} is not supported by this lifeline; upgrade lifeline",
+                    manifest.format
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_lists_chunks_once() {
+        let chunk = ChunkRef { hash: "ab".repeat(32), len: 8192 };
+        let manifest = BackupManifest {
+            format: MANIFEST_FORMAT,
+            backup_id: "backup_20251227_010000".into(),
+            service: "postgresql".into(),
+            kind: "base".into(),
+            system_identifier: 42,
+            server_version: "15.18".into(),
+            database: "app".into(),
+            timeline: TimelineId(1),
+            start_lsn: Lsn(0x200_0028),
+            stop_lsn: Lsn(0x200_0100),
+            start_wal: "000000010000000000000002".into(),
+            stop_wal: "000000010000000000000002".into(),
+            segment_size: 16 << 20,
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            finished_at: jiff::Timestamp::UNIX_EPOCH,
+            block_size: 262_144,
+            files: vec![FileEntry {
+                path: "base/1/1259".into(),
+                kind: EntryKind::File,
+                mode: 0o600,
+                size: 16384,
+                mtime: 0,
+                link_target: None,
+                blocks: vec![chunk.clone(), chunk.clone()],
+                pack_offset: None,
+            }],
+            pack: vec![chunk.clone()],
+            backup_label: "START WAL LOCATION: 0/2000028".into(),
+            tablespace_map: None,
+            row_counts: BTreeMap::from([("public.t".to_string(), 3)]),
+            size_bytes: 16384,
+            new_bytes: 100,
+        };
+        let back = BackupManifest::from_json("k", &manifest.to_json()).expect("parse");
+        assert_eq!(back, manifest);
+        assert_eq!(back.chunks().count(), 1);
+        assert!(BackupManifest::from_json("k", b"{}").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The backend contract.
+//!
+//! Contract every backend keeps:
+//! - A put is atomic: a reader sees the whole object or nothing, never a prefix.
+//! - [`PutMode::Create`] never replaces an existing object; it fails with
+//!   [`StorageError::AlreadyExists`] and leaves the existing object untouched. WAL is written
+//!   this way so that nothing archived can be overwritten.
+//! - [`Durability::Immediate`] puts are durable when they return. [`Durability::Deferred`] puts
+//!   are durable once [`Storage::sync`] returns; until then a crash may lose them (never expose
+//!   a torn object under its final key). Chunks are written deferred and synced once before the
+//!   manifest that references them, which is what makes a backup of thousands of chunks fast.
+//! - `list` returns every key under a prefix that was completely put before the call started.
+
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::io::AsyncRead;
+
+use crate::StorageError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there (chunks: same key means same content).
+    Overwrite,
+    /// Fail with `AlreadyExists` if the key is taken.
+    Create,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Immediate,
+    Deferred,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Written,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
+}
+
+pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
+
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Store the bytes read from `payload` under `key`, streaming (never the whole object in memory).
+    async fn put_stream(
+        &self,
+        key: &str,
+        payload: ObjectReader,
+        mode: PutMode,
+        durability: Durability,
+    ) -> Result<PutOutcome, StorageError>;
+
+    /// A reader over the whole object.
+    async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError>;
+
+    /// The bytes of `range` (clamped to the object's end).
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StorageError>;
+
+    /// The object's metadata, or `NotFound`.
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError>;
+
+    /// Every key below `prefix`, in lexical order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Remove the object; removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Make every earlier `Deferred` put durable.
+    async fn sync(&self) -> Result<(), StorageError>;
+
+    /// Where the repository is, for messages (never carries credentials).
+    fn describe(&self) -> String;
+}
+
+/// Conveniences over the required core, implemented for every backend.
+#[async_trait]
+pub trait StorageExt: Storage {
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        mode: PutMode,
+        durability: Durability,
+    ) -> Result<PutOutcome, StorageError> {
+        let reader: ObjectReader = Box::new(std::io::Cursor::new(bytes));
+        self.put_stream(key, reader, mode, durability).await
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        use tokio::io::AsyncReadExt;
+        let mut reader = self.get_stream(key).await?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StorageError::io(key, e))?;
+        Ok(bytes)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl<T: Storage + ?Sized> StorageExt for T {}
