@@ -1,1 +1,15 @@
+//! The SQLite catalog: an index of the repository (clusters, WAL files, backups) that answers
+//! "which backup, which WAL" quickly. The repository stays the source of truth:
+//! [`rebuild`] recreates the catalog from it alone.
+//!
+//! Many `wal push` processes write at once: the database runs in WAL journal mode with a busy
+//! timeout, and every writer takes the write lock up front (`BEGIN IMMEDIATE`) so that two
+//! writers never deadlock upgrading read locks.
 
+mod db;
+mod error;
+mod rebuild;
+
+pub use db::{BackupRecord, BackupState, Catalog, WalRecord};
+pub use error::CatalogError;
+pub use rebuild::{RebuildSummary, rebuild};

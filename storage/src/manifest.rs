@@ -113,6 +113,21 @@ impl BackupManifest {
     }
 }
 
+/// `cluster.json`: the one cluster a repository archives, fixed by the first push or backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    /// Kept as a string: JSON readers lose precision on 64-bit integers.
+    pub system_identifier: String,
+    pub segment_size: u64,
+    pub created_at: jiff::Timestamp,
+}
+
+impl ClusterIdentity {
+    pub fn system_identifier(&self) -> Option<u64> {
+        self.system_identifier.parse().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

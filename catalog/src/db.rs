@@ -1,0 +1,493 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::CatalogError;
+use crate::error::QueryContext;
+
+/// Schema versions, applied in order; `user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE clusters (
+        system_identifier TEXT PRIMARY KEY,
+        first_seen_us INTEGER NOT NULL
+    );
+    CREATE TABLE wal_files (
+        system_identifier TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        timeline INTEGER NOT NULL,
+        segment_number INTEGER,
+        size_bytes INTEGER NOT NULL,
+        stored_bytes INTEGER NOT NULL,
+        checksum TEXT NOT NULL,
+        archived_at_us INTEGER NOT NULL,
+        PRIMARY KEY (system_identifier, name)
+    );
+    CREATE INDEX wal_files_by_segment ON wal_files (system_identifier, segment_number);
+    CREATE TABLE backups (
+        backup_id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        system_identifier TEXT NOT NULL,
+        timeline INTEGER NOT NULL,
+        start_lsn INTEGER NOT NULL,
+        stop_lsn INTEGER NOT NULL,
+        start_wal TEXT NOT NULL,
+        stop_wal TEXT NOT NULL,
+        started_at_us INTEGER NOT NULL,
+        finished_at_us INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        new_bytes INTEGER NOT NULL,
+        file_count INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        retention TEXT NOT NULL,
+        restorability TEXT NOT NULL
+    );
+    CREATE INDEX backups_by_time ON backups (service, finished_at_us);",
+];
+
+/// One archived WAL, history or backup-history file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRecord {
+    pub system_identifier: u64,
+    pub name: String,
+    pub kind: String,
+    pub timeline: u32,
+    pub segment_number: Option<u64>,
+    pub size_bytes: u64,
+    pub stored_bytes: u64,
+    pub checksum: String,
+    pub archived_at_us: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupState {
+    Running,
+    Complete,
+    Failed,
+}
+
+impl BackupState {
+    fn as_str(self) -> &'static str {
+        match self {
+            BackupState::Running => "running",
+            BackupState::Complete => "complete",
+            BackupState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, CatalogError> {
+        match s {
+            "running" => Ok(BackupState::Running),
+            "complete" => Ok(BackupState::Complete),
+            "failed" => Ok(BackupState::Failed),
+            other => Err(CatalogError::Invalid { what: "backups.state", value: other.into() }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    pub backup_id: String,
+    pub service: String,
+    pub kind: String,
+    pub system_identifier: u64,
+    pub timeline: u32,
+    pub start_lsn: u64,
+    pub stop_lsn: u64,
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub started_at_us: i64,
+    pub finished_at_us: i64,
+    pub size_bytes: u64,
+    pub new_bytes: u64,
+    pub file_count: u64,
+    pub state: BackupState,
+    pub retention: String,
+    pub restorability: String,
+}
+
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("path", &self.path).finish()
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    // LSNs and sizes fit in 63 bits in practice; store the bit pattern so nothing is lost.
+    v as i64
+}
+
+fn to_u64(v: i64) -> u64 {
+    v as u64
+}
+
+fn parse_sysid(s: String) -> Result<u64, rusqlite::Error> {
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+impl Catalog {
+    /// Open (creating and migrating if needed) the catalog at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| CatalogError::Open { path: path.clone(), source };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(open_err)?;
+        set_wal_journal(&conn).map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        migrate(&mut conn)
+            .map_err(|e| CatalogError::Migrate { path: path.clone(), reason: e.to_string() })?;
+        Ok(Catalog { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn register_cluster(&mut self, system_identifier: u64, now_us: i64) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO clusters (system_identifier, first_seen_us) VALUES (?1, ?2)",
+                params![system_identifier.to_string(), now_us],
+            )
+            .doing("registering the cluster")?;
+        Ok(())
+    }
+
+    pub fn clusters(&self) -> Result<Vec<u64>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT system_identifier FROM clusters ORDER BY first_seen_us")
+            .doing("listing clusters")?;
+        let rows = stmt
+            .query_map([], |r| parse_sysid(r.get(0)?))
+            .doing("listing clusters")?;
+        rows.collect::<Result<_, _>>().doing("listing clusters")
+    }
+
+    pub fn record_wal(&mut self, wal: &WalRecord) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("recording a WAL file")?;
+        insert_wal(&tx, wal)?;
+        tx.commit().doing("recording a WAL file")
+    }
+
+    /// Every archived WAL file of a cluster, ordered by timeline and name.
+    pub fn wal_files(&self, system_identifier: u64) -> Result<Vec<WalRecord>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT system_identifier, name, kind, timeline, segment_number, size_bytes,
+                        stored_bytes, checksum, archived_at_us
+                 FROM wal_files WHERE system_identifier = ?1 ORDER BY timeline, name",
+            )
+            .doing("listing WAL files")?;
+        let rows = stmt
+            .query_map(params![system_identifier.to_string()], wal_from_row)
+            .doing("listing WAL files")?;
+        rows.collect::<Result<_, _>>().doing("listing WAL files")
+    }
+
+    /// The most recently archived WAL file of any cluster.
+    pub fn last_wal(&self) -> Result<Option<WalRecord>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT system_identifier, name, kind, timeline, segment_number, size_bytes,
+                        stored_bytes, checksum, archived_at_us
+                 FROM wal_files ORDER BY archived_at_us DESC, name DESC LIMIT 1",
+                [],
+                wal_from_row,
+            )
+            .optional()
+            .doing("finding the last archived WAL")
+    }
+
+    pub fn wal_totals(&self) -> Result<(u64, u64), CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM wal_files",
+                [],
+                |r| Ok((to_u64(r.get(0)?), to_u64(r.get(1)?))),
+            )
+            .doing("summing WAL files")
+    }
+
+    pub fn upsert_backup(&mut self, backup: &BackupRecord) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("recording a backup")?;
+        insert_backup(&tx, backup)?;
+        tx.commit().doing("recording a backup")
+    }
+
+    /// Backups in the order they finished (never by name), optionally of one service.
+    pub fn backups(&self, service: Option<&str>) -> Result<Vec<BackupRecord>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT backup_id, service, kind, system_identifier, timeline, start_lsn, stop_lsn,
+                        start_wal, stop_wal, started_at_us, finished_at_us, size_bytes, new_bytes,
+                        file_count, state, retention, restorability
+                 FROM backups WHERE (?1 IS NULL OR service = ?1)
+                 ORDER BY finished_at_us, stop_lsn, backup_id",
+            )
+            .doing("listing backups")?;
+        let rows = stmt
+            .query_map(params![service], backup_from_row)
+            .doing("listing backups")?;
+        let raw: Vec<(BackupRecord, String)> = rows.collect::<Result<_, _>>().doing("listing backups")?;
+        raw.into_iter()
+            .map(|(mut b, state)| {
+                b.state = BackupState::parse(&state)?;
+                Ok(b)
+            })
+            .collect()
+    }
+
+    pub fn backup(&self, backup_id: &str) -> Result<Option<BackupRecord>, CatalogError> {
+        Ok(self.backups(None)?.into_iter().find(|b| b.backup_id == backup_id))
+    }
+
+    /// Replace the whole content with what the repository holds (catalog rebuild).
+    pub fn replace_all(
+        &mut self,
+        clusters: &[(u64, i64)],
+        wal: &[WalRecord],
+        backups: &[BackupRecord],
+    ) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("rebuilding the catalog")?;
+        tx.execute_batch("DELETE FROM wal_files; DELETE FROM backups; DELETE FROM clusters;")
+            .doing("clearing the catalog")?;
+        for (sysid, first_seen) in clusters {
+            tx.execute(
+                "INSERT OR IGNORE INTO clusters (system_identifier, first_seen_us) VALUES (?1, ?2)",
+                params![sysid.to_string(), first_seen],
+            )
+            .doing("restoring a cluster")?;
+        }
+        for w in wal {
+            insert_wal(&tx, w)?;
+        }
+        for b in backups {
+            insert_backup(&tx, b)?;
+        }
+        tx.commit().doing("rebuilding the catalog")
+    }
+}
+
+/// Switching to WAL journal mode takes an exclusive lock that the busy handler does not wait
+/// for, so concurrent first opens retry briefly.
+fn set_wal_journal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let mut attempt = 0;
+    loop {
+        let mode: Result<String, _> =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0));
+        match mode {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 200 && is_busy(&e) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5 + attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Check the version and migrate in one write transaction, so that many processes opening a
+/// new catalog at once apply each migration exactly once.
+fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in (1i64..).zip(MIGRATIONS.iter()) {
+        if i <= version {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i)?;
+    }
+    tx.commit()
+}
+
+fn insert_wal(conn: &Connection, wal: &WalRecord) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO wal_files (system_identifier, name, kind, timeline, segment_number,
+             size_bytes, stored_bytes, checksum, archived_at_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            wal.system_identifier.to_string(),
+            wal.name,
+            wal.kind,
+            wal.timeline,
+            wal.segment_number.map(to_i64),
+            to_i64(wal.size_bytes),
+            to_i64(wal.stored_bytes),
+            wal.checksum,
+            wal.archived_at_us
+        ],
+    )
+    .doing("recording a WAL file")?;
+    Ok(())
+}
+
+fn insert_backup(conn: &Connection, b: &BackupRecord) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO backups (backup_id, service, kind, system_identifier, timeline,
+             start_lsn, stop_lsn, start_wal, stop_wal, started_at_us, finished_at_us, size_bytes,
+             new_bytes, file_count, state, retention, restorability)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            b.backup_id,
+            b.service,
+            b.kind,
+            b.system_identifier.to_string(),
+            b.timeline,
+            to_i64(b.start_lsn),
+            to_i64(b.stop_lsn),
+            b.start_wal,
+            b.stop_wal,
+            b.started_at_us,
+            b.finished_at_us,
+            to_i64(b.size_bytes),
+            to_i64(b.new_bytes),
+            to_i64(b.file_count),
+            b.state.as_str(),
+            b.retention,
+            b.restorability
+        ],
+    )
+    .doing("recording a backup")?;
+    Ok(())
+}
+
+fn wal_from_row(r: &rusqlite::Row<'_>) -> Result<WalRecord, rusqlite::Error> {
+    Ok(WalRecord {
+        system_identifier: parse_sysid(r.get(0)?)?,
+        name: r.get(1)?,
+        kind: r.get(2)?,
+        timeline: r.get(3)?,
+        segment_number: r.get::<_, Option<i64>>(4)?.map(to_u64),
+        size_bytes: to_u64(r.get(5)?),
+        stored_bytes: to_u64(r.get(6)?),
+        checksum: r.get(7)?,
+        archived_at_us: r.get(8)?,
+    })
+}
+
+fn backup_from_row(r: &rusqlite::Row<'_>) -> Result<(BackupRecord, String), rusqlite::Error> {
+    Ok((
+        BackupRecord {
+            backup_id: r.get(0)?,
+            service: r.get(1)?,
+            kind: r.get(2)?,
+            system_identifier: parse_sysid(r.get(3)?)?,
+            timeline: r.get(4)?,
+            start_lsn: to_u64(r.get(5)?),
+            stop_lsn: to_u64(r.get(6)?),
+            start_wal: r.get(7)?,
+            stop_wal: r.get(8)?,
+            started_at_us: r.get(9)?,
+            finished_at_us: r.get(10)?,
+            size_bytes: to_u64(r.get(11)?),
+            new_bytes: to_u64(r.get(12)?),
+            file_count: to_u64(r.get(13)?),
+            state: BackupState::Running,
+            retention: r.get(15)?,
+            restorability: r.get(16)?,
+        },
+        r.get(14)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal(name: &str, at: i64) -> WalRecord {
+        WalRecord {
+            system_identifier: u64::MAX - 1,
+            name: name.into(),
+            kind: "segment".into(),
+            timeline: 1,
+            segment_number: Some(1),
+            size_bytes: 16 << 20,
+            stored_bytes: 1000,
+            checksum: "x".into(),
+            archived_at_us: at,
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_all_land() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.db");
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut cat = Catalog::open(&path).expect("open");
+                    for i in 0..25 {
+                        cat.record_wal(&wal(&format!("{t:08X}{i:016X}"), i)).expect("record");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("writer thread");
+        }
+        let cat = Catalog::open(&path).expect("open");
+        assert_eq!(cat.wal_files(u64::MAX - 1).expect("list").len(), 200);
+    }
+
+    #[test]
+    fn backups_are_ordered_by_time_not_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cat = Catalog::open(dir.path().join("c.db")).expect("open");
+        let mut b = BackupRecord {
+            backup_id: "z_first".into(),
+            service: "postgresql".into(),
+            kind: "base".into(),
+            system_identifier: 1,
+            timeline: 1,
+            start_lsn: 0,
+            stop_lsn: 1,
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            started_at_us: 0,
+            finished_at_us: 10,
+            size_bytes: 0,
+            new_bytes: 0,
+            file_count: 0,
+            state: BackupState::Complete,
+            retention: "7_days".into(),
+            restorability: "UNVERIFIED".into(),
+        };
+        cat.upsert_backup(&b).expect("insert");
+        b.backup_id = "a_second".into();
+        b.finished_at_us = 20;
+        cat.upsert_backup(&b).expect("insert");
+        let ids: Vec<_> = cat.backups(Some("postgresql")).expect("list").into_iter().map(|b| b.backup_id).collect();
+        assert_eq!(ids, vec!["z_first", "a_second"]);
+        assert_eq!(cat.backup("a_second").expect("get").map(|b| b.state), Some(BackupState::Complete));
+    }
+}

@@ -1,0 +1,33 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot open the catalog {path}: {source}; check LIFELINE_CATALOG / BACKUP_DIR and permissions")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot migrate the catalog {path}: {reason}")]
+    Migrate { path: PathBuf, reason: String },
+    #[error("catalog query failed while {action}: {source}")]
+    Query {
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the catalog holds an invalid value in {what}: {value}")]
+    Invalid { what: &'static str, value: String },
+    #[error("while rebuilding the catalog: {0}")]
+    Repository(#[from] storage::StorageError),
+}
+
+pub(crate) trait QueryContext<T> {
+    fn doing(self, action: &'static str) -> Result<T, CatalogError>;
+}
+
+impl<T> QueryContext<T> for Result<T, rusqlite::Error> {
+    fn doing(self, action: &'static str) -> Result<T, CatalogError> {
+        self.map_err(|source| CatalogError::Query { action, source })
+    }
+}

@@ -1,0 +1,137 @@
+//! Rebuild the catalog from the repository alone: the path a lost host takes.
+
+use storage::manifest::{BackupManifest, ClusterIdentity};
+use storage::{ObjectHeader, Storage, StorageExt, layout, object};
+
+use crate::{BackupRecord, BackupState, Catalog, CatalogError, WalRecord};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildSummary {
+    pub backups: usize,
+    pub wal_files: usize,
+    pub clusters: usize,
+    /// Objects that could not be read back (named, so the operator can look).
+    pub unreadable: Vec<String>,
+}
+
+fn micros(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl BackupRecord {
+    /// The catalog row of a complete backup, from its manifest.
+    pub fn from_manifest(m: &BackupManifest, retention: &str, restorability: &str) -> Self {
+        BackupRecord {
+            backup_id: m.backup_id.clone(),
+            service: m.service.clone(),
+            kind: m.kind.clone(),
+            system_identifier: m.system_identifier,
+            timeline: m.timeline.0,
+            start_lsn: m.start_lsn.0,
+            stop_lsn: m.stop_lsn.0,
+            start_wal: m.start_wal.clone(),
+            stop_wal: m.stop_wal.clone(),
+            started_at_us: m.started_at.as_microsecond(),
+            finished_at_us: m.finished_at.as_microsecond(),
+            size_bytes: m.size_bytes,
+            new_bytes: m.new_bytes,
+            file_count: m.files.len() as u64,
+            state: BackupState::Complete,
+            retention: retention.to_string(),
+            restorability: restorability.to_string(),
+        }
+    }
+}
+
+/// Read every manifest and WAL object header in `storage` and make the catalog say exactly that.
+pub async fn rebuild(storage: &dyn Storage, catalog: &mut Catalog) -> Result<RebuildSummary, CatalogError> {
+    let mut summary = RebuildSummary::default();
+    let mut backups = Vec::new();
+    for meta in storage.list(layout::BACKUPS_PREFIX).await? {
+        let Some(backup_id) = layout::parse_manifest_key(&meta.key) else { continue };
+        let manifest = match read_manifest(storage, &meta.key).await {
+            Ok(m) => m,
+            Err(e) => {
+                summary.unreadable.push(format!("{}: {e}", meta.key));
+                continue;
+            }
+        };
+        let (retention, restorability) = read_metadata_labels(storage, backup_id).await;
+        backups.push(BackupRecord::from_manifest(&manifest, &retention, &restorability));
+    }
+    let segment_size = read_segment_size(storage).await;
+    let mut wal = Vec::new();
+    let mut clusters: Vec<(u64, i64)> = Vec::new();
+    for meta in storage.list(layout::WAL_PREFIX).await? {
+        let Some((sysid, name)) = layout::parse_wal_key(&meta.key) else { continue };
+        let header = match storage.get_range(&meta.key, 0..object::HEADER_LEN as u64).await {
+            Ok(bytes) => ObjectHeader::parse(&meta.key, &bytes),
+            Err(e) => Err(e),
+        };
+        let header = match header {
+            Ok(h) => h,
+            Err(e) => {
+                summary.unreadable.push(format!("{}: {e}", meta.key));
+                continue;
+            }
+        };
+        let archived_at_us = micros(meta.last_modified);
+        match clusters.iter_mut().find(|(id, _)| *id == sysid) {
+            Some((_, first)) => *first = (*first).min(archived_at_us),
+            None => clusters.push((sysid, archived_at_us)),
+        }
+        wal.push(WalRecord {
+            system_identifier: sysid,
+            name: name.to_string(),
+            kind: name.kind().to_string(),
+            timeline: name.timeline().0,
+            segment_number: name.segment(segment_size).map(|s| s.number),
+            size_bytes: header.plain_len,
+            stored_bytes: meta.size,
+            checksum: header.checksum.to_hex().to_string(),
+            archived_at_us,
+        });
+    }
+    for b in &backups {
+        if !clusters.iter().any(|(id, _)| *id == b.system_identifier) {
+            clusters.push((b.system_identifier, b.started_at_us));
+        }
+    }
+    summary.backups = backups.len();
+    summary.wal_files = wal.len();
+    summary.clusters = clusters.len();
+    catalog.replace_all(&clusters, &wal, &backups)?;
+    Ok(summary)
+}
+
+/// WAL segment numbers depend on the segment size, which `cluster.json` records.
+async fn read_segment_size(storage: &dyn Storage) -> u64 {
+    let identity = storage
+        .get_bytes(layout::CLUSTER_KEY)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ClusterIdentity>(&b).ok());
+    identity.map_or(storage::wal::DEFAULT_SEGMENT_SIZE, |i| i.segment_size)
+}
+
+pub(crate) async fn read_manifest(storage: &dyn Storage, key: &str) -> Result<BackupManifest, storage::StorageError> {
+    let bytes = storage.get_bytes(key).await?;
+    let plain = object::decode(key, &bytes)?;
+    BackupManifest::from_json(key, &plain)
+}
+
+async fn read_metadata_labels(storage: &dyn Storage, backup_id: &str) -> (String, String) {
+    let default = ("7_days".to_string(), "UNVERIFIED".to_string());
+    let Ok(bytes) = storage.get_bytes(&layout::metadata_key(backup_id)).await else {
+        return default;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return default;
+    };
+    let label = |field: &str, fallback: String| {
+        value.get(field).and_then(|v| v.as_str()).map(str::to_string).unwrap_or(fallback)
+    };
+    (label("retention", default.0.clone()), label("restorability", default.1.clone()))
+}
