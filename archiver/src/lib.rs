@@ -1,1 +1,13 @@
+//! Everything that writes backups into the repository.
+//!
+//! - [`push_wal`]: `archive_command`, one WAL, history or backup-history file per call.
+//! - [`run_base_backup`]: a physical backup of a running cluster, chunked and deduplicated.
 
+mod base_backup;
+mod cluster;
+mod error;
+mod wal_push;
+
+pub use base_backup::{BaseBackupOptions, ConnectionOptions, run_base_backup};
+pub use error::ArchiveError;
+pub use wal_push::{PushOutcome, push_wal};

@@ -126,6 +126,19 @@ impl ClusterIdentity {
     pub fn system_identifier(&self) -> Option<u64> {
         self.system_identifier.parse().ok()
     }
+
+    /// The repository's cluster, or `None` when nothing has been archived yet.
+    pub async fn load(storage: &dyn crate::Storage) -> Result<Option<Self>, crate::StorageError> {
+        use crate::StorageExt;
+        let key = crate::layout::CLUSTER_KEY;
+        match storage.get_bytes(key).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                crate::StorageError::Corrupt { key: key.to_string(), reason: e.to_string() }
+            }),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

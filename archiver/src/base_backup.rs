@@ -1,0 +1,739 @@
+//! A physical base backup of a running cluster.
+//!
+//! `pg_backup_start` (non-exclusive, on one session), copy PGDATA, `pg_backup_stop`, then wait
+//! until the WAL from the start to the stop LSN is in the repository: only then is the backup
+//! restorable, and only then is its manifest written.
+//!
+//! The copy is a bounded pipeline: one reader thread cuts files into blocks (relation files)
+//! or content-defined chunks (the pack of small files) and sends them through a bounded
+//! channel; up to `parallelism` chunks at a time are hashed and compressed on blocking threads
+//! and written. A chunk the previous backup already stored is not written again. Memory is
+//! bounded by the channel capacity times the largest chunk, whatever the size of the database.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use storage::chunking::{self, content_defined_chunks};
+use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, MANIFEST_FORMAT};
+use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
+use storage::{Compression, Durability, PutMode, Storage, StorageError, StorageExt, layout, object};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::error::PgContext;
+use crate::{ArchiveError, cluster};
+
+/// How to reach PostgreSQL. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct ConnectionOptions {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+impl std::fmt::Debug for ConnectionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .finish()
+    }
+}
+
+impl ConnectionOptions {
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, ArchiveError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("lifeline")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .doing("connecting (check DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME)")?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("PostgreSQL connection closed: {e}");
+            }
+        });
+        Ok(client)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BaseBackupOptions {
+    pub connection: ConnectionOptions,
+    /// PGDATA; asked of the server (`SHOW data_directory`) when not given.
+    pub data_dir: Option<PathBuf>,
+    pub compression: Compression,
+    pub block_size: usize,
+    pub parallelism: usize,
+    /// How long to wait for the backup's WAL to reach the repository.
+    pub wal_wait: Duration,
+    pub catalog_path: PathBuf,
+}
+
+struct ServerFacts {
+    version: String,
+    system_identifier: u64,
+    data_directory: PathBuf,
+    segment_size: u64,
+    archive_mode: String,
+}
+
+async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, ArchiveError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'),
+                    (SELECT system_identifier::text FROM pg_control_system()),
+                    current_setting('data_directory'),
+                    (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
+                    current_setting('archive_mode')",
+            &[],
+        )
+        .await
+        .doing("reading the server's settings (the backup user needs pg_read_all_settings or superuser)")?;
+    let number = |s: String, what: &str| {
+        s.parse::<u64>()
+            .map_err(|_| ArchiveError::Precondition(format!("the server reported an unreadable {what}: {s:?}")))
+    };
+    Ok(ServerFacts {
+        version: row.get(0),
+        system_identifier: number(row.get(1), "system identifier")?,
+        data_directory: PathBuf::from(row.get::<_, String>(2)),
+        segment_size: number(row.get(3), "wal_segment_size")?,
+        archive_mode: row.get(4),
+    })
+}
+
+/// Take a base backup and return its manifest once it is complete and restorable.
+pub async fn run_base_backup(
+    storage: Arc<dyn Storage>,
+    opts: &BaseBackupOptions,
+) -> Result<BackupManifest, ArchiveError> {
+    let block_size = chunking::validate_block_size(opts.block_size).map_err(ArchiveError::Precondition)?;
+    let client = opts.connection.connect().await?;
+    let facts = server_facts(&client).await?;
+    if facts.archive_mode == "off" {
+        return Err(ArchiveError::Precondition(
+            "archive_mode is off, so the WAL a base backup needs is never archived: set \
+             archive_mode = on and archive_command = 'lifeline wal push %p', then restart PostgreSQL"
+                .into(),
+        ));
+    }
+    let data_dir = opts.data_dir.clone().unwrap_or(facts.data_directory.clone());
+    check_data_dir(&data_dir, facts.system_identifier).await?;
+    cluster::bind(storage.as_ref(), facts.system_identifier, facts.segment_size, "this server").await?;
+
+    let known = Arc::new(Mutex::new(previous_chunks(storage.as_ref(), &opts.catalog_path, facts.system_identifier).await));
+    let backup_id = new_backup_id(storage.as_ref()).await?;
+    let started_at = jiff::Timestamp::now();
+    info!(backup = %backup_id, data_dir = %data_dir.display(), "starting base backup");
+
+    let start_lsn: String = client
+        .query_one("SELECT pg_backup_start($1, true)::text", &[&backup_id])
+        .await
+        .doing("starting the backup (pg_backup_start; needs superuser or EXECUTE on it)")?
+        .get(0);
+    let start_lsn: Lsn = start_lsn.parse().map_err(ArchiveError::Precondition)?;
+
+    let counts = tokio::spawn(count_rows(opts.connection.clone()));
+    let walk_dir = data_dir.clone();
+    let entries = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir))
+        .await
+        .map_err(|e| ArchiveError::Precondition(format!("directory walk failed: {e}")))??;
+    let copied = copy_files(storage.clone(), entries, block_size, opts, known).await?;
+    storage.sync().await?;
+
+    let stop = client
+        .query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])
+        .await
+        .doing("stopping the backup (pg_backup_stop)")?;
+    let stop_lsn: Lsn = stop.get::<_, String>(0).parse().map_err(ArchiveError::Precondition)?;
+    let backup_label: String = stop.get(1);
+    let tablespace_map: Option<String> = stop.get::<_, Option<String>>(2).filter(|m| !m.is_empty());
+    let timeline = start_timeline(&backup_label)?;
+
+    let start_segment = Segment::containing(timeline, start_lsn, facts.segment_size);
+    let stop_segment = Segment::containing(timeline, stop_lsn, facts.segment_size);
+    wait_for_wal(storage.as_ref(), facts.system_identifier, start_segment, stop_segment, facts.segment_size, opts.wal_wait).await?;
+
+    let row_counts = match counts.await {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(e)) => {
+            warn!("row counts not recorded: {e}");
+            BTreeMap::new()
+        }
+        Err(e) => {
+            warn!("row counts not recorded: {e}");
+            BTreeMap::new()
+        }
+    };
+
+    let manifest = BackupManifest {
+        format: MANIFEST_FORMAT,
+        backup_id: backup_id.clone(),
+        service: "postgresql".into(),
+        kind: "base".into(),
+        system_identifier: facts.system_identifier,
+        server_version: facts.version,
+        database: opts.connection.dbname.clone(),
+        timeline,
+        start_lsn,
+        stop_lsn,
+        start_wal: start_segment.file_name(facts.segment_size),
+        stop_wal: stop_segment.file_name(facts.segment_size),
+        segment_size: facts.segment_size,
+        started_at,
+        finished_at: jiff::Timestamp::now(),
+        block_size: block_size as u64,
+        files: copied.files,
+        pack: copied.pack,
+        backup_label,
+        tablespace_map,
+        row_counts,
+        size_bytes: copied.size_bytes,
+        new_bytes: copied.new_bytes,
+    };
+    write_manifest(storage.as_ref(), &manifest, &opts.catalog_path).await?;
+    info!(
+        backup = %backup_id,
+        size_bytes = manifest.size_bytes,
+        new_bytes = manifest.new_bytes,
+        files = manifest.files.len(),
+        "base backup complete"
+    );
+    Ok(manifest)
+}
+
+async fn check_data_dir(data_dir: &Path, system_identifier: u64) -> Result<(), ArchiveError> {
+    let control = data_dir.join("global/pg_control");
+    let bytes = tokio::fs::read(&control).await.map_err(|e| {
+        ArchiveError::Precondition(format!(
+            "cannot read {} ({e}): run the backup as a user that can read PGDATA, or set PGDATA to the server's data directory",
+            control.display()
+        ))
+    })?;
+    let found = storage::wal::parse_control_file_system_identifier(&bytes).map_err(ArchiveError::Precondition)?;
+    if found != system_identifier {
+        return Err(ArchiveError::Precondition(format!(
+            "{} belongs to cluster {found}, but the server at DB_HOST/DB_PORT is cluster {system_identifier}: PGDATA and the connection point at different servers",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn start_timeline(backup_label: &str) -> Result<TimelineId, ArchiveError> {
+    backup_label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE:"))
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map(TimelineId)
+        .ok_or_else(|| ArchiveError::Precondition("backup_label has no START TIMELINE line".into()))
+}
+
+/// Ids are `backup_YYYYMMDD_HHMMSS` in UTC; a second backup in the same second gets a suffix.
+async fn new_backup_id(storage: &dyn Storage) -> Result<String, ArchiveError> {
+    let base = jiff::Timestamp::now().strftime("backup_%Y%m%d_%H%M%S").to_string();
+    for n in 0..100 {
+        let id = if n == 0 { base.clone() } else { format!("{base}_{n}") };
+        if !storage.exists(&layout::manifest_key(&id)).await? {
+            return Ok(id);
+        }
+    }
+    Err(ArchiveError::Precondition(format!("100 backups named {base}* already exist")))
+}
+
+/// Chunks the newest complete backup of this cluster stored: those need not be written again.
+async fn previous_chunks(storage: &dyn Storage, catalog_path: &Path, system_identifier: u64) -> HashSet<String> {
+    let path = catalog_path.to_path_buf();
+    let latest = tokio::task::spawn_blocking(move || {
+        let catalog = catalog::Catalog::open(&path).ok()?;
+        catalog
+            .backups(Some("postgresql"))
+            .ok()?
+            .into_iter()
+            .filter(|b| b.system_identifier == system_identifier && b.state == catalog::BackupState::Complete)
+            .next_back()
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(latest) = latest else { return HashSet::new() };
+    let key = layout::manifest_key(&latest.backup_id);
+    let manifest = match storage.get_bytes(&key).await.and_then(|b| object::decode(&key, &b)) {
+        Ok(plain) => BackupManifest::from_json(&key, &plain),
+        Err(e) => Err(e),
+    };
+    match manifest {
+        Ok(m) => m.chunks().map(|c| c.hash.clone()).collect(),
+        Err(e) => {
+            warn!("previous backup {} unreadable, storing every chunk again: {e}", latest.backup_id);
+            HashSet::new()
+        }
+    }
+}
+
+/// A file or directory found under PGDATA.
+struct WalkEntry {
+    rel: String,
+    abs: PathBuf,
+    kind: EntryKind,
+    mode: u32,
+    size: u64,
+    mtime: i64,
+    link_target: Option<String>,
+}
+
+/// Directories whose contents a base backup omits (PostgreSQL docs, "Backing Up the Data
+/// Directory", and pg_basebackup): they are recreated empty.
+const CONTENTS_OMITTED: &[&str] = &[
+    "pg_wal", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans", "pg_replslot",
+];
+/// Files omitted wherever they are.
+const FILES_OMITTED: &[&str] = &[
+    "postmaster.pid", "postmaster.opts", "pg_internal.init", "backup_label", "tablespace_map",
+    "backup_manifest", "postgresql.auto.conf.tmp", "current_logfiles.tmp", "backup_label.old",
+];
+
+fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |path: &Path, source| ArchiveError::Io { path: path.to_path_buf(), source };
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel_dir)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel_dir.is_empty() => continue,
+            Err(e) => return Err(io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let abs = entry.path();
+            let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+            if FILES_OMITTED.contains(&name.as_str()) || name.starts_with("pgsql_tmp") {
+                continue;
+            }
+            let meta = match std::fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                // Dropped while we walk: WAL replay recreates whatever state is right.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&abs, e)),
+            };
+            let mut item = WalkEntry {
+                rel: rel.clone(),
+                abs: abs.clone(),
+                kind: EntryKind::File,
+                mode: meta.permissions().mode() & 0o7777,
+                size: meta.len(),
+                mtime: meta.mtime(),
+                link_target: None,
+            };
+            if meta.file_type().is_symlink() {
+                item.kind = EntryKind::Symlink;
+                item.size = 0;
+                item.link_target = Some(
+                    std::fs::read_link(&abs).map_err(|e| io(&abs, e))?.to_string_lossy().into_owned(),
+                );
+                if rel_dir == "pg_tblspc" {
+                    warn!("tablespace {rel} is recorded as a link only: tablespace contents are not backed up yet");
+                }
+            } else if meta.is_dir() {
+                item.kind = EntryKind::Dir;
+                item.size = 0;
+                if !(rel_dir.is_empty() && CONTENTS_OMITTED.contains(&name.as_str())) {
+                    stack.push((abs, rel));
+                }
+            } else if !meta.is_file() {
+                continue;
+            }
+            out.push(item);
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+struct Copied {
+    files: Vec<FileEntry>,
+    pack: Vec<ChunkRef>,
+    size_bytes: u64,
+    new_bytes: u64,
+}
+
+enum Slot {
+    Block { file: usize, index: usize },
+    Pack(usize),
+}
+
+struct Job {
+    slot: Slot,
+    data: Vec<u8>,
+}
+
+/// What the reader thread learned: the bytes actually copied of each file (None: vanished)
+/// and where each small file starts in the pack stream.
+struct ReadReport {
+    sizes: Vec<Option<u64>>,
+    pack_offsets: HashMap<usize, u64>,
+}
+
+async fn copy_files(
+    storage: Arc<dyn Storage>,
+    entries: Vec<WalkEntry>,
+    block_size: usize,
+    opts: &BaseBackupOptions,
+    known: Arc<Mutex<HashSet<String>>>,
+) -> Result<Copied, ArchiveError> {
+    let parallelism = opts.parallelism.max(1);
+    let (tx, mut rx) = mpsc::channel::<Job>(parallelism * 2);
+    let plan: Vec<(usize, PathBuf, bool)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == EntryKind::File)
+        .map(|(i, e)| (i, e.abs.clone(), e.size >= block_size as u64))
+        .collect();
+    let entry_count = entries.len();
+    let reader = tokio::task::spawn_blocking(move || read_files(plan, entry_count, block_size, tx));
+
+    let compression = opts.compression;
+    let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let results: Vec<(Slot, ChunkRef, u64)> = jobs
+        .map(|job| store_chunk(storage.clone(), known.clone(), compression, job))
+        .buffer_unordered(parallelism)
+        .try_collect()
+        .await?;
+    let report = reader
+        .await
+        .map_err(|e| ArchiveError::Precondition(format!("file reader failed: {e}")))??;
+
+    let mut blocks: HashMap<usize, Vec<Option<ChunkRef>>> = HashMap::new();
+    let mut pack: Vec<Option<ChunkRef>> = Vec::new();
+    let mut new_bytes = 0;
+    for (slot, chunk, written) in results {
+        new_bytes += written;
+        let (list, index) = match slot {
+            Slot::Block { file, index } => (blocks.entry(file).or_default(), index),
+            Slot::Pack(index) => (&mut pack, index),
+        };
+        if list.len() <= index {
+            list.resize(index + 1, None);
+        }
+        list[index] = Some(chunk);
+    }
+    let complete = |list: Vec<Option<ChunkRef>>| -> Result<Vec<ChunkRef>, ArchiveError> {
+        list.into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ArchiveError::Precondition("a chunk went missing in the copy pipeline".into()))
+    };
+
+    let mut files = Vec::with_capacity(entries.len());
+    let mut size_bytes = 0;
+    for (i, e) in entries.into_iter().enumerate() {
+        let mut entry = FileEntry {
+            path: e.rel,
+            kind: e.kind,
+            mode: e.mode,
+            size: 0,
+            mtime: e.mtime,
+            link_target: e.link_target,
+            blocks: Vec::new(),
+            pack_offset: None,
+        };
+        if e.kind == EntryKind::File {
+            let Some(size) = report.sizes[i] else { continue };
+            entry.size = size;
+            size_bytes += size;
+            entry.pack_offset = report.pack_offsets.get(&i).copied();
+            if entry.pack_offset.is_none() {
+                entry.blocks = complete(blocks.remove(&i).unwrap_or_default())?;
+            }
+        }
+        files.push(entry);
+    }
+    Ok(Copied { files, pack: complete(pack)?, size_bytes, new_bytes })
+}
+
+/// Hash a chunk, and compress and write it unless the repository already has it.
+/// Returns where it goes, its reference and the bytes written (0 when deduplicated).
+async fn store_chunk(
+    storage: Arc<dyn Storage>,
+    known: Arc<Mutex<HashSet<String>>>,
+    compression: Compression,
+    job: Job,
+) -> Result<(Slot, ChunkRef, u64), ArchiveError> {
+    let len = job.data.len() as u64;
+    let (hex, encoded) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+        let hash = object::checksum(&job.data);
+        let hex = hash.to_hex().to_string();
+        let is_new = known.lock().map(|mut k| k.insert(hex.clone())).unwrap_or(true);
+        let encoded = if is_new {
+            Some(object::encode_with_checksum(&job.data, hash, compression)?.1)
+        } else {
+            None
+        };
+        Ok((hex, encoded))
+    })
+    .await
+    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))??;
+    let mut written = 0;
+    if let Some(bytes) = encoded {
+        written = bytes.len() as u64;
+        storage
+            .put_bytes(&layout::chunk_key(&hex), bytes, PutMode::Overwrite, Durability::Deferred)
+            .await?;
+    }
+    Ok((job.slot, ChunkRef { hash: hex, len }, written))
+}
+
+/// The reader thread: small files first, as one content-chunked pack stream, then relation
+/// files block by block. Stops early when the writers have gone (an error downstream).
+fn read_files(
+    plan: Vec<(usize, PathBuf, bool)>,
+    entry_count: usize,
+    block_size: usize,
+    tx: mpsc::Sender<Job>,
+) -> Result<ReadReport, ArchiveError> {
+    let mut report = ReadReport { sizes: vec![None; entry_count], pack_offsets: HashMap::new() };
+    let small: Vec<(usize, PathBuf)> = plan.iter().filter(|p| !p.2).map(|p| (p.0, p.1.clone())).collect();
+    let mut pack = PackReader { files: small.into_iter(), current: None, offset: 0, records: Vec::new() };
+    for (index, chunk) in content_defined_chunks(&mut pack).enumerate() {
+        let data = chunk.map_err(|source| ArchiveError::Io { path: PathBuf::from("(small files)"), source })?;
+        if tx.blocking_send(Job { slot: Slot::Pack(index), data }).is_err() {
+            return Ok(report);
+        }
+    }
+    for (file, offset, len) in pack.records {
+        report.sizes[file] = Some(len);
+        report.pack_offsets.insert(file, offset);
+    }
+    for (file, path, _) in plan.into_iter().filter(|p| p.2) {
+        let mut reader = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ArchiveError::Io { path, source }),
+        };
+        let mut size = 0u64;
+        for index in 0.. {
+            let data = chunking::read_block(&mut reader, block_size)
+                .map_err(|source| ArchiveError::Io { path: path.clone(), source })?;
+            if data.is_empty() {
+                break;
+            }
+            size += data.len() as u64;
+            if tx.blocking_send(Job { slot: Slot::Block { file, index }, data }).is_err() {
+                return Ok(report);
+            }
+        }
+        report.sizes[file] = Some(size);
+    }
+    Ok(report)
+}
+
+/// The small files read back to back as one stream, recording where each one starts.
+struct PackReader {
+    files: std::vec::IntoIter<(usize, PathBuf)>,
+    current: Option<(usize, std::fs::File, u64, u64)>,
+    offset: u64,
+    /// (entry index, offset in the stream, bytes read)
+    records: Vec<(usize, u64, u64)>,
+}
+
+impl Read for PackReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some((index, file, start, read)) = &mut self.current {
+                let n = file.read(buf)?;
+                if n > 0 {
+                    *read += n as u64;
+                    self.offset += n as u64;
+                    return Ok(n);
+                }
+                self.records.push((*index, *start, *read));
+                self.current = None;
+            }
+            let Some((index, path)) = self.files.next() else { return Ok(0) };
+            match std::fs::File::open(&path) {
+                Ok(file) => self.current = Some((index, file, self.offset, 0)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            }
+        }
+    }
+}
+
+/// Row counts of every table in the backed-up database, in one consistent snapshot.
+async fn count_rows(connection: ConnectionOptions) -> Result<BTreeMap<String, i64>, ArchiveError> {
+    let mut client = connection.connect().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .doing("starting the row-count snapshot")?;
+    let tables = tx
+        .query(
+            "SELECT n.nspname || '.' || c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .doing("listing tables for the row-count snapshot")?;
+    let mut counts = BTreeMap::new();
+    for row in tables {
+        let name: String = row.get(0);
+        let quoted: String = row.get(1);
+        let count: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {quoted}"), &[])
+            .await
+            .doing("counting rows")?
+            .get(0);
+        counts.insert(name, count);
+    }
+    Ok(counts)
+}
+
+/// Wait until every segment from `start` to `stop` is in the repository.
+async fn wait_for_wal(
+    storage: &dyn Storage,
+    system_identifier: u64,
+    start: Segment,
+    stop: Segment,
+    segment_size: u64,
+    timeout: Duration,
+) -> Result<(), ArchiveError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for number in start.number..=stop.number {
+        let segment = Segment { timeline: stop.timeline, number };
+        let name: WalFileName = segment
+            .file_name(segment_size)
+            .parse()
+            .map_err(ArchiveError::Precondition)?;
+        let key = layout::wal_key(system_identifier, &name);
+        while !storage.exists(&key).await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ArchiveError::WalNotArchived { segment: name.to_string(), waited_secs: timeout.as_secs() });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The manifest makes the backup exist: written create-only after everything it names is durable.
+async fn write_manifest(storage: &dyn Storage, manifest: &BackupManifest, catalog_path: &Path) -> Result<(), ArchiveError> {
+    let json = manifest.to_json();
+    let checksum = object::checksum(&json);
+    let (_, encoded) = object::encode(&json, Compression::default())?;
+    storage
+        .put_bytes(&layout::manifest_key(&manifest.backup_id), encoded, PutMode::Create, Durability::Immediate)
+        .await?;
+    let metadata = metadata_json(manifest, &checksum.to_hex());
+    storage
+        .put_bytes(&layout::metadata_key(&manifest.backup_id), metadata, PutMode::Overwrite, Durability::Immediate)
+        .await?;
+    let record = catalog::BackupRecord::from_manifest(manifest, "7_days", "UNVERIFIED");
+    let path = catalog_path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
+        let mut catalog = catalog::Catalog::open(&path)?;
+        catalog.register_cluster(record.system_identifier, record.started_at_us)?;
+        catalog.upsert_backup(&record)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+}
+
+/// The seed-compatible summary written next to the manifest.
+fn metadata_json(m: &BackupManifest, manifest_checksum: &str) -> Vec<u8> {
+    let duration = (m.finished_at.as_second() - m.started_at.as_second()).max(0);
+    let value = serde_json::json!({
+        "backup_id": m.backup_id,
+        "type": "full",
+        "service": m.service,
+        "kind": m.kind,
+        "timestamp": m.started_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "size_bytes": m.size_bytes,
+        "size_readable": readable_size(m.size_bytes),
+        "new_bytes": m.new_bytes,
+        "duration_seconds": duration,
+        "files": [layout::manifest_key(&m.backup_id)],
+        "checksum": format!("blake3:{manifest_checksum}"),
+        "verified": true,
+        "retention": "7_days",
+        "restorability": "UNVERIFIED",
+        "start_lsn": m.start_lsn.to_string(),
+        "stop_lsn": m.stop_lsn.to_string(),
+        "timeline": m.timeline.0,
+    });
+    serde_json::to_vec_pretty(&value).expect("metadata serializes")
+}
+
+pub(crate) fn readable_size(bytes: u64) -> String {
+    const UNITS: &[&str] = &["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value >= 10.0 {
+        format!("{value:.0}{}", UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_the_seed() {
+        assert_eq!(readable_size(536_870_912), "512MB");
+        assert_eq!(readable_size(1536), "1.5KB");
+        assert_eq!(readable_size(12), "12B");
+    }
+
+    #[test]
+    fn timeline_comes_from_the_label() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000020000000000000002)\nSTART TIMELINE: 2\n";
+        assert_eq!(start_timeline(label).expect("timeline"), TimelineId(2));
+        assert!(start_timeline("nothing").is_err());
+    }
+
+    #[test]
+    fn walk_skips_what_postgres_says_to_skip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for d in ["base/1", "pg_wal/archive_status", "pg_stat_tmp", "global"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        for f in ["base/1/1259", "pg_wal/000000010000000000000001", "pg_stat_tmp/x", "postmaster.pid", "global/pg_control", "base/1/pg_internal.init"] {
+            std::fs::write(root.join(f), b"x").expect("write");
+        }
+        let rels: Vec<String> = walk_data_dir(root).expect("walk").into_iter().map(|e| e.rel).collect();
+        assert_eq!(rels, vec!["base", "base/1", "base/1/1259", "global", "global/pg_control", "pg_stat_tmp", "pg_wal"]);
+    }
+}

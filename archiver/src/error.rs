@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an archivable WAL file: {reason}")]
+    InvalidWalFile { path: PathBuf, reason: String },
+    #[error(
+        "{what} belongs to cluster {found}, but this repository archives cluster {expected}; \
+         refusing to mix clusters: point BACKUP_DIR (or S3_BACKUP_BUCKET) at a repository of its own"
+    )]
+    ForeignCluster { what: String, expected: u64, found: u64 },
+    #[error(
+        "{name} is already archived with different contents (archived blake3 {archived}, this file {offered}); \
+         the archived copy is kept. Two servers may be archiving as the same cluster (split brain, or a \
+         restored copy that was not promoted): stop the one that should not archive"
+    )]
+    Conflict { name: String, archived: String, offered: String },
+    #[error("PostgreSQL: {action}: {source}")]
+    Postgres {
+        action: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Precondition(String),
+    #[error("WAL {segment} needed by the backup was not archived within {waited_secs} s; check archive_command and the server log")]
+    WalNotArchived { segment: String, waited_secs: u64 },
+}
+
+pub(crate) trait PgContext<T> {
+    fn doing(self, action: &'static str) -> Result<T, ArchiveError>;
+}
+
+impl<T> PgContext<T> for Result<T, tokio_postgres::Error> {
+    fn doing(self, action: &'static str) -> Result<T, ArchiveError> {
+        self.map_err(|source| ArchiveError::Postgres { action, source })
+    }
+}

@@ -1,0 +1,170 @@
+//! `archive_command`: archive one WAL, history or backup-history file.
+//!
+//! The contract PostgreSQL relies on: exit 0 only once the object is durable; a file already
+//! archived with identical contents is a success (PostgreSQL re-archives after a crash); the
+//! same name with different contents is refused and the archived copy is never replaced.
+
+use std::path::{Path, PathBuf};
+
+use catalog::{Catalog, WalRecord};
+use storage::wal::{self, WalFileName};
+use storage::{Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, StorageExt, layout, object};
+use tracing::{info, warn};
+
+use crate::{ArchiveError, cluster};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    Archived { name: String, stored_bytes: u64, plain_bytes: u64 },
+    AlreadyArchived { name: String },
+}
+
+/// Archive the file at `path`. `cwd_control_file` is `global/pg_control` of the data directory
+/// (archive_command runs there); it tells history files which cluster they belong to.
+pub async fn push_wal(
+    storage: &dyn Storage,
+    catalog_path: &Path,
+    path: &Path,
+    compression: Compression,
+) -> Result<PushOutcome, ArchiveError> {
+    let invalid = |reason: String| ArchiveError::InvalidWalFile { path: path.to_path_buf(), reason };
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| invalid("the path has no file name".into()))?;
+    let name: WalFileName = file_name.parse().map_err(invalid)?;
+    let plain = tokio::fs::read(path)
+        .await
+        .map_err(|source| ArchiveError::Io { path: path.to_path_buf(), source })?;
+
+    let (system_identifier, segment_size) = identify(storage, path, &name, &plain).await?;
+    cluster::bind(storage, system_identifier, segment_size, &format!("WAL file {name}")).await?;
+
+    let (header, encoded) = tokio::task::spawn_blocking(move || {
+        let compression = Compression {
+            // One 16 MiB segment is one job: let zstd use both cores for it.
+            workers: if plain.len() >= 4 << 20 { compression.workers.max(2) } else { 0 },
+            ..compression
+        };
+        object::encode(&plain, compression)
+    })
+    .await
+    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))??;
+
+    let key = layout::wal_key(system_identifier, &name);
+    let mut stored_bytes = encoded.len() as u64;
+    let mut outcome = PushOutcome::Archived {
+        name: name.to_string(),
+        stored_bytes,
+        plain_bytes: header.plain_len,
+    };
+    match storage
+        .put_bytes(&key, encoded, PutMode::Create, Durability::Immediate)
+        .await
+    {
+        Ok(_) => {}
+        Err(StorageError::AlreadyExists { .. }) => {
+            // Recorded again below: the earlier attempt may have died between put and catalog.
+            outcome = compare_with_archived(storage, &key, &name, &header).await?;
+            stored_bytes = storage.head(&key).await?.size;
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let record = WalRecord {
+        system_identifier,
+        name: name.to_string(),
+        kind: name.kind().to_string(),
+        timeline: name.timeline().0,
+        segment_number: name.segment(segment_size).map(|s| s.number),
+        size_bytes: header.plain_len,
+        stored_bytes,
+        checksum: header.checksum.to_hex().to_string(),
+        archived_at_us: jiff::Timestamp::now().as_microsecond(),
+    };
+    record_in_catalog(catalog_path.to_path_buf(), record).await?;
+    if matches!(outcome, PushOutcome::Archived { .. }) {
+        info!(wal = %name, stored_bytes, plain_bytes = header.plain_len, "archived");
+    }
+    Ok(outcome)
+}
+
+/// The cluster a file belongs to and the segment size: from the segment's own page header, or
+/// for history files from `global/pg_control` beside it (archive_command runs in PGDATA), or
+/// else from the repository.
+async fn identify(
+    storage: &dyn Storage,
+    path: &Path,
+    name: &WalFileName,
+    plain: &[u8],
+) -> Result<(u64, u64), ArchiveError> {
+    let invalid = |reason: String| ArchiveError::InvalidWalFile { path: path.to_path_buf(), reason };
+    if let WalFileName::Segment { .. } | WalFileName::Partial { .. } = name {
+        let header = wal::parse_segment_header(plain).map_err(invalid)?;
+        if !matches!(name, WalFileName::Partial { .. }) && plain.len() as u64 != header.segment_size {
+            return Err(invalid(format!(
+                "{} bytes, but its header says segments are {} bytes: the file is truncated",
+                plain.len(),
+                header.segment_size
+            )));
+        }
+        let segment = name.segment(header.segment_size).expect("segments have a segment number");
+        if header.page_address != segment.start_lsn(header.segment_size) {
+            return Err(invalid(format!(
+                "its first page is for LSN {}, not {}: the file does not match its name",
+                header.page_address,
+                segment.start_lsn(header.segment_size)
+            )));
+        }
+        return Ok((header.system_identifier, header.segment_size));
+    }
+    let control = PathBuf::from("global/pg_control");
+    if let Ok(bytes) = tokio::fs::read(&control).await {
+        let sysid = wal::parse_control_file_system_identifier(&bytes).map_err(invalid)?;
+        let segment_size = storage::manifest::ClusterIdentity::load(storage)
+            .await?
+            .map_or(wal::DEFAULT_SEGMENT_SIZE, |i| i.segment_size);
+        return Ok((sysid, segment_size));
+    }
+    match storage::manifest::ClusterIdentity::load(storage).await? {
+        Some(identity) => Ok((
+            identity.system_identifier().unwrap_or_default(),
+            identity.segment_size,
+        )),
+        None => Err(invalid(
+            "a history file carries no system identifier and neither global/pg_control nor the \
+             repository names one: run wal push from the data directory"
+                .into(),
+        )),
+    }
+}
+
+async fn compare_with_archived(
+    storage: &dyn Storage,
+    key: &str,
+    name: &WalFileName,
+    ours: &ObjectHeader,
+) -> Result<PushOutcome, ArchiveError> {
+    let bytes = storage.get_range(key, 0..object::HEADER_LEN as u64).await?;
+    let archived = ObjectHeader::parse(key, &bytes)?;
+    if archived.checksum == ours.checksum && archived.plain_len == ours.plain_len {
+        warn!(wal = %name, "already archived with identical contents; nothing to do");
+        return Ok(PushOutcome::AlreadyArchived { name: name.to_string() });
+    }
+    Err(ArchiveError::Conflict {
+        name: name.to_string(),
+        archived: archived.checksum.to_hex().to_string(),
+        offered: ours.checksum.to_hex().to_string(),
+    })
+}
+
+async fn record_in_catalog(catalog_path: PathBuf, record: WalRecord) -> Result<(), ArchiveError> {
+    tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
+        let mut catalog = Catalog::open(&catalog_path)?;
+        catalog.register_cluster(record.system_identifier, record.archived_at_us)?;
+        catalog.record_wal(&record)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+}
