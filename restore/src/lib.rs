@@ -1,1 +1,21 @@
+//! Everything that reads backups back.
+//!
+//! - [`fetch_wal`]: `restore_command`, one WAL file per call, verified before it is written.
+//! - [`select_backup`], [`plan_pitr`]: which backup to restore, and whether the archive can
+//!   carry it to the target; every check runs before anything is written.
+//! - [`restore_base`]: put a base backup into a data directory, ready to recover when started.
+//! - [`verify_repository`]: check that every backup's chunks and WAL are there and intact.
 
+mod error;
+mod pitr;
+mod restore_base;
+mod select;
+mod verify;
+mod wal_fetch;
+
+pub use error::RestoreError;
+pub use pitr::{PitrPlan, plan_pitr};
+pub use restore_base::{RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base};
+pub use select::{BackupSelector, select_backup};
+pub use verify::{VerifyReport, verify_repository};
+pub use wal_fetch::{FetchOutcome, fetch_wal};

@@ -1,0 +1,24 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A check that failed before anything was written; the message names the fix.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl RestoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        RestoreError::Io { path: path.into(), source }
+    }
+}
