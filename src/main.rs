@@ -1,1 +1,94 @@
-fn main() {}
+//! `lifeline`: disaster recovery for PostgreSQL (and, next, Redis).
+//!
+//! Exit codes: 0 success; 2 usage; 1 (and others up to 125) with a one-line cause on stderr.
+//! `wal push` never exits above 125 (that would stop PostgreSQL's archiver). `wal fetch` exits
+//! 1 when the file is not archived and 126 when the repository cannot be read or an object fails
+//! its checksum, so that PostgreSQL stops recovery instead of ending it early at the wrong point.
+
+mod commands;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{GlobalArgs, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "lifeline", version, about = "Backups, WAL archiving and point-in-time restore for PostgreSQL")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// WAL archiving: archive_command and restore_command.
+    #[command(subcommand)]
+    Wal(commands::wal::WalCommand),
+    /// Take a backup.
+    #[command(subcommand)]
+    Backup(commands::backup::BackupCommand),
+    /// Restore a backup (full, or to a point in time).
+    #[command(subcommand)]
+    Restore(commands::restore::RestoreCommand),
+    /// Backups in the catalog.
+    List(commands::info::ListArgs),
+    /// Last backups, last archived WAL and its age, repository size.
+    Status(commands::info::StatusArgs),
+    /// Check the repository: every backup's chunks exist; --read-data re-reads everything.
+    Verify(commands::verify::VerifyArgs),
+    /// The SQLite catalog.
+    #[command(subcommand)]
+    Catalog(commands::catalog::CatalogCommand),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFELINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let fetch = matches!(cli.command, Command::Wal(commands::wal::WalCommand::Fetch(_)));
+    let settings = match Settings::resolve(&cli.global) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lifeline: {e:#}");
+            return if fetch { ExitCode::from(commands::wal::FETCH_FATAL) } else { ExitCode::from(2) };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifeline: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Wal(cmd) => commands::wal::run(cmd, &settings).await,
+            Command::Backup(cmd) => commands::backup::run(cmd, &settings).await,
+            Command::Restore(cmd) => commands::restore::run(cmd, &settings).await,
+            Command::List(args) => commands::info::list(args, &settings),
+            Command::Status(args) => commands::info::status(args, &settings).await,
+            Command::Verify(args) => commands::verify::run(args, &settings).await,
+            Command::Catalog(cmd) => commands::catalog::run(cmd, &settings).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lifeline: {e:#}");
+            if fetch { ExitCode::from(commands::wal::FETCH_FATAL) } else { ExitCode::FAILURE }
+        }
+    }
+}

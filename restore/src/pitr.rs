@@ -205,3 +205,23 @@ mod tests {
         assert!(plan_pitr(&backups, &wals, &histories, ts(750), SEG).is_err());
     }
 }
+
+/// Read and parse every archived `.history` file of a cluster, by timeline.
+pub async fn timeline_histories(
+    storage: &dyn storage::Storage,
+    system_identifier: u64,
+    wal: &[WalRecord],
+) -> Result<BTreeMap<u32, Vec<TimelineSwitch>>, RestoreError> {
+    use storage::StorageExt;
+    let mut out = BTreeMap::new();
+    for w in wal.iter().filter(|w| w.kind == "history") {
+        let name: storage::wal::WalFileName = w.name.parse().map_err(RestoreError::Refused)?;
+        let key = storage::layout::wal_key(system_identifier, &name);
+        let plain = storage::object::decode(&key, &storage.get_bytes(&key).await?)?;
+        let text = String::from_utf8_lossy(&plain);
+        let switches = storage::wal::parse_history(&text)
+            .map_err(|e| RestoreError::Refused(format!("{key}: {e}")))?;
+        out.insert(w.timeline, switches);
+    }
+    Ok(out)
+}

@@ -1,0 +1,173 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use jiff::tz::TimeZone;
+use restore::{BackupSelector, RecoveryTarget, RestoreOptions};
+
+use crate::config::{Settings, shell_quote};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RestoreCommand {
+    /// Restore PostgreSQL: a full backup, or to a point in time (--type pitr --until ...).
+    Postgres(PostgresArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PostgresArgs {
+    #[arg(long = "type", value_parser = ["full", "pitr"])]
+    restore_type: String,
+    /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
+    #[arg(long, default_value = "latest")]
+    from: String,
+    /// Target time for --type pitr: "YYYY-MM-DD HH:MM:SS", local time unless it carries an offset.
+    #[arg(long)]
+    until: Option<String>,
+    /// Restore from a file instead of the repository (dumps only).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long, value_parser = ["base", "dump"], default_value = "base")]
+    kind: String,
+    /// The data directory to restore into: must be empty or not exist.
+    #[arg(long, env = "PGDATA")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_parser = ["production", "staging"], default_value = "production")]
+    target: String,
+    /// Skip checking that every chunk exists before writing (chunks are still verified as read).
+    #[arg(long, env = "SKIP_VERIFICATION", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    skip_verify: bool,
+}
+
+/// Parse the operator's target time: local time unless it carries an offset.
+pub fn parse_until(text: &str, tz: &TimeZone) -> Result<jiff::Timestamp> {
+    let text = text.trim();
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    let civil = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
+        .or_else(|_| jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M:%S", text))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "--until {text:?} is not a time: use \"YYYY-MM-DD HH:MM:SS\" (local time) or add an offset, e.g. \"2025-12-27 14:30:00+01:00\""
+            )
+        })?;
+    let zoned = civil
+        .to_zoned(tz.clone())
+        .with_context(|| format!("--until {text:?} does not exist in the local time zone"))?;
+    Ok(zoned.timestamp())
+}
+
+pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
+    let RestoreCommand::Postgres(args) = cmd;
+    if args.kind == "dump" || args.file.is_some() {
+        bail!("dump restores (--kind dump, --file) are not available in this version: restore a base backup");
+    }
+    let Some(data_dir) = args.data_dir.clone() else {
+        bail!("name the directory to restore into with --data-dir DIR (or PGDATA)");
+    };
+    let tz = TimeZone::system();
+    let target = match (args.restore_type.as_str(), &args.until) {
+        ("pitr", Some(until)) => Some(parse_until(until, &tz)?),
+        ("pitr", None) => bail!("--type pitr needs --until \"YYYY-MM-DD HH:MM:SS\""),
+        (_, Some(_)) => bail!("--until applies to --type pitr only"),
+        _ => None,
+    };
+    let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
+    let storage = settings.repository()?;
+    let catalog = settings.open_catalog()?;
+    let identity = storage::manifest::ClusterIdentity::load(storage.as_ref())
+        .await?
+        .context("the repository holds no cluster yet: nothing was ever archived or backed up there")?;
+    let sysid = identity.system_identifier().context("cluster.json is corrupt")?;
+    let backups: Vec<_> = catalog
+        .backups(Some("postgresql"))?
+        .into_iter()
+        .filter(|b| b.system_identifier == sysid)
+        .collect();
+    if backups.is_empty() {
+        bail!("the catalog lists no PostgreSQL backups: run `lifeline backup postgres`, or `lifeline catalog rebuild` if the catalog was lost");
+    }
+
+    let (backup, recovery) = match target {
+        Some(target) => {
+            println!(
+                "recovery target: {} (resolved from {:?} in time zone {})",
+                target.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                args.until.as_deref().unwrap_or_default(),
+                tz.iana_name().unwrap_or("local")
+            );
+            let wal = catalog.wal_files(sysid)?;
+            let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
+            let plan = restore::plan_pitr(&backups, &wal, &histories, target, identity.segment_size)?;
+            println!(
+                "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
+                plan.backup.backup_id, plan.backup.timeline, plan.last_segment, plan.timeline.0
+            );
+            (plan.backup, RecoveryTarget::Time(target))
+        }
+        None => {
+            let backup = restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
+            (backup, RecoveryTarget::Immediate)
+        }
+    };
+
+    let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
+    let restore_command = format!(
+        "{}{} wal fetch --cluster {sysid} %f %p",
+        shell_quote(&exe.to_string_lossy()),
+        settings.repository_flags()?
+    );
+    let manifest = restore::read_manifest(storage.as_ref(), &backup.backup_id)
+        .await
+        .with_context(|| format!("read the manifest of {}", backup.backup_id))?;
+    let opts = RestoreOptions {
+        data_dir: data_dir.clone(),
+        parallelism: settings.parallelism,
+        verify_first: !args.skip_verify,
+        target: recovery.clone(),
+        restore_command,
+    };
+    let started = Instant::now();
+    let report = restore::restore_base(storage, &manifest, &opts)
+        .await
+        .with_context(|| format!("restore {} into {}", backup.backup_id, data_dir.display()))?;
+    println!(
+        "restored backup {} into {}: {} files, {} MiB in {:.1} s",
+        backup.backup_id,
+        data_dir.display(),
+        report.files,
+        report.bytes >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    match recovery {
+        RecoveryTarget::Immediate => println!(
+            "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to the backup's consistent end ({}) and promotes",
+            data_dir.display(),
+            manifest.stop_lsn
+        ),
+        RecoveryTarget::Time(t) => println!(
+            "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {} and promotes",
+            data_dir.display(),
+            t.strftime("%Y-%m-%d %H:%M:%S UTC")
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_is_local_unless_it_has_an_offset() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap_or(TimeZone::fixed(jiff::tz::offset(1)));
+        let local = parse_until("2025-12-27 14:30:00", &tz).expect("local");
+        assert_eq!(local.to_string(), "2025-12-27T13:30:00Z");
+        let offset = parse_until("2025-12-27 14:30:00+00:00", &tz).expect("offset");
+        assert_eq!(offset.to_string(), "2025-12-27T14:30:00Z");
+        for bad in ["yesterday", "2025-13-01 00:00:00", "2025-12-27", ""] {
+            assert!(parse_until(bad, &tz).is_err(), "{bad:?} accepted");
+        }
+    }
+}

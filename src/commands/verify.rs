@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::config::Settings;
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Re-read and re-hash every chunk and WAL object, not just check that chunks exist.
+    #[arg(long)]
+    read_data: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
+    let storage = settings.repository()?;
+    let report = restore::verify_repository(storage.as_ref(), args.read_data, settings.parallelism).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for problem in &report.problems {
+            println!("[FAIL] {problem}");
+        }
+        println!(
+            "checked {} backups, {} chunks, {} WAL objects{}: {}",
+            report.backups,
+            report.chunks,
+            report.wal_files,
+            if args.read_data { format!(", {} MiB read back", report.bytes_read >> 20) } else { String::new() },
+            if report.is_clean() { "OK".to_string() } else { format!("{} problem(s)", report.problems.len()) }
+        );
+    }
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,230 @@
+//! Test harness: real PostgreSQL 15 clusters on loopback, run as the `postgres` user, and the
+//! lifeline binary copied where that user can run it.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+fn chown_postgres(path: &Path) {
+    let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().expect("chown");
+    assert!(status.success());
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A scratch directory owned by postgres, holding the binary, the repository and clusters.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub repo: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::Builder::new().prefix("lifeline-test-").tempdir_in("/tmp").expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bin = dir.path().join("lifeline");
+        std::fs::copy(env!("CARGO_BIN_EXE_lifeline"), &bin).expect("copy binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).expect("repo dir");
+        chown_postgres(dir.path());
+        Scratch { dir, bin, repo }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Run lifeline as postgres with BACKUP_DIR set; `env` adds or overrides variables.
+    pub fn lifeline(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let (uid, gid) = postgres_ids();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("BACKUP_DIR", &self.repo)
+            .env("TZ", "UTC")
+            .current_dir(self.dir.path())
+            .uid(uid)
+            .gid(gid);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run lifeline")
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn run_as_postgres(program: &str, args: &[&str]) -> Output {
+    let (uid, gid) = postgres_ids();
+    Command::new(program)
+        .args(args)
+        .current_dir("/tmp")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .expect("run as postgres")
+}
+
+pub struct Pg {
+    pub data: PathBuf,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+}
+
+impl Pg {
+    /// initdb a new cluster archiving into `scratch`'s repository.
+    pub fn init(scratch: &Scratch, name: &str) -> Pg {
+        let data = scratch.path(name);
+        let out = run_as_postgres(
+            &format!("{PG_BIN}/initdb"),
+            &["-D", data.to_str().expect("utf8"), "--auth=trust", "--no-sync", "-U", "postgres"],
+        );
+        assert!(out.status.success(), "initdb: {}", text(&out));
+        let pg = Pg { data, port: free_port(), socket_dir: scratch.dir.path().to_path_buf() };
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+             archive_mode = on\narchive_command = '{} --backup-dir {} wal push %p'\n\
+             wal_level = replica\nfsync = off\nmax_wal_size = 256MB\nlog_min_messages = info\n",
+            pg.port,
+            pg.socket_dir.display(),
+            scratch.bin.display(),
+            scratch.repo.display()
+        );
+        let path = pg.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).expect("read conf");
+        text.push_str(&conf);
+        std::fs::write(&path, text).expect("write conf");
+        pg
+    }
+
+    /// A cluster restored into `data`: same settings, a new port.
+    pub fn restored(scratch: &Scratch, data: PathBuf) -> Pg {
+        let port = free_port();
+        let path = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&path).expect("read auto conf");
+        text.push_str(&format!("port = {port}\n"));
+        std::fs::write(&path, text).expect("write auto conf");
+        Pg { data, port, socket_dir: scratch.dir.path().to_path_buf() }
+    }
+
+    pub fn start(&self) {
+        let log = self.data.with_extension("log");
+        let out = run_as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &["-D", self.data.to_str().expect("utf8"), "-l", log.to_str().expect("utf8"), "-w", "-t", "120", "start"],
+        );
+        assert!(out.status.success(), "pg_ctl start: {}\n{}", text(&out), std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    pub fn stop(&self) {
+        let _ = run_as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &["-D", self.data.to_str().expect("utf8"), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn try_psql(&self, sql: &str) -> Output {
+        run_as_postgres(
+            &format!("{PG_BIN}/psql"),
+            &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-AtX", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        )
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.try_psql(sql);
+        assert!(out.status.success(), "psql {sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Wait until recovery has finished and the server accepts writes.
+    pub fn wait_promoted(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = self.try_psql("SELECT pg_is_in_recovery()");
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server never left recovery; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Switch WAL and wait until the segment is archived.
+    pub fn switch_and_archive(&self) {
+        let before: i64 = self.psql("SELECT archived_count FROM pg_stat_archiver").parse().expect("count");
+        self.psql("SELECT pg_switch_wal()");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now: i64 = self.psql("SELECT archived_count FROM pg_stat_archiver").parse().expect("count");
+            if now > before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "WAL never archived; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every row of every user table, as text, table by table.
+    pub fn snapshot(&self) -> Vec<(String, String)> {
+        let tables = self.psql(
+            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
+        );
+        tables
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(|t| (t.to_string(), self.psql(&format!("SELECT string_agg(x::text, ';' ORDER BY x::text) FROM {t} x"))))
+            .collect()
+    }
+
+    pub fn db_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DB_HOST".into(), "127.0.0.1".into()),
+            ("DB_PORT".into(), self.port.to_string()),
+            ("DB_USER".into(), "postgres".into()),
+            ("DB_NAME".into(), "postgres".into()),
+        ]
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// The database's clock, truncated to the second, as a UTC time with an explicit offset.
+pub fn server_second(pg: &Pg) -> String {
+    pg.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00:00'")
+}

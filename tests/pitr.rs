@@ -1,0 +1,102 @@
+//! Point-in-time and full restores against real PostgreSQL 15 clusters.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Pg, Scratch, code, env_refs, server_second, text};
+
+fn backup(scratch: &Scratch, pg: &Pg) -> String {
+    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
+    assert!(out.status.success(), "backup failed: {}", text(&out));
+    text(&out)
+}
+
+fn seed(pg: &Pg) {
+    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)");
+    pg.psql("CREATE TABLE orders (id serial PRIMARY KEY, account int, amount numeric)");
+    pg.psql("INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 5000) g");
+    pg.psql("INSERT INTO orders (account, amount) SELECT g % 5000 + 1, g FROM generate_series(1, 20000) g");
+}
+
+#[test]
+fn pitr_to_a_second_before_a_destructive_change() {
+    let scratch = Scratch::new();
+    let pg = Pg::init(&scratch, "primary");
+    pg.start();
+    seed(&pg);
+    backup(&scratch, &pg);
+
+    // Work after the backup that the restore must replay...
+    pg.psql("UPDATE accounts SET balance = balance + 1 WHERE id % 7 = 0");
+    pg.psql("INSERT INTO orders (account, amount) SELECT g, 1 FROM generate_series(1, 100) g");
+    pg.switch_and_archive();
+    pg.psql("INSERT INTO accounts VALUES (9001, 'late', 1)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let expected = pg.snapshot();
+    let target = server_second(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    // ...and the disaster it must not.
+    pg.psql("DELETE FROM accounts WHERE id > 100");
+    pg.psql("DROP TABLE orders");
+    pg.switch_and_archive();
+
+    let restored_dir = scratch.path("restored");
+    let out = scratch.lifeline(
+        &["restore", "postgres", "--type", "pitr", "--until", &target, "--data-dir", restored_dir.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(out.status.success(), "restore failed: {}", text(&out));
+    assert!(text(&out).contains("recovery target:"), "the resolved instant is printed: {}", text(&out));
+    let restored = Pg::restored(&scratch, restored_dir);
+    restored.start();
+    restored.wait_promoted();
+    assert_eq!(restored.snapshot(), expected, "rows after PITR differ from the rows at the target");
+}
+
+#[test]
+fn full_restore_catalog_rebuild_and_timeline_switch() {
+    let scratch = Scratch::new();
+    let pg = Pg::init(&scratch, "primary");
+    pg.start();
+    seed(&pg);
+    backup(&scratch, &pg);
+    let at_backup = pg.snapshot();
+    pg.psql("DELETE FROM orders WHERE id < 1000");
+
+    // Lose the catalog: the repository alone must be enough.
+    std::fs::remove_file(scratch.repo.join("catalog.db")).expect("remove catalog");
+    let out = scratch.lifeline(&["catalog", "rebuild"], &[]);
+    assert!(out.status.success(), "rebuild failed: {}", text(&out));
+    assert!(text(&out).contains("1 backups"), "{}", text(&out));
+
+    // Full restore of the latest backup: the data as it was when the backup ended.
+    let first = scratch.path("first");
+    let out = scratch.lifeline(&["restore", "postgres", "--type", "full", "--from", "latest", "--data-dir", first.to_str().expect("utf8")], &[]);
+    assert!(out.status.success(), "full restore failed: {}", text(&out));
+    let first = Pg::restored(&scratch, first);
+    first.start();
+    first.wait_promoted();
+    assert_eq!(first.snapshot(), at_backup, "full restore differs from the data at backup time");
+    assert_eq!(first.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+
+    // Life goes on on timeline 2, archived into the same repository.
+    first.psql("INSERT INTO accounts VALUES (7001, 'timeline two', 2)");
+    first.switch_and_archive();
+    std::thread::sleep(Duration::from_millis(1100));
+    let expected = first.snapshot();
+    let target = server_second(&first);
+    std::thread::sleep(Duration::from_millis(1100));
+    first.psql("TRUNCATE accounts CASCADE");
+    first.switch_and_archive();
+    first.stop();
+
+    let second = scratch.path("second");
+    let out = scratch.lifeline(&["restore", "postgres", "--type", "pitr", "--until", &target, "--data-dir", second.to_str().expect("utf8")], &[]);
+    assert!(out.status.success(), "PITR on timeline 2 failed: {}", text(&out));
+    let second = Pg::restored(&scratch, second);
+    second.start();
+    second.wait_promoted();
+    assert_eq!(second.snapshot(), expected, "rows after PITR on timeline 2 differ");
+    assert_eq!(code(&out), 0);
+}
