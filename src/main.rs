@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{GlobalArgs, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "lifeline", version, about = "Backups, WAL archiving and point-in-time restore for PostgreSQL")]
+#[command(
+    name = "lifeline",
+    version,
+    about = "Backups, WAL archiving and point-in-time restore for PostgreSQL"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -58,15 +62,25 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let fetch = matches!(cli.command, Command::Wal(commands::wal::WalCommand::Fetch(_)));
+    let fetch = matches!(
+        cli.command,
+        Command::Wal(commands::wal::WalCommand::Fetch(_))
+    );
     let settings = match Settings::resolve(&cli.global) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lifeline: {e:#}");
-            return if fetch { ExitCode::from(commands::wal::FETCH_FATAL) } else { ExitCode::from(2) };
+            return if fetch {
+                ExitCode::from(commands::wal::FETCH_FATAL)
+            } else {
+                ExitCode::from(2)
+            };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lifeline: cannot start the async runtime: {e}");
@@ -88,7 +102,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lifeline: {e:#}");
-            if fetch { ExitCode::from(commands::wal::FETCH_FATAL) } else { ExitCode::FAILURE }
+            if fetch {
+                ExitCode::from(commands::wal::FETCH_FATAL)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

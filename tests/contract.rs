@@ -37,7 +37,11 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 fn write_as_postgres(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("write");
-    std::process::Command::new("chown").arg("postgres:postgres").arg(path).status().expect("chown");
+    std::process::Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(path)
+        .status()
+        .expect("chown");
 }
 
 #[test]
@@ -53,7 +57,11 @@ fn wal_push_and_fetch_contract() {
     // An identical re-push succeeds.
     let incoming = scratch.path("incoming");
     std::fs::create_dir(&incoming).expect("mkdir");
-    std::process::Command::new("chown").arg("postgres:postgres").arg(&incoming).status().expect("chown");
+    std::process::Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(&incoming)
+        .status()
+        .expect("chown");
     let same = incoming.join(&name);
     write_as_postgres(&same, &original);
     let out = scratch.lifeline(&["wal", "push", same.to_str().expect("utf8")], &[]);
@@ -64,8 +72,17 @@ fn wal_push_and_fetch_contract() {
     changed[100_000] ^= 0xFF;
     write_as_postgres(&same, &changed);
     let out = scratch.lifeline(&["wal", "push", same.to_str().expect("utf8")], &[]);
-    assert!(code(&out) != 0 && code(&out) <= 125, "conflicting push exit {}: {}", code(&out), text(&out));
-    assert!(text(&out).contains("already archived with different contents"), "{}", text(&out));
+    assert!(
+        code(&out) != 0 && code(&out) <= 125,
+        "conflicting push exit {}: {}",
+        code(&out),
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("already archived with different contents"),
+        "{}",
+        text(&out)
+    );
     let (_, after) = archived_segment(&scratch);
     assert!(after == original, "the archived segment was overwritten");
 
@@ -80,13 +97,29 @@ fn wal_push_and_fetch_contract() {
     let bogus = incoming.join("000000010000000000000099");
     write_as_postgres(&bogus, &original[..1 << 20]);
     let out = scratch.lifeline(&["wal", "push", bogus.to_str().expect("utf8")], &[]);
-    assert!(code(&out) != 0 && code(&out) <= 125 && text(&out).contains("not an archivable WAL file"), "{}", text(&out));
+    assert!(
+        code(&out) != 0 && code(&out) <= 125 && text(&out).contains("not an archivable WAL file"),
+        "{}",
+        text(&out)
+    );
 
     // Fetch of a name never archived: exit 1, quietly.
     let dest = incoming.join("RECOVERYXLOG");
-    let out = scratch.lifeline(&["wal", "fetch", "0000000100000000000000FF", dest.to_str().expect("utf8")], &[]);
+    let out = scratch.lifeline(
+        &[
+            "wal",
+            "fetch",
+            "0000000100000000000000FF",
+            dest.to_str().expect("utf8"),
+        ],
+        &[],
+    );
     assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(!text(&out).contains("ERROR") && !dest.exists(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("ERROR") && !dest.exists(),
+        "{}",
+        text(&out)
+    );
 
     // Fetch writes exactly the archived bytes.
     let out = scratch.lifeline(&["wal", "fetch", &name, dest.to_str().expect("utf8")], &[]);
@@ -94,19 +127,35 @@ fn wal_push_and_fetch_contract() {
     assert!(std::fs::read(&dest).expect("read") == original);
 
     // A corrupted object: exit above 125, and nothing written.
-    let object = walk(&scratch.repo.join("wal")).into_iter().find(|p| p.ends_with(&name)).expect("object");
+    let object = walk(&scratch.repo.join("wal"))
+        .into_iter()
+        .find(|p| p.ends_with(&name))
+        .expect("object");
     let mut stored = std::fs::read(&object).expect("read object");
     let mid = stored.len() / 2;
     stored[mid] ^= 0x55;
     std::fs::write(&object, &stored).expect("corrupt");
     let dest2 = incoming.join("RECOVERYXLOG2");
     let out = scratch.lifeline(&["wal", "fetch", &name, dest2.to_str().expect("utf8")], &[]);
-    assert!(code(&out) > 125, "corrupt fetch exit {}: {}", code(&out), text(&out));
+    assert!(
+        code(&out) > 125,
+        "corrupt fetch exit {}: {}",
+        code(&out),
+        text(&out)
+    );
     assert!(!dest2.exists());
 
     // The repository cannot be read: exit above 125.
-    let out = scratch.lifeline(&["wal", "fetch", &name, dest2.to_str().expect("utf8")], &[("BACKUP_DIR", "/nonexistent/repo")]);
-    assert!(code(&out) > 125, "missing repository exit {}: {}", code(&out), text(&out));
+    let out = scratch.lifeline(
+        &["wal", "fetch", &name, dest2.to_str().expect("utf8")],
+        &[("BACKUP_DIR", "/nonexistent/repo")],
+    );
+    assert!(
+        code(&out) > 125,
+        "missing repository exit {}: {}",
+        code(&out),
+        text(&out)
+    );
 }
 
 #[test]
@@ -118,57 +167,188 @@ fn corrupted_and_missing_chunks_and_bad_input() {
     let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
     assert!(out.status.success(), "backup: {}", text(&out));
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert!(out.status.success(), "verify of a fresh repository: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "verify of a fresh repository: {}",
+        text(&out)
+    );
 
     // Bad input, each a one-line error naming the fix, nothing written.
     let dir = scratch.path("target");
     let dir_s = dir.to_str().expect("utf8");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
-        (vec!["restore", "postgres", "--type", "pitr", "--until", "yesterday at noon", "--data-dir", dir_s], vec![], "is not a time"),
-        (vec!["restore", "postgres", "--type", "pitr", "--until", "2001-01-01 00:00:00+00:00", "--data-dir", dir_s], vec![], "no base backup ended before"),
-        (vec!["restore", "postgres", "--type", "pitr", "--until", "2999-01-01 00:00:00+00:00", "--data-dir", dir_s], vec![], "past the end of the archive"),
-        (vec!["restore", "postgres", "--type", "full", "--from", "backup_19990101_000000", "--data-dir", dir_s], vec![], "no backup backup_19990101_000000"),
-        (vec!["list"], vec![("BACKUP_DIR", "/nonexistent/repo")], "BACKUP_DIR"),
-        (vec!["restore", "postgres", "--type", "full", "--data-dir", dir_s], vec![("BACKUP_DIR", "/nonexistent/repo")], "BACKUP_DIR"),
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                "restore",
+                "postgres",
+                "--type",
+                "pitr",
+                "--until",
+                "yesterday at noon",
+                "--data-dir",
+                dir_s,
+            ],
+            vec![],
+            "is not a time",
+        ),
+        (
+            vec![
+                "restore",
+                "postgres",
+                "--type",
+                "pitr",
+                "--until",
+                "2001-01-01 00:00:00+00:00",
+                "--data-dir",
+                dir_s,
+            ],
+            vec![],
+            "no base backup ended before",
+        ),
+        (
+            vec![
+                "restore",
+                "postgres",
+                "--type",
+                "pitr",
+                "--until",
+                "2999-01-01 00:00:00+00:00",
+                "--data-dir",
+                dir_s,
+            ],
+            vec![],
+            "past the end of the archive",
+        ),
+        (
+            vec![
+                "restore",
+                "postgres",
+                "--type",
+                "full",
+                "--from",
+                "backup_19990101_000000",
+                "--data-dir",
+                dir_s,
+            ],
+            vec![],
+            "no backup backup_19990101_000000",
+        ),
+        (
+            vec!["list"],
+            vec![("BACKUP_DIR", "/nonexistent/repo")],
+            "BACKUP_DIR",
+        ),
+        (
+            vec!["restore", "postgres", "--type", "full", "--data-dir", dir_s],
+            vec![("BACKUP_DIR", "/nonexistent/repo")],
+            "BACKUP_DIR",
+        ),
     ];
     for (args, env, expected) in cases {
         let out = scratch.lifeline(&args, &env);
         assert!(code(&out) != 0, "{args:?} succeeded");
-        assert!(text(&out).contains(expected), "{args:?}: expected {expected:?} in {}", text(&out));
+        assert!(
+            text(&out).contains(expected),
+            "{args:?}: expected {expected:?} in {}",
+            text(&out)
+        );
         assert!(!dir.exists(), "{args:?} wrote into the data directory");
     }
     // A non-empty data directory is refused and left alone.
     std::fs::create_dir(&dir).expect("mkdir");
     std::fs::write(dir.join("precious"), "keep me").expect("write");
-    std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().expect("chown");
-    let out = scratch.lifeline(&["restore", "postgres", "--type", "full", "--data-dir", dir_s], &[]);
-    assert!(code(&out) != 0 && text(&out).contains("is not empty"), "{}", text(&out));
-    assert_eq!(std::fs::read_to_string(dir.join("precious")).expect("read"), "keep me");
+    std::process::Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&dir)
+        .status()
+        .expect("chown");
+    let out = scratch.lifeline(
+        &["restore", "postgres", "--type", "full", "--data-dir", dir_s],
+        &[],
+    );
+    assert!(
+        code(&out) != 0 && text(&out).contains("is not empty"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("precious")).expect("read"),
+        "keep me"
+    );
     assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 1);
 
     // Corrupt one chunk: verify --read-data names it; a restore refuses and leaves nothing.
     let chunks: Vec<_> = walk(&scratch.repo.join("chunks"));
-    let victim = chunks.iter().max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a chunk").clone();
-    let victim_name = victim.file_name().expect("name").to_string_lossy().into_owned();
+    let victim = chunks
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a chunk")
+        .clone();
+    let victim_name = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     let mut bytes = std::fs::read(&victim).expect("read chunk");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&victim, &bytes).expect("corrupt chunk");
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert!(code(&out) != 0, "verify missed the corruption: {}", text(&out));
-    assert!(text(&out).contains(&victim_name) && text(&out).contains("corrupt"), "{}", text(&out));
+    assert!(
+        code(&out) != 0,
+        "verify missed the corruption: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&victim_name) && text(&out).contains("corrupt"),
+        "{}",
+        text(&out)
+    );
     let fresh = scratch.path("fresh");
-    let out = scratch.lifeline(&["restore", "postgres", "--type", "full", "--data-dir", fresh.to_str().expect("utf8")], &[]);
-    assert!(code(&out) != 0, "restore used a corrupt chunk: {}", text(&out));
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "full",
+            "--data-dir",
+            fresh.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(
+        code(&out) != 0,
+        "restore used a corrupt chunk: {}",
+        text(&out)
+    );
     assert!(text(&out).contains(&victim_name), "{}", text(&out));
     assert!(!fresh.exists(), "a half-restored directory was left behind");
 
     // Delete a chunk: plain verify names it missing; restore refuses before writing anything.
     std::fs::remove_file(&victim).expect("remove chunk");
     let out = scratch.lifeline(&["verify"], &[]);
-    assert!(code(&out) != 0 && text(&out).contains(&victim_name) && text(&out).contains("missing"), "{}", text(&out));
-    let out = scratch.lifeline(&["restore", "postgres", "--type", "full", "--data-dir", fresh.to_str().expect("utf8")], &[]);
-    assert!(code(&out) != 0 && text(&out).contains("missing"), "{}", text(&out));
+    assert!(
+        code(&out) != 0 && text(&out).contains(&victim_name) && text(&out).contains("missing"),
+        "{}",
+        text(&out)
+    );
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "full",
+            "--data-dir",
+            fresh.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(
+        code(&out) != 0 && text(&out).contains("missing"),
+        "{}",
+        text(&out)
+    );
     assert!(!fresh.exists());
 }
 
@@ -188,14 +368,29 @@ fn list_and_status_report_backups_and_wal() {
     assert_eq!(backup["state"], "complete");
     let id = backup["backup_id"].as_str().expect("id");
     let metadata: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(scratch.repo.join(format!("backups/{id}/{id}.metadata"))).expect("metadata file"),
+        &std::fs::read(scratch.repo.join(format!("backups/{id}/{id}.metadata")))
+            .expect("metadata file"),
     )
     .expect("metadata is JSON");
-    for field in ["backup_id", "type", "service", "timestamp", "size_bytes", "size_readable", "duration_seconds", "files", "checksum", "verified", "retention", "restorability"] {
+    for field in [
+        "backup_id",
+        "type",
+        "service",
+        "timestamp",
+        "size_bytes",
+        "size_readable",
+        "duration_seconds",
+        "files",
+        "checksum",
+        "verified",
+        "retention",
+        "restorability",
+    ] {
         assert!(metadata.get(field).is_some(), "metadata lacks {field}");
     }
     let out = scratch.lifeline(&["status", "--json"], &[]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
     assert!(status["last_wal"]["name"].as_str().is_some(), "{status}");
     assert!(status["repository_bytes"].as_u64().expect("bytes") > 0);
     let out = scratch.lifeline(&["list"], &[]);

@@ -43,15 +43,32 @@ fn pitr_to_a_second_before_a_destructive_change() {
 
     let restored_dir = scratch.path("restored");
     let out = scratch.lifeline(
-        &["restore", "postgres", "--type", "pitr", "--until", &target, "--data-dir", restored_dir.to_str().expect("utf8")],
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "pitr",
+            "--until",
+            &target,
+            "--data-dir",
+            restored_dir.to_str().expect("utf8"),
+        ],
         &[],
     );
     assert!(out.status.success(), "restore failed: {}", text(&out));
-    assert!(text(&out).contains("recovery target:"), "the resolved instant is printed: {}", text(&out));
+    assert!(
+        text(&out).contains("recovery target:"),
+        "the resolved instant is printed: {}",
+        text(&out)
+    );
     let restored = Pg::restored(&scratch, restored_dir);
     restored.start();
     restored.wait_promoted();
-    assert_eq!(restored.snapshot(), expected, "rows after PITR differ from the rows at the target");
+    assert_eq!(
+        restored.snapshot(),
+        expected,
+        "rows after PITR differ from the rows at the target"
+    );
 }
 
 #[test]
@@ -72,13 +89,32 @@ fn full_restore_catalog_rebuild_and_timeline_switch() {
 
     // Full restore of the latest backup: the data as it was when the backup ended.
     let first = scratch.path("first");
-    let out = scratch.lifeline(&["restore", "postgres", "--type", "full", "--from", "latest", "--data-dir", first.to_str().expect("utf8")], &[]);
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "full",
+            "--from",
+            "latest",
+            "--data-dir",
+            first.to_str().expect("utf8"),
+        ],
+        &[],
+    );
     assert!(out.status.success(), "full restore failed: {}", text(&out));
     let first = Pg::restored(&scratch, first);
     first.start();
     first.wait_promoted();
-    assert_eq!(first.snapshot(), at_backup, "full restore differs from the data at backup time");
-    assert_eq!(first.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    assert_eq!(
+        first.snapshot(),
+        at_backup,
+        "full restore differs from the data at backup time"
+    );
+    assert_eq!(
+        first.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
 
     // Life goes on on timeline 2, archived into the same repository.
     first.psql("INSERT INTO accounts VALUES (7001, 'timeline two', 2)");
@@ -92,11 +128,31 @@ fn full_restore_catalog_rebuild_and_timeline_switch() {
     first.stop();
 
     let second = scratch.path("second");
-    let out = scratch.lifeline(&["restore", "postgres", "--type", "pitr", "--until", &target, "--data-dir", second.to_str().expect("utf8")], &[]);
-    assert!(out.status.success(), "PITR on timeline 2 failed: {}", text(&out));
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "pitr",
+            "--until",
+            &target,
+            "--data-dir",
+            second.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "PITR on timeline 2 failed: {}",
+        text(&out)
+    );
     let second = Pg::restored(&scratch, second);
     second.start();
     second.wait_promoted();
-    assert_eq!(second.snapshot(), expected, "rows after PITR on timeline 2 differ");
+    assert_eq!(
+        second.snapshot(),
+        expected,
+        "rows after PITR on timeline 2 differ"
+    );
     assert_eq!(code(&out), 0);
 }

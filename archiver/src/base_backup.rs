@@ -20,7 +20,9 @@ use futures::{StreamExt, TryStreamExt};
 use storage::chunking::{self, content_defined_chunks};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, MANIFEST_FORMAT};
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
-use storage::{Compression, Durability, PutMode, Storage, StorageError, StorageExt, layout, object};
+use storage::{
+    Compression, Durability, PutMode, Storage, StorageError, StorageExt, layout, object,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -109,8 +111,9 @@ async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, Ar
         .await
         .doing("reading the server's settings (the backup user needs pg_read_all_settings or superuser)")?;
     let number = |s: String, what: &str| {
-        s.parse::<u64>()
-            .map_err(|_| ArchiveError::Precondition(format!("the server reported an unreadable {what}: {s:?}")))
+        s.parse::<u64>().map_err(|_| {
+            ArchiveError::Precondition(format!("the server reported an unreadable {what}: {s:?}"))
+        })
     };
     Ok(ServerFacts {
         version: row.get(0),
@@ -126,7 +129,8 @@ pub async fn run_base_backup(
     storage: Arc<dyn Storage>,
     opts: &BaseBackupOptions,
 ) -> Result<BackupManifest, ArchiveError> {
-    let block_size = chunking::validate_block_size(opts.block_size).map_err(ArchiveError::Precondition)?;
+    let block_size =
+        chunking::validate_block_size(opts.block_size).map_err(ArchiveError::Precondition)?;
     let client = opts.connection.connect().await?;
     let facts = server_facts(&client).await?;
     if facts.archive_mode == "off" {
@@ -136,11 +140,27 @@ pub async fn run_base_backup(
                 .into(),
         ));
     }
-    let data_dir = opts.data_dir.clone().unwrap_or(facts.data_directory.clone());
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or(facts.data_directory.clone());
     check_data_dir(&data_dir, facts.system_identifier).await?;
-    cluster::bind(storage.as_ref(), facts.system_identifier, facts.segment_size, "this server").await?;
+    cluster::bind(
+        storage.as_ref(),
+        facts.system_identifier,
+        facts.segment_size,
+        "this server",
+    )
+    .await?;
 
-    let known = Arc::new(Mutex::new(previous_chunks(storage.as_ref(), &opts.catalog_path, facts.system_identifier).await));
+    let known = Arc::new(Mutex::new(
+        previous_chunks(
+            storage.as_ref(),
+            &opts.catalog_path,
+            facts.system_identifier,
+        )
+        .await,
+    ));
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     info!(backup = %backup_id, data_dir = %data_dir.display(), "starting base backup");
@@ -161,17 +181,31 @@ pub async fn run_base_backup(
     storage.sync().await?;
 
     let stop = client
-        .query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])
+        .query_one(
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
+            &[],
+        )
         .await
         .doing("stopping the backup (pg_backup_stop)")?;
-    let stop_lsn: Lsn = stop.get::<_, String>(0).parse().map_err(ArchiveError::Precondition)?;
+    let stop_lsn: Lsn = stop
+        .get::<_, String>(0)
+        .parse()
+        .map_err(ArchiveError::Precondition)?;
     let backup_label: String = stop.get(1);
     let tablespace_map: Option<String> = stop.get::<_, Option<String>>(2).filter(|m| !m.is_empty());
     let timeline = start_timeline(&backup_label)?;
 
     let start_segment = Segment::containing(timeline, start_lsn, facts.segment_size);
     let stop_segment = Segment::containing(timeline, stop_lsn, facts.segment_size);
-    wait_for_wal(storage.as_ref(), facts.system_identifier, start_segment, stop_segment, facts.segment_size, opts.wal_wait).await?;
+    wait_for_wal(
+        storage.as_ref(),
+        facts.system_identifier,
+        start_segment,
+        stop_segment,
+        facts.segment_size,
+        opts.wal_wait,
+    )
+    .await?;
 
     let row_counts = match counts.await {
         Ok(Ok(counts)) => counts,
@@ -229,7 +263,8 @@ async fn check_data_dir(data_dir: &Path, system_identifier: u64) -> Result<(), A
             control.display()
         ))
     })?;
-    let found = storage::wal::parse_control_file_system_identifier(&bytes).map_err(ArchiveError::Precondition)?;
+    let found = storage::wal::parse_control_file_system_identifier(&bytes)
+        .map_err(ArchiveError::Precondition)?;
     if found != system_identifier {
         return Err(ArchiveError::Precondition(format!(
             "{} belongs to cluster {found}, but the server at DB_HOST/DB_PORT is cluster {system_identifier}: PGDATA and the connection point at different servers",
@@ -250,18 +285,30 @@ fn start_timeline(backup_label: &str) -> Result<TimelineId, ArchiveError> {
 
 /// Ids are `backup_YYYYMMDD_HHMMSS` in UTC; a second backup in the same second gets a suffix.
 async fn new_backup_id(storage: &dyn Storage) -> Result<String, ArchiveError> {
-    let base = jiff::Timestamp::now().strftime("backup_%Y%m%d_%H%M%S").to_string();
+    let base = jiff::Timestamp::now()
+        .strftime("backup_%Y%m%d_%H%M%S")
+        .to_string();
     for n in 0..100 {
-        let id = if n == 0 { base.clone() } else { format!("{base}_{n}") };
+        let id = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}_{n}")
+        };
         if !storage.exists(&layout::manifest_key(&id)).await? {
             return Ok(id);
         }
     }
-    Err(ArchiveError::Precondition(format!("100 backups named {base}* already exist")))
+    Err(ArchiveError::Precondition(format!(
+        "100 backups named {base}* already exist"
+    )))
 }
 
 /// Chunks the newest complete backup of this cluster stored: those need not be written again.
-async fn previous_chunks(storage: &dyn Storage, catalog_path: &Path, system_identifier: u64) -> HashSet<String> {
+async fn previous_chunks(
+    storage: &dyn Storage,
+    catalog_path: &Path,
+    system_identifier: u64,
+) -> HashSet<String> {
     let path = catalog_path.to_path_buf();
     let latest = tokio::task::spawn_blocking(move || {
         let catalog = catalog::Catalog::open(&path).ok()?;
@@ -269,22 +316,33 @@ async fn previous_chunks(storage: &dyn Storage, catalog_path: &Path, system_iden
             .backups(Some("postgresql"))
             .ok()?
             .into_iter()
-            .filter(|b| b.system_identifier == system_identifier && b.state == catalog::BackupState::Complete)
-            .next_back()
+            .rfind(|b| {
+                b.system_identifier == system_identifier
+                    && b.state == catalog::BackupState::Complete
+            })
     })
     .await
     .ok()
     .flatten();
-    let Some(latest) = latest else { return HashSet::new() };
+    let Some(latest) = latest else {
+        return HashSet::new();
+    };
     let key = layout::manifest_key(&latest.backup_id);
-    let manifest = match storage.get_bytes(&key).await.and_then(|b| object::decode(&key, &b)) {
+    let manifest = match storage
+        .get_bytes(&key)
+        .await
+        .and_then(|b| object::decode(&key, &b))
+    {
         Ok(plain) => BackupManifest::from_json(&key, &plain),
         Err(e) => Err(e),
     };
     match manifest {
         Ok(m) => m.chunks().map(|c| c.hash.clone()).collect(),
         Err(e) => {
-            warn!("previous backup {} unreadable, storing every chunk again: {e}", latest.backup_id);
+            warn!(
+                "previous backup {} unreadable, storing every chunk again: {e}",
+                latest.backup_id
+            );
             HashSet::new()
         }
     }
@@ -304,17 +362,34 @@ struct WalkEntry {
 /// Directories whose contents a base backup omits (PostgreSQL docs, "Backing Up the Data
 /// Directory", and pg_basebackup): they are recreated empty.
 const CONTENTS_OMITTED: &[&str] = &[
-    "pg_wal", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans", "pg_replslot",
+    "pg_wal",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+    "pg_replslot",
 ];
 /// Files omitted wherever they are.
 const FILES_OMITTED: &[&str] = &[
-    "postmaster.pid", "postmaster.opts", "pg_internal.init", "backup_label", "tablespace_map",
-    "backup_manifest", "postgresql.auto.conf.tmp", "current_logfiles.tmp", "backup_label.old",
+    "postmaster.pid",
+    "postmaster.opts",
+    "pg_internal.init",
+    "backup_label",
+    "tablespace_map",
+    "backup_manifest",
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+    "backup_label.old",
 ];
 
 fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let io = |path: &Path, source| ArchiveError::Io { path: path.to_path_buf(), source };
+    let io = |path: &Path, source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel_dir)) = stack.pop() {
@@ -327,7 +402,11 @@ fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
             let entry = entry.map_err(|e| io(&dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let abs = entry.path();
-            let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+            let rel = if rel_dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
             if FILES_OMITTED.contains(&name.as_str()) || name.starts_with("pgsql_tmp") {
                 continue;
             }
@@ -350,10 +429,15 @@ fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
                 item.kind = EntryKind::Symlink;
                 item.size = 0;
                 item.link_target = Some(
-                    std::fs::read_link(&abs).map_err(|e| io(&abs, e))?.to_string_lossy().into_owned(),
+                    std::fs::read_link(&abs)
+                        .map_err(|e| io(&abs, e))?
+                        .to_string_lossy()
+                        .into_owned(),
                 );
                 if rel_dir == "pg_tblspc" {
-                    warn!("tablespace {rel} is recorded as a link only: tablespace contents are not backed up yet");
+                    warn!(
+                        "tablespace {rel} is recorded as a link only: tablespace contents are not backed up yet"
+                    );
                 }
             } else if meta.is_dir() {
                 item.kind = EntryKind::Dir;
@@ -439,9 +523,9 @@ async fn copy_files(
         list[index] = Some(chunk);
     }
     let complete = |list: Vec<Option<ChunkRef>>| -> Result<Vec<ChunkRef>, ArchiveError> {
-        list.into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ArchiveError::Precondition("a chunk went missing in the copy pipeline".into()))
+        list.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+            ArchiveError::Precondition("a chunk went missing in the copy pipeline".into())
+        })
     };
 
     let mut files = Vec::with_capacity(entries.len());
@@ -458,7 +542,9 @@ async fn copy_files(
             pack_offset: None,
         };
         if e.kind == EntryKind::File {
-            let Some(size) = report.sizes[i] else { continue };
+            let Some(size) = report.sizes[i] else {
+                continue;
+            };
             entry.size = size;
             size_bytes += size;
             entry.pack_offset = report.pack_offsets.get(&i).copied();
@@ -468,7 +554,12 @@ async fn copy_files(
         }
         files.push(entry);
     }
-    Ok(Copied { files, pack: complete(pack)?, size_bytes, new_bytes })
+    Ok(Copied {
+        files,
+        pack: complete(pack)?,
+        size_bytes,
+        new_bytes,
+    })
 }
 
 /// Hash a chunk, and compress and write it unless the repository already has it.
@@ -483,7 +574,10 @@ async fn store_chunk(
     let (hex, encoded) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
         let hash = object::checksum(&job.data);
         let hex = hash.to_hex().to_string();
-        let is_new = known.lock().map(|mut k| k.insert(hex.clone())).unwrap_or(true);
+        let is_new = known
+            .lock()
+            .map(|mut k| k.insert(hex.clone()))
+            .unwrap_or(true);
         let encoded = if is_new {
             Some(object::encode_with_checksum(&job.data, hash, compression)?.1)
         } else {
@@ -497,7 +591,12 @@ async fn store_chunk(
     if let Some(bytes) = encoded {
         written = bytes.len() as u64;
         storage
-            .put_bytes(&layout::chunk_key(&hex), bytes, PutMode::Overwrite, Durability::Deferred)
+            .put_bytes(
+                &layout::chunk_key(&hex),
+                bytes,
+                PutMode::Overwrite,
+                Durability::Deferred,
+            )
             .await?;
     }
     Ok((job.slot, ChunkRef { hash: hex, len }, written))
@@ -511,12 +610,33 @@ fn read_files(
     block_size: usize,
     tx: mpsc::Sender<Job>,
 ) -> Result<ReadReport, ArchiveError> {
-    let mut report = ReadReport { sizes: vec![None; entry_count], pack_offsets: HashMap::new() };
-    let small: Vec<(usize, PathBuf)> = plan.iter().filter(|p| !p.2).map(|p| (p.0, p.1.clone())).collect();
-    let mut pack = PackReader { files: small.into_iter(), current: None, offset: 0, records: Vec::new() };
+    let mut report = ReadReport {
+        sizes: vec![None; entry_count],
+        pack_offsets: HashMap::new(),
+    };
+    let small: Vec<(usize, PathBuf)> = plan
+        .iter()
+        .filter(|p| !p.2)
+        .map(|p| (p.0, p.1.clone()))
+        .collect();
+    let mut pack = PackReader {
+        files: small.into_iter(),
+        current: None,
+        offset: 0,
+        records: Vec::new(),
+    };
     for (index, chunk) in content_defined_chunks(&mut pack).enumerate() {
-        let data = chunk.map_err(|source| ArchiveError::Io { path: PathBuf::from("(small files)"), source })?;
-        if tx.blocking_send(Job { slot: Slot::Pack(index), data }).is_err() {
+        let data = chunk.map_err(|source| ArchiveError::Io {
+            path: PathBuf::from("(small files)"),
+            source,
+        })?;
+        if tx
+            .blocking_send(Job {
+                slot: Slot::Pack(index),
+                data,
+            })
+            .is_err()
+        {
             return Ok(report);
         }
     }
@@ -532,13 +652,23 @@ fn read_files(
         };
         let mut size = 0u64;
         for index in 0.. {
-            let data = chunking::read_block(&mut reader, block_size)
-                .map_err(|source| ArchiveError::Io { path: path.clone(), source })?;
+            let data = chunking::read_block(&mut reader, block_size).map_err(|source| {
+                ArchiveError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             if data.is_empty() {
                 break;
             }
             size += data.len() as u64;
-            if tx.blocking_send(Job { slot: Slot::Block { file, index }, data }).is_err() {
+            if tx
+                .blocking_send(Job {
+                    slot: Slot::Block { file, index },
+                    data,
+                })
+                .is_err()
+            {
                 return Ok(report);
             }
         }
@@ -569,11 +699,18 @@ impl Read for PackReader {
                 self.records.push((*index, *start, *read));
                 self.current = None;
             }
-            let Some((index, path)) = self.files.next() else { return Ok(0) };
+            let Some((index, path)) = self.files.next() else {
+                return Ok(0);
+            };
             match std::fs::File::open(&path) {
                 Ok(file) => self.current = Some((index, file, self.offset, 0)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", path.display()),
+                    ));
+                }
             }
         }
     }
@@ -625,7 +762,10 @@ async fn wait_for_wal(
 ) -> Result<(), ArchiveError> {
     let deadline = tokio::time::Instant::now() + timeout;
     for number in start.number..=stop.number {
-        let segment = Segment { timeline: stop.timeline, number };
+        let segment = Segment {
+            timeline: stop.timeline,
+            number,
+        };
         let name: WalFileName = segment
             .file_name(segment_size)
             .parse()
@@ -633,7 +773,10 @@ async fn wait_for_wal(
         let key = layout::wal_key(system_identifier, &name);
         while !storage.exists(&key).await? {
             if tokio::time::Instant::now() >= deadline {
-                return Err(ArchiveError::WalNotArchived { segment: name.to_string(), waited_secs: timeout.as_secs() });
+                return Err(ArchiveError::WalNotArchived {
+                    segment: name.to_string(),
+                    waited_secs: timeout.as_secs(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -642,16 +785,30 @@ async fn wait_for_wal(
 }
 
 /// The manifest makes the backup exist: written create-only after everything it names is durable.
-async fn write_manifest(storage: &dyn Storage, manifest: &BackupManifest, catalog_path: &Path) -> Result<(), ArchiveError> {
+async fn write_manifest(
+    storage: &dyn Storage,
+    manifest: &BackupManifest,
+    catalog_path: &Path,
+) -> Result<(), ArchiveError> {
     let json = manifest.to_json();
     let checksum = object::checksum(&json);
     let (_, encoded) = object::encode(&json, Compression::default())?;
     storage
-        .put_bytes(&layout::manifest_key(&manifest.backup_id), encoded, PutMode::Create, Durability::Immediate)
+        .put_bytes(
+            &layout::manifest_key(&manifest.backup_id),
+            encoded,
+            PutMode::Create,
+            Durability::Immediate,
+        )
         .await?;
     let metadata = metadata_json(manifest, &checksum.to_hex());
     storage
-        .put_bytes(&layout::metadata_key(&manifest.backup_id), metadata, PutMode::Overwrite, Durability::Immediate)
+        .put_bytes(
+            &layout::metadata_key(&manifest.backup_id),
+            metadata,
+            PutMode::Overwrite,
+            Durability::Immediate,
+        )
         .await?;
     let record = catalog::BackupRecord::from_manifest(manifest, "7_days", "UNVERIFIED");
     let path = catalog_path.to_path_buf();
@@ -718,7 +875,8 @@ mod tests {
 
     #[test]
     fn timeline_comes_from_the_label() {
-        let label = "START WAL LOCATION: 0/2000028 (file 000000020000000000000002)\nSTART TIMELINE: 2\n";
+        let label =
+            "START WAL LOCATION: 0/2000028 (file 000000020000000000000002)\nSTART TIMELINE: 2\n";
         assert_eq!(start_timeline(label).expect("timeline"), TimelineId(2));
         assert!(start_timeline("nothing").is_err());
     }
@@ -730,10 +888,32 @@ mod tests {
         for d in ["base/1", "pg_wal/archive_status", "pg_stat_tmp", "global"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
-        for f in ["base/1/1259", "pg_wal/000000010000000000000001", "pg_stat_tmp/x", "postmaster.pid", "global/pg_control", "base/1/pg_internal.init"] {
+        for f in [
+            "base/1/1259",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/x",
+            "postmaster.pid",
+            "global/pg_control",
+            "base/1/pg_internal.init",
+        ] {
             std::fs::write(root.join(f), b"x").expect("write");
         }
-        let rels: Vec<String> = walk_data_dir(root).expect("walk").into_iter().map(|e| e.rel).collect();
-        assert_eq!(rels, vec!["base", "base/1", "base/1/1259", "global", "global/pg_control", "pg_stat_tmp", "pg_wal"]);
+        let rels: Vec<String> = walk_data_dir(root)
+            .expect("walk")
+            .into_iter()
+            .map(|e| e.rel)
+            .collect();
+        assert_eq!(
+            rels,
+            vec![
+                "base",
+                "base/1",
+                "base/1/1259",
+                "global",
+                "global/pg_control",
+                "pg_stat_tmp",
+                "pg_wal"
+            ]
+        );
     }
 }

@@ -23,14 +23,21 @@ pub(crate) async fn bind(
             };
             let bytes = serde_json::to_vec_pretty(&fresh).expect("identity serializes");
             match storage
-                .put_bytes(layout::CLUSTER_KEY, bytes, PutMode::Create, Durability::Immediate)
+                .put_bytes(
+                    layout::CLUSTER_KEY,
+                    bytes,
+                    PutMode::Create,
+                    Durability::Immediate,
+                )
                 .await
             {
                 Ok(_) => fresh,
                 // Another process claimed it first: whatever it wrote is the truth.
-                Err(StorageError::AlreadyExists { .. }) => ClusterIdentity::load(storage)
-                    .await?
-                    .ok_or_else(|| ArchiveError::Precondition("cluster.json vanished while being read".into()))?,
+                Err(StorageError::AlreadyExists { .. }) => {
+                    ClusterIdentity::load(storage).await?.ok_or_else(|| {
+                        ArchiveError::Precondition("cluster.json vanished while being read".into())
+                    })?
+                }
                 Err(e) => return Err(e.into()),
             }
         }

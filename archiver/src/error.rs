@@ -18,13 +18,21 @@ pub enum ArchiveError {
         "{what} belongs to cluster {found}, but this repository archives cluster {expected}; \
          refusing to mix clusters: point BACKUP_DIR (or S3_BACKUP_BUCKET) at a repository of its own"
     )]
-    ForeignCluster { what: String, expected: u64, found: u64 },
+    ForeignCluster {
+        what: String,
+        expected: u64,
+        found: u64,
+    },
     #[error(
         "{name} is already archived with different contents (archived blake3 {archived}, this file {offered}); \
          the archived copy is kept. Two servers may be archiving as the same cluster (split brain, or a \
          restored copy that was not promoted): stop the one that should not archive"
     )]
-    Conflict { name: String, archived: String, offered: String },
+    Conflict {
+        name: String,
+        archived: String,
+        offered: String,
+    },
     #[error("PostgreSQL: {action}: {source}")]
     Postgres {
         action: &'static str,
@@ -33,7 +41,9 @@ pub enum ArchiveError {
     },
     #[error("{0}")]
     Precondition(String),
-    #[error("WAL {segment} needed by the backup was not archived within {waited_secs} s; check archive_command and the server log")]
+    #[error(
+        "WAL {segment} needed by the backup was not archived within {waited_secs} s; check archive_command and the server log"
+    )]
     WalNotArchived { segment: String, waited_secs: u64 },
 }
 

@@ -8,15 +8,24 @@ use std::path::{Path, PathBuf};
 
 use catalog::{Catalog, WalRecord};
 use storage::wal::{self, WalFileName};
-use storage::{Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, StorageExt, layout, object};
+use storage::{
+    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, StorageExt, layout,
+    object,
+};
 use tracing::{info, warn};
 
 use crate::{ArchiveError, cluster};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {
-    Archived { name: String, stored_bytes: u64, plain_bytes: u64 },
-    AlreadyArchived { name: String },
+    Archived {
+        name: String,
+        stored_bytes: u64,
+        plain_bytes: u64,
+    },
+    AlreadyArchived {
+        name: String,
+    },
 }
 
 /// Archive the file at `path`. `cwd_control_file` is `global/pg_control` of the data directory
@@ -27,7 +36,10 @@ pub async fn push_wal(
     path: &Path,
     compression: Compression,
 ) -> Result<PushOutcome, ArchiveError> {
-    let invalid = |reason: String| ArchiveError::InvalidWalFile { path: path.to_path_buf(), reason };
+    let invalid = |reason: String| ArchiveError::InvalidWalFile {
+        path: path.to_path_buf(),
+        reason,
+    };
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -35,15 +47,28 @@ pub async fn push_wal(
     let name: WalFileName = file_name.parse().map_err(invalid)?;
     let plain = tokio::fs::read(path)
         .await
-        .map_err(|source| ArchiveError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|source| ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
 
     let (system_identifier, segment_size) = identify(storage, path, &name, &plain).await?;
-    cluster::bind(storage, system_identifier, segment_size, &format!("WAL file {name}")).await?;
+    cluster::bind(
+        storage,
+        system_identifier,
+        segment_size,
+        &format!("WAL file {name}"),
+    )
+    .await?;
 
     let (header, encoded) = tokio::task::spawn_blocking(move || {
         let compression = Compression {
             // One 16 MiB segment is one job: let zstd use both cores for it.
-            workers: if plain.len() >= 4 << 20 { compression.workers.max(2) } else { 0 },
+            workers: if plain.len() >= 4 << 20 {
+                compression.workers.max(2)
+            } else {
+                0
+            },
             ..compression
         };
         object::encode(&plain, compression)
@@ -98,17 +123,23 @@ async fn identify(
     name: &WalFileName,
     plain: &[u8],
 ) -> Result<(u64, u64), ArchiveError> {
-    let invalid = |reason: String| ArchiveError::InvalidWalFile { path: path.to_path_buf(), reason };
+    let invalid = |reason: String| ArchiveError::InvalidWalFile {
+        path: path.to_path_buf(),
+        reason,
+    };
     if let WalFileName::Segment { .. } | WalFileName::Partial { .. } = name {
         let header = wal::parse_segment_header(plain).map_err(invalid)?;
-        if !matches!(name, WalFileName::Partial { .. }) && plain.len() as u64 != header.segment_size {
+        if !matches!(name, WalFileName::Partial { .. }) && plain.len() as u64 != header.segment_size
+        {
             return Err(invalid(format!(
                 "{} bytes, but its header says segments are {} bytes: the file is truncated",
                 plain.len(),
                 header.segment_size
             )));
         }
-        let segment = name.segment(header.segment_size).expect("segments have a segment number");
+        let segment = name
+            .segment(header.segment_size)
+            .expect("segments have a segment number");
         if header.page_address != segment.start_lsn(header.segment_size) {
             return Err(invalid(format!(
                 "its first page is for LSN {}, not {}: the file does not match its name",
@@ -149,7 +180,9 @@ async fn compare_with_archived(
     let archived = ObjectHeader::parse(key, &bytes)?;
     if archived.checksum == ours.checksum && archived.plain_len == ours.plain_len {
         warn!(wal = %name, "already archived with identical contents; nothing to do");
-        return Ok(PushOutcome::AlreadyArchived { name: name.to_string() });
+        return Ok(PushOutcome::AlreadyArchived {
+            name: name.to_string(),
+        });
     }
     Err(ArchiveError::Conflict {
         name: name.to_string(),

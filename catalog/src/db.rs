@@ -7,8 +7,7 @@ use crate::CatalogError;
 use crate::error::QueryContext;
 
 /// Schema versions, applied in order; `user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE clusters (
+const MIGRATIONS: &[&str] = &["CREATE TABLE clusters (
         system_identifier TEXT PRIMARY KEY,
         first_seen_us INTEGER NOT NULL
     );
@@ -44,8 +43,7 @@ const MIGRATIONS: &[&str] = &[
         retention TEXT NOT NULL,
         restorability TEXT NOT NULL
     );
-    CREATE INDEX backups_by_time ON backups (service, finished_at_us);",
-];
+    CREATE INDEX backups_by_time ON backups (service, finished_at_us);"];
 
 /// One archived WAL, history or backup-history file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +80,10 @@ impl BackupState {
             "running" => Ok(BackupState::Running),
             "complete" => Ok(BackupState::Complete),
             "failed" => Ok(BackupState::Failed),
-            other => Err(CatalogError::Invalid { what: "backups.state", value: other.into() }),
+            other => Err(CatalogError::Invalid {
+                what: "backups.state",
+                value: other.into(),
+            }),
         }
     }
 }
@@ -138,16 +139,23 @@ impl Catalog {
     /// Open (creating and migrating if needed) the catalog at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| CatalogError::Open { path: path.clone(), source };
+        let open_err = |source| CatalogError::Open {
+            path: path.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         let mut conn = Connection::open(&path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(60)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(open_err)?;
         set_wal_journal(&conn).map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        migrate(&mut conn)
-            .map_err(|e| CatalogError::Migrate { path: path.clone(), reason: e.to_string() })?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        migrate(&mut conn).map_err(|e| CatalogError::Migrate {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Catalog { conn, path })
     }
 
@@ -155,7 +163,11 @@ impl Catalog {
         &self.path
     }
 
-    pub fn register_cluster(&mut self, system_identifier: u64, now_us: i64) -> Result<(), CatalogError> {
+    pub fn register_cluster(
+        &mut self,
+        system_identifier: u64,
+        now_us: i64,
+    ) -> Result<(), CatalogError> {
         self.conn
             .execute(
                 "INSERT OR IGNORE INTO clusters (system_identifier, first_seen_us) VALUES (?1, ?2)",
@@ -249,7 +261,8 @@ impl Catalog {
         let rows = stmt
             .query_map(params![service], backup_from_row)
             .doing("listing backups")?;
-        let raw: Vec<(BackupRecord, String)> = rows.collect::<Result<_, _>>().doing("listing backups")?;
+        let raw: Vec<(BackupRecord, String)> =
+            rows.collect::<Result<_, _>>().doing("listing backups")?;
         raw.into_iter()
             .map(|(mut b, state)| {
                 b.state = BackupState::parse(&state)?;
@@ -259,7 +272,10 @@ impl Catalog {
     }
 
     pub fn backup(&self, backup_id: &str) -> Result<Option<BackupRecord>, CatalogError> {
-        Ok(self.backups(None)?.into_iter().find(|b| b.backup_id == backup_id))
+        Ok(self
+            .backups(None)?
+            .into_iter()
+            .find(|b| b.backup_id == backup_id))
     }
 
     /// Replace the whole content with what the repository holds (catalog rebuild).
@@ -311,7 +327,10 @@ fn set_wal_journal(conn: &Connection) -> Result<(), rusqlite::Error> {
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Check the version and migrate in one write transaction, so that many processes opening a
@@ -447,7 +466,8 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut cat = Catalog::open(&path).expect("open");
                     for i in 0..25 {
-                        cat.record_wal(&wal(&format!("{t:08X}{i:016X}"), i)).expect("record");
+                        cat.record_wal(&wal(&format!("{t:08X}{i:016X}"), i))
+                            .expect("record");
                     }
                 })
             })
@@ -486,8 +506,16 @@ mod tests {
         b.backup_id = "a_second".into();
         b.finished_at_us = 20;
         cat.upsert_backup(&b).expect("insert");
-        let ids: Vec<_> = cat.backups(Some("postgresql")).expect("list").into_iter().map(|b| b.backup_id).collect();
+        let ids: Vec<_> = cat
+            .backups(Some("postgresql"))
+            .expect("list")
+            .into_iter()
+            .map(|b| b.backup_id)
+            .collect();
         assert_eq!(ids, vec!["z_first", "a_second"]);
-        assert_eq!(cat.backup("a_second").expect("get").map(|b| b.state), Some(BackupState::Complete));
+        assert_eq!(
+            cat.backup("a_second").expect("get").map(|b| b.state),
+            Some(BackupState::Complete)
+        );
     }
 }

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("cannot open the catalog {path}: {source}; check LIFELINE_CATALOG / BACKUP_DIR and permissions")]
+    #[error(
+        "cannot open the catalog {path}: {source}; check LIFELINE_CATALOG / BACKUP_DIR and permissions"
+    )]
     Open {
         path: PathBuf,
         #[source]

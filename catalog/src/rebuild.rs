@@ -46,11 +46,16 @@ impl BackupRecord {
 }
 
 /// Read every manifest and WAL object header in `storage` and make the catalog say exactly that.
-pub async fn rebuild(storage: &dyn Storage, catalog: &mut Catalog) -> Result<RebuildSummary, CatalogError> {
+pub async fn rebuild(
+    storage: &dyn Storage,
+    catalog: &mut Catalog,
+) -> Result<RebuildSummary, CatalogError> {
     let mut summary = RebuildSummary::default();
     let mut backups = Vec::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
-        let Some(backup_id) = layout::parse_manifest_key(&meta.key) else { continue };
+        let Some(backup_id) = layout::parse_manifest_key(&meta.key) else {
+            continue;
+        };
         let manifest = match read_manifest(storage, &meta.key).await {
             Ok(m) => m,
             Err(e) => {
@@ -59,14 +64,23 @@ pub async fn rebuild(storage: &dyn Storage, catalog: &mut Catalog) -> Result<Reb
             }
         };
         let (retention, restorability) = read_metadata_labels(storage, backup_id).await;
-        backups.push(BackupRecord::from_manifest(&manifest, &retention, &restorability));
+        backups.push(BackupRecord::from_manifest(
+            &manifest,
+            &retention,
+            &restorability,
+        ));
     }
     let segment_size = read_segment_size(storage).await;
     let mut wal = Vec::new();
     let mut clusters: Vec<(u64, i64)> = Vec::new();
     for meta in storage.list(layout::WAL_PREFIX).await? {
-        let Some((sysid, name)) = layout::parse_wal_key(&meta.key) else { continue };
-        let header = match storage.get_range(&meta.key, 0..object::HEADER_LEN as u64).await {
+        let Some((sysid, name)) = layout::parse_wal_key(&meta.key) else {
+            continue;
+        };
+        let header = match storage
+            .get_range(&meta.key, 0..object::HEADER_LEN as u64)
+            .await
+        {
             Ok(bytes) => ObjectHeader::parse(&meta.key, &bytes),
             Err(e) => Err(e),
         };
@@ -116,7 +130,10 @@ async fn read_segment_size(storage: &dyn Storage) -> u64 {
     identity.map_or(storage::wal::DEFAULT_SEGMENT_SIZE, |i| i.segment_size)
 }
 
-pub(crate) async fn read_manifest(storage: &dyn Storage, key: &str) -> Result<BackupManifest, storage::StorageError> {
+pub(crate) async fn read_manifest(
+    storage: &dyn Storage,
+    key: &str,
+) -> Result<BackupManifest, storage::StorageError> {
     let bytes = storage.get_bytes(key).await?;
     let plain = object::decode(key, &bytes)?;
     BackupManifest::from_json(key, &plain)
@@ -131,7 +148,14 @@ async fn read_metadata_labels(storage: &dyn Storage, backup_id: &str) -> (String
         return default;
     };
     let label = |field: &str, fallback: String| {
-        value.get(field).and_then(|v| v.as_str()).map(str::to_string).unwrap_or(fallback)
+        value
+            .get(field)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or(fallback)
     };
-    (label("retention", default.0.clone()), label("restorability", default.1.clone()))
+    (
+        label("retention", default.0.clone()),
+        label("restorability", default.1.clone()),
+    )
 }

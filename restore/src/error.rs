@@ -19,6 +19,9 @@ pub enum RestoreError {
 
 impl RestoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        RestoreError::Io { path: path.into(), source }
+        RestoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

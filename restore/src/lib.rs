@@ -15,7 +15,9 @@ mod wal_fetch;
 
 pub use error::RestoreError;
 pub use pitr::{PitrPlan, plan_pitr, timeline_histories};
-pub use restore_base::{RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base};
+pub use restore_base::{
+    RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base,
+};
 pub use select::{BackupSelector, select_backup};
 pub use verify::{VerifyReport, verify_repository};
 pub use wal_fetch::{FetchOutcome, fetch_wal};

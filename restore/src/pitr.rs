@@ -30,19 +30,38 @@ struct PathStep {
     end: Option<Lsn>,
 }
 
-fn timeline_path(target: TimelineId, histories: &BTreeMap<u32, Vec<TimelineSwitch>>, segment_size: u64) -> Vec<PathStep> {
+fn timeline_path(
+    target: TimelineId,
+    histories: &BTreeMap<u32, Vec<TimelineSwitch>>,
+    segment_size: u64,
+) -> Vec<PathStep> {
     let mut steps = Vec::new();
     let mut begin = 0;
-    for switch in histories.get(&target.0).map(Vec::as_slice).unwrap_or_default() {
-        steps.push(PathStep { timeline: switch.parent, begin, end: Some(switch.switch_point) });
+    for switch in histories
+        .get(&target.0)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        steps.push(PathStep {
+            timeline: switch.parent,
+            begin,
+            end: Some(switch.switch_point),
+        });
         begin = switch.switch_point.segment_number(segment_size);
     }
-    steps.push(PathStep { timeline: target, begin, end: None });
+    steps.push(PathStep {
+        timeline: target,
+        begin,
+        end: None,
+    });
     steps
 }
 
 fn fmt_time(us: i64) -> String {
-    jiff::Timestamp::from_microsecond(us).map_or_else(|_| us.to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+    jiff::Timestamp::from_microsecond(us).map_or_else(
+        |_| us.to_string(),
+        |t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 /// Choose the newest base backup that ended before `target` and check the WAL can reach it.
@@ -55,16 +74,27 @@ pub fn plan_pitr(
 ) -> Result<PitrPlan, RestoreError> {
     let target_us = target.as_microsecond();
     // The newest timeline, as PostgreSQL's 'latest' would pick.
-    let newest = wal.iter().map(|w| w.timeline).chain(histories.keys().copied()).max().unwrap_or(1);
+    let newest = wal
+        .iter()
+        .map(|w| w.timeline)
+        .chain(histories.keys().copied())
+        .max()
+        .unwrap_or(1);
     let path = timeline_path(TimelineId(newest), histories, segment_size);
     let on_path = |b: &BackupRecord| {
-        path.iter().any(|s| s.timeline.0 == b.timeline && s.end.is_none_or(|end| b.stop_lsn <= end.0))
+        path.iter()
+            .any(|s| s.timeline.0 == b.timeline && s.end.is_none_or(|end| b.stop_lsn <= end.0))
     };
     let candidates: Vec<&BackupRecord> = backups
         .iter()
-        .filter(|b| b.state == BackupState::Complete && b.kind == "base" && b.service == "postgresql")
+        .filter(|b| {
+            b.state == BackupState::Complete && b.kind == "base" && b.service == "postgresql"
+        })
         .collect();
-    let Some(backup) = candidates.iter().filter(|b| b.finished_at_us < target_us && on_path(b)).last() else {
+    let Some(backup) = candidates
+        .iter()
+        .rfind(|b| b.finished_at_us < target_us && on_path(b))
+    else {
         let oldest = candidates.first().map(|b| fmt_time(b.finished_at_us));
         return Err(RestoreError::Refused(match oldest {
             Some(t) => format!(
@@ -83,13 +113,25 @@ pub fn plan_pitr(
     let archived_at: BTreeMap<(u32, u64), i64> = wal
         .iter()
         .filter(|w| w.kind == "segment")
-        .filter_map(|w| w.segment_number.map(|n| ((w.timeline, n), w.archived_at_us)))
+        .filter_map(|w| {
+            w.segment_number
+                .map(|n| ((w.timeline, n), w.archived_at_us))
+        })
         .collect();
     let last_number = archived.iter().map(|(_, n)| *n).max().unwrap_or(0);
     let start = Lsn(backup.start_lsn).segment_number(segment_size);
     for number in start..=last_number.max(start) {
-        let step = path.iter().rev().find(|s| s.begin <= number).copied().unwrap_or(path[0]);
-        let name = Segment { timeline: step.timeline, number }.file_name(segment_size);
+        let step = path
+            .iter()
+            .rev()
+            .find(|s| s.begin <= number)
+            .copied()
+            .unwrap_or(path[0]);
+        let name = Segment {
+            timeline: step.timeline,
+            number,
+        }
+        .file_name(segment_size);
         if !archived.contains(&(step.timeline.0, number)) {
             if number < last_number {
                 return Err(RestoreError::Refused(format!(
@@ -101,12 +143,22 @@ pub fn plan_pitr(
             }
             break;
         }
-        let at = archived_at.get(&(step.timeline.0, number)).copied().unwrap_or(0);
+        let at = archived_at
+            .get(&(step.timeline.0, number))
+            .copied()
+            .unwrap_or(0);
         if at >= target_us {
-            return Ok(PitrPlan { backup: (*backup).clone(), timeline: TimelineId(newest), last_segment: name });
+            return Ok(PitrPlan {
+                backup: (*backup).clone(),
+                timeline: TimelineId(newest),
+                last_segment: name,
+            });
         }
     }
-    let last = wal.iter().filter(|w| w.kind == "segment").max_by_key(|w| w.archived_at_us);
+    let last = wal
+        .iter()
+        .filter(|w| w.kind == "segment")
+        .max_by_key(|w| w.archived_at_us);
     Err(RestoreError::Refused(match last {
         Some(w) => format!(
             "{} is past the end of the archive: the newest WAL ({}) was archived at {}. Wait for the \
@@ -116,7 +168,9 @@ pub fn plan_pitr(
             w.name,
             fmt_time(w.archived_at_us)
         ),
-        None => "no WAL has been archived: set archive_command = 'lifeline wal push %p'".to_string(),
+        None => {
+            "no WAL has been archived: set archive_command = 'lifeline wal push %p'".to_string()
+        }
     }))
 }
 
@@ -129,7 +183,11 @@ mod tests {
     fn wal(tli: u32, number: u64, at: i64) -> WalRecord {
         WalRecord {
             system_identifier: 1,
-            name: Segment { timeline: TimelineId(tli), number }.file_name(SEG),
+            name: Segment {
+                timeline: TimelineId(tli),
+                number,
+            }
+            .file_name(SEG),
             kind: "segment".into(),
             timeline: tli,
             segment_number: Some(number),
@@ -174,7 +232,14 @@ mod tests {
         assert_eq!(plan.backup.backup_id, "a");
         let plan = plan_pitr(&backups, &wal, &BTreeMap::new(), ts(550), SEG).expect("plan");
         assert_eq!(plan.backup.backup_id, "b");
-        assert_eq!(plan.last_segment, Segment { timeline: TimelineId(1), number: 6 }.file_name(SEG));
+        assert_eq!(
+            plan.last_segment,
+            Segment {
+                timeline: TimelineId(1),
+                number: 6
+            }
+            .file_name(SEG)
+        );
     }
 
     #[test]
@@ -182,24 +247,46 @@ mod tests {
         let backups = vec![backup("a", 1, 2, 100)];
         let mut wals: Vec<_> = (2..=7).map(|n| wal(1, n, n as i64 * 100)).collect();
         let err = plan_pitr(&backups, &wals, &BTreeMap::new(), ts(50), SEG).expect_err("before");
-        assert!(err.to_string().contains("no base backup ended before"), "{err}");
+        assert!(
+            err.to_string().contains("no base backup ended before"),
+            "{err}"
+        );
         let err = plan_pitr(&backups, &wals, &BTreeMap::new(), ts(900), SEG).expect_err("past");
-        assert!(err.to_string().contains("past the end of the archive"), "{err}");
+        assert!(
+            err.to_string().contains("past the end of the archive"),
+            "{err}"
+        );
         wals.remove(2);
         let err = plan_pitr(&backups, &wals, &BTreeMap::new(), ts(650), SEG).expect_err("gap");
-        assert!(err.to_string().contains("gap") && err.to_string().contains("000000010000000000000004"), "{err}");
+        assert!(
+            err.to_string().contains("gap") && err.to_string().contains("000000010000000000000004"),
+            "{err}"
+        );
     }
 
     #[test]
     fn follows_the_newest_timeline_across_a_switch() {
         // Timeline 2 branched from 1 inside segment 5.
-        let histories = BTreeMap::from([(2, vec![TimelineSwitch { parent: TimelineId(1), switch_point: Lsn(5 * SEG + 100) }])]);
+        let histories = BTreeMap::from([(
+            2,
+            vec![TimelineSwitch {
+                parent: TimelineId(1),
+                switch_point: Lsn(5 * SEG + 100),
+            }],
+        )]);
         let backups = vec![backup("a", 1, 2, 100)];
         let mut wals: Vec<_> = (2..=4).map(|n| wal(1, n, n as i64 * 100)).collect();
         wals.extend((5..=8).map(|n| wal(2, n, n as i64 * 100)));
         let plan = plan_pitr(&backups, &wals, &histories, ts(650), SEG).expect("plan");
         assert_eq!(plan.timeline, TimelineId(2));
-        assert_eq!(plan.last_segment, Segment { timeline: TimelineId(2), number: 7 }.file_name(SEG));
+        assert_eq!(
+            plan.last_segment,
+            Segment {
+                timeline: TimelineId(2),
+                number: 7
+            }
+            .file_name(SEG)
+        );
         // Segment 5 on timeline 1 is not needed; on timeline 2 it is.
         wals.retain(|w| !(w.timeline == 2 && w.segment_number == Some(6)));
         assert!(plan_pitr(&backups, &wals, &histories, ts(750), SEG).is_err());

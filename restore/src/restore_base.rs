@@ -43,7 +43,10 @@ pub struct RestoreReport {
     pub bytes: u64,
 }
 
-pub async fn read_manifest(storage: &dyn Storage, backup_id: &str) -> Result<BackupManifest, RestoreError> {
+pub async fn read_manifest(
+    storage: &dyn Storage,
+    backup_id: &str,
+) -> Result<BackupManifest, RestoreError> {
     let key = layout::manifest_key(backup_id);
     let bytes = storage.get_bytes(&key).await?;
     let plain = object::decode(&key, &bytes)?;
@@ -61,7 +64,11 @@ pub(crate) fn check_target_dir(dir: &Path) -> Result<bool, RestoreError> {
             Err(RestoreError::Refused(format!(
                 "{} is not empty{}: restore into an empty or new directory (--data-dir), or move the old one aside first",
                 dir.display(),
-                if running { " and a server may be running on it (postmaster.pid exists); stop it first" } else { "" }
+                if running {
+                    " and a server may be running on it (postmaster.pid exists); stop it first"
+                } else {
+                    ""
+                }
             )))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -106,19 +113,28 @@ fn clean_up(dir: &Path, existed: bool) {
     }
 }
 
-async fn check_chunks_exist(storage: &dyn Storage, manifest: &BackupManifest, parallelism: usize) -> Result<(), RestoreError> {
-    let missing: Vec<String> = futures::stream::iter(manifest.chunks().map(|c| c.hash.clone()).collect::<Vec<_>>())
-        .map(|hash| async move {
-            match storage.exists(&layout::chunk_key(&hash)).await {
-                Ok(true) => Ok(None),
-                Ok(false) => Ok(Some(hash)),
-                Err(e) => Err(e),
-            }
-        })
-        .buffer_unordered(parallelism.max(1) * 4)
-        .try_filter_map(|m| async move { Ok(m) })
-        .try_collect()
-        .await?;
+async fn check_chunks_exist(
+    storage: &dyn Storage,
+    manifest: &BackupManifest,
+    parallelism: usize,
+) -> Result<(), RestoreError> {
+    let missing: Vec<String> = futures::stream::iter(
+        manifest
+            .chunks()
+            .map(|c| c.hash.clone())
+            .collect::<Vec<_>>(),
+    )
+    .map(|hash| async move {
+        match storage.exists(&layout::chunk_key(&hash)).await {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some(hash)),
+            Err(e) => Err(e),
+        }
+    })
+    .buffer_unordered(parallelism.max(1) * 4)
+    .try_filter_map(|m| async move { Ok(m) })
+    .try_collect()
+    .await?;
     if let Some(first) = missing.first() {
         return Err(RestoreError::Refused(format!(
             "backup {} is damaged: {} chunk(s) missing from the repository, e.g. {}; nothing was written. \
@@ -132,8 +148,14 @@ async fn check_chunks_exist(storage: &dyn Storage, manifest: &BackupManifest, pa
 }
 
 fn target_path(root: &Path, rel: &str) -> Result<PathBuf, RestoreError> {
-    if rel.split('/').any(|p| p.is_empty() || p == "." || p == "..") || rel.starts_with('/') {
-        return Err(RestoreError::Refused(format!("the manifest names an unsafe path {rel:?}: the backup is corrupt")));
+    if rel
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+        || rel.starts_with('/')
+    {
+        return Err(RestoreError::Refused(format!(
+            "the manifest names an unsafe path {rel:?}: the backup is corrupt"
+        )));
     }
     // The control file is written under a temporary name and renamed last.
     if rel == CONTROL_FILE {
@@ -149,8 +171,10 @@ async fn restore_into(
 ) -> Result<RestoreReport, RestoreError> {
     let root = opts.data_dir.clone();
     let io = |p: &Path, e| RestoreError::io(p, e);
-    std::fs::write(root.join(MARKER), manifest.backup_id.as_bytes()).map_err(|e| io(&root.join(MARKER), e))?;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(|e| io(&root, e))?;
+    std::fs::write(root.join(MARKER), manifest.backup_id.as_bytes())
+        .map_err(|e| io(&root.join(MARKER), e))?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io(&root, e))?;
 
     // Directories, links and empty files first, so chunk writers only ever open existing files.
     for entry in &manifest.files {
@@ -158,7 +182,8 @@ async fn restore_into(
         match entry.kind {
             EntryKind::Dir => {
                 std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode)).map_err(|e| io(&path, e))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode))
+                    .map_err(|e| io(&path, e))?;
             }
             EntryKind::Symlink => {
                 let target = entry.link_target.as_deref().unwrap_or_default();
@@ -167,7 +192,8 @@ async fn restore_into(
             EntryKind::File => {
                 let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
                 file.set_len(entry.size).map_err(|e| io(&path, e))?;
-                file.set_permissions(std::fs::Permissions::from_mode(entry.mode)).map_err(|e| io(&path, e))?;
+                file.set_permissions(std::fs::Permissions::from_mode(entry.mode))
+                    .map_err(|e| io(&path, e))?;
             }
         }
     }
@@ -203,12 +229,17 @@ async fn restore_into(
     let dir = std::fs::File::open(&root).map_err(|e| io(&root, e))?;
     rustix::fs::syncfs(&dir).map_err(|e| io(&root, e.into()))?;
     let control = root.join(CONTROL_FILE);
-    std::fs::rename(root.join("global/pg_control.lifeline-partial"), &control).map_err(|e| io(&control, e))?;
+    std::fs::rename(root.join("global/pg_control.lifeline-partial"), &control)
+        .map_err(|e| io(&control, e))?;
     std::fs::remove_file(root.join(MARKER)).map_err(|e| io(&root.join(MARKER), e))?;
     rustix::fs::syncfs(&dir).map_err(|e| io(&root, e.into()))?;
 
     Ok(RestoreReport {
-        files: manifest.files.iter().filter(|f| f.kind == EntryKind::File).count(),
+        files: manifest
+            .files
+            .iter()
+            .filter(|f| f.kind == EntryKind::File)
+            .count(),
         bytes: manifest.size_bytes,
     })
 }
@@ -234,8 +265,12 @@ async fn fetch_chunk(storage: &dyn Storage, chunk: &ChunkRef) -> Result<Vec<u8>,
 }
 
 fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), RestoreError> {
-    let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| RestoreError::io(path, e))?;
-    file.write_all_at(data, offset).map_err(|e| RestoreError::io(path, e))
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| RestoreError::io(path, e))?;
+    file.write_all_at(data, offset)
+        .map_err(|e| RestoreError::io(path, e))
 }
 
 /// The small files: fetch the pack's chunks in order (several in flight) and cut the stream
@@ -296,12 +331,16 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-fn write_recovery_files(manifest: &BackupManifest, opts: &RestoreOptions) -> Result<(), RestoreError> {
+fn write_recovery_files(
+    manifest: &BackupManifest,
+    opts: &RestoreOptions,
+) -> Result<(), RestoreError> {
     let root = &opts.data_dir;
     let write = |name: &str, text: &str| {
         let path = root.join(name);
         std::fs::write(&path, text).map_err(|e| RestoreError::io(&path, e))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| RestoreError::io(&path, e))
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| RestoreError::io(&path, e))
     };
     write("backup_label", &manifest.backup_label)?;
     if let Some(map) = &manifest.tablespace_map {
@@ -316,7 +355,8 @@ fn write_recovery_files(manifest: &BackupManifest, opts: &RestoreOptions) -> Res
     );
     match &opts.target {
         RecoveryTarget::Immediate => {
-            settings.push_str("recovery_target = 'immediate'\nrecovery_target_timeline = 'current'\n");
+            settings
+                .push_str("recovery_target = 'immediate'\nrecovery_target_timeline = 'current'\n");
         }
         RecoveryTarget::Time(t) => {
             settings.push_str(&format!(

@@ -35,7 +35,10 @@ impl FromStr for BackupSelector {
                 .map(BackupSelector::Day)
                 .map_err(|_| format!("--from {s}: not a valid date; use YYYYMMDD"));
         }
-        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             return Ok(BackupSelector::Id(s.to_string()));
         }
         Err(format!(
@@ -52,24 +55,30 @@ pub fn select_backup(
     now: jiff::Timestamp,
     tz: &TimeZone,
 ) -> Result<BackupRecord, RestoreError> {
-    let usable = backups.iter().filter(|b| b.state == BackupState::Complete && b.kind == kind);
+    let mut usable = backups
+        .iter()
+        .filter(|b| b.state == BackupState::Complete && b.kind == kind);
     let local_date = |us: i64| {
-        jiff::Timestamp::from_microsecond(us).map(|t| t.to_zoned(tz.clone()).date()).ok()
+        jiff::Timestamp::from_microsecond(us)
+            .map(|t| t.to_zoned(tz.clone()).date())
+            .ok()
     };
     let today = now.to_zoned(tz.clone()).date();
     let found = match selector {
-        BackupSelector::Latest => usable.last(),
+        BackupSelector::Latest => usable.next_back(),
         BackupSelector::Weekly => {
             let week_start = today
-                .checked_sub(jiff::Span::new().days(i64::from(today.weekday().to_monday_zero_offset())))
+                .checked_sub(
+                    jiff::Span::new().days(i64::from(today.weekday().to_monday_zero_offset())),
+                )
                 .unwrap_or(today);
-            usable.filter(|b| local_date(b.started_at_us).is_some_and(|d| d < week_start)).last()
+            usable.rfind(|b| local_date(b.started_at_us).is_some_and(|d| d < week_start))
         }
         BackupSelector::Monthly => {
             let month_start = today.first_of_month();
-            usable.filter(|b| local_date(b.started_at_us).is_some_and(|d| d < month_start)).last()
+            usable.rfind(|b| local_date(b.started_at_us).is_some_and(|d| d < month_start))
         }
-        BackupSelector::Day(day) => usable.filter(|b| local_date(b.started_at_us) == Some(*day)).last(),
+        BackupSelector::Day(day) => usable.rfind(|b| local_date(b.started_at_us) == Some(*day)),
         BackupSelector::Id(id) => {
             return backups.iter().find(|b| &b.backup_id == id).cloned().ok_or_else(|| {
                 RestoreError::Refused(format!("no backup {id} in the catalog: see `lifeline list` for the ids (or `lifeline catalog rebuild` if the catalog is stale)"))
@@ -95,7 +104,10 @@ mod tests {
     use super::*;
 
     fn backup(id: &str, at: &str) -> BackupRecord {
-        let us = at.parse::<jiff::Timestamp>().expect("time").as_microsecond();
+        let us = at
+            .parse::<jiff::Timestamp>()
+            .expect("time")
+            .as_microsecond();
         BackupRecord {
             backup_id: id.into(),
             service: "postgresql".into(),
@@ -127,7 +139,10 @@ mod tests {
         ];
         let now: jiff::Timestamp = "2025-12-27T12:00:00Z".parse().expect("now");
         let tz = TimeZone::UTC;
-        let pick = |s: &str| select_backup(&backups, "base", &s.parse().expect("selector"), now, &tz).map(|b| b.backup_id);
+        let pick = |s: &str| {
+            select_backup(&backups, "base", &s.parse().expect("selector"), now, &tz)
+                .map(|b| b.backup_id)
+        };
         assert_eq!(pick("latest").expect("latest"), "b4");
         // 2025-12-27 is a Saturday; the ISO week began on Monday 22nd.
         assert_eq!(pick("weekly").expect("weekly"), "b2");

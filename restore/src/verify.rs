@@ -24,21 +24,34 @@ impl VerifyReport {
     }
 }
 
-pub async fn verify_repository(storage: &dyn Storage, read_data: bool, parallelism: usize) -> Result<VerifyReport, RestoreError> {
+pub async fn verify_repository(
+    storage: &dyn Storage,
+    read_data: bool,
+    parallelism: usize,
+) -> Result<VerifyReport, RestoreError> {
     let mut report = VerifyReport::default();
     // chunk hash -> the backups that need it
     let mut needed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
-        let Some(id) = layout::parse_manifest_key(&meta.key) else { continue };
+        let Some(id) = layout::parse_manifest_key(&meta.key) else {
+            continue;
+        };
         report.backups += 1;
-        let manifest = match storage.get_bytes(&meta.key).await.and_then(|b| object::decode(&meta.key, &b)) {
+        let manifest = match storage
+            .get_bytes(&meta.key)
+            .await
+            .and_then(|b| object::decode(&meta.key, &b))
+        {
             Ok(plain) => BackupManifest::from_json(&meta.key, &plain),
             Err(e) => Err(e),
         };
         match manifest {
             Ok(m) => {
                 for chunk in m.chunks() {
-                    needed.entry(chunk.hash.clone()).or_default().push(id.to_string());
+                    needed
+                        .entry(chunk.hash.clone())
+                        .or_default()
+                        .push(id.to_string());
                 }
             }
             Err(e) => report.problems.push(format!("backup {id}: {e}")),
@@ -68,7 +81,12 @@ pub async fn verify_repository(storage: &dyn Storage, read_data: bool, paralleli
     let keys: Vec<(String, Option<String>)> = needed
         .iter()
         .filter(|(h, _)| present.contains(*h))
-        .map(|(h, b)| (layout::chunk_key(h), Some(format!("{} (needed by {})", h, b.join(", ")))))
+        .map(|(h, b)| {
+            (
+                layout::chunk_key(h),
+                Some(format!("{} (needed by {})", h, b.join(", "))),
+            )
+        })
         .chain(wal.into_iter().map(|m| (m.key, None)))
         .collect();
     let results: Vec<(String, Option<String>, Result<u64, String>)> = futures::stream::iter(keys)
@@ -104,7 +122,9 @@ async fn read_and_check(storage: &dyn Storage, key: &str) -> Result<u64, String>
             other => other.to_string(),
         })?;
     // A chunk's key is its content's hash: check that too.
-    if let Some(hash) = key.strip_prefix(layout::CHUNKS_PREFIX).and_then(|r| r.rsplit('/').next())
+    if let Some(hash) = key
+        .strip_prefix(layout::CHUNKS_PREFIX)
+        .and_then(|r| r.rsplit('/').next())
         && object::checksum(&plain).to_hex().as_str() != hash
     {
         return Err("content does not match its key".into());

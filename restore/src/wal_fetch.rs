@@ -12,7 +12,9 @@ use crate::RestoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchOutcome {
-    Fetched { bytes: u64 },
+    Fetched {
+        bytes: u64,
+    },
     /// Not archived: an ordinary answer (PostgreSQL probes for files that do not exist).
     NotArchived,
 }
@@ -45,7 +47,9 @@ pub async fn fetch_wal(
         .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))??;
     write_atomically(dest, &plain).await?;
     info!(wal = %name, bytes = plain.len(), "restored");
-    Ok(FetchOutcome::Fetched { bytes: plain.len() as u64 })
+    Ok(FetchOutcome::Fetched {
+        bytes: plain.len() as u64,
+    })
 }
 
 async fn resolve_cluster(storage: &dyn Storage) -> Result<u64, RestoreError> {
@@ -65,7 +69,10 @@ async fn resolve_cluster(storage: &dyn Storage) -> Result<u64, RestoreError> {
 
 /// Write to a temporary name beside `dest`, fsync, rename: PostgreSQL never sees a prefix.
 pub(crate) async fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
-    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = dest.with_file_name(format!(".{file_name}.lifeline.{}", std::process::id()));
     let result = async {
         let mut file = tokio::fs::File::create(&temp).await?;

@@ -30,7 +30,9 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         catalog_path: settings.catalog_path()?,
     };
     let started = Instant::now();
-    let manifest = archiver::run_base_backup(storage, &opts).await.context("base backup")?;
+    let manifest = archiver::run_base_backup(storage, &opts)
+        .await
+        .context("base backup")?;
     println!(
         "backup {} complete: {} files, {} MiB of data, {:.1} MiB new in the repository, WAL {} to {} (timeline {}), {:.1} s",
         manifest.backup_id,

@@ -27,5 +27,9 @@ pub async fn run(cmd: CatalogCommand, settings: &Settings) -> Result<ExitCode> {
         summary.wal_files,
         summary.clusters
     );
-    Ok(if summary.unreadable.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if summary.unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -21,7 +21,10 @@ pub struct StatusArgs {
 }
 
 fn time(us: i64) -> String {
-    jiff::Timestamp::from_microsecond(us).map_or_else(|_| "?".into(), |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+    jiff::Timestamp::from_microsecond(us).map_or_else(
+        |_| "?".into(),
+        |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }
 
 fn mib(bytes: u64) -> String {
@@ -63,8 +66,17 @@ pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<26} {:<10} {:<5} {:<20} {:>8} {:>10} {:>9} {:>3} {:<12} {:<9} {}",
-        "BACKUP", "SERVICE", "KIND", "STARTED (UTC)", "SECONDS", "SIZE MiB", "NEW MiB", "TL", "STOP LSN", "RETENTION", "RESTORABILITY"
+        "{:<26} {:<10} {:<5} {:<20} {:>8} {:>10} {:>9} {:>3} {:<12} {:<9} RESTORABILITY",
+        "BACKUP",
+        "SERVICE",
+        "KIND",
+        "STARTED (UTC)",
+        "SECONDS",
+        "SIZE MiB",
+        "NEW MiB",
+        "TL",
+        "STOP LSN",
+        "RETENTION",
     );
     for b in &backups {
         println!(
@@ -95,11 +107,16 @@ pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
     let now = jiff::Timestamp::now().as_microsecond();
     let mut last_by_kind: Vec<&BackupRecord> = Vec::new();
     for b in backups.iter().rev() {
-        if !last_by_kind.iter().any(|l| l.service == b.service && l.kind == b.kind) {
+        if !last_by_kind
+            .iter()
+            .any(|l| l.service == b.service && l.kind == b.kind)
+        {
             last_by_kind.push(b);
         }
     }
-    let wal_age = last_wal.as_ref().map(|w| (now - w.archived_at_us) as f64 / 1e6);
+    let wal_age = last_wal
+        .as_ref()
+        .map(|w| (now - w.archived_at_us) as f64 / 1e6);
     if args.json {
         let value = serde_json::json!({
             "repository": storage.describe(),
@@ -117,7 +134,11 @@ pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("repository: {} ({} MiB)", storage.describe(), mib(repository_bytes));
+    println!(
+        "repository: {} ({} MiB)",
+        storage.describe(),
+        mib(repository_bytes)
+    );
     if last_by_kind.is_empty() {
         println!("backups: none yet; run `lifeline backup postgres`");
     }

@@ -61,7 +61,9 @@ pub fn parse_until(text: &str, tz: &TimeZone) -> Result<jiff::Timestamp> {
 pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     let RestoreCommand::Postgres(args) = cmd;
     if args.kind == "dump" || args.file.is_some() {
-        bail!("dump restores (--kind dump, --file) are not available in this version: restore a base backup");
+        bail!(
+            "dump restores (--kind dump, --file) are not available in this version: restore a base backup"
+        );
     }
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("name the directory to restore into with --data-dir DIR (or PGDATA)");
@@ -78,15 +80,21 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     let catalog = settings.open_catalog()?;
     let identity = storage::manifest::ClusterIdentity::load(storage.as_ref())
         .await?
-        .context("the repository holds no cluster yet: nothing was ever archived or backed up there")?;
-    let sysid = identity.system_identifier().context("cluster.json is corrupt")?;
+        .context(
+            "the repository holds no cluster yet: nothing was ever archived or backed up there",
+        )?;
+    let sysid = identity
+        .system_identifier()
+        .context("cluster.json is corrupt")?;
     let backups: Vec<_> = catalog
         .backups(Some("postgresql"))?
         .into_iter()
         .filter(|b| b.system_identifier == sysid)
         .collect();
     if backups.is_empty() {
-        bail!("the catalog lists no PostgreSQL backups: run `lifeline backup postgres`, or `lifeline catalog rebuild` if the catalog was lost");
+        bail!(
+            "the catalog lists no PostgreSQL backups: run `lifeline backup postgres`, or `lifeline catalog rebuild` if the catalog was lost"
+        );
     }
 
     let (backup, recovery) = match target {
@@ -99,7 +107,8 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
             );
             let wal = catalog.wal_files(sysid)?;
             let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
-            let plan = restore::plan_pitr(&backups, &wal, &histories, target, identity.segment_size)?;
+            let plan =
+                restore::plan_pitr(&backups, &wal, &histories, target, identity.segment_size)?;
             println!(
                 "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
                 plan.backup.backup_id, plan.backup.timeline, plan.last_segment, plan.timeline.0
@@ -107,7 +116,8 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
             (plan.backup, RecoveryTarget::Time(target))
         }
         None => {
-            let backup = restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
+            let backup =
+                restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
             (backup, RecoveryTarget::Immediate)
         }
     };

@@ -15,7 +15,8 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository()?;
-    let report = restore::verify_repository(storage.as_ref(), args.read_data, settings.parallelism).await?;
+    let report =
+        restore::verify_repository(storage.as_ref(), args.read_data, settings.parallelism).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -27,9 +28,21 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
             report.backups,
             report.chunks,
             report.wal_files,
-            if args.read_data { format!(", {} MiB read back", report.bytes_read >> 20) } else { String::new() },
-            if report.is_clean() { "OK".to_string() } else { format!("{} problem(s)", report.problems.len()) }
+            if args.read_data {
+                format!(", {} MiB read back", report.bytes_read >> 20)
+            } else {
+                String::new()
+            },
+            if report.is_clean() {
+                "OK".to_string()
+            } else {
+                format!("{} problem(s)", report.problems.len())
+            }
         );
     }
-    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -37,16 +37,22 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             let storage = settings.repository_for_writing()?;
             let mut compression = settings.compression;
             compression.workers = 2;
-            archiver::push_wal(storage.as_ref(), &settings.catalog_path()?, &path, compression)
-                .await
-                .with_context(|| format!("archive {}", path.display()))?;
+            archiver::push_wal(
+                storage.as_ref(),
+                &settings.catalog_path()?,
+                &path,
+                compression,
+            )
+            .await
+            .with_context(|| format!("archive {}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         WalCommand::Fetch(args) => {
             let storage = settings.repository()?;
-            let outcome = restore::fetch_wal(storage.as_ref(), args.cluster, &args.name, &args.dest)
-                .await
-                .with_context(|| format!("fetch {}", args.name))?;
+            let outcome =
+                restore::fetch_wal(storage.as_ref(), args.cluster, &args.name, &args.dest)
+                    .await
+                    .with_context(|| format!("fetch {}", args.name))?;
             Ok(match outcome {
                 FetchOutcome::Fetched { .. } => ExitCode::SUCCESS,
                 FetchOutcome::NotArchived => ExitCode::from(1),

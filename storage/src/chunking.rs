@@ -21,7 +21,7 @@ pub const CDC_MAX: u32 = 1 << 20;
 
 /// Check a configured block size: a positive multiple of the page size, at most 16 MiB.
 pub fn validate_block_size(size: usize) -> Result<usize, String> {
-    if size == 0 || size % PAGE_SIZE != 0 || size > 16 << 20 {
+    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size > 16 << 20 {
         return Err(format!(
             "block size {size} is not a multiple of {PAGE_SIZE} between {PAGE_SIZE} and 16 MiB"
         ));
@@ -73,7 +73,9 @@ mod tests {
     #[test]
     fn chunks_reassemble_and_respect_bounds() {
         let data = pseudo_random(5 << 20, 42);
-        let chunks: Vec<Vec<u8>> = content_defined_chunks(&data[..]).map(|c| c.expect("chunk")).collect();
+        let chunks: Vec<Vec<u8>> = content_defined_chunks(&data[..])
+            .map(|c| c.expect("chunk"))
+            .collect();
         assert_eq!(chunks.concat(), data);
         for chunk in &chunks[..chunks.len() - 1] {
             assert!(chunk.len() >= CDC_MIN as usize && chunk.len() <= CDC_MAX as usize);
@@ -89,7 +91,11 @@ mod tests {
         let before = chunk_hashes(&data);
         let after = chunk_hashes(&shifted);
         let shared = after.iter().filter(|h| before.contains(h)).count();
-        assert!(shared + 3 >= before.len(), "only {shared} of {} chunks shared", before.len());
+        assert!(
+            shared + 3 >= before.len(),
+            "only {shared} of {} chunks shared",
+            before.len()
+        );
     }
 
     #[test]
@@ -108,6 +114,9 @@ mod tests {
         assert_eq!(blocks.concat(), data);
         assert!(validate_block_size(1000).is_err());
         assert!(validate_block_size(0).is_err());
-        assert_eq!(validate_block_size(DEFAULT_BLOCK_SIZE), Ok(DEFAULT_BLOCK_SIZE));
+        assert_eq!(
+            validate_block_size(DEFAULT_BLOCK_SIZE),
+            Ok(DEFAULT_BLOCK_SIZE)
+        );
     }
 }

@@ -68,7 +68,10 @@ mod tests {
         let key = wal_key(7, &name);
         assert_eq!(key, "wal/7/00000002/000000020000000000000003");
         assert_eq!(parse_wal_key(&key), Some((7, name)));
-        assert_eq!(parse_manifest_key(&manifest_key("backup_20251227_010000")), Some("backup_20251227_010000"));
+        assert_eq!(
+            parse_manifest_key(&manifest_key("backup_20251227_010000")),
+            Some("backup_20251227_010000")
+        );
         assert_eq!(parse_manifest_key("backups/x/y/manifest"), None);
         assert_eq!(chunk_key("abcdef"), "chunks/ab/abcdef");
     }

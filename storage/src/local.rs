@@ -33,7 +33,9 @@ impl LocalStorage {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|e| StorageError::Unavailable {
             path: root.clone(),
-            reason: format!("cannot create the repository directory ({e}); check BACKUP_DIR and its permissions"),
+            reason: format!(
+                "cannot create the repository directory ({e}); check BACKUP_DIR and its permissions"
+            ),
         })?;
         let meta = std::fs::metadata(&root).map_err(|e| StorageError::io(&root, e))?;
         if !meta.is_dir() {
@@ -77,7 +79,9 @@ fn validate_key(key: &str) -> Result<(), StorageError> {
         reason: reason.to_string(),
     };
     if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
-        return Err(invalid("keys are relative paths with no leading or trailing '/'"));
+        return Err(invalid(
+            "keys are relative paths with no leading or trailing '/'",
+        ));
     }
     for part in key.split('/') {
         if part.is_empty() || part == "." || part == ".." || part.starts_with(TEMP_PREFIX) {
@@ -87,7 +91,9 @@ fn validate_key(key: &str) -> Result<(), StorageError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         {
-            return Err(invalid("only ASCII letters, digits, '.', '_' and '-' are allowed"));
+            return Err(invalid(
+                "only ASCII letters, digits, '.', '_' and '-' are allowed",
+            ));
         }
     }
     Ok(())
@@ -95,7 +101,9 @@ fn validate_key(key: &str) -> Result<(), StorageError> {
 
 fn map_open_error(key: &str, path: &Path, e: std::io::Error) -> StorageError {
     if e.kind() == ErrorKind::NotFound {
-        StorageError::NotFound { key: key.to_string() }
+        StorageError::NotFound {
+            key: key.to_string(),
+        }
     } else {
         StorageError::io(path, e)
     }
@@ -249,7 +257,9 @@ async fn write_temp(
         .map_err(|e| StorageError::io(temp, e))?;
     file.flush().await.map_err(|e| StorageError::io(temp, e))?;
     if durability == Durability::Immediate {
-        file.sync_all().await.map_err(|e| StorageError::io(temp, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| StorageError::io(temp, e))?;
     }
     Ok(())
 }
@@ -301,7 +311,9 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
                 stack.push(path);
                 continue;
             }
-            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
             let key = rel.to_string_lossy().replace('\\', "/");
             if key.starts_with(prefix) && validate_key(&key).is_ok() {
                 out.push(ObjectMeta {
@@ -326,25 +338,52 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalStorage::open(dir.path()).expect("open");
         store
-            .put_bytes("a/b", b"one".to_vec(), PutMode::Create, Durability::Immediate)
+            .put_bytes(
+                "a/b",
+                b"one".to_vec(),
+                PutMode::Create,
+                Durability::Immediate,
+            )
             .await
             .expect("first put");
         let err = store
-            .put_bytes("a/b", b"two".to_vec(), PutMode::Create, Durability::Immediate)
+            .put_bytes(
+                "a/b",
+                b"two".to_vec(),
+                PutMode::Create,
+                Durability::Immediate,
+            )
             .await
             .expect_err("second create must fail");
         assert!(matches!(err, StorageError::AlreadyExists { .. }));
         assert_eq!(store.get_bytes("a/b").await.expect("get"), b"one");
         store
-            .put_bytes("a/b", b"three".to_vec(), PutMode::Overwrite, Durability::Deferred)
+            .put_bytes(
+                "a/b",
+                b"three".to_vec(),
+                PutMode::Overwrite,
+                Durability::Deferred,
+            )
             .await
             .expect("overwrite");
         store.sync().await.expect("sync");
         assert_eq!(store.get_bytes("a/b").await.expect("get"), b"three");
         assert_eq!(store.get_range("a/b", 1..3).await.expect("range"), b"hr");
-        let keys: Vec<_> = store.list("a/").await.expect("list").into_iter().map(|m| m.key).collect();
+        let keys: Vec<_> = store
+            .list("a/")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, vec!["a/b".to_string()]);
-        assert!(store.get_bytes("a/c").await.expect_err("missing").is_not_found());
+        assert!(
+            store
+                .get_bytes("a/c")
+                .await
+                .expect_err("missing")
+                .is_not_found()
+        );
         store.delete("a/b").await.expect("delete");
         store.delete("a/b").await.expect("delete twice");
         assert!(!store.exists("a/b").await.expect("exists"));

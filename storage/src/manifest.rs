@@ -132,9 +132,14 @@ impl ClusterIdentity {
         use crate::StorageExt;
         let key = crate::layout::CLUSTER_KEY;
         match storage.get_bytes(key).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                crate::StorageError::Corrupt { key: key.to_string(), reason: e.to_string() }
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| crate::StorageError::Corrupt {
+                        key: key.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -147,7 +152,10 @@ mod tests {
 
     #[test]
     fn round_trips_and_lists_chunks_once() {
-        let chunk = ChunkRef { hash: "ab".repeat(32), len: 8192 };
+        let chunk = ChunkRef {
+            hash: "ab".repeat(32),
+            len: 8192,
+        };
         let manifest = BackupManifest {
             format: MANIFEST_FORMAT,
             backup_id: "backup_20251227_010000".into(),

@@ -57,7 +57,9 @@ impl std::str::FromStr for Codec {
             "none" => Ok(Codec::None),
             "zstd" | "zst" => Ok(Codec::Zstd),
             "gzip" | "gz" => Ok(Codec::Gzip),
-            other => Err(format!("unknown compression {other:?}: use zstd, gzip or none")),
+            other => Err(format!(
+                "unknown compression {other:?}: use zstd, gzip or none"
+            )),
         }
     }
 }
@@ -74,7 +76,11 @@ pub struct Compression {
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression { codec: Codec::Zstd, level: 3, workers: 0 }
+        Compression {
+            codec: Codec::Zstd,
+            level: 3,
+            workers: 0,
+        }
     }
 }
 
@@ -133,7 +139,10 @@ pub fn checksum(plain: &[u8]) -> blake3::Hash {
 }
 
 /// Frame `plain` into a complete object (header + encoded payload).
-pub fn encode(plain: &[u8], compression: Compression) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
+pub fn encode(
+    plain: &[u8],
+    compression: Compression,
+) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
     encode_with_checksum(plain, checksum(plain), compression)
 }
 
@@ -160,7 +169,9 @@ pub fn encode_with_checksum(
             let mut encoder =
                 zstd::stream::Encoder::new(out, compression.level).map_err(encode_error)?;
             if compression.workers > 0 {
-                encoder.multithread(compression.workers).map_err(encode_error)?;
+                encoder
+                    .multithread(compression.workers)
+                    .map_err(encode_error)?;
             }
             encoder.include_contentsize(true).map_err(encode_error)?;
             encoder
@@ -183,7 +194,10 @@ pub fn encode_with_checksum(
 pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, StorageError> {
     let header = ObjectHeader::parse(key, object)?;
     let payload = &object[HEADER_LEN..];
-    let corrupt = |reason: String| StorageError::Corrupt { key: key.to_string(), reason };
+    let corrupt = |reason: String| StorageError::Corrupt {
+        key: key.to_string(),
+        reason,
+    };
     let limit = usize::try_from(header.plain_len)
         .map_err(|_| corrupt("plaintext length does not fit in memory".into()))?;
     // Never trust the header's length for an allocation larger than a chunk can be.
@@ -220,10 +234,26 @@ mod tests {
 
     fn all_compressions() -> Vec<Compression> {
         vec![
-            Compression { codec: Codec::None, level: 0, workers: 0 },
-            Compression { codec: Codec::Zstd, level: 3, workers: 0 },
-            Compression { codec: Codec::Zstd, level: 1, workers: 2 },
-            Compression { codec: Codec::Gzip, level: 6, workers: 0 },
+            Compression {
+                codec: Codec::None,
+                level: 0,
+                workers: 0,
+            },
+            Compression {
+                codec: Codec::Zstd,
+                level: 3,
+                workers: 0,
+            },
+            Compression {
+                codec: Codec::Zstd,
+                level: 1,
+                workers: 2,
+            },
+            Compression {
+                codec: Codec::Gzip,
+                level: 6,
+                workers: 0,
+            },
         ]
     }
 
@@ -261,7 +291,10 @@ mod tests {
     fn truncated_objects_are_refused() {
         let (_, object) = encode(&[7u8; 10_000], Compression::default()).expect("encode");
         for len in [0, 10, HEADER_LEN, object.len() - 1] {
-            assert!(decode("k", &object[..len]).is_err(), "accepted a {len}-byte prefix");
+            assert!(
+                decode("k", &object[..len]).is_err(),
+                "accepted a {len}-byte prefix"
+            );
         }
     }
 }

@@ -12,8 +12,19 @@ use std::str::FromStr;
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 
 /// A position in the WAL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(into = "String", try_from = "String")]
 pub struct Lsn(pub u64);
 
@@ -57,8 +68,9 @@ impl TryFrom<String> for Lsn {
 }
 
 /// A timeline id; the first timeline of a cluster is 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TimelineId(pub u32);
 
 impl fmt::Display for TimelineId {
@@ -76,7 +88,10 @@ pub struct Segment {
 
 impl Segment {
     pub fn containing(timeline: TimelineId, lsn: Lsn, segment_size: u64) -> Self {
-        Segment { timeline, number: lsn.segment_number(segment_size) }
+        Segment {
+            timeline,
+            number: lsn.segment_number(segment_size),
+        }
     }
 
     pub fn file_name(&self, segment_size: u64) -> String {
@@ -101,10 +116,25 @@ fn segments_per_xlog_id(segment_size: u64) -> u64 {
 /// A file `archive_command` may be asked to archive, by kind.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WalFileName {
-    Segment { timeline: TimelineId, log: u32, seg: u32 },
-    Partial { timeline: TimelineId, log: u32, seg: u32 },
-    History { timeline: TimelineId },
-    BackupHistory { timeline: TimelineId, log: u32, seg: u32, offset: u32 },
+    Segment {
+        timeline: TimelineId,
+        log: u32,
+        seg: u32,
+    },
+    Partial {
+        timeline: TimelineId,
+        log: u32,
+        seg: u32,
+    },
+    History {
+        timeline: TimelineId,
+    },
+    BackupHistory {
+        timeline: TimelineId,
+        log: u32,
+        seg: u32,
+        offset: u32,
+    },
 }
 
 impl WalFileName {
@@ -123,7 +153,9 @@ impl WalFileName {
         match self {
             WalFileName::Segment { timeline, log, seg }
             | WalFileName::Partial { timeline, log, seg }
-            | WalFileName::BackupHistory { timeline, log, seg, .. } => Some(Segment {
+            | WalFileName::BackupHistory {
+                timeline, log, seg, ..
+            } => Some(Segment {
                 timeline: *timeline,
                 number: u64::from(*log) * per_id + u64::from(*seg),
             }),
@@ -146,7 +178,10 @@ impl WalFileName {
 }
 
 fn hex8(s: &str) -> Option<u32> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+    if s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
         u32::from_str_radix(s, 16).ok()
     } else {
         None
@@ -185,7 +220,9 @@ impl FromStr for WalFileName {
         }
         if let Some(base) = s.strip_suffix(".history") {
             let timeline = hex8(base).filter(|t| *t > 0).ok_or_else(err)?;
-            return Ok(WalFileName::History { timeline: TimelineId(timeline) });
+            return Ok(WalFileName::History {
+                timeline: TimelineId(timeline),
+            });
         }
         if let Some(base) = s.strip_suffix(".backup") {
             if base.len() != 33 || base.as_bytes()[24] != b'.' {
@@ -193,7 +230,12 @@ impl FromStr for WalFileName {
             }
             let (timeline, log, seg) = parse_segment(&base[..24]).ok_or_else(err)?;
             let offset = hex8(&base[25..]).ok_or_else(err)?;
-            return Ok(WalFileName::BackupHistory { timeline, log, seg, offset });
+            return Ok(WalFileName::BackupHistory {
+                timeline,
+                log,
+                seg,
+                offset,
+            });
         }
         Err(err())
     }
@@ -202,12 +244,19 @@ impl FromStr for WalFileName {
 impl fmt::Display for WalFileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WalFileName::Segment { timeline, log, seg } => write!(f, "{timeline}{log:08X}{seg:08X}"),
+            WalFileName::Segment { timeline, log, seg } => {
+                write!(f, "{timeline}{log:08X}{seg:08X}")
+            }
             WalFileName::Partial { timeline, log, seg } => {
                 write!(f, "{timeline}{log:08X}{seg:08X}.partial")
             }
             WalFileName::History { timeline } => write!(f, "{timeline}.history"),
-            WalFileName::BackupHistory { timeline, log, seg, offset } => {
+            WalFileName::BackupHistory {
+                timeline,
+                log,
+                seg,
+                offset,
+            } => {
                 write!(f, "{timeline}{log:08X}{seg:08X}.{offset:08X}.backup")
             }
         }
@@ -238,7 +287,9 @@ pub fn parse_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
     }
     let segment_size = u64::from(u32_at(32));
     if !segment_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&segment_size) {
-        return Err(format!("implausible WAL segment size {segment_size} in the page header"));
+        return Err(format!(
+            "implausible WAL segment size {segment_size} in the page header"
+        ));
     }
     Ok(SegmentHeader {
         timeline: TimelineId(u32_at(4)),
@@ -280,7 +331,10 @@ pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
         let parent = tli
             .parse::<u32>()
             .map_err(|_| format!("malformed timeline {tli:?} in history line {line:?}"))?;
-        out.push(TimelineSwitch { parent: TimelineId(parent), switch_point: lsn.parse()? });
+        out.push(TimelineSwitch {
+            parent: TimelineId(parent),
+            switch_point: lsn.parse()?,
+        });
     }
     Ok(out)
 }
@@ -304,16 +358,28 @@ mod tests {
             assert_eq!(parsed.to_string(), name);
         }
         let seg: WalFileName = "000000010000000A000000FE".parse().expect("segment");
-        assert_eq!(seg.segment(DEFAULT_SEGMENT_SIZE).expect("segment").number, 0xA * 256 + 0xFE);
+        assert_eq!(
+            seg.segment(DEFAULT_SEGMENT_SIZE).expect("segment").number,
+            0xA * 256 + 0xFE
+        );
     }
 
     #[test]
     fn rejects_garbage_without_panicking() {
         for bad in [
-            "", "0", "00000001000000000000000", "0000000100000000000000011", "00000000000000000000000A",
-            "000000010000000000000001.partia", "xyz.history", "00000000.history",
-            "0000000100000000000000010000028.backup", "000000010000000000000001.0000002G.backup",
-            "00000001000000000000000a", "ééééééééééééééééééééééé", "/etc/passwd",
+            "",
+            "0",
+            "00000001000000000000000",
+            "0000000100000000000000011",
+            "00000000000000000000000A",
+            "000000010000000000000001.partia",
+            "xyz.history",
+            "00000000.history",
+            "0000000100000000000000010000028.backup",
+            "000000010000000000000001.0000002G.backup",
+            "00000001000000000000000a",
+            "ééééééééééééééééééééééé",
+            "/etc/passwd",
         ] {
             assert!(bad.parse::<WalFileName>().is_err(), "{bad:?} accepted");
         }
@@ -325,7 +391,10 @@ mod tests {
         assert_eq!(lsn.0, 0x16_B374_D848);
         assert_eq!(lsn.to_string(), "16/B374D848");
         let seg = Segment::containing(TimelineId(3), lsn, DEFAULT_SEGMENT_SIZE);
-        assert_eq!(seg.file_name(DEFAULT_SEGMENT_SIZE), "0000000300000016000000B3");
+        assert_eq!(
+            seg.file_name(DEFAULT_SEGMENT_SIZE),
+            "0000000300000016000000B3"
+        );
         for bad in ["", "/", "1/", "/1", "G/1", "123456789/0"] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} accepted");
         }
@@ -333,7 +402,8 @@ mod tests {
 
     #[test]
     fn history_files_parse() {
-        let text = "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2025-01-01\n";
+        let text =
+            "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2025-01-01\n";
         let switches = parse_history(text).expect("history");
         assert_eq!(switches.len(), 2);
         assert_eq!(switches[1].parent, TimelineId(2));

@@ -12,19 +12,33 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn postgres_ids() -> (u32, u32) {
     let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id postgres");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
     };
     (id("-u"), id("-g"))
 }
 
 fn chown_postgres(path: &Path) {
-    let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().expect("chown");
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .status()
+        .expect("chown");
     assert!(status.success());
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A scratch directory owned by postgres, holding the binary, the repository and clusters.
@@ -36,8 +50,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("lifeline-test-").tempdir_in("/tmp").expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dir = tempfile::Builder::new()
+            .prefix("lifeline-test-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let bin = dir.path().join("lifeline");
         std::fs::copy(env!("CARGO_BIN_EXE_lifeline"), &bin).expect("copy binary");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -71,7 +89,11 @@ impl Scratch {
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 pub fn code(out: &Output) -> i32 {
@@ -101,10 +123,21 @@ impl Pg {
         let data = scratch.path(name);
         let out = run_as_postgres(
             &format!("{PG_BIN}/initdb"),
-            &["-D", data.to_str().expect("utf8"), "--auth=trust", "--no-sync", "-U", "postgres"],
+            &[
+                "-D",
+                data.to_str().expect("utf8"),
+                "--auth=trust",
+                "--no-sync",
+                "-U",
+                "postgres",
+            ],
         );
         assert!(out.status.success(), "initdb: {}", text(&out));
-        let pg = Pg { data, port: free_port(), socket_dir: scratch.dir.path().to_path_buf() };
+        let pg = Pg {
+            data,
+            port: free_port(),
+            socket_dir: scratch.dir.path().to_path_buf(),
+        };
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
              archive_mode = on\narchive_command = '{} --backup-dir {} wal push %p'\n\
@@ -128,22 +161,47 @@ impl Pg {
         let mut text = std::fs::read_to_string(&path).expect("read auto conf");
         text.push_str(&format!("port = {port}\n"));
         std::fs::write(&path, text).expect("write auto conf");
-        Pg { data, port, socket_dir: scratch.dir.path().to_path_buf() }
+        Pg {
+            data,
+            port,
+            socket_dir: scratch.dir.path().to_path_buf(),
+        }
     }
 
     pub fn start(&self) {
         let log = self.data.with_extension("log");
         let out = run_as_postgres(
             &format!("{PG_BIN}/pg_ctl"),
-            &["-D", self.data.to_str().expect("utf8"), "-l", log.to_str().expect("utf8"), "-w", "-t", "120", "start"],
+            &[
+                "-D",
+                self.data.to_str().expect("utf8"),
+                "-l",
+                log.to_str().expect("utf8"),
+                "-w",
+                "-t",
+                "120",
+                "start",
+            ],
         );
-        assert!(out.status.success(), "pg_ctl start: {}\n{}", text(&out), std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            text(&out),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     pub fn stop(&self) {
         let _ = run_as_postgres(
             &format!("{PG_BIN}/pg_ctl"),
-            &["-D", self.data.to_str().expect("utf8"), "-m", "fast", "-w", "stop"],
+            &[
+                "-D",
+                self.data.to_str().expect("utf8"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
         );
     }
 
@@ -154,7 +212,21 @@ impl Pg {
     pub fn try_psql(&self, sql: &str) -> Output {
         run_as_postgres(
             &format!("{PG_BIN}/psql"),
-            &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-AtX", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-AtX",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
         )
     }
 
@@ -172,22 +244,36 @@ impl Pg {
             if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
                 return;
             }
-            assert!(Instant::now() < deadline, "server never left recovery; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server never left recovery; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     /// Switch WAL and wait until the segment is archived.
     pub fn switch_and_archive(&self) {
-        let before: i64 = self.psql("SELECT archived_count FROM pg_stat_archiver").parse().expect("count");
+        let before: i64 = self
+            .psql("SELECT archived_count FROM pg_stat_archiver")
+            .parse()
+            .expect("count");
         self.psql("SELECT pg_switch_wal()");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let now: i64 = self.psql("SELECT archived_count FROM pg_stat_archiver").parse().expect("count");
+            let now: i64 = self
+                .psql("SELECT archived_count FROM pg_stat_archiver")
+                .parse()
+                .expect("count");
             if now > before {
                 return;
             }
-            assert!(Instant::now() < deadline, "WAL never archived; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "WAL never archived; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -200,7 +286,14 @@ impl Pg {
         tables
             .split(',')
             .filter(|t| !t.is_empty())
-            .map(|t| (t.to_string(), self.psql(&format!("SELECT string_agg(x::text, ';' ORDER BY x::text) FROM {t} x"))))
+            .map(|t| {
+                (
+                    t.to_string(),
+                    self.psql(&format!(
+                        "SELECT string_agg(x::text, ';' ORDER BY x::text) FROM {t} x"
+                    )),
+                )
+            })
             .collect()
     }
 
@@ -226,5 +319,7 @@ pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 
 /// The database's clock, truncated to the second, as a UTC time with an explicit offset.
 pub fn server_second(pg: &Pg) -> String {
-    pg.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00:00'")
+    pg.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00:00'",
+    )
 }
