@@ -15,7 +15,12 @@ fn synthetic_segment() -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let record = format!("INSERT INTO pgbench_history VALUES ({}, {}, {}, now())", x % 50, x % 5_000_000, x % 1000);
+        let record = format!(
+            "INSERT INTO pgbench_history VALUES ({}, {}, {}, now())",
+            x % 50,
+            x % 5_000_000,
+            x % 1000
+        );
         out.extend_from_slice(record.as_bytes());
         out.extend_from_slice(&x.to_le_bytes()[..3]);
     }
@@ -28,8 +33,17 @@ fn framing(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_segment");
     group.throughput(Throughput::Bytes(segment.len() as u64));
     group.sample_size(10);
-    for (codec, level, workers) in [(Codec::Zstd, 3, 0), (Codec::Zstd, 3, 2), (Codec::Zstd, 1, 2), (Codec::Gzip, 6, 0)] {
-        let compression = Compression { codec, level, workers };
+    for (codec, level, workers) in [
+        (Codec::Zstd, 3, 0),
+        (Codec::Zstd, 3, 2),
+        (Codec::Zstd, 1, 2),
+        (Codec::Gzip, 6, 0),
+    ] {
+        let compression = Compression {
+            codec,
+            level,
+            workers,
+        };
         let id = format!("codec={codec:?}/level={level}/workers={workers}/size=16MiB");
         group.bench_function(BenchmarkId::new("encode", &id), |b| {
             b.iter(|| object::encode(&segment, compression).expect("encode"))
@@ -48,7 +62,11 @@ fn chunking_bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(data.len() as u64));
     group.sample_size(10);
     group.bench_function("fastcdc/avg=256KiB/size=16MiB", |b| {
-        b.iter(|| chunking::content_defined_chunks(&data[..]).map(|c| c.expect("chunk").len()).sum::<usize>())
+        b.iter(|| {
+            chunking::content_defined_chunks(&data[..])
+                .map(|c| c.expect("chunk").len())
+                .sum::<usize>()
+        })
     });
     group.finish();
 }

@@ -278,9 +278,9 @@ fn corrupted_and_missing_chunks_and_bad_input() {
     );
     assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 1);
 
-    // Corrupt one chunk: verify --read-data names it; a restore refuses and leaves nothing.
-    let chunks: Vec<_> = walk(&scratch.repo.join("chunks"));
-    let victim = chunks
+    // Corrupt bytes inside a pack: verify --read-data names it; a restore refuses and leaves nothing.
+    let packs: Vec<_> = walk(&scratch.repo.join("packs"));
+    let victim = packs
         .iter()
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .expect("a chunk")
@@ -290,10 +290,12 @@ fn corrupted_and_missing_chunks_and_bad_input() {
         .expect("name")
         .to_string_lossy()
         .into_owned();
-    let mut bytes = std::fs::read(&victim).expect("read chunk");
+    let mut bytes = std::fs::read(&victim).expect("read pack");
     let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&victim, &bytes).expect("corrupt chunk");
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0x01;
+    }
+    std::fs::write(&victim, &bytes).expect("corrupt pack");
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
     assert!(
         code(&out) != 0,
@@ -325,8 +327,8 @@ fn corrupted_and_missing_chunks_and_bad_input() {
     assert!(text(&out).contains(&victim_name), "{}", text(&out));
     assert!(!fresh.exists(), "a half-restored directory was left behind");
 
-    // Delete a chunk: plain verify names it missing; restore refuses before writing anything.
-    std::fs::remove_file(&victim).expect("remove chunk");
+    // Delete the pack: plain verify names it missing; restore refuses before writing anything.
+    std::fs::remove_file(&victim).expect("remove pack");
     let out = scratch.lifeline(&["verify"], &[]);
     assert!(
         code(&out) != 0 && text(&out).contains(&victim_name) && text(&out).contains("missing"),

@@ -5,7 +5,7 @@
 //! restorable, and only then is its manifest written.
 //!
 //! The copy is a bounded pipeline: one reader thread cuts files into blocks (relation files)
-//! or content-defined chunks (the pack of small files) and sends them through a bounded
+//! or content-defined chunks (the bundle of small files) and sends them through a bounded
 //! channel; up to `parallelism` chunks at a time are hashed and compressed on blocking threads
 //! and written. A chunk the previous backup already stored is not written again. Memory is
 //! bounded by the channel capacity times the largest chunk, whatever the size of the database.
@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use storage::chunking::{self, content_defined_chunks};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, MANIFEST_FORMAT};
+use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
 use storage::{
     Compression, Durability, PutMode, Storage, StorageError, StorageExt, layout, object,
@@ -153,14 +154,12 @@ pub async fn run_base_backup(
     )
     .await?;
 
-    let known = Arc::new(Mutex::new(
-        previous_chunks(
-            storage.as_ref(),
-            &opts.catalog_path,
-            facts.system_identifier,
-        )
-        .await,
-    ));
+    let previous = previous_chunks(
+        storage.as_ref(),
+        &opts.catalog_path,
+        facts.system_identifier,
+    )
+    .await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     info!(backup = %backup_id, data_dir = %data_dir.display(), "starting base backup");
@@ -171,14 +170,20 @@ pub async fn run_base_backup(
         .doing("starting the backup (pg_backup_start; needs superuser or EXECUTE on it)")?
         .get(0);
     let start_lsn: Lsn = start_lsn.parse().map_err(ArchiveError::Precondition)?;
+    info!(%start_lsn, "checkpoint done, copying files");
 
     let counts = tokio::spawn(count_rows(opts.connection.clone()));
     let walk_dir = data_dir.clone();
     let entries = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir))
         .await
         .map_err(|e| ArchiveError::Precondition(format!("directory walk failed: {e}")))??;
-    let copied = copy_files(storage.clone(), entries, block_size, opts, known).await?;
+    let copied = copy_files(storage.clone(), entries, block_size, opts, previous).await?;
     storage.sync().await?;
+    info!(
+        size_bytes = copied.size_bytes,
+        new_bytes = copied.new_bytes,
+        "files copied and durable, stopping the backup"
+    );
 
     let stop = client
         .query_one(
@@ -197,6 +202,7 @@ pub async fn run_base_backup(
 
     let start_segment = Segment::containing(timeline, start_lsn, facts.segment_size);
     let stop_segment = Segment::containing(timeline, stop_lsn, facts.segment_size);
+    info!(%stop_lsn, "waiting for the backup's WAL to be archived");
     wait_for_wal(
         storage.as_ref(),
         facts.system_identifier,
@@ -237,7 +243,7 @@ pub async fn run_base_backup(
         finished_at: jiff::Timestamp::now(),
         block_size: block_size as u64,
         files: copied.files,
-        pack: copied.pack,
+        bundle: copied.bundle,
         backup_label,
         tablespace_map,
         row_counts,
@@ -303,12 +309,13 @@ async fn new_backup_id(storage: &dyn Storage) -> Result<String, ArchiveError> {
     )))
 }
 
-/// Chunks the newest complete backup of this cluster stored: those need not be written again.
+/// Chunks the newest complete backup of this cluster stored, with where they are: those need
+/// not be written again.
 async fn previous_chunks(
     storage: &dyn Storage,
     catalog_path: &Path,
     system_identifier: u64,
-) -> HashSet<String> {
+) -> HashMap<String, ChunkRef> {
     let path = catalog_path.to_path_buf();
     let latest = tokio::task::spawn_blocking(move || {
         let catalog = catalog::Catalog::open(&path).ok()?;
@@ -325,7 +332,7 @@ async fn previous_chunks(
     .ok()
     .flatten();
     let Some(latest) = latest else {
-        return HashSet::new();
+        return HashMap::new();
     };
     let key = layout::manifest_key(&latest.backup_id);
     let manifest = match storage
@@ -337,13 +344,13 @@ async fn previous_chunks(
         Err(e) => Err(e),
     };
     match manifest {
-        Ok(m) => m.chunks().map(|c| c.hash.clone()).collect(),
+        Ok(m) => m.chunks().map(|c| (c.hash.clone(), c.clone())).collect(),
         Err(e) => {
             warn!(
                 "previous backup {} unreadable, storing every chunk again: {e}",
                 latest.backup_id
             );
-            HashSet::new()
+            HashMap::new()
         }
     }
 }
@@ -457,14 +464,14 @@ fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
 
 struct Copied {
     files: Vec<FileEntry>,
-    pack: Vec<ChunkRef>,
+    bundle: Vec<ChunkRef>,
     size_bytes: u64,
     new_bytes: u64,
 }
 
 enum Slot {
     Block { file: usize, index: usize },
-    Pack(usize),
+    Bundle(usize),
 }
 
 struct Job {
@@ -472,11 +479,64 @@ struct Job {
     data: Vec<u8>,
 }
 
+/// A chunk hashed (and, when new, compressed) and ready to be packed.
+struct Prepared {
+    slot: Slot,
+    hash: String,
+    len: u64,
+    framed: Option<Vec<u8>>,
+}
+
 /// What the reader thread learned: the bytes actually copied of each file (None: vanished)
-/// and where each small file starts in the pack stream.
+/// and where each small file starts in the bundle stream.
 struct ReadReport {
     sizes: Vec<Option<u64>>,
-    pack_offsets: HashMap<usize, u64>,
+    bundle_offsets: HashMap<usize, u64>,
+}
+
+/// Gathers new chunks into packs and writes each pack when it is full.
+struct Packer {
+    storage: Arc<dyn Storage>,
+    current: PackBuilder,
+    /// hash -> (pack id, offset, stored length) of every chunk this backup can reference.
+    locations: HashMap<String, (String, u64, u64)>,
+    pending: Vec<(String, u64, u64)>,
+    written: u64,
+}
+
+impl Packer {
+    async fn add(&mut self, hash: String, framed: &[u8]) -> Result<(), ArchiveError> {
+        let offset = self.current.add(hash.clone(), framed);
+        self.pending.push((hash, offset, framed.len() as u64));
+        if self.current.len() >= DEFAULT_PACK_TARGET {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ArchiveError> {
+        if self.current.is_empty() {
+            return Ok(());
+        }
+        let builder = std::mem::take(&mut self.current);
+        let sealed = tokio::task::spawn_blocking(move || builder.seal())
+            .await
+            .map_err(|e| ArchiveError::Precondition(format!("pack task failed: {e}")))??;
+        self.written += sealed.bytes.len() as u64;
+        self.storage
+            .put_bytes(
+                &layout::pack_key(&sealed.id),
+                sealed.bytes,
+                PutMode::Overwrite,
+                Durability::Deferred,
+            )
+            .await?;
+        for (hash, offset, stored) in self.pending.drain(..) {
+            self.locations
+                .insert(hash, (sealed.id.clone(), offset, stored));
+        }
+        Ok(())
+    }
 }
 
 async fn copy_files(
@@ -484,7 +544,7 @@ async fn copy_files(
     entries: Vec<WalkEntry>,
     block_size: usize,
     opts: &BaseBackupOptions,
-    known: Arc<Mutex<HashSet<String>>>,
+    previous: HashMap<String, ChunkRef>,
 ) -> Result<Copied, ArchiveError> {
     let parallelism = opts.parallelism.max(1);
     let (tx, mut rx) = mpsc::channel::<Job>(parallelism * 2);
@@ -497,25 +557,57 @@ async fn copy_files(
     let entry_count = entries.len();
     let reader = tokio::task::spawn_blocking(move || read_files(plan, entry_count, block_size, tx));
 
+    let known: Arc<Mutex<HashSet<String>>> =
+        Arc::new(Mutex::new(previous.keys().cloned().collect()));
+    let packer = Packer {
+        storage,
+        current: PackBuilder::new(),
+        locations: previous
+            .into_iter()
+            .map(|(hash, c)| (hash, (c.pack, c.offset, c.stored)))
+            .collect(),
+        pending: Vec::new(),
+        written: 0,
+    };
     let compression = opts.compression;
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let results: Vec<(Slot, ChunkRef, u64)> = jobs
-        .map(|job| store_chunk(storage.clone(), known.clone(), compression, job))
+    let (mut packer, slots) = jobs
+        .map(|job| prepare_chunk(known.clone(), compression, job))
         .buffer_unordered(parallelism)
-        .try_collect()
+        .try_fold(
+            (packer, Vec::new()),
+            |(mut packer, mut slots), prepared| async move {
+                if let Some(framed) = &prepared.framed {
+                    packer.add(prepared.hash.clone(), framed).await?;
+                }
+                slots.push((prepared.slot, prepared.hash, prepared.len));
+                Ok((packer, slots))
+            },
+        )
         .await?;
+    packer.flush().await?;
     let report = reader
         .await
         .map_err(|e| ArchiveError::Precondition(format!("file reader failed: {e}")))??;
 
     let mut blocks: HashMap<usize, Vec<Option<ChunkRef>>> = HashMap::new();
-    let mut pack: Vec<Option<ChunkRef>> = Vec::new();
-    let mut new_bytes = 0;
-    for (slot, chunk, written) in results {
-        new_bytes += written;
+    let mut bundle: Vec<Option<ChunkRef>> = Vec::new();
+    for (slot, hash, len) in slots {
+        let Some((pack, offset, stored)) = packer.locations.get(&hash).cloned() else {
+            return Err(ArchiveError::Precondition(format!(
+                "chunk {hash} was never packed"
+            )));
+        };
+        let chunk = ChunkRef {
+            hash,
+            len,
+            pack,
+            offset,
+            stored,
+        };
         let (list, index) = match slot {
             Slot::Block { file, index } => (blocks.entry(file).or_default(), index),
-            Slot::Pack(index) => (&mut pack, index),
+            Slot::Bundle(index) => (&mut bundle, index),
         };
         if list.len() <= index {
             list.resize(index + 1, None);
@@ -539,7 +631,7 @@ async fn copy_files(
             mtime: e.mtime,
             link_target: e.link_target,
             blocks: Vec::new(),
-            pack_offset: None,
+            bundle_offset: None,
         };
         if e.kind == EntryKind::File {
             let Some(size) = report.sizes[i] else {
@@ -547,8 +639,8 @@ async fn copy_files(
             };
             entry.size = size;
             size_bytes += size;
-            entry.pack_offset = report.pack_offsets.get(&i).copied();
-            if entry.pack_offset.is_none() {
+            entry.bundle_offset = report.bundle_offsets.get(&i).copied();
+            if entry.bundle_offset.is_none() {
                 entry.blocks = complete(blocks.remove(&i).unwrap_or_default())?;
             }
         }
@@ -556,53 +648,43 @@ async fn copy_files(
     }
     Ok(Copied {
         files,
-        pack: complete(pack)?,
+        bundle: complete(bundle)?,
         size_bytes,
-        new_bytes,
+        new_bytes: packer.written,
     })
 }
 
-/// Hash a chunk, and compress and write it unless the repository already has it.
-/// Returns where it goes, its reference and the bytes written (0 when deduplicated).
-async fn store_chunk(
-    storage: Arc<dyn Storage>,
+/// Hash a chunk, and compress it unless the repository (or this backup) already has it.
+async fn prepare_chunk(
     known: Arc<Mutex<HashSet<String>>>,
     compression: Compression,
     job: Job,
-) -> Result<(Slot, ChunkRef, u64), ArchiveError> {
-    let len = job.data.len() as u64;
-    let (hex, encoded) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+) -> Result<Prepared, ArchiveError> {
+    tokio::task::spawn_blocking(move || -> Result<Prepared, StorageError> {
         let hash = object::checksum(&job.data);
         let hex = hash.to_hex().to_string();
         let is_new = known
             .lock()
             .map(|mut k| k.insert(hex.clone()))
             .unwrap_or(true);
-        let encoded = if is_new {
+        let framed = if is_new {
             Some(object::encode_with_checksum(&job.data, hash, compression)?.1)
         } else {
             None
         };
-        Ok((hex, encoded))
+        Ok(Prepared {
+            slot: job.slot,
+            hash: hex,
+            len: job.data.len() as u64,
+            framed,
+        })
     })
     .await
-    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))??;
-    let mut written = 0;
-    if let Some(bytes) = encoded {
-        written = bytes.len() as u64;
-        storage
-            .put_bytes(
-                &layout::chunk_key(&hex),
-                bytes,
-                PutMode::Overwrite,
-                Durability::Deferred,
-            )
-            .await?;
-    }
-    Ok((job.slot, ChunkRef { hash: hex, len }, written))
+    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
+    .map_err(ArchiveError::from)
 }
 
-/// The reader thread: small files first, as one content-chunked pack stream, then relation
+/// The reader thread: small files first, as one content-chunked bundle stream, then relation
 /// files block by block. Stops early when the writers have gone (an error downstream).
 fn read_files(
     plan: Vec<(usize, PathBuf, bool)>,
@@ -612,14 +694,14 @@ fn read_files(
 ) -> Result<ReadReport, ArchiveError> {
     let mut report = ReadReport {
         sizes: vec![None; entry_count],
-        pack_offsets: HashMap::new(),
+        bundle_offsets: HashMap::new(),
     };
     let small: Vec<(usize, PathBuf)> = plan
         .iter()
         .filter(|p| !p.2)
         .map(|p| (p.0, p.1.clone()))
         .collect();
-    let mut pack = PackReader {
+    let mut pack = BundleReader {
         files: small.into_iter(),
         current: None,
         offset: 0,
@@ -632,7 +714,7 @@ fn read_files(
         })?;
         if tx
             .blocking_send(Job {
-                slot: Slot::Pack(index),
+                slot: Slot::Bundle(index),
                 data,
             })
             .is_err()
@@ -642,7 +724,7 @@ fn read_files(
     }
     for (file, offset, len) in pack.records {
         report.sizes[file] = Some(len);
-        report.pack_offsets.insert(file, offset);
+        report.bundle_offsets.insert(file, offset);
     }
     for (file, path, _) in plan.into_iter().filter(|p| p.2) {
         let mut reader = match std::fs::File::open(&path) {
@@ -678,7 +760,7 @@ fn read_files(
 }
 
 /// The small files read back to back as one stream, recording where each one starts.
-struct PackReader {
+struct BundleReader {
     files: std::vec::IntoIter<(usize, PathBuf)>,
     current: Option<(usize, std::fs::File, u64, u64)>,
     offset: u64,
@@ -686,7 +768,7 @@ struct PackReader {
     records: Vec<(usize, u64, u64)>,
 }
 
-impl Read for PackReader {
+impl Read for BundleReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             if let Some((index, file, start, read)) = &mut self.current {

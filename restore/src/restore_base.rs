@@ -118,30 +118,27 @@ async fn check_chunks_exist(
     manifest: &BackupManifest,
     parallelism: usize,
 ) -> Result<(), RestoreError> {
-    let missing: Vec<String> = futures::stream::iter(
-        manifest
-            .chunks()
-            .map(|c| c.hash.clone())
-            .collect::<Vec<_>>(),
-    )
-    .map(|hash| async move {
-        match storage.exists(&layout::chunk_key(&hash)).await {
-            Ok(true) => Ok(None),
-            Ok(false) => Ok(Some(hash)),
-            Err(e) => Err(e),
-        }
-    })
-    .buffer_unordered(parallelism.max(1) * 4)
-    .try_filter_map(|m| async move { Ok(m) })
-    .try_collect()
-    .await?;
+    let packs: std::collections::BTreeSet<String> =
+        manifest.chunks().map(|c| c.pack.clone()).collect();
+    let missing: Vec<String> = futures::stream::iter(packs)
+        .map(|pack| async move {
+            match storage.exists(&layout::pack_key(&pack)).await {
+                Ok(true) => Ok(None),
+                Ok(false) => Ok(Some(pack)),
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(parallelism.max(1) * 4)
+        .try_filter_map(|m| async move { Ok(m) })
+        .try_collect()
+        .await?;
     if let Some(first) = missing.first() {
         return Err(RestoreError::Refused(format!(
-            "backup {} is damaged: {} chunk(s) missing from the repository, e.g. {}; nothing was written. \
+            "backup {} is damaged: {} pack(s) missing from the repository, e.g. {}; nothing was written. \
              Restore an older backup (--from BACKUP_ID) and run `lifeline verify --read-data`",
             manifest.backup_id,
             missing.len(),
-            layout::chunk_key(first)
+            layout::pack_key(first)
         )));
     }
     Ok(())
@@ -223,7 +220,7 @@ async fn restore_into(
         .try_collect::<()>()
         .await?;
 
-    restore_pack(storage, manifest, &root, parallelism).await?;
+    restore_bundle(storage, manifest, &root, parallelism).await?;
     write_recovery_files(manifest, opts)?;
 
     let dir = std::fs::File::open(&root).map_err(|e| io(&root, e))?;
@@ -244,24 +241,36 @@ async fn restore_into(
     })
 }
 
-async fn fetch_chunk(storage: &dyn Storage, chunk: &ChunkRef) -> Result<Vec<u8>, RestoreError> {
-    let key = layout::chunk_key(&chunk.hash);
-    let bytes = storage.get_bytes(&key).await?;
-    let expected = chunk.hash.clone();
-    let len = chunk.len;
-    tokio::task::spawn_blocking(move || {
-        let plain = object::decode(&key, &bytes)?;
-        // The header verified the bytes; the key proves they are the bytes the manifest meant.
-        if object::checksum(&plain).to_hex().as_str() != expected || plain.len() as u64 != len {
-            return Err(RestoreError::Storage(storage::StorageError::Corrupt {
-                key,
-                reason: "content does not match the chunk the manifest names".into(),
-            }));
-        }
-        Ok(plain)
-    })
-    .await
-    .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
+/// Read one chunk out of its pack and check it is the chunk the manifest names.
+pub(crate) async fn fetch_chunk(
+    storage: &dyn Storage,
+    chunk: &ChunkRef,
+) -> Result<Vec<u8>, RestoreError> {
+    let key = layout::pack_key(&chunk.pack);
+    let bytes = storage
+        .get_range(&key, chunk.offset..chunk.offset + chunk.stored)
+        .await?;
+    let chunk = chunk.clone();
+    tokio::task::spawn_blocking(move || decode_chunk(&key, &chunk, &bytes))
+        .await
+        .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
+}
+
+pub(crate) fn decode_chunk(
+    pack_key: &str,
+    chunk: &ChunkRef,
+    framed: &[u8],
+) -> Result<Vec<u8>, RestoreError> {
+    let name = format!("chunk {} in {pack_key}", chunk.hash);
+    let plain = object::decode(&name, framed)?;
+    // The header verified the bytes; the hash proves they are the bytes the manifest meant.
+    if plain.len() as u64 != chunk.len || object::checksum(&plain).to_hex().as_str() != chunk.hash {
+        return Err(RestoreError::Storage(storage::StorageError::Corrupt {
+            key: name,
+            reason: "content does not match the chunk the manifest names".into(),
+        }));
+    }
+    Ok(plain)
 }
 
 fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), RestoreError> {
@@ -273,9 +282,9 @@ fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), RestoreError> {
         .map_err(|e| RestoreError::io(path, e))
 }
 
-/// The small files: fetch the pack's chunks in order (several in flight) and cut the stream
+/// The small files: fetch the bundle's chunks in order (several in flight) and cut the stream
 /// back into files at the offsets the manifest recorded.
-async fn restore_pack(
+async fn restore_bundle(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
     root: &Path,
@@ -284,11 +293,11 @@ async fn restore_pack(
     let mut files: Vec<(u64, u64, PathBuf)> = manifest
         .files
         .iter()
-        .filter_map(|f| f.pack_offset.map(|o| (o, f.size, f.path.clone())))
+        .filter_map(|f| f.bundle_offset.map(|o| (o, f.size, f.path.clone())))
         .map(|(o, s, p)| target_path(root, &p).map(|path| (o, s, path)))
         .collect::<Result<_, _>>()?;
     files.sort_by_key(|f| f.0);
-    let mut chunks = futures::stream::iter(manifest.pack.clone())
+    let mut chunks = futures::stream::iter(manifest.bundle.clone())
         .map(|chunk| {
             let storage = storage.clone();
             async move { fetch_chunk(storage.as_ref(), &chunk).await }
@@ -320,7 +329,7 @@ async fn restore_pack(
     let missing = files.iter().skip(next_file).find(|f| f.1 > 0);
     if let Some((_, _, path)) = missing {
         return Err(RestoreError::Refused(format!(
-            "the backup's pack stream ends before {}: the manifest is corrupt",
+            "the backup's bundle of small files ends before {}: the manifest is corrupt",
             path.display()
         )));
     }

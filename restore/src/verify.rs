@@ -1,17 +1,20 @@
-//! Repository verification: every manifest's chunks exist; with `read_data`, every chunk and
-//! WAL object is read back and re-hashed. Problems name the object and the backups it breaks.
+//! Repository verification: every manifest's packs exist; with `read_data`, every chunk a
+//! backup needs is read back, decompressed and re-hashed, and so is every WAL object.
+//! Problems name the object and the backups it breaks.
 
 use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
-use storage::manifest::BackupManifest;
-use storage::{Storage, StorageExt, layout, object};
+use storage::manifest::{BackupManifest, ChunkRef};
+use storage::{Storage, StorageExt, layout, object, pack};
 
 use crate::RestoreError;
+use crate::restore_base::decode_chunk;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     pub backups: usize,
+    pub packs: usize,
     pub chunks: usize,
     pub wal_files: usize,
     pub bytes_read: u64,
@@ -24,14 +27,16 @@ impl VerifyReport {
     }
 }
 
+/// pack id -> chunk hash -> (the chunk, the backups that need it)
+type Needed = BTreeMap<String, BTreeMap<String, (ChunkRef, Vec<String>)>>;
+
 pub async fn verify_repository(
     storage: &dyn Storage,
     read_data: bool,
     parallelism: usize,
 ) -> Result<VerifyReport, RestoreError> {
     let mut report = VerifyReport::default();
-    // chunk hash -> the backups that need it
-    let mut needed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut needed: Needed = BTreeMap::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
         let Some(id) = layout::parse_manifest_key(&meta.key) else {
             continue;
@@ -49,8 +54,11 @@ pub async fn verify_repository(
             Ok(m) => {
                 for chunk in m.chunks() {
                     needed
-                        .entry(chunk.hash.clone())
+                        .entry(chunk.pack.clone())
                         .or_default()
+                        .entry(chunk.hash.clone())
+                        .or_insert_with(|| (chunk.clone(), Vec::new()))
+                        .1
                         .push(id.to_string());
                 }
             }
@@ -58,17 +66,25 @@ pub async fn verify_repository(
         }
     }
     let present: HashSet<String> = storage
-        .list(layout::CHUNKS_PREFIX)
+        .list(layout::PACKS_PREFIX)
         .await?
         .into_iter()
         .filter_map(|m| m.key.rsplit('/').next().map(str::to_string))
         .collect();
-    report.chunks = needed.len();
-    for (hash, backups) in &needed {
-        if !present.contains(hash) {
+    report.packs = present.len();
+    report.chunks = needed.values().map(BTreeMap::len).sum();
+    for (pack_id, chunks) in &needed {
+        if !present.contains(pack_id) {
+            let mut backups: Vec<&str> = chunks
+                .values()
+                .flat_map(|(_, b)| b.iter().map(String::as_str))
+                .collect();
+            backups.sort_unstable();
+            backups.dedup();
             report.problems.push(format!(
-                "chunk {} is missing; needed by {}",
-                layout::chunk_key(hash),
+                "pack {} is missing: {} chunk(s) lost, needed by {}",
+                layout::pack_key(pack_id),
+                chunks.len(),
                 backups.join(", ")
             ));
         }
@@ -78,56 +94,94 @@ pub async fn verify_repository(
     if !read_data {
         return Ok(report);
     }
-    let keys: Vec<(String, Option<String>)> = needed
+
+    let pack_checks: Vec<_> = needed
         .iter()
-        .filter(|(h, _)| present.contains(*h))
-        .map(|(h, b)| {
-            (
-                layout::chunk_key(h),
-                Some(format!("{} (needed by {})", h, b.join(", "))),
-            )
-        })
-        .chain(wal.into_iter().map(|m| (m.key, None)))
+        .filter(|(id, _)| present.contains(*id))
         .collect();
-    let results: Vec<(String, Option<String>, Result<u64, String>)> = futures::stream::iter(keys)
-        .map(|(key, label)| async move {
-            let outcome = read_and_check(storage, &key).await;
-            (key, label, outcome)
+    let pack_results: Vec<(u64, Vec<String>)> = futures::stream::iter(pack_checks)
+        .map(|(id, chunks)| check_pack(storage, id, chunks))
+        .buffer_unordered(parallelism.max(1))
+        .collect()
+        .await;
+    let wal_results: Vec<(u64, Vec<String>)> = futures::stream::iter(wal)
+        .map(|meta| async move {
+            match read_object(storage, &meta.key).await {
+                Ok(bytes) => (bytes, Vec::new()),
+                Err(reason) => (
+                    0,
+                    vec![format!("WAL object {} is corrupt: {reason}", meta.key)],
+                ),
+            }
         })
         .buffer_unordered(parallelism.max(1) * 2)
         .collect()
         .await;
-    for (key, label, outcome) in results {
-        match outcome {
-            Ok(bytes) => report.bytes_read += bytes,
-            Err(reason) => report.problems.push(match label {
-                Some(label) => format!("chunk {key} is corrupt: {reason}; chunk {label}"),
-                None => format!("WAL object {key} is corrupt: {reason}"),
-            }),
-        }
+    for (bytes, problems) in pack_results.into_iter().chain(wal_results) {
+        report.bytes_read += bytes;
+        report.problems.extend(problems);
     }
     report.problems.sort();
     Ok(report)
 }
 
-async fn read_and_check(storage: &dyn Storage, key: &str) -> Result<u64, String> {
+/// Read a pack once and check its index and every chunk a backup needs from it.
+async fn check_pack(
+    storage: &dyn Storage,
+    pack_id: &str,
+    chunks: &BTreeMap<String, (ChunkRef, Vec<String>)>,
+) -> (u64, Vec<String>) {
+    let key = layout::pack_key(pack_id);
+    let bytes = match storage.get_bytes(&key).await {
+        Ok(b) => b,
+        Err(e) => return (0, vec![format!("pack {key} cannot be read: {e}")]),
+    };
+    let len = bytes.len() as u64;
+    let chunks = chunks.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut problems = Vec::new();
+        if let Err(e) = pack::read_index(&key, &bytes) {
+            problems.push(format!("pack {key} has a damaged index: {e}"));
+        }
+        if object::checksum(&bytes).to_hex().as_str() != key.rsplit('/').next().unwrap_or_default()
+        {
+            problems.push(format!(
+                "pack {key} does not match its name (its bytes changed)"
+            ));
+        }
+        for (chunk, backups) in chunks.values() {
+            let range = chunk.offset as usize..(chunk.offset + chunk.stored) as usize;
+            let outcome = match bytes.get(range) {
+                Some(framed) => decode_chunk(&key, chunk, framed).map(|_| ()),
+                None => Err(RestoreError::Refused(
+                    "the pack is shorter than the manifest says".into(),
+                )),
+            };
+            if let Err(e) = outcome {
+                problems.push(format!(
+                    "chunk {} in {key} is corrupt ({e}); needed by {}",
+                    chunk.hash,
+                    backups.join(", ")
+                ));
+            }
+        }
+        problems
+    })
+    .await
+    .unwrap_or_else(|e| vec![format!("checking pack {pack_id} failed: {e}")]);
+    (len, checked)
+}
+
+async fn read_object(storage: &dyn Storage, key: &str) -> Result<u64, String> {
     let bytes = storage.get_bytes(key).await.map_err(|e| e.to_string())?;
     let len = bytes.len() as u64;
     let key_owned = key.to_string();
-    let plain = tokio::task::spawn_blocking(move || object::decode(&key_owned, &bytes))
+    tokio::task::spawn_blocking(move || object::decode(&key_owned, &bytes))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| match e {
             storage::StorageError::Corrupt { reason, .. } => reason,
             other => other.to_string(),
         })?;
-    // A chunk's key is its content's hash: check that too.
-    if let Some(hash) = key
-        .strip_prefix(layout::CHUNKS_PREFIX)
-        .and_then(|r| r.rsplit('/').next())
-        && object::checksum(&plain).to_hex().as_str() != hash
-    {
-        return Err("content does not match its key".into());
-    }
     Ok(len)
 }

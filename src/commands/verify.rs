@@ -24,9 +24,10 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
             println!("[FAIL] {problem}");
         }
         println!(
-            "checked {} backups, {} chunks, {} WAL objects{}: {}",
+            "checked {} backups, {} chunks in {} packs, {} WAL objects{}: {}",
             report.backups,
             report.chunks,
+            report.packs,
             report.wal_files,
             if args.read_data {
                 format!(", {} MiB read back", report.bytes_read >> 20)

@@ -3,20 +3,20 @@
 //! ```text
 //! cluster.json                                 the cluster this repository archives (create-only)
 //! wal/<sysid>/<TTTTTTTT>/<wal file name>       one framed object per WAL, history or backup file
-//! chunks/<first 2 hex>/<blake3 hex>            one framed object per chunk, keyed by content
+//! packs/<first 2 hex>/<blake3 hex>             many framed chunks in one object (see `pack`)
 //! backups/<backup id>/manifest                 the framed JSON manifest; written last
 //! backups/<backup id>/<backup id>.metadata     plain JSON summary for people and older tools
 //! ```
 //!
-//! A backup exists once its manifest exists: the manifest is written only after every chunk it
-//! names is durable, so a crash mid-backup leaves unreferenced chunks, never a broken backup.
+//! A backup exists once its manifest exists: the manifest is written only after every pack it
+//! names is durable, so a crash mid-backup leaves unreferenced packs, never a broken backup.
 
 use crate::wal::WalFileName;
 
 pub const CLUSTER_KEY: &str = "cluster.json";
 pub const WAL_PREFIX: &str = "wal/";
 pub const BACKUPS_PREFIX: &str = "backups/";
-pub const CHUNKS_PREFIX: &str = "chunks/";
+pub const PACKS_PREFIX: &str = "packs/";
 pub const MANIFEST_NAME: &str = "manifest";
 
 pub fn wal_prefix(system_identifier: u64) -> String {
@@ -37,9 +37,9 @@ pub fn parse_wal_key(key: &str) -> Option<(u64, WalFileName)> {
     parts.next().is_none().then_some((sysid, name))
 }
 
-pub fn chunk_key(hash_hex: &str) -> String {
-    let shard = hash_hex.get(..2).unwrap_or("00");
-    format!("{CHUNKS_PREFIX}{shard}/{hash_hex}")
+pub fn pack_key(pack_id: &str) -> String {
+    let shard = pack_id.get(..2).unwrap_or("00");
+    format!("{PACKS_PREFIX}{shard}/{pack_id}")
 }
 
 pub fn manifest_key(backup_id: &str) -> String {
@@ -73,6 +73,6 @@ mod tests {
             Some("backup_20251227_010000")
         );
         assert_eq!(parse_manifest_key("backups/x/y/manifest"), None);
-        assert_eq!(chunk_key("abcdef"), "chunks/ab/abcdef");
+        assert_eq!(pack_key("abcdef"), "packs/ab/abcdef");
     }
 }

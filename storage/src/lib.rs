@@ -5,6 +5,7 @@
 //!   stored object uses; anything read back is verified against it.
 //! - [`wal`]: WAL file names, timelines and LSNs as validated types.
 //! - [`chunking`]: page-aligned blocks for relation files, content-defined chunks for streams.
+//! - [`pack`]: many chunks per stored object.
 //! - [`manifest`]: what a backup is made of; [`layout`]: which key each object lives under.
 
 pub mod chunking;
@@ -13,6 +14,7 @@ pub mod layout;
 mod local;
 pub mod manifest;
 pub mod object;
+pub mod pack;
 mod storage;
 pub mod wal;
 

@@ -1,8 +1,9 @@
 //! A backup manifest: everything needed to put a backup back, and to know it is whole.
 //!
 //! Stored as JSON inside a framed object at `backups/<id>/manifest`. Relation files list their
-//! blocks; small files are concatenated (in manifest order) into one "pack" stream that is cut
-//! by content, and each small file names its offset in that stream.
+//! blocks; small files are concatenated (in manifest order) into one "bundle" stream that is
+//! cut by content, and each small file names its offset in that stream. Every chunk names the
+//! pack that holds it and where.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,10 @@ pub struct ChunkRef {
     pub hash: String,
     /// Plaintext length.
     pub len: u64,
+    /// Where the framed chunk is stored: pack id, offset and length in the pack.
+    pub pack: String,
+    pub offset: u64,
+    pub stored: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +47,9 @@ pub struct FileEntry {
     /// Blocks of a relation file, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<ChunkRef>,
-    /// Offset of a small file in the pack stream.
+    /// Offset of a small file in the bundle stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pack_offset: Option<u64>,
+    pub bundle_offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +71,8 @@ pub struct BackupManifest {
     pub finished_at: jiff::Timestamp,
     pub block_size: u64,
     pub files: Vec<FileEntry>,
-    pub pack: Vec<ChunkRef>,
+    /// The bundle of small files, chunk by chunk.
+    pub bundle: Vec<ChunkRef>,
     /// The `backup_label` from `pg_backup_stop`, written into the data directory on restore.
     pub backup_label: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,7 +92,7 @@ impl BackupManifest {
         self.files
             .iter()
             .flat_map(|f| f.blocks.iter())
-            .chain(self.pack.iter())
+            .chain(self.bundle.iter())
             .filter(move |c| seen.insert(c.hash.as_str()))
     }
 
@@ -155,6 +161,9 @@ mod tests {
         let chunk = ChunkRef {
             hash: "ab".repeat(32),
             len: 8192,
+            pack: "cd".repeat(32),
+            offset: 0,
+            stored: 100,
         };
         let manifest = BackupManifest {
             format: MANIFEST_FORMAT,
@@ -181,9 +190,9 @@ mod tests {
                 mtime: 0,
                 link_target: None,
                 blocks: vec![chunk.clone(), chunk.clone()],
-                pack_offset: None,
+                bundle_offset: None,
             }],
-            pack: vec![chunk.clone()],
+            bundle: vec![chunk.clone()],
             backup_label: "START WAL LOCATION: 0/2000028".into(),
             tablespace_map: None,
             row_counts: BTreeMap::from([("public.t".to_string(), 3)]),

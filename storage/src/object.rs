@@ -157,38 +157,80 @@ pub fn encode_with_checksum(
         plain_len: plain.len() as u64,
         checksum: hash,
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + plain.len() / 3 + 64);
-    out.extend_from_slice(&header.to_bytes());
     let encode_error = |e: std::io::Error| StorageError::Corrupt {
         key: "(new object)".into(),
         reason: format!("cannot encode: {e}"),
     };
-    match compression.codec {
-        Codec::None => out.extend_from_slice(plain),
+    let payload = match compression.codec {
+        Codec::None => None,
+        Codec::Zstd if compression.workers == 0 => {
+            Some(compress_zstd(plain, compression.level).map_err(encode_error)?)
+        }
         Codec::Zstd => {
             let mut encoder =
-                zstd::stream::Encoder::new(out, compression.level).map_err(encode_error)?;
-            if compression.workers > 0 {
-                encoder
-                    .multithread(compression.workers)
+                zstd::stream::Encoder::new(Vec::with_capacity(plain.len() / 4), compression.level)
                     .map_err(encode_error)?;
-            }
+            encoder
+                .multithread(compression.workers)
+                .map_err(encode_error)?;
             encoder.include_contentsize(true).map_err(encode_error)?;
             encoder
                 .set_pledged_src_size(Some(plain.len() as u64))
                 .map_err(encode_error)?;
             encoder.write_all(plain).map_err(encode_error)?;
-            out = encoder.finish().map_err(encode_error)?;
+            Some(encoder.finish().map_err(encode_error)?)
         }
         Codec::Gzip => {
             let level = compression.level.clamp(0, 9) as u32;
-            let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(plain.len() / 3),
+                flate2::Compression::new(level),
+            );
             encoder.write_all(plain).map_err(encode_error)?;
-            out = encoder.finish().map_err(encode_error)?;
+            Some(encoder.finish().map_err(encode_error)?)
         }
-    }
+    };
+    let body = payload.as_deref().unwrap_or(plain);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(body);
     Ok((header, out))
 }
+
+thread_local! {
+    // A zstd context holds megabytes of tables: allocating one per chunk costs more than the
+    // compression itself, so each thread keeps one.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress_zstd(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, compressor) = slot.as_mut().expect("just set");
+        compressor.include_contentsize(true)?;
+        compressor.compress(plain)
+    })
+}
+
+fn decompress_zstd(payload: &[u8], plain_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let decompressor = slot.as_mut().expect("just set");
+        decompressor.decompress(payload, plain_len)
+    })
+}
+
+/// Largest plaintext a single object may claim (WAL segments go up to 1 GiB).
+const MAX_PLAIN_LEN: u64 = 1 << 30;
 
 /// Decode a whole object and verify it against its header. `key` names it in errors.
 pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, StorageError> {
@@ -198,22 +240,27 @@ pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, StorageError> {
         key: key.to_string(),
         reason,
     };
-    let limit = usize::try_from(header.plain_len)
-        .map_err(|_| corrupt("plaintext length does not fit in memory".into()))?;
-    // Never trust the header's length for an allocation larger than a chunk can be.
-    let mut plain = Vec::with_capacity(limit.min(64 << 20));
-    let read = match header.codec {
-        Codec::None => {
-            plain.extend_from_slice(payload);
-            Ok(plain.len())
+    if header.plain_len > MAX_PLAIN_LEN {
+        return Err(corrupt(format!(
+            "header claims an implausible length {}",
+            header.plain_len
+        )));
+    }
+    let limit = header.plain_len as usize;
+    let plain = match header.codec {
+        Codec::None => Ok(payload.to_vec()),
+        // bulk decompression refuses output larger than `limit`, so a lying header cannot
+        // make it allocate or write more.
+        Codec::Zstd => decompress_zstd(payload, limit),
+        Codec::Gzip => {
+            let mut plain = Vec::with_capacity(limit.min(64 << 20));
+            flate2::read::GzDecoder::new(payload)
+                .take(header.plain_len + 1)
+                .read_to_end(&mut plain)
+                .map(|_| plain)
         }
-        Codec::Zstd => zstd::stream::Decoder::new(payload)
-            .and_then(|d| d.take(header.plain_len + 1).read_to_end(&mut plain)),
-        Codec::Gzip => flate2::read::GzDecoder::new(payload)
-            .take(header.plain_len + 1)
-            .read_to_end(&mut plain),
     };
-    read.map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+    let plain = plain.map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
     if plain.len() as u64 != header.plain_len {
         return Err(corrupt(format!(
             "decoded {} bytes, header says {}",

@@ -1,0 +1,146 @@
+//! Pack objects: many chunks in one repository object, so that a backup of thousands of
+//! chunks writes a few dozen objects (cheap on a filesystem, and on S3 where every request
+//! costs).
+//!
+//! ```text
+//! [chunk object]…      each a complete framed object (header + payload), see `object`
+//! [index object]       a framed object holding the JSON list of (hash, offset, len)
+//! u64 LE               length of the index object
+//! "LLPK"               magic
+//! ```
+//!
+//! Manifests record each chunk's pack, offset and stored length, so a restore reads exactly
+//! the bytes it needs; the trailing index makes a pack readable on its own (verification,
+//! pruning). A pack is named by the blake3 of its bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Compression, StorageError, object};
+
+const MAGIC: &[u8; 4] = b"LLPK";
+const TRAILER_LEN: usize = 12;
+/// Seal a pack once it holds this many bytes.
+pub const DEFAULT_PACK_TARGET: usize = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    pub hash: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct PackBuilder {
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack, ready to store under `layout::pack_key(&id)`.
+#[derive(Debug)]
+pub struct SealedPack {
+    pub id: String,
+    pub bytes: Vec<u8>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    pub fn new() -> Self {
+        PackBuilder::default()
+    }
+
+    /// Append one framed chunk; returns its offset in the pack.
+    pub fn add(&mut self, hash: String, framed: &[u8]) -> u64 {
+        let offset = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(framed);
+        self.entries.push(PackEntry {
+            hash,
+            offset,
+            len: framed.len() as u64,
+        });
+        offset
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn seal(mut self) -> Result<SealedPack, StorageError> {
+        let index = serde_json::to_vec(&self.entries).expect("pack index serializes");
+        let (_, framed) = object::encode(&index, Compression::default())?;
+        self.bytes.extend_from_slice(&framed);
+        self.bytes
+            .extend_from_slice(&(framed.len() as u64).to_le_bytes());
+        self.bytes.extend_from_slice(MAGIC);
+        let id = object::checksum(&self.bytes).to_hex().to_string();
+        Ok(SealedPack {
+            id,
+            bytes: self.bytes,
+            entries: self.entries,
+        })
+    }
+}
+
+/// Read the index at the end of a whole pack.
+pub fn read_index(key: &str, pack: &[u8]) -> Result<Vec<PackEntry>, StorageError> {
+    let corrupt = |reason: &str| StorageError::Corrupt {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
+    if pack.len() < TRAILER_LEN || &pack[pack.len() - 4..] != MAGIC {
+        return Err(corrupt(
+            "no pack trailer: the pack is truncated or not a pack",
+        ));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&pack[pack.len() - TRAILER_LEN..pack.len() - 4]);
+    let index_len = u64::from_le_bytes(len);
+    let body_end = (pack.len() - TRAILER_LEN) as u64;
+    if index_len > body_end {
+        return Err(corrupt("pack index length is out of range"));
+    }
+    let start = (body_end - index_len) as usize;
+    let index = object::decode(key, &pack[start..body_end as usize])?;
+    let entries: Vec<PackEntry> = serde_json::from_slice(&index)
+        .map_err(|e| corrupt(&format!("pack index does not parse: {e}")))?;
+    if entries
+        .iter()
+        .any(|e| e.offset.saturating_add(e.len) > start as u64)
+    {
+        return Err(corrupt("pack index points past the chunks"));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_packs_index_their_chunks() {
+        let mut builder = PackBuilder::new();
+        let mut chunks = Vec::new();
+        for i in 0..5u8 {
+            let plain = vec![i; 1000 * (i as usize + 1)];
+            let (header, framed) = object::encode(&plain, Compression::default()).expect("encode");
+            let offset = builder.add(header.checksum.to_hex().to_string(), &framed);
+            chunks.push((plain, offset, framed.len()));
+        }
+        let sealed = builder.seal().expect("seal");
+        assert_eq!(
+            sealed.id,
+            object::checksum(&sealed.bytes).to_hex().to_string()
+        );
+        let index = read_index("p", &sealed.bytes).expect("index");
+        assert_eq!(index, sealed.entries);
+        for (plain, offset, len) in chunks {
+            let slice = &sealed.bytes[offset as usize..offset as usize + len];
+            assert_eq!(object::decode("c", slice).expect("decode"), plain);
+        }
+        assert!(read_index("p", &sealed.bytes[..sealed.bytes.len() - 1]).is_err());
+        assert!(read_index("p", b"LLPK").is_err());
+    }
+}
