@@ -35,7 +35,7 @@ CONF
 chown -R postgres:postgres "$W"
 as_pg() { runuser -u postgres -- "$@"; }
 now() { date +%s.%N; }
-bytes() { du -sb "$@" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
+bytes() { { du -sb "$@" 2>/dev/null || true; } | awk '{s+=$1} END {print s+0}'; }
 LL="$W/lifeline --backup-dir $W/repo"
 BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn
@@ -62,7 +62,7 @@ report() { # name lifeline pgbackrest unit
 # Full backup.
 t0=$(now); as_pg env PATH="$PATH" DB_HOST=$DB_HOST DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn $LL backup postgres >/dev/null; t1=$(now)
 as_pg $BR backup --type=full; t2=$(now)
-ll_full=$(bytes "$W/repo/chunks" "$W/repo/backups"); br_full=$(bytes "$W/br/backup")
+ll_full=$(bytes "$W/repo/packs" "$W/repo/backups"); br_full=$(bytes "$W/br/backup")
 report "full backup time" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" s
 report "full backup stored" "$(echo "$ll_full / 1048576" | bc -l)" "$(echo "$br_full / 1048576" | bc -l)" MiB
 
@@ -70,7 +70,7 @@ report "full backup stored" "$(echo "$ll_full / 1048576" | bc -l)" "$(echo "$br_
 as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $SCALE * 1000; CHECKPOINT" postgres
 t0=$(now); as_pg env DB_HOST=$DB_HOST DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn $LL backup postgres >/dev/null; t1=$(now)
 as_pg $BR backup --type=incr; t2=$(now)
-ll_second=$(( $(bytes "$W/repo/chunks" "$W/repo/backups") - ll_full ))
+ll_second=$(( $(bytes "$W/repo/packs" "$W/repo/backups") - ll_full ))
 br_second=$(( $(bytes "$W/br/backup") - br_full ))
 report "backup after 1% update, time" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" s
 report "backup after 1% update, new bytes" "$(echo "$ll_second / 1048576" | bc -l)" "$(echo "$br_second / 1048576" | bc -l)" MiB

@@ -2,7 +2,7 @@
 //! `cluster.json`), everything after must come from the same system identifier.
 
 use storage::manifest::ClusterIdentity;
-use storage::{Durability, PutMode, Storage, StorageError, StorageExt, layout};
+use storage::{Durability, PutMode, Storage, StorageError, layout};
 
 use crate::ArchiveError;
 

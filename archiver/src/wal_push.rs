@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use catalog::{Catalog, WalRecord};
 use storage::wal::{self, WalFileName};
 use storage::{
-    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, StorageExt, layout,
+    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, layout,
     object,
 };
 use tracing::{info, warn};
@@ -45,14 +45,11 @@ pub async fn push_wal(
         .and_then(|n| n.to_str())
         .ok_or_else(|| invalid("the path has no file name".into()))?;
     let name: WalFileName = file_name.parse().map_err(invalid)?;
-    let plain = tokio::fs::read(path)
-        .await
-        .map_err(|source| ArchiveError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-
-    let (system_identifier, segment_size) = identify(storage, path, &name, &plain).await?;
+    let io = |source| ArchiveError::Io { path: path.to_path_buf(), source };
+    let size = tokio::fs::metadata(path).await.map_err(io)?.len();
+    let first_page = read_first_page(path).await.map_err(io)?;
+    let (system_identifier, segment_size) =
+        identify(storage, path, &name, &first_page, size).await?;
     cluster::bind(
         storage,
         system_identifier,
@@ -61,20 +58,26 @@ pub async fn push_wal(
     )
     .await?;
 
+    let source = path.to_path_buf();
     let (header, encoded) = tokio::task::spawn_blocking(move || {
         let compression = Compression {
-            // One 16 MiB segment is one job: let zstd use both cores for it.
-            workers: if plain.len() >= 4 << 20 {
-                compression.workers.max(2)
-            } else {
-                0
-            },
+            // One segment is one job: let zstd's workers share it.
+            workers: if size >= 4 << 20 { compression.workers.max(2) } else { 0 },
             ..compression
         };
-        object::encode(&plain, compression)
+        let file = std::fs::File::open(&source)?;
+        object::encode_reader(file, size, compression)
     })
     .await
-    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))??;
+    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
+    .map_err(io)?;
+    if header.plain_len != size {
+        return Err(invalid(format!(
+            "it changed size while being archived ({size} then {} bytes); PostgreSQL never \
+             modifies a segment it asked to archive, so something else is writing to it",
+            header.plain_len
+        )));
+    }
 
     let key = layout::wal_key(system_identifier, &name);
     let mut stored_bytes = encoded.len() as u64;
@@ -117,23 +120,33 @@ pub async fn push_wal(
 /// The cluster a file belongs to and the segment size: from the segment's own page header, or
 /// for history files from `global/pg_control` beside it (archive_command runs in PGDATA), or
 /// else from the repository.
+async fn read_first_page(path: &Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut page = Vec::with_capacity(8192);
+    tokio::fs::File::open(path)
+        .await?
+        .take(8192)
+        .read_to_end(&mut page)
+        .await?;
+    Ok(page)
+}
+
 async fn identify(
     storage: &dyn Storage,
     path: &Path,
     name: &WalFileName,
-    plain: &[u8],
+    first_page: &[u8],
+    size: u64,
 ) -> Result<(u64, u64), ArchiveError> {
     let invalid = |reason: String| ArchiveError::InvalidWalFile {
         path: path.to_path_buf(),
         reason,
     };
     if let WalFileName::Segment { .. } | WalFileName::Partial { .. } = name {
-        let header = wal::parse_segment_header(plain).map_err(invalid)?;
-        if !matches!(name, WalFileName::Partial { .. }) && plain.len() as u64 != header.segment_size
-        {
+        let header = wal::parse_segment_header(first_page).map_err(invalid)?;
+        if !matches!(name, WalFileName::Partial { .. }) && size != header.segment_size {
             return Err(invalid(format!(
-                "{} bytes, but its header says segments are {} bytes: the file is truncated",
-                plain.len(),
+                "{size} bytes, but its header says segments are {} bytes: the file is truncated",
                 header.segment_size
             )));
         }

@@ -311,6 +311,10 @@ impl Catalog {
 /// Switching to WAL journal mode takes an exclusive lock that the busy handler does not wait
 /// for, so concurrent first opens retry briefly.
 fn set_wal_journal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let current: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    if current.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
     let mut attempt = 0;
     loop {
         let mode: Result<String, _> =
@@ -336,6 +340,10 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// Check the version and migrate in one write transaction, so that many processes opening a
 /// new catalog at once apply each migration exactly once.
 fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= MIGRATIONS.len() as i64 {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in (1i64..).zip(MIGRATIONS.iter()) {

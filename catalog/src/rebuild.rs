@@ -1,7 +1,8 @@
 //! Rebuild the catalog from the repository alone: the path a lost host takes.
 
 use storage::manifest::{BackupManifest, ClusterIdentity};
-use storage::{ObjectHeader, Storage, StorageExt, layout, object};
+use storage::wal::WalFileName;
+use storage::{ObjectHeader, ObjectMeta, Storage, StorageExt, layout, object};
 
 use crate::{BackupRecord, BackupState, Catalog, CatalogError, WalRecord};
 
@@ -18,6 +19,30 @@ fn micros(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+impl WalRecord {
+    /// The catalog row of an archived WAL object, from a repository listing (and its header,
+    /// when it was read).
+    pub fn from_listing(
+        system_identifier: u64,
+        name: &WalFileName,
+        meta: &ObjectMeta,
+        header: Option<&ObjectHeader>,
+        segment_size: u64,
+    ) -> Self {
+        WalRecord {
+            system_identifier,
+            name: name.to_string(),
+            kind: name.kind().to_string(),
+            timeline: name.timeline().0,
+            segment_number: name.segment(segment_size).map(|s| s.number),
+            size_bytes: header.map_or(0, |h| h.plain_len),
+            stored_bytes: meta.size,
+            checksum: header.map_or_else(String::new, |h| h.checksum.to_hex().to_string()),
+            archived_at_us: micros(meta.last_modified),
+        }
+    }
 }
 
 impl BackupRecord {
@@ -91,22 +116,12 @@ pub async fn rebuild(
                 continue;
             }
         };
-        let archived_at_us = micros(meta.last_modified);
+        let record = WalRecord::from_listing(sysid, &name, &meta, Some(&header), segment_size);
         match clusters.iter_mut().find(|(id, _)| *id == sysid) {
-            Some((_, first)) => *first = (*first).min(archived_at_us),
-            None => clusters.push((sysid, archived_at_us)),
+            Some((_, first)) => *first = (*first).min(record.archived_at_us),
+            None => clusters.push((sysid, record.archived_at_us)),
         }
-        wal.push(WalRecord {
-            system_identifier: sysid,
-            name: name.to_string(),
-            kind: name.kind().to_string(),
-            timeline: name.timeline().0,
-            segment_number: name.segment(segment_size).map(|s| s.number),
-            size_bytes: header.plain_len,
-            stored_bytes: meta.size,
-            checksum: header.checksum.to_hex().to_string(),
-            archived_at_us,
-        });
+        wal.push(record);
     }
     for b in &backups {
         if !clusters.iter().any(|(id, _)| *id == b.system_identifier) {

@@ -293,6 +293,24 @@ mod tests {
     }
 }
 
+/// The WAL the repository holds for a cluster, listed from the repository itself: the catalog
+/// may be stale, and an object lost from the repository is a gap recovery would stop at.
+pub async fn archived_wal(
+    storage: &dyn storage::Storage,
+    system_identifier: u64,
+    segment_size: u64,
+) -> Result<Vec<WalRecord>, RestoreError> {
+    let listing = storage.list(&storage::layout::wal_prefix(system_identifier)).await?;
+    Ok(listing
+        .iter()
+        .filter_map(|meta| {
+            let (sysid, name) = storage::layout::parse_wal_key(&meta.key)?;
+            (sysid == system_identifier)
+                .then(|| WalRecord::from_listing(sysid, &name, meta, None, segment_size))
+        })
+        .collect())
+}
+
 /// Read and parse every archived `.history` file of a cluster, by timeline.
 pub async fn timeline_histories(
     storage: &dyn storage::Storage,

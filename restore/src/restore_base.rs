@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind};
 use storage::{Storage, StorageExt, layout, object};
+use tracing::debug;
 
 use crate::RestoreError;
 
@@ -195,6 +196,7 @@ async fn restore_into(
         }
     }
 
+    debug!("directories and files created");
     let parallelism = opts.parallelism.max(1);
     // Relation blocks: each lands at its own offset, in any order.
     let mut writes = Vec::new();
@@ -220,11 +222,14 @@ async fn restore_into(
         .try_collect::<()>()
         .await?;
 
+    debug!("relation blocks written");
     restore_bundle(storage, manifest, &root, parallelism).await?;
+    debug!("small files written");
     write_recovery_files(manifest, opts)?;
 
     let dir = std::fs::File::open(&root).map_err(|e| io(&root, e))?;
     rustix::fs::syncfs(&dir).map_err(|e| io(&root, e.into()))?;
+    debug!("data directory durable");
     let control = root.join(CONTROL_FILE);
     std::fs::rename(root.join("global/pg_control.lifeline-partial"), &control)
         .map_err(|e| io(&control, e))?;

@@ -105,7 +105,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
                 args.until.as_deref().unwrap_or_default(),
                 tz.iana_name().unwrap_or("local")
             );
-            let wal = catalog.wal_files(sysid)?;
+            let wal = restore::archived_wal(storage.as_ref(), sysid, identity.segment_size).await?;
             let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
             let plan =
                 restore::plan_pitr(&backups, &wal, &histories, target, identity.segment_size)?;

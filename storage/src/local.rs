@@ -109,68 +109,48 @@ fn map_open_error(key: &str, path: &Path, e: std::io::Error) -> StorageError {
     }
 }
 
-async fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
-    let file = tokio::fs::File::open(dir)
-        .await
-        .map_err(|e| StorageError::io(dir, e))?;
-    file.sync_all().await.map_err(|e| StorageError::io(dir, e))
-}
-
-/// Create `dir` and, for durable puts, fsync the parents of every directory it had to create.
-async fn ensure_dir(root: &Path, dir: &Path, durability: Durability) -> Result<(), StorageError> {
-    if tokio::fs::metadata(dir).await.is_ok() {
-        return Ok(());
-    }
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| StorageError::io(dir, e))?;
-    if durability == Durability::Immediate {
-        let mut current = dir;
-        while let Some(parent) = current.parent() {
-            fsync_dir(parent).await?;
-            if parent == root || !parent.starts_with(root) {
-                break;
-            }
-            current = parent;
-        }
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Storage for LocalStorage {
     async fn put_stream(
         &self,
         key: &str,
-        mut payload: ObjectReader,
+        payload: ObjectReader,
         mode: PutMode,
         durability: Durability,
     ) -> Result<PutOutcome, StorageError> {
         let path = self.path_of(key)?;
+        let root = self.root.clone();
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        ensure_dir(&self.root, &dir, durability).await?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = dir.join(format!(
-            "{TEMP_PREFIX}{file_name}.{}.{}",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = write_temp(&temp, &mut payload, durability).await;
-        let result = match result {
-            Ok(()) => publish(&temp, &path, key, mode).await,
-            Err(e) => Err(e),
-        };
-        if result.is_err() || mode == PutMode::Create {
+        let setup = (root.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || ensure_dir(&setup.0, &setup.1, durability))
+            .await
+            .map_err(|e| StorageError::io(&dir, std::io::Error::other(e)))??;
+        let temp = temp_path(&path);
+        if let Err(e) = write_temp(&temp, payload).await {
             let _ = tokio::fs::remove_file(&temp).await;
+            return Err(e);
         }
-        result?;
-        if durability == Durability::Immediate {
-            fsync_dir(&dir).await?;
-        }
-        Ok(PutOutcome::Written)
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || finish(&temp, &path, &key, mode, durability))
+            .await
+            .map_err(|e| StorageError::io(&root, std::io::Error::other(e)))?
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        mode: PutMode,
+        durability: Durability,
+    ) -> Result<PutOutcome, StorageError> {
+        let path = self.path_of(key)?;
+        let root = self.root.clone();
+        let key = key.to_string();
+        // One blocking task for the whole write: an async write per buffer costs a thread hop
+        // each, which is most of the time `wal push` spends writing.
+        tokio::task::spawn_blocking(move || put_blocking(&root, &path, &key, &bytes, mode, durability))
+            .await
+            .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
     }
 
     async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError> {
@@ -241,42 +221,114 @@ impl Storage for LocalStorage {
     }
 }
 
-async fn write_temp(
-    temp: &Path,
-    payload: &mut ObjectReader,
-    durability: Durability,
-) -> Result<(), StorageError> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(temp)
-        .await
-        .map_err(|e| StorageError::io(temp, e))?;
-    tokio::io::copy(payload, &mut file)
-        .await
-        .map_err(|e| StorageError::io(temp, e))?;
-    file.flush().await.map_err(|e| StorageError::io(temp, e))?;
+fn temp_path(path: &Path) -> PathBuf {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        "{TEMP_PREFIX}{file_name}.{}.{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
+}
+
+/// Create `dir` if needed; for durable puts, fsync the parents of what was created.
+fn ensure_dir(root: &Path, dir: &Path, durability: Durability) -> Result<(), StorageError> {
+    if std::fs::metadata(dir).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
     if durability == Durability::Immediate {
-        file.sync_all()
-            .await
-            .map_err(|e| StorageError::io(temp, e))?;
+        let mut current = dir;
+        while let Some(parent) = current.parent() {
+            fsync_dir(parent)?;
+            if parent == root || !parent.starts_with(root) {
+                break;
+            }
+            current = parent;
+        }
     }
     Ok(())
 }
 
-async fn publish(temp: &Path, path: &Path, key: &str, mode: PutMode) -> Result<(), StorageError> {
-    match mode {
-        PutMode::Overwrite => tokio::fs::rename(temp, path)
-            .await
-            .map_err(|e| StorageError::io(path, e)),
-        PutMode::Create => match tokio::fs::hard_link(temp, path).await {
+fn put_blocking(
+    root: &Path,
+    path: &Path,
+    key: &str,
+    bytes: &[u8],
+    mode: PutMode,
+    durability: Durability,
+) -> Result<PutOutcome, StorageError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(root);
+    ensure_dir(root, dir, durability)?;
+    let temp = temp_path(path);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .and_then(|mut file| file.write_all(bytes));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(StorageError::io(&temp, e));
+    }
+    finish(&temp, path, key, mode, durability)
+}
+
+/// Make the temporary file durable (if asked), move it into place, and clean up.
+fn finish(
+    temp: &Path,
+    path: &Path,
+    key: &str,
+    mode: PutMode,
+    durability: Durability,
+) -> Result<PutOutcome, StorageError> {
+    let synced = if durability == Durability::Immediate {
+        std::fs::File::open(temp)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| StorageError::io(temp, e))
+    } else {
+        Ok(())
+    };
+    let result = synced.and_then(|()| match mode {
+        PutMode::Overwrite => std::fs::rename(temp, path).map_err(|e| StorageError::io(path, e)),
+        PutMode::Create => match std::fs::hard_link(temp, path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(StorageError::AlreadyExists {
                 key: key.to_string(),
             }),
             Err(e) => Err(StorageError::io(path, e)),
         },
+    });
+    if result.is_err() || mode == PutMode::Create {
+        let _ = std::fs::remove_file(temp);
     }
+    result?;
+    if durability == Durability::Immediate {
+        fsync_dir(path.parent().unwrap_or(path))?;
+    }
+    Ok(PutOutcome::Written)
+}
+
+async fn write_temp(temp: &Path, payload: ObjectReader) -> Result<(), StorageError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temp)
+        .await
+        .map_err(|e| StorageError::io(temp, e))?;
+    let mut reader = tokio::io::BufReader::with_capacity(1 << 20, payload);
+    tokio::io::copy_buf(&mut reader, &mut file)
+        .await
+        .map_err(|e| StorageError::io(temp, e))?;
+    file.flush().await.map_err(|e| StorageError::io(temp, e))
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -387,6 +439,20 @@ mod tests {
         store.delete("a/b").await.expect("delete");
         store.delete("a/b").await.expect("delete twice");
         assert!(!store.exists("a/b").await.expect("exists"));
+
+        let stream = |bytes: &'static [u8]| -> ObjectReader { Box::new(bytes) };
+        store
+            .put_stream("s/t", stream(b"streamed"), PutMode::Create, Durability::Immediate)
+            .await
+            .expect("streamed put");
+        let err = store
+            .put_stream("s/t", stream(b"other"), PutMode::Create, Durability::Immediate)
+            .await
+            .expect_err("second streamed create must fail");
+        assert!(matches!(err, StorageError::AlreadyExists { .. }));
+        assert_eq!(store.get_bytes("s/t").await.expect("get"), b"streamed");
+        let leftovers = std::fs::read_dir(dir.path().join("s")).expect("dir").count();
+        assert_eq!(leftovers, 1, "a temporary file was left behind");
     }
 
     #[test]

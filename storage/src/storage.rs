@@ -58,6 +58,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         durability: Durability,
     ) -> Result<PutOutcome, StorageError>;
 
+    /// Store `bytes` under `key` (objects already in memory: WAL segments, packs, manifests).
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        mode: PutMode,
+        durability: Durability,
+    ) -> Result<PutOutcome, StorageError>;
+
     /// A reader over the whole object.
     async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError>;
 
@@ -83,17 +92,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 /// Conveniences over the required core, implemented for every backend.
 #[async_trait]
 pub trait StorageExt: Storage {
-    async fn put_bytes(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        mode: PutMode,
-        durability: Durability,
-    ) -> Result<PutOutcome, StorageError> {
-        let reader: ObjectReader = Box::new(std::io::Cursor::new(bytes));
-        self.put_stream(key, reader, mode, durability).await
-    }
-
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         use tokio::io::AsyncReadExt;
         let mut reader = self.get_stream(key).await?;
