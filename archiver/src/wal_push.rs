@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use catalog::{Catalog, WalRecord};
 use storage::wal::{self, WalFileName};
 use storage::{
-    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, layout,
-    object,
+    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, layout, object,
 };
 use tracing::{info, warn};
 
@@ -45,7 +44,10 @@ pub async fn push_wal(
         .and_then(|n| n.to_str())
         .ok_or_else(|| invalid("the path has no file name".into()))?;
     let name: WalFileName = file_name.parse().map_err(invalid)?;
-    let io = |source| ArchiveError::Io { path: path.to_path_buf(), source };
+    let io = |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let size = tokio::fs::metadata(path).await.map_err(io)?.len();
     let first_page = read_first_page(path).await.map_err(io)?;
     let (system_identifier, segment_size) =
@@ -62,7 +64,11 @@ pub async fn push_wal(
     let (header, encoded) = tokio::task::spawn_blocking(move || {
         let compression = Compression {
             // One segment is one job: let zstd's workers share it.
-            workers: if size >= 4 << 20 { compression.workers.max(2) } else { 0 },
+            workers: if size >= 4 << 20 {
+                compression.workers.max(2)
+            } else {
+                0
+            },
             ..compression
         };
         let file = std::fs::File::open(&source)?;

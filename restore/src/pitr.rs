@@ -300,7 +300,9 @@ pub async fn archived_wal(
     system_identifier: u64,
     segment_size: u64,
 ) -> Result<Vec<WalRecord>, RestoreError> {
-    let listing = storage.list(&storage::layout::wal_prefix(system_identifier)).await?;
+    let listing = storage
+        .list(&storage::layout::wal_prefix(system_identifier))
+        .await?;
     Ok(listing
         .iter()
         .filter_map(|meta| {

@@ -5,6 +5,7 @@
 //! temporary name and renamed last, and on any error everything written is removed.
 //! Chunks are fetched, decompressed and verified `parallelism` at a time.
 
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -198,33 +199,25 @@ async fn restore_into(
 
     debug!("directories and files created");
     let parallelism = opts.parallelism.max(1);
-    // Relation blocks: each lands at its own offset, in any order.
-    let mut writes = Vec::new();
-    for entry in manifest.files.iter().filter(|e| !e.blocks.is_empty()) {
-        let path = Arc::new(target_path(&root, &entry.path)?);
-        let mut offset = 0;
-        for chunk in &entry.blocks {
-            writes.push((path.clone(), offset, chunk.clone()));
-            offset += chunk.len;
-        }
-    }
-    futures::stream::iter(writes)
-        .map(|(path, offset, chunk)| {
+    let plan = plan_writes(manifest, &root)?;
+    futures::stream::iter(plan)
+        .map(|(pack, chunks)| {
             let storage = storage.clone();
-            async move {
-                let plain = fetch_chunk(storage.as_ref(), &chunk).await?;
-                tokio::task::spawn_blocking(move || write_at(&path, offset, &plain))
-                    .await
-                    .map_err(|e| RestoreError::Refused(format!("write task failed: {e}")))?
-            }
+            async move { fetch_pack_span(storage.as_ref(), pack, chunks).await }
         })
-        .buffer_unordered(parallelism * 2)
+        // Fetch up to two packs ahead while their chunks are decoded and written.
+        .buffered(2)
+        .map_ok(|groups| futures::stream::iter(groups.into_iter().map(Ok)))
+        .try_flatten()
+        .map_ok(|group| async move {
+            tokio::task::spawn_blocking(move || write_group(&group))
+                .await
+                .map_err(|e| RestoreError::Refused(format!("write task failed: {e}")))?
+        })
+        .try_buffer_unordered(parallelism)
         .try_collect::<()>()
         .await?;
-
-    debug!("relation blocks written");
-    restore_bundle(storage, manifest, &root, parallelism).await?;
-    debug!("small files written");
+    debug!("all files written");
     write_recovery_files(manifest, opts)?;
 
     let dir = std::fs::File::open(&root).map_err(|e| io(&root, e))?;
@@ -246,21 +239,6 @@ async fn restore_into(
     })
 }
 
-/// Read one chunk out of its pack and check it is the chunk the manifest names.
-pub(crate) async fn fetch_chunk(
-    storage: &dyn Storage,
-    chunk: &ChunkRef,
-) -> Result<Vec<u8>, RestoreError> {
-    let key = layout::pack_key(&chunk.pack);
-    let bytes = storage
-        .get_range(&key, chunk.offset..chunk.offset + chunk.stored)
-        .await?;
-    let chunk = chunk.clone();
-    tokio::task::spawn_blocking(move || decode_chunk(&key, &chunk, &bytes))
-        .await
-        .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
-}
-
 pub(crate) fn decode_chunk(
     pack_key: &str,
     chunk: &ChunkRef,
@@ -278,65 +256,162 @@ pub(crate) fn decode_chunk(
     Ok(plain)
 }
 
-fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), RestoreError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| RestoreError::io(path, e))?;
-    file.write_all_at(data, offset)
-        .map_err(|e| RestoreError::io(path, e))
+/// `range` of a chunk's plaintext belongs at `offset` of `path`.
+#[derive(Debug, Clone)]
+struct Target {
+    path: Arc<PathBuf>,
+    offset: u64,
+    range: std::ops::Range<usize>,
 }
 
-/// The small files: fetch the bundle's chunks in order (several in flight) and cut the stream
-/// back into files at the offsets the manifest recorded.
-async fn restore_bundle(
-    storage: Arc<dyn Storage>,
-    manifest: &BackupManifest,
-    root: &Path,
-    parallelism: usize,
-) -> Result<(), RestoreError> {
-    let mut files: Vec<(u64, u64, PathBuf)> = manifest
-        .files
-        .iter()
-        .filter_map(|f| f.bundle_offset.map(|o| (o, f.size, f.path.clone())))
-        .map(|(o, s, p)| target_path(root, &p).map(|path| (o, s, path)))
-        .collect::<Result<_, _>>()?;
-    files.sort_by_key(|f| f.0);
-    let mut chunks = futures::stream::iter(manifest.bundle.clone())
-        .map(|chunk| {
-            let storage = storage.clone();
-            async move { fetch_chunk(storage.as_ref(), &chunk).await }
-        })
-        .buffered(parallelism * 2);
+/// Every chunk the restore needs, by pack (in pack order), each with every place it goes:
+/// a chunk used twice is fetched and decoded once.
+type WritePlan = BTreeMap<String, Vec<(ChunkRef, Vec<Target>)>>;
+
+fn plan_writes(manifest: &BackupManifest, root: &Path) -> Result<WritePlan, RestoreError> {
+    let mut by_pack: BTreeMap<String, HashMap<String, (ChunkRef, Vec<Target>)>> = BTreeMap::new();
+    let mut add = |chunk: &ChunkRef, target: Target| {
+        by_pack
+            .entry(chunk.pack.clone())
+            .or_default()
+            .entry(chunk.hash.clone())
+            .or_insert_with(|| (chunk.clone(), Vec::new()))
+            .1
+            .push(target);
+    };
+    for entry in manifest.files.iter().filter(|e| !e.blocks.is_empty()) {
+        let path = Arc::new(target_path(root, &entry.path)?);
+        let mut offset = 0;
+        for chunk in &entry.blocks {
+            add(
+                chunk,
+                Target {
+                    path: path.clone(),
+                    offset,
+                    range: 0..chunk.len as usize,
+                },
+            );
+            offset += chunk.len;
+        }
+    }
+    // Small files: cut the bundle stream back into files at their recorded offsets.
+    let mut small: Vec<(u64, u64, Arc<PathBuf>)> = Vec::new();
+    for f in &manifest.files {
+        if let Some(start) = f.bundle_offset {
+            small.push((start, f.size, Arc::new(target_path(root, &f.path)?)));
+        }
+    }
+    small.sort_by_key(|f| f.0);
     let mut stream_offset = 0u64;
-    let mut next_file = 0;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        let chunk_end = stream_offset + chunk.len() as u64;
-        // Every file overlapping this chunk gets its part of it.
-        let mut i = next_file;
-        while i < files.len() && files[i].0 < chunk_end {
-            let (start, size, path) = &files[i];
+    let mut first = 0;
+    for chunk in &manifest.bundle {
+        let chunk_end = stream_offset + chunk.len;
+        let mut i = first;
+        while i < small.len() && small[i].0 < chunk_end {
+            let (start, size, path) = &small[i];
             let end = start + size;
-            let from = (*start).max(stream_offset);
-            let to = end.min(chunk_end);
+            let (from, to) = ((*start).max(stream_offset), end.min(chunk_end));
             if to > from {
-                let slice = &chunk[(from - stream_offset) as usize..(to - stream_offset) as usize];
-                write_at(path, from - start, slice)?;
+                let range = (from - stream_offset) as usize..(to - stream_offset) as usize;
+                add(
+                    chunk,
+                    Target {
+                        path: path.clone(),
+                        offset: from - start,
+                        range,
+                    },
+                );
             }
             if end <= chunk_end {
-                next_file = i + 1;
+                first = i + 1;
             }
             i += 1;
         }
         stream_offset = chunk_end;
     }
-    let missing = files.iter().skip(next_file).find(|f| f.1 > 0);
-    if let Some((_, _, path)) = missing {
+    if let Some((_, _, path)) = small.iter().skip(first).find(|f| f.1 > 0) {
         return Err(RestoreError::Refused(format!(
             "the backup's bundle of small files ends before {}: the manifest is corrupt",
             path.display()
         )));
+    }
+    Ok(by_pack
+        .into_iter()
+        .map(|(pack, chunks)| {
+            let mut chunks: Vec<_> = chunks.into_values().collect();
+            chunks.sort_by_key(|(c, _)| c.offset);
+            (pack, chunks)
+        })
+        .collect())
+}
+
+/// Chunks of one pack, with the bytes that hold them, decoded and written by one task.
+struct WriteGroup {
+    pack_key: String,
+    bytes: Arc<Vec<u8>>,
+    base: u64,
+    chunks: Vec<(ChunkRef, Vec<Target>)>,
+}
+
+/// Read the span of a pack that holds the chunks (one request), split into groups of work.
+async fn fetch_pack_span(
+    storage: &dyn Storage,
+    pack: String,
+    chunks: Vec<(ChunkRef, Vec<Target>)>,
+) -> Result<Vec<WriteGroup>, RestoreError> {
+    let key = layout::pack_key(&pack);
+    let start = chunks.iter().map(|(c, _)| c.offset).min().unwrap_or(0);
+    let end = chunks
+        .iter()
+        .map(|(c, _)| c.offset + c.stored)
+        .max()
+        .unwrap_or(0);
+    let bytes = Arc::new(storage.get_range(&key, start..end).await?);
+    if (bytes.len() as u64) < end - start {
+        return Err(RestoreError::Storage(storage::StorageError::Corrupt {
+            key,
+            reason: "the pack is shorter than the manifest says".into(),
+        }));
+    }
+    let mut groups = Vec::new();
+    let mut chunks = chunks.into_iter().peekable();
+    while chunks.peek().is_some() {
+        groups.push(WriteGroup {
+            pack_key: key.clone(),
+            bytes: bytes.clone(),
+            base: start,
+            chunks: chunks.by_ref().take(16).collect(),
+        });
+    }
+    Ok(groups)
+}
+
+fn write_group(group: &WriteGroup) -> Result<(), RestoreError> {
+    let mut files: HashMap<Arc<PathBuf>, std::fs::File> = HashMap::new();
+    for (chunk, targets) in &group.chunks {
+        let from = (chunk.offset - group.base) as usize;
+        let framed = &group.bytes[from..from + chunk.stored as usize];
+        let plain = decode_chunk(&group.pack_key, chunk, framed)?;
+        for target in targets {
+            let file = match files.entry(target.path.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(target.path.as_ref())
+                        .map_err(|err| RestoreError::io(target.path.as_ref(), err))?;
+                    e.insert(file)
+                }
+            };
+            let slice = plain.get(target.range.clone()).ok_or_else(|| {
+                RestoreError::Refused(format!(
+                    "chunk {} is shorter than the manifest says",
+                    chunk.hash
+                ))
+            })?;
+            file.write_all_at(slice, target.offset)
+                .map_err(|e| RestoreError::io(target.path.as_ref(), e))?;
+        }
     }
     Ok(())
 }
@@ -389,6 +464,97 @@ fn write_recovery_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(hash: &str, len: u64, pack: &str, offset: u64) -> ChunkRef {
+        ChunkRef {
+            hash: hash.into(),
+            len,
+            pack: pack.into(),
+            offset,
+            stored: 10,
+        }
+    }
+
+    fn file(
+        path: &str,
+        size: u64,
+        bundle_offset: Option<u64>,
+        blocks: Vec<ChunkRef>,
+    ) -> storage::manifest::FileEntry {
+        storage::manifest::FileEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            size,
+            mtime: 0,
+            link_target: None,
+            blocks,
+            bundle_offset,
+        }
+    }
+
+    #[test]
+    fn the_bundle_is_cut_back_into_files_and_shared_chunks_are_fetched_once() {
+        let manifest_json = serde_json::json!({
+            "format": 1, "backup_id": "b", "service": "postgresql", "kind": "base",
+            "system_identifier": 1, "server_version": "15", "database": "postgres",
+            "timeline": 1, "start_lsn": "0/0", "stop_lsn": "0/0", "start_wal": "", "stop_wal": "",
+            "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
+            "finished_at": "2025-01-01T00:00:00Z", "block_size": 8192, "files": [], "bundle": [],
+            "backup_label": "", "row_counts": {}, "size_bytes": 0, "new_bytes": 0
+        });
+        let mut manifest: BackupManifest = serde_json::from_value(manifest_json).expect("manifest");
+        // Files of 5, 0, 12 and 3 bytes in a bundle cut into chunks of 8, 8 and 4 bytes.
+        manifest.files = vec![
+            file("a", 5, Some(0), vec![]),
+            file("empty", 0, Some(5), vec![]),
+            file("b", 12, Some(5), vec![]),
+            file("c", 3, Some(17), vec![]),
+            file(
+                "big",
+                16,
+                None,
+                vec![chunk("z", 8, "p1", 0), chunk("z", 8, "p1", 0)],
+            ),
+        ];
+        manifest.bundle = vec![
+            chunk("x", 8, "p1", 10),
+            chunk("y", 8, "p2", 0),
+            chunk("w", 4, "p2", 10),
+        ];
+        let root = Path::new("/r");
+        let plan = plan_writes(&manifest, root).expect("plan");
+        let mut written: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, chunks) in &plan {
+            for (_, targets) in chunks {
+                for t in targets {
+                    *written.entry(t.path.display().to_string()).or_default() +=
+                        t.range.len() as u64;
+                }
+            }
+        }
+        let expect = |p: &str| written.get(&format!("/r/{p}")).copied().unwrap_or(0);
+        assert_eq!(
+            (
+                expect("a"),
+                expect("empty"),
+                expect("b"),
+                expect("c"),
+                expect("big")
+            ),
+            (5, 0, 12, 3, 16)
+        );
+        // The zero block used twice is one chunk with two targets.
+        let p1 = &plan["p1"];
+        assert_eq!(p1.iter().filter(|(c, _)| c.hash == "z").count(), 1);
+        assert_eq!(
+            p1.iter().find(|(c, _)| c.hash == "z").map(|(_, t)| t.len()),
+            Some(2)
+        );
+        // A bundle that ends too early is refused.
+        manifest.bundle.pop();
+        assert!(plan_writes(&manifest, root).is_err());
+    }
 
     #[test]
     fn refuses_non_empty_directories_and_unsafe_paths() {

@@ -148,9 +148,11 @@ impl Storage for LocalStorage {
         let key = key.to_string();
         // One blocking task for the whole write: an async write per buffer costs a thread hop
         // each, which is most of the time `wal push` spends writing.
-        tokio::task::spawn_blocking(move || put_blocking(&root, &path, &key, &bytes, mode, durability))
-            .await
-            .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || {
+            put_blocking(&root, &path, &key, &bytes, mode, durability)
+        })
+        .await
+        .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
     }
 
     async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError> {
@@ -442,16 +444,28 @@ mod tests {
 
         let stream = |bytes: &'static [u8]| -> ObjectReader { Box::new(bytes) };
         store
-            .put_stream("s/t", stream(b"streamed"), PutMode::Create, Durability::Immediate)
+            .put_stream(
+                "s/t",
+                stream(b"streamed"),
+                PutMode::Create,
+                Durability::Immediate,
+            )
             .await
             .expect("streamed put");
         let err = store
-            .put_stream("s/t", stream(b"other"), PutMode::Create, Durability::Immediate)
+            .put_stream(
+                "s/t",
+                stream(b"other"),
+                PutMode::Create,
+                Durability::Immediate,
+            )
             .await
             .expect_err("second streamed create must fail");
         assert!(matches!(err, StorageError::AlreadyExists { .. }));
         assert_eq!(store.get_bytes("s/t").await.expect("get"), b"streamed");
-        let leftovers = std::fs::read_dir(dir.path().join("s")).expect("dir").count();
+        let leftovers = std::fs::read_dir(dir.path().join("s"))
+            .expect("dir")
+            .count();
         assert_eq!(leftovers, 1, "a temporary file was left behind");
     }
 

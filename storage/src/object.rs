@@ -270,7 +270,11 @@ pub fn encode_reader<R: Read>(
         plain_len += n as u64;
     }
     let mut out = sink.finish()?;
-    let header = ObjectHeader { codec: compression.codec, plain_len, checksum: hasher.finalize() };
+    let header = ObjectHeader {
+        codec: compression.codec,
+        plain_len,
+        checksum: hasher.finalize(),
+    };
     out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
     Ok((header, out))
 }
@@ -414,7 +418,9 @@ mod tests {
 
     #[test]
     fn streamed_encoding_matches_the_slice_encoding() {
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect();
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+            .collect();
         for c in all_compressions() {
             let (header, framed) = encode_reader(&data[..], data.len() as u64, c).expect("encode");
             assert_eq!(header.checksum, checksum(&data));
