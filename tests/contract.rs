@@ -159,6 +159,142 @@ fn wal_push_and_fetch_contract() {
 }
 
 #[test]
+fn concurrent_pushes_all_land_in_the_catalog() {
+    let scratch = Scratch::new();
+    let pg = Pg::init(&scratch, "primary");
+    pg.start();
+    for i in 0..6 {
+        pg.psql(&format!(
+            "CREATE TABLE t{i} AS SELECT g FROM generate_series(1, 20000) g"
+        ));
+        pg.switch_and_archive();
+    }
+    let segments: Vec<std::path::PathBuf> = walk(&scratch.repo.join("wal"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 24))
+        .collect();
+    assert!(segments.len() >= 6, "{segments:?}");
+    let incoming = scratch.path("incoming");
+    std::fs::create_dir(&incoming).expect("mkdir");
+    std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&incoming)
+        .status()
+        .expect("chown");
+    for segment in &segments {
+        let name = segment
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let dest = incoming.join(&name);
+        let out = scratch.lifeline(&["wal", "fetch", &name, dest.to_str().expect("utf8")], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    std::process::Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&incoming)
+        .status()
+        .expect("chown");
+    // Every segment pushed at once by its own process into a fresh repository.
+    let second = scratch.path("second-repo");
+    let second_s = second.to_str().expect("utf8").to_string();
+    let handles: Vec<_> = std::fs::read_dir(&incoming)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .map(|path| {
+            let scratch_bin = scratch.bin.clone();
+            let second_s = second_s.clone();
+            std::thread::spawn(move || {
+                common::lifeline_as_postgres(
+                    &scratch_bin,
+                    &["wal", "push", path.to_str().expect("utf8")],
+                    &[("BACKUP_DIR", &second_s)],
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().expect("push thread");
+        assert!(
+            out.status.success(),
+            "concurrent push failed: {}",
+            text(&out)
+        );
+    }
+    let out = scratch.lifeline(&["status", "--json"], &[("BACKUP_DIR", &second_s)]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(
+        status["wal_files"].as_u64(),
+        Some(segments.len() as u64),
+        "{status}"
+    );
+    let out = scratch.lifeline(&["verify", "--read-data"], &[("BACKUP_DIR", &second_s)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn pitr_refuses_a_gap_in_the_archive() {
+    let scratch = Scratch::new();
+    let pg = Pg::init(&scratch, "primary");
+    pg.start();
+    pg.psql("CREATE TABLE t (g int)");
+    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
+    assert!(out.status.success(), "backup: {}", text(&out));
+    for _ in 0..3 {
+        pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+        pg.switch_and_archive();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let target = common::server_second(&pg);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    pg.psql("INSERT INTO t VALUES (0)");
+    pg.switch_and_archive();
+
+    // Lose one segment between the backup and the target.
+    let mut segments: Vec<_> = walk(&scratch.repo.join("wal"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 24))
+        .collect();
+    segments.sort();
+    let lost = segments[segments.len() - 3].clone();
+    let lost_name = lost
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    std::fs::remove_file(&lost).expect("remove segment");
+    let dir = scratch.path("restored");
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "pitr",
+            "--until",
+            &target,
+            "--data-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(
+        code(&out) != 0,
+        "a restore across a gap was allowed: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("gap") && text(&out).contains(&lost_name),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !dir.exists(),
+        "the refused restore wrote into the data directory"
+    );
+}
+
+#[test]
 fn corrupted_and_missing_chunks_and_bad_input() {
     let scratch = Scratch::new();
     let pg = Pg::init(&scratch, "primary");

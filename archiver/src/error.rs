@@ -6,7 +6,7 @@ pub enum ArchiveError {
     Storage(#[from] storage::StorageError),
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -33,7 +33,7 @@ pub enum ArchiveError {
         archived: String,
         offered: String,
     },
-    #[error("PostgreSQL: {action}: {source}")]
+    #[error("PostgreSQL: {action}")]
     Postgres {
         action: &'static str,
         #[source]

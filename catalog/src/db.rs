@@ -139,9 +139,9 @@ impl Catalog {
     /// Open (creating and migrating if needed) the catalog at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| CatalogError::Open {
+        let open_err = |cause| CatalogError::Open {
             path: path.clone(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);

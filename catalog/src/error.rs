@@ -3,16 +3,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(
-        "cannot open the catalog {path}: {source}; check LIFELINE_CATALOG / BACKUP_DIR and permissions"
+        "cannot open the catalog {path}: {cause}; check LIFELINE_CATALOG / BACKUP_DIR and permissions"
     )]
     Open {
         path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error("cannot migrate the catalog {path}: {reason}")]
     Migrate { path: PathBuf, reason: String },
-    #[error("catalog query failed while {action}: {source}")]
+    #[error("catalog query failed while {action}")]
     Query {
         action: &'static str,
         #[source]
@@ -20,7 +19,7 @@ pub enum CatalogError {
     },
     #[error("the catalog holds an invalid value in {what}: {value}")]
     Invalid { what: &'static str, value: String },
-    #[error("while rebuilding the catalog: {0}")]
+    #[error("while rebuilding the catalog")]
     Repository(#[from] storage::StorageError),
 }
 

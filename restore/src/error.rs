@@ -6,7 +6,7 @@ pub enum RestoreError {
     Storage(#[from] storage::StorageError),
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

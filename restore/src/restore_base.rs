@@ -220,14 +220,40 @@ async fn restore_into(
     debug!("all files written");
     write_recovery_files(manifest, opts)?;
 
-    let dir = std::fs::File::open(&root).map_err(|e| io(&root, e))?;
-    rustix::fs::syncfs(&dir).map_err(|e| io(&root, e.into()))?;
+    // fsync exactly what was written (a syncfs would also flush every other writer's dirty
+    // data on the filesystem), then publish pg_control and sync its directory.
+    let mut written: Vec<PathBuf> = manifest
+        .files
+        .iter()
+        .filter(|f| f.kind != EntryKind::Symlink)
+        .map(|f| target_path(&root, &f.path))
+        .collect::<Result<_, _>>()?;
+    written.extend(
+        [
+            "backup_label",
+            "tablespace_map",
+            "recovery.signal",
+            "postgresql.auto.conf",
+        ]
+        .map(|f| root.join(f)),
+    );
+    written.push(root.clone());
+    futures::stream::iter(written)
+        .map(|path| async move {
+            tokio::task::spawn_blocking(move || fsync_path(&path))
+                .await
+                .map_err(|e| RestoreError::Refused(format!("fsync task failed: {e}")))?
+        })
+        .buffer_unordered(parallelism * 4)
+        .try_collect::<()>()
+        .await?;
     debug!("data directory durable");
     let control = root.join(CONTROL_FILE);
     std::fs::rename(root.join("global/pg_control.lifeline-partial"), &control)
         .map_err(|e| io(&control, e))?;
     std::fs::remove_file(root.join(MARKER)).map_err(|e| io(&root.join(MARKER), e))?;
-    rustix::fs::syncfs(&dir).map_err(|e| io(&root, e.into()))?;
+    fsync_path(&root.join("global"))?;
+    fsync_path(&root)?;
 
     Ok(RestoreReport {
         files: manifest
@@ -254,6 +280,15 @@ pub(crate) fn decode_chunk(
         }));
     }
     Ok(plain)
+}
+
+/// fsync a file or directory that may not exist (tablespace_map is optional).
+fn fsync_path(path: &Path) -> Result<(), RestoreError> {
+    match std::fs::File::open(path) {
+        Ok(file) => file.sync_all().map_err(|e| RestoreError::io(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RestoreError::io(path, e)),
+    }
 }
 
 /// `range` of a chunk's plaintext belongs at `offset` of `path`.

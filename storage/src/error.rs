@@ -11,7 +11,7 @@ pub enum StorageError {
     Corrupt { key: String, reason: String },
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
-    #[error("repository I/O on {path}: {source}")]
+    #[error("repository I/O on {path}")]
     Io {
         path: PathBuf,
         #[source]

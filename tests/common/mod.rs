@@ -71,21 +71,28 @@ impl Scratch {
 
     /// Run lifeline as postgres with BACKUP_DIR set; `env` adds or overrides variables.
     pub fn lifeline(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let (uid, gid) = postgres_ids();
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("BACKUP_DIR", &self.repo)
-            .env("TZ", "UTC")
-            .current_dir(self.dir.path())
-            .uid(uid)
-            .gid(gid);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run lifeline")
+        let repo = self.repo.to_string_lossy().into_owned();
+        let mut all = vec![("BACKUP_DIR", repo.as_str())];
+        all.extend_from_slice(env);
+        lifeline_as_postgres(&self.bin, args, &all)
     }
+}
+
+/// Run the binary at `bin` as postgres in a clean environment plus `env`.
+pub fn lifeline_as_postgres(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (uid, gid) = postgres_ids();
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("TZ", "UTC")
+        .current_dir(bin.parent().unwrap_or(Path::new("/tmp")))
+        .uid(uid)
+        .gid(gid);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run lifeline")
 }
 
 pub fn text(out: &Output) -> String {
