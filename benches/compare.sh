@@ -56,29 +56,50 @@ as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "CHECKPOINT" postgres
 echo "PGDATA: $(( $(bytes "$W/data/base" "$W/data/global") >> 20 )) MiB (pgbench scale $SCALE)"
 
 report() { # name lifeline pgbackrest unit
-  awk -v n="$1" -v a="$2" -v b="$3" -v u="$4" 'BEGIN { printf "%-38s lifeline %10.3f %-4s pgBackRest %10.3f %-4s ratio %.2f\n", n, a, u, b, u, (b > 0 ? a / b : 0) }'
+  awk -v n="$1" -v a="$2" -v b="$3" -v u="$4" 'BEGIN { printf "%-40s lifeline %10.3f %-4s pgBackRest %10.3f %-4s ratio %.2f\n", n, a, u, b, u, (b > 0 ? a / b : 0) }'
 }
+# timed CMD...: runs it; sets T (wall seconds), RSS (peak KiB of the process tree) and CPU (%).
+timed() {
+  /usr/bin/time -f "%e %M %P" -o "$W/time.out" "$@"
+  read -r T RSS CPU < "$W/time.out"
+}
+LLB="env DB_HOST=$DB_HOST DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn $LL backup postgres"
+stored() { bytes "$W/repo/packs" "$W/repo/backups"; }
 
 # Full backup.
-t0=$(now); as_pg env PATH="$PATH" DB_HOST=$DB_HOST DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn $LL backup postgres >/dev/null; t1=$(now)
-as_pg $BR backup --type=full; t2=$(now)
-ll_full=$(bytes "$W/repo/packs" "$W/repo/backups"); br_full=$(bytes "$W/br/backup")
-report "full backup time" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" s
+timed runuser -u postgres -- $LLB >/dev/null; ll_t=$T; ll_rss=$RSS; ll_cpu=$CPU
+timed runuser -u postgres -- $BR backup --type=full; br_t=$T; br_rss=$RSS; br_cpu=$CPU
+ll_full=$(stored); br_full=$(bytes "$W/br/backup")
+report "full backup time" "$ll_t" "$br_t" s
+report "full backup peak memory" "$(echo "$ll_rss / 1024" | bc -l)" "$(echo "$br_rss / 1024" | bc -l)" MiB
+echo "full backup CPU use: lifeline $ll_cpu, pgBackRest $br_cpu (200% = both cores)"
 report "full backup stored" "$(echo "$ll_full / 1048576" | bc -l)" "$(echo "$br_full / 1048576" | bc -l)" MiB
 
-# Second backup after updating 1 % of the rows.
-as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $SCALE * 1000; CHECKPOINT" postgres
-t0=$(now); as_pg env DB_HOST=$DB_HOST DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn $LL backup postgres >/dev/null; t1=$(now)
-as_pg $BR backup --type=incr; t2=$(now)
-ll_second=$(( $(bytes "$W/repo/packs" "$W/repo/backups") - ll_full ))
-br_second=$(( $(bytes "$W/br/backup") - br_full ))
-report "backup after 1% update, time" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" s
-report "backup after 1% update, new bytes" "$(echo "$ll_second / 1048576" | bc -l)" "$(echo "$br_second / 1048576" | bc -l)" MiB
+# A second backup of the unchanged database (pgBackRest: incremental).
+timed runuser -u postgres -- $LLB >/dev/null; ll_t=$T
+timed runuser -u postgres -- $BR backup --type=incr; br_t=$T
+ll_same=$(( $(stored) - ll_full )); br_same=$(( $(bytes "$W/br/backup") - br_full ))
+report "unchanged database, backup time" "$ll_t" "$br_t" s
+report "unchanged database, new bytes" "$(echo "$ll_same / 1048576" | bc -l)" "$(echo "$br_same / 1048576" | bc -l)" MiB
 
-# Restore of the latest backup (files only; recovery excluded for both).
-t0=$(now); as_pg $LL restore postgres --type full --data-dir "$W/ll-restore" >/dev/null; t1=$(now)
-as_pg $BR restore --pg1-path="$W/br-restore" --type=immediate; t2=$(now)
-report "restore time" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" s
+# A backup after updating 1 % of the rows.
+as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $SCALE * 1000; CHECKPOINT" postgres
+ll_before=$(stored); br_before=$(bytes "$W/br/backup")
+timed runuser -u postgres -- $LLB >/dev/null; ll_t=$T
+timed runuser -u postgres -- $BR backup --type=incr; br_t=$T
+report "backup after 1% update, time" "$ll_t" "$br_t" s
+report "backup after 1% update, new bytes" "$(echo "($(stored) - $ll_before) / 1048576" | bc -l)" "$(echo "($(bytes "$W/br/backup") - $br_before) / 1048576" | bc -l)" MiB
+
+# Restore of the latest backup (files only; recovery excluded for both). The first run of each
+# writes into memory the VM has never touched (slow on this machine for both); the second
+# reuses freed page cache. Both are reported.
+for round in cold warm; do
+  rm -rf "$W/ll-restore" "$W/br-restore"
+  timed runuser -u postgres -- env LIFELINE_LOG="${BENCH_LOG:-warn}" $LL restore postgres --type full --data-dir "$W/ll-restore" >/dev/null; ll_t=$T; ll_rss=$RSS
+  timed runuser -u postgres -- $BR restore --pg1-path="$W/br-restore" --type=immediate; br_t=$T; br_rss=$RSS
+  report "restore time ($round)" "$ll_t" "$br_t" s
+done
+report "restore peak memory" "$(echo "$ll_rss / 1024" | bc -l)" "$(echo "$br_rss / 1024" | bc -l)" MiB
 rm -rf "$W/ll-restore" "$W/br-restore"
 
 # wal push: the same real segments into fresh repositories, one process per segment.

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use storage::chunking::{self, content_defined_chunks};
-use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, MANIFEST_FORMAT};
+use storage::manifest::{
+    BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
+};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
 use storage::{
@@ -216,12 +218,12 @@ pub async fn run_base_backup(
     let row_counts = match counts.await {
         Ok(Ok(counts)) => counts,
         Ok(Err(e)) => {
-            warn!("row counts not recorded: {e}");
-            BTreeMap::new()
+            warn!("row counts not recorded: {e:#}");
+            RowCounts::default()
         }
         Err(e) => {
             warn!("row counts not recorded: {e}");
-            BTreeMap::new()
+            RowCounts::default()
         }
     };
 
@@ -246,7 +248,8 @@ pub async fn run_base_backup(
         bundle: copied.bundle,
         backup_label,
         tablespace_map,
-        row_counts,
+        row_counts: row_counts.exact,
+        row_estimates: row_counts.estimated,
         size_bytes: copied.size_bytes,
         new_bytes: copied.new_bytes,
     };
@@ -494,13 +497,15 @@ struct ReadReport {
     bundle_offsets: HashMap<usize, u64>,
 }
 
-/// Gathers new chunks into packs and writes each pack when it is full.
+/// Gathers new chunks into packs and writes each pack when it is full, in the background
+/// (at most two at a time) so that compression never waits for the disk.
 struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
     /// hash -> (pack id, offset, stored length) of every chunk this backup can reference.
     locations: HashMap<String, (String, u64, u64)>,
     pending: Vec<(String, u64, u64)>,
+    writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
     written: u64,
 }
 
@@ -509,12 +514,12 @@ impl Packer {
         let offset = self.current.add(hash.clone(), framed);
         self.pending.push((hash, offset, framed.len() as u64));
         if self.current.len() >= DEFAULT_PACK_TARGET {
-            self.flush().await?;
+            self.seal().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), ArchiveError> {
+    async fn seal(&mut self) -> Result<(), ArchiveError> {
         if self.current.is_empty() {
             return Ok(());
         }
@@ -523,19 +528,47 @@ impl Packer {
             .await
             .map_err(|e| ArchiveError::Precondition(format!("pack task failed: {e}")))??;
         self.written += sealed.bytes.len() as u64;
-        self.storage
-            .put_bytes(
-                &layout::pack_key(&sealed.id),
-                sealed.bytes,
-                PutMode::Overwrite,
-                Durability::Deferred,
-            )
-            .await?;
         for (hash, offset, stored) in self.pending.drain(..) {
             self.locations
                 .insert(hash, (sealed.id.clone(), offset, stored));
         }
+        while self.writes.len() >= 2 {
+            join_write(self.writes.join_next().await)?;
+        }
+        let storage = self.storage.clone();
+        self.writes.spawn(async move {
+            storage
+                .put_bytes(
+                    &layout::pack_key(&sealed.id),
+                    sealed.bytes,
+                    PutMode::Overwrite,
+                    Durability::Deferred,
+                )
+                .await?;
+            Ok(())
+        });
         Ok(())
+    }
+
+    /// Seal the last pack and wait for every write.
+    async fn finish(&mut self) -> Result<(), ArchiveError> {
+        self.seal().await?;
+        while let Some(result) = self.writes.join_next().await {
+            join_write(Some(result))?;
+        }
+        Ok(())
+    }
+}
+
+fn join_write(
+    result: Option<Result<Result<(), ArchiveError>, tokio::task::JoinError>>,
+) -> Result<(), ArchiveError> {
+    match result {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(e)) => Err(ArchiveError::Precondition(format!(
+            "pack write failed: {e}"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -567,13 +600,15 @@ async fn copy_files(
             .map(|(hash, c)| (hash, (c.pack, c.offset, c.stored)))
             .collect(),
         pending: Vec::new(),
+        writes: tokio::task::JoinSet::new(),
         written: 0,
     };
     let compression = opts.compression;
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let (mut packer, slots) = jobs
         .map(|job| prepare_chunk(known.clone(), compression, job))
-        .buffer_unordered(parallelism)
+        // Twice the cores: chunks keep compressing while a full pack is being written.
+        .buffer_unordered(parallelism * 2)
         .try_fold(
             (packer, Vec::new()),
             |(mut packer, mut slots), prepared| async move {
@@ -585,7 +620,7 @@ async fn copy_files(
             },
         )
         .await?;
-    packer.flush().await?;
+    packer.finish().await?;
     let report = reader
         .await
         .map_err(|e| ArchiveError::Precondition(format!("file reader failed: {e}")))??;
@@ -798,8 +833,10 @@ impl Read for BundleReader {
     }
 }
 
-/// Row counts of every table in the backed-up database, in one consistent snapshot.
-async fn count_rows(connection: ConnectionOptions) -> Result<BTreeMap<String, i64>, ArchiveError> {
+/// Row counts of every table in the backed-up database, in one snapshot: exact for tables
+/// under `EXACT_COUNT_LIMIT` rows, the planner's estimate above (a full scan of a large table
+/// would cost more than the backup). Returns (exact, estimated).
+async fn count_rows(connection: ConnectionOptions) -> Result<RowCounts, ArchiveError> {
     let mut client = connection.connect().await?;
     let tx = client
         .build_transaction()
@@ -810,7 +847,9 @@ async fn count_rows(connection: ConnectionOptions) -> Result<BTreeMap<String, i6
         .doing("starting the row-count snapshot")?;
     let tables = tx
         .query(
-            "SELECT n.nspname || '.' || c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            "SELECT n.nspname || '.' || c.relname,
+                    quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                    c.reltuples::bigint
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
@@ -819,18 +858,30 @@ async fn count_rows(connection: ConnectionOptions) -> Result<BTreeMap<String, i6
         )
         .await
         .doing("listing tables for the row-count snapshot")?;
-    let mut counts = BTreeMap::new();
+    let mut counts = RowCounts::default();
     for row in tables {
         let name: String = row.get(0);
         let quoted: String = row.get(1);
+        // reltuples is -1 for a table never vacuumed or analyzed: count those.
+        let estimate: i64 = row.get(2);
+        if estimate > EXACT_COUNT_LIMIT {
+            counts.estimated.insert(name, estimate);
+            continue;
+        }
         let count: i64 = tx
             .query_one(&format!("SELECT count(*) FROM {quoted}"), &[])
             .await
             .doing("counting rows")?
             .get(0);
-        counts.insert(name, count);
+        counts.exact.insert(name, count);
     }
     Ok(counts)
+}
+
+#[derive(Debug, Default)]
+struct RowCounts {
+    exact: BTreeMap<String, i64>,
+    estimated: BTreeMap<String, i64>,
 }
 
 /// Wait until every segment from `start` to `stop` is in the repository.
@@ -860,7 +911,7 @@ async fn wait_for_wal(
                     waited_secs: timeout.as_secs(),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use storage::wal::{self, WalFileName};
 use storage::{
     Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, layout, object,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{ArchiveError, cluster};
 
@@ -52,31 +52,15 @@ pub async fn push_wal(
     let first_page = read_first_page(path).await.map_err(io)?;
     let (system_identifier, segment_size) =
         identify(storage, path, &name, &first_page, size).await?;
-    cluster::bind(
-        storage,
-        system_identifier,
-        segment_size,
-        &format!("WAL file {name}"),
-    )
-    .await?;
 
-    let source = path.to_path_buf();
-    let (header, encoded) = tokio::task::spawn_blocking(move || {
-        let compression = Compression {
-            // One segment is one job: let zstd's workers share it.
-            workers: if size >= 4 << 20 {
-                compression.workers.max(2)
-            } else {
-                0
-            },
-            ..compression
-        };
-        let file = std::fs::File::open(&source)?;
-        object::encode_reader(file, size, compression)
-    })
-    .await
-    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
-    .map_err(io)?;
+    // Compression is most of the work: check the cluster and open the catalog meanwhile.
+    let catalog = open_catalog(catalog_path.to_path_buf());
+    let what = format!("WAL file {name}");
+    let bound = cluster::bind(storage, system_identifier, segment_size, &what);
+    let (catalog, bound, compressed) =
+        tokio::join!(catalog, bound, compress_file(path, size, compression));
+    bound?;
+    let (header, encoded) = compressed?;
     if header.plain_len != size {
         return Err(invalid(format!(
             "it changed size while being archived ({size} then {} bytes); PostgreSQL never \
@@ -86,25 +70,7 @@ pub async fn push_wal(
     }
 
     let key = layout::wal_key(system_identifier, &name);
-    let mut stored_bytes = encoded.len() as u64;
-    let mut outcome = PushOutcome::Archived {
-        name: name.to_string(),
-        stored_bytes,
-        plain_bytes: header.plain_len,
-    };
-    match storage
-        .put_bytes(&key, encoded, PutMode::Create, Durability::Immediate)
-        .await
-    {
-        Ok(_) => {}
-        Err(StorageError::AlreadyExists { .. }) => {
-            // Recorded again below: the earlier attempt may have died between put and catalog.
-            outcome = compare_with_archived(storage, &key, &name, &header).await?;
-            stored_bytes = storage.head(&key).await?.size;
-        }
-        Err(e) => return Err(e.into()),
-    }
-
+    let (outcome, stored_bytes) = store(storage, &key, &name, &header, encoded).await?;
     let record = WalRecord {
         system_identifier,
         name: name.to_string(),
@@ -116,11 +82,71 @@ pub async fn push_wal(
         checksum: header.checksum.to_hex().to_string(),
         archived_at_us: jiff::Timestamp::now().as_microsecond(),
     };
-    record_in_catalog(catalog_path.to_path_buf(), record).await?;
+    debug!(wal = %name, "durable; recording in the catalog");
+    record_in_catalog(catalog?, record).await?;
     if matches!(outcome, PushOutcome::Archived { .. }) {
         info!(wal = %name, stored_bytes, plain_bytes = header.plain_len, "archived");
     }
     Ok(outcome)
+}
+
+/// Read, hash and compress the file; one segment is one job, so zstd's workers share it.
+async fn compress_file(
+    path: &Path,
+    size: u64,
+    compression: Compression,
+) -> Result<(ObjectHeader, Vec<u8>), ArchiveError> {
+    let source = path.to_path_buf();
+    let compression = Compression {
+        workers: if size >= 4 << 20 {
+            compression.workers.max(2)
+        } else {
+            0
+        },
+        ..compression
+    };
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&source)?;
+        object::encode_reader(file, size, compression)
+    })
+    .await
+    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
+    .map_err(|source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Put the object create-only; an existing object with the same contents is a success.
+/// Returns the outcome and the stored size.
+async fn store(
+    storage: &dyn Storage,
+    key: &str,
+    name: &WalFileName,
+    header: &ObjectHeader,
+    encoded: Vec<u8>,
+) -> Result<(PushOutcome, u64), ArchiveError> {
+    let stored_bytes = encoded.len() as u64;
+    match storage
+        .put_bytes(key, encoded, PutMode::Create, Durability::Immediate)
+        .await
+    {
+        Ok(_) => Ok((
+            PushOutcome::Archived {
+                name: name.to_string(),
+                stored_bytes,
+                plain_bytes: header.plain_len,
+            },
+            stored_bytes,
+        )),
+        // Recorded in the catalog all the same: an earlier attempt may have died between the
+        // put and the catalog.
+        Err(StorageError::AlreadyExists { .. }) => {
+            let outcome = compare_with_archived(storage, key, name, header).await?;
+            Ok((outcome, storage.head(key).await?.size))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The cluster a file belongs to and the segment size: from the segment's own page header, or
@@ -210,9 +236,14 @@ async fn compare_with_archived(
     })
 }
 
-async fn record_in_catalog(catalog_path: PathBuf, record: WalRecord) -> Result<(), ArchiveError> {
+async fn open_catalog(path: PathBuf) -> Result<Catalog, ArchiveError> {
+    tokio::task::spawn_blocking(move || Catalog::open(&path).map_err(ArchiveError::from))
+        .await
+        .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+}
+
+async fn record_in_catalog(mut catalog: Catalog, record: WalRecord) -> Result<(), ArchiveError> {
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-        let mut catalog = Catalog::open(&catalog_path)?;
         catalog.register_cluster(record.system_identifier, record.archived_at_us)?;
         catalog.record_wal(&record)?;
         Ok(())

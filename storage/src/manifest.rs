@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::wal::{Lsn, TimelineId};
 
 pub const MANIFEST_FORMAT: u32 = 1;
+/// Tables with more rows than this (by the planner's estimate) are not counted exactly.
+pub const EXACT_COUNT_LIMIT: i64 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
@@ -77,8 +79,12 @@ pub struct BackupManifest {
     pub backup_label: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespace_map: Option<String>,
-    /// Rows per table (`schema.table`) in `database` when the backup started.
+    /// Rows per table (`schema.table`) in `database` when the backup started, counted exactly
+    /// for tables under [`EXACT_COUNT_LIMIT`] rows.
     pub row_counts: BTreeMap<String, i64>,
+    /// The planner's row estimate for larger tables, where counting would cost a full scan.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub row_estimates: BTreeMap<String, i64>,
     /// Bytes of data backed up (plaintext).
     pub size_bytes: u64,
     /// Bytes this backup added to the repository (new chunks, compressed).
@@ -196,6 +202,7 @@ mod tests {
             backup_label: "START WAL LOCATION: 0/2000028".into(),
             tablespace_map: None,
             row_counts: BTreeMap::from([("public.t".to_string(), 3)]),
+            row_estimates: BTreeMap::new(),
             size_bytes: 16384,
             new_bytes: 100,
         };
