@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Pg, Scratch, code, env_refs, text};
+use common::{Pg, Scratch, backup, code, text};
 
 /// The first archived segment's name and its original bytes (fetched and verified).
 fn archived_segment(scratch: &Scratch) -> (String, Vec<u8>) {
@@ -47,8 +47,7 @@ fn write_as_postgres(path: &Path, bytes: &[u8]) {
 #[test]
 fn wal_push_and_fetch_contract() {
     let scratch = Scratch::new();
-    let pg = Pg::init(&scratch, "primary");
-    pg.start();
+    let pg = Pg::running(&scratch, "primary");
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
     pg.switch_and_archive();
     let (name, original) = archived_segment(&scratch);
@@ -161,8 +160,7 @@ fn wal_push_and_fetch_contract() {
 #[test]
 fn concurrent_pushes_all_land_in_the_catalog() {
     let scratch = Scratch::new();
-    let pg = Pg::init(&scratch, "primary");
-    pg.start();
+    let pg = Pg::running(&scratch, "primary");
     for i in 0..6 {
         pg.psql(&format!(
             "CREATE TABLE t{i} AS SELECT g FROM generate_series(1, 20000) g"
@@ -236,11 +234,9 @@ fn concurrent_pushes_all_land_in_the_catalog() {
 #[test]
 fn pitr_refuses_a_gap_in_the_archive() {
     let scratch = Scratch::new();
-    let pg = Pg::init(&scratch, "primary");
-    pg.start();
+    let pg = Pg::running(&scratch, "primary");
     pg.psql("CREATE TABLE t (g int)");
-    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
-    assert!(out.status.success(), "backup: {}", text(&out));
+    backup(&scratch, &pg);
     for _ in 0..3 {
         pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
         pg.switch_and_archive();
@@ -265,19 +261,7 @@ fn pitr_refuses_a_gap_in_the_archive() {
         .into_owned();
     std::fs::remove_file(&lost).expect("remove segment");
     let dir = scratch.path("restored");
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "postgres",
-            "--type",
-            "pitr",
-            "--until",
-            &target,
-            "--data-dir",
-            dir.to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let out = scratch.restore(&["--type", "pitr", "--until", &target], &dir);
     assert!(
         code(&out) != 0,
         "a restore across a gap was allowed: {}",
@@ -297,11 +281,9 @@ fn pitr_refuses_a_gap_in_the_archive() {
 #[test]
 fn corrupted_and_missing_chunks_and_bad_input() {
     let scratch = Scratch::new();
-    let pg = Pg::init(&scratch, "primary");
-    pg.start();
+    let pg = Pg::running(&scratch, "primary");
     pg.psql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 50000) g");
-    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
-    assert!(out.status.success(), "backup: {}", text(&out));
+    backup(&scratch, &pg);
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
     assert!(
         out.status.success(),
@@ -444,17 +426,7 @@ fn corrupted_and_missing_chunks_and_bad_input() {
         text(&out)
     );
     let fresh = scratch.path("fresh");
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "postgres",
-            "--type",
-            "full",
-            "--data-dir",
-            fresh.to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let out = scratch.restore(&["--type", "full"], &fresh);
     assert!(
         code(&out) != 0,
         "restore used a corrupt chunk: {}",
@@ -471,17 +443,7 @@ fn corrupted_and_missing_chunks_and_bad_input() {
         "{}",
         text(&out)
     );
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "postgres",
-            "--type",
-            "full",
-            "--data-dir",
-            fresh.to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let out = scratch.restore(&["--type", "full"], &fresh);
     assert!(
         code(&out) != 0 && text(&out).contains("missing"),
         "{}",
@@ -493,11 +455,9 @@ fn corrupted_and_missing_chunks_and_bad_input() {
 #[test]
 fn list_and_status_report_backups_and_wal() {
     let scratch = Scratch::new();
-    let pg = Pg::init(&scratch, "primary");
-    pg.start();
+    let pg = Pg::running(&scratch, "primary");
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
-    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
-    assert!(out.status.success(), "backup: {}", text(&out));
+    backup(&scratch, &pg);
     let out = scratch.lifeline(&["list", "--json"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");

@@ -4,13 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pg, Scratch, code, env_refs, server_second, text};
-
-fn backup(scratch: &Scratch, pg: &Pg) -> String {
-    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
-    assert!(out.status.success(), "backup failed: {}", text(&out));
-    text(&out)
-}
+use common::{Pg, Scratch, backup, code, server_second, text};
 
 fn seed(pg: &Pg) {
     pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)");
@@ -22,8 +16,7 @@ fn seed(pg: &Pg) {
 #[test]
 fn pitr_to_a_second_before_a_destructive_change() {
     let scratch = Scratch::new();
-    let pg = Pg::init(&scratch, "primary");
-    pg.start();
+    let pg = Pg::running(&scratch, "primary");
     seed(&pg);
     backup(&scratch, &pg);
 
@@ -42,28 +35,14 @@ fn pitr_to_a_second_before_a_destructive_change() {
     pg.switch_and_archive();
 
     let restored_dir = scratch.path("restored");
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "postgres",
-            "--type",
-            "pitr",
-            "--until",
-            &target,
-            "--data-dir",
-            restored_dir.to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let out = scratch.restore(&["--type", "pitr", "--until", &target], &restored_dir);
     assert!(out.status.success(), "restore failed: {}", text(&out));
     assert!(
         text(&out).contains("recovery target:"),
         "the resolved instant is printed: {}",
         text(&out)
     );
-    let restored = Pg::restored(&scratch, restored_dir);
-    restored.start();
-    restored.wait_promoted();
+    let restored = Pg::recover(&scratch, restored_dir);
     assert_eq!(
         restored.snapshot(),
         expected,
@@ -74,8 +53,7 @@ fn pitr_to_a_second_before_a_destructive_change() {
 #[test]
 fn full_restore_catalog_rebuild_and_timeline_switch() {
     let scratch = Scratch::new();
-    let pg = Pg::init(&scratch, "primary");
-    pg.start();
+    let pg = Pg::running(&scratch, "primary");
     seed(&pg);
     backup(&scratch, &pg);
     let at_backup = pg.snapshot();
@@ -89,23 +67,9 @@ fn full_restore_catalog_rebuild_and_timeline_switch() {
 
     // Full restore of the latest backup: the data as it was when the backup ended.
     let first = scratch.path("first");
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "postgres",
-            "--type",
-            "full",
-            "--from",
-            "latest",
-            "--data-dir",
-            first.to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let out = scratch.restore(&["--type", "full", "--from", "latest"], &first);
     assert!(out.status.success(), "full restore failed: {}", text(&out));
-    let first = Pg::restored(&scratch, first);
-    first.start();
-    first.wait_promoted();
+    let first = Pg::recover(&scratch, first);
     assert_eq!(
         first.snapshot(),
         at_backup,
@@ -128,27 +92,13 @@ fn full_restore_catalog_rebuild_and_timeline_switch() {
     first.stop();
 
     let second = scratch.path("second");
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "postgres",
-            "--type",
-            "pitr",
-            "--until",
-            &target,
-            "--data-dir",
-            second.to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let out = scratch.restore(&["--type", "pitr", "--until", &target], &second);
     assert!(
         out.status.success(),
         "PITR on timeline 2 failed: {}",
         text(&out)
     );
-    let second = Pg::restored(&scratch, second);
-    second.start();
-    second.wait_promoted();
+    let second = Pg::recover(&scratch, second);
     assert_eq!(
         second.snapshot(),
         expected,

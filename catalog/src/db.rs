@@ -153,8 +153,11 @@ impl Catalog {
         // Each `wal push` is a short-lived process and usually the last connection: without
         // this, every close would checkpoint the WAL into the database with three fsyncs.
         // SQLite still checkpoints automatically as the WAL grows.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(open_err)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         migrate(&mut conn).map_err(|e| CatalogError::Migrate {

@@ -69,6 +69,15 @@ impl Scratch {
         self.dir.path().join(name)
     }
 
+    /// `lifeline restore postgres ARGS --data-dir DIR`.
+    pub fn restore(&self, args: &[&str], dir: &Path) -> Output {
+        let dir = dir.to_string_lossy().into_owned();
+        let mut all = vec!["restore", "postgres"];
+        all.extend_from_slice(args);
+        all.extend(["--data-dir", dir.as_str()]);
+        self.lifeline(&all, &[])
+    }
+
     /// Run lifeline as postgres with BACKUP_DIR set; `env` adds or overrides variables.
     pub fn lifeline(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let repo = self.repo.to_string_lossy().into_owned();
@@ -161,6 +170,13 @@ impl Pg {
         pg
     }
 
+    /// A new cluster, started.
+    pub fn running(scratch: &Scratch, name: &str) -> Pg {
+        let pg = Pg::init(scratch, name);
+        pg.start();
+        pg
+    }
+
     /// A cluster restored into `data`: same settings, a new port.
     pub fn restored(scratch: &Scratch, data: PathBuf) -> Pg {
         let port = free_port();
@@ -173,6 +189,14 @@ impl Pg {
             port,
             socket_dir: scratch.dir.path().to_path_buf(),
         }
+    }
+
+    /// Start a restored data directory and wait until recovery has promoted it.
+    pub fn recover(scratch: &Scratch, data: PathBuf) -> Pg {
+        let pg = Pg::restored(scratch, data);
+        pg.start();
+        pg.wait_promoted();
+        pg
     }
 
     pub fn start(&self) {
@@ -329,4 +353,11 @@ pub fn server_second(pg: &Pg) -> String {
     pg.psql(
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00:00'",
     )
+}
+
+/// Take a base backup of `pg` into the scratch repository; it must succeed.
+pub fn backup(scratch: &Scratch, pg: &Pg) -> String {
+    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
+    assert!(out.status.success(), "backup failed: {}", text(&out));
+    text(&out)
 }
