@@ -44,6 +44,7 @@ pub async fn push_wal(
         .and_then(|n| n.to_str())
         .ok_or_else(|| invalid("the path has no file name".into()))?;
     let name: WalFileName = file_name.parse().map_err(invalid)?;
+    debug!(wal = %name, "pushing");
     let io = |source| ArchiveError::Io {
         path: path.to_path_buf(),
         source,
@@ -61,6 +62,7 @@ pub async fn push_wal(
         tokio::join!(catalog, bound, compress_file(path, size, compression));
     bound?;
     let (header, encoded) = compressed?;
+    debug!(wal = %name, "compressed");
     if header.plain_len != size {
         return Err(invalid(format!(
             "it changed size while being archived ({size} then {} bytes); PostgreSQL never \
