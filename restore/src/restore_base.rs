@@ -87,6 +87,7 @@ pub async fn restore_base(
     let existed = check_target_dir(&opts.data_dir)?;
     if opts.verify_first {
         check_chunks_exist(storage.as_ref(), manifest, opts.parallelism).await?;
+        debug!("every pack the backup needs is present");
     }
     if !existed {
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| RestoreError::io(&opts.data_dir, e))?;
@@ -175,7 +176,10 @@ async fn restore_into(
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io(&root, e))?;
 
-    // Directories, links and empty files first, so chunk writers only ever open existing files.
+    // Directories and links first, then the files (empty, at their final size) in parallel:
+    // creating an inode is slow enough on some filesystems (0.5 ms measured here) that a
+    // thousand files in a row cost more than writing their data.
+    let mut files = Vec::new();
     for entry in &manifest.files {
         let path = target_path(&root, &entry.path)?;
         match entry.kind {
@@ -188,14 +192,20 @@ async fn restore_into(
                 let target = entry.link_target.as_deref().unwrap_or_default();
                 std::os::unix::fs::symlink(target, &path).map_err(|e| io(&path, e))?;
             }
-            EntryKind::File => {
-                let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
-                file.set_len(entry.size).map_err(|e| io(&path, e))?;
-                file.set_permissions(std::fs::Permissions::from_mode(entry.mode))
-                    .map_err(|e| io(&path, e))?;
-            }
+            EntryKind::File => files.push((path, entry.size, entry.mode)),
         }
     }
+    let batch = files.len().div_ceil(opts.parallelism.max(1) * 2).max(1);
+    let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
+    futures::stream::iter(batches)
+        .map(|batch| async move {
+            tokio::task::spawn_blocking(move || create_files(&batch))
+                .await
+                .map_err(|e| RestoreError::Refused(format!("file creation task failed: {e}")))?
+        })
+        .buffer_unordered(opts.parallelism.max(1) * 2)
+        .try_collect::<()>()
+        .await?;
 
     debug!("directories and files created");
     let parallelism = opts.parallelism.max(1);
@@ -218,7 +228,8 @@ async fn restore_into(
                     .map_err(|e| RestoreError::Refused(format!("write task failed: {e}")))?
             }
         })
-        .try_buffer_unordered(parallelism)
+        // One more than the cores: a task waiting on a flush leaves the cores busy.
+        .try_buffer_unordered(parallelism + 1)
         .try_collect::<()>()
         .await?;
     debug!("all files written");
@@ -284,6 +295,16 @@ pub(crate) fn decode_chunk(
         }));
     }
     Ok(plain)
+}
+
+fn create_files(files: &[(PathBuf, u64, u32)]) -> Result<(), RestoreError> {
+    for (path, size, mode) in files {
+        let file = std::fs::File::create(path).map_err(|e| RestoreError::io(path, e))?;
+        file.set_len(*size).map_err(|e| RestoreError::io(path, e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(*mode))
+            .map_err(|e| RestoreError::io(path, e))?;
+    }
+    Ok(())
 }
 
 /// fsync a file or directory that may not exist (tablespace_map is optional).
@@ -427,7 +448,12 @@ async fn fetch_pack_span(
 
 /// One lock per file: writers to the same file take turns in user space instead of spinning
 /// on the inode lock in the kernel (which, measured, cost more than the copy itself).
-type FileLocks = Arc<Mutex<HashMap<Arc<PathBuf>, Arc<Mutex<()>>>>>;
+/// The lock also counts the bytes written since the file was last flushed.
+type FileLocks = Arc<Mutex<HashMap<Arc<PathBuf>, Arc<Mutex<u64>>>>>;
+
+/// Flush a file to disk every this many bytes, so that writeback runs alongside decoding
+/// instead of all at the end.
+const FLUSH_EVERY: u64 = 64 << 20;
 
 fn write_group(group: &WriteGroup, locks: &FileLocks) -> Result<(), RestoreError> {
     let mut decoded = Vec::with_capacity(group.chunks.len());
@@ -462,7 +488,7 @@ fn write_group(group: &WriteGroup, locks: &FileLocks) -> Result<(), RestoreError
             .entry(path.clone())
             .or_default()
             .clone();
-        let _turn = lock
+        let mut unflushed = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let file = std::fs::OpenOptions::new()
@@ -471,6 +497,16 @@ fn write_group(group: &WriteGroup, locks: &FileLocks) -> Result<(), RestoreError
             .map_err(|e| RestoreError::io(path.as_ref(), e))?;
         for (slice, offset) in writes {
             file.write_all_at(slice, offset)
+                .map_err(|e| RestoreError::io(path.as_ref(), e))?;
+            *unflushed += slice.len() as u64;
+        }
+        let flush = *unflushed >= FLUSH_EVERY;
+        if flush {
+            *unflushed = 0;
+        }
+        drop(unflushed);
+        if flush {
+            file.sync_data()
                 .map_err(|e| RestoreError::io(path.as_ref(), e))?;
         }
     }

@@ -128,9 +128,11 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         shell_quote(&exe.to_string_lossy()),
         settings.repository_flags()?
     );
+    tracing::debug!(backup = %backup.backup_id, "reading the manifest");
     let manifest = restore::read_manifest(storage.as_ref(), &backup.backup_id)
         .await
         .with_context(|| format!("read the manifest of {}", backup.backup_id))?;
+    tracing::debug!(files = manifest.files.len(), "manifest read");
     let opts = RestoreOptions {
         data_dir: data_dir.clone(),
         parallelism: settings.parallelism,
