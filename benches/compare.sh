@@ -59,7 +59,9 @@ report() { # name lifeline pgbackrest unit
   awk -v n="$1" -v a="$2" -v b="$3" -v u="$4" 'BEGIN { printf "%-40s lifeline %10.3f %-4s pgBackRest %10.3f %-4s ratio %.2f\n", n, a, u, b, u, (b > 0 ? a / b : 0) }'
 }
 # timed CMD...: runs it; sets T (wall seconds), RSS (peak KiB of the process tree) and CPU (%).
+# Everyone's dirty data is flushed first, so no run pays for the writeback of the one before.
 timed() {
+  sync
   /usr/bin/time -f "%e %M %P" -o "$W/time.out" "$@"
   read -r T RSS CPU < "$W/time.out"
 }
@@ -92,7 +94,7 @@ report "backup after 1% update, new bytes" "$(echo "($(stored) - $ll_before) / 1
 
 # Restore of the latest backup (files only; recovery excluded for both). Writing into memory
 # this VM has never touched is slow for whoever gets it, so the rounds alternate which tool
-# goes first; later rounds reuse page cache freed by the earlier ones.
+# goes first; later rounds reuse page cache freed by the earlier ones. Round 1 is "cold".
 restore_ll() { timed runuser -u postgres -- env LIFELINE_LOG="${BENCH_LOG:-warn}" $LL restore postgres --type full --data-dir "$W/ll-restore" >/dev/null; ll_t=$T; ll_rss=$RSS; }
 restore_br() { timed runuser -u postgres -- $BR restore --pg1-path="$W/br-restore" --type=immediate; br_t=$T; br_rss=$RSS; }
 for round in 1 2 3 4; do

@@ -143,6 +143,12 @@ fn wal_push_and_fetch_contract() {
         text(&out)
     );
     assert!(!dest2.exists());
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert!(
+        code(&out) != 0 && text(&out).contains(&name) && text(&out).contains("corrupt"),
+        "verify --read-data missed the corrupt WAL object: {}",
+        text(&out)
+    );
 
     // The repository cannot be read: exit above 125.
     let out = scratch.lifeline(
