@@ -32,13 +32,14 @@ as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -i -s 5 -q postgres 2>/dev
 
 echo "== nightly backup"
 as_pg DB_PORT=$PORT "$W/lifeline" backup postgres
-as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -T 3 -q postgres >/dev/null 2>&1
+as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -T 3 postgres >/dev/null 2>&1
 sleep 1.1
 before=$(sql "$PORT" "SELECT count(*), sum(abalance) FROM pgbench_accounts")
 TARGET=$(sql "$PORT" "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
 sleep 1.1
 echo "== the disaster, after $TARGET UTC: DELETE FROM pgbench_accounts"
-sql "$PORT" "DELETE FROM pgbench_accounts; SELECT pg_switch_wal()" >/dev/null
+sql "$PORT" "DELETE FROM pgbench_accounts" >/dev/null
+sql "$PORT" "SELECT pg_switch_wal()" >/dev/null
 sleep 3
 as_pg "$W/lifeline" status
 
@@ -46,7 +47,11 @@ echo "== point-in-time restore to $TARGET"
 as_pg "$W/lifeline" restore postgres --type pitr --until "$TARGET" --data-dir "$W/restored"
 echo "port = $PORT2" >> "$W/restored/postgresql.auto.conf"
 as_pg $PG/pg_ctl -D "$W/restored" -l "$W/restored.log" -w start >/dev/null
-until [ "$(sql "$PORT2" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ]; do sleep 0.2; done
+for _ in $(seq 600); do
+  [ "$(sql "$PORT2" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
+  sleep 0.2
+done
+[ "$(sql "$PORT2" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] || { tail -20 "$W/restored.log"; echo "RESULT: FAIL, recovery did not finish"; exit 1; }
 after=$(sql "$PORT2" "SELECT count(*), sum(abalance) FROM pgbench_accounts")
 echo "accounts at the target: $before; after the restore: $after"
 [ "$before" = "$after" ] && echo "RESULT: PASS, the restored data is the data at $TARGET UTC" || { echo "RESULT: FAIL"; exit 1; }

@@ -106,3 +106,43 @@ fn full_restore_catalog_rebuild_and_timeline_switch() {
     );
     assert_eq!(code(&out), 0);
 }
+
+#[test]
+fn a_target_after_the_last_archived_transaction_is_refused_until_one_is_archived() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g");
+    backup(&scratch, &pg);
+    pg.psql("INSERT INTO t VALUES (101)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let expected = pg.snapshot();
+    let target = server_second(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    // A segment archived after the target, but no transaction ended after it: recovery could
+    // not know it had reached the target, so the restore must refuse before writing anything.
+    pg.switch_and_archive();
+    let dir = scratch.path("restored");
+    let out = scratch.restore(&["--type", "pitr", "--until", &target], &dir);
+    assert!(
+        code(&out) != 0,
+        "restore accepted an unreachable target: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("past the end of the archive"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !dir.exists(),
+        "the refused restore wrote into the data directory"
+    );
+
+    // The disaster commits and is archived: now the target is reachable.
+    pg.psql("DELETE FROM t");
+    pg.switch_and_archive();
+    let out = scratch.restore(&["--type", "pitr", "--until", &target], &dir);
+    assert!(out.status.success(), "restore failed: {}", text(&out));
+    let restored = Pg::recover(&scratch, dir);
+    assert_eq!(restored.snapshot(), expected);
+}

@@ -14,7 +14,7 @@ mod verify;
 mod wal_fetch;
 
 pub use error::RestoreError;
-pub use pitr::{PitrPlan, archived_wal, plan_pitr, timeline_histories};
+pub use pitr::{PitrPlan, archived_wal, confirm_target_reachable, plan_pitr, timeline_histories};
 pub use restore_base::{
     RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base,
 };

@@ -17,8 +17,11 @@ use crate::RestoreError;
 pub struct PitrPlan {
     pub backup: BackupRecord,
     pub timeline: TimelineId,
-    /// The last segment recovery will need (the first archived after the target).
-    pub last_segment: String,
+    /// The segments that may hold the first transaction after the target, in order: from the
+    /// first one archived after the target to the end of the unbroken chain.
+    pub candidates: Vec<String>,
+    /// A missing segment after the candidates, if the chain breaks there.
+    pub gap_after: Option<String>,
 }
 
 /// One step of a timeline path: `timeline` serves segments from `begin` on (until the next step).
@@ -55,6 +58,60 @@ fn timeline_path(
         end: None,
     });
     steps
+}
+
+fn gap_error(missing: &str, backup_id: &str, target_us: i64) -> RestoreError {
+    RestoreError::Refused(format!(
+        "the archive has a gap: WAL segment {missing} is missing between backup {backup_id} and {}; \
+         recovery would stop there. Restore it to the archive, or choose an --until before the gap",
+        fmt_time(target_us)
+    ))
+}
+
+/// Recovery to a time stops at the first transaction that ended after it; without one in the
+/// archive PostgreSQL fails at the end of the WAL. Read the candidate segments until one holds
+/// such a transaction, and return its name.
+pub async fn confirm_target_reachable(
+    storage: &dyn storage::Storage,
+    system_identifier: u64,
+    plan: &PitrPlan,
+    target: jiff::Timestamp,
+) -> Result<String, RestoreError> {
+    use storage::StorageExt;
+    let target_us = target.as_microsecond();
+    let mut newest = None;
+    for name in &plan.candidates {
+        let parsed: storage::wal::WalFileName = name.parse().map_err(RestoreError::Refused)?;
+        let key = storage::layout::wal_key(system_identifier, &parsed);
+        let bytes = storage.get_bytes(&key).await?;
+        let latest = tokio::task::spawn_blocking(move || {
+            storage::object::decode(&key, &bytes)
+                .map(|plain| storage::wal::last_transaction_time(&plain))
+        })
+        .await
+        .map_err(|e| RestoreError::Refused(format!("WAL scan failed: {e}")))??;
+        match latest {
+            Some(t) if t > target_us => return Ok(name.clone()),
+            Some(t) => newest = Some(t),
+            None => {}
+        }
+    }
+    if let Some(missing) = &plan.gap_after {
+        return Err(gap_error(missing, &plan.backup.backup_id, target_us));
+    }
+    Err(RestoreError::Refused(format!(
+        "{} is past the end of the archive: {}. Recovery would fail there. Wait for the next \
+         segment to be archived (archive_timeout), or run SELECT pg_switch_wal() on the primary, \
+         or choose an earlier --until",
+        fmt_time(target_us),
+        match newest {
+            Some(t) => format!(
+                "the last transaction in the archived WAL ended at {}",
+                fmt_time(t)
+            ),
+            None => "no transaction ended after it in the archived WAL".to_string(),
+        }
+    )))
 }
 
 fn fmt_time(us: i64) -> String {
@@ -120,6 +177,8 @@ pub fn plan_pitr(
         .collect();
     let last_number = archived.iter().map(|(_, n)| *n).max().unwrap_or(0);
     let start = Lsn(backup.start_lsn).segment_number(segment_size);
+    let mut candidates = Vec::new();
+    let mut gap_after = None;
     for number in start..=last_number.max(start) {
         let step = path
             .iter()
@@ -134,12 +193,10 @@ pub fn plan_pitr(
         .file_name(segment_size);
         if !archived.contains(&(step.timeline.0, number)) {
             if number < last_number {
-                return Err(RestoreError::Refused(format!(
-                    "the archive has a gap: WAL segment {name} is missing between backup {} and {}; \
-                     recovery would stop there. Restore it to the archive, or choose an --until before the gap",
-                    backup.backup_id,
-                    fmt_time(target_us)
-                )));
+                if candidates.is_empty() {
+                    return Err(gap_error(&name, &backup.backup_id, target_us));
+                }
+                gap_after = Some(name);
             }
             break;
         }
@@ -147,13 +204,18 @@ pub fn plan_pitr(
             .get(&(step.timeline.0, number))
             .copied()
             .unwrap_or(0);
-        if at >= target_us {
-            return Ok(PitrPlan {
-                backup: (*backup).clone(),
-                timeline: TimelineId(newest),
-                last_segment: name,
-            });
+        // A segment archived before the target holds nothing written after it.
+        if at >= target_us || !candidates.is_empty() {
+            candidates.push(name);
         }
+    }
+    if !candidates.is_empty() {
+        return Ok(PitrPlan {
+            backup: (*backup).clone(),
+            timeline: TimelineId(newest),
+            candidates,
+            gap_after,
+        });
     }
     let last = wal
         .iter()
@@ -233,7 +295,7 @@ mod tests {
         let plan = plan_pitr(&backups, &wal, &BTreeMap::new(), ts(550), SEG).expect("plan");
         assert_eq!(plan.backup.backup_id, "b");
         assert_eq!(
-            plan.last_segment,
+            plan.candidates[0],
             Segment {
                 timeline: TimelineId(1),
                 number: 6
@@ -280,7 +342,7 @@ mod tests {
         let plan = plan_pitr(&backups, &wals, &histories, ts(650), SEG).expect("plan");
         assert_eq!(plan.timeline, TimelineId(2));
         assert_eq!(
-            plan.last_segment,
+            plan.candidates[0],
             Segment {
                 timeline: TimelineId(2),
                 number: 7

@@ -109,9 +109,11 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
             let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
             let plan =
                 restore::plan_pitr(&backups, &wal, &histories, target, identity.segment_size)?;
+            let last_segment =
+                restore::confirm_target_reachable(storage.as_ref(), sysid, &plan, target).await?;
             println!(
                 "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
-                plan.backup.backup_id, plan.backup.timeline, plan.last_segment, plan.timeline.0
+                plan.backup.backup_id, plan.backup.timeline, last_segment, plan.timeline.0
             );
             (plan.backup, RecoveryTarget::Time(target))
         }

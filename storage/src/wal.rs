@@ -434,3 +434,139 @@ mod tests {
         }
     }
 }
+
+/// PostgreSQL timestamps count microseconds from 2000-01-01 00:00:00 UTC.
+const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
+const RM_XLOG_ID: u8 = 0;
+const RM_XACT_ID: u8 = 1;
+const XLOG_SWITCH: u8 = 0x40;
+const XLOG_XACT_OPMASK: u8 = 0x70;
+const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
+const RECORD_HEADER_LEN: usize = 24;
+
+fn maxalign(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// The latest commit or abort time (Unix microseconds) among the records that start in this
+/// segment, or `None` when it holds none. Recovery to a target time stops at the first commit
+/// or abort after the target, so the archive can only reach a target if some archived
+/// segment has one after it.
+///
+/// Reads the layout of `XLogPageHeaderData` and `XLogRecord`; a record whose header does not
+/// make sense ends the scan (the rest of a switched segment is zeros).
+pub fn last_transaction_time(segment: &[u8]) -> Option<i64> {
+    let header = parse_segment_header(segment).ok()?;
+    let page_size = {
+        let b = segment.get(36..40)?;
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+    };
+    if !(1024..=65536).contains(&page_size) || segment.len() as u64 > header.segment_size {
+        return None;
+    }
+    // The segment's records as one stream, page headers removed: headers are multiples of 8
+    // bytes, so record alignment in the stream is the same as in the WAL.
+    let mut stream = Vec::with_capacity(segment.len());
+    let mut skip = 0usize;
+    for (i, page) in segment.chunks(page_size).enumerate() {
+        let info = u16::from_le_bytes([*page.get(2)?, *page.get(3)?]);
+        let header_len = if i == 0 { 40 } else { 24 };
+        if i == 0 && info & XLP_FIRST_IS_CONTRECORD != 0 {
+            let b = page.get(16..20)?;
+            skip = maxalign(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        }
+        stream.extend_from_slice(page.get(header_len..)?);
+    }
+    let mut latest = None;
+    let mut pos = skip;
+    while pos + RECORD_HEADER_LEN <= stream.len() {
+        let rec = &stream[pos..];
+        let total = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
+        if total < RECORD_HEADER_LEN {
+            break;
+        }
+        let (info, rmid) = (rec[16], rec[17]);
+        if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
+            break;
+        }
+        if rmid == RM_XACT_ID
+            && matches!(info & XLOG_XACT_OPMASK, 0x00 | 0x20 | 0x30 | 0x40)
+            && let Some(t) = rec.get(..total.min(rec.len())).and_then(xact_time)
+        {
+            latest = Some(latest.map_or(t, |l: i64| l.max(t)));
+        }
+        pos = maxalign(pos + total);
+    }
+    latest
+}
+
+/// The `xact_time` at the start of a transaction record's main data.
+fn xact_time(record: &[u8]) -> Option<i64> {
+    let mut at = RECORD_HEADER_LEN;
+    loop {
+        match *record.get(at)? {
+            255 => {
+                at += 2;
+                break;
+            }
+            254 => {
+                at += 5;
+                break;
+            }
+            253 => at += 3,
+            252 => at += 5,
+            // Block references: transaction records have none.
+            _ => return None,
+        }
+    }
+    let b = record.get(at..at + 8)?;
+    let pg = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    pg.checked_add(PG_EPOCH_UNIX_US)
+}
+
+#[cfg(test)]
+mod transaction_time_tests {
+    use super::*;
+
+    /// A segment with a long page header, an insert-like record and a commit at `pg_time`.
+    fn segment_with_commit(pg_time: i64) -> Vec<u8> {
+        let mut seg = vec![0u8; 3 * 8192];
+        seg[2..4].copy_from_slice(&0x0002u16.to_le_bytes()); // XLP_LONG_HEADER
+        seg[4..8].copy_from_slice(&1u32.to_le_bytes());
+        seg[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        for page in 1..3 {
+            seg[page * 8192..page * 8192 + 2].copy_from_slice(&0xD110u16.to_le_bytes());
+        }
+        let mut at = 40;
+        // A 30-byte record from another resource manager.
+        seg[at..at + 4].copy_from_slice(&30u32.to_le_bytes());
+        seg[at + 17] = 10;
+        at += 32;
+        // A commit: header, short main-data block id, then xact_time.
+        seg[at..at + 4].copy_from_slice(&34u32.to_le_bytes());
+        seg[at + 17] = RM_XACT_ID;
+        seg[at + 24] = 255;
+        seg[at + 25] = 8;
+        seg[at + 26..at + 34].copy_from_slice(&pg_time.to_le_bytes());
+        seg
+    }
+
+    #[test]
+    fn finds_the_commit_time() {
+        let seg = segment_with_commit(1_000_000);
+        assert_eq!(
+            last_transaction_time(&seg),
+            Some(PG_EPOCH_UNIX_US + 1_000_000)
+        );
+    }
+
+    #[test]
+    fn empty_and_garbage_segments_have_none() {
+        let mut seg = segment_with_commit(5);
+        seg[72 + 17] = 10; // no longer a transaction record
+        assert_eq!(last_transaction_time(&seg), None);
+        assert_eq!(last_transaction_time(&[0u8; 100]), None);
+        assert_eq!(last_transaction_time(&[]), None);
+    }
+}
