@@ -152,48 +152,24 @@ pub fn encode_with_checksum(
     hash: blake3::Hash,
     compression: Compression,
 ) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
+    let encode_error = |e: std::io::Error| StorageError::Corrupt {
+        key: "(new object)".into(),
+        reason: format!("cannot encode: {e}"),
+    };
+    // The hot path (every backup chunk): one-shot zstd with this thread's reused context.
+    // Everything else streams through the same code as a WAL segment.
+    if compression.codec != Codec::Zstd || compression.workers > 0 {
+        return encode_reader(plain, plain.len() as u64, compression).map_err(encode_error);
+    }
     let header = ObjectHeader {
         codec: compression.codec,
         plain_len: plain.len() as u64,
         checksum: hash,
     };
-    let encode_error = |e: std::io::Error| StorageError::Corrupt {
-        key: "(new object)".into(),
-        reason: format!("cannot encode: {e}"),
-    };
-    let payload = match compression.codec {
-        Codec::None => None,
-        Codec::Zstd if compression.workers == 0 => {
-            Some(compress_zstd(plain, compression.level).map_err(encode_error)?)
-        }
-        Codec::Zstd => {
-            let mut encoder =
-                zstd::stream::Encoder::new(Vec::with_capacity(plain.len() / 4), compression.level)
-                    .map_err(encode_error)?;
-            encoder
-                .multithread(compression.workers)
-                .map_err(encode_error)?;
-            encoder.include_contentsize(true).map_err(encode_error)?;
-            encoder
-                .set_pledged_src_size(Some(plain.len() as u64))
-                .map_err(encode_error)?;
-            encoder.write_all(plain).map_err(encode_error)?;
-            Some(encoder.finish().map_err(encode_error)?)
-        }
-        Codec::Gzip => {
-            let level = compression.level.clamp(0, 9) as u32;
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(plain.len() / 3),
-                flate2::Compression::new(level),
-            );
-            encoder.write_all(plain).map_err(encode_error)?;
-            Some(encoder.finish().map_err(encode_error)?)
-        }
-    };
-    let body = payload.as_deref().unwrap_or(plain);
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    let payload = compress_zstd(plain, compression.level).map_err(encode_error)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&header.to_bytes());
-    out.extend_from_slice(body);
+    out.extend_from_slice(&payload);
     Ok((header, out))
 }
 
