@@ -211,25 +211,21 @@ async fn restore_into(
     let parallelism = opts.parallelism.max(1);
     let plan = plan_writes(manifest, &root)?;
     let locks = FileLocks::default();
-    futures::stream::iter(plan)
-        .map(|(pack, chunks)| {
-            let storage = storage.clone();
-            async move { fetch_pack_span(storage.as_ref(), pack, chunks).await }
-        })
-        // Fetch up to two packs ahead while their chunks are decoded and written.
-        .buffered(2)
-        .map_ok(|groups| futures::stream::iter(groups.into_iter().map(Ok)))
-        .try_flatten()
-        .map_ok(|group| {
-            let locks = locks.clone();
+    let groups = plan
+        .into_iter()
+        .flat_map(|(pack, chunks)| write_groups(&pack, chunks));
+    futures::stream::iter(groups)
+        .map(|group| {
+            let (storage, locks) = (storage.clone(), locks.clone());
             async move {
-                tokio::task::spawn_blocking(move || write_group(&group, &locks))
+                let bytes = fetch_group(storage.as_ref(), &group).await?;
+                tokio::task::spawn_blocking(move || write_group(&group, &bytes, &locks))
                     .await
                     .map_err(|e| RestoreError::Refused(format!("write task failed: {e}")))?
             }
         })
-        // One more than the cores: a task waiting on a flush leaves the cores busy.
-        .try_buffer_unordered(parallelism + 1)
+        // One more than the cores: a task waiting on a read or a flush leaves the cores busy.
+        .buffer_unordered(parallelism + 1)
         .try_collect::<()>()
         .await?;
     debug!("all files written");
@@ -405,45 +401,51 @@ fn plan_writes(manifest: &BackupManifest, root: &Path) -> Result<WritePlan, Rest
         .collect())
 }
 
-/// Chunks of one pack, with the bytes that hold them, decoded and written by one task.
+/// Neighbouring chunks of one pack, read with one ranged request and decoded and written by
+/// one task: memory stays at a few groups in flight however large the packs are.
 struct WriteGroup {
     pack_key: String,
-    bytes: Arc<Vec<u8>>,
-    base: u64,
+    /// The byte range of the pack that holds the chunks.
+    start: u64,
+    end: u64,
     chunks: Vec<(ChunkRef, Vec<Target>)>,
 }
 
-/// Read the span of a pack that holds the chunks (one request), split into groups of work.
-async fn fetch_pack_span(
-    storage: &dyn Storage,
-    pack: String,
-    chunks: Vec<(ChunkRef, Vec<Target>)>,
-) -> Result<Vec<WriteGroup>, RestoreError> {
-    let key = layout::pack_key(&pack);
-    let start = chunks.iter().map(|(c, _)| c.offset).min().unwrap_or(0);
-    let end = chunks
-        .iter()
-        .map(|(c, _)| c.offset + c.stored)
-        .max()
-        .unwrap_or(0);
-    let bytes = Arc::new(storage.get_range(&key, start..end).await?);
-    if (bytes.len() as u64) < end - start {
-        return Err(RestoreError::Storage(storage::StorageError::Corrupt {
-            key,
-            reason: "the pack is shorter than the manifest says".into(),
-        }));
-    }
+const CHUNKS_PER_GROUP: usize = 16;
+
+fn write_groups(pack: &str, chunks: Vec<(ChunkRef, Vec<Target>)>) -> Vec<WriteGroup> {
+    let key = layout::pack_key(pack);
     let mut groups = Vec::new();
     let mut chunks = chunks.into_iter().peekable();
     while chunks.peek().is_some() {
+        let chunks: Vec<_> = chunks.by_ref().take(CHUNKS_PER_GROUP).collect();
+        let start = chunks.iter().map(|(c, _)| c.offset).min().unwrap_or(0);
+        let end = chunks
+            .iter()
+            .map(|(c, _)| c.offset + c.stored)
+            .max()
+            .unwrap_or(0);
         groups.push(WriteGroup {
             pack_key: key.clone(),
-            bytes: bytes.clone(),
-            base: start,
-            chunks: chunks.by_ref().take(16).collect(),
+            start,
+            end,
+            chunks,
         });
     }
-    Ok(groups)
+    groups
+}
+
+async fn fetch_group(storage: &dyn Storage, group: &WriteGroup) -> Result<Vec<u8>, RestoreError> {
+    let bytes = storage
+        .get_range(&group.pack_key, group.start..group.end)
+        .await?;
+    if (bytes.len() as u64) < group.end - group.start {
+        return Err(RestoreError::Storage(storage::StorageError::Corrupt {
+            key: group.pack_key.clone(),
+            reason: "the pack is shorter than the manifest says".into(),
+        }));
+    }
+    Ok(bytes)
 }
 
 /// One lock per file: writers to the same file take turns in user space instead of spinning
@@ -455,11 +457,11 @@ type FileLocks = Arc<Mutex<HashMap<Arc<PathBuf>, Arc<Mutex<u64>>>>>;
 /// instead of all at the end.
 const FLUSH_EVERY: u64 = 64 << 20;
 
-fn write_group(group: &WriteGroup, locks: &FileLocks) -> Result<(), RestoreError> {
+fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<(), RestoreError> {
     let mut decoded = Vec::with_capacity(group.chunks.len());
     for (chunk, targets) in &group.chunks {
-        let from = (chunk.offset - group.base) as usize;
-        let framed = &group.bytes[from..from + chunk.stored as usize];
+        let from = (chunk.offset - group.start) as usize;
+        let framed = &bytes[from..from + chunk.stored as usize];
         decoded.push((
             chunk,
             decode_chunk(&group.pack_key, chunk, framed)?,
