@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use catalog::{Catalog, WalRecord};
 use storage::wal::{self, WalFileName};
 use storage::{
-    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, layout, object,
+    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, StorageExt, layout,
+    object,
 };
 use tracing::{debug, info, warn};
 
@@ -54,8 +55,19 @@ pub async fn push_wal(
     let (system_identifier, segment_size) =
         identify(storage, path, &name, &first_page, size).await?;
 
-    // Compression is most of the work: check the cluster and open the catalog meanwhile.
+    let key = layout::wal_key(system_identifier, &name);
     let catalog = open_catalog(catalog_path.to_path_buf());
+    if storage.exists(&key).await? {
+        // PostgreSQL re-archives after a crash: comparing checksums is enough, no compression.
+        let ours = hash_file(path, io).await?;
+        let outcome = compare_with_archived(storage, &key, &name, &ours).await?;
+        let stored_bytes = storage.head(&key).await?.size;
+        let record = wal_record(system_identifier, &name, segment_size, &ours, stored_bytes);
+        record_in_catalog(catalog.await?, record).await?;
+        return Ok(outcome);
+    }
+
+    // Compression is most of the work: check the cluster and open the catalog meanwhile.
     let what = format!("WAL file {name}");
     let bound = cluster::bind(storage, system_identifier, segment_size, &what);
     let (catalog, bound, compressed) =
@@ -71,9 +83,30 @@ pub async fn push_wal(
         )));
     }
 
-    let key = layout::wal_key(system_identifier, &name);
     let (outcome, stored_bytes) = store(storage, &key, &name, &header, encoded).await?;
-    let record = WalRecord {
+    debug!(wal = %name, "durable; recording in the catalog");
+    let record = wal_record(
+        system_identifier,
+        &name,
+        segment_size,
+        &header,
+        stored_bytes,
+    );
+    record_in_catalog(catalog?, record).await?;
+    if matches!(outcome, PushOutcome::Archived { .. }) {
+        info!(wal = %name, stored_bytes, plain_bytes = header.plain_len, "archived");
+    }
+    Ok(outcome)
+}
+
+fn wal_record(
+    system_identifier: u64,
+    name: &WalFileName,
+    segment_size: u64,
+    header: &ObjectHeader,
+    stored_bytes: u64,
+) -> WalRecord {
+    WalRecord {
         system_identifier,
         name: name.to_string(),
         kind: name.kind().to_string(),
@@ -83,13 +116,24 @@ pub async fn push_wal(
         stored_bytes,
         checksum: header.checksum.to_hex().to_string(),
         archived_at_us: jiff::Timestamp::now().as_microsecond(),
-    };
-    debug!(wal = %name, "durable; recording in the catalog");
-    record_in_catalog(catalog?, record).await?;
-    if matches!(outcome, PushOutcome::Archived { .. }) {
-        info!(wal = %name, stored_bytes, plain_bytes = header.plain_len, "archived");
     }
-    Ok(outcome)
+}
+
+async fn hash_file(
+    path: &Path,
+    io: impl Fn(std::io::Error) -> ArchiveError,
+) -> Result<ObjectHeader, ArchiveError> {
+    let source = path.to_path_buf();
+    let (plain_len, checksum) =
+        tokio::task::spawn_blocking(move || object::checksum_reader(std::fs::File::open(&source)?))
+            .await
+            .map_err(|e| ArchiveError::Precondition(format!("hash task failed: {e}")))?
+            .map_err(io)?;
+    Ok(ObjectHeader {
+        codec: storage::Codec::None,
+        plain_len,
+        checksum,
+    })
 }
 
 /// Read, hash and compress the file; one segment is one job, so zstd's workers share it.

@@ -257,6 +257,24 @@ pub fn encode_reader<R: Read>(
     Ok((header, out))
 }
 
+/// Length and blake3 of everything `reader` yields, read in 1 MiB pieces.
+pub fn checksum_reader<R: Read>(mut reader: R) -> std::io::Result<(u64, blake3::Hash)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut piece = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        match reader.read(&mut piece) {
+            Ok(0) => return Ok((len, hasher.finalize())),
+            Ok(n) => {
+                hasher.update(&piece[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 thread_local! {
     // A zstd context holds megabytes of tables: allocating one per chunk costs more than the
     // compression itself, so each thread keeps one.
