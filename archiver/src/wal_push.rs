@@ -106,17 +106,15 @@ fn wal_record(
     header: &ObjectHeader,
     stored_bytes: u64,
 ) -> WalRecord {
-    WalRecord {
+    let now = jiff::Timestamp::now().as_microsecond();
+    WalRecord::new(
         system_identifier,
-        name: name.to_string(),
-        kind: name.kind().to_string(),
-        timeline: name.timeline().0,
-        segment_number: name.segment(segment_size).map(|s| s.number),
-        size_bytes: header.plain_len,
+        name,
+        segment_size,
+        Some(header),
         stored_bytes,
-        checksum: header.checksum.to_hex().to_string(),
-        archived_at_us: jiff::Timestamp::now().as_microsecond(),
-    }
+        now,
+    )
 }
 
 async fn hash_file(

@@ -22,14 +22,14 @@ fn micros(t: std::time::SystemTime) -> i64 {
 }
 
 impl WalRecord {
-    /// The catalog row of an archived WAL object, from a repository listing (and its header,
-    /// when it was read).
-    pub fn from_listing(
+    /// The catalog row of an archived WAL object (`header` when it was read).
+    pub fn new(
         system_identifier: u64,
         name: &WalFileName,
-        meta: &ObjectMeta,
-        header: Option<&ObjectHeader>,
         segment_size: u64,
+        header: Option<&ObjectHeader>,
+        stored_bytes: u64,
+        archived_at_us: i64,
     ) -> Self {
         WalRecord {
             system_identifier,
@@ -38,10 +38,22 @@ impl WalRecord {
             timeline: name.timeline().0,
             segment_number: name.segment(segment_size).map(|s| s.number),
             size_bytes: header.map_or(0, |h| h.plain_len),
-            stored_bytes: meta.size,
+            stored_bytes,
             checksum: header.map_or_else(String::new, |h| h.checksum.to_hex().to_string()),
-            archived_at_us: micros(meta.last_modified),
+            archived_at_us,
         }
+    }
+
+    /// The same, from a repository listing.
+    pub fn from_listing(
+        system_identifier: u64,
+        name: &WalFileName,
+        meta: &ObjectMeta,
+        header: Option<&ObjectHeader>,
+        segment_size: u64,
+    ) -> Self {
+        let at = micros(meta.last_modified);
+        WalRecord::new(system_identifier, name, segment_size, header, meta.size, at)
     }
 }
 
