@@ -492,6 +492,18 @@ fn list_and_status_report_backups_and_wal() {
     ] {
         assert!(metadata.get(field).is_some(), "metadata lacks {field}");
     }
+    // The manifest records the row counts that post-recovery checks compare against.
+    let key = format!("backups/{id}/manifest");
+    let framed = std::fs::read(scratch.repo.join(&key)).expect("manifest object");
+    let plain = storage::object::decode(&key, &framed).expect("manifest decodes");
+    let manifest = storage::manifest::BackupManifest::from_json(&key, &plain).expect("manifest");
+    assert_eq!(
+        manifest.row_counts.get("public.t"),
+        Some(&1000),
+        "{:?}",
+        manifest.row_counts
+    );
+    assert_eq!(manifest.backup_id, id);
     let out = scratch.lifeline(&["status", "--json"], &[]);
     let status: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("status --json is JSON");
