@@ -118,6 +118,18 @@ pub fn read_index(key: &str, pack: &[u8]) -> Result<Vec<PackEntry>, StorageError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2_000)) {
+            let mut with_trailer = bytes.clone();
+            with_trailer.extend_from_slice(&(bytes.len() as u64 / 2).to_le_bytes());
+            with_trailer.extend_from_slice(MAGIC);
+            let _ = read_index("p", &bytes);
+            let _ = read_index("p", &with_trailer);
+        }
+    }
 
     #[test]
     fn sealed_packs_index_their_chunks() {

@@ -561,6 +561,23 @@ mod transaction_time_tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40_000),
+            long_header in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if long_header && bytes.len() >= 40 {
+                // Get past the header checks so the record walk sees the garbage.
+                bytes[2] |= 0x02;
+                bytes[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+                bytes[36..40].copy_from_slice(&8192u32.to_le_bytes());
+            }
+            let _ = last_transaction_time(&bytes);
+        }
+    }
+
     #[test]
     fn empty_and_garbage_segments_have_none() {
         let mut seg = segment_with_commit(5);
