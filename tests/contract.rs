@@ -85,6 +85,24 @@ fn wal_push_and_fetch_contract() {
     let (_, after) = archived_segment(&scratch);
     assert!(after == original, "the archived segment was overwritten");
 
+    // An unwritable catalog does not stop archiving: the object is what counts.
+    write_as_postgres(&same, &original);
+    let third = scratch.path("third-repo");
+    let out = scratch.lifeline(
+        &["wal", "push", same.to_str().expect("utf8")],
+        &[
+            ("BACKUP_DIR", third.to_str().expect("utf8")),
+            ("LIFELINE_CATALOG", "/proc/no-such-dir/catalog.db"),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("not recorded in the catalog"),
+        "{}",
+        text(&out)
+    );
+    assert!(walk(&third.join("wal")).iter().any(|p| p.ends_with(&name)));
+
     // A segment from another cluster: refused.
     let other = Pg::init(&scratch, "other");
     let foreign = other.data.join("pg_wal/000000010000000000000001");

@@ -63,7 +63,7 @@ pub async fn push_wal(
         let outcome = compare_with_archived(storage, &key, &name, &ours).await?;
         let stored_bytes = storage.head(&key).await?.size;
         let record = wal_record(system_identifier, &name, segment_size, &ours, stored_bytes);
-        record_in_catalog(catalog.await?, record).await?;
+        record_in_catalog(catalog.await, record).await;
         return Ok(outcome);
     }
 
@@ -92,7 +92,7 @@ pub async fn push_wal(
         &header,
         stored_bytes,
     );
-    record_in_catalog(catalog?, record).await?;
+    record_in_catalog(catalog, record).await;
     if matches!(outcome, PushOutcome::Archived { .. }) {
         info!(wal = %name, stored_bytes, plain_bytes = header.plain_len, "archived");
     }
@@ -286,12 +286,26 @@ async fn open_catalog(path: PathBuf) -> Result<Catalog, ArchiveError> {
         .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
 }
 
-async fn record_in_catalog(mut catalog: Catalog, record: WalRecord) -> Result<(), ArchiveError> {
-    tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-        catalog.register_cluster(record.system_identifier, record.archived_at_us)?;
-        catalog.record_wal(&record)?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+/// The catalog is an index of the repository: once the object is durable the segment is
+/// archived, and failing PostgreSQL's archiver over the index would stop archiving and fill
+/// pg_wal. So a catalog failure is a warning that says how to repair it.
+async fn record_in_catalog(catalog: Result<Catalog, ArchiveError>, record: WalRecord) {
+    let name = record.name.clone();
+    let recorded = async move {
+        let mut catalog = catalog?;
+        tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
+            catalog.register_cluster(record.system_identifier, record.archived_at_us)?;
+            catalog.record_wal(&record)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+    };
+    if let Err(e) = recorded.await {
+        warn!(
+            wal = %name,
+            "archived, but not recorded in the catalog: {e:#}; fix the catalog's permissions \
+             (the archiving user must be able to write it) and run `lifeline catalog rebuild`"
+        );
+    }
 }
