@@ -457,60 +457,64 @@ type FileLocks = Arc<Mutex<HashMap<Arc<PathBuf>, Arc<Mutex<u64>>>>>;
 /// instead of all at the end.
 const FLUSH_EVERY: u64 = 64 << 20;
 
+/// Decode one chunk at a time and write it to each of its places: one decoded chunk per task
+/// is all the plaintext held in memory.
 fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<(), RestoreError> {
-    let mut decoded = Vec::with_capacity(group.chunks.len());
+    let mut open: HashMap<Arc<PathBuf>, std::fs::File> = HashMap::new();
     for (chunk, targets) in &group.chunks {
         let from = (chunk.offset - group.start) as usize;
         let framed = &bytes[from..from + chunk.stored as usize];
-        decoded.push((
-            chunk,
-            decode_chunk(&group.pack_key, chunk, framed)?,
-            targets,
-        ));
-    }
-    let mut by_file: BTreeMap<Arc<PathBuf>, Vec<(&[u8], u64)>> = BTreeMap::new();
-    for (chunk, plain, targets) in &decoded {
-        for target in targets.iter() {
+        let plain = decode_chunk(&group.pack_key, chunk, framed)?;
+        for target in targets {
             let slice = plain.get(target.range.clone()).ok_or_else(|| {
                 RestoreError::Refused(format!(
                     "chunk {} is shorter than the manifest says",
                     chunk.hash
                 ))
             })?;
-            by_file
-                .entry(target.path.clone())
-                .or_default()
-                .push((slice, target.offset));
+            let file = match open.entry(target.path.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(target.path.as_ref())
+                        .map_err(|err| RestoreError::io(target.path.as_ref(), err))?,
+                ),
+            };
+            write_locked(locks, &target.path, file, slice, target.offset)?;
         }
     }
-    for (path, writes) in by_file {
-        let lock = locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(path.clone())
-            .or_default()
-            .clone();
-        let mut unflushed = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path.as_ref())
+    Ok(())
+}
+
+/// Write under the file's lock, and flush the file every `FLUSH_EVERY` bytes.
+fn write_locked(
+    locks: &FileLocks,
+    path: &Arc<PathBuf>,
+    file: &std::fs::File,
+    slice: &[u8],
+    offset: u64,
+) -> Result<(), RestoreError> {
+    let lock = locks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(path.clone())
+        .or_default()
+        .clone();
+    let mut unflushed = lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    file.write_all_at(slice, offset)
+        .map_err(|e| RestoreError::io(path.as_ref(), e))?;
+    *unflushed += slice.len() as u64;
+    let flush = *unflushed >= FLUSH_EVERY;
+    if flush {
+        *unflushed = 0;
+    }
+    drop(unflushed);
+    if flush {
+        file.sync_data()
             .map_err(|e| RestoreError::io(path.as_ref(), e))?;
-        for (slice, offset) in writes {
-            file.write_all_at(slice, offset)
-                .map_err(|e| RestoreError::io(path.as_ref(), e))?;
-            *unflushed += slice.len() as u64;
-        }
-        let flush = *unflushed >= FLUSH_EVERY;
-        if flush {
-            *unflushed = 0;
-        }
-        drop(unflushed);
-        if flush {
-            file.sync_data()
-                .map_err(|e| RestoreError::io(path.as_ref(), e))?;
-        }
     }
     Ok(())
 }
