@@ -171,10 +171,6 @@ impl WalFileName {
             WalFileName::BackupHistory { .. } => "backup",
         }
     }
-
-    pub fn is_segment(&self) -> bool {
-        matches!(self, WalFileName::Segment { .. })
-    }
 }
 
 fn hex8(s: &str) -> Option<u32> {
