@@ -10,6 +10,8 @@ mod error;
 mod pitr;
 mod restore_base;
 mod select;
+#[cfg(test)]
+mod test_support;
 mod verify;
 mod wal_fetch;
 

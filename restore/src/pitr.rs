@@ -261,25 +261,8 @@ mod tests {
     }
 
     fn backup(id: &str, tli: u32, start_seg: u64, finished: i64) -> BackupRecord {
-        BackupRecord {
-            backup_id: id.into(),
-            service: "postgresql".into(),
-            kind: "base".into(),
-            system_identifier: 1,
-            timeline: tli,
-            start_lsn: start_seg * SEG + 40,
-            stop_lsn: start_seg * SEG + 400,
-            start_wal: String::new(),
-            stop_wal: String::new(),
-            started_at_us: finished - 5,
-            finished_at_us: finished,
-            size_bytes: 0,
-            new_bytes: 0,
-            file_count: 0,
-            state: BackupState::Complete,
-            retention: "7_days".into(),
-            restorability: "UNVERIFIED".into(),
-        }
+        let lsns = (start_seg * SEG + 40, start_seg * SEG + 400);
+        crate::test_support::complete_backup(id, tli, lsns, (finished - 5, finished))
     }
 
     fn ts(us: i64) -> jiff::Timestamp {

@@ -108,25 +108,7 @@ mod tests {
             .parse::<jiff::Timestamp>()
             .expect("time")
             .as_microsecond();
-        BackupRecord {
-            backup_id: id.into(),
-            service: "postgresql".into(),
-            kind: "base".into(),
-            system_identifier: 1,
-            timeline: 1,
-            start_lsn: 0,
-            stop_lsn: 0,
-            start_wal: String::new(),
-            stop_wal: String::new(),
-            started_at_us: us,
-            finished_at_us: us + 1,
-            size_bytes: 0,
-            new_bytes: 0,
-            file_count: 0,
-            state: BackupState::Complete,
-            retention: "7_days".into(),
-            restorability: "UNVERIFIED".into(),
-        }
+        crate::test_support::complete_backup(id, 1, (0, 0), (us, us + 1))
     }
 
     #[test]
