@@ -21,4 +21,4 @@ pub mod wal;
 pub use error::StorageError;
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};
-pub use storage::{Durability, ObjectMeta, PutMode, PutOutcome, Storage, StorageExt};
+pub use storage::{Durability, ObjectMeta, PutMode, Storage, StorageExt};

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::storage::ObjectReader;
-use crate::{Durability, ObjectMeta, PutMode, PutOutcome, Storage, StorageError};
+use crate::{Durability, ObjectMeta, PutMode, Storage, StorageError};
 
 const TEMP_PREFIX: &str = ".tmp.";
 
@@ -117,7 +117,7 @@ impl Storage for LocalStorage {
         payload: ObjectReader,
         mode: PutMode,
         durability: Durability,
-    ) -> Result<PutOutcome, StorageError> {
+    ) -> Result<(), StorageError> {
         let path = self.path_of(key)?;
         let root = self.root.clone();
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
@@ -142,7 +142,7 @@ impl Storage for LocalStorage {
         bytes: Vec<u8>,
         mode: PutMode,
         durability: Durability,
-    ) -> Result<PutOutcome, StorageError> {
+    ) -> Result<(), StorageError> {
         let path = self.path_of(key)?;
         let root = self.root.clone();
         let key = key.to_string();
@@ -267,7 +267,7 @@ fn put_blocking(
     bytes: &[u8],
     mode: PutMode,
     durability: Durability,
-) -> Result<PutOutcome, StorageError> {
+) -> Result<(), StorageError> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(root);
     ensure_dir(root, dir, durability)?;
@@ -291,7 +291,7 @@ fn finish(
     key: &str,
     mode: PutMode,
     durability: Durability,
-) -> Result<PutOutcome, StorageError> {
+) -> Result<(), StorageError> {
     let synced = if durability == Durability::Immediate {
         std::fs::File::open(temp)
             .and_then(|f| f.sync_data())
@@ -316,7 +316,7 @@ fn finish(
     if durability == Durability::Immediate {
         fsync_dir(path.parent().unwrap_or(path))?;
     }
-    Ok(PutOutcome::Written)
+    Ok(())
 }
 
 async fn write_temp(temp: &Path, payload: ObjectReader) -> Result<(), StorageError> {

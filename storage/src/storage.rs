@@ -33,11 +33,6 @@ pub enum Durability {
     Deferred,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutOutcome {
-    Written,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     pub key: String,
@@ -56,7 +51,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         payload: ObjectReader,
         mode: PutMode,
         durability: Durability,
-    ) -> Result<PutOutcome, StorageError>;
+    ) -> Result<(), StorageError>;
 
     /// Store `bytes` under `key` (objects already in memory: WAL segments, packs, manifests).
     async fn put_bytes(
@@ -65,7 +60,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         bytes: Vec<u8>,
         mode: PutMode,
         durability: Durability,
-    ) -> Result<PutOutcome, StorageError>;
+    ) -> Result<(), StorageError>;
 
     /// A reader over the whole object.
     async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError>;
