@@ -422,7 +422,7 @@ fn write_groups(pack: &str, chunks: Vec<(ChunkRef, Vec<Target>)>) -> Vec<WriteGr
         let start = chunks.iter().map(|(c, _)| c.offset).min().unwrap_or(0);
         let end = chunks
             .iter()
-            .map(|(c, _)| c.offset + c.stored)
+            .map(|(c, _)| c.offset.saturating_add(c.stored))
             .max()
             .unwrap_or(0);
         groups.push(WriteGroup {
@@ -462,8 +462,16 @@ const FLUSH_EVERY: u64 = 64 << 20;
 fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<(), RestoreError> {
     let mut open: HashMap<Arc<PathBuf>, std::fs::File> = HashMap::new();
     for (chunk, targets) in &group.chunks {
-        let from = (chunk.offset - group.start) as usize;
-        let framed = &bytes[from..from + chunk.stored as usize];
+        // The manifest is checksummed, but a slice of its numbers must still never panic.
+        let framed = usize::try_from(chunk.offset - group.start)
+            .ok()
+            .and_then(|from| bytes.get(from..from.checked_add(chunk.stored as usize)?))
+            .ok_or_else(|| {
+                RestoreError::Refused(format!(
+                    "chunk {} lies outside {}: the manifest is corrupt",
+                    chunk.hash, group.pack_key
+                ))
+            })?;
         let plain = decode_chunk(&group.pack_key, chunk, framed)?;
         for target in targets {
             let slice = plain.get(target.range.clone()).ok_or_else(|| {
