@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use storage::{Codec, Compression, LocalStorage, Storage};
+use storage::retry::RetryPolicy;
+use storage::{Codec, Compression, LocalStorage, S3Options, S3Storage, StaticCredentials, Storage};
 
-#[derive(Debug, Default, Deserialize)]
+/// The configuration file as written. No `Debug`: it holds secrets.
+#[derive(Default, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct FileConfig {
     pub backup_dir: Option<PathBuf>,
@@ -24,6 +26,18 @@ pub struct FileConfig {
     pub db_password: Option<String>,
     pub db_name: Option<String>,
     pub pgdata: Option<PathBuf>,
+    pub transfers: Option<usize>,
+    pub s3_bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_part_size_mib: Option<usize>,
+    pub s3_retry_seconds: Option<u64>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub wal_prefetch: Option<usize>,
+    pub wal_prefetch_mib: Option<u64>,
+    pub wal_spool_dir: Option<PathBuf>,
 }
 
 /// What every command works from, resolved once before any I/O.
@@ -38,6 +52,21 @@ pub struct Settings {
     pub wal_wait_seconds: u64,
     pub db: archiver::ConnectionOptions,
     pub pgdata: Option<PathBuf>,
+    /// The S3 repository, when there is one (the local directory then holds the catalog only).
+    pub s3: Option<S3Options>,
+    /// Packs uploaded or chunk groups downloaded at once; `None` picks by repository kind.
+    pub transfers: Option<usize>,
+    #[allow(dead_code)] // read by `wal fetch` prefetch, next commit
+    pub prefetch: Prefetch,
+}
+
+/// `wal fetch` read-ahead: how many segments past the requested one, and at most how many bytes.
+#[allow(dead_code)] // read by `wal fetch` prefetch, next commit
+#[derive(Debug, Clone)]
+pub struct Prefetch {
+    pub segments: usize,
+    pub bytes: u64,
+    pub spool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +89,21 @@ pub struct GlobalArgs {
     /// Chunks compressed, uploaded or fetched at once (default: number of CPUs, at least 2).
     #[arg(long, global = true, env = "LIFELINE_PARALLELISM")]
     pub parallelism: Option<usize>,
+    /// Packs uploaded or chunk groups downloaded at once (default 2-3 local, 8 on S3).
+    #[arg(long, global = true, env = "LIFELINE_TRANSFERS")]
+    pub transfers: Option<usize>,
+    /// The repository is S3: BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX.
+    #[arg(long, global = true, env = "S3_BACKUP_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3-compatible endpoint URL (path-style addressing is then used).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: the AWS profile's, else us-east-1).
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+    /// Segments `wal fetch` reads ahead into the spool (0 turns prefetch off).
+    #[arg(long, global = true, env = "LIFELINE_WAL_PREFETCH")]
+    pub wal_prefetch: Option<usize>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -90,6 +134,8 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let s3 = s3_options(args, &file)?;
+        let is_s3 = s3.is_some();
         let codec: Codec = args
             .compression
             .clone()
@@ -150,13 +196,28 @@ impl Settings {
                     .unwrap_or_else(|| "postgres".into()),
             },
             pgdata: env("PGDATA").map(PathBuf::from).or(file.pgdata),
+            s3,
+            transfers: args.transfers.or(file.transfers),
+            prefetch: Prefetch {
+                segments: args.wal_prefetch.or(file.wal_prefetch).unwrap_or(if is_s3 {
+                    8
+                } else {
+                    0
+                }),
+                bytes: file.wal_prefetch_mib.unwrap_or(512) << 20,
+                spool_dir: file.wal_spool_dir.map(absolute),
+            },
         })
     }
 
     pub fn backup_dir(&self) -> Result<&Path> {
-        self.backup_dir.as_deref().context(
-            "no repository configured: set BACKUP_DIR (or --backup-dir, or backup-dir in the config file)",
-        )
+        self.backup_dir.as_deref().context(if self.s3.is_some() {
+            "no local directory for the catalog, logs and WAL spool: set BACKUP_DIR (the \
+             repository itself is in S3)"
+        } else {
+            "no repository configured: set BACKUP_DIR (or --backup-dir, or backup-dir in the \
+             config file), or S3_BACKUP_BUCKET for an S3 repository"
+        })
     }
 
     pub fn catalog_path(&self) -> Result<PathBuf> {
@@ -166,20 +227,44 @@ impl Settings {
         }
     }
 
-    /// The repository for commands that write (created on first use).
-    pub fn repository_for_writing(&self) -> Result<Arc<dyn Storage>> {
+    /// The repository for commands that write (a local one is created on first use).
+    pub async fn repository_for_writing(&self) -> Result<Arc<dyn Storage>> {
+        if let Some(opts) = &self.s3 {
+            return open_s3(opts).await;
+        }
         let dir = self.backup_dir()?;
         Ok(Arc::new(
             LocalStorage::open(dir).context("open the repository")?,
         ))
     }
 
-    /// The repository for commands that read: it must exist.
-    pub fn repository(&self) -> Result<Arc<dyn Storage>> {
+    /// The repository for commands that read: a local one must exist.
+    pub async fn repository(&self) -> Result<Arc<dyn Storage>> {
+        if let Some(opts) = &self.s3 {
+            return open_s3(opts).await;
+        }
         let dir = self.backup_dir()?;
         Ok(Arc::new(
             LocalStorage::open_existing(dir).context("open the repository")?,
         ))
+    }
+
+    /// Uploads in flight during a backup.
+    pub fn upload_transfers(&self) -> usize {
+        self.transfers
+            .unwrap_or(if self.s3.is_some() { 8 } else { 2 })
+            .max(1)
+    }
+
+    /// Reads in flight during a restore.
+    pub fn download_transfers(&self) -> usize {
+        self.transfers
+            .unwrap_or(if self.s3.is_some() {
+                8
+            } else {
+                self.parallelism + 1
+            })
+            .max(1)
     }
 
     pub fn open_catalog(&self) -> Result<catalog::Catalog> {
@@ -207,8 +292,69 @@ impl Settings {
                 shell_quote(&catalog.to_string_lossy())
             ));
         }
+        // Where the bucket is is not a secret; the keys stay in the environment or config file.
+        if let Some(s3) = &self.s3 {
+            let location = if s3.prefix.is_empty() {
+                s3.bucket.clone()
+            } else {
+                format!("{}/{}", s3.bucket, s3.prefix)
+            };
+            flags.push_str(&format!(" --s3-bucket {}", shell_quote(&location)));
+            if let Some(endpoint) = &s3.endpoint {
+                flags.push_str(&format!(" --s3-endpoint {}", shell_quote(endpoint)));
+            }
+            if let Some(region) = &s3.region {
+                flags.push_str(&format!(" --s3-region {}", shell_quote(region)));
+            }
+        }
         Ok(flags)
     }
+}
+
+async fn open_s3(opts: &S3Options) -> Result<Arc<dyn Storage>> {
+    let storage = S3Storage::open(opts.clone())
+        .await
+        .context("open the S3 repository")?;
+    Ok(Arc::new(storage))
+}
+
+/// The S3 repository settings, when a bucket is named anywhere.
+fn s3_options(args: &GlobalArgs, file: &FileConfig) -> Result<Option<S3Options>> {
+    let Some(location) = args.s3_bucket.clone().or(file.s3_bucket.clone()) else {
+        return Ok(None);
+    };
+    let mut opts = S3Options::for_location(&location).map_err(anyhow::Error::msg)?;
+    opts.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint.clone());
+    opts.region = args.s3_region.clone().or(file.s3_region.clone());
+    opts.path_style = file.s3_path_style.unwrap_or(opts.endpoint.is_some());
+    if let Some(mib) = file.s3_part_size_mib {
+        opts.part_size = mib << 20;
+        opts.single_put_max = opts.single_put_max.max(opts.part_size);
+    }
+    if let Some(seconds) = env("LIFELINE_S3_RETRY_SECONDS")
+        .map(|s| {
+            s.parse::<u64>().with_context(|| {
+                format!("LIFELINE_S3_RETRY_SECONDS={s:?} is not a number of seconds")
+            })
+        })
+        .transpose()?
+        .or(file.s3_retry_seconds)
+    {
+        opts.retry = RetryPolicy {
+            deadline: std::time::Duration::from_secs(seconds),
+            ..RetryPolicy::default()
+        };
+    }
+    // The standard sources (the environment first) win over the file, as for every setting.
+    if env("AWS_ACCESS_KEY_ID").is_none()
+        && let (Some(id), Some(secret)) = (&file.aws_access_key_id, &file.aws_secret_access_key)
+    {
+        opts.credentials = Some(StaticCredentials {
+            access_key_id: id.clone(),
+            secret_access_key: secret.clone(),
+        });
+    }
+    Ok(Some(opts))
 }
 
 pub fn shell_quote(s: &str) -> String {

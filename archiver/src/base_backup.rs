@@ -88,6 +88,8 @@ pub struct BaseBackupOptions {
     pub compression: Compression,
     pub block_size: usize,
     pub parallelism: usize,
+    /// Packs written at once (each up to 16 MiB in memory).
+    pub uploads: usize,
     /// How long to wait for the backup's WAL to reach the repository.
     pub wal_wait: Duration,
     pub catalog_path: PathBuf,
@@ -498,7 +500,7 @@ struct ReadReport {
 }
 
 /// Gathers new chunks into packs and writes each pack when it is full, in the background
-/// (at most two at a time) so that compression never waits for the disk.
+/// (at most `uploads` at a time) so that compression never waits for the disk.
 struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
@@ -506,6 +508,7 @@ struct Packer {
     locations: HashMap<String, (String, u64, u64)>,
     pending: Vec<(String, u64, u64)>,
     writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
+    uploads: usize,
     written: u64,
 }
 
@@ -532,7 +535,7 @@ impl Packer {
             self.locations
                 .insert(hash, (sealed.id.clone(), offset, stored));
         }
-        while self.writes.len() >= 2 {
+        while self.writes.len() >= self.uploads {
             join_write(self.writes.join_next().await)?;
         }
         let storage = self.storage.clone();
@@ -601,6 +604,7 @@ async fn copy_files(
             .collect(),
         pending: Vec::new(),
         writes: tokio::task::JoinSet::new(),
+        uploads: opts.uploads.max(1),
         written: 0,
     };
     let compression = opts.compression;

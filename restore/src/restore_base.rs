@@ -32,6 +32,8 @@ pub enum RecoveryTarget {
 pub struct RestoreOptions {
     pub data_dir: PathBuf,
     pub parallelism: usize,
+    /// Chunk groups read from the repository at once.
+    pub downloads: usize,
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub target: RecoveryTarget,
@@ -224,8 +226,8 @@ async fn restore_into(
                     .map_err(|e| RestoreError::Refused(format!("write task failed: {e}")))?
             }
         })
-        // One more than the cores: a task waiting on a read or a flush leaves the cores busy.
-        .buffer_unordered(parallelism + 1)
+        // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
+        .buffer_unordered(opts.downloads.max(1))
         .try_collect::<()>()
         .await?;
     debug!("all files written");

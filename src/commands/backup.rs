@@ -19,13 +19,14 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     if kind == "dump" {
         bail!("--kind dump is not available in this version: use --kind base");
     }
-    let storage = settings.repository_for_writing()?;
+    let storage = settings.repository_for_writing().await?;
     let opts = archiver::BaseBackupOptions {
         connection: settings.db.clone(),
         data_dir: settings.pgdata.clone(),
         compression: settings.compression,
         block_size: settings.block_size,
         parallelism: settings.parallelism,
+        uploads: settings.upload_transfers(),
         wal_wait: Duration::from_secs(settings.wal_wait_seconds),
         catalog_path: settings.catalog_path()?,
     };

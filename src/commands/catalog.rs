@@ -12,7 +12,7 @@ pub enum CatalogCommand {
 
 pub async fn run(cmd: CatalogCommand, settings: &Settings) -> Result<ExitCode> {
     let CatalogCommand::Rebuild = cmd;
-    let storage = settings.repository()?;
+    let storage = settings.repository().await?;
     let mut catalog = settings.open_catalog()?;
     let summary = catalog::rebuild(storage.as_ref(), &mut catalog)
         .await

@@ -98,7 +98,7 @@ pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
 }
 
 pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
-    let storage = settings.repository()?;
+    let storage = settings.repository().await?;
     let catalog = settings.open_catalog()?;
     let backups = catalog.backups(None)?;
     let last_wal = catalog.last_wal()?;

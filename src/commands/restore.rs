@@ -76,7 +76,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         _ => None,
     };
     let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
-    let storage = settings.repository()?;
+    let storage = settings.repository().await?;
     let catalog = settings.open_catalog()?;
     let identity = storage::manifest::ClusterIdentity::load(storage.as_ref())
         .await?
@@ -138,6 +138,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     let opts = RestoreOptions {
         data_dir: data_dir.clone(),
         parallelism: settings.parallelism,
+        downloads: settings.download_transfers(),
         verify_first: !args.skip_verify,
         target: recovery.clone(),
         restore_command,

@@ -14,7 +14,7 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
-    let storage = settings.repository()?;
+    let storage = settings.repository().await?;
     let report =
         restore::verify_repository(storage.as_ref(), args.read_data, settings.parallelism).await?;
     if args.json {

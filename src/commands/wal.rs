@@ -34,7 +34,7 @@ pub struct FetchArgs {
 pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
     match cmd {
         WalCommand::Push { path } => {
-            let storage = settings.repository_for_writing()?;
+            let storage = settings.repository_for_writing().await?;
             let mut compression = settings.compression;
             compression.workers = 2;
             archiver::push_wal(
@@ -48,7 +48,7 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         WalCommand::Fetch(args) => {
-            let storage = settings.repository()?;
+            let storage = settings.repository().await?;
             let outcome =
                 restore::fetch_wal(storage.as_ref(), args.cluster, &args.name, &args.dest)
                     .await

@@ -17,6 +17,21 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// A remote repository failed in a way that may pass (throttling, timeouts, 5xx,
+    /// connection refused); already retried when it reaches a caller.
+    #[error("repository request {operation} {key} failed: {reason}")]
+    Transient {
+        operation: &'static str,
+        key: String,
+        reason: String,
+    },
+    /// A remote repository refused the request; retrying will not help.
+    #[error("repository request {operation} {key} was refused: {reason}")]
+    Rejected {
+        operation: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("repository at {path} is not usable: {reason}")]
     Unavailable { path: PathBuf, reason: String },
 }
@@ -37,6 +52,7 @@ impl StorageError {
     /// True when retrying the same call may succeed (a transient I/O failure).
     pub fn is_retryable(&self) -> bool {
         match self {
+            StorageError::Transient { .. } => true,
             StorageError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

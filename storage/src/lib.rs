@@ -1,6 +1,7 @@
 //! The repository: where every backup, chunk and WAL file lives, and the format it is stored in.
 //!
-//! - [`Storage`]: the backend contract (local filesystem now; S3 next), with [`LocalStorage`].
+//! - [`Storage`]: the backend contract, with [`LocalStorage`] and [`S3Storage`]; [`retry`] is the
+//!   one retry layer of remote backends.
 //! - [`object`]: the self-describing framed object format (codec, length, blake3) that every
 //!   stored object uses; anything read back is verified against it.
 //! - [`wal`]: WAL file names, timelines and LSNs as validated types.
@@ -9,16 +10,21 @@
 //! - [`manifest`]: what a backup is made of; [`layout`]: which key each object lives under.
 
 pub mod chunking;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod error;
 pub mod layout;
 mod local;
 pub mod manifest;
 pub mod object;
 pub mod pack;
+pub mod retry;
+mod s3;
 mod storage;
 pub mod wal;
 
 pub use error::StorageError;
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};
-pub use storage::{Durability, ObjectMeta, PutMode, Storage, StorageExt};
+pub use s3::{MIN_PART_SIZE, S3Options, S3Storage, StaticCredentials};
+pub use storage::{Durability, ObjectMeta, ObjectReader, PutMode, Storage, StorageExt};

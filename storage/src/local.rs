@@ -15,10 +15,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::storage::ObjectReader;
+use crate::storage::{ObjectReader, TEMP_PREFIX, validate_key};
 use crate::{Durability, ObjectMeta, PutMode, Storage, StorageError};
-
-const TEMP_PREFIX: &str = ".tmp.";
 
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
@@ -71,32 +69,6 @@ impl LocalStorage {
         validate_key(key)?;
         Ok(self.root.join(key))
     }
-}
-
-fn validate_key(key: &str) -> Result<(), StorageError> {
-    let invalid = |reason: &str| StorageError::InvalidKey {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    };
-    if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
-        return Err(invalid(
-            "keys are relative paths with no leading or trailing '/'",
-        ));
-    }
-    for part in key.split('/') {
-        if part.is_empty() || part == "." || part == ".." || part.starts_with(TEMP_PREFIX) {
-            return Err(invalid("empty, '.', '..' or temporary path component"));
-        }
-        if !part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(invalid(
-                "only ASCII letters, digits, '.', '_' and '-' are allowed",
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn map_open_error(key: &str, path: &Path, e: std::io::Error) -> StorageError {
@@ -385,88 +357,33 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StorageExt;
 
     #[tokio::test]
-    async fn create_never_replaces_and_overwrite_does() {
+    async fn keeps_the_backend_contract() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalStorage::open(dir.path()).expect("open");
-        store
-            .put_bytes(
-                "a/b",
-                b"one".to_vec(),
-                PutMode::Create,
-                Durability::Immediate,
-            )
-            .await
-            .expect("first put");
-        let err = store
-            .put_bytes(
-                "a/b",
-                b"two".to_vec(),
-                PutMode::Create,
-                Durability::Immediate,
-            )
-            .await
-            .expect_err("second create must fail");
-        assert!(matches!(err, StorageError::AlreadyExists { .. }));
-        assert_eq!(store.get_bytes("a/b").await.expect("get"), b"one");
-        store
-            .put_bytes(
-                "a/b",
-                b"three".to_vec(),
-                PutMode::Overwrite,
-                Durability::Deferred,
-            )
-            .await
-            .expect("overwrite");
-        store.sync().await.expect("sync");
-        assert_eq!(store.get_bytes("a/b").await.expect("get"), b"three");
-        assert_eq!(store.get_range("a/b", 1..3).await.expect("range"), b"hr");
-        let keys: Vec<_> = store
-            .list("a/")
-            .await
-            .expect("list")
+        crate::conformance::check_backend(&store).await;
+        let leftovers: Vec<_> = walk(dir.path())
             .into_iter()
-            .map(|m| m.key)
+            .filter(|p| p.to_string_lossy().contains(TEMP_PREFIX))
             .collect();
-        assert_eq!(keys, vec!["a/b".to_string()]);
         assert!(
-            store
-                .get_bytes("a/c")
-                .await
-                .expect_err("missing")
-                .is_not_found()
+            leftovers.is_empty(),
+            "temporary files left behind: {leftovers:?}"
         );
-        store.delete("a/b").await.expect("delete");
-        store.delete("a/b").await.expect("delete twice");
-        assert!(!store.exists("a/b").await.expect("exists"));
+    }
 
-        let stream = |bytes: &'static [u8]| -> ObjectReader { Box::new(bytes) };
-        store
-            .put_stream(
-                "s/t",
-                stream(b"streamed"),
-                PutMode::Create,
-                Durability::Immediate,
-            )
-            .await
-            .expect("streamed put");
-        let err = store
-            .put_stream(
-                "s/t",
-                stream(b"other"),
-                PutMode::Create,
-                Durability::Immediate,
-            )
-            .await
-            .expect_err("second streamed create must fail");
-        assert!(matches!(err, StorageError::AlreadyExists { .. }));
-        assert_eq!(store.get_bytes("s/t").await.expect("get"), b"streamed");
-        let leftovers = std::fs::read_dir(dir.path().join("s"))
-            .expect("dir")
-            .count();
-        assert_eq!(leftovers, 1, "a temporary file was left behind");
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
     }
 
     #[test]

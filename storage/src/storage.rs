@@ -19,6 +19,9 @@ use tokio::io::AsyncRead;
 
 use crate::StorageError;
 
+/// Names that local puts use while writing; never a key.
+pub(crate) const TEMP_PREFIX: &str = ".tmp.";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
     /// Replace whatever is there (chunks: same key means same content).
@@ -77,6 +80,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Remove the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
+    /// Remove many objects (backends with batch deletes send one request per batch).
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+
     /// Make every earlier `Deferred` put durable.
     async fn sync(&self) -> Result<(), StorageError>;
 
@@ -108,3 +119,31 @@ pub trait StorageExt: Storage {
 }
 
 impl<T: Storage + ?Sized> StorageExt for T {}
+
+/// Keys are relative paths of plain ASCII names, so that every backend can hold them and none
+/// can escape the repository.
+pub(crate) fn validate_key(key: &str) -> Result<(), StorageError> {
+    let invalid = |reason: &str| StorageError::InvalidKey {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
+    if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
+        return Err(invalid(
+            "keys are relative paths with no leading or trailing '/'",
+        ));
+    }
+    for part in key.split('/') {
+        if part.is_empty() || part == "." || part == ".." || part.starts_with(TEMP_PREFIX) {
+            return Err(invalid("empty, '.', '..' or temporary path component"));
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid(
+                "only ASCII letters, digits, '.', '_' and '-' are allowed",
+            ));
+        }
+    }
+    Ok(())
+}

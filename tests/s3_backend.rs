@@ -1,0 +1,143 @@
+//! The S3 backend against a real S3-compatible server (moto_server on loopback).
+
+use std::time::{Duration, Instant};
+
+use storage::conformance::{MotoServer, check_backend, pattern};
+use storage::retry::RetryPolicy;
+use storage::{Durability, PutMode, S3Options, S3Storage, Storage, StorageError, StorageExt};
+
+fn options(server: &MotoServer, location: &str) -> S3Options {
+    let mut opts = S3Options::for_location(location).expect("location");
+    opts.endpoint = Some(server.endpoint());
+    opts.region = Some("us-east-1".into());
+    opts.path_style = true;
+    opts.credentials = Some(storage::StaticCredentials {
+        access_key_id: "lifeline-test".into(),
+        secret_access_key: "lifeline-test-secret".into(),
+    });
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_keeps_the_backend_contract_with_and_without_a_prefix() {
+    let server = MotoServer::start();
+    server.create_bucket("contract");
+    for location in ["contract/some/prefix", "contract"] {
+        let store = S3Storage::open(options(&server, location))
+            .await
+            .expect("open");
+        check_backend(&store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_stream_as_multipart_uploads() {
+    let server = MotoServer::start();
+    server.create_bucket("multipart");
+    let mut opts = options(&server, "multipart/repo");
+    opts.part_size = storage::MIN_PART_SIZE;
+    opts.single_put_max = storage::MIN_PART_SIZE;
+    opts.parallelism = 2;
+    let store = S3Storage::open(opts).await.expect("open");
+    // Four full parts and a short last one.
+    let data = pattern(4 * storage::MIN_PART_SIZE + 12345, 9);
+    let reader: storage::ObjectReader = Box::new(std::io::Cursor::new(data.clone()));
+    store
+        .put_stream("big/object", reader, PutMode::Create, Durability::Immediate)
+        .await
+        .expect("multipart put");
+    assert_eq!(
+        store.head("big/object").await.expect("head").size,
+        data.len() as u64
+    );
+    let back = store.get_bytes("big/object").await.expect("get");
+    assert!(
+        back == data,
+        "multipart object differs from what was uploaded"
+    );
+    let middle = 2 * storage::MIN_PART_SIZE as u64 - 10;
+    assert_eq!(
+        store
+            .get_range("big/object", middle..middle + 20)
+            .await
+            .expect("range"),
+        data[middle as usize..middle as usize + 20]
+    );
+    // Bytes already in memory take the same path when they are large.
+    store
+        .put_bytes(
+            "big/bytes",
+            data.clone(),
+            PutMode::Overwrite,
+            Durability::Immediate,
+        )
+        .await
+        .expect("multipart put_bytes");
+    assert!(store.get_bytes("big/bytes").await.expect("get") == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_and_counted() {
+    let server = MotoServer::start();
+    server.create_bucket("throttled");
+    let mut opts = options(&server, "throttled");
+    opts.inject_slowdowns = 3;
+    opts.retry = RetryPolicy {
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        ..RetryPolicy::default()
+    };
+    let store = S3Storage::open(opts).await.expect("open");
+    store
+        .put_bytes(
+            "k",
+            b"value".to_vec(),
+            PutMode::Create,
+            Durability::Immediate,
+        )
+        .await
+        .expect("the put succeeds once throttling passes");
+    assert_eq!(
+        store.retry_stats().retries(),
+        3,
+        "three 503 SlowDown answers, three retries"
+    );
+    assert_eq!(store.get_bytes("k").await.expect("get"), b"value");
+    assert_eq!(
+        store.retry_stats().retries(),
+        3,
+        "no retry without a failure"
+    );
+    assert_eq!(store.retry_stats().gave_up(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_fails_clearly_within_the_deadline() {
+    let mut server = MotoServer::start();
+    server.create_bucket("down");
+    let mut opts = options(&server, "down");
+    opts.retry = RetryPolicy {
+        min_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+        deadline: Duration::from_secs(2),
+        ..RetryPolicy::default()
+    };
+    let store = S3Storage::open(opts).await.expect("open");
+    server.stop();
+    let started = Instant::now();
+    let err = store
+        .put_bytes(
+            "k",
+            b"value".to_vec(),
+            PutMode::Create,
+            Durability::Immediate,
+        )
+        .await
+        .expect_err("no server, no put");
+    assert!(matches!(err, StorageError::Transient { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("gave up after"), "{message}");
+    assert!(!message.contains("lifeline-test-secret"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(store.retry_stats().retries() >= 1);
+}
