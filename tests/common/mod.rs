@@ -45,8 +45,14 @@ pub fn free_port() -> u16 {
 pub struct Scratch {
     pub dir: tempfile::TempDir,
     pub bin: PathBuf,
+    /// The local repository, or with S3 the local directory for the catalog and spool.
     pub repo: PathBuf,
+    /// With S3: the configuration file every command is given (it holds the keys).
+    pub config: Option<PathBuf>,
 }
+
+/// The access key secret the S3 tests use; it must never appear in output or written files.
+pub const TEST_SECRET: &str = "lifeline-test-secret-7d1f0c";
 
 impl Scratch {
     pub fn new() -> Scratch {
@@ -62,7 +68,44 @@ impl Scratch {
         let repo = dir.path().join("repo");
         std::fs::create_dir(&repo).expect("repo dir");
         chown_postgres(dir.path());
-        Scratch { dir, bin, repo }
+        Scratch {
+            dir,
+            bin,
+            repo,
+            config: None,
+        }
+    }
+
+    /// A scratch whose repository is `location` (BUCKET/PREFIX) on the S3 server at `endpoint`.
+    pub fn with_s3(endpoint: &str, location: &str) -> Scratch {
+        let mut scratch = Scratch::new();
+        let config = scratch.path("lifeline.toml");
+        scratch.write_s3_config(&config, &scratch.repo.clone(), endpoint, location);
+        scratch.config = Some(config);
+        scratch
+    }
+
+    /// Write a configuration naming the S3 repository, with `state` as the local directory.
+    pub fn write_s3_config(&self, path: &Path, state: &Path, endpoint: &str, location: &str) {
+        std::fs::create_dir_all(state).expect("state dir");
+        let text = format!(
+            "backup-dir = \"{}\"\ns3-bucket = \"{location}\"\ns3-endpoint = \"{endpoint}\"\n\
+             s3-region = \"us-east-1\"\ns3-retry-seconds = 3\naws-access-key-id = \"lifeline-test\"\n\
+             aws-secret-access-key = \"{TEST_SECRET}\"\n",
+            state.display()
+        );
+        std::fs::write(path, text).expect("write config");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        chown_postgres(path);
+        chown_postgres(state);
+    }
+
+    /// The flags naming the repository in `archive_command`.
+    pub fn repository_args(&self) -> String {
+        match &self.config {
+            Some(config) => format!("--config {}", config.display()),
+            None => format!("--backup-dir {}", self.repo.display()),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -81,7 +124,14 @@ impl Scratch {
     /// Run lifeline as postgres with BACKUP_DIR set; `env` adds or overrides variables.
     pub fn lifeline(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let repo = self.repo.to_string_lossy().into_owned();
+        let config = self
+            .config
+            .as_ref()
+            .map(|c| c.to_string_lossy().into_owned());
         let mut all = vec![("BACKUP_DIR", repo.as_str())];
+        if let Some(config) = &config {
+            all.push(("LIFELINE_CONFIG", config.as_str()));
+        }
         all.extend_from_slice(env);
         lifeline_as_postgres(&self.bin, args, &all)
     }
@@ -156,12 +206,12 @@ impl Pg {
         };
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
-             archive_mode = on\narchive_command = '{} --backup-dir {} wal push %p'\n\
+             archive_mode = on\narchive_command = '{} {} wal push %p'\n\
              wal_level = replica\nfsync = off\nmax_wal_size = 256MB\nlog_min_messages = info\n",
             pg.port,
             pg.socket_dir.display(),
             scratch.bin.display(),
-            scratch.repo.display()
+            scratch.repository_args()
         );
         let path = pg.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&path).expect("read conf");
@@ -360,4 +410,55 @@ pub fn backup(scratch: &Scratch, pg: &Pg) -> String {
     let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&pg.db_env()));
     assert!(out.status.success(), "backup failed: {}", text(&out));
     text(&out)
+}
+
+/// A TCP forwarder to `target` that can refuse connections for a while, as a server that is
+/// down would, without losing the server's state.
+pub struct Outage {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outage {
+    pub fn forward_to(target: u16) -> Outage {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    // Down: close the connection before a byte is answered.
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Outage { port, up }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
 }
