@@ -56,12 +56,10 @@ pub struct Settings {
     pub s3: Option<S3Options>,
     /// Packs uploaded or chunk groups downloaded at once; `None` picks by repository kind.
     pub transfers: Option<usize>,
-    #[allow(dead_code)] // read by `wal fetch` prefetch, next commit
     pub prefetch: Prefetch,
 }
 
 /// `wal fetch` read-ahead: how many segments past the requested one, and at most how many bytes.
-#[allow(dead_code)] // read by `wal fetch` prefetch, next commit
 #[derive(Debug, Clone)]
 pub struct Prefetch {
     pub segments: usize,
@@ -273,41 +271,63 @@ impl Settings {
             .with_context(|| format!("open the catalog {}", path.display()))
     }
 
-    /// The flags a `restore_command` needs to find this repository again (paths only, never secrets).
-    pub fn repository_flags(&self) -> Result<String> {
-        let mut flags = String::new();
+    /// The arguments that find this repository again (paths and locations, never secrets).
+    pub fn repository_args(&self) -> Result<Vec<String>> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.to_string());
+            args.push(value);
+        };
         if let Some(config) = &self.config_file {
-            flags.push_str(&format!(
-                " --config {}",
-                shell_quote(&config.to_string_lossy())
-            ));
+            push("--config", config.to_string_lossy().into_owned());
         }
-        flags.push_str(&format!(
-            " --backup-dir {}",
-            shell_quote(&self.backup_dir()?.to_string_lossy())
-        ));
+        push(
+            "--backup-dir",
+            self.backup_dir()?.to_string_lossy().into_owned(),
+        );
         if let Some(catalog) = &self.catalog {
-            flags.push_str(&format!(
-                " --catalog {}",
-                shell_quote(&catalog.to_string_lossy())
-            ));
+            push("--catalog", catalog.to_string_lossy().into_owned());
         }
-        // Where the bucket is is not a secret; the keys stay in the environment or config file.
         if let Some(s3) = &self.s3 {
             let location = if s3.prefix.is_empty() {
                 s3.bucket.clone()
             } else {
                 format!("{}/{}", s3.bucket, s3.prefix)
             };
-            flags.push_str(&format!(" --s3-bucket {}", shell_quote(&location)));
+            push("--s3-bucket", location);
             if let Some(endpoint) = &s3.endpoint {
-                flags.push_str(&format!(" --s3-endpoint {}", shell_quote(endpoint)));
+                push("--s3-endpoint", endpoint.clone());
             }
             if let Some(region) = &s3.region {
-                flags.push_str(&format!(" --s3-region {}", shell_quote(region)));
+                push("--s3-region", region.clone());
             }
         }
-        Ok(flags)
+        Ok(args)
+    }
+
+    /// [`Settings::repository_args`] quoted for a shell command line (`restore_command`).
+    pub fn repository_flags(&self) -> Result<String> {
+        Ok(self
+            .repository_args()?
+            .iter()
+            .map(|a| format!(" {}", shell_quote(a)))
+            .collect())
+    }
+
+    /// The `wal fetch` read-ahead spool, when prefetch is on and there is a place for it.
+    pub fn spool(&self) -> Option<restore::Spool> {
+        if self.prefetch.segments == 0 {
+            return None;
+        }
+        let root = match &self.prefetch.spool_dir {
+            Some(dir) => dir.clone(),
+            None => self.backup_dir.as_ref()?.join("spool"),
+        };
+        Some(restore::Spool::new(
+            root,
+            self.prefetch.segments,
+            self.prefetch.bytes,
+        ))
     }
 }
 

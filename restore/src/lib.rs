@@ -1,6 +1,7 @@
 //! Everything that reads backups back.
 //!
-//! - [`fetch_wal`]: `restore_command`, one WAL file per call, verified before it is written.
+//! - [`fetch_wal`]: `restore_command`, one WAL file per call, verified before it is written;
+//!   [`Spool`] reads the following segments ahead for it.
 //! - [`select_backup`], [`plan_pitr`]: which backup to restore, and whether the archive can
 //!   carry it to the target; every check runs before anything is written.
 //! - [`restore_base`]: put a base backup into a data directory, ready to recover when started.
@@ -8,6 +9,7 @@
 
 mod error;
 mod pitr;
+mod prefetch;
 mod restore_base;
 mod select;
 #[cfg(test)]
@@ -17,6 +19,7 @@ mod wal_fetch;
 
 pub use error::RestoreError;
 pub use pitr::{PitrPlan, archived_wal, confirm_target_reachable, plan_pitr, timeline_histories};
+pub use prefetch::{PrefetchReport, Spool};
 pub use restore_base::{
     RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base,
 };

@@ -6,14 +6,19 @@ use storage::manifest::ClusterIdentity;
 use storage::wal::{self, WalFileName};
 use storage::{Storage, StorageExt, layout, object};
 use tokio::io::AsyncWriteExt;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::RestoreError;
+use crate::prefetch::Spool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchOutcome {
     Fetched {
         bytes: u64,
+        /// The cluster it belongs to (resolved when the caller did not say).
+        system_identifier: u64,
+        /// Served from the prefetch spool rather than the repository.
+        from_spool: bool,
     },
     /// Not archived: an ordinary answer (PostgreSQL probes for files that do not exist).
     NotArchived,
@@ -21,12 +26,14 @@ pub enum FetchOutcome {
 
 /// Fetch `name` into `dest`. The cluster is `system_identifier` when given, else the one whose
 /// `global/pg_control` is in the working directory (PostgreSQL runs restore_command in PGDATA),
-/// else the repository's.
+/// else the repository's. A segment waiting in `spool` is served from there once it passes
+/// its checksum.
 pub async fn fetch_wal(
     storage: &dyn Storage,
     system_identifier: Option<u64>,
     name: &str,
     dest: &Path,
+    spool: Option<&Spool>,
 ) -> Result<FetchOutcome, RestoreError> {
     let name: WalFileName = name.parse().map_err(RestoreError::Refused)?;
     let sysid = match system_identifier {
@@ -34,6 +41,26 @@ pub async fn fetch_wal(
         None => resolve_cluster(storage).await?,
     };
     let key = layout::wal_key(sysid, &name);
+    if let Some(spool) = spool
+        && let Some(stored) = spool.take(sysid, &name).await
+    {
+        let result = decode(key.clone(), stored).await;
+        spool.discard(sysid, &name).await;
+        match result {
+            Ok(plain) => {
+                write_atomically(dest, &plain).await?;
+                info!(wal = %name, bytes = plain.len(), "restored from the prefetch spool");
+                return Ok(FetchOutcome::Fetched {
+                    bytes: plain.len() as u64,
+                    system_identifier: sysid,
+                    from_spool: true,
+                });
+            }
+            Err(e) => {
+                warn!(wal = %name, "the prefetched copy failed its check ({e}); reading the repository")
+            }
+        }
+    }
     let bytes = match storage.get_bytes(&key).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => {
@@ -42,14 +69,21 @@ pub async fn fetch_wal(
         }
         Err(e) => return Err(e.into()),
     };
-    let plain = tokio::task::spawn_blocking(move || object::decode(&key, &bytes))
-        .await
-        .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))??;
+    let plain = decode(key, bytes).await?;
     write_atomically(dest, &plain).await?;
     info!(wal = %name, bytes = plain.len(), "restored");
     Ok(FetchOutcome::Fetched {
         bytes: plain.len() as u64,
+        system_identifier: sysid,
+        from_spool: false,
     })
+}
+
+async fn decode(key: String, stored: Vec<u8>) -> Result<Vec<u8>, RestoreError> {
+    tokio::task::spawn_blocking(move || object::decode(&key, &stored))
+        .await
+        .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
+        .map_err(RestoreError::from)
 }
 
 async fn resolve_cluster(storage: &dyn Storage) -> Result<u64, RestoreError> {

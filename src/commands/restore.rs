@@ -124,6 +124,10 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         }
     };
 
+    // Recovery starts from the repository: nothing a past recovery read ahead.
+    if let Some(spool) = settings.spool() {
+        spool.clear(sysid)?;
+    }
     let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
     let restore_command = format!(
         "{}{} wal fetch --cluster {sysid} %f %p",

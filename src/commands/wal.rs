@@ -18,6 +18,14 @@ pub enum WalCommand {
     },
     /// Fetch one archived file (restore_command = 'lifeline wal fetch %f %p').
     Fetch(FetchArgs),
+    /// Read the segments after NAME into the spool (started by `wal fetch` in the background).
+    #[command(hide = true)]
+    Prefetch {
+        /// The segment recovery asked for last.
+        name: String,
+        #[arg(long)]
+        cluster: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,14 +57,80 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
         }
         WalCommand::Fetch(args) => {
             let storage = settings.repository().await?;
-            let outcome =
-                restore::fetch_wal(storage.as_ref(), args.cluster, &args.name, &args.dest)
-                    .await
-                    .with_context(|| format!("fetch {}", args.name))?;
-            Ok(match outcome {
-                FetchOutcome::Fetched { .. } => ExitCode::SUCCESS,
-                FetchOutcome::NotArchived => ExitCode::from(1),
-            })
+            let spool = settings.spool();
+            let outcome = restore::fetch_wal(
+                storage.as_ref(),
+                args.cluster,
+                &args.name,
+                &args.dest,
+                spool.as_ref(),
+            )
+            .await
+            .with_context(|| format!("fetch {}", args.name))?;
+            match outcome {
+                FetchOutcome::Fetched {
+                    system_identifier, ..
+                } => {
+                    if let Some(spool) = &spool
+                        && spool.wants_refill(system_identifier, &args.name)
+                    {
+                        start_prefetcher(settings, system_identifier, &args.name);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                FetchOutcome::NotArchived => Ok(ExitCode::from(1)),
+            }
         }
+        WalCommand::Prefetch { name, cluster } => {
+            let Some(spool) = settings.spool() else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let storage = settings.repository().await?;
+            let report = spool
+                .prefetch_after(
+                    storage.as_ref(),
+                    cluster,
+                    &name,
+                    settings.download_transfers(),
+                )
+                .await
+                .with_context(|| format!("prefetch after {name}"))?;
+            tracing::debug!(
+                segments = report.fetched,
+                bytes = report.bytes,
+                "prefetched"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Start `wal prefetch` detached: recovery gets its answer now, and the next segments are
+/// fetched while it replays this one. A prefetch that fails costs nothing: the next fetch
+/// reads the repository.
+fn start_prefetcher(settings: &Settings, system_identifier: u64, name: &str) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let (Ok(exe), Ok(repository)) = (std::env::current_exe(), settings.repository_args()) else {
+        return;
+    };
+    let spawned = Command::new(exe)
+        .args(repository)
+        .args(["--wal-prefetch", &settings.prefetch.segments.to_string()])
+        .args([
+            "wal",
+            "prefetch",
+            "--cluster",
+            &system_identifier.to_string(),
+            name,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: signals meant for restore_command are not meant for it.
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::debug!("prefetch not started: {e}");
     }
 }
