@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub s3_path_style: Option<bool>,
     pub s3_part_size_mib: Option<usize>,
     pub s3_retry_seconds: Option<u64>,
+    pub s3_ca_file: Option<PathBuf>,
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
     pub wal_prefetch: Option<usize>,
@@ -364,6 +365,17 @@ fn s3_options(args: &GlobalArgs, file: &FileConfig) -> Result<Option<S3Options>>
             deadline: std::time::Duration::from_secs(seconds),
             ..RetryPolicy::default()
         };
+    }
+    if let Some(path) = env("AWS_CA_BUNDLE")
+        .map(PathBuf::from)
+        .or(file.s3_ca_file.clone())
+    {
+        opts.ca_bundle = Some(std::fs::read(&path).with_context(|| {
+            format!(
+                "read the CA bundle {} (AWS_CA_BUNDLE or s3-ca-file)",
+                path.display()
+            )
+        })?);
     }
     // The standard sources (the environment first) win over the file, as for every setting.
     if env("AWS_ACCESS_KEY_ID").is_none()

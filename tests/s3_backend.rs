@@ -141,3 +141,72 @@ async fn an_unreachable_server_fails_clearly_within_the_deadline() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(store.retry_stats().retries() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_a_private_certificate_authority() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = storage::conformance::make_certificates(dir.path());
+    let server = MotoServer::start_tls(&cert, &key);
+    server.create_bucket("private-ca");
+
+    // Without the CA the certificate is refused, at once: retrying cannot help.
+    let store = S3Storage::open(options(&server, "private-ca"))
+        .await
+        .expect("open");
+    let err = store.head("k").await.expect_err("untrusted certificate");
+    assert!(matches!(err, StorageError::Rejected { .. }), "{err}");
+    assert!(err.to_string().contains("AWS_CA_BUNDLE"), "{err}");
+    assert_eq!(store.retry_stats().retries(), 0);
+
+    let mut opts = options(&server, "private-ca");
+    opts.ca_bundle = Some(std::fs::read(&ca).expect("ca"));
+    let store = S3Storage::open(opts).await.expect("open");
+    store
+        .put_bytes(
+            "k",
+            b"over tls".to_vec(),
+            PutMode::Create,
+            Durability::Immediate,
+        )
+        .await
+        .expect("put over TLS");
+    assert_eq!(store.get_bytes("k").await.expect("get"), b"over tls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_follows_every_page() {
+    let server = MotoServer::start();
+    server.create_bucket("many");
+    let store = std::sync::Arc::new(
+        S3Storage::open(options(&server, "many/p"))
+            .await
+            .expect("open"),
+    );
+    // More than one page of 1000 keys.
+    let keys: Vec<String> = (0..1100).map(|i| format!("k/{i:05}")).collect();
+    let mut puts = tokio::task::JoinSet::new();
+    for chunk in keys.chunks(100) {
+        let (store, chunk) = (store.clone(), chunk.to_vec());
+        puts.spawn(async move {
+            for key in chunk {
+                store
+                    .put_bytes(&key, vec![1], PutMode::Overwrite, Durability::Deferred)
+                    .await
+                    .expect("put");
+            }
+        });
+    }
+    while let Some(done) = puts.join_next().await {
+        done.expect("task");
+    }
+    let listed: Vec<String> = store
+        .list("k/")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(listed, keys);
+    store.delete_many(&keys).await.expect("batch delete");
+    assert!(store.list("k/").await.expect("list").is_empty());
+}

@@ -271,7 +271,13 @@ mod tests {
         let outcome = fetch_wal(&storage, Some(SYSID), &segment_name(2), &dest, Some(&spool))
             .await
             .expect("fetch");
-        assert!(matches!(outcome, FetchOutcome::Fetched { from_spool: true, .. }));
+        assert!(matches!(
+            outcome,
+            FetchOutcome::Fetched {
+                from_spool: true,
+                ..
+            }
+        ));
         assert_eq!(std::fs::read(&dest).expect("read"), vec![2u8; 8192]);
 
         // A spooled copy that fails its checksum is discarded; the repository answers.
@@ -283,7 +289,13 @@ mod tests {
         let outcome = fetch_wal(&storage, Some(SYSID), &segment_name(3), &dest, Some(&spool))
             .await
             .expect("fetch");
-        assert!(matches!(outcome, FetchOutcome::Fetched { from_spool: false, .. }));
+        assert!(matches!(
+            outcome,
+            FetchOutcome::Fetched {
+                from_spool: false,
+                ..
+            }
+        ));
         assert_eq!(std::fs::read(&dest).expect("read"), vec![3u8; 8192]);
         assert!(!spooled.exists());
 
@@ -308,7 +320,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = repository_with_segments(dir.path(), 6).await;
         let one = storage
-            .head(&layout::wal_key(SYSID, &segment_name(2).parse().expect("name")))
+            .head(&layout::wal_key(
+                SYSID,
+                &segment_name(2).parse().expect("name"),
+            ))
             .await
             .expect("head")
             .size;

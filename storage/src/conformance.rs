@@ -211,21 +211,40 @@ async fn bad_keys(store: &dyn Storage) {
 pub struct MotoServer {
     pub port: u16,
     child: Option<Child>,
+    /// `--ssl-cert` and `--ssl-key` when it serves HTTPS.
+    tls: Option<(String, String)>,
 }
 
 impl MotoServer {
     pub fn start() -> MotoServer {
+        Self::start_with(None)
+    }
+
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> MotoServer {
+        Self::start_with(Some((
+            cert.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
+        )))
+    }
+
+    fn start_with(tls: Option<(String, String)>) -> MotoServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let mut server = MotoServer { port, child: None };
+        let mut server = MotoServer {
+            port,
+            child: None,
+            tls,
+        };
         server.restart();
         server
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stop the server (its buckets are lost; tests that restart it stop it only briefly and
@@ -239,8 +258,12 @@ impl MotoServer {
 
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = Command::new("moto_server");
+        command.args(["-H", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((cert, key)) = &self.tls {
+            command.args(["--ssl-cert", cert, "--ssl-key", key]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -257,6 +280,19 @@ impl MotoServer {
     /// Create `bucket` (moto takes unsigned requests).
     pub fn create_bucket(&self, bucket: &str) {
         use std::io::{Read, Write};
+        if self.tls.is_some() {
+            let out = Command::new("curl")
+                .args([
+                    "-sfk",
+                    "-X",
+                    "PUT",
+                    &format!("{}/{bucket}", self.endpoint()),
+                ])
+                .output()
+                .expect("curl");
+            assert!(out.status.success(), "create bucket over HTTPS failed");
+            return;
+        }
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             stream,
@@ -277,4 +313,74 @@ impl Drop for MotoServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A private certificate authority and a server certificate it signed for 127.0.0.1, made
+/// with `openssl` in `dir`: (CA certificate, server certificate, server key), all PEM.
+pub fn make_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let path = |name: &str| dir.join(name);
+    std::fs::write(
+        path("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lifeline test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (path("ca.pem"), path("server.pem"), path("server.key"))
 }

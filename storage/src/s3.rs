@@ -82,6 +82,9 @@ pub struct S3Options {
     pub connect_timeout: Duration,
     /// One attempt of one request, after which it counts as a transient failure.
     pub attempt_timeout: Duration,
+    /// Extra certificate authorities (PEM) to trust besides the system's, for stores with a
+    /// private CA.
+    pub ca_bundle: Option<Vec<u8>>,
     /// Answer the next this many requests with `503 SlowDown` without sending them (tests).
     pub inject_slowdowns: u32,
 }
@@ -122,6 +125,7 @@ impl S3Options {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(300),
+            ca_bundle: None,
             inject_slowdowns: 0,
         })
     }
@@ -194,8 +198,8 @@ impl S3Storage {
                 "lifeline-config",
             ));
         }
-        if opts.inject_slowdowns > 0 {
-            config = config.http_client(SlowDownInjector::client(opts.inject_slowdowns));
+        if let Some(client) = http_client(&opts)? {
+            config = config.http_client(client);
         }
         Ok(S3Storage {
             inner: Arc::new(Inner {
@@ -500,7 +504,19 @@ where
             transient(DisplayErrorContext(&err).to_string())
         }
         SdkError::DispatchFailure(failure) if !failure.is_user() => {
-            transient(DisplayErrorContext(&err).to_string())
+            let reason = DisplayErrorContext(&err).to_string();
+            // The connector reports a refused certificate as I/O; no retry makes it trusted.
+            if reason.contains("certificate") {
+                return StorageError::Rejected {
+                    operation,
+                    key: key.to_string(),
+                    reason: format!(
+                        "{reason}; if the store uses a private certificate authority, point \
+                         AWS_CA_BUNDLE (or s3-ca-file) at its PEM certificate"
+                    ),
+                };
+            }
+            transient(reason)
         }
         SdkError::ServiceError(_) => {
             let status = err.raw_response().map(|r| r.status().as_u16());
@@ -861,19 +877,36 @@ struct SlowDownConnector {
 const SLOW_DOWN_XML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
     <Message>Please reduce your request rate.</Message><RequestId>injected</RequestId></Error>";
 
-impl SlowDownInjector {
-    fn client(count: u32) -> SharedHttpClient {
-        use aws_smithy_http_client::tls;
-        let inner = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .build_https();
-        SharedHttpClient::new(SlowDownInjector {
-            inner,
-            remaining: Arc::new(AtomicU32::new(count)),
-        })
+/// The SDK's default HTTPS client unless the options need another: extra trusted CAs, or
+/// injected throttling.
+fn http_client(opts: &S3Options) -> Result<Option<SharedHttpClient>, StorageError> {
+    use aws_smithy_http_client::tls;
+    if opts.ca_bundle.is_none() && opts.inject_slowdowns == 0 {
+        return Ok(None);
     }
+    let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::AwsLc,
+    ));
+    if let Some(pem) = &opts.ca_bundle {
+        let context = tls::TlsContext::builder()
+            .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem.clone()))
+            .build()
+            .map_err(|e| StorageError::Unavailable {
+                path: format!("s3://{}", opts.bucket).into(),
+                reason: format!(
+                    "the CA bundle is not usable ({e}); point AWS_CA_BUNDLE at PEM certificates"
+                ),
+            })?;
+        builder = builder.tls_context(context);
+    }
+    let client = builder.build_https();
+    if opts.inject_slowdowns == 0 {
+        return Ok(Some(client));
+    }
+    Ok(Some(SharedHttpClient::new(SlowDownInjector {
+        inner: client,
+        remaining: Arc::new(AtomicU32::new(opts.inject_slowdowns)),
+    })))
 }
 
 impl HttpClient for SlowDownInjector {
