@@ -79,6 +79,12 @@ fn pitr_and_full_restore_from_the_bucket_alone() {
     let out = secondary(&["catalog", "rebuild"]);
     assert!(out.status.success(), "rebuild failed: {}", text(&out));
     assert!(text(&out).contains("1 backups"), "{}", text(&out));
+    let out = secondary(&["verify", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "verify of the bucket failed: {}",
+        text(&out)
+    );
 
     let pitr_dir = scratch.path("pitr");
     let pitr_arg = pitr_dir.to_string_lossy().into_owned();

@@ -3,11 +3,13 @@
 //! segments are fetched in parallel into a spool directory (outside PGDATA), so that the
 //! following requests are answered from local disk.
 //!
-//! Spool layout: `<spool>/<sysid>/<WAL file name>` holds the object exactly as stored (framed,
-//! compressed), written to a temporary name and renamed, so a reader sees whole files only.
-//! Serving a file decodes it, which verifies its checksum; a file that fails is discarded and
-//! the segment is read from the repository instead. One prefetcher runs per cluster at a time
-//! (an advisory lock); files older than the segment just requested are removed.
+//! Spool layout: `<spool>/<sysid>/<WAL file name>.<blake3 hex>` holds the segment already
+//! verified and decompressed by the prefetcher (off recovery's critical path), written to a
+//! temporary name and renamed, so a reader sees whole files only. Serving a file re-hashes it
+//! against the checksum in its name and renames it onto the path PostgreSQL asked for (a copy
+//! when the spool is on another filesystem); a file that fails is discarded and the segment is
+//! read from the repository instead. One prefetcher runs per cluster at a time (an advisory
+//! lock); files older than the segment just requested are removed.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,7 @@ use storage::{Storage, StorageExt, layout};
 use tracing::{debug, warn};
 
 use crate::RestoreError;
+use crate::wal_fetch::{decode, write_atomically_blocking};
 
 const TEMP_MARK: &str = ".partial.";
 const LOCK_NAME: &str = ".lock";
@@ -51,19 +54,19 @@ impl Spool {
         self.root.join(system_identifier.to_string())
     }
 
-    fn path_of(&self, system_identifier: u64, name: &WalFileName) -> PathBuf {
-        self.dir(system_identifier).join(name.to_string())
-    }
-
-    /// The stored object for `name`, if the spool holds it.
-    pub(crate) async fn take(&self, system_identifier: u64, name: &WalFileName) -> Option<Vec<u8>> {
-        tokio::fs::read(self.path_of(system_identifier, name))
-            .await
-            .ok()
-    }
-
-    pub(crate) async fn discard(&self, system_identifier: u64, name: &WalFileName) {
-        let _ = tokio::fs::remove_file(self.path_of(system_identifier, name)).await;
+    /// Move the spooled copy of `name` to `dest` once it matches its checksum; its size, or
+    /// `None` when the spool has no good copy.
+    pub(crate) async fn serve(
+        &self,
+        system_identifier: u64,
+        name: &WalFileName,
+        dest: &Path,
+    ) -> Option<u64> {
+        let dir = self.dir(system_identifier);
+        let name = name.to_string();
+        let dest = dest.to_path_buf();
+        let served = tokio::task::spawn_blocking(move || serve_blocking(&dir, &name, &dest)).await;
+        served.ok().flatten()
     }
 
     /// True when read-ahead past `requested` is worth starting: fewer than half of the
@@ -82,7 +85,9 @@ impl Spool {
                 .flatten()
                 .filter(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    name.as_str() > requested && !name.contains(TEMP_MARK) && name != LOCK_NAME
+                    !name.contains(TEMP_MARK)
+                        && name != LOCK_NAME
+                        && wal_name_part(&name) > requested
                 })
                 .count()
         });
@@ -144,14 +149,18 @@ impl Spool {
         let mut fetches = futures::stream::iter(wanted)
             .map(|name| async move {
                 let key = layout::wal_key(sysid, &name);
-                (name, storage.get_bytes(&key).await)
+                let plain = match storage.get_bytes(&key).await {
+                    Ok(stored) => decode(key, stored).await,
+                    Err(e) => Err(e.into()),
+                };
+                (name, plain)
             })
             .buffered(parallel.max(1));
         while let Some((name, result)) = fetches.next().await {
             let bytes = match result {
                 Ok(bytes) => bytes,
                 // The end of the archive (so far): nothing after it exists either.
-                Err(e) if e.is_not_found() => break,
+                Err(RestoreError::Storage(e)) if e.is_not_found() => break,
                 Err(e) => {
                     warn!(wal = %name, "prefetch stopped: {e}");
                     break;
@@ -167,6 +176,36 @@ impl Spool {
         }
         Ok(report)
     }
+}
+
+/// `000000010000000000000005` of `000000010000000000000005.<hash>`.
+fn wal_name_part(file_name: &str) -> &str {
+    file_name.split('.').next().unwrap_or(file_name)
+}
+
+fn serve_blocking(dir: &Path, name: &str, dest: &Path) -> Option<u64> {
+    let prefix = format!("{name}.");
+    let entry = std::fs::read_dir(dir).ok()?.flatten().find(|e| {
+        let file = e.file_name().to_string_lossy().into_owned();
+        file.starts_with(&prefix) && !file.contains(TEMP_MARK)
+    })?;
+    let path = entry.path();
+    let file_name = entry.file_name().to_string_lossy().into_owned();
+    let expected = &file_name[prefix.len()..];
+    let bytes = std::fs::read(&path).ok()?;
+    if blake3::hash(&bytes).to_hex().as_str() != expected {
+        warn!(wal = %name, "the prefetched copy failed its checksum; reading the repository");
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    let size = bytes.len() as u64;
+    if std::fs::rename(&path, dest).is_ok() {
+        return Some(size);
+    }
+    // Another filesystem: copy, then drop the spooled file.
+    let written = write_atomically_blocking(dest, &bytes).ok();
+    let _ = std::fs::remove_file(&path);
+    written.map(|()| size)
 }
 
 fn try_lock(dir: &Path) -> Result<Option<std::fs::File>, RestoreError> {
@@ -195,19 +234,19 @@ fn tidy(dir: &Path, requested: &WalFileName) -> Result<(Vec<String>, u64), Resto
         if name == LOCK_NAME {
             continue;
         }
-        if name.contains(TEMP_MARK) || name <= requested {
+        if name.contains(TEMP_MARK) || wal_name_part(&name) <= requested.as_str() {
             let _ = std::fs::remove_file(entry.path());
             continue;
         }
         used += entry.metadata().map(|m| m.len()).unwrap_or(0);
-        held.push(name);
+        held.push(wal_name_part(&name).to_string());
     }
     Ok((held, used))
 }
 
 fn store(dir: &Path, name: &WalFileName, bytes: &[u8]) -> Result<(), RestoreError> {
     use std::io::Write;
-    let path = dir.join(name.to_string());
+    let path = dir.join(format!("{name}.{}", blake3::hash(bytes).to_hex()));
     let temp = dir.join(format!("{name}{TEMP_MARK}{}", std::process::id()));
     // No fsync: a spool file lost in a crash is fetched again, and a torn one fails its
     // checksum when served.
@@ -252,6 +291,15 @@ mod tests {
         storage
     }
 
+    fn spooled_file(dir: &Path, name: &str) -> PathBuf {
+        std::fs::read_dir(dir.join("spool/7"))
+            .expect("spool")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(name))
+            .expect("spooled")
+    }
+
     #[tokio::test]
     async fn segments_are_read_ahead_served_once_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -281,7 +329,7 @@ mod tests {
         assert_eq!(std::fs::read(&dest).expect("read"), vec![2u8; 8192]);
 
         // A spooled copy that fails its checksum is discarded; the repository answers.
-        let spooled = dir.path().join("spool/7").join(segment_name(3));
+        let spooled = spooled_file(dir.path(), &segment_name(3));
         let mut bytes = std::fs::read(&spooled).expect("spooled");
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
@@ -312,21 +360,16 @@ mod tests {
             .filter(|n| n != LOCK_NAME)
             .collect();
         left.sort();
-        assert_eq!(left, [segment_name(5), segment_name(6)]);
+        let names: Vec<&str> = left.iter().map(|n| wal_name_part(n)).collect();
+        assert_eq!(names, [segment_name(5), segment_name(6)]);
     }
 
     #[tokio::test]
     async fn the_byte_bound_limits_what_waits() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = repository_with_segments(dir.path(), 6).await;
-        let one = storage
-            .head(&layout::wal_key(
-                SYSID,
-                &segment_name(2).parse().expect("name"),
-            ))
-            .await
-            .expect("head")
-            .size;
+        // Segments wait decompressed: 8 KiB each here.
+        let one = 8192;
         let spool = Spool::new(dir.path().join("spool"), 5, 2 * one);
         let report = spool
             .prefetch_after(&storage, SYSID, &segment_name(1), 2)

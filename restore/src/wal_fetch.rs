@@ -5,8 +5,7 @@ use std::path::Path;
 use storage::manifest::ClusterIdentity;
 use storage::wal::{self, WalFileName};
 use storage::{Storage, StorageExt, layout, object};
-use tokio::io::AsyncWriteExt;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::RestoreError;
 use crate::prefetch::Spool;
@@ -42,24 +41,14 @@ pub async fn fetch_wal(
     };
     let key = layout::wal_key(sysid, &name);
     if let Some(spool) = spool
-        && let Some(stored) = spool.take(sysid, &name).await
+        && let Some(bytes) = spool.serve(sysid, &name, dest).await
     {
-        let result = decode(key.clone(), stored).await;
-        spool.discard(sysid, &name).await;
-        match result {
-            Ok(plain) => {
-                write_atomically(dest, &plain).await?;
-                info!(wal = %name, bytes = plain.len(), "restored from the prefetch spool");
-                return Ok(FetchOutcome::Fetched {
-                    bytes: plain.len() as u64,
-                    system_identifier: sysid,
-                    from_spool: true,
-                });
-            }
-            Err(e) => {
-                warn!(wal = %name, "the prefetched copy failed its check ({e}); reading the repository")
-            }
-        }
+        info!(wal = %name, bytes, "restored from the prefetch spool");
+        return Ok(FetchOutcome::Fetched {
+            bytes,
+            system_identifier: sysid,
+            from_spool: true,
+        });
     }
     let bytes = match storage.get_bytes(&key).await {
         Ok(b) => b,
@@ -70,16 +59,17 @@ pub async fn fetch_wal(
         Err(e) => return Err(e.into()),
     };
     let plain = decode(key, bytes).await?;
-    write_atomically(dest, &plain).await?;
-    info!(wal = %name, bytes = plain.len(), "restored");
+    let size = plain.len() as u64;
+    write_atomically(dest, plain).await?;
+    info!(wal = %name, bytes = size, "restored");
     Ok(FetchOutcome::Fetched {
-        bytes: plain.len() as u64,
+        bytes: size,
         system_identifier: sysid,
         from_spool: false,
     })
 }
 
-async fn decode(key: String, stored: Vec<u8>) -> Result<Vec<u8>, RestoreError> {
+pub(crate) async fn decode(key: String, stored: Vec<u8>) -> Result<Vec<u8>, RestoreError> {
     tokio::task::spawn_blocking(move || object::decode(&key, &stored))
         .await
         .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
@@ -101,22 +91,28 @@ async fn resolve_cluster(storage: &dyn Storage) -> Result<u64, RestoreError> {
         })
 }
 
-/// Write to a temporary name beside `dest`, fsync, rename: PostgreSQL never sees a prefix.
-pub(crate) async fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+/// Write to a temporary name beside `dest` and rename: PostgreSQL never sees a prefix. No
+/// fsync: PostgreSQL reads the file at once, and after a crash it asks for it again.
+pub(crate) async fn write_atomically(dest: &Path, bytes: Vec<u8>) -> Result<(), RestoreError> {
+    let dest = dest.to_path_buf();
+    let task = dest.clone();
+    tokio::task::spawn_blocking(move || write_atomically_blocking(&task, &bytes))
+        .await
+        .map_err(|e| RestoreError::io(&dest, std::io::Error::other(e)))?
+}
+
+pub(crate) fn write_atomically_blocking(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+    use std::io::Write;
     let file_name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dest.with_file_name(format!(".{file_name}.lifeline.{}", std::process::id()));
-    let result = async {
-        let mut file = tokio::fs::File::create(&temp).await?;
-        file.write_all(bytes).await?;
-        file.sync_all().await?;
-        tokio::fs::rename(&temp, dest).await
-    }
-    .await;
-    if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&temp).await;
+    let written = std::fs::File::create(&temp)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&temp, dest));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
         return Err(RestoreError::io(dest, e));
     }
     Ok(())

@@ -457,6 +457,11 @@ impl Inner {
     }
 }
 
+enum Body {
+    Whole(Bytes),
+    Streaming(ByteStream),
+}
+
 /// Size of part `number` (1-based): doubling every 1000 parts keeps the part count under S3's
 /// limit for any object S3 accepts, while small uploads use small parts.
 fn part_size_for(base: usize, number: i32) -> usize {
@@ -634,14 +639,37 @@ impl Storage for S3Storage {
     async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError> {
         let inner = &self.inner;
         let object = inner.object_key(key)?;
-        let output = inner
+        let limit = inner.single_put_max as i64;
+        // Objects that fit in one PUT (WAL, packs, manifests) are read whole inside the retried
+        // attempt, so a connection cut mid-body is retried rather than failing a recovery;
+        // larger ones stream.
+        let body = inner
             .retry
             .run(&inner.stats, "GET", key, || {
                 let request = inner.client.get_object().bucket(&inner.bucket).key(&object);
-                async move { request.send().await.map_err(|e| classify("GET", key, e)) }
+                async move {
+                    let output = request.send().await.map_err(|e| classify("GET", key, e))?;
+                    if output.content_length().is_some_and(|n| n > limit) {
+                        return Ok(Body::Streaming(output.body));
+                    }
+                    let bytes =
+                        output
+                            .body
+                            .collect()
+                            .await
+                            .map_err(|e| StorageError::Transient {
+                                operation: "GET",
+                                key: key.to_string(),
+                                reason: format!("reading the body: {e}"),
+                            })?;
+                    Ok(Body::Whole(bytes.into_bytes()))
+                }
             })
             .await?;
-        Ok(Box::new(Box::pin(output.body.into_async_read())))
+        Ok(match body {
+            Body::Whole(bytes) => Box::new(std::io::Cursor::new(bytes)),
+            Body::Streaming(stream) => Box::new(Box::pin(stream.into_async_read())),
+        })
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StorageError> {
