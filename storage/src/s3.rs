@@ -82,8 +82,8 @@ pub struct S3Options {
     pub connect_timeout: Duration,
     /// One attempt of one request, after which it counts as a transient failure.
     pub attempt_timeout: Duration,
-    /// Extra certificate authorities (PEM) to trust besides the system's, for stores with a
-    /// private CA.
+    /// The certificate authorities (PEM) to trust instead of the system's, as `AWS_CA_BUNDLE`
+    /// means for every AWS tool: for stores with a private CA.
     pub ca_bundle: Option<Vec<u8>>,
     /// Answer the next this many requests with `503 SlowDown` without sending them (tests).
     pub inject_slowdowns: u32,
@@ -169,8 +169,10 @@ impl S3Storage {
                     .into(),
             });
         }
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
+        let client = http_client(&opts)?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .http_client(client.clone());
         if let Some(region) = &opts.region {
             loader = loader.region(Region::new(region.clone()));
         }
@@ -198,9 +200,7 @@ impl S3Storage {
                 "lifeline-config",
             ));
         }
-        if let Some(client) = http_client(&opts)? {
-            config = config.http_client(client);
-        }
+        config = config.http_client(client);
         Ok(S3Storage {
             inner: Arc::new(Inner {
                 client: aws_sdk_s3::Client::from_conf(config.build()),
@@ -905,19 +905,20 @@ struct SlowDownConnector {
 const SLOW_DOWN_XML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
     <Message>Please reduce your request rate.</Message><RequestId>injected</RequestId></Error>";
 
-/// The SDK's default HTTPS client unless the options need another: extra trusted CAs, or
-/// injected throttling.
-fn http_client(opts: &S3Options) -> Result<Option<SharedHttpClient>, StorageError> {
+/// The HTTPS client: rustls on ring, trusting the system's roots or the configured bundle,
+/// and answering with throttling first when a test asks for it.
+fn http_client(opts: &S3Options) -> Result<SharedHttpClient, StorageError> {
     use aws_smithy_http_client::tls;
-    if opts.ca_bundle.is_none() && opts.inject_slowdowns == 0 {
-        return Ok(None);
-    }
     let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
-        tls::rustls_provider::CryptoMode::AwsLc,
+        tls::rustls_provider::CryptoMode::Ring,
     ));
     if let Some(pem) = &opts.ca_bundle {
         let context = tls::TlsContext::builder()
-            .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem.clone()))
+            .with_trust_store(
+                tls::TrustStore::empty()
+                    .with_native_roots(false)
+                    .with_pem_certificate(pem.clone()),
+            )
             .build()
             .map_err(|e| StorageError::Unavailable {
                 path: format!("s3://{}", opts.bucket).into(),
@@ -929,12 +930,12 @@ fn http_client(opts: &S3Options) -> Result<Option<SharedHttpClient>, StorageErro
     }
     let client = builder.build_https();
     if opts.inject_slowdowns == 0 {
-        return Ok(Some(client));
+        return Ok(client);
     }
-    Ok(Some(SharedHttpClient::new(SlowDownInjector {
+    Ok(SharedHttpClient::new(SlowDownInjector {
         inner: client,
         remaining: Arc::new(AtomicU32::new(opts.inject_slowdowns)),
-    })))
+    }))
 }
 
 impl HttpClient for SlowDownInjector {
