@@ -56,12 +56,7 @@ impl Spool {
 
     /// Move the spooled copy of `name` to `dest` once it matches its checksum; its size, or
     /// `None` when the spool has no good copy.
-    pub(crate) async fn serve(
-        &self,
-        system_identifier: u64,
-        name: &WalFileName,
-        dest: &Path,
-    ) -> Option<u64> {
+    pub async fn serve(&self, system_identifier: u64, name: &str, dest: &Path) -> Option<u64> {
         let dir = self.dir(system_identifier);
         let name = name.to_string();
         let dest = dest.to_path_buf();

@@ -41,7 +41,7 @@ pub async fn fetch_wal(
     };
     let key = layout::wal_key(sysid, &name);
     if let Some(spool) = spool
-        && let Some(bytes) = spool.serve(sysid, &name, dest).await
+        && let Some(bytes) = spool.serve(sysid, &name.to_string(), dest).await
     {
         info!(wal = %name, bytes, "restored from the prefetch spool");
         return Ok(FetchOutcome::Fetched {

@@ -56,8 +56,18 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         WalCommand::Fetch(args) => {
-            let storage = settings.repository().await?;
             let spool = settings.spool();
+            // A segment waiting in the spool needs no repository client at all.
+            if let (Some(spool), Some(cluster)) = (&spool, args.cluster)
+                && let Some(bytes) = spool.serve(cluster, &args.name, &args.dest).await
+            {
+                tracing::info!(wal = %args.name, bytes, "restored from the prefetch spool");
+                if spool.wants_refill(cluster, &args.name) {
+                    start_prefetcher(settings, cluster, &args.name);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let storage = settings.repository().await?;
             let outcome = restore::fetch_wal(
                 storage.as_ref(),
                 args.cluster,
