@@ -177,6 +177,7 @@ recover() { # dir env...: start the restored cluster and time it until it accept
   local dir=$1; shift
   local port; port=$(free_port)
   printf "port = %s\narchive_mode = off\n" "$port" >> "$dir/postgresql.auto.conf"
+  rm -f "$dir.log"
   local t0; t0=$(now)
   as_pg env "$@" $PG/pg_ctl -D "$dir" -l "$dir.log" start >/dev/null
   until [ "$(psql_at "$port" "SELECT NOT pg_is_in_recovery()" 2>/dev/null)" = t ]; do sleep 0.1; done
@@ -188,7 +189,8 @@ recover() { # dir env...: start the restored cluster and time it until it accept
 pitr_ll() { # prefetch
   rm -rf "$W/r-ll"
   as_pg $LL restore postgres --type pitr --until "$TARGET" --data-dir "$W/r-ll" >/dev/null
-  recover "$W/r-ll" LIFELINE_WAL_PREFETCH="$1" LIFELINE_LOG=warn
+  recover "$W/r-ll" LIFELINE_WAL_PREFETCH="$1" LIFELINE_LOG=info
+  SPOOLED="$(grep -c 'from the prefetch spool' "$W/r-ll.log" || true) of $(grep -c 'restored log file' "$W/r-ll.log" || true)"
 }
 pitr_br() { # async
   rm -rf "$W/r-br" "$W/brspool"/*
@@ -199,8 +201,9 @@ pitr_br() { # async
 }
 pitr_ll 0; ll0=$T
 pitr_br n; br0=$T
-pitr_ll 8; ll8=$T
+pitr_ll 8; ll8=$T; spooled8=$SPOOLED
 pitr_br y; br8=$T
 report "PITR recovery of $WAL_MIB MiB WAL, no read-ahead" "$ll0" "$br0" s
 report "PITR recovery, read-ahead (prefetch 8 / async)" "$ll8" "$br8" s
+echo "lifeline read-ahead: $spooled8 segments served from the spool"
 echo "lifeline prefetch speed-up: $(echo "$ll0 / $ll8" | bc -l | cut -c1-4)x; pgBackRest async speed-up: $(echo "$br0 / $br8" | bc -l | cut -c1-4)x"
