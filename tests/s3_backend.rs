@@ -210,3 +210,30 @@ async fn listing_follows_every_page() {
     store.delete_many(&keys).await.expect("batch delete");
     assert!(store.list("k/").await.expect("list").is_empty());
 }
+
+/// Against real S3 when `LIFELINE_TEST_S3_LOCATION` names a scratch BUCKET/PREFIX (credentials
+/// and region from the standard AWS sources); skipped otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_s3_keeps_the_backend_contract_when_configured() {
+    let Ok(location) = std::env::var("LIFELINE_TEST_S3_LOCATION") else {
+        eprintln!("LIFELINE_TEST_S3_LOCATION not set: real S3 not tested");
+        return;
+    };
+    let unique = format!(
+        "{}/lifeline-test-{}",
+        location.trim_end_matches('/'),
+        std::process::id()
+    );
+    let store = S3Storage::open(S3Options::for_location(&unique).expect("location"))
+        .await
+        .expect("open");
+    check_backend(&store).await;
+    let keys: Vec<String> = store
+        .list("")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    store.delete_many(&keys).await.expect("clean up");
+}
