@@ -2,12 +2,15 @@
 //!
 //! - [`push_wal`]: `archive_command`, one WAL, history or backup-history file per call.
 //! - [`run_base_backup`]: a physical backup of a running cluster, chunked and deduplicated.
+//! - [`open_rdb`]: a consistent RDB snapshot of a running Redis over the replication protocol.
 
 mod base_backup;
 mod cluster;
 mod error;
+mod redis;
 mod wal_push;
 
 pub use base_backup::{BaseBackupOptions, ConnectionOptions, run_base_backup};
 pub use error::ArchiveError;
+pub use redis::{RdbReader, RedisFacts, RedisOptions, open_rdb, parse_keyspace};
 pub use wal_push::{PushOutcome, push_wal};
