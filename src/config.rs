@@ -39,6 +39,9 @@ pub struct FileConfig {
     pub wal_prefetch: Option<usize>,
     pub wal_prefetch_mib: Option<u64>,
     pub wal_spool_dir: Option<PathBuf>,
+    pub redis_host: Option<String>,
+    pub redis_port: Option<u16>,
+    pub redis_password: Option<String>,
 }
 
 /// What every command works from, resolved once before any I/O.
@@ -58,6 +61,7 @@ pub struct Settings {
     /// Packs uploaded or chunk groups downloaded at once; `None` picks by repository kind.
     pub transfers: Option<usize>,
     pub prefetch: Prefetch,
+    pub redis: archiver::RedisOptions,
 }
 
 /// `wal fetch` read-ahead: how many segments past the requested one, and at most how many bytes.
@@ -160,6 +164,13 @@ impl Settings {
             );
         }
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let redis_port = match env("REDIS_PORT") {
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .with_context(|| format!("REDIS_PORT={p:?} is not a port number"))?,
+            ),
+            None => file.redis_port,
+        };
         let port = match env("DB_PORT") {
             Some(p) => Some(
                 p.parse::<u16>()
@@ -205,6 +216,13 @@ impl Settings {
                 }),
                 bytes: file.wal_prefetch_mib.unwrap_or(512) << 20,
                 spool_dir: file.wal_spool_dir.map(absolute),
+            },
+            redis: archiver::RedisOptions {
+                host: env("REDIS_HOST")
+                    .or(file.redis_host)
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+                port: redis_port.unwrap_or(6379),
+                password: env("REDIS_PASSWORD").or(file.redis_password),
             },
         })
     }

@@ -10,25 +10,22 @@
 //! and written. A chunk the previous backup already stored is not written again. Memory is
 //! bounded by the channel capacity times the largest chunk, whatever the size of the database.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
 use storage::chunking::{self, content_defined_chunks};
 use storage::manifest::{
     BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
 };
-use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
-use storage::{
-    Compression, Durability, PutMode, Storage, StorageError, StorageExt, layout, object,
-};
+use storage::{Compression, Durability, PutMode, Storage, StorageExt, layout, object};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::chunk_store::{self, pack_jobs};
 use crate::error::PgContext;
 use crate::{ArchiveError, cluster};
 
@@ -295,7 +292,7 @@ fn start_timeline(backup_label: &str) -> Result<TimelineId, ArchiveError> {
 }
 
 /// Ids are `backup_YYYYMMDD_HHMMSS` in UTC; a second backup in the same second gets a suffix.
-async fn new_backup_id(storage: &dyn Storage) -> Result<String, ArchiveError> {
+pub(crate) async fn new_backup_id(storage: &dyn Storage) -> Result<String, ArchiveError> {
     let base = jiff::Timestamp::now()
         .strftime("backup_%Y%m%d_%H%M%S")
         .to_string();
@@ -305,7 +302,9 @@ async fn new_backup_id(storage: &dyn Storage) -> Result<String, ArchiveError> {
         } else {
             format!("{base}_{n}")
         };
-        if !storage.exists(&layout::manifest_key(&id)).await? {
+        if !storage.exists(&layout::manifest_key(&id)).await?
+            && !storage.exists(&layout::stream_manifest_key(&id)).await?
+        {
             return Ok(id);
         }
     }
@@ -330,6 +329,7 @@ async fn previous_chunks(
             .into_iter()
             .rfind(|b| {
                 b.system_identifier == system_identifier
+                    && b.kind == "base"
                     && b.state == catalog::BackupState::Complete
             })
     })
@@ -479,100 +479,13 @@ enum Slot {
     Bundle(usize),
 }
 
-struct Job {
-    slot: Slot,
-    data: Vec<u8>,
-}
-
-/// A chunk hashed (and, when new, compressed) and ready to be packed.
-struct Prepared {
-    slot: Slot,
-    hash: String,
-    len: u64,
-    framed: Option<Vec<u8>>,
-}
+type Job = chunk_store::Job<Slot>;
 
 /// What the reader thread learned: the bytes actually copied of each file (None: vanished)
 /// and where each small file starts in the bundle stream.
 struct ReadReport {
     sizes: Vec<Option<u64>>,
     bundle_offsets: HashMap<usize, u64>,
-}
-
-/// Gathers new chunks into packs and writes each pack when it is full, in the background
-/// (at most `uploads` at a time) so that compression never waits for the disk.
-struct Packer {
-    storage: Arc<dyn Storage>,
-    current: PackBuilder,
-    /// hash -> (pack id, offset, stored length) of every chunk this backup can reference.
-    locations: HashMap<String, (String, u64, u64)>,
-    pending: Vec<(String, u64, u64)>,
-    writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
-    uploads: usize,
-    written: u64,
-}
-
-impl Packer {
-    async fn add(&mut self, hash: String, framed: &[u8]) -> Result<(), ArchiveError> {
-        let offset = self.current.add(hash.clone(), framed);
-        self.pending.push((hash, offset, framed.len() as u64));
-        if self.current.len() >= DEFAULT_PACK_TARGET {
-            self.seal().await?;
-        }
-        Ok(())
-    }
-
-    async fn seal(&mut self) -> Result<(), ArchiveError> {
-        if self.current.is_empty() {
-            return Ok(());
-        }
-        let builder = std::mem::take(&mut self.current);
-        let sealed = tokio::task::spawn_blocking(move || builder.seal())
-            .await
-            .map_err(|e| ArchiveError::Precondition(format!("pack task failed: {e}")))??;
-        self.written += sealed.bytes.len() as u64;
-        for (hash, offset, stored) in self.pending.drain(..) {
-            self.locations
-                .insert(hash, (sealed.id.clone(), offset, stored));
-        }
-        while self.writes.len() >= self.uploads {
-            join_write(self.writes.join_next().await)?;
-        }
-        let storage = self.storage.clone();
-        self.writes.spawn(async move {
-            storage
-                .put_bytes(
-                    &layout::pack_key(&sealed.id),
-                    sealed.bytes,
-                    PutMode::Overwrite,
-                    Durability::Deferred,
-                )
-                .await?;
-            Ok(())
-        });
-        Ok(())
-    }
-
-    /// Seal the last pack and wait for every write.
-    async fn finish(&mut self) -> Result<(), ArchiveError> {
-        self.seal().await?;
-        while let Some(result) = self.writes.join_next().await {
-            join_write(Some(result))?;
-        }
-        Ok(())
-    }
-}
-
-fn join_write(
-    result: Option<Result<Result<(), ArchiveError>, tokio::task::JoinError>>,
-) -> Result<(), ArchiveError> {
-    match result {
-        Some(Ok(outcome)) => outcome,
-        Some(Err(e)) => Err(ArchiveError::Precondition(format!(
-            "pack write failed: {e}"
-        ))),
-        None => Ok(()),
-    }
 }
 
 async fn copy_files(
@@ -583,7 +496,7 @@ async fn copy_files(
     previous: HashMap<String, ChunkRef>,
 ) -> Result<Copied, ArchiveError> {
     let parallelism = opts.parallelism.max(1);
-    let (tx, mut rx) = mpsc::channel::<Job>(parallelism * 2);
+    let (tx, rx) = mpsc::channel::<Job>(parallelism * 2);
     let plan: Vec<(usize, PathBuf, bool)> = entries
         .iter()
         .enumerate()
@@ -593,38 +506,15 @@ async fn copy_files(
     let entry_count = entries.len();
     let reader = tokio::task::spawn_blocking(move || read_files(plan, entry_count, block_size, tx));
 
-    let known: Arc<Mutex<HashSet<String>>> =
-        Arc::new(Mutex::new(previous.keys().cloned().collect()));
-    let packer = Packer {
+    let (packer, slots) = pack_jobs(
+        rx,
         storage,
-        current: PackBuilder::new(),
-        locations: previous
-            .into_iter()
-            .map(|(hash, c)| (hash, (c.pack, c.offset, c.stored)))
-            .collect(),
-        pending: Vec::new(),
-        writes: tokio::task::JoinSet::new(),
-        uploads: opts.uploads.max(1),
-        written: 0,
-    };
-    let compression = opts.compression;
-    let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let (mut packer, slots) = jobs
-        .map(|job| prepare_chunk(known.clone(), compression, job))
-        // Twice the cores: chunks keep compressing while a full pack is being written.
-        .buffer_unordered(parallelism * 2)
-        .try_fold(
-            (packer, Vec::new()),
-            |(mut packer, mut slots), prepared| async move {
-                if let Some(framed) = &prepared.framed {
-                    packer.add(prepared.hash.clone(), framed).await?;
-                }
-                slots.push((prepared.slot, prepared.hash, prepared.len));
-                Ok((packer, slots))
-            },
-        )
-        .await?;
-    packer.finish().await?;
+        previous,
+        opts.compression,
+        parallelism,
+        opts.uploads,
+    )
+    .await?;
     let report = reader
         .await
         .map_err(|e| ArchiveError::Precondition(format!("file reader failed: {e}")))??;
@@ -632,18 +522,7 @@ async fn copy_files(
     let mut blocks: HashMap<usize, Vec<Option<ChunkRef>>> = HashMap::new();
     let mut bundle: Vec<Option<ChunkRef>> = Vec::new();
     for (slot, hash, len) in slots {
-        let Some((pack, offset, stored)) = packer.locations.get(&hash).cloned() else {
-            return Err(ArchiveError::Precondition(format!(
-                "chunk {hash} was never packed"
-            )));
-        };
-        let chunk = ChunkRef {
-            hash,
-            len,
-            pack,
-            offset,
-            stored,
-        };
+        let chunk = packer.chunk_ref(hash, len)?;
         let (list, index) = match slot {
             Slot::Block { file, index } => (blocks.entry(file).or_default(), index),
             Slot::Bundle(index) => (&mut bundle, index),
@@ -691,36 +570,6 @@ async fn copy_files(
         size_bytes,
         new_bytes: packer.written,
     })
-}
-
-/// Hash a chunk, and compress it unless the repository (or this backup) already has it.
-async fn prepare_chunk(
-    known: Arc<Mutex<HashSet<String>>>,
-    compression: Compression,
-    job: Job,
-) -> Result<Prepared, ArchiveError> {
-    tokio::task::spawn_blocking(move || -> Result<Prepared, StorageError> {
-        let hash = object::checksum(&job.data);
-        let hex = hash.to_hex().to_string();
-        let is_new = known
-            .lock()
-            .map(|mut k| k.insert(hex.clone()))
-            .unwrap_or(true);
-        let framed = if is_new {
-            Some(object::encode_with_checksum(&job.data, hash, compression)?.1)
-        } else {
-            None
-        };
-        Ok(Prepared {
-            slot: job.slot,
-            hash: hex,
-            len: job.data.len() as u64,
-            framed,
-        })
-    })
-    .await
-    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
-    .map_err(ArchiveError::from)
 }
 
 /// The reader thread: small files first, as one content-chunked bundle stream, then relation
@@ -927,26 +776,32 @@ async fn write_manifest(
     manifest: &BackupManifest,
     catalog_path: &Path,
 ) -> Result<(), ArchiveError> {
-    let json = manifest.to_json();
-    let checksum = object::checksum(&json);
-    let (_, encoded) = object::encode(&json, Compression::default())?;
-    storage
-        .put_bytes(
-            &layout::manifest_key(&manifest.backup_id),
-            encoded,
-            PutMode::Create,
-            Durability::Immediate,
-        )
-        .await?;
-    let metadata = metadata_json(manifest, &checksum.to_hex());
-    storage
-        .put_bytes(
-            &layout::metadata_key(&manifest.backup_id),
-            metadata,
-            PutMode::Overwrite,
-            Durability::Immediate,
-        )
-        .await?;
+    let checksum = put_manifest(
+        storage,
+        &layout::manifest_key(&manifest.backup_id),
+        &manifest.to_json(),
+    )
+    .await?;
+    let summary = MetadataSummary {
+        backup_id: &manifest.backup_id,
+        service: &manifest.service,
+        kind: &manifest.kind,
+        started_at: manifest.started_at,
+        finished_at: manifest.finished_at,
+        size_bytes: manifest.size_bytes,
+        new_bytes: manifest.new_bytes,
+        manifest_key: layout::manifest_key(&manifest.backup_id),
+        manifest_checksum: checksum,
+    };
+    let metadata = metadata_json(
+        &summary,
+        serde_json::json!({
+            "start_lsn": manifest.start_lsn.to_string(),
+            "stop_lsn": manifest.stop_lsn.to_string(),
+            "timeline": manifest.timeline.0,
+        }),
+    );
+    put_metadata(storage, &manifest.backup_id, metadata).await?;
     let record = catalog::BackupRecord::from_manifest(manifest, "7_days", "UNVERIFIED");
     let path = catalog_path.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
@@ -959,29 +814,73 @@ async fn write_manifest(
     .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
 }
 
-/// The seed-compatible summary written next to the manifest.
-fn metadata_json(m: &BackupManifest, manifest_checksum: &str) -> Vec<u8> {
-    let duration = (m.finished_at.as_second() - m.started_at.as_second()).max(0);
-    let value = serde_json::json!({
-        "backup_id": m.backup_id,
+/// Store a manifest, framed, create-only and durable; its checksum goes into the metadata.
+pub(crate) async fn put_manifest(
+    storage: &dyn Storage,
+    key: &str,
+    json: &[u8],
+) -> Result<blake3::Hash, ArchiveError> {
+    let checksum = object::checksum(json);
+    let (_, encoded) = object::encode(json, Compression::default())?;
+    storage
+        .put_bytes(key, encoded, PutMode::Create, Durability::Immediate)
+        .await?;
+    Ok(checksum)
+}
+
+/// The plain JSON summary beside a manifest, for people and older tools.
+pub(crate) async fn put_metadata(
+    storage: &dyn Storage,
+    backup_id: &str,
+    metadata: Vec<u8>,
+) -> Result<(), ArchiveError> {
+    storage
+        .put_bytes(
+            &layout::metadata_key(backup_id),
+            metadata,
+            PutMode::Overwrite,
+            Durability::Immediate,
+        )
+        .await?;
+    Ok(())
+}
+
+/// What a `.metadata` file says of any backup (the seed's fields).
+pub(crate) struct MetadataSummary<'a> {
+    pub(crate) backup_id: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) started_at: jiff::Timestamp,
+    pub(crate) finished_at: jiff::Timestamp,
+    pub(crate) size_bytes: u64,
+    pub(crate) new_bytes: u64,
+    pub(crate) manifest_key: String,
+    pub(crate) manifest_checksum: blake3::Hash,
+}
+
+/// The seed-compatible summary written next to a manifest, with `extra` fields of its kind.
+pub(crate) fn metadata_json(summary: &MetadataSummary<'_>, extra: serde_json::Value) -> Vec<u8> {
+    let duration = (summary.finished_at.as_second() - summary.started_at.as_second()).max(0);
+    let mut value = serde_json::json!({
+        "backup_id": summary.backup_id,
         "type": "full",
-        "service": m.service,
-        "kind": m.kind,
-        "timestamp": m.started_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        "size_bytes": m.size_bytes,
-        "size_readable": readable_size(m.size_bytes),
-        "new_bytes": m.new_bytes,
+        "service": summary.service,
+        "kind": summary.kind,
+        "timestamp": summary.started_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "size_bytes": summary.size_bytes,
+        "size_readable": readable_size(summary.size_bytes),
+        "new_bytes": summary.new_bytes,
         "duration_seconds": duration,
-        "files": [layout::manifest_key(&m.backup_id)],
-        "checksum": format!("blake3:{manifest_checksum}"),
+        "files": [summary.manifest_key],
+        "checksum": format!("blake3:{}", summary.manifest_checksum.to_hex()),
         "verified": true,
         "retention": "7_days",
         "restorability": "UNVERIFIED",
-        "start_lsn": m.start_lsn.to_string(),
-        "stop_lsn": m.stop_lsn.to_string(),
-        "timeline": m.timeline.0,
     });
-    serde_json::to_vec_pretty(&value).expect("metadata serializes")
+    if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    serde_json::to_vec_pretty(&value).unwrap_or_default()
 }
 
 pub(crate) fn readable_size(bytes: u64) -> String {

@@ -2,15 +2,19 @@
 //!
 //! - [`push_wal`]: `archive_command`, one WAL, history or backup-history file per call.
 //! - [`run_base_backup`]: a physical backup of a running cluster, chunked and deduplicated.
-//! - [`open_rdb`]: a consistent RDB snapshot of a running Redis over the replication protocol.
+//! - [`open_rdb`]: a consistent RDB snapshot of a running Redis over the replication protocol;
+//!   [`run_rdb_backup`] stores one, chunked and deduplicated like everything else.
 
 mod base_backup;
+mod chunk_store;
 mod cluster;
 mod error;
 mod redis;
+mod stream_backup;
 mod wal_push;
 
 pub use base_backup::{BaseBackupOptions, ConnectionOptions, run_base_backup};
 pub use error::ArchiveError;
-pub use redis::{RdbReader, RedisFacts, RedisOptions, open_rdb, parse_keyspace};
+pub use redis::{RdbReader, RedisFacts, RedisOptions, open_rdb, parse_keyspace, redis_data_dir};
+pub use stream_backup::{RdbBackupOptions, run_rdb_backup};
 pub use wal_push::{PushOutcome, push_wal};

@@ -61,29 +61,19 @@ fn io_error(doing: &str, e: std::io::Error) -> ArchiveError {
     refused(format!("Redis connection failed while {doing}: {e}"))
 }
 
+/// The data directory Redis reports (`CONFIG GET dir`), or `None` when it cannot be asked
+/// (not running, CONFIG renamed away).
+pub fn redis_data_dir(opts: &RedisOptions) -> Option<std::path::PathBuf> {
+    let mut conn = connect(opts).ok()?;
+    match command(&mut conn, &["CONFIG", "GET", "dir"]).ok()? {
+        Reply::Array(items) => items.get(1).map(std::path::PathBuf::from),
+        _ => None,
+    }
+}
+
 /// Connect, authenticate and ask for a snapshot; the reader yields the RDB bytes.
 pub fn open_rdb(opts: &RedisOptions) -> Result<(RdbReader, RedisFacts), ArchiveError> {
-    let address = format!("{}:{}", opts.host, opts.port);
-    let stream = TcpStream::connect(&address).map_err(|e| {
-        refused(format!(
-            "cannot connect to Redis at {address} ({e}); check REDIS_HOST and REDIS_PORT"
-        ))
-    })?;
-    stream
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .map_err(|e| io_error("setting a timeout", e))?;
-    let mut conn = BufReader::new(stream);
-    if let Some(password) = &opts.password {
-        match command(&mut conn, &["AUTH", password])? {
-            Reply::Status => {}
-            Reply::Error(_) => {
-                return Err(refused(
-                    "Redis refused the password; check REDIS_PASSWORD".to_string(),
-                ));
-            }
-            Reply::Bulk(_) => return Err(refused("Redis answered AUTH unexpectedly")),
-        }
-    }
+    let mut conn = connect(opts)?;
     let info = match command(&mut conn, &["INFO", "server"])? {
         Reply::Bulk(text) => text,
         Reply::Error(e) if e.starts_with("NOAUTH") => {
@@ -116,11 +106,39 @@ pub fn open_rdb(opts: &RedisOptions) -> Result<(RdbReader, RedisFacts), ArchiveE
     ))
 }
 
+/// A connection to Redis, authenticated when a password is set.
+fn connect(opts: &RedisOptions) -> Result<BufReader<TcpStream>, ArchiveError> {
+    let address = format!("{}:{}", opts.host, opts.port);
+    let stream = TcpStream::connect(&address).map_err(|e| {
+        refused(format!(
+            "cannot connect to Redis at {address} ({e}); check REDIS_HOST and REDIS_PORT"
+        ))
+    })?;
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .map_err(|e| io_error("setting a timeout", e))?;
+    let mut conn = BufReader::new(stream);
+    if let Some(password) = &opts.password {
+        match command(&mut conn, &["AUTH", password])? {
+            Reply::Status => {}
+            Reply::Error(_) => {
+                return Err(refused(
+                    "Redis refused the password; check REDIS_PASSWORD".to_string(),
+                ));
+            }
+            _ => return Err(refused("Redis answered AUTH unexpectedly")),
+        }
+    }
+    Ok(conn)
+}
+
 #[derive(Debug)]
 enum Reply {
     Status,
     Error(String),
     Bulk(String),
+    /// A flat array of bulk strings (`CONFIG GET`).
+    Array(Vec<String>),
 }
 
 /// Send one command as a RESP array and read a simple or bulk-string reply.
@@ -136,20 +154,36 @@ fn command<S: Read + Write>(conn: &mut BufReader<S>, args: &[&str]) -> Result<Re
     match line.split_at_checked(1) {
         Some(("+", _)) => Ok(Reply::Status),
         Some(("-", rest)) => Ok(Reply::Error(rest.to_string())),
-        Some(("$", rest)) => {
-            let len: usize = rest
+        Some(("$", rest)) => read_bulk(conn, rest, &line).map(Reply::Bulk),
+        Some(("*", rest)) => {
+            let count: usize = rest
                 .parse()
                 .map_err(|_| refused(format!("Redis sent a malformed reply: {line:?}")))?;
-            let mut body = vec![0; len + 2];
-            conn.read_exact(&mut body)
-                .map_err(|e| io_error("reading a reply", e))?;
-            body.truncate(len);
-            Ok(Reply::Bulk(String::from_utf8_lossy(&body).into_owned()))
+            let mut items = Vec::with_capacity(count.min(64));
+            for _ in 0..count {
+                let header = read_line(conn)?;
+                let Some(len) = header.strip_prefix('$') else {
+                    return Err(refused(format!("Redis sent a malformed array: {header:?}")));
+                };
+                items.push(read_bulk(conn, len, &header)?);
+            }
+            Ok(Reply::Array(items))
         }
         _ => Err(refused(format!(
             "Redis sent an unexpected reply {line:?}; is REDIS_PORT a Redis server?"
         ))),
     }
+}
+
+fn read_bulk<R: BufRead>(conn: &mut R, len: &str, line: &str) -> Result<String, ArchiveError> {
+    let len: usize = len
+        .parse()
+        .map_err(|_| refused(format!("Redis sent a malformed reply: {line:?}")))?;
+    let mut body = vec![0; len + 2];
+    conn.read_exact(&mut body)
+        .map_err(|e| io_error("reading a reply", e))?;
+    body.truncate(len);
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn read_line<R: BufRead>(conn: &mut R) -> Result<String, ArchiveError> {

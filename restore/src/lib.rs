@@ -5,12 +5,14 @@
 //! - [`select_backup`], [`plan_pitr`]: which backup to restore, and whether the archive can
 //!   carry it to the target; every check runs before anything is written.
 //! - [`restore_base`]: put a base backup into a data directory, ready to recover when started.
+//! - [`restore_redis`]: put a Redis backup's files where a redis-server started there loads them.
 //! - [`verify_repository`]: check that every backup's chunks and WAL are there and intact.
 
 mod error;
 mod pitr;
 mod prefetch;
 mod restore_base;
+mod restore_redis;
 mod select;
 #[cfg(test)]
 mod test_support;
@@ -23,6 +25,7 @@ pub use prefetch::{PrefetchReport, Spool};
 pub use restore_base::{
     RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base,
 };
+pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis};
 pub use select::{BackupSelector, select_backup};
 pub use verify::{VerifyReport, verify_repository};
 pub use wal_fetch::{FetchOutcome, fetch_wal};

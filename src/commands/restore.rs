@@ -12,6 +12,23 @@ use crate::config::{Settings, shell_quote};
 pub enum RestoreCommand {
     /// Restore PostgreSQL: a full backup, or to a point in time (--type pitr --until ...).
     Postgres(PostgresArgs),
+    /// Restore Redis files into a data directory (--type rdb).
+    Redis(RedisArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RedisArgs {
+    #[arg(long = "type", value_parser = ["rdb", "aof"], default_value = "rdb")]
+    restore_type: String,
+    /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
+    #[arg(long, default_value = "latest")]
+    from: String,
+    /// Restore from a file instead of the repository.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Redis's data directory (its `dir`); created if missing. No redis-server may run there.
+    #[arg(long)]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,7 +76,10 @@ pub fn parse_until(text: &str, tz: &TimeZone) -> Result<jiff::Timestamp> {
 }
 
 pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
-    let RestoreCommand::Postgres(args) = cmd;
+    let args = match cmd {
+        RestoreCommand::Postgres(args) => args,
+        RestoreCommand::Redis(args) => return restore_redis(args, settings).await,
+    };
     if args.kind == "dump" || args.file.is_some() {
         bail!(
             "dump restores (--kind dump, --file) are not available in this version: restore a base backup"
@@ -171,6 +191,78 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
             t.strftime("%Y-%m-%d %H:%M:%S UTC")
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode> {
+    if args.restore_type == "aof" || args.file.is_some() {
+        bail!(
+            "AOF restores and --file are not available in this version: restore an RDB backup (--type rdb)"
+        );
+    }
+    let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
+    let storage = settings.repository().await?;
+    let catalog = settings.open_catalog()?;
+    let backups = catalog.backups(Some("redis"))?;
+    let tz = TimeZone::system();
+    let backup = restore::select_backup(&backups, "rdb", &selector, jiff::Timestamp::now(), &tz)
+        .map_err(|e| {
+            if backups.is_empty() {
+                anyhow::anyhow!("the catalog lists no Redis backups: run `lifeline backup redis`")
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
+    let manifest = storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id)
+        .await
+        .with_context(|| format!("read the manifest of {}", backup.backup_id))?;
+    // The configured Redis says where it works; /proc tells only for processes we may inspect.
+    let redis = settings.redis.clone();
+    let served = tokio::task::spawn_blocking(move || archiver::redis_data_dir(&redis))
+        .await
+        .ok()
+        .flatten();
+    if let (Some(served), Ok(wanted)) = (served, std::fs::canonicalize(&args.data_dir))
+        && std::fs::canonicalize(&served).is_ok_and(|s| s == wanted)
+    {
+        bail!(
+            "Redis at {}:{} is running in {}: stop it first (`redis-cli shutdown nosave` or \
+             `systemctl stop redis-server`), then restore again; nothing was changed",
+            settings.redis.host,
+            settings.redis.port,
+            args.data_dir.display()
+        );
+    }
+    let started = Instant::now();
+    let report = restore::restore_redis(
+        storage.as_ref(),
+        &manifest,
+        &args.data_dir,
+        settings.download_transfers(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "restore {} into {}",
+            backup.backup_id,
+            args.data_dir.display()
+        )
+    })?;
+    if let Some(aside) = &report.moved_aside {
+        println!(
+            "files that would have been loaded instead were moved to {}",
+            aside.display()
+        );
+    }
+    println!(
+        "restored backup {} into {}: {} MiB in {:.1} s; keys at backup time: {}; start redis-server with dir {} and dbfilename dump.rdb (appendonly no, or it loads the AOF instead)",
+        backup.backup_id,
+        args.data_dir.display(),
+        report.bytes >> 20,
+        started.elapsed().as_secs_f64(),
+        super::counts_line(&manifest.counts),
+        args.data_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

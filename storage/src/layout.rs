@@ -5,6 +5,8 @@
 //! wal/<sysid>/<TTTTTTTT>/<wal file name>       one framed object per WAL, history or backup file
 //! packs/<first 2 hex>/<blake3 hex>             many framed chunks in one object (see `pack`)
 //! backups/<backup id>/manifest                 the framed JSON manifest; written last
+//! backups/<backup id>/stream-manifest          instead of `manifest` for stream backups
+//!                                              (Redis RDB/AOF, dumps): see `StreamManifest`
 //! backups/<backup id>/<backup id>.metadata     plain JSON summary for people and older tools
 //! ```
 //!
@@ -44,6 +46,12 @@ pub fn pack_key(pack_id: &str) -> String {
 
 pub fn manifest_key(backup_id: &str) -> String {
     format!("{BACKUPS_PREFIX}{backup_id}/{MANIFEST_NAME}")
+}
+
+pub const STREAM_MANIFEST_NAME: &str = "stream-manifest";
+
+pub fn stream_manifest_key(backup_id: &str) -> String {
+    format!("{BACKUPS_PREFIX}{backup_id}/{STREAM_MANIFEST_NAME}")
 }
 
 pub fn metadata_key(backup_id: &str) -> String {

@@ -107,20 +107,95 @@ impl BackupManifest {
     }
 
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, crate::StorageError> {
-        let manifest: BackupManifest =
-            serde_json::from_slice(bytes).map_err(|e| crate::StorageError::Corrupt {
-                key: key.to_string(),
-                reason: format!("manifest does not parse: {e}"),
-            })?;
-        if manifest.format != MANIFEST_FORMAT {
-            return Err(crate::StorageError::Corrupt {
-                key: key.to_string(),
-                reason: format!(
-                    "manifest format {} is not supported by this lifeline; upgrade lifeline",
-                    manifest.format
-                ),
-            });
-        }
+        let manifest: BackupManifest = parse_manifest(key, bytes)?;
+        check_format(key, manifest.format)?;
+        Ok(manifest)
+    }
+}
+
+fn parse_manifest<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, crate::StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| crate::StorageError::Corrupt {
+        key: key.to_string(),
+        reason: format!("manifest does not parse: {e}"),
+    })
+}
+
+fn check_format(key: &str, format: u32) -> Result<(), crate::StorageError> {
+    if format == MANIFEST_FORMAT {
+        return Ok(());
+    }
+    Err(crate::StorageError::Corrupt {
+        key: key.to_string(),
+        reason: format!(
+            "manifest format {format} is not supported by this lifeline; upgrade lifeline"
+        ),
+    })
+}
+
+/// A backup made of whole streams (a Redis RDB, the files of an AOF, a logical dump), each cut
+/// by content into chunks. Stored like [`BackupManifest`], under its own name
+/// (`layout::stream_manifest_key`), so readers of base backups never mistake one for the other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamManifest {
+    pub format: u32,
+    pub backup_id: String,
+    /// `redis` or `postgresql`.
+    pub service: String,
+    /// `rdb`, `aof` or `dump`.
+    pub kind: String,
+    pub server_version: String,
+    /// Where it was taken from (host:port), for people.
+    pub source: String,
+    pub started_at: jiff::Timestamp,
+    pub finished_at: jiff::Timestamp,
+    pub files: Vec<StreamFile>,
+    /// Keys per Redis database (`db0`) or rows per table when the backup started.
+    #[serde(default)]
+    pub counts: BTreeMap<String, u64>,
+    pub size_bytes: u64,
+    pub new_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFile {
+    /// File name as it is restored (`dump.rdb`, `appendonly.aof.1.base.rdb`, ...).
+    pub name: String,
+    pub size: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl StreamManifest {
+    /// The stream manifest of `backup_id`, verified.
+    pub async fn load(
+        storage: &dyn crate::Storage,
+        backup_id: &str,
+    ) -> Result<Self, crate::StorageError> {
+        use crate::StorageExt;
+        let key = crate::layout::stream_manifest_key(backup_id);
+        let bytes = storage.get_bytes(&key).await?;
+        let plain = crate::object::decode(&key, &bytes)?;
+        StreamManifest::from_json(&key, &plain)
+    }
+
+    /// Every chunk the backup needs, each once.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        let mut seen = std::collections::HashSet::new();
+        self.files
+            .iter()
+            .flat_map(|f| f.chunks.iter())
+            .filter(move |c| seen.insert(c.hash.as_str()))
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serializes")
+    }
+
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, crate::StorageError> {
+        let manifest: StreamManifest = parse_manifest(key, bytes)?;
+        check_format(key, manifest.format)?;
         Ok(manifest)
     }
 }

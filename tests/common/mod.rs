@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod redis;
+
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn postgres_ids() -> (u32, u32) {

@@ -1,0 +1,261 @@
+//! Where chunks go: hashed and, when new, compressed on blocking threads, then gathered into
+//! packs written in the background. A chunk the repository already holds (by the blake3 of its
+//! plaintext) is referenced, not stored again. Shared by base backups and stream backups.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use storage::chunking::content_defined_chunks;
+use storage::manifest::ChunkRef;
+use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
+use storage::{Compression, Durability, PutMode, Storage, StorageError, layout, object};
+use tokio::sync::mpsc;
+
+use crate::ArchiveError;
+
+/// One chunk's bytes and where it belongs (`S`: a block of a file, a place in a stream).
+pub(crate) struct Job<S> {
+    pub(crate) slot: S,
+    pub(crate) data: Vec<u8>,
+}
+
+/// A chunk hashed (and, when new, compressed) and ready to be packed.
+pub(crate) struct Prepared<S> {
+    pub(crate) slot: S,
+    pub(crate) hash: String,
+    pub(crate) len: u64,
+    pub(crate) framed: Option<Vec<u8>>,
+}
+
+/// Gathers new chunks into packs and writes each pack when it is full, in the background
+/// (at most `uploads` at a time) so that compression never waits for the disk.
+pub(crate) struct Packer {
+    storage: Arc<dyn Storage>,
+    current: PackBuilder,
+    /// hash -> (pack id, offset, stored length) of every chunk this backup can reference.
+    locations: HashMap<String, (String, u64, u64)>,
+    pending: Vec<(String, u64, u64)>,
+    writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
+    uploads: usize,
+    pub(crate) written: u64,
+}
+
+impl Packer {
+    /// A packer that knows where `previous` chunks already are (they are not stored again).
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        previous: HashMap<String, ChunkRef>,
+        uploads: usize,
+    ) -> Packer {
+        Packer {
+            storage,
+            current: PackBuilder::new(),
+            locations: previous
+                .into_iter()
+                .map(|(hash, c)| (hash, (c.pack, c.offset, c.stored)))
+                .collect(),
+            pending: Vec::new(),
+            writes: tokio::task::JoinSet::new(),
+            uploads: uploads.max(1),
+            written: 0,
+        }
+    }
+
+    /// Where a packed chunk is, as a manifest names it.
+    pub(crate) fn chunk_ref(&self, hash: String, len: u64) -> Result<ChunkRef, ArchiveError> {
+        let Some((pack, offset, stored)) = self.locations.get(&hash).cloned() else {
+            return Err(ArchiveError::Precondition(format!(
+                "chunk {hash} was never packed"
+            )));
+        };
+        Ok(ChunkRef {
+            hash,
+            len,
+            pack,
+            offset,
+            stored,
+        })
+    }
+
+    pub(crate) async fn add(&mut self, hash: String, framed: &[u8]) -> Result<(), ArchiveError> {
+        let offset = self.current.add(hash.clone(), framed);
+        self.pending.push((hash, offset, framed.len() as u64));
+        if self.current.len() >= DEFAULT_PACK_TARGET {
+            self.seal().await?;
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self) -> Result<(), ArchiveError> {
+        if self.current.is_empty() {
+            return Ok(());
+        }
+        let builder = std::mem::take(&mut self.current);
+        let sealed = tokio::task::spawn_blocking(move || builder.seal())
+            .await
+            .map_err(|e| ArchiveError::Precondition(format!("pack task failed: {e}")))??;
+        self.written += sealed.bytes.len() as u64;
+        for (hash, offset, stored) in self.pending.drain(..) {
+            self.locations
+                .insert(hash, (sealed.id.clone(), offset, stored));
+        }
+        while self.writes.len() >= self.uploads {
+            join_write(self.writes.join_next().await)?;
+        }
+        let storage = self.storage.clone();
+        self.writes.spawn(async move {
+            storage
+                .put_bytes(
+                    &layout::pack_key(&sealed.id),
+                    sealed.bytes,
+                    PutMode::Overwrite,
+                    Durability::Deferred,
+                )
+                .await?;
+            Ok(())
+        });
+        Ok(())
+    }
+
+    /// Seal the last pack and wait for every write.
+    pub(crate) async fn finish(&mut self) -> Result<(), ArchiveError> {
+        self.seal().await?;
+        while let Some(result) = self.writes.join_next().await {
+            join_write(Some(result))?;
+        }
+        Ok(())
+    }
+}
+
+fn join_write(
+    result: Option<Result<Result<(), ArchiveError>, tokio::task::JoinError>>,
+) -> Result<(), ArchiveError> {
+    match result {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(e)) => Err(ArchiveError::Precondition(format!(
+            "pack write failed: {e}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Hash a chunk, and compress it unless the repository (or this backup) already has it.
+pub(crate) async fn prepare_chunk<S: Send + 'static>(
+    known: Arc<Mutex<HashSet<String>>>,
+    compression: Compression,
+    job: Job<S>,
+) -> Result<Prepared<S>, ArchiveError> {
+    tokio::task::spawn_blocking(move || -> Result<Prepared<S>, StorageError> {
+        let hash = object::checksum(&job.data);
+        let hex = hash.to_hex().to_string();
+        let is_new = known
+            .lock()
+            .map(|mut k| k.insert(hex.clone()))
+            .unwrap_or(true);
+        let framed = if is_new {
+            Some(object::encode_with_checksum(&job.data, hash, compression)?.1)
+        } else {
+            None
+        };
+        Ok(Prepared {
+            slot: job.slot,
+            hash: hex,
+            len: job.data.len() as u64,
+            framed,
+        })
+    })
+    .await
+    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
+    .map_err(ArchiveError::from)
+}
+
+/// Hash, compress and pack every job `rx` delivers, `parallelism * 2` at a time (twice the cores:
+/// chunks keep compressing while a full pack is being written). Returns the packer, which knows
+/// where every chunk is, and each job's slot, hash and length, in completion order.
+pub(crate) async fn pack_jobs<S: Send + 'static>(
+    mut rx: mpsc::Receiver<Job<S>>,
+    storage: Arc<dyn Storage>,
+    previous: HashMap<String, ChunkRef>,
+    compression: Compression,
+    parallelism: usize,
+    uploads: usize,
+) -> Result<(Packer, Vec<(S, String, u64)>), ArchiveError> {
+    let known: Arc<Mutex<HashSet<String>>> =
+        Arc::new(Mutex::new(previous.keys().cloned().collect()));
+    let packer = Packer::new(storage, previous, uploads);
+    let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let (mut packer, slots) = jobs
+        .map(|job| prepare_chunk(known.clone(), compression, job))
+        .buffer_unordered(parallelism.max(1) * 2)
+        .try_fold(
+            (packer, Vec::new()),
+            |(mut packer, mut slots), prepared| async move {
+                if let Some(framed) = &prepared.framed {
+                    packer.add(prepared.hash.clone(), framed).await?;
+                }
+                slots.push((prepared.slot, prepared.hash, prepared.len));
+                Ok((packer, slots))
+            },
+        )
+        .await?;
+    packer.finish().await?;
+    Ok((packer, slots))
+}
+
+/// A stream stored as content-defined chunks.
+#[derive(Debug)]
+pub(crate) struct StoredStream {
+    pub(crate) chunks: Vec<ChunkRef>,
+    pub(crate) size: u64,
+    pub(crate) new_bytes: u64,
+}
+
+/// Cut `reader` by content on a blocking thread and store its chunks; `previous` chunks are
+/// referenced rather than stored again. Memory stays bounded by the chunks and packs in flight.
+pub(crate) async fn store_stream<R: Read + Send + 'static>(
+    storage: Arc<dyn Storage>,
+    reader: R,
+    previous: HashMap<String, ChunkRef>,
+    compression: Compression,
+    parallelism: usize,
+    uploads: usize,
+) -> Result<StoredStream, ArchiveError> {
+    let parallelism = parallelism.max(1);
+    let (tx, rx) = mpsc::channel::<Job<usize>>(parallelism * 2);
+    let cutter = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
+        for (index, chunk) in content_defined_chunks(reader).enumerate() {
+            if tx
+                .blocking_send(Job {
+                    slot: index,
+                    data: chunk?,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    });
+    let (packer, mut slots) =
+        pack_jobs(rx, storage, previous, compression, parallelism, uploads).await?;
+    cutter
+        .await
+        .map_err(|e| ArchiveError::Precondition(format!("stream reader failed: {e}")))?
+        .map_err(|source| ArchiveError::Io {
+            path: "(stream)".into(),
+            source,
+        })?;
+    slots.sort_by_key(|s| s.0);
+    let size = slots.iter().map(|s| s.2).sum();
+    let chunks = slots
+        .into_iter()
+        .map(|(_, hash, len)| packer.chunk_ref(hash, len))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StoredStream {
+        chunks,
+        size,
+        new_bytes: packer.written,
+    })
+}

@@ -1,0 +1,154 @@
+//! Put a Redis backup back: the files of a stream backup written into a data directory so that
+//! a redis-server started on it loads them.
+//!
+//! Refused while a redis-server runs in that directory (Redis works in its `dir`, so its
+//! process's working directory says which one it uses): it would overwrite the restored files
+//! with its own on the next save, or on shutdown. Files that would be loaded instead of the
+//! restored ones (an AOF directory, an older `dump.rdb`) are moved aside into
+//! `lifeline-replaced-<time>/`, not deleted. Each file is written to a temporary name, checked
+//! chunk by chunk, fsynced and renamed, then the directory is fsynced.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures::{StreamExt, TryStreamExt};
+use storage::manifest::{ChunkRef, StreamManifest};
+use storage::{Storage, layout};
+
+use crate::RestoreError;
+use crate::restore_base::decode_chunk;
+
+/// What would be loaded in place of a restored RDB, or is a leftover of an interrupted save.
+const SHADOWS: &[&str] = &["appendonlydir", "appendonly.aof", "dump.rdb"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisRestoreReport {
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+    /// Where files that were in the way were moved, if any were.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// The pid of a redis-server working in `dir`, if one is.
+pub fn redis_running_in(dir: &Path) -> Option<u32> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            if !comm.trim().starts_with("redis-server") {
+                return None;
+            }
+            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+            (cwd == dir).then_some(pid)
+        })
+}
+
+/// Restore the files of `manifest` into `dir` (created if missing).
+pub async fn restore_redis(
+    storage: &dyn Storage,
+    manifest: &StreamManifest,
+    dir: &Path,
+    downloads: usize,
+) -> Result<RedisRestoreReport, RestoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| RestoreError::io(dir, e))?;
+    if let Some(pid) = redis_running_in(dir) {
+        return Err(RestoreError::Refused(format!(
+            "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
+             or `systemctl stop redis-server`), then restore again; nothing was changed",
+            dir.display()
+        )));
+    }
+    let moved_aside = move_shadows_aside(dir)?;
+    let mut report = RedisRestoreReport {
+        files: Vec::new(),
+        bytes: 0,
+        moved_aside,
+    };
+    for file in &manifest.files {
+        if file.name.contains('/') || file.name.starts_with('.') {
+            return Err(RestoreError::Refused(format!(
+                "the manifest names a file outside the data directory: {:?}",
+                file.name
+            )));
+        }
+        let path = dir.join(&file.name);
+        write_file(storage, &file.chunks, &path, downloads).await?;
+        report.bytes += file.size;
+        report.files.push(path);
+    }
+    fsync_dir(dir)?;
+    Ok(report)
+}
+
+fn move_shadows_aside(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
+    let present: Vec<&str> = SHADOWS
+        .iter()
+        .copied()
+        .filter(|name| dir.join(name).exists())
+        .collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let aside = dir.join(
+        jiff::Timestamp::now()
+            .strftime("lifeline-replaced-%Y%m%d_%H%M%S")
+            .to_string(),
+    );
+    std::fs::create_dir_all(&aside).map_err(|e| RestoreError::io(&aside, e))?;
+    for name in present {
+        std::fs::rename(dir.join(name), aside.join(name))
+            .map_err(|e| RestoreError::io(dir.join(name), e))?;
+    }
+    fsync_dir(dir)?;
+    Ok(Some(aside))
+}
+
+async fn write_file(
+    storage: &dyn Storage,
+    chunks: &[ChunkRef],
+    path: &Path,
+    downloads: usize,
+) -> Result<(), RestoreError> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{file_name}.lifeline-partial"));
+    let result = async {
+        let mut out = std::fs::File::create(&temp).map_err(|e| RestoreError::io(&temp, e))?;
+        let mut fetched = futures::stream::iter(chunks)
+            .map(|chunk| fetch_chunk(storage, chunk))
+            .buffered(downloads.max(1));
+        while let Some(plain) = fetched.try_next().await? {
+            out.write_all(&plain)
+                .map_err(|e| RestoreError::io(&temp, e))?;
+        }
+        out.sync_all().map_err(|e| RestoreError::io(&temp, e))?;
+        std::fs::rename(&temp, path).map_err(|e| RestoreError::io(path, e))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+async fn fetch_chunk(storage: &dyn Storage, chunk: &ChunkRef) -> Result<Vec<u8>, RestoreError> {
+    let pack_key = layout::pack_key(&chunk.pack);
+    let framed = storage
+        .get_range(&pack_key, chunk.offset..chunk.offset + chunk.stored)
+        .await?;
+    let chunk = chunk.clone();
+    tokio::task::spawn_blocking(move || decode_chunk(&pack_key, &chunk, &framed))
+        .await
+        .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), RestoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| RestoreError::io(dir, e))
+}

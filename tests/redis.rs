@@ -1,0 +1,236 @@
+//! Redis: RDB snapshots over the replication protocol, and RDB backups and restores through
+//! the command line, against real redis-server processes.
+
+mod common;
+
+use common::redis::{Redis, populate};
+use common::{Scratch, code, text};
+
+fn round_trip(diskless: bool, password: Option<&str>) {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let source = Redis::start(source_dir.path(), password);
+    populate(&source);
+    source.cli(&[
+        "CONFIG",
+        "SET",
+        "repl-diskless-sync",
+        if diskless { "yes" } else { "no" },
+    ]);
+    source.cli(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+
+    let (mut reader, facts) = archiver::open_rdb(&source.options()).expect("snapshot");
+    assert_eq!(facts.diskless, diskless);
+    assert_eq!(facts.keys.get(&0), Some(&20005));
+    assert_eq!(facts.keys.get(&3), Some(&1));
+    let copy_dir = tempfile::tempdir().expect("tempdir");
+    let mut file = std::fs::File::create(copy_dir.path().join("dump.rdb")).expect("create");
+    std::io::copy(&mut reader, &mut file).expect("copy the snapshot");
+    drop(file);
+
+    let copy = Redis::start(copy_dir.path(), None);
+    for db in ["0", "3"] {
+        assert_eq!(
+            copy.cli(&["-n", db, "DBSIZE"]),
+            source.cli(&["-n", db, "DBSIZE"]),
+            "db {db}"
+        );
+    }
+    // DEBUG DIGEST covers every key, value and expiry of every database.
+    assert_eq!(
+        copy.cli(&["DEBUG", "DIGEST"]),
+        source.cli(&["DEBUG", "DIGEST"])
+    );
+    assert_eq!(copy.cli(&["HGET", "session:1", "user"]), "ada");
+}
+
+#[test]
+fn disk_based_snapshot_loads_into_another_server() {
+    round_trip(false, None);
+}
+
+#[test]
+fn diskless_snapshot_loads_into_another_server() {
+    round_trip(true, None);
+}
+
+#[test]
+fn a_password_protected_server() {
+    round_trip(true, Some("s3cret-redis-pass"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = Redis::start(dir.path(), Some("s3cret-redis-pass"));
+    let mut wrong = redis.options();
+    wrong.password = Some("wrong".into());
+    let err = archiver::open_rdb(&wrong)
+        .err()
+        .expect("wrong password refused");
+    assert!(err.to_string().contains("REDIS_PASSWORD"), "{err}");
+    assert!(!err.to_string().contains("wrong"), "{err}");
+    wrong.password = None;
+    let err = archiver::open_rdb(&wrong)
+        .err()
+        .expect("no password refused");
+    assert!(err.to_string().contains("REDIS_PASSWORD"), "{err}");
+}
+
+fn new_bytes_of_backups(scratch: &Scratch) -> Vec<(u64, u64)> {
+    let out = scratch.lifeline(&["list", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    list.as_array()
+        .expect("array")
+        .iter()
+        .filter(|b| b["service"] == "redis")
+        .map(|b| {
+            (
+                b["size_bytes"].as_u64().expect("size"),
+                b["new_bytes"].as_u64().expect("new"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rdb_backup_and_restore_through_the_repository() {
+    let scratch = Scratch::new();
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let source = Redis::start(source_dir.path(), None);
+    populate(&source);
+    let port = source.port.to_string();
+    let env = [("REDIS_HOST", "127.0.0.1"), ("REDIS_PORT", port.as_str())];
+
+    let out = scratch.lifeline(&["backup", "redis", "--kind", "rdb"], &env);
+    assert!(out.status.success(), "backup failed: {}", text(&out));
+    assert!(text(&out).contains("db0=20005 db3=1"), "{}", text(&out));
+    // 2 % of the keys change overnight; the next snapshot stores little that is new.
+    source.cli(&[
+        "EVAL",
+        "for i = 0, 399 do redis.call('SET', 'key:' .. i * 50, 'changed ' .. i) end",
+        "0",
+    ]);
+    let out = scratch.lifeline(&["backup", "redis"], &env);
+    assert!(out.status.success(), "second backup failed: {}", text(&out));
+    let sizes = new_bytes_of_backups(&scratch);
+    assert_eq!(sizes.len(), 2);
+    let (size, new) = sizes[1];
+    assert!(
+        new * 2 < size,
+        "the second snapshot stored {new} new bytes of {size}: chunks were not shared"
+    );
+
+    let restored_dir = scratch.path("redis-restored");
+    let arg = restored_dir.to_string_lossy().into_owned();
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "redis",
+            "--type",
+            "rdb",
+            "--from",
+            "latest",
+            "--data-dir",
+            &arg,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "restore failed: {}", text(&out));
+    let restored = Redis::start(&restored_dir, None);
+    assert_eq!(
+        restored.cli(&["DEBUG", "DIGEST"]),
+        source.cli(&["DEBUG", "DIGEST"]),
+        "the restored dataset differs from the one backed up"
+    );
+    assert_eq!(restored.cli(&["GET", "key:50"]), "changed 1");
+
+    // Into the directory of a running Redis: refused, and nothing there changes.
+    let before: Vec<_> = std::fs::read_dir(&restored_dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    // (The configured Redis is the one running there, as on a real host.)
+    let restored_port = restored.port.to_string();
+    let out = scratch.lifeline(
+        &["restore", "redis", "--data-dir", &arg],
+        &[("REDIS_PORT", restored_port.as_str())],
+    );
+    assert_ne!(
+        code(&out),
+        0,
+        "restore into a running Redis's directory was accepted: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("is running in"), "{}", text(&out));
+    let after: Vec<_> = std::fs::read_dir(&restored_dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    assert_eq!(before, after, "the refused restore changed the directory");
+    drop(restored);
+
+    // With Redis stopped, the first backup restores over it; what was there is moved aside.
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "redis",
+            "--from",
+            &first_backup_id(&scratch),
+            "--data-dir",
+            &arg,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "restore failed: {}", text(&out));
+    assert!(text(&out).contains("moved to"), "{}", text(&out));
+    let first = Redis::start(&restored_dir, None);
+    assert_eq!(first.cli(&["GET", "key:50"]), source_value_before_churn());
+}
+
+fn first_backup_id(scratch: &Scratch) -> String {
+    let out = scratch.lifeline(&["list", "--json"], &[]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    list.as_array()
+        .expect("array")
+        .iter()
+        .find(|b| b["service"] == "redis")
+        .and_then(|b| b["backup_id"].as_str())
+        .expect("a redis backup")
+        .to_string()
+}
+
+/// What DEBUG POPULATE wrote for key:50 ("value:50" padded to 100 bytes is not it: POPULATE
+/// with a size writes "value:<n>" followed by zero bytes up to the size).
+fn source_value_before_churn() -> String {
+    let scratch_dir = tempfile::tempdir().expect("tempdir");
+    let fresh = Redis::start(scratch_dir.path(), None);
+    fresh.cli(&["DEBUG", "POPULATE", "51", "key", "100"]);
+    fresh.cli(&["GET", "key:50"])
+}
+
+#[test]
+fn rdb_backup_of_a_password_protected_redis() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Redis::start(dir.path(), Some("redis-test-password"));
+    populate(&source);
+    let port = source.port.to_string();
+    let out = scratch.lifeline(
+        &["backup", "redis"],
+        &[
+            ("REDIS_PORT", port.as_str()),
+            ("REDIS_PASSWORD", "wrong-password"),
+        ],
+    );
+    assert_ne!(code(&out), 0);
+    assert!(text(&out).contains("REDIS_PASSWORD"), "{}", text(&out));
+    assert!(!text(&out).contains("wrong-password"), "{}", text(&out));
+    let out = scratch.lifeline(
+        &["backup", "redis"],
+        &[
+            ("REDIS_PORT", port.as_str()),
+            ("REDIS_PASSWORD", "redis-test-password"),
+        ],
+    );
+    assert!(out.status.success(), "backup failed: {}", text(&out));
+    assert!(!text(&out).contains("redis-test-password"));
+}
