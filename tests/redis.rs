@@ -117,6 +117,15 @@ fn rdb_backup_and_restore_through_the_repository() {
         "the second snapshot stored {new} new bytes of {size}: chunks were not shared"
     );
 
+    // The repository alone describes them: a lost catalog is rebuilt, and verify reads them.
+    std::fs::remove_file(scratch.repo.join("catalog.db")).expect("remove catalog");
+    let out = scratch.lifeline(&["catalog", "rebuild"], &[]);
+    assert!(out.status.success(), "rebuild failed: {}", text(&out));
+    assert!(text(&out).contains("2 backups"), "{}", text(&out));
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert!(out.status.success(), "verify failed: {}", text(&out));
+    assert!(text(&out).contains("checked 2 backups"), "{}", text(&out));
+
     let restored_dir = scratch.path("redis-restored");
     let arg = restored_dir.to_string_lossy().into_owned();
     let out = scratch.lifeline(

@@ -139,25 +139,7 @@ async fn write_stream_manifest(
     };
     let metadata = metadata_json(&summary, serde_json::json!({ "counts": manifest.counts }));
     put_metadata(storage, &manifest.backup_id, metadata).await?;
-    let record = catalog::BackupRecord {
-        backup_id: manifest.backup_id.clone(),
-        service: manifest.service.clone(),
-        kind: manifest.kind.clone(),
-        system_identifier: 0,
-        timeline: 0,
-        start_lsn: 0,
-        stop_lsn: 0,
-        start_wal: String::new(),
-        stop_wal: String::new(),
-        started_at_us: manifest.started_at.as_microsecond(),
-        finished_at_us: manifest.finished_at.as_microsecond(),
-        size_bytes: manifest.size_bytes,
-        new_bytes: manifest.new_bytes,
-        file_count: manifest.files.len() as u64,
-        state: catalog::BackupState::Complete,
-        retention: "7_days".into(),
-        restorability: "UNVERIFIED".into(),
-    };
+    let record = catalog::BackupRecord::from_stream_manifest(manifest, "7_days", "UNVERIFIED");
     let path = catalog_path.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
         catalog::Catalog::open(&path)?.upsert_backup(&record)?;

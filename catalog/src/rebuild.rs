@@ -1,6 +1,6 @@
 //! Rebuild the catalog from the repository alone: the path a lost host takes.
 
-use storage::manifest::{BackupManifest, ClusterIdentity};
+use storage::manifest::{BackupManifest, ClusterIdentity, StreamManifest};
 use storage::wal::WalFileName;
 use storage::{ObjectHeader, ObjectMeta, Storage, StorageExt, layout, object};
 
@@ -80,6 +80,29 @@ impl BackupRecord {
             restorability: restorability.to_string(),
         }
     }
+
+    /// The catalog row of a complete stream backup (Redis, dumps): no cluster, no WAL.
+    pub fn from_stream_manifest(m: &StreamManifest, retention: &str, restorability: &str) -> Self {
+        BackupRecord {
+            backup_id: m.backup_id.clone(),
+            service: m.service.clone(),
+            kind: m.kind.clone(),
+            system_identifier: 0,
+            timeline: 0,
+            start_lsn: 0,
+            stop_lsn: 0,
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            started_at_us: m.started_at.as_microsecond(),
+            finished_at_us: m.finished_at.as_microsecond(),
+            size_bytes: m.size_bytes,
+            new_bytes: m.new_bytes,
+            file_count: m.files.len() as u64,
+            state: BackupState::Complete,
+            retention: retention.to_string(),
+            restorability: restorability.to_string(),
+        }
+    }
 }
 
 /// Read every manifest and WAL object header in `storage` and make the catalog say exactly that.
@@ -90,6 +113,20 @@ pub async fn rebuild(
     let mut summary = RebuildSummary::default();
     let mut backups = Vec::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
+        if let Some(backup_id) = layout::parse_stream_manifest_key(&meta.key) {
+            match StreamManifest::load(storage, backup_id).await {
+                Ok(m) => {
+                    let (retention, restorability) = read_metadata_labels(storage, backup_id).await;
+                    backups.push(BackupRecord::from_stream_manifest(
+                        &m,
+                        &retention,
+                        &restorability,
+                    ));
+                }
+                Err(e) => summary.unreadable.push(format!("{}: {e}", meta.key)),
+            }
+            continue;
+        }
         let Some(backup_id) = layout::parse_manifest_key(&meta.key) else {
             continue;
         };
@@ -135,7 +172,7 @@ pub async fn rebuild(
         }
         wal.push(record);
     }
-    for b in &backups {
+    for b in backups.iter().filter(|b| b.system_identifier != 0) {
         if !clusters.iter().any(|(id, _)| *id == b.system_identifier) {
             clusters.push((b.system_identifier, b.started_at_us));
         }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
-use storage::manifest::{BackupManifest, ChunkRef};
+use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::{Storage, StorageExt, layout, object, pack};
 
 use crate::RestoreError;
@@ -38,21 +38,33 @@ pub async fn verify_repository(
     let mut report = VerifyReport::default();
     let mut needed: Needed = BTreeMap::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
-        let Some(id) = layout::parse_manifest_key(&meta.key) else {
+        let chunks = if let Some(id) = layout::parse_manifest_key(&meta.key) {
+            let manifest = match storage
+                .get_bytes(&meta.key)
+                .await
+                .and_then(|b| object::decode(&meta.key, &b))
+            {
+                Ok(plain) => BackupManifest::from_json(&meta.key, &plain),
+                Err(e) => Err(e),
+            };
+            (
+                id,
+                manifest.map(|m| m.chunks().cloned().collect::<Vec<_>>()),
+            )
+        } else if let Some(id) = layout::parse_stream_manifest_key(&meta.key) {
+            let manifest = StreamManifest::load(storage, id).await;
+            (
+                id,
+                manifest.map(|m| m.chunks().cloned().collect::<Vec<_>>()),
+            )
+        } else {
             continue;
         };
+        let (id, chunks) = chunks;
         report.backups += 1;
-        let manifest = match storage
-            .get_bytes(&meta.key)
-            .await
-            .and_then(|b| object::decode(&meta.key, &b))
-        {
-            Ok(plain) => BackupManifest::from_json(&meta.key, &plain),
-            Err(e) => Err(e),
-        };
-        match manifest {
-            Ok(m) => {
-                for chunk in m.chunks() {
+        match chunks {
+            Ok(chunks) => {
+                for chunk in &chunks {
                     needed
                         .entry(chunk.pack.clone())
                         .or_default()

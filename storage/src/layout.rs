@@ -60,8 +60,17 @@ pub fn metadata_key(backup_id: &str) -> String {
 
 /// The backup id of a manifest key, if it is one.
 pub fn parse_manifest_key(key: &str) -> Option<&str> {
+    backup_id_of(key, MANIFEST_NAME)
+}
+
+/// The backup id of a stream manifest key, if it is one.
+pub fn parse_stream_manifest_key(key: &str) -> Option<&str> {
+    backup_id_of(key, STREAM_MANIFEST_NAME)
+}
+
+fn backup_id_of<'a>(key: &'a str, name: &str) -> Option<&'a str> {
     key.strip_prefix(BACKUPS_PREFIX)?
-        .strip_suffix(MANIFEST_NAME)?
+        .strip_suffix(name)?
         .strip_suffix('/')
         .filter(|id| !id.contains('/'))
 }
@@ -81,6 +90,11 @@ mod tests {
             Some("backup_20251227_010000")
         );
         assert_eq!(parse_manifest_key("backups/x/y/manifest"), None);
+        assert_eq!(parse_manifest_key("backups/x/stream-manifest"), None);
+        assert_eq!(
+            parse_stream_manifest_key(&stream_manifest_key("backup_1")),
+            Some("backup_1")
+        );
         assert_eq!(pack_key("abcdef"), "packs/ab/abcdef");
     }
 }
