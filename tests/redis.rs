@@ -95,36 +95,42 @@ fn rdb_backup_and_restore_through_the_repository() {
     let source_dir = tempfile::tempdir().expect("tempdir");
     let source = Redis::start(source_dir.path(), None);
     populate(&source);
+    // Enough data for many chunks: a snapshot differs from the last only in its header and
+    // its trailing checksum, so all chunks but the first and last are shared.
+    source.cli(&["DEBUG", "POPULATE", "200000", "bulk", "100"]);
     let port = source.port.to_string();
     let env = [("REDIS_HOST", "127.0.0.1"), ("REDIS_PORT", port.as_str())];
 
     let out = scratch.lifeline(&["backup", "redis", "--kind", "rdb"], &env);
     assert!(out.status.success(), "backup failed: {}", text(&out));
-    assert!(text(&out).contains("db0=20005 db3=1"), "{}", text(&out));
-    // 2 % of the keys change overnight; the next snapshot stores little that is new.
+    assert!(text(&out).contains("db0=220005 db3=1"), "{}", text(&out));
+    // A second snapshot of the same data shares every chunk but the first and the last.
+    let out = scratch.lifeline(&["backup", "redis"], &env);
+    assert!(out.status.success(), "second backup failed: {}", text(&out));
+    let sizes = new_bytes_of_backups(&scratch);
+    assert_eq!(sizes.len(), 2);
+    let (first_new, second_new) = (sizes[0].1, sizes[1].1);
+    assert!(
+        second_new * 4 < first_new,
+        "the second snapshot of unchanged data stored {second_new} new bytes, the first {first_new}"
+    );
+    // Then values change; the restore must bring back the changed ones.
     source.cli(&[
         "EVAL",
         "for i = 0, 399 do redis.call('SET', 'key:' .. i * 50, 'changed ' .. i) end",
         "0",
     ]);
     let out = scratch.lifeline(&["backup", "redis"], &env);
-    assert!(out.status.success(), "second backup failed: {}", text(&out));
-    let sizes = new_bytes_of_backups(&scratch);
-    assert_eq!(sizes.len(), 2);
-    let (size, new) = sizes[1];
-    assert!(
-        new * 2 < size,
-        "the second snapshot stored {new} new bytes of {size}: chunks were not shared"
-    );
+    assert!(out.status.success(), "third backup failed: {}", text(&out));
 
     // The repository alone describes them: a lost catalog is rebuilt, and verify reads them.
     std::fs::remove_file(scratch.repo.join("catalog.db")).expect("remove catalog");
     let out = scratch.lifeline(&["catalog", "rebuild"], &[]);
     assert!(out.status.success(), "rebuild failed: {}", text(&out));
-    assert!(text(&out).contains("2 backups"), "{}", text(&out));
+    assert!(text(&out).contains("3 backups"), "{}", text(&out));
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
     assert!(out.status.success(), "verify failed: {}", text(&out));
-    assert!(text(&out).contains("checked 2 backups"), "{}", text(&out));
+    assert!(text(&out).contains("checked 3 backups"), "{}", text(&out));
 
     let restored_dir = scratch.path("redis-restored");
     let arg = restored_dir.to_string_lossy().into_owned();
