@@ -148,6 +148,11 @@ fn rdb_backup_and_restore_through_the_repository() {
         &[],
     );
     assert!(out.status.success(), "restore failed: {}", text(&out));
+    assert!(
+        text(&out).contains("[PASS] a redis-server loaded the restored files with the recorded keys: db0=220005 db3=1"),
+        "{}",
+        text(&out)
+    );
     let restored = Redis::start(&restored_dir, None);
     assert_eq!(
         restored.cli(&["DEBUG", "DIGEST"]),

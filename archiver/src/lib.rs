@@ -15,6 +15,8 @@ mod wal_push;
 
 pub use base_backup::{BaseBackupOptions, ConnectionOptions, run_base_backup};
 pub use error::ArchiveError;
-pub use redis::{RdbReader, RedisFacts, RedisOptions, open_rdb, parse_keyspace, redis_data_dir};
+pub use redis::{
+    RdbReader, RedisFacts, RedisOptions, keyspace, open_rdb, parse_keyspace, redis_data_dir,
+};
 pub use stream_backup::{RdbBackupOptions, run_rdb_backup};
 pub use wal_push::{PushOutcome, push_wal};

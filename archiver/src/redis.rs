@@ -71,6 +71,21 @@ pub fn redis_data_dir(opts: &RedisOptions) -> Option<std::path::PathBuf> {
     }
 }
 
+/// Keys per database as the server counts them now; an error while it is still loading its
+/// data (INFO answers then, with the keys loaded so far).
+pub fn keyspace(opts: &RedisOptions) -> Result<BTreeMap<u32, u64>, ArchiveError> {
+    let mut conn = connect(opts)?;
+    match command(&mut conn, &["INFO", "persistence"])? {
+        Reply::Bulk(text) if info_field(&text, "loading").as_deref() == Some("0") => {}
+        _ => return Err(refused("Redis is still loading its data")),
+    }
+    match command(&mut conn, &["INFO", "keyspace"])? {
+        Reply::Bulk(text) => Ok(parse_keyspace(&text)),
+        Reply::Error(e) => Err(refused(format!("Redis answered INFO with {e}"))),
+        other => Err(refused(format!("INFO keyspace failed: {other:?}"))),
+    }
+}
+
 /// Connect, authenticate and ask for a snapshot; the reader yields the RDB bytes.
 pub fn open_rdb(opts: &RedisOptions) -> Result<(RdbReader, RedisFacts), ArchiveError> {
     let mut conn = connect(opts)?;

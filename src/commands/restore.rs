@@ -29,6 +29,10 @@ pub struct RedisArgs {
     /// Redis's data directory (its `dir`); created if missing. No redis-server may run there.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Load the restored files into a scratch redis-server and compare its key counts with the
+    /// backup's (skipped when redis-server is not installed).
+    #[arg(long, value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
+    verify: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -263,7 +267,90 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
         super::counts_line(&manifest.counts),
         args.data_dir.display()
     );
+    if args.verify {
+        let dir = args.data_dir.clone();
+        let found = tokio::task::spawn_blocking(move || loaded_key_counts(&dir))
+            .await
+            .context("key count check")??;
+        let Some(found) = found else {
+            println!(
+                "redis-server is not installed here: key counts not checked (--verify false to silence)"
+            );
+            return Ok(ExitCode::SUCCESS);
+        };
+        let found: std::collections::BTreeMap<String, u64> = found
+            .into_iter()
+            .map(|(db, n)| (format!("db{db}"), n))
+            .collect();
+        if found != manifest.counts {
+            bail!(
+                "the restored files load with keys {} but the backup recorded {}: the restore is not the data that was backed up",
+                super::counts_line(&found),
+                super::counts_line(&manifest.counts)
+            );
+        }
+        println!(
+            "[PASS] a redis-server loaded the restored files with the recorded keys: {}",
+            super::counts_line(&found)
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start a throwaway redis-server on the restored files (a free loopback port, nothing saved),
+/// and read its key counts once it has loaded them. `None` when redis-server is not installed.
+fn loaded_key_counts(
+    dir: &std::path::Path,
+) -> Result<Option<std::collections::BTreeMap<u32, u64>>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .context("find a free port for the check")?;
+    let spawned = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir)
+        .args([
+            "--dbfilename",
+            "dump.rdb",
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut server = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("start redis-server for the check"),
+    };
+    let opts = archiver::RedisOptions {
+        host: "127.0.0.1".into(),
+        port,
+        password: None,
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    let counts = loop {
+        match archiver::keyspace(&opts) {
+            Ok(counts) => break Ok(counts),
+            Err(e) if Instant::now() > deadline => break Err(e),
+            Err(_) => {
+                if let Ok(Some(status)) = server.try_wait() {
+                    bail!(
+                        "redis-server could not load the restored files ({status}): the restored dump.rdb is not usable"
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    // Killed, not shut down: it must write nothing into the restored directory.
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(Some(counts.context("the check server never answered")?))
 }
 
 #[cfg(test)]
