@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub redis_host: Option<String>,
     pub redis_port: Option<u16>,
     pub redis_password: Option<String>,
+    pub staging_db_name: Option<String>,
+    pub pg_bin_dir: Option<PathBuf>,
 }
 
 /// What every command works from, resolved once before any I/O.
@@ -62,6 +64,10 @@ pub struct Settings {
     pub transfers: Option<usize>,
     pub prefetch: Prefetch,
     pub redis: archiver::RedisOptions,
+    /// The database a `--target staging` dump restore recreates.
+    pub staging_db: String,
+    /// Where pg_dump, pg_restore, createdb and dropdb are ("" for PATH).
+    pub pg_bin: PathBuf,
 }
 
 /// `wal fetch` read-ahead: how many segments past the requested one, and at most how many bytes.
@@ -164,6 +170,9 @@ impl Settings {
             );
         }
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let dbname = env("DB_NAME")
+            .or(file.db_name.clone())
+            .unwrap_or_else(|| "postgres".into());
         let redis_port = match env("REDIS_PORT") {
             Some(p) => Some(
                 p.parse::<u16>()
@@ -201,9 +210,7 @@ impl Settings {
                     .or(file.db_user)
                     .unwrap_or_else(|| "postgres".into()),
                 password: env("DB_PASSWORD").or(file.db_password),
-                dbname: env("DB_NAME")
-                    .or(file.db_name)
-                    .unwrap_or_else(|| "postgres".into()),
+                dbname: dbname.clone(),
             },
             pgdata: env("PGDATA").map(PathBuf::from).or(file.pgdata),
             s3,
@@ -217,6 +224,13 @@ impl Settings {
                 bytes: file.wal_prefetch_mib.unwrap_or(512) << 20,
                 spool_dir: file.wal_spool_dir.map(absolute),
             },
+            staging_db: env("STAGING_DB_NAME")
+                .or(file.staging_db_name)
+                .unwrap_or_else(|| format!("{dbname}_staging")),
+            pg_bin: env("PG_BIN_DIR")
+                .map(PathBuf::from)
+                .or(file.pg_bin_dir)
+                .unwrap_or_else(newest_pg_bin),
             redis: archiver::RedisOptions {
                 host: env("REDIS_HOST")
                     .or(file.redis_host)
@@ -348,6 +362,19 @@ impl Settings {
             self.prefetch.bytes,
         ))
     }
+}
+
+/// The newest `/usr/lib/postgresql/<major>/bin` (Debian's layout), else PATH.
+fn newest_pg_bin() -> PathBuf {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max();
+    newest.map_or_else(PathBuf::new, |major| {
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
+    })
 }
 
 async fn open_s3(opts: &S3Options) -> Result<Arc<dyn Storage>> {

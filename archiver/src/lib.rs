@@ -8,12 +8,14 @@
 mod base_backup;
 mod chunk_store;
 mod cluster;
+mod dump;
 mod error;
 mod redis;
 mod stream_backup;
 mod wal_push;
 
 pub use base_backup::{BaseBackupOptions, ConnectionOptions, run_base_backup};
+pub use dump::{DumpOptions, pg_command, run_dump_backup};
 pub use error::ArchiveError;
 pub use redis::{
     RdbReader, RedisFacts, RedisOptions, keyspace, open_rdb, parse_keyspace, redis_data_dir,

@@ -82,7 +82,7 @@ pub async fn run_rdb_backup(
 }
 
 /// Chunks of the newest complete backup of this service and kind: those need not be stored again.
-async fn previous_stream_chunks(
+pub(crate) async fn previous_stream_chunks(
     storage: &dyn Storage,
     catalog_path: &Path,
     service: &'static str,
@@ -115,7 +115,7 @@ async fn previous_stream_chunks(
     }
 }
 
-async fn write_stream_manifest(
+pub(crate) async fn write_stream_manifest(
     storage: &dyn Storage,
     manifest: &StreamManifest,
     catalog_path: &Path,

@@ -12,6 +12,7 @@ mod error;
 mod pitr;
 mod prefetch;
 mod restore_base;
+mod restore_dump;
 mod restore_redis;
 mod select;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use prefetch::{PrefetchReport, Spool};
 pub use restore_base::{
     RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base,
 };
+pub use restore_dump::{open_dump_file, write_chunks};
 pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis};
 pub use select::{BackupSelector, select_backup};
 pub use verify::{VerifyReport, verify_repository};

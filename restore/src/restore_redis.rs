@@ -136,7 +136,10 @@ async fn write_file(
     result
 }
 
-async fn fetch_chunk(storage: &dyn Storage, chunk: &ChunkRef) -> Result<Vec<u8>, RestoreError> {
+pub(crate) async fn fetch_chunk(
+    storage: &dyn Storage,
+    chunk: &ChunkRef,
+) -> Result<Vec<u8>, RestoreError> {
     let pack_key = layout::pack_key(&chunk.pack);
     let framed = storage
         .get_range(&pack_key, chunk.offset..chunk.offset + chunk.stored)

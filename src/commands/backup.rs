@@ -26,7 +26,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         BackupCommand::Redis { kind } => return backup_redis(&kind, settings).await,
     };
     if kind == "dump" {
-        bail!("--kind dump is not available in this version: use --kind base");
+        return super::dump::backup(settings).await;
     }
     let storage = settings.repository_for_writing().await?;
     let opts = archiver::BaseBackupOptions {

@@ -1,5 +1,6 @@
 pub mod backup;
 pub mod catalog;
+pub mod dump;
 pub mod info;
 pub mod restore;
 pub mod verify;

@@ -45,7 +45,7 @@ pub struct PostgresArgs {
     /// Target time for --type pitr: "YYYY-MM-DD HH:MM:SS", local time unless it carries an offset.
     #[arg(long)]
     until: Option<String>,
-    /// Restore from a file instead of the repository (dumps only).
+    /// Restore a pg_dump custom-format file instead of a backup (`.dump` or `.dump.gz`).
     #[arg(long)]
     file: Option<PathBuf>,
     #[arg(long, value_parser = ["base", "dump"], default_value = "base")]
@@ -85,9 +85,11 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         RestoreCommand::Redis(args) => return restore_redis(args, settings).await,
     };
     if args.kind == "dump" || args.file.is_some() {
-        bail!(
-            "dump restores (--kind dump, --file) are not available in this version: restore a base backup"
-        );
+        if args.restore_type != "full" {
+            bail!("a dump restores whole: use --type full with --kind dump");
+        }
+        return super::dump::restore(&args.from, args.file, args.target == "staging", settings)
+            .await;
     }
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("name the directory to restore into with --data-dir DIR (or PGDATA)");

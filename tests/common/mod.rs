@@ -293,6 +293,10 @@ impl Pg {
     }
 
     pub fn try_psql(&self, sql: &str) -> Output {
+        self.try_psql_in("postgres", sql)
+    }
+
+    pub fn try_psql_in(&self, db: &str, sql: &str) -> Output {
         run_as_postgres(
             &format!("{PG_BIN}/psql"),
             &[
@@ -303,7 +307,7 @@ impl Pg {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-AtX",
                 "-v",
                 "ON_ERROR_STOP=1",
@@ -314,7 +318,11 @@ impl Pg {
     }
 
     pub fn psql(&self, sql: &str) -> String {
-        let out = self.try_psql(sql);
+        self.psql_in("postgres", sql)
+    }
+
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
+        let out = self.try_psql_in(db, sql);
         assert!(out.status.success(), "psql {sql}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -363,7 +371,13 @@ impl Pg {
 
     /// Every row of every user table, as text, table by table.
     pub fn snapshot(&self) -> Vec<(String, String)> {
-        let tables = self.psql(
+        self.snapshot_in("postgres")
+    }
+
+    /// Every row of every user table of database `db`, as text, table by table.
+    pub fn snapshot_in(&self, db: &str) -> Vec<(String, String)> {
+        let tables = self.psql_in(
+            db,
             "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
         );
         tables
@@ -372,9 +386,10 @@ impl Pg {
             .map(|t| {
                 (
                     t.to_string(),
-                    self.psql(&format!(
-                        "SELECT string_agg(x::text, ';' ORDER BY x::text) FROM {t} x"
-                    )),
+                    self.psql_in(
+                        db,
+                        &format!("SELECT string_agg(x::text, ';' ORDER BY x::text) FROM {t} x"),
+                    ),
                 )
             })
             .collect()
