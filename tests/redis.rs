@@ -254,3 +254,125 @@ fn rdb_backup_of_a_password_protected_redis() {
     assert!(out.status.success(), "backup failed: {}", text(&out));
     assert!(!text(&out).contains("redis-test-password"));
 }
+
+/// Writes `SET seq:<n> <n>` for n = 0, 1, 2, ... on one connection until told to stop; returns
+/// how many were acknowledged.
+fn write_load(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let mut writer = stream;
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            write!(writer, "SET seq:{n} {n}\r\n").expect("write");
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("reply");
+            assert_eq!(line, "+OK\r\n");
+            n += 1;
+        }
+        n
+    })
+}
+
+#[test]
+fn aof_backup_is_consistent_while_a_rewrite_runs_under_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    // lifeline reads Redis's files (as another user, as on a real host).
+    std::fs::set_permissions(source_dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let source = Redis::start_with(source_dir.path(), None, &["--appendonly", "yes"]);
+    populate(&source);
+    let port = source.port.to_string();
+    let env = [("REDIS_PORT", port.as_str())];
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = write_load(source.port, stop.clone());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Rewrites forced over and over while the backups copy.
+    let rewrites = {
+        let (stop, port) = (stop.clone(), source.port);
+        std::thread::spawn(move || {
+            let mut forced = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "BGREWRITEAOF"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&out.stdout).contains("started") {
+                    forced += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            forced
+        })
+    };
+    for _ in 0..3 {
+        let out = scratch.lifeline(&["backup", "redis", "--kind", "aof"], &env);
+        assert!(out.status.success(), "AOF backup failed: {}", text(&out));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = load.join().expect("load");
+    let forced = rewrites.join().expect("rewrites");
+    assert!(forced >= 2, "only {forced} rewrites ran during the backups");
+    assert!(
+        written > 100,
+        "the write load barely ran ({written} writes)"
+    );
+
+    let restored_dir = scratch.path("aof-restored");
+    let arg = restored_dir.to_string_lossy().into_owned();
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "redis",
+            "--type",
+            "aof",
+            "--from",
+            "latest",
+            "--data-dir",
+            &arg,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "AOF restore failed: {}", text(&out));
+    assert!(
+        text(&out).contains("[PASS] a redis-server loaded the restored AOF"),
+        "{}",
+        text(&out)
+    );
+    let restored = Redis::start_with(&restored_dir, None, &["--appendonly", "yes"]);
+    // Not torn: the writes it holds are exactly the first `count` ones, each with its value,
+    // and the data that was there before is all there.
+    let count: u64 = restored
+        .cli(&["EVAL", "return #redis.call('KEYS', 'seq:*')", "0"])
+        .parse()
+        .expect("count");
+    assert!(count > 0 && count <= written, "{count} of {written} writes");
+    eprintln!("restored {count} of {written} writes; {forced} rewrites forced");
+    let consistent = restored.cli(&[
+        "EVAL",
+        "for i = 0, tonumber(ARGV[1]) - 1 do if redis.call('GET', 'seq:' .. i) ~= tostring(i) then return i end end return -1",
+        "0",
+        &count.to_string(),
+    ]);
+    assert_eq!(
+        consistent, "-1",
+        "write seq:{consistent} is missing or wrong among the first {count}"
+    );
+    for db in ["0", "3"] {
+        let expected = if db == "0" { 20005 + count } else { 1 };
+        assert_eq!(
+            restored.cli(&["-n", db, "DBSIZE"]),
+            expected.to_string(),
+            "db {db}"
+        );
+    }
+    assert_eq!(restored.cli(&["HGET", "session:1", "user"]), "ada");
+}

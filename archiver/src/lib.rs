@@ -5,6 +5,7 @@
 //! - [`open_rdb`]: a consistent RDB snapshot of a running Redis over the replication protocol;
 //!   [`run_rdb_backup`] stores one, chunked and deduplicated like everything else.
 
+mod aof;
 mod base_backup;
 mod chunk_store;
 mod cluster;
@@ -20,5 +21,5 @@ pub use error::ArchiveError;
 pub use redis::{
     RdbReader, RedisFacts, RedisOptions, keyspace, open_rdb, parse_keyspace, redis_data_dir,
 };
-pub use stream_backup::{RdbBackupOptions, run_rdb_backup};
+pub use stream_backup::{RdbBackupOptions, run_aof_backup, run_rdb_backup};
 pub use wal_push::{PushOutcome, push_wal};

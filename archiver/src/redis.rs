@@ -71,6 +71,30 @@ pub fn redis_data_dir(opts: &RedisOptions) -> Option<std::path::PathBuf> {
     }
 }
 
+/// One `CONFIG GET` value.
+pub(crate) fn config_value(opts: &RedisOptions, name: &str) -> Result<String, ArchiveError> {
+    let mut conn = connect(opts)?;
+    match command(&mut conn, &["CONFIG", "GET", name])? {
+        Reply::Array(items) if items.len() == 2 => Ok(items[1].clone()),
+        other => Err(refused(format!(
+            "Redis did not answer CONFIG GET {name} ({other:?}); the backup user needs CONFIG"
+        ))),
+    }
+}
+
+/// One field of an INFO section.
+pub(crate) fn info_value(
+    opts: &RedisOptions,
+    section: &str,
+    field: &str,
+) -> Result<Option<String>, ArchiveError> {
+    let mut conn = connect(opts)?;
+    match command(&mut conn, &["INFO", section])? {
+        Reply::Bulk(text) => Ok(info_field(&text, field)),
+        other => Err(refused(format!("INFO {section} failed: {other:?}"))),
+    }
+}
+
 /// Keys per database as the server counts them now; an error while it is still loading its
 /// data (INFO answers then, with the keys loaded so far).
 pub fn keyspace(opts: &RedisOptions) -> Result<BTreeMap<u32, u64>, ArchiveError> {

@@ -3,6 +3,7 @@
 //! chunks with last night's, and only the new chunks are stored.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,11 +11,13 @@ use storage::manifest::{ChunkRef, MANIFEST_FORMAT, StreamFile, StreamManifest};
 use storage::{Compression, Storage, layout};
 use tracing::{info, warn};
 
+use crate::aof::pin_aof;
 use crate::base_backup::{
     MetadataSummary, metadata_json, new_backup_id, put_manifest, put_metadata,
 };
 use crate::chunk_store::store_stream;
-use crate::{ArchiveError, RedisOptions, open_rdb};
+use crate::redis::info_value;
+use crate::{ArchiveError, RedisOptions, keyspace, open_rdb};
 
 #[derive(Debug, Clone)]
 pub struct RdbBackupOptions {
@@ -34,49 +37,95 @@ pub async fn run_rdb_backup(
     let (reader, facts) = tokio::task::spawn_blocking(move || open_rdb(&redis))
         .await
         .map_err(|e| ArchiveError::Precondition(format!("Redis connection task failed: {e}")))??;
-    let previous =
-        previous_stream_chunks(storage.as_ref(), &opts.catalog_path, "redis", "rdb").await;
+    info!(diskless = facts.diskless, "receiving the RDB snapshot");
+    let sources: Vec<(String, Box<dyn Read + Send>)> =
+        vec![("dump.rdb".to_string(), Box::new(reader))];
+    store_redis_files(storage, opts, "rdb", facts.version, facts.keys, sources).await
+}
+
+/// Copy Redis 7's multi-part AOF (manifest, base and incremental files), pinned consistently
+/// (see `aof`), into the repository. Runs on the Redis host: the files are read directly.
+pub async fn run_aof_backup(
+    storage: Arc<dyn Storage>,
+    opts: &RdbBackupOptions,
+) -> Result<StreamManifest, ArchiveError> {
+    let redis = opts.redis.clone();
+    let (pinned, keys, version) = tokio::task::spawn_blocking(move || {
+        let pinned = pin_aof(&redis)?;
+        let keys = keyspace(&redis)?;
+        let version = info_value(&redis, "server", "redis_version")?.unwrap_or_default();
+        Ok::<_, ArchiveError>((pinned, keys, version))
+    })
+    .await
+    .map_err(|e| ArchiveError::Precondition(format!("Redis connection task failed: {e}")))??;
+    info!(files = pinned.files.len(), "copying the pinned AOF files");
+    let sources: Vec<(String, Box<dyn Read + Send>)> = pinned
+        .files
+        .into_iter()
+        .map(|f| (f.name.clone(), Box::new(f.reader()) as Box<dyn Read + Send>))
+        .collect();
+    store_redis_files(storage, opts, "aof", version, keys, sources).await
+}
+
+/// Store each file as content-defined chunks and record the backup.
+async fn store_redis_files(
+    storage: Arc<dyn Storage>,
+    opts: &RdbBackupOptions,
+    kind: &'static str,
+    server_version: String,
+    keys: BTreeMap<u32, u64>,
+    sources: Vec<(String, Box<dyn Read + Send>)>,
+) -> Result<StreamManifest, ArchiveError> {
+    let mut previous =
+        previous_stream_chunks(storage.as_ref(), &opts.catalog_path, "redis", kind).await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
-    info!(backup = %backup_id, diskless = facts.diskless, "receiving the RDB snapshot");
-    let stored = store_stream(
-        storage.clone(),
-        reader,
-        previous,
-        opts.compression,
-        opts.parallelism,
-        opts.uploads,
-    )
-    .await?;
+    let mut files = Vec::with_capacity(sources.len());
+    let mut new_bytes = 0;
+    for (name, reader) in sources {
+        let stored = store_stream(
+            storage.clone(),
+            reader,
+            previous.clone(),
+            opts.compression,
+            opts.parallelism,
+            opts.uploads,
+        )
+        .await?;
+        // Later files may share this one's chunks too.
+        previous.extend(stored.chunks.iter().map(|c| (c.hash.clone(), c.clone())));
+        new_bytes += stored.new_bytes;
+        files.push(StreamFile {
+            name,
+            size: stored.size,
+            chunks: stored.chunks,
+        });
+    }
     storage.sync().await?;
+    let size_bytes = files.iter().map(|f| f.size).sum();
     let manifest = StreamManifest {
         format: MANIFEST_FORMAT,
         backup_id,
         service: "redis".into(),
-        kind: "rdb".into(),
-        server_version: facts.version,
+        kind: kind.into(),
+        server_version,
         source: format!("{}:{}", opts.redis.host, opts.redis.port),
         started_at,
         finished_at: jiff::Timestamp::now(),
-        files: vec![StreamFile {
-            name: "dump.rdb".into(),
-            size: stored.size,
-            chunks: stored.chunks,
-        }],
-        counts: facts
-            .keys
+        files,
+        counts: keys
             .iter()
-            .map(|(db, keys)| (format!("db{db}"), *keys))
+            .map(|(db, n)| (format!("db{db}"), *n))
             .collect::<BTreeMap<_, _>>(),
-        size_bytes: stored.size,
-        new_bytes: stored.new_bytes,
+        size_bytes,
+        new_bytes,
     };
     write_stream_manifest(storage.as_ref(), &manifest, &opts.catalog_path).await?;
     info!(
         backup = %manifest.backup_id,
+        kind,
         size_bytes = manifest.size_bytes,
-        new_bytes = manifest.new_bytes,
-        "RDB backup complete"
+        "Redis backup complete"
     );
     Ok(manifest)
 }

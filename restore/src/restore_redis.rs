@@ -68,16 +68,24 @@ pub async fn restore_redis(
         moved_aside,
     };
     for file in &manifest.files {
-        if file.name.contains('/') || file.name.starts_with('.') {
+        // `dump.rdb`, or `appendonlydir/appendonly.aof.1.base.rdb`: plain names, one level.
+        let parts: Vec<&str> = file.name.split('/').collect();
+        if parts.len() > 2 || parts.iter().any(|p| p.is_empty() || p.starts_with('.')) {
             return Err(RestoreError::Refused(format!(
                 "the manifest names a file outside the data directory: {:?}",
                 file.name
             )));
         }
         let path = dir.join(&file.name);
+        if let Some(parent) = path.parent().filter(|p| *p != dir) {
+            std::fs::create_dir_all(parent).map_err(|e| RestoreError::io(parent, e))?;
+        }
         write_file(storage, &file.chunks, &path, downloads).await?;
         report.bytes += file.size;
         report.files.push(path);
+    }
+    for parent in report.files.iter().filter_map(|f| f.parent()) {
+        fsync_dir(parent)?;
     }
     fsync_dir(dir)?;
     Ok(report)

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::config::Settings;
 
@@ -58,9 +58,6 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
 }
 
 async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
-    if kind == "aof" {
-        bail!("--kind aof is not available in this version: use --kind rdb");
-    }
     let storage = settings.repository_for_writing().await?;
     let opts = archiver::RdbBackupOptions {
         redis: settings.redis.clone(),
@@ -70,17 +67,23 @@ async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
         catalog_path: settings.catalog_path()?,
     };
     let started = Instant::now();
-    let manifest = archiver::run_rdb_backup(storage, &opts)
-        .await
-        .with_context(|| {
-            format!(
-                "Redis RDB backup of {}:{}",
-                settings.redis.host, settings.redis.port
-            )
-        })?;
+    let manifest = if kind == "aof" {
+        archiver::run_aof_backup(storage, &opts).await
+    } else {
+        archiver::run_rdb_backup(storage, &opts).await
+    };
+    let manifest = manifest.with_context(|| {
+        format!(
+            "Redis {} backup of {}:{}",
+            kind.to_uppercase(),
+            settings.redis.host,
+            settings.redis.port
+        )
+    })?;
     println!(
-        "backup {} complete: RDB of {:.1} MiB, {:.1} MiB new in the repository, keys {}, {:.1} s",
+        "backup {} complete: {} of {:.1} MiB, {:.1} MiB new in the repository, keys {}, {:.1} s",
         manifest.backup_id,
+        kind.to_uppercase(),
         manifest.size_bytes as f64 / (1u64 << 20) as f64,
         manifest.new_bytes as f64 / (1u64 << 20) as f64,
         super::counts_line(&manifest.counts),

@@ -18,6 +18,11 @@ pub struct Redis {
 impl Redis {
     /// A redis-server on loopback whose data directory is `dir` (loading `dump.rdb` if there).
     pub fn start(dir: &Path, password: Option<&str>) -> Redis {
+        Redis::start_with(dir, password, &[])
+    }
+
+    /// As [`Redis::start`], with more `--name value` settings (later ones win).
+    pub fn start_with(dir: &Path, password: Option<&str>, extra: &[&str]) -> Redis {
         let port = free_port();
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -36,6 +41,7 @@ impl Redis {
         if let Some(password) = password {
             cmd.args(["--requirepass", password]);
         }
+        cmd.args(extra);
         let redis = Redis {
             port,
             password: password.map(str::to_string),
