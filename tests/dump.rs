@@ -33,6 +33,12 @@ fn dump_round_trips_into_staging_and_production() {
     let out = scratch.lifeline(&["backup", "postgres", "--kind", "dump"], &env_refs);
     assert!(out.status.success(), "dump failed: {}", text(&out));
     let at_dump = pg.snapshot_in("app");
+    let out = scratch.lifeline(&["status"], &[]);
+    assert!(
+        text(&out).contains("last postgresql dump backup"),
+        "{}",
+        text(&out)
+    );
 
     // The damage a dump restore repairs.
     pg.psql_in("app", "DELETE FROM invoices WHERE id % 3 = 0");

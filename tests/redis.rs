@@ -131,6 +131,12 @@ fn rdb_backup_and_restore_through_the_repository() {
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
     assert!(out.status.success(), "verify failed: {}", text(&out));
     assert!(text(&out).contains("checked 3 backups"), "{}", text(&out));
+    let out = scratch.lifeline(&["status"], &[]);
+    assert!(
+        text(&out).contains("last redis rdb backup"),
+        "{}",
+        text(&out)
+    );
 
     let restored_dir = scratch.path("redis-restored");
     let arg = restored_dir.to_string_lossy().into_owned();
@@ -375,4 +381,68 @@ fn aof_backup_is_consistent_while_a_rewrite_runs_under_writes() {
         );
     }
     assert_eq!(restored.cli(&["HGET", "session:1", "user"]), "ada");
+}
+
+#[test]
+fn an_rdb_file_from_disk_restores_and_a_foreign_file_is_refused() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Redis::start(dir.path(), None);
+    populate(&source);
+    let file = scratch.path("old-backup.rdb");
+    let file_arg = file.to_string_lossy().into_owned();
+    source.cli(&["--rdb", &file_arg]);
+    let restored_dir = scratch.path("from-file");
+    let arg = restored_dir.to_string_lossy().into_owned();
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "redis",
+            "--type",
+            "rdb",
+            "--file",
+            &file_arg,
+            "--data-dir",
+            &arg,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "restore from a file failed: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("[PASS] a redis-server loaded the restored file: keys db0=20005 db3=1"),
+        "{}",
+        text(&out)
+    );
+    let restored = Redis::start(&restored_dir, None);
+    assert_eq!(
+        restored.cli(&["DEBUG", "DIGEST"]),
+        source.cli(&["DEBUG", "DIGEST"])
+    );
+    drop(restored);
+
+    let foreign = scratch.path("notes.txt");
+    std::fs::write(&foreign, b"not an rdb").expect("write");
+    let foreign_arg = foreign.to_string_lossy().into_owned();
+    let before = std::fs::read(restored_dir.join("dump.rdb")).expect("restored rdb");
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "redis",
+            "--file",
+            &foreign_arg,
+            "--data-dir",
+            &arg,
+        ],
+        &[],
+    );
+    assert_ne!(code(&out), 0);
+    assert!(text(&out).contains("not an RDB file"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(restored_dir.join("dump.rdb")).expect("rdb"),
+        before
+    );
 }

@@ -27,7 +27,7 @@ pub use restore_base::{
     RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base,
 };
 pub use restore_dump::{open_dump_file, write_chunks};
-pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis};
+pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file};
 pub use select::{BackupSelector, select_backup};
 pub use verify::{VerifyReport, verify_repository};
 pub use wal_fetch::{FetchOutcome, fetch_wal};

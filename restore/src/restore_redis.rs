@@ -53,15 +53,7 @@ pub async fn restore_redis(
     dir: &Path,
     downloads: usize,
 ) -> Result<RedisRestoreReport, RestoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| RestoreError::io(dir, e))?;
-    if let Some(pid) = redis_running_in(dir) {
-        return Err(RestoreError::Refused(format!(
-            "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
-             or `systemctl stop redis-server`), then restore again; nothing was changed",
-            dir.display()
-        )));
-    }
-    let moved_aside = move_shadows_aside(dir)?;
+    let moved_aside = prepare_dir(dir)?;
     let mut report = RedisRestoreReport {
         files: Vec::new(),
         bytes: 0,
@@ -89,6 +81,55 @@ pub async fn restore_redis(
     }
     fsync_dir(dir)?;
     Ok(report)
+}
+
+/// Restore an RDB file from disk (an older backup, a copy from another host) as `dump.rdb`.
+pub fn restore_redis_file(file: &Path, dir: &Path) -> Result<RedisRestoreReport, RestoreError> {
+    use std::io::Read;
+    let mut source = std::fs::File::open(file).map_err(|e| RestoreError::io(file, e))?;
+    let mut magic = [0u8; 5];
+    source
+        .read_exact(&mut magic)
+        .map_err(|e| RestoreError::io(file, e))?;
+    if &magic != b"REDIS" {
+        return Err(RestoreError::Refused(format!(
+            "{} is not an RDB file (it does not start with REDIS); nothing was changed",
+            file.display()
+        )));
+    }
+    let moved_aside = prepare_dir(dir)?;
+    let path = dir.join("dump.rdb");
+    let temp = dir.join(".dump.rdb.lifeline-partial");
+    let copied = std::fs::copy(file, &temp)
+        .and_then(|bytes| std::fs::File::open(&temp)?.sync_all().map(|()| bytes))
+        .and_then(|bytes| std::fs::rename(&temp, &path).map(|()| bytes));
+    let bytes = match copied {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(RestoreError::io(&path, e));
+        }
+    };
+    fsync_dir(dir)?;
+    Ok(RedisRestoreReport {
+        files: vec![path],
+        bytes,
+        moved_aside,
+    })
+}
+
+/// Create `dir`, refuse if a redis-server works there, and move what would shadow the
+/// restored files aside. Nothing changes when it refuses.
+fn prepare_dir(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| RestoreError::io(dir, e))?;
+    if let Some(pid) = redis_running_in(dir) {
+        return Err(RestoreError::Refused(format!(
+            "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
+             or `systemctl stop redis-server`), then restore again; nothing was changed",
+            dir.display()
+        )));
+    }
+    move_shadows_aside(dir)
 }
 
 fn move_shadows_aside(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {

@@ -201,10 +201,24 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
 }
 
 async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode> {
-    if args.file.is_some() {
-        bail!(
-            "--file is not available for Redis in this version: restore a backup from the repository"
-        );
+    refuse_if_redis_serves(settings, &args.data_dir).await?;
+    let started = Instant::now();
+    if let Some(file) = &args.file {
+        if args.restore_type != "rdb" {
+            bail!("--file takes an RDB file: use --type rdb");
+        }
+        let report = restore::restore_redis_file(file, &args.data_dir).with_context(|| {
+            format!(
+                "restore {} into {}",
+                file.display(),
+                args.data_dir.display()
+            )
+        })?;
+        print_redis_restore(&file.display().to_string(), &args, &report, started, None);
+        if args.verify {
+            check_load(&args.data_dir, None, None).await?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
     let storage = settings.repository().await?;
@@ -228,24 +242,6 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
     let manifest = storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id)
         .await
         .with_context(|| format!("read the manifest of {}", backup.backup_id))?;
-    // The configured Redis says where it works; /proc tells only for processes we may inspect.
-    let redis = settings.redis.clone();
-    let served = tokio::task::spawn_blocking(move || archiver::redis_data_dir(&redis))
-        .await
-        .ok()
-        .flatten();
-    if let (Some(served), Ok(wanted)) = (served, std::fs::canonicalize(&args.data_dir))
-        && std::fs::canonicalize(&served).is_ok_and(|s| s == wanted)
-    {
-        bail!(
-            "Redis at {}:{} is running in {}: stop it first (`redis-cli shutdown nosave` or \
-             `systemctl stop redis-server`), then restore again; nothing was changed",
-            settings.redis.host,
-            settings.redis.port,
-            args.data_dir.display()
-        );
-    }
-    let started = Instant::now();
     let report = restore::restore_redis(
         storage.as_ref(),
         &manifest,
@@ -260,12 +256,6 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
             args.data_dir.display()
         )
     })?;
-    if let Some(aside) = &report.moved_aside {
-        println!(
-            "files that would have been loaded instead were moved to {}",
-            aside.display()
-        );
-    }
     // An AOF restore names its manifest `<appenddirname>/<appendfilename>.manifest`.
     let aof = manifest.files.iter().find_map(|f| {
         let (subdir, file) = f.name.split_once('/')?;
@@ -274,60 +264,120 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
             file.strip_suffix(".manifest")?.to_string(),
         ))
     });
-    let how = match &aof {
+    print_redis_restore(
+        &format!("backup {}", backup.backup_id),
+        &args,
+        &report,
+        started,
+        Some((&manifest.counts, aof.as_ref())),
+    );
+    if args.verify {
+        check_load(&args.data_dir, aof, Some(&manifest.counts)).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuse when the configured Redis works in `dir` (the restore would be overwritten by its
+/// next save); `restore_redis` also looks at the local processes it may inspect.
+async fn refuse_if_redis_serves(settings: &Settings, dir: &std::path::Path) -> Result<()> {
+    let redis = settings.redis.clone();
+    let served = tokio::task::spawn_blocking(move || archiver::redis_data_dir(&redis))
+        .await
+        .ok()
+        .flatten();
+    if let (Some(served), Ok(wanted)) = (served, std::fs::canonicalize(dir))
+        && std::fs::canonicalize(&served).is_ok_and(|s| s == wanted)
+    {
+        bail!(
+            "Redis at {}:{} is running in {}: stop it first (`redis-cli shutdown nosave` or \
+             `systemctl stop redis-server`), then restore again; nothing was changed",
+            settings.redis.host,
+            settings.redis.port,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+type Counts = std::collections::BTreeMap<String, u64>;
+
+fn print_redis_restore(
+    what: &str,
+    args: &RedisArgs,
+    report: &restore::RedisRestoreReport,
+    started: Instant,
+    recorded: Option<(&Counts, Option<&(String, String)>)>,
+) {
+    if let Some(aside) = &report.moved_aside {
+        println!(
+            "files that would have been loaded instead were moved to {}",
+            aside.display()
+        );
+    }
+    let how = match recorded.and_then(|(_, aof)| aof) {
         Some((subdir, file)) => {
             format!("appendonly yes, appenddirname {subdir}, appendfilename {file}")
         }
         None => "dbfilename dump.rdb and appendonly no (or it loads an AOF instead)".into(),
     };
+    let keys = recorded.map_or_else(
+        || "not recorded".to_string(),
+        |(counts, _)| super::counts_line(counts),
+    );
     println!(
-        "restored backup {} into {}: {} MiB in {:.1} s; keys at backup time: {}; start redis-server with dir {} and {how}",
-        backup.backup_id,
+        "restored {what} into {}: {} MiB in {:.1} s; keys at backup time: {keys}; start redis-server with dir {} and {how}",
         args.data_dir.display(),
         report.bytes >> 20,
         started.elapsed().as_secs_f64(),
-        super::counts_line(&manifest.counts),
         args.data_dir.display()
     );
-    if args.verify {
-        let dir = args.data_dir.clone();
-        let aof_settings = aof.clone();
-        let found = tokio::task::spawn_blocking(move || loaded_key_counts(&dir, aof_settings))
-            .await
-            .context("key count check")??;
-        let Some(found) = found else {
-            println!(
-                "redis-server is not installed here: key counts not checked (--verify false to silence)"
-            );
-            return Ok(ExitCode::SUCCESS);
-        };
-        let found: std::collections::BTreeMap<String, u64> = found
-            .into_iter()
-            .map(|(db, n)| (format!("db{db}"), n))
-            .collect();
-        if aof.is_some() {
-            // The count was read while the files were pinned, under whatever writes were
-            // running: that the files load is the check; the counts are for the operator.
-            println!(
-                "[PASS] a redis-server loaded the restored AOF: keys {} (recorded while copying: {})",
-                super::counts_line(&found),
-                super::counts_line(&manifest.counts)
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        if found != manifest.counts {
-            bail!(
-                "the restored files load with keys {} but the backup recorded {}: the restore is not the data that was backed up",
-                super::counts_line(&found),
-                super::counts_line(&manifest.counts)
-            );
-        }
+}
+
+/// Load the restored files into a throwaway redis-server; with `recorded` counts from an RDB
+/// backup, its key counts must equal them.
+async fn check_load(
+    dir: &std::path::Path,
+    aof: Option<(String, String)>,
+    recorded: Option<&Counts>,
+) -> Result<()> {
+    let dir = dir.to_path_buf();
+    let is_aof = aof.is_some();
+    let found = tokio::task::spawn_blocking(move || loaded_key_counts(&dir, aof))
+        .await
+        .context("key count check")??;
+    let Some(found) = found else {
         println!(
+            "redis-server is not installed here: the restored files were not loaded (--verify false to silence)"
+        );
+        return Ok(());
+    };
+    let found: Counts = found
+        .into_iter()
+        .map(|(db, n)| (format!("db{db}"), n))
+        .collect();
+    match recorded {
+        Some(recorded) if !is_aof && &found != recorded => bail!(
+            "the restored files load with keys {} but the backup recorded {}: the restore is not the data that was backed up",
+            super::counts_line(&found),
+            super::counts_line(recorded)
+        ),
+        Some(_) if !is_aof => println!(
             "[PASS] a redis-server loaded the restored files with the recorded keys: {}",
             super::counts_line(&found)
-        );
+        ),
+        // An AOF's count was read while its files were pinned, under whatever writes ran:
+        // that the files load is the check; the counts are for the operator.
+        Some(recorded) => println!(
+            "[PASS] a redis-server loaded the restored AOF: keys {} (recorded while copying: {})",
+            super::counts_line(&found),
+            super::counts_line(recorded)
+        ),
+        None => println!(
+            "[PASS] a redis-server loaded the restored file: keys {}",
+            super::counts_line(&found)
+        ),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Start a throwaway redis-server on the restored files (a free loopback port, nothing saved),
