@@ -4,14 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pg, Scratch, backup, code, server_second, text};
-
-fn seed(pg: &Pg) {
-    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)");
-    pg.psql("CREATE TABLE orders (id serial PRIMARY KEY, account int, amount numeric)");
-    pg.psql("INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 5000) g");
-    pg.psql("INSERT INTO orders (account, amount) SELECT g % 5000 + 1, g FROM generate_series(1, 20000) g");
-}
+use common::{Pg, Scratch, backup, code, seed, server_second, text};
 
 #[test]
 fn pitr_to_a_second_before_a_destructive_change() {

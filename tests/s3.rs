@@ -8,16 +8,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{
-    Outage, Pg, Scratch, TEST_SECRET, backup, code, lifeline_as_postgres, server_second, text,
+    Outage, Pg, Scratch, TEST_SECRET, backup, code, lifeline_as_postgres, seed, server_second, text,
 };
 use storage::conformance::MotoServer;
-
-fn seed(pg: &Pg) {
-    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)");
-    pg.psql("CREATE TABLE orders (id serial PRIMARY KEY, account int, amount numeric)");
-    pg.psql("INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 5000) g");
-    pg.psql("INSERT INTO orders (account, amount) SELECT g % 5000 + 1, g FROM generate_series(1, 20000) g");
-}
 
 fn no_secret(what: &str, haystack: &str) {
     assert!(

@@ -776,12 +776,6 @@ async fn write_manifest(
     manifest: &BackupManifest,
     catalog_path: &Path,
 ) -> Result<(), ArchiveError> {
-    let checksum = put_manifest(
-        storage,
-        &layout::manifest_key(&manifest.backup_id),
-        &manifest.to_json(),
-    )
-    .await?;
     let summary = MetadataSummary {
         backup_id: &manifest.backup_id,
         service: &manifest.service,
@@ -791,17 +785,13 @@ async fn write_manifest(
         size_bytes: manifest.size_bytes,
         new_bytes: manifest.new_bytes,
         manifest_key: layout::manifest_key(&manifest.backup_id),
-        manifest_checksum: checksum,
     };
-    let metadata = metadata_json(
-        &summary,
-        serde_json::json!({
-            "start_lsn": manifest.start_lsn.to_string(),
-            "stop_lsn": manifest.stop_lsn.to_string(),
-            "timeline": manifest.timeline.0,
-        }),
-    );
-    put_metadata(storage, &manifest.backup_id, metadata).await?;
+    let extra = serde_json::json!({
+        "start_lsn": manifest.start_lsn.to_string(),
+        "stop_lsn": manifest.stop_lsn.to_string(),
+        "timeline": manifest.timeline.0,
+    });
+    publish(storage, &summary, &manifest.to_json(), extra).await?;
     let record = catalog::BackupRecord::from_manifest(manifest, "7_days", "UNVERIFIED");
     let path = catalog_path.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
@@ -814,30 +804,28 @@ async fn write_manifest(
     .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
 }
 
-/// Store a manifest, framed, create-only and durable; its checksum goes into the metadata.
-pub(crate) async fn put_manifest(
+/// Make a backup exist: its manifest framed, create-only and durable, then the plain JSON
+/// `.metadata` beside it (for people and older tools) with the manifest's checksum.
+pub(crate) async fn publish(
     storage: &dyn Storage,
-    key: &str,
-    json: &[u8],
-) -> Result<blake3::Hash, ArchiveError> {
-    let checksum = object::checksum(json);
-    let (_, encoded) = object::encode(json, Compression::default())?;
-    storage
-        .put_bytes(key, encoded, PutMode::Create, Durability::Immediate)
-        .await?;
-    Ok(checksum)
-}
-
-/// The plain JSON summary beside a manifest, for people and older tools.
-pub(crate) async fn put_metadata(
-    storage: &dyn Storage,
-    backup_id: &str,
-    metadata: Vec<u8>,
+    summary: &MetadataSummary<'_>,
+    manifest_json: &[u8],
+    extra: serde_json::Value,
 ) -> Result<(), ArchiveError> {
+    let checksum = object::checksum(manifest_json);
+    let (_, encoded) = object::encode(manifest_json, Compression::default())?;
     storage
         .put_bytes(
-            &layout::metadata_key(backup_id),
-            metadata,
+            &summary.manifest_key,
+            encoded,
+            PutMode::Create,
+            Durability::Immediate,
+        )
+        .await?;
+    storage
+        .put_bytes(
+            &layout::metadata_key(summary.backup_id),
+            metadata_json(summary, &checksum, extra),
             PutMode::Overwrite,
             Durability::Immediate,
         )
@@ -855,11 +843,14 @@ pub(crate) struct MetadataSummary<'a> {
     pub(crate) size_bytes: u64,
     pub(crate) new_bytes: u64,
     pub(crate) manifest_key: String,
-    pub(crate) manifest_checksum: blake3::Hash,
 }
 
 /// The seed-compatible summary written next to a manifest, with `extra` fields of its kind.
-pub(crate) fn metadata_json(summary: &MetadataSummary<'_>, extra: serde_json::Value) -> Vec<u8> {
+fn metadata_json(
+    summary: &MetadataSummary<'_>,
+    manifest_checksum: &blake3::Hash,
+    extra: serde_json::Value,
+) -> Vec<u8> {
     let duration = (summary.finished_at.as_second() - summary.started_at.as_second()).max(0);
     let mut value = serde_json::json!({
         "backup_id": summary.backup_id,
@@ -872,7 +863,7 @@ pub(crate) fn metadata_json(summary: &MetadataSummary<'_>, extra: serde_json::Va
         "new_bytes": summary.new_bytes,
         "duration_seconds": duration,
         "files": [summary.manifest_key],
-        "checksum": format!("blake3:{}", summary.manifest_checksum.to_hex()),
+        "checksum": format!("blake3:{}", manifest_checksum.to_hex()),
         "verified": true,
         "retention": "7_days",
         "restorability": "UNVERIFIED",

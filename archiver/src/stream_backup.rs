@@ -12,9 +12,7 @@ use storage::{Compression, Storage, layout};
 use tracing::{info, warn};
 
 use crate::aof::pin_aof;
-use crate::base_backup::{
-    MetadataSummary, metadata_json, new_backup_id, put_manifest, put_metadata,
-};
+use crate::base_backup::{MetadataSummary, new_backup_id, publish};
 use crate::chunk_store::store_stream;
 use crate::redis::info_value;
 use crate::{ArchiveError, RedisOptions, keyspace, open_rdb};
@@ -169,12 +167,6 @@ pub(crate) async fn write_stream_manifest(
     manifest: &StreamManifest,
     catalog_path: &Path,
 ) -> Result<(), ArchiveError> {
-    let checksum = put_manifest(
-        storage,
-        &layout::stream_manifest_key(&manifest.backup_id),
-        &manifest.to_json(),
-    )
-    .await?;
     let summary = MetadataSummary {
         backup_id: &manifest.backup_id,
         service: &manifest.service,
@@ -184,10 +176,9 @@ pub(crate) async fn write_stream_manifest(
         size_bytes: manifest.size_bytes,
         new_bytes: manifest.new_bytes,
         manifest_key: layout::stream_manifest_key(&manifest.backup_id),
-        manifest_checksum: checksum,
     };
-    let metadata = metadata_json(&summary, serde_json::json!({ "counts": manifest.counts }));
-    put_metadata(storage, &manifest.backup_id, metadata).await?;
+    let extra = serde_json::json!({ "counts": manifest.counts });
+    publish(storage, &summary, &manifest.to_json(), extra).await?;
     let record = catalog::BackupRecord::from_stream_manifest(manifest, "7_days", "UNVERIFIED");
     let path = catalog_path.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {

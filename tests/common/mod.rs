@@ -479,3 +479,11 @@ impl Outage {
         self.up.store(up, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Two related tables with a few thousand rows: accounts and their orders.
+pub fn seed(pg: &Pg) {
+    pg.psql("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)");
+    pg.psql("CREATE TABLE orders (id serial PRIMARY KEY, account int, amount numeric)");
+    pg.psql("INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 5000) g");
+    pg.psql("INSERT INTO orders (account, amount) SELECT g % 5000 + 1, g FROM generate_series(1, 20000) g");
+}
