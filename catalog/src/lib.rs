@@ -1,6 +1,7 @@
 //! The SQLite catalog: an index of the repository (clusters, WAL files, backups) that answers
 //! "which backup, which WAL" quickly. The repository stays the source of truth:
-//! [`rebuild`] recreates the catalog from it alone.
+//! [`rebuild`] recreates the catalog from it alone. [`plan_retention`] is the retention policy
+//! as a pure function over the catalog's backups.
 //!
 //! Many `wal push` processes write at once: the database runs in WAL journal mode with a busy
 //! timeout, and every writer takes the write lock up front (`BEGIN IMMEDIATE`) so that two
@@ -9,7 +10,9 @@
 mod db;
 mod error;
 mod rebuild;
+mod retention;
 
 pub use db::{BackupRecord, BackupState, Catalog, WalRecord};
 pub use error::CatalogError;
 pub use rebuild::{RebuildSummary, rebuild};
+pub use retention::{Decision, Reason, RetentionPlan, RetentionPolicy, WalRange, plan_retention};
