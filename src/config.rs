@@ -43,6 +43,11 @@ pub struct FileConfig {
     pub redis_port: Option<u16>,
     pub redis_password: Option<String>,
     pub staging_db_name: Option<String>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub wal_days: Option<u32>,
+    pub prune_grace_hours: Option<u64>,
     pub pg_bin_dir: Option<PathBuf>,
 }
 
@@ -68,6 +73,9 @@ pub struct Settings {
     pub staging_db: String,
     /// Where pg_dump, pg_restore, createdb and dropdb are ("" for PATH).
     pub pg_bin: PathBuf,
+    pub retention: catalog::RetentionPolicy,
+    /// Unreferenced packs younger than this are left to the backup that may be writing them.
+    pub prune_grace: std::time::Duration,
 }
 
 /// `wal fetch` read-ahead: how many segments past the requested one, and at most how many bytes.
@@ -231,6 +239,20 @@ impl Settings {
                 .map(PathBuf::from)
                 .or(file.pg_bin_dir)
                 .unwrap_or_else(newest_pg_bin),
+            retention: catalog::RetentionPolicy {
+                daily: file.keep_daily.unwrap_or(7),
+                weekly: file.keep_weekly.unwrap_or(4),
+                monthly: file.keep_monthly.unwrap_or(12),
+                wal_days: file.wal_days.unwrap_or(7),
+            },
+            prune_grace: std::time::Duration::from_secs(
+                match env("LIFELINE_PRUNE_GRACE_SECONDS") {
+                    Some(s) => s.parse().with_context(|| {
+                        format!("LIFELINE_PRUNE_GRACE_SECONDS={s:?} is not a number of seconds")
+                    })?,
+                    None => file.prune_grace_hours.unwrap_or(24) * 3600,
+                },
+            ),
             redis: archiver::RedisOptions {
                 host: env("REDIS_HOST")
                     .or(file.redis_host)

@@ -44,6 +44,8 @@ enum Command {
     Status(commands::info::StatusArgs),
     /// Check the repository: every backup's chunks exist; --read-data re-reads everything.
     Verify(commands::verify::VerifyArgs),
+    /// Apply the retention policy: print the plan, then delete what it does not keep.
+    Prune(commands::prune::PruneArgs),
     /// The SQLite catalog.
     #[command(subcommand)]
     Catalog(commands::catalog::CatalogCommand),
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
             Command::Status(args) => commands::info::status(args, &settings).await,
             Command::Verify(args) => commands::verify::run(args, &settings).await,
             Command::Catalog(cmd) => commands::catalog::run(cmd, &settings).await,
+            Command::Prune(args) => commands::prune::run(args, &settings).await,
         }
     });
     match result {

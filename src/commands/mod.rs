@@ -2,6 +2,7 @@ pub mod backup;
 pub mod catalog;
 pub mod dump;
 pub mod info;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 pub mod wal;

@@ -1,0 +1,244 @@
+//! `lifeline prune`: apply the retention policy. The plan is printed first (and is all that
+//! `--dry-run` does); then, in this order, so that a crash at any point leaves every kept
+//! backup whole: the manifests of deleted backups (a backup ceases to exist with its manifest),
+//! the WAL no kept backup and no point in the PITR window needs, and finally the packs no
+//! remaining manifest references and that are older than the grace period (a backup running
+//! now writes its packs before its manifest; young unreferenced packs are its, so they stay).
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use catalog::{RetentionPlan, RetentionPolicy, WalRange};
+use storage::manifest::{BackupManifest, ClusterIdentity, StreamManifest};
+use storage::wal::{DEFAULT_SEGMENT_SIZE, WalFileName};
+use storage::{Durability, PutMode, Storage, StorageExt, layout, object};
+
+use crate::config::Settings;
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Print the plan and delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
+    let storage = settings.repository().await?;
+    let mut catalog = settings.open_catalog()?;
+    // The repository is the truth: plan from what it holds, not from a stale catalog.
+    catalog::rebuild(storage.as_ref(), &mut catalog)
+        .await
+        .context("read the repository before planning")?;
+    let backups = catalog.backups(None)?;
+    let policy = settings.retention;
+    let plan = catalog::plan_retention(
+        &backups,
+        &policy,
+        jiff::Timestamp::now(),
+        &jiff::tz::TimeZone::system(),
+        &HashSet::new(),
+    );
+    let doomed: Vec<&str> = plan
+        .decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.backup_id.as_str())
+        .collect();
+    print_plan(&args, &backups, &plan, &policy)?;
+    if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // 1. Manifests (the backups stop existing), then their metadata.
+    for id in &doomed {
+        storage
+            .delete_many(&[layout::manifest_key(id), layout::stream_manifest_key(id)])
+            .await?;
+        storage.delete(&layout::metadata_key(id)).await?;
+    }
+    // 2. WAL outside every kept range.
+    let wal = wal_to_delete(storage.as_ref(), &plan.wal_keep).await?;
+    storage.delete_many(&wal).await?;
+    // 3. Packs no manifest names, older than the grace period.
+    let packs = packs_to_delete(storage.as_ref(), settings.prune_grace).await?;
+    storage.delete_many(&packs).await?;
+    // The retention class of what stays, in its .metadata, then the catalog from the result.
+    for d in plan.decisions.iter().filter(|d| d.keep) {
+        if let Some(class) = d.class() {
+            set_retention_label(storage.as_ref(), &d.backup_id, class).await;
+        }
+    }
+    catalog::rebuild(storage.as_ref(), &mut catalog).await?;
+    println!(
+        "pruned: {} backups, {} WAL files, {} packs deleted",
+        doomed.len(),
+        wal.len(),
+        packs.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(
+    args: &PruneArgs,
+    backups: &[catalog::BackupRecord],
+    plan: &RetentionPlan,
+    policy: &RetentionPolicy,
+) -> Result<()> {
+    let finished: BTreeMap<&str, String> = backups
+        .iter()
+        .map(|b| {
+            let at = jiff::Timestamp::from_microsecond(b.finished_at_us)
+                .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            (b.backup_id.as_str(), at)
+        })
+        .collect();
+    if args.json {
+        let value = serde_json::json!({
+            "policy": {
+                "daily": policy.daily, "weekly": policy.weekly,
+                "monthly": policy.monthly, "wal_days": policy.wal_days,
+            },
+            "backups": plan.decisions.iter().map(|d| serde_json::json!({
+                "backup_id": d.backup_id,
+                "service": d.service,
+                "kind": d.kind,
+                "finished_at": finished.get(d.backup_id.as_str()),
+                "keep": d.keep,
+                "retention": d.class(),
+                "reasons": d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "wal_keep": plan.wal_keep.iter().map(|r| serde_json::json!({
+                "system_identifier": r.system_identifier.to_string(),
+                "from_lsn": storage::wal::Lsn(r.start_lsn).to_string(),
+                "to_lsn": r.end_lsn.map(|l| storage::wal::Lsn(l).to_string()),
+            })).collect::<Vec<_>>(),
+            "dry_run": args.dry_run,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "retention: {} daily, {} weekly, {} monthly, WAL for {} days{}",
+        policy.daily,
+        policy.weekly,
+        policy.monthly,
+        policy.wal_days,
+        if args.dry_run {
+            " (dry run: nothing is deleted)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<28} {:<10} {:<5} {:<19}  {:<6}  reasons",
+        "backup", "service", "kind", "finished (UTC)", "action"
+    );
+    for d in &plan.decisions {
+        let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<28} {:<10} {:<5} {:<19}  {:<6}  {}",
+            d.backup_id,
+            d.service,
+            d.kind,
+            finished
+                .get(d.backup_id.as_str())
+                .map_or("", String::as_str),
+            if d.keep { "keep" } else { "delete" },
+            if reasons.is_empty() {
+                "outside the policy".to_string()
+            } else {
+                reasons.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// WAL segments (and backup-history files) wholly outside every range to keep. History files
+/// are tiny and recovery needs them to follow timelines: they always stay.
+async fn wal_to_delete(storage: &dyn Storage, keep: &[WalRange]) -> Result<Vec<String>> {
+    let segment_size = ClusterIdentity::load(storage)
+        .await?
+        .map_or(DEFAULT_SEGMENT_SIZE, |c| c.segment_size);
+    let mut doomed = Vec::new();
+    for meta in storage.list(layout::WAL_PREFIX).await? {
+        let Some((sysid, name)) = layout::parse_wal_key(&meta.key) else {
+            continue;
+        };
+        if matches!(name, WalFileName::History { .. }) {
+            continue;
+        }
+        let Some(segment) = name.segment(segment_size) else {
+            continue;
+        };
+        let start = segment.start_lsn(segment_size).0;
+        let end = start + segment_size;
+        let needed = keep.iter().any(|r| {
+            r.system_identifier == sysid
+                && r.start_lsn < end
+                && r.end_lsn.is_none_or(|stop| start <= stop)
+        });
+        if !needed {
+            doomed.push(meta.key);
+        }
+    }
+    Ok(doomed)
+}
+
+/// Packs that no manifest in the repository names and that are older than `grace`.
+async fn packs_to_delete(storage: &dyn Storage, grace: std::time::Duration) -> Result<Vec<String>> {
+    let mut referenced = HashSet::new();
+    for meta in storage.list(layout::BACKUPS_PREFIX).await? {
+        if let Some(id) = layout::parse_stream_manifest_key(&meta.key) {
+            let m = StreamManifest::load(storage, id).await?;
+            referenced.extend(m.chunks().map(|c| c.pack.clone()));
+        } else if layout::parse_manifest_key(&meta.key).is_some() {
+            let bytes = storage.get_bytes(&meta.key).await?;
+            let plain = object::decode(&meta.key, &bytes)?;
+            let m = BackupManifest::from_json(&meta.key, &plain)?;
+            referenced.extend(m.chunks().map(|c| c.pack.clone()));
+        }
+    }
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    Ok(storage
+        .list(layout::PACKS_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| {
+            let id = m.key.rsplit('/').next().unwrap_or("");
+            !referenced.contains(id) && m.last_modified <= cutoff
+        })
+        .map(|m| m.key)
+        .collect())
+}
+
+/// Record the retention class in the backup's `.metadata` (the catalog reads it back).
+async fn set_retention_label(storage: &dyn Storage, backup_id: &str, class: &str) {
+    let key = layout::metadata_key(backup_id);
+    let Ok(bytes) = storage.get_bytes(&key).await else {
+        return;
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return;
+    };
+    if value.get("retention").and_then(|v| v.as_str()) == Some(class) {
+        return;
+    }
+    value["retention"] = serde_json::Value::from(class);
+    let Ok(text) = serde_json::to_vec_pretty(&value) else {
+        return;
+    };
+    if let Err(e) = storage
+        .put_bytes(&key, text, PutMode::Overwrite, Durability::Immediate)
+        .await
+    {
+        tracing::warn!("retention class of {backup_id} not recorded: {e}");
+    }
+}
