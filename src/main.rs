@@ -63,6 +63,21 @@ fn init_logging() {
         .init();
 }
 
+/// Record the outcome in `.backup_status` (a non-zero exit counts as a failure) and pass it on.
+async fn report(
+    settings: &Settings,
+    operation: &str,
+    result: anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    let outcome = match &result {
+        Ok(code) if *code == ExitCode::SUCCESS => Ok(()),
+        Ok(_) => Err(anyhow::anyhow!("found problems (see its output)")),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
+    commands::status_file::update(settings, operation, &outcome).await;
+    result
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -94,13 +109,28 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Wal(cmd) => commands::wal::run(cmd, &settings).await,
-            Command::Backup(cmd) => commands::backup::run(cmd, &settings).await,
+            Command::Backup(cmd) => {
+                let operation = cmd.operation();
+                let result = commands::backup::run(cmd, &settings).await;
+                report(&settings, &operation, result).await
+            }
             Command::Restore(cmd) => commands::restore::run(cmd, &settings).await,
             Command::List(args) => commands::info::list(args, &settings),
             Command::Status(args) => commands::info::status(args, &settings).await,
-            Command::Verify(args) => commands::verify::run(args, &settings).await,
+            Command::Verify(args) => {
+                let result = commands::verify::run(args, &settings).await;
+                report(&settings, "verify", result).await
+            }
             Command::Catalog(cmd) => commands::catalog::run(cmd, &settings).await,
-            Command::Prune(args) => commands::prune::run(args, &settings).await,
+            Command::Prune(args) => {
+                let dry_run = args.dry_run;
+                let result = commands::prune::run(args, &settings).await;
+                if dry_run {
+                    result
+                } else {
+                    report(&settings, "prune", result).await
+                }
+            }
         }
     });
     match result {

@@ -96,6 +96,46 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
         text(&out)
     );
 
+    // .backup_status says what happened last, failures included.
+    let out = scratch.lifeline(
+        &["backup", "postgres"],
+        &[("DB_PORT", "1"), ("DB_HOST", "127.0.0.1")],
+    );
+    assert!(!out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(scratch.repo.join(".backup_status")).expect("status file"),
+    )
+    .expect("json");
+    assert_eq!(
+        status["last_runs"]["prune"]["outcome"], "success",
+        "{status}"
+    );
+    assert_eq!(
+        status["last_runs"]["verify"]["outcome"], "success",
+        "{status}"
+    );
+    assert_eq!(
+        status["last_runs"]["backup postgres base"]["outcome"], "failed",
+        "{status}"
+    );
+    assert!(
+        status["last_runs"]["backup postgres base"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("DB_PORT")),
+        "{status}"
+    );
+    assert_eq!(
+        status["last_backups"]["postgresql base"]["retention"], "12_months",
+        "{status}"
+    );
+    assert!(status["last_archived_wal"]["name"].is_string(), "{status}");
+    assert!(
+        status["repository"]["bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{status}"
+    );
+
     // A point inside the window: still restorable, row for row.
     let dir = scratch.path("restored");
     let out = scratch.restore(&["--type", "pitr", "--until", &target], &dir);

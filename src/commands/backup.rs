@@ -20,6 +20,16 @@ pub enum BackupCommand {
     },
 }
 
+impl BackupCommand {
+    /// How `.backup_status` names this backup: `backup postgres base`, `backup redis rdb`.
+    pub fn operation(&self) -> String {
+        match self {
+            BackupCommand::Postgres { kind } => format!("backup postgres {kind}"),
+            BackupCommand::Redis { kind } => format!("backup redis {kind}"),
+        }
+    }
+}
+
 pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     let kind = match cmd {
         BackupCommand::Postgres { kind } => kind,

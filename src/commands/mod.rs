@@ -4,6 +4,7 @@ pub mod dump;
 pub mod info;
 pub mod prune;
 pub mod restore;
+pub mod status_file;
 pub mod verify;
 pub mod wal;
 

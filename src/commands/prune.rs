@@ -20,7 +20,7 @@ use crate::config::Settings;
 pub struct PruneArgs {
     /// Print the plan and delete nothing.
     #[arg(long)]
-    dry_run: bool,
+    pub dry_run: bool,
     /// The plan as JSON.
     #[arg(long)]
     json: bool,

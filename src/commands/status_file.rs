@@ -1,0 +1,96 @@
+//! `BACKUP_DIR/.backup_status`: one JSON file that monitoring reads, rewritten atomically after
+//! every backup, prune and verify: the last run of each operation with its outcome, the last
+//! archived WAL, and the repository's size. Writing it never fails the operation it reports.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::config::Settings;
+
+/// Record that `operation` (`backup postgres base`, `prune`, ...) ended with `outcome`.
+pub async fn update(settings: &Settings, operation: &str, outcome: &anyhow::Result<()>) {
+    let Ok(dir) = settings.backup_dir() else {
+        return;
+    };
+    let path = dir.join(".backup_status");
+    let mut status: Map<String, Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let now = jiff::Timestamp::now().to_string();
+    let mut last = serde_json::json!({
+        "finished_at": now,
+        "outcome": if outcome.is_ok() { "success" } else { "failed" },
+    });
+    if let Err(e) = outcome {
+        last["error"] = Value::from(format!("{e:#}"));
+    }
+    let runs = status
+        .entry("last_runs")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(runs) = runs.as_object_mut() {
+        runs.insert(operation.to_string(), last);
+    }
+    if let Ok(catalog) = settings.open_catalog() {
+        if let Ok(backups) = catalog.backups(None) {
+            let mut newest: Map<String, Value> = Map::new();
+            for b in backups
+                .iter()
+                .filter(|b| b.state == catalog::BackupState::Complete)
+            {
+                newest.insert(
+                    format!("{} {}", b.service, b.kind),
+                    serde_json::json!({
+                        "backup_id": b.backup_id,
+                        "finished_at": jiff::Timestamp::from_microsecond(b.finished_at_us).ok(),
+                        "size_bytes": b.size_bytes,
+                        "retention": b.retention,
+                        "restorability": b.restorability,
+                    }),
+                );
+            }
+            status.insert("last_backups".into(), Value::Object(newest));
+        }
+        if let Ok(Some(wal)) = catalog.last_wal() {
+            status.insert(
+                "last_archived_wal".into(),
+                serde_json::json!({
+                    "name": wal.name,
+                    "archived_at": jiff::Timestamp::from_microsecond(wal.archived_at_us).ok(),
+                }),
+            );
+        }
+    }
+    if let Ok(storage) = settings.repository().await
+        && let Ok(objects) = storage.list("").await
+    {
+        status.insert(
+            "repository".into(),
+            serde_json::json!({
+                "location": storage.describe(),
+                "bytes": objects.iter().map(|m| m.size).sum::<u64>(),
+            }),
+        );
+    }
+    status.insert("updated_at".into(), Value::from(now));
+    if let Err(e) = write_atomically(&path, &Value::Object(status)) {
+        tracing::warn!("{} not updated: {e}", path.display());
+    }
+}
+
+fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_file_name(format!(".backup_status.{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&serde_json::to_vec_pretty(value).unwrap_or_default())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
