@@ -465,3 +465,24 @@ pub fn shell_quote(s: &str) -> String {
     }
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_sample_configuration_parses() {
+        let text = include_str!("../ops/lifeline.toml");
+        let file: FileConfig = toml::from_str(text).expect("ops/lifeline.toml parses");
+        assert_eq!(file.keep_daily, Some(7));
+        assert_eq!(file.staging_db_name.as_deref(), Some("app_staging"));
+    }
+
+    #[test]
+    fn a_misspelt_retention_key_is_an_error() {
+        let err = toml::from_str::<FileConfig>("keep-dayly = 7\n")
+            .err()
+            .expect("unknown keys are refused");
+        assert!(err.to_string().contains("keep-dayly"), "{err}");
+    }
+}
