@@ -143,3 +143,79 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
     let restored = Pg::recover(&scratch, dir);
     assert_eq!(restored.snapshot(), expected);
 }
+
+#[test]
+fn a_prune_during_a_backup_leaves_that_backup_restorable() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    backup(&scratch, &pg);
+    // Hold archiving so that the next backup, its packs written, waits for its WAL.
+    let hold = scratch.path("hold-archiving");
+    let conf = pg.data.join("postgresql.auto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "archive_command = 'test ! -f {} && {} {} wal push %p'\n",
+            hold.display(),
+            scratch.bin.display(),
+            scratch.repository_args()
+        ),
+    )
+    .expect("conf");
+    pg.psql("SELECT pg_reload_conf()");
+    std::fs::write(&hold, b"").expect("hold");
+    pg.psql("UPDATE accounts SET balance = balance + 5 WHERE id % 2 = 0");
+    let expected = pg.snapshot();
+
+    let env: Vec<(String, String)> = pg.db_env();
+    let running = {
+        let bin = scratch.bin.clone();
+        let repo = scratch.repo.to_string_lossy().into_owned();
+        std::thread::spawn(move || {
+            let mut all: Vec<(&str, &str)> = vec![("BACKUP_DIR", repo.as_str())];
+            all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            common::lifeline_as_postgres(&bin, &["backup", "postgres"], &all)
+        })
+    };
+    // Wait until the running backup has written its packs (more pack files than before).
+    let packs = |dir: &std::path::Path| walk(&dir.join("packs")).len();
+    let before = packs(&scratch.repo);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while packs(&scratch.repo) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never wrote a pack"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Everything but the newest completed backup would go; the running one's packs must stay.
+    let config = scratch.path("retention.toml");
+    std::fs::write(
+        &config,
+        "keep-daily = 1\nkeep-weekly = 1\nkeep-monthly = 1\nwal-days = 0\n",
+    )
+    .expect("config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let out = scratch.lifeline(&["prune"], &[("LIFELINE_CONFIG", config_arg.as_str())]);
+    assert!(out.status.success(), "prune failed: {}", text(&out));
+
+    std::fs::remove_file(&hold).expect("release archiving");
+    pg.psql("SELECT pg_switch_wal()");
+    let out = running.join().expect("backup thread");
+    assert!(
+        out.status.success(),
+        "the running backup failed: {}",
+        text(&out)
+    );
+    let dir = scratch.path("restored");
+    let out = scratch.restore(&["--type", "full", "--from", "latest"], &dir);
+    assert!(
+        out.status.success(),
+        "restore of the backup taken during prune: {}",
+        text(&out)
+    );
+    let restored = Pg::recover(&scratch, dir);
+    assert_eq!(restored.snapshot(), expected);
+}
