@@ -219,3 +219,51 @@ fn a_prune_during_a_backup_leaves_that_backup_restorable() {
     let restored = Pg::recover(&scratch, dir);
     assert_eq!(restored.snapshot(), expected);
 }
+
+#[test]
+fn a_backup_being_restored_is_not_pruned() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    backup(&scratch, &pg);
+    pg.psql("INSERT INTO accounts VALUES (30000, 'later', 1)");
+    pg.switch_and_archive();
+    backup(&scratch, &pg);
+    let out = scratch.lifeline(&["list", "--json"], &[]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let older = list[0]["backup_id"].as_str().expect("id").to_string();
+
+    let dir = scratch.path("restored");
+    let out = scratch.restore(&["--type", "full", "--from", &older], &dir);
+    assert!(out.status.success(), "restore failed: {}", text(&out));
+    let config = scratch.path("retention.toml");
+    std::fs::write(
+        &config,
+        "keep-daily = 1\nkeep-weekly = 1\nkeep-monthly = 1\nwal-days = 0\n",
+    )
+    .expect("config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let env = [
+        ("LIFELINE_CONFIG", config_arg.as_str()),
+        ("LIFELINE_PRUNE_GRACE_SECONDS", "0"),
+    ];
+    let out = scratch.lifeline(&["prune"], &env);
+    assert!(out.status.success(), "prune failed: {}", text(&out));
+    let line = text(&out)
+        .lines()
+        .find(|l| l.starts_with(&older))
+        .map(str::to_string)
+        .expect("the older backup is in the plan");
+    assert!(
+        line.contains("keep") && line.contains("in use by a restore"),
+        "{line}"
+    );
+    assert!(text(&out).contains("pruned: 0 backups"), "{}", text(&out));
+    // And the restore it protects still recovers.
+    let restored = Pg::recover(&scratch, dir);
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM accounts"),
+        "5000",
+        "the older backup's rows, without the later insert"
+    );
+}

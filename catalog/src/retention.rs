@@ -229,10 +229,12 @@ fn wal_to_keep(
     let mut by_cluster: BTreeMap<u64, Vec<&BackupRecord>> = BTreeMap::new();
     for (b, d) in backups.iter().zip(decisions) {
         if d.keep && b.kind == "base" && b.state == BackupState::Complete {
+            // A restore in progress may recover past the backup's end: all WAL after it stays.
+            let in_use = d.reasons.contains(&Reason::InUse);
             ranges.push(WalRange {
                 system_identifier: b.system_identifier,
                 start_lsn: b.start_lsn,
-                end_lsn: Some(b.stop_lsn),
+                end_lsn: (!in_use).then_some(b.stop_lsn),
             });
             by_cluster.entry(b.system_identifier).or_default().push(b);
         }

@@ -80,6 +80,9 @@ pub async fn restore(
         }
     };
     let storage = settings.repository_for_writing().await?;
+    if let Source::Repository(id) = &source {
+        super::take_lease(storage.as_ref(), id).await;
+    }
     // Check the source before anything is dropped.
     let chunks = match &source {
         Source::Repository(id) => Some(

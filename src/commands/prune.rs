@@ -35,12 +35,13 @@ pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
         .context("read the repository before planning")?;
     let backups = catalog.backups(None)?;
     let policy = settings.retention;
+    let in_use = leased_backups(storage.as_ref()).await?;
     let plan = catalog::plan_retention(
         &backups,
         &policy,
         jiff::Timestamp::now(),
         &jiff::tz::TimeZone::system(),
-        &HashSet::new(),
+        &in_use,
     );
     let doomed: Vec<&str> = plan
         .decisions
@@ -157,6 +158,24 @@ fn print_plan(
         );
     }
     Ok(())
+}
+
+/// How long a restore's lease protects its backup: the restore itself, then PostgreSQL's
+/// recovery fetching WAL after lifeline has exited.
+const LEASE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Backups a restore took a lease on within the lease lifetime.
+async fn leased_backups(storage: &dyn Storage) -> Result<HashSet<String>> {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(LEASE_LIFETIME)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    Ok(storage
+        .list(layout::LEASES_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| m.last_modified >= cutoff)
+        .filter_map(|m| layout::parse_lease_key(&m.key).map(str::to_string))
+        .collect())
 }
 
 /// WAL segments (and backup-history files) wholly outside every range to keep. History files

@@ -174,6 +174,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         restore_command,
     };
     let started = Instant::now();
+    super::take_lease(storage.as_ref(), &backup.backup_id).await;
     let report = restore::restore_base(storage, &manifest, &opts)
         .await
         .with_context(|| format!("restore {} into {}", backup.backup_id, data_dir.display()))?;
@@ -242,6 +243,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
     let manifest = storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id)
         .await
         .with_context(|| format!("read the manifest of {}", backup.backup_id))?;
+    super::take_lease(storage.as_ref(), &backup.backup_id).await;
     let report = restore::restore_redis(
         storage.as_ref(),
         &manifest,

@@ -8,6 +8,7 @@
 //! backups/<backup id>/stream-manifest          instead of `manifest` for stream backups
 //!                                              (Redis RDB/AOF, dumps): see `StreamManifest`
 //! backups/<backup id>/<backup id>.metadata     plain JSON summary for people and older tools
+//! leases/<backup id>/<holder>                  a restore is using that backup (prune keeps it)
 //! ```
 //!
 //! A backup exists once its manifest exists: the manifest is written only after every pack it
@@ -49,6 +50,19 @@ pub fn manifest_key(backup_id: &str) -> String {
 }
 
 pub const STREAM_MANIFEST_NAME: &str = "stream-manifest";
+pub const LEASES_PREFIX: &str = "leases/";
+
+/// The lease a restore takes on `backup_id`; `holder` names the host and process.
+pub fn lease_key(backup_id: &str, holder: &str) -> String {
+    format!("{LEASES_PREFIX}{backup_id}/{holder}")
+}
+
+/// The backup id a lease key protects.
+pub fn parse_lease_key(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(LEASES_PREFIX)?;
+    let (id, holder) = rest.split_once('/')?;
+    (!holder.is_empty() && !holder.contains('/')).then_some(id)
+}
 
 pub fn stream_manifest_key(backup_id: &str) -> String {
     format!("{BACKUPS_PREFIX}{backup_id}/{STREAM_MANIFEST_NAME}")
