@@ -5,6 +5,10 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PG=/usr/lib/postgresql/15/bin
+if [ ! -x "$PG/initdb" ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15
+fi
+id postgres >/dev/null 2>&1 || useradd --system --home /var/lib/postgresql postgres
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 W=$(mktemp -d /tmp/lifeline-demo.XXXXXX); chmod 755 "$W"
 cleanup() {
