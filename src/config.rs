@@ -71,8 +71,8 @@ pub struct Settings {
     pub redis: archiver::RedisOptions,
     /// The database a `--target staging` dump restore recreates.
     pub staging_db: String,
-    /// Where pg_dump, pg_restore, createdb and dropdb are ("" for PATH).
-    pub pg_bin: PathBuf,
+    /// `pg-bin-dir` / `PG_BIN_DIR` when set; see [`Settings::pg_bin`].
+    pg_bin_dir: Option<PathBuf>,
     pub retention: catalog::RetentionPolicy,
     /// Unreferenced packs younger than this are left to the backup that may be writing them.
     pub prune_grace: std::time::Duration,
@@ -235,10 +235,7 @@ impl Settings {
             staging_db: env("STAGING_DB_NAME")
                 .or(file.staging_db_name)
                 .unwrap_or_else(|| format!("{dbname}_staging")),
-            pg_bin: env("PG_BIN_DIR")
-                .map(PathBuf::from)
-                .or(file.pg_bin_dir)
-                .unwrap_or_else(newest_pg_bin),
+            pg_bin_dir: env("PG_BIN_DIR").map(PathBuf::from).or(file.pg_bin_dir),
             retention: catalog::RetentionPolicy {
                 daily: file.keep_daily.unwrap_or(7),
                 weekly: file.keep_weekly.unwrap_or(4),
@@ -367,6 +364,12 @@ impl Settings {
             .iter()
             .map(|a| format!(" {}", shell_quote(a)))
             .collect())
+    }
+
+    /// Where pg_dump, pg_restore, psql, createdb and dropdb are ("" for PATH). Looked up only
+    /// by the dump commands, not by every `wal push`.
+    pub fn pg_bin(&self) -> PathBuf {
+        self.pg_bin_dir.clone().unwrap_or_else(newest_pg_bin)
     }
 
     /// The `wal fetch` read-ahead spool, when prefetch is on and there is a place for it.

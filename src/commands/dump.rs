@@ -17,7 +17,7 @@ fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptio
     connection.dbname = dbname.to_string();
     Ok(archiver::DumpOptions {
         connection,
-        pg_bin: settings.pg_bin.clone(),
+        pg_bin: settings.pg_bin(),
         compression: settings.compression,
         parallelism: settings.parallelism,
         uploads: settings.upload_transfers(),
@@ -129,13 +129,14 @@ pub async fn restore(
         // Staging has its own roles: objects belong to whoever restores them.
         args.extend(["--no-owner", "--no-privileges"]);
     }
-    let mut child = archiver::pg_command(&settings.pg_bin, "pg_restore", &settings.db)
+    let pg_bin = settings.pg_bin();
+    let mut child = archiver::pg_command(&pg_bin, "pg_restore", &settings.db)
         .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("run {}", settings.pg_bin.join("pg_restore").display()))?;
+        .with_context(|| format!("run {}", pg_bin.join("pg_restore").display()))?;
     let stdin = child.stdin.take().context("pg_restore has no input")?;
     let fed = match (&source, chunks) {
         (Source::Repository(_), Some(chunks)) => restore::write_chunks(
@@ -177,7 +178,7 @@ pub async fn restore(
 }
 
 fn database_exists(settings: &Settings, name: &str) -> Result<bool> {
-    let output = archiver::pg_command(&settings.pg_bin, "psql", &settings.db)
+    let output = archiver::pg_command(&settings.pg_bin(), "psql", &settings.db)
         .args(["-AtX", "--dbname=template1", "-c"])
         .arg(format!(
             "SELECT 1 FROM pg_database WHERE datname = '{}'",
@@ -195,7 +196,7 @@ fn database_exists(settings: &Settings, name: &str) -> Result<bool> {
 }
 
 fn run_pg(settings: &Settings, program: &str, args: &[&str]) -> Result<()> {
-    let output = archiver::pg_command(&settings.pg_bin, program, &settings.db)
+    let output = archiver::pg_command(&settings.pg_bin(), program, &settings.db)
         .args(args)
         .output()
         .with_context(|| format!("run {program}"))?;
