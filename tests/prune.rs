@@ -35,16 +35,22 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
-fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
-    let scratch = Scratch::new();
+/// A configuration that keeps only the newest backup of each day, week and month, and no WAL
+/// window: every backup of a test but the newest is outside it. Returns its path.
+fn strict_retention(scratch: &Scratch) -> String {
     let config = scratch.path("retention.toml");
     std::fs::write(
         &config,
         "keep-daily = 1\nkeep-weekly = 1\nkeep-monthly = 1\nwal-days = 0\n",
     )
     .expect("config");
-    let config_arg = config.to_string_lossy().into_owned();
+    config.to_string_lossy().into_owned()
+}
+
+#[test]
+fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
+    let scratch = Scratch::new();
+    let config_arg = strict_retention(&scratch);
     let env = [
         ("LIFELINE_CONFIG", config_arg.as_str()),
         ("LIFELINE_PRUNE_GRACE_SECONDS", "0"),
@@ -191,13 +197,7 @@ fn a_prune_during_a_backup_leaves_that_backup_restorable() {
     }
     std::thread::sleep(Duration::from_millis(500));
     // Everything but the newest completed backup would go; the running one's packs must stay.
-    let config = scratch.path("retention.toml");
-    std::fs::write(
-        &config,
-        "keep-daily = 1\nkeep-weekly = 1\nkeep-monthly = 1\nwal-days = 0\n",
-    )
-    .expect("config");
-    let config_arg = config.to_string_lossy().into_owned();
+    let config_arg = strict_retention(&scratch);
     let out = scratch.lifeline(&["prune"], &[("LIFELINE_CONFIG", config_arg.as_str())]);
     assert!(out.status.success(), "prune failed: {}", text(&out));
 
@@ -236,13 +236,7 @@ fn a_backup_being_restored_is_not_pruned() {
     let dir = scratch.path("restored");
     let out = scratch.restore(&["--type", "full", "--from", &older], &dir);
     assert!(out.status.success(), "restore failed: {}", text(&out));
-    let config = scratch.path("retention.toml");
-    std::fs::write(
-        &config,
-        "keep-daily = 1\nkeep-weekly = 1\nkeep-monthly = 1\nwal-days = 0\n",
-    )
-    .expect("config");
-    let config_arg = config.to_string_lossy().into_owned();
+    let config_arg = strict_retention(&scratch);
     let env = [
         ("LIFELINE_CONFIG", config_arg.as_str()),
         ("LIFELINE_PRUNE_GRACE_SECONDS", "0"),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::redis::{Redis, populate};
-use common::{Scratch, code, text};
+use common::{Scratch, code, succeeded, text};
 
 fn round_trip(diskless: bool, password: Option<&str>) {
     let source_dir = tempfile::tempdir().expect("tempdir");
@@ -140,24 +140,13 @@ fn rdb_backup_and_restore_through_the_repository() {
 
     let restored_dir = scratch.path("redis-restored");
     let arg = restored_dir.to_string_lossy().into_owned();
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "redis",
-            "--type",
-            "rdb",
-            "--from",
-            "latest",
-            "--data-dir",
-            &arg,
-        ],
-        &[],
+    let out = succeeded(
+        &scratch.restore_redis(&["--type", "rdb", "--from", "latest"], &restored_dir),
+        "restore",
     );
-    assert!(out.status.success(), "restore failed: {}", text(&out));
     assert!(
-        text(&out).contains("[PASS] a redis-server loaded the restored files with the recorded keys: db0=220005 db3=1"),
-        "{}",
-        text(&out)
+        out.contains("[PASS] a redis-server loaded the restored files with the recorded keys: db0=220005 db3=1"),
+        "{out}"
     );
     let restored = Redis::start(&restored_dir, None);
     assert_eq!(
@@ -195,19 +184,11 @@ fn rdb_backup_and_restore_through_the_repository() {
     drop(restored);
 
     // With Redis stopped, the first backup restores over it; what was there is moved aside.
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "redis",
-            "--from",
-            &first_backup_id(&scratch),
-            "--data-dir",
-            &arg,
-        ],
-        &[],
+    let out = succeeded(
+        &scratch.restore_redis(&["--from", &first_backup_id(&scratch)], &restored_dir),
+        "restore",
     );
-    assert!(out.status.success(), "restore failed: {}", text(&out));
-    assert!(text(&out).contains("moved to"), "{}", text(&out));
+    assert!(out.contains("moved to"), "{out}");
     let first = Redis::start(&restored_dir, None);
     assert_eq!(first.cli(&["GET", "key:50"]), source_value_before_churn());
 }
@@ -333,25 +314,13 @@ fn aof_backup_is_consistent_while_a_rewrite_runs_under_writes() {
     );
 
     let restored_dir = scratch.path("aof-restored");
-    let arg = restored_dir.to_string_lossy().into_owned();
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "redis",
-            "--type",
-            "aof",
-            "--from",
-            "latest",
-            "--data-dir",
-            &arg,
-        ],
-        &[],
+    let out = succeeded(
+        &scratch.restore_redis(&["--type", "aof", "--from", "latest"], &restored_dir),
+        "AOF restore",
     );
-    assert!(out.status.success(), "AOF restore failed: {}", text(&out));
     assert!(
-        text(&out).contains("[PASS] a redis-server loaded the restored AOF"),
-        "{}",
-        text(&out)
+        out.contains("[PASS] a redis-server loaded the restored AOF"),
+        "{out}"
     );
     let restored = Redis::start_with(&restored_dir, None, &["--appendonly", "yes"]);
     // Not torn: the writes it holds are exactly the first `count` ones, each with its value,
@@ -393,20 +362,7 @@ fn an_rdb_file_from_disk_restores_and_a_foreign_file_is_refused() {
     let file_arg = file.to_string_lossy().into_owned();
     source.cli(&["--rdb", &file_arg]);
     let restored_dir = scratch.path("from-file");
-    let arg = restored_dir.to_string_lossy().into_owned();
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "redis",
-            "--type",
-            "rdb",
-            "--file",
-            &file_arg,
-            "--data-dir",
-            &arg,
-        ],
-        &[],
-    );
+    let out = scratch.restore_redis(&["--type", "rdb", "--file", &file_arg], &restored_dir);
     assert!(
         out.status.success(),
         "restore from a file failed: {}",
@@ -428,17 +384,7 @@ fn an_rdb_file_from_disk_restores_and_a_foreign_file_is_refused() {
     std::fs::write(&foreign, b"not an rdb").expect("write");
     let foreign_arg = foreign.to_string_lossy().into_owned();
     let before = std::fs::read(restored_dir.join("dump.rdb")).expect("restored rdb");
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "redis",
-            "--file",
-            &foreign_arg,
-            "--data-dir",
-            &arg,
-        ],
-        &[],
-    );
+    let out = scratch.restore_redis(&["--file", &foreign_arg], &restored_dir);
     assert_ne!(code(&out), 0);
     assert!(text(&out).contains("not an RDB file"), "{}", text(&out));
     assert_eq!(

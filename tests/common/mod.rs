@@ -116,8 +116,17 @@ impl Scratch {
 
     /// `lifeline restore postgres ARGS --data-dir DIR`.
     pub fn restore(&self, args: &[&str], dir: &Path) -> Output {
+        self.restore_service("postgres", args, dir)
+    }
+
+    /// `lifeline restore redis ARGS --data-dir DIR`.
+    pub fn restore_redis(&self, args: &[&str], dir: &Path) -> Output {
+        self.restore_service("redis", args, dir)
+    }
+
+    fn restore_service(&self, service: &str, args: &[&str], dir: &Path) -> Output {
         let dir = dir.to_string_lossy().into_owned();
-        let mut all = vec!["restore", "postgres"];
+        let mut all = vec!["restore", service];
         all.extend_from_slice(args);
         all.extend(["--data-dir", dir.as_str()]);
         self.lifeline(&all, &[])
@@ -162,6 +171,12 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The output of a command that must have succeeded; `what` names it in the failure.
+pub fn succeeded(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed: {}", text(out));
+    text(out)
 }
 
 pub fn code(out: &Output) -> i32 {
