@@ -40,19 +40,8 @@ LL="$W/lifeline --backup-dir $W/repo"
 BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn
 
-as_pg $PG/initdb -D "$W/data" --auth=trust -U postgres >/dev/null
-cat >> "$W/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$W'
-archive_mode = on
-archive_command = '$LL wal push %p && $BR archive-push %p'
-max_wal_size = 1GB
-CONF
-as_pg $PG/pg_ctl -D "$W/data" -l "$W/pg.log" -w start >/dev/null
-as_pg $BR stanza-create
-as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" -q postgres 2>/dev/null
-as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "CHECKPOINT" postgres
+. "$ROOT/benches/lib.sh"
+start_pgbench_cluster 1GB
 echo "PGDATA: $(( $(bytes "$W/data/base" "$W/data/global") >> 20 )) MiB (pgbench scale $SCALE)"
 
 report() { # name lifeline pgbackrest unit

@@ -117,19 +117,8 @@ LL="$W/lifeline --config $W/lifeline.toml"
 BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export LIFELINE_LOG=warn
 
-as_pg $PG/initdb -D "$W/data" --auth=trust -U postgres >/dev/null
-cat >> "$W/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$W'
-archive_mode = on
-archive_command = '$LL wal push %p && $BR archive-push %p'
-max_wal_size = 4GB
-CONF
-as_pg $PG/pg_ctl -D "$W/data" -l "$W/pg.log" -w start >/dev/null
-as_pg $BR stanza-create
-as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" -q postgres 2>/dev/null
-psql_at "$PORT" "CHECKPOINT"
+. "$ROOT/benches/lib.sh"
+start_pgbench_cluster 4GB
 DATA_MIB=$(( $(du -sb "$W/data/base" "$W/data/global" | awk '{s+=$1} END {print s}') >> 20 ))
 echo "PGDATA: $DATA_MIB MiB (pgbench scale $SCALE); S3: moto_server over HTTPS on loopback"
 
