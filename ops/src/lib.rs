@@ -1,0 +1,18 @@
+//! Operations: what the on-call engineer drives on the day of an incident. Failover steps
+//! against PostgreSQL, restart commands and health URLs, the connection file, post-recovery
+//! checks, the incident runbook and notifications. The binary composes these with the
+//! restore crate; nothing here reads or writes the repository.
+
+pub mod checks;
+pub mod connfile;
+mod error;
+mod http;
+pub mod notify;
+pub mod pg;
+pub mod process;
+pub mod runbook;
+
+pub use checks::{Check, RecordedRows, Report, VerifyConfig};
+pub use error::OpsError;
+pub use notify::{Event, Notifier, NotifyConfig};
+pub use runbook::Runbook;

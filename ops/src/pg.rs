@@ -1,0 +1,249 @@
+//! What failover needs from PostgreSQL: who is up and in which role, how far a replica has
+//! replayed, a WAL switch archived before a planned failover, and a promotion that is only
+//! reported once the new primary accepts writes.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::OpsError;
+
+pub async fn connect(
+    config: &tokio_postgres::Config,
+    node: &str,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, OpsError> {
+    let mut config = config.clone();
+    config.connect_timeout(timeout).application_name("lifeline");
+    let connecting = config.connect(tokio_postgres::NoTls);
+    let (client, connection) = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| pg_error(node, format!("no answer within {} s", timeout.as_secs())))?
+        .map_err(|e| pg_error(node, describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("PostgreSQL connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+fn pg_error(node: &str, message: String) -> OpsError {
+    OpsError::Postgres {
+        node: node.to_string(),
+        message,
+    }
+}
+
+/// The server's own words (with its SQLSTATE) when it answered, else the connection failure.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// One server as failover sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeState {
+    pub node: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub in_recovery: bool,
+    /// The primary's current WAL position, or the replica's replay position.
+    pub lsn: Option<String>,
+    /// A replica's received (streamed) position.
+    pub receive_lsn: Option<String>,
+    /// A replica: when the last replayed transaction committed on the primary.
+    pub last_replay_at: Option<String>,
+    /// A primary: its streaming replicas, `application_name state lag-bytes`.
+    pub replicas: Vec<String>,
+}
+
+impl NodeState {
+    pub fn role(&self) -> &'static str {
+        match (self.reachable, self.in_recovery) {
+            (false, _) => "down",
+            (true, true) => "replica",
+            (true, false) => "primary",
+        }
+    }
+}
+
+pub async fn probe(config: &tokio_postgres::Config, node: &str, timeout: Duration) -> NodeState {
+    let mut state = NodeState {
+        node: node.to_string(),
+        reachable: false,
+        error: None,
+        in_recovery: false,
+        lsn: None,
+        receive_lsn: None,
+        last_replay_at: None,
+        replicas: Vec::new(),
+    };
+    let client = match connect(config, node, timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            state.error = Some(e.to_string());
+            return state;
+        }
+    };
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,
+                    pg_last_wal_receive_lsn()::text,
+                    pg_last_xact_replay_timestamp()::text",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(row) => {
+            state.reachable = true;
+            state.in_recovery = row.get(0);
+            state.lsn = row.get(1);
+            state.receive_lsn = row.get(2);
+            state.last_replay_at = row.get(3);
+        }
+        Err(e) => {
+            state.error = Some(describe(&e));
+            return state;
+        }
+    }
+    if !state.in_recovery
+        && let Ok(rows) = client
+            .query(
+                "SELECT coalesce(application_name, client_addr::text, '?'), state,
+                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint
+                   FROM pg_stat_replication",
+                &[],
+            )
+            .await
+    {
+        state.replicas = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} replay lag {} bytes",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i64>(2)
+                )
+            })
+            .collect();
+    }
+    state
+}
+
+/// Close the current WAL segment and wait until the archiver has archived it: what a replica
+/// has not replayed is then in the repository. Returns the segment's name.
+pub async fn switch_and_archive(
+    client: &tokio_postgres::Client,
+    node: &str,
+    timeout: Duration,
+) -> Result<String, OpsError> {
+    let row = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .map_err(|e| pg_error(node, format!("pg_switch_wal(): {}", describe(&e))))?;
+    let segment: String = row.get(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(node, describe(&e)))?;
+        let archived: String = row.get(0);
+        // Segment names of one timeline sort in WAL order.
+        if archived.len() == 24 && archived[8..] >= segment[8..] {
+            return Ok(segment);
+        }
+        if Instant::now() >= deadline {
+            let failed: String = row.get(1);
+            return Err(OpsError::Timeout(format!(
+                "{segment} was not archived within {} s (last archived {archived:?}, last failed {failed:?}): check archive_command in the server log",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Promote the replica and wait until it accepts a write.
+pub async fn promote(
+    config: &tokio_postgres::Config,
+    node: &str,
+    timeout: Duration,
+) -> Result<Duration, OpsError> {
+    let started = Instant::now();
+    let client = connect(config, node, Duration::from_secs(10)).await?;
+    let wait = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+    let promoted: bool = client
+        .query_one("SELECT pg_promote(true, $1)", &[&wait])
+        .await
+        .map_err(|e| pg_error(node, format!("pg_promote(): {}", describe(&e))))?
+        .get(0);
+    if !promoted {
+        return Err(OpsError::Timeout(format!(
+            "{node} did not finish promoting within {} s: see its server log",
+            timeout.as_secs()
+        )));
+    }
+    wait_writable(config, node, started + timeout).await?;
+    Ok(started.elapsed())
+}
+
+/// Poll until a transaction id can be assigned (only a primary out of recovery can).
+pub async fn wait_writable(
+    config: &tokio_postgres::Config,
+    node: &str,
+    deadline: Instant,
+) -> Result<(), OpsError> {
+    loop {
+        let attempt = async {
+            let client = connect(config, node, Duration::from_secs(5)).await?;
+            client
+                .query_one("SELECT txid_current()", &[])
+                .await
+                .map_err(|e| pg_error(node, describe(&e)))
+        };
+        match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(OpsError::Timeout(format!(
+                    "{node} does not accept writes yet: {e}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// `X/Y` → a byte position.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_parse() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(parse_lsn("zz"), None);
+    }
+}
