@@ -49,6 +49,12 @@ pub struct FileConfig {
     pub wal_days: Option<u32>,
     pub prune_grace_hours: Option<u64>,
     pub pg_bin_dir: Option<PathBuf>,
+    /// Where `lifeline drill` restores (default: the system's temporary directory).
+    pub drill_dir: Option<PathBuf>,
+    pub notify: ops::NotifyConfig,
+    pub verify: ops::VerifyConfig,
+    pub failover: ops::FailoverConfig,
+    pub services: std::collections::BTreeMap<String, ops::ServiceConfig>,
 }
 
 /// What every command works from, resolved once before any I/O.
@@ -76,6 +82,21 @@ pub struct Settings {
     pub retention: catalog::RetentionPolicy,
     /// Unreferenced packs younger than this are left to the backup that may be writing them.
     pub prune_grace: std::time::Duration,
+    pub ops: OpsSettings,
+}
+
+/// What the operations commands (failover, verify-recovery, drill) and notifications use.
+#[derive(Debug, Default)]
+pub struct OpsSettings {
+    pub notify: ops::NotifyConfig,
+    pub verify: ops::VerifyConfig,
+    pub failover: ops::FailoverConfig,
+    pub services: std::collections::BTreeMap<String, ops::ServiceConfig>,
+    pub drill_dir: Option<PathBuf>,
+    /// Redis is part of the platform (REDIS_HOST or redis-host set).
+    pub redis_configured: bool,
+    /// `SIMULATE_MODE=true`: commands that would change something only say what they would do.
+    pub simulate: bool,
 }
 
 /// `wal fetch` read-ahead: how many segments past the requested one, and at most how many bytes.
@@ -136,6 +157,47 @@ fn absolute(path: PathBuf) -> PathBuf {
         .unwrap_or(path)
 }
 
+fn bool_env(name: &str) -> Result<Option<bool>> {
+    match env(name) {
+        None => Ok(None),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Some(true)),
+            "0" | "false" | "no" | "off" => Ok(Some(false)),
+            _ => bail!("{name}={v:?} is not true or false"),
+        },
+    }
+}
+
+fn ops_settings(file: &FileConfig) -> Result<OpsSettings> {
+    let mut notify = file.notify.clone();
+    notify.slack_webhook_url = env("SLACK_WEBHOOK_URL").or(notify.slack_webhook_url);
+    notify.email_to = env("NOTIFICATION_EMAIL").or(notify.email_to);
+    notify.smtp_password = env("SMTP_PASSWORD").or(notify.smtp_password);
+    if let Some(url) = &notify.slack_webhook_url
+        && !url.starts_with("https://")
+        && !url.starts_with("http://")
+    {
+        bail!("SLACK_WEBHOOK_URL (or slack-webhook-url) must be an http(s) URL");
+    }
+    let mut failover = file.failover.clone();
+    failover.replica_host = env("REPLICA_HOST").or(failover.replica_host);
+    if let Some(p) = env("REPLICA_PORT") {
+        failover.replica_port = Some(
+            p.parse()
+                .with_context(|| format!("REPLICA_PORT={p:?} is not a port number"))?,
+        );
+    }
+    Ok(OpsSettings {
+        notify,
+        verify: file.verify.clone(),
+        failover,
+        services: file.services.clone(),
+        drill_dir: file.drill_dir.clone().map(absolute),
+        redis_configured: env("REDIS_HOST").is_some() || file.redis_host.is_some(),
+        simulate: bool_env("SIMULATE_MODE")?.unwrap_or(false),
+    })
+}
+
 impl Settings {
     pub fn resolve(args: &GlobalArgs) -> Result<Settings> {
         let file = match &args.config {
@@ -152,6 +214,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let s3 = s3_options(args, &file)?;
+        let ops = ops_settings(&file)?;
         let is_s3 = s3.is_some();
         let codec: Codec = args
             .compression
@@ -257,6 +320,7 @@ impl Settings {
                 port: redis_port.unwrap_or(6379),
                 password: env("REDIS_PASSWORD").or(file.redis_password),
             },
+            ops,
         })
     }
 

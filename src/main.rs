@@ -49,17 +49,69 @@ enum Command {
     /// The SQLite catalog.
     #[command(subcommand)]
     Catalog(commands::catalog::CatalogCommand),
+    /// Orchestrated failover for one incident type; --simulate prints the plan, --status the
+    /// roles, replication lag and last backups.
+    Failover(commands::failover::FailoverArgs),
+    /// Post-recovery checks: [PASS]/[FAIL] lines, totals and RESULT.
+    VerifyRecovery(commands::verify_recovery::VerifyRecoveryArgs),
+    /// The incident runbook: list, show one incident, or --validate a custom one.
+    Runbook(commands::runbook::RunbookArgs),
+    /// A restore rehearsal: restore the latest backup and WAL into a scratch server, verify it,
+    /// measure RTO and RPO, and mark the backup VERIFIED or FAILED.
+    Drill(commands::drill::DrillArgs),
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFELINE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+impl Command {
+    /// The name of this run's operation log, for the commands that keep one.
+    fn log_name(&self) -> Option<String> {
+        let name = match self {
+            Command::Backup(cmd) => cmd.operation(),
+            Command::Restore(commands::restore::RestoreCommand::Postgres(_)) => {
+                "restore postgres".into()
+            }
+            Command::Restore(commands::restore::RestoreCommand::Redis(_)) => "restore redis".into(),
+            Command::Verify(_) => "verify".into(),
+            Command::Prune(args) if !args.dry_run => "prune".into(),
+            Command::Catalog(_) => "catalog rebuild".into(),
+            Command::Failover(args) if !args.is_status() => "failover".into(),
+            Command::VerifyRecovery(_) => "verify-recovery".into(),
+            Command::Drill(_) => "drill".into(),
+            _ => return None,
+        };
+        Some(name.replace([' ', '-'], "_"))
+    }
+}
+
+fn init_logging(operation_log: Option<std::fs::File>) {
+    use tracing_subscriber::filter::{EnvFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    // Report lines are printed on stdout already; they go to the operation log only.
+    let spec = std::env::var("LIFELINE_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(format!("{spec},lifeline::report=off"))
+        .unwrap_or_else(|_| EnvFilter::new("info,lifeline::report=off"));
+    let terminal = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // PostgreSQL copies archive_command's stderr into its log: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_filter(filter);
+    let file = operation_log.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .with_target(false)
+            .with_filter(
+                Targets::new()
+                    .with_default(tracing::Level::INFO)
+                    .with_target("aws_smithy_runtime", tracing::Level::WARN)
+                    .with_target("aws_config", tracing::Level::WARN)
+                    .with_target("hyper_util", tracing::Level::WARN)
+                    .with_target("rustls", tracing::Level::WARN),
+            )
+    });
+    tracing_subscriber::registry()
+        .with(terminal)
+        .with(file)
         .init();
 }
 
@@ -75,18 +127,34 @@ async fn report(
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
     commands::status_file::update(settings, operation, &outcome).await;
+    if let Err(e) = &outcome {
+        commands::notify(
+            settings,
+            operation,
+            false,
+            &format!("{e:#}"),
+            &format!("{e:#}"),
+        )
+        .await;
+    }
     result
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let fetch = matches!(
         cli.command,
         Command::Wal(commands::wal::WalCommand::Fetch(_))
     );
     let settings = match Settings::resolve(&cli.global) {
-        Ok(s) => s,
+        Ok(s) => {
+            let log = cli
+                .command
+                .log_name()
+                .and_then(|name| commands::oplog::open(s.backup_dir.as_deref(), &name));
+            init_logging(log.map(|(file, _)| file));
+            s
+        }
         Err(e) => {
             eprintln!("lifeline: {e:#}");
             return if fetch {
@@ -122,6 +190,10 @@ fn main() -> ExitCode {
                 report(&settings, "verify", result).await
             }
             Command::Catalog(cmd) => commands::catalog::run(cmd, &settings).await,
+            Command::Failover(args) => commands::failover::run(args, &settings).await,
+            Command::VerifyRecovery(args) => commands::verify_recovery::run(args, &settings).await,
+            Command::Runbook(args) => commands::runbook::run(args),
+            Command::Drill(args) => commands::drill::run(args, &settings).await,
             Command::Prune(args) => {
                 let dry_run = args.dry_run;
                 let result = commands::prune::run(args, &settings).await;

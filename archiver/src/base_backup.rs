@@ -52,7 +52,9 @@ impl std::fmt::Debug for ConnectionOptions {
 }
 
 impl ConnectionOptions {
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, ArchiveError> {
+    /// The driver's configuration for this server (its Debug output shows the password: never
+    /// log it).
+    pub fn pg_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.host)
@@ -64,7 +66,12 @@ impl ConnectionOptions {
         if let Some(password) = &self.password {
             config.password(password);
         }
-        let (client, connection) = config
+        config
+    }
+
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, ArchiveError> {
+        let (client, connection) = self
+            .pg_config()
             .connect(tokio_postgres::NoTls)
             .await
             .doing("connecting (check DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME)")?;

@@ -14,5 +14,5 @@ mod retention;
 
 pub use db::{BackupRecord, BackupState, Catalog, WalRecord};
 pub use error::CatalogError;
-pub use rebuild::{RebuildSummary, rebuild};
+pub use rebuild::{RebuildSummary, label_backup, rebuild};
 pub use retention::{Decision, Reason, RetentionPlan, RetentionPolicy, WalRange, plan_retention};

@@ -223,3 +223,41 @@ async fn read_metadata_labels(storage: &dyn Storage, backup_id: &str) -> (String
         label("restorability", default.1.clone()),
     )
 }
+
+/// Record labels (`retention`, `restorability`, ...) in the backup's `.metadata`, where
+/// [`rebuild`] reads them back; the object is replaced whole.
+pub async fn label_backup(
+    storage: &dyn Storage,
+    backup_id: &str,
+    labels: &[(&str, &str)],
+) -> Result<(), CatalogError> {
+    let key = layout::metadata_key(backup_id);
+    let bytes = storage.get_bytes(&key).await?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| CatalogError::Invalid {
+            what: "a backup's .metadata",
+            value: format!("{key}: {e}"),
+        })?;
+    let unchanged = labels
+        .iter()
+        .all(|(k, v)| value.get(*k).and_then(|x| x.as_str()) == Some(*v));
+    if unchanged {
+        return Ok(());
+    }
+    for (k, v) in labels {
+        value[*k] = serde_json::Value::from(*v);
+    }
+    let text = serde_json::to_vec_pretty(&value).map_err(|e| CatalogError::Invalid {
+        what: "a backup's .metadata",
+        value: e.to_string(),
+    })?;
+    storage
+        .put_bytes(
+            &key,
+            text,
+            storage::PutMode::Overwrite,
+            storage::Durability::Immediate,
+        )
+        .await?;
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! restore crate; nothing here reads or writes the repository.
 
 pub mod checks;
+mod config;
 pub mod connfile;
 mod error;
 mod http;
@@ -13,6 +14,7 @@ pub mod process;
 pub mod runbook;
 
 pub use checks::{Check, RecordedRows, Report, VerifyConfig};
+pub use config::{FailoverConfig, ServiceConfig};
 pub use error::OpsError;
 pub use notify::{Event, Notifier, NotifyConfig};
 pub use runbook::Runbook;

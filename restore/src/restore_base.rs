@@ -26,6 +26,8 @@ pub enum RecoveryTarget {
     Immediate,
     /// Replay up to and including this instant, on the newest timeline.
     Time(jiff::Timestamp),
+    /// Replay everything the archive holds, on the newest timeline (a failover or a drill).
+    EndOfArchive,
 }
 
 #[derive(Debug, Clone)]
@@ -566,6 +568,7 @@ fn write_recovery_files(
                 quote(&t.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
             ));
         }
+        RecoveryTarget::EndOfArchive => settings.push_str("recovery_target_timeline = 'latest'\n"),
     }
     let auto_conf = root.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto_conf).unwrap_or_default();

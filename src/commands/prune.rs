@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use catalog::{RetentionPlan, RetentionPolicy, WalRange};
 use storage::manifest::{BackupManifest, ClusterIdentity, StreamManifest};
 use storage::wal::{DEFAULT_SEGMENT_SIZE, WalFileName};
-use storage::{Durability, PutMode, Storage, StorageExt, layout, object};
+use storage::{Storage, StorageExt, layout, object};
 
 use crate::config::Settings;
 
@@ -240,24 +240,7 @@ async fn packs_to_delete(storage: &dyn Storage, grace: std::time::Duration) -> R
 
 /// Record the retention class in the backup's `.metadata` (the catalog reads it back).
 async fn set_retention_label(storage: &dyn Storage, backup_id: &str, class: &str) {
-    let key = layout::metadata_key(backup_id);
-    let Ok(bytes) = storage.get_bytes(&key).await else {
-        return;
-    };
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return;
-    };
-    if value.get("retention").and_then(|v| v.as_str()) == Some(class) {
-        return;
-    }
-    value["retention"] = serde_json::Value::from(class);
-    let Ok(text) = serde_json::to_vec_pretty(&value) else {
-        return;
-    };
-    if let Err(e) = storage
-        .put_bytes(&key, text, PutMode::Overwrite, Durability::Immediate)
-        .await
-    {
+    if let Err(e) = catalog::label_backup(storage, backup_id, &[("retention", class)]).await {
         tracing::warn!("retention class of {backup_id} not recorded: {e}");
     }
 }

@@ -42,7 +42,8 @@ pub struct PostgresArgs {
     /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
     #[arg(long, default_value = "latest")]
     from: String,
-    /// Target time for --type pitr: "YYYY-MM-DD HH:MM:SS", local time unless it carries an offset.
+    /// Target time for --type pitr: "YYYY-MM-DD HH:MM:SS", local time unless it carries an
+    /// offset; `latest` replays everything archived.
     #[arg(long)]
     until: Option<String>,
     /// Restore a pg_dump custom-format file instead of a backup (`.dump` or `.dump.gz`).
@@ -95,16 +96,76 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         bail!("name the directory to restore into with --data-dir DIR (or PGDATA)");
     };
     let tz = TimeZone::system();
+    let to_end = args.until.as_deref().map(str::trim) == Some("latest");
     let target = match (args.restore_type.as_str(), &args.until) {
+        ("pitr", Some(_)) if to_end => None,
         ("pitr", Some(until)) => Some(parse_until(until, &tz)?),
-        ("pitr", None) => bail!("--type pitr needs --until \"YYYY-MM-DD HH:MM:SS\""),
+        ("pitr", None) => bail!("--type pitr needs --until \"YYYY-MM-DD HH:MM:SS\" (or latest)"),
         (_, Some(_)) => bail!("--until applies to --type pitr only"),
         _ => None,
     };
     let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
     let storage = settings.repository().await?;
+    let (sysid, segment_size, backups) = cluster_backups(settings, storage.as_ref()).await?;
+
+    let (backup, recovery) = match target {
+        Some(target) => {
+            println!(
+                "recovery target: {} (resolved from {:?} in time zone {})",
+                target.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                args.until.as_deref().unwrap_or_default(),
+                tz.iana_name().unwrap_or("local")
+            );
+            let wal = restore::archived_wal(storage.as_ref(), sysid, segment_size).await?;
+            let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
+            let plan = restore::plan_pitr(&backups, &wal, &histories, target, segment_size)?;
+            let last_segment =
+                restore::confirm_target_reachable(storage.as_ref(), sysid, &plan, target).await?;
+            println!(
+                "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
+                plan.backup.backup_id, plan.backup.timeline, last_segment, plan.timeline.0
+            );
+            (plan.backup, RecoveryTarget::Time(target))
+        }
+        None => {
+            let backup =
+                restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
+            let recovery = if to_end {
+                RecoveryTarget::EndOfArchive
+            } else {
+                RecoveryTarget::Immediate
+            };
+            (backup, recovery)
+        }
+    };
+    let manifest = restore_backup(
+        settings,
+        storage,
+        &backup,
+        &recovery,
+        &data_dir,
+        !args.skip_verify,
+    )
+    .await?;
+    let target = match recovery {
+        RecoveryTarget::Immediate => format!("the backup's consistent end ({})", manifest.stop_lsn),
+        RecoveryTarget::Time(t) => t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        RecoveryTarget::EndOfArchive => "the end of the archive".to_string(),
+    };
+    println!(
+        "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {target} and promotes",
+        data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The repository's cluster (system identifier, segment size) and its PostgreSQL backups.
+pub async fn cluster_backups(
+    settings: &Settings,
+    storage: &dyn storage::Storage,
+) -> Result<(u64, u64, Vec<catalog::BackupRecord>)> {
     let catalog = settings.open_catalog()?;
-    let identity = storage::manifest::ClusterIdentity::load(storage.as_ref())
+    let identity = storage::manifest::ClusterIdentity::load(storage)
         .await?
         .context(
             "the repository holds no cluster yet: nothing was ever archived or backed up there",
@@ -122,43 +183,29 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
             "the catalog lists no PostgreSQL backups: run `lifeline backup postgres`, or `lifeline catalog rebuild` if the catalog was lost"
         );
     }
+    Ok((sysid, identity.segment_size, backups))
+}
 
-    let (backup, recovery) = match target {
-        Some(target) => {
-            println!(
-                "recovery target: {} (resolved from {:?} in time zone {})",
-                target.strftime("%Y-%m-%d %H:%M:%S UTC"),
-                args.until.as_deref().unwrap_or_default(),
-                tz.iana_name().unwrap_or("local")
-            );
-            let wal = restore::archived_wal(storage.as_ref(), sysid, identity.segment_size).await?;
-            let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
-            let plan =
-                restore::plan_pitr(&backups, &wal, &histories, target, identity.segment_size)?;
-            let last_segment =
-                restore::confirm_target_reachable(storage.as_ref(), sysid, &plan, target).await?;
-            println!(
-                "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
-                plan.backup.backup_id, plan.backup.timeline, last_segment, plan.timeline.0
-            );
-            (plan.backup, RecoveryTarget::Time(target))
-        }
-        None => {
-            let backup =
-                restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
-            (backup, RecoveryTarget::Immediate)
-        }
-    };
-
+/// Restore `backup` into `data_dir` with `recovery` written for the server's start; returns
+/// the backup's manifest.
+pub async fn restore_backup(
+    settings: &Settings,
+    storage: std::sync::Arc<dyn storage::Storage>,
+    backup: &catalog::BackupRecord,
+    recovery: &RecoveryTarget,
+    data_dir: &std::path::Path,
+    verify_first: bool,
+) -> Result<storage::manifest::BackupManifest> {
     // Recovery starts from the repository: nothing a past recovery read ahead.
     if let Some(spool) = settings.spool() {
-        spool.clear(sysid)?;
+        spool.clear(backup.system_identifier)?;
     }
     let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
     let restore_command = format!(
-        "{}{} wal fetch --cluster {sysid} %f %p",
+        "{}{} wal fetch --cluster {} %f %p",
         shell_quote(&exe.to_string_lossy()),
-        settings.repository_flags()?
+        settings.repository_flags()?,
+        backup.system_identifier
     );
     tracing::debug!(backup = %backup.backup_id, "reading the manifest");
     let manifest = restore::read_manifest(storage.as_ref(), &backup.backup_id)
@@ -166,10 +213,10 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         .with_context(|| format!("read the manifest of {}", backup.backup_id))?;
     tracing::debug!(files = manifest.files.len(), "manifest read");
     let opts = RestoreOptions {
-        data_dir: data_dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         parallelism: settings.parallelism,
         downloads: settings.download_transfers(),
-        verify_first: !args.skip_verify,
+        verify_first,
         target: recovery.clone(),
         restore_command,
     };
@@ -186,19 +233,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         report.bytes >> 20,
         started.elapsed().as_secs_f64()
     );
-    match recovery {
-        RecoveryTarget::Immediate => println!(
-            "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to the backup's consistent end ({}) and promotes",
-            data_dir.display(),
-            manifest.stop_lsn
-        ),
-        RecoveryTarget::Time(t) => println!(
-            "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {} and promotes",
-            data_dir.display(),
-            t.strftime("%Y-%m-%d %H:%M:%S UTC")
-        ),
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(manifest)
 }
 
 async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode> {
