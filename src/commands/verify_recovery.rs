@@ -11,16 +11,15 @@ use ops::{Check, RecordedRows, Report};
 use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]
-#[group(id = "depth", multiple = false)]
 pub struct VerifyRecoveryArgs {
     /// Reachability only: PostgreSQL, the database, Redis.
-    #[arg(long, group = "depth")]
+    #[arg(long, conflicts_with_all = ["full", "smoke_test"])]
     quick: bool,
     /// Also tables and row counts against the last backup, Redis keys, HTTP and worker checks.
-    #[arg(long, group = "depth")]
+    #[arg(long, conflicts_with = "smoke_test")]
     full: bool,
     /// Everything in --full plus the configured login flow.
-    #[arg(long, group = "depth")]
+    #[arg(long)]
     smoke_test: bool,
     /// Check the staging database (and staging URLs) instead of production.
     #[arg(long, value_parser = ["production", "staging"], default_value = "production")]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod listeners;
 pub mod redis;
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

@@ -1,0 +1,563 @@
+//! Operations end to end: failover with a real primary and streaming replica, service restarts
+//! against a health URL, post-recovery checks, restore drills, notifications to a webhook and
+//! an SMTP server on loopback, operation logs, and the runbook.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::listeners::{HttpReply, HttpServer, SmtpServer};
+use common::*;
+
+/// The webhook path is the credential: it must never be printed or logged.
+const WEBHOOK_TOKEN: &str = "T000/B000/hook-secret-5c2e";
+const DB_PASSWORD_IN_URL: &str = "app-pass-91f3";
+
+fn write_owned(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write");
+    let status = std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+}
+
+fn logs(scratch: &Scratch, operation: &str) -> Vec<String> {
+    let dir = scratch.repo.join("logs");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{operation}_")) && n.ends_with(".log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n)).expect("read log"))
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
+    let scratch = Scratch::new();
+    let primary = Pg::running(&scratch, "primary");
+    seed(&primary);
+    backup(&scratch, &primary);
+
+    // A streaming replica of the primary.
+    let replica_dir = scratch.path("replica");
+    let out = run_as_postgres(
+        &format!("{PG_BIN}/pg_basebackup"),
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            replica_dir.to_str().expect("utf8"),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ],
+    );
+    assert!(out.status.success(), "pg_basebackup: {}", text(&out));
+    let replica = Pg::restored(&scratch, replica_dir);
+    replica.start();
+    primary.psql("INSERT INTO orders (account, amount) VALUES (1, 424242)");
+    primary.switch_and_archive();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = replica.try_psql("SELECT count(*) FROM orders WHERE amount = 424242");
+        if out.stdout.starts_with(b"1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never replayed the last order: {}\n{}",
+            text(&out),
+            replica.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = primary.snapshot();
+
+    let webhook = HttpServer::start(|_| HttpReply::status(200, "ok"));
+    let smtp = SmtpServer::start();
+    let env_file = scratch.path("app.env");
+    let original = format!(
+        "# the application's settings\nDATABASE_URL=postgresql://app:{DB_PASSWORD_IN_URL}@127.0.0.1:{}/postgres\nWORKERS=4\n",
+        primary.port
+    );
+    write_owned(&env_file, &original);
+    let config = scratch.path("lifeline.toml");
+    write_owned(
+        &config,
+        &format!(
+            "[failover]\nreplica-host = \"127.0.0.1\"\nreplica-port = {}\nconnection-file = \"{}\"\n\n\
+             [notify]\nslack-webhook-url = \"{}\"\nemail-to = \"oncall@example.com\"\nsmtp-host = \"127.0.0.1\"\n\
+             smtp-port = {}\nsmtp-tls = \"none\"\n",
+            replica.port,
+            env_file.display(),
+            webhook.url(&format!("/services/{WEBHOOK_TOKEN}")),
+            smtp.port
+        ),
+    );
+    let mut env = primary.db_env();
+    env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
+    let env = env_refs(&env);
+
+    // The primary answers: nothing to fail over without --force.
+    let out = scratch.lifeline(&["failover", "--incident", "database_failure"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing to fail over"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&env_file).expect("read"), original);
+    wait_until("the refusal's notification", || {
+        webhook.received().len() == 1
+    });
+    assert!(webhook.received()[0].body.contains("failover FAILED"));
+
+    // The primary dies.
+    let out = run_as_postgres(
+        &format!("{PG_BIN}/pg_ctl"),
+        &[
+            "-D",
+            primary.data.to_str().expect("utf8"),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A simulation checks and plans, and changes nothing.
+    for (args, extra) in [
+        (
+            vec!["failover", "--incident", "database_failure", "--simulate"],
+            vec![],
+        ),
+        (
+            vec!["failover", "--incident", "database_failure"],
+            vec![("SIMULATE_MODE", "true")],
+        ),
+    ] {
+        let mut all = env.clone();
+        all.extend(extra);
+        let out = scratch.lifeline(&args, &all);
+        let said = succeeded(&out, "failover --simulate");
+        assert!(said.contains("is DOWN"), "{said}");
+        assert!(said.contains("(would run): promote"), "{said}");
+        assert!(said.contains("would change from"), "{said}");
+        assert_eq!(replica.psql("SELECT pg_is_in_recovery()"), "t");
+        assert_eq!(std::fs::read_to_string(&env_file).expect("read"), original);
+    }
+    assert_eq!(webhook.received().len(), 1, "a simulation notified");
+
+    // The failover.
+    let out = scratch.lifeline(&["failover", "--incident", "database_failure"], &env);
+    let said = succeeded(&out, "failover");
+    assert!(said.contains("data-loss window"), "{said}");
+    assert!(said.contains("RESULT: SUCCESS"), "{said}");
+    assert_eq!(replica.psql("SELECT pg_is_in_recovery()"), "f");
+    replica.psql("INSERT INTO orders (account, amount) VALUES (2, 1)");
+    assert_eq!(
+        replica.psql("SELECT count(*) FROM orders WHERE amount = 1 AND account = 2"),
+        "2"
+    );
+    replica.psql("DELETE FROM orders WHERE amount = 1 AND account = 2 AND id > 20000");
+    assert_eq!(
+        replica.snapshot(),
+        before,
+        "the promoted replica lacks committed rows"
+    );
+    let switched = std::fs::read_to_string(&env_file).expect("read");
+    assert_eq!(
+        switched,
+        original.replace(
+            &format!(":{}/", primary.port),
+            &format!(":{}/", replica.port)
+        )
+    );
+
+    // The report went to the webhook and by email; the operation log has it all.
+    wait_until("the webhook", || webhook.received().len() == 2);
+    let posted = &webhook.received()[1];
+    assert_eq!(posted.method, "POST");
+    assert!(
+        posted.body.contains("failover succeeded"),
+        "{}",
+        posted.body
+    );
+    assert!(posted.body.contains("promoted"), "{}", posted.body);
+    wait_until("the email", || smtp.received().len() == 2);
+    let mail = &smtp.received()[1];
+    assert!(
+        mail.contains("Subject: [lifeline] failover succeeded"),
+        "{mail}"
+    );
+    assert!(mail.contains("To: oncall@example.com"), "{mail}");
+    let log = logs(&scratch, "failover").pop().expect("a failover log");
+    assert!(log.contains("RESULT: SUCCESS"), "{log}");
+    assert!(log.contains("data-loss window"), "{log}");
+    for seen in [
+        said.as_str(),
+        log.as_str(),
+        posted.body.as_str(),
+        mail.as_str(),
+    ] {
+        assert!(
+            !seen.contains(WEBHOOK_TOKEN),
+            "the webhook URL leaked: {seen}"
+        );
+        assert!(
+            !seen.contains(DB_PASSWORD_IN_URL),
+            "the database password leaked: {seen}"
+        );
+    }
+
+    // --status: the old primary down, the replica now the primary, the failover listed.
+    let out = scratch.lifeline(&["failover", "--status"], &env);
+    let status = succeeded(&out, "failover --status");
+    assert!(
+        status.contains(&format!("primary 127.0.0.1:{} is DOWN", primary.port)),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "replica 127.0.0.1:{} is up, role primary",
+            replica.port
+        )),
+        "{status}"
+    );
+    assert!(status.contains("SUCCESS ("), "{status}");
+}
+
+#[test]
+fn a_service_is_restarted_until_its_health_url_answers() {
+    let scratch = Scratch::new();
+    let marker = scratch.path("restarted");
+    let flag = marker.clone();
+    let health = HttpServer::start(move |r| {
+        if r.path == "/health" && flag.exists() {
+            HttpReply::status(200, "ok")
+        } else {
+            HttpReply::status(503, "down")
+        }
+    });
+    let config = scratch.path("lifeline.toml");
+    write_owned(
+        &config,
+        &format!(
+            "[services.api]\nrestart-command = \"touch {}\"\nhealth-url = \"{}\"\ntimeout-seconds = 20\n\n\
+             [services.stuck]\nrestart-command = \"true\"\nhealth-url = \"{}\"\ntimeout-seconds = 2\n",
+            marker.display(),
+            health.url("/health"),
+            health.url("/never")
+        ),
+    );
+    let env = [("LIFELINE_CONFIG", config.to_str().expect("utf8"))];
+
+    let out = scratch.lifeline(
+        &[
+            "failover",
+            "--incident",
+            "service_failure",
+            "api",
+            "--simulate",
+        ],
+        &env,
+    );
+    succeeded(&out, "simulated restart");
+    assert!(!marker.exists(), "the simulation ran the restart command");
+
+    let out = scratch.lifeline(&["failover", "--incident", "service_failure", "api"], &env);
+    let said = succeeded(&out, "service restart");
+    assert!(marker.exists());
+    assert!(said.contains("api healthy after"), "{said}");
+
+    let out = scratch.lifeline(
+        &["failover", "--incident", "service_failure", "stuck"],
+        &env,
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("not healthy within 2 s"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("RESULT: FAILED"), "{}", text(&out));
+
+    let out = scratch.lifeline(&["failover", "--incident", "service_failure", "web"], &env);
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out).contains("no [services.web]") && text(&out).contains("api, stuck"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// An application stand-in: /health is fine, /broken answers 500, /login sets a session
+/// cookie for the right password, /me wants that cookie.
+fn application() -> HttpServer {
+    HttpServer::start(|r| match r.path.as_str() {
+        "/health" => HttpReply::status(200, "ok"),
+        "/login" if r.body.contains("\"password\":\"letmein\"") => HttpReply {
+            status: 200,
+            headers: vec!["set-cookie: session=abc123; HttpOnly".into()],
+            body: "{}".into(),
+        },
+        "/login" => HttpReply::status(401, "no"),
+        "/me" if r.headers.contains("session=abc123") => HttpReply::status(200, "{\"user\":1}"),
+        "/me" => HttpReply::status(401, "no"),
+        _ => HttpReply::status(500, "boom"),
+    })
+}
+
+#[test]
+fn verify_recovery_and_drills_report_what_is_true() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "pg");
+    seed(&pg);
+    backup(&scratch, &pg);
+    pg.psql("INSERT INTO orders (account, amount) SELECT 1, g FROM generate_series(1, 100) g");
+    pg.switch_and_archive();
+
+    let app = application();
+    let config = scratch.path("lifeline.toml");
+    let drills = scratch.path("drills");
+    std::fs::create_dir(&drills).expect("mkdir");
+    let status = std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&drills)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    let base = format!(
+        "drill-dir = \"{}\"\n[verify]\n\n[[verify.http]]\nname = \"api\"\nurl = \"{}\"\ncontains = \"ok\"\n\n\
+         [[verify.worker]]\nname = \"queue\"\ncommand = \"true\"\n\n\
+         [verify.login]\nurl = \"{}\"\nbody = '{{\"user\":\"smoke\",\"password\":\"${{SMOKE_PASSWORD}}\"}}'\nthen-url = \"{}\"\n",
+        drills.display(),
+        app.url("/health"),
+        app.url("/login"),
+        app.url("/me")
+    );
+    write_owned(&config, &base);
+    let mut env = pg.db_env();
+    env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
+    env.push(("SMOKE_PASSWORD".into(), "letmein".into()));
+    let env = env_refs(&env);
+
+    let out = scratch.lifeline(&["verify-recovery", "--quick"], &env);
+    let said = succeeded(&out, "verify-recovery --quick");
+    assert!(said.contains("[PASS] PostgreSQL reachable"), "{said}");
+    assert!(
+        said.ends_with("RESULT: PASS\n") || said.contains("RESULT: PASS"),
+        "{said}"
+    );
+
+    let out = scratch.lifeline(&["verify-recovery", "--smoke-test"], &env);
+    let said = succeeded(&out, "verify-recovery --smoke-test");
+    assert!(
+        said.contains("[PASS] table public.accounts: 5000 rows"),
+        "{said}"
+    );
+    assert!(
+        said.contains("[PASS] table public.orders: 20100 rows"),
+        "{said}"
+    );
+    assert!(said.contains("[PASS] HTTP api: HTTP 200"), "{said}");
+    assert!(said.contains("[PASS] worker queue"), "{said}");
+    assert!(
+        said.contains("[PASS] login flow: login HTTP 200, then HTTP 200 with the session"),
+        "{said}"
+    );
+
+    // A broken check fails the run, in text and JSON; a wrong password fails the login.
+    write_owned(
+        &config,
+        &format!(
+            "{base}\n[[verify.http]]\nname = \"broken\"\nurl = \"{}\"\n",
+            app.url("/broken")
+        ),
+    );
+    let out = scratch.lifeline(&["verify-recovery", "--full"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("[FAIL] HTTP broken: HTTP 500 (expected 200)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("1 failed") && said.contains("RESULT: FAIL"),
+        "{said}"
+    );
+    let out = scratch.lifeline(&["verify-recovery", "--full", "--json"], &env);
+    assert_eq!(code(&out), 1);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("verify-recovery --json");
+    assert_eq!(json["failed"], 1, "{json}");
+    assert_eq!(json["result"], "FAIL");
+    assert_eq!(json["failed"], 1);
+    let mut wrong = env.clone();
+    wrong.retain(|(k, _)| *k != "SMOKE_PASSWORD");
+    wrong.push(("SMOKE_PASSWORD", "guess"));
+    let out = scratch.lifeline(&["verify-recovery", "--smoke-test"], &wrong);
+    assert!(
+        text(&out).contains("[FAIL] login flow: login answered HTTP 401"),
+        "{}",
+        text(&out)
+    );
+    // The row counts are checked, not assumed: a table emptied after the backup fails.
+    pg.psql("DELETE FROM accounts WHERE id > 100");
+    write_owned(&config, &base);
+    let out = scratch.lifeline(&["verify-recovery", "--full"], &env);
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out).contains("[FAIL] table public.accounts: 100 rows"),
+        "{}",
+        text(&out)
+    );
+    pg.psql(
+        "INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(101, 5000) g",
+    );
+    pg.switch_and_archive();
+
+    // A drill restores the backup and the archive, verifies and marks the backup VERIFIED.
+    let out = scratch.lifeline(&["drill"], &env);
+    let said = succeeded(&out, "drill");
+    assert!(said.contains("VERIFIED"), "{said}");
+    assert!(said.contains("RTO measured:"), "{said}");
+    assert!(
+        said.contains("[PASS] table public.orders: 20100 rows"),
+        "{said}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &env).stdout).expect("list");
+    assert_eq!(listed[0]["restorability"], "VERIFIED");
+    let id = listed[0]["backup_id"].as_str().expect("id").to_string();
+    let metadata =
+        std::fs::read_to_string(scratch.repo.join(format!("backups/{id}/{id}.metadata")))
+            .expect("metadata");
+    assert!(
+        metadata.contains("\"restorability\": \"VERIFIED\""),
+        "{metadata}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&drills).expect("ls").count(),
+        0,
+        "the scratch server was left behind"
+    );
+    assert!(
+        logs(&scratch, "drill")
+            .pop()
+            .expect("drill log")
+            .contains("VERIFIED")
+    );
+
+    // Damage every pack: the next drill fails, says why, and marks the backup FAILED.
+    for entry in walk(&scratch.repo.join("packs")) {
+        let mut bytes = std::fs::read(&entry).expect("read pack");
+        let middle = bytes.len() / 2;
+        for b in &mut bytes[middle..middle + 64] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&entry, bytes).expect("write pack");
+    }
+    let out = scratch.lifeline(&["drill"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("FAILED (the restore failed"),
+        "{}",
+        text(&out)
+    );
+    let listed: serde_json::Value =
+        serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &env).stdout).expect("list");
+    assert_eq!(listed[0]["restorability"], "FAILED");
+    let metadata =
+        std::fs::read_to_string(scratch.repo.join(format!("backups/{id}/{id}.metadata")))
+            .expect("metadata");
+    assert!(
+        metadata.contains("\"restorability_reason\": \"the restore failed"),
+        "{metadata}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn the_runbook_lists_shows_and_validates() {
+    let scratch = Scratch::new();
+    let out = scratch.lifeline(&["runbook"], &[]);
+    let said = succeeded(&out, "runbook");
+    for id in [
+        "INC-001", "INC-002", "INC-003", "INC-004", "INC-005", "INC-006",
+    ] {
+        assert!(said.contains(id), "{said}");
+    }
+    let out = scratch.lifeline(&["runbook", "INC-005"], &[]);
+    let said = succeeded(&out, "runbook INC-005");
+    assert!(
+        said.contains("RTO: 60 minutes")
+            && said.contains("$ lifeline failover --incident datacenter_failure"),
+        "{said}"
+    );
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/runbook.json");
+    let out = scratch.lifeline(
+        &["runbook", "--validate", shipped.to_str().expect("utf8")],
+        &[],
+    );
+    succeeded(&out, "runbook --validate ops/runbook.json");
+    let custom = scratch.path("custom.json");
+    let broken = std::fs::read_to_string(&shipped)
+        .expect("read")
+        .replace("\"rto_minutes\": 15", "\"rto_minutes\": 0")
+        .replace(
+            "lifeline verify-recovery --quick",
+            "lifeline verfy-recovery --quick",
+        );
+    write_owned(&custom, &broken);
+    let out = scratch.lifeline(
+        &["runbook", "--validate", custom.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(code(&out), 1);
+    let said = text(&out);
+    assert!(
+        said.contains("INC-003: rto_minutes must be above 0"),
+        "{said}"
+    );
+    assert!(
+        said.contains("\"lifeline verfy-recovery --quick\" is not a lifeline command"),
+        "{said}"
+    );
+}
