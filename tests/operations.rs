@@ -561,3 +561,128 @@ fn the_runbook_lists_shows_and_validates() {
         "{said}"
     );
 }
+
+#[test]
+fn without_a_replica_the_repository_brings_the_database_back_in_either_region() {
+    let scratch = Scratch::new();
+    let primary = Pg::running(&scratch, "primary");
+    seed(&primary);
+    backup(&scratch, &primary);
+    primary.psql("UPDATE accounts SET balance = balance + 1 WHERE id <= 100");
+    primary.psql("INSERT INTO orders (account, amount) VALUES (7, -7)");
+    primary.switch_and_archive();
+    let before = primary.snapshot();
+    let out = run_as_postgres(
+        &format!("{PG_BIN}/pg_ctl"),
+        &[
+            "-D",
+            primary.data.to_str().expect("utf8"),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // The disk is gone: what is left is moved aside, as the runbook says.
+    std::fs::rename(&primary.data, scratch.path("primary.lost")).expect("move aside");
+
+    let env_file = scratch.path("app.env");
+    write_owned(
+        &env_file,
+        &format!(
+            "DATABASE_URL=postgresql://app@127.0.0.1:{}/postgres\n",
+            primary.port
+        ),
+    );
+    let start = |data: &Path, port: u16| {
+        format!(
+            "{PG_BIN}/pg_ctl -D {} -l {}.log -o '-p {port}' -W start",
+            data.display(),
+            data.display()
+        )
+    };
+    let config = scratch.path("lifeline.toml");
+    write_owned(
+        &config,
+        &format!(
+            "pgdata = \"{}\"\n[failover]\nconnection-file = \"{}\"\npostgres-start-command = \"{}\"\n",
+            primary.data.display(),
+            env_file.display(),
+            start(&primary.data, primary.port)
+        ),
+    );
+    let mut env = primary.db_env();
+    env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
+    let env = env_refs(&env);
+    let out = scratch.lifeline(&["failover", "--incident", "database_failure"], &env);
+    let said = succeeded(&out, "failover without a replica");
+    assert!(said.contains("no replica configured"), "{said}");
+    assert!(
+        said.contains("recover through the end of the archive"),
+        "{said}"
+    );
+    let restored = Pg {
+        data: primary.data.clone(),
+        port: primary.port,
+        socket_dir: scratch.dir.path().to_path_buf(),
+    };
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "the restored primary differs from the lost one"
+    );
+
+    // It carries on (on a new timeline, archiving); then the whole region is lost.
+    restored.psql("INSERT INTO orders (account, amount) VALUES (8, -8)");
+    restored.switch_and_archive();
+    let before = restored.snapshot();
+    restored.stop();
+
+    // The secondary region: its own catalog (empty), data directory and port.
+    let secondary = scratch.path("secondary");
+    let port = free_port();
+    let config2 = scratch.path("secondary.toml");
+    write_owned(
+        &config2,
+        &format!(
+            "pgdata = \"{}\"\ncatalog = \"{}\"\n[failover]\nconnection-file = \"{}\"\npostgres-start-command = \"{}\"\n",
+            secondary.display(),
+            scratch.path("secondary-catalog.db").display(),
+            env_file.display(),
+            start(&secondary, port)
+        ),
+    );
+    let port_text = port.to_string();
+    let env2 = [
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_PORT", port_text.as_str()),
+        ("DB_USER", "postgres"),
+        ("DB_NAME", "postgres"),
+        ("LIFELINE_CONFIG", config2.to_str().expect("utf8")),
+    ];
+    let out = scratch.lifeline(
+        &["failover", "--incident", "datacenter_failure", "--simulate"],
+        &env2,
+    );
+    succeeded(&out, "datacenter_failure --simulate");
+    assert!(!secondary.exists(), "the simulation restored");
+    let out = scratch.lifeline(&["failover", "--incident", "datacenter_failure"], &env2);
+    let said = succeeded(&out, "datacenter_failure");
+    assert!(said.contains("rebuild the catalog"), "{said}");
+    assert!(said.contains("[PASS] PostgreSQL reachable"), "{said}");
+    let recovered = Pg {
+        data: secondary.clone(),
+        port,
+        socket_dir: scratch.dir.path().to_path_buf(),
+    };
+    assert_eq!(
+        recovered.snapshot(),
+        before,
+        "the secondary region lacks committed rows"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env_file).expect("read"),
+        format!("DATABASE_URL=postgresql://app@127.0.0.1:{port}/postgres\n")
+    );
+}

@@ -182,6 +182,7 @@ async fn rehearse(
 ) -> Result<Report> {
     let data_dir = scratch.join("data");
     progress.set_message(format!("restoring {}", backup.backup_id));
+    tracing::info!(backup = %backup.backup_id, scratch = %scratch.display(), "drill: restoring the backup and all archived WAL");
     let manifest = super::restore::restore_backup(
         settings,
         storage,
@@ -195,6 +196,10 @@ async fn rehearse(
     let port = free_port()?;
     configure(&data_dir, scratch, port)?;
     progress.set_message(format!("recovering through the archive on port {port}"));
+    tracing::info!(
+        port,
+        "drill: starting the scratch server; recovery replays the archive"
+    );
     let pg_ctl = settings.pg_bin().join("pg_ctl");
     let started = ScratchServer::start(&pg_ctl, &data_dir, &scratch.join("server.log"))?;
     *server = Some(started);
@@ -210,6 +215,7 @@ async fn rehearse(
             )
         })?;
     progress.set_message("verifying");
+    tracing::info!("drill: recovery finished, the server accepts writes; verifying");
     let recorded = super::verify_recovery::recorded_rows(&manifest);
     let tolerance = settings
         .ops

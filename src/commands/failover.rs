@@ -135,7 +135,9 @@ async fn database_failure(settings: &Settings, steps: &mut Steps, force: bool) -
     }
     let Some((replica_db, replica_name)) = replica(settings) else {
         steps.found("no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository");
-        return restore_from_repository(settings, steps, "primary").await;
+        let storage = settings.repository().await?;
+        let (backup, last_wal) = newest_state(storage.as_ref(), &settings.open_catalog()?).await?;
+        return restore_from_repository(settings, steps, "primary", &backup, &last_wal).await;
     };
     let replica_config = replica_db.pg_config();
     let state = pg::probe(&replica_config, &replica_name, PROBE_TIMEOUT).await;
@@ -232,30 +234,46 @@ fn switch_connection_file(
     Ok(())
 }
 
+/// The newest complete base backup of the repository's cluster and the newest archived WAL,
+/// as `catalog` knows them.
+async fn newest_state(
+    storage: &dyn storage::Storage,
+    catalog: &catalog::Catalog,
+) -> Result<(catalog::BackupRecord, String)> {
+    let sysid = storage::manifest::ClusterIdentity::load(storage)
+        .await?
+        .and_then(|c| c.system_identifier())
+        .context("the repository holds no cluster: nothing was ever archived or backed up there")?;
+    let backup = catalog
+        .backups(Some("postgresql"))?
+        .into_iter()
+        .rfind(|b| {
+            b.system_identifier == sysid
+                && b.kind == "base"
+                && b.state == catalog::BackupState::Complete
+        })
+        .context("the repository holds no complete base backup to restore")?;
+    let last_wal = catalog
+        .last_wal()?
+        .map(|w| w.name)
+        .unwrap_or_else(|| "unknown".into());
+    Ok((backup, last_wal))
+}
+
 /// No replica (or a secondary region): the latest state from the repository into PGDATA,
 /// started with the configured command, checked writable.
 async fn restore_from_repository(
     settings: &Settings,
     steps: &mut Steps,
     role: &str,
+    backup: &catalog::BackupRecord,
+    last_wal: &str,
 ) -> Result<String> {
     let data_dir = settings
         .pgdata
         .clone()
         .context("PGDATA (or pgdata in the config) names no data directory to restore into")?;
     let storage = settings.repository().await?;
-    let (_, _, backups) = super::restore::cluster_backups(settings, storage.as_ref()).await?;
-    let Some(backup) = backups
-        .iter()
-        .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
-    else {
-        bail!("the catalog lists no complete base backup to restore");
-    };
-    let last_wal = settings
-        .open_catalog()?
-        .last_wal()?
-        .map(|w| w.name)
-        .unwrap_or_else(|| "unknown".into());
     steps.found(format!(
         "newest base backup {}; newest archived WAL {last_wal}",
         backup.backup_id
@@ -458,12 +476,36 @@ async fn wait_redis(settings: &Settings) -> Result<u64> {
 async fn datacenter_failure(settings: &Settings, steps: &mut Steps) -> Result<String> {
     let storage = settings.repository().await?;
     steps.found(format!("repository {}", storage.describe()));
-    if steps.step("rebuild the catalog from the repository") {
-        let mut catalog = settings.open_catalog()?;
-        let summary = catalog::rebuild(storage.as_ref(), &mut catalog).await?;
-        steps.done(format!("{summary:?}"));
-    }
-    let summary = restore_from_repository(settings, steps, "primary in this region").await?;
+    // A simulation plans from a throwaway catalog: this region's stays as it is.
+    let scratch = tempfile::tempdir().context("create a temporary directory")?;
+    let path = if steps.simulate() {
+        scratch.path().join("catalog.db")
+    } else {
+        settings.catalog_path()?
+    };
+    let mut catalog = catalog::Catalog::open(&path)?;
+    steps.step("rebuild the catalog from the repository");
+    let rebuilt = catalog::rebuild(storage.as_ref(), &mut catalog).await?;
+    steps.found(format!(
+        "the repository holds {} backups and {} WAL files{}",
+        rebuilt.backups,
+        rebuilt.wal_files,
+        if rebuilt.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!("; unreadable: {}", rebuilt.unreadable.join(", "))
+        }
+    ));
+    let (backup, last_wal) = newest_state(storage.as_ref(), &catalog).await?;
+    drop(catalog);
+    let summary = restore_from_repository(
+        settings,
+        steps,
+        "primary in this region",
+        &backup,
+        &last_wal,
+    )
+    .await?;
     if steps.step("verify the recovered database (verify-recovery --quick)") {
         let report =
             super::verify_recovery::verify(settings, super::verify_recovery::Depth::Quick, false)
