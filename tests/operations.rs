@@ -686,3 +686,95 @@ fn without_a_replica_the_repository_brings_the_database_back_in_either_region() 
         format!("DATABASE_URL=postgresql://app@127.0.0.1:{port}/postgres\n")
     );
 }
+
+/// Stops the daemonized redis-server of a test, whatever happened.
+struct RedisDaemon(u16);
+
+impl RedisDaemon {
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.0.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for RedisDaemon {
+    fn drop(&mut self) {
+        self.cli(&["SHUTDOWN", "NOSAVE"]);
+    }
+}
+
+#[test]
+fn redis_that_comes_back_empty_is_restored_from_its_last_backup() {
+    let scratch = Scratch::new();
+    let data = scratch.path("redis");
+    std::fs::create_dir(&data).expect("mkdir");
+    let status = std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&data)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    let port = free_port();
+    let redis = RedisDaemon(port);
+    let start = format!(
+        "redis-server --port {port} --bind 127.0.0.1 --dir {} --save '' --appendonly no --enable-debug-command yes --daemonize yes --pidfile {}/redis.pid",
+        data.display(),
+        data.display()
+    );
+    let out = run_as_postgres("sh", &["-c", &start]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("redis to answer", || redis.cli(&["PING"]) == "PONG");
+    redis.cli(&["DEBUG", "POPULATE", "5000", "key", "50"]);
+    redis.cli(&["HSET", "session:1", "user", "ada"]);
+    let digest = redis.cli(&["DEBUG", "DIGEST"]);
+
+    let config = scratch.path("lifeline.toml");
+    write_owned(
+        &config,
+        &format!(
+            "redis-host = \"127.0.0.1\"\nredis-port = {port}\n[failover]\nredis-restart-command = \"{}\"\n\
+             redis-stop-command = \"redis-cli -p {port} shutdown nosave\"\nredis-data-dir = \"{}\"\n",
+            start.replace('"', "\\\""),
+            data.display()
+        ),
+    );
+    let env = [("LIFELINE_CONFIG", config.to_str().expect("utf8"))];
+    succeeded(
+        &scratch.lifeline(&["backup", "redis"], &env),
+        "backup redis",
+    );
+
+    let out = scratch.lifeline(&["failover", "--incident", "redis_failure"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("nothing to recover"), "{}", text(&out));
+
+    // The data is lost and the server is down.
+    redis.cli(&["FLUSHALL"]);
+    redis.cli(&["SHUTDOWN", "NOSAVE"]);
+    wait_until("redis to stop", || redis.cli(&["PING"]) != "PONG");
+
+    let out = scratch.lifeline(
+        &["failover", "--incident", "redis_failure", "--simulate"],
+        &env,
+    );
+    let said = succeeded(&out, "redis_failure --simulate");
+    assert!(said.contains("(would run): restart Redis"), "{said}");
+    assert_ne!(redis.cli(&["PING"]), "PONG", "the simulation started Redis");
+
+    let out = scratch.lifeline(&["failover", "--incident", "redis_failure"], &env);
+    let said = succeeded(&out, "redis_failure");
+    assert!(said.contains("Redis holds no keys"), "{said}");
+    assert!(
+        said.contains("RESULT: SUCCESS (redis_failure: Redis restored from"),
+        "{said}"
+    );
+    assert_eq!(
+        redis.cli(&["DEBUG", "DIGEST"]),
+        digest,
+        "the restored Redis differs"
+    );
+}
