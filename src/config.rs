@@ -543,6 +543,11 @@ mod tests {
         let file: FileConfig = toml::from_str(text).expect("ops/lifeline.toml parses");
         assert_eq!(file.keep_daily, Some(7));
         assert_eq!(file.staging_db_name.as_deref(), Some("app_staging"));
+        assert_eq!(file.failover.replica_port, Some(5432));
+        assert_eq!(file.services.len(), 2);
+        assert_eq!(file.verify.http.len(), 2);
+        assert!(file.verify.login.is_some());
+        assert!(format!("{:?}", file.notify).contains("smtp.example.com"));
     }
 
     #[test]
