@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub keep_monthly: Option<u32>,
     pub wal_days: Option<u32>,
     pub prune_grace_hours: Option<u64>,
+    pub repack_unused_percent: Option<u64>,
     pub pg_bin_dir: Option<PathBuf>,
     /// Where `lifeline drill` restores (default: the system's temporary directory).
     pub drill_dir: Option<PathBuf>,
@@ -82,6 +83,8 @@ pub struct Settings {
     pub retention: catalog::RetentionPolicy,
     /// Unreferenced packs younger than this are left to the backup that may be writing them.
     pub prune_grace: std::time::Duration,
+    /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
+    pub repack_unused_percent: u64,
     pub ops: OpsSettings,
 }
 
@@ -313,6 +316,13 @@ impl Settings {
                     None => file.prune_grace_hours.unwrap_or(24) * 3600,
                 },
             ),
+            repack_unused_percent: match file.repack_unused_percent {
+                Some(p @ 1..=100) => p,
+                Some(p) => bail!(
+                    "repack-unused-percent = {p}: use 1-100 (100 repacks nothing, only wholly unused packs are deleted)"
+                ),
+                None => 30,
+            },
             redis: archiver::RedisOptions {
                 host: env("REDIS_HOST")
                     .or(file.redis_host)

@@ -95,10 +95,25 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
 
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
     assert!(out.status.success(), "verify after prune: {}", text(&out));
+    // The packs the first prune found unreferenced go on the second (grace 0); then nothing.
     let out = scratch.lifeline(&["prune"], &env);
     assert!(
-        text(&out).contains("pruned: 0 backups, 0 WAL files, 0 packs"),
+        text(&out).contains("pruned: 0 backups, 0 WAL files, "),
         "{}",
+        text(&out)
+    );
+    let out = scratch.lifeline(&["prune"], &env);
+    assert!(
+        text(&out).contains(
+            "pruned: 0 backups, 0 WAL files, 0 packs deleted; 0 sparse packs repacked (0 MiB of live chunks copied); 0 unreferenced packs"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert!(
+        out.status.success(),
+        "verify after the sweep: {}",
         text(&out)
     );
 
@@ -260,4 +275,79 @@ fn a_backup_being_restored_is_not_pruned() {
         "5000",
         "the older backup's rows, without the later insert"
     );
+}
+
+/// Bytes under the repository's packs/.
+fn pack_bytes(scratch: &Scratch) -> u64 {
+    walk(&scratch.repo.join("packs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[test]
+fn packs_mostly_dead_are_repacked_and_the_rest_swept() {
+    let scratch = Scratch::new();
+    let config_arg = strict_retention(&scratch);
+    let env = [
+        ("LIFELINE_CONFIG", config_arg.as_str()),
+        ("LIFELINE_PRUNE_GRACE_SECONDS", "0"),
+    ];
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    pg.psql("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS a, md5((g * 7)::text) AS b FROM generate_series(1, 150000) g");
+    pg.switch_and_archive();
+    backup(&scratch, &pg);
+    // The big table is rewritten: the first backup's pack keeps only the small tables' chunks
+    // live, a minority of its bytes.
+    pg.psql("VACUUM FULL bulk");
+    pg.psql("UPDATE bulk SET a = md5(a)");
+    pg.psql("VACUUM FULL bulk");
+    pg.switch_and_archive();
+    backup(&scratch, &pg);
+    let expected = pg.snapshot();
+    let before = pack_bytes(&scratch);
+
+    let out = scratch.lifeline(&["prune"], &env);
+    assert!(out.status.success(), "prune failed: {}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("pruned: 1 backups"), "{said}");
+    assert!(
+        !said.contains(" 0 sparse packs repacked"),
+        "nothing was repacked: {said}"
+    );
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert!(
+        out.status.success(),
+        "verify after repacking: {}",
+        text(&out)
+    );
+
+    let out = scratch.lifeline(&["prune"], &env);
+    let said = text(&out);
+    assert!(
+        !said.contains(", 0 packs deleted"),
+        "the old packs stayed: {said}"
+    );
+    let after = pack_bytes(&scratch);
+    assert!(
+        after < before * 3 / 4,
+        "packs {before} -> {after} bytes: {said}"
+    );
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert!(
+        out.status.success(),
+        "verify after the sweep: {}",
+        text(&out)
+    );
+
+    let dir = scratch.path("restored");
+    let out = scratch.restore(&["--type", "full", "--from", "latest"], &dir);
+    assert!(
+        out.status.success(),
+        "restore after repacking: {}",
+        text(&out)
+    );
+    let restored = Pg::recover(&scratch, dir);
+    assert_eq!(restored.snapshot(), expected);
 }

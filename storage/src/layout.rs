@@ -51,6 +51,8 @@ pub fn manifest_key(backup_id: &str) -> String {
 
 pub const STREAM_MANIFEST_NAME: &str = "stream-manifest";
 pub const LEASES_PREFIX: &str = "leases/";
+/// Packs a prune found unreferenced and when: the first phase of the two-phase sweep.
+pub const PRUNE_PENDING_KEY: &str = "prune/pending-packs.json";
 
 /// The lease a restore takes on `backup_id`; `holder` names the host and process.
 pub fn lease_key(backup_id: &str, holder: &str) -> String {

@@ -18,6 +18,7 @@ mod local;
 pub mod manifest;
 pub mod object;
 pub mod pack;
+pub mod repack;
 pub mod retry;
 mod s3;
 mod storage;

@@ -1,0 +1,383 @@
+//! Repacking: packs hold the new chunks of one backup; as backups expire, a pack can end up
+//! with a few chunks some kept backup still names and many that nobody does. Such a pack can
+//! never be deleted whole, and the repository grows by its dead bytes. Repacking copies the
+//! live chunks of sparse packs, verbatim (still compressed, re-verified on the way), into new
+//! packs; the manifests are then pointed at the copies, and the old packs become unreferenced
+//! garbage for the two-phase sweep of `prune` to delete after its grace period.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::manifest::{BackupManifest, ChunkRef, StreamManifest};
+use crate::pack::{DEFAULT_PACK_TARGET, PackBuilder};
+use crate::{Durability, PutMode, Storage, StorageError, StorageExt, layout, object};
+
+/// Where chunks moved: (old pack, old offset) to the chunk in its new pack.
+pub type Relocations = HashMap<(String, u64), ChunkRef>;
+
+/// Live chunks per pack, each once, from every manifest that remains.
+pub fn live_chunks<'a>(
+    refs: impl IntoIterator<Item = &'a ChunkRef>,
+) -> HashMap<String, Vec<ChunkRef>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut live: HashMap<String, Vec<ChunkRef>> = HashMap::new();
+    for c in refs {
+        if seen.insert((c.pack.as_str(), c.offset)) {
+            live.entry(c.pack.clone()).or_default().push(c.clone());
+        }
+    }
+    live
+}
+
+/// Packs (of `sizes`, id to bytes) of which at least `min_unused_percent` of the bytes belong
+/// to no live chunk, but some do: those worth rewriting. Wholly dead packs are not listed
+/// (they are deleted, not repacked).
+pub fn sparse_packs(
+    sizes: &BTreeMap<String, u64>,
+    live: &HashMap<String, Vec<ChunkRef>>,
+    min_unused_percent: u64,
+) -> Vec<String> {
+    sizes
+        .iter()
+        .filter_map(|(id, &size)| {
+            let chunks = live.get(id)?;
+            let used: u64 = chunks.iter().map(|c| c.stored).sum();
+            let unused = size.saturating_sub(used);
+            (size > 0 && unused * 100 >= size * min_unused_percent).then(|| id.clone())
+        })
+        .collect()
+}
+
+/// Copy the live chunks of `packs` into new packs (written durably before this returns).
+pub async fn repack(
+    storage: &dyn Storage,
+    packs: &[String],
+    live: &HashMap<String, Vec<ChunkRef>>,
+) -> Result<Relocations, StorageError> {
+    let mut moved = Relocations::new();
+    let mut builder = PackBuilder::new();
+    let mut pending: Vec<((String, u64), ChunkRef)> = Vec::new();
+    for id in packs {
+        let Some(chunks) = live.get(id) else {
+            continue;
+        };
+        let key = layout::pack_key(id);
+        let bytes = storage.get_bytes(&key).await?;
+        for c in chunks {
+            let framed = slice(&key, &bytes, c)?;
+            verify(&key, framed, c)?;
+            let offset = builder.add(c.hash.clone(), framed);
+            pending.push((
+                (c.pack.clone(), c.offset),
+                ChunkRef {
+                    pack: String::new(),
+                    offset,
+                    ..c.clone()
+                },
+            ));
+            if builder.len() >= DEFAULT_PACK_TARGET {
+                let full = std::mem::take(&mut builder);
+                store(storage, full, &mut pending, &mut moved).await?;
+            }
+        }
+    }
+    if !builder.is_empty() {
+        store(storage, builder, &mut pending, &mut moved).await?;
+    }
+    Ok(moved)
+}
+
+fn slice<'a>(key: &str, pack: &'a [u8], c: &ChunkRef) -> Result<&'a [u8], StorageError> {
+    let start = usize::try_from(c.offset).ok();
+    let end = c
+        .offset
+        .checked_add(c.stored)
+        .and_then(|e| usize::try_from(e).ok());
+    match (start, end) {
+        (Some(s), Some(e)) if e <= pack.len() => Ok(&pack[s..e]),
+        _ => Err(StorageError::Corrupt {
+            key: key.to_string(),
+            reason: format!(
+                "chunk {} at {}+{} lies outside the pack",
+                c.hash, c.offset, c.stored
+            ),
+        }),
+    }
+}
+
+/// A copy must be as good as the original: decode and compare with the manifest's hash.
+fn verify(key: &str, framed: &[u8], c: &ChunkRef) -> Result<(), StorageError> {
+    let plain = object::decode(key, framed)?;
+    if object::checksum(&plain).to_hex().as_str() != c.hash || plain.len() as u64 != c.len {
+        return Err(StorageError::Corrupt {
+            key: key.to_string(),
+            reason: format!("chunk {} does not match its manifest entry", c.hash),
+        });
+    }
+    Ok(())
+}
+
+async fn store(
+    storage: &dyn Storage,
+    builder: PackBuilder,
+    pending: &mut Vec<((String, u64), ChunkRef)>,
+    moved: &mut Relocations,
+) -> Result<(), StorageError> {
+    let sealed = builder.seal()?;
+    let key = layout::pack_key(&sealed.id);
+    match storage
+        .put_bytes(&key, sealed.bytes, PutMode::Create, Durability::Immediate)
+        .await
+    {
+        // Same bytes, same name: an identical pack is already there.
+        Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    for (from, mut to) in pending.drain(..) {
+        to.pack = sealed.id.clone();
+        moved.insert(from, to);
+    }
+    Ok(())
+}
+
+/// Packs found unreferenced, with when (microseconds since the epoch): the first phase of the
+/// sweep. Kept in the repository (`layout::PRUNE_PENDING_KEY`) so that any host's next prune
+/// carries on.
+pub type PendingPacks = BTreeMap<String, i64>;
+
+/// The two-phase sweep: a pack is deleted only when it was unreferenced when an earlier prune
+/// marked it, at least `grace_us` ago, and is still unreferenced now. A backup that was
+/// writing its packs (or naming old ones) when they were marked has published its manifest by
+/// then, and the pack is referenced again. Returns the packs to delete and the marks to keep.
+pub fn plan_sweep(
+    packs: &[String],
+    referenced: &std::collections::HashSet<String>,
+    pending: &PendingPacks,
+    now_us: i64,
+    grace_us: i64,
+) -> (Vec<String>, PendingPacks) {
+    let mut doomed = Vec::new();
+    let mut marks = PendingPacks::new();
+    for id in packs {
+        if referenced.contains(id) {
+            continue;
+        }
+        match pending.get(id) {
+            Some(&marked) if now_us.saturating_sub(marked) >= grace_us => doomed.push(id.clone()),
+            Some(&marked) => {
+                marks.insert(id.clone(), marked);
+            }
+            None => {
+                marks.insert(id.clone(), now_us);
+            }
+        }
+    }
+    (doomed, marks)
+}
+
+fn relocate_all<'a>(refs: impl Iterator<Item = &'a mut ChunkRef>, moved: &Relocations) -> bool {
+    let mut changed = false;
+    for c in refs {
+        if let Some(to) = moved.get(&(c.pack.clone(), c.offset)) {
+            *c = to.clone();
+            changed = true;
+        }
+    }
+    changed
+}
+
+impl BackupManifest {
+    /// Point chunk references at their new packs; true when any changed.
+    pub fn relocate(&mut self, moved: &Relocations) -> bool {
+        let files = self.files.iter_mut().flat_map(|f| f.blocks.iter_mut());
+        let in_files = relocate_all(files, moved);
+        relocate_all(self.bundle.iter_mut(), moved) || in_files
+    }
+}
+
+impl StreamManifest {
+    /// Point chunk references at their new packs; true when any changed.
+    pub fn relocate(&mut self, moved: &Relocations) -> bool {
+        relocate_all(
+            self.files.iter_mut().flat_map(|f| f.chunks.iter_mut()),
+            moved,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Compression, LocalStorage};
+
+    fn chunk(pack: &str, offset: u64, stored: u64) -> ChunkRef {
+        ChunkRef {
+            hash: format!("{pack}-{offset}"),
+            len: stored,
+            pack: pack.into(),
+            offset,
+            stored,
+        }
+    }
+
+    #[test]
+    fn only_packs_with_enough_dead_bytes_are_sparse() {
+        let sizes = BTreeMap::from([
+            ("full".to_string(), 1000),
+            ("half".to_string(), 1000),
+            ("dead".to_string(), 1000),
+            ("little".to_string(), 1000),
+        ]);
+        let refs = [
+            chunk("full", 0, 980),
+            chunk("half", 0, 500),
+            chunk("half", 0, 500),
+            chunk("little", 0, 800),
+        ];
+        let live = live_chunks(refs.iter());
+        assert_eq!(live["half"].len(), 1, "a chunk named twice is live once");
+        assert_eq!(sparse_packs(&sizes, &live, 30), vec!["half".to_string()]);
+        assert_eq!(
+            sparse_packs(&sizes, &live, 20),
+            vec!["half".to_string(), "little".to_string()]
+        );
+    }
+
+    #[test]
+    fn packs_are_deleted_only_after_two_sightings_a_grace_period_apart() {
+        let packs: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let referenced = std::collections::HashSet::from(["a".to_string()]);
+        let pending = PendingPacks::from([
+            ("b".to_string(), 0),
+            ("c".to_string(), 50),
+            ("a".to_string(), 0),
+        ]);
+        let (doomed, marks) = plan_sweep(&packs, &referenced, &pending, 100, 60);
+        assert_eq!(
+            doomed,
+            vec!["b".to_string()],
+            "c was marked too recently, d only now"
+        );
+        assert_eq!(
+            marks,
+            PendingPacks::from([("c".to_string(), 50), ("d".to_string(), 100)])
+        );
+        // With no grace, a pack still goes only on the second sighting.
+        let (doomed, marks) = plan_sweep(&packs, &referenced, &PendingPacks::new(), 100, 0);
+        assert!(doomed.is_empty());
+        let (doomed, _) = plan_sweep(&packs, &referenced, &marks, 100, 0);
+        assert_eq!(doomed.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn live_chunks_move_verified_and_manifests_follow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = LocalStorage::open(dir.path()).expect("open");
+        let mut builder = PackBuilder::new();
+        let mut refs = Vec::new();
+        for i in 0..4u8 {
+            let plain = vec![i; 5000];
+            let (_, framed) = object::encode(&plain, Compression::default()).expect("encode");
+            let hash = object::checksum(&plain).to_hex().to_string();
+            let offset = builder.add(hash.clone(), &framed);
+            refs.push(ChunkRef {
+                hash,
+                len: 5000,
+                pack: String::new(),
+                offset,
+                stored: framed.len() as u64,
+            });
+        }
+        let sealed = builder.seal().expect("seal");
+        for r in &mut refs {
+            r.pack = sealed.id.clone();
+        }
+        let old = sealed.id.clone();
+        storage
+            .put_bytes(
+                &layout::pack_key(&old),
+                sealed.bytes,
+                PutMode::Create,
+                Durability::Immediate,
+            )
+            .await
+            .expect("put");
+        // Only chunks 1 and 3 are still named.
+        let live = live_chunks([&refs[1], &refs[3]]);
+        let moved = repack(&storage, std::slice::from_ref(&old), &live)
+            .await
+            .expect("repack");
+        assert_eq!(moved.len(), 2);
+        let new = &moved[&(old.clone(), refs[1].offset)];
+        assert_ne!(new.pack, old);
+        let bytes = storage
+            .get_bytes(&layout::pack_key(&new.pack))
+            .await
+            .expect("new pack");
+        let framed = slice("new", &bytes, new).expect("in range");
+        assert_eq!(
+            object::decode("new", framed).expect("decodes"),
+            vec![1u8; 5000]
+        );
+
+        let mut manifest = StreamManifest {
+            format: crate::manifest::MANIFEST_FORMAT,
+            backup_id: "b".into(),
+            service: "redis".into(),
+            kind: "rdb".into(),
+            server_version: String::new(),
+            source: String::new(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            finished_at: jiff::Timestamp::UNIX_EPOCH,
+            files: vec![crate::manifest::StreamFile {
+                name: "dump.rdb".into(),
+                size: 10_000,
+                chunks: vec![refs[1].clone(), refs[3].clone()],
+            }],
+            counts: BTreeMap::new(),
+            size_bytes: 10_000,
+            new_bytes: 0,
+        };
+        assert!(manifest.relocate(&moved));
+        assert!(manifest.chunks().all(|c| c.pack == new.pack));
+        assert!(
+            !manifest.relocate(&moved),
+            "relocating twice changes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_chunk_is_not_copied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = LocalStorage::open(dir.path()).expect("open");
+        let plain = vec![7u8; 4000];
+        let (_, framed) = object::encode(&plain, Compression::default()).expect("encode");
+        let mut builder = PackBuilder::new();
+        let hash = object::checksum(&plain).to_hex().to_string();
+        let offset = builder.add(hash.clone(), &framed);
+        let sealed = builder.seal().expect("seal");
+        let mut bytes = sealed.bytes;
+        let last = framed.len() - 1;
+        bytes[last] ^= 0xff;
+        storage
+            .put_bytes(
+                &layout::pack_key(&sealed.id),
+                bytes,
+                PutMode::Create,
+                Durability::Immediate,
+            )
+            .await
+            .expect("put");
+        let c = ChunkRef {
+            hash,
+            len: 4000,
+            pack: sealed.id.clone(),
+            offset,
+            stored: framed.len() as u64,
+        };
+        let live = live_chunks([&c]);
+        let err = repack(&storage, &[sealed.id], &live)
+            .await
+            .expect_err("corrupt");
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+}
