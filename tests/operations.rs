@@ -49,14 +49,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
-    let scratch = Scratch::new();
-    let primary = Pg::running(&scratch, "primary");
+/// A primary with the seed data and a base backup, and a streaming replica that has replayed
+/// everything committed on it.
+fn primary_with_replica(scratch: &Scratch) -> (Pg, Pg) {
+    let primary = Pg::running(scratch, "primary");
     seed(&primary);
-    backup(&scratch, &primary);
-
-    // A streaming replica of the primary.
+    backup(scratch, &primary);
     let replica_dir = scratch.path("replica");
     let out = run_as_postgres(
         &format!("{PG_BIN}/pg_basebackup"),
@@ -76,7 +74,7 @@ fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
         ],
     );
     assert!(out.status.success(), "pg_basebackup: {}", text(&out));
-    let replica = Pg::restored(&scratch, replica_dir);
+    let replica = Pg::restored(scratch, replica_dir);
     replica.start();
     primary.psql("INSERT INTO orders (account, amount) VALUES (1, 424242)");
     primary.switch_and_archive();
@@ -94,6 +92,13 @@ fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    (primary, replica)
+}
+
+#[test]
+fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
+    let scratch = Scratch::new();
+    let (primary, replica) = primary_with_replica(&scratch);
     let before = primary.snapshot();
 
     let webhook = HttpServer::start(|_| HttpReply::status(200, "ok"));
@@ -776,5 +781,71 @@ fn redis_that_comes_back_empty_is_restored_from_its_last_backup() {
         redis.cli(&["DEBUG", "DIGEST"]),
         digest,
         "the restored Redis differs"
+    );
+}
+
+#[test]
+fn a_forced_failover_fences_the_old_primary_and_archives_its_last_wal() {
+    let scratch = Scratch::new();
+    let (primary, replica) = primary_with_replica(&scratch);
+    let config = scratch.path("lifeline.toml");
+    write_owned(
+        &config,
+        &format!(
+            "[failover]\nreplica-host = \"127.0.0.1\"\nreplica-port = {}\n",
+            replica.port
+        ),
+    );
+    let mut env = primary.db_env();
+    env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
+    let env = env_refs(&env);
+    let archived = || primary.psql("SELECT archived_count FROM pg_stat_archiver");
+
+    let before = archived();
+    let out = scratch.lifeline(
+        &[
+            "failover",
+            "--incident",
+            "database_failure",
+            "--force",
+            "--simulate",
+        ],
+        &env,
+    );
+    let said = succeeded(&out, "failover --force --simulate");
+    assert!(
+        said.contains("(would run): make the old primary read-only"),
+        "{said}"
+    );
+    assert!(
+        said.contains("(would run): switch the primary's WAL"),
+        "{said}"
+    );
+    assert_eq!(archived(), before, "the simulation switched WAL");
+    assert_eq!(primary.psql("SHOW default_transaction_read_only"), "off");
+
+    primary.psql("INSERT INTO orders (account, amount) VALUES (3, -3)");
+    let expected = primary.snapshot();
+    let out = scratch.lifeline(
+        &["failover", "--incident", "database_failure", "--force"],
+        &env,
+    );
+    let said = succeeded(&out, "failover --force");
+    assert!(said.contains("archived"), "{said}");
+    assert!(said.contains("stop the old primary"), "{said}");
+    assert!(archived().parse::<i64>().expect("count") > before.parse::<i64>().expect("count"));
+    assert_eq!(primary.psql("SHOW default_transaction_read_only"), "on");
+    assert!(
+        !primary
+            .try_psql("INSERT INTO orders (account, amount) VALUES (4, -4)")
+            .status
+            .success(),
+        "the old primary still takes writes"
+    );
+    assert_eq!(replica.psql("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(
+        replica.snapshot(),
+        expected,
+        "the promoted replica lacks the last writes"
     );
 }

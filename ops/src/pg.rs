@@ -180,6 +180,23 @@ pub async fn switch_and_archive(
     }
 }
 
+/// Make new transactions on the old primary read-only (persisted, reloaded), so that an
+/// application still connected to it cannot write to both servers after the promotion. A
+/// session can still override it: the old primary must be stopped or fenced.
+pub async fn fence_writes(client: &tokio_postgres::Client, node: &str) -> Result<(), OpsError> {
+    // Two statements, not one batch: ALTER SYSTEM refuses to run in a transaction block.
+    for sql in [
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| pg_error(node, format!("making it read-only: {}", describe(&e))))?;
+    }
+    Ok(())
+}
+
 /// Promote the replica and wait until it accepts a write.
 pub async fn promote(
     config: &tokio_postgres::Config,

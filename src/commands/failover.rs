@@ -124,12 +124,26 @@ async fn database_failure(settings: &Settings, steps: &mut Steps, force: bool) -
             "the primary answers and accepts writes: nothing to fail over. If it must be replaced anyway (INC-002), run again with --force"
         );
     }
-    if primary.reachable && !primary.in_recovery {
+    let still_writable = primary.reachable && !primary.in_recovery;
+    if still_writable {
+        let client = if steps.simulate() {
+            None
+        } else {
+            Some(pg::connect(&primary_config, &primary.node, PROBE_TIMEOUT).await?)
+        };
+        let fence = "make the old primary read-only (default_transaction_read_only) so that nothing writes to both";
+        if steps.step(fence)
+            && let Some(client) = &client
+        {
+            pg::fence_writes(client, &primary.node).await?;
+            steps.done("new transactions on the old primary are read-only");
+        }
         // Whatever the replica has not replayed is in the repository after this.
-        if steps.step("switch the primary's WAL and wait until the segment is archived") {
-            let client = pg::connect(&primary_config, &primary.node, PROBE_TIMEOUT).await?;
+        if steps.step("switch the primary's WAL and wait until the segment is archived")
+            && let Some(client) = &client
+        {
             let segment =
-                pg::switch_and_archive(&client, &primary.node, Duration::from_secs(120)).await?;
+                pg::switch_and_archive(client, &primary.node, Duration::from_secs(120)).await?;
             steps.done(format!("{segment} archived"));
         }
     }
@@ -167,6 +181,12 @@ async fn database_failure(settings: &Settings, steps: &mut Steps, force: bool) -
         ));
     }
     switch_connection_file(settings, steps, &replica_db.host, replica_db.port)?;
+    if still_writable {
+        steps.found(format!(
+            "next: stop the old {} (pg_ctl stop) or fence its host; it still runs, read-only by default",
+            primary.node
+        ));
+    }
     Ok(format!("{replica_name} promoted; {loss}"))
 }
 
