@@ -849,3 +849,41 @@ fn a_forced_failover_fences_the_old_primary_and_archives_its_last_wal() {
         "the promoted replica lacks the last writes"
     );
 }
+
+#[test]
+fn verify_recovery_compares_with_the_backup_that_was_restored() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "pg");
+    seed(&pg);
+    backup(&scratch, &pg);
+    let older: serde_json::Value =
+        serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &[]).stdout).expect("list");
+    let older = older[0]["backup_id"].as_str().expect("id").to_string();
+    pg.psql("INSERT INTO orders (account, amount) SELECT 1, g FROM generate_series(1, 10000) g");
+    pg.switch_and_archive();
+    backup(&scratch, &pg);
+
+    let dir = scratch.path("restored");
+    let out = scratch.restore(&["--type", "full", "--from", &older], &dir);
+    succeeded(&out, "restore of the older backup");
+    let restored = Pg::recover(&scratch, dir);
+    let restored_env = restored.db_env();
+    let out = scratch.lifeline(&["verify-recovery", "--full"], &env_refs(&restored_env));
+    let said = succeeded(&out, "verify-recovery of the restored older backup");
+    assert!(
+        said.contains(&format!(
+            "[PASS] table public.orders: 20000 rows, backup {older} recorded 20000"
+        )),
+        "{said}"
+    );
+    // The original, 10,000 orders ahead of that backup, is checked against the newest one.
+    pg.psql("INSERT INTO orders (account, amount) SELECT 1, g FROM generate_series(1, 10) g");
+    backup(&scratch, &pg);
+    let original_env = pg.db_env();
+    let out = scratch.lifeline(&["verify-recovery", "--full"], &env_refs(&original_env));
+    let said = succeeded(&out, "verify-recovery of the original");
+    assert!(
+        said.contains("[PASS] table public.orders: 30010 rows"),
+        "{said}"
+    );
+}

@@ -319,6 +319,7 @@ async fn restore_from_repository(
             true,
         )
         .await?;
+        super::status_file::record_restore(settings, &backup.backup_id, &data_dir);
         steps.done(format!("restored {}", backup.backup_id));
     }
     let Some(start) = settings.ops.failover.postgres_start_command.clone() else {

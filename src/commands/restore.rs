@@ -147,6 +147,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         !args.skip_verify,
     )
     .await?;
+    super::status_file::record_restore(settings, &backup.backup_id, &data_dir);
     let target = match recovery {
         RecoveryTarget::Immediate => format!("the backup's consistent end ({})", manifest.stop_lsn),
         RecoveryTarget::Time(t) => t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),

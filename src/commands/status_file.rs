@@ -79,9 +79,39 @@ pub async fn update(settings: &Settings, operation: &str, outcome: &anyhow::Resu
     }
 }
 
+/// Record which backup the server in `data_dir` was restored from (`BACKUP_DIR/.last_restore`):
+/// `verify-recovery` compares row counts with what that backup recorded.
+pub fn record_restore(settings: &Settings, backup_id: &str, data_dir: &Path) {
+    let Ok(dir) = settings.backup_dir() else {
+        return;
+    };
+    let path = dir.join(".last_restore");
+    let value = serde_json::json!({
+        "backup_id": backup_id,
+        "data_dir": data_dir,
+        "restored_at": jiff::Timestamp::now(),
+    });
+    if let Err(e) = write_atomically(&path, &value) {
+        tracing::warn!("{} not updated: {e}", path.display());
+    }
+}
+
+/// The backup of the last restore and when it ran, from [`record_restore`].
+pub fn last_restore(settings: &Settings) -> Option<(String, jiff::Timestamp)> {
+    let path = settings.backup_dir().ok()?.join(".last_restore");
+    let value: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let id = value.get("backup_id")?.as_str()?.to_string();
+    let at = value.get("restored_at")?.as_str()?.parse().ok()?;
+    Some((id, at))
+}
+
 fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
     use std::io::Write;
-    let temp = path.with_file_name(format!(".backup_status.{}", std::process::id()));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(&serde_json::to_vec_pretty(value).unwrap_or_default())?;

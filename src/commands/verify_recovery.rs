@@ -135,16 +135,25 @@ pub async fn verify(settings: &Settings, depth: Depth, staging: bool) -> Report 
     report
 }
 
-/// The row counts the newest complete base backup recorded.
+/// The row counts recorded by the backup the server was restored from, when a restore ran
+/// after the newest backup; else by the newest complete base backup.
 async fn latest_recorded_rows(settings: &Settings) -> Option<RecordedRows> {
     let catalog = settings.open_catalog().ok()?;
-    let latest = catalog
-        .backups(Some("postgresql"))
-        .ok()?
-        .into_iter()
+    let backups = catalog.backups(Some("postgresql")).ok()?;
+    let newest = backups
+        .iter()
         .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)?;
+    let backup_id = match super::status_file::last_restore(settings) {
+        Some((id, at))
+            if at.as_microsecond() > newest.finished_at_us
+                && backups.iter().any(|b| b.backup_id == id) =>
+        {
+            id
+        }
+        _ => newest.backup_id.clone(),
+    };
     let storage = settings.repository().await.ok()?;
-    let manifest = restore::read_manifest(storage.as_ref(), &latest.backup_id)
+    let manifest = restore::read_manifest(storage.as_ref(), &backup_id)
         .await
         .ok()?;
     Some(recorded_rows(&manifest))
