@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use ops::Report;
 
 use crate::config::Settings;
@@ -62,7 +62,7 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         .prefix("lifeline-drill-")
         .tempdir_in(&parent)
         .with_context(|| format!("create a scratch directory in {}", parent.display()))?;
-    let progress = spinner();
+    let progress = super::spinner("drill");
     let started_at = jiff::Timestamp::now();
     let started = Instant::now();
     let mut server = None;
@@ -158,16 +158,6 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
     )
     .await;
     Ok(ExitCode::FAILURE)
-}
-
-fn spinner() -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} drill {elapsed:>4} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
 }
 
 /// Restore, start, recover, verify. The server, once started, is left in `server` so that the

@@ -14,6 +14,19 @@ pub mod verify;
 pub mod verify_recovery;
 pub mod wal;
 
+/// A spinner with the elapsed time and the current phase, on a terminal only (indicatif hides
+/// it when stderr is not one, as under systemd or PostgreSQL).
+pub fn spinner(operation: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    let template = format!("{{spinner}} {operation} {{elapsed:>4}} {{msg}}");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 /// Tell Slack and email (when configured) how `operation` ended. Delivery failures are
 /// warnings: the operation's own outcome stands.
 pub async fn notify(

@@ -138,7 +138,9 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
             (backup, recovery)
         }
     };
-    let manifest = restore_backup(
+    let progress = super::spinner("restore");
+    progress.set_message(format!("{} into {}", backup.backup_id, data_dir.display()));
+    let restored = restore_backup(
         settings,
         storage,
         &backup,
@@ -146,7 +148,9 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         &data_dir,
         !args.skip_verify,
     )
-    .await?;
+    .await;
+    progress.finish_and_clear();
+    let manifest = restored?;
     super::status_file::record_restore(settings, &backup.backup_id, &data_dir);
     let target = match recovery {
         RecoveryTarget::Immediate => format!("the backup's consistent end ({})", manifest.stop_lsn),
