@@ -15,6 +15,8 @@ use jiff::tz::TimeZone;
 
 use crate::{BackupRecord, BackupState};
 
+const DAY_US: i64 = 86_400_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     pub daily: u32,
@@ -47,6 +49,10 @@ pub enum Reason {
         year: i16,
         month: i8,
     },
+    /// The newest base backup that finished before the PITR window opened: a restore to the
+    /// window's first second starts from it. Keeping it costs its changed chunks; without it the
+    /// window would need all WAL back to the previous kept backup, days more of it.
+    PitrAnchor,
     /// The newest backup of its service and kind.
     Newest,
     /// A restore is reading it.
@@ -61,6 +67,7 @@ impl fmt::Display for Reason {
             Reason::Daily(date) => write!(f, "daily {date}"),
             Reason::Weekly { year, week } => write!(f, "weekly {year}-W{week:02}"),
             Reason::Monthly { year, month } => write!(f, "monthly {year}-{month:02}"),
+            Reason::PitrAnchor => f.write_str("start of the PITR window"),
             Reason::Newest => f.write_str("newest"),
             Reason::InUse => f.write_str("in use by a restore"),
             Reason::Incomplete => f.write_str("incomplete"),
@@ -155,6 +162,14 @@ pub fn plan_retention(
         if let Some(&newest) = members.last() {
             reasons[newest].push(Reason::Newest);
         }
+        let window_start = now.as_microsecond() - i64::from(policy.wal_days) * DAY_US;
+        let anchor = members
+            .iter()
+            .rev()
+            .find(|&&i| backups[i].kind == "base" && backups[i].finished_at_us <= window_start);
+        if let Some(&i) = anchor {
+            reasons[i].push(Reason::PitrAnchor);
+        }
     }
     let decisions: Vec<Decision> = backups
         .iter()
@@ -224,7 +239,7 @@ fn wal_to_keep(
     policy: &RetentionPolicy,
     now: jiff::Timestamp,
 ) -> Vec<WalRange> {
-    let window_start = now.as_microsecond() - i64::from(policy.wal_days) * 86_400_000_000;
+    let window_start = now.as_microsecond() - i64::from(policy.wal_days) * DAY_US;
     let mut ranges = Vec::new();
     let mut by_cluster: BTreeMap<u64, Vec<&BackupRecord>> = BTreeMap::new();
     for (b, d) in backups.iter().zip(decisions) {
@@ -263,8 +278,6 @@ fn wal_to_keep(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    const DAY_US: i64 = 86_400_000_000;
 
     fn utc() -> TimeZone {
         TimeZone::UTC
@@ -317,8 +330,13 @@ mod tests {
             .timestamp()
     }
 
-    /// The survivors computed another way: by walking calendar periods back from today.
-    fn expected_survivors(backups: &[BackupRecord], today: Date) -> HashSet<String> {
+    /// The survivors computed another way: by walking calendar periods back from today, plus
+    /// the newest backup from before the 7-day PITR window.
+    fn expected_survivors(
+        backups: &[BackupRecord],
+        today: Date,
+        now: jiff::Timestamp,
+    ) -> HashSet<String> {
         let newest_in = |pred: &dyn Fn(Date) -> bool| {
             backups
                 .iter()
@@ -345,6 +363,14 @@ mod tests {
             }));
         }
         keep.extend(newest_in(&|_| true));
+        let window_start = now.as_microsecond() - 7 * DAY_US;
+        keep.extend(
+            backups
+                .iter()
+                .filter(|b| b.finished_at_us <= window_start)
+                .max_by_key(|b| b.finished_at_us)
+                .map(|b| b.backup_id.clone()),
+        );
         keep
     }
 
@@ -365,7 +391,23 @@ mod tests {
             .filter(|d| d.keep)
             .map(|d| d.backup_id.clone())
             .collect();
-        assert_eq!(kept, expected_survivors(&backups, today));
+        assert_eq!(kept, expected_survivors(&backups, today, noon(today)));
+        let anchor = plan
+            .decisions
+            .iter()
+            .find(|d| d.reasons == [Reason::PitrAnchor])
+            .expect("the backup before the PITR window is kept for it alone");
+        let anchor = backups
+            .iter()
+            .find(|b| b.backup_id == anchor.backup_id)
+            .expect("anchor");
+        assert_eq!(date_of(anchor), today - jiff::Span::new().days(7));
+        // The window's WAL starts at that backup, not at an older weekly one.
+        assert!(
+            plan.wal_keep
+                .iter()
+                .any(|r| r.start_lsn == anchor.start_lsn && r.end_lsn.is_none())
+        );
         // 7 days, plus the Sundays of 3 earlier weeks, plus 11 earlier month ends (some
         // overlap): about 20, never the whole history.
         assert!((18..=23).contains(&kept.len()), "{} kept", kept.len());
