@@ -342,8 +342,11 @@ fn verify_recovery_and_drills_report_what_is_true() {
     let scratch = Scratch::new();
     let pg = Pg::running(&scratch, "pg");
     seed(&pg);
+    pg.psql("CREATE TABLE audit (id int)");
     backup(&scratch, &pg);
     pg.psql("INSERT INTO orders (account, amount) SELECT 1, g FROM generate_series(1, 100) g");
+    // Empty when backed up, written since: growth is not loss.
+    pg.psql("INSERT INTO audit SELECT generate_series(1, 50)");
     pg.switch_and_archive();
 
     let app = application();
@@ -453,6 +456,10 @@ fn verify_recovery_and_drills_report_what_is_true() {
     assert!(said.contains("RTO measured:"), "{said}");
     assert!(
         said.contains("[PASS] table public.orders: 20100 rows"),
+        "{said}"
+    );
+    assert!(
+        said.contains("[PASS] table public.audit: 50 rows, backup"),
         "{said}"
     );
     let listed: serde_json::Value =

@@ -15,8 +15,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct VerifyConfig {
-    /// How far a table's row count may drift from the backup's record and still pass
-    /// (writes after the backup are normal); 0 demands equality.
+    /// How many percent fewer rows than the backup recorded a table may hold and still pass;
+    /// more rows always pass (writes after the backup are normal).
     pub row_count_tolerance_percent: Option<f64>,
     pub http: Vec<HttpCheck>,
     pub worker: Vec<WorkerCheck>,
@@ -160,7 +160,7 @@ pub struct RecordedRows {
 }
 
 /// PostgreSQL reachable, the database present, and (with `recorded`) every table the backup
-/// recorded present with a row count within `tolerance_percent` of the record.
+/// recorded present with no more than `tolerance_percent` fewer rows than recorded.
 pub async fn postgres(
     config: &tokio_postgres::Config,
     node: &str,
@@ -256,21 +256,29 @@ async fn tables(
             }
         };
         let how = if exact { "rows" } else { "rows (estimated)" };
-        let drift = if want == 0 {
-            if have == 0 { 0.0 } else { 100.0 }
-        } else {
-            ((have - want).abs() as f64) * 100.0 / want as f64
-        };
         let detail = format!(
             "{have} {how}, backup {} recorded {want}",
             recorded.backup_id
         );
-        if drift <= tolerance_percent || (!exact && drift <= tolerance_percent.max(10.0)) {
+        // Rows written since the backup are expected (a restore replays WAL past it); rows
+        // missing beyond the tolerance are what data loss looks like.
+        let missing = want.saturating_sub(have).max(0);
+        let lost = if want == 0 {
+            0.0
+        } else {
+            missing as f64 * 100.0 / want as f64
+        };
+        let allowed = if exact {
+            tolerance_percent
+        } else {
+            tolerance_percent.max(10.0)
+        };
+        if lost <= allowed {
             checks.push(Check::pass(name, detail));
         } else {
             checks.push(Check::fail(
                 name,
-                format!("{detail}: {drift:.1}% off, more than the {tolerance_percent}% allowed"),
+                format!("{detail}: {lost:.1}% fewer, more than the {allowed}% allowed"),
             ));
         }
     }

@@ -204,10 +204,11 @@ async fn redis_check(settings: &Settings, depth: Depth) -> Option<Check> {
         .verify
         .row_count_tolerance_percent
         .unwrap_or(10.0);
+    // Keys written since the backup are normal; keys missing beyond the tolerance are a loss.
     let drift = if want == 0 {
-        if total == 0 { 0.0 } else { 100.0 }
+        0.0
     } else {
-        (total.abs_diff(want) as f64) * 100.0 / want as f64
+        (want.saturating_sub(total) as f64) * 100.0 / want as f64
     };
     let detail = format!(
         "{node}: {total} keys ({}), backup {} recorded {want}",
@@ -217,7 +218,7 @@ async fn redis_check(settings: &Settings, depth: Depth) -> Option<Check> {
     Some(if drift <= tolerance {
         Check::pass("Redis keys", detail)
     } else {
-        Check::fail("Redis keys", format!("{detail}: {drift:.1}% off"))
+        Check::fail("Redis keys", format!("{detail}: {drift:.1}% fewer"))
     })
 }
 
