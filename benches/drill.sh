@@ -53,7 +53,9 @@ as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -c 2 -j 2 -T 3600 postg
 BENCH=$!
 start_lsn=$(as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "SELECT pg_current_wal_lsn()" postgres)
 while [ "$(as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn') > $WAL_MB * 1048576" postgres)" = f ]; do sleep 1; done
-kill $BENCH; wait $BENCH 2>/dev/null || true
+# $! is runuser's pid: stop pgbench itself, then the wrapper is done.
+pkill -x pgbench || true
+wait $BENCH 2>/dev/null || true
 as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "SELECT pg_switch_wal()" postgres >/dev/null
 sleep 5
 counts="SELECT (SELECT count(*) FROM pgbench_accounts), (SELECT count(*) FROM pgbench_history)"

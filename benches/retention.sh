@@ -3,9 +3,11 @@
 # 12 monthly, WAL for 7 days), against pgBackRest keeping the same number of full backups and
 # the same PITR window, on the same pgbench database in the same run. Run as root:
 #   bash benches/retention.sh              # SCALE=10, DAYS=30, CHANGE=2 (% of rows a day)
-#   SCALE=20 DAYS=45 bash benches/retention.sh
-# Each simulated day runs pgbench transactions touching CHANGE % of the accounts (random rows,
-# plus their history inserts), then `lifeline backup postgres` and `lifeline prune` under
+#   SCALE=20 DAYS=45 PATTERN=clustered bash benches/retention.sh
+# Each simulated day changes CHANGE % of the accounts: PATTERN=random (default) runs that many
+# pgbench transactions (rows spread over the whole table, plus their history inserts: the worst
+# case for sharing chunks), PATTERN=clustered updates one contiguous run of rows (a hot range)
+# and inserts as many history rows; then `lifeline backup postgres` and `lifeline prune` under
 # libfaketime at 01:00 and 04:00 of that day (the days start the day after tomorrow, so every
 # pack is older than the prune grace period, as it is after real nights), and a pgBackRest
 # full backup. pgBackRest's retention is a count: at the end it expires to as many full backups
@@ -14,6 +16,7 @@
 # lifeline against pgBackRest (lower is better).
 set -euo pipefail
 SCALE=${SCALE:-10}
+PATTERN=${PATTERN:-random}
 DAYS=${DAYS:-30}
 CHANGE=${CHANGE:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,14 +58,20 @@ export FAKETIME_DONT_FAKE_MONOTONIC=1
 
 . "$ROOT/benches/lib.sh"
 start_pgbench_cluster 1GB
-echo "PGDATA: $(( $(bytes "$W/data/base" "$W/data/global") >> 20 )) MiB (pgbench scale $SCALE)"
+echo "PGDATA: $(( $(bytes "$W/data/base" "$W/data/global") >> 20 )) MiB (pgbench scale $SCALE); $CHANGE % of rows changed a day, $PATTERN"
 
 transactions=$(( SCALE * 100000 * CHANGE / 100 ))
 first_day=$(date -u -d '+2 days' +%F)
 for day in $(seq 0 $((DAYS - 1))); do
   date=$(date -u -d "$first_day + $day days" +%F)
-  as_pg env PGOPTIONS='-c synchronous_commit=off' $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres \
-    -n -c 2 -j 2 -t $((transactions / 2)) postgres >/dev/null
+  if [ "$PATTERN" = clustered ]; then
+    first=$(( (RANDOM * 32768 + RANDOM) % (SCALE * 100000 - transactions) + 1 ))
+    as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAt -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN $first AND $((first + transactions - 1))" \
+      -c "INSERT INTO pgbench_history SELECT 1, 1, aid, 1, now() FROM generate_series($first, $((first + transactions - 1))) aid" postgres
+  else
+    as_pg env PGOPTIONS='-c synchronous_commit=off' $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres \
+      -n -c 2 -j 2 -t $((transactions / 2)) postgres >/dev/null
+  fi
   as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAt -c VACUUM -c CHECKPOINT postgres
   as_pg faketime "$date 01:00:00" $LL backup postgres >/dev/null
   as_pg faketime "$date 04:00:00" $LL prune >/dev/null
