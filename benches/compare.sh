@@ -18,20 +18,8 @@ trap 'runuser -u postgres -- $PG/pg_ctl -D "$W/data" -m immediate stop >/dev/nul
 cp "$ROOT/target/release/lifeline" "$W/lifeline"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$W/repo" "$W/repo2" "$W/br" "$W/br2" "$W/brlog" "$W/brlock" "$W/segs"
-cat > "$W/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$W/br
-compress-type=zst
-process-max=2
-log-path=$W/brlog
-lock-path=$W/brlock
-start-fast=y
-log-level-console=warn
-[bench]
-pg1-path=$W/data
-pg1-port=$PORT
-pg1-socket-path=$W
-CONF
+. "$ROOT/benches/lib.sh"
+write_pgbackrest_conf "repo1-path=$W/br"
 chown -R postgres:postgres "$W"
 as_pg() { runuser -u postgres -- "$@"; }
 now() { date +%s.%N; }
@@ -40,7 +28,6 @@ LL="$W/lifeline --backup-dir $W/repo"
 BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn
 
-. "$ROOT/benches/lib.sh"
 start_pgbench_cluster 1GB
 echo "PGDATA: $(( $(bytes "$W/data/base" "$W/data/global") >> 20 )) MiB (pgbench scale $SCALE)"
 

@@ -22,20 +22,8 @@ cp "$ROOT/target/release/lifeline" "$W/lifeline"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 PORT2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$W/repo" "$W/br" "$W/brlog" "$W/brlock" "$W/drills"
-cat > "$W/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$W/br
-compress-type=zst
-process-max=2
-log-path=$W/brlog
-lock-path=$W/brlock
-start-fast=y
-log-level-console=warn
-[bench]
-pg1-path=$W/data
-pg1-port=$PORT
-pg1-socket-path=$W
-CONF
+. "$ROOT/benches/lib.sh"
+write_pgbackrest_conf "repo1-path=$W/br"
 echo "drill-dir = \"$W/drills\"" > "$W/lifeline.toml"
 chown -R postgres:postgres "$W"
 as_pg() { runuser -u postgres -- "$@"; }
@@ -44,7 +32,6 @@ LL="$W/lifeline --backup-dir $W/repo --config $W/lifeline.toml"
 BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn
 
-. "$ROOT/benches/lib.sh"
 start_pgbench_cluster 1GB
 as_pg env DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn $LL backup postgres >/dev/null
 as_pg $BR backup --type=full

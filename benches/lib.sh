@@ -1,6 +1,27 @@
 # Shared by the comparison scripts (sourced, not run). Expects PG, W, PORT, SCALE, LL (lifeline
 # with its repository flags), BR (pgbackrest with its stanza) and as_pg to be set.
 
+# $W/pgbackrest.conf for the stanza "bench" on $W/data at $PORT; the arguments are the
+# repository's lines (repo1-path=..., repo1-retention-full=...), one per argument.
+write_pgbackrest_conf() {
+  {
+    echo "[global]"
+    printf '%s\n' "$@"
+    cat <<CONF
+compress-type=zst
+process-max=2
+log-path=$W/brlog
+lock-path=$W/brlock
+start-fast=y
+log-level-console=warn
+[bench]
+pg1-path=$W/data
+pg1-port=$PORT
+pg1-socket-path=$W
+CONF
+  } > "$W/pgbackrest.conf"
+}
+
 # initdb a cluster in $W/data archiving to both tools, start it and load pgbench at $SCALE.
 start_pgbench_cluster() { # max_wal_size
   as_pg $PG/initdb -D "$W/data" --auth=trust -U postgres >/dev/null

@@ -31,21 +31,8 @@ trap 'runuser -u postgres -- $PG/pg_ctl -D "$W/data" -m immediate stop >/dev/nul
 cp "$ROOT/target/release/lifeline" "$W/lifeline"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$W/repo" "$W/br" "$W/brlog" "$W/brlock"
-cat > "$W/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$W/br
-repo1-retention-full=9999
-compress-type=zst
-process-max=2
-log-path=$W/brlog
-lock-path=$W/brlock
-start-fast=y
-log-level-console=warn
-[bench]
-pg1-path=$W/data
-pg1-port=$PORT
-pg1-socket-path=$W
-CONF
+. "$ROOT/benches/lib.sh"
+write_pgbackrest_conf "repo1-path=$W/br" "repo1-retention-full=9999"
 chown -R postgres:postgres "$W"
 as_pg() { runuser -u postgres -- "$@"; }
 bytes() { { du -sb "$@" 2>/dev/null || true; } | awk '{s+=$1} END {print s+0}'; }
@@ -56,7 +43,6 @@ export DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELIN
 # Only the wall clock is simulated; tokio's timers keep the real monotonic clock.
 export FAKETIME_DONT_FAKE_MONOTONIC=1
 
-. "$ROOT/benches/lib.sh"
 start_pgbench_cluster 1GB
 echo "PGDATA: $(( $(bytes "$W/data/base" "$W/data/global") >> 20 )) MiB (pgbench scale $SCALE); $CHANGE % of rows changed a day, $PATTERN"
 

@@ -84,30 +84,19 @@ s3-ca-file = "$W/ca.pem"
 aws-access-key-id = "bench"
 aws-secret-access-key = "bench-secret"
 CONF
-cat > "$W/pgbackrest.conf" <<CONF
-[global]
-repo1-type=s3
-repo1-path=/repo
-repo1-s3-bucket=pgbackrest
-repo1-s3-endpoint=localhost
-repo1-storage-port=$MPORT
-repo1-s3-region=us-east-1
-repo1-s3-key=bench
-repo1-s3-key-secret=bench-secret
-repo1-s3-uri-style=path
-repo1-storage-ca-file=$W/ca.pem
-compress-type=zst
-process-max=2
-log-path=$W/brlog
-lock-path=$W/brlock
-spool-path=$W/brspool
-start-fast=y
-log-level-console=warn
-[bench]
-pg1-path=$W/data
-pg1-port=$PORT
-pg1-socket-path=$W
-CONF
+. "$ROOT/benches/lib.sh"
+write_pgbackrest_conf \
+  "repo1-type=s3" \
+  "repo1-path=/repo" \
+  "repo1-s3-bucket=pgbackrest" \
+  "repo1-s3-endpoint=localhost" \
+  "repo1-storage-port=$MPORT" \
+  "repo1-s3-region=us-east-1" \
+  "repo1-s3-key=bench" \
+  "repo1-s3-key-secret=bench-secret" \
+  "repo1-s3-uri-style=path" \
+  "repo1-storage-ca-file=$W/ca.pem" \
+  "spool-path=$W/brspool"
 chmod 600 "$W/lifeline.toml" "$W/pgbackrest.conf"
 chown -R postgres:postgres "$W"
 as_pg() { runuser -u postgres -- "$@"; }
@@ -117,7 +106,6 @@ LL="$W/lifeline --config $W/lifeline.toml"
 BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export LIFELINE_LOG=warn
 
-. "$ROOT/benches/lib.sh"
 start_pgbench_cluster 4GB
 DATA_MIB=$(( $(du -sb "$W/data/base" "$W/data/global" | awk '{s+=$1} END {print s}') >> 20 ))
 echo "PGDATA: $DATA_MIB MiB (pgbench scale $SCALE); S3: moto_server over HTTPS on loopback"

@@ -16,12 +16,7 @@ const DB_PASSWORD_IN_URL: &str = "app-pass-91f3";
 
 fn write_owned(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write");
-    let status = std::process::Command::new("chown")
-        .args(["postgres:postgres"])
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(status.success());
+    chown_postgres(path);
 }
 
 fn logs(scratch: &Scratch, operation: &str) -> Vec<String> {
@@ -141,18 +136,7 @@ fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
     assert!(webhook.received()[0].body.contains("failover FAILED"));
 
     // The primary dies.
-    let out = run_as_postgres(
-        &format!("{PG_BIN}/pg_ctl"),
-        &[
-            "-D",
-            primary.data.to_str().expect("utf8"),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    primary.crash();
 
     // A simulation checks and plans, and changes nothing.
     for (args, extra) in [
@@ -353,12 +337,7 @@ fn verify_recovery_and_drills_report_what_is_true() {
     let config = scratch.path("lifeline.toml");
     let drills = scratch.path("drills");
     std::fs::create_dir(&drills).expect("mkdir");
-    let status = std::process::Command::new("chown")
-        .args(["postgres:postgres"])
-        .arg(&drills)
-        .status()
-        .expect("chown");
-    assert!(status.success());
+    chown_postgres(&drills);
     let base = format!(
         "drill-dir = \"{}\"\n[verify]\n\n[[verify.http]]\nname = \"api\"\nurl = \"{}\"\ncontains = \"ok\"\n\n\
          [[verify.worker]]\nname = \"queue\"\ncommand = \"true\"\n\n\
@@ -584,18 +563,7 @@ fn without_a_replica_the_repository_brings_the_database_back_in_either_region() 
     primary.psql("INSERT INTO orders (account, amount) VALUES (7, -7)");
     primary.switch_and_archive();
     let before = primary.snapshot();
-    let out = run_as_postgres(
-        &format!("{PG_BIN}/pg_ctl"),
-        &[
-            "-D",
-            primary.data.to_str().expect("utf8"),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    primary.crash();
     // The disk is gone: what is left is moved aside, as the runbook says.
     std::fs::rename(&primary.data, scratch.path("primary.lost")).expect("move aside");
 
@@ -724,12 +692,7 @@ fn redis_that_comes_back_empty_is_restored_from_its_last_backup() {
     let scratch = Scratch::new();
     let data = scratch.path("redis");
     std::fs::create_dir(&data).expect("mkdir");
-    let status = std::process::Command::new("chown")
-        .args(["postgres:postgres"])
-        .arg(&data)
-        .status()
-        .expect("chown");
-    assert!(status.success());
+    chown_postgres(&data);
     let port = free_port();
     let redis = RedisDaemon(port);
     let start = format!(
@@ -870,10 +833,11 @@ fn verify_recovery_compares_with_the_backup_that_was_restored() {
     pg.switch_and_archive();
     backup(&scratch, &pg);
 
-    let dir = scratch.path("restored");
-    let out = scratch.restore(&["--type", "full", "--from", &older], &dir);
-    succeeded(&out, "restore of the older backup");
-    let restored = Pg::recover(&scratch, dir);
+    let restored = scratch.restore_and_recover(
+        &["--type", "full", "--from", &older],
+        "restored",
+        "restore of the older backup",
+    );
     let restored_env = restored.db_env();
     let out = scratch.lifeline(&["verify-recovery", "--full"], &env_refs(&restored_env));
     let said = succeeded(&out, "verify-recovery of the restored older backup");

@@ -224,14 +224,11 @@ fn a_prune_during_a_backup_leaves_that_backup_restorable() {
         "the running backup failed: {}",
         text(&out)
     );
-    let dir = scratch.path("restored");
-    let out = scratch.restore(&["--type", "full", "--from", "latest"], &dir);
-    assert!(
-        out.status.success(),
-        "restore of the backup taken during prune: {}",
-        text(&out)
+    let restored = scratch.restore_and_recover(
+        &["--type", "full", "--from", "latest"],
+        "restored",
+        "restore of the backup taken during prune",
     );
-    let restored = Pg::recover(&scratch, dir);
     assert_eq!(restored.snapshot(), expected);
 }
 
@@ -341,13 +338,10 @@ fn packs_mostly_dead_are_repacked_and_the_rest_swept() {
         text(&out)
     );
 
-    let dir = scratch.path("restored");
-    let out = scratch.restore(&["--type", "full", "--from", "latest"], &dir);
-    assert!(
-        out.status.success(),
-        "restore after repacking: {}",
-        text(&out)
+    let restored = scratch.restore_and_recover(
+        &["--type", "full", "--from", "latest"],
+        "restored",
+        "restore after repacking",
     );
-    let restored = Pg::recover(&scratch, dir);
     assert_eq!(restored.snapshot(), expected);
 }

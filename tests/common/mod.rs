@@ -27,7 +27,7 @@ fn postgres_ids() -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
-fn chown_postgres(path: &Path) {
+pub fn chown_postgres(path: &Path) {
     let status = Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(path)
@@ -131,6 +131,15 @@ impl Scratch {
         all.extend_from_slice(args);
         all.extend(["--data-dir", dir.as_str()]);
         self.lifeline(&all, &[])
+    }
+
+    /// `lifeline restore postgres ARGS` into a new directory `name`, which must succeed (`what`
+    /// names it in the failure), then the server started on it and recovered.
+    pub fn restore_and_recover(&self, args: &[&str], name: &str, what: &str) -> Pg {
+        let dir = self.path(name);
+        let out = self.restore(args, &dir);
+        succeeded(&out, what);
+        Pg::recover(self, dir)
     }
 
     /// Run lifeline as postgres with BACKUP_DIR set; `env` adds or overrides variables.
@@ -301,6 +310,26 @@ impl Pg {
                 "-w",
                 "stop",
             ],
+        );
+    }
+
+    /// Stop the server the way a crash would: no checkpoint, no final WAL archived.
+    pub fn crash(&self) {
+        let out = run_as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().expect("utf8"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop -m immediate: {}",
+            text(&out)
         );
     }
 
