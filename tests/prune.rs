@@ -84,9 +84,36 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
         "a dry run changed the repository"
     );
 
+    // One prune at a time: a held lock refuses, nothing changes; a lock 7 h old is taken over.
+    let lock = scratch.repo.join("prune/lock");
+    std::fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&lock, "{\"host\":\"elsewhere\",\"pid\":1}").expect("lock");
+    common::chown_postgres(&scratch.repo);
+    let out = scratch.lifeline(&["prune"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("another prune holds prune/lock"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("elsewhere"), "{}", text(&out));
+    let mut unchanged = before.clone();
+    unchanged.push("prune/lock".into());
+    unchanged.sort();
+    // Its operation log records the refusal; the repository is unchanged.
+    let mut now = keys(&scratch.repo);
+    now.retain(|k| !k.starts_with("logs/prune_"));
+    assert_eq!(now, unchanged, "a refused prune changed the repository");
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7 * 3600)))
+        .expect("age the lock");
+
     let out = scratch.lifeline(&["prune"], &env);
     assert!(out.status.success(), "prune failed: {}", text(&out));
     assert!(text(&out).contains("pruned: 2 backups"), "{}", text(&out));
+    assert!(!lock.exists(), "the prune did not release its lock");
     assert!(keys(&scratch.repo).len() < before.len());
     let out = scratch.lifeline(&["list", "--json"], &[]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

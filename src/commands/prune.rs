@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use catalog::{RetentionPlan, RetentionPolicy, WalRange};
 use storage::manifest::{BackupManifest, ChunkRef, ClusterIdentity, StreamManifest};
 use storage::wal::{DEFAULT_SEGMENT_SIZE, WalFileName};
@@ -28,14 +28,33 @@ pub struct PruneArgs {
 
 pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository().await?;
+    if args.dry_run {
+        return plan_and_apply(&args, storage.as_ref(), settings).await;
+    }
+    take_lock(storage.as_ref()).await?;
+    let pruned = plan_and_apply(&args, storage.as_ref(), settings).await;
+    if let Err(e) = storage.delete(layout::PRUNE_LOCK_KEY).await {
+        tracing::warn!(
+            "{} not released ({e}): delete it before the next prune",
+            layout::PRUNE_LOCK_KEY
+        );
+    }
+    pruned
+}
+
+async fn plan_and_apply(
+    args: &PruneArgs,
+    storage: &dyn Storage,
+    settings: &Settings,
+) -> Result<ExitCode> {
     let mut catalog = settings.open_catalog()?;
     // The repository is the truth: plan from what it holds, not from a stale catalog.
-    catalog::rebuild(storage.as_ref(), &mut catalog)
+    catalog::rebuild(storage, &mut catalog)
         .await
         .context("read the repository before planning")?;
     let backups = catalog.backups(None)?;
     let policy = settings.retention;
-    let in_use = leased_backups(storage.as_ref()).await?;
+    let in_use = leased_backups(storage).await?;
     let plan = catalog::plan_retention(
         &backups,
         &policy,
@@ -43,16 +62,73 @@ pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
         &jiff::tz::TimeZone::system(),
         &in_use,
     );
+    print_plan(args, &backups, &plan, &policy)?;
+    if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply(storage, &mut catalog, settings, &plan).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A prune that has not released its lock after this long is taken to have died.
+const LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// One prune at a time: two would repack the same packs and overwrite each other's marks.
+async fn take_lock(storage: &dyn Storage) -> Result<()> {
+    let holder = serde_json::json!({
+        "host": std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+        "pid": std::process::id(),
+        "taken_at": jiff::Timestamp::now(),
+    });
+    let body = serde_json::to_vec(&holder)?;
+    let key = layout::PRUNE_LOCK_KEY;
+    match storage
+        .put_bytes(key, body.clone(), PutMode::Create, Durability::Immediate)
+        .await
+    {
+        Ok(()) => return Ok(()),
+        Err(storage::StorageError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let held = storage.head(key).await?;
+    let age = std::time::SystemTime::now()
+        .duration_since(held.last_modified)
+        .unwrap_or_default();
+    let by = storage
+        .get_bytes(key)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    if age < LOCK_STALE {
+        bail!(
+            "another prune holds {key} ({by}, {} min ago): wait for it to finish; if it died, delete that object from the repository (it is taken over after 6 h)",
+            age.as_secs() / 60
+        );
+    }
+    tracing::warn!(
+        "taking over {key}, left {} h ago by {by}",
+        age.as_secs() / 3600
+    );
+    storage
+        .put_bytes(key, body, PutMode::Overwrite, Durability::Immediate)
+        .await?;
+    Ok(())
+}
+
+/// Delete what the plan does not keep, in the order that leaves every kept backup whole.
+async fn apply(
+    storage: &dyn Storage,
+    catalog: &mut catalog::Catalog,
+    settings: &Settings,
+    plan: &RetentionPlan,
+) -> Result<()> {
     let doomed: Vec<&str> = plan
         .decisions
         .iter()
         .filter(|d| !d.keep)
         .map(|d| d.backup_id.as_str())
         .collect();
-    print_plan(&args, &backups, &plan, &policy)?;
-    if args.dry_run {
-        return Ok(ExitCode::SUCCESS);
-    }
 
     // 1. Manifests (the backups stop existing), then their metadata.
     for id in &doomed {
@@ -62,17 +138,17 @@ pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
         storage.delete(&layout::metadata_key(id)).await?;
     }
     // 2. WAL outside every kept range.
-    let wal = wal_to_delete(storage.as_ref(), &plan.wal_keep).await?;
+    let wal = wal_to_delete(storage, &plan.wal_keep).await?;
     storage.delete_many(&wal).await?;
     // 3. Sparse packs repacked, then the two-phase sweep of unreferenced packs.
-    let packs = sweep_packs(storage.as_ref(), settings).await?;
+    let packs = sweep_packs(storage, settings).await?;
     // The retention class of what stays, in its .metadata, then the catalog from the result.
     for d in plan.decisions.iter().filter(|d| d.keep) {
         if let Some(class) = d.class() {
-            set_retention_label(storage.as_ref(), &d.backup_id, class).await;
+            set_retention_label(storage, &d.backup_id, class).await;
         }
     }
-    catalog::rebuild(storage.as_ref(), &mut catalog).await?;
+    catalog::rebuild(storage, catalog).await?;
     println!(
         "pruned: {} backups, {} WAL files, {} packs deleted; {} sparse packs repacked ({} MiB of live chunks copied); {} unreferenced packs wait out the {} h grace period",
         doomed.len(),
@@ -83,7 +159,7 @@ pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
         packs.waiting,
         settings.prune_grace.as_secs() / 3600
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn print_plan(

@@ -51,6 +51,8 @@ pub fn manifest_key(backup_id: &str) -> String {
 
 pub const STREAM_MANIFEST_NAME: &str = "stream-manifest";
 pub const LEASES_PREFIX: &str = "leases/";
+/// Held by the prune that runs: one at a time, whichever host it runs on.
+pub const PRUNE_LOCK_KEY: &str = "prune/lock";
 /// Packs a prune found unreferenced and when: the first phase of the two-phase sweep.
 pub const PRUNE_PENDING_KEY: &str = "prune/pending-packs.json";
 
