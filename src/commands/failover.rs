@@ -405,7 +405,10 @@ async fn redis_failure(settings: &Settings, steps: &mut Steps, force: bool) -> R
         .open_catalog()?
         .backups(Some("redis"))?
         .into_iter()
-        .rfind(|b| b.kind == "rdb" && b.state == catalog::BackupState::Complete);
+        // The newest of either kind: an AOF backup is newer data than last night's RDB.
+        .filter(|b| matches!(b.kind.as_str(), "rdb" | "aof"))
+        .filter(|b| b.state == catalog::BackupState::Complete)
+        .max_by_key(|b| (b.finished_at_us, b.backup_id.clone()));
     match redis_keys(settings).await {
         Ok(n) if n > 0 && !force => {
             steps.found(format!("{node} answers with {n} keys"));
@@ -428,7 +431,7 @@ async fn redis_failure(settings: &Settings, steps: &mut Steps, force: bool) -> R
         redis_keys(settings).await?
     };
     let Some(backup) = recorded else {
-        steps.found("no Redis RDB backup in the catalog to restore from");
+        steps.found("no Redis backup in the catalog to restore from");
         return Ok("Redis restarted".into());
     };
     if !steps.simulate() && keys > 0 {
@@ -467,7 +470,7 @@ async fn redis_failure(settings: &Settings, steps: &mut Steps, force: bool) -> R
             settings.download_transfers(),
         )
         .await?;
-        steps.done("RDB in place");
+        steps.done(format!("{} files in place", backup.kind.to_uppercase()));
     }
     if steps.step(format!("start Redis: {restart}")) {
         ops::process::run_shell(&restart, Duration::from_secs(120)).await?;
