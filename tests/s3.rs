@@ -229,3 +229,78 @@ fn archiving_through_an_outage_fails_cleanly_then_catches_up() {
     let fetched = std::fs::metadata(scratch.path("fetched")).expect("fetched");
     assert_eq!(fetched.len(), 16 << 20);
 }
+
+#[test]
+fn a_datacenter_failover_comes_back_from_the_bucket_alone() {
+    let s3 = MotoServer::start();
+    s3.create_bucket("dc-bucket");
+    let scratch = Scratch::with_s3(&s3.endpoint(), "dc-bucket/prod");
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    backup(&scratch, &pg);
+    pg.psql("INSERT INTO accounts VALUES (9002, 'after the backup', 1)");
+    pg.switch_and_archive();
+    let expected = pg.snapshot();
+    pg.crash();
+
+    // The secondary region: its own local directory (no catalog yet), data directory and port.
+    let region = scratch.path("region-b");
+    let config = scratch.path("region-b.toml");
+    scratch.write_s3_config(&config, &region, &s3.endpoint(), "dc-bucket/prod");
+    let data = scratch.path("region-b-data");
+    let port = common::free_port();
+    let env_file = scratch.path("app.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "DATABASE_URL=postgresql://app@127.0.0.1:{}/postgres\n",
+            pg.port
+        ),
+    )
+    .expect("env file");
+    common::chown_postgres(&env_file);
+    let mut text_config = std::fs::read_to_string(&config).expect("config");
+    text_config.push_str(&format!(
+        "pgdata = \"{}\"\n[failover]\nconnection-file = \"{}\"\npostgres-start-command = \"{}/pg_ctl -D {} -l {}.log -o '-p {port}' -W start\"\n",
+        data.display(),
+        env_file.display(),
+        common::PG_BIN,
+        data.display(),
+        data.display()
+    ));
+    std::fs::write(&config, text_config).expect("config");
+    let port_text = port.to_string();
+    let region_dir = region.to_string_lossy().into_owned();
+    let env = [
+        ("BACKUP_DIR", region_dir.as_str()),
+        ("LIFELINE_CONFIG", config.to_str().expect("utf8")),
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_PORT", port_text.as_str()),
+        ("DB_USER", "postgres"),
+        ("DB_NAME", "postgres"),
+    ];
+    let out = scratch.lifeline(&["failover", "--incident", "datacenter_failure"], &env);
+    let said = common::succeeded(&out, "datacenter_failure from S3");
+    no_secret("the failover output", &said);
+    assert!(said.contains("repository s3://dc-bucket/prod"), "{said}");
+    assert!(said.contains("the repository holds 1 backups"), "{said}");
+    let recovered = Pg {
+        data: data.clone(),
+        port,
+        socket_dir: scratch.dir.path().to_path_buf(),
+    };
+    assert_eq!(
+        recovered.snapshot(),
+        expected,
+        "the secondary region lacks committed rows"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env_file).expect("env file"),
+        format!("DATABASE_URL=postgresql://app@127.0.0.1:{port}/postgres\n")
+    );
+    for file in files_under(&region).into_iter().chain(files_under(&data)) {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            no_secret(&file.display().to_string(), &text);
+        }
+    }
+}
