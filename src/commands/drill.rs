@@ -102,26 +102,16 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         ),
         Err(e) => ("FAILED", format!("{e:#}"), None),
     };
-    let mut labels = vec![
-        ("restorability", verdict.to_string()),
-        ("restorability_checked_at", started_at.to_string()),
-        (
-            "restorability_rto_seconds",
-            format!("{:.1}", rto.as_secs_f64()),
-        ),
-    ];
-    if !why.is_empty() {
-        labels.push(("restorability_reason", why.clone()));
-    }
-    let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    catalog::label_backup(storage.as_ref(), &backup.backup_id, &label_refs)
-        .await
-        .with_context(|| format!("record the verdict in {}'s .metadata", backup.backup_id))?;
-    let mut catalog = settings.open_catalog()?;
-    if let Some(mut record) = catalog.backup(&backup.backup_id)? {
-        record.restorability = verdict.to_string();
-        catalog.upsert_backup(&record)?;
-    }
+    record_verdict(
+        settings,
+        storage.as_ref(),
+        &backup.backup_id,
+        verdict,
+        &why,
+        started_at,
+        rto,
+    )
+    .await?;
 
     let report = serde_json::json!({
         "backup_id": backup.backup_id,
@@ -158,6 +148,36 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
     )
     .await;
     Ok(ExitCode::FAILURE)
+}
+
+/// The verdict into the backup's `.metadata` (where a catalog rebuild finds it) and the
+/// catalog. A reason left by an earlier failed drill is cleared by a passing one.
+async fn record_verdict(
+    settings: &Settings,
+    storage: &dyn storage::Storage,
+    backup_id: &str,
+    verdict: &str,
+    why: &str,
+    started_at: jiff::Timestamp,
+    rto: Duration,
+) -> Result<()> {
+    let checked_at = started_at.to_string();
+    let rto = format!("{:.1}", rto.as_secs_f64());
+    let labels = [
+        ("restorability", verdict),
+        ("restorability_checked_at", checked_at.as_str()),
+        ("restorability_rto_seconds", rto.as_str()),
+        ("restorability_reason", why),
+    ];
+    catalog::label_backup(storage, backup_id, &labels)
+        .await
+        .with_context(|| format!("record the verdict in {backup_id}'s .metadata"))?;
+    let mut catalog = settings.open_catalog()?;
+    if let Some(mut record) = catalog.backup(backup_id)? {
+        record.restorability = verdict.to_string();
+        catalog.upsert_backup(&record)?;
+    }
+    Ok(())
 }
 
 /// Restore, start, recover, verify. The server, once started, is left in `server` so that the
