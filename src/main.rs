@@ -115,7 +115,8 @@ fn init_logging(operation_log: Option<std::fs::File>) {
         .init();
 }
 
-/// Record the outcome in `.backup_status` (a non-zero exit counts as a failure) and pass it on.
+/// Record the outcome in `.backup_status` (a non-zero exit counts as a failure), notify a
+/// failure, and pass it on.
 async fn report(
     settings: &Settings,
     operation: &str,
@@ -127,7 +128,8 @@ async fn report(
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
     commands::status_file::update(settings, operation, &outcome).await;
-    if let Err(e) = &outcome {
+    // A command that found problems (verify) has notified with them itself.
+    if let Err(e) = &result {
         commands::notify(
             settings,
             operation,

@@ -334,6 +334,7 @@ fn verify_recovery_and_drills_report_what_is_true() {
     pg.switch_and_archive();
 
     let app = application();
+    let webhook = HttpServer::start(|_| HttpReply::status(200, "ok"));
     let config = scratch.path("lifeline.toml");
     let drills = scratch.path("drills");
     std::fs::create_dir(&drills).expect("mkdir");
@@ -346,8 +347,18 @@ fn verify_recovery_and_drills_report_what_is_true() {
         app.url("/health"),
         app.url("/login"),
         app.url("/me")
+    ) + &format!(
+        "\n[notify]\nslack-webhook-url = \"{}\"\n",
+        webhook.url("/hook")
     );
     write_owned(&config, &base);
+    let notified = |what: &str| {
+        webhook
+            .received()
+            .iter()
+            .filter(|r| r.body.contains(what))
+            .count()
+    };
     let mut env = pg.db_env();
     env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
     env.push(("SMOKE_PASSWORD".into(), "letmein".into()));
@@ -397,6 +408,11 @@ fn verify_recovery_and_drills_report_what_is_true() {
         said.contains("1 failed") && said.contains("RESULT: FAIL"),
         "{said}"
     );
+    assert!(
+        notified("verify-recovery FAILED") >= 1,
+        "no notification of the failed checks"
+    );
+    assert_eq!(notified("FAILED"), notified("verify-recovery FAILED"));
     let out = scratch.lifeline(&["verify-recovery", "--full", "--json"], &env);
     assert_eq!(code(&out), 1);
     let json: serde_json::Value =
@@ -490,6 +506,24 @@ fn verify_recovery_and_drills_report_what_is_true() {
         metadata.contains("\"restorability_reason\": \"the restore failed"),
         "{metadata}"
     );
+    assert_eq!(
+        notified("drill FAILED"),
+        1,
+        "the failed drill was not announced"
+    );
+    let out = scratch.lifeline(&["verify", "--read-data"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert_eq!(
+        notified("verify FAILED"),
+        1,
+        "the failed verify was not announced"
+    );
+    let posted = webhook.received();
+    let verify = posted
+        .iter()
+        .find(|r| r.body.contains("verify FAILED"))
+        .expect("verify notification");
+    assert!(verify.body.contains("problem(s)"), "{}", verify.body);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

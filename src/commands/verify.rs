@@ -41,9 +41,35 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
             }
         );
     }
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if report.is_clean() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shown: Vec<&str> = report
+        .problems
+        .iter()
+        .take(20)
+        .map(String::as_str)
+        .collect();
+    let more = report.problems.len().saturating_sub(shown.len());
+    super::notify(
+        settings,
+        "verify",
+        false,
+        &format!(
+            "{} problem(s) in {}",
+            report.problems.len(),
+            storage.describe()
+        ),
+        &format!(
+            "{}{}",
+            shown.join("\n"),
+            if more > 0 {
+                format!("\n... and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    )
+    .await;
+    Ok(ExitCode::FAILURE)
 }
