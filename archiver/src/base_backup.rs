@@ -21,7 +21,7 @@ use storage::manifest::{
     BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
 };
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
-use storage::{Compression, Durability, PutMode, Storage, StorageExt, layout, object};
+use storage::{Compression, Durability, PutMode, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -346,16 +346,7 @@ async fn previous_chunks(
     let Some(latest) = latest else {
         return HashMap::new();
     };
-    let key = layout::manifest_key(&latest.backup_id);
-    let manifest = match storage
-        .get_bytes(&key)
-        .await
-        .and_then(|b| object::decode(&key, &b))
-    {
-        Ok(plain) => BackupManifest::from_json(&key, &plain),
-        Err(e) => Err(e),
-    };
-    match manifest {
+    match BackupManifest::load(storage, &latest.backup_id).await {
         Ok(m) => m.chunks().map(|c| (c.hash.clone(), c.clone())).collect(),
         Err(e) => {
             warn!(
@@ -819,16 +810,13 @@ pub(crate) async fn publish(
     manifest_json: &[u8],
     extra: serde_json::Value,
 ) -> Result<(), ArchiveError> {
-    let checksum = object::checksum(manifest_json);
-    let (_, encoded) = object::encode(manifest_json, Compression::default())?;
-    storage
-        .put_bytes(
-            &summary.manifest_key,
-            encoded,
-            PutMode::Create,
-            Durability::Immediate,
-        )
-        .await?;
+    let checksum = storage::manifest::put_manifest(
+        storage,
+        &summary.manifest_key,
+        manifest_json,
+        PutMode::Create,
+    )
+    .await?;
     storage
         .put_bytes(
             &layout::metadata_key(summary.backup_id),

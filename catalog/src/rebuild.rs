@@ -130,7 +130,7 @@ pub async fn rebuild(
         let Some(backup_id) = layout::parse_manifest_key(&meta.key) else {
             continue;
         };
-        let manifest = match read_manifest(storage, &meta.key).await {
+        let manifest = match BackupManifest::load(storage, backup_id).await {
             Ok(m) => m,
             Err(e) => {
                 summary.unreadable.push(format!("{}: {e}", meta.key));
@@ -192,15 +192,6 @@ async fn read_segment_size(storage: &dyn Storage) -> u64 {
         .ok()
         .and_then(|b| serde_json::from_slice::<ClusterIdentity>(&b).ok());
     identity.map_or(storage::wal::DEFAULT_SEGMENT_SIZE, |i| i.segment_size)
-}
-
-pub(crate) async fn read_manifest(
-    storage: &dyn Storage,
-    key: &str,
-) -> Result<BackupManifest, storage::StorageError> {
-    let bytes = storage.get_bytes(key).await?;
-    let plain = object::decode(key, &bytes)?;
-    BackupManifest::from_json(key, &plain)
 }
 
 async fn read_metadata_labels(storage: &dyn Storage, backup_id: &str) -> (String, String) {

@@ -53,10 +53,7 @@ pub async fn read_manifest(
     storage: &dyn Storage,
     backup_id: &str,
 ) -> Result<BackupManifest, RestoreError> {
-    let key = layout::manifest_key(backup_id);
-    let bytes = storage.get_bytes(&key).await?;
-    let plain = object::decode(&key, &bytes)?;
-    Ok(BackupManifest::from_json(&key, &plain)?)
+    Ok(BackupManifest::load(storage, backup_id).await?)
 }
 
 /// Refuse a data directory that holds anything (or belongs to a running server).

@@ -39,14 +39,7 @@ pub async fn verify_repository(
     let mut needed: Needed = BTreeMap::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
         let chunks = if let Some(id) = layout::parse_manifest_key(&meta.key) {
-            let manifest = match storage
-                .get_bytes(&meta.key)
-                .await
-                .and_then(|b| object::decode(&meta.key, &b))
-            {
-                Ok(plain) => BackupManifest::from_json(&meta.key, &plain),
-                Err(e) => Err(e),
-            };
+            let manifest = BackupManifest::load(storage, id).await;
             (
                 id,
                 manifest.map(|m| m.chunks().cloned().collect::<Vec<_>>()),

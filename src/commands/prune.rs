@@ -10,9 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use catalog::{RetentionPlan, RetentionPolicy, WalRange};
-use storage::manifest::{BackupManifest, ChunkRef, ClusterIdentity, StreamManifest};
+use storage::manifest::ClusterIdentity;
 use storage::wal::{DEFAULT_SEGMENT_SIZE, WalFileName};
-use storage::{Durability, PutMode, Storage, StorageExt, layout, object, repack};
+use storage::{Durability, PutMode, Storage, StorageExt, layout, repack};
 
 use crate::config::Settings;
 
@@ -288,150 +288,21 @@ async fn wal_to_delete(storage: &dyn Storage, keep: &[WalRange]) -> Result<Vec<S
     Ok(doomed)
 }
 
-/// Every manifest that remains, as read: rewritten in place when its chunks move.
-enum Manifest {
-    Base(BackupManifest),
-    Stream(StreamManifest),
-}
-
-impl Manifest {
-    fn chunks(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
-        match self {
-            Manifest::Base(m) => Box::new(m.chunks()),
-            Manifest::Stream(m) => Box::new(m.chunks()),
-        }
+/// The pack phase of prune (repack, then the two-phase sweep), then the checksums of the
+/// manifests it rewrote into their `.metadata`.
+async fn sweep_packs(storage: &dyn Storage, settings: &Settings) -> Result<repack::PackSweep> {
+    let sweep = repack::sweep_packs(
+        storage,
+        settings.prune_grace,
+        settings.repack_unused_percent,
+    )
+    .await
+    .context("repack and sweep the packs")?;
+    for (backup_id, checksum) in &sweep.rewritten {
+        let checksum = format!("blake3:{}", checksum.to_hex());
+        catalog::label_backup(storage, backup_id, &[("checksum", checksum.as_str())]).await?;
     }
-}
-
-async fn remaining_manifests(storage: &dyn Storage) -> Result<Vec<(String, Manifest)>> {
-    let mut all = Vec::new();
-    for meta in storage.list(layout::BACKUPS_PREFIX).await? {
-        if let Some(id) = layout::parse_stream_manifest_key(&meta.key) {
-            let m = StreamManifest::load(storage, id).await?;
-            all.push((meta.key, Manifest::Stream(m)));
-        } else if layout::parse_manifest_key(&meta.key).is_some() {
-            let bytes = storage.get_bytes(&meta.key).await?;
-            let plain = object::decode(&meta.key, &bytes)?;
-            let m = BackupManifest::from_json(&meta.key, &plain)?;
-            all.push((meta.key, Manifest::Base(m)));
-        }
-    }
-    Ok(all)
-}
-
-#[derive(Debug, Default)]
-struct PackSweep {
-    deleted: usize,
-    repacked: usize,
-    copied_bytes: u64,
-    waiting: usize,
-}
-
-/// Repack the packs mostly dead, point the manifests at the copies, then delete the packs an
-/// earlier prune found unreferenced at least the grace period ago and that still are; mark the
-/// newly unreferenced ones for a later prune.
-async fn sweep_packs(storage: &dyn Storage, settings: &Settings) -> Result<PackSweep> {
-    let mut manifests = remaining_manifests(storage).await?;
-    let listing = storage.list(layout::PACKS_PREFIX).await?;
-    let pack_id = |key: &str| key.rsplit('/').next().unwrap_or("").to_string();
-    let now = jiff::Timestamp::now();
-    let grace = settings.prune_grace;
-    // Packs just written belong to a backup that has only now published them: leave them be.
-    let settled = std::time::SystemTime::now()
-        .checked_sub(grace)
-        .unwrap_or(std::time::UNIX_EPOCH);
-    let sizes: BTreeMap<String, u64> = listing
-        .iter()
-        .filter(|m| m.last_modified <= settled)
-        .map(|m| (pack_id(&m.key), m.size))
-        .collect();
-    let live = repack::live_chunks(manifests.iter().flat_map(|(_, m)| m.chunks()));
-    let sparse = repack::sparse_packs(&sizes, &live, settings.repack_unused_percent);
-    let mut sweep = PackSweep {
-        repacked: sparse.len(),
-        copied_bytes: sparse
-            .iter()
-            .flat_map(|id| live.get(id).into_iter().flatten())
-            .map(|c| c.stored)
-            .sum(),
-        ..PackSweep::default()
-    };
-    if !sparse.is_empty() {
-        let moved = repack::repack(storage, &sparse, &live).await?;
-        for (key, manifest) in &mut manifests {
-            rewrite_if_moved(storage, key, manifest, &moved).await?;
-        }
-    }
-
-    let referenced: HashSet<String> = manifests
-        .iter()
-        .flat_map(|(_, m)| m.chunks())
-        .map(|c| c.pack.clone())
-        .collect();
-    let listing = storage.list(layout::PACKS_PREFIX).await?;
-    let packs: Vec<String> = listing.iter().map(|m| pack_id(&m.key)).collect();
-    let pending = load_pending(storage).await;
-    let grace_us = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
-    let (doomed, marks) = repack::plan_sweep(
-        &packs,
-        &referenced,
-        &pending,
-        now.as_microsecond(),
-        grace_us,
-    );
-    let keys: Vec<String> = doomed.iter().map(|id| layout::pack_key(id)).collect();
-    storage.delete_many(&keys).await?;
-    let text = serde_json::to_vec_pretty(&marks)?;
-    storage
-        .put_bytes(
-            layout::PRUNE_PENDING_KEY,
-            text,
-            PutMode::Overwrite,
-            Durability::Immediate,
-        )
-        .await?;
-    sweep.deleted = doomed.len();
-    sweep.waiting = marks.len();
     Ok(sweep)
-}
-
-/// Write `manifest` back when chunks it names moved, and its checksum into the `.metadata`.
-async fn rewrite_if_moved(
-    storage: &dyn Storage,
-    key: &str,
-    manifest: &mut Manifest,
-    moved: &repack::Relocations,
-) -> Result<()> {
-    let (changed, json, backup_id) = match manifest {
-        Manifest::Base(m) => (m.relocate(moved), m.to_json(), m.backup_id.clone()),
-        Manifest::Stream(m) => (m.relocate(moved), m.to_json(), m.backup_id.clone()),
-    };
-    if !changed {
-        return Ok(());
-    }
-    let checksum = format!("blake3:{}", object::checksum(&json).to_hex());
-    let (_, encoded) = object::encode(&json, storage::Compression::default())?;
-    storage
-        .put_bytes(key, encoded, PutMode::Overwrite, Durability::Immediate)
-        .await
-        .with_context(|| format!("rewrite the manifest of {backup_id} after repacking"))?;
-    catalog::label_backup(storage, &backup_id, &[("checksum", checksum.as_str())]).await?;
-    Ok(())
-}
-
-/// The marks of earlier prunes; unreadable marks start the count again (nothing is lost, a
-/// pack is only deleted later).
-async fn load_pending(storage: &dyn Storage) -> repack::PendingPacks {
-    match storage.get_bytes(layout::PRUNE_PENDING_KEY).await {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(
-                "{} does not parse ({e}); marking afresh",
-                layout::PRUNE_PENDING_KEY
-            );
-            repack::PendingPacks::new()
-        }),
-        Err(_) => repack::PendingPacks::new(),
-    }
 }
 
 /// Record the retention class in the backup's `.metadata` (the catalog reads it back).

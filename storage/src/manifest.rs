@@ -111,6 +111,42 @@ impl BackupManifest {
         check_format(key, manifest.format)?;
         Ok(manifest)
     }
+
+    /// The base-backup manifest of `backup_id`, verified.
+    pub async fn load(
+        storage: &dyn crate::Storage,
+        backup_id: &str,
+    ) -> Result<Self, crate::StorageError> {
+        let key = crate::layout::manifest_key(backup_id);
+        BackupManifest::from_json(&key, &read_object(storage, &key).await?)
+    }
+}
+
+/// A framed object's plaintext, checked against its checksum.
+async fn read_object(
+    storage: &dyn crate::Storage,
+    key: &str,
+) -> Result<Vec<u8>, crate::StorageError> {
+    use crate::StorageExt;
+    let bytes = storage.get_bytes(key).await?;
+    crate::object::decode(key, &bytes)
+}
+
+/// Store a manifest's JSON as a framed object under `key` (`Create` for a new backup,
+/// `Overwrite` when prune points it at repacked chunks), durably; returns the blake3 of the
+/// JSON that `.metadata` records.
+pub async fn put_manifest(
+    storage: &dyn crate::Storage,
+    key: &str,
+    json: &[u8],
+    mode: crate::PutMode,
+) -> Result<blake3::Hash, crate::StorageError> {
+    let checksum = crate::object::checksum(json);
+    let (_, encoded) = crate::object::encode(json, crate::Compression::default())?;
+    storage
+        .put_bytes(key, encoded, mode, crate::Durability::Immediate)
+        .await?;
+    Ok(checksum)
 }
 
 fn parse_manifest<T: serde::de::DeserializeOwned>(
@@ -173,11 +209,8 @@ impl StreamManifest {
         storage: &dyn crate::Storage,
         backup_id: &str,
     ) -> Result<Self, crate::StorageError> {
-        use crate::StorageExt;
         let key = crate::layout::stream_manifest_key(backup_id);
-        let bytes = storage.get_bytes(&key).await?;
-        let plain = crate::object::decode(&key, &bytes)?;
-        StreamManifest::from_json(&key, &plain)
+        StreamManifest::from_json(&key, &read_object(storage, &key).await?)
     }
 
     /// Every chunk the backup needs, each once.

@@ -5,11 +5,161 @@
 //! packs; the manifests are then pointed at the copies, and the old packs become unreferenced
 //! garbage for the two-phase sweep of `prune` to delete after its grace period.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
 
-use crate::manifest::{BackupManifest, ChunkRef, StreamManifest};
+use crate::manifest::{BackupManifest, ChunkRef, StreamManifest, put_manifest};
 use crate::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use crate::{Durability, PutMode, Storage, StorageError, StorageExt, layout, object};
+
+/// What [`sweep_packs`] did.
+#[derive(Debug, Default)]
+pub struct PackSweep {
+    pub deleted: usize,
+    pub repacked: usize,
+    pub copied_bytes: u64,
+    /// Unreferenced packs marked, waiting out the grace period.
+    pub waiting: usize,
+    /// Backups whose manifest now names the copies, with the new manifest's checksum.
+    pub rewritten: Vec<(String, blake3::Hash)>,
+}
+
+/// The manifests that remain, as read: rewritten in place when their chunks move.
+enum Manifest {
+    Base(BackupManifest),
+    Stream(StreamManifest),
+}
+
+impl Manifest {
+    fn chunks(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
+        match self {
+            Manifest::Base(m) => Box::new(m.chunks()),
+            Manifest::Stream(m) => Box::new(m.chunks()),
+        }
+    }
+
+    /// Point the manifest at the copies; its backup id and new JSON when anything moved.
+    fn relocate(&mut self, moved: &Relocations) -> Option<(String, Vec<u8>)> {
+        let (changed, id, json) = match self {
+            Manifest::Base(m) => (m.relocate(moved), &m.backup_id, m.to_json()),
+            Manifest::Stream(m) => (m.relocate(moved), &m.backup_id, m.to_json()),
+        };
+        changed.then(|| (id.clone(), json))
+    }
+}
+
+async fn remaining_manifests(
+    storage: &dyn Storage,
+) -> Result<Vec<(String, Manifest)>, StorageError> {
+    let mut all = Vec::new();
+    for meta in storage.list(layout::BACKUPS_PREFIX).await? {
+        if let Some(id) = layout::parse_stream_manifest_key(&meta.key) {
+            let m = StreamManifest::load(storage, id).await?;
+            all.push((meta.key, Manifest::Stream(m)));
+        } else if let Some(id) = layout::parse_manifest_key(&meta.key) {
+            let m = BackupManifest::load(storage, id).await?;
+            all.push((meta.key, Manifest::Base(m)));
+        }
+    }
+    Ok(all)
+}
+
+fn pack_id(key: &str) -> String {
+    key.rsplit('/').next().unwrap_or("").to_string()
+}
+
+/// Repack the packs at least `min_unused_percent` dead (and older than `grace`: younger ones
+/// belong to a backup that has only now published them), point the manifests at the copies,
+/// then delete the packs an earlier sweep found unreferenced at least `grace` ago and that
+/// still are, and mark the newly unreferenced ones for a later sweep.
+pub async fn sweep_packs(
+    storage: &dyn Storage,
+    grace: Duration,
+    min_unused_percent: u64,
+) -> Result<PackSweep, StorageError> {
+    let mut manifests = remaining_manifests(storage).await?;
+    let now = jiff::Timestamp::now();
+    let settled = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let sizes: BTreeMap<String, u64> = storage
+        .list(layout::PACKS_PREFIX)
+        .await?
+        .iter()
+        .filter(|m| m.last_modified <= settled)
+        .map(|m| (pack_id(&m.key), m.size))
+        .collect();
+    let live = live_chunks(manifests.iter().flat_map(|(_, m)| m.chunks()));
+    let sparse = sparse_packs(&sizes, &live, min_unused_percent);
+    let mut sweep = PackSweep {
+        repacked: sparse.len(),
+        copied_bytes: sparse
+            .iter()
+            .flat_map(|id| live.get(id).into_iter().flatten())
+            .map(|c| c.stored)
+            .sum(),
+        ..PackSweep::default()
+    };
+    if !sparse.is_empty() {
+        let moved = repack(storage, &sparse, &live).await?;
+        for (key, manifest) in &mut manifests {
+            if let Some((backup_id, json)) = manifest.relocate(&moved) {
+                let checksum = put_manifest(storage, key, &json, PutMode::Overwrite).await?;
+                sweep.rewritten.push((backup_id, checksum));
+            }
+        }
+    }
+
+    let referenced: HashSet<String> = manifests
+        .iter()
+        .flat_map(|(_, m)| m.chunks())
+        .map(|c| c.pack.clone())
+        .collect();
+    let packs: Vec<String> = storage
+        .list(layout::PACKS_PREFIX)
+        .await?
+        .iter()
+        .map(|m| pack_id(&m.key))
+        .collect();
+    let pending = load_pending(storage).await;
+    let grace_us = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+    let (doomed, marks) = plan_sweep(
+        &packs,
+        &referenced,
+        &pending,
+        now.as_microsecond(),
+        grace_us,
+    );
+    let keys: Vec<String> = doomed.iter().map(|id| layout::pack_key(id)).collect();
+    storage.delete_many(&keys).await?;
+    let text = serde_json::to_vec_pretty(&marks).unwrap_or_default();
+    storage
+        .put_bytes(
+            layout::PRUNE_PENDING_KEY,
+            text,
+            PutMode::Overwrite,
+            Durability::Immediate,
+        )
+        .await?;
+    sweep.deleted = doomed.len();
+    sweep.waiting = marks.len();
+    Ok(sweep)
+}
+
+/// The marks of earlier sweeps; unreadable marks start the count again (nothing is lost: a
+/// pack is only deleted later).
+async fn load_pending(storage: &dyn Storage) -> PendingPacks {
+    match storage.get_bytes(layout::PRUNE_PENDING_KEY).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{} does not parse ({e}); marking afresh",
+                layout::PRUNE_PENDING_KEY
+            );
+            PendingPacks::new()
+        }),
+        Err(_) => PendingPacks::new(),
+    }
+}
 
 /// Where chunks moved: (old pack, old offset) to the chunk in its new pack.
 pub type Relocations = HashMap<(String, u64), ChunkRef>;
