@@ -170,7 +170,9 @@ pub async fn postgres(
     let dbname = config.get_dbname().unwrap_or("postgres").to_string();
     let client = match crate::pg::connect(config, node, CHECK_TIMEOUT).await {
         Ok(c) => c,
-        Err(e) if e.to_string().contains("3D000") || e.to_string().contains("does not exist") => {
+        // invalid_catalog_name: the server answered, the database is not there. (A missing
+        // role also "does not exist", so the SQLSTATE decides, not the words.)
+        Err(e) if e.to_string().contains("(SQLSTATE 3D000)") => {
             return vec![
                 Check::pass("PostgreSQL reachable", format!("{node} answers")),
                 Check::fail(

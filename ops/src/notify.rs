@@ -74,10 +74,8 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(config: NotifyConfig) -> Self {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "this host".into());
+    /// `host` names this machine in messages and the default sender address.
+    pub fn new(config: NotifyConfig, host: String) -> Self {
         Self { config, host }
     }
 

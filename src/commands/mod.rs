@@ -36,7 +36,7 @@ pub async fn notify(
     summary: &str,
     details: &str,
 ) {
-    let notifier = ops::Notifier::new(settings.ops.notify.clone());
+    let notifier = ops::Notifier::new(settings.ops.notify.clone(), host_name());
     if !notifier.is_configured() {
         return;
     }
@@ -97,10 +97,9 @@ pub fn counts_line(counts: &std::collections::BTreeMap<String, u64>) -> String {
         .join(" ")
 }
 
-/// Tell `prune` that a restore is using `backup_id` (for a day: recovery goes on fetching WAL
-/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
-pub async fn take_lease(storage: &dyn storage::Storage, backup_id: &str) {
-    let host = std::fs::read_to_string("/etc/hostname")
+/// This host's name as it may appear in a repository key, or `host`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| {
@@ -108,8 +107,14 @@ pub async fn take_lease(storage: &dyn storage::Storage, backup_id: &str) {
                 && h.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         })
-        .unwrap_or_else(|| "host".into());
-    let key = storage::layout::lease_key(backup_id, &format!("{host}-{}", std::process::id()));
+        .unwrap_or_else(|| "host".into())
+}
+
+/// Tell `prune` that a restore is using `backup_id` (for a day: recovery goes on fetching WAL
+/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
+pub async fn take_lease(storage: &dyn storage::Storage, backup_id: &str) {
+    let holder = format!("{}-{}", host_name(), std::process::id());
+    let key = storage::layout::lease_key(backup_id, &holder);
     let body = serde_json::json!({ "backup_id": backup_id, "taken_at": jiff::Timestamp::now() });
     let written = storage
         .put_bytes(

@@ -76,7 +76,7 @@ const LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(6 * 3600)
 /// One prune at a time: two would repack the same packs and overwrite each other's marks.
 async fn take_lock(storage: &dyn Storage) -> Result<()> {
     let holder = serde_json::json!({
-        "host": std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+        "host": super::host_name(),
         "pid": std::process::id(),
         "taken_at": jiff::Timestamp::now(),
     });
