@@ -372,6 +372,16 @@ fn verify_recovery_and_drills_report_what_is_true() {
         "{said}"
     );
 
+    let mut missing = env.clone();
+    missing.push(("DB_NAME", "nope"));
+    let out = scratch.lifeline(&["verify-recovery", "--quick"], &missing);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("[FAIL] database present: database \"nope\" does not exist"),
+        "{}",
+        text(&out)
+    );
+
     let out = scratch.lifeline(&["verify-recovery", "--smoke-test"], &env);
     let said = succeeded(&out, "verify-recovery --smoke-test");
     assert!(

@@ -87,10 +87,17 @@ pub async fn verify(settings: &Settings, depth: Depth, staging: bool) -> Report 
     if staging {
         db.dbname = settings.staging_db.clone();
     }
-    let recorded = if depth >= Depth::Full {
-        latest_recorded_rows(settings).await
-    } else {
-        None
+    // Why --full has no row counts to compare with, when it has none.
+    let (recorded, no_counts) = match depth {
+        Depth::Quick => (None, None),
+        _ => match latest_recorded_rows(settings).await {
+            Ok(Some(rows)) => (Some(rows), None),
+            Ok(None) => (
+                None,
+                Some("no base backup in the catalog recorded row counts: run `lifeline backup postgres` (or `lifeline catalog rebuild`)".to_string()),
+            ),
+            Err(e) => (None, Some(format!("the backup's row counts cannot be read: {e:#}"))),
+        },
     };
     let node = format!("{}:{}", db.host, db.port);
     report.checks.extend(
@@ -106,11 +113,8 @@ pub async fn verify(settings: &Settings, depth: Depth, staging: bool) -> Report 
         )
         .await,
     );
-    if depth >= Depth::Full && recorded.is_none() {
-        report.checks.push(Check::fail(
-            "tables",
-            "no base backup in the catalog recorded row counts: run `lifeline backup postgres` (or `lifeline catalog rebuild`)",
-        ));
+    if let Some(why) = no_counts {
+        report.checks.push(Check::fail("tables", why));
     }
     if let Some(check) = redis_check(settings, depth).await {
         report.checks.push(check);
@@ -136,13 +140,16 @@ pub async fn verify(settings: &Settings, depth: Depth, staging: bool) -> Report 
 }
 
 /// The row counts recorded by the backup the server was restored from, when a restore ran
-/// after the newest backup; else by the newest complete base backup.
-async fn latest_recorded_rows(settings: &Settings) -> Option<RecordedRows> {
-    let catalog = settings.open_catalog().ok()?;
-    let backups = catalog.backups(Some("postgresql")).ok()?;
-    let newest = backups
+/// after the newest backup; else by the newest complete base backup; None when there is none.
+async fn latest_recorded_rows(settings: &Settings) -> anyhow::Result<Option<RecordedRows>> {
+    let catalog = settings.open_catalog()?;
+    let backups = catalog.backups(Some("postgresql"))?;
+    let Some(newest) = backups
         .iter()
-        .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)?;
+        .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
+    else {
+        return Ok(None);
+    };
     let backup_id = match super::status_file::last_restore(settings) {
         Some((id, at))
             if at.as_microsecond() > newest.finished_at_us
@@ -152,11 +159,11 @@ async fn latest_recorded_rows(settings: &Settings) -> Option<RecordedRows> {
         }
         _ => newest.backup_id.clone(),
     };
-    let storage = settings.repository().await.ok()?;
+    let storage = settings.repository().await?;
     let manifest = restore::read_manifest(storage.as_ref(), &backup_id)
         .await
-        .ok()?;
-    Some(recorded_rows(&manifest))
+        .map_err(|e| anyhow::anyhow!("{backup_id}: {e}"))?;
+    Ok(Some(recorded_rows(&manifest)))
 }
 
 pub fn recorded_rows(manifest: &storage::manifest::BackupManifest) -> RecordedRows {
@@ -194,10 +201,18 @@ async fn redis_check(settings: &Settings, depth: Depth) -> Option<Check> {
             format!("{node}, {total} keys"),
         ));
     };
-    let storage = settings.repository().await.ok()?;
-    let manifest = storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id)
-        .await
-        .ok()?;
+    let manifest = match load_stream_manifest(settings, &backup.backup_id).await {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(Check::fail(
+                "Redis keys",
+                format!(
+                    "{node}: {total} keys; the counts of backup {} cannot be read: {e:#}",
+                    backup.backup_id
+                ),
+            ));
+        }
+    };
     let want: u64 = manifest.counts.values().sum();
     let tolerance = settings
         .ops
@@ -220,6 +235,14 @@ async fn redis_check(settings: &Settings, depth: Depth) -> Option<Check> {
     } else {
         Check::fail("Redis keys", format!("{detail}: {drift:.1}% fewer"))
     })
+}
+
+async fn load_stream_manifest(
+    settings: &Settings,
+    backup_id: &str,
+) -> anyhow::Result<storage::manifest::StreamManifest> {
+    let storage = settings.repository().await?;
+    Ok(storage::manifest::StreamManifest::load(storage.as_ref(), backup_id).await?)
 }
 
 fn counts(keys: &BTreeMap<u32, u64>) -> String {
