@@ -68,7 +68,7 @@ fn primary_with_replica(scratch: &Scratch) -> (Pg, Pg) {
             "--no-sync",
         ],
     );
-    assert!(out.status.success(), "pg_basebackup: {}", text(&out));
+    succeeded(&out, "pg_basebackup");
     let replica = Pg::restored(scratch, replica_dir);
     replica.start();
     primary.psql("INSERT INTO orders (account, amount) VALUES (1, 424242)");

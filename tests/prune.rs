@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pg, Scratch, backup, seed, server_second, text};
+use common::{Pg, Scratch, backup, seed, server_second, succeeded, text};
 
 fn keys(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -75,7 +75,7 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
 
     let before = keys(&scratch.repo);
     let out = scratch.lifeline(&["prune", "--dry-run"], &env);
-    assert!(out.status.success(), "dry run failed: {}", text(&out));
+    succeeded(&out, "dry run");
     assert_eq!(text(&out).matches(" delete ").count(), 2, "{}", text(&out));
     assert!(text(&out).contains("daily "), "{}", text(&out));
     assert_eq!(
@@ -111,7 +111,7 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
         .expect("age the lock");
 
     let out = scratch.lifeline(&["prune"], &env);
-    assert!(out.status.success(), "prune failed: {}", text(&out));
+    succeeded(&out, "prune");
     assert!(text(&out).contains("pruned: 2 backups"), "{}", text(&out));
     assert!(!lock.exists(), "the prune did not release its lock");
     assert!(keys(&scratch.repo).len() < before.len());
@@ -121,7 +121,7 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
     assert_eq!(list[0]["retention"], "12_months", "{list}");
 
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert!(out.status.success(), "verify after prune: {}", text(&out));
+    succeeded(&out, "verify after prune");
     // The packs the first prune found unreferenced go on the second (grace 0); then nothing.
     let out = scratch.lifeline(&["prune"], &env);
     assert!(
@@ -138,11 +138,7 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
         text(&out)
     );
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert!(
-        out.status.success(),
-        "verify after the sweep: {}",
-        text(&out)
-    );
+    succeeded(&out, "verify after the sweep");
 
     // .backup_status says what happened last, failures included.
     let out = scratch.lifeline(
@@ -187,7 +183,7 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
     // A point inside the window: still restorable, row for row.
     let dir = scratch.path("restored");
     let out = scratch.restore(&["--type", "pitr", "--until", &target], &dir);
-    assert!(out.status.success(), "PITR after prune: {}", text(&out));
+    succeeded(&out, "PITR after prune");
     let restored = Pg::recover(&scratch, dir);
     assert_eq!(restored.snapshot(), expected);
 }
@@ -241,16 +237,12 @@ fn a_prune_during_a_backup_leaves_that_backup_restorable() {
     // Everything but the newest completed backup would go; the running one's packs must stay.
     let config_arg = strict_retention(&scratch);
     let out = scratch.lifeline(&["prune"], &[("LIFELINE_CONFIG", config_arg.as_str())]);
-    assert!(out.status.success(), "prune failed: {}", text(&out));
+    succeeded(&out, "prune");
 
     std::fs::remove_file(&hold).expect("release archiving");
     pg.psql("SELECT pg_switch_wal()");
     let out = running.join().expect("backup thread");
-    assert!(
-        out.status.success(),
-        "the running backup failed: {}",
-        text(&out)
-    );
+    succeeded(&out, "the running backup");
     let restored = scratch.restore_and_recover(
         &["--type", "full", "--from", "latest"],
         "restored",
@@ -274,14 +266,14 @@ fn a_backup_being_restored_is_not_pruned() {
 
     let dir = scratch.path("restored");
     let out = scratch.restore(&["--type", "full", "--from", &older], &dir);
-    assert!(out.status.success(), "restore failed: {}", text(&out));
+    succeeded(&out, "restore");
     let config_arg = strict_retention(&scratch);
     let env = [
         ("LIFELINE_CONFIG", config_arg.as_str()),
         ("LIFELINE_PRUNE_GRACE_SECONDS", "0"),
     ];
     let out = scratch.lifeline(&["prune"], &env);
-    assert!(out.status.success(), "prune failed: {}", text(&out));
+    succeeded(&out, "prune");
     let line = text(&out)
         .lines()
         .find(|l| l.starts_with(&older))
@@ -333,7 +325,7 @@ fn packs_mostly_dead_are_repacked_and_the_rest_swept() {
     let before = pack_bytes(&scratch);
 
     let out = scratch.lifeline(&["prune"], &env);
-    assert!(out.status.success(), "prune failed: {}", text(&out));
+    succeeded(&out, "prune");
     let said = text(&out);
     assert!(said.contains("pruned: 1 backups"), "{said}");
     assert!(
@@ -341,11 +333,7 @@ fn packs_mostly_dead_are_repacked_and_the_rest_swept() {
         "nothing was repacked: {said}"
     );
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert!(
-        out.status.success(),
-        "verify after repacking: {}",
-        text(&out)
-    );
+    succeeded(&out, "verify after repacking");
 
     let out = scratch.lifeline(&["prune"], &env);
     let said = text(&out);
@@ -359,11 +347,7 @@ fn packs_mostly_dead_are_repacked_and_the_rest_swept() {
         "packs {before} -> {after} bytes: {said}"
     );
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert!(
-        out.status.success(),
-        "verify after the sweep: {}",
-        text(&out)
-    );
+    succeeded(&out, "verify after the sweep");
 
     let restored = scratch.restore_and_recover(
         &["--type", "full", "--from", "latest"],
