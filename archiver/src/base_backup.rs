@@ -254,6 +254,7 @@ pub async fn run_base_backup(
         bundle: copied.bundle,
         backup_label,
         tablespace_map,
+        tablespaces: Vec::new(),
         row_counts: row_counts.exact,
         row_estimates: row_counts.estimated,
         size_bytes: copied.size_bytes,

@@ -21,10 +21,14 @@ mod verify;
 mod wal_fetch;
 
 pub use error::RestoreError;
-pub use pitr::{PitrPlan, archived_wal, confirm_target_reachable, plan_pitr, timeline_histories};
+pub use pitr::{
+    PitrPlan, TargetTimeline, archived_wal, confirm_target_reachable, plan_end_of_archive,
+    plan_pitr, timeline_histories,
+};
 pub use prefetch::{PrefetchReport, Spool};
 pub use restore_base::{
-    RecoveryTarget, RestoreOptions, RestoreReport, read_manifest, restore_base,
+    ArchiveMode, RecoveryTarget, RestoreOptions, RestoreReport, TablespaceMapping, read_manifest,
+    restore_base,
 };
 pub use restore_dump::{open_dump_file, write_chunks};
 pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file};

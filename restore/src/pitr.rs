@@ -13,6 +13,45 @@ use storage::wal::{Lsn, Segment, TimelineId, TimelineSwitch};
 
 use crate::RestoreError;
 
+/// The timeline recovery follows (`recovery_target_timeline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetTimeline {
+    /// The newest timeline the archive holds, as PostgreSQL's default.
+    #[default]
+    Latest,
+    /// The backup's own timeline.
+    Current,
+    Exact(TimelineId),
+}
+
+impl TargetTimeline {
+    /// The value of `recovery_target_timeline`.
+    pub fn setting(&self) -> String {
+        match self {
+            TargetTimeline::Latest => "latest".into(),
+            TargetTimeline::Current => "current".into(),
+            TargetTimeline::Exact(t) => t.0.to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for TargetTimeline {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "latest" => Ok(TargetTimeline::Latest),
+            "current" => Ok(TargetTimeline::Current),
+            n => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(TargetTimeline::Exact(TimelineId(n))),
+                _ => Err(format!(
+                    "--target-timeline {s:?} is not a timeline: use latest, current or a timeline number (1, 2, ...)"
+                )),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PitrPlan {
     pub backup: BackupRecord,
@@ -22,6 +61,9 @@ pub struct PitrPlan {
     pub candidates: Vec<String>,
     /// A missing segment after the candidates, if the chain breaks there.
     pub gap_after: Option<String>,
+    /// What the operator should know about the path chosen (other timelines that branch off
+    /// after the backup, and the flag that selects them), one line each.
+    pub notes: Vec<String>,
 }
 
 /// One step of a timeline path: `timeline` serves segments from `begin` on (until the next step).
@@ -128,6 +170,7 @@ pub fn plan_pitr(
     histories: &BTreeMap<u32, Vec<TimelineSwitch>>,
     target: jiff::Timestamp,
     segment_size: u64,
+    _timeline: TargetTimeline,
 ) -> Result<PitrPlan, RestoreError> {
     let target_us = target.as_microsecond();
     // The newest timeline, as PostgreSQL's 'latest' would pick.
@@ -215,6 +258,7 @@ pub fn plan_pitr(
             timeline: TimelineId(newest),
             candidates,
             gap_after,
+            notes: Vec::new(),
         });
     }
     let last = wal
@@ -234,6 +278,25 @@ pub fn plan_pitr(
             "no WAL has been archived: set archive_command = 'lifeline wal push %p'".to_string()
         }
     }))
+}
+
+/// For `--until latest`: the WAL from `backup`'s start along the chosen timeline path must be
+/// unbroken up to the newest segment archived on that path; a gap is refused, naming the last
+/// point recovery could reach. (Not yet checked: to be filled in.)
+pub fn plan_end_of_archive(
+    backup: &BackupRecord,
+    _wal: &[WalRecord],
+    _histories: &BTreeMap<u32, Vec<TimelineSwitch>>,
+    _segment_size: u64,
+    _timeline: TargetTimeline,
+) -> Result<PitrPlan, RestoreError> {
+    Ok(PitrPlan {
+        backup: backup.clone(),
+        timeline: TimelineId(backup.timeline),
+        candidates: Vec::new(),
+        gap_after: None,
+        notes: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -273,9 +336,25 @@ mod tests {
     fn picks_the_newest_backup_before_the_target() {
         let backups = vec![backup("a", 1, 2, 100), backup("b", 1, 4, 300)];
         let wal: Vec<_> = (2..=7).map(|n| wal(1, n, n as i64 * 100)).collect();
-        let plan = plan_pitr(&backups, &wal, &BTreeMap::new(), ts(250), SEG).expect("plan");
+        let plan = plan_pitr(
+            &backups,
+            &wal,
+            &BTreeMap::new(),
+            ts(250),
+            SEG,
+            TargetTimeline::Latest,
+        )
+        .expect("plan");
         assert_eq!(plan.backup.backup_id, "a");
-        let plan = plan_pitr(&backups, &wal, &BTreeMap::new(), ts(550), SEG).expect("plan");
+        let plan = plan_pitr(
+            &backups,
+            &wal,
+            &BTreeMap::new(),
+            ts(550),
+            SEG,
+            TargetTimeline::Latest,
+        )
+        .expect("plan");
         assert_eq!(plan.backup.backup_id, "b");
         assert_eq!(
             plan.candidates[0],
@@ -291,18 +370,42 @@ mod tests {
     fn refuses_gaps_targets_past_the_end_and_targets_before_any_backup() {
         let backups = vec![backup("a", 1, 2, 100)];
         let mut wals: Vec<_> = (2..=7).map(|n| wal(1, n, n as i64 * 100)).collect();
-        let err = plan_pitr(&backups, &wals, &BTreeMap::new(), ts(50), SEG).expect_err("before");
+        let err = plan_pitr(
+            &backups,
+            &wals,
+            &BTreeMap::new(),
+            ts(50),
+            SEG,
+            TargetTimeline::Latest,
+        )
+        .expect_err("before");
         assert!(
             err.to_string().contains("no base backup ended before"),
             "{err}"
         );
-        let err = plan_pitr(&backups, &wals, &BTreeMap::new(), ts(900), SEG).expect_err("past");
+        let err = plan_pitr(
+            &backups,
+            &wals,
+            &BTreeMap::new(),
+            ts(900),
+            SEG,
+            TargetTimeline::Latest,
+        )
+        .expect_err("past");
         assert!(
             err.to_string().contains("past the end of the archive"),
             "{err}"
         );
         wals.remove(2);
-        let err = plan_pitr(&backups, &wals, &BTreeMap::new(), ts(650), SEG).expect_err("gap");
+        let err = plan_pitr(
+            &backups,
+            &wals,
+            &BTreeMap::new(),
+            ts(650),
+            SEG,
+            TargetTimeline::Latest,
+        )
+        .expect_err("gap");
         assert!(
             err.to_string().contains("gap") && err.to_string().contains("000000010000000000000004"),
             "{err}"
@@ -322,7 +425,15 @@ mod tests {
         let backups = vec![backup("a", 1, 2, 100)];
         let mut wals: Vec<_> = (2..=4).map(|n| wal(1, n, n as i64 * 100)).collect();
         wals.extend((5..=8).map(|n| wal(2, n, n as i64 * 100)));
-        let plan = plan_pitr(&backups, &wals, &histories, ts(650), SEG).expect("plan");
+        let plan = plan_pitr(
+            &backups,
+            &wals,
+            &histories,
+            ts(650),
+            SEG,
+            TargetTimeline::Latest,
+        )
+        .expect("plan");
         assert_eq!(plan.timeline, TimelineId(2));
         assert_eq!(
             plan.candidates[0],
@@ -334,7 +445,17 @@ mod tests {
         );
         // Segment 5 on timeline 1 is not needed; on timeline 2 it is.
         wals.retain(|w| !(w.timeline == 2 && w.segment_number == Some(6)));
-        assert!(plan_pitr(&backups, &wals, &histories, ts(750), SEG).is_err());
+        assert!(
+            plan_pitr(
+                &backups,
+                &wals,
+                &histories,
+                ts(750),
+                SEG,
+                TargetTimeline::Latest
+            )
+            .is_err()
+        );
     }
 }
 

@@ -30,6 +30,39 @@ pub enum RecoveryTarget {
     EndOfArchive,
 }
 
+/// Whether the restored server archives WAL (`archive_mode` in `postgresql.auto.conf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchiveMode {
+    /// `archive_mode = 'off'`: a copy started for a test never writes into the repository.
+    #[default]
+    Off,
+    /// Keep the backed-up server's setting: the restore makes the new primary (failover).
+    Preserve,
+}
+
+impl std::str::FromStr for ArchiveMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" => Ok(ArchiveMode::Off),
+            "preserve" => Ok(ArchiveMode::Preserve),
+            _ => Err(format!(
+                "--archive-mode {s:?}: use off (the restored server archives nothing) or preserve"
+            )),
+        }
+    }
+}
+
+/// Where the backup's tablespaces go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TablespaceMapping {
+    /// `--tablespace-map NAME=DIR`: NAME is the tablespace's name or oid.
+    pub each: Vec<(String, PathBuf)>,
+    /// `--tablespace-map-all DIR`: every other tablespace into `DIR/<name>`.
+    pub all: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub data_dir: PathBuf,
@@ -41,6 +74,12 @@ pub struct RestoreOptions {
     pub target: RecoveryTarget,
     /// The `restore_command` to write (absolute binary path, no secrets).
     pub restore_command: String,
+    pub tablespaces: TablespaceMapping,
+    /// `--waldir`: `pg_wal` becomes a link to this empty or new directory; otherwise a real
+    /// directory inside the data directory.
+    pub waldir: Option<PathBuf>,
+    pub archive_mode: ArchiveMode,
+    pub timeline: crate::TargetTimeline,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

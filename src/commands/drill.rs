@@ -200,6 +200,13 @@ async fn rehearse(
         &restore::RecoveryTarget::EndOfArchive,
         &data_dir,
         true,
+        &super::restore::RestoreChoices {
+            tablespaces: restore::TablespaceMapping {
+                each: Vec::new(),
+                all: Some(scratch.join("tablespaces")),
+            },
+            ..Default::default()
+        },
     )
     .await
     .context("the restore failed")?;

@@ -317,6 +317,11 @@ async fn restore_from_repository(
             &restore::RecoveryTarget::EndOfArchive,
             &data_dir,
             true,
+            // The restore makes the new primary: it archives as the old one did.
+            &super::restore::RestoreChoices {
+                archive_mode: restore::ArchiveMode::Preserve,
+                ..Default::default()
+            },
         )
         .await?;
         super::status_file::record_restore(settings, &backup.backup_id, &data_dir);

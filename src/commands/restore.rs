@@ -59,6 +59,44 @@ pub struct PostgresArgs {
     /// Skip checking that every chunk exists before writing (chunks are still verified as read).
     #[arg(long, env = "SKIP_VERIFICATION", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     skip_verify: bool,
+    /// Put tablespace NAME (its name or oid) into DIR, which must be empty or new. Repeatable.
+    #[arg(long = "tablespace-map", value_name = "NAME=DIR", value_parser = parse_tablespace_map)]
+    tablespace_map: Vec<(String, PathBuf)>,
+    /// Put every tablespace not named by --tablespace-map into DIR/<name>.
+    #[arg(long = "tablespace-map-all", value_name = "DIR")]
+    tablespace_map_all: Option<PathBuf>,
+    /// Put pg_wal in DIR (empty or new) and link it from the data directory; by default pg_wal
+    /// is a directory inside the data directory.
+    #[arg(long, value_name = "DIR")]
+    waldir: Option<PathBuf>,
+    /// off: the restored server archives nothing (archive_mode = off); preserve: keep the
+    /// backed-up server's archive settings (only for the server that becomes the primary).
+    #[arg(long, value_name = "off|preserve", default_value = "off")]
+    archive_mode: restore::ArchiveMode,
+    /// The timeline recovery follows: latest (the newest archived), current (the backup's) or a
+    /// number.
+    #[arg(long, value_name = "latest|current|N", default_value = "latest")]
+    target_timeline: restore::TargetTimeline,
+}
+
+fn parse_tablespace_map(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!(
+            "{text:?} is not NAME=DIR: give the tablespace's name or oid and the directory to put it in"
+        )),
+    }
+}
+
+/// How a base backup is laid out and configured on restore, beyond where it goes.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreChoices {
+    pub tablespaces: restore::TablespaceMapping,
+    pub waldir: Option<PathBuf>,
+    pub archive_mode: restore::ArchiveMode,
+    pub timeline: restore::TargetTimeline,
 }
 
 /// Parse the operator's target time: local time unless it carries an offset.
@@ -118,7 +156,17 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
             );
             let wal = restore::archived_wal(storage.as_ref(), sysid, segment_size).await?;
             let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
-            let plan = restore::plan_pitr(&backups, &wal, &histories, target, segment_size)?;
+            let plan = restore::plan_pitr(
+                &backups,
+                &wal,
+                &histories,
+                target,
+                segment_size,
+                args.target_timeline,
+            )?;
+            for note in &plan.notes {
+                println!("{note}");
+            }
             let last_segment =
                 restore::confirm_target_reachable(storage.as_ref(), sysid, &plan, target).await?;
             println!(
@@ -130,13 +178,34 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         None => {
             let backup =
                 restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
-            let recovery = if to_end {
-                RecoveryTarget::EndOfArchive
+            if !to_end {
+                (backup, RecoveryTarget::Immediate)
             } else {
-                RecoveryTarget::Immediate
-            };
-            (backup, recovery)
+                // Refused before anything is written when the chain from the backup breaks.
+                let wal = restore::archived_wal(storage.as_ref(), sysid, segment_size).await?;
+                let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
+                let plan = restore::plan_end_of_archive(
+                    &backup,
+                    &wal,
+                    &histories,
+                    segment_size,
+                    args.target_timeline,
+                )?;
+                for note in &plan.notes {
+                    println!("{note}");
+                }
+                (backup, RecoveryTarget::EndOfArchive)
+            }
         }
+    };
+    let choices = RestoreChoices {
+        tablespaces: restore::TablespaceMapping {
+            each: args.tablespace_map.clone(),
+            all: args.tablespace_map_all.clone(),
+        },
+        waldir: args.waldir.clone(),
+        archive_mode: args.archive_mode,
+        timeline: args.target_timeline,
     };
     let progress = super::spinner("restore");
     progress.set_message(format!("{} into {}", backup.backup_id, data_dir.display()));
@@ -147,6 +216,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         &recovery,
         &data_dir,
         !args.skip_verify,
+        &choices,
     )
     .await;
     progress.finish_and_clear();
@@ -200,6 +270,7 @@ pub async fn restore_backup(
     recovery: &RecoveryTarget,
     data_dir: &std::path::Path,
     verify_first: bool,
+    choices: &RestoreChoices,
 ) -> Result<storage::manifest::BackupManifest> {
     // Recovery starts from the repository: nothing a past recovery read ahead.
     if let Some(spool) = settings.spool() {
@@ -224,6 +295,10 @@ pub async fn restore_backup(
         verify_first,
         target: recovery.clone(),
         restore_command,
+        tablespaces: choices.tablespaces.clone(),
+        waldir: choices.waldir.clone(),
+        archive_mode: choices.archive_mode,
+        timeline: choices.timeline,
     };
     let started = Instant::now();
     super::take_lease(storage.as_ref(), &backup.backup_id).await;

@@ -54,6 +54,18 @@ pub struct FileEntry {
     pub bundle_offset: Option<u64>,
 }
 
+/// A tablespace whose contents the backup holds: its files are recorded under
+/// `pg_tblspc/<oid>/` (the version directory, `PG_<major>_<catversion>`, and below), and the
+/// restore puts them into a location it chooses and links `pg_tblspc/<oid>` there itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub name: String,
+    /// Where the tablespace lived on the backed-up server (for the operator and as the default
+    /// destination when that place is missing or empty).
+    pub location: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupManifest {
     pub format: u32,
@@ -79,6 +91,10 @@ pub struct BackupManifest {
     pub backup_label: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespace_map: Option<String>,
+    /// The tablespaces whose contents are in `files` under `pg_tblspc/<oid>/`. A backup from
+    /// before tablespaces were copied records `pg_tblspc/<oid>` as a link only, and no entry here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
     /// Rows per table (`schema.table`) in `database` when the backup started, counted exactly
     /// for tables under [`EXACT_COUNT_LIMIT`] rows.
     pub row_counts: BTreeMap<String, i64>,
@@ -309,6 +325,11 @@ mod tests {
             bundle: vec![chunk.clone()],
             backup_label: "START WAL LOCATION: 0/2000028".into(),
             tablespace_map: None,
+            tablespaces: vec![Tablespace {
+                oid: 16385,
+                name: "fast space".into(),
+                location: "/mnt/fast".into(),
+            }],
             row_counts: BTreeMap::from([("public.t".to_string(), 3)]),
             row_estimates: BTreeMap::new(),
             size_bytes: 16384,
