@@ -299,6 +299,46 @@ pub fn plan_end_of_archive(
     })
 }
 
+/// The WAL the repository holds for a cluster, listed from the repository itself: the catalog
+/// may be stale, and an object lost from the repository is a gap recovery would stop at.
+pub async fn archived_wal(
+    storage: &dyn storage::Storage,
+    system_identifier: u64,
+    segment_size: u64,
+) -> Result<Vec<WalRecord>, RestoreError> {
+    let listing = storage
+        .list(&storage::layout::wal_prefix(system_identifier))
+        .await?;
+    Ok(listing
+        .iter()
+        .filter_map(|meta| {
+            let (sysid, name) = storage::layout::parse_wal_key(&meta.key)?;
+            (sysid == system_identifier)
+                .then(|| WalRecord::from_listing(sysid, &name, meta, None, segment_size))
+        })
+        .collect())
+}
+
+/// Read and parse every archived `.history` file of a cluster, by timeline.
+pub async fn timeline_histories(
+    storage: &dyn storage::Storage,
+    system_identifier: u64,
+    wal: &[WalRecord],
+) -> Result<BTreeMap<u32, Vec<TimelineSwitch>>, RestoreError> {
+    use storage::StorageExt;
+    let mut out = BTreeMap::new();
+    for w in wal.iter().filter(|w| w.kind == "history") {
+        let name: storage::wal::WalFileName = w.name.parse().map_err(RestoreError::Refused)?;
+        let key = storage::layout::wal_key(system_identifier, &name);
+        let plain = storage::object::decode(&key, &storage.get_bytes(&key).await?)?;
+        let text = String::from_utf8_lossy(&plain);
+        let switches = storage::wal::parse_history(&text)
+            .map_err(|e| RestoreError::Refused(format!("{key}: {e}")))?;
+        out.insert(w.timeline, switches);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,44 +497,4 @@ mod tests {
             .is_err()
         );
     }
-}
-
-/// The WAL the repository holds for a cluster, listed from the repository itself: the catalog
-/// may be stale, and an object lost from the repository is a gap recovery would stop at.
-pub async fn archived_wal(
-    storage: &dyn storage::Storage,
-    system_identifier: u64,
-    segment_size: u64,
-) -> Result<Vec<WalRecord>, RestoreError> {
-    let listing = storage
-        .list(&storage::layout::wal_prefix(system_identifier))
-        .await?;
-    Ok(listing
-        .iter()
-        .filter_map(|meta| {
-            let (sysid, name) = storage::layout::parse_wal_key(&meta.key)?;
-            (sysid == system_identifier)
-                .then(|| WalRecord::from_listing(sysid, &name, meta, None, segment_size))
-        })
-        .collect())
-}
-
-/// Read and parse every archived `.history` file of a cluster, by timeline.
-pub async fn timeline_histories(
-    storage: &dyn storage::Storage,
-    system_identifier: u64,
-    wal: &[WalRecord],
-) -> Result<BTreeMap<u32, Vec<TimelineSwitch>>, RestoreError> {
-    use storage::StorageExt;
-    let mut out = BTreeMap::new();
-    for w in wal.iter().filter(|w| w.kind == "history") {
-        let name: storage::wal::WalFileName = w.name.parse().map_err(RestoreError::Refused)?;
-        let key = storage::layout::wal_key(system_identifier, &name);
-        let plain = storage::object::decode(&key, &storage.get_bytes(&key).await?)?;
-        let text = String::from_utf8_lossy(&plain);
-        let switches = storage::wal::parse_history(&text)
-            .map_err(|e| RestoreError::Refused(format!("{key}: {e}")))?;
-        out.insert(w.timeline, switches);
-    }
-    Ok(out)
 }

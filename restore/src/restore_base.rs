@@ -677,7 +677,7 @@ mod tests {
         let root = Path::new("/r");
         let plan = plan_writes(&manifest, root).expect("plan");
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
-        for (_, chunks) in &plan {
+        for chunks in plan.values() {
             for (_, targets) in chunks {
                 for t in targets {
                     *written.entry(t.path.display().to_string()).or_default() +=
