@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use crate::OpsError;
 
+pub use tokio_postgres::{Client, Config};
+
 pub async fn connect(
     config: &tokio_postgres::Config,
     node: &str,
@@ -245,6 +247,131 @@ pub async fn wait_writable(
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// A server that reaches no network: its Unix socket in `socket_dir` only, as `user`.
+pub fn unix_socket_config(
+    socket_dir: &std::path::Path,
+    port: u16,
+    user: &str,
+    dbname: &str,
+) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(socket_dir)
+        .port(port)
+        .user(user)
+        .dbname(dbname)
+        .application_name("lifeline");
+    config
+}
+
+/// Where a server in archive recovery stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryState {
+    /// Replaying (or paused on the way, a pause requested but not reached).
+    Replaying,
+    /// Replay paused; the last position replayed.
+    Paused(String),
+    /// Out of recovery.
+    Promoted,
+}
+
+pub async fn recovery_state(
+    client: &tokio_postgres::Client,
+    node: &str,
+) -> Result<RecoveryState, OpsError> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(node, describe(&e)))?;
+    let (recovering, version): (bool, i32) = (row.get(0), row.get(1));
+    if !recovering {
+        return Ok(RecoveryState::Promoted);
+    }
+    // From 14 on pg_is_wal_replay_paused() only says that a pause was requested; the state
+    // function says whether replay has stopped.
+    let sql = if version >= 140_000 {
+        "SELECT pg_get_wal_replay_pause_state() = 'paused', pg_last_wal_replay_lsn()::text"
+    } else {
+        "SELECT pg_is_wal_replay_paused(), pg_last_wal_replay_lsn()::text"
+    };
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| pg_error(node, describe(&e)))?;
+    let paused: bool = row.get(0);
+    let lsn: Option<String> = row.get(1);
+    Ok(match lsn {
+        Some(lsn) if paused => RecoveryState::Paused(lsn),
+        _ => RecoveryState::Replaying,
+    })
+}
+
+/// What a write on a newly promoted server showed.
+#[derive(Debug, Clone)]
+pub struct WriteProbe {
+    /// The last position replayed before the promotion.
+    pub replay_end: Option<String>,
+    /// The position after the write.
+    pub current: String,
+    /// The timeline the server now writes.
+    pub timeline: u32,
+}
+
+/// Create schema `schema` with a table, insert a row and commit, read it back, drop the
+/// schema: the server takes writes. `schema` must be a plain identifier.
+pub async fn probe_write(
+    client: &tokio_postgres::Client,
+    node: &str,
+    schema: &str,
+) -> Result<WriteProbe, OpsError> {
+    let failed =
+        |what: &str, e: &tokio_postgres::Error| pg_error(node, format!("{what}: {}", describe(e)));
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = '60s';
+             BEGIN;
+             CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.probe (id int);
+             INSERT INTO {schema}.probe VALUES (1);
+             COMMIT;"
+        ))
+        .await
+        .map_err(|e| failed("the write was refused", &e))?;
+    let read: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.probe"), &[])
+        .await
+        .map_err(|e| failed("the write cannot be read back", &e))?
+        .get(0);
+    if read != 1 {
+        return Err(pg_error(
+            node,
+            format!("read back {read} rows of the 1 it wrote"),
+        ));
+    }
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .map_err(|e| failed("the DROP was refused", &e))?;
+    // pg_last_wal_replay_lsn() stays at the last record replayed once recovery has ended.
+    let row = client
+        .query_one(
+            "SELECT pg_last_wal_replay_lsn()::text, pg_current_wal_lsn()::text,
+                    substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            &[],
+        )
+        .await
+        .map_err(|e| failed("reading the WAL position", &e))?;
+    let timeline: String = row.get(2);
+    Ok(WriteProbe {
+        replay_end: row.get(0),
+        current: row.get(1),
+        timeline: u32::from_str_radix(&timeline, 16).unwrap_or(0),
+    })
 }
 
 /// `X/Y` → a byte position.
