@@ -455,18 +455,21 @@ fn verify_recovery_and_drills_report_what_is_true() {
     pg.switch_and_archive();
 
     // A drill restores the backup and the archive, verifies and marks the backup VERIFIED.
+    // It counts rows where the backup's record was taken, at its consistent point: the rows
+    // written since are not there yet.
     let out = scratch.lifeline(&["drill"], &env);
     let said = succeeded(&out, "drill");
     assert!(said.contains("VERIFIED"), "{said}");
     assert!(said.contains("RTO measured:"), "{said}");
     assert!(
-        said.contains("[PASS] table public.orders: 20100 rows"),
+        said.contains("[PASS] table public.orders: 20000 rows"),
         "{said}"
     );
     assert!(
-        said.contains("[PASS] table public.audit: 50 rows, backup"),
+        said.contains("[PASS] table public.audit: 0 rows, backup"),
         "{said}"
     );
+    assert!(said.contains("[PASS] write: "), "{said}");
     let listed: serde_json::Value =
         serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &env).stdout).expect("list");
     assert_eq!(listed[0]["restorability"], "VERIFIED");
@@ -901,4 +904,187 @@ fn verify_recovery_compares_with_the_backup_that_was_restored() {
         said.contains("[PASS] table public.orders: 30010 rows"),
         "{said}"
     );
+}
+
+/// The setting's last value in a PostgreSQL configuration file (later lines win).
+fn last_setting(conf: &str, name: &str) -> Option<String> {
+    conf.lines().rev().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().to_string())
+    })
+}
+
+/// Rewrite backup `id`'s manifest in the local repository as `change` says (the object stays
+/// well formed: only what it records is false).
+fn forge_manifest(
+    scratch: &Scratch,
+    id: &str,
+    change: impl FnOnce(&mut storage::manifest::BackupManifest),
+) {
+    let key = format!("backups/{id}/manifest");
+    let path = scratch.repo.join(&key);
+    let framed = std::fs::read(&path).expect("manifest object");
+    let plain = storage::object::decode(&key, &framed).expect("manifest decodes");
+    let mut manifest =
+        storage::manifest::BackupManifest::from_json(&key, &plain).expect("manifest");
+    change(&mut manifest);
+    let (_, framed) = storage::object::encode(&manifest.to_json(), storage::Compression::default())
+        .expect("encode manifest");
+    std::fs::write(&path, framed).expect("write manifest");
+    chown_postgres(&path);
+}
+
+#[test]
+fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "pg");
+    seed(&pg);
+    backup(&scratch, &pg);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &[]).stdout).expect("list");
+    let id = listed[0]["backup_id"].as_str().expect("id").to_string();
+    // An ordinary day after the backup: most orders deleted, a table emptied, one added.
+    pg.psql("DELETE FROM orders WHERE id > 1000");
+    pg.psql("TRUNCATE accounts CASCADE");
+    pg.psql("CREATE TABLE later AS SELECT generate_series(1, 10) AS id");
+    pg.switch_and_archive();
+    let env = pg.db_env();
+    let env = env_refs(&env);
+
+    let out = scratch.lifeline(&["drill", "--keep"], &env);
+    let said = succeeded(&out, "drill after deletes");
+    assert!(said.contains(&format!("drill of {id}: VERIFIED")), "{said}");
+    // The counts are those of the backup's consistent point, not of today.
+    assert!(
+        said.contains(&format!(
+            "[PASS] table public.orders: 20000 rows, backup {id} recorded 20000"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("[PASS] table public.accounts: 5000 rows"),
+        "{said}"
+    );
+    assert!(
+        said.contains("[PASS] consistent point: recovery paused at"),
+        "{said}"
+    );
+    assert!(
+        said.contains("[PASS] row counts: at the backup's consistent point")
+            && said.contains("2 tables match the backup's record"),
+        "{said}"
+    );
+    assert!(
+        said.contains("[PASS] end of archive: recovered through the archive to")
+            && said.contains("promoted to timeline 2"),
+        "{said}"
+    );
+    assert!(
+        said.contains("[PASS] write: CREATE TABLE, INSERT, DROP"),
+        "{said}"
+    );
+    assert!(said.contains("RTO measured:"), "{said}");
+
+    // What the kept scratch directory shows: a server that listened on no TCP address and let
+    // in its own OS user only, by peer authentication over its socket.
+    let kept = said
+        .lines()
+        .find_map(|l| l.strip_prefix("scratch directory kept: "))
+        .map(std::path::PathBuf::from)
+        .expect("the kept scratch directory is named");
+    let auto = std::fs::read_to_string(kept.join("data/postgresql.auto.conf")).expect("auto conf");
+    assert_eq!(
+        last_setting(&auto, "listen_addresses").as_deref(),
+        Some("''"),
+        "{auto}"
+    );
+    assert_eq!(
+        last_setting(&auto, "archive_mode").as_deref(),
+        Some("'off'"),
+        "{auto}"
+    );
+    assert_eq!(
+        last_setting(&auto, "recovery_target").as_deref(),
+        Some("''"),
+        "{auto}"
+    );
+    assert_eq!(
+        last_setting(&auto, "recovery_target_timeline").as_deref(),
+        Some("'latest'"),
+        "{auto}"
+    );
+    let socket_dir = last_setting(&auto, "unix_socket_directories").expect("socket dir");
+    assert_eq!(socket_dir, format!("'{}'", kept.display()), "{auto}");
+    let conf_path = |name: &str| {
+        let value = last_setting(&auto, name).unwrap_or_else(|| panic!("{name} set: {auto}"));
+        std::path::PathBuf::from(value.trim_matches('\''))
+    };
+    let hba_file = conf_path("hba_file");
+    assert!(hba_file.starts_with(&kept), "{}", hba_file.display());
+    let hba = std::fs::read_to_string(&hba_file).expect("hba");
+    let rules: Vec<&str> = hba
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(!rules.is_empty(), "{hba}");
+    for rule in &rules {
+        let fields: Vec<&str> = rule.split_whitespace().collect();
+        assert_eq!(fields.first(), Some(&"local"), "{hba}");
+        assert_eq!(fields.get(3), Some(&"peer"), "{hba}");
+    }
+    let ident = std::fs::read_to_string(conf_path("ident_file")).expect("ident");
+    for line in ident
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some("postgres"),
+            "only the drill's OS user is mapped: {ident}"
+        );
+    }
+    for text in [&auto, &hba, &ident] {
+        assert!(!text.contains("trust"), "{text}");
+    }
+    assert!(!hba.contains("host"), "{hba}");
+    let status = run_as_postgres(
+        &format!("{PG_BIN}/pg_ctl"),
+        &["-D", kept.join("data").to_str().expect("utf8"), "status"],
+    );
+    assert_eq!(
+        code(&status),
+        3,
+        "the scratch server still runs: {}",
+        text(&status)
+    );
+    // The promoted copy archived nothing: the repository has no timeline 2.
+    let archived: Vec<String> = walk(&scratch.repo.join("wal"))
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        !archived.is_empty() && !archived.iter().any(|n| n.starts_with("00000002")),
+        "{archived:?}"
+    );
+    std::fs::remove_dir_all(&kept).expect("remove the kept scratch directory");
+
+    // A backup whose record does not match its data fails, says which table, and is marked.
+    forge_manifest(&scratch, &id, |m| {
+        m.row_counts.insert("public.orders".into(), 40000);
+    });
+    let out = scratch.lifeline(&["drill"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(
+            "[FAIL] table public.orders: 20000 rows, backup {id} recorded 40000"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("[FAIL] row counts:"), "{said}");
+    assert!(said.contains(&format!("drill of {id}: FAILED")), "{said}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &[]).stdout).expect("list");
+    assert_eq!(listed[0]["restorability"], "FAILED");
 }

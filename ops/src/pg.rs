@@ -354,7 +354,7 @@ pub async fn probe_write(
         ));
     }
     client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .batch_execute(&format!("DROP TABLE {schema}.probe; DROP SCHEMA {schema}"))
         .await
         .map_err(|e| failed("the DROP was refused", &e))?;
     // pg_last_wal_replay_lsn() stays at the last record replayed once recovery has ended.

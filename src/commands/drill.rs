@@ -20,6 +20,9 @@ use crate::config::Settings;
 /// How long recovery may take before the drill gives up.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// How long a started server may take to show up in `pg_ctl status`.
+const START_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, clap::Args)]
 pub struct DrillArgs {
     /// Keep the scratch directory (and stop the server) for inspection.
@@ -736,15 +739,21 @@ async fn poll<T>(
     what: &str,
     mut attempt: impl AsyncFnMut() -> Result<Option<T>, String>,
 ) -> Result<T> {
-    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + RECOVERY_TIMEOUT;
     let mut last = String::new();
+    let mut seen_running = false;
     loop {
         match attempt().await {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => {}
             Err(e) => last = e,
         }
-        if !server.running().await {
+        // pg_ctl -W returns before the postmaster has written its pid file: not running yet
+        // is only a stop once it ran, or after a while.
+        let running = server.running().await;
+        seen_running |= running;
+        if !running && (seen_running || started.elapsed() > START_GRACE) {
             bail!(
                 "the scratch server stopped before {what}: {}",
                 last_lines(log, 3)
