@@ -992,6 +992,12 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
         .find_map(|l| l.strip_prefix("scratch directory kept: "))
         .map(std::path::PathBuf::from)
         .expect("the kept scratch directory is named");
+    let mode = std::fs::metadata(&kept).expect("stat").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700,
+        "the socket's directory is private"
+    );
     let auto = std::fs::read_to_string(kept.join("data/postgresql.auto.conf")).expect("auto conf");
     assert_eq!(
         last_setting(&auto, "listen_addresses").as_deref(),

@@ -68,6 +68,7 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         .prefix("lifeline-drill-")
         .tempdir_in(&parent)
         .with_context(|| format!("create a scratch directory in {}", parent.display()))?;
+    make_private_dir(scratch.path())?;
     let socket_dir = SocketDir::for_scratch(scratch.path())?;
     let progress = super::spinner("drill");
     let started_at = jiff::Timestamp::now();
@@ -425,11 +426,11 @@ impl SocketDir {
                 _temp: None,
             });
         }
-        // tempfile creates the directory 0700, owned by us.
         let temp = tempfile::Builder::new()
             .prefix("lifeline-drill-")
             .tempdir_in("/tmp")
             .context("create a socket directory in /tmp for the scratch server (the drill directory's path is too long or odd for a socket)")?;
+        make_private_dir(temp.path())?;
         if !socket_dir_fits(temp.path()) {
             bail!(
                 "no socket directory short enough for the scratch server: set drill-dir to a short path (at most {} bytes)",
@@ -526,6 +527,13 @@ fn hba_token(name: &str) -> Result<String> {
     } else {
         Ok(name.to_string())
     }
+}
+
+/// 0700 whatever the umask: the server's socket and its authentication files live there.
+fn make_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("make {} private (0700)", path.display()))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
@@ -963,5 +971,102 @@ fn store_report(settings: &Settings, report: &serde_json::Value) {
     });
     if let Err(e) = written {
         tracing::warn!("drill report not stored in {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_quoted_for_postgresql() {
+        assert_eq!(conf_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(conf_quote(r"C:\x"), r"'C:\\x'");
+        assert_eq!(conf_quote(""), "''");
+    }
+
+    #[test]
+    fn a_socket_directory_must_fit_a_socket_address_and_the_list_syntax() {
+        assert!(socket_dir_fits(Path::new("/tmp/lifeline-drill-abc")));
+        assert!(socket_dir_fits(Path::new("/tmp/with space/x")));
+        let long = format!("/tmp/{}", "d".repeat(SOCKET_PATH_MAX - SOCKET_NAME_MAX - 4));
+        assert!(!socket_dir_fits(Path::new(&long)), "{}", long.len());
+        assert!(socket_dir_fits(Path::new(&long[..long.len() - 1])));
+        for odd in ["/tmp/a,b", "/tmp/a\"b", "/tmp/a ", "/tmp/a\nb"] {
+            assert!(!socket_dir_fits(Path::new(odd)), "{odd:?}");
+        }
+        let fallback = SocketDir::for_scratch(Path::new(&long)).expect("a short directory");
+        assert!(fallback.path.starts_with("/tmp"));
+        assert!(socket_dir_fits(&fallback.path));
+        let mode = std::fs::metadata(&fallback.path)
+            .expect("stat")
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn only_settings_are_recognised() {
+        assert_eq!(
+            setting_name("data_directory = '/x'"),
+            Some("data_directory")
+        );
+        assert_eq!(
+            setting_name("  data_directory '/x'"),
+            Some("data_directory")
+        );
+        assert_eq!(setting_name("#data_directory = '/x'"), None);
+        assert_eq!(setting_name(""), None);
+        assert_eq!(setting_name("port=5432"), Some("port"));
+    }
+
+    #[test]
+    fn the_drill_rewrites_only_its_own_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        let auto = data.join("postgresql.auto.conf");
+        let restored = "work_mem = '8MB'\n\n# Added by lifeline restore of b\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n";
+        std::fs::write(&auto, restored).expect("write");
+        let access =
+            ScratchAccess::write(dir.path(), dir.path(), "postgres", "app").expect("access");
+        assert_eq!(access.roles, ["postgres", "app"]);
+        let limits = [("max_connections", 200)];
+        write_drill_settings(&data, &access, 5555, &limits, Phase::ConsistentPoint)
+            .expect("phase 1");
+        let phase1 = std::fs::read_to_string(&auto).expect("read");
+        assert!(phase1.starts_with(restored), "{phase1}");
+        assert!(
+            phase1.contains("recovery_target_action = 'pause'\n"),
+            "{phase1}"
+        );
+        assert!(phase1.contains("listen_addresses = ''\n"), "{phase1}");
+        assert!(phase1.contains("max_connections = 200\n"), "{phase1}");
+        write_drill_settings(&data, &access, 5555, &limits, Phase::EndOfArchive).expect("phase 2");
+        let phase2 = std::fs::read_to_string(&auto).expect("read");
+        assert!(phase2.starts_with(restored), "{phase2}");
+        assert_eq!(phase2.matches(DRILL_MARK).count(), 1, "{phase2}");
+        assert!(!phase2.contains("'pause'"), "{phase2}");
+        assert!(phase2.ends_with("recovery_target = ''\nrecovery_target_action = 'promote'\nrecovery_target_timeline = 'latest'\n"), "{phase2}");
+        let hba = std::fs::read_to_string(&access.hba_file).expect("hba");
+        assert!(
+            hba.contains("\nlocal all all peer map=lifeline_drill\n"),
+            "{hba}"
+        );
+        let ident = std::fs::read_to_string(&access.ident_file).expect("ident");
+        assert!(
+            ident.contains("lifeline_drill postgres postgres\nlifeline_drill postgres app\n"),
+            "{ident}"
+        );
+    }
+
+    #[test]
+    fn odd_user_names_are_quoted_or_refused() {
+        assert_eq!(hba_token("postgres").expect("plain"), "postgres");
+        assert_eq!(hba_token("a b").expect("quoted"), "\"a b\"");
+        assert!(hba_token("a\"b").is_err());
     }
 }
