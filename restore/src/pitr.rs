@@ -762,17 +762,25 @@ pub fn plan_end_of_archive(
         };
         let reached = last_present.map_or_else(String::new, |s| {
             format!(
-                " at the end of {} ({}, archived at {})",
+                " at the end of {} ({})",
                 s.file_name(segment_size),
                 Lsn((s.number + 1) * segment_size),
-                fmt_time(index.archived_at(s).unwrap_or_default())
             )
         });
+        let before =
+            last_present
+                .and_then(|s| index.archived_at(s))
+                .map_or_else(String::new, |at| {
+                    format!(
+                        " (no later than {}, when the last segment before it was archived)",
+                        fmt_time(at)
+                    )
+                });
         return Err(RestoreError::Refused(format!(
             "the archive has a gap on timeline {}: WAL segment {name}{more} is missing, so \
              recovery from backup {} would stop{reached} and promote without the {} newer \
              segment(s) archived up to {}. Put the missing segment back into the archive, or \
-             restore to a time before the gap with --type pitr --until \"YYYY-MM-DD HH:MM:SS\"",
+             restore to a time before the gap{before} with --type pitr --until \"YYYY-MM-DD HH:MM:SS\"",
             segment.timeline.0,
             backup.backup_id,
             end.saturating_sub(segment.number + run as u64 - 1),

@@ -1,14 +1,18 @@
-//! Repository verification: every manifest's packs exist; with `read_data`, every chunk a
-//! backup needs is read back, decompressed and re-hashed, and so is every WAL object.
-//! Problems name the object and the backups it breaks.
+//! Repository verification: every manifest's packs exist, and the WAL chain of every timeline
+//! is whole from the start of the oldest base backup to the newest segment archived (following
+//! the history files); with `read_data`, every chunk a backup needs is read back, decompressed
+//! and re-hashed, and so is every WAL object. Problems name the object and the backups it
+//! breaks.
 
 use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
+use storage::wal::Lsn;
 use storage::{Storage, StorageExt, layout, object, pack};
 
 use crate::RestoreError;
+use crate::pitr::{WalGap, check_wal_chains};
 use crate::restore_base::decode_chunk;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -19,6 +23,9 @@ pub struct VerifyReport {
     pub wal_files: usize,
     pub bytes_read: u64,
     pub problems: Vec<String>,
+    /// Segments missing from the WAL chains that recovery from the kept backups reads (also
+    /// named in `problems`).
+    pub wal_gaps: Vec<WalGap>,
 }
 
 impl VerifyReport {
@@ -37,9 +44,19 @@ pub async fn verify_repository(
 ) -> Result<VerifyReport, RestoreError> {
     let mut report = VerifyReport::default();
     let mut needed: Needed = BTreeMap::new();
+    // cluster -> (the start of its oldest base backup, its segment size)
+    let mut oldest_start: BTreeMap<u64, (Lsn, u64)> = BTreeMap::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
         let chunks = if let Some(id) = layout::parse_manifest_key(&meta.key) {
             let manifest = BackupManifest::load(storage, id).await;
+            if let Ok(m) = &manifest
+                && m.kind == "base"
+            {
+                let oldest = oldest_start
+                    .entry(m.system_identifier)
+                    .or_insert((m.start_lsn, m.segment_size));
+                oldest.0 = oldest.0.min(m.start_lsn);
+            }
             (
                 id,
                 manifest.map(|m| m.chunks().cloned().collect::<Vec<_>>()),
@@ -96,6 +113,20 @@ pub async fn verify_repository(
     }
     let wal = storage.list(layout::WAL_PREFIX).await?;
     report.wal_files = wal.len();
+    for (sysid, (from, segment_size)) in oldest_start {
+        let records = crate::pitr::wal_records(&wal, sysid, segment_size);
+        match crate::pitr::timeline_histories(storage, sysid, &records).await {
+            Ok(histories) => {
+                let chains = check_wal_chains(&records, &histories, segment_size, from);
+                report.problems.extend(chains.problems());
+                report.wal_gaps.extend(chains.gaps);
+            }
+            Err(e) => report.problems.push(format!(
+                "the WAL history files of cluster {sysid} cannot be read, so its WAL chain was \
+                 not checked: {e}"
+            )),
+        }
+    }
     if !read_data {
         return Ok(report);
     }
