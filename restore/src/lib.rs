@@ -24,7 +24,7 @@ mod wal_fetch;
 
 pub use error::RestoreError;
 pub use pitr::{
-    PitrPlan, TargetTimeline, WalChains, WalGap, archived_wal, check_wal_chains,
+    BackupWal, PitrPlan, TargetTimeline, WalChains, WalGap, archived_wal, check_wal_chains,
     confirm_target_reachable, plan_end_of_archive, plan_pitr, timeline_histories, wal_records,
 };
 pub use prefetch::{PrefetchReport, Spool};

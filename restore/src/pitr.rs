@@ -286,16 +286,27 @@ impl WalChains {
     }
 }
 
-/// Walk the WAL chain of every timeline of a cluster from segment of `from` (the start of the
-/// oldest backup kept) to the newest segment archived on that timeline's path, following the
-/// history files, and name every segment missing on the way (each once, even when several
-/// timelines share it).
+/// The WAL a kept base backup needs of its own: from `start` to `stop` on `timeline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupWal {
+    pub timeline: u32,
+    pub start: Lsn,
+    pub stop: Lsn,
+}
+
+/// Walk the WAL chain of every timeline of a cluster from the start of the oldest of `backups`
+/// (the base backups kept) to the newest segment archived on that timeline's path, following the
+/// history files, and each backup's own WAL; name every segment missing on the way (each once,
+/// even when several timelines share it). No backups, nothing to check.
 pub fn check_wal_chains(
     wal: &[WalRecord],
     histories: &BTreeMap<u32, Vec<TimelineSwitch>>,
     segment_size: u64,
-    from: Lsn,
+    backups: &[BackupWal],
 ) -> WalChains {
+    let Some(from) = backups.iter().map(|b| b.start).min() else {
+        return WalChains::default();
+    };
     let index = ArchiveIndex::new(wal);
     let from = from.segment_number(segment_size);
     let mut missing = BTreeSet::new();
@@ -324,6 +335,17 @@ pub fn check_wal_chains(
             continue;
         };
         missing.extend(chain(&path, start, newest.number).filter(|s| !index.has(*s)));
+    }
+    for b in backups {
+        let path = timeline_path(TimelineId(b.timeline), histories, segment_size);
+        missing.extend(
+            chain(
+                &path,
+                b.start.segment_number(segment_size),
+                b.stop.segment_number(segment_size),
+            )
+            .filter(|s| !index.has(*s)),
+        );
     }
     WalChains {
         gaps: group_gaps(missing, segment_size),
@@ -1250,7 +1272,14 @@ mod tests {
         wals.extend((4..=9).map(|n| wal(2, n, 0)));
         wals.push(history(2));
         let histories = BTreeMap::from([(2, vec![switch(1, 4 * SEG + 10)])]);
-        let clean = check_wal_chains(&wals, &histories, SEG, Lsn(SEG + 40));
+        let kept = |timeline: u32, start: u64| {
+            vec![BackupWal {
+                timeline,
+                start: Lsn(start),
+                stop: Lsn(start + 400),
+            }]
+        };
+        let clean = check_wal_chains(&wals, &histories, SEG, &kept(1, SEG + 40));
         assert!(clean.is_clean(), "{clean:?}");
 
         wals.retain(|w| {
@@ -1259,7 +1288,7 @@ mod tests {
         });
         // Timeline 3 archived segments but its history file is gone.
         wals.extend((12..=13).map(|n| wal(3, n, 0)));
-        let report = check_wal_chains(&wals, &histories, SEG, Lsn(SEG + 40));
+        let report = check_wal_chains(&wals, &histories, SEG, &kept(1, SEG + 40));
         assert_eq!(
             report.gaps,
             vec![
@@ -1289,8 +1318,19 @@ mod tests {
             "{problems}"
         );
         // Before the oldest backup nothing is needed.
-        let later = check_wal_chains(&wals, &histories, SEG, Lsn(8 * SEG));
+        let later = check_wal_chains(&wals, &histories, SEG, &kept(2, 8 * SEG));
         assert!(later.gaps.is_empty(), "{later:?}");
+        // A backup's own WAL is needed even past the newest segment archived.
+        let ahead = check_wal_chains(&wals, &histories, SEG, &kept(2, 14 * SEG));
+        assert_eq!(
+            ahead
+                .gaps
+                .iter()
+                .map(|g| g.first_missing.as_str())
+                .collect::<Vec<_>>(),
+            vec![name(2, 14).as_str()],
+            "{ahead:?}"
+        );
     }
 
     #[test]
@@ -1298,7 +1338,12 @@ mod tests {
         // With 16 MiB segments the name after ...000000FF is ...0000000100000000.
         let mut wals: Vec<_> = (0xFD..=0x102).map(|n| wal(1, n, 0)).collect();
         wals.retain(|w| !matches!(w.segment_number, Some(0xFF | 0x100)));
-        let report = check_wal_chains(&wals, &BTreeMap::new(), SEG, Lsn(0xFD * SEG));
+        let kept = [BackupWal {
+            timeline: 1,
+            start: Lsn(0xFD * SEG),
+            stop: Lsn(0xFD * SEG + 400),
+        }];
+        let report = check_wal_chains(&wals, &BTreeMap::new(), SEG, &kept);
         assert_eq!(report.gaps.len(), 1, "{report:?}");
         assert_eq!(
             report.gaps[0].to_string(),

@@ -8,11 +8,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
-use storage::wal::Lsn;
 use storage::{Storage, StorageExt, layout, object, pack};
 
 use crate::RestoreError;
-use crate::pitr::{WalGap, check_wal_chains};
+use crate::pitr::{BackupWal, WalGap, check_wal_chains};
 use crate::restore_base::decode_chunk;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -44,18 +43,22 @@ pub async fn verify_repository(
 ) -> Result<VerifyReport, RestoreError> {
     let mut report = VerifyReport::default();
     let mut needed: Needed = BTreeMap::new();
-    // cluster -> (the start of its oldest base backup, its segment size)
-    let mut oldest_start: BTreeMap<u64, (Lsn, u64)> = BTreeMap::new();
+    // cluster -> (its segment size, the WAL its base backups need)
+    let mut kept_wal: BTreeMap<u64, (u64, Vec<BackupWal>)> = BTreeMap::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
         let chunks = if let Some(id) = layout::parse_manifest_key(&meta.key) {
             let manifest = BackupManifest::load(storage, id).await;
             if let Ok(m) = &manifest
                 && m.kind == "base"
             {
-                let oldest = oldest_start
+                let (_, kept) = kept_wal
                     .entry(m.system_identifier)
-                    .or_insert((m.start_lsn, m.segment_size));
-                oldest.0 = oldest.0.min(m.start_lsn);
+                    .or_insert((m.segment_size, Vec::new()));
+                kept.push(BackupWal {
+                    timeline: m.timeline.0,
+                    start: m.start_lsn,
+                    stop: m.stop_lsn,
+                });
             }
             (
                 id,
@@ -113,11 +116,11 @@ pub async fn verify_repository(
     }
     let wal = storage.list(layout::WAL_PREFIX).await?;
     report.wal_files = wal.len();
-    for (sysid, (from, segment_size)) in oldest_start {
+    for (sysid, (segment_size, kept)) in kept_wal {
         let records = crate::pitr::wal_records(&wal, sysid, segment_size);
         match crate::pitr::timeline_histories(storage, sysid, &records).await {
             Ok(histories) => {
-                let chains = check_wal_chains(&records, &histories, segment_size, from);
+                let chains = check_wal_chains(&records, &histories, segment_size, &kept);
                 report.problems.extend(chains.problems());
                 report.wal_gaps.extend(chains.gaps);
             }

@@ -200,7 +200,7 @@ async fn wal_chains(
     let Some(sysid) = identity.system_identifier() else {
         return Chains::Unreadable("cluster.json is corrupt".into());
     };
-    let Some(from) = backups
+    let kept: Vec<restore::BackupWal> = backups
         .iter()
         .filter(|b| {
             b.system_identifier == sysid
@@ -208,16 +208,20 @@ async fn wal_chains(
                 && b.service == "postgresql"
                 && b.state == catalog::BackupState::Complete
         })
-        .map(|b| Lsn(b.start_lsn))
-        .min()
-    else {
+        .map(|b| restore::BackupWal {
+            timeline: b.timeline,
+            start: Lsn(b.start_lsn),
+            stop: Lsn(b.stop_lsn),
+        })
+        .collect();
+    let Some(from) = kept.iter().map(|b| b.start).min() else {
         return Chains::NotApplicable;
     };
     let wal = restore::wal_records(listing, sysid, identity.segment_size);
     match restore::timeline_histories(storage, sysid, &wal).await {
         Ok(histories) => Chains::Checked {
             from,
-            chains: restore::check_wal_chains(&wal, &histories, identity.segment_size, from),
+            chains: restore::check_wal_chains(&wal, &histories, identity.segment_size, &kept),
         },
         Err(e) => Chains::Unreadable(e.to_string()),
     }
