@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Pg, Scratch, backup, code, succeeded, text};
+use common::{Pg, Scratch, backup, code, server_second, succeeded, text};
 
 /// Wait until the server has archived every WAL file it marked ready (history files included,
 /// which `switch_and_archive` alone may count instead of the segment).
@@ -72,6 +72,12 @@ fn a_segment_lost_from_the_middle_is_named_and_until_latest_refuses() {
     pg.psql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g");
     backup(&scratch, &pg);
     let at_backup = segments(&scratch, 1);
+    // A target inside the first segment after the backup, which the gap does not touch.
+    pg.psql("INSERT INTO t VALUES (5001, 'before the target')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let before_gap = pg.snapshot();
+    let target = server_second(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
     for round in 0..4 {
         write_and_archive(
             &pg,
@@ -134,6 +140,14 @@ fn a_segment_lost_from_the_middle_is_named_and_until_latest_refuses() {
         !dir.exists(),
         "the refused restore wrote into the data directory"
     );
+
+    // What the refusal suggests: a time before the gap restores.
+    let restored = scratch.restore_and_recover(
+        &["--type", "pitr", "--until", &target],
+        "before-gap",
+        "restore to a time before the gap",
+    );
+    assert_eq!(restored.snapshot(), before_gap);
 }
 
 #[test]
@@ -208,6 +222,50 @@ fn a_polluted_repository_restores_production_with_target_timeline_1() {
         "--target-timeline 1 gives production's rows (A and C, not B)"
     );
     restored.stop();
+
+    let restored = scratch.restore_and_recover(
+        &[
+            "--type",
+            "pitr",
+            "--until",
+            "latest",
+            "--target-timeline",
+            "current",
+        ],
+        "production-current",
+        "restore of the backup's own timeline",
+    );
+    assert_eq!(
+        restored.snapshot(),
+        production_rows,
+        "--target-timeline current gives production's rows"
+    );
+    restored.stop();
+
+    // A timeline the archive knows nothing of is refused before anything is written.
+    let dir = scratch.path("nowhere");
+    let out = scratch.restore(
+        &[
+            "--type",
+            "pitr",
+            "--until",
+            "latest",
+            "--target-timeline",
+            "9",
+        ],
+        &dir,
+    );
+    assert_ne!(code(&out), 0, "timeline 9 accepted: {}", text(&out));
+    assert!(
+        text(&out).contains("--target-timeline 9 cannot be followed")
+            && text(&out).contains("can follow timeline 1, 2"),
+        "the refusal says which timelines can be followed: {}",
+        text(&out)
+    );
+    assert!(
+        !dir.exists(),
+        "the refused restore wrote into the data directory"
+    );
 
     let restored = scratch.restore_and_recover(
         &[
