@@ -180,7 +180,7 @@ enum Chains {
         from: Lsn,
         chains: restore::WalChains,
     },
-    /// The history files could not be read.
+    /// The repository's cluster or its history files could not be read.
     Unreadable(String),
 }
 
