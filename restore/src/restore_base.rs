@@ -2,8 +2,10 @@
 //!
 //! Nothing that looks complete is left behind by a failed restore: a marker file is written
 //! first, `global/pg_control` (without which PostgreSQL will not start) is written under a
-//! temporary name and renamed last, and on any error everything written is removed.
-//! Chunks are fetched, decompressed and verified `parallelism` at a time.
+//! temporary name and renamed last, and on any error every worker is joined and then
+//! everything written is removed. Chunks are fetched, decompressed and verified `parallelism`
+//! at a time. Where each file goes is decided by [`Places`]; what may be written at all, by
+//! the manifest's validation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -27,9 +29,9 @@ const MARKER: &str = ".lifeline-restore-incomplete";
 pub enum RecoveryTarget {
     /// Stop as soon as the backup is consistent.
     Immediate,
-    /// Replay up to and including this instant, on the newest timeline.
+    /// Replay up to and including this instant, on the chosen timeline.
     Time(jiff::Timestamp),
-    /// Replay everything the archive holds, on the newest timeline (a failover or a drill).
+    /// Replay everything the archive holds on the chosen timeline (a failover or a drill).
     EndOfArchive,
 }
 
