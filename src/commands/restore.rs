@@ -74,9 +74,9 @@ pub struct PostgresArgs {
     #[arg(long, value_name = "off|preserve", default_value = "off")]
     archive_mode: restore::ArchiveMode,
     /// The timeline recovery follows: latest (the newest archived), current (the backup's) or a
-    /// number.
-    #[arg(long, value_name = "latest|current|N", default_value = "latest")]
-    target_timeline: restore::TargetTimeline,
+    /// number (--type pitr; default latest).
+    #[arg(long, value_name = "latest|current|N")]
+    target_timeline: Option<restore::TargetTimeline>,
 }
 
 fn parse_tablespace_map(text: &str) -> Result<(String, PathBuf), String> {
@@ -140,13 +140,18 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         ("pitr", Some(until)) => Some(parse_until(until, &tz)?),
         ("pitr", None) => bail!("--type pitr needs --until \"YYYY-MM-DD HH:MM:SS\" (or latest)"),
         (_, Some(_)) => bail!("--until applies to --type pitr only"),
+        _ if args.target_timeline.is_some() => bail!(
+            "--target-timeline applies to --type pitr only: a full restore recovers on the backup's own timeline"
+        ),
         _ => None,
     };
     let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
     let storage = settings.repository().await?;
     let (sysid, segment_size, backups) = cluster_backups(settings, storage.as_ref()).await?;
 
-    let (backup, recovery) = match target {
+    // The timeline the plan checked is written as a number: PostgreSQL's own 'latest' could
+    // pick a newer timeline that branched off before the backup and refuse to start.
+    let (backup, recovery, timeline) = match target {
         Some(target) => {
             println!(
                 "recovery target: {} (resolved from {:?} in time zone {})",
@@ -162,7 +167,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
                 &histories,
                 target,
                 segment_size,
-                args.target_timeline,
+                args.target_timeline.unwrap_or_default(),
             )?;
             for note in &plan.notes {
                 println!("{note}");
@@ -173,13 +178,18 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
                 "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
                 plan.backup.backup_id, plan.backup.timeline, last_segment, plan.timeline.0
             );
-            (plan.backup, RecoveryTarget::Time(target))
+            let timeline = restore::TargetTimeline::Exact(plan.timeline);
+            (plan.backup, RecoveryTarget::Time(target), timeline)
         }
         None => {
             let backup =
                 restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
             if !to_end {
-                (backup, RecoveryTarget::Immediate)
+                (
+                    backup,
+                    RecoveryTarget::Immediate,
+                    restore::TargetTimeline::Current,
+                )
             } else {
                 // Refused before anything is written when the chain from the backup breaks.
                 let wal = restore::archived_wal(storage.as_ref(), sysid, segment_size).await?;
@@ -189,12 +199,17 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
                     &wal,
                     &histories,
                     segment_size,
-                    args.target_timeline,
+                    args.target_timeline.unwrap_or_default(),
                 )?;
                 for note in &plan.notes {
                     println!("{note}");
                 }
-                (backup, RecoveryTarget::EndOfArchive)
+                println!(
+                    "using backup {} (timeline {}); recovery replays all archived WAL on timeline {}",
+                    backup.backup_id, backup.timeline, plan.timeline.0
+                );
+                let timeline = restore::TargetTimeline::Exact(plan.timeline);
+                (backup, RecoveryTarget::EndOfArchive, timeline)
             }
         }
     };
@@ -205,7 +220,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         },
         waldir: args.waldir.clone(),
         archive_mode: args.archive_mode,
-        timeline: args.target_timeline,
+        timeline,
     };
     let progress = super::spinner("restore");
     progress.set_message(format!("{} into {}", backup.backup_id, data_dir.display()));
@@ -231,6 +246,17 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {target} and promotes",
         data_dir.display()
     );
+    match args.archive_mode {
+        restore::ArchiveMode::Off => println!(
+            "the restored server will not archive WAL (archive_mode = 'off' at the end of its \
+             postgresql.auto.conf): when it becomes the primary, delete that line and restart it, \
+             or restore with --archive-mode preserve"
+        ),
+        restore::ArchiveMode::Preserve => println!(
+            "the restored server keeps the backed-up server's archive settings: once promoted it \
+             archives into its archive_command's repository"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -277,12 +303,14 @@ pub async fn restore_backup(
         spool.clear(backup.system_identifier)?;
     }
     let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
-    let restore_command = format!(
-        "{}{} wal fetch --cluster {} %f %p",
+    // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.
+    let program = format!(
+        "{}{} wal fetch --cluster {}",
         shell_quote(&exe.to_string_lossy()),
         settings.repository_flags()?,
         backup.system_identifier
     );
+    let restore_command = format!("{} %f %p", program.replace('%', "%%"));
     tracing::debug!(backup = %backup.backup_id, "reading the manifest");
     let manifest = restore::read_manifest(storage.as_ref(), &backup.backup_id)
         .await
