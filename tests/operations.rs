@@ -948,7 +948,14 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
     pg.psql("TRUNCATE accounts CASCADE");
     pg.psql("CREATE TABLE later AS SELECT generate_series(1, 10) AS id");
     pg.switch_and_archive();
-    let env = pg.db_env();
+    // The scratch directory is kept inside the test's own, so a failure leaves nothing behind.
+    let drills = scratch.path("drills");
+    std::fs::create_dir(&drills).expect("mkdir");
+    chown_postgres(&drills);
+    let config = scratch.path("lifeline.toml");
+    write_owned(&config, &format!("drill-dir = \"{}\"\n", drills.display()));
+    let mut env = pg.db_env();
+    env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
     let env = env_refs(&env);
 
     let out = scratch.lifeline(&["drill", "--keep"], &env);
@@ -1026,6 +1033,7 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
         std::path::PathBuf::from(value.trim_matches('\''))
     };
     let hba_file = conf_path("hba_file");
+    assert!(kept.starts_with(&drills), "{}", kept.display());
     assert!(hba_file.starts_with(&kept), "{}", hba_file.display());
     let hba = std::fs::read_to_string(&hba_file).expect("hba");
     let rules: Vec<&str> = hba
