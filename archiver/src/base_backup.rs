@@ -9,6 +9,10 @@
 //! channel; up to `parallelism` chunks at a time are hashed and compressed on blocking threads
 //! and written. A chunk the previous backup already stored is not written again. Memory is
 //! bounded by the channel capacity times the largest chunk, whatever the size of the database.
+//!
+//! Tablespaces are copied as though their version directory lived at `pg_tblspc/<oid>/` in
+//! PGDATA, and the manifest names each one (oid, name, original location); it records no links
+//! at all, so a restore decides where every byte goes (see [`walk_data_dir`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
