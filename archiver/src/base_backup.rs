@@ -12,7 +12,7 @@
 //!
 //! Tablespaces are copied as though their version directory lived at `pg_tblspc/<oid>/` in
 //! PGDATA, and the manifest names each one (oid, name, original location); it records no links
-//! at all, so a restore decides where every byte goes (see [`walk_data_dir`]).
+//! at all, so a restore decides where every byte goes (see `walk_data_dir`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
