@@ -142,8 +142,26 @@ async fn report(
     result
 }
 
+/// Raise the soft limit on open files to the hard one: a restore of a large data directory
+/// keeps a bounded number open, but the default soft limit (1024, or less under a tight
+/// `ulimit -n`) leaves little room beside the runtime's own descriptors.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("the open-file limit stays at {:?}: {e}", limit.current);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
     let fetch = matches!(
         cli.command,
         Command::Wal(commands::wal::WalCommand::Fetch(_))

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Pg, Scratch, backup, code, text};
+use common::{Pg, Scratch, backup, code, succeeded, text};
 
 /// The first archived segment's name and its original bytes (fetched and verified).
 fn archived_segment(scratch: &Scratch) -> (String, Vec<u8>) {
@@ -314,6 +314,42 @@ fn corrupted_and_missing_chunks_and_bad_input() {
         "verify of a fresh repository: {}",
         text(&out)
     );
+
+    // A manifest copied under another backup's name (to pass an old backup off as a new one)
+    // is reported and skipped by a catalog rebuild, and flagged by verify.
+    let backups = scratch.repo.join("backups");
+    let original = std::fs::read_dir(&backups)
+        .expect("backups")
+        .flatten()
+        .find(|e| e.path().join("manifest").exists())
+        .expect("a backup")
+        .file_name();
+    let forged = backups.join("backup_20990101_000000");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(backups.join(&original))
+        .arg(&forged)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let out = scratch.lifeline(&["catalog", "rebuild"], &[]);
+    assert!(
+        code(&out) == 1
+            && text(&out).contains("backup_20990101_000000")
+            && text(&out).contains("claims to be backup"),
+        "{}",
+        text(&out)
+    );
+    let listed = succeeded(&scratch.lifeline(&["list"], &[]), "list");
+    assert!(!listed.contains("backup_20990101_000000"), "{listed}");
+    let out = scratch.lifeline(&["verify"], &[]);
+    assert!(
+        code(&out) != 0 && text(&out).contains("claims to be backup"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_dir_all(&forged).expect("remove the copy");
+    succeeded(&scratch.lifeline(&["catalog", "rebuild"], &[]), "rebuild");
 
     // Bad input, each a one-line error naming the fix, nothing written.
     let dir = scratch.path("target");

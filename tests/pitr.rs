@@ -60,7 +60,18 @@ fn full_restore_catalog_rebuild_and_timeline_switch() {
 
     // Full restore of the latest backup: the data as it was when the backup ended.
     let first = scratch.path("first");
-    let out = scratch.restore(&["--type", "full", "--from", "latest"], &first);
+    // This copy becomes the new primary: it archives as production did.
+    let out = scratch.restore(
+        &[
+            "--type",
+            "full",
+            "--from",
+            "latest",
+            "--archive-mode",
+            "preserve",
+        ],
+        &first,
+    );
     assert!(out.status.success(), "full restore failed: {}", text(&out));
     let first = Pg::recover(&scratch, first);
     assert_eq!(

@@ -1,6 +1,7 @@
 //! The operations sections of the configuration file: `[failover]` and `[services.NAME]`
 //! (`[notify]` and `[verify]` live beside their code).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -25,6 +26,13 @@ pub struct FailoverConfig {
     pub redis_restart_command: Option<String>,
     pub redis_stop_command: Option<String>,
     pub redis_data_dir: Option<PathBuf>,
+    /// Where a restore from the repository puts each tablespace (by name or oid), as
+    /// `restore postgres --tablespace-map`; the others go to `tablespace-map-all`/<name>, or
+    /// back to their original location when that is missing or empty.
+    pub tablespace_map: BTreeMap<String, PathBuf>,
+    pub tablespace_map_all: Option<PathBuf>,
+    /// `pg_wal` outside the data directory (`restore postgres --waldir`).
+    pub waldir: Option<PathBuf>,
 }
 
 /// `[services.NAME]`: an application service `service_failure NAME` restarts.

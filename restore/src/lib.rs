@@ -10,6 +10,7 @@
 
 mod error;
 mod pitr;
+mod places;
 mod prefetch;
 mod restore_base;
 mod restore_dump;
@@ -17,13 +18,14 @@ mod restore_redis;
 mod select;
 #[cfg(test)]
 mod test_support;
+mod validate;
 mod verify;
 mod wal_fetch;
 
 pub use error::RestoreError;
 pub use pitr::{
-    PitrPlan, TargetTimeline, archived_wal, confirm_target_reachable, plan_end_of_archive,
-    plan_pitr, timeline_histories,
+    BackupWal, PitrPlan, TargetTimeline, WalChains, WalGap, archived_wal, check_wal_chains,
+    confirm_target_reachable, plan_end_of_archive, plan_pitr, timeline_histories, wal_records,
 };
 pub use prefetch::{PrefetchReport, Spool};
 pub use restore_base::{
@@ -33,5 +35,6 @@ pub use restore_base::{
 pub use restore_dump::{open_dump_file, write_chunks};
 pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file};
 pub use select::{BackupSelector, select_backup};
+pub use validate::{validate_base, validate_stream};
 pub use verify::{VerifyReport, verify_repository};
 pub use wal_fetch::{FetchOutcome, fetch_wal};

@@ -6,8 +6,10 @@
 //! Chunks are fetched, decompressed and verified `parallelism` at a time.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -16,9 +18,10 @@ use storage::{Storage, StorageExt, layout, object};
 use tracing::debug;
 
 use crate::RestoreError;
+use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Places};
+use crate::validate::{dir_mode, file_mode, tablespace_link_oid};
 
 const MARKER: &str = ".lifeline-restore-incomplete";
-const CONTROL_FILE: &str = "global/pg_control";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryTarget {
@@ -95,65 +98,28 @@ pub async fn read_manifest(
     Ok(BackupManifest::load(storage, backup_id).await?)
 }
 
-/// Refuse a data directory that holds anything (or belongs to a running server).
-pub(crate) fn check_target_dir(dir: &Path) -> Result<bool, RestoreError> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_none() {
-                return Ok(true);
-            }
-            let running = dir.join("postmaster.pid").exists();
-            Err(RestoreError::Refused(format!(
-                "{} is not empty{}: restore into an empty or new directory (--data-dir), or move the old one aside first",
-                dir.display(),
-                if running {
-                    " and a server may be running on it (postmaster.pid exists); stop it first"
-                } else {
-                    ""
-                }
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(RestoreError::io(dir, e)),
-    }
-}
-
-/// Restore `manifest` into `opts.data_dir` and write the recovery settings.
+/// Restore `manifest` into `opts.data_dir` and write the recovery settings. Every check (the
+/// manifest as a whole, every place, every pack) runs before the first write; a failure after
+/// it stops and joins every worker, then removes everything written.
 pub async fn restore_base(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
-    let existed = check_target_dir(&opts.data_dir)?;
+    crate::validate::validate_base(manifest)?;
+    let places = Places::plan(manifest, opts)?;
     if opts.verify_first {
         check_chunks_exist(storage.as_ref(), manifest, opts.parallelism).await?;
         debug!("every pack the backup needs is present");
     }
-    if !existed {
-        std::fs::create_dir_all(&opts.data_dir).map_err(|e| RestoreError::io(&opts.data_dir, e))?;
-    }
-    let result = restore_into(storage, manifest, opts).await;
+    let result = match places.create() {
+        Ok(()) => restore_into(storage, manifest, opts, &places).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
-        clean_up(&opts.data_dir, existed);
+        places.clean_up();
     }
     result
-}
-
-fn clean_up(dir: &Path, existed: bool) {
-    if !existed {
-        let _ = std::fs::remove_dir_all(dir);
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let _ = if path.is_dir() && !path.is_symlink() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-        }
-    }
 }
 
 async fn check_chunks_exist(
@@ -187,121 +153,190 @@ async fn check_chunks_exist(
     Ok(())
 }
 
-fn target_path(root: &Path, rel: &str) -> Result<PathBuf, RestoreError> {
-    if rel
-        .split('/')
-        .any(|p| p.is_empty() || p == "." || p == "..")
-        || rel.starts_with('/')
-    {
-        return Err(RestoreError::Refused(format!(
-            "the manifest names an unsafe path {rel:?}: the backup is corrupt"
-        )));
+/// Run `work` on every item, `limit` at a time, to the end: after the first failure the items
+/// not yet started are skipped, but every one already running is waited for, so that nothing
+/// writes after the caller cleans up. Returns the first failure.
+async fn run_all<T, F, Fut>(
+    items: impl IntoIterator<Item = T>,
+    limit: usize,
+    work: F,
+) -> Result<(), RestoreError>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), RestoreError>>,
+{
+    let failed = AtomicBool::new(false);
+    let failed = &failed;
+    let work = &work;
+    let mut results = futures::stream::iter(items)
+        .map(|item| async move {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            work(item).await
+        })
+        .buffer_unordered(limit.max(1));
+    let mut first = None;
+    while let Some(result) = results.next().await {
+        if let Err(e) = result {
+            failed.store(true, Ordering::Relaxed);
+            first.get_or_insert(e);
+        }
     }
-    // The control file is written under a temporary name and renamed last.
-    if rel == CONTROL_FILE {
-        return Ok(root.join("global/pg_control.lifeline-partial"));
+    first.map_or(Ok(()), Err)
+}
+
+/// A blocking job on the blocking pool, its panic turned into an error.
+async fn blocking<F>(what: &str, job: F) -> Result<(), RestoreError>
+where
+    F: FnOnce() -> Result<(), RestoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| RestoreError::Refused(format!("{what} failed: {e}")))?
+}
+
+/// The link `pg_tblspc/<oid>` or `pg_wal` in the data directory to the place chosen for it.
+fn link_place(places: &Places, rel: &str) -> Option<PathBuf> {
+    if rel == "pg_wal" {
+        return places.waldir.as_ref().map(|w| w.dir.clone());
     }
-    Ok(root.join(rel))
+    tablespace_link_oid(rel).and_then(|oid| places.tablespaces.get(&oid).map(|p| p.dir.clone()))
+}
+
+/// Directories (and the links to the tablespaces and `--waldir`) in manifest order, so that
+/// every parent exists, made by this restore, before its children. Returns the files to create.
+fn create_directories(
+    manifest: &BackupManifest,
+    places: &Places,
+) -> Result<Vec<(PathBuf, u64, u32)>, RestoreError> {
+    let io = |p: &Path, e| RestoreError::io(p, e);
+    let root = &places.root.dir;
+    let mut files = Vec::new();
+    let mut wal_seen = false;
+    for entry in &manifest.files {
+        let rel = entry.path.as_str();
+        let dest = places.destination(rel);
+        if entry.kind == EntryKind::File {
+            if rel == "standby.signal" {
+                // The restore decides how the server recovers (recovery.signal).
+                continue;
+            }
+            files.push((dest, entry.size, file_mode(entry.mode)));
+            continue;
+        }
+        // A link recorded by an older backup is only ever `pg_wal` (validated): a directory.
+        let mode = dir_mode(if entry.kind == EntryKind::Symlink {
+            0o700
+        } else {
+            entry.mode
+        });
+        wal_seen |= rel == "pg_wal";
+        if let Some(place) = link_place(places, rel) {
+            std::os::unix::fs::symlink(&place, root.join(rel))
+                .map_err(|e| io(&root.join(rel), e))?;
+        } else {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(&dest)
+                .map_err(|e| io(&dest, e))?;
+        }
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io(&dest, e))?;
+    }
+    if !wal_seen {
+        let dest = places.destination("pg_wal");
+        if let Some(place) = link_place(places, "pg_wal") {
+            std::os::unix::fs::symlink(&place, root.join("pg_wal"))
+                .map_err(|e| io(&root.join("pg_wal"), e))?;
+        } else {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dest)
+                .map_err(|e| io(&dest, e))?;
+        }
+    }
+    // PostgreSQL marks segments ready for archiving there.
+    let status = places.destination("pg_wal/archive_status");
+    match std::fs::DirBuilder::new().mode(0o700).create(&status) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(&status, e)),
+        _ => {}
+    }
+    Ok(files)
 }
 
 async fn restore_into(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
     opts: &RestoreOptions,
+    places: &Places,
 ) -> Result<RestoreReport, RestoreError> {
-    let root = opts.data_dir.clone();
+    let root = places.root.dir.clone();
     let io = |p: &Path, e| RestoreError::io(p, e);
-    std::fs::write(root.join(MARKER), manifest.backup_id.as_bytes())
-        .map_err(|e| io(&root.join(MARKER), e))?;
+    write_new(&root.join(MARKER), manifest.backup_id.as_bytes())?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io(&root, e))?;
 
     // Directories and links first, then the files (empty, at their final size) in parallel:
     // creating an inode is slow enough on some filesystems (0.5 ms measured here) that a
     // thousand files in a row cost more than writing their data.
-    let mut files = Vec::new();
-    for entry in &manifest.files {
-        let path = target_path(&root, &entry.path)?;
-        match entry.kind {
-            EntryKind::Dir => {
-                std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode))
-                    .map_err(|e| io(&path, e))?;
-            }
-            EntryKind::Symlink => {
-                let target = entry.link_target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, &path).map_err(|e| io(&path, e))?;
-            }
-            EntryKind::File => files.push((path, entry.size, entry.mode)),
-        }
-    }
-    let batch = files.len().div_ceil(opts.parallelism.max(1) * 2).max(1);
+    let files = create_directories(manifest, places)?;
+    let parallelism = opts.parallelism.max(1);
+    let batch = files.len().div_ceil(parallelism * 2).max(1);
     let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
-    futures::stream::iter(batches)
-        .map(|batch| async move {
-            tokio::task::spawn_blocking(move || create_files(&batch))
-                .await
-                .map_err(|e| RestoreError::Refused(format!("file creation task failed: {e}")))?
-        })
-        .buffer_unordered(opts.parallelism.max(1) * 2)
-        .try_collect::<()>()
-        .await?;
+    run_all(batches, parallelism * 2, |batch| {
+        blocking("file creation", move || create_files(&batch))
+    })
+    .await?;
 
     debug!("directories and files created");
-    let parallelism = opts.parallelism.max(1);
-    let plan = plan_writes(manifest, &root)?;
+    let plan = plan_writes(manifest, places)?;
     let locks = FileLocks::default();
     let groups = plan
         .into_iter()
         .flat_map(|(pack, chunks)| write_groups(&pack, chunks));
-    futures::stream::iter(groups)
-        .map(|group| {
-            let (storage, locks) = (storage.clone(), locks.clone());
-            async move {
-                let bytes = fetch_group(storage.as_ref(), &group).await?;
-                tokio::task::spawn_blocking(move || write_group(&group, &bytes, &locks))
-                    .await
-                    .map_err(|e| RestoreError::Refused(format!("write task failed: {e}")))?
-            }
-        })
-        // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
-        .buffer_unordered(opts.downloads.max(1))
-        .try_collect::<()>()
-        .await?;
+    // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
+    run_all(groups, opts.downloads.max(1), |group| {
+        let (storage, locks) = (storage.clone(), locks.clone());
+        async move {
+            let bytes = fetch_group(storage.as_ref(), &group).await?;
+            blocking("writing", move || write_group(&group, &bytes, &locks)).await
+        }
+    })
+    .await?;
     debug!("all files written");
-    write_recovery_files(manifest, opts)?;
+    write_recovery_files(manifest, opts, places)?;
 
     // fsync exactly what was written (a syncfs would also flush every other writer's dirty
     // data on the filesystem), then publish pg_control and sync its directory.
     let mut written: Vec<PathBuf> = manifest
         .files
         .iter()
-        .filter(|f| f.kind != EntryKind::Symlink)
-        .map(|f| target_path(&root, &f.path))
-        .collect::<Result<_, _>>()?;
+        .map(|f| places.destination(&f.path))
+        .collect();
     written.extend(
         [
             "backup_label",
             "tablespace_map",
             "recovery.signal",
             "postgresql.auto.conf",
+            "pg_tblspc",
         ]
         .map(|f| root.join(f)),
     );
+    written.push(places.destination("pg_wal/archive_status"));
+    written.push(places.destination("pg_wal"));
+    for place in places.tablespaces.values().chain(places.waldir.iter()) {
+        written.extend(place.dir.parent().map(Path::to_path_buf));
+    }
     written.push(root.clone());
-    futures::stream::iter(written)
-        .map(|path| async move {
-            tokio::task::spawn_blocking(move || fsync_path(&path))
-                .await
-                .map_err(|e| RestoreError::Refused(format!("fsync task failed: {e}")))?
-        })
-        .buffer_unordered(parallelism * 4)
-        .try_collect::<()>()
-        .await?;
+    run_all(written, parallelism * 4, |path| {
+        blocking("fsync", move || fsync_path(&path))
+    })
+    .await?;
     debug!("data directory durable");
     let control = root.join(CONTROL_FILE);
-    std::fs::rename(root.join("global/pg_control.lifeline-partial"), &control)
-        .map_err(|e| io(&control, e))?;
+    std::fs::rename(root.join(CONTROL_PARTIAL), &control).map_err(|e| io(&control, e))?;
     std::fs::remove_file(root.join(MARKER)).map_err(|e| io(&root.join(MARKER), e))?;
     fsync_path(&root.join("global"))?;
     fsync_path(&root)?;
@@ -333,14 +368,39 @@ pub(crate) fn decode_chunk(
     Ok(plain)
 }
 
+/// Open flags that refuse to follow a link in the last component: every file the restore
+/// writes is one it created itself.
+fn no_follow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
 fn create_files(files: &[(PathBuf, u64, u32)]) -> Result<(), RestoreError> {
     for (path, size, mode) in files {
-        let file = std::fs::File::create(path).map_err(|e| RestoreError::io(path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(*mode)
+            .custom_flags(no_follow())
+            .open(path)
+            .map_err(|e| RestoreError::io(path, e))?;
         file.set_len(*size).map_err(|e| RestoreError::io(path, e))?;
+        // The umask may have taken bits the backup recorded.
         file.set_permissions(std::fs::Permissions::from_mode(*mode))
             .map_err(|e| RestoreError::io(path, e))?;
     }
     Ok(())
+}
+
+/// Write a new private file (never an existing one, never through a link).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(no_follow())
+        .open(path)
+        .map_err(|e| RestoreError::io(path, e))?;
+    file.write_all(bytes).map_err(|e| RestoreError::io(path, e))
 }
 
 /// fsync a file or directory that may not exist (tablespace_map is optional).
@@ -364,7 +424,7 @@ struct Target {
 /// a chunk used twice is fetched and decoded once.
 type WritePlan = BTreeMap<String, Vec<(ChunkRef, Vec<Target>)>>;
 
-fn plan_writes(manifest: &BackupManifest, root: &Path) -> Result<WritePlan, RestoreError> {
+fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, RestoreError> {
     let mut by_pack: BTreeMap<String, HashMap<String, (ChunkRef, Vec<Target>)>> = BTreeMap::new();
     let mut add = |chunk: &ChunkRef, target: Target| {
         by_pack
@@ -375,8 +435,12 @@ fn plan_writes(manifest: &BackupManifest, root: &Path) -> Result<WritePlan, Rest
             .1
             .push(target);
     };
-    for entry in manifest.files.iter().filter(|e| !e.blocks.is_empty()) {
-        let path = Arc::new(target_path(root, &entry.path)?);
+    for entry in manifest
+        .files
+        .iter()
+        .filter(|e| !e.blocks.is_empty() && e.path != "standby.signal")
+    {
+        let path = Arc::new(places.destination(&entry.path));
         let mut offset = 0;
         for chunk in &entry.blocks {
             add(
@@ -393,8 +457,10 @@ fn plan_writes(manifest: &BackupManifest, root: &Path) -> Result<WritePlan, Rest
     // Small files: cut the bundle stream back into files at their recorded offsets.
     let mut small: Vec<(u64, u64, Arc<PathBuf>)> = Vec::new();
     for f in &manifest.files {
-        if let Some(start) = f.bundle_offset {
-            small.push((start, f.size, Arc::new(target_path(root, &f.path)?)));
+        if let Some(start) = f.bundle_offset
+            && f.path != "standby.signal"
+        {
+            small.push((start, f.size, Arc::new(places.destination(&f.path))));
         }
     }
     small.sort_by_key(|f| f.0);
@@ -497,10 +563,15 @@ type FileLocks = Arc<Mutex<HashMap<Arc<PathBuf>, Arc<Mutex<u64>>>>>;
 /// instead of all at the end.
 const FLUSH_EVERY: u64 = 64 << 20;
 
+/// Files one write task keeps open: a chunk of the small-file bundle can hold hundreds of
+/// files, and open files must stay bounded whatever the data directory holds.
+const OPEN_FILES_PER_TASK: usize = 4;
+
 /// Decode one chunk at a time and write it to each of its places: one decoded chunk per task
 /// is all the plaintext held in memory.
 fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<(), RestoreError> {
-    let mut open: HashMap<Arc<PathBuf>, std::fs::File> = HashMap::new();
+    // The most recently used first.
+    let mut open: Vec<(Arc<PathBuf>, std::fs::File)> = Vec::with_capacity(OPEN_FILES_PER_TASK);
     for (chunk, targets) in &group.chunks {
         // The manifest is checksummed, but a slice of its numbers must still never panic.
         let framed = usize::try_from(chunk.offset - group.start)
@@ -520,16 +591,23 @@ fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<()
                     chunk.hash
                 ))
             })?;
-            let file = match open.entry(target.path.clone()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                    std::fs::OpenOptions::new()
+            let index = match open.iter().position(|(p, _)| *p == target.path) {
+                Some(i) => i,
+                None => {
+                    if open.len() == OPEN_FILES_PER_TASK {
+                        open.pop();
+                    }
+                    let file = std::fs::OpenOptions::new()
                         .write(true)
+                        .custom_flags(no_follow())
                         .open(target.path.as_ref())
-                        .map_err(|err| RestoreError::io(target.path.as_ref(), err))?,
-                ),
+                        .map_err(|err| RestoreError::io(target.path.as_ref(), err))?;
+                    open.push((target.path.clone(), file));
+                    open.len() - 1
+                }
             };
-            write_locked(locks, &target.path, file, slice, target.offset)?;
+            open[..=index].rotate_right(1);
+            write_locked(locks, &target.path, &open[0].1, slice, target.offset)?;
         }
     }
     Ok(())
@@ -567,32 +645,30 @@ fn write_locked(
     Ok(())
 }
 
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// A string value for PostgreSQL's configuration files: inside single quotes, `'` doubled and
+/// `\` escaped (the parser reads backslash escapes in quoted values).
+pub(crate) fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn write_recovery_files(
     manifest: &BackupManifest,
     opts: &RestoreOptions,
+    places: &Places,
 ) -> Result<(), RestoreError> {
-    let root = &opts.data_dir;
-    let write = |name: &str, text: &str| {
-        let path = root.join(name);
-        std::fs::write(&path, text).map_err(|e| RestoreError::io(&path, e))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| RestoreError::io(&path, e))
-    };
-    write("backup_label", &manifest.backup_label)?;
-    if let Some(map) = &manifest.tablespace_map {
-        write("tablespace_map", map)?;
+    let root = &places.root.dir;
+    write_new(&root.join("backup_label"), manifest.backup_label.as_bytes())?;
+    if let Some(map) = places.tablespace_map() {
+        write_new(&root.join("tablespace_map"), map.as_bytes())?;
     }
-    write("recovery.signal", "")?;
+    write_new(&root.join("recovery.signal"), b"")?;
     let mut settings = format!(
         "\n# Added by lifeline restore of {} at {}\nrestore_command = {}\nrecovery_target_action = 'promote'\n",
         manifest.backup_id,
         jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         quote(&opts.restore_command)
     );
+    let timeline = quote(&opts.timeline.setting());
     match &opts.target {
         RecoveryTarget::Immediate => {
             settings
@@ -600,17 +676,31 @@ fn write_recovery_files(
         }
         RecoveryTarget::Time(t) => {
             settings.push_str(&format!(
-                "recovery_target_time = {}\nrecovery_target_inclusive = on\nrecovery_target_timeline = 'latest'\n",
+                "recovery_target_time = {}\nrecovery_target_inclusive = on\nrecovery_target_timeline = {timeline}\n",
                 quote(&t.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
             ));
         }
-        RecoveryTarget::EndOfArchive => settings.push_str("recovery_target_timeline = 'latest'\n"),
+        RecoveryTarget::EndOfArchive => {
+            settings.push_str(&format!("recovery_target_timeline = {timeline}\n"));
+        }
     }
+    if opts.archive_mode == ArchiveMode::Off {
+        // A copy started for a test must never archive into production's repository.
+        settings.push_str(
+            "# restored with --archive-mode off: remove this line once this server is the primary\narchive_mode = 'off'\n",
+        );
+    }
+    // postgresql.auto.conf is the backup's own file, restored by this run (or absent).
     let auto_conf = root.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto_conf).unwrap_or_default();
-    text.push_str(&settings);
-    std::fs::write(&auto_conf, text).map_err(|e| RestoreError::io(&auto_conf, e))?;
-    Ok(())
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(no_follow())
+        .open(&auto_conf)
+        .map_err(|e| RestoreError::io(&auto_conf, e))?;
+    file.write_all(settings.as_bytes())
+        .map_err(|e| RestoreError::io(&auto_conf, e))
 }
 
 #[cfg(test)]
@@ -674,8 +764,15 @@ mod tests {
             chunk("y", 8, "p2", 0),
             chunk("w", 4, "p2", 10),
         ];
-        let root = Path::new("/r");
-        let plan = plan_writes(&manifest, root).expect("plan");
+        let places = Places {
+            root: crate::places::Place {
+                dir: PathBuf::from("/r"),
+                existed: true,
+            },
+            tablespaces: BTreeMap::new(),
+            waldir: None,
+        };
+        let plan = plan_writes(&manifest, &places).expect("plan");
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
         for chunks in plan.values() {
             for (_, targets) in chunks {
@@ -705,19 +802,11 @@ mod tests {
         );
         // A bundle that ends too early is refused.
         manifest.bundle.pop();
-        assert!(plan_writes(&manifest, root).is_err());
+        assert!(plan_writes(&manifest, &places).is_err());
     }
 
     #[test]
-    fn refuses_non_empty_directories_and_unsafe_paths() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        assert!(check_target_dir(dir.path()).expect("empty is fine"));
-        assert!(!check_target_dir(&dir.path().join("new")).expect("missing is fine"));
-        std::fs::write(dir.path().join("PG_VERSION"), "15").expect("write");
-        assert!(check_target_dir(dir.path()).is_err());
-        for bad in ["../etc", "/etc/passwd", "a//b", "a/./b"] {
-            assert!(target_path(dir.path(), bad).is_err(), "{bad}");
-        }
-        assert!(quote("it's").contains("it''s"));
+    fn configuration_values_survive_quotes_and_backslashes() {
+        assert_eq!(quote(r"it's a \ path"), r"'it''s a \\ path'");
     }
 }

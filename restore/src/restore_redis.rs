@@ -9,6 +9,7 @@
 //! chunk by chunk, fsynced and renamed, then the directory is fsynced.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
@@ -53,6 +54,7 @@ pub async fn restore_redis(
     dir: &Path,
     downloads: usize,
 ) -> Result<RedisRestoreReport, RestoreError> {
+    crate::validate::validate_stream(manifest)?;
     let moved_aside = prepare_dir(dir)?;
     let mut report = RedisRestoreReport {
         files: Vec::new(),
@@ -70,7 +72,7 @@ pub async fn restore_redis(
         }
         let path = dir.join(&file.name);
         if let Some(parent) = path.parent().filter(|p| *p != dir) {
-            std::fs::create_dir_all(parent).map_err(|e| RestoreError::io(parent, e))?;
+            create_subdir(parent)?;
         }
         write_file(storage, &file.chunks, &path, downloads).await?;
         report.bytes += file.size;
@@ -81,6 +83,22 @@ pub async fn restore_redis(
     }
     fsync_dir(dir)?;
     Ok(report)
+}
+
+/// Redis's `appendonlydir`: made if missing, refused if it is a link (a restore never writes
+/// through a link it did not make).
+fn create_subdir(dir: &Path) -> Result<(), RestoreError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(RestoreError::Refused(format!(
+            "{} is a link: a restore does not write through links; replace it with a directory",
+            dir.display()
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(dir).map_err(|e| RestoreError::io(dir, e))
+        }
+        Err(e) => Err(RestoreError::io(dir, e)),
+    }
 }
 
 /// Restore an RDB file from disk (an older backup, a copy from another host) as `dump.rdb`.
@@ -167,7 +185,15 @@ async fn write_file(
         .unwrap_or_default();
     let temp = path.with_file_name(format!(".{file_name}.lifeline-partial"));
     let result = async {
-        let mut out = std::fs::File::create(&temp).map_err(|e| RestoreError::io(&temp, e))?;
+        // A temporary file left by a killed run is replaced; a link there is never followed.
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&temp)
+            .map_err(|e| RestoreError::io(&temp, e))?;
         let mut fetched = futures::stream::iter(chunks)
             .map(|chunk| fetch_chunk(storage, chunk))
             .buffered(downloads.max(1));

@@ -1,6 +1,8 @@
-//! Repository verification: every manifest's packs exist; with `read_data`, every chunk a
-//! backup needs is read back, decompressed and re-hashed, and so is every WAL object.
-//! Problems name the object and the backups it breaks.
+//! Repository verification: every manifest's packs exist, and the WAL chain of every timeline
+//! is whole from the start of the oldest base backup to the newest segment archived (following
+//! the history files); with `read_data`, every chunk a backup needs is read back, decompressed
+//! and re-hashed, and so is every WAL object. Problems name the object and the backups it
+//! breaks.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -9,6 +11,7 @@ use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::{Storage, StorageExt, layout, object, pack};
 
 use crate::RestoreError;
+use crate::pitr::{BackupWal, WalGap, check_wal_chains};
 use crate::restore_base::decode_chunk;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -19,6 +22,9 @@ pub struct VerifyReport {
     pub wal_files: usize,
     pub bytes_read: u64,
     pub problems: Vec<String>,
+    /// Segments missing from the WAL chains that recovery from the kept backups reads (also
+    /// named in `problems`).
+    pub wal_gaps: Vec<WalGap>,
 }
 
 impl VerifyReport {
@@ -37,9 +43,23 @@ pub async fn verify_repository(
 ) -> Result<VerifyReport, RestoreError> {
     let mut report = VerifyReport::default();
     let mut needed: Needed = BTreeMap::new();
+    // cluster -> (its segment size, the WAL its base backups need)
+    let mut kept_wal: BTreeMap<u64, (u64, Vec<BackupWal>)> = BTreeMap::new();
     for meta in storage.list(layout::BACKUPS_PREFIX).await? {
         let chunks = if let Some(id) = layout::parse_manifest_key(&meta.key) {
             let manifest = BackupManifest::load(storage, id).await;
+            if let Ok(m) = &manifest
+                && m.kind == "base"
+            {
+                let (_, kept) = kept_wal
+                    .entry(m.system_identifier)
+                    .or_insert((m.segment_size, Vec::new()));
+                kept.push(BackupWal {
+                    timeline: m.timeline.0,
+                    start: m.start_lsn,
+                    stop: m.stop_lsn,
+                });
+            }
             (
                 id,
                 manifest.map(|m| m.chunks().cloned().collect::<Vec<_>>()),
@@ -96,6 +116,20 @@ pub async fn verify_repository(
     }
     let wal = storage.list(layout::WAL_PREFIX).await?;
     report.wal_files = wal.len();
+    for (sysid, (segment_size, kept)) in kept_wal {
+        let records = crate::pitr::wal_records(&wal, sysid, segment_size);
+        match crate::pitr::timeline_histories(storage, sysid, &records).await {
+            Ok(histories) => {
+                let chains = check_wal_chains(&records, &histories, segment_size, &kept);
+                report.problems.extend(chains.problems());
+                report.wal_gaps.extend(chains.gaps);
+            }
+            Err(e) => report.problems.push(format!(
+                "the WAL history files of cluster {sysid} cannot be read, so its WAL chain was \
+                 not checked: {e}"
+            )),
+        }
+    }
     if !read_data {
         return Ok(report);
     }

@@ -85,15 +85,19 @@ pub async fn restore(
     }
     // Check the source before anything is dropped.
     let chunks = match &source {
-        Source::Repository(id) => Some(
-            storage::manifest::StreamManifest::load(storage.as_ref(), id)
+        Source::Repository(id) => {
+            let manifest = storage::manifest::StreamManifest::load(storage.as_ref(), id)
                 .await
-                .with_context(|| format!("read the manifest of {id}"))?
-                .files
-                .into_iter()
-                .flat_map(|f| f.chunks)
-                .collect::<Vec<_>>(),
-        ),
+                .with_context(|| format!("read the manifest of {id}"))?;
+            restore::validate_stream(&manifest)?;
+            Some(
+                manifest
+                    .files
+                    .into_iter()
+                    .flat_map(|f| f.chunks)
+                    .collect::<Vec<_>>(),
+            )
+        }
         Source::File(path) => {
             restore::open_dump_file(path)?;
             None

@@ -319,6 +319,17 @@ async fn restore_from_repository(
             true,
             // The restore makes the new primary: it archives as the old one did.
             &super::restore::RestoreChoices {
+                tablespaces: restore::TablespaceMapping {
+                    each: settings
+                        .ops
+                        .failover
+                        .tablespace_map
+                        .iter()
+                        .map(|(name, dir)| (name.clone(), dir.clone()))
+                        .collect(),
+                    all: settings.ops.failover.tablespace_map_all.clone(),
+                },
+                waldir: settings.ops.failover.waldir.clone(),
                 archive_mode: restore::ArchiveMode::Preserve,
                 ..Default::default()
             },

@@ -103,7 +103,9 @@ pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
     let backups = catalog.backups(None)?;
     let last_wal = catalog.last_wal()?;
     let (wal_count, wal_bytes) = catalog.wal_totals()?;
-    let repository_bytes: u64 = storage.list("").await?.iter().map(|m| m.size).sum();
+    let listing = storage.list("").await?;
+    let repository_bytes: u64 = listing.iter().map(|m| m.size).sum();
+    let chains = wal_chains(storage.as_ref(), &listing, &backups).await;
     let now = jiff::Timestamp::now().as_microsecond();
     let mut last_by_kind: Vec<&BackupRecord> = Vec::new();
     for b in backups.iter().rev() {
@@ -130,6 +132,7 @@ pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
             })),
             "wal_files": wal_count,
             "wal_bytes": wal_bytes,
+            "wal_chain": chain_json(&chains),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -164,6 +167,102 @@ pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
         ),
         _ => println!("last archived WAL: none; set archive_command = 'lifeline wal push %p'"),
     }
+    println!("{}", chain_line(&chains));
     println!("backups in the catalog: {}", backups.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The WAL chains checked from the start of the oldest base backup, as `verify` checks them.
+enum Chains {
+    /// Nothing to check: no cluster or no base backup yet.
+    NotApplicable,
+    Checked {
+        from: Lsn,
+        chains: restore::WalChains,
+    },
+    /// The repository's cluster or its history files could not be read.
+    Unreadable(String),
+}
+
+/// Walk the WAL chains of the repository's cluster. The WAL comes from the repository listing
+/// status already makes (not the catalog, which still lists a segment lost from the repository);
+/// where they start comes from the catalog's oldest complete base backup.
+async fn wal_chains(
+    storage: &dyn storage::Storage,
+    listing: &[storage::ObjectMeta],
+    backups: &[BackupRecord],
+) -> Chains {
+    let identity = match storage::manifest::ClusterIdentity::load(storage).await {
+        Ok(Some(identity)) => identity,
+        Ok(None) => return Chains::NotApplicable,
+        Err(e) => return Chains::Unreadable(e.to_string()),
+    };
+    let Some(sysid) = identity.system_identifier() else {
+        return Chains::Unreadable("cluster.json is corrupt".into());
+    };
+    let kept: Vec<restore::BackupWal> = backups
+        .iter()
+        .filter(|b| {
+            b.system_identifier == sysid
+                && b.kind == "base"
+                && b.service == "postgresql"
+                && b.state == catalog::BackupState::Complete
+        })
+        .map(|b| restore::BackupWal {
+            timeline: b.timeline,
+            start: Lsn(b.start_lsn),
+            stop: Lsn(b.stop_lsn),
+        })
+        .collect();
+    let Some(from) = kept.iter().map(|b| b.start).min() else {
+        return Chains::NotApplicable;
+    };
+    let wal = restore::wal_records(listing, sysid, identity.segment_size);
+    match restore::timeline_histories(storage, sysid, &wal).await {
+        Ok(histories) => Chains::Checked {
+            from,
+            chains: restore::check_wal_chains(&wal, &histories, identity.segment_size, &kept),
+        },
+        Err(e) => Chains::Unreadable(e.to_string()),
+    }
+}
+
+fn chain_json(chains: &Chains) -> serde_json::Value {
+    match chains {
+        Chains::NotApplicable => serde_json::Value::Null,
+        Chains::Checked { from, chains } => serde_json::json!({
+            "checked_from": from.to_string(),
+            "whole": chains.is_clean(),
+            "first_missing": chains.gaps.first().map(|g| &g.first_missing),
+            "missing_segments": chains.missing_segments(),
+            "gaps": chains.gaps,
+            "missing_histories": chains.missing_histories,
+        }),
+        Chains::Unreadable(e) => serde_json::json!({ "error": e }),
+    }
+}
+
+fn chain_line(chains: &Chains) -> String {
+    match chains {
+        Chains::NotApplicable => "WAL chain: not checked (no base backup yet)".into(),
+        Chains::Checked { from, chains } if chains.is_clean() => {
+            format!("WAL chain: whole from the oldest base backup ({from}) to the newest segment")
+        }
+        Chains::Checked { chains, .. } => {
+            let first = chains.gaps.first().map_or_else(
+                || "no segment, but a history file".to_string(),
+                |g| format!("{} on timeline {}", g.first_missing, g.timeline),
+            );
+            let histories = match chains.missing_histories.len() {
+                0 => String::new(),
+                n => format!(" and {n} history file(s)"),
+            };
+            format!(
+                "WAL gap: first missing {first}; {} segment(s){histories} missing in all. \
+                 Recovery across the gap stops there: `lifeline verify` names each one",
+                chains.missing_segments(),
+            )
+        }
+        Chains::Unreadable(e) => format!("WAL chain: not checked: {e}"),
+    }
 }

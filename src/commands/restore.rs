@@ -231,6 +231,17 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {target} and promotes",
         data_dir.display()
     );
+    match args.archive_mode {
+        restore::ArchiveMode::Off => println!(
+            "the restored server will not archive WAL (archive_mode = 'off' at the end of its \
+             postgresql.auto.conf): when it becomes the primary, delete that line and restart it, \
+             or restore with --archive-mode preserve"
+        ),
+        restore::ArchiveMode::Preserve => println!(
+            "the restored server keeps the backed-up server's archive settings: once promoted it \
+             archives into its archive_command's repository"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -277,12 +288,14 @@ pub async fn restore_backup(
         spool.clear(backup.system_identifier)?;
     }
     let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
-    let restore_command = format!(
-        "{}{} wal fetch --cluster {} %f %p",
+    // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.
+    let program = format!(
+        "{}{} wal fetch --cluster {}",
         shell_quote(&exe.to_string_lossy()),
         settings.repository_flags()?,
         backup.system_identifier
     );
+    let restore_command = format!("{} %f %p", program.replace('%', "%%"));
     tracing::debug!(backup = %backup.backup_id, "reading the manifest");
     let manifest = restore::read_manifest(storage.as_ref(), &backup.backup_id)
         .await

@@ -134,7 +134,9 @@ impl BackupManifest {
         backup_id: &str,
     ) -> Result<Self, crate::StorageError> {
         let key = crate::layout::manifest_key(backup_id);
-        BackupManifest::from_json(&key, &read_object(storage, &key).await?)
+        let manifest = BackupManifest::from_json(&key, &read_object(storage, &key).await?)?;
+        check_id(&key, backup_id, &manifest.backup_id)?;
+        Ok(manifest)
     }
 }
 
@@ -172,6 +174,20 @@ fn parse_manifest<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|e| crate::StorageError::Corrupt {
         key: key.to_string(),
         reason: format!("manifest does not parse: {e}"),
+    })
+}
+
+/// A backup is known by its key: a manifest copied under another backup's name (to make an
+/// old backup pass for a new one, or to hide one) is refused.
+fn check_id(key: &str, expected: &str, claimed: &str) -> Result<(), crate::StorageError> {
+    if expected == claimed {
+        return Ok(());
+    }
+    Err(crate::StorageError::Corrupt {
+        key: key.to_string(),
+        reason: format!(
+            "the manifest stored as backup {expected} claims to be backup {claimed}: it was copied or forged; skipped"
+        ),
     })
 }
 
@@ -226,7 +242,9 @@ impl StreamManifest {
         backup_id: &str,
     ) -> Result<Self, crate::StorageError> {
         let key = crate::layout::stream_manifest_key(backup_id);
-        StreamManifest::from_json(&key, &read_object(storage, &key).await?)
+        let manifest = StreamManifest::from_json(&key, &read_object(storage, &key).await?)?;
+        check_id(&key, backup_id, &manifest.backup_id)?;
+        Ok(manifest)
     }
 
     /// Every chunk the backup needs, each once.

@@ -1,0 +1,456 @@
+//! A manifest is checked as a whole before the first write: whoever can write to the
+//! repository must not be able to make a restore write outside its target, follow a link, set
+//! setuid bits or write more than the backup holds. The checksum of a manifest proves only that
+//! it was stored intact, not who stored it.
+
+use std::collections::{HashMap, HashSet};
+
+use storage::manifest::{BackupManifest, ChunkRef, EntryKind, StreamManifest};
+
+use crate::RestoreError;
+
+/// The largest chunk any lifeline writes is a relation block group (at most a few MiB) or a
+/// content-defined chunk (at most 8 MiB); anything far larger is a forged length.
+const MAX_CHUNK_LEN: u64 = 256 << 20;
+
+/// Names the restore writes itself, or uses while it runs.
+const RESERVED: &[&str] = &[
+    "backup_label",
+    "tablespace_map",
+    "recovery.signal",
+    ".lifeline-restore-incomplete",
+];
+
+/// Permission bits only: never setuid, setgid or sticky; the owner can always read and write
+/// what the restore creates (and enter its directories).
+pub(crate) fn file_mode(mode: u32) -> u32 {
+    (mode & 0o777) | 0o600
+}
+
+pub(crate) fn dir_mode(mode: u32) -> u32 {
+    (mode & 0o777) | 0o700
+}
+
+/// Whether `path` is `pg_tblspc/<oid>`, and the oid.
+pub(crate) fn tablespace_link_oid(path: &str) -> Option<u32> {
+    let oid = path.strip_prefix("pg_tblspc/")?;
+    if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    oid.parse().ok()
+}
+
+fn refused(backup_id: &str, what: String) -> RestoreError {
+    RestoreError::Refused(format!(
+        "backup {backup_id} has a manifest that cannot be trusted: {what}; nothing was written. \
+         Restore another backup (--from BACKUP_ID) and run `lifeline verify --read-data`"
+    ))
+}
+
+/// A relative, normalised path: no leading `/`, no empty, `.` or `..` component, no NUL.
+pub(crate) fn check_relative(path: &str) -> Result<(), String> {
+    if path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\0')
+        || path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return Err(format!("unsafe path {path:?}"));
+    }
+    Ok(())
+}
+
+fn check_chunk(chunk: &ChunkRef) -> Result<(), String> {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if chunk.hash.len() != 64 || !hex(&chunk.hash) {
+        return Err(format!("chunk hash {:?} is not a blake3 hash", chunk.hash));
+    }
+    if !hex(&chunk.pack) {
+        return Err(format!("pack name {:?} is not a pack id", chunk.pack));
+    }
+    if chunk.len == 0 || chunk.len > MAX_CHUNK_LEN || chunk.stored == 0 {
+        return Err(format!(
+            "chunk {} has an impossible size ({} bytes, {} stored)",
+            chunk.hash, chunk.len, chunk.stored
+        ));
+    }
+    if chunk.offset.checked_add(chunk.stored).is_none() || chunk.stored > MAX_CHUNK_LEN * 2 {
+        return Err(format!(
+            "chunk {} has an impossible place in its pack",
+            chunk.hash
+        ));
+    }
+    Ok(())
+}
+
+fn total_len(chunks: &[ChunkRef]) -> Result<u64, String> {
+    chunks.iter().try_fold(0u64, |sum, c| {
+        check_chunk(c)?;
+        sum.checked_add(c.len)
+            .ok_or_else(|| "chunk lengths overflow".to_string())
+    })
+}
+
+/// Check a base backup's manifest as a whole; see the module documentation.
+pub fn validate_base(manifest: &BackupManifest) -> Result<(), RestoreError> {
+    check_base(manifest).map_err(|what| refused(&manifest.backup_id, what))
+}
+
+fn check_base(manifest: &BackupManifest) -> Result<(), String> {
+    let bundle_len = total_len(&manifest.bundle)?;
+    let mut kinds: HashMap<&str, EntryKind> = HashMap::new();
+    for entry in &manifest.files {
+        let path = entry.path.as_str();
+        check_relative(path)?;
+        if kinds.insert(path, entry.kind).is_some() {
+            return Err(format!("{path:?} is listed twice"));
+        }
+        if RESERVED.contains(&path) || path.ends_with(".lifeline-partial") {
+            return Err(format!(
+                "{path:?} is a name the restore writes itself, never one a backup holds"
+            ));
+        }
+    }
+    for entry in &manifest.files {
+        let path = entry.path.as_str();
+        // Everything but the top level sits in a directory the manifest lists: never beneath a
+        // link, never beneath a file.
+        if let Some((parent, _)) = path.rsplit_once('/')
+            && kinds.get(parent) != Some(&EntryKind::Dir)
+        {
+            return Err(format!(
+                "{path:?} lies beneath {parent:?}, which the backup does not list as a directory"
+            ));
+        }
+        match entry.kind {
+            EntryKind::Symlink => check_link(manifest, path)?,
+            EntryKind::Dir => {
+                if entry.size != 0 || !entry.blocks.is_empty() || entry.bundle_offset.is_some() {
+                    return Err(format!("directory {path:?} claims data"));
+                }
+            }
+            EntryKind::File => check_file_data(entry, bundle_len)?,
+        }
+    }
+    check_tablespaces(manifest, &kinds)
+}
+
+fn check_link(manifest: &BackupManifest, path: &str) -> Result<(), String> {
+    if path == "pg_wal" {
+        return Ok(());
+    }
+    if let Some(oid) = tablespace_link_oid(path) {
+        if manifest.tablespaces.iter().any(|t| t.oid == oid) {
+            return Err(format!("tablespace {oid} is both a link and a directory"));
+        }
+        return Err(format!(
+            "tablespace {oid} was recorded as a link only (this backup predates tablespace \
+             backups), so its contents are not in the backup and restoring it would point at \
+             the live tablespace. Take a new backup with this lifeline"
+        ));
+    }
+    Err(format!(
+        "{path:?} is a link, and links are allowed only for pg_wal and pg_tblspc/<oid>"
+    ))
+}
+
+fn check_file_data(entry: &storage::manifest::FileEntry, bundle_len: u64) -> Result<(), String> {
+    let path = &entry.path;
+    match (entry.bundle_offset, entry.blocks.is_empty()) {
+        (Some(_), false) => Err(format!("{path:?} is both a small and a large file")),
+        (Some(offset), true) => match offset.checked_add(entry.size) {
+            Some(end) if end <= bundle_len => Ok(()),
+            _ => Err(format!(
+                "{path:?} claims {} bytes at {offset} of a bundle of {bundle_len} bytes",
+                entry.size
+            )),
+        },
+        (None, false) => {
+            let len = total_len(&entry.blocks)?;
+            if len == entry.size {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{path:?} claims {} bytes but its blocks hold {len}",
+                    entry.size
+                ))
+            }
+        }
+        (None, true) if entry.size == 0 => Ok(()),
+        (None, true) => Err(format!(
+            "{path:?} claims {} bytes but has no data",
+            entry.size
+        )),
+    }
+}
+
+fn check_tablespaces(
+    manifest: &BackupManifest,
+    kinds: &HashMap<&str, EntryKind>,
+) -> Result<(), String> {
+    let mut oids = HashSet::new();
+    let mut names = HashSet::new();
+    for ts in &manifest.tablespaces {
+        let name = ts.name.as_str();
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(format!(
+                "tablespace {} has a name that is not a directory name: {name:?}",
+                ts.oid
+            ));
+        }
+        if !oids.insert(ts.oid) || !names.insert(name) {
+            return Err(format!("tablespace {} ({name:?}) is listed twice", ts.oid));
+        }
+        let dir = format!("pg_tblspc/{}", ts.oid);
+        if kinds.get(dir.as_str()) != Some(&EntryKind::Dir) {
+            return Err(format!(
+                "tablespace {} ({name:?}) has no directory {dir:?} in the backup",
+                ts.oid
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check a Redis or dump stream manifest: plain relative names (one subdirectory at most, as
+/// Redis's `appendonlydir`), each once, sizes equal to their chunks.
+pub fn validate_stream(manifest: &StreamManifest) -> Result<(), RestoreError> {
+    check_stream(manifest).map_err(|what| refused(&manifest.backup_id, what))
+}
+
+fn check_stream(manifest: &StreamManifest) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for file in &manifest.files {
+        let name = file.name.as_str();
+        check_relative(name)?;
+        if name.split('/').count() > 2 || name.ends_with(".lifeline-partial") {
+            return Err(format!("{name:?} is not a file name a backup holds"));
+        }
+        if !seen.insert(name) {
+            return Err(format!("{name:?} is listed twice"));
+        }
+        let len = total_len(&file.chunks)?;
+        if len != file.size {
+            return Err(format!(
+                "{name:?} claims {} bytes but its chunks hold {len}",
+                file.size
+            ));
+        }
+    }
+    // A file and a directory of the same name cannot both be restored.
+    for name in &seen {
+        if let Some((dir, _)) = name.split_once('/')
+            && seen.contains(dir)
+        {
+            return Err(format!("{dir:?} is both a file and a directory"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::manifest::{FileEntry, StreamFile, Tablespace};
+
+    fn chunk(len: u64) -> ChunkRef {
+        ChunkRef {
+            hash: "ab".repeat(32),
+            len,
+            pack: "cd".repeat(32),
+            offset: 0,
+            stored: 10,
+        }
+    }
+
+    fn entry(path: &str, kind: EntryKind) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind,
+            mode: 0o700,
+            size: 0,
+            mtime: 0,
+            link_target: None,
+            blocks: Vec::new(),
+            bundle_offset: None,
+        }
+    }
+
+    fn file(path: &str, size: u64, blocks: Vec<ChunkRef>) -> FileEntry {
+        FileEntry {
+            size,
+            blocks,
+            ..entry(path, EntryKind::File)
+        }
+    }
+
+    fn link(path: &str, target: &str) -> FileEntry {
+        FileEntry {
+            link_target: Some(target.into()),
+            ..entry(path, EntryKind::Symlink)
+        }
+    }
+
+    fn manifest(files: Vec<FileEntry>) -> BackupManifest {
+        let json = serde_json::json!({
+            "format": 1, "backup_id": "b", "service": "postgresql", "kind": "base",
+            "system_identifier": 1, "server_version": "15", "database": "postgres",
+            "timeline": 1, "start_lsn": "0/0", "stop_lsn": "0/0", "start_wal": "", "stop_wal": "",
+            "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
+            "finished_at": "2025-01-01T00:00:00Z", "block_size": 8192, "files": [], "bundle": [],
+            "backup_label": "", "row_counts": {}, "size_bytes": 0, "new_bytes": 0
+        });
+        let mut m: BackupManifest = serde_json::from_value(json).expect("manifest");
+        m.files = files;
+        m
+    }
+
+    fn good() -> BackupManifest {
+        let mut m = manifest(vec![
+            entry("base", EntryKind::Dir),
+            entry("base/1", EntryKind::Dir),
+            file("base/1/1259", 16, vec![chunk(8), chunk(8)]),
+            FileEntry {
+                bundle_offset: Some(0),
+                ..file("PG_VERSION", 3, Vec::new())
+            },
+            link("pg_wal", "/elsewhere/wal"),
+            entry("pg_tblspc", EntryKind::Dir),
+            entry("pg_tblspc/16385", EntryKind::Dir),
+            entry("pg_tblspc/16385/PG_15_202209061", EntryKind::Dir),
+            file("pg_tblspc/16385/PG_15_202209061/5", 8, vec![chunk(8)]),
+        ]);
+        m.bundle = vec![chunk(3)];
+        m.tablespaces = vec![Tablespace {
+            oid: 16385,
+            name: "fast".into(),
+            location: "/mnt/fast".into(),
+        }];
+        m
+    }
+
+    fn refusal(m: &BackupManifest) -> String {
+        validate_base(m).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_manifest_as_lifeline_writes_it_passes() {
+        validate_base(&good()).expect("valid");
+    }
+
+    #[test]
+    fn tricks_are_refused_naming_the_entry() {
+        // A link, then a directory or file beneath it: writes would land outside the target.
+        let mut m = good();
+        m.files.push(link("base/evil", "/etc"));
+        assert!(refusal(&m).contains("base/evil"), "{}", refusal(&m));
+        let mut m = good();
+        m.files.push(file("pg_wal/x", 0, Vec::new()));
+        assert!(
+            refusal(&m).contains("beneath \"pg_wal\""),
+            "{}",
+            refusal(&m)
+        );
+        // The same path twice.
+        let mut m = good();
+        m.files
+            .push(file("base/1/1259", 16, vec![chunk(8), chunk(8)]));
+        assert!(refusal(&m).contains("twice"), "{}", refusal(&m));
+        // Paths that climb out or are absolute.
+        for bad in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "base//x",
+            "base/./x",
+            "base/1/../../x",
+        ] {
+            let mut m = good();
+            m.files.push(file(bad, 0, Vec::new()));
+            assert!(
+                refusal(&m).contains("unsafe path"),
+                "{bad}: {}",
+                refusal(&m)
+            );
+        }
+        // A file without its parent directory.
+        let mut m = good();
+        m.files.push(file("global/pg_control", 0, Vec::new()));
+        assert!(refusal(&m).contains("global"), "{}", refusal(&m));
+        // A tablespace recorded as a link only (an old backup, or a forged one).
+        let mut m = good();
+        m.files.push(link("pg_tblspc/16999", "/var/lib/live"));
+        assert!(refusal(&m).contains("link only"), "{}", refusal(&m));
+        // Names the restore writes itself.
+        let mut m = good();
+        m.files.push(file("backup_label", 0, Vec::new()));
+        assert!(refusal(&m).contains("backup_label"), "{}", refusal(&m));
+    }
+
+    #[test]
+    fn sizes_must_match_the_data() {
+        let mut m = good();
+        m.files[2].size = 1 << 40;
+        assert!(refusal(&m).contains("claims"), "{}", refusal(&m));
+        let mut m = good();
+        m.files[3].size = 4;
+        assert!(refusal(&m).contains("bundle"), "{}", refusal(&m));
+        let mut m = good();
+        m.files[2].blocks[0].len = u64::MAX;
+        assert!(refusal(&m).contains("impossible"), "{}", refusal(&m));
+        let mut m = good();
+        m.files[2].blocks[0].pack = "../../etc".into();
+        assert!(refusal(&m).contains("pack"), "{}", refusal(&m));
+        let mut m = good();
+        m.files[1].size = 5;
+        assert!(refusal(&m).contains("directory"), "{}", refusal(&m));
+    }
+
+    #[test]
+    fn tablespaces_must_be_directories_with_plain_names() {
+        let mut m = good();
+        m.tablespaces[0].name = "../x".into();
+        assert!(refusal(&m).contains("name"), "{}", refusal(&m));
+        let mut m = good();
+        m.tablespaces[0].oid = 17000;
+        assert!(refusal(&m).contains("no directory"), "{}", refusal(&m));
+        let mut m = good();
+        m.tablespaces.push(m.tablespaces[0].clone());
+        assert!(refusal(&m).contains("twice"), "{}", refusal(&m));
+    }
+
+    #[test]
+    fn modes_keep_permission_bits_only() {
+        assert_eq!(file_mode(0o104_755), 0o755);
+        assert_eq!(file_mode(0o6000), 0o600);
+        assert_eq!(dir_mode(0o1777), 0o777);
+        assert_eq!(dir_mode(0), 0o700);
+    }
+
+    #[test]
+    fn stream_manifests_are_checked_too() {
+        let json = serde_json::json!({
+            "format": 1, "backup_id": "r", "service": "redis", "kind": "rdb",
+            "server_version": "7", "source": "x", "started_at": "2025-01-01T00:00:00Z",
+            "finished_at": "2025-01-01T00:00:00Z", "files": [], "size_bytes": 0, "new_bytes": 0
+        });
+        let mut m: StreamManifest = serde_json::from_value(json).expect("manifest");
+        let f = |name: &str, size: u64| StreamFile {
+            name: name.into(),
+            size,
+            chunks: vec![chunk(8)],
+        };
+        m.files = vec![f("dump.rdb", 8)];
+        validate_stream(&m).expect("valid");
+        for bad in [
+            vec![f("dump.rdb", 8), f("dump.rdb", 8)],
+            vec![f("../dump.rdb", 8)],
+            vec![f("a/b/c", 8)],
+            vec![f("dump.rdb", 9)],
+            vec![f("d", 8), f("d/x", 8)],
+        ] {
+            m.files = bad;
+            assert!(validate_stream(&m).is_err(), "{:?}", m.files);
+        }
+    }
+}

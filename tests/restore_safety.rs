@@ -1,0 +1,198 @@
+//! Restores that cannot harm production: a restored server archives nothing unless asked, its
+//! recovery settings survive any path, and a low open-file limit does not break a restore of a
+//! data directory with more than a thousand files.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Pg, Scratch, chown_postgres, run_as_postgres, seed, succeeded, text};
+
+/// WAL files of `timeline` in the repository (any cluster).
+fn archived_on_timeline(repo: &Path, timeline: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(clusters) = std::fs::read_dir(repo.join("wal")) else {
+        return names;
+    };
+    for cluster in clusters.flatten() {
+        let Ok(files) = std::fs::read_dir(cluster.path().join(timeline.to_string())) else {
+            continue;
+        };
+        names.extend(
+            files
+                .flatten()
+                .map(|f| f.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    names
+}
+
+#[test]
+fn a_restored_server_started_with_defaults_archives_nothing() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    common::backup(&scratch, &pg);
+
+    let dir = scratch.path("copy");
+    let out = scratch.restore(&["--type", "full"], &dir);
+    let said = succeeded(&out, "restore with defaults");
+    assert!(
+        said.contains("will not archive") && said.contains("--archive-mode preserve"),
+        "the closing message does not say the copy will not archive: {said}"
+    );
+    let copy = Pg::recover(&scratch, dir);
+    assert_eq!(copy.psql("SHOW archive_mode"), "off");
+    // The copy promotes onto timeline 2 and writes; nothing of it reaches the repository.
+    copy.psql("INSERT INTO accounts VALUES (90001, 'the copy', 1)");
+    copy.psql("SELECT pg_switch_wal()");
+    copy.psql("CHECKPOINT");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        archived_on_timeline(&scratch.repo, 2),
+        Vec::<String>::new(),
+        "a restored copy archived into production's repository"
+    );
+    assert_eq!(
+        copy.psql("SELECT archived_count FROM pg_stat_archiver"),
+        "0"
+    );
+    copy.stop();
+    pg.stop();
+}
+
+#[test]
+fn recovery_settings_survive_a_space_quote_percent_and_backslash_in_paths() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    common::backup(&scratch, &pg);
+    pg.psql("INSERT INTO accounts VALUES (90002, 'after the backup', 2)");
+    pg.switch_and_archive();
+    let expected = pg.snapshot();
+    pg.stop();
+
+    // The binary and the repository move to a directory whose name PostgreSQL's configuration
+    // syntax, its `%` expansion and the shell would all misread if written verbatim.
+    let odd = scratch.path(r"it's 100%f \odd dir");
+    std::fs::create_dir(&odd).expect("mkdir");
+    let bin = odd.join("life line");
+    std::fs::copy(&scratch.bin, &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let repo = odd.join(r"re'po\%p");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&scratch.repo)
+        .arg(&repo)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    chown_postgres(&odd);
+
+    let dir = scratch.path("restored");
+    let repo_text = repo.to_string_lossy().into_owned();
+    let dir_text = dir.to_string_lossy().into_owned();
+    let out = common::lifeline_as_postgres(
+        &bin,
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "pitr",
+            "--until",
+            "latest",
+            "--data-dir",
+            &dir_text,
+        ],
+        &[("BACKUP_DIR", &repo_text)],
+    );
+    succeeded(&out, "restore from the odd repository");
+    let copy = Pg::recover(&scratch, dir);
+    assert_eq!(
+        copy.snapshot(),
+        expected,
+        "rows differ after recovery through the odd restore_command"
+    );
+    let log = copy.log();
+    assert!(
+        log.contains("restored log file"),
+        "recovery did not fetch WAL through restore_command:\n{log}"
+    );
+    copy.stop();
+}
+
+#[test]
+fn a_low_open_file_limit_still_restores_a_thousand_files() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    // 1,100 tables with a row each: one small relation file each, so that one chunk of the
+    // small-file bundle spans a hundred files.
+    pg.psql(
+        "DO $$ BEGIN FOR i IN 1..1100 LOOP \
+         EXECUTE format('CREATE TABLE t%s (id int)', i); \
+         EXECUTE format('INSERT INTO t%s VALUES (%s)', i, i); END LOOP; END $$",
+    );
+    common::backup(&scratch, &pg);
+    pg.stop();
+    let files = walk_count(&pg.data.join("base"));
+    assert!(files > 1000, "only {files} files in base/");
+
+    let dir = scratch.path("restored");
+    let script = format!(
+        "ulimit -n 256 && exec {} restore postgres --type full --data-dir {}",
+        scratch.bin.display(),
+        dir.display()
+    );
+    let out = run_as_postgres_env("bash", &["-c", &script], &scratch.repo);
+    succeeded(&out, "restore under ulimit -n 256");
+    let copy = Pg::recover(&scratch, dir);
+    assert_eq!(
+        copy.psql("SELECT count(*) FROM pg_class WHERE relname ~ '^t[0-9]+$'"),
+        "1100"
+    );
+    for i in [1, 2, 550, 1099, 1100] {
+        assert_eq!(copy.psql(&format!("SELECT id FROM t{i}")), i.to_string());
+    }
+    copy.stop();
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk_count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A program run as postgres with BACKUP_DIR set (for a shell that lowers its limits first).
+fn run_as_postgres_env(program: &str, args: &[&str], repo: &Path) -> std::process::Output {
+    let out = run_as_postgres(
+        "env",
+        &[
+            &[
+                "-i",
+                "PATH=/usr/bin:/bin",
+                "TZ=UTC",
+                &format!("BACKUP_DIR={}", repo.display()),
+                program,
+            ][..],
+            args,
+        ]
+        .concat(),
+    );
+    if !out.status.success() {
+        eprintln!("{}", text(&out));
+    }
+    out
+}
