@@ -333,10 +333,12 @@ fn assert_links_stay_within(root: &Path, allowed: &[&Path]) {
 /// The restored `tablespace_map` (renamed `.old` once recovery used it) names the mapped place,
 /// never production's.
 fn assert_tablespace_map_names(data: &Path, mapped: &Path, original: &Path) {
+    let mut found = false;
     for name in ["tablespace_map", "tablespace_map.old"] {
         let Ok(map) = std::fs::read_to_string(data.join(name)) else {
             continue;
         };
+        found = true;
         assert!(
             !map.contains(original.to_str().expect("utf8")),
             "{name} names production's location: {map}"
@@ -346,6 +348,11 @@ fn assert_tablespace_map_names(data: &Path, mapped: &Path, original: &Path) {
             "{name} names the mapped location: {map}"
         );
     }
+    assert!(
+        found,
+        "the restore wrote a tablespace_map into {}",
+        data.display()
+    )
 }
 
 /// A row only this copy has, flushed to its files.
