@@ -9,8 +9,12 @@
 //! channel; up to `parallelism` chunks at a time are hashed and compressed on blocking threads
 //! and written. A chunk the previous backup already stored is not written again. Memory is
 //! bounded by the channel capacity times the largest chunk, whatever the size of the database.
+//!
+//! Tablespaces are copied as though their version directory lived at `pg_tblspc/<oid>/` in
+//! PGDATA, and the manifest names each one (oid, name, original location); it records no links
+//! at all, so a restore decides where every byte goes (see `walk_data_dir`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use storage::chunking::{self, content_defined_chunks};
 use storage::manifest::{
-    BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
+    BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT, Tablespace,
 };
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
 use storage::{Compression, Durability, PutMode, Storage, StorageExt, layout};
@@ -105,6 +109,9 @@ struct ServerFacts {
     data_directory: PathBuf,
     segment_size: u64,
     archive_mode: String,
+    /// The directory this server version keeps inside every tablespace,
+    /// `PG_<major>_<catversion>`; the others there belong to other majors.
+    tablespace_version_dir: String,
 }
 
 async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, ArchiveError> {
@@ -114,7 +121,9 @@ async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, Ar
                     (SELECT system_identifier::text FROM pg_control_system()),
                     current_setting('data_directory'),
                     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
-                    current_setting('archive_mode')",
+                    current_setting('archive_mode'),
+                    current_setting('server_version_num'),
+                    (SELECT catalog_version_no::text FROM pg_control_system())",
             &[],
         )
         .await
@@ -130,7 +139,44 @@ async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, Ar
         data_directory: PathBuf::from(row.get::<_, String>(2)),
         segment_size: number(row.get(3), "wal_segment_size")?,
         archive_mode: row.get(4),
+        tablespace_version_dir: tablespace_version_dir(
+            number(row.get(5), "server_version_num")?,
+            number(row.get(6), "catalog version")?,
+        ),
     })
+}
+
+/// `PG_15_202209061`: PostgreSQL's `TABLESPACE_VERSION_DIRECTORY` (`PG_9.6_...` before 10).
+fn tablespace_version_dir(server_version_num: u64, catalog_version: u64) -> String {
+    let major = if server_version_num >= 100_000 {
+        (server_version_num / 10_000).to_string()
+    } else {
+        format!(
+            "{}.{}",
+            server_version_num / 10_000,
+            server_version_num / 100 % 100
+        )
+    };
+    format!("PG_{major}_{catalog_version}")
+}
+
+/// The tablespaces the server knows (not `pg_default` and `pg_global`, which live in PGDATA):
+/// (oid, name, location).
+async fn server_tablespaces(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<(u32, String, String)>, ArchiveError> {
+    let rows = client
+        .query(
+            "SELECT oid, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace
+             WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
+            &[],
+        )
+        .await
+        .doing("listing the server's tablespaces (pg_tablespace)")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Take a base backup and return its manifest once it is complete and restorable.
@@ -180,12 +226,18 @@ pub async fn run_base_backup(
     let start_lsn: Lsn = start_lsn.parse().map_err(ArchiveError::Precondition)?;
     info!(%start_lsn, "checkpoint done, copying files");
 
+    let tablespace_rows = server_tablespaces(&client).await?;
     let counts = tokio::spawn(count_rows(opts.connection.clone()));
     let walk_dir = data_dir.clone();
-    let entries = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir))
+    let version_dir = facts.tablespace_version_dir.clone();
+    let walk = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir, &version_dir))
         .await
         .map_err(|e| ArchiveError::Precondition(format!("directory walk failed: {e}")))??;
-    let copied = copy_files(storage.clone(), entries, block_size, opts, previous).await?;
+    let tablespaces = match_tablespaces(tablespace_rows, &walk)?;
+    for t in &tablespaces {
+        info!(tablespace = %t.name, oid = t.oid, location = %t.location, "copying tablespace");
+    }
+    let copied = copy_files(storage.clone(), walk.entries, block_size, opts, previous).await?;
     storage.sync().await?;
     info!(
         size_bytes = copied.size_bytes,
@@ -254,7 +306,7 @@ pub async fn run_base_backup(
         bundle: copied.bundle,
         backup_label,
         tablespace_map,
-        tablespaces: Vec::new(),
+        tablespaces,
         row_counts: row_counts.exact,
         row_estimates: row_counts.estimated,
         size_bytes: copied.size_bytes,
@@ -359,15 +411,26 @@ async fn previous_chunks(
     }
 }
 
-/// A file or directory found under PGDATA.
+/// A file or directory found under PGDATA (or inside a tablespace it links to).
 struct WalkEntry {
+    /// The path the manifest records, relative to PGDATA.
     rel: String,
+    /// Where it is read from.
     abs: PathBuf,
     kind: EntryKind,
     mode: u32,
     size: u64,
     mtime: i64,
-    link_target: Option<String>,
+}
+
+/// What a walk of PGDATA found.
+struct Walk {
+    entries: Vec<WalkEntry>,
+    /// Tablespace links `pg_tblspc/<oid>`, by oid, with where each one points.
+    linked: BTreeMap<u32, PathBuf>,
+    /// In-place tablespaces (`allow_in_place_tablespaces`): real directories under
+    /// `pg_tblspc`, copied as ordinary entries.
+    in_place: BTreeSet<u32>,
 }
 
 /// Directories whose contents a base backup omits (PostgreSQL docs, "Backing Up the Data
@@ -395,13 +458,35 @@ const FILES_OMITTED: &[&str] = &[
     "backup_label.old",
 ];
 
-fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
+/// List what a base backup copies. The manifest records no links: a tablespace link
+/// `pg_tblspc/<oid>` becomes a directory holding the tablespace's `version_dir` (read from the
+/// link's target; other majors' directories there are not ours), `pg_wal` and the other
+/// directories whose contents are omitted become empty directories even when they are links
+/// elsewhere (as pg_basebackup writes them), and any other link is skipped with a warning. So a
+/// restore never has to recreate a link to a place on the backed-up host.
+fn walk_data_dir(root: &Path, version_dir: &str) -> Result<Walk, ArchiveError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let io = |path: &Path, source| ArchiveError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut out = Vec::new();
+    let entry = |rel: String, abs: PathBuf, meta: &std::fs::Metadata| WalkEntry {
+        rel,
+        abs,
+        kind: if meta.is_dir() {
+            EntryKind::Dir
+        } else {
+            EntryKind::File
+        },
+        mode: meta.permissions().mode() & 0o7777,
+        size: if meta.is_dir() { 0 } else { meta.len() },
+        mtime: meta.mtime(),
+    };
+    let mut walk = Walk {
+        entries: Vec::new(),
+        linked: BTreeMap::new(),
+        in_place: BTreeSet::new(),
+    };
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel_dir)) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
@@ -409,10 +494,10 @@ fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel_dir.is_empty() => continue,
             Err(e) => return Err(io(&dir, e)),
         };
-        for entry in entries {
-            let entry = entry.map_err(|e| io(&dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let abs = entry.path();
+        for dir_entry in entries {
+            let dir_entry = dir_entry.map_err(|e| io(&dir, e))?;
+            let name = dir_entry.file_name().to_string_lossy().into_owned();
+            let abs = dir_entry.path();
             let rel = if rel_dir.is_empty() {
                 name.clone()
             } else {
@@ -427,42 +512,119 @@ fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, ArchiveError> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(&abs, e)),
             };
-            let mut item = WalkEntry {
-                rel: rel.clone(),
-                abs: abs.clone(),
-                kind: EntryKind::File,
-                mode: meta.permissions().mode() & 0o7777,
-                size: meta.len(),
-                mtime: meta.mtime(),
-                link_target: None,
-            };
-            if meta.file_type().is_symlink() {
-                item.kind = EntryKind::Symlink;
-                item.size = 0;
-                item.link_target = Some(
-                    std::fs::read_link(&abs)
-                        .map_err(|e| io(&abs, e))?
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-                if rel_dir == "pg_tblspc" {
-                    warn!(
-                        "tablespace {rel} is recorded as a link only: tablespace contents are not backed up yet"
-                    );
+            let is_link = meta.file_type().is_symlink();
+            if rel_dir.is_empty() && CONTENTS_OMITTED.contains(&name.as_str()) {
+                if !(is_link || meta.is_dir()) {
+                    continue;
                 }
-            } else if meta.is_dir() {
+                let mut item = entry(rel, abs, &meta);
                 item.kind = EntryKind::Dir;
                 item.size = 0;
-                if !(rel_dir.is_empty() && CONTENTS_OMITTED.contains(&name.as_str())) {
-                    stack.push((abs, rel));
+                // Whatever its mode here, or wherever it links to, the restored directory is
+                // the server's own: private.
+                if is_link || name == "pg_wal" {
+                    item.mode = 0o700;
                 }
+                walk.entries.push(item);
+                continue;
+            }
+            let tablespace_oid = (rel_dir == "pg_tblspc")
+                .then(|| name.parse::<u32>().ok())
+                .flatten();
+            if is_link {
+                let target = std::fs::read_link(&abs).map_err(|e| io(&abs, e))?;
+                let Some(oid) = tablespace_oid else {
+                    warn!(
+                        "{} is a link to {}: skipped (a base backup copies only PGDATA and its \
+                         tablespaces; back that place up separately)",
+                        abs.display(),
+                        target.display()
+                    );
+                    continue;
+                };
+                // Read through the link: a relative target resolves as PostgreSQL resolves it.
+                let target_meta = std::fs::metadata(&abs).map_err(|e| {
+                    ArchiveError::Precondition(format!(
+                        "tablespace link {} points to {}, which cannot be read ({e}): run the \
+                         backup as a user that can read every tablespace",
+                        abs.display(),
+                        target.display()
+                    ))
+                })?;
+                let version_abs = abs.join(version_dir);
+                let version_meta = std::fs::metadata(&version_abs)
+                    .ok()
+                    .filter(std::fs::Metadata::is_dir)
+                    .ok_or_else(|| {
+                        ArchiveError::Precondition(format!(
+                            "tablespace {oid} at {} has no {version_dir} directory, so it does \
+                             not belong to this server's PostgreSQL version: check the link {}",
+                            target.display(),
+                            abs.display()
+                        ))
+                    })?;
+                let mut item = entry(rel.clone(), abs.clone(), &target_meta);
+                item.kind = EntryKind::Dir;
+                walk.entries.push(item);
+                let version_rel = format!("{rel}/{version_dir}");
+                walk.entries.push(entry(
+                    version_rel.clone(),
+                    version_abs.clone(),
+                    &version_meta,
+                ));
+                stack.push((version_abs, version_rel));
+                walk.linked.insert(oid, target);
+                continue;
+            }
+            if meta.is_dir() {
+                if let Some(oid) = tablespace_oid {
+                    walk.in_place.insert(oid);
+                }
+                stack.push((abs.clone(), rel.clone()));
             } else if !meta.is_file() {
                 continue;
             }
-            out.push(item);
+            walk.entries.push(entry(rel, abs, &meta));
         }
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    walk.entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(walk)
+}
+
+/// The manifest's tablespaces: each server tablespace matched to its link in PGDATA. A link
+/// without a tablespace, or a tablespace without a link, means the walk and the server disagree
+/// (PGDATA is not this server's, or a tablespace came or went during the backup): refuse rather
+/// than record a backup that cannot be put back as it was.
+fn match_tablespaces(
+    rows: Vec<(u32, String, String)>,
+    walk: &Walk,
+) -> Result<Vec<Tablespace>, ArchiveError> {
+    let mut out = Vec::new();
+    for (oid, name, location) in rows {
+        if walk.linked.contains_key(&oid) {
+            out.push(Tablespace {
+                oid,
+                name,
+                location,
+            });
+        } else if !walk.in_place.contains(&oid) {
+            return Err(ArchiveError::Precondition(format!(
+                "the server has tablespace {name} (oid {oid}, at {location}) but PGDATA has no \
+                 pg_tblspc/{oid}: PGDATA is not this server's data directory, or the tablespace \
+                 was created during the backup; check PGDATA and run the backup again"
+            )));
+        }
+    }
+    for (oid, target) in &walk.linked {
+        if !out.iter().any(|t| t.oid == *oid) {
+            return Err(ArchiveError::Precondition(format!(
+                "PGDATA has pg_tblspc/{oid} (a link to {}) but the server has no tablespace \
+                 with oid {oid}: it was dropped during the backup, or the link is stray; run the \
+                 backup again, or remove the stray link",
+                target.display()
+            )));
+        }
+    }
     Ok(out)
 }
 
@@ -546,7 +708,7 @@ async fn copy_files(
             mode: e.mode,
             size: 0,
             mtime: e.mtime,
-            link_target: e.link_target,
+            link_target: None,
             blocks: Vec::new(),
             bundle_offset: None,
         };
@@ -921,8 +1083,9 @@ mod tests {
         ] {
             std::fs::write(root.join(f), b"x").expect("write");
         }
-        let rels: Vec<String> = walk_data_dir(root)
+        let rels: Vec<String> = walk_data_dir(root, "PG_15_202209061")
             .expect("walk")
+            .entries
             .into_iter()
             .map(|e| e.rel)
             .collect();
@@ -937,6 +1100,182 @@ mod tests {
                 "pg_stat_tmp",
                 "pg_wal"
             ]
+        );
+    }
+
+    fn mkdirs(root: &Path, dirs: &[&str]) {
+        for d in dirs {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+    }
+
+    fn write_files(root: &Path, files: &[&str]) {
+        for f in files {
+            std::fs::write(root.join(f), b"x").expect("write");
+        }
+    }
+
+    /// A data directory as `initdb --waldir` plus a tablespace in a place with a space and a
+    /// quote in its name leaves it, plus a stray link and an in-place tablespace.
+    #[test]
+    fn walk_copies_tablespaces_and_records_no_links() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let space = dir.path().join("my ts's place");
+        let waldir = dir.path().join("wal dir");
+        let elsewhere = dir.path().join("elsewhere");
+        mkdirs(
+            &root,
+            &["base/1", "global", "pg_tblspc/16400/PG_15_202209061/5"],
+        );
+        mkdirs(&space, &["PG_15_202209061/5", "PG_14_202107181/5"]);
+        mkdirs(&waldir, &["archive_status"]);
+        mkdirs(&elsewhere, &["sub"]);
+        write_files(
+            &root,
+            &[
+                "base/1/1259",
+                "global/pg_control",
+                "pg_tblspc/16400/PG_15_202209061/5/16401",
+            ],
+        );
+        write_files(
+            &space,
+            &[
+                "PG_15_202209061/5/16390",
+                "PG_15_202209061/5/16390_fsm",
+                "PG_14_202107181/5/999",
+            ],
+        );
+        write_files(&waldir, &["000000010000000000000001"]);
+        write_files(&elsewhere, &["sub/secret"]);
+        std::fs::set_permissions(&space, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        std::fs::set_permissions(&waldir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        symlink(&space, root.join("pg_tblspc/16389")).expect("link");
+        symlink(&waldir, root.join("pg_wal")).expect("link");
+        symlink(&elsewhere, root.join("base/stray")).expect("link");
+        symlink(elsewhere.join("sub/secret"), root.join("global/stray_file")).expect("link");
+        symlink(&elsewhere, root.join("pg_tblspc/not_an_oid")).expect("link");
+
+        let walk = walk_data_dir(&root, "PG_15_202209061").expect("walk");
+        let got: Vec<(&str, EntryKind)> = walk
+            .entries
+            .iter()
+            .map(|e| (e.rel.as_str(), e.kind))
+            .collect();
+        use EntryKind::{Dir, File};
+        assert_eq!(
+            got,
+            vec![
+                ("base", Dir),
+                ("base/1", Dir),
+                ("base/1/1259", File),
+                ("global", Dir),
+                ("global/pg_control", File),
+                ("pg_tblspc", Dir),
+                ("pg_tblspc/16389", Dir),
+                ("pg_tblspc/16389/PG_15_202209061", Dir),
+                ("pg_tblspc/16389/PG_15_202209061/5", Dir),
+                ("pg_tblspc/16389/PG_15_202209061/5/16390", File),
+                ("pg_tblspc/16389/PG_15_202209061/5/16390_fsm", File),
+                ("pg_tblspc/16400", Dir),
+                ("pg_tblspc/16400/PG_15_202209061", Dir),
+                ("pg_tblspc/16400/PG_15_202209061/5", Dir),
+                ("pg_tblspc/16400/PG_15_202209061/5/16401", File),
+                ("pg_wal", Dir),
+            ]
+        );
+        let find = |rel: &str| {
+            walk.entries
+                .iter()
+                .find(|e| e.rel == rel)
+                .expect("entry recorded")
+        };
+        assert_eq!(
+            find("pg_tblspc/16389/PG_15_202209061/5/16390").abs,
+            root.join("pg_tblspc/16389/PG_15_202209061/5/16390"),
+            "tablespace files are read from the tablespace (through its link)"
+        );
+        assert_eq!(
+            std::fs::canonicalize(&find("pg_tblspc/16389/PG_15_202209061/5/16390").abs)
+                .expect("canonical"),
+            std::fs::canonicalize(space.join("PG_15_202209061/5/16390")).expect("canonical"),
+        );
+        assert_eq!(find("pg_tblspc/16389").mode, 0o750, "the target's mode");
+        assert_eq!(find("pg_wal").mode, 0o700);
+        assert_eq!(find("pg_wal").size, 0);
+        assert_eq!(walk.linked, BTreeMap::from([(16389, space.clone())]));
+        assert_eq!(walk.in_place, BTreeSet::from([16400]));
+    }
+
+    #[test]
+    fn a_tablespace_link_without_this_version_is_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let space = dir.path().join("ts");
+        mkdirs(&root, &["pg_tblspc"]);
+        mkdirs(&space, &["PG_14_202107181"]);
+        symlink(&space, root.join("pg_tblspc/16389")).expect("link");
+        let err = walk_data_dir(&root, "PG_15_202209061")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("16389") && err.contains("PG_15_202209061"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tablespaces_match_their_links_or_the_backup_refuses() {
+        let walk = |linked: &[u32], in_place: &[u32]| Walk {
+            entries: Vec::new(),
+            linked: linked
+                .iter()
+                .map(|o| (*o, PathBuf::from(format!("/ts/{o}"))))
+                .collect(),
+            in_place: in_place.iter().copied().collect(),
+        };
+        let row = |oid: u32, name: &str| (oid, name.to_string(), format!("/ts/{oid}"));
+        let got = match_tablespaces(
+            vec![row(1, "a"), row(2, "b"), row(3, "inplace")],
+            &walk(&[1, 2], &[3]),
+        )
+        .expect("matched");
+        assert_eq!(
+            got.iter()
+                .map(|t| (t.oid, t.name.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "a"), (2, "b")],
+            "in-place tablespaces are plain directories, not listed"
+        );
+        let err = match_tablespaces(vec![row(1, "a"), row(2, "b")], &walk(&[1], &[]))
+            .expect_err("a tablespace without a link")
+            .to_string();
+        assert!(
+            err.contains("tablespace b") && err.contains("pg_tblspc/2"),
+            "{err}"
+        );
+        let err = match_tablespaces(vec![row(1, "a")], &walk(&[1, 7], &[]))
+            .expect_err("a link without a tablespace")
+            .to_string();
+        assert!(
+            err.contains("pg_tblspc/7") && err.contains("/ts/7"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn version_directory_names_follow_postgres() {
+        assert_eq!(
+            tablespace_version_dir(150_004, 202_209_061),
+            "PG_15_202209061"
+        );
+        assert_eq!(
+            tablespace_version_dir(90_624, 201_608_131),
+            "PG_9.6_201608131"
         );
     }
 }

@@ -213,18 +213,22 @@ pub struct Pg {
 impl Pg {
     /// initdb a new cluster archiving into `scratch`'s repository.
     pub fn init(scratch: &Scratch, name: &str) -> Pg {
+        Pg::init_with(scratch, name, &[])
+    }
+
+    /// As `init`, with more initdb arguments (e.g. `--waldir DIR`).
+    pub fn init_with(scratch: &Scratch, name: &str, initdb_args: &[&str]) -> Pg {
         let data = scratch.path(name);
-        let out = run_as_postgres(
-            &format!("{PG_BIN}/initdb"),
-            &[
-                "-D",
-                data.to_str().expect("utf8"),
-                "--auth=trust",
-                "--no-sync",
-                "-U",
-                "postgres",
-            ],
-        );
+        let mut args = vec![
+            "-D",
+            data.to_str().expect("utf8"),
+            "--auth=trust",
+            "--no-sync",
+            "-U",
+            "postgres",
+        ];
+        args.extend_from_slice(initdb_args);
+        let out = run_as_postgres(&format!("{PG_BIN}/initdb"), &args);
         assert!(out.status.success(), "initdb: {}", text(&out));
         let pg = Pg {
             data,
