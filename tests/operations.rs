@@ -939,6 +939,15 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
     let scratch = Scratch::new();
     let pg = Pg::running(&scratch, "pg");
     seed(&pg);
+    // A tablespace outside the data directory: the drill reads its own copy of it.
+    let live_tablespace = scratch.path("ts");
+    std::fs::create_dir(&live_tablespace).expect("mkdir");
+    chown_postgres(&live_tablespace);
+    pg.psql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        live_tablespace.display()
+    ));
+    pg.psql("CREATE TABLE spaced TABLESPACE ts AS SELECT generate_series(1, 300) AS id");
     backup(&scratch, &pg);
     let listed: serde_json::Value =
         serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &[]).stdout).expect("list");
@@ -946,6 +955,7 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
     // An ordinary day after the backup: most orders deleted, a table emptied, one added.
     pg.psql("DELETE FROM orders WHERE id > 1000");
     pg.psql("TRUNCATE accounts CASCADE");
+    pg.psql("DELETE FROM spaced");
     pg.psql("CREATE TABLE later AS SELECT generate_series(1, 10) AS id");
     pg.switch_and_archive();
     // The scratch directory is kept inside the test's own, so a failure leaves nothing behind.
@@ -978,7 +988,7 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
     );
     assert!(
         said.contains("[PASS] row counts: at the backup's consistent point")
-            && said.contains("2 tables match the backup's record"),
+            && said.contains("3 tables match the backup's record"),
         "{said}"
     );
     assert!(
@@ -991,6 +1001,10 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
         "{said}"
     );
     assert!(said.contains("RTO measured:"), "{said}");
+    assert!(
+        said.contains("[PASS] table public.spaced: 300 rows"),
+        "{said}"
+    );
 
     // What the kept scratch directory shows: a server that listened on no TCP address and let
     // in its own OS user only, by peer authentication over its socket.
@@ -1005,6 +1019,14 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
         0o700,
         "the socket's directory is private"
     );
+    // The tablespace was read from the scratch directory, never from production's.
+    let links: Vec<_> = std::fs::read_dir(kept.join("data/pg_tblspc"))
+        .expect("pg_tblspc")
+        .flatten()
+        .map(|e| std::fs::read_link(e.path()).expect("a tablespace link"))
+        .collect();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert!(links[0].starts_with(&kept), "{links:?}");
     let auto = std::fs::read_to_string(kept.join("data/postgresql.auto.conf")).expect("auto conf");
     assert_eq!(
         last_setting(&auto, "listen_addresses").as_deref(),
