@@ -1045,7 +1045,7 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
     );
     assert_eq!(
         last_setting(&auto, "recovery_target_timeline").as_deref(),
-        Some("'latest'"),
+        Some("'1'"),
         "{auto}"
     );
     let socket_dir = last_setting(&auto, "unix_socket_directories").expect("socket dir");

@@ -346,7 +346,13 @@ async fn rehearse(
     if let Some(paused) = server.take() {
         paused.stop_fast()?;
     }
-    write_drill_settings(&data_dir, &access, port, &limits, Phase::EndOfArchive)?;
+    write_drill_settings(
+        &data_dir,
+        &access,
+        port,
+        &limits,
+        Phase::EndOfArchive(plan.timeline.0),
+    )?;
     *server = Some(ScratchServer::start(&pg_ctl, &data_dir, &log)?);
     let running = server
         .as_ref()
@@ -623,8 +629,8 @@ fn control_limits(pg_bin: &Path, data_dir: &Path) -> Vec<(&'static str, u64)> {
 enum Phase {
     /// Stop at the backup's consistent point and pause there, readable.
     ConsistentPoint,
-    /// Replay all of the archive, then promote.
-    EndOfArchive,
+    /// Replay all of the archive on the planned timeline, then promote.
+    EndOfArchive(u32),
 }
 
 /// Marks the settings the drill owns in postgresql.auto.conf: everything from it to the end
@@ -673,10 +679,15 @@ fn write_drill_settings(
             // The restore wrote recovery_target = 'immediate' for RecoveryTarget::Immediate.
             settings.push(("recovery_target_action", conf_quote("pause")));
         }
-        Phase::EndOfArchive => {
+        Phase::EndOfArchive(timeline) => {
             settings.push(("recovery_target", conf_quote("")));
             settings.push(("recovery_target_action", conf_quote("promote")));
-            settings.push(("recovery_target_timeline", conf_quote("latest")));
+            // The timeline the plan checked, not PostgreSQL's 'latest', which could take one
+            // that branched off before the backup.
+            settings.push((
+                "recovery_target_timeline",
+                conf_quote(&timeline.to_string()),
+            ));
         }
     }
     let auto = data_dir.join("postgresql.auto.conf");
@@ -693,7 +704,7 @@ fn write_drill_settings(
         "\n{DRILL_MARK} ({})\n",
         match phase {
             Phase::ConsistentPoint => "phase 1: pause at the backup's consistent point",
-            Phase::EndOfArchive => "phase 2: replay the archive and promote",
+            Phase::EndOfArchive(_) => "phase 2: replay the archive and promote",
         }
     ));
     for (name, value) in settings {
@@ -1045,12 +1056,13 @@ mod tests {
         );
         assert!(phase1.contains("listen_addresses = ''\n"), "{phase1}");
         assert!(phase1.contains("max_connections = 200\n"), "{phase1}");
-        write_drill_settings(&data, &access, 5555, &limits, Phase::EndOfArchive).expect("phase 2");
+        write_drill_settings(&data, &access, 5555, &limits, Phase::EndOfArchive(1))
+            .expect("phase 2");
         let phase2 = std::fs::read_to_string(&auto).expect("read");
         assert!(phase2.starts_with(restored), "{phase2}");
         assert_eq!(phase2.matches(DRILL_MARK).count(), 1, "{phase2}");
         assert!(!phase2.contains("'pause'"), "{phase2}");
-        assert!(phase2.ends_with("recovery_target = ''\nrecovery_target_action = 'promote'\nrecovery_target_timeline = 'latest'\n"), "{phase2}");
+        assert!(phase2.ends_with("recovery_target = ''\nrecovery_target_action = 'promote'\nrecovery_target_timeline = '1'\n"), "{phase2}");
         let hba = std::fs::read_to_string(&access.hba_file).expect("hba");
         assert!(
             hba.contains("\nlocal all all peer map=lifeline_drill\n"),
