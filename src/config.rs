@@ -548,6 +548,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn failover_restores_take_a_tablespace_mapping() {
+        let text = "[failover]\ntablespace-map = { fast = \"/mnt/fast\", 16390 = \"/mnt/b\" }\n\
+                    tablespace-map-all = \"/srv/ts\"\nwaldir = \"/srv/wal\"\n";
+        let file: FileConfig = toml::from_str(text).expect("parses");
+        let failover = file.failover;
+        assert_eq!(
+            failover.tablespace_map.get("fast"),
+            Some(&PathBuf::from("/mnt/fast"))
+        );
+        assert_eq!(failover.tablespace_map.len(), 2);
+        assert_eq!(failover.tablespace_map_all, Some(PathBuf::from("/srv/ts")));
+        assert_eq!(failover.waldir, Some(PathBuf::from("/srv/wal")));
+    }
+
+    #[test]
     fn the_shipped_sample_configuration_parses() {
         let text = include_str!("../ops/lifeline.toml");
         let file: FileConfig = toml::from_str(text).expect("ops/lifeline.toml parses");
