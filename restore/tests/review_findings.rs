@@ -1,0 +1,339 @@
+//! Review of issue 11's restore side: forged manifests (someone with write access to the
+//! repository) and operator inputs that still make a restore write, chmod or leave things where
+//! it should not. Each test fails on the code reviewed and names the defect.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use restore::{ArchiveMode, RecoveryTarget, RestoreOptions, TablespaceMapping, TargetTimeline};
+use storage::LocalStorage;
+use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, Tablespace};
+use storage::pack::PackBuilder;
+use storage::{Compression, Durability, PutMode, Storage, layout, object};
+
+/// One pack holding `chunks`, stored in a new local repository at `dir`.
+async fn repository(dir: &Path, chunks: &[&[u8]]) -> (Arc<LocalStorage>, Vec<ChunkRef>) {
+    let storage = Arc::new(LocalStorage::open(dir).expect("repository"));
+    let mut pack = PackBuilder::new();
+    let mut pending = Vec::new();
+    for data in chunks {
+        let hash = object::checksum(data).to_hex().to_string();
+        let (_, framed) = object::encode(data, Compression::default()).expect("encode");
+        let offset = pack.add(hash.clone(), &framed);
+        pending.push((hash, data.len() as u64, offset, framed.len() as u64));
+    }
+    let sealed = pack.seal().expect("seal");
+    storage
+        .put_bytes(
+            &layout::pack_key(&sealed.id),
+            sealed.bytes,
+            PutMode::Create,
+            Durability::Immediate,
+        )
+        .await
+        .expect("put pack");
+    let refs = pending
+        .into_iter()
+        .map(|(hash, len, offset, stored)| ChunkRef {
+            hash,
+            len,
+            pack: sealed.id.clone(),
+            offset,
+            stored,
+        })
+        .collect();
+    (storage, refs)
+}
+
+fn entry(path: &str, kind: EntryKind, mode: u32) -> FileEntry {
+    FileEntry {
+        path: path.into(),
+        kind,
+        mode,
+        size: 0,
+        mtime: 0,
+        link_target: None,
+        blocks: Vec::new(),
+        bundle_offset: None,
+    }
+}
+
+fn file(path: &str, mode: u32, chunk: &ChunkRef) -> FileEntry {
+    FileEntry {
+        size: chunk.len,
+        blocks: vec![chunk.clone()],
+        ..entry(path, EntryKind::File, mode)
+    }
+}
+
+/// A data directory with `global/pg_control`, a tablespace directory and `extra` entries.
+fn manifest(control: &ChunkRef, tablespace: Tablespace, extra: Vec<FileEntry>) -> BackupManifest {
+    let json = serde_json::json!({
+        "format": 1, "backup_id": "backup_20250101_000000", "service": "postgresql",
+        "kind": "base", "system_identifier": 1, "server_version": "15", "database": "postgres",
+        "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+        "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",
+        "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
+        "finished_at": "2025-01-01T00:00:00Z", "block_size": 8192, "files": [], "bundle": [],
+        "backup_label": "START WAL LOCATION: 0/2000028\n", "row_counts": {}, "size_bytes": 0,
+        "new_bytes": 0
+    });
+    let mut m: BackupManifest = serde_json::from_value(json).expect("manifest");
+    m.files = vec![
+        entry("global", EntryKind::Dir, 0o700),
+        file("global/pg_control", 0o600, control),
+        entry("pg_tblspc", EntryKind::Dir, 0o700),
+        entry(
+            &format!("pg_tblspc/{}", tablespace.oid),
+            EntryKind::Dir,
+            0o700,
+        ),
+    ];
+    m.files.extend(extra);
+    m.tablespaces = vec![tablespace];
+    m
+}
+
+fn options(data_dir: &Path) -> RestoreOptions {
+    RestoreOptions {
+        data_dir: data_dir.to_path_buf(),
+        parallelism: 2,
+        downloads: 2,
+        verify_first: false,
+        target: RecoveryTarget::Immediate,
+        restore_command: "lifeline wal fetch %f %p".into(),
+        tablespaces: TablespaceMapping::default(),
+        waldir: None,
+        archive_mode: ArchiveMode::Off,
+        timeline: TargetTimeline::Latest,
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).expect("meta").permissions().mode() & 0o7777
+}
+
+/// A forged manifest names any missing or empty absolute directory as a tablespace's original
+/// location and puts files straight into it (not under a `PG_<major>_<catversion>` directory,
+/// the only thing PostgreSQL keeps there). Restored as root, `~root/.ssh/authorized_keys`,
+/// `/var/spool/cron/crontabs/root` (empty by default on Debian) or `/etc/sudoers.d/x` are one
+/// manifest away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_tablespace_location_receives_files_outside_a_version_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = b"ssh-ed25519 AAAA attacker\n";
+    let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control", key]).await;
+    // An existing, empty, private directory that is nobody's tablespace.
+    let ssh = tmp.path().join("home/.ssh");
+    std::fs::create_dir_all(&ssh).expect("mkdir");
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let m = manifest(
+        &chunks[0],
+        Tablespace {
+            oid: 16385,
+            name: "t".into(),
+            location: ssh.display().to_string(),
+        },
+        vec![file("pg_tblspc/16385/authorized_keys", 0o644, &chunks[1])],
+    );
+    let data = tmp.path().join("data");
+    let storage: Arc<dyn Storage> = storage;
+    let result = restore::restore_base(storage, &m, &options(&data)).await;
+    assert!(
+        !ssh.join("authorized_keys").exists(),
+        "the restore wrote {} (result: {result:?})",
+        ssh.join("authorized_keys").display()
+    );
+}
+
+/// The manifest's mode of `pg_tblspc/<oid>` is applied to the tablespace's place itself: an
+/// existing empty directory (the operator's --tablespace-map DIR, or an original location)
+/// becomes world-writable, and the tablespace's files, outside the 0700 data directory, become
+/// readable and writable by every local user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_mode_makes_the_tablespace_place_and_its_files_world_writable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (storage, chunks) = repository(
+        &tmp.path().join("repo"),
+        &[b"pg_control", b"relation bytes"],
+    )
+    .await;
+    let place = tmp.path().join("ts");
+    std::fs::create_dir(&place).expect("mkdir");
+    std::fs::set_permissions(&place, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let mut m = manifest(
+        &chunks[0],
+        Tablespace {
+            oid: 16385,
+            name: "t".into(),
+            location: "/nonexistent/original".into(),
+        },
+        vec![
+            entry("pg_tblspc/16385/PG_15_202209061", EntryKind::Dir, 0o777),
+            file("pg_tblspc/16385/PG_15_202209061/1259", 0o666, &chunks[1]),
+        ],
+    );
+    // The link entry itself, as forged.
+    m.files[3].mode = 0o777;
+    let data = tmp.path().join("data");
+    let mut opts = options(&data);
+    opts.tablespaces.each = vec![("t".into(), place.clone())];
+    let storage: Arc<dyn Storage> = storage;
+    restore::restore_base(storage, &m, &opts)
+        .await
+        .expect("restore");
+    let relation = place.join("PG_15_202209061/1259");
+    assert_eq!(
+        (
+            mode(&place),
+            mode(&place.join("PG_15_202209061")),
+            mode(&relation) & 0o077
+        ),
+        (0o700, 0o700, 0),
+        "outside the data directory, the restore gave others access"
+    );
+}
+
+/// `std::path::absolute` keeps `..`, so the overlap check compares `x/../data/ts` with `data`
+/// and lets a tablespace land inside the data directory (and the restore leaves `x` behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dotdot_in_a_tablespace_map_dir_passes_the_overlap_check() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
+    let m = manifest(
+        &chunks[0],
+        Tablespace {
+            oid: 16385,
+            name: "t".into(),
+            location: "/nonexistent/original".into(),
+        },
+        vec![entry(
+            "pg_tblspc/16385/PG_15_202209061",
+            EntryKind::Dir,
+            0o700,
+        )],
+    );
+    let data = tmp.path().join("data");
+    let mut opts = options(&data);
+    opts.tablespaces.each = vec![("t".into(), tmp.path().join("x/../data/ts"))];
+    let storage: Arc<dyn Storage> = storage;
+    let result = restore::restore_base(storage, &m, &opts).await;
+    assert!(
+        result
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("overlap")),
+        "a tablespace mapped inside the data directory was accepted: {result:?}; \
+         data/ts exists: {}",
+        data.join("ts").exists()
+    );
+}
+
+/// PostgreSQL accepts any quoted name (`CREATE TABLESPACE "fast/ssd" ...`), and the name is
+/// used as a path only by --tablespace-map-all. Refusing it in the manifest check makes the
+/// whole backup unrestorable, even with the tablespace mapped by name or oid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablespace_name_with_a_slash_makes_a_genuine_backup_unrestorable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
+    let m = manifest(
+        &chunks[0],
+        Tablespace {
+            oid: 16385,
+            name: "fast/ssd".into(),
+            location: "/mnt/fast".into(),
+        },
+        vec![entry(
+            "pg_tblspc/16385/PG_15_202209061",
+            EntryKind::Dir,
+            0o700,
+        )],
+    );
+    let data = tmp.path().join("data");
+    let mut opts = options(&data);
+    opts.tablespaces.each = vec![("16385".into(), tmp.path().join("ts"))];
+    let storage: Arc<dyn Storage> = storage;
+    let result = restore::restore_base(storage, &m, &opts).await;
+    assert!(
+        result.is_ok(),
+        "a backup of a tablespace named \"fast/ssd\", mapped by oid: {result:?}"
+    );
+}
+
+/// Small files whose bundle ranges overlap (only a forged manifest has them) pass validation,
+/// and the bundle cutter then skips the rest of the longer file: the restore succeeds with
+/// zeros where the data should be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_bundle_ranges_restore_a_file_with_zeros_and_report_success() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (storage, chunks) = repository(
+        &tmp.path().join("repo"),
+        &[b"pg_control", b"AAAAAAAA", b"BBBBBBBB"],
+    )
+    .await;
+    let mut m = manifest(
+        &chunks[0],
+        Tablespace {
+            oid: 16385,
+            name: "t".into(),
+            location: "/nonexistent/original".into(),
+        },
+        vec![entry("small", EntryKind::Dir, 0o700)],
+    );
+    m.bundle = vec![chunks[1].clone(), chunks[2].clone()];
+    // "a" is the whole 16-byte bundle; "b" is bytes 2..4 of it.
+    m.files.push(FileEntry {
+        size: 16,
+        bundle_offset: Some(0),
+        ..entry("small/a", EntryKind::File, 0o600)
+    });
+    m.files.push(FileEntry {
+        size: 2,
+        bundle_offset: Some(2),
+        ..entry("small/b", EntryKind::File, 0o600)
+    });
+    let data = tmp.path().join("data");
+    let mut opts = options(&data);
+    opts.tablespaces.each = vec![("t".into(), tmp.path().join("ts"))];
+    let storage: Arc<dyn Storage> = storage;
+    let result = restore::restore_base(storage, &m, &opts).await;
+    if result.is_ok() {
+        assert_eq!(
+            std::fs::read(data.join("small/a")).expect("a"),
+            b"AAAAAAAABBBBBBBB",
+            "the restore succeeded but small/a is incomplete"
+        );
+    }
+}
+
+/// A failed restore into a data directory whose parents did not exist removes the data
+/// directory but leaves the parents it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_leaves_the_parent_directories_it_created() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
+    let mut missing = chunks[0].clone();
+    missing.pack = "ab".repeat(32);
+    let m = manifest(
+        &missing,
+        Tablespace {
+            oid: 16385,
+            name: "t".into(),
+            location: "/nonexistent/original".into(),
+        },
+        vec![],
+    );
+    let data = tmp.path().join("new/parents/data");
+    let mut opts = options(&data);
+    opts.tablespaces.each = vec![("t".into(), tmp.path().join("also/new/ts"))];
+    let storage: Arc<dyn Storage> = storage;
+    restore::restore_base(storage, &m, &opts)
+        .await
+        .expect_err("the pack is missing");
+    assert!(
+        !tmp.path().join("new").exists() && !tmp.path().join("also").exists(),
+        "left behind: {:?} {:?}",
+        tmp.path().join("new/parents").exists(),
+        tmp.path().join("also/new").exists()
+    );
+}
