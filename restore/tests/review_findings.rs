@@ -337,3 +337,104 @@ async fn a_failed_restore_leaves_the_parent_directories_it_created() {
         tmp.path().join("also/new").exists()
     );
 }
+
+/// A repository that, while the restore checks its packs (`verify_first`, minutes on S3),
+/// lets "someone else" create the data directory the plan found missing: a second restore
+/// into the same new directory, or the operator starting over.
+struct RacingRepo {
+    inner: Arc<LocalStorage>,
+    then: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for RacingRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RacingRepo")
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for RacingRepo {
+    async fn put_stream(
+        &self,
+        key: &str,
+        payload: storage::ObjectReader,
+        mode: PutMode,
+        durability: Durability,
+    ) -> Result<(), storage::StorageError> {
+        self.inner.put_stream(key, payload, mode, durability).await
+    }
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        mode: PutMode,
+        durability: Durability,
+    ) -> Result<(), storage::StorageError> {
+        self.inner.put_bytes(key, bytes, mode, durability).await
+    }
+    async fn get_stream(&self, key: &str) -> Result<storage::ObjectReader, storage::StorageError> {
+        self.inner.get_stream(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, storage::StorageError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<storage::ObjectMeta, storage::StorageError> {
+        let then = self.then.lock().expect("lock").take();
+        if let Some(then) = then {
+            then();
+        }
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<storage::ObjectMeta>, storage::StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), storage::StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn sync(&self) -> Result<(), storage::StorageError> {
+        self.inner.sync().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A place the plan found missing is "not existed", so when creating it fails because it now
+/// exists, the clean-up runs `remove_dir_all` on it: another restore's finished data directory
+/// (or a server already started on it) is deleted by a restore that never wrote there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_removes_a_directory_someone_else_created_after_the_check() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (inner, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
+    let m = manifest(
+        &chunks[0],
+        Tablespace {
+            oid: 16385,
+            name: "t".into(),
+            location: "/nonexistent/original".into(),
+        },
+        vec![],
+    );
+    let data = tmp.path().join("data");
+    let theirs = data.clone();
+    let storage: Arc<dyn Storage> = Arc::new(RacingRepo {
+        inner,
+        then: std::sync::Mutex::new(Some(Box::new(move || {
+            std::fs::create_dir(&theirs).expect("mkdir");
+            std::fs::write(theirs.join("PG_VERSION"), "15\n").expect("write");
+        }))),
+    });
+    let mut opts = options(&data);
+    opts.verify_first = true;
+    opts.tablespaces.each = vec![("t".into(), tmp.path().join("ts"))];
+    let result = restore::restore_base(storage, &m, &opts).await;
+    assert!(result.is_err(), "the directory exists now: {result:?}");
+    assert!(
+        data.join("PG_VERSION").exists(),
+        "the failed restore deleted a directory it did not create ({result:?})"
+    );
+}
