@@ -438,3 +438,35 @@ async fn a_failed_restore_removes_a_directory_someone_else_created_after_the_che
         "the failed restore deleted a directory it did not create ({result:?})"
     );
 }
+
+/// A Redis restore moves the files in the way (`dump.rdb`, `appendonlydir`) aside before it
+/// has read a byte of the backup. When the backup then cannot be read (a pack missing), the
+/// restore fails, the live `dump.rdb` is no longer where Redis looks, and the error does not
+/// say where it went: a redis-server restarted there at 3 a.m. starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_redis_restore_has_moved_the_existing_dump_aside_without_a_word() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"REDIS0011 new"]).await;
+    let mut missing = chunks[0].clone();
+    missing.pack = "ab".repeat(32);
+    let json = serde_json::json!({
+        "format": 1, "backup_id": "redis_20250101_000000", "service": "redis", "kind": "rdb",
+        "server_version": "7", "source": "127.0.0.1:6379",
+        "started_at": "2025-01-01T00:00:00Z", "finished_at": "2025-01-01T00:00:00Z",
+        "files": [{ "name": "dump.rdb", "size": missing.len, "chunks": [missing] }],
+        "size_bytes": 0, "new_bytes": 0
+    });
+    let manifest: storage::manifest::StreamManifest =
+        serde_json::from_value(json).expect("manifest");
+    let dir = tmp.path().join("redis");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("dump.rdb"), "REDIS0011 live").expect("write");
+    let err = restore::restore_redis(storage.as_ref(), &manifest, &dir, 2)
+        .await
+        .expect_err("the pack is missing");
+    assert!(
+        std::fs::read(dir.join("dump.rdb")).is_ok_and(|d| d == b"REDIS0011 live")
+            || err.to_string().contains("lifeline-replaced"),
+        "dump.rdb is gone and the error does not say where: {err}"
+    );
+}
