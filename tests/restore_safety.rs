@@ -196,3 +196,65 @@ fn run_as_postgres_env(program: &str, args: &[&str], repo: &Path) -> std::proces
     }
     out
 }
+
+#[test]
+fn a_restore_stopped_by_a_signal_removes_what_it_wrote() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    // Enough data that the restore is still writing when the signal comes.
+    pg.psql("CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 3000000) g");
+    common::backup(&scratch, &pg);
+    pg.stop();
+
+    let dir = scratch.path("restored");
+    let (uid, gid) = (
+        std::fs::metadata(&scratch.repo).map(|m| std::os::unix::fs::MetadataExt::uid(&m)),
+        std::fs::metadata(&scratch.repo).map(|m| std::os::unix::fs::MetadataExt::gid(&m)),
+    );
+    let child = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(&scratch.bin)
+            .args(["restore", "postgres", "--type", "full", "--data-dir"])
+            .arg(&dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("BACKUP_DIR", &scratch.repo)
+            .env("LIFELINE_TRANSFERS", "1")
+            .current_dir(scratch.dir.path())
+            .uid(uid.expect("uid"))
+            .gid(gid.expect("gid"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the restore")
+    };
+    // As soon as the restore has begun writing, stop it as systemd or Ctrl-C would.
+    let marker = dir.join(".lifeline-restore-incomplete");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("wait");
+    let said = text(&out);
+    assert!(!out.status.success(), "the restore finished anyway: {said}");
+    assert!(said.contains("interrupted"), "{said}");
+    assert!(
+        !dir.exists(),
+        "an interrupted restore left {}: {:?}",
+        dir.display(),
+        std::fs::read_dir(&dir).map(|d| d.count())
+    );
+    // A second restore into the same place works.
+    let out = scratch.restore(&["--type", "full"], &dir);
+    succeeded(&out, "a restore after the interrupted one");
+}

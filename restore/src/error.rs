@@ -15,6 +15,9 @@ pub enum RestoreError {
     /// A check that failed before anything was written; the message names the fix.
     #[error("{0}")]
     Refused(String),
+    /// Stopped by a signal (Ctrl-C, SIGTERM, a lost terminal); everything written was removed.
+    #[error("interrupted: every worker was stopped and everything this restore wrote was removed")]
+    Interrupted,
 }
 
 impl RestoreError {

@@ -621,6 +621,15 @@ fn fmt_time(us: i64) -> String {
 /// `latest` follows the newest timeline that some backup before the target can reach (as
 /// PostgreSQL's default picks the newest timeline), `current` the newest backup's own timeline,
 /// and `N` timeline N from the newest backup whose timeline it leaves after the backup ended.
+/// When timeline `t` came into being: when its history file was archived (a timeline without
+/// one, the first, always existed).
+fn created_at(wal: &[WalRecord], t: u32) -> Option<i64> {
+    wal.iter()
+        .filter(|w| w.kind == "history" && w.timeline == t)
+        .map(|w| w.archived_at_us)
+        .min()
+}
+
 pub fn plan_pitr(
     backups: &[BackupRecord],
     wal: &[WalRecord],
@@ -664,9 +673,13 @@ pub fn plan_pitr(
     };
     let (backup, chosen) = match timeline {
         TargetTimeline::Current => (newest_backup, newest_backup.timeline),
+        // A timeline created after the target (its history file archived later) did not
+        // exist then: following it would replay the parent only to the branch point, and the
+        // parent's history between the branch point and the target would be lost.
         TargetTimeline::Latest => known
             .iter()
             .rev()
+            .filter(|t| created_at(wal, **t).is_none_or(|at| at <= target_us))
             .find_map(|t| reaching(*t).map(|b| (b, *t)))
             .unwrap_or((newest_backup, newest_backup.timeline)),
         TargetTimeline::Exact(t) => match reaching(t.0) {

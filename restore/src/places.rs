@@ -5,7 +5,9 @@
 //! makes are `pg_tblspc/<oid>` and `pg_wal`, to places chosen here.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use storage::manifest::{BackupManifest, Tablespace};
 
@@ -18,18 +20,43 @@ use crate::validate::tablespace_link_oid;
 pub(crate) const CONTROL_FILE: &str = "global/pg_control";
 pub(crate) const CONTROL_PARTIAL: &str = "global/pg_control.lifeline-partial";
 
-/// A directory the restore writes into, and whether it was there (empty) before.
-#[derive(Debug, Clone)]
+/// A directory the restore writes into, whether it was there (empty) when checked, and what
+/// of it and its parents this restore created: a failure removes only those.
+#[derive(Debug, Default)]
 pub(crate) struct Place {
     pub dir: PathBuf,
     pub existed: bool,
+    /// Directories this restore created, parents first.
+    created: Mutex<Vec<PathBuf>>,
 }
 
 impl Place {
-    /// Back to how it was: removed if the restore made it, emptied if it was there.
+    pub fn new(dir: PathBuf, existed: bool) -> Place {
+        Place {
+            dir,
+            existed,
+            created: Mutex::default(),
+        }
+    }
+
+    fn created(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Back to how it was: what the restore made is removed (parents only while empty), a
+    /// place that was there is emptied, and a place someone else made meanwhile is left alone.
     fn clean_up(&self) {
-        if !self.existed {
+        let created = std::mem::take(&mut *self.created());
+        if created.last() == Some(&self.dir) {
             let _ = std::fs::remove_dir_all(&self.dir);
+            for parent in created.iter().rev().skip(1) {
+                let _ = std::fs::remove_dir(parent);
+            }
+            return;
+        }
+        if !self.existed {
             return;
         }
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
@@ -45,19 +72,39 @@ impl Place {
         }
     }
 
-    /// Create the directory (and, for a location named by the operator, its parents).
+    /// Create the directory and its missing parents, one level at a time, recording each: a
+    /// directory that appeared since the check is refused, not adopted.
     fn create(&self) -> Result<(), RestoreError> {
         if self.existed {
             return Ok(());
         }
-        if let Some(parent) = self.dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| RestoreError::io(parent, e))?;
+        let mut missing = Vec::new();
+        let mut at = self.dir.as_path();
+        while std::fs::symlink_metadata(at).is_err() {
+            missing.push(at.to_path_buf());
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => break,
+            }
         }
-        std::fs::create_dir(&self.dir).map_err(|e| RestoreError::io(&self.dir, e))
+        if missing.first() != Some(&self.dir) {
+            return Err(RestoreError::Refused(format!(
+                "{} appeared while the restore was checking the backup (another restore?): nothing was written there",
+                self.dir.display()
+            )));
+        }
+        for dir in missing.into_iter().rev() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| RestoreError::io(&dir, e))?;
+            self.created().push(dir);
+        }
+        Ok(())
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Places {
     pub root: Place,
     /// By tablespace oid.
@@ -68,20 +115,22 @@ pub(crate) struct Places {
 impl Places {
     /// Decide and check every place; nothing is written.
     pub fn plan(manifest: &BackupManifest, opts: &RestoreOptions) -> Result<Self, RestoreError> {
-        let root = Place {
-            existed: check_empty(&opts.data_dir, "the data directory", "--data-dir")?,
-            dir: absolute(&opts.data_dir)?,
-        };
+        let root_dir = normal(&opts.data_dir, "--data-dir")?;
+        let root = Place::new(
+            root_dir.clone(),
+            check_empty(&root_dir, "the data directory", "--data-dir")?,
+        );
+        check_mapping_names(manifest, &opts.tablespaces)?;
         let mut tablespaces = BTreeMap::new();
         for ts in &manifest.tablespaces {
             tablespaces.insert(ts.oid, tablespace_place(ts, &opts.tablespaces)?);
         }
-        check_mapping_names(manifest, &opts.tablespaces)?;
         let waldir = match &opts.waldir {
-            Some(dir) => Some(Place {
-                existed: check_empty(dir, "--waldir", "--waldir")?,
-                dir: absolute(dir)?,
-            }),
+            Some(dir) => {
+                let dir = normal(dir, "--waldir")?;
+                let existed = check_empty(&dir, "--waldir", "--waldir")?;
+                Some(Place::new(dir, existed))
+            }
             None => None,
         };
         let places = Places {
@@ -107,9 +156,11 @@ impl Places {
             std::iter::once(("the data directory".to_string(), &self.root))
                 .chain(self.others())
                 .collect();
+        let resolved: Vec<PathBuf> = all.iter().map(|(_, p)| resolved(&p.dir)).collect();
         for (i, (a, pa)) in all.iter().enumerate() {
-            for (b, pb) in &all[i + 1..] {
-                if pa.dir.starts_with(&pb.dir) || pb.dir.starts_with(&pa.dir) {
+            for (j, (b, pb)) in all.iter().enumerate().skip(i + 1) {
+                let (ra, rb) = (&resolved[i], &resolved[j]);
+                if ra.starts_with(rb) || rb.starts_with(ra) {
                     return Err(RestoreError::Refused(format!(
                         "{a} ({}) and {b} ({}) overlap: give each its own directory, outside the others; nothing was written",
                         pa.dir.display(),
@@ -183,8 +234,47 @@ impl Places {
     }
 }
 
-fn absolute(path: &Path) -> Result<PathBuf, RestoreError> {
-    std::path::absolute(path).map_err(|e| RestoreError::io(path, e))
+/// `path` made absolute with `.` and `..` resolved lexically, so that the overlap check sees
+/// where it really points; a path that is not UTF-8 cannot be written into PostgreSQL's
+/// configuration faithfully and is refused.
+fn normal(path: &Path, flag: &str) -> Result<PathBuf, RestoreError> {
+    let absolute = std::path::absolute(path).map_err(|e| RestoreError::io(path, e))?;
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if out.to_str().is_none() {
+        return Err(RestoreError::Refused(format!(
+            "{flag} {} is not UTF-8: name a directory whose path is; nothing was written",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Where `path` is once links in its existing part are followed (a `--data-dir` that is a
+/// link, a mapped directory under a linked parent): the overlap check compares these.
+fn resolved(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
 }
 
 /// Whether `dir` exists (then it must be an empty directory, not a link), refusing otherwise.
@@ -203,6 +293,15 @@ fn check_empty(dir: &Path, what: &str, flag: &str) -> Result<bool, RestoreError>
     let mut entries = std::fs::read_dir(dir).map_err(|e| RestoreError::io(dir, e))?;
     if entries.next().is_none() {
         return Ok(true);
+    }
+    if let Ok(backup) = std::fs::read_to_string(dir.join(crate::restore_base::MARKER)) {
+        return Err(RestoreError::Refused(format!(
+            "{what} {} holds what an interrupted restore of {} left (it was killed before it could \
+             clean up): remove the directory, and the tablespace and --waldir directories that \
+             restore was given, then restore again",
+            dir.display(),
+            backup.trim()
+        )));
     }
     let running = dir.join("postmaster.pid").exists();
     Err(RestoreError::Refused(format!(
@@ -224,23 +323,44 @@ fn tablespace_place(ts: &Tablespace, mapping: &TablespaceMapping) -> Result<Plac
         .find(|(name, _)| *name == ts.name || *name == oid);
     let what = format!("tablespace {:?} (oid {})", ts.name, ts.oid);
     if let Some((name, dir)) = named {
-        return Ok(Place {
-            existed: check_empty(dir, &what, &format!("--tablespace-map {name}=DIR"))?,
-            dir: absolute(dir)?,
-        });
+        let flag = format!("--tablespace-map {name}=DIR");
+        let dir = normal(dir, &flag)?;
+        let existed = check_empty(&dir, &what, &flag)?;
+        return Ok(Place::new(dir, existed));
     }
     if let Some(all) = &mapping.all {
-        let dir = all.join(&ts.name);
-        return Ok(Place {
-            existed: check_empty(&dir, &what, "--tablespace-map-all")?,
-            dir: absolute(&dir)?,
-        });
+        // The name becomes a directory name here, and only here.
+        if ts.name.is_empty() || ts.name == "." || ts.name == ".." || ts.name.contains(['/', '\0'])
+        {
+            return Err(RestoreError::Refused(format!(
+                "{what} has a name that cannot be a directory name under --tablespace-map-all: \
+                 map it by oid with --tablespace-map {oid}=DIR; nothing was written"
+            )));
+        }
+        let dir = normal(&all.join(&ts.name), "--tablespace-map-all")?;
+        let existed = check_empty(&dir, &what, "--tablespace-map-all")?;
+        return Ok(Place::new(dir, existed));
     }
     let original = PathBuf::from(&ts.location);
-    if !original.is_absolute() {
+    let plain = original.is_absolute()
+        && original.parent().is_some()
+        && original
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !plain {
         return Err(RestoreError::Refused(format!(
-            "{what} was at {:?}, not an absolute path: map it with --tablespace-map {}=DIR; nothing was written",
-            ts.location, ts.name
+            "{what} was at {:?}, not a plain absolute path: map it with --tablespace-map {oid}=DIR; nothing was written",
+            ts.location
+        )));
+    }
+    // The location comes from the manifest, which whoever can write to the repository can
+    // forge: as root, a restore goes only where the operator said.
+    if rustix::process::geteuid().is_root() {
+        return Err(RestoreError::Refused(format!(
+            "{what} would go back to {}, a place the backup names: running as root, a restore puts \
+             tablespaces only where you map them (--tablespace-map {oid}=DIR or --tablespace-map-all DIR), \
+             or run it as the database's owner; nothing was written",
+            original.display()
         )));
     }
     let existed = check_empty(&original, &what, "--tablespace-map").map_err(|e| match e {
@@ -252,10 +372,7 @@ fn tablespace_place(ts: &Tablespace, mapping: &TablespaceMapping) -> Result<Plac
         )),
         other => other,
     })?;
-    Ok(Place {
-        dir: original,
-        existed,
-    })
+    Ok(Place::new(original, existed))
 }
 
 /// A `--tablespace-map` that names no tablespace of the backup is a typo, not a no-op.

@@ -23,7 +23,7 @@ use crate::RestoreError;
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Places};
 use crate::validate::{dir_mode, file_mode, tablespace_link_oid};
 
-const MARKER: &str = ".lifeline-restore-incomplete";
+pub(crate) const MARKER: &str = ".lifeline-restore-incomplete";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecoveryTarget {
@@ -85,6 +85,9 @@ pub struct RestoreOptions {
     pub waldir: Option<PathBuf>,
     pub archive_mode: ArchiveMode,
     pub timeline: crate::TargetTimeline,
+    /// Set (by a signal handler) to stop the restore: the workers stop, are joined, and what
+    /// was written is removed.
+    pub interrupted: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,8 +114,17 @@ pub async fn restore_base(
     crate::validate::validate_base(manifest)?;
     let places = Places::plan(manifest, opts)?;
     if opts.verify_first {
-        check_chunks_exist(storage.as_ref(), manifest, opts.parallelism).await?;
+        check_packs_exist(
+            storage.as_ref(),
+            &manifest.backup_id,
+            manifest.chunks(),
+            opts.parallelism,
+        )
+        .await?;
         debug!("every pack the backup needs is present");
+    }
+    if opts.interrupted.load(Ordering::Relaxed) {
+        return Err(RestoreError::Interrupted);
     }
     let result = match places.create() {
         Ok(()) => restore_into(storage, manifest, opts, &places).await,
@@ -124,13 +136,14 @@ pub async fn restore_base(
     result
 }
 
-async fn check_chunks_exist(
+/// Every pack `chunks` lie in exists, or the backup is refused before anything is written.
+pub(crate) async fn check_packs_exist<'a>(
     storage: &dyn Storage,
-    manifest: &BackupManifest,
+    backup_id: &str,
+    chunks: impl Iterator<Item = &'a ChunkRef>,
     parallelism: usize,
 ) -> Result<(), RestoreError> {
-    let packs: std::collections::BTreeSet<String> =
-        manifest.chunks().map(|c| c.pack.clone()).collect();
+    let packs: std::collections::BTreeSet<String> = chunks.map(|c| c.pack.clone()).collect();
     let missing: Vec<String> = futures::stream::iter(packs)
         .map(|pack| async move {
             match storage.exists(&layout::pack_key(&pack)).await {
@@ -147,7 +160,7 @@ async fn check_chunks_exist(
         return Err(RestoreError::Refused(format!(
             "backup {} is damaged: {} pack(s) missing from the repository, e.g. {}; nothing was written. \
              Restore an older backup (--from BACKUP_ID) and run `lifeline verify --read-data`",
-            manifest.backup_id,
+            backup_id,
             missing.len(),
             layout::pack_key(first)
         )));
@@ -161,6 +174,7 @@ async fn check_chunks_exist(
 async fn run_all<T, F, Fut>(
     items: impl IntoIterator<Item = T>,
     limit: usize,
+    interrupted: &AtomicBool,
     work: F,
 ) -> Result<(), RestoreError>
 where
@@ -172,7 +186,7 @@ where
     let work = &work;
     let mut results = futures::stream::iter(items)
         .map(|item| async move {
-            if failed.load(Ordering::Relaxed) {
+            if failed.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) {
                 return Ok(());
             }
             work(item).await
@@ -185,7 +199,13 @@ where
             first.get_or_insert(e);
         }
     }
-    first.map_or(Ok(()), Err)
+    if let Some(e) = first {
+        return Err(e);
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        return Err(RestoreError::Interrupted);
+    }
+    Ok(())
 }
 
 /// A blocking job on the blocking pool, its panic turned into an error.
@@ -286,7 +306,7 @@ async fn restore_into(
     let parallelism = opts.parallelism.max(1);
     let batch = files.len().div_ceil(parallelism * 2).max(1);
     let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
-    run_all(batches, parallelism * 2, |batch| {
+    run_all(batches, parallelism * 2, &opts.interrupted, |batch| {
         blocking("file creation", move || create_files(&batch))
     })
     .await?;
@@ -298,7 +318,7 @@ async fn restore_into(
         .into_iter()
         .flat_map(|(pack, chunks)| write_groups(&pack, chunks));
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
-    run_all(groups, opts.downloads.max(1), |group| {
+    run_all(groups, opts.downloads.max(1), &opts.interrupted, |group| {
         let (storage, locks) = (storage.clone(), locks.clone());
         async move {
             let bytes = fetch_group(storage.as_ref(), &group).await?;
@@ -332,7 +352,7 @@ async fn restore_into(
         written.extend(place.dir.parent().map(Path::to_path_buf));
     }
     written.push(root.clone());
-    run_all(written, parallelism * 4, |path| {
+    run_all(written, parallelism * 4, &opts.interrupted, |path| {
         blocking("fsync", move || fsync_path(&path))
     })
     .await?;
@@ -521,12 +541,27 @@ struct WriteGroup {
 
 const CHUNKS_PER_GROUP: usize = 16;
 
+/// A group reads one range of its pack into memory: neighbours only, however far apart a
+/// (forged) manifest places chunks.
+const MAX_GROUP_SPAN: u64 = 64 << 20;
+
 fn write_groups(pack: &str, chunks: Vec<(ChunkRef, Vec<Target>)>) -> Vec<WriteGroup> {
     let key = layout::pack_key(pack);
     let mut groups = Vec::new();
     let mut chunks = chunks.into_iter().peekable();
-    while chunks.peek().is_some() {
-        let chunks: Vec<_> = chunks.by_ref().take(CHUNKS_PER_GROUP).collect();
+    while let Some((first, _)) = chunks.peek() {
+        let start = first.offset;
+        let mut taken = Vec::new();
+        while let Some((next, _)) = chunks.peek() {
+            let end = next.offset.saturating_add(next.stored);
+            let full = taken.len() == CHUNKS_PER_GROUP
+                || (!taken.is_empty() && end.saturating_sub(start) > MAX_GROUP_SPAN);
+            if full {
+                break;
+            }
+            taken.extend(chunks.next());
+        }
+        let chunks = taken;
         let start = chunks.iter().map(|(c, _)| c.offset).min().unwrap_or(0);
         let end = chunks
             .iter()
@@ -650,7 +685,18 @@ fn write_locked(
 /// A string value for PostgreSQL's configuration files: inside single quotes, `'` doubled and
 /// `\` escaped (the parser reads backslash escapes in quoted values).
 pub(crate) fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    let mut quoted = String::from("'");
+    for c in value.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' => quoted.push_str("''"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
 }
 
 fn write_recovery_files(
@@ -665,10 +711,21 @@ fn write_recovery_files(
     }
     write_new(&root.join("recovery.signal"), b"")?;
     let mut settings = format!(
-        "\n# Added by lifeline restore of {} at {}\nrestore_command = {}\nrecovery_target_action = 'promote'\n",
+        "\n# Added by lifeline restore of {} at {}\nrestore_command = {}\n",
         manifest.backup_id,
         jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         quote(&opts.restore_command)
+    );
+    // Every recovery setting is written, not only the ones this restore needs: the backed-up
+    // server's own postgresql.auto.conf may carry targets from an earlier restore (a second
+    // target makes PostgreSQL refuse to start; an old 'immediate' would stop recovery at the
+    // backup), a replay delay, or commands that act on production's archive. The last line
+    // of a setting wins, so the target chosen here comes after the cleared ones.
+    settings.push_str(
+        "recovery_target = ''\nrecovery_target_lsn = ''\nrecovery_target_name = ''\n\
+         recovery_target_time = ''\nrecovery_target_xid = ''\nrecovery_target_inclusive = on\n\
+         recovery_min_apply_delay = 0\nrecovery_end_command = ''\narchive_cleanup_command = ''\n\
+         recovery_target_action = 'promote'\n",
     );
     let timeline = quote(&opts.timeline.setting());
     match &opts.target {
@@ -678,7 +735,7 @@ fn write_recovery_files(
         }
         RecoveryTarget::Time(t) => {
             settings.push_str(&format!(
-                "recovery_target_time = {}\nrecovery_target_inclusive = on\nrecovery_target_timeline = {timeline}\n",
+                "recovery_target_time = {}\nrecovery_target_timeline = {timeline}\n",
                 quote(&t.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
             ));
         }
@@ -767,10 +824,7 @@ mod tests {
             chunk("w", 4, "p2", 10),
         ];
         let places = Places {
-            root: crate::places::Place {
-                dir: PathBuf::from("/r"),
-                existed: true,
-            },
+            root: crate::places::Place::new(PathBuf::from("/r"), true),
             tablespaces: BTreeMap::new(),
             waldir: None,
         };
@@ -810,5 +864,6 @@ mod tests {
     #[test]
     fn configuration_values_survive_quotes_and_backslashes() {
         assert_eq!(quote(r"it's a \ path"), r"'it''s a \\ path'");
+        assert_eq!(quote("two\nlines"), r"'two\nlines'");
     }
 }

@@ -55,12 +55,65 @@ pub async fn restore_redis(
     downloads: usize,
 ) -> Result<RedisRestoreReport, RestoreError> {
     crate::validate::validate_stream(manifest)?;
+    // Nothing is moved aside for a backup that cannot be read whole.
+    crate::restore_base::check_packs_exist(
+        storage,
+        &manifest.backup_id,
+        manifest.chunks(),
+        downloads,
+    )
+    .await?;
     let moved_aside = prepare_dir(dir)?;
     let mut report = RedisRestoreReport {
         files: Vec::new(),
         bytes: 0,
         moved_aside,
     };
+    let written = write_files(storage, manifest, dir, downloads, &mut report).await;
+    if let Err(e) = written {
+        return Err(put_back(dir, report.moved_aside.as_deref(), e));
+    }
+    Ok(report)
+}
+
+/// After a failed restore, the files that were moved aside go back where Redis looks for
+/// them; if that fails too, the error says where they are.
+fn put_back(dir: &Path, aside: Option<&Path>, error: RestoreError) -> RestoreError {
+    let Some(aside) = aside else {
+        return error;
+    };
+    let moved = std::fs::read_dir(aside).map(|entries| {
+        entries.flatten().try_for_each(|entry| {
+            let back = dir.join(entry.file_name());
+            match std::fs::symlink_metadata(&back) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&back)?,
+                Ok(_) => std::fs::remove_file(&back)?,
+                Err(_) => {}
+            }
+            std::fs::rename(entry.path(), back)
+        })
+    });
+    match moved.and_then(|r| r) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(aside);
+            let _ = fsync_dir(dir);
+            error
+        }
+        Err(e) => RestoreError::Refused(format!(
+            "{error}; the files that were in {} are in {} and could not be put back ({e}): move them back before starting Redis",
+            dir.display(),
+            aside.display()
+        )),
+    }
+}
+
+async fn write_files(
+    storage: &dyn Storage,
+    manifest: &StreamManifest,
+    dir: &Path,
+    downloads: usize,
+    report: &mut RedisRestoreReport,
+) -> Result<(), RestoreError> {
     for file in &manifest.files {
         // `dump.rdb`, or `appendonlydir/appendonly.aof.1.base.rdb`: plain names, one level.
         let parts: Vec<&str> = file.name.split('/').collect();
@@ -81,8 +134,7 @@ pub async fn restore_redis(
     for parent in report.files.iter().filter_map(|f| f.parent()) {
         fsync_dir(parent)?;
     }
-    fsync_dir(dir)?;
-    Ok(report)
+    fsync_dir(dir)
 }
 
 /// Redis's `appendonlydir`: made if missing, refused if it is a link (a restore never writes

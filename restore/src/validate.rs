@@ -9,9 +9,9 @@ use storage::manifest::{BackupManifest, ChunkRef, EntryKind, StreamManifest};
 
 use crate::RestoreError;
 
-/// The largest chunk any lifeline writes is a relation block group (at most a few MiB) or a
-/// content-defined chunk (at most 8 MiB); anything far larger is a forged length.
-const MAX_CHUNK_LEN: u64 = 256 << 20;
+/// The largest chunk any lifeline writes is a relation block (`block-size`, at most 16 MiB) or a
+/// content-defined chunk (at most 1 MiB); anything larger is a forged length.
+const MAX_CHUNK_LEN: u64 = 16 << 20;
 
 /// Names the restore writes itself, or uses while it runs.
 const RESERVED: &[&str] = &[
@@ -21,14 +21,15 @@ const RESERVED: &[&str] = &[
     ".lifeline-restore-incomplete",
 ];
 
-/// Permission bits only: never setuid, setgid or sticky; the owner can always read and write
-/// what the restore creates (and enter its directories).
+/// Private, whatever the manifest says: never setuid, setgid or sticky, never a bit for the
+/// group or others (tablespaces and `--waldir` lie outside the 0700 data directory); the owner
+/// can always read and write what the restore creates.
 pub(crate) fn file_mode(mode: u32) -> u32 {
-    (mode & 0o777) | 0o600
+    (mode & 0o700) | 0o600
 }
 
-pub(crate) fn dir_mode(mode: u32) -> u32 {
-    (mode & 0o777) | 0o700
+pub(crate) fn dir_mode(_mode: u32) -> u32 {
+    0o700
 }
 
 /// Whether `path` is `pg_tblspc/<oid>`, and the oid.
@@ -133,7 +134,28 @@ fn check_base(manifest: &BackupManifest) -> Result<(), String> {
             EntryKind::File => check_file_data(entry, bundle_len)?,
         }
     }
+    check_bundle_ranges(manifest)?;
     check_tablespaces(manifest, &kinds)
+}
+
+/// Small files cut the bundle stream into consecutive ranges: two that overlap are forged.
+fn check_bundle_ranges(manifest: &BackupManifest) -> Result<(), String> {
+    let mut ranges: Vec<(u64, u64, &str)> = manifest
+        .files
+        .iter()
+        .filter(|f| f.size > 0)
+        .filter_map(|f| Some((f.bundle_offset?, f.size, f.path.as_str())))
+        .collect();
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        let ((start, size, first), (next, _, second)) = (pair[0], pair[1]);
+        if start.saturating_add(size) > next {
+            return Err(format!(
+                "{first:?} and {second:?} claim the same bytes of the small-file bundle"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_link(manifest: &BackupManifest, path: &str) -> Result<(), String> {
@@ -193,12 +215,6 @@ fn check_tablespaces(
     let mut names = HashSet::new();
     for ts in &manifest.tablespaces {
         let name = ts.name.as_str();
-        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-            return Err(format!(
-                "tablespace {} has a name that is not a directory name: {name:?}",
-                ts.oid
-            ));
-        }
         if !oids.insert(ts.oid) || !names.insert(name) {
             return Err(format!("tablespace {} ({name:?}) is listed twice", ts.oid));
         }
@@ -209,6 +225,51 @@ fn check_tablespaces(
                 ts.oid
             ));
         }
+        check_version_directory(manifest, &dir, kinds)?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL keeps one thing in a tablespace's location: its version directory,
+/// `PG_<major>_<catversion>`. Anything else there would be written straight into a place the
+/// manifest names (the original location), so it is refused.
+fn check_version_directory(
+    manifest: &BackupManifest,
+    dir: &str,
+    kinds: &HashMap<&str, EntryKind>,
+) -> Result<(), String> {
+    let major = manifest
+        .server_version
+        .split(['.', ' '])
+        .next()
+        .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()));
+    let prefix = format!("{dir}/");
+    for (path, kind) in kinds {
+        let Some(rest) = path.strip_prefix(&prefix) else {
+            continue;
+        };
+        let top = rest.split('/').next().unwrap_or_default();
+        let version = top
+            .strip_prefix("PG_")
+            .and_then(|v| v.split_once('_'))
+            .filter(|(m, cat)| {
+                major.is_none_or(|major| *m == major)
+                    && !cat.is_empty()
+                    && cat.bytes().all(|b| b.is_ascii_digit())
+            });
+        if version.is_none() || (top == rest && *kind != EntryKind::Dir) {
+            return Err(format!(
+                "{path:?} is not inside the tablespace's version directory (PG_{}_<catalog version>)",
+                major.unwrap_or("<major>")
+            ));
+        }
+    }
+    let versions: HashSet<&str> = kinds
+        .keys()
+        .filter_map(|p| p.strip_prefix(&prefix)?.split('/').next())
+        .collect();
+    if versions.len() > 1 {
+        return Err(format!("{dir:?} holds more than one version directory"));
     }
     Ok(())
 }
@@ -408,9 +469,15 @@ mod tests {
 
     #[test]
     fn tablespaces_must_be_directories_with_plain_names() {
+        // Anything in a tablespace's location but its version directory.
         let mut m = good();
-        m.tablespaces[0].name = "../x".into();
-        assert!(refusal(&m).contains("name"), "{}", refusal(&m));
+        m.files
+            .push(file("pg_tblspc/16385/authorized_keys", 8, vec![chunk(8)]));
+        assert!(refusal(&m).contains("version directory"), "{}", refusal(&m));
+        let mut m = good();
+        m.files
+            .push(entry("pg_tblspc/16385/PG_14_202107181", EntryKind::Dir));
+        assert!(refusal(&m).contains("version directory"), "{}", refusal(&m));
         let mut m = good();
         m.tablespaces[0].oid = 17000;
         assert!(refusal(&m).contains("no directory"), "{}", refusal(&m));
@@ -421,9 +488,10 @@ mod tests {
 
     #[test]
     fn modes_keep_permission_bits_only() {
-        assert_eq!(file_mode(0o104_755), 0o755);
-        assert_eq!(file_mode(0o6000), 0o600);
-        assert_eq!(dir_mode(0o1777), 0o777);
+        assert_eq!(file_mode(0o104_755), 0o700);
+        assert_eq!(file_mode(0o6666), 0o600);
+        assert_eq!(file_mode(0o640), 0o600);
+        assert_eq!(dir_mode(0o1777), 0o700);
         assert_eq!(dir_mode(0), 0o700);
     }
 

@@ -174,6 +174,7 @@ fn options(data_dir: &Path) -> RestoreOptions {
         waldir: None,
         archive_mode: ArchiveMode::Off,
         timeline: TargetTimeline::Latest,
+        interrupted: Default::default(),
     }
 }
 
@@ -243,7 +244,11 @@ async fn a_restore_puts_every_byte_where_it_was_mapped() {
         let path = data.join(format!("base/1/{}", 1000 + i));
         assert_eq!(std::fs::read(&path).expect("relation"), relation(i));
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
-        assert_eq!(mode & 0o7777, 0o755, "setuid masked off");
+        assert_eq!(
+            mode & 0o7777,
+            0o700,
+            "setuid, group and other bits masked off"
+        );
     }
     for i in 3..6 {
         let path = ts.join(format!("PG_15_202209061/5/{}", 1000 + i));

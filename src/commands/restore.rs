@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -302,11 +304,18 @@ pub async fn restore_backup(
     if let Some(spool) = settings.spool() {
         spool.clear(backup.system_identifier)?;
     }
+    let interrupted = Arc::new(AtomicBool::new(false));
     let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
+    let Some(exe) = exe.to_str() else {
+        bail!(
+            "the lifeline binary's path {} is not UTF-8 and cannot be written into restore_command: install it under a UTF-8 path",
+            exe.display()
+        );
+    };
     // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.
     let program = format!(
         "{}{} wal fetch --cluster {}",
-        shell_quote(&exe.to_string_lossy()),
+        shell_quote(exe),
         settings.repository_flags()?,
         backup.system_identifier
     );
@@ -327,11 +336,15 @@ pub async fn restore_backup(
         waldir: choices.waldir.clone(),
         archive_mode: choices.archive_mode,
         timeline: choices.timeline,
+        interrupted: interrupted.clone(),
     };
     let started = Instant::now();
     super::take_lease(storage.as_ref(), &backup.backup_id).await;
-    let report = restore::restore_base(storage, &manifest, &opts)
-        .await
+    let running = Arc::new(AtomicBool::new(true));
+    tokio::spawn(watch_signals(interrupted, running.clone()));
+    let restored = restore::restore_base(storage, &manifest, &opts).await;
+    running.store(false, Ordering::SeqCst);
+    let report = restored
         .with_context(|| format!("restore {} into {}", backup.backup_id, data_dir.display()))?;
     println!(
         "restored backup {} into {}: {} files, {} MiB in {:.1} s",
@@ -342,6 +355,34 @@ pub async fn restore_backup(
         started.elapsed().as_secs_f64()
     );
     Ok(manifest)
+}
+
+/// While a restore runs, the first SIGINT, SIGTERM or SIGHUP (Ctrl-C, `systemctl stop`, a lost
+/// SSH session) asks it to stop and clean up; another, or one after the restore, ends the
+/// process at once as the signal would have.
+async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if running.load(Ordering::SeqCst) && !interrupted.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "lifeline: {name}: stopping the restore and removing what it wrote (send it again to stop at once)"
+            );
+            continue;
+        }
+        std::process::exit(130);
+    }
 }
 
 async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode> {

@@ -1,6 +1,7 @@
-//! Review of issue 11's restore side: forged manifests (someone with write access to the
-//! repository) and operator inputs that still make a restore write, chmod or leave things where
-//! it should not. Each test fails on the code reviewed and names the defect.
+//! Forged manifests (someone with write access to the repository) and operator inputs that once
+//! made a restore write, chmod or leave things where it should not (found by an attacker's
+//! review of issue 11). Each test is named for what it now guarantees; its comment tells the
+//! attack or mistake it answers.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -107,6 +108,7 @@ fn options(data_dir: &Path) -> RestoreOptions {
         waldir: None,
         archive_mode: ArchiveMode::Off,
         timeline: TargetTimeline::Latest,
+        interrupted: Default::default(),
     }
 }
 
@@ -120,7 +122,7 @@ fn mode(path: &Path) -> u32 {
 /// `/var/spool/cron/crontabs/root` (empty by default on Debian) or `/etc/sudoers.d/x` are one
 /// manifest away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_tablespace_location_receives_files_outside_a_version_directory() {
+async fn a_forged_tablespace_location_receives_nothing_outside_a_version_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let key = b"ssh-ed25519 AAAA attacker\n";
     let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control", key]).await;
@@ -152,7 +154,7 @@ async fn a_forged_tablespace_location_receives_files_outside_a_version_directory
 /// becomes world-writable, and the tablespace's files, outside the 0700 data directory, become
 /// readable and writable by every local user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_mode_makes_the_tablespace_place_and_its_files_world_writable() {
+async fn tablespace_places_and_files_stay_private_whatever_the_modes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(
         &tmp.path().join("repo"),
@@ -198,7 +200,7 @@ async fn a_forged_mode_makes_the_tablespace_place_and_its_files_world_writable()
 /// `std::path::absolute` keeps `..`, so the overlap check compares `x/../data/ts` with `data`
 /// and lets a tablespace land inside the data directory (and the restore leaves `x` behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dotdot_in_a_tablespace_map_dir_passes_the_overlap_check() {
+async fn a_dotdot_in_a_tablespace_map_dir_is_caught_by_the_overlap_check() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
     let m = manifest(
@@ -233,7 +235,7 @@ async fn a_dotdot_in_a_tablespace_map_dir_passes_the_overlap_check() {
 /// used as a path only by --tablespace-map-all. Refusing it in the manifest check makes the
 /// whole backup unrestorable, even with the tablespace mapped by name or oid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tablespace_name_with_a_slash_makes_a_genuine_backup_unrestorable() {
+async fn a_tablespace_named_with_a_slash_restores_when_mapped_by_oid() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
     let m = manifest(
@@ -264,7 +266,7 @@ async fn a_tablespace_name_with_a_slash_makes_a_genuine_backup_unrestorable() {
 /// and the bundle cutter then skips the rest of the longer file: the restore succeeds with
 /// zeros where the data should be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlapping_bundle_ranges_restore_a_file_with_zeros_and_report_success() {
+async fn overlapping_bundle_ranges_never_restore_zeros_with_success() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(
         &tmp.path().join("repo"),
@@ -309,7 +311,7 @@ async fn overlapping_bundle_ranges_restore_a_file_with_zeros_and_report_success(
 /// A failed restore into a data directory whose parents did not exist removes the data
 /// directory but leaves the parents it created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_restore_leaves_the_parent_directories_it_created() {
+async fn a_failed_restore_removes_the_parent_directories_it_created() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
     let mut missing = chunks[0].clone();
@@ -407,7 +409,7 @@ impl Storage for RacingRepo {
 /// exists, the clean-up runs `remove_dir_all` on it: another restore's finished data directory
 /// (or a server already started on it) is deleted by a restore that never wrote there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_restore_removes_a_directory_someone_else_created_after_the_check() {
+async fn a_failed_restore_keeps_a_directory_someone_else_created_after_the_check() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (inner, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
     let m = manifest(
@@ -444,7 +446,7 @@ async fn a_failed_restore_removes_a_directory_someone_else_created_after_the_che
 /// restore fails, the live `dump.rdb` is no longer where Redis looks, and the error does not
 /// say where it went: a redis-server restarted there at 3 a.m. starts empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_redis_restore_has_moved_the_existing_dump_aside_without_a_word() {
+async fn a_failed_redis_restore_leaves_the_existing_dump_where_redis_looks() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"REDIS0011 new"]).await;
     let mut missing = chunks[0].clone();

@@ -1,4 +1,6 @@
-//! Review of issue 11's restore side: defects found, each shown with a real PostgreSQL.
+//! Recovery settings a backed-up server carries in its own postgresql.auto.conf (from an
+//! earlier restore of it) never change where a later restore of it stops; shown with a real
+//! PostgreSQL.
 
 mod common;
 
@@ -25,7 +27,7 @@ fn primary_once_restored_full(scratch: &Scratch) -> Pg {
 /// 'immediate'` makes recovery stop at the backup's consistent point instead, and the restore
 /// says nothing.
 #[test]
-fn recovery_settings_left_in_the_backed_up_auto_conf_stop_until_latest_at_the_backup() {
+fn recovery_targets_left_in_a_backed_up_auto_conf_do_not_stop_until_latest() {
     let scratch = Scratch::new();
     let pg = primary_once_restored_full(&scratch);
     seed(&pg);
@@ -51,7 +53,7 @@ fn recovery_settings_left_in_the_backed_up_auto_conf_stop_until_latest_at_the_ba
 /// `--until TIME` on the same backup: PostgreSQL sees recovery_target and recovery_target_time
 /// both set and refuses to start ("multiple recovery targets specified").
 #[test]
-fn recovery_settings_left_in_the_backed_up_auto_conf_make_until_time_unstartable() {
+fn recovery_targets_left_in_a_backed_up_auto_conf_do_not_stop_until_time() {
     let scratch = Scratch::new();
     let pg = primary_once_restored_full(&scratch);
     seed(&pg);
