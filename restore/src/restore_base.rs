@@ -796,15 +796,7 @@ mod tests {
 
     #[test]
     fn the_bundle_is_cut_back_into_files_and_shared_chunks_are_fetched_once() {
-        let manifest_json = serde_json::json!({
-            "format": 1, "backup_id": "b", "service": "postgresql", "kind": "base",
-            "system_identifier": 1, "server_version": "15", "database": "postgres",
-            "timeline": 1, "start_lsn": "0/0", "stop_lsn": "0/0", "start_wal": "", "stop_wal": "",
-            "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
-            "finished_at": "2025-01-01T00:00:00Z", "block_size": 8192, "files": [], "bundle": [],
-            "backup_label": "", "row_counts": {}, "size_bytes": 0, "new_bytes": 0
-        });
-        let mut manifest: BackupManifest = serde_json::from_value(manifest_json).expect("manifest");
+        let mut manifest = crate::test_support::empty_manifest();
         // Files of 5, 0, 12 and 3 bytes in a bundle cut into chunks of 8, 8 and 4 bytes.
         manifest.files = vec![
             file("a", 5, Some(0), vec![]),
