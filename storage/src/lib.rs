@@ -8,6 +8,8 @@
 //! - [`chunking`]: page-aligned blocks for relation files, content-defined chunks for streams.
 //! - [`pack`]: many chunks per stored object.
 //! - [`manifest`]: what a backup is made of; [`layout`]: which key each object lives under.
+//! - [`private`]: 0600 files and 0700 directories with one owner, for everything lifeline
+//!   writes on local disk.
 
 pub mod chunking;
 #[cfg(any(test, feature = "conformance"))]
@@ -18,6 +20,7 @@ mod local;
 pub mod manifest;
 pub mod object;
 pub mod pack;
+pub mod private;
 pub mod repack;
 pub mod retry;
 mod s3;

@@ -15,50 +15,78 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::private::{self, Owner};
 use crate::storage::{ObjectReader, TEMP_PREFIX, validate_key};
 use crate::{Durability, ObjectMeta, PutMode, Storage, StorageError};
 
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// Whom every file and directory created here is given to: the repository's owner.
+    owner: Owner,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The one-line refusal for a repository directory that is not there.
+fn missing_repository(root: &Path) -> StorageError {
+    let shown = root.display();
+    StorageError::Unavailable {
+        path: root.to_path_buf(),
+        reason: format!(
+            "BACKUP_DIR {shown} does not exist: create it, owned by the user that runs \
+             PostgreSQL (mkdir -m 700 {shown} && chown postgres: {shown}), or fix BACKUP_DIR"
+        ),
+    }
+}
+
+/// The repository directory's metadata, or why it cannot be one.
+fn repository_dir(root: &Path) -> Result<std::fs::Metadata, StorageError> {
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(meta),
+        Ok(_) => Err(StorageError::Unavailable {
+            path: root.to_path_buf(),
+            reason: "it is not a directory; point BACKUP_DIR at the repository's directory".into(),
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(missing_repository(root)),
+        Err(e) => Err(StorageError::Unavailable {
+            path: root.to_path_buf(),
+            reason: format!("{e}; check BACKUP_DIR and its permissions"),
+        }),
+    }
+}
+
 impl LocalStorage {
-    /// Open (creating if needed) a repository rooted at `root`.
+    /// Open a repository for writing. Its directory must exist (an unmounted volume or a typo
+    /// must not become a new, empty repository); what goes inside is created on first use.
+    /// Only its owner, or root on the owner's behalf, may write: every file keeps one owner.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        use std::os::unix::fs::MetadataExt;
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| StorageError::Unavailable {
-            path: root.clone(),
-            reason: format!(
-                "cannot create the repository directory ({e}); check BACKUP_DIR and its permissions"
-            ),
-        })?;
-        let meta = std::fs::metadata(&root).map_err(|e| StorageError::io(&root, e))?;
-        if !meta.is_dir() {
+        let meta = repository_dir(&root)?;
+        let me = private::effective_uid();
+        if me != 0 && meta.uid() != me {
+            let owner = private::user_name(meta.uid());
             return Err(StorageError::Unavailable {
+                reason: format!(
+                    "it belongs to {owner} and lifeline runs as {}: run it as {owner} \
+                     (runuser -u {owner} -- lifeline ...) so that the repository keeps one owner",
+                    private::user_name(me)
+                ),
                 path: root,
-                reason: "it is not a directory; point BACKUP_DIR at a directory".into(),
             });
         }
-        Ok(LocalStorage { root })
+        let owner = Owner::of(&root);
+        Ok(LocalStorage { root, owner })
     }
 
-    /// Open an existing repository without creating it (readers must not invent an empty one).
+    /// Open an existing repository for reading (a restore still writes its lease, given to
+    /// the repository's owner).
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
         let root = root.into();
-        match std::fs::metadata(&root) {
-            Ok(meta) if meta.is_dir() => Ok(LocalStorage { root }),
-            Ok(_) => Err(StorageError::Unavailable {
-                path: root,
-                reason: "it is not a directory; point BACKUP_DIR at the repository".into(),
-            }),
-            Err(e) => Err(StorageError::Unavailable {
-                path: root,
-                reason: format!("{e}; point BACKUP_DIR at the repository"),
-            }),
-        }
+        repository_dir(&root)?;
+        let owner = Owner::of(&root);
+        Ok(LocalStorage { root, owner })
     }
 
     pub fn root(&self) -> &Path {
@@ -92,13 +120,17 @@ impl Storage for LocalStorage {
     ) -> Result<(), StorageError> {
         let path = self.path_of(key)?;
         let root = self.root.clone();
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let setup = (root.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || ensure_dir(&setup.0, &setup.1, durability))
-            .await
-            .map_err(|e| StorageError::io(&dir, std::io::Error::other(e)))??;
+        let owner = self.owner;
         let temp = temp_path(&path);
-        if let Err(e) = write_temp(&temp, payload).await {
+        let setup = (root.clone(), path.clone(), temp.clone());
+        let file = tokio::task::spawn_blocking(move || {
+            let (root, path, temp) = setup;
+            ensure_dir(&root, path.parent().unwrap_or(&root), owner, durability)?;
+            private::create_new_file(&temp, owner).map_err(|e| StorageError::io(&temp, e))
+        })
+        .await
+        .map_err(|e| StorageError::io(&root, std::io::Error::other(e)))??;
+        if let Err(e) = write_temp(&temp, tokio::fs::File::from_std(file), payload).await {
             let _ = tokio::fs::remove_file(&temp).await;
             return Err(e);
         }
@@ -118,10 +150,11 @@ impl Storage for LocalStorage {
         let path = self.path_of(key)?;
         let root = self.root.clone();
         let key = key.to_string();
+        let owner = self.owner;
         // One blocking task for the whole write: an async write per buffer costs a thread hop
         // each, which is most of the time `wal push` spends writing.
         tokio::task::spawn_blocking(move || {
-            put_blocking(&root, &path, &key, &bytes, mode, durability)
+            put_blocking(&root, owner, &path, &key, &bytes, mode, durability)
         })
         .await
         .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
@@ -213,12 +246,28 @@ fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io(dir, e))
 }
 
-/// Create `dir` if needed; for durable puts, fsync the parents of what was created.
-fn ensure_dir(root: &Path, dir: &Path, durability: Durability) -> Result<(), StorageError> {
+/// Create `dir` if needed (private, given to the repository's owner); for durable puts, fsync
+/// the parents of what was created.
+fn ensure_dir(
+    root: &Path,
+    dir: &Path,
+    owner: Owner,
+    durability: Durability,
+) -> Result<(), StorageError> {
     if std::fs::metadata(dir).is_ok() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    if !dir.starts_with(root) {
+        return Err(StorageError::io(
+            dir,
+            std::io::Error::other("outside the repository"),
+        ));
+    }
+    // The repository's own directory is never created here: it vanished since `open`.
+    if std::fs::metadata(root).is_err() {
+        return Err(missing_repository(root));
+    }
+    private::create_dir_all(dir, owner).map_err(|e| StorageError::io(dir, e))?;
     if durability == Durability::Immediate {
         let mut current = dir;
         while let Some(parent) = current.parent() {
@@ -234,6 +283,7 @@ fn ensure_dir(root: &Path, dir: &Path, durability: Durability) -> Result<(), Sto
 
 fn put_blocking(
     root: &Path,
+    owner: Owner,
     path: &Path,
     key: &str,
     bytes: &[u8],
@@ -242,13 +292,9 @@ fn put_blocking(
 ) -> Result<(), StorageError> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(root);
-    ensure_dir(root, dir, durability)?;
+    ensure_dir(root, dir, owner, durability)?;
     let temp = temp_path(path);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .and_then(|mut file| file.write_all(bytes));
+    let written = private::create_new_file(&temp, owner).and_then(|mut file| file.write_all(bytes));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&temp);
         return Err(StorageError::io(&temp, e));
@@ -291,13 +337,11 @@ fn finish(
     Ok(())
 }
 
-async fn write_temp(temp: &Path, payload: ObjectReader) -> Result<(), StorageError> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(temp)
-        .await
-        .map_err(|e| StorageError::io(temp, e))?;
+async fn write_temp(
+    temp: &Path,
+    mut file: tokio::fs::File,
+    payload: ObjectReader,
+) -> Result<(), StorageError> {
     let mut reader = tokio::io::BufReader::with_capacity(1 << 20, payload);
     tokio::io::copy_buf(&mut reader, &mut file)
         .await
@@ -371,6 +415,70 @@ mod tests {
             leftovers.is_empty(),
             "temporary files left behind: {leftovers:?}"
         );
+        assert_private(dir.path());
+    }
+
+    /// Every file and directory under `root` (not `root` itself) is its owner's only.
+    fn assert_private(root: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read_dir") {
+                let path = entry.expect("entry").path();
+                let meta = std::fs::symlink_metadata(&path).expect("stat");
+                let expected = if meta.is_dir() { 0o700 } else { 0o600 };
+                assert_eq!(meta.mode() & 0o777, expected, "{}", path.display());
+                if meta.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_repository_is_never_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("unmounted");
+        let err = LocalStorage::open(&root).expect_err("opened a missing repository");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("BACKUP_DIR {} does not exist", root.display()))
+                && message.contains("mkdir -m 700"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+        assert!(LocalStorage::open_existing(&root).is_err());
+        assert!(!root.exists(), "the repository directory was created");
+    }
+
+    #[tokio::test]
+    async fn a_repository_removed_after_open_is_not_recreated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        std::fs::create_dir(&root).expect("mkdir");
+        let store = LocalStorage::open(&root).expect("open");
+        store
+            .put_bytes(
+                "wal/x",
+                b"a".to_vec(),
+                PutMode::Create,
+                Durability::Immediate,
+            )
+            .await
+            .expect("put");
+        std::fs::remove_dir_all(&root).expect("unmount");
+        assert!(
+            store
+                .put_bytes(
+                    "wal/y",
+                    b"b".to_vec(),
+                    PutMode::Create,
+                    Durability::Immediate
+                )
+                .await
+                .is_err()
+        );
+        assert!(!root.exists(), "the repository directory was created again");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
