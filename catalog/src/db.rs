@@ -143,9 +143,7 @@ impl Catalog {
             path: path.clone(),
             cause,
         };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
+        create_private(&path)?;
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(60))
             .map_err(open_err)?;
@@ -318,6 +316,48 @@ impl Catalog {
 
 /// Switching to WAL journal mode takes an exclusive lock that the busy handler does not wait
 /// for, so concurrent first opens retry briefly.
+/// Create the database file if it is missing: 0600, and as root given to the owner of its
+/// directory. SQLite creates its `-wal` and `-shm` files with the database file's mode and
+/// owner, so they are private too. The directory itself is never created: a missing one is a
+/// wrong path or an unmounted volume. Files an older version left readable are tightened.
+fn create_private(path: &Path) -> Result<(), CatalogError> {
+    use storage::private::{self, Owner};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(CatalogError::MissingDir {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let create_err = |cause| CatalogError::Create {
+        path: path.to_path_buf(),
+        cause,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match private::create_new_file(path, Owner::of(dir)) {
+                Ok(_) => {}
+                // Another process created it first.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(create_err(e)),
+            }
+        }
+        Err(e) => return Err(create_err(e)),
+    }
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-wal");
+    let mut shared = path.as_os_str().to_owned();
+    shared.push("-shm");
+    for file in [path, Path::new(&journal), Path::new(&shared)] {
+        // Best effort: a reader that may not change the mode still reads.
+        let _ = private::tighten_file(file);
+    }
+    Ok(())
+}
+
 fn set_wal_journal(conn: &Connection) -> Result<(), rusqlite::Error> {
     let current: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
     if current.eq_ignore_ascii_case("wal") {
@@ -493,6 +533,25 @@ mod tests {
         }
         let cat = Catalog::open(&path).expect("open");
         assert_eq!(cat.wal_files(u64::MAX - 1).expect("list").len(), 200);
+    }
+
+    #[test]
+    fn the_catalog_is_private_and_its_directory_is_never_created() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.db");
+        let mut cat = Catalog::open(&path).expect("open");
+        cat.record_wal(&wal("000000010000000000000001", 1))
+            .expect("record");
+        for entry in std::fs::read_dir(dir.path()).expect("list") {
+            let entry = entry.expect("entry");
+            let mode = entry.metadata().expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{:?}", entry.file_name());
+        }
+        let missing = dir.path().join("unmounted");
+        let err = Catalog::open(missing.join("catalog.db")).expect_err("opened");
+        assert!(matches!(err, CatalogError::MissingDir { .. }), "{err}");
+        assert!(!missing.exists(), "the catalog's directory was created");
     }
 
     #[test]

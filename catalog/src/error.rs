@@ -9,6 +9,17 @@ pub enum CatalogError {
         path: PathBuf,
         cause: rusqlite::Error,
     },
+    #[error(
+        "the catalog's directory {dir} does not exist: create it, owned by the user that runs PostgreSQL, or fix LIFELINE_CATALOG / BACKUP_DIR"
+    )]
+    MissingDir { dir: PathBuf },
+    #[error(
+        "cannot create the catalog {path}: {cause}; check LIFELINE_CATALOG / BACKUP_DIR and permissions"
+    )]
+    Create {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("cannot migrate the catalog {path}: {reason}")]
     Migrate { path: PathBuf, reason: String },
     #[error("catalog query failed while {action}")]

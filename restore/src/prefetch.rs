@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use storage::manifest::ClusterIdentity;
+use storage::private::{self, Owner};
 use storage::wal::{DEFAULT_SEGMENT_SIZE, Segment, WalFileName};
 use storage::{Storage, StorageExt, layout};
 use tracing::{debug, warn};
@@ -91,7 +92,7 @@ impl Spool {
         }
         // Probing the lock takes it for an instant; a prefetcher starting then simply finds
         // nothing to do next time.
-        !matches!(try_lock(&dir), Ok(None))
+        !held_by_another(&dir)
     }
 
     /// Empty the cluster's spool (a restore starts from the repository, nothing older).
@@ -118,8 +119,10 @@ impl Spool {
             return Ok(PrefetchReport::default());
         }
         let dir = self.dir(sysid);
-        std::fs::create_dir_all(&dir).map_err(|e| RestoreError::io(&dir, e))?;
-        let Some(_lock) = try_lock(&dir)? else {
+        // Private, and as root given to the owner of the place the spool is in (BACKUP_DIR).
+        let owner = Owner::of(&self.root);
+        private::create_dir_all(&dir, owner).map_err(|e| RestoreError::io(&dir, e))?;
+        let Some(_lock) = lock(&dir, owner)? else {
             debug!("another prefetcher is running");
             return Ok(PrefetchReport::default());
         };
@@ -165,7 +168,7 @@ impl Spool {
             if used > self.max_bytes {
                 break;
             }
-            store(&dir, &name, &bytes)?;
+            store(&dir, owner, &name, &bytes)?;
             report.fetched += 1;
             report.bytes += bytes.len() as u64;
         }
@@ -214,18 +217,28 @@ fn serve_blocking(dir: &Path, name: &str, dest: &Path) -> Option<u64> {
     written.map(|()| size)
 }
 
-fn try_lock(dir: &Path) -> Result<Option<std::fs::File>, RestoreError> {
+/// True when a prefetcher holds the spool's lock (probed without creating anything).
+fn held_by_another(dir: &Path) -> bool {
     let path = dir.join(LOCK_NAME);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| RestoreError::io(&path, e))?;
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(file) => matches!(flock(file, &path), Ok(None)),
+        Err(_) => false,
+    }
+}
+
+/// Take the prefetcher's lock, creating its file (private, given to `owner`) if needed.
+fn lock(dir: &Path, owner: Owner) -> Result<Option<std::fs::File>, RestoreError> {
+    let path = dir.join(LOCK_NAME);
+    let file =
+        private::open_or_create_file(&path, owner).map_err(|e| RestoreError::io(&path, e))?;
+    flock(file, &path)
+}
+
+fn flock(file: std::fs::File, path: &Path) -> Result<Option<std::fs::File>, RestoreError> {
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(file)),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(RestoreError::io(&path, e.into())),
+        Err(e) => Err(RestoreError::io(path, e.into())),
     }
 }
 
@@ -250,13 +263,13 @@ fn tidy(dir: &Path, requested: &WalFileName) -> Result<(Vec<String>, u64), Resto
     Ok((held, used))
 }
 
-fn store(dir: &Path, name: &WalFileName, bytes: &[u8]) -> Result<(), RestoreError> {
+fn store(dir: &Path, owner: Owner, name: &WalFileName, bytes: &[u8]) -> Result<(), RestoreError> {
     use std::io::Write;
     let path = dir.join(format!("{name}.{}", blake3::hash(bytes).to_hex()));
     let temp = dir.join(format!("{name}{TEMP_MARK}{}", std::process::id()));
     // No fsync: a spool file lost in a crash is fetched again, and a torn one fails its
     // checksum when served.
-    let written = std::fs::File::create(&temp)
+    let written = private::create_file(&temp, owner)
         .and_then(|mut f| f.write_all(bytes))
         .and_then(|()| std::fs::rename(&temp, &path));
     if let Err(e) = written {

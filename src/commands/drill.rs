@@ -977,9 +977,14 @@ fn store_report(settings: &Settings, report: &serde_json::Value) {
         "drill_{}.json",
         jiff::Zoned::now().strftime("%Y%m%d_%H%M%S")
     ));
-    let written = std::fs::create_dir_all(&dir).and_then(|()| {
-        std::fs::write(&path, serde_json::to_vec_pretty(report).unwrap_or_default())
-    });
+    // Private like the logs beside it; never creates BACKUP_DIR itself.
+    let owner = storage::private::Owner::of(&dir);
+    let written = storage::private::create_dir(&dir, owner)
+        .and_then(|_| storage::private::create_file(&path, owner))
+        .and_then(|mut file| {
+            use std::io::Write;
+            file.write_all(&serde_json::to_vec_pretty(report).unwrap_or_default())
+        });
     if let Err(e) = written {
         tracing::warn!("drill report not stored in {}: {e}", path.display());
     }

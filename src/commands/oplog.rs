@@ -6,13 +6,20 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-/// Create the log file of `operation`; None (with a warning on stderr) when it cannot be, as
-/// a missing log must not stop a restore.
+/// Create the log file of `operation` (0600 in a 0700 `logs/`, as root given to the owner of
+/// BACKUP_DIR); None (with a warning on stderr) when it cannot be, as a missing log must not
+/// stop a restore. A missing BACKUP_DIR is never created here: the command says what to do.
 pub fn open(backup_dir: Option<&std::path::Path>, operation: &str) -> Option<(File, PathBuf)> {
-    let dir = backup_dir?.join("logs");
+    use storage::private::{self, Owner};
+    let backup_dir = backup_dir?;
+    if !backup_dir.is_dir() {
+        return None;
+    }
+    let owner = Owner::of(backup_dir);
+    let dir = backup_dir.join("logs");
     let stamp = jiff::Zoned::now().strftime("%Y%m%d_%H%M%S").to_string();
     let create = || -> std::io::Result<(File, PathBuf)> {
-        std::fs::create_dir_all(&dir)?;
+        private::create_dir(&dir, owner)?;
         for n in 0..100 {
             let name = if n == 0 {
                 format!("{operation}_{stamp}.log")
@@ -20,7 +27,7 @@ pub fn open(backup_dir: Option<&std::path::Path>, operation: &str) -> Option<(Fi
                 format!("{operation}_{stamp}_{n}.log")
             };
             let path = dir.join(name);
-            match File::options().write(true).create_new(true).open(&path) {
+            match private::create_new_file(&path, owner) {
                 Ok(file) => return Ok((file, path)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),

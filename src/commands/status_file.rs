@@ -112,12 +112,15 @@ fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Private, and as root given to the owner of BACKUP_DIR before it takes the real name.
+    let owner = storage::private::Owner::of(dir);
     let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
+        let mut file = storage::private::create_file(&temp, owner)?;
         file.write_all(&serde_json::to_vec_pretty(value).unwrap_or_default())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
-        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+        std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
