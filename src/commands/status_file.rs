@@ -10,7 +10,8 @@ use crate::config::Settings;
 
 /// Record that `operation` (`backup postgres base`, `prune`, ...) ended with `outcome`.
 pub async fn update(settings: &Settings, operation: &str, outcome: &anyhow::Result<()>) {
-    let Ok(dir) = settings.backup_dir() else {
+    // A missing BACKUP_DIR is never created; the command's own error already says so.
+    let Some(dir) = settings.backup_dir().ok().filter(|d| d.is_dir()) else {
         return;
     };
     let path = dir.join(".backup_status");
