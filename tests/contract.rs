@@ -88,6 +88,8 @@ fn wal_push_and_fetch_contract() {
     // An unwritable catalog does not stop archiving: the object is what counts.
     write_as_postgres(&same, &original);
     let third = scratch.path("third-repo");
+    std::fs::create_dir(&third).expect("mkdir");
+    common::chown_postgres(&third);
     let out = scratch.lifeline(
         &["wal", "push", same.to_str().expect("utf8")],
         &[
@@ -218,8 +220,10 @@ fn concurrent_pushes_all_land_in_the_catalog() {
         .arg(&incoming)
         .status()
         .expect("chown");
-    // Every segment pushed at once by its own process into a fresh repository.
+    // Every segment pushed at once by its own process into a fresh (empty) repository.
     let second = scratch.path("second-repo");
+    std::fs::create_dir(&second).expect("mkdir");
+    common::chown_postgres(&second);
     let second_s = second.to_str().expect("utf8").to_string();
     let handles: Vec<_> = std::fs::read_dir(&incoming)
         .expect("list")
