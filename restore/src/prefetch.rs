@@ -292,6 +292,7 @@ mod tests {
     }
 
     async fn repository_with_segments(dir: &Path, count: u32) -> LocalStorage {
+        std::fs::create_dir(dir.join("repo")).expect("repo dir");
         let storage = LocalStorage::open(dir.join("repo")).expect("repo");
         for n in 1..=count {
             let name: WalFileName = segment_name(n).parse().expect("name");

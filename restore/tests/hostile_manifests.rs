@@ -15,6 +15,8 @@ use storage::{Compression, Durability, PutMode, Storage, layout, object};
 
 /// One pack holding `chunks`, stored in a new local repository at `dir`.
 async fn repository(dir: &Path, chunks: &[&[u8]]) -> (Arc<LocalStorage>, Vec<ChunkRef>) {
+    // The repository's directory must exist: lifeline never creates it.
+    std::fs::create_dir_all(dir).expect("repository directory");
     let storage = Arc::new(LocalStorage::open(dir).expect("repository"));
     let mut pack = PackBuilder::new();
     let mut pending = Vec::new();

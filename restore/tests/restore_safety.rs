@@ -23,6 +23,8 @@ struct Repo {
 
 impl Repo {
     fn new(dir: &Path) -> Repo {
+        // The repository's directory must exist: lifeline never creates it.
+        std::fs::create_dir_all(dir).expect("repository directory");
         Repo {
             storage: Arc::new(LocalStorage::open(dir).expect("repository")),
             pack: PackBuilder::new(),
