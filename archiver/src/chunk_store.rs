@@ -116,9 +116,11 @@ fn usable_chunks(
     let mut lost = 0;
     let mut usable = HashMap::with_capacity(chunks.len());
     for c in chunks {
-        let whole = packs
-            .get(&c.pack)
-            .is_some_and(|&size| c.offset.checked_add(c.stored).is_some_and(|end| end <= size));
+        let whole = packs.get(&c.pack).is_some_and(|&size| {
+            c.offset
+                .checked_add(c.stored)
+                .is_some_and(|end| end <= size)
+        });
         if whole {
             usable.insert(c.hash.clone(), c);
         } else {
