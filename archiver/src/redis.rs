@@ -618,7 +618,7 @@ mod tests {
                 // Until the client hangs up.
                 while conn.write_all(&filler).is_ok() {}
             },
-            |opts| keyspace(opts),
+            keyspace,
         );
         let err = result.expect_err("an endless line is refused").to_string();
         assert!(err.contains("longer than the 64 KiB limit"), "{err}");
