@@ -190,6 +190,14 @@ fn ops_settings(file: &FileConfig) -> Result<OpsSettings> {
                 .with_context(|| format!("REPLICA_PORT={p:?} is not a port number"))?,
         );
     }
+    if let Some(t) = failover.promote_timeout_seconds {
+        seconds(t, "promote-timeout-seconds")?;
+    }
+    for (name, service) in &file.services {
+        if let Some(t) = service.timeout_seconds {
+            seconds(t, &format!("services.{name}.timeout-seconds"))?;
+        }
+    }
     Ok(OpsSettings {
         notify,
         verify: file.verify.clone(),
@@ -274,7 +282,7 @@ impl Settings {
                 .block_size
                 .unwrap_or(storage::chunking::DEFAULT_BLOCK_SIZE),
             parallelism: args.parallelism.or(file.parallelism).unwrap_or(cpus.max(2)),
-            wal_wait_seconds: file.wal_wait_seconds.unwrap_or(300),
+            wal_wait_seconds: seconds(file.wal_wait_seconds.unwrap_or(300), "wal-wait-seconds")?,
             db: archiver::ConnectionOptions {
                 host: env("DB_HOST")
                     .or(file.db_host)
@@ -295,7 +303,7 @@ impl Settings {
                 } else {
                     0
                 }),
-                bytes: file.wal_prefetch_mib.unwrap_or(512) << 20,
+                bytes: mib_to_bytes(file.wal_prefetch_mib.unwrap_or(512), "wal-prefetch-mib")?,
                 spool_dir: file.wal_spool_dir.map(absolute),
             },
             staging_db: env("STAGING_DB_NAME")
@@ -310,10 +318,24 @@ impl Settings {
             },
             prune_grace: std::time::Duration::from_secs(
                 match env("LIFELINE_PRUNE_GRACE_SECONDS") {
-                    Some(s) => s.parse().with_context(|| {
-                        format!("LIFELINE_PRUNE_GRACE_SECONDS={s:?} is not a number of seconds")
-                    })?,
-                    None => file.prune_grace_hours.unwrap_or(24) * 3600,
+                    Some(s) => seconds(
+                        s.parse().with_context(|| {
+                            format!("LIFELINE_PRUNE_GRACE_SECONDS={s:?} is not a number of seconds")
+                        })?,
+                        "LIFELINE_PRUNE_GRACE_SECONDS",
+                    )?,
+                    None => file
+                        .prune_grace_hours
+                        .unwrap_or(24)
+                        .checked_mul(3600)
+                        .filter(|s| *s <= MAX_DURATION_SECONDS)
+                        .with_context(|| {
+                            format!(
+                                "prune-grace-hours = {}: too large; use at most {} hours",
+                                file.prune_grace_hours.unwrap_or(24),
+                                MAX_DURATION_SECONDS / 3600
+                            )
+                        })?,
                 },
             ),
             repack_unused_percent: match file.repack_unused_percent {
@@ -483,6 +505,25 @@ async fn open_s3(opts: &S3Options) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(storage))
 }
 
+/// Durations in the configuration beyond this (about 100 years) are typing errors, and larger
+/// values would overflow the clock arithmetic they feed.
+const MAX_DURATION_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
+/// A number of seconds from the configuration, checked: deadlines are computed from it.
+fn seconds(value: u64, key: &str) -> Result<u64> {
+    if value > MAX_DURATION_SECONDS {
+        bail!("{key} = {value}: too large; use at most {MAX_DURATION_SECONDS} seconds (100 years)");
+    }
+    Ok(value)
+}
+
+/// A size in MiB from the configuration, in bytes: an error naming the key when it overflows.
+fn mib_to_bytes(mib: u64, key: &str) -> Result<u64> {
+    mib.checked_mul(1 << 20)
+        .filter(|b| *b <= 1 << 50)
+        .with_context(|| format!("{key} = {mib}: too large; use a size in MiB below 2^30"))
+}
+
 /// The S3 repository settings, when a bucket is named anywhere.
 fn s3_options(args: &GlobalArgs, file: &FileConfig) -> Result<Option<S3Options>> {
     let Some(location) = args.s3_bucket.clone().or(file.s3_bucket.clone()) else {
@@ -493,10 +534,11 @@ fn s3_options(args: &GlobalArgs, file: &FileConfig) -> Result<Option<S3Options>>
     opts.region = args.s3_region.clone().or(file.s3_region.clone());
     opts.path_style = file.s3_path_style.unwrap_or(opts.endpoint.is_some());
     if let Some(mib) = file.s3_part_size_mib {
-        opts.part_size = mib << 20;
+        opts.part_size = usize::try_from(mib_to_bytes(mib as u64, "s3-part-size-mib")?)
+            .context("s3-part-size-mib: too large for this machine")?;
         opts.single_put_max = opts.single_put_max.max(opts.part_size);
     }
-    if let Some(seconds) = env("LIFELINE_S3_RETRY_SECONDS")
+    if let Some(retry) = env("LIFELINE_S3_RETRY_SECONDS")
         .map(|s| {
             s.parse::<u64>().with_context(|| {
                 format!("LIFELINE_S3_RETRY_SECONDS={s:?} is not a number of seconds")
@@ -506,7 +548,7 @@ fn s3_options(args: &GlobalArgs, file: &FileConfig) -> Result<Option<S3Options>>
         .or(file.s3_retry_seconds)
     {
         opts.retry = RetryPolicy {
-            deadline: std::time::Duration::from_secs(seconds),
+            deadline: std::time::Duration::from_secs(seconds(retry, "s3-retry-seconds")?),
             ..RetryPolicy::default()
         };
     }
@@ -546,6 +588,50 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_arithmetic_is_checked() {
+        assert!(
+            seconds(u64::MAX, "wal-wait-seconds")
+                .is_err_and(|e| e.to_string().contains("wal-wait-seconds"))
+        );
+        assert_eq!(seconds(300, "x").expect("fits"), 300);
+        assert!(
+            mib_to_bytes(u64::MAX >> 10, "wal-prefetch-mib")
+                .is_err_and(|e| e.to_string().contains("wal-prefetch-mib"))
+        );
+        assert_eq!(mib_to_bytes(512, "x").expect("fits"), 512 << 20);
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            global: GlobalArgs,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lifeline.toml");
+        for (text, key) in [
+            (
+                "prune-grace-hours = 18446744073709551615\n",
+                "prune-grace-hours",
+            ),
+            (
+                "wal-prefetch-mib = 18446744073709551615\n",
+                "wal-prefetch-mib",
+            ),
+            (
+                "wal-wait-seconds = 18446744073709551615\n",
+                "wal-wait-seconds",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let cli = <Cli as clap::Parser>::parse_from([
+                "lifeline",
+                "--config",
+                path.to_str().expect("utf8"),
+            ]);
+            let err = Settings::resolve(&cli.global).expect_err("overflow refused");
+            assert!(format!("{err:#}").contains(key), "{key}: {err:#}");
+        }
+    }
 
     #[test]
     fn failover_restores_take_a_tablespace_mapping() {

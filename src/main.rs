@@ -159,19 +159,84 @@ fn raise_open_file_limit() {
     }
 }
 
+/// How a command must end when something panics: `wal fetch` above 125 (PostgreSQL then stops
+/// recovery instead of taking "not archived" and ending it early), `wal push` with 1 (above
+/// 125 would stop the archiver), everything else with 1 and a one-line cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PanicExit {
+    Fetch,
+    Push,
+    Other,
+}
+
+/// No panic reaches the operator as a Rust backtrace: a closed standard output (`lifeline
+/// status | head -1`) ends the command quietly, and any other panic is logged, with where it
+/// happened, to stderr and the operation log, then ends the command with its contract's code.
+fn install_panic_hook(kind: PanicExit) {
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let closed_output =
+            message.starts_with("failed printing to std") && message.contains("Broken pipe");
+        if closed_output && kind != PanicExit::Fetch {
+            // The reader went away (head, less quit): nothing is lost by stopping here.
+            std::process::exit(if kind == PanicExit::Push { 1 } else { 0 });
+        }
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(target: "lifeline::report", "ERROR: internal error at {place}: {message}");
+        eprintln!("lifeline: internal error (a bug; please report it) at {place}: {message}");
+        std::process::exit(match kind {
+            PanicExit::Fetch => i32::from(commands::wal::FETCH_FATAL),
+            PanicExit::Push | PanicExit::Other => 1,
+        });
+    }));
+}
+
+/// The last lines of an operation log: the outcome, and on failure the whole error chain on
+/// an ERROR line (what `grep -E "ERROR|FAILED" logs/*.log` finds).
+fn log_outcome(operation: &str, result: &anyhow::Result<ExitCode>, started: std::time::Instant) {
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(code) if *code == ExitCode::SUCCESS => tracing::info!(
+            target: "lifeline::report",
+            "{operation}: SUCCEEDED in {seconds:.1} s"
+        ),
+        Ok(code) => tracing::error!(
+            target: "lifeline::report",
+            "ERROR: {operation}: FAILED in {seconds:.1} s ({code:?}): it found problems, listed above"
+        ),
+        Err(e) => tracing::error!(
+            target: "lifeline::report",
+            "ERROR: {operation}: FAILED in {seconds:.1} s: {e:#}"
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    raise_open_file_limit();
     let fetch = matches!(
         cli.command,
         Command::Wal(commands::wal::WalCommand::Fetch(_))
     );
+    install_panic_hook(match &cli.command {
+        Command::Wal(commands::wal::WalCommand::Fetch(_)) => PanicExit::Fetch,
+        Command::Wal(commands::wal::WalCommand::Push { .. }) => PanicExit::Push,
+        _ => PanicExit::Other,
+    });
+    raise_open_file_limit();
+    let operation = cli.command.log_name();
     let settings = match Settings::resolve(&cli.global) {
         Ok(s) => {
-            let log = cli
-                .command
-                .log_name()
-                .and_then(|name| commands::oplog::open(s.backup_dir.as_deref(), &name));
+            let log = operation
+                .as_deref()
+                .and_then(|name| commands::oplog::open(s.backup_dir.as_deref(), name));
             init_logging(log.map(|(file, _)| file));
             s
         }
@@ -194,6 +259,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(operation) = &operation {
+        tracing::info!(
+            target: "lifeline::report",
+            "{operation}: started: lifeline {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+    }
+    let started = std::time::Instant::now();
     let result = runtime.block_on(async {
         match cli.command {
             Command::Wal(cmd) => commands::wal::run(cmd, &settings).await,
@@ -225,6 +298,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    if let Some(operation) = &operation {
+        log_outcome(operation, &result, started);
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -48,6 +48,14 @@ pub fn pin_aof(opts: &RedisOptions) -> Result<PinnedAof, ArchiveError> {
     let dir = PathBuf::from(config_value(opts, "dir")?);
     let subdir = config_value(opts, "appenddirname")?;
     let base_name = config_value(opts, "appendfilename")?;
+    // Redis itself allows only plain names here; anything else is not a Redis answering.
+    for (setting, value) in [("appenddirname", &subdir), ("appendfilename", &base_name)] {
+        if value.is_empty() || value.contains('/') || value == "." || value == ".." {
+            return Err(refused(format!(
+                "Redis answered CONFIG GET {setting} with {value:?}, which is not a file name"
+            )));
+        }
+    }
     let aof_dir = dir.join(&subdir);
     let manifest_path = aof_dir.join(format!("{base_name}.manifest"));
     let started = std::time::Instant::now();
@@ -77,13 +85,30 @@ pub fn pin_aof(opts: &RedisOptions) -> Result<PinnedAof, ArchiveError> {
     )))
 }
 
+/// A manifest names a few files in a few hundred bytes; anything far larger is not one.
+const MAX_MANIFEST: u64 = 1 << 20;
+
 fn read_manifest(path: &Path) -> Result<String, ArchiveError> {
-    std::fs::read_to_string(path).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         refused(format!(
             "cannot read the AOF manifest {} ({e}): run the backup on the Redis host as a user that can read Redis's data directory",
             path.display()
         ))
-    })
+    };
+    let mut text = String::new();
+    File::open(path)
+        .map_err(cannot)?
+        .take(MAX_MANIFEST + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_MANIFEST {
+        return Err(refused(format!(
+            "the AOF manifest {} is larger than {} KiB: it is not a Redis AOF manifest",
+            path.display(),
+            MAX_MANIFEST >> 10
+        )));
+    }
+    Ok(text)
 }
 
 fn pin(path: &Path, name: String) -> Result<PinnedFile, ArchiveError> {

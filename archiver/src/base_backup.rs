@@ -29,7 +29,7 @@ use storage::{Compression, Durability, PutMode, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::chunk_store::{self, pack_jobs};
+use crate::chunk_store::{self, Lineage, pack_jobs};
 use crate::error::PgContext;
 use crate::{ArchiveError, cluster};
 
@@ -208,10 +208,12 @@ pub async fn run_base_backup(
     )
     .await?;
 
-    let previous = previous_chunks(
+    let previous = chunk_store::previous_chunks(
         storage.as_ref(),
         &opts.catalog_path,
-        facts.system_identifier,
+        Lineage::Base {
+            system_identifier: facts.system_identifier,
+        },
     )
     .await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
@@ -371,44 +373,6 @@ pub(crate) async fn new_backup_id(storage: &dyn Storage) -> Result<String, Archi
     Err(ArchiveError::Precondition(format!(
         "100 backups named {base}* already exist"
     )))
-}
-
-/// Chunks the newest complete backup of this cluster stored, with where they are: those need
-/// not be written again.
-async fn previous_chunks(
-    storage: &dyn Storage,
-    catalog_path: &Path,
-    system_identifier: u64,
-) -> HashMap<String, ChunkRef> {
-    let path = catalog_path.to_path_buf();
-    let latest = tokio::task::spawn_blocking(move || {
-        let catalog = catalog::Catalog::open(&path).ok()?;
-        catalog
-            .backups(Some("postgresql"))
-            .ok()?
-            .into_iter()
-            .rfind(|b| {
-                b.system_identifier == system_identifier
-                    && b.kind == "base"
-                    && b.state == catalog::BackupState::Complete
-            })
-    })
-    .await
-    .ok()
-    .flatten();
-    let Some(latest) = latest else {
-        return HashMap::new();
-    };
-    match BackupManifest::load(storage, &latest.backup_id).await {
-        Ok(m) => m.chunks().map(|c| (c.hash.clone(), c.clone())).collect(),
-        Err(e) => {
-            warn!(
-                "previous backup {} unreadable, storing every chunk again: {e}",
-                latest.backup_id
-            );
-            HashMap::new()
-        }
-    }
 }
 
 /// A file or directory found under PGDATA (or inside a tablespace it links to).

@@ -4,16 +4,131 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use storage::chunking::content_defined_chunks;
-use storage::manifest::ChunkRef;
+use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::{Compression, Durability, PutMode, Storage, StorageError, layout, object};
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use crate::ArchiveError;
+
+/// Which earlier backup a new one may build on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lineage {
+    /// Base backups of one PostgreSQL cluster.
+    Base { system_identifier: u64 },
+    /// Stream backups (dumps, RDB, AOF) of one service and kind.
+    Stream {
+        service: &'static str,
+        kind: &'static str,
+    },
+}
+
+impl Lineage {
+    fn matches(self, b: &catalog::BackupRecord) -> bool {
+        b.state == catalog::BackupState::Complete
+            && match self {
+                Lineage::Base { system_identifier } => {
+                    b.service == "postgresql"
+                        && b.kind == "base"
+                        && b.system_identifier == system_identifier
+                }
+                Lineage::Stream { service, kind } => b.service == service && b.kind == kind,
+            }
+    }
+}
+
+/// Chunks the newest complete backup of `lineage` stored, with where they are: those need not be
+/// written again. Only chunks whose pack is still in the repository and long enough to hold them
+/// are offered (one listing of the packs per backup): a chunk in a lost pack is stored again, so
+/// one lost pack damages the backups that used it, never the ones taken after.
+pub(crate) async fn previous_chunks(
+    storage: &dyn Storage,
+    catalog_path: &Path,
+    lineage: Lineage,
+) -> HashMap<String, ChunkRef> {
+    let path = catalog_path.to_path_buf();
+    let latest = tokio::task::spawn_blocking(move || {
+        let catalog = catalog::Catalog::open(&path).ok()?;
+        let service = match lineage {
+            Lineage::Base { .. } => "postgresql",
+            Lineage::Stream { service, .. } => service,
+        };
+        catalog
+            .backups(Some(service))
+            .ok()?
+            .into_iter()
+            .rfind(|b| lineage.matches(b))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(latest) = latest else {
+        return HashMap::new();
+    };
+    let id = latest.backup_id;
+    let chunks: Result<Vec<ChunkRef>, StorageError> = match lineage {
+        Lineage::Base { .. } => BackupManifest::load(storage, &id)
+            .await
+            .map(|m| m.chunks().cloned().collect()),
+        Lineage::Stream { .. } => StreamManifest::load(storage, &id)
+            .await
+            .map(|m| m.chunks().cloned().collect()),
+    };
+    let chunks = match chunks {
+        Ok(chunks) => chunks,
+        Err(e) => {
+            warn!("previous backup {id} unreadable, storing every chunk again: {e}");
+            return HashMap::new();
+        }
+    };
+    let packs: HashMap<String, u64> = match storage.list(layout::PACKS_PREFIX).await {
+        Ok(list) => list
+            .into_iter()
+            .filter_map(|m| Some((m.key.rsplit('/').next()?.to_string(), m.size)))
+            .collect(),
+        Err(e) => {
+            warn!("cannot list the packs ({e}), storing every chunk again");
+            return HashMap::new();
+        }
+    };
+    let (usable, lost) = usable_chunks(chunks, &packs);
+    if lost > 0 {
+        warn!(
+            "{lost} chunk(s) of backup {id} are in packs that are missing or truncated: storing              them again (run `lifeline verify` to see which backups are damaged)"
+        );
+    } else {
+        info!(previous = %id, chunks = usable.len(), "building on the previous backup");
+    }
+    usable
+}
+
+/// The chunks whose pack (by id, with its size) holds them whole, and how many were dropped.
+fn usable_chunks(
+    chunks: Vec<ChunkRef>,
+    packs: &HashMap<String, u64>,
+) -> (HashMap<String, ChunkRef>, usize) {
+    let mut lost = 0;
+    let mut usable = HashMap::with_capacity(chunks.len());
+    for c in chunks {
+        let whole = packs.get(&c.pack).is_some_and(|&size| {
+            c.offset
+                .checked_add(c.stored)
+                .is_some_and(|end| end <= size)
+        });
+        if whole {
+            usable.insert(c.hash.clone(), c);
+        } else {
+            lost += 1;
+        }
+    }
+    (usable, lost)
+}
 
 /// One chunk's bytes and where it belongs (`S`: a block of a file, a place in a stream).
 pub(crate) struct Job<S> {
@@ -258,4 +373,36 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         size,
         new_bytes: packer.written,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(hash: &str, pack: &str, offset: u64, stored: u64) -> ChunkRef {
+        ChunkRef {
+            hash: hash.into(),
+            len: stored,
+            pack: pack.into(),
+            offset,
+            stored,
+        }
+    }
+
+    #[test]
+    fn chunks_in_missing_or_short_packs_are_not_reused() {
+        let packs = HashMap::from([("p1".to_string(), 100), ("p2".to_string(), 50)]);
+        let chunks = vec![
+            chunk("a", "p1", 0, 100),
+            chunk("b", "p2", 40, 20),
+            chunk("c", "gone", 0, 10),
+            chunk("d", "p2", u64::MAX, 2),
+            chunk("e", "p2", 0, 50),
+        ];
+        let (usable, lost) = usable_chunks(chunks, &packs);
+        let mut kept: Vec<&str> = usable.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["a", "e"]);
+        assert_eq!(lost, 3);
+    }
 }

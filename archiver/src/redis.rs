@@ -21,6 +21,14 @@ use std::time::Duration;
 use crate::ArchiveError;
 
 const EOF_MARK_LEN: usize = 40;
+/// The longest reply line (status, error, length header) accepted: real ones are a few dozen
+/// bytes, and a line without an end must not grow until memory runs out.
+pub(crate) const MAX_LINE: usize = 64 << 10;
+/// The largest reply held in memory (INFO, CONFIG GET: a few KiB on any real server). The
+/// snapshot itself is streamed and has no such limit.
+pub(crate) const MAX_REPLY: usize = 64 << 20;
+/// Items in an array reply (`CONFIG GET` answers two).
+const MAX_ARRAY_ITEMS: usize = 1 << 16;
 /// How long a read may wait: a large dataset is forked and dumped before the first RDB byte,
 /// with keep-alive newlines in between.
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
@@ -198,13 +206,25 @@ fn command<S: Read + Write>(conn: &mut BufReader<S>, args: &[&str]) -> Result<Re
             let count: usize = rest
                 .parse()
                 .map_err(|_| refused(format!("Redis sent a malformed reply: {line:?}")))?;
+            if count > MAX_ARRAY_ITEMS {
+                return Err(refused(format!(
+                    "Redis sent an array of {count} items, above the limit of {MAX_ARRAY_ITEMS}; \
+                     is REDIS_PORT a Redis server?"
+                )));
+            }
             let mut items = Vec::with_capacity(count.min(64));
+            let mut total = 0usize;
             for _ in 0..count {
                 let header = read_line(conn)?;
                 let Some(len) = header.strip_prefix('$') else {
                     return Err(refused(format!("Redis sent a malformed array: {header:?}")));
                 };
-                items.push(read_bulk(conn, len, &header)?);
+                let item = read_bulk(conn, len, &header)?;
+                total = total.saturating_add(item.len());
+                if total > MAX_REPLY {
+                    return Err(too_large(total));
+                }
+                items.push(item);
             }
             Ok(Reply::Array(items))
         }
@@ -214,24 +234,56 @@ fn command<S: Read + Write>(conn: &mut BufReader<S>, args: &[&str]) -> Result<Re
     }
 }
 
+fn too_large(len: impl std::fmt::Display) -> ArchiveError {
+    refused(format!(
+        "Redis sent a reply of {len} bytes, above the {} MiB limit on replies held in memory; \
+         is REDIS_PORT a Redis server?",
+        MAX_REPLY >> 20
+    ))
+}
+
+/// A bulk string of at most `MAX_REPLY` bytes, read as it arrives: the length the server
+/// announces is checked before it sizes anything.
 fn read_bulk<R: BufRead>(conn: &mut R, len: &str, line: &str) -> Result<String, ArchiveError> {
-    let len: usize = len
+    let len: u64 = len
         .parse()
         .map_err(|_| refused(format!("Redis sent a malformed reply: {line:?}")))?;
-    let mut body = vec![0; len + 2];
-    conn.read_exact(&mut body)
+    if len > MAX_REPLY as u64 {
+        return Err(too_large(len));
+    }
+    // Within MAX_REPLY, so the body and its CRLF fit in memory and in usize.
+    let want = len + 2;
+    let mut body = Vec::new();
+    conn.by_ref()
+        .take(want)
+        .read_to_end(&mut body)
         .map_err(|e| io_error("reading a reply", e))?;
-    body.truncate(len);
+    if body.len() as u64 != want {
+        return Err(refused(
+            "Redis closed the connection in the middle of a reply",
+        ));
+    }
+    body.truncate(body.len() - 2);
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
+/// One line, without its end; at most `MAX_LINE` bytes are read looking for the end.
 fn read_line<R: BufRead>(conn: &mut R) -> Result<String, ArchiveError> {
     let mut line = Vec::new();
     let n = conn
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
         .read_until(b'\n', &mut line)
         .map_err(|e| io_error("reading a reply", e))?;
     if n == 0 {
         return Err(refused("Redis closed the connection"));
+    }
+    if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
+        return Err(refused(format!(
+            "Redis sent a line longer than the {} KiB limit without an end; is REDIS_PORT a \
+             Redis server?",
+            MAX_LINE >> 10
+        )));
     }
     Ok(String::from_utf8_lossy(&line)
         .trim_end_matches(['\r', '\n'])
@@ -289,10 +341,14 @@ fn read_framing<R: BufRead>(conn: &mut R) -> Result<Framing, ArchiveError> {
             }
             return Ok(Framing::EofMark(mark.as_bytes().to_vec()));
         }
+        // A checked number: digits only, no sign, within u64 (the stream itself is bounded by
+        // what arrives, never by this number).
         return header
-            .parse()
+            .parse::<u64>()
+            .ok()
+            .filter(|_| header.bytes().all(|b| b.is_ascii_digit()))
             .map(Framing::Length)
-            .map_err(|_| refused(format!("Redis sent a malformed snapshot length {line:?}")));
+            .ok_or_else(|| refused(format!("Redis sent a malformed snapshot length {line:?}")));
     }
 }
 
@@ -327,7 +383,7 @@ impl RdbReader {
         let mut chunk = vec![0; 256 << 10];
         let want = match self.framing {
             Framing::Length(total) => {
-                let left = total - self.received;
+                let left = total.saturating_sub(self.received);
                 if left == 0 {
                     self.done = true;
                     self.ready.clear();
@@ -472,6 +528,9 @@ mod tests {
             b"+OK\r\n",
             b"$EOF:short\r\n",
             b"$abc\r\n",
+            b"$-5\r\n",
+            b"$+5\r\n",
+            b"$99999999999999999999999\r\n",
             b"",
         ] {
             let mut conn = BufReader::new(wire);
@@ -486,5 +545,117 @@ mod tests {
         let keys = parse_keyspace(info);
         assert_eq!(keys, BTreeMap::from([(0, 12), (3, 5)]));
         assert!(parse_keyspace("# Keyspace\r\n").is_empty());
+    }
+
+    /// A fake Redis on a local port that answers every connection with `answer`, and the
+    /// outcome of `ask` against it, which must come within ten seconds.
+    fn against_fake_server<T: Send + 'static>(
+        answer: fn(std::net::TcpStream),
+        ask: fn(&RedisOptions) -> Result<T, ArchiveError>,
+    ) -> Result<T, ArchiveError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || answer(conn));
+            }
+        });
+        let opts = RedisOptions {
+            host: "127.0.0.1".into(),
+            port,
+            password: None,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(ask(&opts));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the client neither failed nor finished within 10 s")
+    }
+
+    /// Hold the connection open until the client goes away.
+    fn linger(mut conn: std::net::TcpStream) {
+        let mut sink = [0u8; 1024];
+        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+    }
+
+    #[test]
+    fn a_huge_bulk_length_fails_without_allocating_it() {
+        let result = against_fake_server(
+            |mut conn| {
+                // 1 TiB announced: allocating it would abort the test.
+                let _ = conn.write_all(b"$1099511627776\r\n");
+                linger(conn);
+            },
+            |opts| info_value(opts, "server", "redis_version"),
+        );
+        let err = result.expect_err("a 1 TiB reply is refused").to_string();
+        assert!(
+            err.contains("1099511627776 bytes") && err.contains("64 MiB limit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_huge_array_reply_is_refused() {
+        let result = against_fake_server(
+            |mut conn| {
+                let _ = conn.write_all(b"*1152921504606846976\r\n");
+                linger(conn);
+            },
+            |opts| config_value(opts, "dir"),
+        );
+        let err = result.expect_err("refused").to_string();
+        assert!(err.contains("above the limit"), "{err}");
+    }
+
+    #[test]
+    fn an_endless_line_fails_at_the_line_limit() {
+        let result = against_fake_server(
+            |mut conn| {
+                let _ = conn.write_all(b"+");
+                let filler = [b'a'; 8192];
+                // Until the client hangs up.
+                while conn.write_all(&filler).is_ok() {}
+            },
+            keyspace,
+        );
+        let err = result.expect_err("an endless line is refused").to_string();
+        assert!(err.contains("longer than the 64 KiB limit"), "{err}");
+    }
+
+    #[test]
+    fn an_endless_line_before_the_snapshot_fails_too() {
+        let result = against_fake_server(
+            |mut conn| {
+                let filler = [b'$'; 8192];
+                while conn.write_all(&filler).is_ok() {}
+            },
+            |opts| open_rdb(opts).map(|(_, facts)| facts),
+        );
+        let err = result.expect_err("refused").to_string();
+        assert!(err.contains("64 KiB limit"), "{err}");
+    }
+
+    #[test]
+    fn replies_within_the_limits_still_read() {
+        let info = "# Server\r\nredis_version:7.2.4\r\n";
+        let mut wire = format!("${}\r\n{info}\r\n", info.len()).into_bytes();
+        wire.extend(b"*2\r\n$3\r\ndir\r\n$8\r\n/var/lib\r\n");
+        let mut conn = BufReader::new(std::io::Cursor::new(wire));
+        let reply = |conn: &mut BufReader<std::io::Cursor<Vec<u8>>>| {
+            let line = read_line(conn).expect("line");
+            match line.split_at(1) {
+                ("$", len) => Reply::Bulk(read_bulk(conn, len, &line).expect("bulk")),
+                _ => Reply::Status,
+            }
+        };
+        match reply(&mut conn) {
+            Reply::Bulk(text) => {
+                assert_eq!(info_field(&text, "redis_version").as_deref(), Some("7.2.4"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_line(&mut conn).expect("array header"), "*2");
     }
 }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use storage::manifest::{ChunkRef, MANIFEST_FORMAT, StreamFile, StreamManifest};
 use storage::{Compression, Storage, layout};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::aof::pin_aof;
 use crate::base_backup::{MetadataSummary, new_backup_id, publish};
-use crate::chunk_store::store_stream;
+use crate::chunk_store::{Lineage, previous_chunks, store_stream};
 use crate::redis::info_value;
 use crate::{ArchiveError, RedisOptions, keyspace, open_rdb};
 
@@ -128,38 +128,15 @@ async fn store_redis_files(
     Ok(manifest)
 }
 
-/// Chunks of the newest complete backup of this service and kind: those need not be stored again.
+/// Chunks of the newest complete backup of this service and kind that are still whole in the
+/// repository: those need not be stored again.
 pub(crate) async fn previous_stream_chunks(
     storage: &dyn Storage,
     catalog_path: &Path,
     service: &'static str,
     kind: &'static str,
 ) -> HashMap<String, ChunkRef> {
-    let path = catalog_path.to_path_buf();
-    let latest = tokio::task::spawn_blocking(move || {
-        let catalog = catalog::Catalog::open(&path).ok()?;
-        catalog
-            .backups(Some(service))
-            .ok()?
-            .into_iter()
-            .rfind(|b| b.kind == kind && b.state == catalog::BackupState::Complete)
-    })
-    .await
-    .ok()
-    .flatten();
-    let Some(latest) = latest else {
-        return HashMap::new();
-    };
-    match StreamManifest::load(storage, &latest.backup_id).await {
-        Ok(m) => m.chunks().map(|c| (c.hash.clone(), c.clone())).collect(),
-        Err(e) => {
-            warn!(
-                "previous backup {} unreadable, storing every chunk again: {e}",
-                latest.backup_id
-            );
-            HashMap::new()
-        }
-    }
+    previous_chunks(storage, catalog_path, Lineage::Stream { service, kind }).await
 }
 
 pub(crate) async fn write_stream_manifest(

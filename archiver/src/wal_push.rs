@@ -51,6 +51,7 @@ pub async fn push_wal(
         source,
     };
     let size = tokio::fs::metadata(path).await.map_err(io)?.len();
+    check_contents(path, &name, size).await?;
     let first_page = read_first_page(path).await.map_err(io)?;
     let (system_identifier, segment_size) =
         identify(storage, path, &name, &first_page, size).await?;
@@ -97,6 +98,42 @@ pub async fn push_wal(
         info!(wal = %name, stored_bytes, plain_bytes = header.plain_len, "archived");
     }
     Ok(outcome)
+}
+
+/// History files are a few lines; anything this large is not one.
+const MAX_HISTORY_BYTES: u64 = 1 << 20;
+
+/// History and backup-history files are read by recovery and by restores: refuse one that
+/// does not parse before anything is stored, so PostgreSQL keeps retrying (and logging the
+/// reason) instead of an archive that breaks every later point-in-time restore.
+async fn check_contents(path: &Path, name: &WalFileName, size: u64) -> Result<(), ArchiveError> {
+    if !matches!(
+        name,
+        WalFileName::History { .. } | WalFileName::BackupHistory { .. }
+    ) {
+        return Ok(());
+    }
+    let invalid = |reason: String| ArchiveError::InvalidWalFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if size > MAX_HISTORY_BYTES {
+        return Err(invalid(format!(
+            "{size} bytes is too large for a {} file (PostgreSQL writes a few lines)",
+            name.kind()
+        )));
+    }
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|source| ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let checked = match name {
+        WalFileName::History { timeline } => wal::check_history(*timeline, &bytes).map(|_| ()),
+        _ => wal::check_backup_history(name, &bytes).map(|_| ()),
+    };
+    checked.map_err(|reason| invalid(format!("{reason}; nothing was archived")))
 }
 
 fn wal_record(

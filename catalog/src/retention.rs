@@ -37,6 +37,32 @@ impl Default for RetentionPolicy {
     }
 }
 
+impl RetentionPolicy {
+    /// Operation logs and drill reports last modified before this are removed by prune: they
+    /// describe backups, restores and drills, and none is needed past the longest window the
+    /// policy keeps anything for (the monthly backups, by default a year). Never less than a
+    /// day, so that a policy of zeros cannot remove the running prune's own log; a window
+    /// beyond the calendar keeps everything.
+    pub fn log_cutoff(&self, now: jiff::Timestamp, tz: &TimeZone) -> jiff::Timestamp {
+        let now = now.to_zoned(tz.clone());
+        let windows = [
+            jiff::Span::new().try_months(i64::from(self.monthly)),
+            jiff::Span::new().try_weeks(i64::from(self.weekly)),
+            jiff::Span::new().try_days(i64::from(self.daily)),
+            jiff::Span::new().try_days(i64::from(self.wal_days)),
+            jiff::Span::new().try_days(1),
+        ];
+        windows
+            .into_iter()
+            .map(|span| {
+                span.and_then(|span| now.checked_sub(span))
+                    .map_or(jiff::Timestamp::MIN, |z| z.timestamp())
+            })
+            .min()
+            .unwrap_or(jiff::Timestamp::MIN)
+    }
+}
+
 /// Why a backup is kept.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
@@ -281,6 +307,45 @@ mod tests {
 
     fn utc() -> TimeZone {
         TimeZone::UTC
+    }
+
+    #[test]
+    fn logs_are_kept_for_the_longest_window() {
+        let now: jiff::Timestamp = "2025-06-15T12:00:00Z".parse().expect("now");
+        let at = |s: &str| s.parse::<jiff::Timestamp>().expect("time");
+        // 12 months by default: a log of two years ago goes, one of eleven months stays.
+        let cutoff = RetentionPolicy::default().log_cutoff(now, &utc());
+        assert_eq!(cutoff, at("2024-06-15T12:00:00Z"));
+        assert!(at("2023-06-15T12:00:00Z") < cutoff);
+        assert!(at("2024-07-15T12:00:00Z") > cutoff);
+        // The monthly count is the configured one; a longer weekly or WAL window wins.
+        let policy = |daily, weekly, monthly, wal_days| RetentionPolicy {
+            daily,
+            weekly,
+            monthly,
+            wal_days,
+        };
+        assert_eq!(
+            policy(7, 4, 3, 7).log_cutoff(now, &utc()),
+            at("2025-03-15T12:00:00Z")
+        );
+        assert_eq!(
+            policy(7, 52, 3, 7).log_cutoff(now, &utc()),
+            at("2024-06-16T12:00:00Z")
+        );
+        assert_eq!(
+            policy(1, 1, 0, 400).log_cutoff(now, &utc()),
+            at("2024-05-11T12:00:00Z")
+        );
+        // Zeros keep a day; a window past the calendar keeps everything.
+        assert_eq!(
+            policy(0, 0, 0, 0).log_cutoff(now, &utc()),
+            at("2025-06-14T12:00:00Z")
+        );
+        assert_eq!(
+            policy(0, 0, u32::MAX, 0).log_cutoff(now, &utc()),
+            jiff::Timestamp::MIN
+        );
     }
 
     /// Nightly base backups at 01:00 UTC for `days` days ending the night of `last`.

@@ -2,6 +2,7 @@
 //! points it at the new primary, atomically, so the application never reads half a file.
 
 use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use crate::OpsError;
@@ -59,7 +60,8 @@ pub fn rewrite(
 }
 
 /// Rewrite the file in place: a temporary file beside it, synced, renamed over it, the
-/// directory synced; its permissions are kept.
+/// directory synced. The new file keeps the old one's owner, group and mode: failover runs as
+/// root, and a file that became root's would lock the application out of its own settings.
 pub fn switch_file(path: &Path, variable: &str, host: &str, port: u16) -> Result<Switch, OpsError> {
     let fail = |message: String| OpsError::ConnectionFile {
         path: path.display().to_string(),
@@ -71,21 +73,40 @@ pub fn switch_file(path: &Path, variable: &str, host: &str, port: u16) -> Result
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let permissions = std::fs::metadata(path)
-        .map_err(|e| fail(e.to_string()))?
-        .permissions();
+    let old = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    // Created 0600, so the text is never readable by more than the old file allowed.
     let mut temp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| fail(format!("cannot write beside it: {e}")))?;
     temp.write_all(new_text.as_bytes())
-        .and_then(|()| temp.as_file().sync_all())
         .map_err(|e| fail(format!("cannot write beside it: {e}")))?;
-    std::fs::set_permissions(temp.path(), permissions).map_err(|e| fail(e.to_string()))?;
+    keep_owner_and_mode(temp.as_file(), &old).map_err(|e| {
+        fail(format!(
+            "the new file cannot keep the old one's owner {}:{} and mode {:o} ({e}), so it was \
+             not replaced: run failover as root or as the file's owner",
+            old.uid(),
+            old.gid(),
+            old.mode() & 0o7777
+        ))
+    })?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| fail(format!("cannot write beside it: {e}")))?;
     temp.persist(path)
         .map_err(|e| fail(format!("cannot replace it: {}", e.error)))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| fail(format!("directory not synced: {e}")))?;
     Ok(switch)
+}
+
+/// Give `file` the owner, group and mode of `old`. The owner goes first: changing it clears
+/// set-id bits, which the mode then restores.
+fn keep_owner_and_mode(file: &std::fs::File, old: &std::fs::Metadata) -> std::io::Result<()> {
+    let current = file.metadata()?;
+    if current.uid() != old.uid() || current.gid() != old.gid() {
+        std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))
 }
 
 /// `scheme://[user[:password]@]host[:port][/db][?params]` with host and port replaced.
@@ -179,5 +200,44 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    fn id_of(args: &[&str]) -> u32 {
+        let out = std::process::Command::new("id")
+            .args(args)
+            .output()
+            .expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
+    }
+
+    #[test]
+    fn a_rewrite_as_root_keeps_the_owner_group_and_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if id_of(&["-u"]) != 0 {
+            eprintln!("skipped: only root can give a file to another user");
+            return;
+        }
+        let (uid, gid) = (id_of(&["-u", "postgres"]), id_of(&["-g", "postgres"]));
+        assert_ne!(uid, 0, "the test needs a user other than root");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.env");
+        std::fs::write(&path, "DATABASE_URL=postgresql://app@old:5432/app\n").expect("write");
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        switch_file(&path, "DATABASE_URL", "new", 6543).expect("switches");
+        let meta = std::fs::metadata(&path).expect("meta");
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777),
+            (uid, gid, 0o640),
+            "the rewritten file lost its owner, group or mode"
+        );
+        assert!(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .contains("@new:6543/")
+        );
     }
 }

@@ -1,10 +1,11 @@
-//! Repository verification: every manifest's packs exist, and the WAL chain of every timeline
+//! Repository verification: every manifest's packs exist and are long enough for the chunks
+//! the manifests place in them, every timeline history file parses, and the WAL chain of every timeline
 //! is whole from the start of the oldest base backup to the newest segment archived (following
 //! the history files); with `read_data`, every chunk a backup needs is read back, decompressed
 //! and re-hashed, and so is every WAL object. Problems name the object and the backups it
 //! breaks.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
@@ -21,6 +22,10 @@ pub struct VerifyReport {
     pub chunks: usize,
     pub wal_files: usize,
     pub bytes_read: u64,
+    /// Temporary files left by interrupted runs (counted by the caller on a local
+    /// repository; not a problem, prune removes them).
+    pub temporary_files: usize,
+    pub temporary_bytes: u64,
     pub problems: Vec<String>,
     /// Segments missing from the WAL chains that recovery from the kept backups reads (also
     /// named in `problems`).
@@ -90,32 +95,45 @@ pub async fn verify_repository(
             Err(e) => report.problems.push(format!("backup {id}: {e}")),
         }
     }
-    let present: HashSet<String> = storage
+    // pack id -> its size, from the listing (no pack is read without --read-data)
+    let present: HashMap<String, u64> = storage
         .list(layout::PACKS_PREFIX)
         .await?
         .into_iter()
-        .filter_map(|m| m.key.rsplit('/').next().map(str::to_string))
+        .filter_map(|m| Some((m.key.rsplit('/').next()?.to_string(), m.size)))
         .collect();
     report.packs = present.len();
     report.chunks = needed.values().map(BTreeMap::len).sum();
+    let mut truncated = HashSet::new();
     for (pack_id, chunks) in &needed {
-        if !present.contains(pack_id) {
+        let backups = || {
             let mut backups: Vec<&str> = chunks
                 .values()
                 .flat_map(|(_, b)| b.iter().map(String::as_str))
                 .collect();
             backups.sort_unstable();
             backups.dedup();
+            backups.join(", ")
+        };
+        let Some(&size) = present.get(pack_id) else {
             report.problems.push(format!(
                 "pack {} is missing: {} chunk(s) lost, needed by {}",
                 layout::pack_key(pack_id),
                 chunks.len(),
-                backups.join(", ")
+                backups()
             ));
+            continue;
+        };
+        if let Some(problem) = pack_size_problem(pack_id, size, chunks, backups) {
+            truncated.insert(pack_id.clone());
+            report.problems.push(problem);
         }
     }
     let wal = storage.list(layout::WAL_PREFIX).await?;
     report.wal_files = wal.len();
+    report
+        .problems
+        .extend(check_history_files(storage, &wal, parallelism).await);
     for (sysid, (segment_size, kept)) in kept_wal {
         let records = crate::pitr::wal_records(&wal, sysid, segment_size);
         match crate::pitr::timeline_histories(storage, sysid, &records).await {
@@ -134,9 +152,10 @@ pub async fn verify_repository(
         return Ok(report);
     }
 
+    // A truncated pack is already reported; reading it back would only list its chunks again.
     let pack_checks: Vec<_> = needed
         .iter()
-        .filter(|(id, _)| present.contains(*id))
+        .filter(|(id, _)| present.contains_key(*id) && !truncated.contains(*id))
         .collect();
     let pack_results: Vec<(u64, Vec<String>)> = futures::stream::iter(pack_checks)
         .map(|(id, chunks)| check_pack(storage, id, chunks))
@@ -162,6 +181,82 @@ pub async fn verify_repository(
     }
     report.problems.sort();
     Ok(report)
+}
+
+/// A pack ends with its index object and a 12-byte trailer after the last chunk.
+const PACK_TAIL_MIN: u64 = object::HEADER_LEN as u64 + 12;
+
+/// A pack shorter than the chunks the manifests place in it (from its listed size alone).
+fn pack_size_problem(
+    pack_id: &str,
+    size: u64,
+    chunks: &BTreeMap<String, (ChunkRef, Vec<String>)>,
+    backups: impl FnOnce() -> String,
+) -> Option<String> {
+    let key = layout::pack_key(pack_id);
+    let chunks_end = chunks
+        .values()
+        .map(|(c, _)| c.offset.saturating_add(c.stored))
+        .max()
+        .unwrap_or(0);
+    if size < chunks_end {
+        let lost = chunks
+            .values()
+            .filter(|(c, _)| c.offset.saturating_add(c.stored) > size)
+            .count();
+        return Some(format!(
+            "pack {key} is truncated: {size} bytes, but the manifests place chunks up to byte \
+             {chunks_end}; {lost} chunk(s) lost, needed by {}",
+            backups()
+        ));
+    }
+    if size < chunks_end.saturating_add(PACK_TAIL_MIN) {
+        return Some(format!(
+            "pack {key} is truncated: {size} bytes, its chunks end at byte {chunks_end} but its \
+             index is cut off (prune cannot repack it); needed by {}",
+            backups()
+        ));
+    }
+    None
+}
+
+/// Every timeline history file must parse: recovery follows them to find the WAL of parent
+/// timelines, and a point-in-time restore across a broken one fails.
+async fn check_history_files(
+    storage: &dyn Storage,
+    wal: &[storage::ObjectMeta],
+    parallelism: usize,
+) -> Vec<String> {
+    let histories: Vec<(String, storage::wal::TimelineId)> = wal
+        .iter()
+        .filter_map(|meta| match layout::parse_wal_key(&meta.key)? {
+            (_, storage::wal::WalFileName::History { timeline }) => {
+                Some((meta.key.clone(), timeline))
+            }
+            _ => None,
+        })
+        .collect();
+    futures::stream::iter(histories)
+        .map(|(key, timeline)| async move {
+            let checked = match storage.get_bytes(&key).await {
+                Ok(bytes) => object::decode(&key, &bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|plain| storage::wal::check_history(timeline, &plain)),
+                Err(e) => Err(e.to_string()),
+            };
+            checked.err().map(|reason| {
+                format!(
+                    "history file {key} does not parse: {reason}; recovery cannot follow \
+                     timeline {}; replace it with the copy in pg_wal of the server that \
+                     created that timeline",
+                    timeline.0
+                )
+            })
+        })
+        .buffer_unordered(parallelism.max(1))
+        .filter_map(|p| async move { p })
+        .collect()
+        .await
 }
 
 /// Read a pack once and check its index and every chunk a backup needs from it.

@@ -56,6 +56,18 @@ pub async fn restore(
     settings: &Settings,
 ) -> Result<ExitCode> {
     let target = if staging {
+        // A staging restore drops its target with --force and keeps no copy of it: named like
+        // production, it would silently destroy production.
+        if settings.staging_db == settings.db.dbname {
+            bail!(
+                "the staging database name {} is the production database (DB_NAME {}): a staging \
+                 restore drops its target without a pre-restore dump, so nothing was done; set \
+                 STAGING_DB_NAME (or staging-db-name in the config file) to another name, or \
+                 restore with --target production",
+                settings.staging_db,
+                settings.db.dbname
+            );
+        }
         settings.staging_db.clone()
     } else {
         settings.db.dbname.clone()
@@ -90,16 +102,35 @@ pub async fn restore(
                 .await
                 .with_context(|| format!("read the manifest of {id}"))?;
             restore::validate_stream(&manifest)?;
-            Some(
-                manifest
-                    .files
-                    .into_iter()
-                    .flat_map(|f| f.chunks)
-                    .collect::<Vec<_>>(),
+            let chunks: Vec<_> = manifest.files.into_iter().flat_map(|f| f.chunks).collect();
+            // Every chunk read, decoded and hash-checked, then dropped (memory holds only the
+            // chunks in flight): a damaged dump must fail here, while the database still exists.
+            restore::write_chunks(
+                storage.as_ref(),
+                &chunks,
+                std::io::sink(),
+                settings.download_transfers(),
             )
+            .await
+            .with_context(|| {
+                format!(
+                    "check dump {id} before restoring it (nothing was dropped; restore another \
+                     dump with --from BACKUP_ID, `lifeline list` names them)"
+                )
+            })?;
+            Some(chunks)
         }
         Source::File(path) => {
-            restore::open_dump_file(path)?;
+            // Read it whole: a .gz file's checksums are only checked at the end of its members.
+            let mut reader = restore::open_dump_file(path)?;
+            tokio::task::spawn_blocking(move || std::io::copy(&mut reader, &mut std::io::sink()))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "check {} before restoring it (nothing was dropped)",
+                        path.display()
+                    )
+                })?;
             None
         }
     };

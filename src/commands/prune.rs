@@ -4,6 +4,10 @@
 //! the WAL no kept backup and no point in the PITR window needs, and finally the packs no
 //! remaining manifest references and that are older than the grace period (a backup running
 //! now writes its packs before its manifest; young unreferenced packs are its, so they stay).
+//!
+//! Then local housekeeping: temporary files that killed runs left in the local repository
+//! and the `wal fetch` spool, once older than the same grace period (a live writer's are
+//! younger), and operation logs and drill reports older than the longest retention window.
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
@@ -29,10 +33,15 @@ pub struct PruneArgs {
 pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository().await?;
     if args.dry_run {
-        return plan_and_apply(&args, storage.as_ref(), settings).await;
+        let code = plan_and_apply(&args, storage.as_ref(), settings).await?;
+        housekeeping(&args, settings)?;
+        return Ok(code);
     }
     take_lock(storage.as_ref()).await?;
-    let pruned = plan_and_apply(&args, storage.as_ref(), settings).await;
+    let pruned = match plan_and_apply(&args, storage.as_ref(), settings).await {
+        Ok(code) => housekeeping(&args, settings).map(|()| code),
+        Err(e) => Err(e),
+    };
     if let Err(e) = storage.delete(layout::PRUNE_LOCK_KEY).await {
         tracing::warn!(
             "{} not released ({e}): delete it before the next prune",
@@ -310,4 +319,130 @@ async fn set_retention_label(storage: &dyn Storage, backup_id: &str, class: &str
     if let Err(e) = catalog::label_backup(storage, backup_id, &[("retention", class)]).await {
         tracing::warn!("retention class of {backup_id} not recorded: {e}");
     }
+}
+
+/// Remove (or with `--dry-run` list) the temporary files of killed runs older than the grace
+/// period and the logs older than the longest retention window. With `--json` the plan stays
+/// the only thing on standard output and these lines go to the log.
+fn housekeeping(args: &PruneArgs, settings: &Settings) -> Result<()> {
+    let mut lines = Vec::new();
+    let grace = settings.prune_grace;
+    let grace_h = grace.as_secs() / 3600;
+    let leftovers = super::verify::leftovers(settings)?;
+    let (due, young): (Vec<_>, Vec<_>) = leftovers.into_iter().partition(|l| l.age >= grace);
+    let size =
+        |l: &[storage::leftovers::Leftover]| super::verify::mib(storage::leftovers::total_size(l));
+    if args.dry_run {
+        if !due.is_empty() {
+            lines.push(format!(
+                "would remove {} temporary files left by interrupted runs ({} MiB), older than \
+                 the {grace_h} h grace period:",
+                due.len(),
+                size(&due)
+            ));
+            for l in &due {
+                lines.push(format!(
+                    "  {} ({} bytes, {} h old)",
+                    l.path.display(),
+                    l.size,
+                    l.age.as_secs() / 3600
+                ));
+            }
+        }
+    } else {
+        let removal = storage::leftovers::remove_older_than(&due, grace)
+            .context("remove temporary files left by interrupted runs")?;
+        if removal.removed > 0 {
+            lines.push(format!(
+                "removed {} temporary files left by interrupted runs ({} MiB)",
+                removal.removed,
+                super::verify::mib(removal.removed_bytes)
+            ));
+        }
+    }
+    if !young.is_empty() {
+        lines.push(format!(
+            "{} temporary files ({} MiB) are younger than the {grace_h} h grace period and stay \
+             (a running backup or wal push may be writing them)",
+            young.len(),
+            size(&young)
+        ));
+    }
+
+    let cutoff = settings
+        .retention
+        .log_cutoff(jiff::Timestamp::now(), &jiff::tz::TimeZone::system());
+    let logs = match settings.backup_dir() {
+        Ok(dir) => expired_logs(&dir.join("logs"), cutoff)?,
+        Err(_) => Vec::new(),
+    };
+    if !logs.is_empty() {
+        let since = cutoff.strftime("%Y-%m-%d");
+        if args.dry_run {
+            lines.push(format!(
+                "would remove {} operation logs and drill reports older than {since} (the \
+                 longest retention window):",
+                logs.len()
+            ));
+            lines.extend(logs.iter().map(|p| format!("  {}", p.display())));
+        } else {
+            let mut removed = 0;
+            for path in &logs {
+                match std::fs::remove_file(path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("remove the old log {}", path.display()));
+                    }
+                }
+            }
+            lines.push(format!(
+                "removed {removed} operation logs and drill reports older than {since} (the \
+                 longest retention window)"
+            ));
+        }
+    }
+    for line in lines {
+        if args.json {
+            tracing::info!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// Operation logs (`*.log`) and drill reports (`drill_*.json`) in `dir` last modified before
+/// `cutoff`. Only regular files directly in `dir`; links are left alone.
+fn expired_logs(dir: &std::path::Path, cutoff: jiff::Timestamp) -> Result<Vec<std::path::PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("list the logs in {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_log = std::path::Path::new(name)
+            .extension()
+            .is_some_and(|e| e == "log")
+            || (name.starts_with("drill_") && name.ends_with(".json"));
+        if !is_log {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| jiff::Timestamp::try_from(m).ok());
+        if meta.is_file() && modified.is_some_and(|m| m < cutoff) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }

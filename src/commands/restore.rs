@@ -32,9 +32,19 @@ pub struct RedisArgs {
     #[arg(long)]
     data_dir: PathBuf,
     /// Load the restored files into a scratch redis-server and compare its key counts with the
-    /// backup's (skipped when redis-server is not installed).
-    #[arg(long, value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
+    /// backup's (skipped when redis-server is not installed): --verify false or --skip-verify
+    /// turns it off.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
     verify: bool,
+    /// Do not load the restored files into a scratch redis-server (the same as --verify false).
+    #[arg(long, env = "SKIP_VERIFICATION", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    skip_verify: bool,
+}
+
+impl RedisArgs {
+    fn load_check(&self) -> bool {
+        self.verify && !self.skip_verify
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -400,7 +410,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
             )
         })?;
         print_redis_restore(&file.display().to_string(), &args, &report, started, None);
-        if args.verify {
+        if args.load_check() {
             check_load(&args.data_dir, None, None).await?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -457,7 +467,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
         started,
         Some((&manifest.counts, aof.as_ref())),
     );
-    if args.verify {
+    if args.load_check() {
         check_load(&args.data_dir, aof, Some(&manifest.counts)).await?;
     }
     Ok(ExitCode::SUCCESS)

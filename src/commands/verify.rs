@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::config::Settings;
 
@@ -15,13 +15,24 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository().await?;
-    let report =
+    let mut report =
         restore::verify_repository(storage.as_ref(), args.read_data, settings.parallelism).await?;
+    let leftovers = leftovers(settings)?;
+    report.temporary_files = leftovers.len();
+    report.temporary_bytes = storage::leftovers::total_size(&leftovers);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for problem in &report.problems {
             println!("[FAIL] {problem}");
+        }
+        if report.temporary_files > 0 {
+            println!(
+                "{} temporary files left by interrupted runs ({} MiB), removed by prune after \
+                 the grace period",
+                report.temporary_files,
+                mib(report.temporary_bytes)
+            );
         }
         println!(
             "checked {} backups, {} chunks in {} packs, {} WAL objects{}: {}",
@@ -72,4 +83,33 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     )
     .await;
     Ok(ExitCode::FAILURE)
+}
+
+/// Temporary files that killed writers left in the local repository and the `wal fetch`
+/// spool. An S3 repository has none to count (interrupted uploads are the bucket's to expire);
+/// its local spool still does.
+pub fn leftovers(settings: &Settings) -> Result<Vec<storage::leftovers::Leftover>> {
+    let repository = if settings.s3.is_none() {
+        settings.backup_dir.as_deref()
+    } else {
+        None
+    };
+    let spool = spool_dir(settings);
+    storage::leftovers::find_all(repository, spool.as_deref(), std::time::SystemTime::now())
+        .context("look for temporary files left by interrupted runs")
+}
+
+/// Where `wal fetch` spools, whether or not prefetch is on now (an earlier run may have
+/// left files there).
+fn spool_dir(settings: &Settings) -> Option<std::path::PathBuf> {
+    settings
+        .prefetch
+        .spool_dir
+        .clone()
+        .or_else(|| settings.backup_dir.as_ref().map(|d| d.join("spool")))
+}
+
+/// Bytes as MiB with one decimal, so that a few KiB of leftovers do not read as 0.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
 }

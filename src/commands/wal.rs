@@ -56,6 +56,14 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         WalCommand::Fetch(args) => {
+            // Before anything is read or served: a name that is not a WAL file name means
+            // restore_command passes the wrong thing (%p for %f), and recovery must stop
+            // rather than take "not archived" for an answer.
+            if let Err(e) = args.name.parse::<storage::wal::WalFileName>() {
+                anyhow::bail!(
+                    "{e}: restore_command must be 'lifeline wal fetch %f %p' (the file name, then the path)"
+                );
+            }
             let spool = settings.spool();
             // A segment waiting in the spool needs no repository client at all.
             if let (Some(spool), Some(cluster)) = (&spool, args.cluster)
@@ -92,6 +100,8 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             }
         }
         WalCommand::Prefetch { name, cluster } => {
+            name.parse::<storage::wal::WalFileName>()
+                .map_err(anyhow::Error::msg)?;
             let Some(spool) = settings.spool() else {
                 return Ok(ExitCode::SUCCESS);
             };

@@ -312,27 +312,197 @@ pub struct TimelineSwitch {
     pub switch_point: Lsn,
 }
 
-/// Parse a `.history` file: `parentTLI <tab> switchpoint <tab> reason`, `#` comments.
+/// Parse the lines of a `.history` file, as PostgreSQL's `readTimeLineHistory` does and a
+/// little stricter: each line that is not blank or a `#` comment is `parentTLI <tab>
+/// switchpoint <tab> reason` (PostgreSQL always writes a reason), and parent timelines strictly
+/// increase. Recovery follows these lines to find the WAL of the parents, so a file that
+/// does not parse breaks every point-in-time restore that crosses it.
 pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
+    let mut out: Vec<TimelineSwitch> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let number = number + 1;
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut fields = line.split_whitespace();
-        let (Some(tli), Some(lsn)) = (fields.next(), fields.next()) else {
-            return Err(format!("malformed history line {line:?}"));
-        };
+        let shown: String = line.chars().take(80).collect();
+        // PostgreSQL writes tabs and reads any run of white space between the fields.
+        let (tli, rest) = split_field(line);
+        let (lsn, reason) = split_field(rest);
+        if lsn.is_empty() {
+            return Err(format!(
+                "malformed history line {number} {shown:?}: expected timeline, LSN and reason"
+            ));
+        }
         let parent = tli
             .parse::<u32>()
-            .map_err(|_| format!("malformed timeline {tli:?} in history line {line:?}"))?;
+            .ok()
+            .filter(|t| *t > 0 && tli.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                format!("malformed timeline {tli:?} in history line {number} {shown:?}")
+            })?;
+        let switch_point = lsn
+            .parse::<Lsn>()
+            .map_err(|e| format!("history line {number} {shown:?}: {e}"))?;
+        if reason.is_empty() {
+            return Err(format!(
+                "history line {number} {shown:?} has no reason after the LSN"
+            ));
+        }
+        if let Some(last) = out.last()
+            && parent <= last.parent.0
+        {
+            return Err(format!(
+                "history line {number} names timeline {parent} after timeline {}: timelines \
+                 must increase",
+                last.parent.0
+            ));
+        }
         out.push(TimelineSwitch {
             parent: TimelineId(parent),
-            switch_point: lsn.parse()?,
+            switch_point,
         });
     }
     Ok(out)
+}
+
+/// The first white-space-delimited field and what follows it, white space trimmed.
+fn split_field(s: &str) -> (&str, &str) {
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    }
+}
+
+/// Check the contents of `TTTTTTTT.history` (the history of `timeline`) before it is archived
+/// or trusted: text, at least one line, every line as [`parse_history`] wants, and every
+/// parent below the file's own timeline.
+pub fn check_history(timeline: TimelineId, bytes: &[u8]) -> Result<Vec<TimelineSwitch>, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "it is not text: a timeline history file is lines of text".to_string())?;
+    let switches = parse_history(text)?;
+    let Some(last) = switches.last() else {
+        return Err(format!(
+            "it names no parent timeline: the history of timeline {} has a line for each \
+             timeline before it",
+            timeline.0
+        ));
+    };
+    if last.parent >= timeline {
+        return Err(format!(
+            "it names timeline {} as a parent of timeline {}: parents come before the \
+             timeline whose history this is",
+            last.parent.0, timeline.0
+        ));
+    }
+    Ok(switches)
+}
+
+/// What a backup-history file (`<segment>.<offset>.backup`) records about one base backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupHistory {
+    pub start: Lsn,
+    pub stop: Lsn,
+    pub checkpoint: Lsn,
+    pub label: String,
+}
+
+/// The labels PostgreSQL 13 to 18 write in every backup-history file (`do_pg_backup_stop`).
+const BACKUP_HISTORY_LABELS: [&str; 6] = [
+    "START WAL LOCATION",
+    "STOP WAL LOCATION",
+    "CHECKPOINT LOCATION",
+    "START TIME",
+    "LABEL",
+    "STOP TIME",
+];
+
+/// Check a backup-history file before it is archived: text holding every label PostgreSQL
+/// writes, LSNs that parse, a stop not before the start, and a start in the segment the file
+/// is named after. Other labels (`BACKUP METHOD`, `START TIMELINE`, ...) are left alone: they
+/// vary across versions.
+pub fn check_backup_history(name: &WalFileName, bytes: &[u8]) -> Result<BackupHistory, String> {
+    let WalFileName::BackupHistory { log, seg, .. } = name else {
+        return Err(format!("{name} is not a backup-history file name"));
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "it is not text: a backup-history file is lines of labels".to_string())?;
+    let mut values: [Option<&str>; 6] = [None; 6];
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let Some(i) = BACKUP_HISTORY_LABELS.iter().position(|l| *l == key.trim())
+            && values[i].is_none()
+        {
+            values[i] = Some(value.trim());
+        }
+    }
+    let missing: Vec<&str> = BACKUP_HISTORY_LABELS
+        .iter()
+        .zip(values)
+        .filter(|(_, v)| v.is_none())
+        .map(|(l, _)| *l)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "it lacks the label(s) {} that PostgreSQL writes in every backup-history file",
+            missing.join(", ")
+        ));
+    }
+    let value = |i: usize| values[i].unwrap_or_default();
+    // "0/2000028 (file 000000010000000000000002)": the LSN, then the segment it is in.
+    let location = |i: usize| -> Result<(Lsn, &str), String> {
+        let v = value(i);
+        let (lsn, rest) = v.split_once(' ').unwrap_or((v, ""));
+        let lsn = lsn
+            .parse::<Lsn>()
+            .map_err(|e| format!("{}: {e}", BACKUP_HISTORY_LABELS[i]))?;
+        let file = rest
+            .trim()
+            .strip_prefix("(file ")
+            .and_then(|r| r.strip_suffix(')'))
+            .filter(|f| parse_segment(f).is_some())
+            .ok_or_else(|| {
+                format!(
+                    "{} {v:?} does not name its segment as \"(file NAME)\"",
+                    BACKUP_HISTORY_LABELS[i]
+                )
+            })?;
+        Ok((lsn, file))
+    };
+    let (start, start_file) = location(0)?;
+    let (stop, _) = location(1)?;
+    let checkpoint = value(2)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .parse::<Lsn>()
+        .map_err(|e| format!("CHECKPOINT LOCATION: {e}"))?;
+    if stop < start {
+        return Err(format!(
+            "its STOP WAL LOCATION {stop} is before its START WAL LOCATION {start}"
+        ));
+    }
+    // The name carries the stop timeline and the start segment; the start file carries the
+    // start timeline, so only the segment part must agree.
+    let named = format!("{log:08X}{seg:08X}");
+    if start_file.get(8..) != Some(named.as_str()) {
+        return Err(format!(
+            "it says the backup started in {start_file}, but its name says segment {named}"
+        ));
+    }
+    for i in [3, 5] {
+        if value(i).is_empty() {
+            return Err(format!("its {} is empty", BACKUP_HISTORY_LABELS[i]));
+        }
+    }
+    Ok(BackupHistory {
+        start,
+        stop,
+        checkpoint,
+        label: value(4).to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -404,7 +574,131 @@ mod tests {
         assert_eq!(switches.len(), 2);
         assert_eq!(switches[1].parent, TimelineId(2));
         assert_eq!(switches[1].switch_point, Lsn(0x500_0000));
-        assert!(parse_history("1\n").is_err());
+        assert_eq!(
+            check_history(TimelineId(3), text.as_bytes()).expect("history of 3"),
+            switches
+        );
+        // PostgreSQL reads any white space between the fields, and comments.
+        let spaced = "# made by hand\n1   0/3000158   at restore point \"x\"\n";
+        assert_eq!(
+            check_history(TimelineId(2), spaced.as_bytes()).expect("spaced")[0].parent,
+            TimelineId(1)
+        );
+    }
+
+    #[test]
+    fn history_files_that_recovery_cannot_follow_are_refused() {
+        let cases: [(u32, &[u8], &str); 10] = [
+            (2, b"1\n", "expected timeline, LSN and reason"),
+            (2, b"1\t0/3000158\n", "no reason"),
+            (2, b"x\t0/3000158\treason\n", "malformed timeline"),
+            (2, b"0\t0/3000158\treason\n", "malformed timeline"),
+            (2, b"1\t03000158\treason\n", "invalid LSN"),
+            (4, b"2\t0/1\tr\n1\t0/2\tr\n", "must increase"),
+            (3, b"1\t0/1\tr\n1\t0/2\tr\n", "must increase"),
+            (2, b"2\t0/1\treason\n", "as a parent of timeline 2"),
+            (2, b"# only a comment\n", "names no parent"),
+            (2, &[0xff, 0xfe, 0x00, 0x13], "not text"),
+        ];
+        for (timeline, bytes, why) in cases {
+            let err = check_history(TimelineId(timeline), bytes).expect_err(why);
+            assert!(err.contains(why), "{bytes:?}: {err}");
+        }
+    }
+
+    /// As PostgreSQL 15 wrote it for a `pg_basebackup` of a test cluster.
+    const BACKUP_HISTORY: &str = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)
+STOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)
+CHECKPOINT LOCATION: 0/2000060
+BACKUP METHOD: streamed
+BACKUP FROM: primary
+START TIME: 2026-11-30 09:07:45 UTC
+LABEL: pg_basebackup base backup
+START TIMELINE: 1
+STOP TIME: 2026-11-30 09:07:45 UTC
+STOP TIMELINE: 1
+";
+
+    fn backup_name() -> WalFileName {
+        "000000010000000000000002.00000028.backup"
+            .parse()
+            .expect("name")
+    }
+
+    #[test]
+    fn backup_history_files_hold_their_labels() {
+        let parsed = check_backup_history(&backup_name(), BACKUP_HISTORY.as_bytes())
+            .expect("a real backup-history file");
+        assert_eq!(parsed.start, Lsn(0x200_0028));
+        assert_eq!(parsed.stop, Lsn(0x200_0100));
+        assert_eq!(parsed.checkpoint, Lsn(0x200_0060));
+        assert_eq!(parsed.label, "pg_basebackup base backup");
+        // A backup from a standby that was promoted meanwhile: the name has the stop
+        // timeline, the start file the start timeline.
+        let promoted: WalFileName = "000000020000000000000002.00000028.backup"
+            .parse()
+            .expect("name");
+        assert!(check_backup_history(&promoted, BACKUP_HISTORY.as_bytes()).is_ok());
+        // No trailing newline, an empty label.
+        let bare = BACKUP_HISTORY
+            .replace("LABEL: pg_basebackup base backup", "LABEL: ")
+            .trim_end()
+            .to_string();
+        assert_eq!(
+            check_backup_history(&backup_name(), bare.as_bytes())
+                .expect("bare")
+                .label,
+            ""
+        );
+    }
+
+    #[test]
+    fn backup_history_files_without_their_labels_are_refused() {
+        let without = |label: &str| -> String {
+            BACKUP_HISTORY
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{label}:")))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        for label in BACKUP_HISTORY_LABELS {
+            let err =
+                check_backup_history(&backup_name(), without(label).as_bytes()).expect_err(label);
+            assert!(err.contains(label), "{label}: {err}");
+        }
+        let cases: [(String, &str); 6] = [
+            (
+                BACKUP_HISTORY.replace("0/2000100 (file", "0/1000100 (file"),
+                "before its START",
+            ),
+            (
+                BACKUP_HISTORY.replace(
+                    "(file 000000010000000000000002)\nSTOP",
+                    "(file 000000010000000000000003)\nSTOP",
+                ),
+                "its name says",
+            ),
+            (
+                BACKUP_HISTORY.replace("0/2000060", "zz"),
+                "CHECKPOINT LOCATION",
+            ),
+            (
+                BACKUP_HISTORY.replace("0/2000028 (file 000000010000000000000002)", "0/2000028"),
+                "(file NAME)",
+            ),
+            (
+                BACKUP_HISTORY.replace("STOP TIME: 2026-11-30 09:07:45 UTC", "STOP TIME:"),
+                "STOP TIME is empty",
+            ),
+            ("random garbage\n".to_string(), "lacks the label"),
+        ];
+        for (text, why) in cases {
+            let err = check_backup_history(&backup_name(), text.as_bytes()).expect_err(why);
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        assert!(check_backup_history(&backup_name(), &[0xc3, 0x28]).is_err());
+        let segment: WalFileName = "000000010000000000000002".parse().expect("name");
+        assert!(check_backup_history(&segment, BACKUP_HISTORY.as_bytes()).is_err());
     }
 
     proptest! {
@@ -427,6 +721,40 @@ mod tests {
         fn arbitrary_strings_never_panic(s in "\\PC{0,60}") {
             let _ = s.parse::<WalFileName>();
             let _ = s.parse::<Lsn>();
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_pass_as_history(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            // Random bytes almost never form history lines; whatever passes has its parents
+            // increasing and below the timeline.
+            if let Ok(switches) = check_history(TimelineId(9), &bytes) {
+                prop_assert!(switches.windows(2).all(|w| w[0].parent < w[1].parent));
+                prop_assert!(switches.iter().all(|s| s.parent < TimelineId(9)));
+            }
+            let _ = check_backup_history(
+                &"000000010000000000000002.00000028.backup".parse().expect("name"),
+                &bytes,
+            );
+        }
+
+        #[test]
+        fn written_histories_parse_back(
+            parents in proptest::collection::btree_set(1u32..1000, 1..20),
+            lsns in proptest::collection::vec(any::<u64>(), 20),
+        ) {
+            let parents: Vec<u32> = parents.into_iter().collect();
+            let text: String = parents
+                .iter()
+                .zip(&lsns)
+                .map(|(p, l)| format!("{p}\t{}\tno recovery target specified\n", Lsn(*l)))
+                .collect();
+            let own = TimelineId(parents[parents.len() - 1] + 1);
+            let switches = check_history(own, text.as_bytes()).expect("written history");
+            prop_assert_eq!(switches.len(), parents.len());
+            for ((s, p), l) in switches.iter().zip(&parents).zip(&lsns) {
+                prop_assert_eq!(s.parent, TimelineId(*p));
+                prop_assert_eq!(s.switch_point, Lsn(*l));
+            }
         }
     }
 }
