@@ -121,6 +121,19 @@ impl Spool {
         let dir = self.dir(sysid);
         // Private, and as root given to the owner of the place the spool is in (BACKUP_DIR).
         let owner = Owner::of(&self.root);
+        // The place the spool lives in (BACKUP_DIR by default) is never created here.
+        if let Some(parent) = self.root.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            return Err(RestoreError::io(
+                parent,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the spool's directory does not exist",
+                ),
+            ));
+        }
         private::create_dir_all(&dir, owner).map_err(|e| RestoreError::io(&dir, e))?;
         let Some(_lock) = lock(&dir, owner)? else {
             debug!("another prefetcher is running");
