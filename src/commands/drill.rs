@@ -978,7 +978,7 @@ fn store_report(settings: &Settings, report: &serde_json::Value) {
         jiff::Zoned::now().strftime("%Y%m%d_%H%M%S")
     ));
     // Private like the logs beside it; never creates BACKUP_DIR itself.
-    let owner = storage::private::Owner::of(&dir);
+    let owner = storage::private::Owner::of(dir.parent().unwrap_or(&dir));
     let written = storage::private::create_dir(&dir, owner)
         .and_then(|_| storage::private::create_file(&path, owner))
         .and_then(|mut file| {
