@@ -31,7 +31,12 @@ pub struct PruneArgs {
 }
 
 pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
-    let storage = settings.repository().await?;
+    // A prune that deletes is a writer: only the repository's owner (or root on its behalf).
+    let storage = if args.dry_run {
+        settings.repository().await?
+    } else {
+        settings.repository_for_writing().await?
+    };
     if args.dry_run {
         let code = plan_and_apply(&args, storage.as_ref(), settings).await?;
         housekeeping(&args, settings)?;
