@@ -159,6 +159,12 @@ fn raise_open_file_limit() {
     }
 }
 
+/// One line on stderr; a closed stderr is not a reason to fail differently.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// How a command must end when something panics: `wal fetch` above 125 (PostgreSQL then stops
 /// recovery instead of taking "not archived" and ending it early), `wal push` with 1 (above
 /// 125 would stop the archiver), everything else with 1 and a one-line cause.
@@ -181,17 +187,20 @@ fn install_panic_hook(kind: PanicExit) {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".to_string());
         let closed_output =
-            message.starts_with("failed printing to std") && message.contains("Broken pipe");
+            message.starts_with("failed printing to stdout") && message.contains("Broken pipe");
         if closed_output && kind != PanicExit::Fetch {
-            // The reader went away (head, less quit): nothing is lost by stopping here.
-            std::process::exit(if kind == PanicExit::Push { 1 } else { 0 });
+            // The reader went away (head, less quit): stop quietly, with the status a shell
+            // gives a command its reader left (128 + SIGPIPE); `wal push` with 1, as always.
+            std::process::exit(if kind == PanicExit::Push { 1 } else { 141 });
         }
         let place = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
         tracing::error!(target: "lifeline::report", "ERROR: internal error at {place}: {message}");
-        eprintln!("lifeline: internal error (a bug; please report it) at {place}: {message}");
+        say(&format!(
+            "lifeline: internal error (a bug; please report it) at {place}: {message}"
+        ));
         std::process::exit(match kind {
             PanicExit::Fetch => i32::from(commands::wal::FETCH_FATAL),
             PanicExit::Push | PanicExit::Other => 1,
@@ -219,6 +228,55 @@ fn log_outcome(operation: &str, result: &anyhow::Result<ExitCode>, started: std:
     }
 }
 
+/// One owner for the repository. Run as root against a repository that belongs to another
+/// user, lifeline becomes that user before it touches anything, so nothing it creates is root's
+/// and no link planted in the repository can make root write, chown or delete elsewhere;
+/// `failover` alone keeps root (it starts services and rewrites the application's files) and
+/// gives what it creates to the owner instead. Any other user is refused before it writes.
+fn act_as_repository_owner(settings: &Settings, command: &Command) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if matches!(command, Command::Runbook(_)) {
+        return Ok(());
+    }
+    let Some(dir) = settings.backup_dir.as_deref() else {
+        return Ok(());
+    };
+    // A missing BACKUP_DIR: the command itself says what to do.
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let (uid, gid) = (meta.uid(), meta.gid());
+    let me = rustix::process::geteuid();
+    if me.as_raw() == uid {
+        return Ok(());
+    }
+    let owner = storage::private::user_name(uid);
+    if !me.is_root() {
+        return Err(format!(
+            "BACKUP_DIR {} belongs to {owner} and lifeline runs as {}: run it as {owner} (runuser -u {owner} -- lifeline ...)",
+            dir.display(),
+            storage::private::user_name(me.as_raw())
+        ));
+    }
+    if uid == 0 || matches!(command, Command::Failover(_)) {
+        return Ok(());
+    }
+    // No thread has started yet, so the whole process changes user.
+    let (user, group) = (
+        rustix::process::Uid::from_raw(uid),
+        rustix::process::Gid::from_raw(gid),
+    );
+    rustix::thread::set_thread_groups(&[group])
+        .and_then(|()| rustix::thread::set_thread_res_gid(group, group, group))
+        .and_then(|()| rustix::thread::set_thread_res_uid(user, user, user))
+        .map_err(|e| {
+            format!(
+                "cannot become {owner}, the owner of BACKUP_DIR {} ({e}): run it as {owner} (runuser -u {owner} -- lifeline ...)",
+                dir.display()
+            )
+        })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let fetch = matches!(
@@ -233,15 +291,9 @@ fn main() -> ExitCode {
     raise_open_file_limit();
     let operation = cli.command.log_name();
     let settings = match Settings::resolve(&cli.global) {
-        Ok(s) => {
-            let log = operation
-                .as_deref()
-                .and_then(|name| commands::oplog::open(s.backup_dir.as_deref(), name));
-            init_logging(log.map(|(file, _)| file));
-            s
-        }
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("lifeline: {e:#}");
+            say(&format!("lifeline: {e:#}"));
             return if fetch {
                 ExitCode::from(commands::wal::FETCH_FATAL)
             } else {
@@ -249,6 +301,19 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Before the operation log, the catalog or anything else is created.
+    if let Err(why) = act_as_repository_owner(&settings, &cli.command) {
+        say(&format!("lifeline: {why}"));
+        return if fetch {
+            ExitCode::from(commands::wal::FETCH_FATAL)
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let log = operation
+        .as_deref()
+        .and_then(|name| commands::oplog::open(settings.backup_dir.as_deref(), name));
+    init_logging(log.map(|(file, _)| file));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -304,7 +369,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lifeline: {e:#}");
+            say(&format!("lifeline: {e:#}"));
             if fetch {
                 ExitCode::from(commands::wal::FETCH_FATAL)
             } else {

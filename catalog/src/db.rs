@@ -336,6 +336,13 @@ fn create_private(path: &Path) -> Result<(), CatalogError> {
         cause,
     };
     match std::fs::symlink_metadata(path) {
+        // SQLite would follow it: a link there (whoever can write the directory may plant one)
+        // would make the catalog, and its journal files, appear wherever it points.
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(create_err(std::io::Error::other(
+                "it is a symbolic link; the catalog must be a plain file: remove the link (lifeline catalog rebuild recreates the catalog)",
+            )));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match private::create_new_file(path, Owner::of(dir)) {

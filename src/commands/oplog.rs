@@ -20,6 +20,13 @@ pub fn open(backup_dir: Option<&std::path::Path>, operation: &str) -> Option<(Fi
     let stamp = jiff::Zoned::now().strftime("%Y%m%d_%H%M%S").to_string();
     let create = || -> std::io::Result<(File, PathBuf)> {
         private::create_dir(&dir, owner)?;
+        // A log written through a link would land, owned by the repository's owner, wherever
+        // the link points.
+        if std::fs::symlink_metadata(&dir)?.file_type().is_symlink() {
+            return Err(std::io::Error::other(
+                "it is a link, not a directory: make it a directory",
+            ));
+        }
         for n in 0..100 {
             let name = if n == 0 {
                 format!("{operation}_{stamp}.log")

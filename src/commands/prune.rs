@@ -421,6 +421,14 @@ fn housekeeping(args: &PruneArgs, settings: &Settings) -> Result<()> {
 /// Operation logs (`*.log`) and drill reports (`drill_*.json`) in `dir` last modified before
 /// `cutoff`. Only regular files directly in `dir`; links are left alone.
 fn expired_logs(dir: &std::path::Path, cutoff: jiff::Timestamp) -> Result<Vec<std::path::PathBuf>> {
+    // A `logs` that is a link points outside the repository: not ours to clean.
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        tracing::warn!(
+            "{} is a link: old logs there are left alone; make it a directory",
+            dir.display()
+        );
+        return Ok(Vec::new());
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

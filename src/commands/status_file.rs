@@ -15,7 +15,7 @@ pub async fn update(settings: &Settings, operation: &str, outcome: &anyhow::Resu
         return;
     };
     let path = dir.join(".backup_status");
-    let mut status: Map<String, Value> = std::fs::read(&path)
+    let mut status: Map<String, Value> = read_regular(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
@@ -100,10 +100,27 @@ pub fn record_restore(settings: &Settings, backup_id: &str, data_dir: &Path) {
 /// The backup of the last restore and when it ran, from [`record_restore`].
 pub fn last_restore(settings: &Settings) -> Option<(String, jiff::Timestamp)> {
     let path = settings.backup_dir().ok()?.join(".last_restore");
-    let value: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let value: Value = serde_json::from_slice(&read_regular(&path).ok()?).ok()?;
     let id = value.get("backup_id")?.as_str()?.to_string();
     let at = value.get("restored_at")?.as_str()?.parse().ok()?;
     Some((id, at))
+}
+
+/// A status file's bytes, never through a link: a link there (planted by whoever can write
+/// to BACKUP_DIR) would copy another file's contents into the repository.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.by_ref().take(16 << 20).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
@@ -112,12 +129,19 @@ fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    // A name nobody can guess, created exclusively: a link planted there is never followed.
+    let temp = path.with_file_name(format!(
+        ".{name}.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    ));
     let dir = path.parent().unwrap_or(Path::new("."));
     // Private, and as root given to the owner of BACKUP_DIR before it takes the real name.
     let owner = storage::private::Owner::of(dir);
     let result = (|| {
-        let mut file = storage::private::create_file(&temp, owner)?;
+        let mut file = storage::private::create_new_file(&temp, owner)?;
         file.write_all(&serde_json::to_vec_pretty(value).unwrap_or_default())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;

@@ -115,6 +115,11 @@ fn find(
     matches: fn(&str) -> bool,
 ) -> Result<Vec<Leftover>, StorageError> {
     let mut out = Vec::new();
+    // The root itself is not followed either: a spool or repository directory replaced by a
+    // link (to `/`, to another user's tree) would turn the walk, and prune's deletes, loose.
+    if std::fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Ok(out);
+    }
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
