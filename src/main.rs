@@ -1,4 +1,4 @@
-//! `lifeline`: disaster recovery for PostgreSQL (and, next, Redis).
+//! `lifeline`: disaster recovery for PostgreSQL and Redis.
 //!
 //! Exit codes: 0 success; 2 usage; 1 (and others up to 125) with a one-line cause on stderr.
 //! `wal push` never exits above 125 (that would stop PostgreSQL's archiver). `wal fetch` exits
@@ -18,7 +18,7 @@ use crate::config::{GlobalArgs, Settings};
 #[command(
     name = "lifeline",
     version,
-    about = "Backups, WAL archiving and point-in-time restore for PostgreSQL"
+    about = "Disaster recovery for PostgreSQL and Redis: WAL archiving, backups, point-in-time restore, verification and failover"
 )]
 struct Cli {
     #[command(flatten)]

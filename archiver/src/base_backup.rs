@@ -234,7 +234,7 @@ pub async fn run_base_backup(
     let version_dir = facts.tablespace_version_dir.clone();
     let walk = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir, &version_dir))
         .await
-        .map_err(|e| ArchiveError::Precondition(format!("directory walk failed: {e}")))??;
+        .map_err(ArchiveError::task("directory walk"))??;
     let tablespaces = match_tablespaces(tablespace_rows, &walk)?;
     for t in &tablespaces {
         info!(tablespace = %t.name, oid = t.oid, location = %t.location, "copying tablespace");
@@ -640,9 +640,7 @@ async fn copy_files(
         opts.uploads,
     )
     .await?;
-    let report = reader
-        .await
-        .map_err(|e| ArchiveError::Precondition(format!("file reader failed: {e}")))??;
+    let report = reader.await.map_err(ArchiveError::task("file reader"))??;
 
     let mut blocks: HashMap<usize, Vec<Option<ChunkRef>>> = HashMap::new();
     let mut bundle: Vec<Option<ChunkRef>> = Vec::new();
@@ -926,7 +924,7 @@ async fn write_manifest(
         Ok(())
     })
     .await
-    .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+    .map_err(ArchiveError::task("catalog task"))?
 }
 
 /// Make a backup exist: its manifest framed, create-only and durable, then the plain JSON

@@ -210,7 +210,7 @@ impl Packer {
         let builder = std::mem::take(&mut self.current);
         let sealed = tokio::task::spawn_blocking(move || builder.seal())
             .await
-            .map_err(|e| ArchiveError::Precondition(format!("pack task failed: {e}")))??;
+            .map_err(ArchiveError::task("pack task"))??;
         self.written += sealed.bytes.len() as u64;
         for (hash, offset, stored) in self.pending.drain(..) {
             self.locations
@@ -282,7 +282,7 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
         })
     })
     .await
-    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
+    .map_err(ArchiveError::task("compression task"))?
     .map_err(ArchiveError::from)
 }
 
@@ -357,7 +357,7 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         pack_jobs(rx, storage, previous, compression, parallelism, uploads).await?;
     cutter
         .await
-        .map_err(|e| ArchiveError::Precondition(format!("stream reader failed: {e}")))?
+        .map_err(ArchiveError::task("stream reader"))?
         .map_err(|source| ArchiveError::Io {
             path: "(stream)".into(),
             source,

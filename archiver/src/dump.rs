@@ -67,8 +67,11 @@ pub async fn run_dump_backup(
     }
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
-        .map_err(|e| ArchiveError::Precondition(format!("pg_dump wait failed: {e}")))?
-        .map_err(|e| ArchiveError::Precondition(format!("pg_dump wait failed: {e}")))?;
+        .map_err(ArchiveError::task("pg_dump waiter"))?
+        .map_err(|source| ArchiveError::Io {
+            path: "pg_dump".into(),
+            source,
+        })?;
     let stored = stored?;
     // A dump that pg_dump did not finish is never recorded as a backup.
     if !output.status.success() {

@@ -39,12 +39,27 @@ pub enum ArchiveError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Something the operator must fix before a backup can run; the message names it.
     #[error("{0}")]
     Precondition(String),
+    /// A worker of this process stopped without an answer (it panicked or was cancelled): a
+    /// bug, not something the operator did.
+    #[error("internal error: the {what} stopped unexpectedly ({source})")]
+    TaskFailed {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error(
         "WAL {segment} needed by the backup was not archived within {waited_secs} s; check archive_command and the server log"
     )]
     WalNotArchived { segment: String, waited_secs: u64 },
+}
+
+impl ArchiveError {
+    pub(crate) fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| ArchiveError::TaskFailed { what, source }
+    }
 }
 
 pub(crate) trait PgContext<T> {

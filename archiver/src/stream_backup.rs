@@ -1,4 +1,4 @@
-//! Backups of whole streams: a Redis RDB snapshot now (AOF and logical dumps next). The stream
+//! Backups of whole streams: a Redis RDB snapshot, the files of an AOF, a logical dump. The stream
 //! is cut by content, so tonight's snapshot of a mostly unchanged dataset shares most of its
 //! chunks with last night's, and only the new chunks are stored.
 
@@ -34,7 +34,7 @@ pub async fn run_rdb_backup(
     let redis = opts.redis.clone();
     let (reader, facts) = tokio::task::spawn_blocking(move || open_rdb(&redis))
         .await
-        .map_err(|e| ArchiveError::Precondition(format!("Redis connection task failed: {e}")))??;
+        .map_err(ArchiveError::task("Redis connection task"))??;
     info!(diskless = facts.diskless, "receiving the RDB snapshot");
     let sources: Vec<(String, Box<dyn Read + Send>)> =
         vec![("dump.rdb".to_string(), Box::new(reader))];
@@ -55,7 +55,7 @@ pub async fn run_aof_backup(
         Ok::<_, ArchiveError>((pinned, keys, version))
     })
     .await
-    .map_err(|e| ArchiveError::Precondition(format!("Redis connection task failed: {e}")))??;
+    .map_err(ArchiveError::task("Redis connection task"))??;
     info!(files = pinned.files.len(), "copying the pinned AOF files");
     let sources: Vec<(String, Box<dyn Read + Send>)> = pinned
         .files
@@ -163,5 +163,5 @@ pub(crate) async fn write_stream_manifest(
         Ok(())
     })
     .await
-    .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+    .map_err(ArchiveError::task("catalog task"))?
 }

@@ -28,8 +28,8 @@ pub enum PushOutcome {
     },
 }
 
-/// Archive the file at `path`. `cwd_control_file` is `global/pg_control` of the data directory
-/// (archive_command runs there); it tells history files which cluster they belong to.
+/// Archive the file at `path` (archive_command's `%p`, relative to the data directory it runs
+/// in); `global/pg_control` there tells history files which cluster they belong to.
 pub async fn push_wal(
     storage: &dyn Storage,
     catalog_path: &Path,
@@ -162,7 +162,7 @@ async fn hash_file(
     let (plain_len, checksum) =
         tokio::task::spawn_blocking(move || object::checksum_reader(std::fs::File::open(&source)?))
             .await
-            .map_err(|e| ArchiveError::Precondition(format!("hash task failed: {e}")))?
+            .map_err(ArchiveError::task("hash task"))?
             .map_err(io)?;
     Ok(ObjectHeader {
         codec: storage::Codec::None,
@@ -191,7 +191,7 @@ async fn compress_file(
         object::encode_reader(file, size, compression)
     })
     .await
-    .map_err(|e| ArchiveError::Precondition(format!("compression task failed: {e}")))?
+    .map_err(ArchiveError::task("compression task"))?
     .map_err(|source| ArchiveError::Io {
         path: path.to_path_buf(),
         source,
@@ -320,7 +320,7 @@ async fn compare_with_archived(
 async fn open_catalog(path: PathBuf) -> Result<Catalog, ArchiveError> {
     tokio::task::spawn_blocking(move || Catalog::open(&path).map_err(ArchiveError::from))
         .await
-        .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+        .map_err(ArchiveError::task("catalog task"))?
 }
 
 /// The catalog is an index of the repository: once the object is durable the segment is
@@ -336,7 +336,7 @@ async fn record_in_catalog(catalog: Result<Catalog, ArchiveError>, record: WalRe
             Ok(())
         })
         .await
-        .map_err(|e| ArchiveError::Precondition(format!("catalog task failed: {e}")))?
+        .map_err(ArchiveError::task("catalog task"))?
     };
     if let Err(e) = recorded.await {
         warn!(

@@ -30,7 +30,8 @@ pub enum CatalogError {
     },
     #[error("the catalog holds an invalid value in {what}: {value}")]
     Invalid { what: &'static str, value: String },
-    #[error("while rebuilding the catalog")]
+    /// Reading or writing the repository failed; the storage error names the object.
+    #[error(transparent)]
     Repository(#[from] storage::StorageError),
 }
 

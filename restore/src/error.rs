@@ -15,12 +15,24 @@ pub enum RestoreError {
     /// A check that failed before anything was written; the message names the fix.
     #[error("{0}")]
     Refused(String),
+    /// A worker of this process stopped without an answer (it panicked or was cancelled): a
+    /// bug, not something the operator did.
+    #[error("internal error: the {what} stopped unexpectedly ({source})")]
+    TaskFailed {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// Stopped by a signal (Ctrl-C, SIGTERM, a lost terminal); everything written was removed.
     #[error("interrupted: every worker was stopped and everything this restore wrote was removed")]
     Interrupted,
 }
 
 impl RestoreError {
+    pub(crate) fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| RestoreError::TaskFailed { what, source }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RestoreError::Io {
             path: path.into(),

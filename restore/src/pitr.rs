@@ -583,7 +583,7 @@ pub async fn confirm_target_reachable(
                 .map(|plain| storage::wal::last_transaction_time(&plain))
         })
         .await
-        .map_err(|e| RestoreError::Refused(format!("WAL scan failed: {e}")))??;
+        .map_err(RestoreError::task("WAL scan"))??;
         match latest {
             Some(t) if t > target_us => return Ok(name.clone()),
             Some(t) => newest = Some(t),

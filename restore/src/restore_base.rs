@@ -209,13 +209,13 @@ where
 }
 
 /// A blocking job on the blocking pool, its panic turned into an error.
-async fn blocking<F>(what: &str, job: F) -> Result<(), RestoreError>
+async fn blocking<F>(what: &'static str, job: F) -> Result<(), RestoreError>
 where
     F: FnOnce() -> Result<(), RestoreError> + Send + 'static,
 {
     tokio::task::spawn_blocking(job)
         .await
-        .map_err(|e| RestoreError::Refused(format!("{what} failed: {e}")))?
+        .map_err(RestoreError::task(what))?
 }
 
 /// The link `pg_tblspc/<oid>` or `pg_wal` in the data directory to the place chosen for it.
@@ -307,7 +307,7 @@ async fn restore_into(
     let batch = files.len().div_ceil(parallelism * 2).max(1);
     let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
     run_all(batches, parallelism * 2, &opts.interrupted, |batch| {
-        blocking("file creation", move || create_files(&batch))
+        blocking("file creation task", move || create_files(&batch))
     })
     .await?;
 
@@ -322,7 +322,7 @@ async fn restore_into(
         let (storage, locks) = (storage.clone(), locks.clone());
         async move {
             let bytes = fetch_group(storage.as_ref(), &group).await?;
-            blocking("writing", move || write_group(&group, &bytes, &locks)).await
+            blocking("write task", move || write_group(&group, &bytes, &locks)).await
         }
     })
     .await?;
@@ -353,7 +353,7 @@ async fn restore_into(
     }
     written.push(root.clone());
     run_all(written, parallelism * 4, &opts.interrupted, |path| {
-        blocking("fsync", move || fsync_path(&path))
+        blocking("fsync task", move || fsync_path(&path))
     })
     .await?;
     debug!("data directory durable");
@@ -370,6 +370,15 @@ async fn restore_into(
             .filter(|f| f.kind == EntryKind::File)
             .count(),
         bytes: manifest.size_bytes,
+    })
+}
+
+/// Damage found while writing: a storage-level corruption of `key`, not a refusal (something
+/// may already be written, and the clean-up removes it).
+fn corrupt(key: &str, reason: String) -> RestoreError {
+    RestoreError::Storage(storage::StorageError::Corrupt {
+        key: key.to_string(),
+        reason,
     })
 }
 
@@ -514,10 +523,13 @@ fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, 
         stream_offset = chunk_end;
     }
     if let Some((_, _, path)) = small.iter().skip(first).find(|f| f.1 > 0) {
-        return Err(RestoreError::Refused(format!(
-            "the backup's bundle of small files ends before {}: the manifest is corrupt",
-            path.display()
-        )));
+        return Err(corrupt(
+            "the manifest",
+            format!(
+                "the backup's bundle of small files ends before {}",
+                path.display()
+            ),
+        ));
     }
     Ok(by_pack
         .into_iter()
@@ -615,18 +627,18 @@ fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<()
             .ok()
             .and_then(|from| bytes.get(from..from.checked_add(chunk.stored as usize)?))
             .ok_or_else(|| {
-                RestoreError::Refused(format!(
-                    "chunk {} lies outside {}: the manifest is corrupt",
-                    chunk.hash, group.pack_key
-                ))
+                corrupt(
+                    &group.pack_key,
+                    format!("chunk {} lies outside what was read", chunk.hash),
+                )
             })?;
         let plain = decode_chunk(&group.pack_key, chunk, framed)?;
         for target in targets {
             let slice = plain.get(target.range.clone()).ok_or_else(|| {
-                RestoreError::Refused(format!(
-                    "chunk {} is shorter than the manifest says",
-                    chunk.hash
-                ))
+                corrupt(
+                    &group.pack_key,
+                    format!("chunk {} is shorter than the manifest says", chunk.hash),
+                )
             })?;
             let index = match open.iter().position(|(p, _)| *p == target.path) {
                 Some(i) => i,

@@ -29,7 +29,7 @@ pub async fn write_chunks<W: Write + Send + 'static>(
         };
         writer = tokio::task::spawn_blocking(move || writer.write_all(&plain).map(|()| writer))
             .await
-            .map_err(|e| RestoreError::Refused(format!("writer task failed: {e}")))?
+            .map_err(RestoreError::task("writer task"))?
             .map_err(|e| RestoreError::io("(pg_restore input)", e))?;
         out = Some(writer);
     }

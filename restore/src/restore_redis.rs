@@ -274,7 +274,7 @@ pub(crate) async fn fetch_chunk(
     let chunk = chunk.clone();
     tokio::task::spawn_blocking(move || decode_chunk(&pack_key, &chunk, &framed))
         .await
-        .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
+        .map_err(RestoreError::task("decompression task"))?
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), RestoreError> {

@@ -72,7 +72,7 @@ pub async fn fetch_wal(
 pub(crate) async fn decode(key: String, stored: Vec<u8>) -> Result<Vec<u8>, RestoreError> {
     tokio::task::spawn_blocking(move || object::decode(&key, &stored))
         .await
-        .map_err(|e| RestoreError::Refused(format!("decompression task failed: {e}")))?
+        .map_err(RestoreError::task("decompression task"))?
         .map_err(RestoreError::from)
 }
 
