@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use storage::conformance::{MotoServer, check_backend, pattern};
 use storage::retry::RetryPolicy;
 use storage::{Durability, PutMode, S3Options, S3Storage, Storage, StorageError, StorageExt};
+use testing::SlowDownProxy;
 
 fn options(server: &MotoServer, location: &str) -> S3Options {
     let mut opts = S3Options::for_location(location).expect("location");
@@ -80,14 +81,18 @@ async fn large_objects_stream_as_multipart_uploads() {
 async fn throttling_is_retried_and_counted() {
     let server = MotoServer::start();
     server.create_bucket("throttled");
+    // A throttled S3 in front of moto: the SDK parses a real `503 SlowDown` answer and the
+    // retry layer sees what it would see from AWS.
+    let proxy = SlowDownProxy::start(server.port);
     let mut opts = options(&server, "throttled");
-    opts.inject_slowdowns = 3;
+    opts.endpoint = Some(proxy.endpoint());
     opts.retry = RetryPolicy {
         min_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         ..RetryPolicy::default()
     };
     let store = S3Storage::open(opts).await.expect("open");
+    proxy.throttle_next(3);
     store
         .put_bytes(
             "k",
@@ -97,6 +102,7 @@ async fn throttling_is_retried_and_counted() {
         )
         .await
         .expect("the put succeeds once throttling passes");
+    assert_eq!(proxy.throttled(), 3);
     assert_eq!(
         store.retry_stats().retries(),
         3,

@@ -17,7 +17,6 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -27,13 +26,8 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-    SharedHttpConnector,
-};
-use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::body::SdkBody;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
@@ -85,8 +79,6 @@ pub struct S3Options {
     /// The certificate authorities (PEM) to trust instead of the system's, as `AWS_CA_BUNDLE`
     /// means for every AWS tool: for stores with a private CA.
     pub ca_bundle: Option<Vec<u8>>,
-    /// Answer the next this many requests with `503 SlowDown` without sending them (tests).
-    pub inject_slowdowns: u32,
 }
 
 impl S3Options {
@@ -126,7 +118,6 @@ impl S3Options {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(300),
             ca_bundle: None,
-            inject_slowdowns: 0,
         })
     }
 }
@@ -887,26 +878,7 @@ impl Storage for S3Storage {
     }
 }
 
-/// An HTTP client that answers the first N requests itself with `503 SlowDown`, as a throttled
-/// S3 does, and passes the rest to the real client: the retry layer sees exactly what
-/// throttling looks like, through the SDK's own error parsing.
-#[derive(Debug)]
-struct SlowDownInjector {
-    inner: SharedHttpClient,
-    remaining: Arc<AtomicU32>,
-}
-
-#[derive(Debug)]
-struct SlowDownConnector {
-    inner: SharedHttpConnector,
-    remaining: Arc<AtomicU32>,
-}
-
-const SLOW_DOWN_XML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
-    <Message>Please reduce your request rate.</Message><RequestId>injected</RequestId></Error>";
-
-/// The HTTPS client: rustls on ring, trusting the system's roots or the configured bundle,
-/// and answering with throttling first when a test asks for it.
+/// The HTTPS client: rustls on ring, trusting the system's roots or the configured bundle.
 fn http_client(opts: &S3Options) -> Result<SharedHttpClient, StorageError> {
     use aws_smithy_http_client::tls;
     let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
@@ -928,43 +900,7 @@ fn http_client(opts: &S3Options) -> Result<SharedHttpClient, StorageError> {
             })?;
         builder = builder.tls_context(context);
     }
-    let client = builder.build_https();
-    if opts.inject_slowdowns == 0 {
-        return Ok(client);
-    }
-    Ok(SharedHttpClient::new(SlowDownInjector {
-        inner: client,
-        remaining: Arc::new(AtomicU32::new(opts.inject_slowdowns)),
-    }))
-}
-
-impl HttpClient for SlowDownInjector {
-    fn http_connector(
-        &self,
-        settings: &HttpConnectorSettings,
-        components: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        SharedHttpConnector::new(SlowDownConnector {
-            inner: self.inner.http_connector(settings, components),
-            remaining: Arc::clone(&self.remaining),
-        })
-    }
-}
-
-impl HttpConnector for SlowDownConnector {
-    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let inject = self
-            .remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        match aws_smithy_runtime_api::http::StatusCode::try_from(503) {
-            Ok(status) if inject => HttpConnectorFuture::ready(Ok(HttpResponse::new(
-                status,
-                SdkBody::from(SLOW_DOWN_XML),
-            ))),
-            _ => self.inner.call(request),
-        }
-    }
+    Ok(builder.build_https())
 }
 
 #[cfg(test)]
