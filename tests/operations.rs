@@ -817,6 +817,22 @@ fn a_forced_failover_fences_the_old_primary_and_archives_its_last_wal() {
     env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
     let env = env_refs(&env);
     let archived = || primary.psql("SELECT archived_count FROM pg_stat_archiver");
+    // The replica's base backup left segments for the archiver: let it catch up first, so that
+    // only the failover could archive anything from here on.
+    let status = primary.data.join("pg_wal/archive_status");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_dir(&status).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archiver never caught up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The statistics follow the archiver's renames by a moment.
+    std::thread::sleep(std::time::Duration::from_millis(500));
 
     let before = archived();
     let out = scratch.lifeline(

@@ -25,7 +25,7 @@ use storage::manifest::{
     BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT, Tablespace,
 };
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
-use storage::{Compression, Durability, PutMode, Storage, StorageExt, layout};
+use storage::{Compression, PutMode, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -942,14 +942,7 @@ pub(crate) async fn publish(
         PutMode::Create,
     )
     .await?;
-    storage
-        .put_bytes(
-            &layout::metadata_key(summary.backup_id),
-            metadata_json(summary, &checksum, extra),
-            PutMode::Overwrite,
-            Durability::Immediate,
-        )
-        .await?;
+    metadata(summary, &checksum, extra).store(storage).await?;
     Ok(())
 }
 
@@ -966,32 +959,35 @@ pub(crate) struct MetadataSummary<'a> {
 }
 
 /// The seed-compatible summary written next to a manifest, with `extra` fields of its kind.
-fn metadata_json(
+fn metadata(
     summary: &MetadataSummary<'_>,
     manifest_checksum: &blake3::Hash,
     extra: serde_json::Value,
-) -> Vec<u8> {
+) -> storage::manifest::BackupMetadata {
     let duration = (summary.finished_at.as_second() - summary.started_at.as_second()).max(0);
-    let mut value = serde_json::json!({
-        "backup_id": summary.backup_id,
-        "type": "full",
-        "service": summary.service,
-        "kind": summary.kind,
-        "timestamp": summary.started_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        "size_bytes": summary.size_bytes,
-        "size_readable": readable_size(summary.size_bytes),
-        "new_bytes": summary.new_bytes,
-        "duration_seconds": duration,
-        "files": [summary.manifest_key],
-        "checksum": format!("blake3:{}", manifest_checksum.to_hex()),
-        "verified": true,
-        "retention": "7_days",
-        "restorability": "UNVERIFIED",
-    });
-    if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
-        map.extend(extra);
+    storage::manifest::BackupMetadata {
+        backup_id: summary.backup_id.to_string(),
+        backup_type: "full".into(),
+        service: summary.service.to_string(),
+        kind: summary.kind.to_string(),
+        timestamp: summary
+            .started_at
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
+        size_bytes: summary.size_bytes,
+        size_readable: readable_size(summary.size_bytes),
+        new_bytes: summary.new_bytes,
+        duration_seconds: duration,
+        files: vec![summary.manifest_key.clone()],
+        checksum: format!("blake3:{}", manifest_checksum.to_hex()),
+        verified: true,
+        retention: "7_days".into(),
+        restorability: "UNVERIFIED".into(),
+        extra: match extra {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        },
     }
-    serde_json::to_vec_pretty(&value).unwrap_or_default()
 }
 
 pub(crate) fn readable_size(bytes: u64) -> String {

@@ -195,24 +195,10 @@ async fn read_segment_size(storage: &dyn Storage) -> u64 {
 }
 
 async fn read_metadata_labels(storage: &dyn Storage, backup_id: &str) -> (String, String) {
-    let default = ("7_days".to_string(), "UNVERIFIED".to_string());
-    let Ok(bytes) = storage.get_bytes(&layout::metadata_key(backup_id)).await else {
-        return default;
-    };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return default;
-    };
-    let label = |field: &str, fallback: String| {
-        value
-            .get(field)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or(fallback)
-    };
-    (
-        label("retention", default.0.clone()),
-        label("restorability", default.1.clone()),
-    )
+    match storage::manifest::BackupMetadata::load(storage, backup_id).await {
+        Ok(m) => (m.retention, m.restorability),
+        Err(_) => ("7_days".to_string(), "UNVERIFIED".to_string()),
+    }
 }
 
 /// Record labels (`retention`, `restorability`, ...) in the backup's `.metadata`, where
@@ -222,33 +208,13 @@ pub async fn label_backup(
     backup_id: &str,
     labels: &[(&str, &str)],
 ) -> Result<(), CatalogError> {
-    let key = layout::metadata_key(backup_id);
-    let bytes = storage.get_bytes(&key).await?;
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| CatalogError::Invalid {
-            what: "a backup's .metadata",
-            value: format!("{key}: {e}"),
-        })?;
-    let unchanged = labels
-        .iter()
-        .all(|(k, v)| value.get(*k).and_then(|x| x.as_str()) == Some(*v));
-    if unchanged {
-        return Ok(());
+    let mut metadata = storage::manifest::BackupMetadata::load(storage, backup_id).await?;
+    let mut changed = false;
+    for (name, value) in labels {
+        changed |= metadata.set_label(name, value);
     }
-    for (k, v) in labels {
-        value[*k] = serde_json::Value::from(*v);
+    if changed {
+        metadata.store(storage).await?;
     }
-    let text = serde_json::to_vec_pretty(&value).map_err(|e| CatalogError::Invalid {
-        what: "a backup's .metadata",
-        value: e.to_string(),
-    })?;
-    storage
-        .put_bytes(
-            &key,
-            text,
-            storage::PutMode::Overwrite,
-            storage::Durability::Immediate,
-        )
-        .await?;
     Ok(())
 }

@@ -267,6 +267,125 @@ impl StreamManifest {
     }
 }
 
+/// A backup's `.metadata`: the seed's plain JSON summary written beside every manifest (for
+/// people and older tools), and where labels decided later (retention class, a drill's
+/// verdict) are kept so that a catalog rebuild finds them. Written and read only through this
+/// type; fields it does not name (a backup kind's own facts, drill details) are kept as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupMetadata {
+    pub backup_id: String,
+    /// Always `full`: every backup is whole (unchanged chunks are shared, not skipped).
+    #[serde(rename = "type", default = "full")]
+    pub backup_type: String,
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub kind: String,
+    /// When the backup started, `YYYY-MM-DDTHH:MM:SSZ`.
+    #[serde(default)]
+    pub timestamp: String,
+    #[serde(default)]
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub size_readable: String,
+    #[serde(default)]
+    pub new_bytes: u64,
+    #[serde(default)]
+    pub duration_seconds: i64,
+    /// The manifest's key.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// `blake3:<hex>` of the manifest's JSON.
+    #[serde(default)]
+    pub checksum: String,
+    #[serde(default)]
+    pub verified: bool,
+    #[serde(default = "default_retention")]
+    pub retention: String,
+    #[serde(default = "default_restorability")]
+    pub restorability: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn full() -> String {
+    "full".into()
+}
+
+fn default_retention() -> String {
+    "7_days".into()
+}
+
+fn default_restorability() -> String {
+    "UNVERIFIED".into()
+}
+
+impl BackupMetadata {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("metadata always serializes")
+    }
+
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, crate::StorageError> {
+        serde_json::from_slice(bytes).map_err(|e| crate::StorageError::Corrupt {
+            key: key.to_string(),
+            reason: format!(".metadata does not parse: {e}"),
+        })
+    }
+
+    /// The `.metadata` of `backup_id`.
+    pub async fn load(
+        storage: &dyn crate::Storage,
+        backup_id: &str,
+    ) -> Result<Self, crate::StorageError> {
+        use crate::StorageExt;
+        let key = crate::layout::metadata_key(backup_id);
+        BackupMetadata::from_json(&key, &storage.get_bytes(&key).await?)
+    }
+
+    /// Replace the backup's `.metadata` with this one, durably.
+    pub async fn store(&self, storage: &dyn crate::Storage) -> Result<(), crate::StorageError> {
+        storage
+            .put_bytes(
+                &crate::layout::metadata_key(&self.backup_id),
+                self.to_json(),
+                crate::PutMode::Overwrite,
+                crate::Durability::Immediate,
+            )
+            .await
+    }
+
+    /// The label `name` as text, whether a named field or one kept beside them.
+    pub fn label(&self, name: &str) -> Option<String> {
+        match name {
+            "retention" => Some(self.retention.clone()),
+            "restorability" => Some(self.restorability.clone()),
+            "checksum" => Some(self.checksum.clone()),
+            _ => self
+                .extra
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        }
+    }
+
+    /// Set the label `name`; true when that changed anything.
+    pub fn set_label(&mut self, name: &str, value: &str) -> bool {
+        if self.label(name).as_deref() == Some(value) {
+            return false;
+        }
+        match name {
+            "retention" => self.retention = value.to_string(),
+            "restorability" => self.restorability = value.to_string(),
+            "checksum" => self.checksum = value.to_string(),
+            _ => {
+                self.extra
+                    .insert(name.to_string(), serde_json::Value::from(value));
+            }
+        }
+        true
+    }
+}
+
 /// `cluster.json`: the one cluster a repository archives, fixed by the first push or backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
@@ -303,6 +422,38 @@ impl ClusterIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_keeps_the_seed_fields_labels_and_what_it_does_not_name() {
+        let seed =
+            br#"{"backup_id": "backup_20251227_010000", "type": "full", "service": "postgresql",
+            "timestamp": "2025-12-27T01:00:00Z", "size_bytes": 536870912, "size_readable": "512MB",
+            "duration_seconds": 1234, "files": ["backups/backup_20251227_010000/manifest"],
+            "checksum": "blake3:ab", "verified": true, "retention": "4_weeks",
+            "restorability": "VERIFIED", "restorability_rto_seconds": "8.1", "timeline": 2}"#;
+        let mut m = BackupMetadata::from_json("k", seed).expect("the seed's form parses");
+        assert_eq!(
+            (
+                m.retention.as_str(),
+                m.size_bytes,
+                m.label("restorability_rto_seconds")
+            ),
+            ("4_weeks", 536_870_912, Some("8.1".to_string()))
+        );
+        assert!(!m.set_label("retention", "4_weeks"));
+        assert!(m.set_label("retention", "12_months"));
+        assert!(m.set_label("restorability_reason", "rows differ"));
+        let back = BackupMetadata::from_json("k", &m.to_json()).expect("round trip");
+        assert_eq!(back, m);
+        assert_eq!(back.extra.get("timeline"), Some(&serde_json::json!(2)));
+        // A file that lost its labels reads with the defaults; one that is not JSON is refused.
+        let bare = BackupMetadata::from_json("k", br#"{"backup_id": "b"}"#).expect("defaults");
+        assert_eq!(
+            (bare.retention.as_str(), bare.restorability.as_str()),
+            ("7_days", "UNVERIFIED")
+        );
+        assert!(BackupMetadata::from_json("k", b"not json").is_err());
+    }
 
     #[test]
     fn round_trips_and_lists_chunks_once() {
