@@ -395,23 +395,20 @@ impl Pg {
 
     /// Switch WAL and wait until the segment is archived.
     pub fn switch_and_archive(&self) {
-        let before: i64 = self
-            .psql("SELECT archived_count FROM pg_stat_archiver")
-            .parse()
-            .expect("count");
-        self.psql("SELECT pg_switch_wal()");
+        // The segment that holds everything written so far: a count of archived files that
+        // moves may be an older segment still waiting, so wait for this one by name. (With no
+        // WAL since the last switch, pg_switch_wal returns the start of the current segment,
+        // and the one before it is the one to wait for.)
+        let segment = self.psql("SELECT pg_walfile_name(pg_switch_wal() - 1)");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let now: i64 = self
-                .psql("SELECT archived_count FROM pg_stat_archiver")
-                .parse()
-                .expect("count");
-            if now > before {
+            let last = self.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+            if last.len() >= 24 && last[..24] >= *segment.as_str() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "WAL never archived; log:\n{}",
+                "WAL {segment} never archived (last archived {last:?}); log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
