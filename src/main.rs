@@ -328,7 +328,11 @@ fn main() -> ExitCode {
         tracing::info!(
             target: "lifeline::report",
             "{operation}: started: lifeline {}",
-            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+            std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     let started = std::time::Instant::now();
