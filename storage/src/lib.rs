@@ -32,4 +32,6 @@ pub use error::StorageError;
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};
 pub use s3::{MIN_PART_SIZE, S3Options, S3Storage, StaticCredentials};
-pub use storage::{Durability, ObjectMeta, ObjectReader, PutMode, Storage, StorageExt};
+pub use storage::{
+    Durability, ObjectMeta, ObjectReader, PutMode, Storage, StorageExt, validate_key,
+};

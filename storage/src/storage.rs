@@ -121,8 +121,8 @@ pub trait StorageExt: Storage {
 impl<T: Storage + ?Sized> StorageExt for T {}
 
 /// Keys are relative paths of plain ASCII names, so that every backend can hold them and none
-/// can escape the repository.
-pub(crate) fn validate_key(key: &str) -> Result<(), StorageError> {
+/// can escape the repository. Every backend (and every test double) applies this one rule.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
     let invalid = |reason: &str| StorageError::InvalidKey {
         key: key.to_string(),
         reason: reason.to_string(),

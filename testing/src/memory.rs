@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use storage::{Durability, ObjectMeta, ObjectReader, PutMode, Storage, StorageError};
+use storage::{Durability, ObjectMeta, ObjectReader, PutMode, Storage, StorageError, validate_key};
 use tokio::io::AsyncReadExt;
 
 #[derive(Debug, Clone)]
@@ -232,32 +232,4 @@ fn meta(key: &str, object: &Object) -> ObjectMeta {
         size: object.bytes.len() as u64,
         last_modified: object.last_modified,
     }
-}
-
-/// The key rules every backend applies (`storage` keeps its own copy private): relative paths
-/// of plain ASCII names, none of them empty, `.`, `..` or a local backend's temporary name.
-fn validate_key(key: &str) -> Result<(), StorageError> {
-    let invalid = |reason: &str| StorageError::InvalidKey {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    };
-    if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
-        return Err(invalid(
-            "keys are relative paths with no leading or trailing '/'",
-        ));
-    }
-    for part in key.split('/') {
-        if part.is_empty() || part == "." || part == ".." || part.starts_with(".tmp.") {
-            return Err(invalid("empty, '.', '..' or temporary path component"));
-        }
-        if !part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(invalid(
-                "only ASCII letters, digits, '.', '_' and '-' are allowed",
-            ));
-        }
-    }
-    Ok(())
 }
