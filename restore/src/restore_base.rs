@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
-use storage::manifest::{BackupManifest, ChunkRef, EntryKind};
+use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
 use storage::{Storage, StorageExt, layout, object};
 use tracing::debug;
 
@@ -236,14 +236,10 @@ fn create_directories(
     let root = &places.root.dir;
     let mut files = Vec::new();
     let mut wal_seen = false;
-    for entry in &manifest.files {
+    for entry in restored_entries(manifest) {
         let rel = entry.path.as_str();
         let dest = places.destination(rel);
         if entry.kind == EntryKind::File {
-            if rel == "standby.signal" {
-                // The restore decides how the server recovers (recovery.signal).
-                continue;
-            }
             files.push((dest, entry.size, file_mode(entry.mode)));
             continue;
         }
@@ -455,6 +451,12 @@ struct Target {
 /// a chunk used twice is fetched and decoded once.
 type WritePlan = BTreeMap<String, Vec<(ChunkRef, Vec<Target>)>>;
 
+/// The manifest's entries the restore puts back: all but `standby.signal`, since the restore
+/// decides how the server recovers (it writes `recovery.signal`).
+fn restored_entries(manifest: &BackupManifest) -> impl Iterator<Item = &FileEntry> {
+    manifest.files.iter().filter(|e| e.path != "standby.signal")
+}
+
 fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, RestoreError> {
     let mut by_pack: BTreeMap<String, HashMap<String, (ChunkRef, Vec<Target>)>> = BTreeMap::new();
     let mut add = |chunk: &ChunkRef, target: Target| {
@@ -466,11 +468,7 @@ fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, 
             .1
             .push(target);
     };
-    for entry in manifest
-        .files
-        .iter()
-        .filter(|e| !e.blocks.is_empty() && e.path != "standby.signal")
-    {
+    for entry in restored_entries(manifest).filter(|e| !e.blocks.is_empty()) {
         let path = Arc::new(places.destination(&entry.path));
         let mut offset = 0;
         for chunk in &entry.blocks {
@@ -487,10 +485,8 @@ fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, 
     }
     // Small files: cut the bundle stream back into files at their recorded offsets.
     let mut small: Vec<(u64, u64, Arc<PathBuf>)> = Vec::new();
-    for f in &manifest.files {
-        if let Some(start) = f.bundle_offset
-            && f.path != "standby.signal"
-        {
+    for f in restored_entries(manifest) {
+        if let Some(start) = f.bundle_offset {
             small.push((start, f.size, Arc::new(places.destination(&f.path))));
         }
     }
