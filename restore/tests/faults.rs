@@ -7,40 +7,12 @@ use std::sync::Arc;
 
 use restore::{ArchiveMode, RecoveryTarget, RestoreError, RestoreOptions, TablespaceMapping};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
-use storage::pack::PackBuilder;
-use storage::{Compression, Durability, PutMode, Storage, StorageError, layout, object};
+use storage::{StorageError, layout};
 use testing::{Fault, Faulty, MemoryStorage, Op};
 
 /// Puts `chunks` into one pack in `store` and returns their references.
 async fn pack(store: &MemoryStorage, chunks: &[Vec<u8>]) -> Vec<ChunkRef> {
-    let mut builder = PackBuilder::new();
-    let mut pending = Vec::new();
-    for data in chunks {
-        let hash = object::checksum(data).to_hex().to_string();
-        let (_, framed) = object::encode(data, Compression::default()).expect("encode");
-        let offset = builder.add(hash.clone(), &framed);
-        pending.push((hash, data.len() as u64, offset, framed.len() as u64));
-    }
-    let pack = builder.seal().expect("seal");
-    store
-        .put_bytes(
-            &layout::pack_key(&pack.id),
-            pack.bytes,
-            PutMode::Create,
-            Durability::Immediate,
-        )
-        .await
-        .expect("put pack");
-    pending
-        .into_iter()
-        .map(|(hash, len, offset, stored)| ChunkRef {
-            hash,
-            len,
-            pack: pack.id.clone(),
-            offset,
-            stored,
-        })
-        .collect()
+    testing::store_pack(store, chunks).await
 }
 
 fn entry(path: &str, kind: EntryKind, size: u64) -> FileEntry {

@@ -10,42 +10,14 @@ use std::sync::Arc;
 use restore::{ArchiveMode, RecoveryTarget, RestoreOptions, TablespaceMapping, TargetTimeline};
 use storage::LocalStorage;
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, Tablespace};
-use storage::pack::PackBuilder;
-use storage::{Compression, Durability, PutMode, Storage, layout, object};
+use storage::{Durability, PutMode, Storage};
 
 /// One pack holding `chunks`, stored in a new local repository at `dir`.
 async fn repository(dir: &Path, chunks: &[&[u8]]) -> (Arc<LocalStorage>, Vec<ChunkRef>) {
     // The repository's directory must exist: lifeline never creates it.
     std::fs::create_dir_all(dir).expect("repository directory");
     let storage = Arc::new(LocalStorage::open(dir).expect("repository"));
-    let mut pack = PackBuilder::new();
-    let mut pending = Vec::new();
-    for data in chunks {
-        let hash = object::checksum(data).to_hex().to_string();
-        let (_, framed) = object::encode(data, Compression::default()).expect("encode");
-        let offset = pack.add(hash.clone(), &framed);
-        pending.push((hash, data.len() as u64, offset, framed.len() as u64));
-    }
-    let sealed = pack.seal().expect("seal");
-    storage
-        .put_bytes(
-            &layout::pack_key(&sealed.id),
-            sealed.bytes,
-            PutMode::Create,
-            Durability::Immediate,
-        )
-        .await
-        .expect("put pack");
-    let refs = pending
-        .into_iter()
-        .map(|(hash, len, offset, stored)| ChunkRef {
-            hash,
-            len,
-            pack: sealed.id.clone(),
-            offset,
-            stored,
-        })
-        .collect();
+    let refs = testing::store_pack(storage.as_ref(), chunks).await;
     (storage, refs)
 }
 

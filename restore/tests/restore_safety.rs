@@ -10,14 +10,13 @@ use std::sync::Arc;
 use restore::{ArchiveMode, RecoveryTarget, RestoreOptions, TablespaceMapping, TargetTimeline};
 use storage::LocalStorage;
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, Tablespace};
-use storage::pack::PackBuilder;
-use storage::{Compression, Durability, PutMode, Storage, layout, object};
+use storage::{PutMode, Storage, layout};
 
 /// Builds a repository of packs, one pack per `seal`.
 struct Repo {
     storage: Arc<LocalStorage>,
-    pack: PackBuilder,
-    pending: Vec<(String, u64, u64, u64)>,
+    /// Chunks of the pack being built, stored by `seal`.
+    pending: Vec<Vec<u8>>,
     chunks: Vec<ChunkRef>,
 }
 
@@ -27,7 +26,6 @@ impl Repo {
         std::fs::create_dir_all(dir).expect("repository directory");
         Repo {
             storage: Arc::new(LocalStorage::open(dir).expect("repository")),
-            pack: PackBuilder::new(),
             pending: Vec::new(),
             chunks: Vec::new(),
         }
@@ -35,34 +33,14 @@ impl Repo {
 
     /// Add `data` as a chunk of the pack being built; its reference is completed by `seal`.
     fn chunk(&mut self, data: &[u8]) -> usize {
-        let hash = object::checksum(data).to_hex().to_string();
-        let (_, framed) = object::encode(data, Compression::default()).expect("encode");
-        let offset = self.pack.add(hash.clone(), &framed);
-        self.pending
-            .push((hash, data.len() as u64, offset, framed.len() as u64));
+        self.pending.push(data.to_vec());
         self.chunks.len() + self.pending.len() - 1
     }
 
     async fn seal(&mut self) {
-        let pack = std::mem::take(&mut self.pack).seal().expect("seal");
-        self.storage
-            .put_bytes(
-                &layout::pack_key(&pack.id),
-                pack.bytes,
-                PutMode::Create,
-                Durability::Immediate,
-            )
-            .await
-            .expect("put pack");
-        for (hash, len, offset, stored) in self.pending.drain(..) {
-            self.chunks.push(ChunkRef {
-                hash,
-                len,
-                pack: pack.id.clone(),
-                offset,
-                stored,
-            });
-        }
+        let pending = std::mem::take(&mut self.pending);
+        let refs = testing::store_pack(self.storage.as_ref(), &pending).await;
+        self.chunks.extend(refs);
     }
 }
 

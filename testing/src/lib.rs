@@ -7,13 +7,16 @@
 //! - [`Faulty`]: a wrapper around any backend that fails, truncates, delays or throttles
 //!   chosen calls, so that tests can show what the archiver and restore do when the repository
 //!   misbehaves, without a production type knowing about tests.
+//! - [`store_pack`]: chunks stored as one pack, for backups built by hand.
 //! - [`SlowDownProxy`]: a TCP proxy that answers the first requests with S3's `503 SlowDown`
 //!   and passes the rest to a real server, for tests of the S3 backend's retry layer.
 
 mod faulty;
+mod fixtures;
 mod memory;
 mod slowdown;
 
 pub use faulty::{Fault, Faulty, FaultyBuilder, Op};
+pub use fixtures::store_pack;
 pub use memory::MemoryStorage;
 pub use slowdown::SlowDownProxy;
