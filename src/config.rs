@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -19,6 +20,9 @@ pub struct FileConfig {
     pub compression_level: Option<i32>,
     pub block_size: Option<usize>,
     pub parallelism: Option<usize>,
+    /// How long a backup waits for its last WAL segment to be archived ("5m").
+    pub wal_wait: Option<String>,
+    /// The former spelling of `wal-wait`, in seconds.
     pub wal_wait_seconds: Option<u64>,
     pub db_host: Option<String>,
     pub db_port: Option<u16>,
@@ -32,6 +36,9 @@ pub struct FileConfig {
     pub s3_region: Option<String>,
     pub s3_path_style: Option<bool>,
     pub s3_part_size_mib: Option<usize>,
+    /// No S3 retry starts later than this after the first attempt ("1m").
+    pub s3_retry: Option<String>,
+    /// The former spelling of `s3-retry`, in seconds.
     pub s3_retry_seconds: Option<u64>,
     pub s3_ca_file: Option<PathBuf>,
     pub aws_access_key_id: Option<String>,
@@ -47,6 +54,9 @@ pub struct FileConfig {
     pub keep_weekly: Option<u32>,
     pub keep_monthly: Option<u32>,
     pub wal_days: Option<u32>,
+    /// How long an unreferenced pack or a leftover temporary file is left alone ("24h").
+    pub prune_grace: Option<String>,
+    /// The former spelling of `prune-grace`, in hours.
     pub prune_grace_hours: Option<u64>,
     pub repack_unused_percent: Option<u64>,
     pub pg_bin_dir: Option<PathBuf>,
@@ -67,7 +77,7 @@ pub struct Settings {
     pub compression: Compression,
     pub block_size: usize,
     pub parallelism: usize,
-    pub wal_wait_seconds: u64,
+    pub wal_wait: Duration,
     pub db: archiver::ConnectionOptions,
     pub pgdata: Option<PathBuf>,
     /// The S3 repository, when there is one (the local directory then holds the catalog only).
@@ -82,7 +92,7 @@ pub struct Settings {
     pg_bin_dir: Option<PathBuf>,
     pub retention: catalog::RetentionPolicy,
     /// Unreferenced packs younger than this are left to the backup that may be writing them.
-    pub prune_grace: std::time::Duration,
+    pub prune_grace: Duration,
     /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
     pub repack_unused_percent: u64,
     pub ops: OpsSettings,
@@ -282,7 +292,11 @@ impl Settings {
                 .block_size
                 .unwrap_or(storage::chunking::DEFAULT_BLOCK_SIZE),
             parallelism: args.parallelism.or(file.parallelism).unwrap_or(cpus.max(2)),
-            wal_wait_seconds: seconds(file.wal_wait_seconds.unwrap_or(300), "wal-wait-seconds")?,
+            wal_wait: duration_key(
+                ("wal-wait", file.wal_wait.as_deref()),
+                ("wal-wait-seconds", file.wal_wait_seconds, 1),
+            )?
+            .unwrap_or(Duration::from_secs(300)),
             db: archiver::ConnectionOptions {
                 host: env("DB_HOST")
                     .or(file.db_host)
@@ -316,28 +330,14 @@ impl Settings {
                 monthly: file.keep_monthly.unwrap_or(12),
                 wal_days: file.wal_days.unwrap_or(7),
             },
-            prune_grace: std::time::Duration::from_secs(
-                match env("LIFELINE_PRUNE_GRACE_SECONDS") {
-                    Some(s) => seconds(
-                        s.parse().with_context(|| {
-                            format!("LIFELINE_PRUNE_GRACE_SECONDS={s:?} is not a number of seconds")
-                        })?,
-                        "LIFELINE_PRUNE_GRACE_SECONDS",
-                    )?,
-                    None => file
-                        .prune_grace_hours
-                        .unwrap_or(24)
-                        .checked_mul(3600)
-                        .filter(|s| *s <= MAX_DURATION_SECONDS)
-                        .with_context(|| {
-                            format!(
-                                "prune-grace-hours = {}: too large; use at most {} hours",
-                                file.prune_grace_hours.unwrap_or(24),
-                                MAX_DURATION_SECONDS / 3600
-                            )
-                        })?,
-                },
-            ),
+            prune_grace: match env_duration("LIFELINE_PRUNE_GRACE")? {
+                Some(grace) => grace,
+                None => duration_key(
+                    ("prune-grace", file.prune_grace.as_deref()),
+                    ("prune-grace-hours", file.prune_grace_hours, 3600),
+                )?
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+            },
             repack_unused_percent: match file.repack_unused_percent {
                 Some(p @ 1..=100) => p,
                 Some(p) => bail!(
@@ -517,6 +517,59 @@ fn seconds(value: u64, key: &str) -> Result<u64> {
     Ok(value)
 }
 
+/// A duration as the operator writes it: "90s", "5m", "24h", "7d" (a day is 24 hours).
+fn parse_duration(text: &str, key: &str) -> Result<Duration> {
+    let fix = "write a duration such as \"90s\", \"5m\", \"24h\" or \"7d\"";
+    let span: jiff::Span = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{key} = {text:?} is not a duration: {fix}"))?;
+    let duration = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| anyhow::anyhow!("{key} = {text:?}: months and years vary in length; {fix}"))?;
+    if duration.is_negative() {
+        bail!("{key} = {text:?} is negative: {fix}");
+    }
+    let secs = u64::try_from(duration.as_secs()).unwrap_or(u64::MAX);
+    seconds(secs, key)?;
+    Ok(duration.unsigned_abs())
+}
+
+/// A duration from its key (`new`, human text) or the key it replaced (`old`, a number of
+/// `unit`-second units); both at once is an error, as the intent would be unclear.
+fn duration_key(
+    (new_key, new): (&str, Option<&str>),
+    (old_key, old, unit): (&str, Option<u64>, u64),
+) -> Result<Option<Duration>> {
+    match (new, old) {
+        (Some(_), Some(_)) => bail!("{new_key} and {old_key} are both set: keep only {new_key}"),
+        (Some(text), None) => parse_duration(text, new_key).map(Some),
+        (None, Some(n)) => {
+            let secs = n.checked_mul(unit).filter(|s| *s <= MAX_DURATION_SECONDS);
+            let secs = secs.with_context(|| {
+                format!("{old_key} = {n}: too large; use at most 100 years")
+            })?;
+            Ok(Some(Duration::from_secs(secs)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// A duration from `NAME` (human text, or a bare number of seconds) or from `NAME_SECONDS`,
+/// the name it had before.
+fn env_duration(name: &str) -> Result<Option<Duration>> {
+    let old = format!("{name}_SECONDS");
+    let (key, text) = match (env(name), env(&old)) {
+        (Some(text), _) => (name.to_string(), text),
+        (None, Some(text)) => (old, text),
+        (None, None) => return Ok(None),
+    };
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(Some(Duration::from_secs(seconds(secs, &key)?)));
+    }
+    parse_duration(&text, &key).map(Some)
+}
+
 /// A size in MiB from the configuration, in bytes: an error naming the key when it overflows.
 fn mib_to_bytes(mib: u64, key: &str) -> Result<u64> {
     mib.checked_mul(1 << 20)
@@ -538,17 +591,16 @@ fn s3_options(args: &GlobalArgs, file: &FileConfig) -> Result<Option<S3Options>>
             .context("s3-part-size-mib: too large for this machine")?;
         opts.single_put_max = opts.single_put_max.max(opts.part_size);
     }
-    if let Some(retry) = env("LIFELINE_S3_RETRY_SECONDS")
-        .map(|s| {
-            s.parse::<u64>().with_context(|| {
-                format!("LIFELINE_S3_RETRY_SECONDS={s:?} is not a number of seconds")
-            })
-        })
-        .transpose()?
-        .or(file.s3_retry_seconds)
-    {
+    let retry = match env_duration("LIFELINE_S3_RETRY")? {
+        Some(retry) => Some(retry),
+        None => duration_key(
+            ("s3-retry", file.s3_retry.as_deref()),
+            ("s3-retry-seconds", file.s3_retry_seconds, 1),
+        )?,
+    };
+    if let Some(deadline) = retry {
         opts.retry = RetryPolicy {
-            deadline: std::time::Duration::from_secs(seconds(retry, "s3-retry-seconds")?),
+            deadline,
             ..RetryPolicy::default()
         };
     }
@@ -631,6 +683,36 @@ mod tests {
             let err = Settings::resolve(&cli.global).expect_err("overflow refused");
             assert!(format!("{err:#}").contains(key), "{key}: {err:#}");
         }
+    }
+
+    #[test]
+    fn durations_are_written_as_durations_and_the_old_keys_still_count() {
+        assert_eq!(
+            parse_duration("36h", "prune-grace").expect("parses"),
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(
+            parse_duration("7d", "x").expect("parses"),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration("0s", "x").expect("parses"), Duration::ZERO);
+        for bad in ["24", "1 month", "-5s", "soon"] {
+            let err = parse_duration(bad, "prune-grace").expect_err(bad);
+            assert!(err.to_string().starts_with("prune-grace = "), "{err}");
+        }
+        let hours = duration_key(("prune-grace", None), ("prune-grace-hours", Some(2), 3600));
+        assert_eq!(hours.expect("old key"), Some(Duration::from_secs(7200)));
+        let both = duration_key(
+            ("prune-grace", Some("1h")),
+            ("prune-grace-hours", Some(2), 3600),
+        );
+        assert!(both.is_err_and(|e| e.to_string().contains("keep only prune-grace")));
+        let file: FileConfig =
+            toml::from_str("wal-wait = \"90s\"\ns3-retry = \"2m\"\nprune-grace = \"12h\"\n")
+                .expect("new keys parse");
+        assert_eq!(file.wal_wait.as_deref(), Some("90s"));
+        assert_eq!(file.prune_grace.as_deref(), Some("12h"));
+        assert_eq!(file.s3_retry.as_deref(), Some("2m"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -46,7 +46,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         block_size: settings.block_size,
         parallelism: settings.parallelism,
         uploads: settings.upload_transfers(),
-        wal_wait: Duration::from_secs(settings.wal_wait_seconds),
+        wal_wait: settings.wal_wait,
         catalog_path: settings.catalog_path()?,
     };
     let started = Instant::now();
