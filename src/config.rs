@@ -6,69 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use ops::config_file::{ConfigFile, duration_key, mib_to_bytes, parse_duration, seconds};
 use storage::retry::RetryPolicy;
 use storage::{Codec, Compression, LocalStorage, S3Options, S3Storage, StaticCredentials, Storage};
 
-/// The configuration file as written. No `Debug`: it holds secrets.
-#[derive(Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-pub struct FileConfig {
-    pub backup_dir: Option<PathBuf>,
-    pub catalog: Option<PathBuf>,
-    pub compression: Option<String>,
-    pub compression_level: Option<i32>,
-    pub block_size: Option<usize>,
-    pub parallelism: Option<usize>,
-    /// How long a backup waits for its last WAL segment to be archived ("5m").
-    pub wal_wait: Option<String>,
-    /// The former spelling of `wal-wait`, in seconds.
-    pub wal_wait_seconds: Option<u64>,
-    pub db_host: Option<String>,
-    pub db_port: Option<u16>,
-    pub db_user: Option<String>,
-    pub db_password: Option<String>,
-    pub db_name: Option<String>,
-    pub pgdata: Option<PathBuf>,
-    pub transfers: Option<usize>,
-    pub s3_bucket: Option<String>,
-    pub s3_endpoint: Option<String>,
-    pub s3_region: Option<String>,
-    pub s3_path_style: Option<bool>,
-    pub s3_part_size_mib: Option<usize>,
-    /// No S3 retry starts later than this after the first attempt ("1m").
-    pub s3_retry: Option<String>,
-    /// The former spelling of `s3-retry`, in seconds.
-    pub s3_retry_seconds: Option<u64>,
-    pub s3_ca_file: Option<PathBuf>,
-    pub aws_access_key_id: Option<String>,
-    pub aws_secret_access_key: Option<String>,
-    pub wal_prefetch: Option<usize>,
-    pub wal_prefetch_mib: Option<u64>,
-    pub wal_spool_dir: Option<PathBuf>,
-    pub redis_host: Option<String>,
-    pub redis_port: Option<u16>,
-    pub redis_password: Option<String>,
-    pub staging_db_name: Option<String>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub wal_days: Option<u32>,
-    /// How long an unreferenced pack or a leftover temporary file is left alone ("24h").
-    pub prune_grace: Option<String>,
-    /// The former spelling of `prune-grace`, in hours.
-    pub prune_grace_hours: Option<u64>,
-    pub repack_unused_percent: Option<u64>,
-    pub pg_bin_dir: Option<PathBuf>,
-    /// Where `lifeline drill` restores (default: the system's temporary directory).
-    pub drill_dir: Option<PathBuf>,
-    pub notify: ops::NotifyConfig,
-    pub verify: ops::VerifyConfig,
-    pub failover: ops::FailoverConfig,
-    pub services: std::collections::BTreeMap<String, ops::ServiceConfig>,
-}
-
-/// What every command works from, resolved once before any I/O.
 #[derive(Debug)]
 pub struct Settings {
     pub config_file: Option<PathBuf>,
@@ -181,7 +122,7 @@ fn bool_env(name: &str) -> Result<Option<bool>> {
     }
 }
 
-fn ops_settings(file: &FileConfig) -> Result<OpsSettings> {
+fn ops_settings(file: &ConfigFile) -> Result<OpsSettings> {
     let mut notify = file.notify.clone();
     notify.slack_webhook_url = env("SLACK_WEBHOOK_URL").or(notify.slack_webhook_url);
     notify.email_to = env("NOTIFICATION_EMAIL").or(notify.email_to);
@@ -225,14 +166,14 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("read the configuration file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).with_context(|| {
+                ConfigFile::parse(&text).with_context(|| {
                     format!(
                         "parse the configuration file {} (fix the key or value named above)",
                         path.display()
                     )
                 })?
             }
-            None => FileConfig::default(),
+            None => ConfigFile::default(),
         };
         let s3 = s3_options(args, &file)?;
         let ops = ops_settings(&file)?;
@@ -505,56 +446,6 @@ async fn open_s3(opts: &S3Options) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(storage))
 }
 
-/// Durations in the configuration beyond this (about 100 years) are typing errors, and larger
-/// values would overflow the clock arithmetic they feed.
-const MAX_DURATION_SECONDS: u64 = 100 * 365 * 24 * 3600;
-
-/// A number of seconds from the configuration, checked: deadlines are computed from it.
-fn seconds(value: u64, key: &str) -> Result<u64> {
-    if value > MAX_DURATION_SECONDS {
-        bail!("{key} = {value}: too large; use at most {MAX_DURATION_SECONDS} seconds (100 years)");
-    }
-    Ok(value)
-}
-
-/// A duration as the operator writes it: "90s", "5m", "24h", "7d" (a day is 24 hours).
-fn parse_duration(text: &str, key: &str) -> Result<Duration> {
-    let fix = "write a duration such as \"90s\", \"5m\", \"24h\" or \"7d\"";
-    let span: jiff::Span = text
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{key} = {text:?} is not a duration: {fix}"))?;
-    let duration = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|_| anyhow::anyhow!("{key} = {text:?}: months and years vary in length; {fix}"))?;
-    if duration.is_negative() {
-        bail!("{key} = {text:?} is negative: {fix}");
-    }
-    let secs = u64::try_from(duration.as_secs()).unwrap_or(u64::MAX);
-    seconds(secs, key)?;
-    Ok(duration.unsigned_abs())
-}
-
-/// A duration from its key (`new`, human text) or the key it replaced (`old`, a number of
-/// `unit`-second units); both at once is an error, as the intent would be unclear.
-fn duration_key(
-    (new_key, new): (&str, Option<&str>),
-    (old_key, old, unit): (&str, Option<u64>, u64),
-) -> Result<Option<Duration>> {
-    match (new, old) {
-        (Some(_), Some(_)) => bail!("{new_key} and {old_key} are both set: keep only {new_key}"),
-        (Some(text), None) => parse_duration(text, new_key).map(Some),
-        (None, Some(n)) => {
-            let secs = n.checked_mul(unit).filter(|s| *s <= MAX_DURATION_SECONDS);
-            let secs = secs.with_context(|| {
-                format!("{old_key} = {n}: too large; use at most 100 years")
-            })?;
-            Ok(Some(Duration::from_secs(secs)))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 /// A duration from `NAME` (human text, or a bare number of seconds) or from `NAME_SECONDS`,
 /// the name it had before.
 fn env_duration(name: &str) -> Result<Option<Duration>> {
@@ -567,18 +458,11 @@ fn env_duration(name: &str) -> Result<Option<Duration>> {
     if let Ok(secs) = text.trim().parse::<u64>() {
         return Ok(Some(Duration::from_secs(seconds(secs, &key)?)));
     }
-    parse_duration(&text, &key).map(Some)
-}
-
-/// A size in MiB from the configuration, in bytes: an error naming the key when it overflows.
-fn mib_to_bytes(mib: u64, key: &str) -> Result<u64> {
-    mib.checked_mul(1 << 20)
-        .filter(|b| *b <= 1 << 50)
-        .with_context(|| format!("{key} = {mib}: too large; use a size in MiB below 2^30"))
+    Ok(Some(parse_duration(&text, &key)?))
 }
 
 /// The S3 repository settings, when a bucket is named anywhere.
-fn s3_options(args: &GlobalArgs, file: &FileConfig) -> Result<Option<S3Options>> {
+fn s3_options(args: &GlobalArgs, file: &ConfigFile) -> Result<Option<S3Options>> {
     let Some(location) = args.s3_bucket.clone().or(file.s3_bucket.clone()) else {
         return Ok(None);
     };
@@ -635,119 +519,4 @@ pub fn shell_quote(s: &str) -> String {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configuration_arithmetic_is_checked() {
-        assert!(
-            seconds(u64::MAX, "wal-wait-seconds")
-                .is_err_and(|e| e.to_string().contains("wal-wait-seconds"))
-        );
-        assert_eq!(seconds(300, "x").expect("fits"), 300);
-        assert!(
-            mib_to_bytes(u64::MAX >> 10, "wal-prefetch-mib")
-                .is_err_and(|e| e.to_string().contains("wal-prefetch-mib"))
-        );
-        assert_eq!(mib_to_bytes(512, "x").expect("fits"), 512 << 20);
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            global: GlobalArgs,
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("lifeline.toml");
-        for (text, key) in [
-            (
-                "prune-grace-hours = 18446744073709551615\n",
-                "prune-grace-hours",
-            ),
-            (
-                "wal-prefetch-mib = 18446744073709551615\n",
-                "wal-prefetch-mib",
-            ),
-            (
-                "wal-wait-seconds = 18446744073709551615\n",
-                "wal-wait-seconds",
-            ),
-        ] {
-            std::fs::write(&path, text).expect("write");
-            let cli = <Cli as clap::Parser>::parse_from([
-                "lifeline",
-                "--config",
-                path.to_str().expect("utf8"),
-            ]);
-            let err = Settings::resolve(&cli.global).expect_err("overflow refused");
-            assert!(format!("{err:#}").contains(key), "{key}: {err:#}");
-        }
-    }
-
-    #[test]
-    fn durations_are_written_as_durations_and_the_old_keys_still_count() {
-        assert_eq!(
-            parse_duration("36h", "prune-grace").expect("parses"),
-            Duration::from_secs(36 * 3600)
-        );
-        assert_eq!(
-            parse_duration("7d", "x").expect("parses"),
-            Duration::from_secs(7 * 86_400)
-        );
-        assert_eq!(parse_duration("0s", "x").expect("parses"), Duration::ZERO);
-        for bad in ["24", "1 month", "-5s", "soon"] {
-            let err = parse_duration(bad, "prune-grace").expect_err(bad);
-            assert!(err.to_string().starts_with("prune-grace = "), "{err}");
-        }
-        let hours = duration_key(("prune-grace", None), ("prune-grace-hours", Some(2), 3600));
-        assert_eq!(hours.expect("old key"), Some(Duration::from_secs(7200)));
-        let both = duration_key(
-            ("prune-grace", Some("1h")),
-            ("prune-grace-hours", Some(2), 3600),
-        );
-        assert!(both.is_err_and(|e| e.to_string().contains("keep only prune-grace")));
-        let file: FileConfig =
-            toml::from_str("wal-wait = \"90s\"\ns3-retry = \"2m\"\nprune-grace = \"12h\"\n")
-                .expect("new keys parse");
-        assert_eq!(file.wal_wait.as_deref(), Some("90s"));
-        assert_eq!(file.prune_grace.as_deref(), Some("12h"));
-        assert_eq!(file.s3_retry.as_deref(), Some("2m"));
-    }
-
-    #[test]
-    fn failover_restores_take_a_tablespace_mapping() {
-        let text = "[failover]\ntablespace-map = { fast = \"/mnt/fast\", 16390 = \"/mnt/b\" }\n\
-                    tablespace-map-all = \"/srv/ts\"\nwaldir = \"/srv/wal\"\n";
-        let file: FileConfig = toml::from_str(text).expect("parses");
-        let failover = file.failover;
-        assert_eq!(
-            failover.tablespace_map.get("fast"),
-            Some(&PathBuf::from("/mnt/fast"))
-        );
-        assert_eq!(failover.tablespace_map.len(), 2);
-        assert_eq!(failover.tablespace_map_all, Some(PathBuf::from("/srv/ts")));
-        assert_eq!(failover.waldir, Some(PathBuf::from("/srv/wal")));
-    }
-
-    #[test]
-    fn the_shipped_sample_configuration_parses() {
-        let text = include_str!("../ops/lifeline.toml");
-        let file: FileConfig = toml::from_str(text).expect("ops/lifeline.toml parses");
-        assert_eq!(file.keep_daily, Some(7));
-        assert_eq!(file.staging_db_name.as_deref(), Some("app_staging"));
-        assert_eq!(file.failover.replica_port, Some(5432));
-        assert_eq!(file.services.len(), 2);
-        assert_eq!(file.verify.http.len(), 2);
-        assert!(file.verify.login.is_some());
-        assert!(format!("{:?}", file.notify).contains("smtp.example.com"));
-    }
-
-    #[test]
-    fn a_misspelt_retention_key_is_an_error() {
-        let err = toml::from_str::<FileConfig>("keep-dayly = 7\n")
-            .err()
-            .expect("unknown keys are refused");
-        assert!(err.to_string().contains("keep-dayly"), "{err}");
-    }
 }

@@ -15,4 +15,7 @@ pub enum OpsError {
     Command { what: String, message: String },
     #[error("{0}")]
     Timeout(String),
+    /// A value in the configuration file (or its environment variable) is not usable.
+    #[error("{0}")]
+    Setting(String),
 }

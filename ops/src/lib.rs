@@ -5,6 +5,7 @@
 
 pub mod checks;
 mod config;
+pub mod config_file;
 pub mod connfile;
 mod error;
 mod http;
@@ -15,6 +16,7 @@ pub mod runbook;
 
 pub use checks::{Check, RecordedRows, Report, VerifyConfig};
 pub use config::{FailoverConfig, ServiceConfig};
+pub use config_file::ConfigFile;
 pub use error::OpsError;
 pub use notify::{Event, Notifier, NotifyConfig};
 pub use runbook::Runbook;
