@@ -147,3 +147,51 @@ fn restore_redis_takes_skip_verify_and_verify_false() {
         assert!(dir.join("dump.rdb").exists());
     }
 }
+
+#[test]
+fn a_bad_value_in_the_configuration_is_refused_with_its_key() {
+    let scratch = Scratch::new();
+    let config = scratch.dir.path().join("lifeline.toml");
+    let config_arg = config.to_str().expect("utf8").to_string();
+    for (file, key) in [
+        (
+            "prune-grace-hours = 18446744073709551615\n",
+            "prune-grace-hours",
+        ),
+        (
+            "wal-prefetch-mib = 18446744073709551615\n",
+            "wal-prefetch-mib",
+        ),
+        (
+            "wal-wait-seconds = 18446744073709551615\n",
+            "wal-wait-seconds",
+        ),
+        ("wal-wait = \"1 month\"\n", "wal-wait"),
+        ("prune-grace = \"36\"\n", "prune-grace"),
+        (
+            "prune-grace = \"1h\"\nprune-grace-hours = 2\n",
+            "keep only prune-grace",
+        ),
+    ] {
+        std::fs::write(&config, file).expect("write");
+        common::chown_postgres(&config);
+        let out = scratch.lifeline(&["--config", &config_arg, "status"], &[]);
+        assert_eq!(code(&out), 2, "{file}: {}", text(&out));
+        assert!(text(&out).contains(key), "{key}: {}", text(&out));
+    }
+    // The environment's duration wins over the file, and the new spelling takes one too.
+    std::fs::write(&config, "prune-grace = \"36h\"\n").expect("write");
+    for env in [
+        ("LIFELINE_PRUNE_GRACE", "soon"),
+        ("LIFELINE_PRUNE_GRACE_SECONDS", "x"),
+    ] {
+        let out = scratch.lifeline(&["--config", &config_arg, "status"], &[env]);
+        assert_eq!(code(&out), 2, "{env:?}: {}", text(&out));
+        assert!(text(&out).contains(env.0), "{env:?}: {}", text(&out));
+    }
+    let out = scratch.lifeline(
+        &["--config", &config_arg, "prune", "--dry-run"],
+        &[("LIFELINE_PRUNE_GRACE", "0s")],
+    );
+    succeeded(&out, "prune --dry-run with a duration from the environment");
+}
