@@ -142,23 +142,6 @@ async fn report(
     result
 }
 
-/// Raise the soft limit on open files to the hard one: a restore of a large data directory
-/// keeps a bounded number open, but the default soft limit (1024, or less under a tight
-/// `ulimit -n`) leaves little room beside the runtime's own descriptors.
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        let raised = rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::debug!("the open-file limit stays at {:?}: {e}", limit.current);
-        }
-    }
-}
-
 /// One line on stderr; a closed stderr is not a reason to fail differently.
 fn say(line: &str) {
     use std::io::Write;
@@ -228,53 +211,14 @@ fn log_outcome(operation: &str, result: &anyhow::Result<ExitCode>, started: std:
     }
 }
 
-/// One owner for the repository. Run as root against a repository that belongs to another
-/// user, lifeline becomes that user before it touches anything, so nothing it creates is root's
-/// and no link planted in the repository can make root write, chown or delete elsewhere;
-/// `failover` alone keeps root (it starts services and rewrites the application's files) and
-/// gives what it creates to the owner instead. Any other user is refused before it writes.
+/// As root, become the repository's owner (except for `failover`); other users are refused.
 fn act_as_repository_owner(settings: &Settings, command: &Command) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    if matches!(command, Command::Runbook(_)) {
-        return Ok(());
+    match (command, settings.backup_dir.as_deref()) {
+        (Command::Runbook(_), _) | (_, None) => Ok(()),
+        (_, Some(dir)) => {
+            ops::identity::act_as_repository_owner(dir, matches!(command, Command::Failover(_)))
+        }
     }
-    let Some(dir) = settings.backup_dir.as_deref() else {
-        return Ok(());
-    };
-    // A missing BACKUP_DIR: the command itself says what to do.
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return Ok(());
-    };
-    let (uid, gid) = (meta.uid(), meta.gid());
-    let me = rustix::process::geteuid();
-    if me.as_raw() == uid {
-        return Ok(());
-    }
-    let owner = storage::private::user_name(uid);
-    if !me.is_root() {
-        return Err(format!(
-            "BACKUP_DIR {} belongs to {owner} and lifeline runs as {}: run it as {owner} (runuser -u {owner} -- lifeline ...)",
-            dir.display(),
-            storage::private::user_name(me.as_raw())
-        ));
-    }
-    if uid == 0 || matches!(command, Command::Failover(_)) {
-        return Ok(());
-    }
-    // No thread has started yet, so the whole process changes user.
-    let (user, group) = (
-        rustix::process::Uid::from_raw(uid),
-        rustix::process::Gid::from_raw(gid),
-    );
-    rustix::thread::set_thread_groups(&[group])
-        .and_then(|()| rustix::thread::set_thread_res_gid(group, group, group))
-        .and_then(|()| rustix::thread::set_thread_res_uid(user, user, user))
-        .map_err(|e| {
-            format!(
-                "cannot become {owner}, the owner of BACKUP_DIR {} ({e}): run it as {owner} (runuser -u {owner} -- lifeline ...)",
-                dir.display()
-            )
-        })
 }
 
 fn main() -> ExitCode {
@@ -288,7 +232,7 @@ fn main() -> ExitCode {
         Command::Wal(commands::wal::WalCommand::Push { .. }) => PanicExit::Push,
         _ => PanicExit::Other,
     });
-    raise_open_file_limit();
+    ops::identity::raise_open_file_limit();
     let operation = cli.command.log_name();
     let settings = match Settings::resolve(&cli.global) {
         Ok(s) => s,
@@ -312,7 +256,7 @@ fn main() -> ExitCode {
     }
     let log = operation
         .as_deref()
-        .and_then(|name| commands::oplog::open(settings.backup_dir.as_deref(), name));
+        .and_then(|name| ops::oplog::open(settings.backup_dir.as_deref(), name));
     init_logging(log.map(|(file, _)| file));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

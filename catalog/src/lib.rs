@@ -9,6 +9,7 @@
 
 mod db;
 mod error;
+pub mod listing;
 mod rebuild;
 mod retention;
 

@@ -18,4 +18,8 @@ pub enum OpsError {
     /// A value in the configuration file (or its environment variable) is not usable.
     #[error("{0}")]
     Setting(String),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
 }

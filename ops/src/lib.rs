@@ -9,10 +9,13 @@ pub mod config_file;
 pub mod connfile;
 mod error;
 mod http;
+pub mod identity;
 pub mod notify;
+pub mod oplog;
 pub mod pg;
 pub mod process;
 pub mod runbook;
+pub mod status;
 
 pub use checks::{Check, RecordedRows, Report, VerifyConfig};
 pub use config::{FailoverConfig, ServiceConfig};

@@ -4,7 +4,6 @@ pub mod drill;
 pub mod dump;
 pub mod failover;
 pub mod info;
-pub mod oplog;
 pub mod prune;
 pub mod restore;
 pub mod runbook;
