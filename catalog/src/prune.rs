@@ -578,3 +578,613 @@ impl fmt::Display for PruneReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::ops::Range;
+
+    use async_trait::async_trait;
+    use storage::manifest::{BackupManifest, BackupMetadata, put_manifest};
+    use storage::wal::{Lsn, TimelineId};
+    use storage::{Compression, ObjectMeta, ObjectReader, StorageError, object};
+    use testing::{Fault, Faulty, MemoryStorage, Op};
+
+    use super::*;
+    use crate::Reason;
+
+    const SEGMENT: u64 = 16 * 1024 * 1024;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Three nightly-ish base backups of cluster 1, oldest first: (id, WAL segment it spans,
+    /// hours since it finished). With the policy of [`options`] the oldest goes, the middle one
+    /// anchors the one-day PITR window and the newest is the newest.
+    const BACKUPS: [(&str, u32, u64); 3] =
+        [("a-oldest", 1, 72), ("b-anchor", 3, 48), ("c-newest", 5, 1)];
+
+    fn wal_key(seg: u32) -> String {
+        layout::wal_key(
+            1,
+            &WalFileName::Segment {
+                timeline: TimelineId(1),
+                log: 0,
+                seg,
+            },
+        )
+    }
+
+    fn history_key() -> String {
+        layout::wal_key(
+            1,
+            &WalFileName::History {
+                timeline: TimelineId(2),
+            },
+        )
+    }
+
+    async fn put_framed(storage: &dyn Storage, key: &str, data: &[u8]) {
+        let (_, framed) = object::encode(data, Compression::default()).expect("encode");
+        storage
+            .put_bytes(key, framed, PutMode::Create, Durability::Immediate)
+            .await
+            .expect("put");
+    }
+
+    /// A complete base backup spanning WAL segment `seg`, finished `hours_ago`, with one chunk
+    /// of its own in a pack of its own; returns that pack's key.
+    async fn put_backup(storage: &dyn Storage, id: &str, seg: u32, hours_ago: u64) -> String {
+        let chunks = testing::store_pack(storage, &[format!("the data of {id}")]).await;
+        let finished = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_hours(hours_ago as i64))
+            .expect("time");
+        let started = finished
+            .checked_sub(jiff::SignedDuration::from_secs(60))
+            .expect("time");
+        let start = Lsn(u64::from(seg) * SEGMENT + 40);
+        let stop = Lsn(u64::from(seg) * SEGMENT + 4000);
+        let manifest: BackupManifest = serde_json::from_value(serde_json::json!({
+            "format": 1, "backup_id": id, "service": "postgresql", "kind": "base",
+            "system_identifier": 1, "server_version": "17", "database": "postgres",
+            "timeline": 1, "start_lsn": start, "stop_lsn": stop, "start_wal": "",
+            "stop_wal": "", "segment_size": SEGMENT, "started_at": started,
+            "finished_at": finished, "block_size": 8192, "files": [], "bundle": chunks,
+            "backup_label": "", "row_counts": {}, "size_bytes": 10, "new_bytes": 10
+        }))
+        .expect("manifest");
+        put_manifest(
+            storage,
+            &layout::manifest_key(id),
+            &manifest.to_json(),
+            PutMode::Create,
+        )
+        .await
+        .expect("manifest stored");
+        // A label that the policy does not give: prune must write the one it decides.
+        let metadata: BackupMetadata = serde_json::from_value(serde_json::json!({
+            "backup_id": id, "service": "postgresql", "kind": "base", "retention": "12_months"
+        }))
+        .expect("metadata");
+        metadata.store(storage).await.expect("metadata stored");
+        layout::pack_key(&chunks[0].pack)
+    }
+
+    /// The repository of [`BACKUPS`], with WAL segments 1 to 6 and a timeline history file;
+    /// the pack of each backup, in the same order.
+    async fn repository(storage: &dyn Storage) -> Vec<String> {
+        let mut packs = Vec::new();
+        for (id, seg, hours_ago) in BACKUPS {
+            packs.push(put_backup(storage, id, seg, hours_ago).await);
+        }
+        for seg in 1..=6 {
+            put_framed(storage, &wal_key(seg), b"wal").await;
+        }
+        put_framed(
+            storage,
+            &history_key(),
+            b"1\t0/5000000\tno recovery target\n",
+        )
+        .await;
+        packs
+    }
+
+    fn options(dir: &Path) -> PruneOptions {
+        PruneOptions {
+            policy: RetentionPolicy {
+                daily: 1,
+                weekly: 0,
+                monthly: 0,
+                wal_days: 1,
+            },
+            time_zone: TimeZone::UTC,
+            dry_run: false,
+            grace: HOUR,
+            repack_unused_percent: 50,
+            host: "here".into(),
+            local_repository: None,
+            spool_dir: None,
+            logs_dir: Some(dir.join("logs")),
+        }
+    }
+
+    fn open_catalog(dir: &Path) -> Catalog {
+        Catalog::open(dir.join("catalog.db")).expect("catalog")
+    }
+
+    async fn run(
+        storage: &dyn Storage,
+        dir: &Path,
+        options: &PruneOptions,
+    ) -> Result<PruneReport, CatalogError> {
+        let mut catalog = open_catalog(dir);
+        prune(storage, &mut catalog, options, |_| {}).await
+    }
+
+    /// The backup's manifest reads back and every pack it names is there.
+    async fn assert_whole(storage: &MemoryStorage, id: &str) {
+        let manifest = BackupManifest::load(storage, id)
+            .await
+            .unwrap_or_else(|e| panic!("{id} lost its manifest: {e}"));
+        for chunk in manifest.chunks() {
+            let key = layout::pack_key(&chunk.pack);
+            assert!(storage.object(&key).is_some(), "{id} lost its pack {key}");
+        }
+        assert!(
+            storage.object(&layout::metadata_key(id)).is_some(),
+            "{id} lost its .metadata"
+        );
+    }
+
+    fn retention_label(storage: &MemoryStorage, id: &str) -> String {
+        let key = layout::metadata_key(id);
+        let bytes = storage.object(&key).expect("metadata");
+        BackupMetadata::from_json(&key, &bytes)
+            .expect("metadata parses")
+            .retention
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_what_the_policy_drops_in_order_and_keeps_the_rest_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = MemoryStorage::new();
+        let packs = repository(&storage).await;
+        let shown = Cell::new(0);
+        let mut catalog = open_catalog(dir.path());
+        let report = prune(&storage, &mut catalog, &options(dir.path()), |plan| {
+            shown.set(shown.get() + 1);
+            let deleted: Vec<_> = plan
+                .retention
+                .decisions
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.backup_id.as_str())
+                .collect();
+            assert_eq!(deleted, ["a-oldest"]);
+        })
+        .await
+        .expect("prune");
+        assert_eq!(shown.get(), 1, "the plan is shown once, before deleting");
+
+        let outcome = report.outcome.clone().expect("not a dry run");
+        assert_eq!((outcome.backups, outcome.wal_files), (1, 2));
+        assert!(storage.object(&layout::manifest_key("a-oldest")).is_none());
+        assert!(storage.object(&layout::metadata_key("a-oldest")).is_none());
+        for id in ["b-anchor", "c-newest"] {
+            assert_whole(&storage, id).await;
+            assert_eq!(retention_label(&storage, id), "7_days", "{id}");
+        }
+        assert!(storage.object(&wal_key(1)).is_none());
+        assert!(storage.object(&wal_key(2)).is_none());
+        for seg in 3..=6 {
+            assert!(storage.object(&wal_key(seg)).is_some(), "segment {seg}");
+        }
+        assert!(storage.object(&history_key()).is_some());
+        // The deleted backup's pack is unreferenced but only now: it waits out the grace.
+        assert!(storage.object(&packs[0]).is_some());
+        assert_eq!((outcome.packs_deleted, outcome.packs_waiting), (0, 1));
+        assert!(
+            storage.object(layout::PRUNE_LOCK_KEY).is_none(),
+            "lock kept"
+        );
+        // The catalog says what the repository holds after the prune.
+        let left: Vec<_> = catalog
+            .backups(None)
+            .expect("backups")
+            .into_iter()
+            .map(|b| b.backup_id)
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(!left.contains(&"a-oldest".to_string()));
+        assert_eq!(
+            report.to_string(),
+            "pruned: 1 backups, 2 WAL files, 0 packs deleted; 0 sparse packs repacked (0 MiB of \
+             live chunks copied); 1 unreferenced packs wait out the 1 h grace period\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pitr_window_keeps_the_wal_between_backups() {
+        // One day of PITR: from the backup that finished before the window (b) onwards, the
+        // segment between b and c included.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = MemoryStorage::new();
+        repository(&storage).await;
+        run(&storage, dir.path(), &options(dir.path()))
+            .await
+            .expect("prune");
+        assert!(
+            storage.object(&wal_key(4)).is_some(),
+            "the window's WAL went"
+        );
+
+        // No PITR window: only what the newest backup needs, from its start, stays.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = MemoryStorage::new();
+        repository(&storage).await;
+        let mut options = options(dir.path());
+        options.policy.wal_days = 0;
+        let report = run(&storage, dir.path(), &options).await.expect("prune");
+        let outcome = report.outcome.expect("not a dry run");
+        assert_eq!((outcome.backups, outcome.wal_files), (2, 4));
+        for seg in 1..=4 {
+            assert!(storage.object(&wal_key(seg)).is_none(), "segment {seg}");
+        }
+        assert!(storage.object(&wal_key(5)).is_some());
+        assert!(storage.object(&wal_key(6)).is_some());
+        assert!(storage.object(&history_key()).is_some());
+    }
+
+    #[tokio::test]
+    async fn wal_choice_keeps_each_range_of_its_cluster_and_every_history_file() {
+        let storage = MemoryStorage::new();
+        for seg in 1..=7 {
+            put_framed(&storage, &wal_key(seg), b"wal").await;
+        }
+        let other = layout::wal_key(
+            2,
+            &WalFileName::Segment {
+                timeline: TimelineId(1),
+                log: 0,
+                seg: 5,
+            },
+        );
+        put_framed(&storage, &other, b"wal").await;
+        put_framed(&storage, &history_key(), b"history").await;
+        let keep = [
+            // A kept backup: segment 3 only.
+            WalRange {
+                system_identifier: 1,
+                start_lsn: 3 * SEGMENT + 40,
+                end_lsn: Some(3 * SEGMENT + 4000),
+            },
+            // The PITR window: from segment 5 on.
+            WalRange {
+                system_identifier: 1,
+                start_lsn: 5 * SEGMENT + 40,
+                end_lsn: None,
+            },
+        ];
+        let mut doomed = wal_to_delete(&storage, &keep).await.expect("choice");
+        doomed.sort();
+        let mut expected = vec![wal_key(1), wal_key(2), wal_key(4), other];
+        expected.sort();
+        assert_eq!(doomed, expected);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lock_refuses_and_nothing_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = MemoryStorage::new();
+        repository(&storage).await;
+        let held = br#"{"host":"elsewhere","pid":1}"#.to_vec();
+        storage.set_object(layout::PRUNE_LOCK_KEY, held.clone());
+        let before: Vec<_> = storage
+            .keys()
+            .into_iter()
+            .map(|k| (storage.object(&k), k))
+            .collect();
+        let mut catalog = open_catalog(dir.path());
+        let shown = Cell::new(false);
+        let refused = prune(&storage, &mut catalog, &options(dir.path()), |_| {
+            shown.set(true)
+        })
+        .await;
+        let Err(e @ CatalogError::PruneLocked { .. }) = refused else {
+            panic!("a held lock did not refuse: {refused:?}");
+        };
+        let said = e.to_string();
+        assert!(said.starts_with("another prune holds prune/lock"), "{said}");
+        assert!(said.contains("elsewhere"), "{said}");
+        assert!(!shown.get(), "a refused prune showed a plan");
+        let after: Vec<_> = storage
+            .keys()
+            .into_iter()
+            .map(|k| (storage.object(&k), k))
+            .collect();
+        assert_eq!(after, before, "a refused prune changed the repository");
+    }
+
+    #[tokio::test]
+    async fn a_stale_lock_is_taken_over_and_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let memory = MemoryStorage::new();
+        repository(&memory).await;
+        memory.set_object(layout::PRUNE_LOCK_KEY, b"{\"host\":\"dead\"}".to_vec());
+        // Five hours is not stale yet.
+        let aged = Aged::new(memory.clone(), layout::PRUNE_LOCK_KEY, 5 * HOUR);
+        let refused = run(&aged, dir.path(), &options(dir.path())).await;
+        assert!(
+            matches!(refused, Err(CatalogError::PruneLocked { minutes: 300, .. })),
+            "{refused:?}"
+        );
+        let aged = Aged::new(memory.clone(), layout::PRUNE_LOCK_KEY, 7 * HOUR);
+        let report = run(&aged, dir.path(), &options(dir.path()))
+            .await
+            .expect("a stale lock is taken over");
+        assert_eq!(report.outcome.map(|o| o.backups), Some(1));
+        assert!(memory.object(layout::PRUNE_LOCK_KEY).is_none(), "lock kept");
+    }
+
+    #[tokio::test]
+    async fn a_failure_deleting_wal_leaves_every_kept_backup_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let memory = MemoryStorage::new();
+        let packs = repository(&memory).await;
+        let faulty = Faulty::builder(memory.clone())
+            .fail_under(Op::Delete, layout::WAL_PREFIX, Fault::Rejected)
+            .build();
+        let failed = run(&faulty, dir.path(), &options(dir.path())).await;
+        assert!(
+            matches!(
+                failed,
+                Err(CatalogError::Repository(StorageError::Rejected { .. }))
+            ),
+            "{failed:?}"
+        );
+        assert!(faulty.injected() > 0);
+        // The dropped backup went first, as a whole: manifest and metadata.
+        assert!(memory.object(&layout::manifest_key("a-oldest")).is_none());
+        assert!(memory.object(&layout::metadata_key("a-oldest")).is_none());
+        // Nothing after the WAL step ran: every segment and every pack is still there.
+        for seg in 1..=6 {
+            assert!(memory.object(&wal_key(seg)).is_some(), "segment {seg}");
+        }
+        for pack in &packs {
+            assert!(memory.object(pack).is_some(), "{pack}");
+        }
+        assert!(memory.object(layout::PRUNE_PENDING_KEY).is_none());
+        for id in ["b-anchor", "c-newest"] {
+            assert_whole(&memory, id).await;
+        }
+        assert!(memory.object(layout::PRUNE_LOCK_KEY).is_none(), "lock kept");
+    }
+
+    #[tokio::test]
+    async fn a_backup_a_restore_holds_is_kept_with_all_wal_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = MemoryStorage::new();
+        repository(&storage).await;
+        storage::lease::take(&storage, "a-oldest", "restorer-7").await;
+        let mut catalog = open_catalog(dir.path());
+        let report = prune(&storage, &mut catalog, &options(dir.path()), |_| {})
+            .await
+            .expect("prune");
+        let a = &report.plan.retention.decisions[0];
+        assert_eq!(a.backup_id, "a-oldest");
+        assert!(a.keep && a.reasons.contains(&Reason::InUse), "{a:?}");
+        assert_eq!(
+            report.outcome.map(|o| (o.backups, o.wal_files)),
+            Some((0, 0))
+        );
+        assert_whole(&storage, "a-oldest").await;
+        for seg in 1..=6 {
+            assert!(storage.object(&wal_key(seg)).is_some(), "segment {seg}");
+        }
+
+        // A lease past its lifetime protects nothing.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let memory = MemoryStorage::new();
+        repository(&memory).await;
+        storage::lease::take(&memory, "a-oldest", "restorer-7").await;
+        let aged = Aged::new(memory.clone(), layout::LEASES_PREFIX, 25 * HOUR);
+        let report = run(&aged, dir.path(), &options(dir.path()))
+            .await
+            .expect("prune");
+        assert_eq!(report.outcome.map(|o| o.backups), Some(1));
+        assert!(memory.object(&layout::manifest_key("a-oldest")).is_none());
+    }
+
+    #[tokio::test]
+    async fn young_unreferenced_packs_stay_until_the_grace_period_is_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = MemoryStorage::new();
+        let packs = repository(&storage).await;
+        let options = options(dir.path());
+        // The first prune finds the pack unreferenced; the second, within the hour, keeps it.
+        for round in 0..2 {
+            let report = run(&storage, dir.path(), &options).await.expect("prune");
+            let outcome = report.outcome.expect("not a dry run");
+            assert_eq!(outcome.packs_deleted, 0, "round {round}");
+            assert_eq!(outcome.packs_waiting, 1, "round {round}");
+            assert!(storage.object(&packs[0]).is_some(), "round {round}");
+        }
+        // Past the grace period (here: none), it goes; the kept backups' packs stay.
+        let done = PruneOptions {
+            grace: Duration::ZERO,
+            ..options
+        };
+        let report = run(&storage, dir.path(), &done).await.expect("prune");
+        assert_eq!(report.outcome.map(|o| o.packs_deleted), Some(1));
+        assert!(storage.object(&packs[0]).is_none());
+        assert!(storage.object(&packs[1]).is_some());
+        assert!(storage.object(&packs[2]).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_shows_the_plan_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = MemoryStorage::new();
+        repository(&storage).await;
+        let spool = dir.path().join("spool");
+        std::fs::create_dir_all(&spool).expect("spool");
+        let leftover = spool.join("000000010000000000000007.partial.4242");
+        std::fs::write(&leftover, b"half a segment").expect("leftover");
+        std::fs::File::options()
+            .write(true)
+            .open(&leftover)
+            .and_then(|f| f.set_modified(SystemTime::now() - 2 * HOUR))
+            .expect("age the leftover");
+        let before = storage.keys();
+        let options = PruneOptions {
+            dry_run: true,
+            spool_dir: Some(spool),
+            ..options(dir.path())
+        };
+        let mut catalog = open_catalog(dir.path());
+        let text = std::cell::RefCell::new(String::new());
+        let report = prune(&storage, &mut catalog, &options, |plan| {
+            *text.borrow_mut() = plan.to_string();
+        })
+        .await
+        .expect("dry run");
+        assert_eq!(storage.keys(), before, "a dry run changed the repository");
+        assert!(report.outcome.is_none());
+        assert!(leftover.exists(), "a dry run removed a file");
+        let text = text.into_inner();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some(
+                "retention: 1 daily, 0 weekly, 0 monthly, WAL for 1 days (dry run: nothing is deleted)"
+            )
+        );
+        assert_eq!(
+            lines.next(),
+            Some(
+                "backup                       service    kind  finished (UTC)       action  reasons"
+            )
+        );
+        let a = lines.next().expect("a row");
+        assert!(
+            a.starts_with("a-oldest ") && a.ends_with("  delete  outside the policy"),
+            "{a}"
+        );
+        let json = report.plan.to_json();
+        assert_eq!(json["dry_run"], true);
+        assert_eq!(json["backups"][0]["keep"], false);
+        assert_eq!(json["backups"][1]["reasons"][0], "start of the PITR window");
+        assert_eq!(json["backups"][2]["retention"], "7_days");
+        assert_eq!(
+            json["wal_keep"][0]["from_lsn"],
+            Lsn(3 * SEGMENT + 40).to_string()
+        );
+        let said = report.housekeeping.expect("housekeeping");
+        assert!(
+            said[0].starts_with("would remove 1 temporary files left by interrupted runs"),
+            "{said:?}"
+        );
+    }
+
+    #[test]
+    fn expired_logs_are_old_operation_logs_and_drill_reports_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path();
+        let long_ago = SystemTime::now() - 800 * 24 * HOUR;
+        for name in ["backup_1.log", "drill_1.json", "notes.txt", "fresh.log"] {
+            std::fs::write(logs.join(name), b"x").expect("write");
+            if name != "fresh.log" {
+                std::fs::File::options()
+                    .write(true)
+                    .open(logs.join(name))
+                    .and_then(|f| f.set_modified(long_ago))
+                    .expect("age");
+            }
+        }
+        std::os::unix::fs::symlink(logs.join("backup_1.log"), logs.join("link.log")).expect("link");
+        let cutoff = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_hours(24 * 365))
+            .expect("cutoff");
+        let expired = expired_logs(logs, cutoff).expect("logs");
+        assert_eq!(
+            expired,
+            [logs.join("backup_1.log"), logs.join("drill_1.json")]
+        );
+        assert!(
+            expired_logs(&logs.join("missing"), cutoff)
+                .expect("no logs")
+                .is_empty()
+        );
+    }
+
+    /// Objects under `prefix` as if written `age` ago: what a test cannot wait for.
+    #[derive(Debug)]
+    struct Aged<S> {
+        inner: S,
+        prefix: &'static str,
+        age: Duration,
+    }
+
+    impl<S> Aged<S> {
+        fn new(inner: S, prefix: &'static str, age: Duration) -> Self {
+            Aged { inner, prefix, age }
+        }
+
+        fn age(&self, mut meta: ObjectMeta) -> ObjectMeta {
+            if meta.key.starts_with(self.prefix) {
+                meta.last_modified -= self.age;
+            }
+            meta
+        }
+    }
+
+    #[async_trait]
+    impl<S: Storage> Storage for Aged<S> {
+        async fn put_stream(
+            &self,
+            key: &str,
+            payload: ObjectReader,
+            mode: PutMode,
+            durability: Durability,
+        ) -> Result<(), StorageError> {
+            self.inner.put_stream(key, payload, mode, durability).await
+        }
+
+        async fn put_bytes(
+            &self,
+            key: &str,
+            bytes: Vec<u8>,
+            mode: PutMode,
+            durability: Durability,
+        ) -> Result<(), StorageError> {
+            self.inner.put_bytes(key, bytes, mode, durability).await
+        }
+
+        async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError> {
+            self.inner.get_stream(key).await
+        }
+
+        async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StorageError> {
+            self.inner.get_range(key, range).await
+        }
+
+        async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+            self.inner.head(key).await.map(|m| self.age(m))
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+            let listed = self.inner.list(prefix).await?;
+            Ok(listed.into_iter().map(|m| self.age(m)).collect())
+        }
+
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+
+        async fn sync(&self) -> Result<(), StorageError> {
+            self.inner.sync().await
+        }
+
+        fn describe(&self) -> String {
+            format!("aged({})", self.inner.describe())
+        }
+    }
+}
