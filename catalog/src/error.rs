@@ -33,6 +33,43 @@ pub enum CatalogError {
     /// Reading or writing the repository failed; the storage error names the object.
     #[error(transparent)]
     Repository(#[from] storage::StorageError),
+    /// One step of a longer operation failed: the step, then why.
+    #[error("{action}")]
+    During {
+        action: &'static str,
+        #[source]
+        source: Box<CatalogError>,
+    },
+    #[error(
+        "another prune holds {key} ({holder}, {minutes} min ago): wait for it to finish; if it died, delete that object from the repository (it is taken over after 6 h)"
+    )]
+    PruneLocked {
+        key: &'static str,
+        /// What the holder wrote in the lock (host, process, when).
+        holder: String,
+        minutes: u64,
+    },
+    /// A file on this host (not in the repository) could not be read or removed.
+    #[error("{action} {}", path.display())]
+    LocalFile {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task died (panicked or was cancelled) before it could answer.
+    #[error("{task} stopped before it finished: {reason}")]
+    TaskFailed { task: &'static str, reason: String },
+}
+
+impl CatalogError {
+    /// `source`, as the failure of the step `action`.
+    pub fn during(action: &'static str, source: CatalogError) -> Self {
+        CatalogError::During {
+            action,
+            source: Box::new(source),
+        }
+    }
 }
 
 pub(crate) trait QueryContext<T> {

@@ -109,21 +109,12 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "host".into())
 }
 
-/// Tell `prune` that a restore is using `backup_id` (for a day: recovery goes on fetching WAL
-/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
+/// Tell `prune` that a restore is using `backup_id` (see `storage::lease`); only warns.
 pub async fn take_lease(storage: &dyn storage::Storage, backup_id: &str) {
-    let holder = format!("{}-{}", host_name(), std::process::id());
-    let key = storage::layout::lease_key(backup_id, &holder);
-    let body = serde_json::json!({ "backup_id": backup_id, "taken_at": jiff::Timestamp::now() });
-    let written = storage
-        .put_bytes(
-            &key,
-            serde_json::to_vec(&body).unwrap_or_default(),
-            storage::PutMode::Overwrite,
-            storage::Durability::Immediate,
-        )
-        .await;
-    if let Err(e) = written {
-        tracing::warn!("no lease on {backup_id} ({e}): a prune meanwhile could remove it");
-    }
+    storage::lease::take(
+        storage,
+        backup_id,
+        &format!("{}-{}", host_name(), std::process::id()),
+    )
+    .await;
 }

@@ -16,6 +16,7 @@ pub mod chunking;
 pub mod conformance;
 mod error;
 pub mod layout;
+pub mod lease;
 pub mod leftovers;
 mod local;
 pub mod manifest;
