@@ -409,15 +409,21 @@ impl Settings {
         self.pg_bin_dir.clone().unwrap_or_else(newest_pg_bin)
     }
 
+    /// Where `wal fetch` spools, whether or not prefetch is on now (an earlier run may have
+    /// left files there).
+    pub fn spool_dir(&self) -> Option<PathBuf> {
+        self.prefetch
+            .spool_dir
+            .clone()
+            .or_else(|| self.backup_dir.as_ref().map(|d| d.join("spool")))
+    }
+
     /// The `wal fetch` read-ahead spool, when prefetch is on and there is a place for it.
     pub fn spool(&self) -> Option<restore::Spool> {
         if self.prefetch.segments == 0 {
             return None;
         }
-        let root = match &self.prefetch.spool_dir {
-            Some(dir) => dir.clone(),
-            None => self.backup_dir.as_ref()?.join("spool"),
-        };
+        let root = self.spool_dir()?;
         Some(restore::Spool::new(
             root,
             self.prefetch.segments,

@@ -36,11 +36,7 @@ pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
             .backup_dir
             .clone()
             .filter(|_| settings.s3.is_none()),
-        spool_dir: settings
-            .prefetch
-            .spool_dir
-            .clone()
-            .or_else(|| settings.backup_dir.as_ref().map(|d| d.join("spool"))),
+        spool_dir: settings.spool_dir(),
         logs_dir: settings.backup_dir().ok().map(|d| d.join("logs")),
     };
     let show_plan = |plan: &PrunePlan| {

@@ -31,7 +31,7 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
                 "{} temporary files left by interrupted runs ({} MiB), removed by prune after \
                  the grace period",
                 report.temporary_files,
-                mib(report.temporary_bytes)
+                catalog::listing::mib(report.temporary_bytes)
             );
         }
         println!(
@@ -88,28 +88,13 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
 /// Temporary files that killed writers left in the local repository and the `wal fetch`
 /// spool. An S3 repository has none to count (interrupted uploads are the bucket's to expire);
 /// its local spool still does.
-pub fn leftovers(settings: &Settings) -> Result<Vec<storage::leftovers::Leftover>> {
+fn leftovers(settings: &Settings) -> Result<Vec<storage::leftovers::Leftover>> {
     let repository = if settings.s3.is_none() {
         settings.backup_dir.as_deref()
     } else {
         None
     };
-    let spool = spool_dir(settings);
+    let spool = settings.spool_dir();
     storage::leftovers::find_all(repository, spool.as_deref(), std::time::SystemTime::now())
         .context("look for temporary files left by interrupted runs")
-}
-
-/// Where `wal fetch` spools, whether or not prefetch is on now (an earlier run may have
-/// left files there).
-fn spool_dir(settings: &Settings) -> Option<std::path::PathBuf> {
-    settings
-        .prefetch
-        .spool_dir
-        .clone()
-        .or_else(|| settings.backup_dir.as_ref().map(|d| d.join("spool")))
-}
-
-/// Bytes as MiB with one decimal, so that a few KiB of leftovers do not read as 0.
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
 }
