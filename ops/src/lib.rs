@@ -1,11 +1,14 @@
 //! Operations: what the on-call engineer drives on the day of an incident. Failover steps
 //! against PostgreSQL, restart commands and health URLs, the connection file, post-recovery
-//! checks, the incident runbook and notifications. The binary composes these with the
-//! restore crate; nothing here reads or writes the repository.
+//! checks, the incident runbook and notifications.
+//!
+//! [`drill`] orchestrates a restore rehearsal with the restore and catalog crates: it reads the
+//! repository and writes only the drill's verdict into it (the backup's `.metadata`).
 
 pub mod checks;
 mod config;
 pub mod connfile;
+pub mod drill;
 mod error;
 mod http;
 pub mod notify;
@@ -15,6 +18,6 @@ pub mod runbook;
 
 pub use checks::{Check, RecordedRows, Report, VerifyConfig};
 pub use config::{FailoverConfig, ServiceConfig};
-pub use error::OpsError;
+pub use error::{DrillError, OpsError};
 pub use notify::{Event, Notifier, NotifyConfig};
 pub use runbook::Runbook;
