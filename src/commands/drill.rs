@@ -40,7 +40,7 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
     }
     let storage = settings.repository().await?;
     let (sysid, segment_size, backups) =
-        super::restore::cluster_backups(settings, storage.as_ref()).await?;
+        restore::cluster_backups(storage.as_ref(), &settings.open_catalog()?).await?;
     let Some(backup) = backups
         .iter()
         .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
@@ -234,14 +234,11 @@ async fn rehearse(
     let data_dir = scratch.join("data");
     progress.set_message(format!("restoring {}", backup.backup_id));
     tracing::info!(backup = %backup.backup_id, scratch = %scratch.display(), "drill: restoring the backup");
-    let manifest = super::restore::restore_backup(
+    let options = super::restore::postgres_options(
         settings,
-        storage,
         backup,
-        &restore::RecoveryTarget::Immediate,
-        &data_dir,
         true,
-        &super::restore::RestoreChoices {
+        restore::RestoreChoices {
             tablespaces: restore::TablespaceMapping {
                 each: Vec::new(),
                 all: Some(scratch.join("tablespaces")),
@@ -249,8 +246,18 @@ async fn rehearse(
             ..Default::default()
         },
     )
+    .context("the restore failed")?;
+    let restored = restore::restore_backup(
+        storage,
+        backup,
+        &restore::RecoveryTarget::Immediate,
+        &data_dir,
+        &options,
+    )
     .await
     .context("the restore failed")?;
+    println!("{restored}");
+    let manifest = restored.manifest;
 
     let port = free_port()?;
     let os_user = os_user()?;
