@@ -100,11 +100,11 @@ pub enum DrillError {
         value: String,
         problem: String,
     },
-    /// The repository's cluster and backups could not be read (the restore flow's words).
-    #[error(transparent)]
-    Cluster(Box<dyn std::error::Error + Send + Sync>),
     #[error("the restore failed")]
-    RestoreFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
+    RestoreFailed(#[source] restore::RestoreError),
+    /// The caller could not say how to restore (how WAL is fetched, from where).
+    #[error("the restore failed")]
+    RestoreSettings(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("connect to the promoted scratch server")]
     PromotedUnreachable(#[source] Box<OpsError>),
     #[error("the promoted server did not take a write")]

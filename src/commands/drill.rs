@@ -1,12 +1,10 @@
 //! `lifeline drill`: a restore rehearsal that proves the newest backup restorable
 //! (`ops::drill`); a failed one is announced.
 
-use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Result;
-use ops::drill::{BoxError, DrillOptions, DrillOutcome, RestoreFlow};
+use ops::drill::{DrillOptions, DrillOutcome};
 
 use crate::config::Settings;
 
@@ -37,7 +35,11 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         reports_dir: settings.backup_dir().ok().map(|d| d.join("logs")),
     };
     let progress = super::spinner("drill");
-    let outcome = ops::drill::drill(&options, storage, &Flow(settings), &|step| {
+    let restore_settings = |backup: &catalog::BackupRecord| {
+        super::restore::postgres_options(settings, backup, true, Default::default())
+            .map_err(Into::into)
+    };
+    let outcome = ops::drill::drill(&options, storage, &restore_settings, &|step| {
         progress.set_message(step.to_string())
     })
     .await;
@@ -49,6 +51,9 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
+    if let Some(restored) = &report.restored {
+        println!("{restored}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
     } else {
@@ -67,34 +72,4 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
     );
     super::notify(settings, "drill", false, &summary, &report.to_string()).await;
     Ok(ExitCode::FAILURE)
-}
-
-/// The restore command's flow, for the drill.
-struct Flow<'a>(&'a Settings);
-
-impl RestoreFlow for Flow<'_> {
-    async fn cluster_backups(
-        &self,
-        storage: &dyn storage::Storage,
-    ) -> Result<(u64, u64, Vec<catalog::BackupRecord>), BoxError> {
-        Ok(super::restore::cluster_backups(self.0, storage).await?)
-    }
-
-    async fn restore_backup(
-        &self,
-        storage: Arc<dyn storage::Storage>,
-        backup: &catalog::BackupRecord,
-        recovery: &restore::RecoveryTarget,
-        data_dir: &Path,
-        tablespaces: restore::TablespaceMapping,
-    ) -> Result<storage::manifest::BackupManifest, BoxError> {
-        let choices = super::restore::RestoreChoices {
-            tablespaces,
-            ..Default::default()
-        };
-        let restored = super::restore::restore_backup(
-            self.0, storage, backup, recovery, data_dir, true, &choices,
-        );
-        Ok(restored.await?)
-    }
 }

@@ -57,7 +57,7 @@ pub enum DrillOutcome {
     Simulated {
         backup_id: String,
     },
-    Done(DrillReport),
+    Done(Box<DrillReport>),
 }
 
 impl std::fmt::Display for DrillOutcome {
@@ -74,25 +74,11 @@ impl std::fmt::Display for DrillOutcome {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The restore steps a drill runs, from the caller.
-pub trait RestoreFlow {
-    /// The repository's cluster (system identifier, segment size) and its PostgreSQL backups.
-    fn cluster_backups(
-        &self,
-        storage: &dyn Storage,
-    ) -> impl Future<Output = Result<(u64, u64, Vec<BackupRecord>), BoxError>>;
-
-    /// `backup` verified and restored into `data_dir`, to recover to `recovery` when started,
-    /// its tablespaces laid out by `tablespaces`.
-    fn restore_backup(
-        &self,
-        storage: Arc<dyn Storage>,
-        backup: &BackupRecord,
-        recovery: &restore::RecoveryTarget,
-        data_dir: &Path,
-        tablespaces: restore::TablespaceMapping,
-    ) -> impl Future<Output = Result<BackupManifest, BoxError>>;
-}
+/// How the chosen backup is restored: how recovery fetches WAL (the lifeline binary's own
+/// `wal fetch`, which only the caller can name), the spool, parallelism. The drill sets the
+/// layout (tablespaces inside the scratch directory) and always verifies first.
+pub type RestoreSettings<'a> =
+    &'a dyn Fn(&BackupRecord) -> Result<restore::PostgresRestoreOptions, BoxError>;
 
 /// PostgreSQL will not run as root; checked before anything else.
 pub fn refuse_root() -> Result<(), DrillError> {
@@ -108,14 +94,15 @@ pub fn refuse_root() -> Result<(), DrillError> {
 pub async fn drill(
     options: &DrillOptions,
     storage: Arc<dyn Storage>,
-    flow: &impl RestoreFlow,
+    restore_settings: RestoreSettings<'_>,
     progress: &dyn Fn(&str),
 ) -> Result<DrillOutcome, DrillError> {
     refuse_root()?;
-    let (sysid, segment_size, backups) = flow
-        .cluster_backups(storage.as_ref())
-        .await
-        .map_err(DrillError::Cluster)?;
+    let catalog_path = options.catalog_path.clone();
+    let catalog = blocking("catalog read", move || open_catalog(&catalog_path)).await?;
+    let listing = restore::cluster_backups(storage.as_ref(), &catalog);
+    drop(catalog);
+    let (sysid, segment_size, backups) = listing.await?;
     let Some(backup) = backups
         .iter()
         .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
@@ -149,16 +136,16 @@ pub async fn drill(
     let started_at = jiff::Timestamp::now();
     let started = Instant::now();
     let mut server = None;
+    let mut restored = None;
     let outcome = rehearse(
         options,
         storage.clone(),
-        flow,
+        restore_settings,
         (sysid, segment_size),
         &backup,
-        scratch.path(),
-        &socket_dir.path,
+        (scratch.path(), &socket_dir.path),
         progress,
-        &mut server,
+        (&mut restored, &mut server),
     )
     .await;
     let rto = started.elapsed();
@@ -199,6 +186,7 @@ pub async fn drill(
         rto,
         rpo,
         checks,
+        restored,
         kept: None,
     };
     verdict::record_verdict(storage.as_ref(), &options.catalog_path, &report).await?;
@@ -213,11 +201,12 @@ pub async fn drill(
         })
         .await?;
     }
-    Ok(DrillOutcome::Done(report))
+    Ok(DrillOutcome::Done(Box::new(report)))
 }
 
-/// Restore, then recover in two phases, each checked. The server, once started, is left in
-/// `server` so that the caller stops it whatever happened.
+/// Restore, then recover in two phases, each checked. The restore's line is left in
+/// `restored`, and the server, once started, in `server`, so that the caller reports the one
+/// and stops the other whatever happened.
 ///
 /// 1. Recovery stops at the backup's consistent point and pauses there in hot standby: the
 ///    row counts are read where the backup's record was taken, so changes made since the backup
@@ -229,13 +218,12 @@ pub async fn drill(
 async fn rehearse(
     options: &DrillOptions,
     storage: Arc<dyn Storage>,
-    flow: &impl RestoreFlow,
+    restore_settings: RestoreSettings<'_>,
     cluster: (u64, u64),
     backup: &BackupRecord,
-    scratch: &Path,
-    socket_dir: &Path,
+    (scratch, socket_dir): (&Path, &Path),
     progress: &dyn Fn(&str),
-    server: &mut Option<ScratchServer>,
+    (restored, server): (&mut Option<String>, &mut Option<ScratchServer>),
 ) -> Result<Report, DrillError> {
     let (sysid, segment_size) = cluster;
     // The archive must carry the backup to its end, or phase 2 would stop early in silence.
@@ -261,19 +249,26 @@ async fn rehearse(
     let data_dir = scratch.join("data");
     progress(&format!("restoring {}", backup.backup_id));
     tracing::info!(backup = %backup.backup_id, scratch = %scratch.display(), "drill: restoring the backup");
-    let manifest = flow
-        .restore_backup(
-            storage,
-            backup,
-            &restore::RecoveryTarget::Immediate,
-            &data_dir,
-            restore::TablespaceMapping {
-                each: Vec::new(),
-                all: Some(scratch.join("tablespaces")),
-            },
-        )
-        .await
-        .map_err(DrillError::RestoreFailed)?;
+    let mut restore_options = restore_settings(backup).map_err(DrillError::RestoreSettings)?;
+    restore_options.verify_first = true;
+    restore_options.choices = restore::RestoreChoices {
+        tablespaces: restore::TablespaceMapping {
+            each: Vec::new(),
+            all: Some(scratch.join("tablespaces")),
+        },
+        ..Default::default()
+    };
+    let done = restore::restore_backup(
+        storage,
+        backup,
+        &restore::RecoveryTarget::Immediate,
+        &data_dir,
+        &restore_options,
+    )
+    .await
+    .map_err(DrillError::RestoreFailed)?;
+    *restored = Some(done.to_string());
+    let manifest = done.manifest;
 
     let port = server::free_port()?;
     let os_user = access::os_user().await?;

@@ -49,6 +49,9 @@ pub struct DrillReport {
     pub rpo: Option<NewestWal>,
     /// The checks of the scratch server, when the rehearsal got that far.
     pub checks: Option<Report>,
+    /// The restore's own line (what was restored, how much, how fast), when it got that far;
+    /// not part of the report's text.
+    pub restored: Option<String>,
     /// The scratch directory, when kept for inspection (its server stopped).
     pub kept: Option<PathBuf>,
 }
