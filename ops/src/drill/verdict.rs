@@ -158,3 +158,69 @@ pub(super) fn store_report(dir: &Path, report: &serde_json::Value) {
         tracing::warn!("drill report not stored in {}: {e}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Check;
+
+    fn report(verdict: Verdict, reason: &str) -> DrillReport {
+        DrillReport {
+            backup_id: "b1".into(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            verdict,
+            reason: reason.into(),
+            rto: Duration::from_millis(12_340),
+            rpo: None,
+            checks: None,
+            restored: None,
+            kept: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_drill_says_why_with_its_rto_and_rpo() {
+        let failed = report(Verdict::Failed, "the restore failed: a chunk is missing");
+        assert_eq!(
+            failed.to_string(),
+            "drill of b1: FAILED (the restore failed: a chunk is missing)\n\
+             RTO measured: 12.3 s from the start to a verified, promoted server\n\
+             RPO now: unknown (no archived WAL in the catalog)\n"
+        );
+        let json = failed.json();
+        assert_eq!(json["result"], "FAILED");
+        assert_eq!(json["reason"], "the restore failed: a chunk is missing");
+        assert!(json["checks"].is_null() && json["scratch_dir"].is_null());
+    }
+
+    #[test]
+    fn a_verified_drill_lists_its_checks_and_has_no_reason() {
+        let mut verified = report(Verdict::Verified, "");
+        verified.rpo = Some(NewestWal {
+            name: "000000010000000000000003".into(),
+            age: Duration::from_secs(42),
+        });
+        let mut checks = Report::new("drill", "scratch server");
+        checks
+            .checks
+            .push(Check::pass("write", "write OK at 0/3000000"));
+        verified.checks = Some(checks);
+        verified.kept = Some(PathBuf::from("/tmp/lifeline-drill-x"));
+        let text = verified.to_string();
+        assert!(
+            text.starts_with("[PASS] write: write OK at 0/3000000\n"),
+            "{text}"
+        );
+        assert!(text.contains("drill of b1: VERIFIED\n"), "{text}");
+        assert!(
+            text.ends_with("RPO now: 42 s (newest archived WAL 000000010000000000000003)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("lifeline-drill-x"), "{text}");
+        let json = verified.json();
+        assert!(json["reason"].is_null());
+        assert_eq!(json["rpo_seconds"], 42.0);
+        assert_eq!(json["scratch_dir"], "/tmp/lifeline-drill-x");
+        assert_eq!(json["checks"]["result"], "PASS");
+    }
+}
