@@ -2,6 +2,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum OpsError {
+    #[error(transparent)]
+    Drill(#[from] DrillError),
     #[error("{source_name} is not a valid runbook:\n  {}", problems.join("\n  "))]
     Runbook {
         source_name: String,
@@ -22,4 +24,96 @@ pub enum OpsError {
     Catalog(#[from] catalog::CatalogError),
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+}
+
+/// Why a restore drill could not run or could not finish. Inside the rehearsal (restore,
+/// recovery, checks) it becomes the FAILED verdict, with the whole chain as its reason.
+#[derive(Debug, Error)]
+pub enum DrillError {
+    #[error(
+        "PostgreSQL will not run as root: run the drill as the database's owner (runuser -u postgres -- lifeline drill ...)"
+    )]
+    AsRoot,
+    #[error(
+        "the catalog lists no complete base backup to rehearse: run `lifeline backup postgres`"
+    )]
+    NoBaseBackup,
+    /// A local file, directory or program the drill needs; `doing` names it.
+    #[error("{doing}")]
+    Io {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal error: the {what} stopped unexpectedly")]
+    TaskFailed {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("open the catalog {}", path.display())]
+    OpenCatalog {
+        path: std::path::PathBuf,
+        #[source]
+        source: catalog::CatalogError,
+    },
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("record the verdict in {backup_id}'s .metadata")]
+    RecordVerdict {
+        backup_id: String,
+        #[source]
+        source: catalog::CatalogError,
+    },
+    #[error(transparent)]
+    Restore(#[from] restore::RestoreError),
+    #[error("the archive cannot carry the backup to its end")]
+    ArchiveShort(#[source] restore::RestoreError),
+    #[error(
+        "`id -un` did not name the OS user the drill runs as ({stderr}): run the drill as a user with a name (e.g. postgres)"
+    )]
+    NoOsUser { stderr: String },
+    #[error(
+        "the user name {0:?} cannot be written in pg_hba.conf: run the drill as a plainly named user (e.g. postgres)"
+    )]
+    UnwritableUserName(String),
+    #[error(
+        "{} is not valid UTF-8, which PostgreSQL's configuration cannot name: set drill-dir to a plain path",
+        .0.display()
+    )]
+    NotUtf8(std::path::PathBuf),
+    #[error(
+        "no socket directory short enough for the scratch server: set drill-dir to a short path (at most {max} bytes)"
+    )]
+    NoSocketDir { max: usize },
+    #[error("the scratch server did not start: {stderr} {log}")]
+    ServerDidNotStart { stderr: String, log: String },
+    #[error("the scratch server stopped before {what}: {log}")]
+    ServerStopped { what: &'static str, log: String },
+    #[error("the scratch server did not reach {what} within {seconds} s ({last}): {log}")]
+    RecoveryTimedOut {
+        what: &'static str,
+        seconds: u64,
+        last: String,
+        log: String,
+    },
+    #[error("the paused scratch server did not stop: {stderr}")]
+    PausedServerDidNotStop { stderr: String },
+    /// `server` is "paused" or "promoted", `what` the position it was asked for.
+    #[error("the {server} server reported the {what} {value:?}: {problem}")]
+    BadPosition {
+        server: &'static str,
+        what: &'static str,
+        value: String,
+        problem: String,
+    },
+    #[error("the restore failed")]
+    RestoreFailed(#[source] restore::RestoreError),
+    /// The caller could not say how to restore (how WAL is fetched, from where).
+    #[error("the restore failed")]
+    RestoreSettings(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("connect to the promoted scratch server")]
+    PromotedUnreachable(#[source] Box<OpsError>),
+    #[error("the promoted server did not take a write")]
+    WriteRefused(#[source] Box<OpsError>),
 }

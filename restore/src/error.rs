@@ -23,6 +23,27 @@ pub enum RestoreError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// `--until` names a local time that the clock skips (a daylight-saving change).
+    #[error("--until {text:?} does not exist in the local time zone")]
+    NotLocalTime {
+        text: String,
+        #[source]
+        source: jiff::Error,
+    },
+    #[error("read the manifest of {backup_id}")]
+    ReadManifest {
+        backup_id: String,
+        #[source]
+        source: Box<RestoreError>,
+    },
+    /// A restore of `what` (a backup id or a file) into `into` failed.
+    #[error("restore {what} into {}", into.display())]
+    RestoreInto {
+        what: String,
+        into: PathBuf,
+        #[source]
+        source: Box<RestoreError>,
+    },
     /// Stopped by a signal (Ctrl-C, SIGTERM, a lost terminal); everything written was removed.
     #[error("interrupted: every worker was stopped and everything this restore wrote was removed")]
     Interrupted,

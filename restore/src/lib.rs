@@ -4,6 +4,8 @@
 //!   [`Spool`] reads the following segments ahead for it.
 //! - [`select_backup`], [`plan_pitr`]: which backup to restore, and whether the archive can
 //!   carry it to the target; every check runs before anything is written.
+//! - [`plan_restore`], [`restore_backup`]: a PostgreSQL restore as the operator asks for it,
+//!   planned, then restored under a lease.
 //! - [`restore_base`]: put a base backup into a data directory, ready to recover when started.
 //! - [`restore_redis`]: put a Redis backup's files where a redis-server started there loads them.
 //! - [`verify_repository`]: check that every backup's chunks and WAL are there and intact.
@@ -11,6 +13,7 @@
 mod error;
 mod pitr;
 mod places;
+mod postgres;
 mod prefetch;
 mod restore_base;
 mod restore_dump;
@@ -26,6 +29,10 @@ pub use error::RestoreError;
 pub use pitr::{
     BackupWal, PitrPlan, TargetTimeline, WalChains, WalGap, archived_wal, check_wal_chains,
     confirm_target_reachable, plan_end_of_archive, plan_pitr, timeline_histories, wal_records,
+};
+pub use postgres::{
+    PostgresRestoreOptions, RestoreChoices, RestorePlan, RestoreRequest, RestoredBackup,
+    cluster_backups, parse_until, plan_restore, restore_backup,
 };
 pub use prefetch::{PrefetchReport, Spool};
 pub use restore_base::{

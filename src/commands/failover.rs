@@ -310,15 +310,12 @@ async fn restore_from_repository(
         backup.backup_id,
         data_dir.display()
     )) {
-        super::restore::restore_backup(
+        let options = super::restore::postgres_options(
             settings,
-            storage,
             backup,
-            &restore::RecoveryTarget::EndOfArchive,
-            &data_dir,
             true,
             // The restore makes the new primary: it archives as the old one did.
-            &super::restore::RestoreChoices {
+            restore::RestoreChoices {
                 tablespaces: restore::TablespaceMapping {
                     each: settings
                         .ops
@@ -333,8 +330,16 @@ async fn restore_from_repository(
                 archive_mode: restore::ArchiveMode::Preserve,
                 ..Default::default()
             },
+        )?;
+        let restored = restore::restore_backup(
+            storage,
+            backup,
+            &restore::RecoveryTarget::EndOfArchive,
+            &data_dir,
+            &options,
         )
         .await?;
+        println!("{restored}");
         super::status_file::record_restore(settings, &backup.backup_id, &data_dir);
         steps.done(format!("restored {}", backup.backup_id));
     }

@@ -1,12 +1,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use jiff::tz::TimeZone;
-use restore::{BackupSelector, RecoveryTarget, RestoreOptions};
+use restore::BackupSelector;
 
 use crate::config::{Settings, shell_quote};
 
@@ -102,34 +100,6 @@ fn parse_tablespace_map(text: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-/// How a base backup is laid out and configured on restore, beyond where it goes.
-#[derive(Debug, Clone, Default)]
-pub struct RestoreChoices {
-    pub tablespaces: restore::TablespaceMapping,
-    pub waldir: Option<PathBuf>,
-    pub archive_mode: restore::ArchiveMode,
-    pub timeline: restore::TargetTimeline,
-}
-
-/// Parse the operator's target time: local time unless it carries an offset.
-pub fn parse_until(text: &str, tz: &TimeZone) -> Result<jiff::Timestamp> {
-    let text = text.trim();
-    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
-        return Ok(ts);
-    }
-    let civil = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
-        .or_else(|_| jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M:%S", text))
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "--until {text:?} is not a time: use \"YYYY-MM-DD HH:MM:SS\" (local time) or add an offset, e.g. \"2025-12-27 14:30:00+01:00\""
-            )
-        })?;
-    let zoned = civil
-        .to_zoned(tz.clone())
-        .with_context(|| format!("--until {text:?} does not exist in the local time zone"))?;
-    Ok(zoned.timestamp())
-}
-
 pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     let args = match cmd {
         RestoreCommand::Postgres(args) => args,
@@ -145,176 +115,58 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("name the directory to restore into with --data-dir DIR (or PGDATA)");
     };
-    let tz = TimeZone::system();
-    let to_end = args.until.as_deref().map(str::trim) == Some("latest");
-    let target = match (args.restore_type.as_str(), &args.until) {
-        ("pitr", Some(_)) if to_end => None,
-        ("pitr", Some(until)) => Some(parse_until(until, &tz)?),
-        ("pitr", None) => bail!("--type pitr needs --until \"YYYY-MM-DD HH:MM:SS\" (or latest)"),
-        (_, Some(_)) => bail!("--until applies to --type pitr only"),
-        _ if args.target_timeline.is_some() => bail!(
-            "--target-timeline applies to --type pitr only: a full restore recovers on the backup's own timeline"
-        ),
-        _ => None,
-    };
-    let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
+    let request = restore::RestoreRequest::new(
+        &args.restore_type,
+        args.until.as_deref(),
+        &args.from,
+        args.target_timeline,
+        TimeZone::system(),
+    )?;
     let storage = settings.repository().await?;
-    let (sysid, segment_size, backups) = cluster_backups(settings, storage.as_ref()).await?;
-
-    // The timeline the plan checked is written as a number: PostgreSQL's own 'latest' could
-    // pick a newer timeline that branched off before the backup and refuse to start.
-    let (backup, recovery, timeline) = match target {
-        Some(target) => {
-            println!(
-                "recovery target: {} (resolved from {:?} in time zone {})",
-                target.strftime("%Y-%m-%d %H:%M:%S UTC"),
-                args.until.as_deref().unwrap_or_default(),
-                tz.iana_name().unwrap_or("local")
-            );
-            let wal = restore::archived_wal(storage.as_ref(), sysid, segment_size).await?;
-            let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
-            let plan = restore::plan_pitr(
-                &backups,
-                &wal,
-                &histories,
-                target,
-                segment_size,
-                args.target_timeline.unwrap_or_default(),
-            )?;
-            for note in &plan.notes {
-                println!("{note}");
-            }
-            let last_segment =
-                restore::confirm_target_reachable(storage.as_ref(), sysid, &plan, target).await?;
-            println!(
-                "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
-                plan.backup.backup_id, plan.backup.timeline, last_segment, plan.timeline.0
-            );
-            let timeline = restore::TargetTimeline::Exact(plan.timeline);
-            (plan.backup, RecoveryTarget::Time(target), timeline)
-        }
-        None => {
-            let backup =
-                restore::select_backup(&backups, "base", &selector, jiff::Timestamp::now(), &tz)?;
-            if !to_end {
-                (
-                    backup,
-                    RecoveryTarget::Immediate,
-                    restore::TargetTimeline::Current,
-                )
-            } else {
-                // Refused before anything is written when the chain from the backup breaks.
-                let wal = restore::archived_wal(storage.as_ref(), sysid, segment_size).await?;
-                let histories = restore::timeline_histories(storage.as_ref(), sysid, &wal).await?;
-                let plan = restore::plan_end_of_archive(
-                    &backup,
-                    &wal,
-                    &histories,
-                    segment_size,
-                    args.target_timeline.unwrap_or_default(),
-                )?;
-                for note in &plan.notes {
-                    println!("{note}");
-                }
-                println!(
-                    "using backup {} (timeline {}); recovery replays all archived WAL on timeline {}",
-                    backup.backup_id, backup.timeline, plan.timeline.0
-                );
-                let timeline = restore::TargetTimeline::Exact(plan.timeline);
-                (backup, RecoveryTarget::EndOfArchive, timeline)
-            }
-        }
-    };
-    let choices = RestoreChoices {
+    let catalog = settings.open_catalog()?;
+    let mut said = Vec::new();
+    let planned = restore::plan_restore(storage.as_ref(), &catalog, &request, &mut said).await;
+    for line in &said {
+        println!("{line}");
+    }
+    let plan = planned?;
+    let choices = restore::RestoreChoices {
         tablespaces: restore::TablespaceMapping {
             each: args.tablespace_map.clone(),
             all: args.tablespace_map_all.clone(),
         },
         waldir: args.waldir.clone(),
         archive_mode: args.archive_mode,
-        timeline,
+        timeline: plan.timeline,
     };
+    let options = postgres_options(settings, &plan.backup, !args.skip_verify, choices)?;
     let progress = super::spinner("restore");
-    progress.set_message(format!("{} into {}", backup.backup_id, data_dir.display()));
-    let restored = restore_backup(
-        settings,
-        storage,
-        &backup,
-        &recovery,
-        &data_dir,
-        !args.skip_verify,
-        &choices,
-    )
-    .await;
-    progress.finish_and_clear();
-    let manifest = restored?;
-    super::status_file::record_restore(settings, &backup.backup_id, &data_dir);
-    let target = match recovery {
-        RecoveryTarget::Immediate => format!("the backup's consistent end ({})", manifest.stop_lsn),
-        RecoveryTarget::Time(t) => t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        RecoveryTarget::EndOfArchive => "the end of the archive".to_string(),
-    };
-    println!(
-        "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {target} and promotes",
+    progress.set_message(format!(
+        "{} into {}",
+        plan.backup.backup_id,
         data_dir.display()
+    ));
+    let restored =
+        restore::restore_backup(storage, &plan.backup, &plan.recovery, &data_dir, &options).await;
+    progress.finish_and_clear();
+    let restored = restored?;
+    println!("{restored}");
+    super::status_file::record_restore(settings, &plan.backup.backup_id, &data_dir);
+    println!(
+        "{}",
+        restored.start_advice(&plan.recovery, args.archive_mode)
     );
-    match args.archive_mode {
-        restore::ArchiveMode::Off => println!(
-            "the restored server will not archive WAL (archive_mode = 'off' at the end of its \
-             postgresql.auto.conf): when it becomes the primary, delete that line and restart it, \
-             or restore with --archive-mode preserve"
-        ),
-        restore::ArchiveMode::Preserve => println!(
-            "the restored server keeps the backed-up server's archive settings: once promoted it \
-             archives into its archive_command's repository"
-        ),
-    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The repository's cluster (system identifier, segment size) and its PostgreSQL backups.
-pub async fn cluster_backups(
+/// What a restore of `backup` needs from the settings; `restore_command` runs this binary's
+/// `wal fetch` against the same repository.
+pub fn postgres_options(
     settings: &Settings,
-    storage: &dyn storage::Storage,
-) -> Result<(u64, u64, Vec<catalog::BackupRecord>)> {
-    let catalog = settings.open_catalog()?;
-    let identity = storage::manifest::ClusterIdentity::load(storage)
-        .await?
-        .context(
-            "the repository holds no cluster yet: nothing was ever archived or backed up there",
-        )?;
-    let sysid = identity
-        .system_identifier()
-        .context("cluster.json is corrupt")?;
-    let backups: Vec<_> = catalog
-        .backups(Some("postgresql"))?
-        .into_iter()
-        .filter(|b| b.system_identifier == sysid)
-        .collect();
-    if backups.is_empty() {
-        bail!(
-            "the catalog lists no PostgreSQL backups: run `lifeline backup postgres`, or `lifeline catalog rebuild` if the catalog was lost"
-        );
-    }
-    Ok((sysid, identity.segment_size, backups))
-}
-
-/// Restore `backup` into `data_dir` with `recovery` written for the server's start; returns
-/// the backup's manifest.
-pub async fn restore_backup(
-    settings: &Settings,
-    storage: std::sync::Arc<dyn storage::Storage>,
     backup: &catalog::BackupRecord,
-    recovery: &RecoveryTarget,
-    data_dir: &std::path::Path,
     verify_first: bool,
-    choices: &RestoreChoices,
-) -> Result<storage::manifest::BackupManifest> {
-    // Recovery starts from the repository: nothing a past recovery read ahead.
-    if let Some(spool) = settings.spool() {
-        spool.clear(backup.system_identifier)?;
-    }
-    let interrupted = Arc::new(AtomicBool::new(false));
+    choices: restore::RestoreChoices,
+) -> Result<restore::PostgresRestoreOptions> {
     let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
     let Some(exe) = exe.to_str() else {
         bail!(
@@ -322,77 +174,19 @@ pub async fn restore_backup(
             exe.display()
         );
     };
-    // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.
-    let program = format!(
-        "{}{} wal fetch --cluster {}",
-        shell_quote(exe),
-        settings.repository_flags()?,
-        backup.system_identifier
-    );
-    let restore_command = format!("{} %f %p", program.replace('%', "%%"));
-    tracing::debug!(backup = %backup.backup_id, "reading the manifest");
-    let manifest = restore::read_manifest(storage.as_ref(), &backup.backup_id)
-        .await
-        .with_context(|| format!("read the manifest of {}", backup.backup_id))?;
-    tracing::debug!(files = manifest.files.len(), "manifest read");
-    let opts = RestoreOptions {
-        data_dir: data_dir.to_path_buf(),
+    Ok(restore::PostgresRestoreOptions {
+        restore_program: format!(
+            "{}{} wal fetch --cluster {}",
+            shell_quote(exe),
+            settings.repository_flags()?,
+            backup.system_identifier
+        ),
+        spool: settings.spool(),
         parallelism: settings.parallelism,
         downloads: settings.download_transfers(),
         verify_first,
-        target: recovery.clone(),
-        restore_command,
-        tablespaces: choices.tablespaces.clone(),
-        waldir: choices.waldir.clone(),
-        archive_mode: choices.archive_mode,
-        timeline: choices.timeline,
-        interrupted: interrupted.clone(),
-    };
-    let started = Instant::now();
-    super::take_lease(storage.as_ref(), &backup.backup_id).await;
-    let running = Arc::new(AtomicBool::new(true));
-    tokio::spawn(watch_signals(interrupted, running.clone()));
-    let restored = restore::restore_base(storage, &manifest, &opts).await;
-    running.store(false, Ordering::SeqCst);
-    let report = restored
-        .with_context(|| format!("restore {} into {}", backup.backup_id, data_dir.display()))?;
-    println!(
-        "restored backup {} into {}: {} files, {} MiB in {:.1} s",
-        backup.backup_id,
-        data_dir.display(),
-        report.files,
-        report.bytes >> 20,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(manifest)
-}
-
-/// While a restore runs, the first SIGINT, SIGTERM or SIGHUP (Ctrl-C, `systemctl stop`, a lost
-/// SSH session) asks it to stop and clean up; another, or one after the restore, ends the
-/// process at once as the signal would have.
-async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return;
-    };
-    loop {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
-        };
-        if running.load(Ordering::SeqCst) && !interrupted.swap(true, Ordering::SeqCst) {
-            eprintln!(
-                "lifeline: {name}: stopping the restore and removing what it wrote (send it again to stop at once)"
-            );
-            continue;
-        }
-        std::process::exit(130);
-    }
+        choices,
+    })
 }
 
 async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode> {
@@ -637,21 +431,4 @@ fn loaded_key_counts(
     let _ = server.kill();
     let _ = server.wait();
     Ok(Some(counts.context("the check server never answered")?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn until_is_local_unless_it_has_an_offset() {
-        let tz = TimeZone::get("Europe/Berlin").unwrap_or(TimeZone::fixed(jiff::tz::offset(1)));
-        let local = parse_until("2025-12-27 14:30:00", &tz).expect("local");
-        assert_eq!(local.to_string(), "2025-12-27T13:30:00Z");
-        let offset = parse_until("2025-12-27 14:30:00+00:00", &tz).expect("offset");
-        assert_eq!(offset.to_string(), "2025-12-27T14:30:00Z");
-        for bad in ["yesterday", "2025-13-01 00:00:00", "2025-12-27", ""] {
-            assert!(parse_until(bad, &tz).is_err(), "{bad:?} accepted");
-        }
-    }
 }

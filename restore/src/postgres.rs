@@ -1,0 +1,428 @@
+//! The PostgreSQL restore as the operator asks for it: which backup, up to where and on which
+//! timeline ([`RestoreRequest`], [`plan_restore`]), then the restore itself under a lease,
+//! with Ctrl-C cleaning up ([`restore_backup`]).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use catalog::BackupRecord;
+use jiff::tz::TimeZone;
+use storage::Storage;
+use storage::manifest::BackupManifest;
+
+use crate::{
+    ArchiveMode, BackupSelector, RecoveryTarget, RestoreError, RestoreOptions, Spool,
+    TablespaceMapping, TargetTimeline,
+};
+
+/// How a base backup is laid out and configured on restore, beyond where it goes.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreChoices {
+    pub tablespaces: TablespaceMapping,
+    pub waldir: Option<PathBuf>,
+    pub archive_mode: ArchiveMode,
+    pub timeline: TargetTimeline,
+}
+
+/// What a PostgreSQL restore needs beyond the backup and the data directory.
+#[derive(Debug, Clone)]
+pub struct PostgresRestoreOptions {
+    /// The command that fetches one WAL file, without `%f %p`: the lifeline binary, its
+    /// repository flags and `wal fetch --cluster <sysid>`, shell-quoted.
+    pub restore_program: String,
+    /// The read-ahead spool, emptied first: recovery starts from the repository.
+    pub spool: Option<Spool>,
+    pub parallelism: usize,
+    /// Chunk groups read from the repository at once.
+    pub downloads: usize,
+    /// Check that every chunk exists before writing anything.
+    pub verify_first: bool,
+    pub choices: RestoreChoices,
+}
+
+/// A backup restored into a data directory; displays as the line the operator reads.
+#[derive(Debug, Clone)]
+pub struct RestoredBackup {
+    pub backup_id: String,
+    pub data_dir: PathBuf,
+    pub manifest: BackupManifest,
+    pub files: usize,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for RestoredBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "restored backup {} into {}: {} files, {} MiB in {:.1} s",
+            self.backup_id,
+            self.data_dir.display(),
+            self.files,
+            self.bytes >> 20,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+impl RestoredBackup {
+    /// What the operator does next: start the server, and what it will archive.
+    pub fn start_advice(&self, recovery: &RecoveryTarget, archive_mode: ArchiveMode) -> String {
+        let target = match recovery {
+            RecoveryTarget::Immediate => {
+                format!("the backup's consistent end ({})", self.manifest.stop_lsn)
+            }
+            RecoveryTarget::Time(t) => t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            RecoveryTarget::EndOfArchive => "the end of the archive".to_string(),
+        };
+        let archiving = match archive_mode {
+            ArchiveMode::Off => {
+                "the restored server will not archive WAL (archive_mode = 'off' at the end of its \
+                 postgresql.auto.conf): when it becomes the primary, delete that line and restart it, \
+                 or restore with --archive-mode preserve"
+            }
+            ArchiveMode::Preserve => {
+                "the restored server keeps the backed-up server's archive settings: once promoted it \
+                 archives into its archive_command's repository"
+            }
+        };
+        format!(
+            "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {target} and promotes\n{archiving}",
+            self.data_dir.display()
+        )
+    }
+}
+
+/// Parse the operator's target time: local time unless it carries an offset.
+pub fn parse_until(text: &str, tz: &TimeZone) -> Result<jiff::Timestamp, RestoreError> {
+    let text = text.trim();
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    let civil = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
+        .or_else(|_| jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M:%S", text))
+        .map_err(|_| {
+            RestoreError::Refused(format!(
+                "--until {text:?} is not a time: use \"YYYY-MM-DD HH:MM:SS\" (local time) or add an offset, e.g. \"2025-12-27 14:30:00+01:00\""
+            ))
+        })?;
+    let zoned = civil
+        .to_zoned(tz.clone())
+        .map_err(|source| RestoreError::NotLocalTime {
+            text: text.to_string(),
+            source,
+        })?;
+    Ok(zoned.timestamp())
+}
+
+/// A PostgreSQL restore as asked for, checked before the repository is opened.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// `--until` as given, for the line that says how it was read.
+    until: Option<String>,
+    target: Option<jiff::Timestamp>,
+    /// `--until latest`: replay everything archived.
+    to_end: bool,
+    selector: BackupSelector,
+    timeline: Option<TargetTimeline>,
+    tz: TimeZone,
+}
+
+impl RestoreRequest {
+    /// `restore_type` is `full` or `pitr`; `until` a time in `tz` (or `latest`), for `pitr`
+    /// only; `from` the backup (latest, daily, weekly, monthly, YYYYMMDD or an id).
+    pub fn new(
+        restore_type: &str,
+        until: Option<&str>,
+        from: &str,
+        timeline: Option<TargetTimeline>,
+        tz: TimeZone,
+    ) -> Result<RestoreRequest, RestoreError> {
+        let refuse = |why: &str| Err(RestoreError::Refused(why.to_string()));
+        let to_end = until.map(str::trim) == Some("latest");
+        let target = match (restore_type, until) {
+            ("pitr", Some(_)) if to_end => None,
+            ("pitr", Some(until)) => Some(parse_until(until, &tz)?),
+            ("pitr", None) => {
+                return refuse("--type pitr needs --until \"YYYY-MM-DD HH:MM:SS\" (or latest)");
+            }
+            (_, Some(_)) => return refuse("--until applies to --type pitr only"),
+            _ if timeline.is_some() => {
+                return refuse(
+                    "--target-timeline applies to --type pitr only: a full restore recovers on the backup's own timeline",
+                );
+            }
+            _ => None,
+        };
+        let selector = from.parse().map_err(RestoreError::Refused)?;
+        Ok(RestoreRequest {
+            until: until.map(str::to_string),
+            target,
+            to_end,
+            selector,
+            timeline,
+            tz,
+        })
+    }
+}
+
+/// The backup to restore, where recovery stops, and the timeline it follows.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub backup: BackupRecord,
+    pub recovery: RecoveryTarget,
+    /// Written as a number after a PITR or end-of-archive plan: PostgreSQL's own `latest` could
+    /// pick a newer timeline that branched off before the backup and refuse to start.
+    pub timeline: TargetTimeline,
+}
+
+/// The repository's cluster (system identifier, segment size) and its PostgreSQL backups.
+///
+/// The catalog is read at the call, so the future holds no reference to it (a catalog is not
+/// shared between threads); its error is reported where the original order puts it.
+pub fn cluster_backups<'a>(
+    storage: &'a dyn Storage,
+    catalog: &catalog::Catalog,
+) -> impl Future<Output = Result<(u64, u64, Vec<BackupRecord>), RestoreError>> + Send + 'a {
+    let listed = catalog.backups(Some("postgresql"));
+    async move {
+        let identity = storage::manifest::ClusterIdentity::load(storage)
+            .await?
+            .ok_or_else(|| {
+                RestoreError::Refused(
+                    "the repository holds no cluster yet: nothing was ever archived or backed up there"
+                        .into(),
+                )
+            })?;
+        let sysid = identity
+            .system_identifier()
+            .ok_or_else(|| RestoreError::Refused("cluster.json is corrupt".into()))?;
+        let backups: Vec<_> = listed?
+            .into_iter()
+            .filter(|b| b.system_identifier == sysid)
+            .collect();
+        if backups.is_empty() {
+            return Err(RestoreError::Refused(
+                "the catalog lists no PostgreSQL backups: run `lifeline backup postgres`, or `lifeline catalog rebuild` if the catalog was lost"
+                    .into(),
+            ));
+        }
+        Ok((sysid, identity.segment_size, backups))
+    }
+}
+
+/// Choose the backup for `request` and prove the archive carries it to the target; nothing
+/// is written. `said` receives the lines the operator reads as the plan takes shape (how the
+/// target was read, the timelines passed over, the backup chosen), also when it is refused.
+pub fn plan_restore<'a>(
+    storage: &'a dyn Storage,
+    catalog: &catalog::Catalog,
+    request: &'a RestoreRequest,
+    said: &'a mut Vec<String>,
+) -> impl Future<Output = Result<RestorePlan, RestoreError>> + Send + 'a {
+    let cluster = cluster_backups(storage, catalog);
+    async move {
+        let (sysid, segment_size, backups) = cluster.await?;
+        let asked_timeline = request.timeline.unwrap_or_default();
+        if let Some(target) = request.target {
+            said.push(format!(
+                "recovery target: {} (resolved from {:?} in time zone {})",
+                target.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                request.until.as_deref().unwrap_or_default(),
+                request.tz.iana_name().unwrap_or("local")
+            ));
+            let wal = crate::archived_wal(storage, sysid, segment_size).await?;
+            let histories = crate::timeline_histories(storage, sysid, &wal).await?;
+            let plan = crate::plan_pitr(
+                &backups,
+                &wal,
+                &histories,
+                target,
+                segment_size,
+                asked_timeline,
+            )?;
+            said.extend(plan.notes.iter().cloned());
+            let last_segment =
+                crate::confirm_target_reachable(storage, sysid, &plan, target).await?;
+            said.push(format!(
+                "using backup {} (timeline {}); recovery replays WAL through {} on timeline {}",
+                plan.backup.backup_id, plan.backup.timeline, last_segment, plan.timeline.0
+            ));
+            return Ok(RestorePlan {
+                backup: plan.backup,
+                recovery: RecoveryTarget::Time(target),
+                timeline: TargetTimeline::Exact(plan.timeline),
+            });
+        }
+        let backup = crate::select_backup(
+            &backups,
+            "base",
+            &request.selector,
+            jiff::Timestamp::now(),
+            &request.tz,
+        )?;
+        if !request.to_end {
+            return Ok(RestorePlan {
+                backup,
+                recovery: RecoveryTarget::Immediate,
+                timeline: TargetTimeline::Current,
+            });
+        }
+        // Refused before anything is written when the chain from the backup breaks.
+        let wal = crate::archived_wal(storage, sysid, segment_size).await?;
+        let histories = crate::timeline_histories(storage, sysid, &wal).await?;
+        let plan =
+            crate::plan_end_of_archive(&backup, &wal, &histories, segment_size, asked_timeline)?;
+        said.extend(plan.notes.iter().cloned());
+        said.push(format!(
+            "using backup {} (timeline {}); recovery replays all archived WAL on timeline {}",
+            backup.backup_id, backup.timeline, plan.timeline.0
+        ));
+        Ok(RestorePlan {
+            backup,
+            recovery: RecoveryTarget::EndOfArchive,
+            timeline: TargetTimeline::Exact(plan.timeline),
+        })
+    }
+}
+
+/// Restore `backup` into `data_dir` with `recovery` written for the server's start, under a
+/// lease that keeps `prune` off the backup; SIGINT, SIGTERM or SIGHUP stop it and remove what
+/// it wrote.
+pub async fn restore_backup(
+    storage: Arc<dyn Storage>,
+    backup: &BackupRecord,
+    recovery: &RecoveryTarget,
+    data_dir: &Path,
+    options: &PostgresRestoreOptions,
+) -> Result<RestoredBackup, RestoreError> {
+    // Recovery starts from the repository: nothing a past recovery read ahead.
+    if let Some(spool) = &options.spool {
+        spool.clear(backup.system_identifier)?;
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.
+    let restore_command = format!("{} %f %p", options.restore_program.replace('%', "%%"));
+    tracing::debug!(backup = %backup.backup_id, "reading the manifest");
+    let manifest = crate::read_manifest(storage.as_ref(), &backup.backup_id)
+        .await
+        .map_err(|source| RestoreError::ReadManifest {
+            backup_id: backup.backup_id.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::debug!(files = manifest.files.len(), "manifest read");
+    let choices = &options.choices;
+    let opts = RestoreOptions {
+        data_dir: data_dir.to_path_buf(),
+        parallelism: options.parallelism,
+        downloads: options.downloads,
+        verify_first: options.verify_first,
+        target: recovery.clone(),
+        restore_command,
+        tablespaces: choices.tablespaces.clone(),
+        waldir: choices.waldir.clone(),
+        archive_mode: choices.archive_mode,
+        timeline: choices.timeline,
+        interrupted: interrupted.clone(),
+    };
+    let started = Instant::now();
+    take_lease(storage.as_ref(), &backup.backup_id).await;
+    let running = Arc::new(AtomicBool::new(true));
+    tokio::spawn(watch_signals(interrupted, running.clone()));
+    let restored = crate::restore_base(storage, &manifest, &opts).await;
+    running.store(false, Ordering::SeqCst);
+    let report = restored.map_err(|source| RestoreError::RestoreInto {
+        what: backup.backup_id.clone(),
+        into: data_dir.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    Ok(RestoredBackup {
+        backup_id: backup.backup_id.clone(),
+        data_dir: data_dir.to_path_buf(),
+        manifest,
+        files: report.files,
+        bytes: report.bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// While a restore runs, the first SIGINT, SIGTERM or SIGHUP (Ctrl-C, `systemctl stop`, a lost
+/// SSH session) asks it to stop and clean up; another, or one after the restore, ends the
+/// process at once as the signal would have.
+async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if running.load(Ordering::SeqCst) && !interrupted.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "lifeline: {name}: stopping the restore and removing what it wrote (send it again to stop at once)"
+            );
+            continue;
+        }
+        std::process::exit(130);
+    }
+}
+
+// TODO lease: replace with storage::lease once it exists.
+/// Tell `prune` that a restore is using `backup_id` (for a day: recovery goes on fetching WAL
+/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
+pub(crate) async fn take_lease(storage: &dyn Storage, backup_id: &str) {
+    let holder = format!("{}-{}", host_name(), std::process::id());
+    let key = storage::layout::lease_key(backup_id, &holder);
+    let body = serde_json::json!({ "backup_id": backup_id, "taken_at": jiff::Timestamp::now() });
+    let written = storage
+        .put_bytes(
+            &key,
+            serde_json::to_vec(&body).unwrap_or_default(),
+            storage::PutMode::Overwrite,
+            storage::Durability::Immediate,
+        )
+        .await;
+    if let Err(e) = written {
+        tracing::warn!("no lease on {backup_id} ({e}): a prune meanwhile could remove it");
+    }
+}
+
+// TODO lease: the lease holder's host, as the binary names it.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or_else(|| "host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_is_local_unless_it_has_an_offset() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap_or(TimeZone::fixed(jiff::tz::offset(1)));
+        let local = parse_until("2025-12-27 14:30:00", &tz).expect("local");
+        assert_eq!(local.to_string(), "2025-12-27T13:30:00Z");
+        let offset = parse_until("2025-12-27 14:30:00+00:00", &tz).expect("offset");
+        assert_eq!(offset.to_string(), "2025-12-27T14:30:00Z");
+        for bad in ["yesterday", "2025-13-01 00:00:00", "2025-12-27", ""] {
+            assert!(parse_until(bad, &tz).is_err(), "{bad:?} accepted");
+        }
+    }
+}
