@@ -67,6 +67,8 @@ pub async fn run_dump_backup(
     if stored.is_err() {
         let _ = child.kill();
     }
+    // Waiting for pg_dump is blocking work, on a blocking thread.
+    #[allow(clippy::disallowed_methods)]
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .map_err(ArchiveError::task("pg_dump waiter"))?
