@@ -61,6 +61,8 @@ pub fn pin_aof(opts: &RedisOptions) -> Result<PinnedAof, ArchiveError> {
     let started = std::time::Instant::now();
     while started.elapsed() < PATIENCE {
         if info_value(opts, "persistence", "aof_rewrite_in_progress")?.as_deref() == Some("1") {
+            // pin_aof runs on a blocking thread (run_aof_backup), as its Redis connection does.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
@@ -77,6 +79,8 @@ pub fn pin_aof(opts: &RedisOptions) -> Result<PinnedAof, ArchiveError> {
             // The manifest's own pinned size is what was read: the same text.
             return Ok(PinnedAof { files });
         }
+        // On a blocking thread, as above.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(refused(format!(

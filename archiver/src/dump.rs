@@ -13,9 +13,8 @@ use tracing::info;
 
 use crate::ArchiveError;
 use crate::ConnectionOptions;
-use crate::base_backup::new_backup_id;
-use crate::chunk_store::store_stream;
-use crate::stream_backup::{previous_stream_chunks, write_stream_manifest};
+use crate::chunk_store::{Lineage, previous_chunks, store_stream};
+use crate::publish::{new_backup_id, publish_stream_backup};
 
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
@@ -33,8 +32,11 @@ pub async fn run_dump_backup(
     storage: Arc<dyn Storage>,
     opts: &DumpOptions,
 ) -> Result<StreamManifest, ArchiveError> {
-    let previous =
-        previous_stream_chunks(storage.as_ref(), &opts.catalog_path, "postgresql", "dump").await;
+    let lineage = Lineage::Stream {
+        service: "postgresql",
+        kind: "dump",
+    };
+    let previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     info!(backup = %backup_id, database = %opts.connection.dbname, "starting pg_dump");
@@ -65,6 +67,8 @@ pub async fn run_dump_backup(
     if stored.is_err() {
         let _ = child.kill();
     }
+    // Waiting for pg_dump is blocking work, on a blocking thread.
+    #[allow(clippy::disallowed_methods)]
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .map_err(ArchiveError::task("pg_dump waiter"))?
@@ -103,7 +107,7 @@ pub async fn run_dump_backup(
         size_bytes: stored.size,
         new_bytes: stored.new_bytes,
     };
-    write_stream_manifest(storage.as_ref(), &manifest, &opts.catalog_path).await?;
+    publish_stream_backup(storage.as_ref(), &manifest, &opts.catalog_path).await?;
     info!(backup = %manifest.backup_id, size_bytes = manifest.size_bytes, new_bytes = manifest.new_bytes, "dump complete");
     Ok(manifest)
 }

@@ -9,13 +9,17 @@ mod aof;
 mod base_backup;
 mod chunk_store;
 mod cluster;
+mod connection;
 mod dump;
 mod error;
+mod publish;
 mod redis;
 mod stream_backup;
 mod wal_push;
+mod walk;
 
-pub use base_backup::{BaseBackupOptions, ConnectionOptions, run_base_backup};
+pub use base_backup::{BaseBackupOptions, run_base_backup};
+pub use connection::ConnectionOptions;
 pub use dump::{DumpOptions, pg_command, run_dump_backup};
 pub use error::ArchiveError;
 pub use redis::{

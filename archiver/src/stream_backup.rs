@@ -2,18 +2,18 @@
 //! is cut by content, so tonight's snapshot of a mostly unchanged dataset shares most of its
 //! chunks with last night's, and only the new chunks are stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use storage::manifest::{ChunkRef, MANIFEST_FORMAT, StreamFile, StreamManifest};
-use storage::{Compression, Storage, layout};
+use storage::manifest::{MANIFEST_FORMAT, StreamFile, StreamManifest};
+use storage::{Compression, Storage};
 use tracing::info;
 
 use crate::aof::pin_aof;
-use crate::base_backup::{MetadataSummary, new_backup_id, publish};
 use crate::chunk_store::{Lineage, previous_chunks, store_stream};
+use crate::publish::{new_backup_id, publish_stream_backup};
 use crate::redis::info_value;
 use crate::{ArchiveError, RedisOptions, keyspace, open_rdb};
 
@@ -74,8 +74,11 @@ async fn store_redis_files(
     keys: BTreeMap<u32, u64>,
     sources: Vec<(String, Box<dyn Read + Send>)>,
 ) -> Result<StreamManifest, ArchiveError> {
-    let mut previous =
-        previous_stream_chunks(storage.as_ref(), &opts.catalog_path, "redis", kind).await;
+    let lineage = Lineage::Stream {
+        service: "redis",
+        kind,
+    };
+    let mut previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     let mut files = Vec::with_capacity(sources.len());
@@ -118,7 +121,7 @@ async fn store_redis_files(
         size_bytes,
         new_bytes,
     };
-    write_stream_manifest(storage.as_ref(), &manifest, &opts.catalog_path).await?;
+    publish_stream_backup(storage.as_ref(), &manifest, &opts.catalog_path).await?;
     info!(
         backup = %manifest.backup_id,
         kind,
@@ -126,42 +129,4 @@ async fn store_redis_files(
         "Redis backup complete"
     );
     Ok(manifest)
-}
-
-/// Chunks of the newest complete backup of this service and kind that are still whole in the
-/// repository: those need not be stored again.
-pub(crate) async fn previous_stream_chunks(
-    storage: &dyn Storage,
-    catalog_path: &Path,
-    service: &'static str,
-    kind: &'static str,
-) -> HashMap<String, ChunkRef> {
-    previous_chunks(storage, catalog_path, Lineage::Stream { service, kind }).await
-}
-
-pub(crate) async fn write_stream_manifest(
-    storage: &dyn Storage,
-    manifest: &StreamManifest,
-    catalog_path: &Path,
-) -> Result<(), ArchiveError> {
-    let summary = MetadataSummary {
-        backup_id: &manifest.backup_id,
-        service: &manifest.service,
-        kind: &manifest.kind,
-        started_at: manifest.started_at,
-        finished_at: manifest.finished_at,
-        size_bytes: manifest.size_bytes,
-        new_bytes: manifest.new_bytes,
-        manifest_key: layout::stream_manifest_key(&manifest.backup_id),
-    };
-    let extra = serde_json::json!({ "counts": manifest.counts });
-    publish(storage, &summary, &manifest.to_json(), extra).await?;
-    let record = catalog::BackupRecord::from_stream_manifest(manifest, "7_days", "UNVERIFIED");
-    let path = catalog_path.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-        catalog::Catalog::open(&path)?.upsert_backup(&record)?;
-        Ok(())
-    })
-    .await
-    .map_err(ArchiveError::task("catalog task"))?
 }

@@ -24,6 +24,7 @@ mod test_support;
 mod validate;
 mod verify;
 mod wal_fetch;
+mod wal_file;
 
 pub use error::RestoreError;
 pub use pitr::{
@@ -44,4 +45,4 @@ pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis, res
 pub use select::{BackupSelector, select_backup};
 pub use validate::{validate_base, validate_stream};
 pub use verify::{VerifyReport, verify_repository};
-pub use wal_fetch::{FetchOutcome, fetch_wal};
+pub use wal_fetch::{FetchError, FetchOutcome, FetchRequest, fetch_wal};

@@ -14,14 +14,16 @@
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
+use storage::Durability;
+use storage::Storage;
+use storage::atomic::{self, TempName, WriteOptions};
 use storage::manifest::ClusterIdentity;
 use storage::private::{self, Owner};
 use storage::wal::{DEFAULT_SEGMENT_SIZE, Segment, WalFileName};
-use storage::{Storage, StorageExt, layout};
 use tracing::{debug, warn};
 
 use crate::RestoreError;
-use crate::wal_fetch::{decode, write_atomically_blocking};
+use crate::wal_file::{hand_over_blocking, read_archived};
 
 const TEMP_MARK: &str = ".partial.";
 const LOCK_NAME: &str = ".lock";
@@ -119,23 +121,29 @@ impl Spool {
             return Ok(PrefetchReport::default());
         }
         let dir = self.dir(sysid);
-        // Private, and as root given to the owner of the place the spool is in (BACKUP_DIR).
-        let owner = Owner::of(&self.root);
-        // The place the spool lives in (BACKUP_DIR by default) is never created here.
-        if let Some(parent) = self.root.parent()
-            && !parent.as_os_str().is_empty()
-            && !parent.is_dir()
-        {
-            return Err(RestoreError::io(
-                parent,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the spool's directory does not exist",
-                ),
-            ));
-        }
-        private::create_dir_all(&dir, owner).map_err(|e| RestoreError::io(&dir, e))?;
-        let Some(_lock) = lock(&dir, owner)? else {
+        let root = self.root.clone();
+        let setup = dir.clone();
+        let locked = blocking("spool setup", move || -> Result<_, RestoreError> {
+            // Private, and as root given to the owner of the place the spool is in (BACKUP_DIR).
+            let owner = Owner::of(&root);
+            // The place the spool lives in (BACKUP_DIR by default) is never created here.
+            if let Some(parent) = root.parent()
+                && !parent.as_os_str().is_empty()
+                && !parent.is_dir()
+            {
+                return Err(RestoreError::io(
+                    parent,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the spool's directory does not exist",
+                    ),
+                ));
+            }
+            private::create_dir_all(&setup, owner).map_err(|e| RestoreError::io(&setup, e))?;
+            Ok(lock(&setup, owner)?.map(|lock| (lock, owner)))
+        })
+        .await?;
+        let Some((_lock, owner)) = locked else {
             debug!("another prefetcher is running");
             return Ok(PrefetchReport::default());
         };
@@ -145,7 +153,9 @@ impl Spool {
         let Some(first) = requested.segment(segment_size) else {
             return Ok(PrefetchReport::default());
         };
-        let (held, mut used) = tidy(&dir, &requested)?;
+        let tidied = (dir.clone(), requested.clone());
+        let (held, mut used) =
+            blocking("spool tidying", move || tidy(&tidied.0, &tidied.1)).await?;
         let wanted: Vec<WalFileName> = (1..=self.segments as u64)
             .filter_map(|ahead| {
                 let segment = Segment {
@@ -159,11 +169,7 @@ impl Spool {
         let mut report = PrefetchReport::default();
         let mut fetches = futures::stream::iter(wanted)
             .map(|name| async move {
-                let key = layout::wal_key(sysid, &name);
-                let plain = match storage.get_bytes(&key).await {
-                    Ok(stored) => decode(key, stored).await,
-                    Err(e) => Err(e.into()),
-                };
+                let plain = read_archived(storage, sysid, &name).await;
                 (name, plain)
             })
             .buffered(parallel.max(1));
@@ -177,16 +183,27 @@ impl Spool {
                     break;
                 }
             };
-            used += bytes.len() as u64;
+            let size = bytes.len() as u64;
+            used += size;
             if used > self.max_bytes {
                 break;
             }
-            store(&dir, owner, &name, &bytes)?;
+            let into = dir.clone();
+            blocking("spool write", move || store(&into, owner, &name, &bytes)).await?;
             report.fetched += 1;
-            report.bytes += bytes.len() as u64;
+            report.bytes += size;
         }
         Ok(report)
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(RestoreError::task(what))?
 }
 
 /// `000000010000000000000005` of `000000010000000000000005.<hash>`.
@@ -225,7 +242,7 @@ fn serve_blocking(dir: &Path, name: &str, dest: &Path) -> Option<u64> {
     }
     // Another filesystem: copy, then drop the spooled file.
     let bytes = std::fs::read(&path).ok()?;
-    let written = write_atomically_blocking(dest, &bytes).ok();
+    let written = hand_over_blocking(dest, &bytes).ok();
     let _ = std::fs::remove_file(&path);
     written.map(|()| size)
 }
@@ -277,31 +294,43 @@ fn tidy(dir: &Path, requested: &WalFileName) -> Result<(Vec<String>, u64), Resto
 }
 
 fn store(dir: &Path, owner: Owner, name: &WalFileName, bytes: &[u8]) -> Result<(), RestoreError> {
-    use std::io::Write;
     let path = dir.join(format!("{name}.{}", blake3::hash(bytes).to_hex()));
-    let temp = dir.join(format!("{name}{TEMP_MARK}{}", std::process::id()));
     // No fsync: a spool file lost in a crash is fetched again, and a torn one fails its
     // checksum when served.
-    let written = private::create_file(&temp, owner)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|()| std::fs::rename(&temp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(RestoreError::io(&path, e));
-    }
-    Ok(())
+    let options = WriteOptions::private(owner)
+        .durability(Durability::Deferred)
+        .temp(TempName::Marked(TEMP_MARK));
+    atomic::write(&path, bytes, options).map_err(|e| RestoreError::io(&path, e.source))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FetchOutcome, fetch_wal};
-    use storage::{Compression, Durability, LocalStorage, PutMode, object};
+    use std::sync::Arc;
+
+    use crate::{FetchOutcome, FetchRequest, fetch_wal};
+    use storage::{Compression, LocalStorage, PutMode, layout, object};
 
     const SYSID: u64 = 7;
 
     fn segment_name(n: u32) -> String {
         format!("00000001000000000000{n:04X}")
+    }
+
+    async fn fetch(
+        storage: &LocalStorage,
+        name: &str,
+        dest: &Path,
+        spool: &Spool,
+    ) -> Result<FetchOutcome, crate::FetchError> {
+        let request = FetchRequest {
+            name,
+            dest,
+            system_identifier: Some(SYSID),
+            spool: Some(spool),
+        };
+        let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+        fetch_wal(&request, || async { Ok(storage) }).await
     }
 
     async fn repository_with_segments(dir: &Path, count: u32) -> LocalStorage {
@@ -349,7 +378,7 @@ mod tests {
         assert!(!spool.wants_refill(SYSID, &segment_name(1)));
 
         let dest = dir.path().join("out");
-        let outcome = fetch_wal(&storage, Some(SYSID), &segment_name(2), &dest, Some(&spool))
+        let outcome = fetch(&storage, &segment_name(2), &dest, &spool)
             .await
             .expect("fetch");
         assert!(matches!(
@@ -367,7 +396,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&spooled, bytes).expect("corrupt");
-        let outcome = fetch_wal(&storage, Some(SYSID), &segment_name(3), &dest, Some(&spool))
+        let outcome = fetch(&storage, &segment_name(3), &dest, &spool)
             .await
             .expect("fetch");
         assert!(matches!(

@@ -1,14 +1,31 @@
-//! `restore_command`: fetch one archived file, verify it, and write it where PostgreSQL asked.
+//! `restore_command`: fetch one archived file, verify it, and write it where PostgreSQL asked,
+//! from the read-ahead spool when a good copy waits there, else from the repository.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use storage::Storage;
 use storage::manifest::ClusterIdentity;
 use storage::wal::{self, WalFileName};
-use storage::{Storage, StorageExt, layout, object};
 use tracing::info;
 
 use crate::RestoreError;
 use crate::prefetch::Spool;
+use crate::wal_file::{hand_over, read_archived};
+
+/// What PostgreSQL asked for: `%f` and `%p`.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// The file name (`%f`).
+    pub name: &'a str,
+    /// Where to write it (`%p`).
+    pub dest: &'a Path,
+    /// The cluster; when not given, the one whose `global/pg_control` is in the working
+    /// directory (PostgreSQL runs restore_command in PGDATA), else the repository's.
+    pub system_identifier: Option<u64>,
+    /// The read-ahead spool, when prefetch is on.
+    pub spool: Option<&'a Spool>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchOutcome {
@@ -18,62 +35,113 @@ pub enum FetchOutcome {
         system_identifier: u64,
         /// Served from the prefetch spool rather than the repository.
         from_spool: bool,
+        /// Read-ahead past this file is worth starting now (see [`Spool::wants_refill`]).
+        read_ahead: bool,
     },
     /// Not archived: an ordinary answer (PostgreSQL probes for files that do not exist).
     NotArchived,
 }
 
-/// Fetch `name` into `dest`. The cluster is `system_identifier` when given, else the one whose
-/// `global/pg_control` is in the working directory (PostgreSQL runs restore_command in PGDATA),
-/// else the repository's. A segment waiting in `spool` is served from there once it passes
-/// its checksum.
-pub async fn fetch_wal(
-    storage: &dyn Storage,
-    system_identifier: Option<u64>,
-    name: &str,
-    dest: &Path,
-    spool: Option<&Spool>,
-) -> Result<FetchOutcome, RestoreError> {
-    let name: WalFileName = name.parse().map_err(RestoreError::Refused)?;
-    let sysid = match system_identifier {
-        Some(id) => id,
-        None => resolve_cluster(storage).await?,
-    };
-    let key = layout::wal_key(sysid, &name);
-    if let Some(spool) = spool
-        && let Some(bytes) = spool.serve(sysid, &name.to_string(), dest).await
+/// Why a fetch failed: recovery must stop rather than take it for "not archived".
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Checked before anything is read or served: `restore_command` passes the wrong thing
+    /// (`%p` for `%f`).
+    #[error(
+        "{reason}: restore_command must be 'lifeline wal fetch %f %p' (the file name, then the path)"
+    )]
+    NotAWalFileName { reason: String },
+    #[error("fetch {name}")]
+    Failed {
+        name: String,
+        #[source]
+        source: RestoreError,
+    },
+}
+
+/// Answer `restore_command`. A segment waiting in the spool for a known cluster is served
+/// without `open_repository` ever being called (no repository client at all); otherwise the
+/// repository it opens is read. Errors of `open_repository` are returned as they are.
+pub async fn fetch_wal<E, F, Fut>(
+    request: &FetchRequest<'_>,
+    open_repository: F,
+) -> Result<FetchOutcome, E>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Storage>, E>>,
+    E: From<FetchError>,
+{
+    let name: WalFileName = request
+        .name
+        .parse()
+        .map_err(|reason| FetchError::NotAWalFileName { reason })?;
+    if let Some(sysid) = request.system_identifier
+        && let Some(outcome) = from_spool(request, sysid, &name).await
     {
-        info!(wal = %name, bytes, "restored from the prefetch spool");
-        return Ok(FetchOutcome::Fetched {
-            bytes,
-            system_identifier: sysid,
-            from_spool: true,
-        });
+        return Ok(outcome);
     }
-    let bytes = match storage.get_bytes(&key).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => {
+    let storage = open_repository().await?;
+    let failed = |source| FetchError::Failed {
+        name: request.name.to_string(),
+        source,
+    };
+    let sysid = match request.system_identifier {
+        Some(id) => id,
+        None => {
+            let sysid = resolve_cluster(storage.as_ref()).await.map_err(failed)?;
+            if let Some(outcome) = from_spool(request, sysid, &name).await {
+                return Ok(outcome);
+            }
+            sysid
+        }
+    };
+    let plain = match read_archived(storage.as_ref(), sysid, &name).await {
+        Ok(plain) => plain,
+        Err(RestoreError::Storage(e)) if e.is_not_found() => {
             info!(wal = %name, "not in the archive");
             return Ok(FetchOutcome::NotArchived);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(failed(e).into()),
     };
-    let plain = decode(key, bytes).await?;
-    let size = plain.len() as u64;
-    write_atomically(dest, plain).await?;
-    info!(wal = %name, bytes = size, "restored");
+    let bytes = plain.len() as u64;
+    hand_over(request.dest, plain).await.map_err(failed)?;
+    info!(wal = %name, bytes, "restored");
     Ok(FetchOutcome::Fetched {
-        bytes: size,
+        bytes,
         system_identifier: sysid,
         from_spool: false,
+        read_ahead: wants_read_ahead(request.spool, sysid, &name).await,
     })
 }
 
-pub(crate) async fn decode(key: String, stored: Vec<u8>) -> Result<Vec<u8>, RestoreError> {
-    tokio::task::spawn_blocking(move || object::decode(&key, &stored))
+/// The spooled copy of `name`, moved to the request's destination once it passes its
+/// checksum; `None` when there is no spool or no good copy in it.
+async fn from_spool(
+    request: &FetchRequest<'_>,
+    sysid: u64,
+    name: &WalFileName,
+) -> Option<FetchOutcome> {
+    let bytes = request
+        .spool?
+        .serve(sysid, &name.to_string(), request.dest)
+        .await?;
+    info!(wal = %name, bytes, "restored from the prefetch spool");
+    Some(FetchOutcome::Fetched {
+        bytes,
+        system_identifier: sysid,
+        from_spool: true,
+        read_ahead: wants_read_ahead(request.spool, sysid, name).await,
+    })
+}
+
+async fn wants_read_ahead(spool: Option<&Spool>, sysid: u64, name: &WalFileName) -> bool {
+    let Some(spool) = spool.cloned() else {
+        return false;
+    };
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || spool.wants_refill(sysid, &name))
         .await
-        .map_err(RestoreError::task("decompression task"))?
-        .map_err(RestoreError::from)
+        .unwrap_or(false)
 }
 
 async fn resolve_cluster(storage: &dyn Storage) -> Result<u64, RestoreError> {
@@ -89,31 +157,4 @@ async fn resolve_cluster(storage: &dyn Storage) -> Result<u64, RestoreError> {
                 storage.describe()
             ))
         })
-}
-
-/// Write to a temporary name beside `dest` and rename: PostgreSQL never sees a prefix. No
-/// fsync: PostgreSQL reads the file at once, and after a crash it asks for it again.
-pub(crate) async fn write_atomically(dest: &Path, bytes: Vec<u8>) -> Result<(), RestoreError> {
-    let dest = dest.to_path_buf();
-    let task = dest.clone();
-    tokio::task::spawn_blocking(move || write_atomically_blocking(&task, &bytes))
-        .await
-        .map_err(|e| RestoreError::io(&dest, std::io::Error::other(e)))?
-}
-
-pub(crate) fn write_atomically_blocking(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
-    use std::io::Write;
-    let file_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dest.with_file_name(format!(".{file_name}.lifeline.{}", std::process::id()));
-    let written = std::fs::File::create(&temp)
-        .and_then(|mut file| file.write_all(bytes))
-        .and_then(|()| std::fs::rename(&temp, dest));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(RestoreError::io(dest, e));
-    }
-    Ok(())
 }

@@ -56,42 +56,20 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         WalCommand::Fetch(args) => {
-            // Before anything is read or served: a name that is not a WAL file name means
-            // restore_command passes the wrong thing (%p for %f), and recovery must stop
-            // rather than take "not archived" for an answer.
-            if let Err(e) = args.name.parse::<storage::wal::WalFileName>() {
-                anyhow::bail!(
-                    "{e}: restore_command must be 'lifeline wal fetch %f %p' (the file name, then the path)"
-                );
-            }
             let spool = settings.spool();
-            // A segment waiting in the spool needs no repository client at all.
-            if let (Some(spool), Some(cluster)) = (&spool, args.cluster)
-                && let Some(bytes) = spool.serve(cluster, &args.name, &args.dest).await
-            {
-                tracing::info!(wal = %args.name, bytes, "restored from the prefetch spool");
-                if spool.wants_refill(cluster, &args.name) {
-                    start_prefetcher(settings, cluster, &args.name);
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let storage = settings.repository().await?;
-            let outcome = restore::fetch_wal(
-                storage.as_ref(),
-                args.cluster,
-                &args.name,
-                &args.dest,
-                spool.as_ref(),
-            )
-            .await
-            .with_context(|| format!("fetch {}", args.name))?;
-            match outcome {
+            let request = restore::FetchRequest {
+                name: &args.name,
+                dest: &args.dest,
+                system_identifier: args.cluster,
+                spool: spool.as_ref(),
+            };
+            match restore::fetch_wal(&request, || settings.repository()).await? {
                 FetchOutcome::Fetched {
-                    system_identifier, ..
+                    system_identifier,
+                    read_ahead,
+                    ..
                 } => {
-                    if let Some(spool) = &spool
-                        && spool.wants_refill(system_identifier, &args.name)
-                    {
+                    if read_ahead {
                         start_prefetcher(settings, system_identifier, &args.name);
                     }
                     Ok(ExitCode::SUCCESS)

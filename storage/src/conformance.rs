@@ -249,6 +249,9 @@ impl MotoServer {
 
     /// Stop the server (its buckets are lost; tests that restart it stop it only briefly and
     /// run against a bucket they recreate).
+    // Test support, run from the test's own thread before or after the code under test: waiting
+    // for moto_server, curl or openssl here stalls nothing else.
+    #[allow(clippy::disallowed_methods)]
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -256,6 +259,9 @@ impl MotoServer {
         }
     }
 
+    // Test support, run from the test's own thread before or after the code under test: waiting
+    // for moto_server, curl or openssl here stalls nothing else.
+    #[allow(clippy::disallowed_methods)]
     pub fn restart(&mut self) {
         self.stop();
         let mut command = Command::new("moto_server");
@@ -278,6 +284,9 @@ impl MotoServer {
     }
 
     /// Create `bucket` (moto takes unsigned requests).
+    // Test support, run from the test's own thread before or after the code under test: waiting
+    // for moto_server, curl or openssl here stalls nothing else.
+    #[allow(clippy::disallowed_methods)]
     pub fn create_bucket(&self, bucket: &str) {
         use std::io::{Read, Write};
         if self.tls.is_some() {
@@ -317,6 +326,9 @@ impl Drop for MotoServer {
 
 /// A private certificate authority and a server certificate it signed for 127.0.0.1, made
 /// with `openssl` in `dir`: (CA certificate, server certificate, server key), all PEM.
+// Test support, run from the test's own thread before or after the code under test: waiting
+// for moto_server, curl or openssl here stalls nothing else.
+#[allow(clippy::disallowed_methods)]
 pub fn make_certificates(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {

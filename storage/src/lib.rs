@@ -8,9 +8,11 @@
 //! - [`chunking`]: page-aligned blocks for relation files, content-defined chunks for streams.
 //! - [`pack`]: many chunks per stored object.
 //! - [`manifest`]: what a backup is made of; [`layout`]: which key each object lives under.
+//! - [`atomic`]: a local file replaced whole (temporary name, fsync, rename, directory fsync).
 //! - [`private`]: 0600 files and 0700 directories with one owner, for everything lifeline
 //!   writes on local disk.
 
+pub mod atomic;
 pub mod chunking;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -9,12 +9,12 @@
 use std::io::ErrorKind;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::atomic::{StagedFile, WriteOptions};
 use crate::private::{self, Owner};
 use crate::storage::{ObjectReader, TEMP_PREFIX, validate_key};
 use crate::{Durability, ObjectMeta, PutMode, Storage, StorageError};
@@ -25,8 +25,6 @@ pub struct LocalStorage {
     /// Whom every file and directory created here is given to: the repository's owner.
     owner: Owner,
 }
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The one-line refusal for a repository directory that is not there.
 fn missing_repository(root: &Path) -> StorageError {
@@ -121,23 +119,30 @@ impl Storage for LocalStorage {
         let path = self.path_of(key)?;
         let root = self.root.clone();
         let owner = self.owner;
-        let temp = temp_path(&path);
-        let setup = (root.clone(), path.clone(), temp.clone());
-        let file = tokio::task::spawn_blocking(move || {
-            let (root, path, temp) = setup;
+        let setup = (root.clone(), path.clone());
+        let staged = tokio::task::spawn_blocking(move || {
+            let (root, path) = setup;
             ensure_dir(&root, path.parent().unwrap_or(&root), owner, durability)?;
-            private::create_new_file(&temp, owner).map_err(|e| StorageError::io(&temp, e))
+            let staged = StagedFile::create(&path, put_options(owner, durability))?;
+            let file = staged
+                .as_file()
+                .try_clone()
+                .map_err(|e| StorageError::io(staged.temp_path(), e))?;
+            Ok::<_, StorageError>((staged, file))
         })
         .await
-        .map_err(|e| StorageError::io(&root, std::io::Error::other(e)))??;
-        if let Err(e) = write_temp(&temp, tokio::fs::File::from_std(file), payload).await {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(e);
-        }
+        .map_err(|e| StorageError::io(&root, std::io::Error::other(e)))?;
+        let (staged, file) = staged?;
+        let written =
+            write_temp(staged.temp_path(), tokio::fs::File::from_std(file), payload).await;
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || finish(&temp, &path, &key, mode, durability))
-            .await
-            .map_err(|e| StorageError::io(&root, std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || {
+            // On an error, dropping the staged file removes it.
+            written?;
+            finish(staged, &key, mode)
+        })
+        .await
+        .map_err(|e| StorageError::io(&root, std::io::Error::other(e)))?
     }
 
     async fn put_bytes(
@@ -228,18 +233,6 @@ impl Storage for LocalStorage {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(
-        "{TEMP_PREFIX}{file_name}.{}.{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
 fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
@@ -281,6 +274,11 @@ fn ensure_dir(
     Ok(())
 }
 
+/// Durable puts are fsynced; deferred ones wait for [`Storage::sync`].
+fn put_options(owner: Owner, durability: Durability) -> WriteOptions {
+    WriteOptions::private(owner).durability(durability)
+}
+
 fn put_blocking(
     root: &Path,
     owner: Owner,
@@ -290,51 +288,27 @@ fn put_blocking(
     mode: PutMode,
     durability: Durability,
 ) -> Result<(), StorageError> {
-    use std::io::Write;
     let dir = path.parent().unwrap_or(root);
     ensure_dir(root, dir, owner, durability)?;
-    let temp = temp_path(path);
-    let written = private::create_new_file(&temp, owner).and_then(|mut file| file.write_all(bytes));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(StorageError::io(&temp, e));
-    }
-    finish(&temp, path, key, mode, durability)
+    let mut staged = StagedFile::create(path, put_options(owner, durability))?;
+    staged.write_all(bytes)?;
+    finish(staged, key, mode)
 }
 
-/// Make the temporary file durable (if asked), move it into place, and clean up.
-fn finish(
-    temp: &Path,
-    path: &Path,
-    key: &str,
-    mode: PutMode,
-    durability: Durability,
-) -> Result<(), StorageError> {
-    let synced = if durability == Durability::Immediate {
-        std::fs::File::open(temp)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| StorageError::io(temp, e))
-    } else {
-        Ok(())
-    };
-    let result = synced.and_then(|()| match mode {
-        PutMode::Overwrite => std::fs::rename(temp, path).map_err(|e| StorageError::io(path, e)),
-        PutMode::Create => match std::fs::hard_link(temp, path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(StorageError::AlreadyExists {
-                key: key.to_string(),
-            }),
-            Err(e) => Err(StorageError::io(path, e)),
-        },
-    });
-    if result.is_err() || mode == PutMode::Create {
-        let _ = std::fs::remove_file(temp);
+/// Move the staged object into place: replacing (`Overwrite`) or never (`Create`).
+fn finish(staged: StagedFile, key: &str, mode: PutMode) -> Result<(), StorageError> {
+    match mode {
+        PutMode::Overwrite => Ok(staged.commit()?),
+        PutMode::Create => staged.commit_new().map_err(|e| {
+            if e.source.kind() == ErrorKind::AlreadyExists {
+                StorageError::AlreadyExists {
+                    key: key.to_string(),
+                }
+            } else {
+                e.into()
+            }
+        }),
     }
-    result?;
-    if durability == Durability::Immediate {
-        fsync_dir(path.parent().unwrap_or(path))?;
-    }
-    Ok(())
 }
 
 async fn write_temp(
