@@ -44,6 +44,19 @@ pub enum RestoreError {
         #[source]
         source: Box<RestoreError>,
     },
+    /// A step that runs another program (psql, pg_restore, redis-server), or one the caller
+    /// supplied (a pre-restore dump, a key count), failed; `step` says which, on what, and
+    /// what was left unchanged.
+    #[error("{step}")]
+    Step {
+        step: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A program failed, or the restored data did not pass its check; the message names the
+    /// program, its target and what it said.
+    #[error("{0}")]
+    Failed(String),
     /// Stopped by a signal (Ctrl-C, SIGTERM, a lost terminal); everything written was removed.
     #[error("interrupted: every worker was stopped and everything this restore wrote was removed")]
     Interrupted,
@@ -52,6 +65,16 @@ pub enum RestoreError {
 impl RestoreError {
     pub(crate) fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
         move |source| RestoreError::TaskFailed { what, source }
+    }
+
+    pub(crate) fn step<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+        step: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
+        let step = step.into();
+        move |source| RestoreError::Step {
+            step,
+            source: source.into(),
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -7,7 +7,9 @@
 //! - [`plan_restore`], [`restore_backup`]: a PostgreSQL restore as the operator asks for it,
 //!   planned, then restored under a lease.
 //! - [`restore_base`]: put a base backup into a data directory, ready to recover when started.
-//! - [`restore_redis`]: put a Redis backup's files where a redis-server started there loads them.
+//! - [`restore_redis`]: put a Redis backup's files where a redis-server started there loads them;
+//!   [`restore_redis_backup`] and [`restore_redis_from_file`] as the operator asks for it.
+//! - [`restore_dump`]: recreate a database from a logical dump with pg_restore.
 //! - [`verify_repository`]: check that every backup's chunks and WAL are there and intact.
 
 mod error;
@@ -15,6 +17,7 @@ mod pitr;
 mod places;
 mod postgres;
 mod prefetch;
+mod redis_flow;
 mod restore_base;
 mod restore_dump;
 mod restore_redis;
@@ -36,11 +39,18 @@ pub use postgres::{
     cluster_backups, parse_until, plan_restore, restore_backup,
 };
 pub use prefetch::{PrefetchReport, Spool};
+pub use redis_flow::{
+    KeyCounter, KeyCounts, LoadCheck, RedisRestored, counts_line, refuse_if_redis_serves,
+    restore_redis_backup, restore_redis_from_file,
+};
 pub use restore_base::{
     ArchiveMode, RecoveryTarget, RestoreOptions, RestoreReport, TablespaceMapping, read_manifest,
     restore_base,
 };
-pub use restore_dump::{open_dump_file, write_chunks};
+pub use restore_dump::{
+    DumpRestoreOptions, DumpRestored, DumpSource, PgCommand, choose_dump, dump_target,
+    open_dump_file, restore_dump, write_chunks,
+};
 pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file};
 pub use select::{BackupSelector, select_backup};
 pub use validate::{validate_base, validate_stream};

@@ -425,4 +425,77 @@ mod tests {
             assert!(parse_until(bad, &tz).is_err(), "{bad:?} accepted");
         }
     }
+
+    fn refusal(
+        restore_type: &str,
+        until: Option<&str>,
+        timeline: Option<TargetTimeline>,
+    ) -> String {
+        RestoreRequest::new(restore_type, until, "latest", timeline, TimeZone::UTC)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_request_that_mixes_full_and_pitr_is_refused_before_the_repository_is_opened() {
+        assert!(refusal("pitr", None, None).contains("--type pitr needs --until"));
+        assert!(refusal("full", Some("latest"), None).contains("--until applies to --type pitr"));
+        assert!(
+            refusal("full", None, Some(TargetTimeline::Current))
+                .contains("--target-timeline applies to --type pitr only")
+        );
+        let to_end = RestoreRequest::new("pitr", Some(" latest "), "latest", None, TimeZone::UTC)
+            .expect("--until latest");
+        assert!(to_end.to_end && to_end.target.is_none());
+    }
+
+    #[test]
+    fn the_report_says_what_was_restored_and_how_to_start_it() {
+        let mut manifest = crate::test_support::empty_manifest();
+        manifest.stop_lsn = "0/3000100".parse().expect("an LSN");
+        let restored = RestoredBackup {
+            backup_id: "20251227T010000Z-base".into(),
+            data_dir: "/srv/pg".into(),
+            manifest,
+            files: 1200,
+            bytes: 5 << 20,
+            elapsed: Duration::from_millis(1250),
+        };
+        assert_eq!(
+            restored.to_string(),
+            "restored backup 20251227T010000Z-base into /srv/pg: 1200 files, 5 MiB in 1.2 s"
+        );
+        let advice = restored.start_advice(&RecoveryTarget::Immediate, ArchiveMode::Off);
+        let (start, archiving) = advice.split_once('\n').expect("two lines");
+        assert_eq!(
+            start,
+            "next: start PostgreSQL on it (pg_ctl -D /srv/pg start); it replays WAL to the backup's consistent end (0/3000100) and promotes"
+        );
+        assert!(archiving.contains("archive_mode = 'off'"), "{archiving}");
+        let advice = restored.start_advice(&RecoveryTarget::EndOfArchive, ArchiveMode::Preserve);
+        assert!(
+            advice.contains("replays WAL to the end of the archive"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("keeps the backed-up server's archive settings"),
+            "{advice}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repository_without_a_cluster_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = catalog::Catalog::open(dir.path().join("catalog.db")).expect("catalog");
+        let storage = testing::MemoryStorage::new();
+        let refused = cluster_backups(&storage, &catalog)
+            .await
+            .expect_err("no cluster");
+        assert!(
+            refused
+                .to_string()
+                .contains("the repository holds no cluster yet"),
+            "{refused}"
+        );
+    }
 }

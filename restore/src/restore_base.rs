@@ -68,6 +68,20 @@ pub struct TablespaceMapping {
     pub all: Option<PathBuf>,
 }
 
+impl TablespaceMapping {
+    /// One `--tablespace-map NAME=DIR`.
+    pub fn parse_entry(text: &str) -> Result<(String, PathBuf), String> {
+        match text.split_once('=') {
+            Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+                Ok((name.to_string(), PathBuf::from(dir)))
+            }
+            _ => Err(format!(
+                "{text:?} is not NAME=DIR: give the tablespace's name or oid and the directory to put it in"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub data_dir: PathBuf,
