@@ -329,7 +329,7 @@ pub async fn restore_backup(
         interrupted: interrupted.clone(),
     };
     let started = Instant::now();
-    take_lease(storage.as_ref(), &backup.backup_id).await;
+    storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
     let running = Arc::new(AtomicBool::new(true));
     tokio::spawn(watch_signals(interrupted, running.clone()));
     let restored = crate::restore_base(storage, &manifest, &opts).await;
@@ -375,39 +375,6 @@ async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
         }
         std::process::exit(130);
     }
-}
-
-// TODO lease: replace with storage::lease once it exists.
-/// Tell `prune` that a restore is using `backup_id` (for a day: recovery goes on fetching WAL
-/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
-pub(crate) async fn take_lease(storage: &dyn Storage, backup_id: &str) {
-    let holder = format!("{}-{}", host_name(), std::process::id());
-    let key = storage::layout::lease_key(backup_id, &holder);
-    let body = serde_json::json!({ "backup_id": backup_id, "taken_at": jiff::Timestamp::now() });
-    let written = storage
-        .put_bytes(
-            &key,
-            serde_json::to_vec(&body).unwrap_or_default(),
-            storage::PutMode::Overwrite,
-            storage::Durability::Immediate,
-        )
-        .await;
-    if let Err(e) = written {
-        tracing::warn!("no lease on {backup_id} ({e}): a prune meanwhile could remove it");
-    }
-}
-
-// TODO lease: the lease holder's host, as the binary names it.
-fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        })
-        .unwrap_or_else(|| "host".into())
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ pub fn restore_redis_backup<'a>(
                 backup_id: backup.backup_id.clone(),
                 source: Box::new(source.into()),
             })?;
-        crate::postgres::take_lease(storage, &backup.backup_id).await;
+        storage::lease::take_here(storage, &backup.backup_id).await;
         let report = crate::restore_redis(storage, &manifest, data_dir, downloads)
             .await
             .map_err(|source| RestoreError::RestoreInto {
@@ -325,12 +325,15 @@ fn loaded_key_counts(
                         "redis-server could not load the restored files ({status}): the restored dump.rdb is not usable"
                     )));
                 }
+                // On a blocking thread (check_load runs this in spawn_blocking).
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     };
     // Killed, not shut down: it must write nothing into the restored directory.
     let _ = server.kill();
+    #[allow(clippy::disallowed_methods)] // on the same blocking thread
     let _ = server.wait();
     Ok(Some(counts.map_err(RestoreError::step(
         "the check server never answered",

@@ -163,7 +163,7 @@ where
 {
     let target = &options.database;
     if let DumpSource::Repository(id) = source {
-        crate::postgres::take_lease(storage.as_ref(), id).await;
+        storage::lease::take_here(storage.as_ref(), id).await;
     }
     // Check the source before anything is dropped.
     let chunks = match source {
@@ -269,6 +269,9 @@ where
         }
         _ => Ok(()),
     };
+    // pg_restore reads its stdin from the feeder above; its output is gathered on a blocking
+    // thread, where waiting is allowed.
+    #[allow(clippy::disallowed_methods)]
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .map_err(RestoreError::task("pg_restore waiter"))?

@@ -96,7 +96,7 @@ async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
         kind.to_uppercase(),
         manifest.size_bytes as f64 / (1u64 << 20) as f64,
         manifest.new_bytes as f64 / (1u64 << 20) as f64,
-        super::counts_line(&manifest.counts),
+        restore::counts_line(&manifest.counts),
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)

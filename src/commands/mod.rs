@@ -84,37 +84,13 @@ pub fn recent_logs(
         .collect()
 }
 
-/// `db0=12 db3=5`, or `none`: the key counts a Redis backup recorded.
-pub fn counts_line(counts: &std::collections::BTreeMap<String, u64>) -> String {
-    if counts.is_empty() {
-        return "none".to_string();
-    }
-    counts
-        .iter()
-        .map(|(db, n)| format!("{db}={n}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// This host's name as it may appear in a repository key, or `host`.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        })
-        .unwrap_or_else(|| "host".into())
+    storage::lease::host_name()
 }
 
-/// Tell `prune` that a restore is using `backup_id` (see `storage::lease`); only warns.
+/// Tell `prune` that a restore is using `backup_id` (for a day: recovery goes on fetching WAL
+/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
 pub async fn take_lease(storage: &dyn storage::Storage, backup_id: &str) {
-    storage::lease::take(
-        storage,
-        backup_id,
-        &format!("{}-{}", host_name(), std::process::id()),
-    )
-    .await;
+    storage::lease::take_here(storage, backup_id).await;
 }

@@ -20,6 +20,29 @@ pub async fn take(storage: &dyn Storage, backup_id: &str, holder: &str) {
     }
 }
 
+/// Take a lease on `backup_id` for this process ([`this_holder`]).
+pub async fn take_here(storage: &dyn Storage, backup_id: &str) {
+    take(storage, backup_id, &this_holder()).await;
+}
+
+/// This process as a lease holder: `host-pid`.
+pub fn this_holder() -> String {
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+/// This host's name as it may appear in a repository key, or `host`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or_else(|| "host".into())
+}
+
 async fn write(storage: &dyn Storage, backup_id: &str, holder: &str) -> Result<(), StorageError> {
     let key = layout::lease_key(backup_id, holder);
     let body = serde_json::json!({ "backup_id": backup_id, "taken_at": jiff::Timestamp::now() });
