@@ -111,6 +111,37 @@ fn absolute(path: PathBuf) -> PathBuf {
         .unwrap_or(path)
 }
 
+/// `slot` from the environment variable `name` when set: the environment wins over the file.
+fn from_env<T: std::str::FromStr>(slot: &mut Option<T>, name: &str, what: &str) -> Result<()> {
+    if let Some(v) = env(name) {
+        let parsed = v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not {what}"))?;
+        *slot = Some(parsed);
+    }
+    Ok(())
+}
+
+/// The environment's settings over the file's.
+fn overlay_environment(file: &mut ConfigFile) -> Result<()> {
+    for (slot, name) in [
+        (&mut file.db_host, "DB_HOST"),
+        (&mut file.db_user, "DB_USER"),
+        (&mut file.db_password, "DB_PASSWORD"),
+        (&mut file.db_name, "DB_NAME"),
+        (&mut file.redis_host, "REDIS_HOST"),
+        (&mut file.redis_password, "REDIS_PASSWORD"),
+        (&mut file.staging_db_name, "STAGING_DB_NAME"),
+    ] {
+        from_env(slot, name, "text")?;
+    }
+    from_env(&mut file.db_port, "DB_PORT", "a port number")?;
+    from_env(&mut file.redis_port, "REDIS_PORT", "a port number")?;
+    from_env(&mut file.pgdata, "PGDATA", "a path")?;
+    from_env(&mut file.pg_bin_dir, "PG_BIN_DIR", "a path")?;
+    Ok(())
+}
+
 fn bool_env(name: &str) -> Result<Option<bool>> {
     match env(name) {
         None => Ok(None),
@@ -155,14 +186,14 @@ fn ops_settings(file: &ConfigFile) -> Result<OpsSettings> {
         failover,
         services: file.services.clone(),
         drill_dir: file.drill_dir.clone().map(absolute),
-        redis_configured: env("REDIS_HOST").is_some() || file.redis_host.is_some(),
+        redis_configured: false,
         simulate: bool_env("SIMULATE_MODE")?.unwrap_or(false),
     })
 }
 
 impl Settings {
     pub fn resolve(args: &GlobalArgs) -> Result<Settings> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("read the configuration file {}", path.display()))?;
@@ -175,6 +206,8 @@ impl Settings {
             }
             None => ConfigFile::default(),
         };
+        let redis_configured = env("REDIS_HOST").is_some() || file.redis_host.is_some();
+        overlay_environment(&mut file)?;
         let s3 = s3_options(args, &file)?;
         let ops = ops_settings(&file)?;
         let is_s3 = s3.is_some();
@@ -203,23 +236,7 @@ impl Settings {
             );
         }
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let dbname = env("DB_NAME")
-            .or(file.db_name.clone())
-            .unwrap_or_else(|| "postgres".into());
-        let redis_port = match env("REDIS_PORT") {
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .with_context(|| format!("REDIS_PORT={p:?} is not a port number"))?,
-            ),
-            None => file.redis_port,
-        };
-        let port = match env("DB_PORT") {
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .with_context(|| format!("DB_PORT={p:?} is not a port number"))?,
-            ),
-            None => file.db_port,
-        };
+        let dbname = file.db_name.unwrap_or_else(|| "postgres".into());
         Ok(Settings {
             config_file: args.config.clone().map(absolute),
             backup_dir: args.backup_dir.clone().or(file.backup_dir).map(absolute),
@@ -239,17 +256,13 @@ impl Settings {
             )?
             .unwrap_or(Duration::from_secs(300)),
             db: archiver::ConnectionOptions {
-                host: env("DB_HOST")
-                    .or(file.db_host)
-                    .unwrap_or_else(|| "localhost".into()),
-                port: port.unwrap_or(5432),
-                user: env("DB_USER")
-                    .or(file.db_user)
-                    .unwrap_or_else(|| "postgres".into()),
-                password: env("DB_PASSWORD").or(file.db_password),
+                host: file.db_host.unwrap_or_else(|| "localhost".into()),
+                port: file.db_port.unwrap_or(5432),
+                user: file.db_user.unwrap_or_else(|| "postgres".into()),
+                password: file.db_password,
                 dbname: dbname.clone(),
             },
-            pgdata: env("PGDATA").map(PathBuf::from).or(file.pgdata),
+            pgdata: file.pgdata,
             s3,
             transfers: args.transfers.or(file.transfers),
             prefetch: Prefetch {
@@ -261,10 +274,10 @@ impl Settings {
                 bytes: mib_to_bytes(file.wal_prefetch_mib.unwrap_or(512), "wal-prefetch-mib")?,
                 spool_dir: file.wal_spool_dir.map(absolute),
             },
-            staging_db: env("STAGING_DB_NAME")
-                .or(file.staging_db_name)
+            staging_db: file
+                .staging_db_name
                 .unwrap_or_else(|| format!("{dbname}_staging")),
-            pg_bin_dir: env("PG_BIN_DIR").map(PathBuf::from).or(file.pg_bin_dir),
+            pg_bin_dir: file.pg_bin_dir,
             retention: catalog::RetentionPolicy {
                 daily: file.keep_daily.unwrap_or(7),
                 weekly: file.keep_weekly.unwrap_or(4),
@@ -287,13 +300,14 @@ impl Settings {
                 None => 30,
             },
             redis: archiver::RedisOptions {
-                host: env("REDIS_HOST")
-                    .or(file.redis_host)
-                    .unwrap_or_else(|| "127.0.0.1".into()),
-                port: redis_port.unwrap_or(6379),
-                password: env("REDIS_PASSWORD").or(file.redis_password),
+                host: file.redis_host.unwrap_or_else(|| "127.0.0.1".into()),
+                port: file.redis_port.unwrap_or(6379),
+                password: file.redis_password,
             },
-            ops,
+            ops: OpsSettings {
+                redis_configured,
+                ..ops
+            },
         })
     }
 
