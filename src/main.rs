@@ -82,39 +82,6 @@ impl Command {
     }
 }
 
-fn init_logging(operation_log: Option<std::fs::File>) {
-    use tracing_subscriber::filter::{EnvFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    // Report lines are printed on stdout already; they go to the operation log only.
-    let spec = std::env::var("LIFELINE_LOG").unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(format!("{spec},lifeline::report=off"))
-        .unwrap_or_else(|_| EnvFilter::new("info,lifeline::report=off"));
-    let terminal = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        // PostgreSQL copies archive_command's stderr into its log: no colour codes there.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_filter(filter);
-    let file = operation_log.map(|f| {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::sync::Mutex::new(f))
-            .with_ansi(false)
-            .with_target(false)
-            .with_filter(
-                Targets::new()
-                    .with_default(tracing::Level::INFO)
-                    .with_target("aws_smithy_runtime", tracing::Level::WARN)
-                    .with_target("aws_config", tracing::Level::WARN)
-                    .with_target("hyper_util", tracing::Level::WARN)
-                    .with_target("rustls", tracing::Level::WARN),
-            )
-    });
-    tracing_subscriber::registry()
-        .with(terminal)
-        .with(file)
-        .init();
-}
-
 /// Record the outcome in `.backup_status` (a non-zero exit counts as a failure), notify a
 /// failure, and pass it on.
 async fn report(
@@ -191,26 +158,6 @@ fn install_panic_hook(kind: PanicExit) {
     }));
 }
 
-/// The last lines of an operation log: the outcome, and on failure the whole error chain on
-/// an ERROR line (what `grep -E "ERROR|FAILED" logs/*.log` finds).
-fn log_outcome(operation: &str, result: &anyhow::Result<ExitCode>, started: std::time::Instant) {
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
-        Ok(code) if *code == ExitCode::SUCCESS => tracing::info!(
-            target: "lifeline::report",
-            "{operation}: SUCCEEDED in {seconds:.1} s"
-        ),
-        Ok(code) => tracing::error!(
-            target: "lifeline::report",
-            "ERROR: {operation}: FAILED in {seconds:.1} s ({code:?}): it found problems, listed above"
-        ),
-        Err(e) => tracing::error!(
-            target: "lifeline::report",
-            "ERROR: {operation}: FAILED in {seconds:.1} s: {e:#}"
-        ),
-    }
-}
-
 /// As root, become the repository's owner (except for `failover`); other users are refused.
 fn act_as_repository_owner(settings: &Settings, command: &Command) -> Result<(), String> {
     match (command, settings.backup_dir.as_deref()) {
@@ -257,7 +204,7 @@ fn main() -> ExitCode {
     let log = operation
         .as_deref()
         .and_then(|name| ops::oplog::open(settings.backup_dir.as_deref(), name));
-    init_logging(log.map(|(file, _)| file));
+    ops::oplog::init_logging(log.map(|(file, _)| file));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -312,7 +259,12 @@ fn main() -> ExitCode {
         }
     });
     if let Some(operation) = &operation {
-        log_outcome(operation, &result, started);
+        let outcome = match &result {
+            Ok(code) if *code == ExitCode::SUCCESS => Ok(()),
+            Ok(code) => Err(format!(" ({code:?}): it found problems, listed above")),
+            Err(e) => Err(format!(": {e:#}")),
+        };
+        ops::oplog::log_outcome(operation, &outcome, started);
     }
     match result {
         Ok(code) => code,

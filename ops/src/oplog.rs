@@ -53,3 +53,54 @@ pub fn open(backup_dir: Option<&std::path::Path>, operation: &str) -> Option<(Fi
         }
     }
 }
+
+/// Log to stderr (as `LIFELINE_LOG` filters) and, when there is one, to the operation log.
+pub fn init_logging(operation_log: Option<std::fs::File>) {
+    use tracing_subscriber::filter::{EnvFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    // Report lines are printed on stdout already; they go to the operation log only.
+    let spec = std::env::var("LIFELINE_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(format!("{spec},lifeline::report=off"))
+        .unwrap_or_else(|_| EnvFilter::new("info,lifeline::report=off"));
+    let terminal = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        // PostgreSQL copies archive_command's stderr into its log: no colour codes there.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .with_filter(filter);
+    let file = operation_log.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .with_target(false)
+            .with_filter(
+                Targets::new()
+                    .with_default(tracing::Level::INFO)
+                    .with_target("aws_smithy_runtime", tracing::Level::WARN)
+                    .with_target("aws_config", tracing::Level::WARN)
+                    .with_target("hyper_util", tracing::Level::WARN)
+                    .with_target("rustls", tracing::Level::WARN),
+            )
+    });
+    tracing_subscriber::registry()
+        .with(terminal)
+        .with(file)
+        .init();
+}
+
+/// The last lines of an operation log: the outcome, and on failure the whole error chain on
+/// an ERROR line (what `grep -E "ERROR|FAILED" logs/*.log` finds). A failure's text follows
+/// "FAILED in N s" as it is (": cause", or " (code): ...").
+pub fn log_outcome(operation: &str, outcome: &Result<(), String>, started: std::time::Instant) {
+    let seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(()) => tracing::info!(
+            target: "lifeline::report",
+            "{operation}: SUCCEEDED in {seconds:.1} s"
+        ),
+        Err(cause) => tracing::error!(
+            target: "lifeline::report",
+            "ERROR: {operation}: FAILED in {seconds:.1} s{cause}"
+        ),
+    }
+}
