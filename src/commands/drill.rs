@@ -312,7 +312,7 @@ async fn rehearse(
         )
     });
     progress.set_message("counting rows at the consistent point");
-    let recorded = super::verify_recovery::recorded_rows(&manifest);
+    let recorded = ops::recorded_rows(&manifest);
     let tolerance = settings
         .ops
         .verify
