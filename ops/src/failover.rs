@@ -816,18 +816,7 @@ mod tests {
 
     #[test]
     fn the_loss_window_says_when_it_cannot_be_measured() {
-        struct NoCatalog;
-        impl Repository for NoCatalog {
-            async fn open(&self) -> Result<Arc<dyn storage::Storage>, OpsError> {
-                Err(OpsError::Repository("none".into()))
-            }
-            fn catalog_path(&self) -> Result<PathBuf, OpsError> {
-                Err(OpsError::NotConfigured("no BACKUP_DIR".into()))
-            }
-            fn backup_dir(&self) -> Option<&Path> {
-                None
-            }
-        }
+        let scratch = crate::repository::Scratch::new();
         let state = NodeState {
             node: "replica db2:5432".into(),
             reachable: true,
@@ -839,8 +828,172 @@ mod tests {
             replicas: Vec::new(),
         };
         assert_eq!(
-            loss_window(&NoCatalog, &state),
+            loss_window(&scratch, &state),
             "data-loss window: not measurable (replica at 0/3000060, no archived WAL in the catalog); its last replayed commit is from 2025-01-01 00:00:00+00"
+        );
+    }
+
+    /// A primary nothing answers for (port 1 refuses at once), no replica, no services.
+    fn options<'a>(
+        incident: Incident,
+        restore_options: &'a RestoreOptionsFor<'a>,
+    ) -> FailoverOptions<'a> {
+        let mut config = pg::Config::new();
+        config.host("127.0.0.1").port(1).user("app").dbname("shop");
+        let primary = pg::Server {
+            host: "127.0.0.1".into(),
+            port: 1,
+            config,
+        };
+        let redis = archiver::RedisOptions {
+            host: "127.0.0.1".into(),
+            port: 1,
+            password: None,
+        };
+        FailoverOptions {
+            incident,
+            service: None,
+            simulate: false,
+            force: false,
+            primary: primary.clone(),
+            failover: FailoverConfig::default(),
+            services: BTreeMap::new(),
+            redis: redis.clone(),
+            pgdata: None,
+            downloads: 2,
+            host: "test".into(),
+            verify: VerifyOptions {
+                depth: Depth::Quick,
+                staging: false,
+                database: primary,
+                staging_database: "shop_staging".into(),
+                checks: crate::VerifyConfig::default(),
+                redis,
+                redis_configured: false,
+            },
+            restore_options,
+        }
+    }
+
+    fn no_restore(
+        _: &catalog::BackupRecord,
+        _: restore::RestoreChoices,
+    ) -> Result<restore::PostgresRestoreOptions, String> {
+        Err("no restore in this test".into())
+    }
+
+    #[tokio::test]
+    async fn a_service_failure_names_the_configured_services_and_touches_none() {
+        let scratch = crate::repository::Scratch::new();
+        let mut opts = options(Incident::ServiceFailure, &no_restore);
+        for name in ["api", "worker"] {
+            opts.services.insert(
+                name.into(),
+                ServiceConfig {
+                    restart_command: "false".into(),
+                    health_url: "http://127.0.0.1:1/health".into(),
+                    timeout_seconds: None,
+                },
+            );
+        }
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(!report.ok);
+        assert_eq!(
+            report.summary,
+            "service_failure: name the service: lifeline failover --incident service_failure NAME (configured: api, worker)"
+        );
+        opts.service = Some("billing".into());
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(
+            report
+                .transcript
+                .starts_with("failover: incident service_failure (billing) at ")
+        );
+        assert!(report.transcript.ends_with(
+            "RESULT: FAILED (service_failure: no [services.billing] in the configuration (configured: api, worker))"
+        ));
+        assert!(
+            !report.transcript.contains("step 1"),
+            "{}",
+            report.transcript
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_replica_an_empty_repository_stops_the_database_failover_before_any_step() {
+        let scratch = crate::repository::Scratch::new();
+        let opts = options(Incident::DatabaseFailure, &no_restore);
+        let report = failover(&opts, &scratch, |_| {}).await;
+        let said: Vec<_> = report.transcript.lines().skip(1).collect();
+        assert!(!report.ok);
+        assert!(
+            said[0].starts_with("  check: primary 127.0.0.1:1 is DOWN: "),
+            "{said:?}"
+        );
+        assert_eq!(
+            said[1..],
+            [
+                "  check: no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository",
+                "RESULT: FAILED (database_failure: the repository holds no cluster: nothing was ever archived or backed up there)",
+            ]
+        );
+        assert!(scratch.storage.keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_simulation_is_reported_as_one() {
+        let scratch = crate::repository::Scratch::new();
+        let mut opts = options(Incident::ServiceFailure, &no_restore);
+        opts.simulate = true;
+        opts.service = Some("api".into());
+        opts.services.insert(
+            "api".into(),
+            ServiceConfig {
+                restart_command: "false".into(),
+                health_url: "http://127.0.0.1:1/health".into(),
+                timeout_seconds: Some(5),
+            },
+        );
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(report.ok && report.simulated);
+        assert_eq!(
+            report.summary,
+            "simulation of service_failure: api restarted and healthy"
+        );
+        let lines: Vec<_> = report.transcript.lines().collect();
+        assert!(
+            lines[2].starts_with("  check: api is unhealthy: "),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[3..5],
+            [
+                "step 1 (would run): restart api: false",
+                "step 2 (would run): poll api's health URL until healthy (at most 5 s)",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_status_says_what_is_down_and_what_is_missing() {
+        let scratch = crate::repository::Scratch::new();
+        let opts = options(Incident::DatabaseFailure, &no_restore);
+        let status = status(&opts.primary, &opts.failover, &scratch)
+            .await
+            .expect("status")
+            .to_string();
+        let lines: Vec<_> = status.lines().collect();
+        assert!(
+            lines[0].starts_with("primary 127.0.0.1:1 is DOWN: "),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1..],
+            [
+                "replica: none configured ([failover] replica-host / REPLICA_HOST)",
+                "last archived WAL: none",
+                "failovers: none logged",
+            ]
         );
     }
 }

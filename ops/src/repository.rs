@@ -23,3 +23,35 @@ pub trait Repository: Sync {
         catalog::Catalog::open(&path).map_err(|source| OpsError::OpenCatalog { path, source })
     }
 }
+
+/// A repository in memory and a BACKUP_DIR (with the catalog) in a temporary directory.
+#[cfg(test)]
+pub(crate) struct Scratch {
+    pub storage: testing::MemoryStorage,
+    pub dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            storage: testing::MemoryStorage::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Repository for Scratch {
+    async fn open(&self) -> Result<Arc<dyn storage::Storage>, OpsError> {
+        Ok(Arc::new(self.storage.clone()))
+    }
+
+    fn catalog_path(&self) -> Result<PathBuf, OpsError> {
+        Ok(self.dir.path().join("catalog.db"))
+    }
+
+    fn backup_dir(&self) -> Option<&Path> {
+        Some(self.dir.path())
+    }
+}

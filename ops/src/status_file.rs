@@ -223,6 +223,25 @@ fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repository::Scratch;
+
+    #[tokio::test]
+    async fn every_run_is_recorded_beside_the_others_with_the_repository_size() {
+        let scratch = Scratch::new();
+        scratch.storage.set_object("packs/ab/abcd", vec![0; 1000]);
+        update(&scratch, "prune", &Err("the lock is held".into())).await;
+        update(&scratch, "verify", &Ok(())).await;
+        let bytes = std::fs::read(scratch.dir.path().join(".backup_status")).expect("written");
+        let status: Value = serde_json::from_slice(&bytes).expect("JSON");
+        let runs = &status["last_runs"];
+        assert_eq!(runs["prune"]["outcome"], "failed");
+        assert_eq!(runs["prune"]["error"], "the lock is held");
+        assert_eq!(runs["verify"]["outcome"], "success");
+        assert!(runs["verify"].get("error").is_none());
+        assert_eq!(status["repository"]["bytes"], 1000);
+        assert_eq!(status["last_backups"], serde_json::json!({}));
+        assert!(status.get("last_archived_wal").is_none());
+    }
 
     #[test]
     fn the_last_restore_is_read_back_as_written() {

@@ -224,3 +224,100 @@ fn counts(keys: &BTreeMap<u32, u64>) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::Scratch;
+
+    /// PostgreSQL and Redis where nothing answers (port 1 refuses at once).
+    fn options(depth: Depth, redis_configured: bool) -> VerifyOptions {
+        let mut config = pg::Config::new();
+        config.host("127.0.0.1").port(1).user("app").dbname("shop");
+        VerifyOptions {
+            depth,
+            staging: false,
+            database: pg::Server {
+                host: "127.0.0.1".into(),
+                port: 1,
+                config,
+            },
+            staging_database: "shop_staging".into(),
+            checks: VerifyConfig::default(),
+            redis: archiver::RedisOptions {
+                host: "127.0.0.1".into(),
+                port: 1,
+                password: None,
+            },
+            redis_configured,
+        }
+    }
+
+    fn names(report: &Report) -> Vec<(&str, bool)> {
+        report
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.passed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn redis_is_checked_only_when_it_is_part_of_the_platform() {
+        let scratch = Scratch::new();
+        let without = verify(&options(Depth::Quick, false), &scratch).await;
+        assert!(!without.passed());
+        assert!(without.checks.iter().all(|c| !c.name.contains("Redis")));
+        let with = verify(&options(Depth::Quick, true), &scratch).await;
+        let redis = with
+            .checks
+            .iter()
+            .find(|c| c.name == "Redis reachable")
+            .expect("a Redis check");
+        assert!(!redis.passed);
+        assert!(
+            redis.detail.starts_with("Redis 127.0.0.1:1: "),
+            "{}",
+            redis.detail
+        );
+    }
+
+    #[tokio::test]
+    async fn full_without_a_recorded_backup_says_how_to_record_row_counts() {
+        let scratch = Scratch::new();
+        let report = verify(&options(Depth::Full, false), &scratch).await;
+        assert_eq!(report.mode, "full");
+        assert_eq!(report.target, "production");
+        let tables = report
+            .checks
+            .iter()
+            .find(|c| c.name == "tables")
+            .expect("a tables check");
+        assert!(!tables.passed);
+        assert_eq!(
+            tables.detail,
+            "no base backup in the catalog recorded row counts: run `lifeline backup postgres` (or `lifeline catalog rebuild`)"
+        );
+        assert!(!names(&report).contains(&("login flow", false)));
+    }
+
+    #[tokio::test]
+    async fn a_smoke_test_needs_a_login_flow() {
+        let scratch = Scratch::new();
+        let mut opts = options(Depth::Smoke, false);
+        opts.staging = true;
+        let report = verify(&opts, &scratch).await;
+        assert_eq!(
+            (report.mode.as_str(), report.target.as_str()),
+            ("smoke-test", "staging")
+        );
+        let login = report.checks.last().expect("checks");
+        assert_eq!(
+            (login.name.as_str(), login.passed, login.detail.as_str()),
+            (
+                "login flow",
+                false,
+                "no [verify.login] in the configuration: a smoke test needs one"
+            )
+        );
+    }
+}

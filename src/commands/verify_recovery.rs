@@ -3,9 +3,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
-use ops::Depth;
-
 use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -26,11 +23,11 @@ pub struct VerifyRecoveryArgs {
     json: bool,
 }
 
-pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> Result<ExitCode> {
+pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let depth = match (args.smoke_test, args.full) {
-        (true, _) => Depth::Smoke,
-        (_, true) => Depth::Full,
-        _ => Depth::Quick,
+        (true, _) => ops::Depth::Smoke,
+        (_, true) => ops::Depth::Full,
+        _ => ops::Depth::Quick,
     };
     let opts = options(settings, depth, args.target == "staging");
     let report = ops::verify(&opts, settings).await;
@@ -43,18 +40,13 @@ pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> Result<ExitCo
     if report.passed() {
         return Ok(ExitCode::SUCCESS);
     }
-    let failed = report.failures().len();
-    let summary = format!(
-        "{failed} of {} checks failed ({} {})",
-        report.checks.len(),
-        depth.name(),
-        args.target
-    );
+    let summary = report.failure_summary();
     super::notify(settings, "verify-recovery", false, &summary, &report.text()).await;
     Ok(ExitCode::FAILURE)
 }
 
-pub fn options(settings: &Settings, depth: Depth, staging: bool) -> ops::VerifyOptions {
+/// What the checks reach, as the settings name it.
+pub fn options(settings: &Settings, depth: ops::Depth, staging: bool) -> ops::VerifyOptions {
     ops::VerifyOptions {
         depth,
         staging,
