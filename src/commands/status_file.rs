@@ -21,12 +21,6 @@ impl ops::Repository for Settings {
     }
 }
 
-/// Record that `operation` (`backup postgres base`, `prune`, ...) ended with `outcome`.
-pub async fn update(settings: &Settings, operation: &str, outcome: &anyhow::Result<()>) {
-    let outcome = outcome.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
-    ops::status_file::update(settings, operation, &outcome).await;
-}
-
 /// Record which backup the server in `data_dir` was restored from.
 pub fn record_restore(settings: &Settings, backup_id: &str, data_dir: &Path) {
     if let Some(dir) = &settings.backup_dir {
