@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use storage::wal::WalFileName;
 
 use crate::pg::{self, NodeState};
+use crate::repository::read_catalog;
 use crate::steps::{Line, Steps};
 use crate::verify_recovery::{Depth, VerifyOptions};
 use crate::{FailoverConfig, OpsError, Repository, ServiceConfig, process, status_file};
@@ -235,7 +236,7 @@ async fn database_failure(
             "the replica is down too: restore from the repository with `lifeline restore postgres --type pitr --until latest --data-dir DIR` (INC-005 steps)",
         ));
     }
-    let loss = loss_window(repo, &state);
+    let loss = loss_window(repo, &state).await;
     steps.found(&loss);
     if state.in_recovery {
         let timeout = Duration::from_secs(opts.failover.promote_timeout_seconds.unwrap_or(60));
@@ -265,10 +266,10 @@ async fn database_failure(
 
 /// What the promoted replica may lack: WAL in the archive beyond its replay position, and the
 /// commit time of the last transaction it replayed.
-fn loss_window(repo: &impl Repository, replica: &NodeState) -> String {
+async fn loss_window(repo: &impl Repository, replica: &NodeState) -> String {
     let replayed = replica.lsn.as_deref().and_then(pg::parse_lsn);
-    let archived_end = repo.open_catalog().ok().and_then(|c| {
-        let w = c.last_wal().ok()??;
+    let last_wal = read_catalog(repo, |c| c.ok()?.last_wal().ok()?).await;
+    let archived_end = last_wal.ok().flatten().and_then(|w| {
         let name: WalFileName = w.name.parse().ok()?;
         let segment_size = storage::wal::DEFAULT_SEGMENT_SIZE;
         let start = name.segment(segment_size)?.start_lsn(segment_size).0;
@@ -509,9 +510,11 @@ async fn redis_failure(
 ) -> Result<String, OpsError> {
     let f = &opts.failover;
     let node = format!("Redis {}:{}", opts.redis.host, opts.redis.port);
-    let recorded = repo
-        .open_catalog()?
-        .backups(Some("redis"))?
+    let backups = read_catalog(repo, |c| -> Result<_, OpsError> {
+        Ok(c?.backups(Some("redis"))?)
+    });
+    let recorded = backups
+        .await??
         .into_iter()
         // The newest of either kind: an AOF backup is newer data than last night's RDB.
         .filter(|b| matches!(b.kind.as_str(), "rdb" | "aof"))
@@ -730,9 +733,15 @@ pub async fn status(
     } else {
         lines.push("replica: none configured ([failover] replica-host / REPLICA_HOST)".into());
     }
-    if let Ok(catalog) = repo.open_catalog() {
-        if let Some(b) = catalog
-            .backups(Some("postgresql"))?
+    // No catalog (yet) leaves these lines out; a catalog that cannot be queried is an error.
+    let recorded = read_catalog(repo, |c| -> Result<_, OpsError> {
+        match c {
+            Ok(c) => Ok(Some((c.backups(Some("postgresql"))?, c.last_wal()?))),
+            Err(_) => Ok(None),
+        }
+    });
+    if let Some((backups, last_wal)) = recorded.await?? {
+        if let Some(b) = backups
             .into_iter()
             .rfind(|b| b.state == catalog::BackupState::Complete)
         {
@@ -741,7 +750,7 @@ pub async fn status(
                 b.backup_id, b.kind, b.restorability
             ));
         }
-        match catalog.last_wal()? {
+        match last_wal {
             Some(w) => {
                 let age = (jiff::Timestamp::now().as_microsecond() - w.archived_at_us) as f64 / 1e6;
                 lines.push(format!(
@@ -814,8 +823,8 @@ mod tests {
         assert!(replica(&primary, &FailoverConfig::default()).is_none());
     }
 
-    #[test]
-    fn the_loss_window_says_when_it_cannot_be_measured() {
+    #[tokio::test]
+    async fn the_loss_window_says_when_it_cannot_be_measured() {
         let scratch = crate::repository::Scratch::new();
         let state = NodeState {
             node: "replica db2:5432".into(),
@@ -828,7 +837,7 @@ mod tests {
             replicas: Vec::new(),
         };
         assert_eq!(
-            loss_window(&scratch, &state),
+            loss_window(&scratch, &state).await,
             "data-loss window: not measurable (replica at 0/3000060, no archived WAL in the catalog); its last replayed commit is from 2025-01-01 00:00:00+00"
         );
     }

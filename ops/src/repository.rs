@@ -24,6 +24,21 @@ pub trait Repository: Sync {
     }
 }
 
+/// Read the catalog off the async threads (SQLite is blocking file I/O); `read` is given the
+/// opened catalog, or why it could not be opened.
+pub(crate) async fn read_catalog<T: Send + 'static>(
+    repo: &impl Repository,
+    read: impl FnOnce(Result<catalog::Catalog, OpsError>) -> T + Send + 'static,
+) -> Result<T, OpsError> {
+    let path = repo.catalog_path();
+    let opened = move || {
+        path.and_then(|path| {
+            catalog::Catalog::open(&path).map_err(|source| OpsError::OpenCatalog { path, source })
+        })
+    };
+    Ok(tokio::task::spawn_blocking(move || read(opened())).await?)
+}
+
 /// A repository in memory and a BACKUP_DIR (with the catalog) in a temporary directory.
 #[cfg(test)]
 pub(crate) struct Scratch {

@@ -14,9 +14,12 @@ use crate::Repository;
 /// error's words when it failed).
 pub async fn update(repo: &impl Repository, operation: &str, outcome: &Result<(), String>) {
     // A missing BACKUP_DIR is never created; the command's own error already says so.
-    let Some(dir) = repo.backup_dir().filter(|d| d.is_dir()) else {
+    let Some(dir) = repo.backup_dir() else {
         return;
     };
+    if !tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) {
+        return;
+    }
     let path = dir.join(".backup_status");
     let catalog = repo.catalog_path().ok();
     let now = jiff::Timestamp::now().to_string();

@@ -3,8 +3,10 @@
 //! orchestration of `lifeline verify-recovery` and of a data-center failover's last check.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::checks::{self, Check, RecordedRows, Report, VerifyConfig};
+use crate::repository::read_catalog;
 use crate::{OpsError, Repository, pg, status_file};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -116,22 +118,29 @@ pub async fn verify(opts: &VerifyOptions, repo: &impl Repository) -> Report {
 /// The row counts recorded by the backup the server was restored from, when a restore ran
 /// after the newest backup; else by the newest complete base backup; None when there is none.
 async fn latest_recorded_rows(repo: &impl Repository) -> Result<Option<RecordedRows>, OpsError> {
-    let catalog = repo.open_catalog()?;
-    let backups = catalog.backups(Some("postgresql"))?;
-    let Some(newest) = backups
-        .iter()
-        .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
-    else {
+    let backup_dir = repo.backup_dir().map(Path::to_path_buf);
+    let chosen = read_catalog(repo, move |c| -> Result<_, OpsError> {
+        let backups = c?.backups(Some("postgresql"))?;
+        let Some(newest) = backups
+            .iter()
+            .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            match backup_dir.as_deref().and_then(status_file::last_restore) {
+                Some((id, at))
+                    if at.as_microsecond() > newest.finished_at_us
+                        && backups.iter().any(|b| b.backup_id == id) =>
+                {
+                    id
+                }
+                _ => newest.backup_id.clone(),
+            },
+        ))
+    });
+    let Some(backup_id) = chosen.await?? else {
         return Ok(None);
-    };
-    let backup_id = match repo.backup_dir().and_then(status_file::last_restore) {
-        Some((id, at))
-            if at.as_microsecond() > newest.finished_at_us
-                && backups.iter().any(|b| b.backup_id == id) =>
-        {
-            id
-        }
-        _ => newest.backup_id.clone(),
     };
     let storage = repo.open().await?;
     let manifest = restore::read_manifest(storage.as_ref(), &backup_id)
@@ -154,12 +163,16 @@ pub fn recorded_rows(manifest: &storage::manifest::BackupManifest) -> RecordedRo
 /// Redis reachable (and from `Full` on its keys against the last backup), when Redis is part
 /// of the platform: configured, or backed up before.
 async fn redis_check(opts: &VerifyOptions, repo: &impl Repository) -> Option<Check> {
-    let recorded = repo.open_catalog().ok().and_then(|c| {
-        c.backups(Some("redis"))
+    let recorded = read_catalog(repo, |c| {
+        c.ok()?
+            .backups(Some("redis"))
             .ok()?
             .into_iter()
             .rfind(|b| b.state == catalog::BackupState::Complete)
-    });
+    })
+    .await
+    .ok()
+    .flatten();
     if !opts.redis_configured && recorded.is_none() {
         return None;
     }
