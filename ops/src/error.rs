@@ -37,9 +37,9 @@ pub enum OpsError {
     /// The binary could not name the command a restored server fetches its WAL with.
     #[error("{0}")]
     RestoreCommand(String),
-    /// Redis did not answer its key count (the archiver's Redis client says why).
-    #[error(transparent)]
-    Redis(#[from] archiver::ArchiveError),
+    /// Redis did not answer its key count: the Redis client's words.
+    #[error("{0}")]
+    Redis(String),
     #[error("Redis did not answer within 60 s of its restart")]
     RedisRestart(#[source] Box<OpsError>),
     /// A step needs something the configuration does not name; the text names the key.

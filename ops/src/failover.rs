@@ -17,7 +17,7 @@ use crate::pg::{self, NodeState};
 use crate::repository::read_catalog;
 use crate::steps::{Line, Steps};
 use crate::verify_recovery::{Depth, VerifyOptions};
-use crate::{FailoverConfig, OpsError, Repository, ServiceConfig, process, status_file};
+use crate::{FailoverConfig, OpsError, Redis, Repository, ServiceConfig, process, status_file};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -86,7 +86,7 @@ pub struct FailoverOptions<'a> {
     pub primary: pg::Server,
     pub failover: FailoverConfig,
     pub services: BTreeMap<String, ServiceConfig>,
-    pub redis: archiver::RedisOptions,
+    pub redis: Redis,
     /// PGDATA: where a restore from the repository goes.
     pub pgdata: Option<PathBuf>,
     /// Chunk groups read at once by a Redis restore.
@@ -497,19 +497,13 @@ async fn service_failure(
     Ok(format!("{name} restarted and healthy"))
 }
 
-async fn redis_keys(redis: &archiver::RedisOptions) -> Result<u64, OpsError> {
-    let redis = redis.clone();
-    let keys = tokio::task::spawn_blocking(move || archiver::keyspace(&redis)).await??;
-    Ok(keys.values().sum())
-}
-
 async fn redis_failure(
     opts: &FailoverOptions<'_>,
     repo: &impl Repository,
     steps: &mut Steps,
 ) -> Result<String, OpsError> {
     let f = &opts.failover;
-    let node = format!("Redis {}:{}", opts.redis.host, opts.redis.port);
+    let node = opts.redis.node();
     let backups = read_catalog(repo, |c| -> Result<_, OpsError> {
         Ok(c?.backups(Some("redis"))?)
     });
@@ -520,7 +514,7 @@ async fn redis_failure(
         .filter(|b| matches!(b.kind.as_str(), "rdb" | "aof"))
         .filter(|b| b.state == catalog::BackupState::Complete)
         .max_by_key(|b| (b.finished_at_us, b.backup_id.clone()));
-    match redis_keys(&opts.redis).await {
+    match opts.redis.total_keys().await {
         Ok(n) if n > 0 && !opts.force => {
             steps.found(format!("{node} answers with {n} keys"));
             return Err(stopped(
@@ -543,7 +537,7 @@ async fn redis_failure(
     let keys = if steps.simulate() {
         0
     } else {
-        redis_keys(&opts.redis).await?
+        opts.redis.total_keys().await?
     };
     let Some(backup) = recorded else {
         steps.found("no Redis backup in the catalog to restore from");
@@ -594,10 +588,10 @@ async fn redis_failure(
     Ok(format!("Redis would be restored from {}", backup.backup_id))
 }
 
-async fn wait_redis(redis: &archiver::RedisOptions) -> Result<u64, OpsError> {
+async fn wait_redis(redis: &Redis) -> Result<u64, OpsError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match redis_keys(redis).await {
+        match redis.total_keys().await {
             Ok(n) => return Ok(n),
             Err(e) if Instant::now() >= deadline => {
                 return Err(OpsError::RedisRestart(Box::new(e)));
@@ -854,10 +848,10 @@ mod tests {
             port: 1,
             config,
         };
-        let redis = archiver::RedisOptions {
+        let redis = Redis {
             host: "127.0.0.1".into(),
             port: 1,
-            password: None,
+            count_keys: std::sync::Arc::new(|| Err("connection refused".into())),
         };
         FailoverOptions {
             incident,

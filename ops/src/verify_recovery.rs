@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::checks::{self, Check, RecordedRows, Report, VerifyConfig};
 use crate::repository::read_catalog;
-use crate::{OpsError, Repository, pg, status_file};
+use crate::{OpsError, Redis, Repository, pg, status_file};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Depth {
@@ -39,7 +39,7 @@ pub struct VerifyOptions {
     /// The database `staging` checks, on the same server.
     pub staging_database: String,
     pub checks: VerifyConfig,
-    pub redis: archiver::RedisOptions,
+    pub redis: Redis,
     /// Redis is part of the platform even when no backup of it is recorded.
     pub redis_configured: bool,
 }
@@ -176,12 +176,12 @@ async fn redis_check(opts: &VerifyOptions, repo: &impl Repository) -> Option<Che
     if !opts.redis_configured && recorded.is_none() {
         return None;
     }
-    let redis = opts.redis.clone();
-    let node = format!("Redis {}:{}", redis.host, redis.port);
-    let keys = tokio::task::spawn_blocking(move || archiver::keyspace(&redis)).await;
-    let keys = match keys {
-        Ok(Ok(keys)) => keys,
-        Ok(Err(e)) => return Some(Check::fail("Redis reachable", format!("{node}: {e}"))),
+    let node = opts.redis.node();
+    let keys = match opts.redis.keys().await {
+        Ok(keys) => keys,
+        Err(e @ OpsError::Redis(_)) => {
+            return Some(Check::fail("Redis reachable", format!("{node}: {e}")));
+        }
         Err(e) => return Some(Check::fail("Redis reachable", e.to_string())),
     };
     let total: u64 = keys.values().sum();
@@ -257,10 +257,10 @@ mod tests {
             },
             staging_database: "shop_staging".into(),
             checks: VerifyConfig::default(),
-            redis: archiver::RedisOptions {
+            redis: Redis {
                 host: "127.0.0.1".into(),
                 port: 1,
-                password: None,
+                count_keys: std::sync::Arc::new(|| Err("connection refused".into())),
             },
             redis_configured,
         }
@@ -287,11 +287,7 @@ mod tests {
             .find(|c| c.name == "Redis reachable")
             .expect("a Redis check");
         assert!(!redis.passed);
-        assert!(
-            redis.detail.starts_with("Redis 127.0.0.1:1: "),
-            "{}",
-            redis.detail
-        );
+        assert_eq!(redis.detail, "Redis 127.0.0.1:1: connection refused");
     }
 
     #[tokio::test]

@@ -44,6 +44,7 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         super::restore::postgres_options(settings, backup, true, choices)
             .map_err(|e| format!("{e:#}"))
     };
+    let opts_verify = super::verify_recovery::options(settings, ops::Depth::Quick, false);
     let opts = ops::FailoverOptions {
         incident: args
             .incident
@@ -56,11 +57,11 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         primary,
         failover: settings.ops.failover.clone(),
         services: settings.ops.services.clone(),
-        redis: settings.redis.clone(),
+        redis: opts_verify.redis.clone(),
         pgdata: settings.pgdata.clone(),
         downloads: settings.download_transfers(),
         host: super::host_name(),
-        verify: super::verify_recovery::options(settings, ops::Depth::Quick, false),
+        verify: opts_verify,
         restore_options: &restore_options,
     };
     let report = ops::failover(&opts, settings, |line| match line {

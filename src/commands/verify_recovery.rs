@@ -53,7 +53,19 @@ pub fn options(settings: &Settings, depth: ops::Depth, staging: bool) -> ops::Ve
         database: super::failover::server(&settings.db),
         staging_database: settings.staging_db.clone(),
         checks: settings.ops.verify.clone(),
-        redis: settings.redis.clone(),
+        redis: redis(&settings.redis),
         redis_configured: settings.ops.redis_configured,
+    }
+}
+
+/// Redis at its address, its keys counted by the archiver's client.
+fn redis(redis: &archiver::RedisOptions) -> ops::Redis {
+    let client = redis.clone();
+    ops::Redis {
+        host: redis.host.clone(),
+        port: redis.port,
+        count_keys: std::sync::Arc::new(move || {
+            archiver::keyspace(&client).map_err(|e| e.to_string())
+        }),
     }
 }
