@@ -34,7 +34,7 @@ impl FailoverArgs {
 }
 
 pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
-    let primary = server(&settings.db);
+    let primary = super::platform::server(&settings.db);
     if args.status {
         let status = ops::failover::status(&primary, &settings.ops.failover, settings).await?;
         print!("{status}");
@@ -44,7 +44,7 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         super::restore::postgres_options(settings, backup, true, choices)
             .map_err(|e| format!("{e:#}"))
     };
-    let opts_verify = super::verify_recovery::options(settings, ops::Depth::Quick, false);
+    let verify = super::platform::verify_options(settings, ops::Depth::Quick, false);
     let opts = ops::FailoverOptions {
         incident: args
             .incident
@@ -57,11 +57,11 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         primary,
         failover: settings.ops.failover.clone(),
         services: settings.ops.services.clone(),
-        redis: opts_verify.redis.clone(),
+        redis: verify.redis.clone(),
         pgdata: settings.pgdata.clone(),
         downloads: settings.download_transfers(),
         host: super::host_name(),
-        verify: opts_verify,
+        verify,
         restore_options: &restore_options,
     };
     let report = ops::failover(&opts, settings, |line| match line {
@@ -87,13 +87,4 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// The primary as the settings name it; the replica is the same at another address.
-pub fn server(db: &archiver::ConnectionOptions) -> ops::pg::Server {
-    ops::pg::Server {
-        host: db.host.clone(),
-        port: db.port,
-        config: db.pg_config(),
-    }
 }

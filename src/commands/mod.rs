@@ -5,6 +5,7 @@ pub mod dump;
 pub mod failover;
 pub mod info;
 pub mod oplog;
+mod platform;
 pub mod prune;
 pub mod restore;
 pub mod runbook;

@@ -29,7 +29,7 @@ pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> anyhow::Resul
         (_, true) => ops::Depth::Full,
         _ => ops::Depth::Quick,
     };
-    let opts = options(settings, depth, args.target == "staging");
+    let opts = super::platform::verify_options(settings, depth, args.target == "staging");
     let report = ops::verify(&opts, settings).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
@@ -43,29 +43,4 @@ pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> anyhow::Resul
     let summary = report.failure_summary();
     super::notify(settings, "verify-recovery", false, &summary, &report.text()).await;
     Ok(ExitCode::FAILURE)
-}
-
-/// What the checks reach, as the settings name it.
-pub fn options(settings: &Settings, depth: ops::Depth, staging: bool) -> ops::VerifyOptions {
-    ops::VerifyOptions {
-        depth,
-        staging,
-        database: super::failover::server(&settings.db),
-        staging_database: settings.staging_db.clone(),
-        checks: settings.ops.verify.clone(),
-        redis: redis(&settings.redis),
-        redis_configured: settings.ops.redis_configured,
-    }
-}
-
-/// Redis at its address, its keys counted by the archiver's client.
-fn redis(redis: &archiver::RedisOptions) -> ops::Redis {
-    let client = redis.clone();
-    ops::Redis {
-        host: redis.host.clone(),
-        port: redis.port,
-        count_keys: std::sync::Arc::new(move || {
-            archiver::keyspace(&client).map_err(|e| e.to_string())
-        }),
-    }
 }
