@@ -1,8 +1,11 @@
-//! Operations: what the on-call engineer drives on the day of an incident. The failover flows
-//! (PostgreSQL roles and promotion, restart commands and health URLs, the connection file, a
-//! restore from the repository through the restore crate), post-recovery verification, the
-//! status files in BACKUP_DIR, the incident runbook and notifications. The repository and the
-//! catalog are reached through [`Repository`], which the binary implements.
+//! Operations: what the on-call engineer drives on the day of an incident. Failover steps
+//! against PostgreSQL, restart commands and health URLs, the connection file, post-recovery
+//! checks, the incident runbook and notifications.
+//!
+//! [`failover`] orchestrates the failover flows with the restore and catalog crates (a restore
+//! from the repository when there is no replica, or in another region); [`verify`] checks the
+//! platform after a recovery; [`status_file`] keeps BACKUP_DIR's status files. The repository
+//! and the catalog are reached through [`Repository`], which the binary implements.
 
 pub mod checks;
 mod config;
