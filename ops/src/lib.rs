@@ -2,7 +2,7 @@
 //! against PostgreSQL, restart commands and health URLs, the connection file, post-recovery
 //! checks, the incident runbook and notifications.
 //!
-//! [`failover`] orchestrates the failover flows with the restore and catalog crates (a restore
+//! [`failover`](mod@failover) orchestrates the failover flows with the restore and catalog crates (a restore
 //! from the repository when there is no replica, or in another region); [`verify`] checks the
 //! platform after a recovery; [`status_file`] keeps BACKUP_DIR's status files. The repository
 //! and the catalog are reached through [`Repository`], which the binary implements.
