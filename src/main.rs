@@ -91,10 +91,10 @@ async fn report(
 ) -> anyhow::Result<ExitCode> {
     let outcome = match &result {
         Ok(code) if *code == ExitCode::SUCCESS => Ok(()),
-        Ok(_) => Err(anyhow::anyhow!("found problems (see its output)")),
-        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        Ok(_) => Err("found problems (see its output)".to_string()),
+        Err(e) => Err(format!("{e:#}")),
     };
-    commands::status_file::update(settings, operation, &outcome).await;
+    ops::status_file::update(settings, operation, &outcome).await;
     // A command that found problems (verify) has notified with them itself.
     if let Err(e) = &result {
         commands::notify(

@@ -119,6 +119,17 @@ impl Report {
         self.checks.iter().filter(|c| !c.passed).collect()
     }
 
+    /// `2 of 5 checks failed (full production)`: the notification's summary.
+    pub fn failure_summary(&self) -> String {
+        format!(
+            "{} of {} checks failed ({} {})",
+            self.failures().len(),
+            self.checks.len(),
+            self.mode,
+            self.target
+        )
+    }
+
     pub fn text(&self) -> String {
         let mut out = String::new();
         for c in &self.checks {
@@ -426,6 +437,19 @@ mod tests {
         assert!(text.ends_with("RESULT: FAIL\n"), "{text}");
         assert_eq!(report.json()["failed"], 1);
         assert_eq!(report.json()["result"], "FAIL");
+    }
+
+    #[test]
+    fn the_failure_summary_counts_and_names_the_run() {
+        let mut report = Report::new("smoke-test", "staging");
+        report
+            .checks
+            .push(Check::pass("PostgreSQL reachable", "ok"));
+        report.checks.push(Check::fail("login flow", "HTTP 401"));
+        assert_eq!(
+            report.failure_summary(),
+            "1 of 2 checks failed (smoke-test staging)"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct FailoverConfig {
     pub redis_stop_command: Option<String>,
     pub redis_data_dir: Option<PathBuf>,
     /// Where a restore from the repository puts each tablespace (by name or oid), as
-    /// `restore postgres --tablespace-map`; the others go to `tablespace-map-all`/<name>, or
+    /// `restore postgres --tablespace-map`; the others go to `tablespace-map-all/<name>`, or
     /// back to their original location when that is missing or empty.
     pub tablespace_map: BTreeMap<String, PathBuf>,
     pub tablespace_map_all: Option<PathBuf>,

@@ -391,3 +391,45 @@ mod tests {
         assert_eq!(parse_lsn("zz"), None);
     }
 }
+
+/// A server by its address, with the driver's configuration to reach it.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    /// Its Debug output shows the password: never log it.
+    pub config: tokio_postgres::Config,
+}
+
+impl Server {
+    /// `host:port`, as the reports name a server.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The same user, password and database at another address: the replica.
+    pub fn at(&self, host: &str, port: u16) -> Server {
+        let mut config = tokio_postgres::Config::new();
+        config.host(host).port(port);
+        if let Some(user) = self.config.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = self.config.get_password() {
+            config.password(password);
+        }
+        if let Some(dbname) = self.config.get_dbname() {
+            config.dbname(dbname);
+        }
+        if let Some(name) = self.config.get_application_name() {
+            config.application_name(name);
+        }
+        if let Some(timeout) = self.config.get_connect_timeout() {
+            config.connect_timeout(*timeout);
+        }
+        Server {
+            host: host.to_string(),
+            port,
+            config,
+        }
+    }
+}

@@ -4,11 +4,11 @@ pub mod drill;
 pub mod dump;
 pub mod failover;
 pub mod info;
+mod platform;
 pub mod prune;
 pub mod restore;
 pub mod runbook;
 pub mod status_file;
-mod steps;
 pub mod verify;
 pub mod verify_recovery;
 pub mod wal;
@@ -46,42 +46,6 @@ pub async fn notify(
         details: details.to_string(),
     };
     notifier.send(&event).await;
-}
-
-/// The newest `count` logs of `operation` (oldest first), each with its RESULT line.
-pub fn recent_logs(
-    settings: &crate::config::Settings,
-    operation: &str,
-    count: usize,
-) -> Vec<(String, String)> {
-    let Ok(dir) = settings.backup_dir().map(|d| d.join("logs")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&format!("{operation}_")) && n.ends_with(".log"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    let skip = names.len().saturating_sub(count);
-    names
-        .into_iter()
-        .skip(skip)
-        .map(|name| {
-            let result = std::fs::read_to_string(dir.join(&name))
-                .ok()
-                .and_then(|text| {
-                    text.lines()
-                        .rev()
-                        .find_map(|l| l.split_once("RESULT: ").map(|(_, r)| r.to_string()))
-                })
-                .unwrap_or_else(|| "no result recorded (interrupted?)".into());
-            (name, result)
-        })
-        .collect()
 }
 
 /// This host's name as it may appear in a repository key, or `host`.

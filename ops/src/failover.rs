@@ -1,0 +1,1002 @@
+//! `lifeline failover`: one flow per incident type, one report. A database failure promotes
+//! the replica (fencing and draining a primary that still answers), or without one restores
+//! the repository's newest state; a Redis failure restarts Redis and restores it when it came
+//! back empty; a service failure restarts the service until it is healthy; a data-center
+//! failure rebuilds the catalog from the repository, restores, verifies, then switches the
+//! application over. Under simulation every check runs and no step is taken.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use storage::wal::WalFileName;
+
+use crate::pg::{self, NodeState};
+use crate::repository::read_catalog;
+use crate::steps::{Line, Steps};
+use crate::verify_recovery::{Depth, VerifyOptions};
+use crate::{FailoverConfig, OpsError, Redis, Repository, ServiceConfig, process, status_file};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incident {
+    DatabaseFailure,
+    RedisFailure,
+    /// A service named in `[services.NAME]`.
+    ServiceFailure,
+    DatacenterFailure,
+}
+
+impl Incident {
+    pub fn name(self) -> &'static str {
+        match self {
+            Incident::DatabaseFailure => "database_failure",
+            Incident::RedisFailure => "redis_failure",
+            Incident::ServiceFailure => "service_failure",
+            Incident::DatacenterFailure => "datacenter_failure",
+        }
+    }
+}
+
+impl fmt::Display for Incident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Incident {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Incident::DatabaseFailure,
+            Incident::RedisFailure,
+            Incident::ServiceFailure,
+            Incident::DatacenterFailure,
+        ]
+        .into_iter()
+        .find(|i| i.name() == s)
+        .ok_or_else(|| format!("unknown incident {s}"))
+    }
+}
+
+/// The PostgreSQL restore's options for a backup, as the binary builds them (its own command
+/// line fetches the WAL, and names the backup's cluster).
+pub type RestoreOptionsFor<'a> = dyn Fn(
+        &catalog::BackupRecord,
+        restore::RestoreChoices,
+    ) -> Result<restore::PostgresRestoreOptions, String>
+    + Send
+    + Sync
+    + 'a;
+
+/// What a failover acts on.
+pub struct FailoverOptions<'a> {
+    pub incident: Incident,
+    /// The service of a service failure.
+    pub service: Option<String>,
+    /// Run the read-only checks and report the plan; change nothing.
+    pub simulate: bool,
+    /// database_failure: fail over although the primary still answers; redis_failure: restart
+    /// Redis although it answers with its data.
+    pub force: bool,
+    pub primary: pg::Server,
+    pub failover: FailoverConfig,
+    pub services: BTreeMap<String, ServiceConfig>,
+    pub redis: Redis,
+    /// PGDATA: where a restore from the repository goes.
+    pub pgdata: Option<PathBuf>,
+    /// Chunk groups read at once by a Redis restore.
+    pub downloads: usize,
+    /// This host's name, for the lease a restore takes.
+    pub host: String,
+    /// The checks a data-center failover runs before it switches the application over.
+    pub verify: VerifyOptions,
+    pub restore_options: &'a RestoreOptionsFor<'a>,
+}
+
+/// How a failover ended; the transcript is what the operator watched.
+#[derive(Debug, Clone)]
+pub struct FailoverReport {
+    pub ok: bool,
+    pub simulated: bool,
+    pub summary: String,
+    pub transcript: String,
+}
+
+/// Run the failover for `opts.incident`. `say` receives each line as it happens; the last is
+/// `RESULT: SUCCESS|FAILED (summary)`.
+pub async fn failover(
+    opts: &FailoverOptions<'_>,
+    repo: &impl Repository,
+    say: impl FnMut(Line<'_>) + Send + 'static,
+) -> FailoverReport {
+    let incident = opts.incident;
+    let mut steps = Steps::new(opts.simulate, say);
+    steps.say(format!(
+        "failover: incident {incident}{} at {}",
+        opts.service
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default(),
+        jiff::Zoned::now().strftime("%Y-%m-%d %H:%M:%S %Z")
+    ));
+    let started = Instant::now();
+    let outcome = match incident {
+        Incident::DatabaseFailure => database_failure(opts, repo, &mut steps).await,
+        Incident::RedisFailure => redis_failure(opts, repo, &mut steps).await,
+        Incident::ServiceFailure => service_failure(opts, &mut steps).await,
+        Incident::DatacenterFailure => datacenter_failure(opts, repo, &mut steps).await,
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let simulated = steps.simulate();
+    let (ok, summary) = match &outcome {
+        Ok(summary) if simulated => (true, format!("simulation of {incident}: {summary}")),
+        Ok(summary) => (true, format!("{incident}: {summary} in {elapsed:.1} s")),
+        Err(e) => (false, format!("{incident}: {}", e.chain())),
+    };
+    steps.say(format!(
+        "RESULT: {} ({summary})",
+        if ok { "SUCCESS" } else { "FAILED" }
+    ));
+    FailoverReport {
+        ok,
+        simulated,
+        summary,
+        transcript: steps.transcript(),
+    }
+}
+
+fn stopped(why: impl Into<String>) -> OpsError {
+    OpsError::Stopped(why.into())
+}
+
+fn not_configured(why: impl Into<String>) -> OpsError {
+    OpsError::NotConfigured(why.into())
+}
+
+fn primary_name(primary: &pg::Server) -> String {
+    format!("primary {}", primary.address())
+}
+
+/// The replica: the primary's credentials and database on the replica's address.
+fn replica(primary: &pg::Server, failover: &FailoverConfig) -> Option<(pg::Server, String)> {
+    let host = failover.replica_host.as_deref()?;
+    let server = primary.at(host, failover.replica_port.unwrap_or(5432));
+    let name = format!("replica {}", server.address());
+    Some((server, name))
+}
+
+fn describe(state: &NodeState) -> String {
+    match (&state.error, state.role()) {
+        (Some(e), _) if !state.reachable => format!("{} is DOWN: {e}", state.node),
+        (_, role) => format!(
+            "{} is up, role {role}, at {}{}",
+            state.node,
+            state.lsn.as_deref().unwrap_or("?"),
+            state
+                .last_replay_at
+                .as_deref()
+                .map(|t| format!(", last replayed commit {t}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+async fn database_failure(
+    opts: &FailoverOptions<'_>,
+    repo: &impl Repository,
+    steps: &mut Steps,
+) -> Result<String, OpsError> {
+    let primary_config = &opts.primary.config;
+    let primary = pg::probe(primary_config, &primary_name(&opts.primary), PROBE_TIMEOUT).await;
+    steps.found(describe(&primary));
+    if primary.reachable && !primary.in_recovery && !opts.force {
+        return Err(stopped(
+            "the primary answers and accepts writes: nothing to fail over. If it must be replaced anyway (INC-002), run again with --force",
+        ));
+    }
+    let still_writable = primary.reachable && !primary.in_recovery;
+    if still_writable {
+        let client = if steps.simulate() {
+            None
+        } else {
+            Some(pg::connect(primary_config, &primary.node, PROBE_TIMEOUT).await?)
+        };
+        let fence = "make the old primary read-only (default_transaction_read_only) so that nothing writes to both";
+        if steps.step(fence)
+            && let Some(client) = &client
+        {
+            pg::fence_writes(client, &primary.node).await?;
+            steps.done("new transactions on the old primary are read-only");
+        }
+        // Whatever the replica has not replayed is in the repository after this.
+        if steps.step("switch the primary's WAL and wait until the segment is archived")
+            && let Some(client) = &client
+        {
+            let segment =
+                pg::switch_and_archive(client, &primary.node, Duration::from_secs(120)).await?;
+            steps.done(format!("{segment} archived"));
+        }
+    }
+    let Some((replica, replica_name)) = replica(&opts.primary, &opts.failover) else {
+        steps.found("no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository");
+        let storage = repo.open().await?;
+        let (backup, last_wal) = newest_state(storage.as_ref(), &repo.open_catalog()?).await?;
+        return restore_from_repository(opts, storage, steps, "primary", &backup, &last_wal, repo)
+            .await;
+    };
+    let state = pg::probe(&replica.config, &replica_name, PROBE_TIMEOUT).await;
+    steps.found(describe(&state));
+    if !state.reachable {
+        return Err(stopped(
+            "the replica is down too: restore from the repository with `lifeline restore postgres --type pitr --until latest --data-dir DIR` (INC-005 steps)",
+        ));
+    }
+    let loss = loss_window(repo, &state).await;
+    steps.found(&loss);
+    if state.in_recovery {
+        let timeout = Duration::from_secs(opts.failover.promote_timeout_seconds.unwrap_or(60));
+        if steps.step(format!(
+            "promote {replica_name} (pg_promote) and wait until it accepts writes"
+        )) {
+            let took = pg::promote(&replica.config, &replica_name, timeout).await?;
+            steps.done(format!(
+                "{replica_name} is the primary, accepting writes after {:.1} s",
+                took.as_secs_f64()
+            ));
+        }
+    } else {
+        steps.found(format!(
+            "{replica_name} is already out of recovery: no promotion needed"
+        ));
+    }
+    switch_connection_file(&opts.failover, steps, &replica.host, replica.port).await?;
+    if still_writable {
+        steps.found(format!(
+            "next: stop the old {} (pg_ctl stop) or fence its host; it still runs, read-only by default",
+            primary.node
+        ));
+    }
+    Ok(format!("{replica_name} promoted; {loss}"))
+}
+
+/// What the promoted replica may lack: WAL in the archive beyond its replay position, and the
+/// commit time of the last transaction it replayed.
+async fn loss_window(repo: &impl Repository, replica: &NodeState) -> String {
+    let replayed = replica.lsn.as_deref().and_then(pg::parse_lsn);
+    let last_wal = read_catalog(repo, |c| c.ok()?.last_wal().ok()?).await;
+    let archived_end = last_wal.ok().flatten().and_then(|w| {
+        let name: WalFileName = w.name.parse().ok()?;
+        let segment_size = storage::wal::DEFAULT_SEGMENT_SIZE;
+        let start = name.segment(segment_size)?.start_lsn(segment_size).0;
+        Some((w.name, start + segment_size))
+    });
+    let replay_text = replica.lsn.as_deref().unwrap_or("unknown");
+    let commit = replica
+        .last_replay_at
+        .as_deref()
+        .map(|t| format!("; its last replayed commit is from {t}"))
+        .unwrap_or_default();
+    match (replayed, archived_end) {
+        (Some(r), Some((name, end))) if end > r => format!(
+            "data-loss window: the replica replayed to {replay_text}, the archive holds WAL to the end of {name}: up to {} bytes of archived WAL are not on the replica{commit}",
+            end - r
+        ),
+        (Some(_), Some((name, _))) => format!(
+            "data-loss window: none measurable, the replica replayed to {replay_text}, past the last archived segment {name}{commit}"
+        ),
+        _ => format!(
+            "data-loss window: not measurable (replica at {replay_text}, no archived WAL in the catalog){commit}"
+        ),
+    }
+}
+
+async fn switch_connection_file(
+    failover: &FailoverConfig,
+    steps: &mut Steps,
+    host: &str,
+    port: u16,
+) -> Result<(), OpsError> {
+    let Some(path) = failover.connection_file.clone() else {
+        steps.found(format!(
+            "no connection file configured ([failover] connection-file): point the application at {host}:{port}"
+        ));
+        return Ok(());
+    };
+    let variable = failover
+        .connection_variable
+        .clone()
+        .unwrap_or_else(|| "DATABASE_URL".into());
+    let (host, switching) = (
+        host.to_string(),
+        steps.step(format!(
+            "point {variable} in {} at {host}:{port}",
+            path.display()
+        )),
+    );
+    if !switching {
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|source| OpsError::Io {
+                doing: format!("read the connection file {}", path.display()),
+                source,
+            })?;
+        let (_, switch) =
+            crate::connfile::rewrite(&text, &variable, &host, port).map_err(stopped)?;
+        steps.found(format!(
+            "{variable} would change from {} to {}",
+            switch.before, switch.after
+        ));
+        return Ok(());
+    }
+    let switch = {
+        let variable = variable.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::connfile::switch_file(&path, &variable, &host, port)
+        })
+        .await??
+    };
+    steps.done(format!("{variable}: {} -> {}", switch.before, switch.after));
+    Ok(())
+}
+
+/// The newest complete base backup of the repository's cluster and the newest archived WAL,
+/// as `catalog` knows them.
+async fn newest_state(
+    storage: &dyn storage::Storage,
+    catalog: &catalog::Catalog,
+) -> Result<(catalog::BackupRecord, String), OpsError> {
+    let sysid = storage::manifest::ClusterIdentity::load(storage)
+        .await?
+        .and_then(|c| c.system_identifier())
+        .ok_or_else(|| {
+            stopped("the repository holds no cluster: nothing was ever archived or backed up there")
+        })?;
+    let backup = catalog
+        .backups(Some("postgresql"))?
+        .into_iter()
+        .rfind(|b| {
+            b.system_identifier == sysid
+                && b.kind == "base"
+                && b.state == catalog::BackupState::Complete
+        })
+        .ok_or_else(|| stopped("the repository holds no complete base backup to restore"))?;
+    let last_wal = catalog
+        .last_wal()?
+        .map(|w| w.name)
+        .unwrap_or_else(|| "unknown".into());
+    Ok((backup, last_wal))
+}
+
+/// No replica (or a secondary region): the latest state from the repository into PGDATA,
+/// started with the configured command, checked writable.
+async fn restore_from_repository(
+    opts: &FailoverOptions<'_>,
+    storage: Arc<dyn storage::Storage>,
+    steps: &mut Steps,
+    role: &str,
+    backup: &catalog::BackupRecord,
+    last_wal: &str,
+    repo: &impl Repository,
+) -> Result<String, OpsError> {
+    let data_dir = opts.pgdata.clone().ok_or_else(|| {
+        not_configured("PGDATA (or pgdata in the config) names no data directory to restore into")
+    })?;
+    steps.found(format!(
+        "newest base backup {}; newest archived WAL {last_wal}",
+        backup.backup_id
+    ));
+    let busy = tokio::fs::try_exists(data_dir.join("postmaster.pid"))
+        .await
+        .unwrap_or(false);
+    if busy {
+        steps.found(format!(
+            "{} still has a postmaster.pid: if the old server is gone, move the directory aside first",
+            data_dir.display()
+        ));
+    }
+    if steps.step(format!(
+        "restore {} into {} and recover through the end of the archive",
+        backup.backup_id,
+        data_dir.display()
+    )) {
+        let f = &opts.failover;
+        // The restore makes the new primary: it archives as the old one did.
+        let choices = restore::RestoreChoices {
+            tablespaces: restore::TablespaceMapping {
+                each: f
+                    .tablespace_map
+                    .iter()
+                    .map(|(name, dir)| (name.clone(), dir.clone()))
+                    .collect(),
+                all: f.tablespace_map_all.clone(),
+            },
+            waldir: f.waldir.clone(),
+            archive_mode: restore::ArchiveMode::Preserve,
+            ..Default::default()
+        };
+        let options = (opts.restore_options)(backup, choices).map_err(OpsError::RestoreCommand)?;
+        let restored = restore::restore_backup(
+            storage,
+            backup,
+            &restore::RecoveryTarget::EndOfArchive,
+            &data_dir,
+            &options,
+        )
+        .await?;
+        steps.aside(restored.to_string());
+        if let Some(dir) = repo.backup_dir().map(Path::to_path_buf) {
+            let (id, into) = (backup.backup_id.clone(), data_dir.clone());
+            tokio::task::spawn_blocking(move || status_file::record_restore(&dir, &id, &into))
+                .await?;
+        }
+        steps.done(format!("restored {}", backup.backup_id));
+    }
+    let Some(start) = opts.failover.postgres_start_command.clone() else {
+        steps.found("no [failover] postgres-start-command: start PostgreSQL on the restored directory by hand");
+        return Ok(format!(
+            "{} restored into {} as the new {role}",
+            backup.backup_id,
+            data_dir.display()
+        ));
+    };
+    if steps.step(format!("start PostgreSQL: {start}")) {
+        process::run_shell(&start, Duration::from_secs(600)).await?;
+        let node = opts.primary.address();
+        pg::wait_writable(
+            &opts.primary.config,
+            &node,
+            Instant::now() + Duration::from_secs(600),
+        )
+        .await?;
+        steps.done(format!("{node} accepts writes"));
+    }
+    Ok(format!(
+        "{} restored and recovered to {last_wal} as the new {role}",
+        backup.backup_id
+    ))
+}
+
+async fn service_failure(
+    opts: &FailoverOptions<'_>,
+    steps: &mut Steps,
+) -> Result<String, OpsError> {
+    let known = || opts.services.keys().cloned().collect::<Vec<_>>().join(", ");
+    let Some(name) = opts.service.as_deref() else {
+        return Err(stopped(format!(
+            "name the service: lifeline failover --incident service_failure NAME (configured: {})",
+            known()
+        )));
+    };
+    let Some(service) = opts.services.get(name) else {
+        return Err(not_configured(format!(
+            "no [services.{name}] in the configuration (configured: {})",
+            known()
+        )));
+    };
+    let timeout = Duration::from_secs(service.timeout_seconds.unwrap_or(60));
+    match process::wait_healthy(&service.health_url, Duration::from_secs(1)).await {
+        Ok(_) => steps.found(format!("{name} answers its health URL now")),
+        Err(e) => steps.found(format!("{name} is unhealthy: {e}")),
+    }
+    if steps.step(format!("restart {name}: {}", service.restart_command)) {
+        process::run_shell(&service.restart_command, Duration::from_secs(300)).await?;
+        steps.done("restart command exited 0");
+    }
+    if steps.step(format!(
+        "poll {name}'s health URL until healthy (at most {} s)",
+        timeout.as_secs()
+    )) {
+        let took = process::wait_healthy(&service.health_url, timeout).await?;
+        steps.done(format!("{name} healthy after {:.1} s", took.as_secs_f64()));
+    }
+    Ok(format!("{name} restarted and healthy"))
+}
+
+async fn redis_failure(
+    opts: &FailoverOptions<'_>,
+    repo: &impl Repository,
+    steps: &mut Steps,
+) -> Result<String, OpsError> {
+    let f = &opts.failover;
+    let node = opts.redis.node();
+    let backups = read_catalog(repo, |c| -> Result<_, OpsError> {
+        Ok(c?.backups(Some("redis"))?)
+    });
+    let recorded = backups
+        .await??
+        .into_iter()
+        // The newest of either kind: an AOF backup is newer data than last night's RDB.
+        .filter(|b| matches!(b.kind.as_str(), "rdb" | "aof"))
+        .filter(|b| b.state == catalog::BackupState::Complete)
+        .max_by_key(|b| (b.finished_at_us, b.backup_id.clone()));
+    match opts.redis.total_keys().await {
+        Ok(n) if n > 0 && !opts.force => {
+            steps.found(format!("{node} answers with {n} keys"));
+            return Err(stopped(
+                "Redis answers with its data: nothing to recover (--force restarts it anyway)",
+            ));
+        }
+        Ok(n) => steps.found(format!("{node} answers with {n} keys")),
+        Err(e) => steps.found(format!("{node} is DOWN: {}", e.chain())),
+    }
+    let restart = f.redis_restart_command.clone().ok_or_else(|| {
+        not_configured(
+            "no [failover] redis-restart-command configured: restart Redis by hand (INC-004)",
+        )
+    })?;
+    if steps.step(format!("restart Redis: {restart}")) {
+        process::run_shell(&restart, Duration::from_secs(120)).await?;
+        let n = wait_redis(&opts.redis).await?;
+        steps.done(format!("{node} answers with {n} keys"));
+    }
+    let keys = if steps.simulate() {
+        0
+    } else {
+        opts.redis.total_keys().await?
+    };
+    let Some(backup) = recorded else {
+        steps.found("no Redis backup in the catalog to restore from");
+        return Ok("Redis restarted".into());
+    };
+    if !steps.simulate() && keys > 0 {
+        return Ok(format!(
+            "Redis restarted with {keys} keys; no restore needed"
+        ));
+    }
+    let data_dir = f.redis_data_dir.clone().ok_or_else(|| {
+        not_configured(
+            "Redis came back empty and no [failover] redis-data-dir is configured to restore into",
+        )
+    })?;
+    let stop = f.redis_stop_command.clone().ok_or_else(|| {
+        not_configured("Redis came back empty and no [failover] redis-stop-command is configured")
+    })?;
+    steps.found(format!(
+        "Redis holds no keys; backup {} can bring it back",
+        backup.backup_id
+    ));
+    if steps.step(format!("stop Redis: {stop}")) {
+        process::run_shell(&stop, Duration::from_secs(120)).await?;
+        steps.done("stopped");
+    }
+    if steps.step(format!(
+        "restore {} into {}",
+        backup.backup_id,
+        data_dir.display()
+    )) {
+        let storage = repo.open().await?;
+        let manifest =
+            storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id).await?;
+        take_lease(storage.as_ref(), &backup.backup_id, &opts.host).await;
+        restore::restore_redis(storage.as_ref(), &manifest, &data_dir, opts.downloads).await?;
+        steps.done(format!("{} files in place", backup.kind.to_uppercase()));
+    }
+    if steps.step(format!("start Redis: {restart}")) {
+        process::run_shell(&restart, Duration::from_secs(120)).await?;
+        let n = wait_redis(&opts.redis).await?;
+        steps.done(format!("{node} answers with {n} keys"));
+        return Ok(format!(
+            "Redis restored from {} with {n} keys",
+            backup.backup_id
+        ));
+    }
+    Ok(format!("Redis would be restored from {}", backup.backup_id))
+}
+
+async fn wait_redis(redis: &Redis) -> Result<u64, OpsError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match redis.total_keys().await {
+            Ok(n) => return Ok(n),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(OpsError::RedisRestart(Box::new(e)));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+// TODO lease: storage::lease::take once it is merged.
+/// Tell `prune` that a restore is using `backup_id` (for a day: Redis is started on the files
+/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
+async fn take_lease(storage: &dyn storage::Storage, backup_id: &str, host: &str) {
+    let holder = format!("{host}-{}", std::process::id());
+    let key = storage::layout::lease_key(backup_id, &holder);
+    let body = serde_json::json!({ "backup_id": backup_id, "taken_at": jiff::Timestamp::now() });
+    let written = storage
+        .put_bytes(
+            &key,
+            serde_json::to_vec(&body).unwrap_or_default(),
+            storage::PutMode::Overwrite,
+            storage::Durability::Immediate,
+        )
+        .await;
+    if let Err(e) = written {
+        tracing::warn!("no lease on {backup_id} ({e}): a prune meanwhile could remove it");
+    }
+}
+
+async fn datacenter_failure(
+    opts: &FailoverOptions<'_>,
+    repo: &impl Repository,
+    steps: &mut Steps,
+) -> Result<String, OpsError> {
+    let storage = repo.open().await?;
+    steps.found(format!("repository {}", storage.describe()));
+    // A simulation plans from a throwaway catalog: this region's stays as it is.
+    let scratch = tempfile::tempdir().map_err(|source| OpsError::Io {
+        doing: "create a temporary directory".into(),
+        source,
+    })?;
+    let path = if steps.simulate() {
+        scratch.path().join("catalog.db")
+    } else {
+        repo.catalog_path()?
+    };
+    let mut catalog = catalog::Catalog::open(&path)?;
+    steps.step("rebuild the catalog from the repository");
+    let rebuilt = catalog::rebuild(storage.as_ref(), &mut catalog).await?;
+    steps.found(format!(
+        "the repository holds {} backups and {} WAL files{}",
+        rebuilt.backups,
+        rebuilt.wal_files,
+        if rebuilt.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!("; unreadable: {}", rebuilt.unreadable.join(", "))
+        }
+    ));
+    let (backup, last_wal) = newest_state(storage.as_ref(), &catalog).await?;
+    drop(catalog);
+    let summary = restore_from_repository(
+        opts,
+        storage,
+        steps,
+        "primary in this region",
+        &backup,
+        &last_wal,
+        repo,
+    )
+    .await?;
+    if steps.step("verify the recovered database (verify-recovery --quick)") {
+        let verify = VerifyOptions {
+            depth: Depth::Quick,
+            staging: false,
+            ..opts.verify.clone()
+        };
+        let report = crate::verify(&verify, repo).await;
+        for line in report.text().lines() {
+            steps.say(format!("  {line}"));
+        }
+        if !report.passed() {
+            return Err(stopped(
+                "the recovered database failed its checks; the connection file is unchanged",
+            ));
+        }
+    }
+    switch_connection_file(&opts.failover, steps, &opts.primary.host, opts.primary.port).await?;
+    Ok(summary)
+}
+
+/// `failover --status`: roles, replication lag, the last backup and archived WAL, the last
+/// failovers. Displays as the lines the operator reads.
+#[derive(Debug, Clone)]
+pub struct Status {
+    lines: Vec<String>,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.lines {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn status(
+    primary: &pg::Server,
+    failover: &FailoverConfig,
+    repo: &impl Repository,
+) -> Result<Status, OpsError> {
+    let mut lines = Vec::new();
+    let state = pg::probe(&primary.config, &primary_name(primary), PROBE_TIMEOUT).await;
+    lines.push(describe(&state));
+    for r in &state.replicas {
+        lines.push(format!("  streaming to {r}"));
+    }
+    if let Some((replica, name)) = replica(primary, failover) {
+        let replica_state = pg::probe(&replica.config, &name, PROBE_TIMEOUT).await;
+        lines.push(describe(&replica_state));
+        let lag = state
+            .lsn
+            .as_deref()
+            .and_then(pg::parse_lsn)
+            .zip(replica_state.lsn.as_deref().and_then(pg::parse_lsn))
+            .map(|(p, r)| p.saturating_sub(r));
+        if let Some(lag) = lag.filter(|_| state.reachable && replica_state.in_recovery) {
+            lines.push(format!(
+                "  replication lag: {lag} bytes of WAL not yet replayed"
+            ));
+        }
+    } else {
+        lines.push("replica: none configured ([failover] replica-host / REPLICA_HOST)".into());
+    }
+    // No catalog (yet) leaves these lines out; a catalog that cannot be queried is an error.
+    let recorded = read_catalog(repo, |c| -> Result<_, OpsError> {
+        match c {
+            Ok(c) => Ok(Some((c.backups(Some("postgresql"))?, c.last_wal()?))),
+            Err(_) => Ok(None),
+        }
+    });
+    if let Some((backups, last_wal)) = recorded.await?? {
+        if let Some(b) = backups
+            .into_iter()
+            .rfind(|b| b.state == catalog::BackupState::Complete)
+        {
+            lines.push(format!(
+                "last PostgreSQL backup: {} ({}, {})",
+                b.backup_id, b.kind, b.restorability
+            ));
+        }
+        match last_wal {
+            Some(w) => {
+                let age = (jiff::Timestamp::now().as_microsecond() - w.archived_at_us) as f64 / 1e6;
+                lines.push(format!(
+                    "last archived WAL: {} {age:.0} s ago (the RPO now)",
+                    w.name
+                ));
+            }
+            None => lines.push("last archived WAL: none".into()),
+        }
+    }
+    let backup_dir = repo.backup_dir().map(Path::to_path_buf);
+    let events = tokio::task::spawn_blocking(move || {
+        status_file::recent_logs(backup_dir.as_deref(), "failover", 5)
+    })
+    .await?;
+    if events.is_empty() {
+        lines.push("failovers: none logged".into());
+    }
+    for (name, result) in events {
+        lines.push(format!("failover {name}: {result}"));
+    }
+    Ok(Status { lines })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incidents_read_and_print_as_the_command_line_names_them() {
+        for name in [
+            "database_failure",
+            "redis_failure",
+            "service_failure",
+            "datacenter_failure",
+        ] {
+            let incident: Incident = name.parse().expect("known incident");
+            assert_eq!(incident.to_string(), name);
+        }
+        assert_eq!(
+            "fire".parse::<Incident>(),
+            Err("unknown incident fire".to_string())
+        );
+    }
+
+    #[test]
+    fn the_replica_is_the_primary_at_another_address() {
+        let mut config = pg::Config::new();
+        config
+            .host("db1")
+            .port(5433)
+            .user("app")
+            .password("secret")
+            .dbname("shop");
+        let primary = pg::Server {
+            host: "db1".into(),
+            port: 5433,
+            config,
+        };
+        let failover = FailoverConfig {
+            replica_host: Some("db2".into()),
+            ..Default::default()
+        };
+        let (standby, name) = replica(&primary, &failover).expect("configured");
+        assert_eq!(name, "replica db2:5432");
+        assert_eq!(standby.config.get_user(), Some("app"));
+        assert_eq!(standby.config.get_password(), Some(&b"secret"[..]));
+        assert_eq!(standby.config.get_dbname(), Some("shop"));
+        assert_eq!(standby.config.get_ports(), [5432]);
+        assert!(replica(&primary, &FailoverConfig::default()).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_loss_window_says_when_it_cannot_be_measured() {
+        let scratch = crate::repository::Scratch::new();
+        let state = NodeState {
+            node: "replica db2:5432".into(),
+            reachable: true,
+            error: None,
+            in_recovery: true,
+            lsn: Some("0/3000060".into()),
+            receive_lsn: None,
+            last_replay_at: Some("2025-01-01 00:00:00+00".into()),
+            replicas: Vec::new(),
+        };
+        assert_eq!(
+            loss_window(&scratch, &state).await,
+            "data-loss window: not measurable (replica at 0/3000060, no archived WAL in the catalog); its last replayed commit is from 2025-01-01 00:00:00+00"
+        );
+    }
+
+    /// A primary nothing answers for (port 1 refuses at once), no replica, no services.
+    fn options<'a>(
+        incident: Incident,
+        restore_options: &'a RestoreOptionsFor<'a>,
+    ) -> FailoverOptions<'a> {
+        let mut config = pg::Config::new();
+        config.host("127.0.0.1").port(1).user("app").dbname("shop");
+        let primary = pg::Server {
+            host: "127.0.0.1".into(),
+            port: 1,
+            config,
+        };
+        let redis = Redis {
+            host: "127.0.0.1".into(),
+            port: 1,
+            count_keys: std::sync::Arc::new(|| Err("connection refused".into())),
+        };
+        FailoverOptions {
+            incident,
+            service: None,
+            simulate: false,
+            force: false,
+            primary: primary.clone(),
+            failover: FailoverConfig::default(),
+            services: BTreeMap::new(),
+            redis: redis.clone(),
+            pgdata: None,
+            downloads: 2,
+            host: "test".into(),
+            verify: VerifyOptions {
+                depth: Depth::Quick,
+                staging: false,
+                database: primary,
+                staging_database: "shop_staging".into(),
+                checks: crate::VerifyConfig::default(),
+                redis,
+                redis_configured: false,
+            },
+            restore_options,
+        }
+    }
+
+    fn no_restore(
+        _: &catalog::BackupRecord,
+        _: restore::RestoreChoices,
+    ) -> Result<restore::PostgresRestoreOptions, String> {
+        Err("no restore in this test".into())
+    }
+
+    #[tokio::test]
+    async fn a_service_failure_names_the_configured_services_and_touches_none() {
+        let scratch = crate::repository::Scratch::new();
+        let mut opts = options(Incident::ServiceFailure, &no_restore);
+        for name in ["api", "worker"] {
+            opts.services.insert(
+                name.into(),
+                ServiceConfig {
+                    restart_command: "false".into(),
+                    health_url: "http://127.0.0.1:1/health".into(),
+                    timeout_seconds: None,
+                },
+            );
+        }
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(!report.ok);
+        assert_eq!(
+            report.summary,
+            "service_failure: name the service: lifeline failover --incident service_failure NAME (configured: api, worker)"
+        );
+        opts.service = Some("billing".into());
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(
+            report
+                .transcript
+                .starts_with("failover: incident service_failure (billing) at ")
+        );
+        assert!(report.transcript.ends_with(
+            "RESULT: FAILED (service_failure: no [services.billing] in the configuration (configured: api, worker))"
+        ));
+        assert!(
+            !report.transcript.contains("step 1"),
+            "{}",
+            report.transcript
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_replica_an_empty_repository_stops_the_database_failover_before_any_step() {
+        let scratch = crate::repository::Scratch::new();
+        let opts = options(Incident::DatabaseFailure, &no_restore);
+        let report = failover(&opts, &scratch, |_| {}).await;
+        let said: Vec<_> = report.transcript.lines().skip(1).collect();
+        assert!(!report.ok);
+        assert!(
+            said[0].starts_with("  check: primary 127.0.0.1:1 is DOWN: "),
+            "{said:?}"
+        );
+        assert_eq!(
+            said[1..],
+            [
+                "  check: no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository",
+                "RESULT: FAILED (database_failure: the repository holds no cluster: nothing was ever archived or backed up there)",
+            ]
+        );
+        assert!(scratch.storage.keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_simulation_is_reported_as_one() {
+        let scratch = crate::repository::Scratch::new();
+        let mut opts = options(Incident::ServiceFailure, &no_restore);
+        opts.simulate = true;
+        opts.service = Some("api".into());
+        opts.services.insert(
+            "api".into(),
+            ServiceConfig {
+                restart_command: "false".into(),
+                health_url: "http://127.0.0.1:1/health".into(),
+                timeout_seconds: Some(5),
+            },
+        );
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(report.ok && report.simulated);
+        assert_eq!(
+            report.summary,
+            "simulation of service_failure: api restarted and healthy"
+        );
+        let lines: Vec<_> = report.transcript.lines().collect();
+        assert!(
+            lines[2].starts_with("  check: api is unhealthy: "),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[3..5],
+            [
+                "step 1 (would run): restart api: false",
+                "step 2 (would run): poll api's health URL until healthy (at most 5 s)",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_status_says_what_is_down_and_what_is_missing() {
+        let scratch = crate::repository::Scratch::new();
+        let opts = options(Incident::DatabaseFailure, &no_restore);
+        let status = status(&opts.primary, &opts.failover, &scratch)
+            .await
+            .expect("status")
+            .to_string();
+        let lines: Vec<_> = status.lines().collect();
+        assert!(
+            lines[0].starts_with("primary 127.0.0.1:1 is DOWN: "),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1..],
+            [
+                "replica: none configured ([failover] replica-host / REPLICA_HOST)",
+                "last archived WAL: none",
+                "failovers: none logged",
+            ]
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! What a backup is of, what kind it is, and what its last drill found: words of the
+//! repository's format, written in manifests, `.metadata` and the catalog as below.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The service a backup is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    Postgresql,
+    Redis,
+}
+
+/// How a backup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// PostgreSQL's data directory, physical.
+    Base,
+    /// PostgreSQL, logical (`pg_dump`).
+    Dump,
+    /// A Redis snapshot.
+    Rdb,
+    /// Redis's append-only files.
+    Aof,
+}
+
+/// What the last drill of a backup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Restorability {
+    /// No drill has restored it yet.
+    Unverified,
+    /// A drill restored it, recovered, and found the rows it recorded.
+    Verified,
+    /// A drill could not restore it, or found it different from what was recorded.
+    Failed,
+}
+
+impl Restorability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restorability::Unverified => "UNVERIFIED",
+            Restorability::Verified => "VERIFIED",
+            Restorability::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for Restorability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Restorability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "UNVERIFIED" => Ok(Restorability::Unverified),
+            "VERIFIED" => Ok(Restorability::Verified),
+            "FAILED" => Ok(Restorability::Failed),
+            other => Err(format!(
+                "{other:?} is not a restorability: UNVERIFIED, VERIFIED or FAILED"
+            )),
+        }
+    }
+}
+
+impl Service {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Postgresql => "postgresql",
+            Service::Redis => "redis",
+        }
+    }
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Base => "base",
+            BackupKind::Dump => "dump",
+            BackupKind::Rdb => "rdb",
+            BackupKind::Aof => "aof",
+        }
+    }
+
+    /// The service backups of this kind are of.
+    pub fn service(self) -> Service {
+        match self {
+            BackupKind::Base | BackupKind::Dump => Service::Postgresql,
+            BackupKind::Rdb | BackupKind::Aof => Service::Redis,
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Service {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "postgresql" => Ok(Service::Postgresql),
+            "redis" => Ok(Service::Redis),
+            other => Err(format!("{other:?} is not a service: postgresql or redis")),
+        }
+    }
+}
+
+impl FromStr for BackupKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "base" => Ok(BackupKind::Base),
+            "dump" => Ok(BackupKind::Dump),
+            "rdb" => Ok(BackupKind::Rdb),
+            "aof" => Ok(BackupKind::Aof),
+            other => Err(format!("{other:?} is not a backup kind: base, dump, rdb or aof")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_text_and_json() {
+        for kind in [BackupKind::Base, BackupKind::Dump, BackupKind::Rdb, BackupKind::Aof] {
+            assert_eq!(kind.as_str().parse::<BackupKind>(), Ok(kind));
+            let json = serde_json::to_string(&kind).expect("serializes");
+            assert_eq!(json, format!("\"{kind}\""));
+            assert_eq!(kind.service().as_str().parse::<Service>(), Ok(kind.service()));
+        }
+        assert!("BASE".parse::<BackupKind>().is_err());
+        assert!("postgres".parse::<Service>().is_err());
+        assert_eq!(format!("{:<10}|", Service::Redis), "redis     |");
+    }
+}
