@@ -25,7 +25,7 @@ use storage::manifest::{
     BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
 };
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
-use storage::{Compression, Storage, StorageExt, layout};
+use storage::{BackupKind, Compression, Service, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -237,8 +237,8 @@ pub async fn run_base_backup(
     let manifest = BackupManifest {
         format: MANIFEST_FORMAT,
         backup_id: backup_id.clone(),
-        service: "postgresql".into(),
-        kind: "base".into(),
+        service: Service::Postgresql,
+        kind: BackupKind::Base,
         system_identifier: facts.system_identifier,
         server_version: facts.version,
         database: opts.connection.dbname.clone(),

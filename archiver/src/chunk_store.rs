@@ -11,7 +11,9 @@ use futures::{StreamExt, TryStreamExt};
 use storage::chunking::content_defined_chunks;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
-use storage::{Compression, Durability, PutMode, Storage, StorageError, layout, object};
+use storage::{
+    BackupKind, Compression, Durability, PutMode, Service, Storage, StorageError, layout, object,
+};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -23,10 +25,7 @@ pub(crate) enum Lineage {
     /// Base backups of one PostgreSQL cluster.
     Base { system_identifier: u64 },
     /// Stream backups (dumps, RDB, AOF) of one service and kind.
-    Stream {
-        service: &'static str,
-        kind: &'static str,
-    },
+    Stream { service: Service, kind: BackupKind },
 }
 
 impl Lineage {
@@ -34,9 +33,7 @@ impl Lineage {
         b.state == catalog::BackupState::Complete
             && match self {
                 Lineage::Base { system_identifier } => {
-                    b.service == "postgresql"
-                        && b.kind == "base"
-                        && b.system_identifier == system_identifier
+                    b.kind == BackupKind::Base && b.system_identifier == system_identifier
                 }
                 Lineage::Stream { service, kind } => b.service == service && b.kind == kind,
             }
@@ -56,7 +53,7 @@ pub(crate) async fn previous_chunks(
     let latest = tokio::task::spawn_blocking(move || {
         let catalog = catalog::Catalog::open(&path).ok()?;
         let service = match lineage {
-            Lineage::Base { .. } => "postgresql",
+            Lineage::Base { .. } => Service::Postgresql,
             Lineage::Stream { service, .. } => service,
         };
         catalog

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use storage::manifest::{MANIFEST_FORMAT, StreamFile, StreamManifest};
-use storage::{Compression, Storage};
+use storage::{BackupKind, Compression, Service, Storage};
 use tracing::info;
 
 use crate::ArchiveError;
@@ -33,8 +33,8 @@ pub async fn run_dump_backup(
     opts: &DumpOptions,
 ) -> Result<StreamManifest, ArchiveError> {
     let lineage = Lineage::Stream {
-        service: "postgresql",
-        kind: "dump",
+        service: Service::Postgresql,
+        kind: BackupKind::Dump,
     };
     let previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
@@ -89,8 +89,8 @@ pub async fn run_dump_backup(
     let manifest = StreamManifest {
         format: MANIFEST_FORMAT,
         backup_id,
-        service: "postgresql".into(),
-        kind: "dump".into(),
+        service: Service::Postgresql,
+        kind: BackupKind::Dump,
         server_version: String::new(),
         source: format!(
             "{}:{}/{}",

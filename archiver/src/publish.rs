@@ -5,9 +5,14 @@
 use std::path::Path;
 
 use storage::manifest::{BackupManifest, StreamManifest};
-use storage::{PutMode, Storage, StorageExt, layout};
+use storage::{BackupKind, PutMode, Restorability, Service, Storage, StorageExt, layout};
 
 use crate::ArchiveError;
+
+/// The retention label a new backup starts with, until a prune classes it: the daily class.
+fn new_backup_retention() -> String {
+    catalog::RetentionClass::Daily.label(&catalog::RetentionPolicy::default())
+}
 
 /// Ids are `backup_YYYYMMDD_HHMMSS` in UTC; a second backup in the same second gets a suffix.
 pub(crate) async fn new_backup_id(storage: &dyn Storage) -> Result<String, ArchiveError> {
@@ -39,8 +44,8 @@ pub(crate) async fn publish_base_backup(
 ) -> Result<(), ArchiveError> {
     let summary = MetadataSummary {
         backup_id: &manifest.backup_id,
-        service: &manifest.service,
-        kind: &manifest.kind,
+        service: manifest.service,
+        kind: manifest.kind,
         started_at: manifest.started_at,
         finished_at: manifest.finished_at,
         size_bytes: manifest.size_bytes,
@@ -53,7 +58,11 @@ pub(crate) async fn publish_base_backup(
         "timeline": manifest.timeline.0,
     });
     publish_manifest(storage, &summary, &manifest.to_json(), extra).await?;
-    let record = catalog::BackupRecord::from_manifest(manifest, "7_days", "UNVERIFIED");
+    let record = catalog::BackupRecord::from_manifest(
+        manifest,
+        &new_backup_retention(),
+        Restorability::Unverified,
+    );
     let path = catalog_path.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
         let mut catalog = catalog::Catalog::open(&path)?;
@@ -73,8 +82,8 @@ pub(crate) async fn publish_stream_backup(
 ) -> Result<(), ArchiveError> {
     let summary = MetadataSummary {
         backup_id: &manifest.backup_id,
-        service: &manifest.service,
-        kind: &manifest.kind,
+        service: manifest.service,
+        kind: manifest.kind,
         started_at: manifest.started_at,
         finished_at: manifest.finished_at,
         size_bytes: manifest.size_bytes,
@@ -83,7 +92,11 @@ pub(crate) async fn publish_stream_backup(
     };
     let extra = serde_json::json!({ "counts": manifest.counts });
     publish_manifest(storage, &summary, &manifest.to_json(), extra).await?;
-    let record = catalog::BackupRecord::from_stream_manifest(manifest, "7_days", "UNVERIFIED");
+    let record = catalog::BackupRecord::from_stream_manifest(
+        manifest,
+        &new_backup_retention(),
+        Restorability::Unverified,
+    );
     let path = catalog_path.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
         catalog::Catalog::open(&path)?.upsert_backup(&record)?;
@@ -115,8 +128,8 @@ async fn publish_manifest(
 /// What a `.metadata` file says of any backup (the seed's fields).
 struct MetadataSummary<'a> {
     backup_id: &'a str,
-    service: &'a str,
-    kind: &'a str,
+    service: Service,
+    kind: BackupKind,
     started_at: jiff::Timestamp,
     finished_at: jiff::Timestamp,
     size_bytes: u64,
@@ -147,8 +160,8 @@ fn metadata(
         files: vec![summary.manifest_key.clone()],
         checksum: format!("blake3:{}", manifest_checksum.to_hex()),
         verified: true,
-        retention: "7_days".into(),
-        restorability: "UNVERIFIED".into(),
+        retention: new_backup_retention(),
+        restorability: Restorability::Unverified,
         extra: match extra {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),

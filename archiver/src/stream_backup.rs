@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use storage::manifest::{MANIFEST_FORMAT, StreamFile, StreamManifest};
-use storage::{Compression, Storage};
+use storage::{BackupKind, Compression, Service, Storage};
 use tracing::info;
 
 use crate::aof::pin_aof;
@@ -38,7 +38,15 @@ pub async fn run_rdb_backup(
     info!(diskless = facts.diskless, "receiving the RDB snapshot");
     let sources: Vec<(String, Box<dyn Read + Send>)> =
         vec![("dump.rdb".to_string(), Box::new(reader))];
-    store_redis_files(storage, opts, "rdb", facts.version, facts.keys, sources).await
+    store_redis_files(
+        storage,
+        opts,
+        BackupKind::Rdb,
+        facts.version,
+        facts.keys,
+        sources,
+    )
+    .await
 }
 
 /// Copy Redis 7's multi-part AOF (manifest, base and incremental files), pinned consistently
@@ -62,20 +70,20 @@ pub async fn run_aof_backup(
         .into_iter()
         .map(|f| (f.name.clone(), Box::new(f.reader()) as Box<dyn Read + Send>))
         .collect();
-    store_redis_files(storage, opts, "aof", version, keys, sources).await
+    store_redis_files(storage, opts, BackupKind::Aof, version, keys, sources).await
 }
 
 /// Store each file as content-defined chunks and record the backup.
 async fn store_redis_files(
     storage: Arc<dyn Storage>,
     opts: &RdbBackupOptions,
-    kind: &'static str,
+    kind: BackupKind,
     server_version: String,
     keys: BTreeMap<u32, u64>,
     sources: Vec<(String, Box<dyn Read + Send>)>,
 ) -> Result<StreamManifest, ArchiveError> {
     let lineage = Lineage::Stream {
-        service: "redis",
+        service: Service::Redis,
         kind,
     };
     let mut previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
@@ -107,8 +115,8 @@ async fn store_redis_files(
     let manifest = StreamManifest {
         format: MANIFEST_FORMAT,
         backup_id,
-        service: "redis".into(),
-        kind: kind.into(),
+        service: Service::Redis,
+        kind,
         server_version,
         source: format!("{}:{}", opts.redis.host, opts.redis.port),
         started_at,
@@ -124,7 +132,7 @@ async fn store_redis_files(
     publish_stream_backup(storage.as_ref(), &manifest, &opts.catalog_path).await?;
     info!(
         backup = %manifest.backup_id,
-        kind,
+        kind = %kind,
         size_bytes = manifest.size_bytes,
         "Redis backup complete"
     );

@@ -3,8 +3,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::CatalogError;
+use storage::{BackupKind, Service};
+
 use crate::error::QueryContext;
+use crate::{CatalogError, Restorability};
 
 /// Schema versions, applied in order; `user_version` records how many have run.
 const MIGRATIONS: &[&str] = &["CREATE TABLE clusters (
@@ -91,8 +93,8 @@ impl BackupState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupRecord {
     pub backup_id: String,
-    pub service: String,
-    pub kind: String,
+    pub service: Service,
+    pub kind: BackupKind,
     pub system_identifier: u64,
     pub timeline: u32,
     pub start_lsn: u64,
@@ -106,7 +108,7 @@ pub struct BackupRecord {
     pub file_count: u64,
     pub state: BackupState,
     pub retention: String,
-    pub restorability: String,
+    pub restorability: Restorability,
 }
 
 pub struct Catalog {
@@ -253,7 +255,8 @@ impl Catalog {
     }
 
     /// Backups in the order they finished (never by name), optionally of one service.
-    pub fn backups(&self, service: Option<&str>) -> Result<Vec<BackupRecord>, CatalogError> {
+    pub fn backups(&self, service: Option<Service>) -> Result<Vec<BackupRecord>, CatalogError> {
+        let service = service.map(Service::as_str);
         let mut stmt = self
             .conn
             .prepare(
@@ -440,8 +443,8 @@ fn insert_backup(conn: &Connection, b: &BackupRecord) -> Result<(), CatalogError
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
             b.backup_id,
-            b.service,
-            b.kind,
+            b.service.as_str(),
+            b.kind.as_str(),
             b.system_identifier.to_string(),
             b.timeline,
             to_i64(b.start_lsn),
@@ -455,7 +458,7 @@ fn insert_backup(conn: &Connection, b: &BackupRecord) -> Result<(), CatalogError
             to_i64(b.file_count),
             b.state.as_str(),
             b.retention,
-            b.restorability
+            b.restorability.as_str()
         ],
     )
     .doing("recording a backup")?;
@@ -476,12 +479,23 @@ fn wal_from_row(r: &rusqlite::Row<'_>) -> Result<WalRecord, rusqlite::Error> {
     })
 }
 
+/// A column holding one of the domain's words; another word is a damaged catalog.
+fn parse_column<T: std::str::FromStr<Err = String>>(
+    r: &rusqlite::Row<'_>,
+    column: usize,
+) -> Result<T, rusqlite::Error> {
+    let text: String = r.get(column)?;
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 fn backup_from_row(r: &rusqlite::Row<'_>) -> Result<(BackupRecord, String), rusqlite::Error> {
     Ok((
         BackupRecord {
             backup_id: r.get(0)?,
-            service: r.get(1)?,
-            kind: r.get(2)?,
+            service: parse_column(r, 1)?,
+            kind: parse_column(r, 2)?,
             system_identifier: parse_sysid(r.get(3)?)?,
             timeline: r.get(4)?,
             start_lsn: to_u64(r.get(5)?),
@@ -495,7 +509,7 @@ fn backup_from_row(r: &rusqlite::Row<'_>) -> Result<(BackupRecord, String), rusq
             file_count: to_u64(r.get(13)?),
             state: BackupState::Running,
             retention: r.get(15)?,
-            restorability: r.get(16)?,
+            restorability: parse_column(r, 16)?,
         },
         r.get(14)?,
     ))
@@ -567,8 +581,8 @@ mod tests {
         let mut cat = Catalog::open(dir.path().join("c.db")).expect("open");
         let mut b = BackupRecord {
             backup_id: "z_first".into(),
-            service: "postgresql".into(),
-            kind: "base".into(),
+            service: Service::Postgresql,
+            kind: BackupKind::Base,
             system_identifier: 1,
             timeline: 1,
             start_lsn: 0,
@@ -582,14 +596,14 @@ mod tests {
             file_count: 0,
             state: BackupState::Complete,
             retention: "7_days".into(),
-            restorability: "UNVERIFIED".into(),
+            restorability: Restorability::Unverified,
         };
         cat.upsert_backup(&b).expect("insert");
         b.backup_id = "a_second".into();
         b.finished_at_us = 20;
         cat.upsert_backup(&b).expect("insert");
         let ids: Vec<_> = cat
-            .backups(Some("postgresql"))
+            .backups(Some(Service::Postgresql))
             .expect("list")
             .into_iter()
             .map(|b| b.backup_id)

@@ -1,7 +1,7 @@
 //! Which retention class keeps a backup, and the label recorded for it in the catalog and the
 //! backup's `.metadata`.
 
-use crate::{Restorability, RetentionPolicy};
+use crate::RetentionPolicy;
 
 /// Which window of the retention policy keeps a backup: the longest that applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -15,17 +15,20 @@ impl RetentionClass {
     /// The label recorded for the class under `policy`: `7_days`, `4_weeks`, `12_months` with
     /// the default policy, `14_days` when 14 daily backups are kept.
     pub fn label(self, policy: &RetentionPolicy) -> String {
-        match self {
-            RetentionClass::Daily => format!("{}_days", policy.daily),
-            RetentionClass::Weekly => format!("{}_weeks", policy.weekly),
-            RetentionClass::Monthly => format!("{}_months", policy.monthly),
-        }
+        let (count, unit) = match self {
+            RetentionClass::Daily => (policy.daily, "day"),
+            RetentionClass::Weekly => (policy.weekly, "week"),
+            RetentionClass::Monthly => (policy.monthly, "month"),
+        };
+        let plural = if count == 1 { "" } else { "s" };
+        format!("{count}_{unit}{plural}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use storage::Restorability;
 
     #[test]
     fn labels_follow_the_configured_policy() {
@@ -38,6 +41,11 @@ mod tests {
             ..default
         };
         assert_eq!(RetentionClass::Daily.label(&longer), "14_days");
+        let one = RetentionPolicy {
+            weekly: 1,
+            ..default
+        };
+        assert_eq!(RetentionClass::Weekly.label(&one), "1_week");
         for r in [
             Restorability::Unverified,
             Restorability::Verified,

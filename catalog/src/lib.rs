@@ -9,6 +9,7 @@
 
 mod db;
 mod error;
+mod labels;
 pub mod listing;
 pub mod prune;
 mod rebuild;
@@ -16,5 +17,7 @@ mod retention;
 
 pub use db::{BackupRecord, BackupState, Catalog, WalRecord};
 pub use error::CatalogError;
+pub use labels::RetentionClass;
 pub use rebuild::{RebuildSummary, label_backup, rebuild};
 pub use retention::{Decision, Reason, RetentionPlan, RetentionPolicy, WalRange, plan_retention};
+pub use storage::Restorability;

@@ -247,7 +247,7 @@ async fn apply(
     // The retention class of what stays, in its .metadata, then the catalog from the result.
     for d in plan.decisions.iter().filter(|d| d.keep) {
         if let Some(class) = d.class() {
-            set_retention_label(storage, &d.backup_id, class).await;
+            set_retention_label(storage, &d.backup_id, &class.label(&options.policy)).await;
         }
     }
     crate::rebuild(storage, catalog).await?;
@@ -496,7 +496,7 @@ impl PrunePlan {
                 "kind": d.kind,
                 "finished_at": self.finished.get(&d.backup_id),
                 "keep": d.keep,
-                "retention": d.class(),
+                "retention": d.class().map(|c| c.label(policy)),
                 "reasons": d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "wal_keep": self.retention.wal_keep.iter().map(|r| serde_json::json!({
@@ -770,7 +770,8 @@ mod tests {
         assert!(storage.object(&layout::metadata_key("a-oldest")).is_none());
         for id in ["b-anchor", "c-newest"] {
             assert_whole(&storage, id).await;
-            assert_eq!(retention_label(&storage, id), "7_days", "{id}");
+            // The label follows the configured policy: one daily backup.
+            assert_eq!(retention_label(&storage, id), "1_day", "{id}");
         }
         assert!(storage.object(&wal_key(1)).is_none());
         assert!(storage.object(&wal_key(2)).is_none());
@@ -1072,7 +1073,7 @@ mod tests {
         assert_eq!(json["dry_run"], true);
         assert_eq!(json["backups"][0]["keep"], false);
         assert_eq!(json["backups"][1]["reasons"][0], "start of the PITR window");
-        assert_eq!(json["backups"][2]["retention"], "7_days");
+        assert_eq!(json["backups"][2]["retention"], "1_day");
         assert_eq!(
             json["wal_keep"][0]["from_lsn"],
             Lsn(3 * SEGMENT + 40).to_string()

@@ -4,7 +4,9 @@ use storage::manifest::{BackupManifest, ClusterIdentity, StreamManifest};
 use storage::wal::WalFileName;
 use storage::{ObjectHeader, ObjectMeta, Storage, StorageExt, layout, object};
 
-use crate::{BackupRecord, BackupState, Catalog, CatalogError, WalRecord};
+use crate::{
+    BackupRecord, BackupState, Catalog, CatalogError, Restorability, RetentionClass, WalRecord,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RebuildSummary {
@@ -59,11 +61,15 @@ impl WalRecord {
 
 impl BackupRecord {
     /// The catalog row of a complete backup, from its manifest.
-    pub fn from_manifest(m: &BackupManifest, retention: &str, restorability: &str) -> Self {
+    pub fn from_manifest(
+        m: &BackupManifest,
+        retention: &str,
+        restorability: Restorability,
+    ) -> Self {
         BackupRecord {
             backup_id: m.backup_id.clone(),
-            service: m.service.clone(),
-            kind: m.kind.clone(),
+            service: m.service,
+            kind: m.kind,
             system_identifier: m.system_identifier,
             timeline: m.timeline.0,
             start_lsn: m.start_lsn.0,
@@ -77,16 +83,20 @@ impl BackupRecord {
             file_count: m.files.len() as u64,
             state: BackupState::Complete,
             retention: retention.to_string(),
-            restorability: restorability.to_string(),
+            restorability,
         }
     }
 
     /// The catalog row of a complete stream backup (Redis, dumps): no cluster, no WAL.
-    pub fn from_stream_manifest(m: &StreamManifest, retention: &str, restorability: &str) -> Self {
+    pub fn from_stream_manifest(
+        m: &StreamManifest,
+        retention: &str,
+        restorability: Restorability,
+    ) -> Self {
         BackupRecord {
             backup_id: m.backup_id.clone(),
-            service: m.service.clone(),
-            kind: m.kind.clone(),
+            service: m.service,
+            kind: m.kind,
             system_identifier: 0,
             timeline: 0,
             start_lsn: 0,
@@ -100,7 +110,7 @@ impl BackupRecord {
             file_count: m.files.len() as u64,
             state: BackupState::Complete,
             retention: retention.to_string(),
-            restorability: restorability.to_string(),
+            restorability,
         }
     }
 }
@@ -120,7 +130,7 @@ pub async fn rebuild(
                     backups.push(BackupRecord::from_stream_manifest(
                         &m,
                         &retention,
-                        &restorability,
+                        restorability,
                     ));
                 }
                 Err(e) => summary.unreadable.push(format!("{}: {e}", meta.key)),
@@ -141,7 +151,7 @@ pub async fn rebuild(
         backups.push(BackupRecord::from_manifest(
             &manifest,
             &retention,
-            &restorability,
+            restorability,
         ));
     }
     let segment_size = read_segment_size(storage).await;
@@ -194,10 +204,13 @@ async fn read_segment_size(storage: &dyn Storage) -> u64 {
     identity.map_or(storage::wal::DEFAULT_SEGMENT_SIZE, |i| i.segment_size)
 }
 
-async fn read_metadata_labels(storage: &dyn Storage, backup_id: &str) -> (String, String) {
+async fn read_metadata_labels(storage: &dyn Storage, backup_id: &str) -> (String, Restorability) {
     match storage::manifest::BackupMetadata::load(storage, backup_id).await {
         Ok(m) => (m.retention, m.restorability),
-        Err(_) => ("7_days".to_string(), "UNVERIFIED".to_string()),
+        Err(_) => (
+            RetentionClass::Daily.label(&crate::RetentionPolicy::default()),
+            Restorability::Unverified,
+        ),
     }
 }
 

@@ -13,7 +13,9 @@ use std::fmt;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::{BackupRecord, BackupState};
+use storage::{BackupKind, Service};
+
+use crate::{BackupRecord, BackupState, RetentionClass};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -104,22 +106,22 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub backup_id: String,
-    pub service: String,
-    pub kind: String,
+    pub service: Service,
+    pub kind: BackupKind,
     pub keep: bool,
     pub reasons: Vec<Reason>,
 }
 
 impl Decision {
     /// The retention class the catalog and `.metadata` record: the longest that applies.
-    pub fn class(&self) -> Option<&'static str> {
+    pub fn class(&self) -> Option<RetentionClass> {
         let has = |f: fn(&Reason) -> bool| self.reasons.iter().any(f);
         if has(|r| matches!(r, Reason::Monthly { .. })) {
-            Some("12_months")
+            Some(RetentionClass::Monthly)
         } else if has(|r| matches!(r, Reason::Weekly { .. })) {
-            Some("4_weeks")
+            Some(RetentionClass::Weekly)
         } else if self.keep {
-            Some("7_days")
+            Some(RetentionClass::Daily)
         } else {
             None
         }
@@ -189,10 +191,9 @@ pub fn plan_retention(
             reasons[newest].push(Reason::Newest);
         }
         let window_start = now.as_microsecond() - i64::from(policy.wal_days) * DAY_US;
-        let anchor = members
-            .iter()
-            .rev()
-            .find(|&&i| backups[i].kind == "base" && backups[i].finished_at_us <= window_start);
+        let anchor = members.iter().rev().find(|&&i| {
+            backups[i].kind == BackupKind::Base && backups[i].finished_at_us <= window_start
+        });
         if let Some(&i) = anchor {
             reasons[i].push(Reason::PitrAnchor);
         }
@@ -204,8 +205,8 @@ pub fn plan_retention(
             reasons.sort();
             Decision {
                 backup_id: b.backup_id.clone(),
-                service: b.service.clone(),
-                kind: b.kind.clone(),
+                service: b.service,
+                kind: b.kind,
                 keep: !reasons.is_empty(),
                 reasons,
             }
@@ -269,7 +270,7 @@ fn wal_to_keep(
     let mut ranges = Vec::new();
     let mut by_cluster: BTreeMap<u64, Vec<&BackupRecord>> = BTreeMap::new();
     for (b, d) in backups.iter().zip(decisions) {
-        if d.keep && b.kind == "base" && b.state == BackupState::Complete {
+        if d.keep && b.kind == BackupKind::Base && b.state == BackupState::Complete {
             // A restore in progress may recover past the backup's end: all WAL after it stays.
             let in_use = d.reasons.contains(&Reason::InUse);
             ranges.push(WalRange {
@@ -363,8 +364,8 @@ mod tests {
                 BackupRecord {
                     // Names that sort against time: the policy must not care.
                     backup_id: format!("backup_{}", 1_000_000 - n),
-                    service: "postgresql".into(),
-                    kind: "base".into(),
+                    service: Service::Postgresql,
+                    kind: BackupKind::Base,
                     system_identifier: 7,
                     timeline: 1,
                     start_lsn: n * 1000,
@@ -378,7 +379,7 @@ mod tests {
                     file_count: 0,
                     state: BackupState::Complete,
                     retention: String::new(),
-                    restorability: String::new(),
+                    restorability: storage::Restorability::Unverified,
                 }
             })
             .collect()
@@ -486,7 +487,7 @@ mod tests {
             "the newest by time, not by name"
         );
         assert!(newest.reasons.contains(&Reason::Daily(today)));
-        assert_eq!(newest.class(), Some("12_months"));
+        assert_eq!(newest.class(), Some(RetentionClass::Monthly));
         let text: Vec<String> = newest.reasons.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
@@ -531,8 +532,8 @@ mod tests {
         let mut backups = nightly(today, 3);
         backups[2].state = BackupState::Running;
         let mut redis = nightly(today, 1);
-        redis[0].service = "redis".into();
-        redis[0].kind = "rdb".into();
+        redis[0].service = Service::Redis;
+        redis[0].kind = BackupKind::Rdb;
         redis[0].backup_id = "redis_only".into();
         redis[0].finished_at_us -= 300 * DAY_US;
         backups.extend(redis);

@@ -357,11 +357,11 @@ async fn newest_state(
             stopped("the repository holds no cluster: nothing was ever archived or backed up there")
         })?;
     let backup = catalog
-        .backups(Some("postgresql"))?
+        .backups(Some(storage::Service::Postgresql))?
         .into_iter()
         .rfind(|b| {
             b.system_identifier == sysid
-                && b.kind == "base"
+                && b.kind == storage::BackupKind::Base
                 && b.state == catalog::BackupState::Complete
         })
         .ok_or_else(|| stopped("the repository holds no complete base backup to restore"))?;
@@ -505,7 +505,7 @@ async fn redis_failure(
     let f = &opts.failover;
     let node = opts.redis.node();
     let backups = read_catalog(repo, |c| -> Result<_, OpsError> {
-        Ok(c?.backups(Some("redis"))?)
+        Ok(c?.backups(Some(storage::Service::Redis))?)
     });
     let recorded = backups
         .await??
@@ -572,9 +572,13 @@ async fn redis_failure(
         let storage = repo.open().await?;
         let manifest =
             storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id).await?;
-        take_lease(storage.as_ref(), &backup.backup_id, &opts.host).await;
+        let holder = format!("{}-{}", opts.host, std::process::id());
+        storage::lease::take(storage.as_ref(), &backup.backup_id, &holder).await;
         restore::restore_redis(storage.as_ref(), &manifest, &data_dir, opts.downloads).await?;
-        steps.done(format!("{} files in place", backup.kind.to_uppercase()));
+        steps.done(format!(
+            "{} files in place",
+            backup.kind.as_str().to_uppercase()
+        ));
     }
     if steps.step(format!("start Redis: {restart}")) {
         process::run_shell(&restart, Duration::from_secs(120)).await?;
@@ -598,26 +602,6 @@ async fn wait_redis(redis: &Redis) -> Result<u64, OpsError> {
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-    }
-}
-
-// TODO lease: storage::lease::take once it is merged.
-/// Tell `prune` that a restore is using `backup_id` (for a day: Redis is started on the files
-/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
-async fn take_lease(storage: &dyn storage::Storage, backup_id: &str, host: &str) {
-    let holder = format!("{host}-{}", std::process::id());
-    let key = storage::layout::lease_key(backup_id, &holder);
-    let body = serde_json::json!({ "backup_id": backup_id, "taken_at": jiff::Timestamp::now() });
-    let written = storage
-        .put_bytes(
-            &key,
-            serde_json::to_vec(&body).unwrap_or_default(),
-            storage::PutMode::Overwrite,
-            storage::Durability::Immediate,
-        )
-        .await;
-    if let Err(e) = written {
-        tracing::warn!("no lease on {backup_id} ({e}): a prune meanwhile could remove it");
     }
 }
 
@@ -730,7 +714,10 @@ pub async fn status(
     // No catalog (yet) leaves these lines out; a catalog that cannot be queried is an error.
     let recorded = read_catalog(repo, |c| -> Result<_, OpsError> {
         match c {
-            Ok(c) => Ok(Some((c.backups(Some("postgresql"))?, c.last_wal()?))),
+            Ok(c) => Ok(Some((
+                c.backups(Some(storage::Service::Postgresql))?,
+                c.last_wal()?,
+            ))),
             Err(_) => Ok(None),
         }
     });

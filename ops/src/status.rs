@@ -149,8 +149,7 @@ async fn wal_chains(
         .iter()
         .filter(|b| {
             b.system_identifier == sysid
-                && b.kind == "base"
-                && b.service == "postgresql"
+                && b.kind == storage::BackupKind::Base
                 && b.state == catalog::BackupState::Complete
         })
         .map(|b| restore::BackupWal {

@@ -120,11 +120,10 @@ pub async fn verify(opts: &VerifyOptions, repo: &impl Repository) -> Report {
 async fn latest_recorded_rows(repo: &impl Repository) -> Result<Option<RecordedRows>, OpsError> {
     let backup_dir = repo.backup_dir().map(Path::to_path_buf);
     let chosen = read_catalog(repo, move |c| -> Result<_, OpsError> {
-        let backups = c?.backups(Some("postgresql"))?;
-        let Some(newest) = backups
-            .iter()
-            .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
-        else {
+        let backups = c?.backups(Some(storage::Service::Postgresql))?;
+        let Some(newest) = backups.iter().rfind(|b| {
+            b.kind == storage::BackupKind::Base && b.state == catalog::BackupState::Complete
+        }) else {
             return Ok(None);
         };
         Ok(Some(
@@ -165,7 +164,7 @@ pub fn recorded_rows(manifest: &storage::manifest::BackupManifest) -> RecordedRo
 async fn redis_check(opts: &VerifyOptions, repo: &impl Repository) -> Option<Check> {
     let recorded = read_catalog(repo, |c| {
         c.ok()?
-            .backups(Some("redis"))
+            .backups(Some(storage::Service::Redis))
             .ok()?
             .into_iter()
             .rfind(|b| b.state == catalog::BackupState::Complete)

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use catalog::{BackupRecord, BackupState, WalRecord};
+use storage::BackupKind;
 use storage::wal::{Lsn, Segment, TimelineId, TimelineSwitch};
 
 use crate::RestoreError;
@@ -642,9 +643,7 @@ pub fn plan_pitr(
     let index = ArchiveIndex::new(wal);
     let mut bases: Vec<&BackupRecord> = backups
         .iter()
-        .filter(|b| {
-            b.state == BackupState::Complete && b.kind == "base" && b.service == "postgresql"
-        })
+        .filter(|b| b.state == BackupState::Complete && b.kind == BackupKind::Base)
         .collect();
     bases.sort_by_key(|b| b.finished_at_us);
     // Newest first.

@@ -187,7 +187,7 @@ pub fn cluster_backups<'a>(
     storage: &'a dyn Storage,
     catalog: &catalog::Catalog,
 ) -> impl Future<Output = Result<(u64, u64, Vec<BackupRecord>), RestoreError>> + Send + 'a {
-    let listed = catalog.backups(Some("postgresql"));
+    let listed = catalog.backups(Some(storage::Service::Postgresql));
     async move {
         let identity = storage::manifest::ClusterIdentity::load(storage)
             .await?
@@ -259,7 +259,7 @@ pub fn plan_restore<'a>(
         }
         let backup = crate::select_backup(
             &backups,
-            "base",
+            storage::BackupKind::Base,
             &request.selector,
             jiff::Timestamp::now(),
             &request.tz,

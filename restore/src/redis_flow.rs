@@ -107,10 +107,10 @@ impl std::fmt::Display for RedisRestored {
 pub async fn restore_redis_from_file(
     file: &Path,
     data_dir: &Path,
-    restore_type: &str,
+    kind: storage::BackupKind,
 ) -> Result<RedisRestored, RestoreError> {
     let started = Instant::now();
-    if restore_type != "rdb" {
+    if kind != storage::BackupKind::Rdb {
         return Err(RestoreError::Refused(
             "--file takes an RDB file: use --type rdb".into(),
         ));
@@ -134,36 +134,38 @@ pub async fn restore_redis_from_file(
     })
 }
 
-/// Restore the Redis backup of kind `restore_type` (`rdb` or `aof`) that `selector` names in
+/// Restore the Redis backup of `kind` (RDB or AOF) that `selector` names in
 /// the catalog into `data_dir`, under a lease that keeps `prune` off it. The catalog is read
 /// at the call: the future holds no reference to it.
 pub fn restore_redis_backup<'a>(
     storage: &'a dyn Storage,
     catalog: &catalog::Catalog,
     selector: &BackupSelector,
-    restore_type: &str,
+    kind: storage::BackupKind,
     data_dir: &'a Path,
     downloads: usize,
 ) -> impl Future<Output = Result<RedisRestored, RestoreError>> + 'a {
     let started = Instant::now();
-    let chosen = catalog.backups(Some("redis")).map(|backups| {
-        crate::select_backup(
-            &backups,
-            restore_type,
-            selector,
-            jiff::Timestamp::now(),
-            &jiff::tz::TimeZone::system(),
-        )
-        .map_err(|e| {
-            if backups.is_empty() {
-                RestoreError::Refused(
-                    "the catalog lists no Redis backups: run `lifeline backup redis`".into(),
-                )
-            } else {
-                e
-            }
-        })
-    });
+    let chosen = catalog
+        .backups(Some(storage::Service::Redis))
+        .map(|backups| {
+            crate::select_backup(
+                &backups,
+                kind,
+                selector,
+                jiff::Timestamp::now(),
+                &jiff::tz::TimeZone::system(),
+            )
+            .map_err(|e| {
+                if backups.is_empty() {
+                    RestoreError::Refused(
+                        "the catalog lists no Redis backups: run `lifeline backup redis`".into(),
+                    )
+                } else {
+                    e
+                }
+            })
+        });
     async move {
         let backup = chosen??;
         let manifest = storage::manifest::StreamManifest::load(storage, &backup.backup_id)

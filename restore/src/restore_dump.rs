@@ -96,10 +96,10 @@ pub fn choose_dump(
     catalog: &catalog::Catalog,
     selector: &BackupSelector,
 ) -> Result<DumpSource, RestoreError> {
-    let backups = catalog.backups(Some("postgresql"))?;
+    let backups = catalog.backups(Some(storage::Service::Postgresql))?;
     let backup = crate::select_backup(
         &backups,
-        "dump",
+        storage::BackupKind::Dump,
         selector,
         jiff::Timestamp::now(),
         &jiff::tz::TimeZone::system(),

@@ -50,7 +50,7 @@ impl FromStr for BackupSelector {
 /// Pick a complete backup of `kind` (ordered by finish time, never by name).
 pub fn select_backup(
     backups: &[BackupRecord],
-    kind: &str,
+    kind: storage::BackupKind,
     selector: &BackupSelector,
     now: jiff::Timestamp,
     tz: &TimeZone,
@@ -122,8 +122,14 @@ mod tests {
         let now: jiff::Timestamp = "2025-12-27T12:00:00Z".parse().expect("now");
         let tz = TimeZone::UTC;
         let pick = |s: &str| {
-            select_backup(&backups, "base", &s.parse().expect("selector"), now, &tz)
-                .map(|b| b.backup_id)
+            select_backup(
+                &backups,
+                storage::BackupKind::Base,
+                &s.parse().expect("selector"),
+                now,
+                &tz,
+            )
+            .map(|b| b.backup_id)
         };
         assert_eq!(pick("latest").expect("latest"), "b4");
         // 2025-12-27 is a Saturday; the ISO week began on Monday 22nd.

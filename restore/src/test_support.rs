@@ -11,8 +11,8 @@ pub(crate) fn complete_backup(
 ) -> BackupRecord {
     BackupRecord {
         backup_id: id.into(),
-        service: "postgresql".into(),
-        kind: "base".into(),
+        service: storage::Service::Postgresql,
+        kind: storage::BackupKind::Base,
         system_identifier: 1,
         timeline,
         start_lsn,
@@ -26,7 +26,7 @@ pub(crate) fn complete_backup(
         file_count: 0,
         state: BackupState::Complete,
         retention: "7_days".into(),
-        restorability: "UNVERIFIED".into(),
+        restorability: storage::Restorability::Unverified,
     }
 }
 

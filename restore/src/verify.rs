@@ -54,7 +54,7 @@ pub async fn verify_repository(
         let chunks = if let Some(id) = layout::parse_manifest_key(&meta.key) {
             let manifest = BackupManifest::load(storage, id).await;
             if let Ok(m) = &manifest
-                && m.kind == "base"
+                && m.kind == storage::BackupKind::Base
             {
                 let (_, kept) = kept_wal
                     .entry(m.system_identifier)

@@ -6,8 +6,9 @@ use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
-    #[arg(long, value_parser = ["postgresql", "redis"])]
-    service: Option<String>,
+    /// Only the backups of this service.
+    #[arg(long, value_enum)]
+    service: Option<storage::Service>,
     #[arg(long)]
     json: bool,
 }
@@ -19,7 +20,7 @@ pub struct StatusArgs {
 }
 
 pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
-    let backups = settings.open_catalog()?.backups(args.service.as_deref())?;
+    let backups = settings.open_catalog()?.backups(args.service)?;
     if args.json {
         let all: Vec<_> = backups.iter().map(catalog::BackupRecord::to_json).collect();
         println!("{}", serde_json::to_string_pretty(&all)?);

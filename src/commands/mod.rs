@@ -52,9 +52,3 @@ pub async fn notify(
 pub fn host_name() -> String {
     storage::lease::host_name()
 }
-
-/// Tell `prune` that a restore is using `backup_id` (for a day: recovery goes on fetching WAL
-/// after lifeline exits). A lease that cannot be written only warns: the restore matters more.
-pub async fn take_lease(storage: &dyn storage::Storage, backup_id: &str) {
-    storage::lease::take_here(storage, backup_id).await;
-}

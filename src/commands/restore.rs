@@ -38,6 +38,16 @@ pub struct RedisArgs {
     skip_verify: bool,
 }
 
+impl RedisArgs {
+    fn kind(&self) -> storage::BackupKind {
+        if self.restore_type == "aof" {
+            storage::BackupKind::Aof
+        } else {
+            storage::BackupKind::Rdb
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct PostgresArgs {
     #[arg(long = "type", value_parser = ["full", "pitr"])]
@@ -172,20 +182,17 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
     let address = format!("{}:{}", settings.redis.host, settings.redis.port);
     restore::refuse_if_redis_serves(&address, served, &args.data_dir).await?;
     let restored = match &args.file {
-        Some(file) => {
-            restore::restore_redis_from_file(file, &args.data_dir, &args.restore_type).await?
-        }
+        Some(file) => restore::restore_redis_from_file(file, &args.data_dir, args.kind()).await?,
         None => {
             let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
             let storage = settings.repository().await?;
             let catalog = settings.open_catalog()?;
             let downloads = settings.download_transfers();
-            let kind = &args.restore_type;
             restore::restore_redis_backup(
                 &*storage,
                 &catalog,
                 &selector,
-                kind,
+                args.kind(),
                 &args.data_dir,
                 downloads,
             )

@@ -131,7 +131,9 @@ impl FromStr for BackupKind {
             "dump" => Ok(BackupKind::Dump),
             "rdb" => Ok(BackupKind::Rdb),
             "aof" => Ok(BackupKind::Aof),
-            other => Err(format!("{other:?} is not a backup kind: base, dump, rdb or aof")),
+            other => Err(format!(
+                "{other:?} is not a backup kind: base, dump, rdb or aof"
+            )),
         }
     }
 }
@@ -142,11 +144,19 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_text_and_json() {
-        for kind in [BackupKind::Base, BackupKind::Dump, BackupKind::Rdb, BackupKind::Aof] {
+        for kind in [
+            BackupKind::Base,
+            BackupKind::Dump,
+            BackupKind::Rdb,
+            BackupKind::Aof,
+        ] {
             assert_eq!(kind.as_str().parse::<BackupKind>(), Ok(kind));
             let json = serde_json::to_string(&kind).expect("serializes");
             assert_eq!(json, format!("\"{kind}\""));
-            assert_eq!(kind.service().as_str().parse::<Service>(), Ok(kind.service()));
+            assert_eq!(
+                kind.service().as_str().parse::<Service>(),
+                Ok(kind.service())
+            );
         }
         assert!("BASE".parse::<BackupKind>().is_err());
         assert!("postgres".parse::<Service>().is_err());

@@ -17,6 +17,7 @@ pub mod chunking;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;
+mod kinds;
 pub mod layout;
 pub mod lease;
 pub mod leftovers;
@@ -32,6 +33,7 @@ mod storage;
 pub mod wal;
 
 pub use error::StorageError;
+pub use kinds::{BackupKind, Restorability, Service};
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};
 pub use s3::{MIN_PART_SIZE, S3Options, S3Storage, StaticCredentials};

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::wal::{Lsn, TimelineId};
+use crate::{BackupKind, Restorability, Service};
 
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Tables with more rows than this (by the planner's estimate) are not counted exactly.
@@ -70,8 +71,8 @@ pub struct Tablespace {
 pub struct BackupManifest {
     pub format: u32,
     pub backup_id: String,
-    pub service: String,
-    pub kind: String,
+    pub service: Service,
+    pub kind: BackupKind,
     pub system_identifier: u64,
     pub server_version: String,
     pub database: String,
@@ -210,10 +211,8 @@ fn check_format(key: &str, format: u32) -> Result<(), crate::StorageError> {
 pub struct StreamManifest {
     pub format: u32,
     pub backup_id: String,
-    /// `redis` or `postgresql`.
-    pub service: String,
-    /// `rdb`, `aof` or `dump`.
-    pub kind: String,
+    pub service: Service,
+    pub kind: BackupKind,
     pub server_version: String,
     /// Where it was taken from (host:port), for people.
     pub source: String,
@@ -303,7 +302,7 @@ pub struct BackupMetadata {
     #[serde(default = "default_retention")]
     pub retention: String,
     #[serde(default = "default_restorability")]
-    pub restorability: String,
+    pub restorability: Restorability,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -316,8 +315,8 @@ fn default_retention() -> String {
     "7_days".into()
 }
 
-fn default_restorability() -> String {
-    "UNVERIFIED".into()
+fn default_restorability() -> Restorability {
+    Restorability::Unverified
 }
 
 impl BackupMetadata {
@@ -358,7 +357,7 @@ impl BackupMetadata {
     pub fn label(&self, name: &str) -> Option<String> {
         match name {
             "retention" => Some(self.retention.clone()),
-            "restorability" => Some(self.restorability.clone()),
+            "restorability" => Some(self.restorability.to_string()),
             "checksum" => Some(self.checksum.clone()),
             _ => self
                 .extra
@@ -368,14 +367,18 @@ impl BackupMetadata {
         }
     }
 
-    /// Set the label `name`; true when that changed anything.
+    /// Set the label `name`; true when that changed anything (a `restorability` that is not
+    /// one of its three words changes nothing).
     pub fn set_label(&mut self, name: &str, value: &str) -> bool {
         if self.label(name).as_deref() == Some(value) {
             return false;
         }
         match name {
             "retention" => self.retention = value.to_string(),
-            "restorability" => self.restorability = value.to_string(),
+            "restorability" => match value.parse() {
+                Ok(restorability) => self.restorability = restorability,
+                Err(_) => return false,
+            },
             "checksum" => self.checksum = value.to_string(),
             _ => {
                 self.extra
@@ -467,8 +470,8 @@ mod tests {
         let manifest = BackupManifest {
             format: MANIFEST_FORMAT,
             backup_id: "backup_20251227_010000".into(),
-            service: "postgresql".into(),
-            kind: "base".into(),
+            service: crate::Service::Postgresql,
+            kind: crate::BackupKind::Base,
             system_identifier: 42,
             server_version: "15.18".into(),
             database: "app".into(),

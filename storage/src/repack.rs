@@ -474,8 +474,8 @@ mod tests {
         let mut manifest = StreamManifest {
             format: crate::manifest::MANIFEST_FORMAT,
             backup_id: "b".into(),
-            service: "redis".into(),
-            kind: "rdb".into(),
+            service: crate::Service::Redis,
+            kind: crate::BackupKind::Rdb,
             server_version: String::new(),
             source: String::new(),
             started_at: jiff::Timestamp::UNIX_EPOCH,

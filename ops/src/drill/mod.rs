@@ -105,7 +105,7 @@ pub async fn drill(
     let (sysid, segment_size, backups) = listing.await?;
     let Some(backup) = backups
         .iter()
-        .rfind(|b| b.kind == "base" && b.state == catalog::BackupState::Complete)
+        .rfind(|b| b.kind == storage::BackupKind::Base && b.state == catalog::BackupState::Complete)
         .cloned()
     else {
         return Err(DrillError::NoBaseBackup);

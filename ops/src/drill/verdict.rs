@@ -15,6 +15,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The backup's restorability this verdict records.
+    pub fn restorability(self) -> storage::Restorability {
+        match self {
+            Verdict::Verified => storage::Restorability::Verified,
+            Verdict::Failed => storage::Restorability::Failed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Verified => "VERIFIED",
@@ -113,7 +121,8 @@ pub(super) async fn record_verdict(
     report: &DrillReport,
 ) -> Result<(), DrillError> {
     let backup_id = report.backup_id.clone();
-    let verdict = report.verdict.as_str();
+    let restorability = report.verdict.restorability();
+    let verdict = restorability.as_str();
     let checked_at = report.started_at.to_string();
     let rto = format!("{:.1}", report.rto.as_secs_f64());
     let labels = [
@@ -132,7 +141,7 @@ pub(super) async fn record_verdict(
     super::blocking("catalog update", move || {
         let mut catalog = super::open_catalog(&catalog_path)?;
         if let Some(mut record) = catalog.backup(&backup_id)? {
-            record.restorability = verdict.to_string();
+            record.restorability = restorability;
             catalog.upsert_backup(&record)?;
         }
         Ok(())
