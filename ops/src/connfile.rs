@@ -1,7 +1,6 @@
 //! The connection file the application reads (an env file with `DATABASE_URL=...`): failover
 //! points it at the new primary, atomically, so the application never reads half a file.
 
-use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
@@ -69,17 +68,15 @@ pub fn switch_file(path: &Path, variable: &str, host: &str, port: u16) -> Result
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
     let (new_text, switch) = rewrite(&text, variable, host, port).map_err(fail)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let old = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
     // Created 0600, so the text is never readable by more than the old file allowed.
-    let mut temp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| fail(format!("cannot write beside it: {e}")))?;
-    temp.write_all(new_text.as_bytes())
-        .map_err(|e| fail(format!("cannot write beside it: {e}")))?;
-    keep_owner_and_mode(temp.as_file(), &old).map_err(|e| {
+    let options = storage::atomic::WriteOptions::private(storage::private::Owner::KEEP);
+    let mut staged = storage::atomic::StagedFile::create(path, options)
+        .map_err(|e| fail(format!("cannot write beside it: {}", e.source)))?;
+    staged
+        .write_all(new_text.as_bytes())
+        .map_err(|e| fail(format!("cannot write beside it: {}", e.source)))?;
+    keep_owner_and_mode(staged.as_file(), &old).map_err(|e| {
         fail(format!(
             "the new file cannot keep the old one's owner {}:{} and mode {:o} ({e}), so it was \
              not replaced: run failover as root or as the file's owner",
@@ -88,14 +85,10 @@ pub fn switch_file(path: &Path, variable: &str, host: &str, port: u16) -> Result
             old.mode() & 0o7777
         ))
     })?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| fail(format!("cannot write beside it: {e}")))?;
-    temp.persist(path)
-        .map_err(|e| fail(format!("cannot replace it: {}", e.error)))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| fail(format!("directory not synced: {e}")))?;
+    // Synced, renamed over the old file, the directory synced.
+    staged
+        .commit()
+        .map_err(|e| fail(format!("cannot replace it: {}", e.source)))?;
     Ok(switch)
 }
 

@@ -193,34 +193,12 @@ fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Replace `path` whole, private and (as root) given to the owner of BACKUP_DIR.
 fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A name nobody can guess, created exclusively: a link planted there is never followed.
-    let temp = path.with_file_name(format!(
-        ".{name}.{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    ));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // Private, and as root given to the owner of BACKUP_DIR before it takes the real name.
-    let owner = storage::private::Owner::of(dir);
-    let result = (|| {
-        let mut file = storage::private::create_new_file(&temp, owner)?;
-        file.write_all(&serde_json::to_vec_pretty(value).unwrap_or_default())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    let owner = storage::private::Owner::of(path.parent().unwrap_or(Path::new(".")));
+    let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    storage::atomic::write(path, &bytes, storage::atomic::WriteOptions::private(owner))
+        .map_err(|e| e.source)
 }
 
 #[cfg(test)]

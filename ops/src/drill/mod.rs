@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 
 use catalog::BackupRecord;
 use storage::Storage;
-use storage::manifest::BackupManifest;
 
-use crate::{Check, DrillError, RecordedRows, Report};
+use crate::{Check, DrillError, Report};
 use access::{ScratchAccess, SocketDir, make_private_dir};
 use server::{ScratchServer, Target};
 use settings::Phase;
@@ -338,7 +337,7 @@ async fn rehearse(
         )
     });
     progress("counting rows at the consistent point");
-    let recorded = recorded_rows(&manifest);
+    let recorded = crate::recorded_rows(&manifest);
     let counted = crate::checks::postgres(
         &target.config(),
         &target.node,
@@ -419,14 +418,6 @@ async fn rehearse(
 
 /// What the backup recorded about its tables, to count against.
 // The same mapping as the binary's verify-recovery; one of them goes when that moves here.
-fn recorded_rows(manifest: &BackupManifest) -> RecordedRows {
-    RecordedRows {
-        backup_id: manifest.backup_id.clone(),
-        exact: manifest.row_counts.clone(),
-        estimated: manifest.row_estimates.clone(),
-    }
-}
-
 fn open_catalog(path: &Path) -> Result<catalog::Catalog, DrillError> {
     catalog::Catalog::open(path).map_err(|source| DrillError::OpenCatalog {
         path: path.to_path_buf(),
