@@ -8,12 +8,12 @@
 //! `lifeline-replaced-<time>/`, not deleted. Each file is written to a temporary name, checked
 //! chunk by chunk, fsynced and renamed, then the directory is fsynced.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
+use storage::atomic::{StagedFile, WriteOptions};
 use storage::manifest::{ChunkRef, StreamManifest};
+use storage::private::Owner;
 use storage::{Storage, layout};
 
 use crate::RestoreError;
@@ -131,9 +131,7 @@ async fn write_files(
         report.bytes += file.size;
         report.files.push(path);
     }
-    for parent in report.files.iter().filter_map(|f| f.parent()) {
-        fsync_dir(parent)?;
-    }
+    // Each file's directory was synced as it was committed; `dir` holds a new appendonlydir.
     fsync_dir(dir)
 }
 
@@ -169,17 +167,17 @@ pub fn restore_redis_file(file: &Path, dir: &Path) -> Result<RedisRestoreReport,
     }
     let moved_aside = prepare_dir(dir)?;
     let path = dir.join("dump.rdb");
-    let temp = dir.join(".dump.rdb.lifeline-partial");
-    let copied = std::fs::copy(file, &temp)
-        .and_then(|bytes| std::fs::File::open(&temp)?.sync_all().map(|()| bytes))
-        .and_then(|bytes| std::fs::rename(&temp, &path).map(|()| bytes));
-    let bytes = match copied {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let _ = std::fs::remove_file(&temp);
-            return Err(RestoreError::io(&path, e));
-        }
-    };
+    let copied = StagedFile::create(&path, redis_file_options()).and_then(|mut staged| {
+        staged.write_all(&magic)?;
+        let rest = std::io::copy(&mut source, &mut staged.as_file()).map_err(|e| {
+            storage::atomic::WriteError {
+                path: staged.temp_path().to_path_buf(),
+                source: e,
+            }
+        })?;
+        staged.commit().map(|()| rest + magic.len() as u64)
+    });
+    let bytes = copied.map_err(|e| RestoreError::io(&path, e.source))?;
     fsync_dir(dir)?;
     Ok(RedisRestoreReport {
         files: vec![path],
@@ -225,42 +223,39 @@ fn move_shadows_aside(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
     Ok(Some(aside))
 }
 
+/// How a restored Redis file is written: private to the process's user (Redis's own), under a
+/// hidden temporary name created exclusively (a link there is never followed), durable when in
+/// place.
+fn redis_file_options() -> WriteOptions {
+    WriteOptions::private(Owner::KEEP)
+}
+
 async fn write_file(
     storage: &dyn Storage,
     chunks: &[ChunkRef],
     path: &Path,
     downloads: usize,
 ) -> Result<(), RestoreError> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{file_name}.lifeline-partial"));
-    let result = async {
-        // A temporary file left by a killed run is replaced; a link there is never followed.
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&temp)
-            .map_err(|e| RestoreError::io(&temp, e))?;
-        let mut fetched = futures::stream::iter(chunks)
-            .map(|chunk| fetch_chunk(storage, chunk))
-            .buffered(downloads.max(1));
-        while let Some(plain) = fetched.try_next().await? {
-            out.write_all(&plain)
-                .map_err(|e| RestoreError::io(&temp, e))?;
-        }
-        out.sync_all().map_err(|e| RestoreError::io(&temp, e))?;
-        std::fs::rename(&temp, path).map_err(|e| RestoreError::io(path, e))
+    let target = path.to_path_buf();
+    let mut staged =
+        tokio::task::spawn_blocking(move || StagedFile::create(&target, redis_file_options()))
+            .await
+            .map_err(RestoreError::task("Redis file writer"))?
+            .map_err(|e| RestoreError::io(e.path, e.source))?;
+    let mut fetched = futures::stream::iter(chunks)
+        .map(|chunk| fetch_chunk(storage, chunk))
+        .buffered(downloads.max(1));
+    while let Some(plain) = fetched.try_next().await? {
+        staged = tokio::task::spawn_blocking(move || staged.write_all(&plain).map(|()| staged))
+            .await
+            .map_err(RestoreError::task("Redis file writer"))?
+            .map_err(|e| RestoreError::io(e.path, e.source))?;
     }
-    .await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    // An error above drops the staged file, which removes its temporary name.
+    tokio::task::spawn_blocking(move || staged.commit())
+        .await
+        .map_err(RestoreError::task("Redis file writer"))?
+        .map_err(|e| RestoreError::io(e.path, e.source))
 }
 
 pub(crate) async fn fetch_chunk(
