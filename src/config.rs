@@ -328,7 +328,7 @@ impl Settings {
         }
     }
 
-    /// The repository for commands that write (a local one is created on first use).
+    /// The repository for commands that write (a local one must exist and belong to this user).
     pub async fn repository_for_writing(&self) -> Result<Arc<dyn Storage>> {
         if let Some(opts) = &self.s3 {
             return open_s3(opts).await;

@@ -44,10 +44,13 @@ pub struct BaseBackupOptions {
     pub block_size: usize,
     pub parallelism: usize,
     /// Packs written at once (each up to 16 MiB in memory).
-    pub uploads: usize,
+    /// Packs uploaded at once (`transfers`).
+    pub transfers: usize,
     /// How long to wait for the backup's WAL to reach the repository.
     pub wal_wait: Duration,
     pub catalog_path: PathBuf,
+    /// The policy whose daily label a new backup starts with.
+    pub retention: catalog::RetentionPolicy,
 }
 
 struct ServerFacts {
@@ -261,7 +264,13 @@ pub async fn run_base_backup(
         size_bytes: copied.size_bytes,
         new_bytes: copied.new_bytes,
     };
-    publish_base_backup(storage.as_ref(), &manifest, &opts.catalog_path).await?;
+    publish_base_backup(
+        storage.as_ref(),
+        &manifest,
+        &opts.catalog_path,
+        &opts.retention,
+    )
+    .await?;
     info!(
         backup = %backup_id,
         size_bytes = manifest.size_bytes,
@@ -345,7 +354,7 @@ async fn copy_files(
         previous,
         opts.compression,
         parallelism,
-        opts.uploads,
+        opts.transfers,
     )
     .await?;
     let report = reader.await.map_err(ArchiveError::task("file reader"))??;

@@ -12,7 +12,7 @@ use storage::chunking::content_defined_chunks;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::{
-    BackupKind, Compression, Durability, PutMode, Service, Storage, StorageError, layout, object,
+    BackupKind, Compression, Durability, PutMode, Storage, StorageError, layout, object,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -24,18 +24,25 @@ use crate::ArchiveError;
 pub(crate) enum Lineage {
     /// Base backups of one PostgreSQL cluster.
     Base { system_identifier: u64 },
-    /// Stream backups (dumps, RDB, AOF) of one service and kind.
-    Stream { service: Service, kind: BackupKind },
+    /// Stream backups (dumps, RDB, AOF) of one kind.
+    Stream { kind: BackupKind },
 }
 
 impl Lineage {
+    fn kind(self) -> BackupKind {
+        match self {
+            Lineage::Base { .. } => BackupKind::Base,
+            Lineage::Stream { kind } => kind,
+        }
+    }
+
     fn matches(self, b: &catalog::BackupRecord) -> bool {
         b.state == catalog::BackupState::Complete
             && match self {
                 Lineage::Base { system_identifier } => {
                     b.kind == BackupKind::Base && b.system_identifier == system_identifier
                 }
-                Lineage::Stream { service, kind } => b.service == service && b.kind == kind,
+                Lineage::Stream { kind } => b.kind == kind,
             }
     }
 }
@@ -51,22 +58,21 @@ pub(crate) async fn previous_chunks(
 ) -> HashMap<String, ChunkRef> {
     let path = catalog_path.to_path_buf();
     let latest = tokio::task::spawn_blocking(move || {
-        let catalog = catalog::Catalog::open(&path).ok()?;
-        let service = match lineage {
-            Lineage::Base { .. } => Service::Postgresql,
-            Lineage::Stream { service, .. } => service,
-        };
-        catalog
-            .backups(Some(service))
-            .ok()?
-            .into_iter()
-            .rfind(|b| lineage.matches(b))
+        let backups = catalog::Catalog::open(&path)?.backups(Some(lineage.kind().service()))?;
+        Ok::<_, catalog::CatalogError>(backups.into_iter().rfind(|b| lineage.matches(b)))
     })
-    .await
-    .ok()
-    .flatten();
-    let Some(latest) = latest else {
-        return HashMap::new();
+    .await;
+    let latest = match latest {
+        Ok(Ok(Some(latest))) => latest,
+        Ok(Ok(None)) => return HashMap::new(),
+        Ok(Err(e)) => {
+            warn!("the catalog cannot be read ({e}), storing every chunk again");
+            return HashMap::new();
+        }
+        Err(e) => {
+            warn!("the catalog reader stopped ({e}), storing every chunk again");
+            return HashMap::new();
+        }
     };
     let id = latest.backup_id;
     let chunks: Result<Vec<ChunkRef>, StorageError> = match lineage {
@@ -97,7 +103,8 @@ pub(crate) async fn previous_chunks(
     let (usable, lost) = usable_chunks(chunks, &packs);
     if lost > 0 {
         warn!(
-            "{lost} chunk(s) of backup {id} are in packs that are missing or truncated: storing              them again (run `lifeline verify` to see which backups are damaged)"
+            "{lost} chunk(s) of backup {id} are in packs that are missing or truncated: storing \
+             them again (run `lifeline verify` to see which backups are damaged)"
         );
     } else {
         info!(previous = %id, chunks = usable.len(), "building on the previous backup");
@@ -142,7 +149,7 @@ pub(crate) struct Prepared<S> {
 }
 
 /// Gathers new chunks into packs and writes each pack when it is full, in the background
-/// (at most `uploads` at a time) so that compression never waits for the disk.
+/// (at most `transfers` at a time) so that compression never waits for the disk.
 pub(crate) struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
@@ -150,7 +157,7 @@ pub(crate) struct Packer {
     locations: HashMap<String, (String, u64, u64)>,
     pending: Vec<(String, u64, u64)>,
     writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
-    uploads: usize,
+    transfers: usize,
     pub(crate) written: u64,
 }
 
@@ -159,7 +166,7 @@ impl Packer {
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
         previous: HashMap<String, ChunkRef>,
-        uploads: usize,
+        transfers: usize,
     ) -> Packer {
         Packer {
             storage,
@@ -170,7 +177,7 @@ impl Packer {
                 .collect(),
             pending: Vec::new(),
             writes: tokio::task::JoinSet::new(),
-            uploads: uploads.max(1),
+            transfers: transfers.max(1),
             written: 0,
         }
     }
@@ -213,7 +220,7 @@ impl Packer {
             self.locations
                 .insert(hash, (sealed.id.clone(), offset, stored));
         }
-        while self.writes.len() >= self.uploads {
+        while self.writes.len() >= self.transfers {
             join_write(self.writes.join_next().await)?;
         }
         let storage = self.storage.clone();
@@ -292,11 +299,11 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
     previous: HashMap<String, ChunkRef>,
     compression: Compression,
     parallelism: usize,
-    uploads: usize,
+    transfers: usize,
 ) -> Result<(Packer, Vec<(S, String, u64)>), ArchiveError> {
     let known: Arc<Mutex<HashSet<String>>> =
         Arc::new(Mutex::new(previous.keys().cloned().collect()));
-    let packer = Packer::new(storage, previous, uploads);
+    let packer = Packer::new(storage, previous, transfers);
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let (mut packer, slots) = jobs
         .map(|job| prepare_chunk(known.clone(), compression, job))
@@ -332,7 +339,7 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
     previous: HashMap<String, ChunkRef>,
     compression: Compression,
     parallelism: usize,
-    uploads: usize,
+    transfers: usize,
 ) -> Result<StoredStream, ArchiveError> {
     let parallelism = parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Job<usize>>(parallelism * 2);
@@ -351,7 +358,7 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         Ok(())
     });
     let (packer, mut slots) =
-        pack_jobs(rx, storage, previous, compression, parallelism, uploads).await?;
+        pack_jobs(rx, storage, previous, compression, parallelism, transfers).await?;
     cutter
         .await
         .map_err(ArchiveError::task("stream reader"))?

@@ -23,8 +23,11 @@ pub struct DumpOptions {
     pub pg_bin: PathBuf,
     pub compression: Compression,
     pub parallelism: usize,
-    pub uploads: usize,
+    /// Packs uploaded at once (`transfers`).
+    pub transfers: usize,
     pub catalog_path: PathBuf,
+    /// The policy whose daily label a new backup starts with.
+    pub retention: catalog::RetentionPolicy,
 }
 
 /// Dump `connection.dbname` into the repository.
@@ -33,7 +36,6 @@ pub async fn run_dump_backup(
     opts: &DumpOptions,
 ) -> Result<StreamManifest, ArchiveError> {
     let lineage = Lineage::Stream {
-        service: Service::Postgresql,
         kind: BackupKind::Dump,
     };
     let previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
@@ -61,7 +63,7 @@ pub async fn run_dump_backup(
         previous,
         opts.compression,
         opts.parallelism,
-        opts.uploads,
+        opts.transfers,
     )
     .await;
     if stored.is_err() {
@@ -107,7 +109,13 @@ pub async fn run_dump_backup(
         size_bytes: stored.size,
         new_bytes: stored.new_bytes,
     };
-    publish_stream_backup(storage.as_ref(), &manifest, &opts.catalog_path).await?;
+    publish_stream_backup(
+        storage.as_ref(),
+        &manifest,
+        &opts.catalog_path,
+        &opts.retention,
+    )
+    .await?;
     info!(backup = %manifest.backup_id, size_bytes = manifest.size_bytes, new_bytes = manifest.new_bytes, "dump complete");
     Ok(manifest)
 }

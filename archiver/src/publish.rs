@@ -4,14 +4,16 @@
 
 use std::path::Path;
 
+use catalog::RetentionPolicy;
 use storage::manifest::{BackupManifest, StreamManifest};
 use storage::{BackupKind, PutMode, Restorability, Service, Storage, StorageExt, layout};
 
 use crate::ArchiveError;
 
-/// The retention label a new backup starts with, until a prune classes it: the daily class.
-fn new_backup_retention() -> String {
-    catalog::RetentionClass::Daily.label(&catalog::RetentionPolicy::default())
+/// The retention label a new backup starts with, until a prune classes it: the daily class of
+/// the configured policy.
+fn new_backup_retention(policy: &RetentionPolicy) -> String {
+    catalog::RetentionClass::Daily.label(policy)
 }
 
 /// Ids are `backup_YYYYMMDD_HHMMSS` in UTC; a second backup in the same second gets a suffix.
@@ -41,6 +43,7 @@ pub(crate) async fn publish_base_backup(
     storage: &dyn Storage,
     manifest: &BackupManifest,
     catalog_path: &Path,
+    policy: &RetentionPolicy,
 ) -> Result<(), ArchiveError> {
     let summary = MetadataSummary {
         backup_id: &manifest.backup_id,
@@ -51,6 +54,7 @@ pub(crate) async fn publish_base_backup(
         size_bytes: manifest.size_bytes,
         new_bytes: manifest.new_bytes,
         manifest_key: layout::manifest_key(&manifest.backup_id),
+        retention: new_backup_retention(policy),
     };
     let extra = serde_json::json!({
         "start_lsn": manifest.start_lsn.to_string(),
@@ -60,7 +64,7 @@ pub(crate) async fn publish_base_backup(
     publish_manifest(storage, &summary, &manifest.to_json(), extra).await?;
     let record = catalog::BackupRecord::from_manifest(
         manifest,
-        &new_backup_retention(),
+        &summary.retention,
         Restorability::Unverified,
     );
     let path = catalog_path.to_path_buf();
@@ -79,6 +83,7 @@ pub(crate) async fn publish_stream_backup(
     storage: &dyn Storage,
     manifest: &StreamManifest,
     catalog_path: &Path,
+    policy: &RetentionPolicy,
 ) -> Result<(), ArchiveError> {
     let summary = MetadataSummary {
         backup_id: &manifest.backup_id,
@@ -89,12 +94,13 @@ pub(crate) async fn publish_stream_backup(
         size_bytes: manifest.size_bytes,
         new_bytes: manifest.new_bytes,
         manifest_key: layout::stream_manifest_key(&manifest.backup_id),
+        retention: new_backup_retention(policy),
     };
     let extra = serde_json::json!({ "counts": manifest.counts });
     publish_manifest(storage, &summary, &manifest.to_json(), extra).await?;
     let record = catalog::BackupRecord::from_stream_manifest(
         manifest,
-        &new_backup_retention(),
+        &summary.retention,
         Restorability::Unverified,
     );
     let path = catalog_path.to_path_buf();
@@ -135,6 +141,8 @@ struct MetadataSummary<'a> {
     size_bytes: u64,
     new_bytes: u64,
     manifest_key: String,
+    /// The retention label the backup starts with.
+    retention: String,
 }
 
 /// The seed-compatible summary written next to a manifest, with `extra` fields of its kind.
@@ -160,7 +168,7 @@ fn metadata(
         files: vec![summary.manifest_key.clone()],
         checksum: format!("blake3:{}", manifest_checksum.to_hex()),
         verified: true,
-        retention: new_backup_retention(),
+        retention: summary.retention.clone(),
         restorability: Restorability::Unverified,
         extra: match extra {
             serde_json::Value::Object(map) => map,
@@ -193,5 +201,44 @@ mod tests {
         assert_eq!(readable_size(536_870_912), "512MB");
         assert_eq!(readable_size(1536), "1.5KB");
         assert_eq!(readable_size(12), "12B");
+    }
+
+    #[tokio::test]
+    async fn a_new_backup_is_labelled_with_the_configured_daily_window() {
+        let storage = testing::MemoryStorage::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog_path = dir.path().join("catalog.db");
+        let now = jiff::Timestamp::now();
+        let manifest = StreamManifest {
+            format: storage::manifest::MANIFEST_FORMAT,
+            backup_id: "redis_20250101_000000".into(),
+            service: storage::Service::Redis,
+            kind: storage::BackupKind::Rdb,
+            server_version: "7.0".into(),
+            source: "127.0.0.1:6379".into(),
+            started_at: now,
+            finished_at: now,
+            files: Vec::new(),
+            counts: Default::default(),
+            size_bytes: 0,
+            new_bytes: 0,
+        };
+        let policy = RetentionPolicy {
+            daily: 14,
+            ..RetentionPolicy::default()
+        };
+        publish_stream_backup(&storage, &manifest, &catalog_path, &policy)
+            .await
+            .expect("published");
+        let metadata = storage::manifest::BackupMetadata::load(&storage, &manifest.backup_id)
+            .await
+            .expect("metadata");
+        assert_eq!(metadata.retention, "14_days");
+        let record = catalog::Catalog::open(&catalog_path)
+            .expect("catalog")
+            .backup(&manifest.backup_id)
+            .expect("query")
+            .expect("recorded");
+        assert_eq!(record.retention, "14_days");
     }
 }

@@ -22,8 +22,11 @@ pub struct RdbBackupOptions {
     pub redis: RedisOptions,
     pub compression: Compression,
     pub parallelism: usize,
-    pub uploads: usize,
+    /// Packs uploaded at once (`transfers`).
+    pub transfers: usize,
     pub catalog_path: PathBuf,
+    /// The policy whose daily label a new backup starts with.
+    pub retention: catalog::RetentionPolicy,
 }
 
 /// Snapshot Redis over the replication protocol into the repository.
@@ -82,10 +85,7 @@ async fn store_redis_files(
     keys: BTreeMap<u32, u64>,
     sources: Vec<(String, Box<dyn Read + Send>)>,
 ) -> Result<StreamManifest, ArchiveError> {
-    let lineage = Lineage::Stream {
-        service: Service::Redis,
-        kind,
-    };
+    let lineage = Lineage::Stream { kind };
     let mut previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
@@ -98,7 +98,7 @@ async fn store_redis_files(
             previous.clone(),
             opts.compression,
             opts.parallelism,
-            opts.uploads,
+            opts.transfers,
         )
         .await?;
         // Later files may share this one's chunks too.
@@ -129,7 +129,13 @@ async fn store_redis_files(
         size_bytes,
         new_bytes,
     };
-    publish_stream_backup(storage.as_ref(), &manifest, &opts.catalog_path).await?;
+    publish_stream_backup(
+        storage.as_ref(),
+        &manifest,
+        &opts.catalog_path,
+        &opts.retention,
+    )
+    .await?;
     info!(
         backup = %manifest.backup_id,
         kind = %kind,

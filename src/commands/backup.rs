@@ -45,7 +45,8 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         compression: settings.compression,
         block_size: settings.block_size,
         parallelism: settings.parallelism,
-        uploads: settings.upload_transfers(),
+        transfers: settings.upload_transfers(),
+        retention: settings.retention,
         wal_wait: settings.wal_wait,
         catalog_path: settings.catalog_path()?,
     };
@@ -73,7 +74,8 @@ async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
         redis: settings.redis.clone(),
         compression: settings.compression,
         parallelism: settings.parallelism,
-        uploads: settings.upload_transfers(),
+        transfers: settings.upload_transfers(),
+        retention: settings.retention,
         catalog_path: settings.catalog_path()?,
     };
     let started = Instant::now();

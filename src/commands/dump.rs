@@ -18,7 +18,8 @@ fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptio
         pg_bin: settings.pg_bin(),
         compression: settings.compression,
         parallelism: settings.parallelism,
-        uploads: settings.upload_transfers(),
+        transfers: settings.upload_transfers(),
+        retention: settings.retention,
         catalog_path: settings.catalog_path()?,
     })
 }
