@@ -317,8 +317,6 @@ impl Catalog {
     }
 }
 
-/// Switching to WAL journal mode takes an exclusive lock that the busy handler does not wait
-/// for, so concurrent first opens retry briefly.
 /// Create the database file if it is missing: 0600, and as root given to the owner of its
 /// directory. SQLite creates its `-wal` and `-shm` files with the database file's mode and
 /// owner, so they are private too. The directory itself is never created: a missing one is a
@@ -368,6 +366,8 @@ fn create_private(path: &Path) -> Result<(), CatalogError> {
     Ok(())
 }
 
+/// Switching to WAL journal mode takes an exclusive lock that the busy handler does not wait
+/// for, so concurrent first opens retry briefly.
 fn set_wal_journal(conn: &Connection) -> Result<(), rusqlite::Error> {
     let current: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
     if current.eq_ignore_ascii_case("wal") {

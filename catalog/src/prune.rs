@@ -23,6 +23,7 @@ use storage::manifest::ClusterIdentity;
 use storage::wal::{DEFAULT_SEGMENT_SIZE, WalFileName};
 use storage::{Durability, PutMode, Storage, StorageExt, layout, repack};
 
+use crate::listing::mib;
 use crate::{Catalog, CatalogError, RetentionPlan, RetentionPolicy, WalRange};
 
 /// A prune that has not released its lock after this long is taken to have died.
@@ -97,9 +98,9 @@ pub async fn prune(
     if options.dry_run {
         return plan_apply_and_clean(storage, catalog, options, show_plan).await;
     }
-    take_lock(storage, &options.host).await?;
+    let lock = take_lock(storage, &options.host).await?;
     let pruned = plan_apply_and_clean(storage, catalog, options, show_plan).await;
-    release_lock(storage).await;
+    release_lock(storage, &lock).await;
     pruned
 }
 
@@ -163,7 +164,7 @@ pub async fn plan(
 /// Take the prune lock for `host` (and this process). One prune at a time: two would repack
 /// the same packs and overwrite each other's marks. A lock older than [`LOCK_STALE`] is taken
 /// over.
-pub async fn take_lock(storage: &dyn Storage, host: &str) -> Result<(), CatalogError> {
+pub async fn take_lock(storage: &dyn Storage, host: &str) -> Result<PruneLock, CatalogError> {
     let holder = serde_json::json!({
         "host": host,
         "pid": std::process::id(),
@@ -176,7 +177,7 @@ pub async fn take_lock(storage: &dyn Storage, host: &str) -> Result<(), CatalogE
         .put_bytes(key, body.clone(), PutMode::Create, Durability::Immediate)
         .await
     {
-        Ok(()) => return Ok(()),
+        Ok(()) => return Ok(PruneLock { body }),
         Err(storage::StorageError::AlreadyExists { .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -202,19 +203,40 @@ pub async fn take_lock(storage: &dyn Storage, host: &str) -> Result<(), CatalogE
         age.as_secs() / 3600
     );
     storage
-        .put_bytes(key, body, PutMode::Overwrite, Durability::Immediate)
+        .put_bytes(key, body.clone(), PutMode::Overwrite, Durability::Immediate)
         .await?;
-    Ok(())
+    Ok(PruneLock { body })
+}
+
+/// A prune lock this process holds: what it wrote, to recognise it at release.
+#[derive(Debug)]
+pub struct PruneLock {
+    body: Vec<u8>,
 }
 
 /// Release the prune lock; a lock that cannot be deleted only warns (the next prune takes it
 /// over once stale, or the operator deletes it).
-pub async fn release_lock(storage: &dyn Storage) {
-    if let Err(e) = storage.delete(layout::PRUNE_LOCK_KEY).await {
-        tracing::warn!(
-            "{} not released ({e}): delete it before the next prune",
-            layout::PRUNE_LOCK_KEY
-        );
+pub async fn release_lock(storage: &dyn Storage, lock: &PruneLock) {
+    let key = layout::PRUNE_LOCK_KEY;
+    // A prune that ran past LOCK_STALE may have been taken over: the lock is then another
+    // prune's, and deleting it would let a third one run beside that one.
+    match storage.get_bytes(key).await {
+        Ok(held) if held == lock.body => {}
+        Ok(held) => {
+            tracing::warn!(
+                "{key} was taken over meanwhile by {}: left in place",
+                String::from_utf8_lossy(&held)
+            );
+            return;
+        }
+        Err(storage::StorageError::NotFound { .. }) => return,
+        Err(e) => {
+            tracing::warn!("{key} not released ({e}): delete it before the next prune");
+            return;
+        }
+    }
+    if let Err(e) = storage.delete(key).await {
+        tracing::warn!("{key} not released ({e}): delete it before the next prune");
     }
 }
 
@@ -477,9 +499,6 @@ pub fn expired_logs(dir: &Path, cutoff: jiff::Timestamp) -> Result<Vec<PathBuf>,
 }
 
 /// Bytes as MiB with one decimal, so that a few KiB of leftovers do not read as 0.
-fn mib(bytes: u64) -> String {
-    format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
-}
 
 impl PrunePlan {
     /// The plan as `prune --json` prints it.
@@ -923,6 +942,27 @@ mod tests {
             .expect("a stale lock is taken over");
         assert_eq!(report.outcome.map(|o| o.backups), Some(1));
         assert!(memory.object(layout::PRUNE_LOCK_KEY).is_none(), "lock kept");
+    }
+
+    #[tokio::test]
+    async fn a_lock_taken_over_meanwhile_is_left_to_its_new_holder() {
+        let storage = MemoryStorage::new();
+        let lock = take_lock(&storage, "here").await.expect("free lock");
+        // Another prune took it over (this one ran past LOCK_STALE).
+        let theirs = br#"{"host":"elsewhere","pid":2}"#.to_vec();
+        storage.set_object(layout::PRUNE_LOCK_KEY, theirs.clone());
+        release_lock(&storage, &lock).await;
+        assert_eq!(storage.object(layout::PRUNE_LOCK_KEY), Some(theirs));
+        let lock = take_lock(&MemoryStorage::new(), "here")
+            .await
+            .expect("free lock");
+        let own = MemoryStorage::new();
+        own.set_object(layout::PRUNE_LOCK_KEY, lock.body.clone());
+        release_lock(&own, &lock).await;
+        assert!(
+            own.object(layout::PRUNE_LOCK_KEY).is_none(),
+            "own lock kept"
+        );
     }
 
     #[tokio::test]
