@@ -498,8 +498,6 @@ pub fn expired_logs(dir: &Path, cutoff: jiff::Timestamp) -> Result<Vec<PathBuf>,
     Ok(out)
 }
 
-/// Bytes as MiB with one decimal, so that a few KiB of leftovers do not read as 0.
-
 impl PrunePlan {
     /// The plan as `prune --json` prints it.
     pub fn to_json(&self) -> serde_json::Value {
@@ -601,12 +599,10 @@ impl fmt::Display for PruneReport {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::ops::Range;
 
-    use async_trait::async_trait;
     use storage::manifest::{BackupManifest, BackupMetadata, put_manifest};
     use storage::wal::{Lsn, TimelineId};
-    use storage::{Compression, ObjectMeta, ObjectReader, StorageError, object};
+    use storage::{Compression, StorageError, object};
     use testing::{Fault, Faulty, MemoryStorage, Op};
 
     use super::*;
@@ -930,14 +926,14 @@ mod tests {
         repository(&memory).await;
         memory.set_object(layout::PRUNE_LOCK_KEY, b"{\"host\":\"dead\"}".to_vec());
         // Five hours is not stale yet.
-        let aged = Aged::new(memory.clone(), layout::PRUNE_LOCK_KEY, 5 * HOUR);
-        let refused = run(&aged, dir.path(), &options(dir.path())).await;
+        memory.backdate(layout::PRUNE_LOCK_KEY, 5 * HOUR);
+        let refused = run(&memory, dir.path(), &options(dir.path())).await;
         assert!(
             matches!(refused, Err(CatalogError::PruneLocked { minutes: 300, .. })),
             "{refused:?}"
         );
-        let aged = Aged::new(memory.clone(), layout::PRUNE_LOCK_KEY, 7 * HOUR);
-        let report = run(&aged, dir.path(), &options(dir.path()))
+        memory.backdate(layout::PRUNE_LOCK_KEY, 2 * HOUR);
+        let report = run(&memory, dir.path(), &options(dir.path()))
             .await
             .expect("a stale lock is taken over");
         assert_eq!(report.outcome.map(|o| o.backups), Some(1));
@@ -1026,8 +1022,8 @@ mod tests {
         let memory = MemoryStorage::new();
         repository(&memory).await;
         storage::lease::take(&memory, "a-oldest", "restorer-7").await;
-        let aged = Aged::new(memory.clone(), layout::LEASES_PREFIX, 25 * HOUR);
-        let report = run(&aged, dir.path(), &options(dir.path()))
+        memory.backdate(layout::LEASES_PREFIX, 25 * HOUR);
+        let report = run(&memory, dir.path(), &options(dir.path()))
             .await
             .expect("prune");
         assert_eq!(report.outcome.map(|o| o.backups), Some(1));
@@ -1154,78 +1150,5 @@ mod tests {
                 .expect("no logs")
                 .is_empty()
         );
-    }
-
-    /// Objects under `prefix` as if written `age` ago: what a test cannot wait for.
-    #[derive(Debug)]
-    struct Aged<S> {
-        inner: S,
-        prefix: &'static str,
-        age: Duration,
-    }
-
-    impl<S> Aged<S> {
-        fn new(inner: S, prefix: &'static str, age: Duration) -> Self {
-            Aged { inner, prefix, age }
-        }
-
-        fn age(&self, mut meta: ObjectMeta) -> ObjectMeta {
-            if meta.key.starts_with(self.prefix) {
-                meta.last_modified -= self.age;
-            }
-            meta
-        }
-    }
-
-    #[async_trait]
-    impl<S: Storage> Storage for Aged<S> {
-        async fn put_stream(
-            &self,
-            key: &str,
-            payload: ObjectReader,
-            mode: PutMode,
-            durability: Durability,
-        ) -> Result<(), StorageError> {
-            self.inner.put_stream(key, payload, mode, durability).await
-        }
-
-        async fn put_bytes(
-            &self,
-            key: &str,
-            bytes: Vec<u8>,
-            mode: PutMode,
-            durability: Durability,
-        ) -> Result<(), StorageError> {
-            self.inner.put_bytes(key, bytes, mode, durability).await
-        }
-
-        async fn get_stream(&self, key: &str) -> Result<ObjectReader, StorageError> {
-            self.inner.get_stream(key).await
-        }
-
-        async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StorageError> {
-            self.inner.get_range(key, range).await
-        }
-
-        async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-            self.inner.head(key).await.map(|m| self.age(m))
-        }
-
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-            let listed = self.inner.list(prefix).await?;
-            Ok(listed.into_iter().map(|m| self.age(m)).collect())
-        }
-
-        async fn delete(&self, key: &str) -> Result<(), StorageError> {
-            self.inner.delete(key).await
-        }
-
-        async fn sync(&self) -> Result<(), StorageError> {
-            self.inner.sync().await
-        }
-
-        fn describe(&self) -> String {
-            format!("aged({})", self.inner.describe())
-        }
     }
 }

@@ -68,6 +68,18 @@ impl MemoryStorage {
         );
     }
 
+    /// Make the objects under `prefix` look `age` older, as a test cannot wait for them to age.
+    pub fn backdate(&self, prefix: &str, age: std::time::Duration) {
+        for (_, object) in self
+            .state()
+            .objects
+            .iter_mut()
+            .filter(|(key, _)| key.starts_with(prefix))
+        {
+            object.last_modified -= age;
+        }
+    }
+
     /// Keys put with `Durability::Deferred` and not synced since.
     pub fn unsynced(&self) -> BTreeSet<String> {
         self.state().unsynced.keys().cloned().collect()
