@@ -186,7 +186,7 @@ fn ops_settings(file: &ConfigFile) -> Result<OpsSettings> {
         failover,
         services: file.services.clone(),
         drill_dir: file.drill_dir.clone().map(absolute),
-        redis_configured: false,
+        redis_configured: file.redis_host.is_some(),
         simulate: bool_env("SIMULATE_MODE")?.unwrap_or(false),
     })
 }
@@ -206,7 +206,6 @@ impl Settings {
             }
             None => ConfigFile::default(),
         };
-        let redis_configured = env("REDIS_HOST").is_some() || file.redis_host.is_some();
         overlay_environment(&mut file)?;
         let s3 = s3_options(args, &file)?;
         let ops = ops_settings(&file)?;
@@ -304,10 +303,7 @@ impl Settings {
                 port: file.redis_port.unwrap_or(6379),
                 password: file.redis_password,
             },
-            ops: OpsSettings {
-                redis_configured,
-                ..ops
-            },
+            ops,
         })
     }
 
@@ -421,6 +417,12 @@ impl Settings {
     /// by the dump commands, not by every `wal push`.
     pub fn pg_bin(&self) -> PathBuf {
         self.pg_bin_dir.clone().unwrap_or_else(newest_pg_bin)
+    }
+
+    /// The local repository, when the repository is not in S3 (where BACKUP_DIR only holds the
+    /// catalog, logs and spool).
+    pub fn local_repository(&self) -> Option<PathBuf> {
+        self.backup_dir.clone().filter(|_| self.s3.is_none())
     }
 
     /// Where `wal fetch` spools, whether or not prefetch is on now (an earlier run may have

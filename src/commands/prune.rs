@@ -32,10 +32,7 @@ pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
         grace: settings.prune_grace,
         repack_unused_percent: settings.repack_unused_percent,
         host: super::host_name(),
-        local_repository: settings
-            .backup_dir
-            .clone()
-            .filter(|_| settings.s3.is_none()),
+        local_repository: settings.local_repository(),
         spool_dir: settings.spool_dir(),
         logs_dir: settings.backup_dir().ok().map(|d| d.join("logs")),
     };

@@ -17,7 +17,7 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository().await?;
     let mut report =
         restore::verify_repository(storage.as_ref(), args.read_data, settings.parallelism).await?;
-    let leftovers = leftovers(settings)?;
+    let leftovers = leftovers(settings).await?;
     report.temporary_files = leftovers.len();
     report.temporary_bytes = storage::leftovers::total_size(&leftovers);
     if args.json {
@@ -88,13 +88,13 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
 /// Temporary files that killed writers left in the local repository and the `wal fetch`
 /// spool. An S3 repository has none to count (interrupted uploads are the bucket's to expire);
 /// its local spool still does.
-fn leftovers(settings: &Settings) -> Result<Vec<storage::leftovers::Leftover>> {
-    let repository = if settings.s3.is_none() {
-        settings.backup_dir.as_deref()
-    } else {
-        None
-    };
-    let spool = settings.spool_dir();
-    storage::leftovers::find_all(repository, spool.as_deref(), std::time::SystemTime::now())
-        .context("look for temporary files left by interrupted runs")
+async fn leftovers(settings: &Settings) -> Result<Vec<storage::leftovers::Leftover>> {
+    let (repository, spool) = (settings.local_repository(), settings.spool_dir());
+    // A walk of the whole local repository: on a blocking thread.
+    tokio::task::spawn_blocking(move || {
+        let now = std::time::SystemTime::now();
+        storage::leftovers::find_all(repository.as_deref(), spool.as_deref(), now)
+    })
+    .await?
+    .context("look for temporary files left by interrupted runs")
 }
