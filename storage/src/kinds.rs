@@ -61,14 +61,14 @@ impl fmt::Display for Restorability {
 impl FromStr for Restorability {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "UNVERIFIED" => Ok(Restorability::Unverified),
-            "VERIFIED" => Ok(Restorability::Verified),
-            "FAILED" => Ok(Restorability::Failed),
-            other => Err(format!(
-                "{other:?} is not a restorability: UNVERIFIED, VERIFIED or FAILED"
-            )),
-        }
+        let all = [
+            Restorability::Unverified,
+            Restorability::Verified,
+            Restorability::Failed,
+        ];
+        all.into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a restorability: UNVERIFIED, VERIFIED or FAILED"))
     }
 }
 
@@ -115,11 +115,10 @@ impl fmt::Display for BackupKind {
 impl FromStr for Service {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "postgresql" => Ok(Service::Postgresql),
-            "redis" => Ok(Service::Redis),
-            other => Err(format!("{other:?} is not a service: postgresql or redis")),
-        }
+        let all = [Service::Postgresql, Service::Redis];
+        all.into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a service: postgresql or redis"))
     }
 }
 
