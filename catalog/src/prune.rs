@@ -261,6 +261,10 @@ async fn apply(
             .await?;
         storage.delete(&layout::metadata_key(id)).await?;
     }
+    // Leases past their lifetime protect nothing: gone, so the listing stays small.
+    storage
+        .delete_many(&storage::lease::expired(storage).await?)
+        .await?;
     // 2. WAL outside every kept range.
     let wal = wal_to_delete(storage, &plan.wal_keep).await?;
     storage.delete_many(&wal).await?;
@@ -1028,6 +1032,13 @@ mod tests {
             .expect("prune");
         assert_eq!(report.outcome.map(|o| o.backups), Some(1));
         assert!(memory.object(&layout::manifest_key("a-oldest")).is_none());
+        // ... and is deleted with it.
+        assert!(
+            memory
+                .keys()
+                .iter()
+                .all(|k| !k.starts_with(layout::LEASES_PREFIX))
+        );
     }
 
     #[tokio::test]

@@ -73,6 +73,21 @@ pub async fn held_at(
         .collect())
 }
 
+/// The keys of leases past [`LIFETIME`]: they protect nothing any more, and `prune` deletes
+/// them so that the lease listing does not grow with every restore ever made.
+pub async fn expired(storage: &dyn Storage) -> Result<Vec<String>, StorageError> {
+    let cutoff = SystemTime::now()
+        .checked_sub(LIFETIME)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Ok(storage
+        .list(layout::LEASES_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| m.last_modified < cutoff)
+        .map(|m| m.key)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
