@@ -30,11 +30,12 @@ pub fn this_holder() -> String {
     format!("{}-{}", host_name(), std::process::id())
 }
 
-/// This host's name as it may appear in a repository key, or `host`.
+/// This host's name as it may appear in a repository key (letters, digits, `-`, `.`), or
+/// `host`.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
+    // The kernel's node name: set in containers that have no /etc/hostname too.
+    let uname = rustix::system::uname();
+    Some(uname.nodename().to_string_lossy().trim().to_string())
         .filter(|h| {
             !h.is_empty()
                 && h.bytes()
