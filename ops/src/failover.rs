@@ -200,7 +200,29 @@ async fn database_failure(
         ));
     }
     let still_writable = primary.reachable && !primary.in_recovery;
+    // The replica is looked up before anything changes: fencing a primary that nothing can
+    // replace would leave production read-only and the failover failed.
+    let Some((replica, replica_name)) = replica(&opts.primary, &opts.failover) else {
+        if still_writable {
+            return Err(stopped(
+                "the primary accepts writes and no replica is configured to take over ([failover] replica-host / REPLICA_HOST); nothing was changed: configure the replica and run again, or stop the primary (pg_ctl stop) and run again to restore it from the repository",
+            ));
+        }
+        steps.found("no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository");
+        let storage = repo.open().await?;
+        let (backup, last_wal) = newest_state(storage.as_ref(), &repo.open_catalog()?).await?;
+        return restore_from_repository(opts, storage, steps, "primary", &backup, &last_wal, repo)
+            .await;
+    };
     if still_writable {
+        // A replica that is down cannot take over either: the primary is left as it is.
+        let ready = pg::probe(&replica.config, &replica_name, PROBE_TIMEOUT).await;
+        if !ready.reachable {
+            steps.found(describe(&ready));
+            return Err(stopped(
+                "the replica is down, so the primary that still accepts writes was left as it is: bring the replica back and run again",
+            ));
+        }
         let client = if steps.simulate() {
             None
         } else {
@@ -222,13 +244,6 @@ async fn database_failure(
             steps.done(format!("{segment} archived"));
         }
     }
-    let Some((replica, replica_name)) = replica(&opts.primary, &opts.failover) else {
-        steps.found("no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository");
-        let storage = repo.open().await?;
-        let (backup, last_wal) = newest_state(storage.as_ref(), &repo.open_catalog()?).await?;
-        return restore_from_repository(opts, storage, steps, "primary", &backup, &last_wal, repo)
-            .await;
-    };
     let state = pg::probe(&replica.config, &replica_name, PROBE_TIMEOUT).await;
     steps.found(describe(&state));
     if !state.reachable {
@@ -564,32 +579,72 @@ async fn redis_failure(
         process::run_shell(&stop, Duration::from_secs(120)).await?;
         steps.done("stopped");
     }
+    let mut manifest = None;
     if steps.step(format!(
         "restore {} into {}",
         backup.backup_id,
         data_dir.display()
     )) {
         let storage = repo.open().await?;
-        let manifest =
+        let loaded =
             storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id).await?;
         let holder = format!("{}-{}", opts.host, std::process::id());
         storage::lease::take(storage.as_ref(), &backup.backup_id, &holder).await;
-        restore::restore_redis(storage.as_ref(), &manifest, &data_dir, opts.downloads).await?;
+        restore::restore_redis(storage.as_ref(), &loaded, &data_dir, opts.downloads).await?;
         steps.done(format!(
             "{} files in place",
             backup.kind.as_str().to_uppercase()
         ));
+        manifest = Some(loaded);
     }
     if steps.step(format!("start Redis: {restart}")) {
         process::run_shell(&restart, Duration::from_secs(120)).await?;
         let n = wait_redis(&opts.redis).await?;
         steps.done(format!("{node} answers with {n} keys"));
+        if let Some(manifest) = &manifest {
+            loaded_as_recorded(n, manifest, &data_dir)?;
+        }
         return Ok(format!(
             "Redis restored from {} with {n} keys",
             backup.backup_id
         ));
     }
     Ok(format!("Redis would be restored from {}", backup.backup_id))
+}
+
+/// A Redis that comes back with no keys from a backup that recorded some did not load the
+/// restored files: its configuration points elsewhere (another `dir`, `dbfilename`, or
+/// `appendonly` loading an AOF instead of the RDB).
+fn loaded_as_recorded(
+    keys: u64,
+    manifest: &storage::manifest::StreamManifest,
+    data_dir: &Path,
+) -> Result<(), OpsError> {
+    let recorded: u64 = manifest.counts.values().sum();
+    if keys > 0 || recorded == 0 {
+        return Ok(());
+    }
+    // An AOF backup names its manifest `<appenddirname>/<appendfilename>.manifest`.
+    let aof = manifest.files.iter().find_map(|f| {
+        let (subdir, file) = f.name.split_once('/')?;
+        Some((subdir, file.strip_suffix(".manifest")?))
+    });
+    let how = match aof {
+        Some((subdir, file)) => {
+            format!("appendonly yes, appenddirname {subdir}, appendfilename {file}")
+        }
+        None => {
+            "dbfilename dump.rdb and appendonly no (with appendonly yes it loads an AOF instead)"
+                .into()
+        }
+    };
+    Err(stopped(format!(
+        "Redis came back with 0 keys but backup {} recorded {}: it did not load the files restored into {}. Configure Redis with dir {} and {how}, then run the restart command again",
+        manifest.backup_id,
+        restore::counts_line(&manifest.counts),
+        data_dir.display(),
+        data_dir.display()
+    )))
 }
 
 async fn wait_redis(redis: &Redis) -> Result<u64, OpsError> {
@@ -821,6 +876,60 @@ mod tests {
             loss_window(&scratch, &state).await,
             "data-loss window: not measurable (replica at 0/3000060, no archived WAL in the catalog); its last replayed commit is from 2025-01-01 00:00:00+00"
         );
+    }
+
+    fn redis_manifest(files: &[&str], counts: &[(&str, u64)]) -> storage::manifest::StreamManifest {
+        storage::manifest::StreamManifest {
+            format: 1,
+            backup_id: "20251227T010000Z-rdb".into(),
+            service: storage::Service::Redis,
+            kind: storage::BackupKind::Rdb,
+            server_version: "7.2".into(),
+            source: "127.0.0.1:6379".into(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            finished_at: jiff::Timestamp::UNIX_EPOCH,
+            files: files
+                .iter()
+                .map(|name| storage::manifest::StreamFile {
+                    name: (*name).into(),
+                    size: 0,
+                    chunks: Vec::new(),
+                })
+                .collect(),
+            counts: counts.iter().map(|(db, n)| ((*db).into(), *n)).collect(),
+            size_bytes: 0,
+            new_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_redis_that_comes_back_empty_from_a_backup_with_keys_stops_the_failover() {
+        let dir = Path::new("/var/lib/redis");
+        let rdb = redis_manifest(&["dump.rdb"], &[("db0", 12), ("db3", 5)]);
+        let err = loaded_as_recorded(0, &rdb, dir).expect_err("0 keys of 17");
+        assert!(matches!(err, OpsError::Stopped(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "Redis came back with 0 keys but backup 20251227T010000Z-rdb recorded db0=12 db3=5: it did not load the files restored into /var/lib/redis. Configure Redis with dir /var/lib/redis and dbfilename dump.rdb and appendonly no (with appendonly yes it loads an AOF instead), then run the restart command again"
+        );
+        let aof = redis_manifest(
+            &[
+                "appendonlydir/appendonly.aof.1.base.rdb",
+                "appendonlydir/appendonly.aof.manifest",
+            ],
+            &[("db0", 3)],
+        );
+        let err = loaded_as_recorded(0, &aof, dir).expect_err("0 keys of 3");
+        assert!(
+            err.to_string().contains(
+                "appendonly yes, appenddirname appendonlydir, appendfilename appendonly.aof, then"
+            ),
+            "{err}"
+        );
+        loaded_as_recorded(17, &rdb, dir).expect("keys loaded");
+        loaded_as_recorded(0, &redis_manifest(&["dump.rdb"], &[]), dir).expect("nothing recorded");
+        loaded_as_recorded(0, &redis_manifest(&["dump.rdb"], &[("db0", 0)]), dir)
+            .expect("an empty backup");
     }
 
     /// A primary nothing answers for (port 1 refuses at once), no replica, no services.
