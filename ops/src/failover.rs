@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use storage::wal::WalFileName;
+use storage::BackupKind;
+use storage::wal::{Lsn, WalFileName};
 
 use crate::pg::{self, NodeState};
 use crate::repository::read_catalog;
@@ -91,8 +92,6 @@ pub struct FailoverOptions<'a> {
     pub pgdata: Option<PathBuf>,
     /// Chunk groups read at once by a Redis restore.
     pub downloads: usize,
-    /// This host's name, for the lease a restore takes.
-    pub host: String,
     /// The checks a data-center failover runs before it switches the application over.
     pub verify: VerifyOptions,
     pub restore_options: &'a RestoreOptionsFor<'a>,
@@ -168,6 +167,11 @@ fn replica(primary: &pg::Server, failover: &FailoverConfig) -> Option<(pg::Serve
     let server = primary.at(host, failover.replica_port.unwrap_or(5432));
     let name = format!("replica {}", server.address());
     Some((server, name))
+}
+
+/// A position as the server reports it (`0/3000060`), in bytes.
+fn lsn(text: &str) -> Option<u64> {
+    text.parse::<Lsn>().ok().map(|l| l.0)
 }
 
 fn describe(state: &NodeState) -> String {
@@ -282,7 +286,7 @@ async fn database_failure(
 /// What the promoted replica may lack: WAL in the archive beyond its replay position, and the
 /// commit time of the last transaction it replayed.
 async fn loss_window(repo: &impl Repository, replica: &NodeState) -> String {
-    let replayed = replica.lsn.as_deref().and_then(pg::parse_lsn);
+    let replayed = replica.lsn.as_deref().and_then(lsn);
     let last_wal = read_catalog(repo, |c| c.ok()?.last_wal().ok()?).await;
     let archived_end = last_wal.ok().flatten().and_then(|w| {
         let name: WalFileName = w.name.parse().ok()?;
@@ -526,7 +530,7 @@ async fn redis_failure(
         .await??
         .into_iter()
         // The newest of either kind: an AOF backup is newer data than last night's RDB.
-        .filter(|b| matches!(b.kind.as_str(), "rdb" | "aof"))
+        .filter(|b| matches!(b.kind, BackupKind::Rdb | BackupKind::Aof))
         .filter(|b| b.state == catalog::BackupState::Complete)
         .max_by_key(|b| (b.finished_at_us, b.backup_id.clone()));
     match opts.redis.total_keys().await {
@@ -588,8 +592,7 @@ async fn redis_failure(
         let storage = repo.open().await?;
         let loaded =
             storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id).await?;
-        let holder = format!("{}-{}", opts.host, std::process::id());
-        storage::lease::take(storage.as_ref(), &backup.backup_id, &holder).await;
+        storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
         restore::restore_redis(storage.as_ref(), &loaded, &data_dir, opts.downloads).await?;
         steps.done(format!(
             "{} files in place",
@@ -755,8 +758,8 @@ pub async fn status(
         let lag = state
             .lsn
             .as_deref()
-            .and_then(pg::parse_lsn)
-            .zip(replica_state.lsn.as_deref().and_then(pg::parse_lsn))
+            .and_then(lsn)
+            .zip(replica_state.lsn.as_deref().and_then(lsn))
             .map(|(p, r)| p.saturating_sub(r));
         if let Some(lag) = lag.filter(|_| state.reachable && replica_state.in_recovery) {
             lines.push(format!(
@@ -960,7 +963,6 @@ mod tests {
             redis: redis.clone(),
             pgdata: None,
             downloads: 2,
-            host: "test".into(),
             verify: VerifyOptions {
                 depth: Depth::Quick,
                 staging: false,

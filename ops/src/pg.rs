@@ -374,24 +374,6 @@ pub async fn probe_write(
     })
 }
 
-/// `X/Y` → a byte position.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsns_parse() {
-        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(parse_lsn("zz"), None);
-    }
-}
-
 /// A server by its address, with the driver's configuration to reach it.
 #[derive(Debug, Clone)]
 pub struct Server {

@@ -60,7 +60,6 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         redis: verify.redis.clone(),
         pgdata: settings.pgdata.clone(),
         downloads: settings.download_transfers(),
-        host: super::host_name(),
         verify,
         restore_options: &restore_options,
     };
