@@ -18,9 +18,22 @@ pub(super) enum Phase {
 /// of the file (after the restore's own block). Later lines win in PostgreSQL's configuration.
 const DRILL_MARK: &str = "# Added by lifeline drill";
 
-/// A value in PostgreSQL's configuration syntax: quoted, `'` doubled, `\` doubled.
+/// A value in PostgreSQL's configuration syntax: quoted, `'` doubled, `\` doubled, line
+/// breaks escaped (a raw one would end the setting).
+// The same quoting as restore's restore_base::quote: to be one function once restore exports it.
 fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    let mut quoted = String::from("'");
+    for c in value.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' => quoted.push_str("''"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
 }
 
 fn utf8(path: &Path) -> Result<&str, DrillError> {
@@ -211,6 +224,7 @@ mod tests {
         assert_eq!(conf_quote("it's"), "'it''s'");
         assert_eq!(conf_quote(r"C:\x"), r"'C:\\x'");
         assert_eq!(conf_quote(""), "''");
+        assert_eq!(conf_quote("/tmp/a\nb\r"), r"'/tmp/a\nb\r'");
     }
 
     #[test]
