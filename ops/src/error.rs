@@ -69,14 +69,19 @@ impl OpsError {
     /// The error and its causes on one line, `what: why: why`, as the operator reads them in a
     /// RESULT line or a check.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
-        }
-        text
+        chain(self)
     }
+}
+
+/// An error and its causes on one line, `what: why: why`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Why a restore drill could not run or could not finish. Inside the rehearsal (restore,

@@ -181,7 +181,7 @@ pub async fn drill(
                 .join("; "),
             Some(report),
         ),
-        Err(e) => (Verdict::Failed, chain(&e), None),
+        Err(e) => (Verdict::Failed, crate::error::chain(&e), None),
     };
     let mut report = DrillReport {
         backup_id: backup.backup_id.clone(),
@@ -527,8 +527,6 @@ async fn rehearse(
     Ok(report)
 }
 
-/// What the backup recorded about its tables, to count against.
-// The same mapping as the binary's verify-recovery; one of them goes when that moves here.
 fn open_catalog(path: &Path) -> Result<catalog::Catalog, DrillError> {
     catalog::Catalog::open(path).map_err(|source| DrillError::OpenCatalog {
         path: path.to_path_buf(),
@@ -544,17 +542,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|source| DrillError::TaskFailed { what, source })?
-}
-
-/// An error with its causes, `: `-separated: the verdict's reason.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -644,6 +631,6 @@ mod tests {
             doing: "write /x".into(),
             source: io,
         };
-        assert_eq!(chain(&e), "write /x: disk full");
+        assert_eq!(crate::error::chain(&e), "write /x: disk full");
     }
 }

@@ -24,10 +24,7 @@ impl Verdict {
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Verified => "VERIFIED",
-            Verdict::Failed => "FAILED",
-        }
+        self.restorability().as_str()
     }
 }
 
