@@ -9,8 +9,13 @@ pub enum OpsError {
         source_name: String,
         problems: Vec<String>,
     },
+    /// `message` carries the server's SQLSTATE for the reader; `sqlstate` for the code.
     #[error("PostgreSQL at {node}: {message}")]
-    Postgres { node: String, message: String },
+    Postgres {
+        node: String,
+        message: String,
+        sqlstate: Option<String>,
+    },
     #[error("{path}: {message}")]
     ConnectionFile { path: String, message: String },
     #[error("{what}: {message}")]
@@ -70,6 +75,14 @@ impl OpsError {
     /// RESULT line or a check.
     pub fn chain(&self) -> String {
         chain(self)
+    }
+
+    /// The SQLSTATE of a PostgreSQL server's refusal (`28000`: no such role), if it answered.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            OpsError::Postgres { sqlstate, .. } => sqlstate.as_deref(),
+            _ => None,
+        }
     }
 }
 
