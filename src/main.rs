@@ -179,7 +179,6 @@ fn main() -> ExitCode {
         Command::Wal(commands::wal::WalCommand::Push { .. }) => PanicExit::Push,
         _ => PanicExit::Other,
     });
-    ops::identity::raise_open_file_limit();
     let operation = cli.command.log_name();
     let settings = match Settings::resolve(&cli.global) {
         Ok(s) => s,
@@ -205,13 +204,16 @@ fn main() -> ExitCode {
         .as_deref()
         .and_then(|name| ops::oplog::open(settings.backup_dir.as_deref(), name));
     ops::oplog::init_logging(log.map(|(file, _)| file));
+    // Process-wide, before the runtime starts its threads; after the logging, which shows its
+    // debug line.
+    ops::identity::raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("lifeline: cannot start the async runtime: {e}");
+            say(&format!("lifeline: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };

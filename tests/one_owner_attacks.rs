@@ -78,7 +78,15 @@ fn a_root_run_never_writes_through_a_link_planted_at_the_status_temp_name() {
         .stderr(Stdio::null());
     let mut child = held.spawn().expect("spawn");
     let pid = child.id();
-    symlink(&shadow, scratch.repo.join(format!("..backup_status.{pid}"))).expect("plant link");
+    // The status file is written through storage::atomic, at `.tmp.<name>.<pid>.<n>`, n counting
+    // that process's atomic writes: a link at each plausible n.
+    for n in 0..256 {
+        symlink(
+            &shadow,
+            scratch.repo.join(format!(".tmp..backup_status.{pid}.{n}")),
+        )
+        .expect("plant link");
+    }
     child
         .stdin
         .take()
@@ -88,6 +96,12 @@ fn a_root_run_never_writes_through_a_link_planted_at_the_status_temp_name() {
     let status = child.wait().expect("wait");
     assert!(!status.success(), "the backup had no server to back up");
     assert_untouched(&shadow);
+    // The write met a planted link (else the links above were not where it writes, and the
+    // test proved nothing): it refused it rather than follow it.
+    assert!(
+        std::fs::symlink_metadata(scratch.repo.join(".backup_status")).is_err(),
+        "the status was written under a temporary name no link was planted at"
+    );
 }
 
 #[test]

@@ -835,6 +835,25 @@ fn a_forced_failover_fences_the_old_primary_and_archives_its_last_wal() {
     std::thread::sleep(std::time::Duration::from_millis(500));
 
     let before = archived();
+    // Without a replica to take over, --force changes nothing on the primary.
+    let lone = scratch.path("no-replica.toml");
+    write_owned(&lone, "");
+    let mut lone_env = primary.db_env();
+    lone_env.push(("LIFELINE_CONFIG".into(), lone.display().to_string()));
+    let out = scratch.lifeline(
+        &["failover", "--incident", "database_failure", "--force"],
+        &env_refs(&lone_env),
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("no replica is configured to take over")
+            && !text(&out).contains("step 1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(primary.psql("SHOW default_transaction_read_only"), "off");
+    assert_eq!(archived(), before, "the refused failover switched WAL");
+
     let out = scratch.lifeline(
         &[
             "failover",

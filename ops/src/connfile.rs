@@ -61,11 +61,16 @@ pub fn rewrite(
 /// Rewrite the file in place: a temporary file beside it, synced, renamed over it, the
 /// directory synced. The new file keeps the old one's owner, group and mode: failover runs as
 /// root, and a file that became root's would lock the application out of its own settings.
+/// A connection file that is a link (to a shared or versioned settings file) stays one: the
+/// file it points to is the one rewritten.
 pub fn switch_file(path: &Path, variable: &str, host: &str, port: u16) -> Result<Switch, OpsError> {
     let fail = |message: String| OpsError::ConnectionFile {
         path: path.display().to_string(),
         message,
     };
+    let resolved =
+        std::fs::canonicalize(path).map_err(|e| fail(format!("cannot be found: {e}")))?;
+    let path = resolved.as_path();
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
     let (new_text, switch) = rewrite(&text, variable, host, port).map_err(fail)?;
     let old = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
@@ -193,6 +198,34 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn a_linked_connection_file_stays_a_link_and_its_target_is_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        let target = shared.join("app.env");
+        std::fs::write(&target, "DATABASE_URL=postgresql://app@old:5432/app\n").expect("write");
+        let link = dir.path().join("app.env");
+        std::os::unix::fs::symlink("shared/app.env", &link).expect("link");
+        switch_file(&link, "DATABASE_URL", "new", 6543).expect("switches");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("meta")
+                .file_type()
+                .is_symlink(),
+            "the link was replaced by a plain file"
+        );
+        assert_eq!(
+            std::fs::read_link(&link).expect("readlink"),
+            Path::new("shared/app.env")
+        );
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("read"),
+            "DATABASE_URL=postgresql://app@new:6543/app\n"
+        );
+        assert_eq!(std::fs::read_dir(&shared).expect("ls").count(), 1);
     }
 
     fn id_of(args: &[&str]) -> u32 {

@@ -9,8 +9,13 @@ pub enum OpsError {
         source_name: String,
         problems: Vec<String>,
     },
+    /// `message` carries the server's SQLSTATE for the reader; `sqlstate` for the code.
     #[error("PostgreSQL at {node}: {message}")]
-    Postgres { node: String, message: String },
+    Postgres {
+        node: String,
+        message: String,
+        sqlstate: Option<String>,
+    },
     #[error("{path}: {message}")]
     ConnectionFile { path: String, message: String },
     #[error("{what}: {message}")]
@@ -69,14 +74,27 @@ impl OpsError {
     /// The error and its causes on one line, `what: why: why`, as the operator reads them in a
     /// RESULT line or a check.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
-        }
-        text
+        chain(self)
     }
+
+    /// The SQLSTATE of a PostgreSQL server's refusal (`28000`: no such role), if it answered.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            OpsError::Postgres { sqlstate, .. } => sqlstate.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// An error and its causes on one line, `what: why: why`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Why a restore drill could not run or could not finish. Inside the rehearsal (restore,

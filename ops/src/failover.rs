@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use storage::wal::WalFileName;
+use storage::BackupKind;
+use storage::wal::{Lsn, WalFileName};
 
 use crate::pg::{self, NodeState};
 use crate::repository::read_catalog;
@@ -91,8 +92,6 @@ pub struct FailoverOptions<'a> {
     pub pgdata: Option<PathBuf>,
     /// Chunk groups read at once by a Redis restore.
     pub downloads: usize,
-    /// This host's name, for the lease a restore takes.
-    pub host: String,
     /// The checks a data-center failover runs before it switches the application over.
     pub verify: VerifyOptions,
     pub restore_options: &'a RestoreOptionsFor<'a>,
@@ -170,6 +169,11 @@ fn replica(primary: &pg::Server, failover: &FailoverConfig) -> Option<(pg::Serve
     Some((server, name))
 }
 
+/// A position as the server reports it (`0/3000060`), in bytes.
+fn lsn(text: &str) -> Option<u64> {
+    text.parse::<Lsn>().ok().map(|l| l.0)
+}
+
 fn describe(state: &NodeState) -> String {
     match (&state.error, state.role()) {
         (Some(e), _) if !state.reachable => format!("{} is DOWN: {e}", state.node),
@@ -200,7 +204,29 @@ async fn database_failure(
         ));
     }
     let still_writable = primary.reachable && !primary.in_recovery;
+    // The replica is looked up before anything changes: fencing a primary that nothing can
+    // replace would leave production read-only and the failover failed.
+    let Some((replica, replica_name)) = replica(&opts.primary, &opts.failover) else {
+        if still_writable {
+            return Err(stopped(
+                "the primary accepts writes and no replica is configured to take over ([failover] replica-host / REPLICA_HOST); nothing was changed: configure the replica and run again, or stop the primary (pg_ctl stop) and run again to restore it from the repository",
+            ));
+        }
+        steps.found("no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository");
+        let storage = repo.open().await?;
+        let (backup, last_wal) = newest_state(storage.as_ref(), &repo.open_catalog()?).await?;
+        return restore_from_repository(opts, storage, steps, "primary", &backup, &last_wal, repo)
+            .await;
+    };
     if still_writable {
+        // A replica that is down cannot take over either: the primary is left as it is.
+        let ready = pg::probe(&replica.config, &replica_name, PROBE_TIMEOUT).await;
+        if !ready.reachable {
+            steps.found(describe(&ready));
+            return Err(stopped(
+                "the replica is down, so the primary that still accepts writes was left as it is: bring the replica back and run again",
+            ));
+        }
         let client = if steps.simulate() {
             None
         } else {
@@ -222,13 +248,6 @@ async fn database_failure(
             steps.done(format!("{segment} archived"));
         }
     }
-    let Some((replica, replica_name)) = replica(&opts.primary, &opts.failover) else {
-        steps.found("no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository");
-        let storage = repo.open().await?;
-        let (backup, last_wal) = newest_state(storage.as_ref(), &repo.open_catalog()?).await?;
-        return restore_from_repository(opts, storage, steps, "primary", &backup, &last_wal, repo)
-            .await;
-    };
     let state = pg::probe(&replica.config, &replica_name, PROBE_TIMEOUT).await;
     steps.found(describe(&state));
     if !state.reachable {
@@ -267,7 +286,7 @@ async fn database_failure(
 /// What the promoted replica may lack: WAL in the archive beyond its replay position, and the
 /// commit time of the last transaction it replayed.
 async fn loss_window(repo: &impl Repository, replica: &NodeState) -> String {
-    let replayed = replica.lsn.as_deref().and_then(pg::parse_lsn);
+    let replayed = replica.lsn.as_deref().and_then(lsn);
     let last_wal = read_catalog(repo, |c| c.ok()?.last_wal().ok()?).await;
     let archived_end = last_wal.ok().flatten().and_then(|w| {
         let name: WalFileName = w.name.parse().ok()?;
@@ -511,7 +530,7 @@ async fn redis_failure(
         .await??
         .into_iter()
         // The newest of either kind: an AOF backup is newer data than last night's RDB.
-        .filter(|b| matches!(b.kind.as_str(), "rdb" | "aof"))
+        .filter(|b| matches!(b.kind, BackupKind::Rdb | BackupKind::Aof))
         .filter(|b| b.state == catalog::BackupState::Complete)
         .max_by_key(|b| (b.finished_at_us, b.backup_id.clone()));
     match opts.redis.total_keys().await {
@@ -564,32 +583,71 @@ async fn redis_failure(
         process::run_shell(&stop, Duration::from_secs(120)).await?;
         steps.done("stopped");
     }
+    let mut manifest = None;
     if steps.step(format!(
         "restore {} into {}",
         backup.backup_id,
         data_dir.display()
     )) {
         let storage = repo.open().await?;
-        let manifest =
+        let loaded =
             storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id).await?;
-        let holder = format!("{}-{}", opts.host, std::process::id());
-        storage::lease::take(storage.as_ref(), &backup.backup_id, &holder).await;
-        restore::restore_redis(storage.as_ref(), &manifest, &data_dir, opts.downloads).await?;
+        storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
+        restore::restore_redis(storage.as_ref(), &loaded, &data_dir, opts.downloads).await?;
         steps.done(format!(
             "{} files in place",
             backup.kind.as_str().to_uppercase()
         ));
+        manifest = Some(loaded);
     }
     if steps.step(format!("start Redis: {restart}")) {
         process::run_shell(&restart, Duration::from_secs(120)).await?;
         let n = wait_redis(&opts.redis).await?;
         steps.done(format!("{node} answers with {n} keys"));
+        if let Some(manifest) = &manifest {
+            loaded_as_recorded(n, manifest, &data_dir)?;
+        }
         return Ok(format!(
             "Redis restored from {} with {n} keys",
             backup.backup_id
         ));
     }
     Ok(format!("Redis would be restored from {}", backup.backup_id))
+}
+
+/// A Redis that comes back with no keys from a backup that recorded some did not load the
+/// restored files: its configuration points elsewhere (another `dir`, `dbfilename`, or
+/// `appendonly` loading an AOF instead of the RDB).
+fn loaded_as_recorded(
+    keys: u64,
+    manifest: &storage::manifest::StreamManifest,
+    data_dir: &Path,
+) -> Result<(), OpsError> {
+    let recorded: u64 = manifest.counts.values().sum();
+    if keys > 0 || recorded == 0 {
+        return Ok(());
+    }
+    // An AOF backup names its manifest `<appenddirname>/<appendfilename>.manifest`.
+    let aof = manifest.files.iter().find_map(|f| {
+        let (subdir, file) = f.name.split_once('/')?;
+        Some((subdir, file.strip_suffix(".manifest")?))
+    });
+    let how = match aof {
+        Some((subdir, file)) => {
+            format!("appendonly yes, appenddirname {subdir}, appendfilename {file}")
+        }
+        None => {
+            "dbfilename dump.rdb and appendonly no (with appendonly yes it loads an AOF instead)"
+                .into()
+        }
+    };
+    Err(stopped(format!(
+        "Redis came back with 0 keys but backup {} recorded {}: it did not load the files restored into {}. Configure Redis with dir {} and {how}, then run the restart command again",
+        manifest.backup_id,
+        restore::counts_line(&manifest.counts),
+        data_dir.display(),
+        data_dir.display()
+    )))
 }
 
 async fn wait_redis(redis: &Redis) -> Result<u64, OpsError> {
@@ -700,8 +758,8 @@ pub async fn status(
         let lag = state
             .lsn
             .as_deref()
-            .and_then(pg::parse_lsn)
-            .zip(replica_state.lsn.as_deref().and_then(pg::parse_lsn))
+            .and_then(lsn)
+            .zip(replica_state.lsn.as_deref().and_then(lsn))
             .map(|(p, r)| p.saturating_sub(r));
         if let Some(lag) = lag.filter(|_| state.reachable && replica_state.in_recovery) {
             lines.push(format!(
@@ -823,6 +881,60 @@ mod tests {
         );
     }
 
+    fn redis_manifest(files: &[&str], counts: &[(&str, u64)]) -> storage::manifest::StreamManifest {
+        storage::manifest::StreamManifest {
+            format: 1,
+            backup_id: "20251227T010000Z-rdb".into(),
+            service: storage::Service::Redis,
+            kind: storage::BackupKind::Rdb,
+            server_version: "7.2".into(),
+            source: "127.0.0.1:6379".into(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            finished_at: jiff::Timestamp::UNIX_EPOCH,
+            files: files
+                .iter()
+                .map(|name| storage::manifest::StreamFile {
+                    name: (*name).into(),
+                    size: 0,
+                    chunks: Vec::new(),
+                })
+                .collect(),
+            counts: counts.iter().map(|(db, n)| ((*db).into(), *n)).collect(),
+            size_bytes: 0,
+            new_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_redis_that_comes_back_empty_from_a_backup_with_keys_stops_the_failover() {
+        let dir = Path::new("/var/lib/redis");
+        let rdb = redis_manifest(&["dump.rdb"], &[("db0", 12), ("db3", 5)]);
+        let err = loaded_as_recorded(0, &rdb, dir).expect_err("0 keys of 17");
+        assert!(matches!(err, OpsError::Stopped(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "Redis came back with 0 keys but backup 20251227T010000Z-rdb recorded db0=12 db3=5: it did not load the files restored into /var/lib/redis. Configure Redis with dir /var/lib/redis and dbfilename dump.rdb and appendonly no (with appendonly yes it loads an AOF instead), then run the restart command again"
+        );
+        let aof = redis_manifest(
+            &[
+                "appendonlydir/appendonly.aof.1.base.rdb",
+                "appendonlydir/appendonly.aof.manifest",
+            ],
+            &[("db0", 3)],
+        );
+        let err = loaded_as_recorded(0, &aof, dir).expect_err("0 keys of 3");
+        assert!(
+            err.to_string().contains(
+                "appendonly yes, appenddirname appendonlydir, appendfilename appendonly.aof, then"
+            ),
+            "{err}"
+        );
+        loaded_as_recorded(17, &rdb, dir).expect("keys loaded");
+        loaded_as_recorded(0, &redis_manifest(&["dump.rdb"], &[]), dir).expect("nothing recorded");
+        loaded_as_recorded(0, &redis_manifest(&["dump.rdb"], &[("db0", 0)]), dir)
+            .expect("an empty backup");
+    }
+
     /// A primary nothing answers for (port 1 refuses at once), no replica, no services.
     fn options<'a>(
         incident: Incident,
@@ -851,7 +963,6 @@ mod tests {
             redis: redis.clone(),
             pgdata: None,
             downloads: 2,
-            host: "test".into(),
             verify: VerifyOptions {
                 depth: Depth::Quick,
                 staging: false,

@@ -21,7 +21,7 @@ pub async fn connect(
     let (client, connection) = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| pg_error(node, format!("no answer within {} s", timeout.as_secs())))?
-        .map_err(|e| pg_error(node, describe(&e)))?;
+        .map_err(|e| failed(node, "", &e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("PostgreSQL connection closed: {e}");
@@ -34,6 +34,21 @@ fn pg_error(node: &str, message: String) -> OpsError {
     OpsError::Postgres {
         node: node.to_string(),
         message,
+        sqlstate: None,
+    }
+}
+
+/// What the server (or the connection) said while `doing` (empty: connecting), with the
+/// server's SQLSTATE kept for callers that act on it.
+fn failed(node: &str, doing: &str, e: &tokio_postgres::Error) -> OpsError {
+    OpsError::Postgres {
+        node: node.to_string(),
+        message: if doing.is_empty() {
+            describe(e)
+        } else {
+            format!("{doing}: {}", describe(e))
+        },
+        sqlstate: e.code().map(|c| c.code().to_string()),
     }
 }
 
@@ -41,15 +56,7 @@ fn pg_error(node: &str, message: String) -> OpsError {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text = format!("{text}: {s}");
-                source = s.source();
-            }
-            text
-        }
+        None => crate::error::chain(e),
     }
 }
 
@@ -155,7 +162,7 @@ pub async fn switch_and_archive(
     let row = client
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
         .await
-        .map_err(|e| pg_error(node, format!("pg_switch_wal(): {}", describe(&e))))?;
+        .map_err(|e| failed(node, "pg_switch_wal()", &e))?;
     let segment: String = row.get(0);
     let deadline = Instant::now() + timeout;
     loop {
@@ -165,7 +172,7 @@ pub async fn switch_and_archive(
                 &[],
             )
             .await
-            .map_err(|e| pg_error(node, describe(&e)))?;
+            .map_err(|e| failed(node, "", &e))?;
         let archived: String = row.get(0);
         // Segment names of one timeline sort in WAL order.
         if archived.len() == 24 && archived[8..] >= segment[8..] {
@@ -194,7 +201,7 @@ pub async fn fence_writes(client: &tokio_postgres::Client, node: &str) -> Result
         client
             .batch_execute(sql)
             .await
-            .map_err(|e| pg_error(node, format!("making it read-only: {}", describe(&e))))?;
+            .map_err(|e| failed(node, "making it read-only", &e))?;
     }
     Ok(())
 }
@@ -211,7 +218,7 @@ pub async fn promote(
     let promoted: bool = client
         .query_one("SELECT pg_promote(true, $1)", &[&wait])
         .await
-        .map_err(|e| pg_error(node, format!("pg_promote(): {}", describe(&e))))?
+        .map_err(|e| failed(node, "pg_promote()", &e))?
         .get(0);
     if !promoted {
         return Err(OpsError::Timeout(format!(
@@ -235,7 +242,7 @@ pub async fn wait_writable(
             client
                 .query_one("SELECT txid_current()", &[])
                 .await
-                .map_err(|e| pg_error(node, describe(&e)))
+                .map_err(|e| failed(node, "", &e))
         };
         match attempt.await {
             Ok(_) => return Ok(()),
@@ -287,7 +294,7 @@ pub async fn recovery_state(
             &[],
         )
         .await
-        .map_err(|e| pg_error(node, describe(&e)))?;
+        .map_err(|e| failed(node, "", &e))?;
     let (recovering, version): (bool, i32) = (row.get(0), row.get(1));
     if !recovering {
         return Ok(RecoveryState::Promoted);
@@ -302,7 +309,7 @@ pub async fn recovery_state(
     let row = client
         .query_one(sql, &[])
         .await
-        .map_err(|e| pg_error(node, describe(&e)))?;
+        .map_err(|e| failed(node, "", &e))?;
     let paused: bool = row.get(0);
     let lsn: Option<String> = row.get(1);
     Ok(match lsn {
@@ -329,8 +336,7 @@ pub async fn probe_write(
     node: &str,
     schema: &str,
 ) -> Result<WriteProbe, OpsError> {
-    let failed =
-        |what: &str, e: &tokio_postgres::Error| pg_error(node, format!("{what}: {}", describe(e)));
+    let refused = |what: &str, e: &tokio_postgres::Error| failed(node, what, e);
     client
         .batch_execute(&format!(
             "SET statement_timeout = '60s';
@@ -341,11 +347,11 @@ pub async fn probe_write(
              COMMIT;"
         ))
         .await
-        .map_err(|e| failed("the write was refused", &e))?;
+        .map_err(|e| refused("the write was refused", &e))?;
     let read: i64 = client
         .query_one(&format!("SELECT count(*) FROM {schema}.probe"), &[])
         .await
-        .map_err(|e| failed("the write cannot be read back", &e))?
+        .map_err(|e| refused("the write cannot be read back", &e))?
         .get(0);
     if read != 1 {
         return Err(pg_error(
@@ -356,7 +362,7 @@ pub async fn probe_write(
     client
         .batch_execute(&format!("DROP TABLE {schema}.probe; DROP SCHEMA {schema}"))
         .await
-        .map_err(|e| failed("the DROP was refused", &e))?;
+        .map_err(|e| refused("the DROP was refused", &e))?;
     // pg_last_wal_replay_lsn() stays at the last record replayed once recovery has ended.
     let row = client
         .query_one(
@@ -365,31 +371,13 @@ pub async fn probe_write(
             &[],
         )
         .await
-        .map_err(|e| failed("reading the WAL position", &e))?;
+        .map_err(|e| refused("reading the WAL position", &e))?;
     let timeline: String = row.get(2);
     Ok(WriteProbe {
         replay_end: row.get(0),
         current: row.get(1),
         timeline: u32::from_str_radix(&timeline, 16).unwrap_or(0),
     })
-}
-
-/// `X/Y` → a byte position.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsns_parse() {
-        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(parse_lsn("zz"), None);
-    }
 }
 
 /// A server by its address, with the driver's configuration to reach it.

@@ -163,10 +163,12 @@ pub fn recent_logs(
         .into_iter()
         .skip(skip)
         .map(|name| {
-            let result = std::fs::read_to_string(dir.join(&name))
+            // Never through a link or a FIFO: `failover --status` runs as root.
+            let result = read_regular(&dir.join(&name))
                 .ok()
-                .and_then(|text| {
-                    text.lines()
+                .and_then(|bytes| {
+                    String::from_utf8_lossy(&bytes)
+                        .lines()
                         .rev()
                         .find_map(|l| l.split_once("RESULT: ").map(|(_, r)| r.to_string()))
                 })
@@ -177,13 +179,15 @@ pub fn recent_logs(
 }
 
 /// A status file's bytes, never through a link: a link there (planted by whoever can write
-/// to BACKUP_DIR) would copy another file's contents into the repository.
+/// to BACKUP_DIR) would copy another file's contents into the repository. Non-blocking, so
+/// that a FIFO there is refused rather than waited on.
 fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let mut file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(flags.bits() as i32)
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
@@ -281,5 +285,30 @@ mod tests {
             ]
         );
         assert!(recent_logs(None, "failover", 5).is_empty());
+    }
+
+    #[test]
+    fn recent_logs_never_read_through_a_link_or_wait_on_a_fifo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).expect("logs");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "RESULT: root's secret\n").expect("secret");
+        std::os::unix::fs::symlink(&secret, logs.join("failover_20250101T000000Z.log"))
+            .expect("link");
+        let fifo = logs.join("failover_20250102T000000Z.log");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let none = "no result recorded (interrupted?)".to_string();
+        assert_eq!(
+            recent_logs(Some(dir.path()), "failover", 5),
+            [
+                ("failover_20250101T000000Z.log".to_string(), none.clone()),
+                ("failover_20250102T000000Z.log".to_string(), none),
+            ]
+        );
     }
 }

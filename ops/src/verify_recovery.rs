@@ -178,10 +178,7 @@ async fn redis_check(opts: &VerifyOptions, repo: &impl Repository) -> Option<Che
     let node = opts.redis.node();
     let keys = match opts.redis.keys().await {
         Ok(keys) => keys,
-        Err(e @ OpsError::Redis(_)) => {
-            return Some(Check::fail("Redis reachable", format!("{node}: {e}")));
-        }
-        Err(e) => return Some(Check::fail("Redis reachable", e.to_string())),
+        Err(e) => return Some(Check::fail("Redis reachable", format!("{node}: {e}"))),
     };
     let total: u64 = keys.values().sum();
     let Some(backup) = recorded.filter(|_| opts.depth >= Depth::Full) else {

@@ -18,6 +18,8 @@ pub struct DrillArgs {
 }
 
 pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
+    // ops::drill::drill refuses too, but only once the repository is open: as root, refused
+    // before anything (an S3 client, a local repository's files) is touched.
     ops::drill::refuse_root()?;
     let storage = settings.repository().await?;
     let options = DrillOptions {

@@ -11,8 +11,8 @@ use crate::config::Settings;
 pub struct FailoverArgs {
     /// database_failure, redis_failure, service_failure (with the service's name) or
     /// datacenter_failure.
-    #[arg(long, value_parser = ["database_failure", "redis_failure", "service_failure", "datacenter_failure"], required_unless_present = "status")]
-    incident: Option<String>,
+    #[arg(long, value_parser = |s: &str| s.parse::<ops::Incident>(), required_unless_present = "status")]
+    incident: Option<ops::Incident>,
     /// The service of service_failure, as named in [services.NAME].
     service: Option<String>,
     /// Run the read-only checks and print the plan; change nothing (also SIMULATE_MODE=true).
@@ -48,9 +48,7 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
     let opts = ops::FailoverOptions {
         incident: args
             .incident
-            .unwrap_or_default()
-            .parse()
-            .map_err(anyhow::Error::msg)?,
+            .ok_or_else(|| anyhow::anyhow!("name the incident: --incident INCIDENT"))?,
         service: args.service,
         simulate: args.simulate || settings.ops.simulate,
         force: args.force,
@@ -60,7 +58,6 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         redis: verify.redis.clone(),
         pgdata: settings.pgdata.clone(),
         downloads: settings.download_transfers(),
-        host: super::host_name(),
         verify,
         restore_options: &restore_options,
     };

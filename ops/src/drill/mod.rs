@@ -114,22 +114,28 @@ pub async fn drill(
             backup_id: backup.backup_id,
         });
     }
+    let pg_ctl = options.pg_bin.join("pg_ctl");
+    for line in clear_interrupted(&options.drill_dir, &pg_ctl).await {
+        progress(&line);
+        tracing::warn!("drill: {line}");
+    }
     let parent = options.drill_dir.clone();
-    let (scratch, socket_dir) = blocking("scratch directory", move || {
+    let (scratch, socket_dir, lock) = blocking("scratch directory", move || {
         std::fs::create_dir_all(&parent).map_err(|source| DrillError::Io {
             doing: format!("create the drill directory {}", parent.display()),
             source,
         })?;
         let scratch = tempfile::Builder::new()
-            .prefix("lifeline-drill-")
+            .prefix(SCRATCH_PREFIX)
             .tempdir_in(&parent)
             .map_err(|source| DrillError::Io {
                 doing: format!("create a scratch directory in {}", parent.display()),
                 source,
             })?;
         make_private_dir(scratch.path())?;
+        let lock = lock_scratch(scratch.path())?;
         let socket_dir = SocketDir::for_scratch(scratch.path())?;
-        Ok((scratch, socket_dir))
+        Ok((scratch, socket_dir, lock))
     })
     .await?;
     let started_at = jiff::Timestamp::now();
@@ -175,7 +181,7 @@ pub async fn drill(
                 .join("; "),
             Some(report),
         ),
-        Err(e) => (Verdict::Failed, chain(&e), None),
+        Err(e) => (Verdict::Failed, crate::error::chain(&e), None),
     };
     let mut report = DrillReport {
         backup_id: backup.backup_id.clone(),
@@ -192,6 +198,7 @@ pub async fn drill(
     if options.keep {
         report.kept = Some(scratch.keep());
     }
+    drop(lock);
     if let Some(dir) = options.reports_dir.clone() {
         let json = report.json();
         blocking("drill report", move || {
@@ -201,6 +208,110 @@ pub async fn drill(
         .await?;
     }
     Ok(DrillOutcome::Done(Box::new(report)))
+}
+
+/// The scratch directories' names: `<drill_dir>/lifeline-drill-XXXXXX`, the restore in `data`.
+const SCRATCH_PREFIX: &str = "lifeline-drill-";
+
+/// Locked for as long as its drill runs: a scratch directory whose lock is free belongs to a
+/// drill that was interrupted.
+const SCRATCH_LOCK: &str = "drill.lock";
+
+/// Lock the new scratch directory for this drill's life (the lock goes with the process).
+fn lock_scratch(scratch: &Path) -> Result<std::fs::File, DrillError> {
+    let path = scratch.join(SCRATCH_LOCK);
+    let io = |source| DrillError::Io {
+        doing: format!("lock {}", path.display()),
+        source,
+    };
+    let file = std::fs::File::create(&path).map_err(io)?;
+    file.lock().map_err(io)?;
+    Ok(file)
+}
+
+/// An interrupted drill (Ctrl-C, kill) leaves its scratch server running on a copy of
+/// production: each such server is stopped (immediate: the copy is thrown away) and its scratch
+/// directory removed. Left alone: a directory whose drill still runs (its lock is held), and
+/// one without a running server (kept with --keep, or interrupted before it started one).
+/// Returns what was done, for the operator.
+async fn clear_interrupted(drill_dir: &Path, pg_ctl: &Path) -> Vec<String> {
+    let dir = drill_dir.to_path_buf();
+    // The locks are held until the servers are stopped and their directories removed.
+    let found = blocking("scratch directory listing", move || {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+            // Not a link: the removal below must stay inside the drill directory.
+            if !ours
+                || !entry.file_type().is_ok_and(|t| t.is_dir())
+                || !path.join("data/postmaster.pid").exists()
+            {
+                continue;
+            }
+            let lock = match std::fs::File::open(path.join(SCRATCH_LOCK)) {
+                Ok(file) => match file.try_lock() {
+                    Ok(()) => Some(file),
+                    // Its drill still runs.
+                    Err(_) => continue,
+                },
+                // Made before drills locked their directories.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => continue,
+            };
+            found.push((path, lock));
+        }
+        Ok(found)
+    })
+    .await
+    .unwrap_or_default();
+    let mut said = Vec::new();
+    for (scratch, lock) in found {
+        let data = scratch.join("data");
+        let pg_ctl_on = |args: &'static [&'static str]| {
+            tokio::process::Command::new(pg_ctl)
+                .arg("-D")
+                .arg(&data)
+                .args(args)
+                .output()
+        };
+        let _ = pg_ctl_on(&["-m", "immediate", "-w", "stop"]).await;
+        // pg_ctl status: 3 when no server runs there.
+        let stopped = pg_ctl_on(&["status"])
+            .await
+            .is_ok_and(|o| o.status.code() == Some(3));
+        if !stopped {
+            said.push(format!(
+                "the scratch server of an interrupted drill in {} did not stop: stop it with `pg_ctl -D {} stop -m immediate` and remove the directory",
+                scratch.display(),
+                data.display()
+            ));
+            continue;
+        }
+        let removing = scratch.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&removing))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        drop(lock);
+        said.push(match removed {
+            Ok(()) => format!(
+                "stopped the scratch server of an interrupted drill and removed {}",
+                scratch.display()
+            ),
+            Err(e) => format!(
+                "stopped the scratch server of an interrupted drill; {} could not be removed ({e}): remove it by hand",
+                scratch.display()
+            ),
+        });
+    }
+    said
 }
 
 /// Restore, then recover in two phases, each checked. The restore's line is left in
@@ -416,8 +527,6 @@ async fn rehearse(
     Ok(report)
 }
 
-/// What the backup recorded about its tables, to count against.
-// The same mapping as the binary's verify-recovery; one of them goes when that moves here.
 fn open_catalog(path: &Path) -> Result<catalog::Catalog, DrillError> {
     catalog::Catalog::open(path).map_err(|source| DrillError::OpenCatalog {
         path: path.to_path_buf(),
@@ -435,20 +544,85 @@ async fn blocking<T: Send + 'static>(
         .map_err(|source| DrillError::TaskFailed { what, source })?
 }
 
-/// An error with its causes, `: `-separated: the verdict's reason.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pg_ctl that records its arguments; `status` says no server runs.
+    fn fake_pg_ctl(dir: &Path) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let calls = dir.join("calls");
+        let pg_ctl = dir.join("pg_ctl");
+        std::fs::write(
+            &pg_ctl,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\ncase \"$*\" in *status) exit 3;; esac\n",
+                calls.display()
+            ),
+        )
+        .expect("write pg_ctl");
+        std::fs::set_permissions(&pg_ctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        (pg_ctl, calls)
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_drills_server_is_stopped_and_its_directory_removed() {
+        let bin = tempfile::tempdir().expect("tempdir");
+        let (pg_ctl, calls) = fake_pg_ctl(bin.path());
+        let drill_dir = tempfile::tempdir().expect("tempdir");
+        let scratch = |name: &str, running: bool| {
+            let data = drill_dir.path().join(name).join("data");
+            std::fs::create_dir_all(&data).expect("mkdir");
+            if running {
+                std::fs::write(data.join("postmaster.pid"), "4242\n").expect("pid");
+            }
+            drill_dir.path().join(name)
+        };
+        let interrupted = scratch("lifeline-drill-aaaaaa", true);
+        lock_scratch(&interrupted)
+            .expect("lock")
+            .unlock()
+            .expect("unlock");
+        let unlocked_old = scratch("lifeline-drill-bbbbbb", true);
+        let running = scratch("lifeline-drill-cccccc", true);
+        let held = lock_scratch(&running).expect("lock");
+        let kept = scratch("lifeline-drill-dddddd", false);
+        let other = scratch("someone-elses", true);
+
+        let said = clear_interrupted(drill_dir.path(), &pg_ctl).await;
+        assert_eq!(said.len(), 2, "{said:?}");
+        for gone in [&interrupted, &unlocked_old] {
+            assert!(!gone.exists(), "{} was left", gone.display());
+            assert!(
+                said.contains(&format!(
+                    "stopped the scratch server of an interrupted drill and removed {}",
+                    gone.display()
+                )),
+                "{said:?}"
+            );
+        }
+        for left in [&running, &kept, &other] {
+            assert!(left.exists(), "{} was removed", left.display());
+        }
+        let calls = std::fs::read_to_string(&calls).expect("calls");
+        assert!(
+            calls.contains(&format!(
+                "-D {} -m immediate -w stop\n",
+                interrupted.join("data").display()
+            )),
+            "{calls}"
+        );
+        assert!(
+            !calls.contains("cccccc") && !calls.contains("dddddd"),
+            "{calls}"
+        );
+        drop(held);
+        assert!(
+            clear_interrupted(&drill_dir.path().join("missing"), &pg_ctl)
+                .await
+                .is_empty()
+        );
+    }
 
     #[test]
     fn a_reason_carries_every_cause() {
@@ -457,6 +631,6 @@ mod tests {
             doing: "write /x".into(),
             source: io,
         };
-        assert_eq!(chain(&e), "write /x: disk full");
+        assert_eq!(crate::error::chain(&e), "write /x: disk full");
     }
 }

@@ -48,16 +48,21 @@ impl Target {
             match pg::connect(&self.config(), &self.node, Duration::from_secs(5)).await {
                 Ok(client) => return Ok(client),
                 Err(e) => {
-                    let text = e.to_string();
-                    if text.contains("(SQLSTATE 28000)") && self.role + 1 < self.roles.len() {
+                    if no_such_role(&e) && self.role + 1 < self.roles.len() {
                         self.role += 1;
                         continue;
                     }
-                    return Err(text);
+                    return Err(e.to_string());
                 }
             }
         }
     }
+}
+
+/// The server refused the role (`invalid_authorization_specification`: peer authentication
+/// found no such role, or the ident map does not allow it).
+fn no_such_role(e: &crate::OpsError) -> bool {
+    e.sqlstate() == Some("28000")
 }
 
 /// Poll `attempt` until it answers, the server stops (its log's last lines say why) or
@@ -267,4 +272,34 @@ async fn last_lines(path: &Path, n: usize) -> String {
     let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_role_is_tried_on_sqlstate_28000_only() {
+        let refused = |sqlstate: Option<&str>, message: &str| crate::OpsError::Postgres {
+            node: "scratch server".into(),
+            message: message.into(),
+            sqlstate: sqlstate.map(String::from),
+        };
+        assert!(no_such_role(&refused(
+            Some("28000"),
+            "role \"app\" does not exist (SQLSTATE 28000)"
+        )));
+        assert!(!no_such_role(&refused(
+            Some("57P03"),
+            "the database system is starting up (SQLSTATE 57P03)"
+        )));
+        // Words alone are not the code.
+        assert!(!no_such_role(&refused(
+            None,
+            "connection refused (SQLSTATE 28000)"
+        )));
+        assert!(!no_such_role(&crate::OpsError::Timeout(
+            "(SQLSTATE 28000)".into()
+        )));
+    }
 }

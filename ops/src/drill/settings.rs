@@ -18,9 +18,22 @@ pub(super) enum Phase {
 /// of the file (after the restore's own block). Later lines win in PostgreSQL's configuration.
 const DRILL_MARK: &str = "# Added by lifeline drill";
 
-/// A value in PostgreSQL's configuration syntax: quoted, `'` doubled, `\` doubled.
+/// A value in PostgreSQL's configuration syntax: quoted, `'` doubled, `\` doubled, line
+/// breaks escaped (a raw one would end the setting).
+// The same quoting as restore's restore_base::quote: to be one function once restore exports it.
 fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    let mut quoted = String::from("'");
+    for c in value.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' => quoted.push_str("''"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
 }
 
 fn utf8(path: &Path) -> Result<&str, DrillError> {
@@ -74,6 +87,11 @@ pub(super) fn prepare_data_dir(data_dir: &Path) -> Result<(), DrillError> {
         })?;
     }
     Ok(())
+}
+
+/// The major version of the server the data directory is for (its `PG_VERSION`), if it says.
+fn server_major(data_dir: &Path) -> Result<Option<u32>, DrillError> {
+    Ok(read_if_any(&data_dir.join("PG_VERSION"))?.and_then(|v| v.trim().parse().ok()))
 }
 
 /// The parameter a configuration line sets, if it sets one.
@@ -150,6 +168,12 @@ pub(super) fn write_drill_settings(
         ("log_destination", conf_quote("stderr")),
         ("hot_standby", "on".into()),
     ];
+    // Before 15 the statistics collector writes to stats_temp_directory, which production's
+    // postgresql.conf may set to an absolute path (a tmpfs it shares): the scratch server's
+    // own, inside its data directory. 15 and later reject the setting.
+    if server_major(data_dir)?.is_some_and(|major| major < 15) {
+        settings.push(("stats_temp_directory", conf_quote("pg_stat_tmp")));
+    }
     settings.extend(
         limits
             .iter()
@@ -200,6 +224,41 @@ mod tests {
         assert_eq!(conf_quote("it's"), "'it''s'");
         assert_eq!(conf_quote(r"C:\x"), r"'C:\\x'");
         assert_eq!(conf_quote(""), "''");
+        assert_eq!(conf_quote("/tmp/a\nb\r"), r"'/tmp/a\nb\r'");
+    }
+
+    #[test]
+    fn before_15_the_statistics_stay_in_the_scratch_data_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        let access =
+            ScratchAccess::write(dir.path(), dir.path(), "postgres", "app").expect("access");
+        let auto = data.join("postgresql.auto.conf");
+        for (version, wanted) in [
+            ("13\n", true),
+            ("14\n", true),
+            ("15\n", false),
+            ("17\n", false),
+        ] {
+            std::fs::write(data.join("PG_VERSION"), version).expect("write");
+            for phase in [Phase::ConsistentPoint, Phase::EndOfArchive(1)] {
+                write_drill_settings(&data, &access, 5555, &[], phase).expect("settings");
+                let text = std::fs::read_to_string(&auto).expect("read");
+                assert_eq!(
+                    text.contains("\nstats_temp_directory = 'pg_stat_tmp'\n"),
+                    wanted,
+                    "PG_VERSION {version}: {text}"
+                );
+            }
+        }
+        std::fs::remove_file(data.join("PG_VERSION")).expect("rm");
+        write_drill_settings(&data, &access, 5555, &[], Phase::ConsistentPoint).expect("settings");
+        assert!(
+            !std::fs::read_to_string(&auto)
+                .expect("read")
+                .contains("stats_temp_directory")
+        );
     }
 
     #[test]

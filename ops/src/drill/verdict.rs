@@ -24,10 +24,7 @@ impl Verdict {
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Verified => "VERIFIED",
-            Verdict::Failed => "FAILED",
-        }
+        self.restorability().as_str()
     }
 }
 
@@ -149,21 +146,43 @@ pub(super) async fn record_verdict(
     .await
 }
 
-/// The report as JSON in `dir` (BACKUP_DIR/logs), private like the logs beside it; never
-/// creates BACKUP_DIR itself. Losing it only warns. Blocking.
+/// The report as JSON in `dir` (BACKUP_DIR/logs), private like the logs beside it, written
+/// whole (storage::atomic) under a name of its own (`_n` added when a report of the same
+/// second is there); never creates BACKUP_DIR itself. Losing it only warns. Blocking.
 pub(super) fn store_report(dir: &Path, report: &serde_json::Value) {
-    let path = dir.join(format!(
-        "drill_{}.json",
-        jiff::Zoned::now().strftime("%Y%m%d_%H%M%S")
-    ));
+    use storage::atomic::{StagedFile, WriteOptions};
+    let stamp = jiff::Zoned::now().strftime("%Y%m%d_%H%M%S").to_string();
     let owner = storage::private::Owner::of(dir.parent().unwrap_or(dir));
-    let written = storage::private::create_dir(dir, owner)
-        .and_then(|_| storage::private::create_file(&path, owner))
-        .and_then(|mut file| {
-            use std::io::Write;
-            file.write_all(&serde_json::to_vec_pretty(report).unwrap_or_default())
-        });
-    if let Err(e) = written {
+    let bytes = serde_json::to_vec_pretty(report).unwrap_or_default();
+    let store = || -> Result<PathBuf, (PathBuf, std::io::Error)> {
+        storage::private::create_dir(dir, owner).map_err(|e| (dir.to_path_buf(), e))?;
+        for n in 0..100 {
+            let path = dir.join(if n == 0 {
+                format!("drill_{stamp}.json")
+            } else {
+                format!("drill_{stamp}_{n}.json")
+            });
+            let written =
+                StagedFile::create(&path, WriteOptions::private(owner)).and_then(|mut staged| {
+                    staged.write_all(&bytes)?;
+                    staged.commit_new()
+                });
+            match written {
+                Ok(()) => return Ok(path),
+                Err(e)
+                    if e.source.kind() == std::io::ErrorKind::AlreadyExists && e.path == path =>
+                {
+                    continue;
+                }
+                Err(e) => return Err((e.path, e.source)),
+            }
+        }
+        Err((
+            dir.to_path_buf(),
+            std::io::Error::other("100 drill reports in one second"),
+        ))
+    };
+    if let Err((path, e)) = store() {
         tracing::warn!("drill report not stored in {}: {e}", path.display());
     }
 }
@@ -184,6 +203,39 @@ mod tests {
             checks: None,
             restored: None,
             kept: None,
+        }
+    }
+
+    #[test]
+    fn reports_of_the_same_second_are_stored_side_by_side_whole() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let logs = repo.path().join("logs");
+        for n in 0..3 {
+            store_report(&logs, &serde_json::json!({ "n": n }));
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&logs)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+            .collect();
+        names.sort();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("drill_") && n.ends_with(".json")),
+            "{names:?}"
+        );
+        let reports: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| {
+                serde_json::from_slice(&std::fs::read(logs.join(n)).expect("read")).expect("JSON")
+            })
+            .collect();
+        assert_eq!(reports.len(), 3, "{names:?}");
+        for n in 0..3 {
+            assert!(
+                reports.contains(&serde_json::json!({ "n": n })),
+                "{reports:?}"
+            );
         }
     }
 
