@@ -35,7 +35,7 @@ pub async fn notify(
     summary: &str,
     details: &str,
 ) {
-    let notifier = ops::Notifier::new(settings.ops.notify.clone(), host_name());
+    let notifier = ops::Notifier::new(settings.ops.notify.clone(), storage::lease::host_name());
     if !notifier.is_configured() {
         return;
     }
@@ -46,9 +46,4 @@ pub async fn notify(
         details: details.to_string(),
     };
     notifier.send(&event).await;
-}
-
-/// This host's name as it may appear in a repository key, or `host`.
-pub fn host_name() -> String {
-    storage::lease::host_name()
 }

@@ -31,7 +31,7 @@ pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
         dry_run: args.dry_run,
         grace: settings.prune_grace,
         repack_unused_percent: settings.repack_unused_percent,
-        host: super::host_name(),
+        host: storage::lease::host_name(),
         local_repository: settings.local_repository(),
         spool_dir: settings.spool_dir(),
         logs_dir: settings.backup_dir().ok().map(|d| d.join("logs")),
