@@ -362,18 +362,47 @@ async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
         return;
     };
     loop {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
+        let signal = tokio::select! {
+            _ = int.recv() => Signal::Int,
+            _ = term.recv() => Signal::Term,
+            _ = hup.recv() => Signal::Hup,
         };
         if running.load(Ordering::SeqCst) && !interrupted.swap(true, Ordering::SeqCst) {
             eprintln!(
-                "lifeline: {name}: stopping the restore and removing what it wrote (send it again to stop at once)"
+                "lifeline: {}: stopping the restore and removing what it wrote (send it again to stop at once)",
+                signal.name()
             );
             continue;
         }
-        std::process::exit(130);
+        std::process::exit(signal.exit_code());
+    }
+}
+
+/// A signal that stops a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Int,
+    Term,
+    Hup,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+            Signal::Hup => "SIGHUP",
+        }
+    }
+
+    /// The status a shell reports for a process the signal ended: 128 + its number.
+    fn exit_code(self) -> i32 {
+        let number = match self {
+            Signal::Int => rustix::process::Signal::INT,
+            Signal::Term => rustix::process::Signal::TERM,
+            Signal::Hup => rustix::process::Signal::HUP,
+        };
+        128 + number.as_raw()
     }
 }
 
@@ -448,6 +477,13 @@ mod tests {
             advice.contains("keeps the backed-up server's archive settings"),
             "{advice}"
         );
+    }
+
+    #[test]
+    fn a_signal_after_the_restore_exits_with_the_shells_status_for_it() {
+        assert_eq!(Signal::Int.exit_code(), 130);
+        assert_eq!(Signal::Term.exit_code(), 143);
+        assert_eq!(Signal::Hup.exit_code(), 129);
     }
 
     #[tokio::test]
