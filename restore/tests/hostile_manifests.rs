@@ -236,9 +236,10 @@ async fn a_tablespace_named_with_a_slash_restores_when_mapped_by_oid() {
     );
 }
 
-/// Small files whose bundle ranges overlap (only a forged manifest has them) pass validation,
-/// and the bundle cutter then skips the rest of the longer file: the restore succeeds with
-/// zeros where the data should be.
+/// Small files whose bundle ranges overlap (only a forged manifest has them) once passed
+/// validation, and the bundle cutter then skipped the rest of the longer file: the restore
+/// succeeded with zeros where the data should be. Now the manifest is refused before anything
+/// is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_bundle_ranges_never_restore_zeros_with_success() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -272,18 +273,24 @@ async fn overlapping_bundle_ranges_never_restore_zeros_with_success() {
     let mut opts = options(&data);
     opts.tablespaces.each = vec![("t".into(), tmp.path().join("ts"))];
     let storage: Arc<dyn Storage> = storage;
-    let result = restore::restore_base(storage, &m, &opts).await;
-    if result.is_ok() {
-        assert_eq!(
-            std::fs::read(data.join("small/a")).expect("a"),
-            b"AAAAAAAABBBBBBBB",
-            "the restore succeeded but small/a is incomplete"
-        );
-    }
+    let refused = restore::restore_base(storage, &m, &opts)
+        .await
+        .expect_err("overlapping bundle ranges are refused")
+        .to_string();
+    assert!(
+        refused
+            .contains("\"small/a\" and \"small/b\" claim the same bytes of the small-file bundle"),
+        "{refused}"
+    );
+    assert!(
+        !data.exists(),
+        "the refused restore wrote {}",
+        data.display()
+    );
 }
 
 /// A failed restore into a data directory whose parents did not exist removes the data
-/// directory but leaves the parents it created.
+/// directory and the parents it created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restore_removes_the_parent_directories_it_created() {
     let tmp = tempfile::tempdir().expect("tempdir");
