@@ -366,9 +366,8 @@ fn tablespace_place(ts: &Tablespace, mapping: &TablespaceMapping) -> Result<Plac
     let existed = check_empty(&original, &what, "--tablespace-map").map_err(|e| match e {
         RestoreError::Refused(_) => RestoreError::Refused(format!(
             "{what} would go back to {}, which is in use (not empty, or a link): restore it elsewhere with \
-             --tablespace-map {}=DIR or --tablespace-map-all DIR; nothing was written",
+             --tablespace-map {oid}=DIR or --tablespace-map-all DIR; nothing was written",
             original.display(),
-            ts.name
         )),
         other => other,
     })?;
@@ -403,4 +402,34 @@ fn check_mapping_names(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The advice names the tablespace by oid: a name may hold a space, a quote or `=`.
+    #[test]
+    fn a_tablespace_in_use_is_mapped_by_oid_in_the_advice() {
+        if rustix::process::geteuid().is_root() {
+            // As root the original location is refused before it is looked at.
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("taken"), b"x").expect("write");
+        let ts = Tablespace {
+            oid: 16385,
+            name: "fast = 'ssd'".into(),
+            location: tmp.path().display().to_string(),
+        };
+        let Err(refused) = tablespace_place(&ts, &TablespaceMapping::default()) else {
+            panic!("a non-empty original location was accepted");
+        };
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("which is in use")
+                && refused.contains("--tablespace-map 16385=DIR or --tablespace-map-all DIR"),
+            "{refused}"
+        );
+    }
 }
