@@ -312,13 +312,7 @@ pub fn check_wal_chains(
     let from = from.segment_number(segment_size);
     let mut missing = BTreeSet::new();
     let mut missing_histories = Vec::new();
-    let timelines: BTreeSet<u32> = index
-        .timelines
-        .iter()
-        .chain(histories.keys())
-        .copied()
-        .collect();
-    for t in timelines {
+    for t in known_timelines(&index, histories, &[]) {
         let path = timeline_path(TimelineId(t), histories, segment_size);
         let mut start = from;
         if t > 1 && !histories.contains_key(&t) {
@@ -572,19 +566,15 @@ pub async fn confirm_target_reachable(
     plan: &PitrPlan,
     target: jiff::Timestamp,
 ) -> Result<String, RestoreError> {
-    use storage::StorageExt;
     let target_us = target.as_microsecond();
     let mut newest = None;
     for name in &plan.candidates {
         let parsed: storage::wal::WalFileName = name.parse().map_err(RestoreError::Refused)?;
-        let key = storage::layout::wal_key(system_identifier, &parsed);
-        let bytes = storage.get_bytes(&key).await?;
-        let latest = tokio::task::spawn_blocking(move || {
-            storage::object::decode(&key, &bytes)
-                .map(|plain| storage::wal::last_transaction_time(&plain))
-        })
-        .await
-        .map_err(RestoreError::task("WAL scan"))??;
+        let plain = crate::wal_file::read_archived(storage, system_identifier, &parsed).await?;
+        let latest =
+            tokio::task::spawn_blocking(move || storage::wal::last_transaction_time(&plain))
+                .await
+                .map_err(RestoreError::task("WAL scan"))?;
         match latest {
             Some(t) if t > target_us => return Ok(name.clone()),
             Some(t) => newest = Some(t),
@@ -616,12 +606,6 @@ fn fmt_time(us: i64) -> String {
     )
 }
 
-/// Choose the newest base backup that ended before `target` on the timeline path `timeline`
-/// selects, and check the WAL along that path can reach the target.
-///
-/// `latest` follows the newest timeline that some backup before the target can reach (as
-/// PostgreSQL's default picks the newest timeline), `current` the newest backup's own timeline,
-/// and `N` timeline N from the newest backup whose timeline it leaves after the backup ended.
 /// When timeline `t` came into being: when its history file was archived (a timeline without
 /// one, the first, always existed).
 fn created_at(wal: &[WalRecord], t: u32) -> Option<i64> {
@@ -631,6 +615,12 @@ fn created_at(wal: &[WalRecord], t: u32) -> Option<i64> {
         .min()
 }
 
+/// Choose the newest base backup that ended before `target` on the timeline path `timeline`
+/// selects, and check the WAL along that path can reach the target.
+///
+/// `latest` follows the newest timeline that some backup before the target can reach (as
+/// PostgreSQL's default picks the newest timeline), `current` the newest backup's own timeline,
+/// and `N` timeline N from the newest backup whose timeline it leaves after the backup ended.
 pub fn plan_pitr(
     backups: &[BackupRecord],
     wal: &[WalRecord],
@@ -873,15 +863,15 @@ pub async fn timeline_histories(
     system_identifier: u64,
     wal: &[WalRecord],
 ) -> Result<BTreeMap<u32, Vec<TimelineSwitch>>, RestoreError> {
-    use storage::StorageExt;
     let mut out = BTreeMap::new();
     for w in wal.iter().filter(|w| w.kind == "history") {
         let name: storage::wal::WalFileName = w.name.parse().map_err(RestoreError::Refused)?;
-        let key = storage::layout::wal_key(system_identifier, &name);
-        let plain = storage::object::decode(&key, &storage.get_bytes(&key).await?)?;
+        let plain = crate::wal_file::read_archived(storage, system_identifier, &name).await?;
         let text = String::from_utf8_lossy(&plain);
-        let switches = storage::wal::parse_history(&text)
-            .map_err(|e| RestoreError::Refused(format!("{key}: {e}")))?;
+        let switches = storage::wal::parse_history(&text).map_err(|e| {
+            let key = storage::layout::wal_key(system_identifier, &name);
+            RestoreError::Refused(format!("{key}: {e}"))
+        })?;
         out.insert(w.timeline, switches);
     }
     Ok(out)
