@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::RestoreError;
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Places};
-use crate::validate::{dir_mode, file_mode, tablespace_link_oid};
+use crate::validate::{DIR_MODE, file_mode, tablespace_link_oid};
 
 pub(crate) const MARKER: &str = ".lifeline-restore-incomplete";
 
@@ -258,11 +258,7 @@ fn create_directories(
             continue;
         }
         // A link recorded by an older backup is only ever `pg_wal` (validated): a directory.
-        let mode = dir_mode(if entry.kind == EntryKind::Symlink {
-            0o700
-        } else {
-            entry.mode
-        });
+        let mode = DIR_MODE;
         wal_seen |= rel == "pg_wal";
         if let Some(place) = link_place(places, rel) {
             std::os::unix::fs::symlink(&place, root.join(rel))
@@ -583,8 +579,8 @@ fn write_groups(pack: &str, chunks: Vec<(ChunkRef, Vec<Target>)>) -> Vec<WriteGr
             }
             taken.extend(chunks.next());
         }
+        // The chunks come sorted by offset: the first starts the range.
         let chunks = taken;
-        let start = chunks.iter().map(|(c, _)| c.offset).min().unwrap_or(0);
         let end = chunks
             .iter()
             .map(|(c, _)| c.offset.saturating_add(c.stored))
