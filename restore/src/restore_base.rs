@@ -20,6 +20,7 @@ use storage::{Storage, StorageExt, layout, object};
 use tracing::debug;
 
 use crate::RestoreError;
+use crate::error::blocking;
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Places};
 use crate::validate::{DIR_MODE, file_mode, tablespace_link_oid};
 
@@ -220,16 +221,6 @@ where
         return Err(RestoreError::Interrupted);
     }
     Ok(())
-}
-
-/// A blocking job on the blocking pool, its panic turned into an error.
-async fn blocking<F>(what: &'static str, job: F) -> Result<(), RestoreError>
-where
-    F: FnOnce() -> Result<(), RestoreError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(RestoreError::task(what))?
 }
 
 /// The link `pg_tblspc/<oid>` or `pg_wal` in the data directory to the place chosen for it.
