@@ -127,7 +127,7 @@ pub async fn restore_base(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     crate::validate::validate_base(manifest)?;
-    let places = Places::plan(manifest, opts)?;
+    let places = Arc::new(Places::plan(manifest, opts)?);
     if opts.verify_first {
         check_packs_exist(
             storage.as_ref(),
@@ -141,12 +141,20 @@ pub async fn restore_base(
     if opts.interrupted.load(Ordering::Relaxed) {
         return Err(RestoreError::Interrupted);
     }
-    let result = match places.create() {
+    let created = {
+        let places = places.clone();
+        blocking("directory creation task", move || places.create()).await
+    };
+    let result = match created {
         Ok(()) => restore_into(storage, manifest, opts, &places).await,
         Err(e) => Err(e),
     };
     if result.is_err() {
-        places.clean_up();
+        // Every writer has stopped (run_all joins them): nothing writes while this removes.
+        let places = places.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || places.clean_up()).await {
+            tracing::warn!("the clean-up after the failed restore stopped: {e}");
+        }
     }
     result
 }
@@ -231,57 +239,85 @@ fn link_place(places: &Places, rel: &str) -> Option<PathBuf> {
     tablespace_link_oid(rel).and_then(|oid| places.tablespaces.get(&oid).map(|p| p.dir.clone()))
 }
 
-/// Directories (and the links to the tablespaces and `--waldir`) in manifest order, so that
-/// every parent exists, made by this restore, before its children. Returns the files to create.
-fn create_directories(
-    manifest: &BackupManifest,
-    places: &Places,
-) -> Result<Vec<(PathBuf, u64, u32)>, RestoreError> {
-    let io = |p: &Path, e| RestoreError::io(p, e);
+/// A directory the restore makes, or a link to the place chosen for a tablespace or
+/// `--waldir`.
+enum Dir {
+    Make(PathBuf),
+    /// The link at `at` to `to`, the place it stands for (made 0700 too).
+    Link {
+        at: PathBuf,
+        to: PathBuf,
+    },
+}
+
+/// What the restore creates before any data is written, decided without touching the disk:
+/// the directories and links in manifest order (every parent before its children), and the
+/// files (created empty at their size, with their mode).
+struct Skeleton {
+    dirs: Vec<Dir>,
+    files: Vec<(PathBuf, u64, u32)>,
+    /// `pg_wal/archive_status`, where PostgreSQL marks segments ready for archiving.
+    archive_status: PathBuf,
+}
+
+fn skeleton(manifest: &BackupManifest, places: &Places) -> Skeleton {
     let root = &places.root.dir;
+    let dir = |rel: &str| match link_place(places, rel) {
+        Some(to) => Dir::Link {
+            at: root.join(rel),
+            to,
+        },
+        None => Dir::Make(places.destination(rel)),
+    };
+    let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut wal_seen = false;
     for entry in restored_entries(manifest) {
         let rel = entry.path.as_str();
-        let dest = places.destination(rel);
         if entry.kind == EntryKind::File {
-            files.push((dest, entry.size, file_mode(entry.mode)));
+            files.push((places.destination(rel), entry.size, file_mode(entry.mode)));
             continue;
         }
         // A link recorded by an older backup is only ever `pg_wal` (validated): a directory.
-        let mode = DIR_MODE;
         wal_seen |= rel == "pg_wal";
-        if let Some(place) = link_place(places, rel) {
-            std::os::unix::fs::symlink(&place, root.join(rel))
-                .map_err(|e| io(&root.join(rel), e))?;
-        } else {
-            std::fs::DirBuilder::new()
-                .mode(mode)
-                .create(&dest)
-                .map_err(|e| io(&dest, e))?;
-        }
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io(&dest, e))?;
+        dirs.push(dir(rel));
     }
     if !wal_seen {
-        let dest = places.destination("pg_wal");
-        if let Some(place) = link_place(places, "pg_wal") {
-            std::os::unix::fs::symlink(&place, root.join("pg_wal"))
-                .map_err(|e| io(&root.join("pg_wal"), e))?;
-        } else {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dest)
-                .map_err(|e| io(&dest, e))?;
-        }
+        dirs.push(dir("pg_wal"));
     }
-    // PostgreSQL marks segments ready for archiving there.
-    let status = places.destination("pg_wal/archive_status");
-    match std::fs::DirBuilder::new().mode(0o700).create(&status) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(&status, e)),
+    Skeleton {
+        dirs,
+        files,
+        archive_status: places.destination("pg_wal/archive_status"),
+    }
+}
+
+/// Make the directories and links of `skeleton`, each 0700, on a blocking thread.
+fn create_directories(skeleton: &Skeleton) -> Result<(), RestoreError> {
+    let io = |p: &Path, e| RestoreError::io(p, e);
+    for dir in &skeleton.dirs {
+        let made = match dir {
+            Dir::Link { at, to } => {
+                std::os::unix::fs::symlink(to, at).map_err(|e| io(at, e))?;
+                to
+            }
+            Dir::Make(at) => {
+                std::fs::DirBuilder::new()
+                    .mode(DIR_MODE)
+                    .create(at)
+                    .map_err(|e| io(at, e))?;
+                at
+            }
+        };
+        std::fs::set_permissions(made, std::fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| io(made, e))?;
+    }
+    let status = &skeleton.archive_status;
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(status) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(status, e)),
         _ => {}
     }
-    Ok(files)
+    Ok(())
 }
 
 async fn restore_into(
@@ -291,15 +327,22 @@ async fn restore_into(
     places: &Places,
 ) -> Result<RestoreReport, RestoreError> {
     let root = places.root.dir.clone();
-    let io = |p: &Path, e| RestoreError::io(p, e);
-    write_new(&root.join(MARKER), manifest.backup_id.as_bytes())?;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io(&root, e))?;
 
     // Directories and links first, then the files (empty, at their final size) in parallel:
     // creating an inode is slow enough on some filesystems (0.5 ms measured here) that a
     // thousand files in a row cost more than writing their data.
-    let files = create_directories(manifest, places)?;
+    let skeleton = skeleton(manifest, places);
+    let files = {
+        let (root, backup_id) = (root.clone(), manifest.backup_id.clone());
+        blocking("directory creation task", move || {
+            write_new(&root.join(MARKER), backup_id.as_bytes())?;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(DIR_MODE))
+                .map_err(|e| RestoreError::io(&root, e))?;
+            create_directories(&skeleton)?;
+            Ok(skeleton.files)
+        })
+        .await?
+    };
     let parallelism = opts.parallelism.max(1);
     let batch = files.len().div_ceil(parallelism * 2).max(1);
     let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
@@ -324,7 +367,14 @@ async fn restore_into(
     })
     .await?;
     debug!("all files written");
-    write_recovery_files(manifest, opts, places)?;
+    let recovery = recovery_files(manifest, opts, places);
+    {
+        let root = root.clone();
+        blocking("recovery file task", move || {
+            write_recovery_files(&root, &recovery)
+        })
+        .await?;
+    }
 
     // fsync exactly what was written (a syncfs would also flush every other writer's dirty
     // data on the filesystem), then publish pg_control and sync its directory.
@@ -354,11 +404,15 @@ async fn restore_into(
     })
     .await?;
     debug!("data directory durable");
-    let control = root.join(CONTROL_FILE);
-    std::fs::rename(root.join(CONTROL_PARTIAL), &control).map_err(|e| io(&control, e))?;
-    std::fs::remove_file(root.join(MARKER)).map_err(|e| io(&root.join(MARKER), e))?;
-    fsync_path(&root.join("global"))?;
-    fsync_path(&root)?;
+    blocking("pg_control publication task", move || {
+        let io = |p: &Path, e| RestoreError::io(p, e);
+        let control = root.join(CONTROL_FILE);
+        std::fs::rename(root.join(CONTROL_PARTIAL), &control).map_err(|e| io(&control, e))?;
+        std::fs::remove_file(root.join(MARKER)).map_err(|e| io(&root.join(MARKER), e))?;
+        fsync_path(&root.join("global"))?;
+        fsync_path(&root)
+    })
+    .await?;
 
     Ok(RestoreReport {
         files: manifest
@@ -708,17 +762,19 @@ pub(crate) fn quote(value: &str) -> String {
     quoted
 }
 
-fn write_recovery_files(
+/// The recovery files, decided: `backup_label`, `tablespace_map` (with tablespaces) and an
+/// empty `recovery.signal` are new; the settings are appended to `postgresql.auto.conf`.
+struct RecoveryFiles {
+    backup_label: String,
+    tablespace_map: Option<String>,
+    settings: String,
+}
+
+fn recovery_files(
     manifest: &BackupManifest,
     opts: &RestoreOptions,
     places: &Places,
-) -> Result<(), RestoreError> {
-    let root = &places.root.dir;
-    write_new(&root.join("backup_label"), manifest.backup_label.as_bytes())?;
-    if let Some(map) = places.tablespace_map() {
-        write_new(&root.join("tablespace_map"), map.as_bytes())?;
-    }
-    write_new(&root.join("recovery.signal"), b"")?;
+) -> RecoveryFiles {
     let mut settings = format!(
         "\n# Added by lifeline restore of {} at {}\nrestore_command = {}\n",
         manifest.backup_id,
@@ -758,6 +814,20 @@ fn write_recovery_files(
             "# restored with --archive-mode off: remove this line once this server is the primary\narchive_mode = 'off'\n",
         );
     }
+    RecoveryFiles {
+        backup_label: manifest.backup_label.clone(),
+        tablespace_map: places.tablespace_map(),
+        settings,
+    }
+}
+
+/// Write `files` into the data directory `root`, on a blocking thread.
+fn write_recovery_files(root: &Path, files: &RecoveryFiles) -> Result<(), RestoreError> {
+    write_new(&root.join("backup_label"), files.backup_label.as_bytes())?;
+    if let Some(map) = &files.tablespace_map {
+        write_new(&root.join("tablespace_map"), map.as_bytes())?;
+    }
+    write_new(&root.join("recovery.signal"), b"")?;
     // postgresql.auto.conf is the backup's own file, restored by this run (or absent).
     let auto_conf = root.join("postgresql.auto.conf");
     let mut file = std::fs::OpenOptions::new()
@@ -767,7 +837,7 @@ fn write_recovery_files(
         .custom_flags(no_follow())
         .open(&auto_conf)
         .map_err(|e| RestoreError::io(&auto_conf, e))?;
-    file.write_all(settings.as_bytes())
+    file.write_all(files.settings.as_bytes())
         .map_err(|e| RestoreError::io(&auto_conf, e))
 }
 
