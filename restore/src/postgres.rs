@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn the_report_says_what_was_restored_and_how_to_start_it() {
-        let mut manifest = crate::test_support::empty_manifest();
+        let mut manifest = testing::fixtures::base_manifest();
         manifest.stop_lsn = "0/3000100".parse().expect("an LSN");
         let restored = RestoredBackup {
             backup_id: "20251227T010000Z-base".into(),

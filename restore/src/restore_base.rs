@@ -875,7 +875,7 @@ mod tests {
 
     #[test]
     fn the_bundle_is_cut_back_into_files_and_shared_chunks_are_fetched_once() {
-        let mut manifest = crate::test_support::empty_manifest();
+        let mut manifest = testing::fixtures::base_manifest();
         // Files of 5, 0, 12 and 3 bytes in a bundle cut into chunks of 8, 8 and 4 bytes.
         manifest.files = vec![
             file("a", 5, Some(0), vec![]),

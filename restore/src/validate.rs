@@ -354,7 +354,7 @@ mod tests {
     }
 
     fn manifest(files: Vec<FileEntry>) -> BackupManifest {
-        let mut m = crate::test_support::empty_manifest();
+        let mut m = testing::fixtures::base_manifest();
         m.files = files;
         m
     }
