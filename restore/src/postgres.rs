@@ -41,6 +41,8 @@ pub struct PostgresRestoreOptions {
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub choices: RestoreChoices,
+    /// Whom the restored files belong to (see [`RestoreOptions::owner`]).
+    pub owner: storage::private::Owner,
 }
 
 /// A backup restored into a data directory; displays as the line the operator reads.
@@ -327,6 +329,7 @@ pub async fn restore_backup(
         archive_mode: choices.archive_mode,
         timeline: choices.timeline,
         interrupted: interrupted.clone(),
+        owner: options.owner,
     };
     let started = Instant::now();
     storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
+use storage::private::Owner;
 use storage::{Storage, StorageExt, layout, object};
 use tracing::debug;
 
@@ -103,6 +104,10 @@ pub struct RestoreOptions {
     /// Set (by a signal handler) to stop the restore: the workers stop, are joined, and what
     /// was written is removed.
     pub interrupted: Arc<AtomicBool>,
+    /// Whom every file, directory and link the restore creates (and the data, tablespace and
+    /// WAL directories it takes over) is given to: PostgreSQL's user when root restores for
+    /// it. `Owner::KEEP` keeps the process's own.
+    pub owner: Owner,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,13 +297,15 @@ fn skeleton(manifest: &BackupManifest, places: &Places) -> Skeleton {
     }
 }
 
-/// Make the directories and links of `skeleton`, each 0700, on a blocking thread.
-fn create_directories(skeleton: &Skeleton) -> Result<(), RestoreError> {
+/// Make the directories and links of `skeleton`, each 0700 and given to `owner`, on a
+/// blocking thread.
+fn create_directories(skeleton: &Skeleton, owner: Owner) -> Result<(), RestoreError> {
     let io = |p: &Path, e| RestoreError::io(p, e);
     for dir in &skeleton.dirs {
         let made = match dir {
             Dir::Link { at, to } => {
                 std::os::unix::fs::symlink(to, at).map_err(|e| io(at, e))?;
+                owner.apply_path(at).map_err(|e| io(at, e))?;
                 to
             }
             Dir::Make(at) => {
@@ -311,11 +318,13 @@ fn create_directories(skeleton: &Skeleton) -> Result<(), RestoreError> {
         };
         std::fs::set_permissions(made, std::fs::Permissions::from_mode(DIR_MODE))
             .map_err(|e| io(made, e))?;
+        owner.apply_path(made).map_err(|e| io(made, e))?;
     }
     let status = &skeleton.archive_status;
     match std::fs::DirBuilder::new().mode(DIR_MODE).create(status) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(status, e)),
-        _ => {}
+        Err(_) => {}
+        Ok(()) => owner.apply_path(status).map_err(|e| io(status, e))?,
     }
     Ok(())
 }
@@ -332,13 +341,17 @@ async fn restore_into(
     // creating an inode is slow enough on some filesystems (0.5 ms measured here) that a
     // thousand files in a row cost more than writing their data.
     let skeleton = skeleton(manifest, places);
+    let owner = opts.owner;
     let files = {
         let (root, backup_id) = (root.clone(), manifest.backup_id.clone());
         blocking("directory creation task", move || {
-            write_new(&root.join(MARKER), backup_id.as_bytes())?;
+            write_new(&root.join(MARKER), backup_id.as_bytes(), owner)?;
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(DIR_MODE))
                 .map_err(|e| RestoreError::io(&root, e))?;
-            create_directories(&skeleton)?;
+            owner
+                .apply_path(&root)
+                .map_err(|e| RestoreError::io(&root, e))?;
+            create_directories(&skeleton, owner)?;
             Ok(skeleton.files)
         })
         .await?
@@ -347,7 +360,7 @@ async fn restore_into(
     let batch = files.len().div_ceil(parallelism * 2).max(1);
     let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
     run_all(batches, parallelism * 2, &opts.interrupted, |batch| {
-        blocking("file creation task", move || create_files(&batch))
+        blocking("file creation task", move || create_files(&batch, owner))
     })
     .await?;
 
@@ -371,7 +384,7 @@ async fn restore_into(
     {
         let root = root.clone();
         blocking("recovery file task", move || {
-            write_recovery_files(&root, &recovery)
+            write_recovery_files(&root, &recovery, owner)
         })
         .await?;
     }
@@ -456,7 +469,7 @@ fn no_follow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-fn create_files(files: &[(PathBuf, u64, u32)]) -> Result<(), RestoreError> {
+fn create_files(files: &[(PathBuf, u64, u32)], owner: Owner) -> Result<(), RestoreError> {
     for (path, size, mode) in files {
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -469,12 +482,13 @@ fn create_files(files: &[(PathBuf, u64, u32)]) -> Result<(), RestoreError> {
         // The umask may have taken bits the backup recorded.
         file.set_permissions(std::fs::Permissions::from_mode(*mode))
             .map_err(|e| RestoreError::io(path, e))?;
+        owner.apply(&file).map_err(|e| RestoreError::io(path, e))?;
     }
     Ok(())
 }
 
-/// Write a new private file (never an existing one, never through a link).
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+/// Write a new private file (never an existing one, never through a link), given to `owner`.
+fn write_new(path: &Path, bytes: &[u8], owner: Owner) -> Result<(), RestoreError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -482,6 +496,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
         .custom_flags(no_follow())
         .open(path)
         .map_err(|e| RestoreError::io(path, e))?;
+    owner.apply(&file).map_err(|e| RestoreError::io(path, e))?;
     file.write_all(bytes).map_err(|e| RestoreError::io(path, e))
 }
 
@@ -821,13 +836,21 @@ fn recovery_files(
     }
 }
 
-/// Write `files` into the data directory `root`, on a blocking thread.
-fn write_recovery_files(root: &Path, files: &RecoveryFiles) -> Result<(), RestoreError> {
-    write_new(&root.join("backup_label"), files.backup_label.as_bytes())?;
+/// Write `files` into the data directory `root`, given to `owner`, on a blocking thread.
+fn write_recovery_files(
+    root: &Path,
+    files: &RecoveryFiles,
+    owner: Owner,
+) -> Result<(), RestoreError> {
+    write_new(
+        &root.join("backup_label"),
+        files.backup_label.as_bytes(),
+        owner,
+    )?;
     if let Some(map) = &files.tablespace_map {
-        write_new(&root.join("tablespace_map"), map.as_bytes())?;
+        write_new(&root.join("tablespace_map"), map.as_bytes(), owner)?;
     }
-    write_new(&root.join("recovery.signal"), b"")?;
+    write_new(&root.join("recovery.signal"), b"", owner)?;
     // postgresql.auto.conf is the backup's own file, restored by this run (or absent).
     let auto_conf = root.join("postgresql.auto.conf");
     let mut file = std::fs::OpenOptions::new()
@@ -836,6 +859,9 @@ fn write_recovery_files(root: &Path, files: &RecoveryFiles) -> Result<(), Restor
         .mode(0o600)
         .custom_flags(no_follow())
         .open(&auto_conf)
+        .map_err(|e| RestoreError::io(&auto_conf, e))?;
+    owner
+        .apply(&file)
         .map_err(|e| RestoreError::io(&auto_conf, e))?;
     file.write_all(files.settings.as_bytes())
         .map_err(|e| RestoreError::io(&auto_conf, e))
@@ -898,6 +924,7 @@ mod tests {
             root: crate::places::Place::new(PathBuf::from("/r"), true),
             tablespaces: BTreeMap::new(),
             waldir: None,
+            owner: Owner::KEEP,
         };
         let plan = plan_writes(&manifest, &places).expect("plan");
         let mut written: BTreeMap<String, u64> = BTreeMap::new();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -229,6 +229,63 @@ async fn a_restore_puts_every_byte_where_it_was_mapped() {
             let target = std::fs::read_link(&path).expect("link");
             assert!(target == ts || target == wal, "{path:?} -> {target:?}");
         }
+    }
+}
+
+/// Run as root for PostgreSQL (a failover), the restore gives everything it creates to the
+/// server's user: a root-owned file in the data directory stops the server from starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_run_restore_gives_everything_it_creates_to_the_owner() {
+    if !storage::private::running_as_root() {
+        // Only root can give files away; Owner::of is KEEP for anyone else.
+        return;
+    }
+    let nobody = 65534;
+    let s = setup().await;
+    // Directories the restore creates, with their new parents, under one the owner has.
+    let home = s.root.join("home");
+    std::fs::create_dir(&home).expect("mkdir");
+    std::os::unix::fs::chown(&home, Some(nobody), Some(nobody)).expect("chown");
+    let owner = storage::private::Owner::of(&home);
+    assert_eq!(owner.uid(), Some(nobody));
+    let data = home.join("new/data");
+    let ts = home.join("new/ts");
+    let wal = home.join("wal");
+    let mut opts = options(&data);
+    opts.owner = owner;
+    mapped(&mut opts, &ts);
+    opts.waldir = Some(wal.clone());
+    let storage: Arc<dyn Storage> = s.repo.storage.clone();
+    restore::restore_base(storage, &s.manifest, &opts)
+        .await
+        .expect("restore");
+    let mut paths: Vec<PathBuf> = [&data, &ts, &wal]
+        .iter()
+        .flat_map(|dir| listing(dir).into_iter().map(|(path, _, _)| path))
+        .collect();
+    paths.extend([home.join("new"), data.clone(), ts.clone(), wal.clone()]);
+    for name in [
+        "global/pg_control",
+        "backup_label",
+        "tablespace_map",
+        "recovery.signal",
+        "postgresql.auto.conf",
+        "pg_tblspc/16385",
+        "pg_wal",
+    ] {
+        assert!(paths.contains(&data.join(name)), "{name} not restored");
+    }
+    assert!(paths.contains(&wal.join("archive_status")));
+    for path in &paths {
+        let meta = std::fs::symlink_metadata(path).expect("meta");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (nobody, nobody),
+            "{} belongs to {}:{}",
+            path.display(),
+            meta.uid(),
+            meta.gid()
+        );
     }
 }
 

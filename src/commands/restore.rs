@@ -170,6 +170,7 @@ pub fn postgres_options(
         downloads: settings.download_transfers(),
         verify_first,
         choices,
+        owner: storage::private::Owner::KEEP,
     })
 }
 

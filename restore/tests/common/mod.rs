@@ -19,5 +19,6 @@ pub fn options(data_dir: &Path) -> RestoreOptions {
         archive_mode: ArchiveMode::Off,
         timeline: TargetTimeline::Latest,
         interrupted: Default::default(),
+        owner: storage::private::Owner::KEEP,
     }
 }
