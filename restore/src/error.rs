@@ -84,3 +84,13 @@ impl RestoreError {
         }
     }
 }
+
+/// A blocking job on the blocking pool, its panic turned into an error naming `what`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(RestoreError::task(what))?
+}

@@ -51,7 +51,10 @@ pub use restore_dump::{
     DumpRestoreOptions, DumpRestored, DumpSource, PgCommand, choose_dump, dump_target,
     open_dump_file, restore_dump, write_chunks,
 };
-pub use restore_redis::{RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file};
+pub use restore_redis::{
+    RedisRestoreOptions, RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file,
+    restore_redis_with,
+};
 pub use select::{BackupSelector, select_backup};
 pub use validate::{validate_base, validate_stream};
 pub use verify::{VerifyReport, verify_repository};

@@ -312,13 +312,7 @@ pub fn check_wal_chains(
     let from = from.segment_number(segment_size);
     let mut missing = BTreeSet::new();
     let mut missing_histories = Vec::new();
-    let timelines: BTreeSet<u32> = index
-        .timelines
-        .iter()
-        .chain(histories.keys())
-        .copied()
-        .collect();
-    for t in timelines {
+    for t in known_timelines(&index, histories, &[]) {
         let path = timeline_path(TimelineId(t), histories, segment_size);
         let mut start = from;
         if t > 1 && !histories.contains_key(&t) {
@@ -572,19 +566,15 @@ pub async fn confirm_target_reachable(
     plan: &PitrPlan,
     target: jiff::Timestamp,
 ) -> Result<String, RestoreError> {
-    use storage::StorageExt;
     let target_us = target.as_microsecond();
     let mut newest = None;
     for name in &plan.candidates {
         let parsed: storage::wal::WalFileName = name.parse().map_err(RestoreError::Refused)?;
-        let key = storage::layout::wal_key(system_identifier, &parsed);
-        let bytes = storage.get_bytes(&key).await?;
-        let latest = tokio::task::spawn_blocking(move || {
-            storage::object::decode(&key, &bytes)
-                .map(|plain| storage::wal::last_transaction_time(&plain))
-        })
-        .await
-        .map_err(RestoreError::task("WAL scan"))??;
+        let plain = crate::wal_file::read_archived(storage, system_identifier, &parsed).await?;
+        let latest =
+            tokio::task::spawn_blocking(move || storage::wal::last_transaction_time(&plain))
+                .await
+                .map_err(RestoreError::task("WAL scan"))?;
         match latest {
             Some(t) if t > target_us => return Ok(name.clone()),
             Some(t) => newest = Some(t),
@@ -616,12 +606,6 @@ fn fmt_time(us: i64) -> String {
     )
 }
 
-/// Choose the newest base backup that ended before `target` on the timeline path `timeline`
-/// selects, and check the WAL along that path can reach the target.
-///
-/// `latest` follows the newest timeline that some backup before the target can reach (as
-/// PostgreSQL's default picks the newest timeline), `current` the newest backup's own timeline,
-/// and `N` timeline N from the newest backup whose timeline it leaves after the backup ended.
 /// When timeline `t` came into being: when its history file was archived (a timeline without
 /// one, the first, always existed).
 fn created_at(wal: &[WalRecord], t: u32) -> Option<i64> {
@@ -631,6 +615,12 @@ fn created_at(wal: &[WalRecord], t: u32) -> Option<i64> {
         .min()
 }
 
+/// Choose the newest base backup that ended before `target` on the timeline path `timeline`
+/// selects, and check the WAL along that path can reach the target.
+///
+/// `latest` follows the newest timeline that some backup before the target can reach (as
+/// PostgreSQL's default picks the newest timeline), `current` the newest backup's own timeline,
+/// and `N` timeline N from the newest backup whose timeline it leaves after the backup ended.
 pub fn plan_pitr(
     backups: &[BackupRecord],
     wal: &[WalRecord],
@@ -873,15 +863,15 @@ pub async fn timeline_histories(
     system_identifier: u64,
     wal: &[WalRecord],
 ) -> Result<BTreeMap<u32, Vec<TimelineSwitch>>, RestoreError> {
-    use storage::StorageExt;
     let mut out = BTreeMap::new();
     for w in wal.iter().filter(|w| w.kind == "history") {
         let name: storage::wal::WalFileName = w.name.parse().map_err(RestoreError::Refused)?;
-        let key = storage::layout::wal_key(system_identifier, &name);
-        let plain = storage::object::decode(&key, &storage.get_bytes(&key).await?)?;
+        let plain = crate::wal_file::read_archived(storage, system_identifier, &name).await?;
         let text = String::from_utf8_lossy(&plain);
-        let switches = storage::wal::parse_history(&text)
-            .map_err(|e| RestoreError::Refused(format!("{key}: {e}")))?;
+        let switches = storage::wal::parse_history(&text).map_err(|e| {
+            let key = storage::layout::wal_key(system_identifier, &name);
+            RestoreError::Refused(format!("{key}: {e}"))
+        })?;
         out.insert(w.timeline, switches);
     }
     Ok(out)
@@ -924,25 +914,19 @@ mod tests {
     fn picks_the_newest_backup_before_the_target() {
         let backups = vec![backup("a", 1, 2, 100), backup("b", 1, 4, 300)];
         let wal: Vec<_> = (2..=7).map(|n| wal(1, n, n as i64 * 100)).collect();
-        let plan = plan_pitr(
-            &backups,
-            &wal,
-            &BTreeMap::new(),
-            ts(250),
-            SEG,
-            TargetTimeline::Latest,
-        )
-        .expect("plan");
+        let plan_at = |at| {
+            plan_pitr(
+                &backups,
+                &wal,
+                &BTreeMap::new(),
+                ts(at),
+                SEG,
+                TargetTimeline::Latest,
+            )
+        };
+        let plan = plan_at(250).expect("plan");
         assert_eq!(plan.backup.backup_id, "a");
-        let plan = plan_pitr(
-            &backups,
-            &wal,
-            &BTreeMap::new(),
-            ts(550),
-            SEG,
-            TargetTimeline::Latest,
-        )
-        .expect("plan");
+        let plan = plan_at(550).expect("plan");
         assert_eq!(plan.backup.backup_id, "b");
         assert_eq!(
             plan.candidates[0],
@@ -958,42 +942,28 @@ mod tests {
     fn refuses_gaps_targets_past_the_end_and_targets_before_any_backup() {
         let backups = vec![backup("a", 1, 2, 100)];
         let mut wals: Vec<_> = (2..=7).map(|n| wal(1, n, n as i64 * 100)).collect();
-        let err = plan_pitr(
-            &backups,
-            &wals,
-            &BTreeMap::new(),
-            ts(50),
-            SEG,
-            TargetTimeline::Latest,
-        )
-        .expect_err("before");
+        let plan = |wals: &[WalRecord], at| {
+            plan_pitr(
+                &backups,
+                wals,
+                &BTreeMap::new(),
+                ts(at),
+                SEG,
+                TargetTimeline::Latest,
+            )
+        };
+        let err = plan(&wals, 50).expect_err("before");
         assert!(
             err.to_string().contains("no base backup ended before"),
             "{err}"
         );
-        let err = plan_pitr(
-            &backups,
-            &wals,
-            &BTreeMap::new(),
-            ts(900),
-            SEG,
-            TargetTimeline::Latest,
-        )
-        .expect_err("past");
+        let err = plan(&wals, 900).expect_err("past");
         assert!(
             err.to_string().contains("past the end of the archive"),
             "{err}"
         );
         wals.remove(2);
-        let err = plan_pitr(
-            &backups,
-            &wals,
-            &BTreeMap::new(),
-            ts(650),
-            SEG,
-            TargetTimeline::Latest,
-        )
-        .expect_err("gap");
+        let err = plan(&wals, 650).expect_err("gap");
         assert!(
             err.to_string().contains("gap") && err.to_string().contains("000000010000000000000004"),
             "{err}"
@@ -1013,15 +983,17 @@ mod tests {
         let backups = vec![backup("a", 1, 2, 100)];
         let mut wals: Vec<_> = (2..=4).map(|n| wal(1, n, n as i64 * 100)).collect();
         wals.extend((5..=8).map(|n| wal(2, n, n as i64 * 100)));
-        let plan = plan_pitr(
-            &backups,
-            &wals,
-            &histories,
-            ts(650),
-            SEG,
-            TargetTimeline::Latest,
-        )
-        .expect("plan");
+        let plan_at = |wals: &[WalRecord], at| {
+            plan_pitr(
+                &backups,
+                wals,
+                &histories,
+                ts(at),
+                SEG,
+                TargetTimeline::Latest,
+            )
+        };
+        let plan = plan_at(&wals, 650).expect("plan");
         assert_eq!(plan.timeline, TimelineId(2));
         assert_eq!(
             plan.candidates[0],
@@ -1033,17 +1005,7 @@ mod tests {
         );
         // Segment 5 on timeline 1 is not needed; on timeline 2 it is.
         wals.retain(|w| !(w.timeline == 2 && w.segment_number == Some(6)));
-        assert!(
-            plan_pitr(
-                &backups,
-                &wals,
-                &histories,
-                ts(750),
-                SEG,
-                TargetTimeline::Latest
-            )
-            .is_err()
-        );
+        assert!(plan_at(&wals, 750).is_err());
     }
 
     fn with_kind(mut w: WalRecord, kind: &str, name: String) -> WalRecord {
@@ -1407,18 +1369,13 @@ mod tests {
             target,
             SEG,
             TargetTimeline::Latest,
+        )
+        .expect("plan");
+        assert_eq!(
+            (plan.backup.backup_id.as_str(), plan.timeline.0),
+            ("b", 1),
+            "--until 950 follows a timeline created at 2300; notes: {:?}",
+            plan.notes
         );
-        match plan {
-            Err(refused) => assert!(
-                refused.to_string().contains("--target-timeline"),
-                "{refused}"
-            ),
-            Ok(plan) => assert_eq!(
-                (plan.backup.backup_id.as_str(), plan.timeline.0),
-                ("b", 1),
-                "--until 950 follows a timeline created at 2300; notes: {:?}",
-                plan.notes
-            ),
-        }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 use storage::manifest::{BackupManifest, Tablespace};
+use storage::private::Owner;
 
 use crate::RestoreError;
 use crate::restore_base::{RestoreOptions, TablespaceMapping};
@@ -72,9 +73,9 @@ impl Place {
         }
     }
 
-    /// Create the directory and its missing parents, one level at a time, recording each: a
-    /// directory that appeared since the check is refused, not adopted.
-    fn create(&self) -> Result<(), RestoreError> {
+    /// Create the directory and its missing parents, one level at a time, recording each and
+    /// giving it to `owner`: a directory that appeared since the check is refused, not adopted.
+    fn create(&self, owner: Owner) -> Result<(), RestoreError> {
         if self.existed {
             return Ok(());
         }
@@ -98,7 +99,10 @@ impl Place {
                 .mode(0o700)
                 .create(&dir)
                 .map_err(|e| RestoreError::io(&dir, e))?;
-            self.created().push(dir);
+            self.created().push(dir.clone());
+            owner
+                .apply_path(&dir)
+                .map_err(|e| RestoreError::io(&dir, e))?;
         }
         Ok(())
     }
@@ -110,6 +114,8 @@ pub(crate) struct Places {
     /// By tablespace oid.
     pub tablespaces: BTreeMap<u32, Place>,
     pub waldir: Option<Place>,
+    /// Whom the directories the restore creates are given to.
+    pub owner: Owner,
 }
 
 impl Places {
@@ -137,6 +143,7 @@ impl Places {
             root,
             tablespaces,
             waldir,
+            owner: opts.owner,
         };
         places.check_apart()?;
         Ok(places)
@@ -174,9 +181,9 @@ impl Places {
 
     /// Create the data directory, the tablespace directories and `--waldir`.
     pub fn create(&self) -> Result<(), RestoreError> {
-        self.root.create()?;
+        self.root.create(self.owner)?;
         for (_, place) in self.others() {
-            place.create()?;
+            place.create(self.owner)?;
         }
         Ok(())
     }
@@ -366,9 +373,8 @@ fn tablespace_place(ts: &Tablespace, mapping: &TablespaceMapping) -> Result<Plac
     let existed = check_empty(&original, &what, "--tablespace-map").map_err(|e| match e {
         RestoreError::Refused(_) => RestoreError::Refused(format!(
             "{what} would go back to {}, which is in use (not empty, or a link): restore it elsewhere with \
-             --tablespace-map {}=DIR or --tablespace-map-all DIR; nothing was written",
+             --tablespace-map {oid}=DIR or --tablespace-map-all DIR; nothing was written",
             original.display(),
-            ts.name
         )),
         other => other,
     })?;
@@ -403,4 +409,34 @@ fn check_mapping_names(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The advice names the tablespace by oid: a name may hold a space, a quote or `=`.
+    #[test]
+    fn a_tablespace_in_use_is_mapped_by_oid_in_the_advice() {
+        if rustix::process::geteuid().is_root() {
+            // As root the original location is refused before it is looked at.
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("taken"), b"x").expect("write");
+        let ts = Tablespace {
+            oid: 16385,
+            name: "fast = 'ssd'".into(),
+            location: tmp.path().display().to_string(),
+        };
+        let Err(refused) = tablespace_place(&ts, &TablespaceMapping::default()) else {
+            panic!("a non-empty original location was accepted");
+        };
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("which is in use")
+                && refused.contains("--tablespace-map 16385=DIR or --tablespace-map-all DIR"),
+            "{refused}"
+        );
+    }
 }

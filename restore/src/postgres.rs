@@ -41,6 +41,8 @@ pub struct PostgresRestoreOptions {
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub choices: RestoreChoices,
+    /// Whom the restored files belong to (see [`RestoreOptions::owner`]).
+    pub owner: storage::private::Owner,
 }
 
 /// A backup restored into a data directory; displays as the line the operator reads.
@@ -327,6 +329,7 @@ pub async fn restore_backup(
         archive_mode: choices.archive_mode,
         timeline: choices.timeline,
         interrupted: interrupted.clone(),
+        owner: options.owner,
     };
     let started = Instant::now();
     storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
@@ -362,18 +365,47 @@ async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
         return;
     };
     loop {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
+        let signal = tokio::select! {
+            _ = int.recv() => Signal::Int,
+            _ = term.recv() => Signal::Term,
+            _ = hup.recv() => Signal::Hup,
         };
         if running.load(Ordering::SeqCst) && !interrupted.swap(true, Ordering::SeqCst) {
             eprintln!(
-                "lifeline: {name}: stopping the restore and removing what it wrote (send it again to stop at once)"
+                "lifeline: {}: stopping the restore and removing what it wrote (send it again to stop at once)",
+                signal.name()
             );
             continue;
         }
-        std::process::exit(130);
+        std::process::exit(signal.exit_code());
+    }
+}
+
+/// A signal that stops a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Int,
+    Term,
+    Hup,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+            Signal::Hup => "SIGHUP",
+        }
+    }
+
+    /// The status a shell reports for a process the signal ended: 128 + its number.
+    fn exit_code(self) -> i32 {
+        let number = match self {
+            Signal::Int => rustix::process::Signal::INT,
+            Signal::Term => rustix::process::Signal::TERM,
+            Signal::Hup => rustix::process::Signal::HUP,
+        };
+        128 + number.as_raw()
     }
 }
 
@@ -418,7 +450,7 @@ mod tests {
 
     #[test]
     fn the_report_says_what_was_restored_and_how_to_start_it() {
-        let mut manifest = crate::test_support::empty_manifest();
+        let mut manifest = testing::fixtures::base_manifest();
         manifest.stop_lsn = "0/3000100".parse().expect("an LSN");
         let restored = RestoredBackup {
             backup_id: "20251227T010000Z-base".into(),
@@ -448,6 +480,13 @@ mod tests {
             advice.contains("keeps the backed-up server's archive settings"),
             "{advice}"
         );
+    }
+
+    #[test]
+    fn a_signal_after_the_restore_exits_with_the_shells_status_for_it() {
+        assert_eq!(Signal::Int.exit_code(), 130);
+        assert_eq!(Signal::Term.exit_code(), 143);
+        assert_eq!(Signal::Hup.exit_code(), 129);
     }
 
     #[tokio::test]

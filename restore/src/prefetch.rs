@@ -23,6 +23,7 @@ use storage::wal::{DEFAULT_SEGMENT_SIZE, Segment, WalFileName};
 use tracing::{debug, warn};
 
 use crate::RestoreError;
+use crate::error::blocking;
 use crate::wal_file::{hand_over_blocking, read_archived};
 
 const TEMP_MARK: &str = ".partial.";
@@ -195,15 +196,6 @@ impl Spool {
         }
         Ok(report)
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    work: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
-) -> Result<T, RestoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(RestoreError::task(what))?
 }
 
 /// `000000010000000000000005` of `000000010000000000000005.<hash>`.

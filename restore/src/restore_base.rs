@@ -16,12 +16,14 @@ use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
+use storage::private::Owner;
 use storage::{Storage, StorageExt, layout, object};
 use tracing::debug;
 
 use crate::RestoreError;
+use crate::error::blocking;
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Places};
-use crate::validate::{dir_mode, file_mode, tablespace_link_oid};
+use crate::validate::{DIR_MODE, file_mode, tablespace_link_oid};
 
 pub(crate) const MARKER: &str = ".lifeline-restore-incomplete";
 
@@ -102,6 +104,10 @@ pub struct RestoreOptions {
     /// Set (by a signal handler) to stop the restore: the workers stop, are joined, and what
     /// was written is removed.
     pub interrupted: Arc<AtomicBool>,
+    /// Whom every file, directory and link the restore creates (and the data, tablespace and
+    /// WAL directories it takes over) is given to: PostgreSQL's user when root restores for
+    /// it. `Owner::KEEP` keeps the process's own.
+    pub owner: Owner,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +132,7 @@ pub async fn restore_base(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     crate::validate::validate_base(manifest)?;
-    let places = Places::plan(manifest, opts)?;
+    let places = Arc::new(Places::plan(manifest, opts)?);
     if opts.verify_first {
         check_packs_exist(
             storage.as_ref(),
@@ -140,12 +146,20 @@ pub async fn restore_base(
     if opts.interrupted.load(Ordering::Relaxed) {
         return Err(RestoreError::Interrupted);
     }
-    let result = match places.create() {
+    let created = {
+        let places = places.clone();
+        blocking("directory creation task", move || places.create()).await
+    };
+    let result = match created {
         Ok(()) => restore_into(storage, manifest, opts, &places).await,
         Err(e) => Err(e),
     };
     if result.is_err() {
-        places.clean_up();
+        // Every writer has stopped (run_all joins them): nothing writes while this removes.
+        let places = places.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || places.clean_up()).await {
+            tracing::warn!("the clean-up after the failed restore stopped: {e}");
+        }
     }
     result
 }
@@ -222,16 +236,6 @@ where
     Ok(())
 }
 
-/// A blocking job on the blocking pool, its panic turned into an error.
-async fn blocking<F>(what: &'static str, job: F) -> Result<(), RestoreError>
-where
-    F: FnOnce() -> Result<(), RestoreError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(RestoreError::task(what))?
-}
-
 /// The link `pg_tblspc/<oid>` or `pg_wal` in the data directory to the place chosen for it.
 fn link_place(places: &Places, rel: &str) -> Option<PathBuf> {
     if rel == "pg_wal" {
@@ -240,61 +244,89 @@ fn link_place(places: &Places, rel: &str) -> Option<PathBuf> {
     tablespace_link_oid(rel).and_then(|oid| places.tablespaces.get(&oid).map(|p| p.dir.clone()))
 }
 
-/// Directories (and the links to the tablespaces and `--waldir`) in manifest order, so that
-/// every parent exists, made by this restore, before its children. Returns the files to create.
-fn create_directories(
-    manifest: &BackupManifest,
-    places: &Places,
-) -> Result<Vec<(PathBuf, u64, u32)>, RestoreError> {
-    let io = |p: &Path, e| RestoreError::io(p, e);
+/// A directory the restore makes, or a link to the place chosen for a tablespace or
+/// `--waldir`.
+enum Dir {
+    Make(PathBuf),
+    /// The link at `at` to `to`, the place it stands for (made 0700 too).
+    Link {
+        at: PathBuf,
+        to: PathBuf,
+    },
+}
+
+/// What the restore creates before any data is written, decided without touching the disk:
+/// the directories and links in manifest order (every parent before its children), and the
+/// files (created empty at their size, with their mode).
+struct Skeleton {
+    dirs: Vec<Dir>,
+    files: Vec<(PathBuf, u64, u32)>,
+    /// `pg_wal/archive_status`, where PostgreSQL marks segments ready for archiving.
+    archive_status: PathBuf,
+}
+
+fn skeleton(manifest: &BackupManifest, places: &Places) -> Skeleton {
     let root = &places.root.dir;
+    let dir = |rel: &str| match link_place(places, rel) {
+        Some(to) => Dir::Link {
+            at: root.join(rel),
+            to,
+        },
+        None => Dir::Make(places.destination(rel)),
+    };
+    let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut wal_seen = false;
     for entry in restored_entries(manifest) {
         let rel = entry.path.as_str();
-        let dest = places.destination(rel);
         if entry.kind == EntryKind::File {
-            files.push((dest, entry.size, file_mode(entry.mode)));
+            files.push((places.destination(rel), entry.size, file_mode(entry.mode)));
             continue;
         }
         // A link recorded by an older backup is only ever `pg_wal` (validated): a directory.
-        let mode = dir_mode(if entry.kind == EntryKind::Symlink {
-            0o700
-        } else {
-            entry.mode
-        });
         wal_seen |= rel == "pg_wal";
-        if let Some(place) = link_place(places, rel) {
-            std::os::unix::fs::symlink(&place, root.join(rel))
-                .map_err(|e| io(&root.join(rel), e))?;
-        } else {
-            std::fs::DirBuilder::new()
-                .mode(mode)
-                .create(&dest)
-                .map_err(|e| io(&dest, e))?;
-        }
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io(&dest, e))?;
+        dirs.push(dir(rel));
     }
     if !wal_seen {
-        let dest = places.destination("pg_wal");
-        if let Some(place) = link_place(places, "pg_wal") {
-            std::os::unix::fs::symlink(&place, root.join("pg_wal"))
-                .map_err(|e| io(&root.join("pg_wal"), e))?;
-        } else {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dest)
-                .map_err(|e| io(&dest, e))?;
-        }
+        dirs.push(dir("pg_wal"));
     }
-    // PostgreSQL marks segments ready for archiving there.
-    let status = places.destination("pg_wal/archive_status");
-    match std::fs::DirBuilder::new().mode(0o700).create(&status) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(&status, e)),
-        _ => {}
+    Skeleton {
+        dirs,
+        files,
+        archive_status: places.destination("pg_wal/archive_status"),
     }
-    Ok(files)
+}
+
+/// Make the directories and links of `skeleton`, each 0700 and given to `owner`, on a
+/// blocking thread.
+fn create_directories(skeleton: &Skeleton, owner: Owner) -> Result<(), RestoreError> {
+    let io = |p: &Path, e| RestoreError::io(p, e);
+    for dir in &skeleton.dirs {
+        let made = match dir {
+            Dir::Link { at, to } => {
+                std::os::unix::fs::symlink(to, at).map_err(|e| io(at, e))?;
+                owner.apply_path(at).map_err(|e| io(at, e))?;
+                to
+            }
+            Dir::Make(at) => {
+                std::fs::DirBuilder::new()
+                    .mode(DIR_MODE)
+                    .create(at)
+                    .map_err(|e| io(at, e))?;
+                at
+            }
+        };
+        std::fs::set_permissions(made, std::fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| io(made, e))?;
+        owner.apply_path(made).map_err(|e| io(made, e))?;
+    }
+    let status = &skeleton.archive_status;
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(status) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(status, e)),
+        Err(_) => {}
+        Ok(()) => owner.apply_path(status).map_err(|e| io(status, e))?,
+    }
+    Ok(())
 }
 
 async fn restore_into(
@@ -304,20 +336,31 @@ async fn restore_into(
     places: &Places,
 ) -> Result<RestoreReport, RestoreError> {
     let root = places.root.dir.clone();
-    let io = |p: &Path, e| RestoreError::io(p, e);
-    write_new(&root.join(MARKER), manifest.backup_id.as_bytes())?;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io(&root, e))?;
 
     // Directories and links first, then the files (empty, at their final size) in parallel:
     // creating an inode is slow enough on some filesystems (0.5 ms measured here) that a
     // thousand files in a row cost more than writing their data.
-    let files = create_directories(manifest, places)?;
+    let skeleton = skeleton(manifest, places);
+    let owner = opts.owner;
+    let files = {
+        let (root, backup_id) = (root.clone(), manifest.backup_id.clone());
+        blocking("directory creation task", move || {
+            write_new(&root.join(MARKER), backup_id.as_bytes(), owner)?;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(DIR_MODE))
+                .map_err(|e| RestoreError::io(&root, e))?;
+            owner
+                .apply_path(&root)
+                .map_err(|e| RestoreError::io(&root, e))?;
+            create_directories(&skeleton, owner)?;
+            Ok(skeleton.files)
+        })
+        .await?
+    };
     let parallelism = opts.parallelism.max(1);
     let batch = files.len().div_ceil(parallelism * 2).max(1);
     let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
     run_all(batches, parallelism * 2, &opts.interrupted, |batch| {
-        blocking("file creation task", move || create_files(&batch))
+        blocking("file creation task", move || create_files(&batch, owner))
     })
     .await?;
 
@@ -337,7 +380,14 @@ async fn restore_into(
     })
     .await?;
     debug!("all files written");
-    write_recovery_files(manifest, opts, places)?;
+    let recovery = recovery_files(manifest, opts, places);
+    {
+        let root = root.clone();
+        blocking("recovery file task", move || {
+            write_recovery_files(&root, &recovery, owner)
+        })
+        .await?;
+    }
 
     // fsync exactly what was written (a syncfs would also flush every other writer's dirty
     // data on the filesystem), then publish pg_control and sync its directory.
@@ -367,11 +417,15 @@ async fn restore_into(
     })
     .await?;
     debug!("data directory durable");
-    let control = root.join(CONTROL_FILE);
-    std::fs::rename(root.join(CONTROL_PARTIAL), &control).map_err(|e| io(&control, e))?;
-    std::fs::remove_file(root.join(MARKER)).map_err(|e| io(&root.join(MARKER), e))?;
-    fsync_path(&root.join("global"))?;
-    fsync_path(&root)?;
+    blocking("pg_control publication task", move || {
+        let io = |p: &Path, e| RestoreError::io(p, e);
+        let control = root.join(CONTROL_FILE);
+        std::fs::rename(root.join(CONTROL_PARTIAL), &control).map_err(|e| io(&control, e))?;
+        std::fs::remove_file(root.join(MARKER)).map_err(|e| io(&root.join(MARKER), e))?;
+        fsync_path(&root.join("global"))?;
+        fsync_path(&root)
+    })
+    .await?;
 
     Ok(RestoreReport {
         files: manifest
@@ -415,7 +469,7 @@ fn no_follow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-fn create_files(files: &[(PathBuf, u64, u32)]) -> Result<(), RestoreError> {
+fn create_files(files: &[(PathBuf, u64, u32)], owner: Owner) -> Result<(), RestoreError> {
     for (path, size, mode) in files {
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -428,12 +482,13 @@ fn create_files(files: &[(PathBuf, u64, u32)]) -> Result<(), RestoreError> {
         // The umask may have taken bits the backup recorded.
         file.set_permissions(std::fs::Permissions::from_mode(*mode))
             .map_err(|e| RestoreError::io(path, e))?;
+        owner.apply(&file).map_err(|e| RestoreError::io(path, e))?;
     }
     Ok(())
 }
 
-/// Write a new private file (never an existing one, never through a link).
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+/// Write a new private file (never an existing one, never through a link), given to `owner`.
+fn write_new(path: &Path, bytes: &[u8], owner: Owner) -> Result<(), RestoreError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -441,6 +496,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
         .custom_flags(no_follow())
         .open(path)
         .map_err(|e| RestoreError::io(path, e))?;
+    owner.apply(&file).map_err(|e| RestoreError::io(path, e))?;
     file.write_all(bytes).map_err(|e| RestoreError::io(path, e))
 }
 
@@ -583,8 +639,8 @@ fn write_groups(pack: &str, chunks: Vec<(ChunkRef, Vec<Target>)>) -> Vec<WriteGr
             }
             taken.extend(chunks.next());
         }
+        // The chunks come sorted by offset: the first starts the range.
         let chunks = taken;
-        let start = chunks.iter().map(|(c, _)| c.offset).min().unwrap_or(0);
         let end = chunks
             .iter()
             .map(|(c, _)| c.offset.saturating_add(c.stored))
@@ -721,17 +777,19 @@ pub(crate) fn quote(value: &str) -> String {
     quoted
 }
 
-fn write_recovery_files(
+/// The recovery files, decided: `backup_label`, `tablespace_map` (with tablespaces) and an
+/// empty `recovery.signal` are new; the settings are appended to `postgresql.auto.conf`.
+struct RecoveryFiles {
+    backup_label: String,
+    tablespace_map: Option<String>,
+    settings: String,
+}
+
+fn recovery_files(
     manifest: &BackupManifest,
     opts: &RestoreOptions,
     places: &Places,
-) -> Result<(), RestoreError> {
-    let root = &places.root.dir;
-    write_new(&root.join("backup_label"), manifest.backup_label.as_bytes())?;
-    if let Some(map) = places.tablespace_map() {
-        write_new(&root.join("tablespace_map"), map.as_bytes())?;
-    }
-    write_new(&root.join("recovery.signal"), b"")?;
+) -> RecoveryFiles {
     let mut settings = format!(
         "\n# Added by lifeline restore of {} at {}\nrestore_command = {}\n",
         manifest.backup_id,
@@ -771,6 +829,28 @@ fn write_recovery_files(
             "# restored with --archive-mode off: remove this line once this server is the primary\narchive_mode = 'off'\n",
         );
     }
+    RecoveryFiles {
+        backup_label: manifest.backup_label.clone(),
+        tablespace_map: places.tablespace_map(),
+        settings,
+    }
+}
+
+/// Write `files` into the data directory `root`, given to `owner`, on a blocking thread.
+fn write_recovery_files(
+    root: &Path,
+    files: &RecoveryFiles,
+    owner: Owner,
+) -> Result<(), RestoreError> {
+    write_new(
+        &root.join("backup_label"),
+        files.backup_label.as_bytes(),
+        owner,
+    )?;
+    if let Some(map) = &files.tablespace_map {
+        write_new(&root.join("tablespace_map"), map.as_bytes(), owner)?;
+    }
+    write_new(&root.join("recovery.signal"), b"", owner)?;
     // postgresql.auto.conf is the backup's own file, restored by this run (or absent).
     let auto_conf = root.join("postgresql.auto.conf");
     let mut file = std::fs::OpenOptions::new()
@@ -780,7 +860,10 @@ fn write_recovery_files(
         .custom_flags(no_follow())
         .open(&auto_conf)
         .map_err(|e| RestoreError::io(&auto_conf, e))?;
-    file.write_all(settings.as_bytes())
+    owner
+        .apply(&file)
+        .map_err(|e| RestoreError::io(&auto_conf, e))?;
+    file.write_all(files.settings.as_bytes())
         .map_err(|e| RestoreError::io(&auto_conf, e))
 }
 
@@ -818,7 +901,7 @@ mod tests {
 
     #[test]
     fn the_bundle_is_cut_back_into_files_and_shared_chunks_are_fetched_once() {
-        let mut manifest = crate::test_support::empty_manifest();
+        let mut manifest = testing::fixtures::base_manifest();
         // Files of 5, 0, 12 and 3 bytes in a bundle cut into chunks of 8, 8 and 4 bytes.
         manifest.files = vec![
             file("a", 5, Some(0), vec![]),
@@ -841,6 +924,7 @@ mod tests {
             root: crate::places::Place::new(PathBuf::from("/r"), true),
             tablespaces: BTreeMap::new(),
             waldir: None,
+            owner: Owner::KEEP,
         };
         let plan = plan_writes(&manifest, &places).expect("plan");
         let mut written: BTreeMap<String, u64> = BTreeMap::new();

@@ -25,21 +25,18 @@ pub async fn write_chunks<W: Write + Send + 'static>(
     out: W,
     downloads: usize,
 ) -> Result<W, RestoreError> {
-    let mut out = Some(out);
+    let mut out = out;
     let mut fetched = futures::stream::iter(chunks)
         .map(|chunk| fetch_chunk(storage, chunk))
         .buffered(downloads.max(1));
+    // The writer goes to a blocking thread with each chunk and comes back with the write.
     while let Some(plain) = fetched.try_next().await? {
-        let Some(mut writer) = out.take() else {
-            break;
-        };
-        writer = tokio::task::spawn_blocking(move || writer.write_all(&plain).map(|()| writer))
+        out = tokio::task::spawn_blocking(move || out.write_all(&plain).map(|()| out))
             .await
             .map_err(RestoreError::task("writer task"))?
             .map_err(|e| RestoreError::io("(pg_restore input)", e))?;
-        out = Some(writer);
     }
-    out.ok_or_else(|| RestoreError::Refused("the dump writer went away".into()))
+    Ok(out)
 }
 
 /// A dump file as pg_restore expects it: `.gz` files are decompressed on the fly. The custom
@@ -250,6 +247,17 @@ where
         .stdin
         .take()
         .ok_or_else(|| RestoreError::Failed("pg_restore has no input".into()))?;
+    // Its messages are read while it is fed: a pg_restore that fills the stderr pipe would
+    // otherwise wait for a reader while the feeder waits for it to read its input.
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| RestoreError::Failed("pg_restore has no error output".into()))?;
+    let messages = tokio::task::spawn_blocking(move || {
+        let mut text = Vec::new();
+        let mut stderr = stderr;
+        stderr.read_to_end(&mut text).map(|_| text)
+    });
     let fed = match (source, chunks) {
         (DumpSource::Repository(_), Some(chunks)) => {
             write_chunks(storage.as_ref(), &chunks, stdin, options.downloads)
@@ -269,18 +277,21 @@ where
         }
         _ => Ok(()),
     };
-    // pg_restore reads its stdin from the feeder above; its output is gathered on a blocking
+    // pg_restore reads its stdin from the feeder above; it is waited for on a blocking
     // thread, where waiting is allowed.
     #[allow(clippy::disallowed_methods)]
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .map_err(RestoreError::task("pg_restore waiter"))?
-        .map_err(|e| RestoreError::io(program, e))?;
-    if !output.status.success() {
+        .map_err(|e| RestoreError::io(&program, e))?;
+    let messages = messages
+        .await
+        .map_err(RestoreError::task("pg_restore message reader"))?
+        .map_err(|e| RestoreError::io(&program, e))?;
+    if !status.success() {
         return Err(RestoreError::Failed(format!(
-            "pg_restore into {target} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            "pg_restore into {target} failed ({status}): {}",
+            String::from_utf8_lossy(&messages).trim()
         )));
     }
     fed.map_err(RestoreError::step("read the dump"))?;
@@ -346,6 +357,50 @@ mod tests {
         assert!(
             said.contains("STAGING_DB_NAME") && said.contains("DB_NAME app"),
             "{said}"
+        );
+    }
+
+    /// A pg_restore that writes more than a pipe holds to stderr before it reads its input
+    /// once waited forever for a reader, while the feeder waited for it to read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pg_restore_that_says_a_lot_before_reading_fails_instead_of_hanging() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dump = tmp.path().join("app.dump");
+        let mut bytes = b"PGDMP".to_vec();
+        bytes.resize(1 << 20, b'd');
+        std::fs::write(&dump, &bytes).expect("write the dump");
+        let options = DumpRestoreOptions {
+            database: "app_staging".into(),
+            staging: true,
+            downloads: 1,
+            pg_command: Box::new(|program| {
+                let mut command = std::process::Command::new("sh");
+                if program == "pg_restore" {
+                    command.args([
+                        "-c",
+                        "head -c 300000 /dev/zero | tr '\\0' x >&2; cat >/dev/null; echo done >&2; exit 1",
+                    ]);
+                } else {
+                    command.args(["-c", "exit 0"]);
+                }
+                command
+            }),
+        };
+        let storage: Arc<dyn Storage> = Arc::new(testing::MemoryStorage::new());
+        let restored = tokio::time::timeout(
+            Duration::from_secs(60),
+            restore_dump(storage, &DumpSource::File(dump), &options, |_, _| async {
+                Ok(())
+            }),
+        )
+        .await
+        .expect("pg_restore and its feeder waited for each other");
+        let said = restored.expect_err("pg_restore failed").to_string();
+        assert!(
+            said.starts_with("pg_restore into app_staging failed (exit status: 1): xxx")
+                && said.ends_with("xxxdone"),
+            "{}",
+            said.get(said.len().saturating_sub(200)..).unwrap_or(&said)
         );
     }
 

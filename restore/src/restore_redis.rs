@@ -47,13 +47,39 @@ pub fn redis_running_in(dir: &Path) -> Option<u32> {
         })
 }
 
-/// Restore the files of `manifest` into `dir` (created if missing).
+/// How a Redis backup is restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisRestoreOptions {
+    /// Chunks read from the repository at once.
+    pub downloads: usize,
+    /// Whom the restored files and the directories the restore creates are given to: Redis's
+    /// user when root restores for it. `Owner::KEEP` keeps the process's own.
+    pub owner: Owner,
+}
+
+/// Restore the files of `manifest` into `dir` (created if missing), owned by the process's
+/// user: [`restore_redis_with`] with [`Owner::KEEP`].
 pub async fn restore_redis(
     storage: &dyn Storage,
     manifest: &StreamManifest,
     dir: &Path,
     downloads: usize,
 ) -> Result<RedisRestoreReport, RestoreError> {
+    let options = RedisRestoreOptions {
+        downloads,
+        owner: Owner::KEEP,
+    };
+    restore_redis_with(storage, manifest, dir, &options).await
+}
+
+/// Restore the files of `manifest` into `dir` (created if missing) as `options` say.
+pub async fn restore_redis_with(
+    storage: &dyn Storage,
+    manifest: &StreamManifest,
+    dir: &Path,
+    options: &RedisRestoreOptions,
+) -> Result<RedisRestoreReport, RestoreError> {
+    let RedisRestoreOptions { downloads, owner } = *options;
     crate::validate::validate_stream(manifest)?;
     // Nothing is moved aside for a backup that cannot be read whole.
     crate::restore_base::check_packs_exist(
@@ -63,13 +89,13 @@ pub async fn restore_redis(
         downloads,
     )
     .await?;
-    let moved_aside = prepare_dir(dir)?;
+    let moved_aside = prepare_dir(dir, owner)?;
     let mut report = RedisRestoreReport {
         files: Vec::new(),
         bytes: 0,
         moved_aside,
     };
-    let written = write_files(storage, manifest, dir, downloads, &mut report).await;
+    let written = write_files(storage, manifest, dir, options, &mut report).await;
     if let Err(e) = written {
         return Err(put_back(dir, report.moved_aside.as_deref(), e));
     }
@@ -111,7 +137,7 @@ async fn write_files(
     storage: &dyn Storage,
     manifest: &StreamManifest,
     dir: &Path,
-    downloads: usize,
+    options: &RedisRestoreOptions,
     report: &mut RedisRestoreReport,
 ) -> Result<(), RestoreError> {
     for file in &manifest.files {
@@ -125,9 +151,9 @@ async fn write_files(
         }
         let path = dir.join(&file.name);
         if let Some(parent) = path.parent().filter(|p| *p != dir) {
-            create_subdir(parent)?;
+            create_subdir(parent, options.owner)?;
         }
-        write_file(storage, &file.chunks, &path, downloads).await?;
+        write_file(storage, &file.chunks, &path, options).await?;
         report.bytes += file.size;
         report.files.push(path);
     }
@@ -135,18 +161,18 @@ async fn write_files(
     fsync_dir(dir)
 }
 
-/// Redis's `appendonlydir`: made if missing, refused if it is a link (a restore never writes
-/// through a link it did not make).
-fn create_subdir(dir: &Path) -> Result<(), RestoreError> {
+/// Redis's `appendonlydir`: made (and given to `owner`) if missing, refused if it is a link (a
+/// restore never writes through a link it did not make).
+fn create_subdir(dir: &Path, owner: Owner) -> Result<(), RestoreError> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => Err(RestoreError::Refused(format!(
             "{} is a link: a restore does not write through links; replace it with a directory",
             dir.display()
         ))),
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(dir).map_err(|e| RestoreError::io(dir, e))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir)
+            .and_then(|()| owner.apply_path(dir))
+            .map_err(|e| RestoreError::io(dir, e)),
         Err(e) => Err(RestoreError::io(dir, e)),
     }
 }
@@ -165,18 +191,19 @@ pub fn restore_redis_file(file: &Path, dir: &Path) -> Result<RedisRestoreReport,
             file.display()
         )));
     }
-    let moved_aside = prepare_dir(dir)?;
+    let moved_aside = prepare_dir(dir, Owner::KEEP)?;
     let path = dir.join("dump.rdb");
-    let copied = StagedFile::create(&path, redis_file_options()).and_then(|mut staged| {
-        staged.write_all(&magic)?;
-        let rest = std::io::copy(&mut source, &mut staged.as_file()).map_err(|e| {
-            storage::atomic::WriteError {
-                path: staged.temp_path().to_path_buf(),
-                source: e,
-            }
-        })?;
-        staged.commit().map(|()| rest + magic.len() as u64)
-    });
+    let copied =
+        StagedFile::create(&path, redis_file_options(Owner::KEEP)).and_then(|mut staged| {
+            staged.write_all(&magic)?;
+            let rest = std::io::copy(&mut source, &mut staged.as_file()).map_err(|e| {
+                storage::atomic::WriteError {
+                    path: staged.temp_path().to_path_buf(),
+                    source: e,
+                }
+            })?;
+            staged.commit().map(|()| rest + magic.len() as u64)
+        });
     let bytes = copied.map_err(|e| RestoreError::io(&path, e.source))?;
     fsync_dir(dir)?;
     Ok(RedisRestoreReport {
@@ -186,10 +213,11 @@ pub fn restore_redis_file(file: &Path, dir: &Path) -> Result<RedisRestoreReport,
     })
 }
 
-/// Create `dir`, refuse if a redis-server works there, and move what would shadow the
-/// restored files aside. Nothing changes when it refuses.
-fn prepare_dir(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| RestoreError::io(dir, e))?;
+/// Create `dir` (what of it was missing given to `owner`), refuse if a redis-server works
+/// there, and move what would shadow the restored files aside. Nothing changes when it
+/// refuses.
+fn prepare_dir(dir: &Path, owner: Owner) -> Result<Option<PathBuf>, RestoreError> {
+    create_dirs(dir, owner)?;
     if let Some(pid) = redis_running_in(dir) {
         return Err(RestoreError::Refused(format!(
             "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
@@ -197,10 +225,27 @@ fn prepare_dir(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
             dir.display()
         )));
     }
-    move_shadows_aside(dir)
+    move_shadows_aside(dir, owner)
 }
 
-fn move_shadows_aside(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
+/// `create_dir_all`, giving each directory it creates to `owner`.
+fn create_dirs(dir: &Path, owner: Owner) -> Result<(), RestoreError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| std::fs::symlink_metadata(p).is_err()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(|e| RestoreError::io(dir, e))?;
+    for path in missing.into_iter().rev() {
+        owner
+            .apply_path(path)
+            .map_err(|e| RestoreError::io(path, e))?;
+    }
+    Ok(())
+}
+
+fn move_shadows_aside(dir: &Path, owner: Owner) -> Result<Option<PathBuf>, RestoreError> {
     let present: Vec<&str> = SHADOWS
         .iter()
         .copied()
@@ -214,7 +259,7 @@ fn move_shadows_aside(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
             .strftime("lifeline-replaced-%Y%m%d_%H%M%S")
             .to_string(),
     );
-    std::fs::create_dir_all(&aside).map_err(|e| RestoreError::io(&aside, e))?;
+    create_dirs(&aside, owner)?;
     for name in present {
         std::fs::rename(dir.join(name), aside.join(name))
             .map_err(|e| RestoreError::io(dir.join(name), e))?;
@@ -223,22 +268,21 @@ fn move_shadows_aside(dir: &Path) -> Result<Option<PathBuf>, RestoreError> {
     Ok(Some(aside))
 }
 
-/// How a restored Redis file is written: private to the process's user (Redis's own), under a
-/// hidden temporary name created exclusively (a link there is never followed), durable when in
-/// place.
-fn redis_file_options() -> WriteOptions {
-    WriteOptions::private(Owner::KEEP)
+/// How a restored Redis file is written: private to `owner` (Redis's user), under a hidden
+/// temporary name created exclusively (a link there is never followed), durable when in place.
+fn redis_file_options(owner: Owner) -> WriteOptions {
+    WriteOptions::private(owner)
 }
 
 async fn write_file(
     storage: &dyn Storage,
     chunks: &[ChunkRef],
     path: &Path,
-    downloads: usize,
+    options: &RedisRestoreOptions,
 ) -> Result<(), RestoreError> {
-    let target = path.to_path_buf();
+    let (target, owner, downloads) = (path.to_path_buf(), options.owner, options.downloads);
     let mut staged =
-        tokio::task::spawn_blocking(move || StagedFile::create(&target, redis_file_options()))
+        tokio::task::spawn_blocking(move || StagedFile::create(&target, redis_file_options(owner)))
             .await
             .map_err(RestoreError::task("Redis file writer"))?
             .map_err(|e| RestoreError::io(e.path, e.source))?;
@@ -276,4 +320,69 @@ fn fsync_dir(dir: &Path) -> Result<(), RestoreError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| RestoreError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// Run as root for Redis (a failover), the restore gives Redis's user the files it writes
+    /// and the directories it creates.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_root_run_redis_restore_gives_what_it_creates_to_the_owner() {
+        if !storage::private::running_as_root() {
+            // Only root can give files away.
+            return;
+        }
+        let nobody = 65534;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).expect("mkdir");
+        std::os::unix::fs::chown(&home, Some(nobody), Some(nobody)).expect("chown");
+        let owner = Owner::of(&home);
+        assert_eq!(owner.uid(), Some(nobody));
+        let storage = testing::MemoryStorage::new();
+        let base = b"REDIS0011 base".to_vec();
+        let chunks = testing::store_pack(&storage, &[base.as_slice()]).await;
+        let json = serde_json::json!({
+            "format": 1, "backup_id": "r", "service": "redis", "kind": "aof",
+            "server_version": "7", "source": "x", "started_at": "2025-01-01T00:00:00Z",
+            "finished_at": "2025-01-01T00:00:00Z", "size_bytes": 0, "new_bytes": 0,
+            "files": [{
+                "name": "appendonlydir/appendonly.aof.1.base.rdb",
+                "size": base.len(),
+                "chunks": chunks,
+            }],
+        });
+        let manifest: StreamManifest = serde_json::from_value(json).expect("manifest");
+        let dir = home.join("new/redis");
+        let options = RedisRestoreOptions {
+            downloads: 2,
+            owner,
+        };
+        let report = restore_redis_with(&storage, &manifest, &dir, &options)
+            .await
+            .expect("restore");
+        let file = dir.join("appendonlydir/appendonly.aof.1.base.rdb");
+        assert_eq!(report.files, vec![file.clone()]);
+        assert_eq!(std::fs::read(&file).expect("restored"), base);
+        for path in [
+            home.join("new"),
+            dir.clone(),
+            dir.join("appendonlydir"),
+            file,
+        ] {
+            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (nobody, nobody),
+                "{} belongs to {}:{}",
+                path.display(),
+                meta.uid(),
+                meta.gid()
+            );
+        }
+    }
 }

@@ -29,16 +29,3 @@ pub(crate) fn complete_backup(
         restorability: storage::Restorability::Unverified,
     }
 }
-
-/// A base-backup manifest of nothing, for tests to fill in.
-pub(crate) fn empty_manifest() -> storage::manifest::BackupManifest {
-    let json = serde_json::json!({
-        "format": 1, "backup_id": "b", "service": "postgresql", "kind": "base",
-        "system_identifier": 1, "server_version": "15", "database": "postgres",
-        "timeline": 1, "start_lsn": "0/0", "stop_lsn": "0/0", "start_wal": "", "stop_wal": "",
-        "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": "2025-01-01T00:00:00Z", "block_size": 8192, "files": [], "bundle": [],
-        "backup_label": "", "row_counts": {}, "size_bytes": 0, "new_bytes": 0
-    });
-    serde_json::from_value(json).expect("the empty manifest parses")
-}

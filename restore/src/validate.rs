@@ -28,9 +28,9 @@ pub(crate) fn file_mode(mode: u32) -> u32 {
     (mode & 0o700) | 0o600
 }
 
-pub(crate) fn dir_mode(_mode: u32) -> u32 {
-    0o700
-}
+/// Every directory the restore creates is the owner's alone, whatever mode the manifest
+/// records (PostgreSQL refuses a data directory open to others).
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// Whether `path` is `pg_tblspc/<oid>`, and the oid.
 pub(crate) fn tablespace_link_oid(path: &str) -> Option<u32> {
@@ -354,7 +354,7 @@ mod tests {
     }
 
     fn manifest(files: Vec<FileEntry>) -> BackupManifest {
-        let mut m = crate::test_support::empty_manifest();
+        let mut m = testing::fixtures::base_manifest();
         m.files = files;
         m
     }
@@ -483,8 +483,7 @@ mod tests {
         assert_eq!(file_mode(0o104_755), 0o700);
         assert_eq!(file_mode(0o6666), 0o600);
         assert_eq!(file_mode(0o640), 0o600);
-        assert_eq!(dir_mode(0o1777), 0o700);
-        assert_eq!(dir_mode(0), 0o700);
+        assert_eq!(DIR_MODE, 0o700);
     }
 
     #[test]

@@ -2,31 +2,16 @@
 //! `Faulty` wrapper): whichever read fails, transiently or for good, the restore fails and
 //! leaves nothing in the target; a pack that reads short is reported as corrupt.
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 
-use restore::{ArchiveMode, RecoveryTarget, RestoreError, RestoreOptions, TablespaceMapping};
-use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
+use common::options;
+use restore::RestoreError;
+use storage::manifest::{BackupManifest, EntryKind};
 use storage::{StorageError, layout};
+use testing::fixtures::file_entry;
 use testing::{Fault, Faulty, MemoryStorage, Op};
-
-/// Puts `chunks` into one pack in `store` and returns their references.
-async fn pack(store: &MemoryStorage, chunks: &[Vec<u8>]) -> Vec<ChunkRef> {
-    testing::store_pack(store, chunks).await
-}
-
-fn entry(path: &str, kind: EntryKind, size: u64) -> FileEntry {
-    FileEntry {
-        path: path.into(),
-        kind,
-        mode: if kind == EntryKind::Dir { 0o700 } else { 0o600 },
-        size,
-        mtime: 0,
-        link_target: None,
-        blocks: Vec::new(),
-        bundle_offset: None,
-    }
-}
 
 fn relation(i: usize) -> Vec<u8> {
     (0..16384).map(|b| ((b * 7 + i * 13) % 251) as u8).collect()
@@ -39,7 +24,7 @@ async fn backup(store: &MemoryStorage) -> BackupManifest {
         .map(|i| format!("small file {i}\n").repeat(i % 5 + 1).into_bytes())
         .collect();
     let bundle_data = small.concat();
-    let bundle = pack(
+    let bundle = testing::store_pack(
         store,
         &bundle_data
             .chunks(1024)
@@ -47,62 +32,40 @@ async fn backup(store: &MemoryStorage) -> BackupManifest {
             .collect::<Vec<_>>(),
     )
     .await;
-    let control = pack(store, &[b"pg_control bytes".to_vec()]).await;
-    let relations = pack(store, &(0..4).map(relation).collect::<Vec<_>>()).await;
+    let control = testing::store_pack(store, &[b"pg_control bytes".to_vec()]).await;
+    let relations = testing::store_pack(store, &(0..4).map(relation).collect::<Vec<_>>()).await;
 
     let mut files = vec![
-        entry("base", EntryKind::Dir, 0),
-        entry("base/1", EntryKind::Dir, 0),
-        entry("global", EntryKind::Dir, 0),
-        entry("pg_wal", EntryKind::Dir, 0),
-        entry("small", EntryKind::Dir, 0),
+        file_entry("base", EntryKind::Dir, 0o700),
+        file_entry("base/1", EntryKind::Dir, 0o700),
+        file_entry("global", EntryKind::Dir, 0o700),
+        file_entry("pg_wal", EntryKind::Dir, 0o700),
+        file_entry("small", EntryKind::Dir, 0o700),
     ];
     let mut offset = 0;
     for (i, data) in small.iter().enumerate() {
-        let mut f = entry(&format!("small/{i:04}"), EntryKind::File, data.len() as u64);
+        let mut f = file_entry(&format!("small/{i:04}"), EntryKind::File, 0o600);
+        f.size = data.len() as u64;
         f.bundle_offset = Some(offset);
         offset += f.size;
         files.push(f);
     }
-    let mut pg_control = entry("global/pg_control", EntryKind::File, 16);
+    let mut pg_control = file_entry("global/pg_control", EntryKind::File, 0o600);
+    pg_control.size = 16;
     pg_control.blocks = control;
     files.push(pg_control);
     for (i, chunk) in relations.into_iter().enumerate() {
-        let mut f = entry(&format!("base/1/{}", 1000 + i), EntryKind::File, 16384);
+        let mut f = file_entry(&format!("base/1/{}", 1000 + i), EntryKind::File, 0o600);
+        f.size = 16384;
         f.blocks = vec![chunk];
         files.push(f);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let json = serde_json::json!({
-        "format": 1, "backup_id": "backup_20250101_000000", "service": "postgresql",
-        "kind": "base", "system_identifier": 1, "server_version": "15", "database": "postgres",
-        "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
-        "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",
-        "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": "2025-01-01T00:00:00Z", "block_size": 16384, "files": [], "bundle": [],
-        "backup_label": "START WAL LOCATION: 0/2000028\n", "row_counts": {}, "size_bytes": 0,
-        "new_bytes": 0
-    });
-    let mut manifest: BackupManifest = serde_json::from_value(json).expect("manifest");
+    let mut manifest = testing::fixtures::base_manifest();
+    manifest.block_size = 16384;
     manifest.files = files;
     manifest.bundle = bundle;
     manifest
-}
-
-fn options(data_dir: &Path) -> RestoreOptions {
-    RestoreOptions {
-        data_dir: data_dir.to_path_buf(),
-        parallelism: 2,
-        downloads: 2,
-        verify_first: false,
-        target: RecoveryTarget::Immediate,
-        restore_command: "lifeline wal fetch %f %p".into(),
-        tablespaces: TablespaceMapping::default(),
-        waldir: None,
-        archive_mode: ArchiveMode::Off,
-        timeline: restore::TargetTimeline::Latest,
-        interrupted: Arc::default(),
-    }
 }
 
 /// The reads a successful restore of `manifest` makes.

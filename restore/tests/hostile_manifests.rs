@@ -3,14 +3,18 @@
 //! review of issue 11). Each test is named for what it now guarantees; its comment tells the
 //! attack or mistake it answers.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use restore::{ArchiveMode, RecoveryTarget, RestoreOptions, TablespaceMapping, TargetTimeline};
+use common::options;
+
 use storage::LocalStorage;
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, Tablespace};
 use storage::{Durability, PutMode, Storage};
+use testing::fixtures::file_entry;
 
 /// One pack holding `chunks`, stored in a new local repository at `dir`.
 async fn repository(dir: &Path, chunks: &[&[u8]]) -> (Arc<LocalStorage>, Vec<ChunkRef>) {
@@ -21,45 +25,22 @@ async fn repository(dir: &Path, chunks: &[&[u8]]) -> (Arc<LocalStorage>, Vec<Chu
     (storage, refs)
 }
 
-fn entry(path: &str, kind: EntryKind, mode: u32) -> FileEntry {
-    FileEntry {
-        path: path.into(),
-        kind,
-        mode,
-        size: 0,
-        mtime: 0,
-        link_target: None,
-        blocks: Vec::new(),
-        bundle_offset: None,
-    }
-}
-
 fn file(path: &str, mode: u32, chunk: &ChunkRef) -> FileEntry {
     FileEntry {
         size: chunk.len,
         blocks: vec![chunk.clone()],
-        ..entry(path, EntryKind::File, mode)
+        ..file_entry(path, EntryKind::File, mode)
     }
 }
 
 /// A data directory with `global/pg_control`, a tablespace directory and `extra` entries.
 fn manifest(control: &ChunkRef, tablespace: Tablespace, extra: Vec<FileEntry>) -> BackupManifest {
-    let json = serde_json::json!({
-        "format": 1, "backup_id": "backup_20250101_000000", "service": "postgresql",
-        "kind": "base", "system_identifier": 1, "server_version": "15", "database": "postgres",
-        "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
-        "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",
-        "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": "2025-01-01T00:00:00Z", "block_size": 8192, "files": [], "bundle": [],
-        "backup_label": "START WAL LOCATION: 0/2000028\n", "row_counts": {}, "size_bytes": 0,
-        "new_bytes": 0
-    });
-    let mut m: BackupManifest = serde_json::from_value(json).expect("manifest");
+    let mut m = testing::fixtures::base_manifest();
     m.files = vec![
-        entry("global", EntryKind::Dir, 0o700),
+        file_entry("global", EntryKind::Dir, 0o700),
         file("global/pg_control", 0o600, control),
-        entry("pg_tblspc", EntryKind::Dir, 0o700),
-        entry(
+        file_entry("pg_tblspc", EntryKind::Dir, 0o700),
+        file_entry(
             &format!("pg_tblspc/{}", tablespace.oid),
             EntryKind::Dir,
             0o700,
@@ -68,22 +49,6 @@ fn manifest(control: &ChunkRef, tablespace: Tablespace, extra: Vec<FileEntry>) -
     m.files.extend(extra);
     m.tablespaces = vec![tablespace];
     m
-}
-
-fn options(data_dir: &Path) -> RestoreOptions {
-    RestoreOptions {
-        data_dir: data_dir.to_path_buf(),
-        parallelism: 2,
-        downloads: 2,
-        verify_first: false,
-        target: RecoveryTarget::Immediate,
-        restore_command: "lifeline wal fetch %f %p".into(),
-        tablespaces: TablespaceMapping::default(),
-        waldir: None,
-        archive_mode: ArchiveMode::Off,
-        timeline: TargetTimeline::Latest,
-        interrupted: Default::default(),
-    }
 }
 
 fn mode(path: &Path) -> u32 {
@@ -146,7 +111,7 @@ async fn tablespace_places_and_files_stay_private_whatever_the_modes() {
             location: "/nonexistent/original".into(),
         },
         vec![
-            entry("pg_tblspc/16385/PG_15_202209061", EntryKind::Dir, 0o777),
+            file_entry("pg_tblspc/16385/PG_15_202209061", EntryKind::Dir, 0o777),
             file("pg_tblspc/16385/PG_15_202209061/1259", 0o666, &chunks[1]),
         ],
     );
@@ -184,7 +149,7 @@ async fn a_dotdot_in_a_tablespace_map_dir_is_caught_by_the_overlap_check() {
             name: "t".into(),
             location: "/nonexistent/original".into(),
         },
-        vec![entry(
+        vec![file_entry(
             "pg_tblspc/16385/PG_15_202209061",
             EntryKind::Dir,
             0o700,
@@ -219,7 +184,7 @@ async fn a_tablespace_named_with_a_slash_restores_when_mapped_by_oid() {
             name: "fast/ssd".into(),
             location: "/mnt/fast".into(),
         },
-        vec![entry(
+        vec![file_entry(
             "pg_tblspc/16385/PG_15_202209061",
             EntryKind::Dir,
             0o700,
@@ -236,9 +201,10 @@ async fn a_tablespace_named_with_a_slash_restores_when_mapped_by_oid() {
     );
 }
 
-/// Small files whose bundle ranges overlap (only a forged manifest has them) pass validation,
-/// and the bundle cutter then skips the rest of the longer file: the restore succeeds with
-/// zeros where the data should be.
+/// Small files whose bundle ranges overlap (only a forged manifest has them) once passed
+/// validation, and the bundle cutter then skipped the rest of the longer file: the restore
+/// succeeded with zeros where the data should be. Now the manifest is refused before anything
+/// is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_bundle_ranges_never_restore_zeros_with_success() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -254,36 +220,42 @@ async fn overlapping_bundle_ranges_never_restore_zeros_with_success() {
             name: "t".into(),
             location: "/nonexistent/original".into(),
         },
-        vec![entry("small", EntryKind::Dir, 0o700)],
+        vec![file_entry("small", EntryKind::Dir, 0o700)],
     );
     m.bundle = vec![chunks[1].clone(), chunks[2].clone()];
     // "a" is the whole 16-byte bundle; "b" is bytes 2..4 of it.
     m.files.push(FileEntry {
         size: 16,
         bundle_offset: Some(0),
-        ..entry("small/a", EntryKind::File, 0o600)
+        ..file_entry("small/a", EntryKind::File, 0o600)
     });
     m.files.push(FileEntry {
         size: 2,
         bundle_offset: Some(2),
-        ..entry("small/b", EntryKind::File, 0o600)
+        ..file_entry("small/b", EntryKind::File, 0o600)
     });
     let data = tmp.path().join("data");
     let mut opts = options(&data);
     opts.tablespaces.each = vec![("t".into(), tmp.path().join("ts"))];
     let storage: Arc<dyn Storage> = storage;
-    let result = restore::restore_base(storage, &m, &opts).await;
-    if result.is_ok() {
-        assert_eq!(
-            std::fs::read(data.join("small/a")).expect("a"),
-            b"AAAAAAAABBBBBBBB",
-            "the restore succeeded but small/a is incomplete"
-        );
-    }
+    let refused = restore::restore_base(storage, &m, &opts)
+        .await
+        .expect_err("overlapping bundle ranges are refused")
+        .to_string();
+    assert!(
+        refused
+            .contains("\"small/a\" and \"small/b\" claim the same bytes of the small-file bundle"),
+        "{refused}"
+    );
+    assert!(
+        !data.exists(),
+        "the refused restore wrote {}",
+        data.display()
+    );
 }
 
 /// A failed restore into a data directory whose parents did not exist removes the data
-/// directory but leaves the parents it created.
+/// directory and the parents it created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restore_removes_the_parent_directories_it_created() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -3,14 +3,17 @@
 //! pack, a chunk whose content is wrong, a size the data cannot have) stops every worker and
 //! leaves nothing behind; tablespaces and `--waldir` go exactly where they were mapped.
 
-use std::os::unix::fs::PermissionsExt;
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use restore::{ArchiveMode, RecoveryTarget, RestoreOptions, TablespaceMapping, TargetTimeline};
+use restore::RestoreOptions;
 use storage::LocalStorage;
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, Tablespace};
 use storage::{PutMode, Storage, layout};
+use testing::fixtures::file_entry;
 
 /// Builds a repository of packs, one pack per `seal`.
 struct Repo {
@@ -44,19 +47,6 @@ impl Repo {
     }
 }
 
-fn entry(path: &str, kind: EntryKind, mode: u32) -> FileEntry {
-    FileEntry {
-        path: path.into(),
-        kind,
-        mode,
-        size: 0,
-        mtime: 0,
-        link_target: None,
-        blocks: Vec::new(),
-        bundle_offset: None,
-    }
-}
-
 /// Contents of the files of the test backup.
 fn relation(i: usize) -> Vec<u8> {
     (0..16384).map(|b| ((b * 7 + i * 13) % 251) as u8).collect()
@@ -83,25 +73,25 @@ async fn backup(repo: &mut Repo) -> BackupManifest {
     repo.seal().await;
 
     let mut files = vec![
-        entry("base", EntryKind::Dir, 0o700),
-        entry("base/1", EntryKind::Dir, 0o700),
-        entry("global", EntryKind::Dir, 0o700),
-        entry("pg_tblspc", EntryKind::Dir, 0o700),
-        entry("pg_tblspc/16385", EntryKind::Dir, 0o700),
-        entry("pg_tblspc/16385/PG_15_202209061", EntryKind::Dir, 0o700),
-        entry("pg_tblspc/16385/PG_15_202209061/5", EntryKind::Dir, 0o700),
-        entry("pg_wal", EntryKind::Dir, 0o700),
-        entry("small", EntryKind::Dir, 0o700),
+        file_entry("base", EntryKind::Dir, 0o700),
+        file_entry("base/1", EntryKind::Dir, 0o700),
+        file_entry("global", EntryKind::Dir, 0o700),
+        file_entry("pg_tblspc", EntryKind::Dir, 0o700),
+        file_entry("pg_tblspc/16385", EntryKind::Dir, 0o700),
+        file_entry("pg_tblspc/16385/PG_15_202209061", EntryKind::Dir, 0o700),
+        file_entry("pg_tblspc/16385/PG_15_202209061/5", EntryKind::Dir, 0o700),
+        file_entry("pg_wal", EntryKind::Dir, 0o700),
+        file_entry("small", EntryKind::Dir, 0o700),
     ];
     let mut offset = 0u64;
     for (i, data) in small.iter().enumerate() {
-        let mut f = entry(&format!("small/{i:04}"), EntryKind::File, 0o600);
+        let mut f = file_entry(&format!("small/{i:04}"), EntryKind::File, 0o600);
         f.size = data.len() as u64;
         f.bundle_offset = Some(offset);
         offset += f.size;
         files.push(f);
     }
-    let mut pg_control = entry("global/pg_control", EntryKind::File, 0o600);
+    let mut pg_control = file_entry("global/pg_control", EntryKind::File, 0o600);
     pg_control.size = 16;
     pg_control.blocks = vec![repo.chunks[control].clone()];
     files.push(pg_control);
@@ -112,23 +102,14 @@ async fn backup(repo: &mut Repo) -> BackupManifest {
             "pg_tblspc/16385/PG_15_202209061/5"
         };
         // setuid on a relation: a forged mode that must never reach the disk.
-        let mut f = entry(&format!("{dir}/{}", 1000 + i), EntryKind::File, 0o4755);
+        let mut f = file_entry(&format!("{dir}/{}", 1000 + i), EntryKind::File, 0o4755);
         f.size = 16384;
         f.blocks = vec![repo.chunks[*chunk].clone()];
         files.push(f);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let json = serde_json::json!({
-        "format": 1, "backup_id": "backup_20250101_000000", "service": "postgresql",
-        "kind": "base", "system_identifier": 1, "server_version": "15", "database": "postgres",
-        "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
-        "start_wal": "000000010000000000000002", "stop_wal": "000000010000000000000002",
-        "segment_size": 16777216, "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": "2025-01-01T00:00:00Z", "block_size": 16384, "files": [], "bundle": [],
-        "backup_label": "START WAL LOCATION: 0/2000028\n", "row_counts": {}, "size_bytes": 0,
-        "new_bytes": 0
-    });
-    let mut manifest: BackupManifest = serde_json::from_value(json).expect("manifest");
+    let mut manifest = testing::fixtures::base_manifest();
+    manifest.block_size = 16384;
     manifest.files = files;
     manifest.bundle = bundle_chunks
         .iter()
@@ -142,19 +123,11 @@ async fn backup(repo: &mut Repo) -> BackupManifest {
     manifest
 }
 
+/// The shared options, with four downloads.
 fn options(data_dir: &Path) -> RestoreOptions {
     RestoreOptions {
-        data_dir: data_dir.to_path_buf(),
-        parallelism: 2,
         downloads: 4,
-        verify_first: false,
-        target: RecoveryTarget::Immediate,
-        restore_command: "lifeline wal fetch %f %p".into(),
-        tablespaces: TablespaceMapping::default(),
-        waldir: None,
-        archive_mode: ArchiveMode::Off,
-        timeline: TargetTimeline::Latest,
-        interrupted: Default::default(),
+        ..common::options(data_dir)
     }
 }
 
@@ -259,6 +232,63 @@ async fn a_restore_puts_every_byte_where_it_was_mapped() {
     }
 }
 
+/// Run as root for PostgreSQL (a failover), the restore gives everything it creates to the
+/// server's user: a root-owned file in the data directory stops the server from starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_run_restore_gives_everything_it_creates_to_the_owner() {
+    if !storage::private::running_as_root() {
+        // Only root can give files away; Owner::of is KEEP for anyone else.
+        return;
+    }
+    let nobody = 65534;
+    let s = setup().await;
+    // Directories the restore creates, with their new parents, under one the owner has.
+    let home = s.root.join("home");
+    std::fs::create_dir(&home).expect("mkdir");
+    std::os::unix::fs::chown(&home, Some(nobody), Some(nobody)).expect("chown");
+    let owner = storage::private::Owner::of(&home);
+    assert_eq!(owner.uid(), Some(nobody));
+    let data = home.join("new/data");
+    let ts = home.join("new/ts");
+    let wal = home.join("wal");
+    let mut opts = options(&data);
+    opts.owner = owner;
+    mapped(&mut opts, &ts);
+    opts.waldir = Some(wal.clone());
+    let storage: Arc<dyn Storage> = s.repo.storage.clone();
+    restore::restore_base(storage, &s.manifest, &opts)
+        .await
+        .expect("restore");
+    let mut paths: Vec<PathBuf> = [&data, &ts, &wal]
+        .iter()
+        .flat_map(|dir| listing(dir).into_iter().map(|(path, _, _)| path))
+        .collect();
+    paths.extend([home.join("new"), data.clone(), ts.clone(), wal.clone()]);
+    for name in [
+        "global/pg_control",
+        "backup_label",
+        "tablespace_map",
+        "recovery.signal",
+        "postgresql.auto.conf",
+        "pg_tblspc/16385",
+        "pg_wal",
+    ] {
+        assert!(paths.contains(&data.join(name)), "{name} not restored");
+    }
+    assert!(paths.contains(&wal.join("archive_status")));
+    for path in &paths {
+        let meta = std::fs::symlink_metadata(path).expect("meta");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (nobody, nobody),
+            "{} belongs to {}:{}",
+            path.display(),
+            meta.uid(),
+            meta.gid()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tablespace_in_use_or_a_busy_waldir_is_refused_before_any_write() {
     let s = setup().await;
@@ -327,7 +357,7 @@ async fn forged_manifests_are_refused_and_change_nothing_outside_the_target() {
         f.path = path.into();
         f
     };
-    let mut link = entry("base/evil", EntryKind::Symlink, 0o777);
+    let mut link = file_entry("base/evil", EntryKind::Symlink, 0o777);
     link.link_target = Some(outside.display().to_string());
     let tricks: Vec<(&str, Vec<FileEntry>)> = vec![
         (
@@ -336,7 +366,10 @@ async fn forged_manifests_are_refused_and_change_nothing_outside_the_target() {
         ),
         (
             "a link, then a directory beneath it",
-            vec![link.clone(), entry("base/evil/sub", EntryKind::Dir, 0o777)],
+            vec![
+                link.clone(),
+                file_entry("base/evil/sub", EntryKind::Dir, 0o777),
+            ],
         ),
         (
             "a path climbing out",
@@ -347,7 +380,7 @@ async fn forged_manifests_are_refused_and_change_nothing_outside_the_target() {
         (
             "a link to the live tablespace",
             vec![{
-                let mut l = entry("pg_tblspc/16999", EntryKind::Symlink, 0o777);
+                let mut l = file_entry("pg_tblspc/16999", EntryKind::Symlink, 0o777);
                 l.link_target = Some(outside.display().to_string());
                 l
             }],

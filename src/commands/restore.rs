@@ -170,6 +170,7 @@ pub fn postgres_options(
         downloads: settings.download_transfers(),
         verify_first,
         choices,
+        owner: storage::private::Owner::KEEP,
     })
 }
 
@@ -187,14 +188,17 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
             let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
             let storage = settings.repository().await?;
             let catalog = settings.open_catalog()?;
-            let downloads = settings.download_transfers();
+            let options = restore::RedisRestoreOptions {
+                downloads: settings.download_transfers(),
+                owner: storage::private::Owner::KEEP,
+            };
             restore::restore_redis_backup(
                 &*storage,
                 &catalog,
                 &selector,
                 args.kind(),
                 &args.data_dir,
-                downloads,
+                options,
             )
             .await?
         }

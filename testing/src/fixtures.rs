@@ -1,6 +1,6 @@
 //! Repository contents built by hand, for tests that need a backup without taking one.
 
-use storage::manifest::ChunkRef;
+use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
 use storage::pack::PackBuilder;
 use storage::{Compression, Durability, PutMode, Storage, layout, object};
 
@@ -36,4 +36,53 @@ pub async fn store_pack<C: AsRef<[u8]>>(storage: &dyn Storage, chunks: &[C]) -> 
             stored,
         })
         .collect()
+}
+
+/// A base-backup manifest of cluster 1 with no files: `backup_20250101_000000`, PostgreSQL 15,
+/// timeline 1, WAL from 0/2000028 to 0/2000100 (segment 000000010000000000000002), 8 KiB
+/// blocks, a `backup_label` naming its start. Tests fill in the files, the bundle and the
+/// tablespaces.
+pub fn base_manifest() -> BackupManifest {
+    let at = "2025-01-01T00:00:00Z".parse().expect("a timestamp");
+    BackupManifest {
+        format: 1,
+        backup_id: "backup_20250101_000000".into(),
+        service: storage::Service::Postgresql,
+        kind: storage::BackupKind::Base,
+        system_identifier: 1,
+        server_version: "15".into(),
+        database: "postgres".into(),
+        timeline: storage::wal::TimelineId(1),
+        start_lsn: "0/2000028".parse().expect("an LSN"),
+        stop_lsn: "0/2000100".parse().expect("an LSN"),
+        start_wal: "000000010000000000000002".into(),
+        stop_wal: "000000010000000000000002".into(),
+        segment_size: 16 << 20,
+        started_at: at,
+        finished_at: at,
+        block_size: 8192,
+        files: Vec::new(),
+        bundle: Vec::new(),
+        backup_label: "START WAL LOCATION: 0/2000028\n".into(),
+        tablespace_map: None,
+        tablespaces: Vec::new(),
+        row_counts: Default::default(),
+        row_estimates: Default::default(),
+        size_bytes: 0,
+        new_bytes: 0,
+    }
+}
+
+/// An entry of a base-backup manifest, empty: no size, no data, no link target.
+pub fn file_entry(path: &str, kind: EntryKind, mode: u32) -> FileEntry {
+    FileEntry {
+        path: path.into(),
+        kind,
+        mode,
+        size: 0,
+        mtime: 0,
+        link_target: None,
+        blocks: Vec::new(),
+        bundle_offset: None,
+    }
 }

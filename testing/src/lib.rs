@@ -7,12 +7,13 @@
 //! - [`Faulty`]: a wrapper around any backend that fails, truncates, delays or throttles
 //!   chosen calls, so that tests can show what the archiver and restore do when the repository
 //!   misbehaves, without a production type knowing about tests.
-//! - [`store_pack`]: chunks stored as one pack, for backups built by hand.
+//! - [`store_pack`]: chunks stored as one pack, for backups built by hand;
+//!   [`fixtures::base_manifest`] and [`fixtures::file_entry`], the manifest that names them.
 //! - [`SlowDownProxy`]: a TCP proxy that answers the first requests with S3's `503 SlowDown`
 //!   and passes the rest to a real server, for tests of the S3 backend's retry layer.
 
 mod faulty;
-mod fixtures;
+pub mod fixtures;
 mod memory;
 mod slowdown;
 
