@@ -735,6 +735,57 @@ impl Drop for RedisDaemon {
 }
 
 #[test]
+fn a_failover_run_as_root_gives_the_restored_data_directory_to_postgres() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Scratch::new();
+    let primary = Pg::running(&scratch, "primary");
+    seed(&primary);
+    backup(&scratch, &primary);
+    primary.psql("INSERT INTO orders (account, amount) VALUES (7, -7)");
+    primary.switch_and_archive();
+    let before = primary.snapshot();
+    primary.crash();
+    std::fs::rename(&primary.data, scratch.path("primary.lost")).expect("move aside");
+    // Run by root (as on-call engineers do), it must start PostgreSQL as postgres.
+    let config = scratch.path("lifeline.toml");
+    write_owned(
+        &config,
+        &format!(
+            "pgdata = \"{data}\"\n[failover]\npostgres-start-command = \"runuser -u postgres -- \
+             {PG_BIN}/pg_ctl -D {data} -l {data}.log -o '-p {port}' -W start\"\n",
+            data = primary.data.display(),
+            port = primary.port
+        ),
+    );
+    let mut command = std::process::Command::new(&scratch.bin);
+    command
+        .args(["failover", "--incident", "database_failure"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TZ", "UTC")
+        .env("BACKUP_DIR", &scratch.repo)
+        .env("LIFELINE_CONFIG", &config);
+    for (key, value) in primary.db_env() {
+        command.env(key, value);
+    }
+    let out = command.output().expect("run lifeline as root");
+    succeeded(&out, "failover as root without a replica");
+    let postgres = std::fs::metadata(scratch.dir.path())
+        .expect("scratch")
+        .uid();
+    for path in walk(&primary.data) {
+        let meta = std::fs::symlink_metadata(&path).expect("restored path");
+        assert_eq!(meta.uid(), postgres, "{} is not postgres's", path.display());
+    }
+    let restored = Pg {
+        data: primary.data.clone(),
+        port: primary.port,
+        socket_dir: scratch.dir.path().to_path_buf(),
+    };
+    assert_eq!(restored.snapshot(), before, "the restored primary differs");
+}
+
+#[test]
 fn redis_that_comes_back_empty_is_restored_from_its_last_backup() {
     let scratch = Scratch::new();
     let data = scratch.path("redis");

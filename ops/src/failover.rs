@@ -438,7 +438,11 @@ async fn restore_from_repository(
             archive_mode: restore::ArchiveMode::Preserve,
             ..Default::default()
         };
-        let options = (opts.restore_options)(backup, choices).map_err(OpsError::RestoreCommand)?;
+        let mut options =
+            (opts.restore_options)(backup, choices).map_err(OpsError::RestoreCommand)?;
+        // Failover runs as root: the data directory goes to PostgreSQL's user, the owner of
+        // PGDATA (or of the directory it is made in), or PostgreSQL refuses to start on it.
+        options.owner = storage::private::Owner::of(&data_dir);
         let restored = restore::restore_backup(
             storage,
             backup,
@@ -593,7 +597,12 @@ async fn redis_failure(
         let loaded =
             storage::manifest::StreamManifest::load(storage.as_ref(), &backup.backup_id).await?;
         storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
-        restore::restore_redis(storage.as_ref(), &loaded, &data_dir, opts.downloads).await?;
+        // Failover runs as root: Redis's files go to the user of its data directory.
+        let options = restore::RedisRestoreOptions {
+            downloads: opts.downloads,
+            owner: storage::private::Owner::of(&data_dir),
+        };
+        restore::restore_redis(storage.as_ref(), &loaded, &data_dir, &options).await?;
         steps.done(format!(
             "{} files in place",
             backup.kind.as_str().to_uppercase()

@@ -53,7 +53,6 @@ pub use restore_dump::{
 };
 pub use restore_redis::{
     RedisRestoreOptions, RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file,
-    restore_redis_with,
 };
 pub use select::{BackupSelector, select_backup};
 pub use validate::{validate_base, validate_stream};

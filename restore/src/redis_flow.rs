@@ -175,7 +175,7 @@ pub fn restore_redis_backup<'a>(
                 source: Box::new(source.into()),
             })?;
         storage::lease::take_here(storage, &backup.backup_id).await;
-        let report = crate::restore_redis_with(storage, &manifest, data_dir, &options)
+        let report = crate::restore_redis(storage, &manifest, data_dir, &options)
             .await
             .map_err(|source| RestoreError::RestoreInto {
                 what: backup.backup_id.clone(),

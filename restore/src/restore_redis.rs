@@ -57,23 +57,8 @@ pub struct RedisRestoreOptions {
     pub owner: Owner,
 }
 
-/// Restore the files of `manifest` into `dir` (created if missing), owned by the process's
-/// user: [`restore_redis_with`] with [`Owner::KEEP`].
-pub async fn restore_redis(
-    storage: &dyn Storage,
-    manifest: &StreamManifest,
-    dir: &Path,
-    downloads: usize,
-) -> Result<RedisRestoreReport, RestoreError> {
-    let options = RedisRestoreOptions {
-        downloads,
-        owner: Owner::KEEP,
-    };
-    restore_redis_with(storage, manifest, dir, &options).await
-}
-
 /// Restore the files of `manifest` into `dir` (created if missing) as `options` say.
-pub async fn restore_redis_with(
+pub async fn restore_redis(
     storage: &dyn Storage,
     manifest: &StreamManifest,
     dir: &Path,
@@ -362,7 +347,7 @@ mod tests {
             downloads: 2,
             owner,
         };
-        let report = restore_redis_with(&storage, &manifest, &dir, &options)
+        let report = restore_redis(&storage, &manifest, &dir, &options)
             .await
             .expect("restore");
         let file = dir.join("appendonlydir/appendonly.aof.1.base.rdb");

@@ -409,9 +409,17 @@ async fn a_failed_redis_restore_leaves_the_existing_dump_where_redis_looks() {
     let dir = tmp.path().join("redis");
     std::fs::create_dir(&dir).expect("mkdir");
     std::fs::write(dir.join("dump.rdb"), "REDIS0011 live").expect("write");
-    let err = restore::restore_redis(storage.as_ref(), &manifest, &dir, 2)
-        .await
-        .expect_err("the pack is missing");
+    let err = restore::restore_redis(
+        storage.as_ref(),
+        &manifest,
+        &dir,
+        &restore::RedisRestoreOptions {
+            downloads: 2,
+            owner: storage::private::Owner::KEEP,
+        },
+    )
+    .await
+    .expect_err("the pack is missing");
     assert!(
         std::fs::read(dir.join("dump.rdb")).is_ok_and(|d| d == b"REDIS0011 live")
             || err.to_string().contains("lifeline-replaced"),
