@@ -43,6 +43,7 @@ pub use redis_flow::{
     KeyCounter, KeyCounts, LoadCheck, RedisRestored, counts_line, refuse_if_redis_serves,
     restore_redis_backup, restore_redis_from_file,
 };
+pub use restore_base::quote as quote_setting;
 pub use restore_base::{
     ArchiveMode, RecoveryTarget, RestoreOptions, RestoreReport, TablespaceMapping, read_manifest,
     restore_base,

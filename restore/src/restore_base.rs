@@ -760,9 +760,10 @@ fn write_locked(
     Ok(())
 }
 
-/// A string value for PostgreSQL's configuration files: inside single quotes, `'` doubled and
+/// A string value for PostgreSQL's configuration files (recovery settings, a drill's
+/// settings): inside single quotes, `'` doubled and
 /// `\` escaped (the parser reads backslash escapes in quoted values).
-pub(crate) fn quote(value: &str) -> String {
+pub fn quote(value: &str) -> String {
     let mut quoted = String::from("'");
     for c in value.chars() {
         match c {

@@ -18,23 +18,7 @@ pub(super) enum Phase {
 /// of the file (after the restore's own block). Later lines win in PostgreSQL's configuration.
 const DRILL_MARK: &str = "# Added by lifeline drill";
 
-/// A value in PostgreSQL's configuration syntax: quoted, `'` doubled, `\` doubled, line
-/// breaks escaped (a raw one would end the setting).
-// The same quoting as restore's restore_base::quote: to be one function once restore exports it.
-fn conf_quote(value: &str) -> String {
-    let mut quoted = String::from("'");
-    for c in value.chars() {
-        match c {
-            '\\' => quoted.push_str("\\\\"),
-            '\'' => quoted.push_str("''"),
-            '\n' => quoted.push_str("\\n"),
-            '\r' => quoted.push_str("\\r"),
-            c => quoted.push(c),
-        }
-    }
-    quoted.push('\'');
-    quoted
-}
+use restore::quote_setting;
 
 fn utf8(path: &Path) -> Result<&str, DrillError> {
     path.to_str()
@@ -148,31 +132,31 @@ pub(super) fn write_drill_settings(
 ) -> Result<(), DrillError> {
     let mut settings: Vec<(&str, String)> = vec![
         ("port", port.to_string()),
-        ("listen_addresses", conf_quote("")),
+        ("listen_addresses", quote_setting("")),
         (
             "unix_socket_directories",
-            conf_quote(utf8(&access.socket_dir)?),
+            quote_setting(utf8(&access.socket_dir)?),
         ),
         ("unix_socket_permissions", "0700".into()),
-        ("unix_socket_group", conf_quote("")),
-        ("hba_file", conf_quote(utf8(&access.hba_file)?)),
-        ("ident_file", conf_quote(utf8(&access.ident_file)?)),
+        ("unix_socket_group", quote_setting("")),
+        ("hba_file", quote_setting(utf8(&access.hba_file)?)),
+        ("ident_file", quote_setting(utf8(&access.ident_file)?)),
         ("ssl", "off".into()),
-        ("external_pid_file", conf_quote("")),
-        ("archive_mode", conf_quote("off")),
-        ("primary_conninfo", conf_quote("")),
-        ("primary_slot_name", conf_quote("")),
-        ("synchronous_standby_names", conf_quote("")),
-        ("shared_buffers", conf_quote("128MB")),
+        ("external_pid_file", quote_setting("")),
+        ("archive_mode", quote_setting("off")),
+        ("primary_conninfo", quote_setting("")),
+        ("primary_slot_name", quote_setting("")),
+        ("synchronous_standby_names", quote_setting("")),
+        ("shared_buffers", quote_setting("128MB")),
         ("logging_collector", "off".into()),
-        ("log_destination", conf_quote("stderr")),
+        ("log_destination", quote_setting("stderr")),
         ("hot_standby", "on".into()),
     ];
     // Before 15 the statistics collector writes to stats_temp_directory, which production's
     // postgresql.conf may set to an absolute path (a tmpfs it shares): the scratch server's
     // own, inside its data directory. 15 and later reject the setting.
     if server_major(data_dir)?.is_some_and(|major| major < 15) {
-        settings.push(("stats_temp_directory", conf_quote("pg_stat_tmp")));
+        settings.push(("stats_temp_directory", quote_setting("pg_stat_tmp")));
     }
     settings.extend(
         limits
@@ -182,16 +166,16 @@ pub(super) fn write_drill_settings(
     match phase {
         Phase::ConsistentPoint => {
             // The restore wrote recovery_target = 'immediate' for RecoveryTarget::Immediate.
-            settings.push(("recovery_target_action", conf_quote("pause")));
+            settings.push(("recovery_target_action", quote_setting("pause")));
         }
         Phase::EndOfArchive(timeline) => {
-            settings.push(("recovery_target", conf_quote("")));
-            settings.push(("recovery_target_action", conf_quote("promote")));
+            settings.push(("recovery_target", quote_setting("")));
+            settings.push(("recovery_target_action", quote_setting("promote")));
             // The timeline the plan checked, not PostgreSQL's 'latest', which could take one
             // that branched off before the backup.
             settings.push((
                 "recovery_target_timeline",
-                conf_quote(&timeline.to_string()),
+                quote_setting(&timeline.to_string()),
             ));
         }
     }
@@ -220,11 +204,11 @@ mod tests {
 
     #[test]
     fn values_are_quoted_for_postgresql() {
-        assert_eq!(conf_quote("/tmp/a b"), "'/tmp/a b'");
-        assert_eq!(conf_quote("it's"), "'it''s'");
-        assert_eq!(conf_quote(r"C:\x"), r"'C:\\x'");
-        assert_eq!(conf_quote(""), "''");
-        assert_eq!(conf_quote("/tmp/a\nb\r"), r"'/tmp/a\nb\r'");
+        assert_eq!(quote_setting("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(quote_setting("it's"), "'it''s'");
+        assert_eq!(quote_setting(r"C:\x"), r"'C:\\x'");
+        assert_eq!(quote_setting(""), "''");
+        assert_eq!(quote_setting("/tmp/a\nb\r"), r"'/tmp/a\nb\r'");
     }
 
     #[test]
