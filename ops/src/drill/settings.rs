@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use restore::quote_setting;
+
 use super::access::{ScratchAccess, write_private};
 use crate::DrillError;
 
@@ -17,8 +19,6 @@ pub(super) enum Phase {
 /// Marks the settings the drill owns in postgresql.auto.conf: everything from it to the end
 /// of the file (after the restore's own block). Later lines win in PostgreSQL's configuration.
 const DRILL_MARK: &str = "# Added by lifeline drill";
-
-use restore::quote_setting;
 
 fn utf8(path: &Path) -> Result<&str, DrillError> {
     path.to_str()
