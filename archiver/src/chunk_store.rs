@@ -37,13 +37,12 @@ impl Lineage {
     }
 
     fn matches(self, b: &catalog::BackupRecord) -> bool {
-        b.state == catalog::BackupState::Complete
-            && match self {
-                Lineage::Base { system_identifier } => {
-                    b.kind == BackupKind::Base && b.system_identifier == system_identifier
-                }
-                Lineage::Stream { kind } => b.kind == kind,
+        match self {
+            Lineage::Base { system_identifier } => {
+                b.kind == BackupKind::Base && b.system_identifier == system_identifier
             }
+            Lineage::Stream { kind } => b.kind == kind,
+        }
     }
 }
 

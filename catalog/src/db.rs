@@ -61,35 +61,8 @@ pub struct WalRecord {
     pub archived_at_us: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackupState {
-    Running,
-    Complete,
-    Failed,
-}
-
-impl BackupState {
-    fn as_str(self) -> &'static str {
-        match self {
-            BackupState::Running => "running",
-            BackupState::Complete => "complete",
-            BackupState::Failed => "failed",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, CatalogError> {
-        match s {
-            "running" => Ok(BackupState::Running),
-            "complete" => Ok(BackupState::Complete),
-            "failed" => Ok(BackupState::Failed),
-            other => Err(CatalogError::Invalid {
-                what: "backups.state",
-                value: other.into(),
-            }),
-        }
-    }
-}
-
+/// A backup the catalog lists: only complete ones are ever recorded (a backup exists once
+/// its manifest does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupRecord {
     pub backup_id: String,
@@ -106,7 +79,6 @@ pub struct BackupRecord {
     pub size_bytes: u64,
     pub new_bytes: u64,
     pub file_count: u64,
-    pub state: BackupState,
     pub retention: String,
     pub restorability: Restorability,
 }
@@ -262,22 +234,15 @@ impl Catalog {
             .prepare(
                 "SELECT backup_id, service, kind, system_identifier, timeline, start_lsn, stop_lsn,
                         start_wal, stop_wal, started_at_us, finished_at_us, size_bytes, new_bytes,
-                        file_count, state, retention, restorability
-                 FROM backups WHERE (?1 IS NULL OR service = ?1)
+                        file_count, retention, restorability
+                 FROM backups WHERE (?1 IS NULL OR service = ?1) AND state = 'complete'
                  ORDER BY finished_at_us, stop_lsn, backup_id",
             )
             .doing("listing backups")?;
         let rows = stmt
             .query_map(params![service], backup_from_row)
             .doing("listing backups")?;
-        let raw: Vec<(BackupRecord, String)> =
-            rows.collect::<Result<_, _>>().doing("listing backups")?;
-        raw.into_iter()
-            .map(|(mut b, state)| {
-                b.state = BackupState::parse(&state)?;
-                Ok(b)
-            })
-            .collect()
+        rows.collect::<Result<_, _>>().doing("listing backups")
     }
 
     pub fn backup(&self, backup_id: &str) -> Result<Option<BackupRecord>, CatalogError> {
@@ -456,7 +421,7 @@ fn insert_backup(conn: &Connection, b: &BackupRecord) -> Result<(), CatalogError
             to_i64(b.size_bytes),
             to_i64(b.new_bytes),
             to_i64(b.file_count),
-            b.state.as_str(),
+            "complete",
             b.retention,
             b.restorability.as_str()
         ],
@@ -490,29 +455,25 @@ fn parse_column<T: std::str::FromStr<Err = String>>(
     })
 }
 
-fn backup_from_row(r: &rusqlite::Row<'_>) -> Result<(BackupRecord, String), rusqlite::Error> {
-    Ok((
-        BackupRecord {
-            backup_id: r.get(0)?,
-            service: parse_column(r, 1)?,
-            kind: parse_column(r, 2)?,
-            system_identifier: parse_sysid(r.get(3)?)?,
-            timeline: r.get(4)?,
-            start_lsn: to_u64(r.get(5)?),
-            stop_lsn: to_u64(r.get(6)?),
-            start_wal: r.get(7)?,
-            stop_wal: r.get(8)?,
-            started_at_us: r.get(9)?,
-            finished_at_us: r.get(10)?,
-            size_bytes: to_u64(r.get(11)?),
-            new_bytes: to_u64(r.get(12)?),
-            file_count: to_u64(r.get(13)?),
-            state: BackupState::Running,
-            retention: r.get(15)?,
-            restorability: parse_column(r, 16)?,
-        },
-        r.get(14)?,
-    ))
+fn backup_from_row(r: &rusqlite::Row<'_>) -> Result<BackupRecord, rusqlite::Error> {
+    Ok(BackupRecord {
+        backup_id: r.get(0)?,
+        service: parse_column(r, 1)?,
+        kind: parse_column(r, 2)?,
+        system_identifier: parse_sysid(r.get(3)?)?,
+        timeline: r.get(4)?,
+        start_lsn: to_u64(r.get(5)?),
+        stop_lsn: to_u64(r.get(6)?),
+        start_wal: r.get(7)?,
+        stop_wal: r.get(8)?,
+        started_at_us: r.get(9)?,
+        finished_at_us: r.get(10)?,
+        size_bytes: to_u64(r.get(11)?),
+        new_bytes: to_u64(r.get(12)?),
+        file_count: to_u64(r.get(13)?),
+        retention: r.get(14)?,
+        restorability: parse_column(r, 15)?,
+    })
 }
 
 #[cfg(test)]
@@ -594,7 +555,6 @@ mod tests {
             size_bytes: 0,
             new_bytes: 0,
             file_count: 0,
-            state: BackupState::Complete,
             retention: "7_days".into(),
             restorability: Restorability::Unverified,
         };
@@ -609,9 +569,6 @@ mod tests {
             .map(|b| b.backup_id)
             .collect();
         assert_eq!(ids, vec!["z_first", "a_second"]);
-        assert_eq!(
-            cat.backup("a_second").expect("get").map(|b| b.state),
-            Some(BackupState::Complete)
-        );
+        assert!(cat.backup("a_second").expect("get").is_some());
     }
 }

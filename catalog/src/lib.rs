@@ -15,7 +15,7 @@ pub mod prune;
 mod rebuild;
 mod retention;
 
-pub use db::{BackupRecord, BackupState, Catalog, WalRecord};
+pub use db::{BackupRecord, Catalog, WalRecord};
 pub use error::CatalogError;
 pub use labels::RetentionClass;
 pub use rebuild::{RebuildSummary, label_backup, rebuild};

@@ -27,7 +27,8 @@ impl BackupRecord {
             "backup_id": self.backup_id,
             "service": self.service,
             "kind": self.kind,
-            "state": format!("{:?}", self.state).to_lowercase(),
+            // Only complete backups are listed; the field stays for the readers of the JSON.
+            "state": "complete",
             "system_identifier": self.system_identifier.to_string(),
             "timeline": self.timeline,
             "start_lsn": Lsn(self.start_lsn).to_string(),

@@ -4,9 +4,7 @@ use storage::manifest::{BackupManifest, ClusterIdentity, StreamManifest};
 use storage::wal::WalFileName;
 use storage::{ObjectHeader, ObjectMeta, Storage, StorageExt, layout, object};
 
-use crate::{
-    BackupRecord, BackupState, Catalog, CatalogError, Restorability, RetentionClass, WalRecord,
-};
+use crate::{BackupRecord, Catalog, CatalogError, Restorability, RetentionClass, WalRecord};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RebuildSummary {
@@ -81,7 +79,6 @@ impl BackupRecord {
             size_bytes: m.size_bytes,
             new_bytes: m.new_bytes,
             file_count: m.files.len() as u64,
-            state: BackupState::Complete,
             retention: retention.to_string(),
             restorability,
         }
@@ -108,7 +105,6 @@ impl BackupRecord {
             size_bytes: m.size_bytes,
             new_bytes: m.new_bytes,
             file_count: m.files.len() as u64,
-            state: BackupState::Complete,
             retention: retention.to_string(),
             restorability,
         }

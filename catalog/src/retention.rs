@@ -5,7 +5,7 @@
 //! LSN, never by name (tools have deleted their newest backups by sorting names). Within the
 //! last `daily` days, `weekly` ISO weeks and `monthly` months (in the operator's time zone), the
 //! newest backup of each day, week and month is kept. The newest backup of every group is always
-//! kept, and so is every backup a restore is using. Incomplete backups are left alone.
+//! kept, and so is every backup a restore is using.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -15,7 +15,7 @@ use jiff::tz::TimeZone;
 
 use storage::{BackupKind, Service};
 
-use crate::{BackupRecord, BackupState, RetentionClass};
+use crate::{BackupRecord, RetentionClass};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -85,8 +85,6 @@ pub enum Reason {
     Newest,
     /// A restore is reading it.
     InUse,
-    /// Not complete: not the policy's to judge.
-    Incomplete,
 }
 
 impl fmt::Display for Reason {
@@ -98,7 +96,6 @@ impl fmt::Display for Reason {
             Reason::PitrAnchor => f.write_str("start of the PITR window"),
             Reason::Newest => f.write_str("newest"),
             Reason::InUse => f.write_str("in use by a restore"),
-            Reason::Incomplete => f.write_str("incomplete"),
         }
     }
 }
@@ -156,10 +153,6 @@ pub fn plan_retention(
     let today = now.to_zoned(tz.clone()).date();
     let mut groups: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
     for (i, b) in backups.iter().enumerate() {
-        if b.state != BackupState::Complete {
-            reasons[i].push(Reason::Incomplete);
-            continue;
-        }
         if in_use.contains(&b.backup_id) {
             reasons[i].push(Reason::InUse);
         }
@@ -270,7 +263,7 @@ fn wal_to_keep(
     let mut ranges = Vec::new();
     let mut by_cluster: BTreeMap<u64, Vec<&BackupRecord>> = BTreeMap::new();
     for (b, d) in backups.iter().zip(decisions) {
-        if d.keep && b.kind == BackupKind::Base && b.state == BackupState::Complete {
+        if d.keep && b.kind == BackupKind::Base {
             // A restore in progress may recover past the backup's end: all WAL after it stays.
             let in_use = d.reasons.contains(&Reason::InUse);
             ranges.push(WalRange {
@@ -377,7 +370,6 @@ mod tests {
                     size_bytes: 0,
                     new_bytes: 0,
                     file_count: 0,
-                    state: BackupState::Complete,
                     retention: String::new(),
                     restorability: storage::Restorability::Unverified,
                 }
@@ -527,10 +519,9 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_backups_are_left_alone_and_groups_are_separate() {
+    fn groups_are_separate() {
         let today = jiff::civil::date(2025, 6, 1);
         let mut backups = nightly(today, 3);
-        backups[2].state = BackupState::Running;
         let mut redis = nightly(today, 1);
         redis[0].service = Service::Redis;
         redis[0].kind = BackupKind::Rdb;
@@ -545,8 +536,10 @@ mod tests {
         };
         let plan = plan_retention(&backups, &zero, noon(today), &utc(), &HashSet::new());
         let keep: Vec<bool> = plan.decisions.iter().map(|d| d.keep).collect();
-        assert_eq!(keep, [true, false, true, true], "{:?}", plan.decisions);
-        assert_eq!(plan.decisions[2].reasons, [Reason::Incomplete]);
+        // The newest PostgreSQL backup (the first: also the start of the empty PITR window) and
+        // the only Redis one, however old: a group's newest is judged within its group.
+        assert_eq!(keep, [true, false, false, true], "{:?}", plan.decisions);
+        assert_eq!(plan.decisions[3].reasons, [Reason::Newest]);
     }
 
     proptest! {

@@ -378,11 +378,7 @@ async fn newest_state(
     let backup = catalog
         .backups(Some(storage::Service::Postgresql))?
         .into_iter()
-        .rfind(|b| {
-            b.system_identifier == sysid
-                && b.kind == storage::BackupKind::Base
-                && b.state == catalog::BackupState::Complete
-        })
+        .rfind(|b| b.system_identifier == sysid && b.kind == storage::BackupKind::Base)
         .ok_or_else(|| stopped("the repository holds no complete base backup to restore"))?;
     let last_wal = catalog
         .last_wal()?
@@ -535,7 +531,6 @@ async fn redis_failure(
         .into_iter()
         // The newest of either kind: an AOF backup is newer data than last night's RDB.
         .filter(|b| matches!(b.kind, BackupKind::Rdb | BackupKind::Aof))
-        .filter(|b| b.state == catalog::BackupState::Complete)
         .max_by_key(|b| (b.finished_at_us, b.backup_id.clone()));
     match opts.redis.total_keys().await {
         Ok(n) if n > 0 && !opts.force => {
@@ -789,10 +784,7 @@ pub async fn status(
         }
     });
     if let Some((backups, last_wal)) = recorded.await?? {
-        if let Some(b) = backups
-            .into_iter()
-            .rfind(|b| b.state == catalog::BackupState::Complete)
-        {
+        if let Some(b) = backups.into_iter().next_back() {
             lines.push(format!(
                 "last PostgreSQL backup: {} ({}, {})",
                 b.backup_id, b.kind, b.restorability

@@ -147,11 +147,7 @@ async fn wal_chains(
     };
     let kept: Vec<restore::BackupWal> = backups
         .iter()
-        .filter(|b| {
-            b.system_identifier == sysid
-                && b.kind == storage::BackupKind::Base
-                && b.state == catalog::BackupState::Complete
-        })
+        .filter(|b| b.system_identifier == sysid && b.kind == storage::BackupKind::Base)
         .map(|b| restore::BackupWal {
             timeline: b.timeline,
             start: Lsn(b.start_lsn),

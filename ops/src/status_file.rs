@@ -86,10 +86,7 @@ fn local_status(
     if let Some(Ok(catalog)) = catalog.map(catalog::Catalog::open) {
         if let Ok(backups) = catalog.backups(None) {
             let mut newest: Map<String, Value> = Map::new();
-            for b in backups
-                .iter()
-                .filter(|b| b.state == catalog::BackupState::Complete)
-            {
+            for b in &backups {
                 newest.insert(
                     format!("{} {}", b.service, b.kind),
                     serde_json::json!({

@@ -121,9 +121,10 @@ async fn latest_recorded_rows(repo: &impl Repository) -> Result<Option<RecordedR
     let backup_dir = repo.backup_dir().map(Path::to_path_buf);
     let chosen = read_catalog(repo, move |c| -> Result<_, OpsError> {
         let backups = c?.backups(Some(storage::Service::Postgresql))?;
-        let Some(newest) = backups.iter().rfind(|b| {
-            b.kind == storage::BackupKind::Base && b.state == catalog::BackupState::Complete
-        }) else {
+        let Some(newest) = backups
+            .iter()
+            .rfind(|b| b.kind == storage::BackupKind::Base)
+        else {
             return Ok(None);
         };
         Ok(Some(
@@ -167,7 +168,7 @@ async fn redis_check(opts: &VerifyOptions, repo: &impl Repository) -> Option<Che
             .backups(Some(storage::Service::Redis))
             .ok()?
             .into_iter()
-            .rfind(|b| b.state == catalog::BackupState::Complete)
+            .next_back()
     })
     .await
     .ok()

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use catalog::{BackupRecord, BackupState, WalRecord};
+use catalog::{BackupRecord, WalRecord};
 use storage::BackupKind;
 use storage::wal::{Lsn, Segment, TimelineId, TimelineSwitch};
 
@@ -633,7 +633,7 @@ pub fn plan_pitr(
     let index = ArchiveIndex::new(wal);
     let mut bases: Vec<&BackupRecord> = backups
         .iter()
-        .filter(|b| b.state == BackupState::Complete && b.kind == BackupKind::Base)
+        .filter(|b| b.kind == BackupKind::Base)
         .collect();
     bases.sort_by_key(|b| b.finished_at_us);
     // Newest first.

@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use catalog::{BackupRecord, BackupState};
+use catalog::BackupRecord;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
@@ -55,9 +55,7 @@ pub fn select_backup(
     now: jiff::Timestamp,
     tz: &TimeZone,
 ) -> Result<BackupRecord, RestoreError> {
-    let mut usable = backups
-        .iter()
-        .filter(|b| b.state == BackupState::Complete && b.kind == kind);
+    let mut usable = backups.iter().filter(|b| b.kind == kind);
     let local_date = |us: i64| {
         jiff::Timestamp::from_microsecond(us)
             .map(|t| t.to_zoned(tz.clone()).date())

@@ -1,6 +1,6 @@
 //! Fixtures shared by this crate's unit tests.
 
-use catalog::{BackupRecord, BackupState};
+use catalog::BackupRecord;
 
 /// A complete base backup of cluster 1 with the given id, timeline, LSNs and times.
 pub(crate) fn complete_backup(
@@ -24,7 +24,6 @@ pub(crate) fn complete_backup(
         size_bytes: 0,
         new_bytes: 0,
         file_count: 0,
-        state: BackupState::Complete,
         retention: "7_days".into(),
         restorability: storage::Restorability::Unverified,
     }

@@ -104,7 +104,7 @@ pub async fn drill(
     let (sysid, segment_size, backups) = listing.await?;
     let Some(backup) = backups
         .iter()
-        .rfind(|b| b.kind == storage::BackupKind::Base && b.state == catalog::BackupState::Complete)
+        .rfind(|b| b.kind == storage::BackupKind::Base)
         .cloned()
     else {
         return Err(DrillError::NoBaseBackup);
