@@ -172,13 +172,10 @@ fn ops_settings(file: &ConfigFile) -> Result<OpsSettings> {
                 .with_context(|| format!("REPLICA_PORT={p:?} is not a port number"))?,
         );
     }
-    if let Some(t) = failover.promote_timeout_seconds {
-        seconds(t, "promote-timeout-seconds")?;
-    }
+    // Checked now: a typing error is found before the incident, not during it.
+    failover.promote_timeout()?;
     for (name, service) in &file.services {
-        if let Some(t) = service.timeout_seconds {
-            seconds(t, &format!("services.{name}.timeout-seconds"))?;
-        }
+        service.timeout(name)?;
     }
     Ok(OpsSettings {
         notify,

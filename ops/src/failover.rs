@@ -258,7 +258,7 @@ async fn database_failure(
     let loss = loss_window(repo, &state).await;
     steps.found(&loss);
     if state.in_recovery {
-        let timeout = Duration::from_secs(opts.failover.promote_timeout_seconds.unwrap_or(60));
+        let timeout = opts.failover.promote_timeout()?;
         if steps.step(format!(
             "promote {replica_name} (pg_promote) and wait until it accepts writes"
         )) {
@@ -497,7 +497,7 @@ async fn service_failure(
             known()
         )));
     };
-    let timeout = Duration::from_secs(service.timeout_seconds.unwrap_or(60));
+    let timeout = service.timeout(name)?;
     match process::wait_healthy(&service.health_url, Duration::from_secs(1)).await {
         Ok(_) => steps.found(format!("{name} answers its health URL now")),
         Err(e) => steps.found(format!("{name} is unhealthy: {e}")),
@@ -994,6 +994,7 @@ mod tests {
                 ServiceConfig {
                     restart_command: "false".into(),
                     health_url: "http://127.0.0.1:1/health".into(),
+                    timeout: None,
                     timeout_seconds: None,
                 },
             );
@@ -1053,6 +1054,7 @@ mod tests {
             ServiceConfig {
                 restart_command: "false".into(),
                 health_url: "http://127.0.0.1:1/health".into(),
+                timeout: None,
                 timeout_seconds: Some(5),
             },
         );
