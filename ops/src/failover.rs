@@ -712,7 +712,7 @@ async fn datacenter_failure(
     if steps.step("verify the recovered database (verify-recovery --quick)") {
         let verify = VerifyOptions {
             depth: Depth::Quick,
-            staging: false,
+            target: restore::Target::Production,
             ..opts.verify.clone()
         };
         let report = crate::verify(&verify, repo).await;
@@ -966,7 +966,7 @@ mod tests {
             downloads: 2,
             verify: VerifyOptions {
                 depth: Depth::Quick,
-                staging: false,
+                target: restore::Target::Production,
                 database: primary,
                 staging_database: "shop_staging".into(),
                 checks: crate::VerifyConfig::default(),

@@ -33,8 +33,8 @@ impl Depth {
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     pub depth: Depth,
-    /// Check the staging database (and staging URLs) instead of production.
-    pub staging: bool,
+    /// Staging: check the staging database (and staging URLs) instead of production.
+    pub target: restore::Target,
     pub database: pg::Server,
     /// The database `staging` checks, on the same server.
     pub staging_database: String,
@@ -45,14 +45,6 @@ pub struct VerifyOptions {
 }
 
 impl VerifyOptions {
-    pub fn target(&self) -> &'static str {
-        if self.staging {
-            "staging"
-        } else {
-            "production"
-        }
-    }
-
     fn tolerance_percent(&self) -> f64 {
         self.checks.row_count_tolerance_percent.unwrap_or(10.0)
     }
@@ -60,9 +52,10 @@ impl VerifyOptions {
 
 pub async fn verify(opts: &VerifyOptions, repo: &impl Repository) -> Report {
     let depth = opts.depth;
-    let mut report = Report::new(depth.name(), opts.target());
+    let mut report = Report::new(depth.name(), opts.target.as_str());
     let mut db = opts.database.clone();
-    if opts.staging {
+    let staging = opts.target == restore::Target::Staging;
+    if staging {
         db.config.dbname(&opts.staging_database);
     }
     // Why --full has no row counts to compare with, when it has none.
@@ -97,7 +90,7 @@ pub async fn verify(opts: &VerifyOptions, repo: &impl Repository) -> Report {
     }
     if depth >= Depth::Full {
         for check in &opts.checks.http {
-            report.checks.push(checks::http(check, opts.staging).await);
+            report.checks.push(checks::http(check, staging).await);
         }
         for worker in &opts.checks.worker {
             report.checks.push(checks::worker(worker).await);
@@ -246,7 +239,7 @@ mod tests {
         config.host("127.0.0.1").port(1).user("app").dbname("shop");
         VerifyOptions {
             depth,
-            staging: false,
+            target: restore::Target::Production,
             database: pg::Server {
                 host: "127.0.0.1".into(),
                 port: 1,
@@ -310,7 +303,7 @@ mod tests {
     async fn a_smoke_test_needs_a_login_flow() {
         let scratch = Scratch::new();
         let mut opts = options(Depth::Smoke, false);
-        opts.staging = true;
+        opts.target = restore::Target::Staging;
         let report = verify(&opts, &scratch).await;
         assert_eq!(
             (report.mode.as_str(), report.target.as_str()),

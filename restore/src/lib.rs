@@ -13,6 +13,7 @@
 //! - [`verify_repository`]: check that every backup's chunks and WAL are there and intact.
 
 mod error;
+mod kinds;
 mod pitr;
 mod places;
 mod postgres;
@@ -30,6 +31,7 @@ mod wal_fetch;
 mod wal_file;
 
 pub use error::RestoreError;
+pub use kinds::{RestoreType, Target};
 pub use pitr::{
     BackupWal, PitrPlan, TargetTimeline, WalChains, WalGap, archived_wal, check_wal_chains,
     confirm_target_reachable, plan_end_of_archive, plan_pitr, timeline_histories, wal_records,

@@ -14,7 +14,7 @@ use storage::Storage;
 use storage::manifest::BackupManifest;
 
 use crate::{
-    ArchiveMode, BackupSelector, RecoveryTarget, RestoreError, RestoreOptions, Spool,
+    ArchiveMode, BackupSelector, RecoveryTarget, RestoreError, RestoreOptions, RestoreType, Spool,
     TablespaceMapping, TargetTimeline,
 };
 
@@ -134,10 +134,10 @@ pub struct RestoreRequest {
 }
 
 impl RestoreRequest {
-    /// `restore_type` is `full` or `pitr`; `until` a time in `tz` (or `latest`), for `pitr`
-    /// only; `from` the backup (latest, daily, weekly, monthly, YYYYMMDD or an id).
+    /// `until` a time in `tz` (or `latest`), for a point-in-time restore only; `from` the
+    /// backup (latest, daily, weekly, monthly, YYYYMMDD or an id).
     pub fn new(
-        restore_type: &str,
+        restore_type: RestoreType,
         until: Option<&str>,
         from: &str,
         timeline: Option<TargetTimeline>,
@@ -146,9 +146,9 @@ impl RestoreRequest {
         let refuse = |why: &str| Err(RestoreError::Refused(why.to_string()));
         let to_end = until.map(str::trim) == Some("latest");
         let target = match (restore_type, until) {
-            ("pitr", Some(_)) if to_end => None,
-            ("pitr", Some(until)) => Some(parse_until(until, &tz)?),
-            ("pitr", None) => {
+            (RestoreType::Pitr, Some(_)) if to_end => None,
+            (RestoreType::Pitr, Some(until)) => Some(parse_until(until, &tz)?),
+            (RestoreType::Pitr, None) => {
                 return refuse("--type pitr needs --until \"YYYY-MM-DD HH:MM:SS\" (or latest)");
             }
             (_, Some(_)) => return refuse("--until applies to --type pitr only"),
@@ -426,7 +426,7 @@ mod tests {
     }
 
     fn refusal(
-        restore_type: &str,
+        restore_type: RestoreType,
         until: Option<&str>,
         timeline: Option<TargetTimeline>,
     ) -> String {
@@ -437,14 +437,23 @@ mod tests {
 
     #[test]
     fn a_request_that_mixes_full_and_pitr_is_refused_before_the_repository_is_opened() {
-        assert!(refusal("pitr", None, None).contains("--type pitr needs --until"));
-        assert!(refusal("full", Some("latest"), None).contains("--until applies to --type pitr"));
+        assert!(refusal(RestoreType::Pitr, None, None).contains("--type pitr needs --until"));
         assert!(
-            refusal("full", None, Some(TargetTimeline::Current))
+            refusal(RestoreType::Full, Some("latest"), None)
+                .contains("--until applies to --type pitr")
+        );
+        assert!(
+            refusal(RestoreType::Full, None, Some(TargetTimeline::Current))
                 .contains("--target-timeline applies to --type pitr only")
         );
-        let to_end = RestoreRequest::new("pitr", Some(" latest "), "latest", None, TimeZone::UTC)
-            .expect("--until latest");
+        let to_end = RestoreRequest::new(
+            RestoreType::Pitr,
+            Some(" latest "),
+            "latest",
+            None,
+            TimeZone::UTC,
+        )
+        .expect("--until latest");
         assert!(to_end.to_end && to_end.target.is_none());
     }
 

@@ -117,7 +117,7 @@ pub struct DumpRestoreOptions {
     pub database: String,
     /// A staging restore takes no pre-restore dump, and objects belong to whoever restores
     /// them (staging has its own roles).
-    pub staging: bool,
+    pub target: crate::Target,
     /// Chunk groups read from the repository at once.
     pub downloads: usize,
     pub pg_command: PgCommand,
@@ -205,7 +205,9 @@ where
         }
     };
     let started = Instant::now();
-    if !options.staging && database_exists(&options.pg_command, target).await? {
+    if options.target == crate::Target::Production
+        && database_exists(&options.pg_command, target).await?
+    {
         pre_restore_dump(storage.clone(), target.clone())
             .await
             .map_err(RestoreError::step(format!(
@@ -230,7 +232,7 @@ where
     )
     .await?;
     let mut args = vec!["--exit-on-error", "--dbname", target.as_str()];
-    if options.staging {
+    if options.target == crate::Target::Staging {
         // Staging has its own roles: objects belong to whoever restores them.
         args.extend(["--no-owner", "--no-privileges"]);
     }
@@ -371,7 +373,7 @@ mod tests {
         std::fs::write(&dump, &bytes).expect("write the dump");
         let options = DumpRestoreOptions {
             database: "app_staging".into(),
-            staging: true,
+            target: crate::Target::Staging,
             downloads: 1,
             pg_command: Box::new(|program| {
                 let mut command = std::process::Command::new("sh");

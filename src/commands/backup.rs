@@ -9,14 +9,14 @@ use crate::config::Settings;
 pub enum BackupCommand {
     /// Back up PostgreSQL: base (physical, default) or dump (logical).
     Postgres {
-        #[arg(long, value_parser = ["base", "dump"], default_value = "base")]
-        kind: String,
+        #[arg(long, value_parser = super::restore::postgres_kind, default_value = "base")]
+        kind: storage::BackupKind,
     },
     /// Back up Redis: an RDB snapshot over the replication protocol (REDIS_HOST, REDIS_PORT,
     /// REDIS_PASSWORD).
     Redis {
-        #[arg(long, value_parser = ["rdb", "aof"], default_value = "rdb")]
-        kind: String,
+        #[arg(long, value_parser = super::restore::redis_kind, default_value = "rdb")]
+        kind: storage::BackupKind,
     },
 }
 
@@ -33,9 +33,9 @@ impl BackupCommand {
 pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     let kind = match cmd {
         BackupCommand::Postgres { kind } => kind,
-        BackupCommand::Redis { kind } => return backup_redis(&kind, settings).await,
+        BackupCommand::Redis { kind } => return backup_redis(kind, settings).await,
     };
-    if kind == "dump" {
+    if kind == storage::BackupKind::Dump {
         return super::dump::backup(settings).await;
     }
     let storage = settings.repository_for_writing().await?;
@@ -68,7 +68,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
+async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository_for_writing().await?;
     let opts = archiver::RdbBackupOptions {
         redis: settings.redis.clone(),
@@ -79,7 +79,7 @@ async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
         catalog_path: settings.catalog_path()?,
     };
     let started = Instant::now();
-    let manifest = if kind == "aof" {
+    let manifest = if kind == storage::BackupKind::Aof {
         archiver::run_aof_backup(storage, &opts).await
     } else {
         archiver::run_rdb_backup(storage, &opts).await
@@ -87,7 +87,7 @@ async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
     let manifest = manifest.with_context(|| {
         format!(
             "Redis {} backup of {}:{}",
-            kind.to_uppercase(),
+            kind.as_str().to_uppercase(),
             settings.redis.host,
             settings.redis.port
         )
@@ -95,7 +95,7 @@ async fn backup_redis(kind: &str, settings: &Settings) -> Result<ExitCode> {
     println!(
         "backup {} complete: {} of {:.1} MiB, {:.1} MiB new in the repository, keys {}, {:.1} s",
         manifest.backup_id,
-        kind.to_uppercase(),
+        kind.as_str().to_uppercase(),
         manifest.size_bytes as f64 / (1u64 << 20) as f64,
         manifest.new_bytes as f64 / (1u64 << 20) as f64,
         restore::counts_line(&manifest.counts),

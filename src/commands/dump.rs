@@ -45,11 +45,12 @@ pub async fn backup(settings: &Settings) -> Result<ExitCode> {
 pub async fn restore(
     from: &str,
     file: Option<PathBuf>,
-    staging: bool,
+    target: restore::Target,
     settings: &Settings,
 ) -> Result<ExitCode> {
     let production = &settings.db.dbname;
-    let database = restore::dump_target(production, staging.then_some(&*settings.staging_db))?;
+    let staging = (target == restore::Target::Staging).then_some(&*settings.staging_db);
+    let database = restore::dump_target(production, staging)?;
     let source = match file {
         Some(path) => restore::DumpSource::File(path),
         None => {
@@ -61,7 +62,7 @@ pub async fn restore(
     let (pg_bin, db) = (settings.pg_bin(), settings.db.clone());
     let options = restore::DumpRestoreOptions {
         database,
-        staging,
+        target,
         downloads: settings.download_transfers(),
         pg_command: Box::new(move |program| archiver::pg_command(&pg_bin, program, &db)),
     };

@@ -44,7 +44,8 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         super::restore::postgres_options(settings, backup, true, choices)
             .map_err(|e| format!("{e:#}"))
     };
-    let verify = super::platform::verify_options(settings, ops::Depth::Quick, false);
+    let verify =
+        super::platform::verify_options(settings, ops::Depth::Quick, restore::Target::Production);
     let opts = ops::FailoverOptions {
         incident: args
             .incident

@@ -31,10 +31,14 @@ pub fn server(db: &archiver::ConnectionOptions) -> ops::pg::Server {
 }
 
 /// What the checks reach, as the settings name it.
-pub fn verify_options(settings: &Settings, depth: ops::Depth, staging: bool) -> ops::VerifyOptions {
+pub fn verify_options(
+    settings: &Settings,
+    depth: ops::Depth,
+    target: restore::Target,
+) -> ops::VerifyOptions {
     ops::VerifyOptions {
         depth,
-        staging,
+        target,
         database: server(&settings.db),
         staging_database: settings.staging_db.clone(),
         checks: settings.ops.verify.clone(),

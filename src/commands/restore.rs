@@ -17,8 +17,8 @@ pub enum RestoreCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct RedisArgs {
-    #[arg(long = "type", value_parser = ["rdb", "aof"], default_value = "rdb")]
-    restore_type: String,
+    #[arg(long = "type", value_parser = redis_kind, default_value = "rdb")]
+    kind: storage::BackupKind,
     /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
     #[arg(long, default_value = "latest")]
     from: String,
@@ -38,20 +38,31 @@ pub struct RedisArgs {
     skip_verify: bool,
 }
 
-impl RedisArgs {
-    fn kind(&self) -> storage::BackupKind {
-        if self.restore_type == "aof" {
-            storage::BackupKind::Aof
-        } else {
-            storage::BackupKind::Rdb
-        }
-    }
+/// `rdb` or `aof`: the kinds of a Redis backup.
+pub fn redis_kind(text: &str) -> Result<storage::BackupKind, String> {
+    kind_of(text, storage::Service::Redis, "rdb or aof")
+}
+
+/// `base` or `dump`: the kinds of a PostgreSQL backup.
+pub fn postgres_kind(text: &str) -> Result<storage::BackupKind, String> {
+    kind_of(text, storage::Service::Postgresql, "base or dump")
+}
+
+fn kind_of(
+    text: &str,
+    service: storage::Service,
+    kinds: &str,
+) -> Result<storage::BackupKind, String> {
+    text.parse::<storage::BackupKind>()
+        .ok()
+        .filter(|kind| kind.service() == service)
+        .ok_or_else(|| format!("use {kinds}"))
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PostgresArgs {
-    #[arg(long = "type", value_parser = ["full", "pitr"])]
-    restore_type: String,
+    #[arg(long = "type", value_enum)]
+    restore_type: restore::RestoreType,
     /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
     #[arg(long, default_value = "latest")]
     from: String,
@@ -62,13 +73,15 @@ pub struct PostgresArgs {
     /// Restore a pg_dump custom-format file instead of a backup (`.dump` or `.dump.gz`).
     #[arg(long)]
     file: Option<PathBuf>,
-    #[arg(long, value_parser = ["base", "dump"], default_value = "base")]
-    kind: String,
+    /// base (physical) or dump (logical).
+    #[arg(long, value_parser = postgres_kind, default_value = "base")]
+    kind: storage::BackupKind,
     /// The data directory to restore into: must be empty or not exist.
     #[arg(long, env = "PGDATA")]
     data_dir: Option<PathBuf>,
-    #[arg(long, value_parser = ["production", "staging"], default_value = "production")]
-    target: String,
+    /// For a dump: production (DB_NAME) or staging (STAGING_DB_NAME).
+    #[arg(long, value_enum, default_value_t)]
+    target: restore::Target,
     /// Skip checking that every chunk exists before writing (chunks are still verified as read).
     #[arg(long, env = "SKIP_VERIFICATION", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     skip_verify: bool,
@@ -97,18 +110,17 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         RestoreCommand::Postgres(args) => args,
         RestoreCommand::Redis(args) => return restore_redis(args, settings).await,
     };
-    if args.kind == "dump" || args.file.is_some() {
-        if args.restore_type != "full" {
+    if args.kind == storage::BackupKind::Dump || args.file.is_some() {
+        if args.restore_type != restore::RestoreType::Full {
             bail!("a dump restores whole: use --type full with --kind dump");
         }
-        return super::dump::restore(&args.from, args.file, args.target == "staging", settings)
-            .await;
+        return super::dump::restore(&args.from, args.file, args.target, settings).await;
     }
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("name the directory to restore into with --data-dir DIR (or PGDATA)");
     };
     let request = restore::RestoreRequest::new(
-        &args.restore_type,
+        args.restore_type,
         args.until.as_deref(),
         &args.from,
         args.target_timeline,
@@ -183,7 +195,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
     let address = format!("{}:{}", settings.redis.host, settings.redis.port);
     restore::refuse_if_redis_serves(&address, served, &args.data_dir).await?;
     let restored = match &args.file {
-        Some(file) => restore::restore_redis_from_file(file, &args.data_dir, args.kind()).await?,
+        Some(file) => restore::restore_redis_from_file(file, &args.data_dir, args.kind).await?,
         None => {
             let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
             let storage = settings.repository().await?;
@@ -196,7 +208,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
                 &*storage,
                 &catalog,
                 &selector,
-                args.kind(),
+                args.kind,
                 &args.data_dir,
                 options,
             )

@@ -17,8 +17,8 @@ pub struct VerifyRecoveryArgs {
     #[arg(long)]
     smoke_test: bool,
     /// Check the staging database (and staging URLs) instead of production.
-    #[arg(long, value_parser = ["production", "staging"], default_value = "production")]
-    target: String,
+    #[arg(long, value_enum, default_value_t)]
+    target: restore::Target,
     #[arg(long)]
     json: bool,
 }
@@ -29,7 +29,7 @@ pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> anyhow::Resul
         (_, true) => ops::Depth::Full,
         _ => ops::Depth::Quick,
     };
-    let opts = super::platform::verify_options(settings, depth, args.target == "staging");
+    let opts = super::platform::verify_options(settings, depth, args.target);
     let report = ops::verify(&opts, settings).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
