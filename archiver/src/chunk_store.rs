@@ -36,12 +36,10 @@ impl Lineage {
         }
     }
 
-    fn matches(self, b: &catalog::BackupRecord) -> bool {
+    fn system_identifier(self) -> Option<u64> {
         match self {
-            Lineage::Base { system_identifier } => {
-                b.kind == BackupKind::Base && b.system_identifier == system_identifier
-            }
-            Lineage::Stream { kind } => b.kind == kind,
+            Lineage::Base { system_identifier } => Some(system_identifier),
+            Lineage::Stream { .. } => None,
         }
     }
 }
@@ -57,8 +55,7 @@ pub(crate) async fn previous_chunks(
 ) -> HashMap<String, ChunkRef> {
     let path = catalog_path.to_path_buf();
     let latest = tokio::task::spawn_blocking(move || {
-        let backups = catalog::Catalog::open(&path)?.backups(Some(lineage.kind().service()))?;
-        Ok::<_, catalog::CatalogError>(backups.into_iter().rfind(|b| lineage.matches(b)))
+        catalog::Catalog::open(&path)?.newest_backup(lineage.kind(), lineage.system_identifier())
     })
     .await;
     let latest = match latest {

@@ -245,6 +245,18 @@ impl Catalog {
         rows.collect::<Result<_, _>>().doing("listing backups")
     }
 
+    /// The newest backup of `kind` (of the cluster `system_identifier`, when given): what a
+    /// restore, a drill or a failover takes when none is named.
+    pub fn newest_backup(
+        &self,
+        kind: BackupKind,
+        system_identifier: Option<u64>,
+    ) -> Result<Option<BackupRecord>, CatalogError> {
+        Ok(self.backups(Some(kind.service()))?.into_iter().rfind(|b| {
+            b.kind == kind && system_identifier.is_none_or(|id| b.system_identifier == id)
+        }))
+    }
+
     pub fn backup(&self, backup_id: &str) -> Result<Option<BackupRecord>, CatalogError> {
         Ok(self
             .backups(None)?
@@ -570,5 +582,17 @@ mod tests {
             .collect();
         assert_eq!(ids, vec!["z_first", "a_second"]);
         assert!(cat.backup("a_second").expect("get").is_some());
+        let newest = |kind, sysid| {
+            cat.newest_backup(kind, sysid)
+                .expect("query")
+                .map(|b| b.backup_id)
+        };
+        assert_eq!(newest(BackupKind::Base, None).as_deref(), Some("a_second"));
+        assert_eq!(
+            newest(BackupKind::Base, Some(1)).as_deref(),
+            Some("a_second")
+        );
+        assert_eq!(newest(BackupKind::Base, Some(2)), None);
+        assert_eq!(newest(BackupKind::Dump, None), None);
     }
 }

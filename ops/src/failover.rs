@@ -376,9 +376,7 @@ async fn newest_state(
             stopped("the repository holds no cluster: nothing was ever archived or backed up there")
         })?;
     let backup = catalog
-        .backups(Some(storage::Service::Postgresql))?
-        .into_iter()
-        .rfind(|b| b.system_identifier == sysid && b.kind == storage::BackupKind::Base)
+        .newest_backup(storage::BackupKind::Base, Some(sysid))?
         .ok_or_else(|| stopped("the repository holds no complete base backup to restore"))?;
     let last_wal = catalog
         .last_wal()?
