@@ -228,6 +228,8 @@ mod tests {
         assert_eq!(std::fs::read_dir(&shared).expect("ls").count(), 1);
     }
 
+    // Test set-up, outside any runtime.
+    #[allow(clippy::disallowed_methods)]
     fn id_of(args: &[&str]) -> u32 {
         let out = std::process::Command::new("id")
             .args(args)

@@ -294,6 +294,8 @@ mod tests {
         std::os::unix::fs::symlink(&secret, logs.join("failover_20250101T000000Z.log"))
             .expect("link");
         let fifo = logs.join("failover_20250102T000000Z.log");
+        // Test set-up on the test's own thread.
+        #[allow(clippy::disallowed_methods)]
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
