@@ -12,7 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{GlobalArgs, Settings};
+use crate::config::GlobalArgs;
+use ops::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -115,49 +116,6 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// How a command must end when something panics: `wal fetch` above 125 (PostgreSQL then stops
-/// recovery instead of taking "not archived" and ending it early), `wal push` with 1 (above
-/// 125 would stop the archiver), everything else with 1 and a one-line cause.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PanicExit {
-    Fetch,
-    Push,
-    Other,
-}
-
-/// No panic reaches the operator as a Rust backtrace: a closed standard output (`lifeline
-/// status | head -1`) ends the command quietly, and any other panic is logged, with where it
-/// happened, to stderr and the operation log, then ends the command with its contract's code.
-fn install_panic_hook(kind: PanicExit) {
-    std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
-        let closed_output =
-            message.starts_with("failed printing to stdout") && message.contains("Broken pipe");
-        if closed_output && kind != PanicExit::Fetch {
-            // The reader went away (head, less quit): stop quietly, with the status a shell
-            // gives a command its reader left (128 + SIGPIPE); `wal push` with 1, as always.
-            std::process::exit(if kind == PanicExit::Push { 1 } else { 141 });
-        }
-        let place = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        tracing::error!(target: "lifeline::report", "ERROR: internal error at {place}: {message}");
-        say(&format!(
-            "lifeline: internal error (a bug; please report it) at {place}: {message}"
-        ));
-        std::process::exit(match kind {
-            PanicExit::Fetch => i32::from(commands::wal::FETCH_FATAL),
-            PanicExit::Push | PanicExit::Other => 1,
-        });
-    }));
-}
-
 /// As root, become the repository's owner (except for `failover`); other users are refused.
 fn act_as_repository_owner(settings: &Settings, command: &Command) -> Result<(), String> {
     match (command, settings.backup_dir.as_deref()) {
@@ -174,13 +132,21 @@ fn main() -> ExitCode {
         cli.command,
         Command::Wal(commands::wal::WalCommand::Fetch(_))
     );
-    install_panic_hook(match &cli.command {
-        Command::Wal(commands::wal::WalCommand::Fetch(_)) => PanicExit::Fetch,
-        Command::Wal(commands::wal::WalCommand::Push { .. }) => PanicExit::Push,
-        _ => PanicExit::Other,
+    // `wal fetch` above 125 (PostgreSQL then stops recovery instead of taking "not archived"
+    // and ending it early), `wal push` with 1 (above 125 would stop the archiver).
+    ops::oplog::on_panic(match &cli.command {
+        Command::Wal(commands::wal::WalCommand::Fetch(_)) => ops::oplog::PanicExit {
+            code: commands::wal::FETCH_FATAL.into(),
+            closed_output: None,
+        },
+        Command::Wal(commands::wal::WalCommand::Push { .. }) => ops::oplog::PanicExit {
+            code: 1,
+            closed_output: Some(1),
+        },
+        _ => ops::oplog::PanicExit::default(),
     });
     let operation = cli.command.log_name();
-    let settings = match Settings::resolve(&cli.global) {
+    let settings = match cli.global.resolve() {
         Ok(s) => s,
         Err(e) => {
             say(&format!("lifeline: {e:#}"));

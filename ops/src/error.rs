@@ -37,6 +37,10 @@ pub enum OpsError {
     /// The repository could not be opened: the binary's words, causes included.
     #[error("{0}")]
     Repository(String),
+    #[error("open the repository")]
+    OpenRepository(#[source] storage::StorageError),
+    #[error("open the S3 repository")]
+    OpenS3Repository(#[source] storage::StorageError),
     /// A backup's manifest could not be read: the backup and the restore crate's words.
     #[error("{message}")]
     Manifest { message: String },

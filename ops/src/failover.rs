@@ -91,7 +91,7 @@ pub struct FailoverOptions<'a> {
     /// PGDATA: where a restore from the repository goes.
     pub pgdata: Option<PathBuf>,
     /// Chunk groups read at once by a Redis restore.
-    pub downloads: usize,
+    pub transfers: usize,
     /// The checks a data-center failover runs before it switches the application over.
     pub verify: VerifyOptions,
     pub restore_options: &'a RestoreOptionsFor<'a>,
@@ -592,7 +592,7 @@ async fn redis_failure(
         storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
         // Failover runs as root: Redis's files go to the user of its data directory.
         let options = restore::RedisRestoreOptions {
-            downloads: opts.downloads,
+            transfers: opts.transfers,
             owner: storage::private::Owner::of(&data_dir),
         };
         restore::restore_redis(storage.as_ref(), &loaded, &data_dir, &options).await?;
@@ -961,7 +961,7 @@ mod tests {
             services: BTreeMap::new(),
             redis: redis.clone(),
             pgdata: None,
-            downloads: 2,
+            transfers: 2,
             verify: VerifyOptions {
                 depth: Depth::Quick,
                 target: restore::Target::Production,

@@ -4,6 +4,7 @@
 //! per segment and log to PostgreSQL's server log instead.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 /// Create the log file of `operation` (0600 in a 0700 `logs/`, as root given to the owner of
@@ -103,4 +104,51 @@ pub fn log_outcome(operation: &str, outcome: &Result<(), String>, started: std::
             "ERROR: {operation}: FAILED in {seconds:.1} s{cause}"
         ),
     }
+}
+
+/// How the process ends when something panics: with `code`, after a one-line cause; with
+/// `closed_output`, quietly, when the panic is only a closed standard output.
+#[derive(Debug, Clone, Copy)]
+pub struct PanicExit {
+    pub code: i32,
+    pub closed_output: Option<i32>,
+}
+
+impl Default for PanicExit {
+    /// 1, and the status a shell gives a command its reader left (128 + SIGPIPE).
+    fn default() -> Self {
+        PanicExit {
+            code: 1,
+            closed_output: Some(141),
+        }
+    }
+}
+
+/// No panic reaches the operator as a Rust backtrace: a closed standard output (`lifeline
+/// status | head -1`) ends the command quietly, and any other panic is logged, with where it
+/// happened, to stderr and the operation log, then ends the command with `exit.code`.
+pub fn on_panic(exit: PanicExit) {
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let closed_output =
+            message.starts_with("failed printing to stdout") && message.contains("Broken pipe");
+        if let (true, Some(code)) = (closed_output, exit.closed_output) {
+            std::process::exit(code);
+        }
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(target: "lifeline::report", "ERROR: internal error at {place}: {message}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "lifeline: internal error (a bug; please report it) at {place}: {message}"
+        );
+        std::process::exit(exit.code);
+    }));
 }

@@ -37,7 +37,7 @@ pub struct PostgresRestoreOptions {
     pub spool: Option<Spool>,
     pub parallelism: usize,
     /// Chunk groups read from the repository at once.
-    pub downloads: usize,
+    pub transfers: usize,
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub choices: RestoreChoices,
@@ -320,7 +320,7 @@ pub async fn restore_backup(
     let opts = RestoreOptions {
         data_dir: data_dir.to_path_buf(),
         parallelism: options.parallelism,
-        downloads: options.downloads,
+        transfers: options.transfers,
         verify_first: options.verify_first,
         target: recovery.clone(),
         restore_command,

@@ -89,7 +89,7 @@ pub struct RestoreOptions {
     pub data_dir: PathBuf,
     pub parallelism: usize,
     /// Chunk groups read from the repository at once.
-    pub downloads: usize,
+    pub transfers: usize,
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub target: RecoveryTarget,
@@ -371,7 +371,7 @@ async fn restore_into(
         .into_iter()
         .flat_map(|(pack, chunks)| write_groups(&pack, chunks));
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
-    run_all(groups, opts.downloads.max(1), &opts.interrupted, |group| {
+    run_all(groups, opts.transfers.max(1), &opts.interrupted, |group| {
         let (storage, locks) = (storage.clone(), locks.clone());
         async move {
             let bytes = fetch_group(storage.as_ref(), &group).await?;

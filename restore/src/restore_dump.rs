@@ -18,17 +18,17 @@ use storage::manifest::ChunkRef;
 use crate::restore_redis::fetch_chunk;
 use crate::{BackupSelector, RestoreError};
 
-/// Write `chunks` in order into `out` (a pipe into pg_restore), `downloads` fetched at once.
+/// Write `chunks` in order into `out` (a pipe into pg_restore), `transfers` fetched at once.
 pub async fn write_chunks<W: Write + Send + 'static>(
     storage: &dyn Storage,
     chunks: &[ChunkRef],
     out: W,
-    downloads: usize,
+    transfers: usize,
 ) -> Result<W, RestoreError> {
     let mut out = out;
     let mut fetched = futures::stream::iter(chunks)
         .map(|chunk| fetch_chunk(storage, chunk))
-        .buffered(downloads.max(1));
+        .buffered(transfers.max(1));
     // The writer goes to a blocking thread with each chunk and comes back with the write.
     while let Some(plain) = fetched.try_next().await? {
         out = tokio::task::spawn_blocking(move || out.write_all(&plain).map(|()| out))
@@ -119,7 +119,7 @@ pub struct DumpRestoreOptions {
     /// them (staging has its own roles).
     pub target: crate::Target,
     /// Chunk groups read from the repository at once.
-    pub downloads: usize,
+    pub transfers: usize,
     pub pg_command: PgCommand,
 }
 
@@ -179,7 +179,7 @@ where
                 storage.as_ref(),
                 &chunks,
                 std::io::sink(),
-                options.downloads,
+                options.transfers,
             )
             .await
             .map_err(RestoreError::step(format!(
@@ -262,7 +262,7 @@ where
     });
     let fed = match (source, chunks) {
         (DumpSource::Repository(_), Some(chunks)) => {
-            write_chunks(storage.as_ref(), &chunks, stdin, options.downloads)
+            write_chunks(storage.as_ref(), &chunks, stdin, options.transfers)
                 .await
                 .map(drop)
         }
@@ -374,7 +374,7 @@ mod tests {
         let options = DumpRestoreOptions {
             database: "app_staging".into(),
             target: crate::Target::Staging,
-            downloads: 1,
+            transfers: 1,
             pg_command: Box::new(|program| {
                 let mut command = std::process::Command::new("sh");
                 if program == "pg_restore" {

@@ -51,7 +51,7 @@ pub fn redis_running_in(dir: &Path) -> Option<u32> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedisRestoreOptions {
     /// Chunks read from the repository at once.
-    pub downloads: usize,
+    pub transfers: usize,
     /// Whom the restored files and the directories the restore creates are given to: Redis's
     /// user when root restores for it. `Owner::KEEP` keeps the process's own.
     pub owner: Owner,
@@ -64,14 +64,14 @@ pub async fn restore_redis(
     dir: &Path,
     options: &RedisRestoreOptions,
 ) -> Result<RedisRestoreReport, RestoreError> {
-    let RedisRestoreOptions { downloads, owner } = *options;
+    let RedisRestoreOptions { transfers, owner } = *options;
     crate::validate::validate_stream(manifest)?;
     // Nothing is moved aside for a backup that cannot be read whole.
     crate::restore_base::check_packs_exist(
         storage,
         &manifest.backup_id,
         manifest.chunks(),
-        downloads,
+        transfers,
     )
     .await?;
     let moved_aside = prepare_dir(dir, owner)?;
@@ -265,7 +265,7 @@ async fn write_file(
     path: &Path,
     options: &RedisRestoreOptions,
 ) -> Result<(), RestoreError> {
-    let (target, owner, downloads) = (path.to_path_buf(), options.owner, options.downloads);
+    let (target, owner, transfers) = (path.to_path_buf(), options.owner, options.transfers);
     let mut staged =
         tokio::task::spawn_blocking(move || StagedFile::create(&target, redis_file_options(owner)))
             .await
@@ -273,7 +273,7 @@ async fn write_file(
             .map_err(|e| RestoreError::io(e.path, e.source))?;
     let mut fetched = futures::stream::iter(chunks)
         .map(|chunk| fetch_chunk(storage, chunk))
-        .buffered(downloads.max(1));
+        .buffered(transfers.max(1));
     while let Some(plain) = fetched.try_next().await? {
         staged = tokio::task::spawn_blocking(move || staged.write_all(&plain).map(|()| staged))
             .await
@@ -344,7 +344,7 @@ mod tests {
         let manifest: StreamManifest = serde_json::from_value(json).expect("manifest");
         let dir = home.join("new/redis");
         let options = RedisRestoreOptions {
-            downloads: 2,
+            transfers: 2,
             owner,
         };
         let report = restore_redis(&storage, &manifest, &dir, &options)

@@ -414,7 +414,7 @@ async fn a_failed_redis_restore_leaves_the_existing_dump_where_redis_looks() {
         &manifest,
         &dir,
         &restore::RedisRestoreOptions {
-            downloads: 2,
+            transfers: 2,
             owner: storage::private::Owner::KEEP,
         },
     )

@@ -123,10 +123,10 @@ async fn backup(repo: &mut Repo) -> BackupManifest {
     manifest
 }
 
-/// The shared options, with four downloads.
+/// The shared options, with four transfers.
 fn options(data_dir: &Path) -> RestoreOptions {
     RestoreOptions {
-        downloads: 4,
+        transfers: 4,
         ..common::options(data_dir)
     }
 }

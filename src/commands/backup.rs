@@ -3,19 +3,19 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::config::Settings;
+use ops::Settings;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BackupCommand {
     /// Back up PostgreSQL: base (physical, default) or dump (logical).
     Postgres {
-        #[arg(long, value_parser = super::restore::postgres_kind, default_value = "base")]
+        #[arg(long, value_parser = storage::BackupKind::parse_postgres, default_value = "base")]
         kind: storage::BackupKind,
     },
     /// Back up Redis: an RDB snapshot over the replication protocol (REDIS_HOST, REDIS_PORT,
     /// REDIS_PASSWORD).
     Redis {
-        #[arg(long, value_parser = super::restore::redis_kind, default_value = "rdb")]
+        #[arg(long, value_parser = storage::BackupKind::parse_redis, default_value = "rdb")]
         kind: storage::BackupKind,
     },
 }
@@ -40,7 +40,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     }
     let storage = settings.repository_for_writing().await?;
     let opts = archiver::BaseBackupOptions {
-        connection: settings.db.clone(),
+        connection: super::platform::connection(&settings.db),
         data_dir: settings.pgdata.clone(),
         compression: settings.compression,
         block_size: settings.block_size,
@@ -71,7 +71,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
 async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository_for_writing().await?;
     let opts = archiver::RdbBackupOptions {
-        redis: settings.redis.clone(),
+        redis: super::platform::redis_client(&settings.redis),
         compression: settings.compression,
         parallelism: settings.parallelism,
         transfers: settings.upload_transfers(),

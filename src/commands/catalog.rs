@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use crate::config::Settings;
+use ops::Settings;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CatalogCommand {

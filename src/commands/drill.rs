@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use ops::drill::{DrillOptions, DrillOutcome};
 
-use crate::config::Settings;
+use ops::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct DrillArgs {

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::config::Settings;
+use ops::Settings;
 
 fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptions> {
-    let mut connection = settings.db.clone();
+    let mut connection = super::platform::connection(&settings.db);
     connection.dbname = dbname.to_string();
     Ok(archiver::DumpOptions {
         connection,
@@ -59,11 +59,11 @@ pub async fn restore(
         }
     };
     let storage = settings.repository_for_writing().await?;
-    let (pg_bin, db) = (settings.pg_bin(), settings.db.clone());
+    let (pg_bin, db) = (settings.pg_bin(), super::platform::connection(&settings.db));
     let options = restore::DumpRestoreOptions {
         database,
         target,
-        downloads: settings.download_transfers(),
+        transfers: settings.download_transfers(),
         pg_command: Box::new(move |program| archiver::pg_command(&pg_bin, program, &db)),
     };
     let restored =

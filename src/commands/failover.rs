@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::config::Settings;
+use ops::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct FailoverArgs {
@@ -58,7 +58,7 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         services: settings.ops.services.clone(),
         redis: verify.redis.clone(),
         pgdata: settings.pgdata.clone(),
-        downloads: settings.download_transfers(),
+        transfers: settings.download_transfers(),
         verify,
         restore_options: &restore_options,
     };

@@ -8,7 +8,6 @@ mod platform;
 pub mod prune;
 pub mod restore;
 pub mod runbook;
-pub mod status_file;
 pub mod verify;
 pub mod verify_recovery;
 pub mod wal;
@@ -29,7 +28,7 @@ pub fn spinner(operation: &str) -> indicatif::ProgressBar {
 /// Tell Slack and email (when configured) how `operation` ended. Delivery failures are
 /// warnings: the operation's own outcome stands.
 pub async fn notify(
-    settings: &crate::config::Settings,
+    settings: &ops::Settings,
     operation: &str,
     ok: bool,
     summary: &str,

@@ -1,32 +1,35 @@
-//! What the ops crate is given from the settings: the repository, the catalog and BACKUP_DIR
-//! (through `ops::Repository`), the PostgreSQL server, Redis, and the verify checks.
+//! What the archiver and the ops crate are given from the settings: the PostgreSQL server,
+//! Redis, and the verify checks.
 
-use std::path::Path;
+use ops::Settings;
+use ops::settings::{Database, RedisServer};
 
-use crate::config::Settings;
-
-impl ops::Repository for Settings {
-    async fn open(&self) -> Result<std::sync::Arc<dyn storage::Storage>, ops::OpsError> {
-        self.repository()
-            .await
-            .map_err(|e| ops::OpsError::Repository(format!("{e:#}")))
+/// The PostgreSQL server as the archiver reaches it.
+pub fn connection(db: &Database) -> archiver::ConnectionOptions {
+    archiver::ConnectionOptions {
+        host: db.host.clone(),
+        port: db.port,
+        user: db.user.clone(),
+        password: db.password.clone(),
+        dbname: db.dbname.clone(),
     }
+}
 
-    fn catalog_path(&self) -> Result<std::path::PathBuf, ops::OpsError> {
-        Settings::catalog_path(self).map_err(|e| ops::OpsError::NotConfigured(format!("{e:#}")))
-    }
-
-    fn backup_dir(&self) -> Option<&Path> {
-        self.backup_dir.as_deref()
+/// Redis as the archiver reaches it.
+pub fn redis_client(redis: &RedisServer) -> archiver::RedisOptions {
+    archiver::RedisOptions {
+        host: redis.host.clone(),
+        port: redis.port,
+        password: redis.password.clone(),
     }
 }
 
 /// The primary as the settings name it; the replica is the same at another address.
-pub fn server(db: &archiver::ConnectionOptions) -> ops::pg::Server {
+pub fn server(db: &Database) -> ops::pg::Server {
     ops::pg::Server {
         host: db.host.clone(),
         port: db.port,
-        config: db.pg_config(),
+        config: connection(db).pg_config(),
     }
 }
 
@@ -48,8 +51,8 @@ pub fn verify_options(
 }
 
 /// Redis at its address, its keys counted by the archiver's client.
-fn redis(redis: &archiver::RedisOptions) -> ops::Redis {
-    let client = redis.clone();
+fn redis(redis: &RedisServer) -> ops::Redis {
+    let client = redis_client(redis);
     ops::Redis {
         host: redis.host.clone(),
         port: redis.port,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use catalog::prune::{PruneOptions, PrunePlan};
 
-use crate::config::Settings;
+use ops::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {

@@ -1,11 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use jiff::tz::TimeZone;
 use restore::BackupSelector;
 
-use crate::config::{Settings, shell_quote};
+use ops::Settings;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RestoreCommand {
@@ -17,7 +17,7 @@ pub enum RestoreCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct RedisArgs {
-    #[arg(long = "type", value_parser = redis_kind, default_value = "rdb")]
+    #[arg(long = "type", value_parser = storage::BackupKind::parse_redis, default_value = "rdb")]
     kind: storage::BackupKind,
     /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
     #[arg(long, default_value = "latest")]
@@ -38,27 +38,6 @@ pub struct RedisArgs {
     skip_verify: bool,
 }
 
-/// `rdb` or `aof`: the kinds of a Redis backup.
-pub fn redis_kind(text: &str) -> Result<storage::BackupKind, String> {
-    kind_of(text, storage::Service::Redis, "rdb or aof")
-}
-
-/// `base` or `dump`: the kinds of a PostgreSQL backup.
-pub fn postgres_kind(text: &str) -> Result<storage::BackupKind, String> {
-    kind_of(text, storage::Service::Postgresql, "base or dump")
-}
-
-fn kind_of(
-    text: &str,
-    service: storage::Service,
-    kinds: &str,
-) -> Result<storage::BackupKind, String> {
-    text.parse::<storage::BackupKind>()
-        .ok()
-        .filter(|kind| kind.service() == service)
-        .ok_or_else(|| format!("use {kinds}"))
-}
-
 #[derive(Debug, clap::Args)]
 pub struct PostgresArgs {
     #[arg(long = "type", value_enum)]
@@ -74,7 +53,7 @@ pub struct PostgresArgs {
     #[arg(long)]
     file: Option<PathBuf>,
     /// base (physical) or dump (logical).
-    #[arg(long, value_parser = postgres_kind, default_value = "base")]
+    #[arg(long, value_parser = storage::BackupKind::parse_postgres, default_value = "base")]
     kind: storage::BackupKind,
     /// The data directory to restore into: must be empty or not exist.
     #[arg(long, env = "PGDATA")]
@@ -149,7 +128,9 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     progress.finish_and_clear();
     let restored = restored?;
     println!("{restored}");
-    super::status_file::record_restore(settings, id, &data_dir);
+    if let Some(dir) = &settings.backup_dir {
+        ops::status_file::record_restore(dir, id, &data_dir);
+    }
     let advice = restored.start_advice(&plan.recovery, args.archive_mode);
     println!("{advice}");
     Ok(ExitCode::SUCCESS)
@@ -163,23 +144,12 @@ pub fn postgres_options(
     verify_first: bool,
     choices: restore::RestoreChoices,
 ) -> Result<restore::PostgresRestoreOptions> {
-    let exe = std::env::current_exe().context("find the lifeline binary for restore_command")?;
-    let Some(exe) = exe.to_str() else {
-        bail!(
-            "the lifeline binary's path {} is not UTF-8 and cannot be written into restore_command: install it under a UTF-8 path",
-            exe.display()
-        );
-    };
+    let fetch = settings.wal_fetch_command()?;
     Ok(restore::PostgresRestoreOptions {
-        restore_program: format!(
-            "{}{} wal fetch --cluster {}",
-            shell_quote(exe),
-            settings.repository_flags()?,
-            backup.system_identifier
-        ),
+        restore_program: format!("{fetch} --cluster {}", backup.system_identifier),
         spool: settings.spool(),
         parallelism: settings.parallelism,
-        downloads: settings.download_transfers(),
+        transfers: settings.download_transfers(),
         verify_first,
         choices,
         owner: storage::private::Owner::KEEP,
@@ -187,7 +157,7 @@ pub fn postgres_options(
 }
 
 async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode> {
-    let redis = settings.redis.clone();
+    let redis = super::platform::redis_client(&settings.redis);
     let served = tokio::task::spawn_blocking(move || archiver::redis_data_dir(&redis))
         .await
         .ok()
@@ -201,7 +171,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
             let storage = settings.repository().await?;
             let catalog = settings.open_catalog()?;
             let options = restore::RedisRestoreOptions {
-                downloads: settings.download_transfers(),
+                transfers: settings.download_transfers(),
                 owner: storage::private::Owner::KEEP,
             };
             restore::restore_redis_backup(

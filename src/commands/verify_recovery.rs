@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::Settings;
+use ops::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyRecoveryArgs {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use restore::FetchOutcome;
 
-use crate::config::Settings;
+use ops::Settings;
 
 /// Above 125: PostgreSQL treats it as fatal and stops recovery rather than ending it early.
 pub const FETCH_FATAL: u8 = 126;
@@ -63,14 +63,18 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
                 system_identifier: args.cluster,
                 spool: spool.as_ref(),
             };
-            match restore::fetch_wal(&request, || settings.repository()).await? {
+            match restore::fetch_wal(&request, || async {
+                Ok::<_, anyhow::Error>(settings.repository().await?)
+            })
+            .await?
+            {
                 FetchOutcome::Fetched {
                     system_identifier,
                     read_ahead,
                     ..
                 } => {
                     if read_ahead {
-                        start_prefetcher(settings, system_identifier, &args.name);
+                        settings.start_prefetcher(system_identifier, &args.name);
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -100,35 +104,5 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// Start `wal prefetch` detached: recovery gets its answer now, and the next segments are
-/// fetched while it replays this one. A prefetch that fails costs nothing: the next fetch
-/// reads the repository.
-fn start_prefetcher(settings: &Settings, system_identifier: u64, name: &str) {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let (Ok(exe), Ok(repository)) = (std::env::current_exe(), settings.repository_args()) else {
-        return;
-    };
-    let spawned = Command::new(exe)
-        .args(repository)
-        .args(["--wal-prefetch", &settings.prefetch.segments.to_string()])
-        .args([
-            "wal",
-            "prefetch",
-            "--cluster",
-            &system_identifier.to_string(),
-            name,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Its own process group: signals meant for restore_command are not meant for it.
-        .process_group(0)
-        .spawn();
-    if let Err(e) = spawned {
-        tracing::debug!("prefetch not started: {e}");
     }
 }

@@ -98,6 +98,23 @@ impl BackupKind {
             BackupKind::Rdb | BackupKind::Aof => Service::Redis,
         }
     }
+
+    /// `base` or `dump`: a kind of PostgreSQL backup (`--kind`), else "use base or dump".
+    pub fn parse_postgres(text: &str) -> Result<BackupKind, String> {
+        Self::parse_of(text, Service::Postgresql, "base or dump")
+    }
+
+    /// `rdb` or `aof`: a kind of Redis backup (`--type`), else "use rdb or aof".
+    pub fn parse_redis(text: &str) -> Result<BackupKind, String> {
+        Self::parse_of(text, Service::Redis, "rdb or aof")
+    }
+
+    fn parse_of(text: &str, service: Service, kinds: &str) -> Result<BackupKind, String> {
+        text.parse::<BackupKind>()
+            .ok()
+            .filter(|kind| kind.service() == service)
+            .ok_or_else(|| format!("use {kinds}"))
+    }
 }
 
 impl fmt::Display for Service {
@@ -160,5 +177,19 @@ mod tests {
         assert!("BASE".parse::<BackupKind>().is_err());
         assert!("postgres".parse::<Service>().is_err());
         assert_eq!(format!("{:<10}|", Service::Redis), "redis     |");
+    }
+
+    #[test]
+    fn each_service_takes_only_its_own_kinds() {
+        assert_eq!(BackupKind::parse_postgres("dump"), Ok(BackupKind::Dump));
+        assert_eq!(BackupKind::parse_redis("aof"), Ok(BackupKind::Aof));
+        assert_eq!(
+            BackupKind::parse_postgres("rdb"),
+            Err("use base or dump".into())
+        );
+        assert_eq!(
+            BackupKind::parse_redis("base"),
+            Err("use rdb or aof".into())
+        );
     }
 }

@@ -4,13 +4,13 @@ use std::path::Path;
 
 use restore::{ArchiveMode, RecoveryTarget, RestoreOptions, TablespaceMapping, TargetTimeline};
 
-/// A restore into `data_dir` to the backup's consistent end, two workers, two downloads,
+/// A restore into `data_dir` to the backup's consistent end, two workers, two transfers,
 /// tablespaces back where they were, no archiving.
 pub fn options(data_dir: &Path) -> RestoreOptions {
     RestoreOptions {
         data_dir: data_dir.to_path_buf(),
         parallelism: 2,
-        downloads: 2,
+        transfers: 2,
         verify_first: false,
         target: RecoveryTarget::Immediate,
         restore_command: "lifeline wal fetch %f %p".into(),

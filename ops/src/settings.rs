@@ -1,0 +1,655 @@
+//! The settings every command works from: the configuration file ([`ConfigFile::load`]),
+//! overridden by the environment, overridden by the binary's flags, then checked and resolved
+//! once ([`Settings::resolve`]) before any I/O: a typing error is found before the incident,
+//! not during it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use storage::retry::RetryPolicy;
+use storage::{Codec, Compression, LocalStorage, S3Options, S3Storage, StaticCredentials, Storage};
+
+use crate::config_file::{ConfigFile, duration_key, mib_to_bytes, parse_duration, seconds};
+use crate::{FailoverConfig, NotifyConfig, OpsError, ServiceConfig, VerifyConfig};
+
+/// What the commands work from. No secret is printed by its `Debug`.
+#[derive(Debug)]
+pub struct Settings {
+    pub config_file: Option<PathBuf>,
+    pub backup_dir: Option<PathBuf>,
+    pub catalog: Option<PathBuf>,
+    pub compression: Compression,
+    pub block_size: usize,
+    pub parallelism: usize,
+    pub wal_wait: Duration,
+    pub db: Database,
+    pub pgdata: Option<PathBuf>,
+    /// The S3 repository, when there is one (the local directory then holds the catalog only).
+    pub s3: Option<S3Options>,
+    /// Packs uploaded or chunk groups downloaded at once; `None` picks by repository kind.
+    pub transfers: Option<usize>,
+    pub prefetch: Prefetch,
+    pub redis: RedisServer,
+    /// The database a `--target staging` dump restore recreates.
+    pub staging_db: String,
+    /// `pg-bin-dir` / `PG_BIN_DIR` when set; see [`Settings::pg_bin`].
+    pg_bin_dir: Option<PathBuf>,
+    pub retention: catalog::RetentionPolicy,
+    /// Unreferenced packs younger than this are left to the backup that may be writing them.
+    pub prune_grace: Duration,
+    /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
+    pub repack_unused_percent: u64,
+    pub ops: OpsSettings,
+}
+
+/// The PostgreSQL server backed up (DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME).
+#[derive(Clone)]
+pub struct Database {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+/// The Redis server backed up (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD).
+#[derive(Clone)]
+pub struct RedisServer {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What the operations commands (failover, verify-recovery, drill) and notifications use.
+#[derive(Debug, Default)]
+pub struct OpsSettings {
+    pub notify: NotifyConfig,
+    pub verify: VerifyConfig,
+    pub failover: FailoverConfig,
+    pub services: BTreeMap<String, ServiceConfig>,
+    pub drill_dir: Option<PathBuf>,
+    /// Redis is part of the platform (REDIS_HOST or redis-host set).
+    pub redis_configured: bool,
+    /// `SIMULATE_MODE=true`: commands that would change something only say what they would do.
+    pub simulate: bool,
+}
+
+/// `wal fetch` read-ahead: how many segments past the requested one, and at most how many bytes.
+#[derive(Debug, Clone)]
+pub struct Prefetch {
+    pub segments: usize,
+    pub bytes: u64,
+    pub spool_dir: Option<PathBuf>,
+}
+
+fn setting(message: String) -> OpsError {
+    OpsError::Setting(message)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        return path;
+    }
+    std::env::current_dir()
+        .map(|d| d.join(&path))
+        .unwrap_or(path)
+}
+
+/// `slot` from the environment variable `name` when set: the environment wins over the file.
+fn from_env<T: std::str::FromStr>(
+    slot: &mut Option<T>,
+    name: &str,
+    what: &str,
+) -> Result<(), OpsError> {
+    if let Some(v) = env(name) {
+        *slot = Some(
+            v.parse()
+                .map_err(|_| setting(format!("{name}={v:?} is not {what}")))?,
+        );
+    }
+    Ok(())
+}
+
+fn bool_env(name: &str) -> Result<Option<bool>, OpsError> {
+    let Some(v) = env(name) else {
+        return Ok(None);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(Some(true)),
+        "0" | "false" | "no" | "off" => Ok(Some(false)),
+        _ => Err(setting(format!("{name}={v:?} is not true or false"))),
+    }
+}
+
+/// A duration from `NAME` (human text, or a bare number of seconds) or from `NAME_SECONDS`,
+/// the name it had before.
+fn env_duration(name: &str) -> Result<Option<Duration>, OpsError> {
+    let old = format!("{name}_SECONDS");
+    let (key, text) = match (env(name), env(&old)) {
+        (Some(text), _) => (name.to_string(), text),
+        (None, Some(text)) => (old, text),
+        (None, None) => return Ok(None),
+    };
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(Some(Duration::from_secs(seconds(secs, &key)?)));
+    }
+    Ok(Some(parse_duration(&text, &key)?))
+}
+
+impl ConfigFile {
+    /// The file at `path` (none: every key unset), with the environment's settings over it.
+    pub fn load(path: Option<&Path>) -> Result<ConfigFile, OpsError> {
+        let mut file = match path {
+            None => ConfigFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| OpsError::Io {
+                    doing: format!("read the configuration file {}", path.display()),
+                    source,
+                })?;
+                ConfigFile::parse(&text).map_err(|e| {
+                    setting(format!(
+                        "parse the configuration file {} (fix the key or value it names): {e}",
+                        path.display()
+                    ))
+                })?
+            }
+        };
+        file.overlay_environment()?;
+        Ok(file)
+    }
+
+    fn overlay_environment(&mut self) -> Result<(), OpsError> {
+        for (slot, name) in [
+            (&mut self.db_host, "DB_HOST"),
+            (&mut self.db_user, "DB_USER"),
+            (&mut self.db_password, "DB_PASSWORD"),
+            (&mut self.db_name, "DB_NAME"),
+            (&mut self.redis_host, "REDIS_HOST"),
+            (&mut self.redis_password, "REDIS_PASSWORD"),
+            (&mut self.staging_db_name, "STAGING_DB_NAME"),
+        ] {
+            from_env(slot, name, "text")?;
+        }
+        from_env(&mut self.db_port, "DB_PORT", "a port number")?;
+        from_env(&mut self.redis_port, "REDIS_PORT", "a port number")?;
+        from_env(&mut self.pgdata, "PGDATA", "a path")?;
+        from_env(&mut self.pg_bin_dir, "PG_BIN_DIR", "a path")?;
+        Ok(())
+    }
+
+    /// The S3 repository settings, when a bucket is named anywhere.
+    fn s3_options(&self) -> Result<Option<S3Options>, OpsError> {
+        let Some(location) = &self.s3_bucket else {
+            return Ok(None);
+        };
+        let mut opts = S3Options::for_location(location).map_err(|e| setting(e.to_string()))?;
+        opts.endpoint = self.s3_endpoint.clone();
+        opts.region = self.s3_region.clone();
+        opts.path_style = self.s3_path_style.unwrap_or(opts.endpoint.is_some());
+        if let Some(mib) = self.s3_part_size_mib {
+            opts.part_size = usize::try_from(mib_to_bytes(mib as u64, "s3-part-size-mib")?)
+                .map_err(|_| setting("s3-part-size-mib: too large for this machine".into()))?;
+            opts.single_put_max = opts.single_put_max.max(opts.part_size);
+        }
+        let retry = match env_duration("LIFELINE_S3_RETRY")? {
+            Some(retry) => Some(retry),
+            None => duration_key(
+                ("s3-retry", self.s3_retry.as_deref()),
+                ("s3-retry-seconds", self.s3_retry_seconds, 1),
+            )?,
+        };
+        if let Some(deadline) = retry {
+            opts.retry = RetryPolicy {
+                deadline,
+                ..RetryPolicy::default()
+            };
+        }
+        let ca_file = env("AWS_CA_BUNDLE").map(PathBuf::from);
+        if let Some(path) = ca_file.or(self.s3_ca_file.clone()) {
+            opts.ca_bundle = Some(std::fs::read(&path).map_err(|source| OpsError::Io {
+                doing: format!(
+                    "read the CA bundle {} (AWS_CA_BUNDLE or s3-ca-file)",
+                    path.display()
+                ),
+                source,
+            })?);
+        }
+        // The standard sources (the environment first) win over the file, as for every setting.
+        if env("AWS_ACCESS_KEY_ID").is_none()
+            && let (Some(id), Some(secret)) = (&self.aws_access_key_id, &self.aws_secret_access_key)
+        {
+            opts.credentials = Some(StaticCredentials {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+            });
+        }
+        Ok(Some(opts))
+    }
+
+    fn compression_settings(&self) -> Result<Compression, OpsError> {
+        let codec: Codec = self
+            .compression
+            .as_deref()
+            .unwrap_or("zstd")
+            .parse()
+            .map_err(setting)?;
+        let level = self.compression_level.unwrap_or(match codec {
+            Codec::Gzip => 6,
+            _ => 3,
+        });
+        let valid = match codec {
+            Codec::Zstd => (1..=19).contains(&level),
+            Codec::Gzip => (0..=9).contains(&level),
+            Codec::None => true,
+        };
+        if !valid {
+            return Err(setting(format!(
+                "compression level {level} is out of range for {codec:?}: zstd takes 1-19, gzip 0-9"
+            )));
+        }
+        Ok(Compression {
+            codec,
+            level,
+            workers: 0,
+        })
+    }
+
+    fn ops_settings(&self) -> Result<OpsSettings, OpsError> {
+        let mut notify = self.notify.clone();
+        notify.slack_webhook_url = env("SLACK_WEBHOOK_URL").or(notify.slack_webhook_url);
+        notify.email_to = env("NOTIFICATION_EMAIL").or(notify.email_to);
+        notify.smtp_password = env("SMTP_PASSWORD").or(notify.smtp_password);
+        if let Some(url) = &notify.slack_webhook_url
+            && !url.starts_with("https://")
+            && !url.starts_with("http://")
+        {
+            return Err(setting(
+                "SLACK_WEBHOOK_URL (or slack-webhook-url) must be an http(s) URL".into(),
+            ));
+        }
+        let mut failover = self.failover.clone();
+        failover.replica_host = env("REPLICA_HOST").or(failover.replica_host);
+        from_env(&mut failover.replica_port, "REPLICA_PORT", "a port number")?;
+        failover.promote_timeout()?;
+        for (name, service) in &self.services {
+            service.timeout(name)?;
+        }
+        Ok(OpsSettings {
+            notify,
+            verify: self.verify.clone(),
+            failover,
+            services: self.services.clone(),
+            drill_dir: self.drill_dir.clone().map(absolute),
+            redis_configured: self.redis_host.is_some(),
+            simulate: bool_env("SIMULATE_MODE")?.unwrap_or(false),
+        })
+    }
+
+    fn prune_grace(&self) -> Result<Duration, OpsError> {
+        if let Some(grace) = env_duration("LIFELINE_PRUNE_GRACE")? {
+            return Ok(grace);
+        }
+        let grace = duration_key(
+            ("prune-grace", self.prune_grace.as_deref()),
+            ("prune-grace-hours", self.prune_grace_hours, 3600),
+        )?;
+        Ok(grace.unwrap_or(Duration::from_secs(24 * 3600)))
+    }
+}
+
+impl Settings {
+    /// Check and resolve `file` (the environment and flags already laid over it); `config_file`
+    /// is where it was read from, named again in the commands lifeline writes for PostgreSQL.
+    pub fn resolve(file: ConfigFile, config_file: Option<PathBuf>) -> Result<Settings, OpsError> {
+        let s3 = file.s3_options()?;
+        let prefetch_default = if s3.is_some() { 8 } else { 0 };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let dbname = file.db_name.clone().unwrap_or_else(|| "postgres".into());
+        let wal_wait = duration_key(
+            ("wal-wait", file.wal_wait.as_deref()),
+            ("wal-wait-seconds", file.wal_wait_seconds, 1),
+        )?;
+        Ok(Settings {
+            config_file: config_file.map(absolute),
+            backup_dir: file.backup_dir.clone().map(absolute),
+            catalog: file.catalog.clone().map(absolute),
+            compression: file.compression_settings()?,
+            block_size: file
+                .block_size
+                .unwrap_or(storage::chunking::DEFAULT_BLOCK_SIZE),
+            parallelism: file.parallelism.unwrap_or(cpus.max(2)),
+            wal_wait: wal_wait.unwrap_or(Duration::from_secs(300)),
+            pgdata: file.pgdata.clone(),
+            s3,
+            transfers: file.transfers,
+            prefetch: Prefetch {
+                segments: file.wal_prefetch.unwrap_or(prefetch_default),
+                bytes: mib_to_bytes(file.wal_prefetch_mib.unwrap_or(512), "wal-prefetch-mib")?,
+                spool_dir: file.wal_spool_dir.clone().map(absolute),
+            },
+            staging_db: file
+                .staging_db_name
+                .clone()
+                .unwrap_or_else(|| format!("{dbname}_staging")),
+            pg_bin_dir: file.pg_bin_dir.clone(),
+            retention: catalog::RetentionPolicy {
+                daily: file.keep_daily.unwrap_or(7),
+                weekly: file.keep_weekly.unwrap_or(4),
+                monthly: file.keep_monthly.unwrap_or(12),
+                wal_days: file.wal_days.unwrap_or(7),
+            },
+            prune_grace: file.prune_grace()?,
+            repack_unused_percent: match file.repack_unused_percent {
+                Some(p @ 1..=100) => p,
+                Some(p) => {
+                    return Err(setting(format!(
+                        "repack-unused-percent = {p}: use 1-100 (100 repacks nothing, only wholly unused packs are deleted)"
+                    )));
+                }
+                None => 30,
+            },
+            ops: file.ops_settings()?,
+            redis: RedisServer {
+                host: file.redis_host.unwrap_or_else(|| "127.0.0.1".into()),
+                port: file.redis_port.unwrap_or(6379),
+                password: file.redis_password,
+            },
+            db: Database {
+                host: file.db_host.unwrap_or_else(|| "localhost".into()),
+                port: file.db_port.unwrap_or(5432),
+                user: file.db_user.unwrap_or_else(|| "postgres".into()),
+                password: file.db_password,
+                dbname,
+            },
+        })
+    }
+
+    pub fn backup_dir(&self) -> Result<&Path, OpsError> {
+        self.backup_dir.as_deref().ok_or_else(|| {
+            OpsError::NotConfigured(if self.s3.is_some() {
+                "no local directory for the catalog, logs and WAL spool: set BACKUP_DIR (the \
+                 repository itself is in S3)"
+                    .into()
+            } else {
+                "no repository configured: set BACKUP_DIR (or --backup-dir, or backup-dir in the \
+                 config file), or S3_BACKUP_BUCKET for an S3 repository"
+                    .into()
+            })
+        })
+    }
+
+    pub fn catalog_path(&self) -> Result<PathBuf, OpsError> {
+        match &self.catalog {
+            Some(path) => Ok(path.clone()),
+            None => Ok(self.backup_dir()?.join("catalog.db")),
+        }
+    }
+
+    pub fn open_catalog(&self) -> Result<catalog::Catalog, OpsError> {
+        crate::Repository::open_catalog(self)
+    }
+
+    /// The repository for commands that write (a local one must exist and belong to this user).
+    pub async fn repository_for_writing(&self) -> Result<Arc<dyn Storage>, OpsError> {
+        if let Some(opts) = &self.s3 {
+            return open_s3(opts).await;
+        }
+        let local = LocalStorage::open(self.backup_dir()?).map_err(OpsError::OpenRepository)?;
+        Ok(Arc::new(local))
+    }
+
+    /// The repository for commands that read: a local one must exist.
+    pub async fn repository(&self) -> Result<Arc<dyn Storage>, OpsError> {
+        if let Some(opts) = &self.s3 {
+            return open_s3(opts).await;
+        }
+        let local =
+            LocalStorage::open_existing(self.backup_dir()?).map_err(OpsError::OpenRepository)?;
+        Ok(Arc::new(local))
+    }
+
+    /// Uploads in flight during a backup.
+    pub fn upload_transfers(&self) -> usize {
+        self.transfers
+            .unwrap_or(if self.s3.is_some() { 8 } else { 2 })
+            .max(1)
+    }
+
+    /// Reads in flight during a restore.
+    pub fn download_transfers(&self) -> usize {
+        let local = self.parallelism + 1;
+        self.transfers
+            .unwrap_or(if self.s3.is_some() { 8 } else { local })
+            .max(1)
+    }
+
+    /// The arguments that find this repository again (paths and locations, never secrets).
+    pub fn repository_args(&self) -> Result<Vec<String>, OpsError> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: &Path| {
+            args.push(flag.to_string());
+            args.push(value.to_string_lossy().into_owned());
+        };
+        if let Some(config) = &self.config_file {
+            push("--config", config);
+        }
+        push("--backup-dir", self.backup_dir()?);
+        if let Some(catalog) = &self.catalog {
+            push("--catalog", catalog);
+        }
+        if let Some(s3) = &self.s3 {
+            let location = match s3.prefix.as_str() {
+                "" => s3.bucket.clone(),
+                prefix => format!("{}/{prefix}", s3.bucket),
+            };
+            push("--s3-bucket", Path::new(&location));
+            let optional = [("--s3-endpoint", &s3.endpoint), ("--s3-region", &s3.region)];
+            for (flag, value) in optional {
+                if let Some(value) = value {
+                    push(flag, Path::new(value));
+                }
+            }
+        }
+        Ok(args)
+    }
+
+    /// The command line that runs this binary's `wal fetch` against this repository, for
+    /// `restore_command` (`--cluster` follows).
+    pub fn wal_fetch_command(&self) -> Result<String, OpsError> {
+        let exe = std::env::current_exe().map_err(|source| OpsError::Io {
+            doing: "find the lifeline binary for restore_command".into(),
+            source,
+        })?;
+        let Some(exe) = exe.to_str() else {
+            return Err(OpsError::RestoreCommand(format!(
+                "the lifeline binary's path {} is not UTF-8 and cannot be written into restore_command: install it under a UTF-8 path",
+                exe.display()
+            )));
+        };
+        let mut command = shell_quote(exe);
+        for arg in self.repository_args()? {
+            command.push(' ');
+            command.push_str(&shell_quote(&arg));
+        }
+        Ok(command + " wal fetch")
+    }
+
+    /// Start this binary's `wal prefetch` detached: recovery gets its answer now, and the
+    /// segments after `name` are fetched while it replays this one. A prefetch that fails
+    /// costs nothing: the next fetch reads the repository.
+    pub fn start_prefetcher(&self, system_identifier: u64, name: &str) {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {
+            return;
+        };
+        let cluster = system_identifier.to_string();
+        let spawned = Command::new(exe)
+            .args(repository)
+            .args(["--wal-prefetch", &self.prefetch.segments.to_string()])
+            .args(["wal", "prefetch", "--cluster", &cluster, name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: signals meant for restore_command are not meant for it.
+            .process_group(0)
+            .spawn();
+        if let Err(e) = spawned {
+            tracing::debug!("prefetch not started: {e}");
+        }
+    }
+
+    /// Where pg_dump, pg_restore, psql, createdb and dropdb are ("" for PATH). Looked up only
+    /// by the dump commands, not by every `wal push`.
+    pub fn pg_bin(&self) -> PathBuf {
+        self.pg_bin_dir.clone().unwrap_or_else(newest_pg_bin)
+    }
+
+    /// The local repository, when the repository is not in S3 (where BACKUP_DIR only holds the
+    /// catalog, logs and spool).
+    pub fn local_repository(&self) -> Option<PathBuf> {
+        self.backup_dir.clone().filter(|_| self.s3.is_none())
+    }
+
+    /// Where `wal fetch` spools, whether or not prefetch is on now (an earlier run may have
+    /// left files there).
+    pub fn spool_dir(&self) -> Option<PathBuf> {
+        self.prefetch
+            .spool_dir
+            .clone()
+            .or_else(|| self.backup_dir.as_ref().map(|d| d.join("spool")))
+    }
+
+    /// The `wal fetch` read-ahead spool, when prefetch is on and there is a place for it.
+    pub fn spool(&self) -> Option<restore::Spool> {
+        if self.prefetch.segments == 0 {
+            return None;
+        }
+        let (segments, bytes) = (self.prefetch.segments, self.prefetch.bytes);
+        Some(restore::Spool::new(self.spool_dir()?, segments, bytes))
+    }
+}
+
+impl crate::Repository for Settings {
+    async fn open(&self) -> Result<Arc<dyn Storage>, OpsError> {
+        self.repository().await
+    }
+
+    fn catalog_path(&self) -> Result<PathBuf, OpsError> {
+        Settings::catalog_path(self)
+    }
+
+    fn backup_dir(&self) -> Option<&Path> {
+        self.backup_dir.as_deref()
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<major>/bin` (Debian's layout), else PATH.
+fn newest_pg_bin() -> PathBuf {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max();
+    newest.map_or_else(PathBuf::new, |major| {
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
+    })
+}
+
+async fn open_s3(opts: &S3Options) -> Result<Arc<dyn Storage>, OpsError> {
+    let storage = S3Storage::open(opts.clone())
+        .await
+        .map_err(OpsError::OpenS3Repository)?;
+    Ok(Arc::new(storage))
+}
+
+/// `s` as one word of a shell command line (`restore_command`, `archive_command`).
+pub fn shell_quote(s: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/._-+:=,".contains(&b);
+    if !s.is_empty() && s.bytes().all(plain) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_survive_quotes_and_spaces() {
+        assert_eq!(shell_quote("/srv/backups"), "/srv/backups");
+        assert_eq!(shell_quote("it's here"), r"'it'\''s here'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("100%\\x"), "'100%\\x'");
+    }
+
+    #[test]
+    fn defaults_resolve_and_bad_values_name_their_key() {
+        let settings = Settings::resolve(ConfigFile::default(), None).expect("defaults resolve");
+        assert_eq!(settings.wal_wait, Duration::from_secs(300));
+        assert_eq!(settings.repack_unused_percent, 30);
+        assert!(settings.backup_dir().is_err());
+        let file = ConfigFile {
+            compression_level: Some(40),
+            ..ConfigFile::default()
+        };
+        let err = Settings::resolve(file, None).expect_err("level 40 is refused");
+        assert!(err.to_string().contains("out of range"), "{err}");
+        let file = ConfigFile {
+            repack_unused_percent: Some(0),
+            ..ConfigFile::default()
+        };
+        let err = Settings::resolve(file, None).expect_err("0 % is refused");
+        assert!(
+            err.to_string().starts_with("repack-unused-percent = 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn repository_arguments_name_the_repository_and_no_secret() {
+        let file = ConfigFile {
+            backup_dir: Some("/srv/it's here".into()),
+            s3_bucket: Some("s3://bucket/prefix".into()),
+            aws_secret_access_key: Some("SECRET".into()),
+            aws_access_key_id: Some("ID".into()),
+            ..ConfigFile::default()
+        };
+        let settings = Settings::resolve(file, None).expect("resolves");
+        let args = settings.repository_args().expect("has a backup dir");
+        assert_eq!(
+            args,
+            [
+                "--backup-dir",
+                "/srv/it's here",
+                "--s3-bucket",
+                "bucket/prefix"
+            ]
+        );
+        assert!(!format!("{settings:?}").contains("SECRET"));
+    }
+}
