@@ -374,7 +374,7 @@ async fn copy_files(
     }
     let complete = |list: Vec<Option<ChunkRef>>| -> Result<Vec<ChunkRef>, ArchiveError> {
         list.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-            ArchiveError::Precondition("a chunk went missing in the copy pipeline".into())
+            ArchiveError::Internal("a chunk went missing in the copy pipeline".into())
         })
     };
 

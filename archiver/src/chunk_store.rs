@@ -181,7 +181,7 @@ impl Packer {
     /// Where a packed chunk is, as a manifest names it.
     pub(crate) fn chunk_ref(&self, hash: String, len: u64) -> Result<ChunkRef, ArchiveError> {
         let Some((pack, offset, stored)) = self.locations.get(&hash).cloned() else {
-            return Err(ArchiveError::Precondition(format!(
+            return Err(ArchiveError::Internal(format!(
                 "chunk {hash} was never packed"
             )));
         };
@@ -249,9 +249,10 @@ fn join_write(
 ) -> Result<(), ArchiveError> {
     match result {
         Some(Ok(outcome)) => outcome,
-        Some(Err(e)) => Err(ArchiveError::Precondition(format!(
-            "pack write failed: {e}"
-        ))),
+        Some(Err(source)) => Err(ArchiveError::TaskFailed {
+            what: "pack writer",
+            source,
+        }),
         None => Ok(()),
     }
 }

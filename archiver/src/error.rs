@@ -42,6 +42,10 @@ pub enum ArchiveError {
     /// Something the operator must fix before a backup can run; the message names it.
     #[error("{0}")]
     Precondition(String),
+    /// A broken invariant inside lifeline (a bug, not something the operator did); the text
+    /// names it.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A worker of this process stopped without an answer (it panicked or was cancelled): a
     /// bug, not something the operator did.
     #[error("internal error: the {what} stopped unexpectedly ({source})")]

@@ -49,6 +49,10 @@ pub enum CatalogError {
         holder: String,
         minutes: u64,
     },
+    #[error(
+        "this prune's lock {key} was taken over (now held by {holder:?}): stopped; the deletions so far leave every kept backup whole, and the other prune goes on"
+    )]
+    PruneLockLost { key: &'static str, holder: String },
     /// A file on this host (not in the repository) could not be read or removed.
     #[error("{action} {}", path.display())]
     LocalFile {

@@ -29,6 +29,10 @@ use crate::{Catalog, CatalogError, RetentionPlan, RetentionPolicy, WalRange};
 /// A prune that has not released its lock after this long is taken to have died.
 pub const LOCK_STALE: Duration = Duration::from_secs(6 * 3600);
 
+/// How often a running prune renews its lock: well within [`LOCK_STALE`], so that a prune
+/// that runs for a day (a large repository repacked on S3) is never taken for a dead one.
+pub const LOCK_RENEWAL: Duration = Duration::from_secs(3600);
+
 /// What one prune does, as the operator configured it.
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
@@ -99,7 +103,16 @@ pub async fn prune(
         return plan_apply_and_clean(storage, catalog, options, show_plan).await;
     }
     let lock = take_lock(storage, &options.host).await?;
-    let pruned = plan_apply_and_clean(storage, catalog, options, show_plan).await;
+    let pruned = {
+        let work = plan_apply_and_clean(storage, catalog, options, show_plan);
+        tokio::pin!(work);
+        // A lost lock stops the deletions where they are: the order leaves every kept backup
+        // whole at any point, and the new holder finishes the job.
+        tokio::select! {
+            pruned = &mut work => pruned,
+            lost = keep_lock(storage, &lock, LOCK_RENEWAL) => Err(lost),
+        }
+    };
     release_lock(storage, &lock).await;
     pruned
 }
@@ -177,7 +190,7 @@ pub async fn take_lock(storage: &dyn Storage, host: &str) -> Result<PruneLock, C
         .put_bytes(key, body.clone(), PutMode::Create, Durability::Immediate)
         .await
     {
-        Ok(()) => return Ok(PruneLock { body }),
+        Ok(()) => return Ok(PruneLock::new(body)),
         Err(storage::StorageError::AlreadyExists { .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -205,13 +218,73 @@ pub async fn take_lock(storage: &dyn Storage, host: &str) -> Result<PruneLock, C
     storage
         .put_bytes(key, body.clone(), PutMode::Overwrite, Durability::Immediate)
         .await?;
-    Ok(PruneLock { body })
+    Ok(PruneLock::new(body))
 }
 
-/// A prune lock this process holds: what it wrote, to recognise it at release.
+/// A prune lock this process holds: what it wrote last, to recognise it at renewal and
+/// release.
 #[derive(Debug)]
 pub struct PruneLock {
-    body: Vec<u8>,
+    body: std::sync::Mutex<Vec<u8>>,
+}
+
+impl PruneLock {
+    fn new(body: Vec<u8>) -> Self {
+        PruneLock {
+            body: std::sync::Mutex::new(body),
+        }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.body
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |b| b.clone())
+    }
+
+    fn set_body(&self, body: Vec<u8>) {
+        match self.body.lock() {
+            Ok(mut held) => *held = body,
+            Err(e) => *e.into_inner() = body,
+        }
+    }
+}
+
+/// Renew `lock` every `every` for as long as the prune runs; returns only when the lock was
+/// taken over (this prune must stop). A renewal that fails is retried at the next one: the
+/// lock stays ours until it is [`LOCK_STALE`].
+async fn keep_lock(storage: &dyn Storage, lock: &PruneLock, every: Duration) -> CatalogError {
+    loop {
+        tokio::time::sleep(every).await;
+        match renew_lock(storage, lock).await {
+            Ok(()) => {}
+            Err(lost @ CatalogError::PruneLockLost { .. }) => return lost,
+            Err(e) => tracing::warn!("prune lock not renewed ({e}): retried in {every:?}"),
+        }
+    }
+}
+
+/// Rewrite the lock with the time of now, if it is still this prune's.
+pub async fn renew_lock(storage: &dyn Storage, lock: &PruneLock) -> Result<(), CatalogError> {
+    let key = layout::PRUNE_LOCK_KEY;
+    let held = match storage.get_bytes(key).await {
+        Ok(held) => held,
+        Err(storage::StorageError::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if held != lock.body() {
+        return Err(CatalogError::PruneLockLost {
+            key,
+            holder: String::from_utf8_lossy(&held).into_owned(),
+        });
+    }
+    let mut holder: serde_json::Value = serde_json::from_slice(&held).unwrap_or_default();
+    holder["renewed_at"] = serde_json::json!(jiff::Timestamp::now());
+    let body = serde_json::to_vec(&holder).unwrap_or(held);
+    storage
+        .put_bytes(key, body.clone(), PutMode::Overwrite, Durability::Immediate)
+        .await?;
+    lock.set_body(body);
+    Ok(())
 }
 
 /// Release the prune lock; a lock that cannot be deleted only warns (the next prune takes it
@@ -221,7 +294,7 @@ pub async fn release_lock(storage: &dyn Storage, lock: &PruneLock) {
     // A prune that ran past LOCK_STALE may have been taken over: the lock is then another
     // prune's, and deleting it would let a third one run beside that one.
     match storage.get_bytes(key).await {
-        Ok(held) if held == lock.body => {}
+        Ok(held) if held == lock.body() => {}
         Ok(held) => {
             tracing::warn!(
                 "{key} was taken over meanwhile by {}: left in place",
@@ -957,11 +1030,45 @@ mod tests {
             .await
             .expect("free lock");
         let own = MemoryStorage::new();
-        own.set_object(layout::PRUNE_LOCK_KEY, lock.body.clone());
+        own.set_object(layout::PRUNE_LOCK_KEY, lock.body());
         release_lock(&own, &lock).await;
         assert!(
             own.object(layout::PRUNE_LOCK_KEY).is_none(),
             "own lock kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_prune_keeps_its_lock_fresh_and_stops_when_it_is_taken_over() {
+        let storage = MemoryStorage::new();
+        let lock = take_lock(&storage, "here").await.expect("free lock");
+        // Five hours into a long prune: renewed, the lock is young again.
+        storage.backdate(layout::PRUNE_LOCK_KEY, 5 * HOUR);
+        renew_lock(&storage, &lock).await.expect("still ours");
+        let refused = take_lock(&storage, "elsewhere").await;
+        assert!(
+            matches!(refused, Err(CatalogError::PruneLocked { minutes: 0, .. })),
+            "{refused:?}"
+        );
+        let renewed = storage.object(layout::PRUNE_LOCK_KEY).expect("held");
+        assert!(String::from_utf8_lossy(&renewed).contains("renewed_at"));
+        // Another prune took it over: the renewal says so and leaves theirs in place.
+        let theirs = br#"{"host":"elsewhere","pid":2}"#.to_vec();
+        storage.set_object(layout::PRUNE_LOCK_KEY, theirs.clone());
+        let lost = keep_lock(&storage, &lock, Duration::from_millis(1)).await;
+        assert!(
+            matches!(&lost, CatalogError::PruneLockLost { holder, .. } if holder.contains("elsewhere")),
+            "{lost:?}"
+        );
+        assert_eq!(storage.object(layout::PRUNE_LOCK_KEY), Some(theirs));
+        // A renewed lock is still released as ours.
+        let own = MemoryStorage::new();
+        let lock = take_lock(&own, "here").await.expect("free lock");
+        renew_lock(&own, &lock).await.expect("ours");
+        release_lock(&own, &lock).await;
+        assert!(
+            own.object(layout::PRUNE_LOCK_KEY).is_none(),
+            "renewed lock kept"
         );
     }
 
