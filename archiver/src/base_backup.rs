@@ -24,6 +24,7 @@ use storage::chunking::{self, content_defined_chunks};
 use storage::manifest::{
     BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
 };
+use storage::pg_version::{self, Major, Support};
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
 use storage::{BackupKind, Compression, Service, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
@@ -55,6 +56,10 @@ pub struct BaseBackupOptions {
 
 struct ServerFacts {
     version: String,
+    major_version: u32,
+    catalog_version: u64,
+    /// What this major's base backup differs in (see `storage::pg_version`).
+    layout: &'static Major,
     system_identifier: u64,
     data_directory: PathBuf,
     segment_size: u64,
@@ -83,16 +88,32 @@ async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, Ar
             ArchiveError::Precondition(format!("the server reported an unreadable {what}: {s:?}"))
         })
     };
+    let version: String = row.get(0);
+    let version_num = number(row.get(5), "server_version_num")?;
+    let catalog_version = number(row.get(6), "catalog version")?;
+    let major_version = pg_version::major_of_version_num(u32::try_from(version_num).unwrap_or(0));
+    let support = Support::of(major_version);
+    let layout = support
+        .facts_for_backup()
+        .map_err(ArchiveError::Precondition)?;
+    if let Support::Newer(major) = support {
+        warn!(
+            "PostgreSQL {major} ({version}) is newer than lifeline knows ({} to {}): backing up              with {}'s layout; run `lifeline drill` on this backup before relying on it",
+            pg_version::OLDEST,
+            pg_version::NEWEST,
+            layout
+        );
+    }
     Ok(ServerFacts {
-        version: row.get(0),
+        version,
+        major_version,
+        catalog_version,
+        layout,
         system_identifier: number(row.get(1), "system identifier")?,
         data_directory: PathBuf::from(row.get::<_, String>(2)),
         segment_size: number(row.get(3), "wal_segment_size")?,
         archive_mode: row.get(4),
-        tablespace_version_dir: tablespace_version_dir(
-            number(row.get(5), "server_version_num")?,
-            number(row.get(6), "catalog version")?,
-        ),
+        tablespace_version_dir: tablespace_version_dir(version_num, catalog_version),
     })
 }
 
@@ -149,7 +170,7 @@ pub async fn run_base_backup(
         .data_dir
         .clone()
         .unwrap_or(facts.data_directory.clone());
-    check_data_dir(&data_dir, facts.system_identifier).await?;
+    check_data_dir(&data_dir, &facts).await?;
     cluster::bind(
         storage.as_ref(),
         facts.system_identifier,
@@ -170,10 +191,11 @@ pub async fn run_base_backup(
     let started_at = jiff::Timestamp::now();
     info!(backup = %backup_id, data_dir = %data_dir.display(), "starting base backup");
 
+    let functions = facts.layout.backup_functions;
     let start_lsn: String = client
-        .query_one("SELECT pg_backup_start($1, true)::text", &[&backup_id])
+        .query_one(functions.start_sql(), &[&backup_id])
         .await
-        .doing("starting the backup (pg_backup_start; needs superuser or EXECUTE on it)")?
+        .map_err(|e| backup_function_error(e, functions.start_name(), &facts))?
         .get(0);
     let start_lsn: Lsn = start_lsn.parse().map_err(ArchiveError::Precondition)?;
     info!(%start_lsn, "checkpoint done, copying files");
@@ -182,7 +204,8 @@ pub async fn run_base_backup(
     let counts = tokio::spawn(count_rows(opts.connection.clone()));
     let walk_dir = data_dir.clone();
     let version_dir = facts.tablespace_version_dir.clone();
-    let walk = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir, &version_dir))
+    let skipped = facts.layout.skip_contents;
+    let walk = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir, &version_dir, skipped))
         .await
         .map_err(ArchiveError::task("directory walk"))??;
     let tablespaces = match_tablespaces(tablespace_rows, &walk)?;
@@ -198,12 +221,9 @@ pub async fn run_base_backup(
     );
 
     let stop = client
-        .query_one(
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
-            &[],
-        )
+        .query_one(functions.stop_sql(), &[])
         .await
-        .doing("stopping the backup (pg_backup_stop)")?;
+        .map_err(|e| backup_function_error(e, functions.stop_name(), &facts))?;
     let stop_lsn: Lsn = stop
         .get::<_, String>(0)
         .parse()
@@ -213,7 +233,7 @@ pub async fn run_base_backup(
     let timeline = start_timeline(&backup_label)?;
 
     let start_segment = Segment::containing(timeline, start_lsn, facts.segment_size);
-    let stop_segment = Segment::containing(timeline, stop_lsn, facts.segment_size);
+    let stop_segment = last_segment(timeline, start_lsn, stop_lsn, facts.segment_size);
     info!(%stop_lsn, "waiting for the backup's WAL to be archived");
     wait_for_wal(
         storage.as_ref(),
@@ -244,6 +264,9 @@ pub async fn run_base_backup(
         kind: BackupKind::Base,
         system_identifier: facts.system_identifier,
         server_version: facts.version,
+        major_version: facts.major_version,
+        catalog_version: facts.catalog_version,
+        source: storage::BackupSource::Primary,
         database: opts.connection.dbname.clone(),
         timeline,
         start_lsn,
@@ -281,23 +304,77 @@ pub async fn run_base_backup(
     Ok(manifest)
 }
 
-async fn check_data_dir(data_dir: &Path, system_identifier: u64) -> Result<(), ArchiveError> {
-    let control = data_dir.join("global/pg_control");
-    let bytes = tokio::fs::read(&control).await.map_err(|e| {
+/// Why the backup could not start or stop: a function this major does not have (a newer
+/// PostgreSQL that changed them) says so with the fix; anything else is the server's refusal.
+fn backup_function_error(
+    error: tokio_postgres::Error,
+    function: &'static str,
+    facts: &ServerFacts,
+) -> ArchiveError {
+    if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
+        return ArchiveError::Precondition(format!(
+            "PostgreSQL {} ({}) has no {function}() as lifeline calls it: lifeline supports \
+             {} to {}; upgrade lifeline for this major",
+            facts.major_version,
+            facts.version,
+            pg_version::OLDEST,
+            pg_version::NEWEST
+        ));
+    }
+    ArchiveError::Postgres {
+        action: if function.contains("start") {
+            "starting the backup (needs superuser or EXECUTE on the backup functions)"
+        } else {
+            "stopping the backup"
+        },
+        source: error,
+    }
+}
+
+/// PGDATA must be the connected server's: its cluster, and its major (`PG_VERSION`).
+async fn check_data_dir(data_dir: &Path, facts: &ServerFacts) -> Result<(), ArchiveError> {
+    let unreadable = |path: PathBuf, e: std::io::Error| {
         ArchiveError::Precondition(format!(
             "cannot read {} ({e}): run the backup as a user that can read PGDATA, or set PGDATA to the server's data directory",
-            control.display()
+            path.display()
         ))
-    })?;
-    let found = storage::wal::parse_control_file_system_identifier(&bytes)
-        .map_err(ArchiveError::Precondition)?;
-    if found != system_identifier {
+    };
+    let control = data_dir.join("global/pg_control");
+    let bytes = tokio::fs::read(&control)
+        .await
+        .map_err(|e| unreadable(control, e))?;
+    let found = pg_version::parse_control_file(&bytes)
+        .map_err(ArchiveError::Precondition)?
+        .system_identifier;
+    let expected = facts.system_identifier;
+    if found != expected {
         return Err(ArchiveError::Precondition(format!(
-            "{} belongs to cluster {found}, but the server at DB_HOST/DB_PORT is cluster {system_identifier}: PGDATA and the connection point at different servers",
+            "{} belongs to cluster {found}, but the server at DB_HOST/DB_PORT is cluster {expected}: PGDATA and the connection point at different servers",
             data_dir.display()
         )));
     }
+    let version_file = data_dir.join("PG_VERSION");
+    let text = tokio::fs::read_to_string(&version_file)
+        .await
+        .map_err(|e| unreadable(version_file, e))?;
+    let major = pg_version::parse_pg_version_file(&text).map_err(ArchiveError::Precondition)?;
+    if major != facts.major_version {
+        return Err(ArchiveError::Precondition(format!(
+            "{} was made by PostgreSQL {major}, but the server at DB_HOST/DB_PORT is PostgreSQL {}: set PGDATA to the server's data directory",
+            data_dir.display(),
+            facts.major_version
+        )));
+    }
     Ok(())
+}
+
+/// The last segment holding the backup's WAL: the one containing `stop`, or at a segment
+/// boundary the one that ends there (a standby's stop point can fall on one; the segment that
+/// starts there may not be written for a long time).
+fn last_segment(timeline: TimelineId, start: Lsn, stop: Lsn, segment_size: u64) -> Segment {
+    let on_boundary = stop.0.is_multiple_of(segment_size) && stop.0 > start.0;
+    let end = if on_boundary { Lsn(stop.0 - 1) } else { stop };
+    Segment::containing(timeline, end, segment_size)
 }
 
 fn start_timeline(backup_label: &str) -> Result<TimelineId, ArchiveError> {
@@ -613,6 +690,19 @@ async fn wait_for_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_on_a_segment_boundary_needs_the_segment_that_ends_there() {
+        let size = 16 << 20;
+        let tli = TimelineId(1);
+        let last =
+            |start: u64, stop: u64| last_segment(tli, Lsn(start), Lsn(stop), size).file_name(size);
+        assert_eq!(last(0x200_0028, 0x200_0100), "000000010000000000000002");
+        assert_eq!(last(0x200_0028, 0x300_0000), "000000010000000000000002");
+        assert_eq!(last(0x200_0028, 0x300_0001), "000000010000000000000003");
+        // A backup that starts and stops at the same boundary needs the segment starting there.
+        assert_eq!(last(0x300_0000, 0x300_0000), "000000010000000000000003");
+    }
 
     #[test]
     fn timeline_comes_from_the_label() {

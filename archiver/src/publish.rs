@@ -60,6 +60,10 @@ pub(crate) async fn publish_base_backup(
         "start_lsn": manifest.start_lsn.to_string(),
         "stop_lsn": manifest.stop_lsn.to_string(),
         "timeline": manifest.timeline.0,
+        "server_version": manifest.server_version,
+        "major_version": manifest.major(),
+        "catalog_version": manifest.catalog_version,
+        "source": manifest.source,
     });
     publish_manifest(storage, &summary, &manifest.to_json(), extra).await?;
     let record = catalog::BackupRecord::from_manifest(

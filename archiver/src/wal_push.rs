@@ -257,6 +257,16 @@ async fn identify(
     };
     if let WalFileName::Segment { .. } | WalFileName::Partial { .. } = name {
         let header = wal::parse_segment_header(first_page).map_err(invalid)?;
+        if storage::pg_version::major_of_wal_magic(header.magic).is_none() {
+            // WAL needs no layout fact to be stored and fetched: archived all the same.
+            tracing::warn!(
+                "{}: WAL page magic {:#06X} is of a PostgreSQL major lifeline does not know ({} to {}); archived anyway: upgrade lifeline",
+                path.display(),
+                header.magic,
+                storage::pg_version::OLDEST,
+                storage::pg_version::NEWEST
+            );
+        }
         if !matches!(name, WalFileName::Partial { .. }) && size != header.segment_size {
             return Err(invalid(format!(
                 "{size} bytes, but its header says segments are {} bytes: the file is truncated",

@@ -32,18 +32,6 @@ pub(crate) struct Walk {
     pub(crate) in_place: BTreeSet<u32>,
 }
 
-/// Directories whose contents a base backup omits (PostgreSQL docs, "Backing Up the Data
-/// Directory", and pg_basebackup): they are recreated empty.
-const CONTENTS_OMITTED: &[&str] = &[
-    "pg_wal",
-    "pg_dynshmem",
-    "pg_notify",
-    "pg_serial",
-    "pg_snapshots",
-    "pg_stat_tmp",
-    "pg_subtrans",
-    "pg_replslot",
-];
 /// Files omitted wherever they are.
 const FILES_OMITTED: &[&str] = &[
     "postmaster.pid",
@@ -63,7 +51,11 @@ const FILES_OMITTED: &[&str] = &[
 /// directories whose contents are omitted become empty directories even when they are links
 /// elsewhere (as pg_basebackup writes them), and any other link is skipped with a warning. So a
 /// restore never has to recreate a link to a place on the backed-up host.
-pub(crate) fn walk_data_dir(root: &Path, version_dir: &str) -> Result<Walk, ArchiveError> {
+pub(crate) fn walk_data_dir(
+    root: &Path,
+    version_dir: &str,
+    skipped_contents: &[&str],
+) -> Result<Walk, ArchiveError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let io = |path: &Path, source| ArchiveError::Io {
         path: path.to_path_buf(),
@@ -112,7 +104,7 @@ pub(crate) fn walk_data_dir(root: &Path, version_dir: &str) -> Result<Walk, Arch
                 Err(e) => return Err(io(&abs, e)),
             };
             let is_link = meta.file_type().is_symlink();
-            if rel_dir.is_empty() && CONTENTS_OMITTED.contains(&name.as_str()) {
+            if rel_dir.is_empty() && skipped_contents.contains(&name.as_str()) {
                 if !(is_link || meta.is_dir()) {
                     continue;
                 }
@@ -231,6 +223,8 @@ pub(crate) fn match_tablespaces(
 mod tests {
     use super::*;
 
+    const PG15: storage::pg_version::Major = storage::pg_version::MAJORS[2];
+
     #[test]
     fn walk_skips_what_postgres_says_to_skip() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -248,7 +242,7 @@ mod tests {
         ] {
             std::fs::write(root.join(f), b"x").expect("write");
         }
-        let rels: Vec<String> = walk_data_dir(root, "PG_15_202209061")
+        let rels: Vec<String> = walk_data_dir(root, "PG_15_202209061", PG15.skip_contents)
             .expect("walk")
             .entries
             .into_iter()
@@ -323,7 +317,7 @@ mod tests {
         symlink(elsewhere.join("sub/secret"), root.join("global/stray_file")).expect("link");
         symlink(&elsewhere, root.join("pg_tblspc/not_an_oid")).expect("link");
 
-        let walk = walk_data_dir(&root, "PG_15_202209061").expect("walk");
+        let walk = walk_data_dir(&root, "PG_15_202209061", PG15.skip_contents).expect("walk");
         let got: Vec<(&str, EntryKind)> = walk
             .entries
             .iter()
@@ -383,7 +377,7 @@ mod tests {
         mkdirs(&root, &["pg_tblspc"]);
         mkdirs(&space, &["PG_14_202107181"]);
         symlink(&space, root.join("pg_tblspc/16389")).expect("link");
-        let err = walk_data_dir(&root, "PG_15_202209061")
+        let err = walk_data_dir(&root, "PG_15_202209061", PG15.skip_contents)
             .err()
             .expect("refused")
             .to_string();

@@ -9,7 +9,8 @@ use crate::error::QueryContext;
 use crate::{CatalogError, Restorability};
 
 /// Schema versions, applied in order; `user_version` records how many have run.
-const MIGRATIONS: &[&str] = &["CREATE TABLE clusters (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE clusters (
         system_identifier TEXT PRIMARY KEY,
         first_seen_us INTEGER NOT NULL
     );
@@ -45,7 +46,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE clusters (
         retention TEXT NOT NULL,
         restorability TEXT NOT NULL
     );
-    CREATE INDEX backups_by_time ON backups (service, finished_at_us);"];
+    CREATE INDEX backups_by_time ON backups (service, finished_at_us);",
+    // Which server version a backup is of and where its files were read; rows from before
+    // say '' until the catalog is rebuilt from the repository.
+    "ALTER TABLE backups ADD COLUMN server_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE backups ADD COLUMN source TEXT NOT NULL DEFAULT 'primary';",
+];
 
 /// One archived WAL, history or backup-history file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +87,9 @@ pub struct BackupRecord {
     pub file_count: u64,
     pub retention: String,
     pub restorability: Restorability,
+    /// The server's version as it reported it ("15.4", Redis "7.0.15"); "" when not known.
+    pub server_version: String,
+    pub source: storage::BackupSource,
 }
 
 pub struct Catalog {
@@ -234,7 +243,7 @@ impl Catalog {
             .prepare(
                 "SELECT backup_id, service, kind, system_identifier, timeline, start_lsn, stop_lsn,
                         start_wal, stop_wal, started_at_us, finished_at_us, size_bytes, new_bytes,
-                        file_count, retention, restorability
+                        file_count, retention, restorability, server_version, source
                  FROM backups WHERE (?1 IS NULL OR service = ?1) AND state = 'complete'
                  ORDER BY finished_at_us, stop_lsn, backup_id",
             )
@@ -416,8 +425,9 @@ fn insert_backup(conn: &Connection, b: &BackupRecord) -> Result<(), CatalogError
     conn.execute(
         "INSERT OR REPLACE INTO backups (backup_id, service, kind, system_identifier, timeline,
              start_lsn, stop_lsn, start_wal, stop_wal, started_at_us, finished_at_us, size_bytes,
-             new_bytes, file_count, state, retention, restorability)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             new_bytes, file_count, state, retention, restorability, server_version, source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19)",
         params![
             b.backup_id,
             b.service.as_str(),
@@ -435,7 +445,9 @@ fn insert_backup(conn: &Connection, b: &BackupRecord) -> Result<(), CatalogError
             to_i64(b.file_count),
             "complete",
             b.retention,
-            b.restorability.as_str()
+            b.restorability.as_str(),
+            b.server_version,
+            b.source.as_str()
         ],
     )
     .doing("recording a backup")?;
@@ -485,6 +497,8 @@ fn backup_from_row(r: &rusqlite::Row<'_>) -> Result<BackupRecord, rusqlite::Erro
         file_count: to_u64(r.get(13)?),
         retention: r.get(14)?,
         restorability: parse_column(r, 15)?,
+        server_version: r.get(16)?,
+        source: parse_column(r, 17)?,
     })
 }
 
@@ -569,6 +583,8 @@ mod tests {
             file_count: 0,
             retention: "7_days".into(),
             restorability: Restorability::Unverified,
+            server_version: "15.4".into(),
+            source: storage::BackupSource::Standby,
         };
         cat.upsert_backup(&b).expect("insert");
         b.backup_id = "a_second".into();

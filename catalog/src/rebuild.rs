@@ -81,6 +81,8 @@ impl BackupRecord {
             file_count: m.files.len() as u64,
             retention: retention.to_string(),
             restorability,
+            server_version: m.server_version.clone(),
+            source: m.source,
         }
     }
 
@@ -107,6 +109,8 @@ impl BackupRecord {
             file_count: m.files.len() as u64,
             retention: retention.to_string(),
             restorability,
+            server_version: m.server_version.clone(),
+            source: storage::BackupSource::Primary,
         }
     }
 }

@@ -372,6 +372,8 @@ mod tests {
                     file_count: 0,
                     retention: String::new(),
                     restorability: storage::Restorability::Unverified,
+                    server_version: String::new(),
+                    source: storage::BackupSource::Primary,
                 }
             })
             .collect()

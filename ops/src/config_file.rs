@@ -59,6 +59,8 @@ pub struct ConfigFile {
     pub prune_grace_hours: Option<u64>,
     pub repack_unused_percent: Option<u64>,
     pub pg_bin_dir: Option<PathBuf>,
+    /// `[pg-bin-dirs]`: the server binaries of each major (`15 = "/usr/lib/postgresql/15/bin"`).
+    pub pg_bin_dirs: std::collections::BTreeMap<String, PathBuf>,
     /// Where `lifeline drill` restores (default: the system's temporary directory).
     pub drill_dir: Option<PathBuf>,
     pub notify: NotifyConfig,

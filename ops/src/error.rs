@@ -134,6 +134,11 @@ pub enum DrillError {
     },
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
+    /// No server binaries of the backup's major: the text names what was tried and the fix.
+    #[error("{0}")]
+    NoServerBinaries(String),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
     #[error("record the verdict in {backup_id}'s .metadata")]
     RecordVerdict {
         backup_id: String,

@@ -36,6 +36,8 @@ pub struct Settings {
     pub staging_db: String,
     /// `pg-bin-dir` / `PG_BIN_DIR` when set; see [`Settings::pg_bin`].
     pg_bin_dir: Option<PathBuf>,
+    /// `[pg-bin-dirs]`: the server binaries of each major.
+    pg_bin_dirs: BTreeMap<u32, PathBuf>,
     pub retention: catalog::RetentionPolicy,
     /// Unreferenced packs younger than this are left to the backup that may be writing them.
     pub prune_grace: Duration,
@@ -307,6 +309,19 @@ impl ConfigFile {
         })
     }
 
+    fn server_binary_dirs(&self) -> Result<BTreeMap<u32, PathBuf>, OpsError> {
+        let major = |key: &String| {
+            key.parse::<u32>().map_err(|_| {
+                setting(format!(
+                    "pg-bin-dirs.{key}: the keys are PostgreSQL majors (13 = \"/usr/lib/postgresql/13/bin\")"
+                ))
+            })
+        };
+        let dirs = self.pg_bin_dirs.iter();
+        dirs.map(|(key, dir)| Ok((major(key)?, absolute(dir.clone()))))
+            .collect()
+    }
+
     fn prune_grace(&self) -> Result<Duration, OpsError> {
         if let Some(grace) = env_duration("LIFELINE_PRUNE_GRACE")? {
             return Ok(grace);
@@ -354,6 +369,7 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| format!("{dbname}_staging")),
             pg_bin_dir: file.pg_bin_dir.clone(),
+            pg_bin_dirs: file.server_binary_dirs()?,
             retention: catalog::RetentionPolicy {
                 daily: file.keep_daily.unwrap_or(7),
                 weekly: file.keep_weekly.unwrap_or(4),
@@ -525,6 +541,11 @@ impl Settings {
     /// by the dump commands, not by every `wal push`.
     pub fn pg_bin(&self) -> PathBuf {
         self.pg_bin_dir.clone().unwrap_or_else(newest_pg_bin)
+    }
+
+    /// Where the server binaries of each major are (`[pg-bin-dirs]`, `pg-bin-dir`, installed).
+    pub fn server_binaries(&self) -> crate::binaries::ServerBinaries {
+        crate::binaries::ServerBinaries::new(self.pg_bin_dirs.clone(), self.pg_bin_dir.clone())
     }
 
     /// The local repository, when the repository is not in S3 (where BACKUP_DIR only holds the

@@ -26,5 +26,7 @@ pub(crate) fn complete_backup(
         file_count: 0,
         retention: "7_days".into(),
         restorability: storage::Restorability::Unverified,
+        server_version: String::new(),
+        source: storage::BackupSource::Primary,
     }
 }

@@ -26,6 +26,7 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         drill_dir: (settings.ops.drill_dir.clone()).unwrap_or_else(std::env::temp_dir),
         catalog_path: settings.catalog_path()?,
         pg_bin: settings.pg_bin(),
+        binaries: settings.server_binaries(),
         db_user: settings.db.user.clone(),
         row_count_tolerance_percent: settings
             .ops

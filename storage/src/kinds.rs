@@ -30,6 +30,44 @@ pub enum BackupKind {
     Aof,
 }
 
+/// Where a base backup's data files were read: the primary, or a streaming standby (the
+/// backup then starts and stops on the primary, or on the standby when it archives itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupSource {
+    #[default]
+    Primary,
+    Standby,
+}
+
+impl BackupSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupSource::Primary => "primary",
+            BackupSource::Standby => "standby",
+        }
+    }
+}
+
+impl fmt::Display for BackupSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for BackupSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "primary" => Ok(BackupSource::Primary),
+            "standby" => Ok(BackupSource::Standby),
+            other => Err(format!(
+                "{other:?} is not a backup source: primary or standby"
+            )),
+        }
+    }
+}
+
 /// What the last drill of a backup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -25,6 +25,7 @@ mod local;
 pub mod manifest;
 pub mod object;
 pub mod pack;
+pub mod pg_version;
 pub mod private;
 pub mod repack;
 pub mod retry;
@@ -33,7 +34,7 @@ mod storage;
 pub mod wal;
 
 pub use error::StorageError;
-pub use kinds::{BackupKind, Restorability, Service};
+pub use kinds::{BackupKind, BackupSource, Restorability, Service};
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};
 pub use s3::{MIN_PART_SIZE, S3Options, S3Storage, StaticCredentials};

@@ -75,6 +75,16 @@ pub struct BackupManifest {
     pub kind: BackupKind,
     pub system_identifier: u64,
     pub server_version: String,
+    /// The server's major (`server_version_num / 10000`); 0 in manifests from before it was
+    /// recorded: [`BackupManifest::major`] then reads `server_version`.
+    #[serde(default)]
+    pub major_version: u32,
+    /// `catalog_version_no` of the server's `pg_control`; 0 when not recorded.
+    #[serde(default)]
+    pub catalog_version: u64,
+    /// Where the data files were read.
+    #[serde(default)]
+    pub source: crate::BackupSource,
     pub database: String,
     pub timeline: TimelineId,
     pub start_lsn: Lsn,
@@ -109,6 +119,14 @@ pub struct BackupManifest {
 }
 
 impl BackupManifest {
+    /// The PostgreSQL major the backup was taken from, and must be started with.
+    pub fn major(&self) -> Option<u32> {
+        match self.major_version {
+            0 => crate::pg_version::major_of_version(&self.server_version),
+            major => Some(major),
+        }
+    }
+
     /// Every chunk the backup needs, each once.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
         let mut seen = std::collections::HashSet::new();
@@ -474,6 +492,9 @@ mod tests {
             kind: crate::BackupKind::Base,
             system_identifier: 42,
             server_version: "15.18".into(),
+            major_version: 15,
+            catalog_version: 202_209_061,
+            source: crate::BackupSource::Standby,
             database: "app".into(),
             timeline: TimelineId(1),
             start_lsn: Lsn(0x200_0028),
@@ -510,6 +531,29 @@ mod tests {
         let back = BackupManifest::from_json("k", &manifest.to_json()).expect("parse");
         assert_eq!(back, manifest);
         assert_eq!(back.chunks().count(), 1);
+        assert_eq!(back.major(), Some(15));
         assert!(BackupManifest::from_json("k", b"{}").is_err());
+    }
+
+    #[test]
+    fn a_manifest_from_before_majors_were_recorded_reads_its_version() {
+        let mut json: serde_json::Value = serde_json::from_str(
+            r#"{"format":1,"backup_id":"b","service":"postgresql","kind":"base",
+                "system_identifier":1,"server_version":"14.9","database":"postgres",
+                "timeline":1,"start_lsn":"0/2000028","stop_lsn":"0/2000100",
+                "start_wal":"","stop_wal":"","segment_size":16777216,
+                "started_at":"2025-01-01T00:00:00Z","finished_at":"2025-01-01T00:00:00Z",
+                "block_size":8192,"files":[],"bundle":[],"backup_label":"",
+                "row_counts":{},"size_bytes":0,"new_bytes":0}"#,
+        )
+        .expect("json");
+        let old = BackupManifest::from_json("k", json.to_string().as_bytes()).expect("parses");
+        assert_eq!(
+            (old.major(), old.source),
+            (Some(14), crate::BackupSource::Primary)
+        );
+        json["major_version"] = 16.into();
+        let new = BackupManifest::from_json("k", json.to_string().as_bytes()).expect("parses");
+        assert_eq!(new.major(), Some(16));
     }
 }

@@ -262,6 +262,8 @@ impl fmt::Display for WalFileName {
 /// What the first page of a WAL segment says about where it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// `XLOG_PAGE_MAGIC`: which major wrote it (`pg_version::major_of_wal_magic`).
+    pub magic: u16,
     pub timeline: TimelineId,
     pub page_address: Lsn,
     pub system_identifier: u64,
@@ -288,6 +290,7 @@ pub fn parse_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
         ));
     }
     Ok(SegmentHeader {
+        magic: u16_at(0),
         timeline: TimelineId(u32_at(4)),
         page_address: Lsn(u64_at(8)),
         system_identifier: u64_at(24),

@@ -36,8 +36,11 @@ pub struct DrillOptions {
     /// Where the scratch directory is made (drill-dir, else the system's temporary directory).
     pub drill_dir: PathBuf,
     pub catalog_path: PathBuf,
-    /// Where pg_ctl and pg_controldata are ("" for PATH).
+    /// Where pg_ctl and pg_controldata are ("" for PATH): the default, replaced by the
+    /// directory of the backup's major found in `binaries`.
     pub pg_bin: PathBuf,
+    /// The server binaries of each major.
+    pub binaries: crate::binaries::ServerBinaries,
     /// The role to log in as when the OS user has no role of its own name (DB_USER).
     pub db_user: String,
     pub row_count_tolerance_percent: f64,
@@ -108,6 +111,10 @@ pub async fn drill(
         .cloned()
     else {
         return Err(DrillError::NoBaseBackup);
+    };
+    let options = &DrillOptions {
+        pg_bin: server_binaries(options, storage.as_ref(), &backup).await?,
+        ..options.clone()
     };
     if options.simulate {
         return Ok(DrillOutcome::Simulated {
@@ -234,6 +241,40 @@ fn lock_scratch(scratch: &Path) -> Result<std::fs::File, DrillError> {
 /// directory removed. Left alone: a directory whose drill still runs (its lock is held), and
 /// one without a running server (kept with --keep, or interrupted before it started one).
 /// Returns what was done, for the operator.
+/// The binaries of the backup's major; refused, with the fix, before anything is restored.
+async fn server_binaries(
+    options: &DrillOptions,
+    storage: &dyn Storage,
+    backup: &BackupRecord,
+) -> Result<PathBuf, DrillError> {
+    let major = match storage::pg_version::major_of_version(&backup.server_version) {
+        Some(major) => Some(major),
+        // A catalog row from before versions were listed: the manifest knows.
+        None => storage::manifest::BackupManifest::load(storage, &backup.backup_id)
+            .await?
+            .major(),
+    };
+    let Some(major) = major else {
+        tracing::warn!(
+            "drill: {} does not record its PostgreSQL major: using {}",
+            backup.backup_id,
+            options.pg_bin.display()
+        );
+        return Ok(options.pg_bin.clone());
+    };
+    let dir = options
+        .binaries
+        .for_major(major)
+        .await
+        .map_err(DrillError::NoServerBinaries)?;
+    tracing::info!(
+        "drill: {} is PostgreSQL {major}: using {}",
+        backup.backup_id,
+        dir.display()
+    );
+    Ok(dir)
+}
+
 async fn clear_interrupted(drill_dir: &Path, pg_ctl: &Path) -> Vec<String> {
     let dir = drill_dir.to_path_buf();
     // The locks are held until the servers are stopped and their directories removed.

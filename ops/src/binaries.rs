@@ -1,0 +1,137 @@
+//! Which PostgreSQL server binaries (`postgres`, `pg_ctl`) start a restored backup: those of
+//! the backup's major, never another's (PostgreSQL refuses a data directory of another major,
+//! and at 3 a.m. that refusal should come before the restore, with the fix).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the server binaries of each major may be, as configured.
+#[derive(Debug, Clone, Default)]
+pub struct ServerBinaries {
+    /// `[pg-bin-dirs]`: the directory of each major, by major.
+    pub per_major: BTreeMap<u32, PathBuf>,
+    /// `pg-bin-dir` / `PG_BIN_DIR`: used for the major its `postgres` is.
+    pub configured: Option<PathBuf>,
+    /// Where a distribution installs them, `<root>/<major>/bin` (Debian's /usr/lib/postgresql).
+    pub installed_root: PathBuf,
+}
+
+impl ServerBinaries {
+    /// The settings' directories, with Debian's layout as the installed root.
+    pub fn new(per_major: BTreeMap<u32, PathBuf>, configured: Option<PathBuf>) -> Self {
+        ServerBinaries {
+            per_major,
+            configured,
+            installed_root: PathBuf::from("/usr/lib/postgresql"),
+        }
+    }
+
+    /// The directory whose `postgres` is of `major`, or why there is none (with the fix).
+    pub async fn for_major(&self, major: u32) -> Result<PathBuf, String> {
+        if let Some(dir) = self.per_major.get(&major) {
+            return match major_of(dir).await {
+                Ok(found) if found == major => Ok(dir.clone()),
+                Ok(found) => Err(format!(
+                    "pg-bin-dirs.{major} = {} holds PostgreSQL {found}, not {major}: point it at PostgreSQL {major}'s bin directory",
+                    dir.display()
+                )),
+                Err(why) => Err(format!("pg-bin-dirs.{major} = {}: {why}", dir.display())),
+            };
+        }
+        let installed = self.installed_root.join(major.to_string()).join("bin");
+        let mut tried = Vec::new();
+        for dir in self.configured.iter().chain([&installed]) {
+            match major_of(dir).await {
+                Ok(found) if found == major => return Ok(dir.clone()),
+                Ok(found) => tried.push(format!("{} is PostgreSQL {found}", dir.display())),
+                Err(why) => tried.push(format!("{}: {why}", dir.display())),
+            }
+        }
+        Err(format!(
+            "the backup is PostgreSQL {major} and no server binaries of {major} were found ({}): install PostgreSQL {major}'s server, or set [pg-bin-dirs] {major} = \"/path/to/its/bin\" in the configuration",
+            tried.join("; ")
+        ))
+    }
+}
+
+/// The major of the `postgres` in `dir`, from `postgres --version`.
+async fn major_of(dir: &Path) -> Result<u32, String> {
+    let postgres = dir.join("postgres");
+    if !postgres.is_file() {
+        return Err("no postgres there".into());
+    }
+    let output = tokio::process::Command::new(&postgres)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("postgres --version did not run ({e})"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "postgres --version failed: {} (are its libraries on LD_LIBRARY_PATH?)",
+            stderr.trim()
+        ));
+    }
+    parse_version_output(&text).ok_or_else(|| format!("postgres --version said {:?}", text.trim()))
+}
+
+/// "postgres (PostgreSQL) 15.4 (Debian 15.4-1)" -> 15.
+fn parse_version_output(text: &str) -> Option<u32> {
+    let version = text.split(')').nth(1)?.split_whitespace().next()?;
+    storage::pg_version::major_of_version(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A directory whose `postgres --version` says `version`.
+    fn fake_bin(root: &Path, name: &str, version: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let postgres = dir.join("postgres");
+        let script = format!("#!/bin/sh\necho 'postgres (PostgreSQL) {version}'\n");
+        std::fs::write(&postgres, script).expect("write");
+        std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        dir
+    }
+
+    #[test]
+    fn version_lines_name_their_major() {
+        assert_eq!(
+            parse_version_output("postgres (PostgreSQL) 15.4 (Debian 15.4-1)\n"),
+            Some(15)
+        );
+        assert_eq!(
+            parse_version_output("postgres (PostgreSQL) 18beta1\n"),
+            Some(18)
+        );
+        assert_eq!(parse_version_output("nonsense"), None);
+    }
+
+    #[tokio::test]
+    async fn the_binaries_of_the_backups_major_are_found_and_no_others() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let installed = root.path().join("lib");
+        fake_bin(&installed, "13/bin", "13.20");
+        fake_bin(&installed, "15/bin", "15.4");
+        let configured = fake_bin(root.path(), "custom", "16.2");
+        let pinned = fake_bin(root.path(), "pinned", "17.1");
+        let binaries = ServerBinaries {
+            per_major: BTreeMap::from([(17, pinned.clone()), (18, configured.clone())]),
+            configured: Some(configured.clone()),
+            installed_root: installed.clone(),
+        };
+        assert_eq!(binaries.for_major(13).await, Ok(installed.join("13/bin")));
+        assert_eq!(binaries.for_major(16).await, Ok(configured));
+        assert_eq!(binaries.for_major(17).await, Ok(pinned));
+        let wrong = binaries.for_major(18).await.expect_err("16 is not 18");
+        assert!(wrong.contains("holds PostgreSQL 16, not 18"), "{wrong}");
+        let none = binaries.for_major(14).await.expect_err("no 14 anywhere");
+        assert!(none.contains("[pg-bin-dirs] 14"), "{none}");
+        assert!(none.contains("PostgreSQL 16"), "{none}");
+    }
+}
