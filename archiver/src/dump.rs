@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use storage::manifest::{MANIFEST_FORMAT, StreamFile, StreamManifest};
 use storage::{BackupKind, Compression, Service, Storage};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::ArchiveError;
 use crate::ConnectionOptions;
@@ -41,6 +41,21 @@ pub async fn run_dump_backup(
     let previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
+    // Which server the dump is of, for `list` and `status`; pg_dump's own error says more
+    // when the server cannot be reached.
+    let server_version = match opts.connection.connect().await {
+        Ok(client) => match client.query_one("SHOW server_version", &[]).await {
+            Ok(row) => row.get::<_, String>(0),
+            Err(e) => {
+                warn!("server version not recorded: {e}");
+                String::new()
+            }
+        },
+        Err(e) => {
+            warn!("server version not recorded: {e}");
+            String::new()
+        }
+    };
     info!(backup = %backup_id, database = %opts.connection.dbname, "starting pg_dump");
     let mut child = pg_command(&opts.pg_bin, "pg_dump", &opts.connection)
         .args(["--format=custom", "--compress=0", "--dbname"])
@@ -93,7 +108,7 @@ pub async fn run_dump_backup(
         backup_id,
         service: Service::Postgresql,
         kind: BackupKind::Dump,
-        server_version: String::new(),
+        server_version,
         source: format!(
             "{}:{}/{}",
             opts.connection.host, opts.connection.port, opts.connection.dbname

@@ -43,7 +43,33 @@ impl BackupRecord {
             "files": self.file_count,
             "retention": self.retention,
             "restorability": self.restorability,
+            "server_version": (!self.server_version.is_empty()).then_some(&self.server_version),
+            "major_version": self.major(),
+            "source": (self.kind == storage::BackupKind::Base).then_some(self.source),
         })
+    }
+
+    /// The PostgreSQL major of a PostgreSQL backup, when the catalog knows its version.
+    pub fn major(&self) -> Option<u32> {
+        if self.service != storage::Service::Postgresql {
+            return None;
+        }
+        storage::pg_version::major_of_version(&self.server_version)
+    }
+
+    /// Where a base backup's files were read; "-" for the others.
+    fn source_label(&self) -> &'static str {
+        match self.kind {
+            storage::BackupKind::Base => self.source.as_str(),
+            _ => "-",
+        }
+    }
+
+    fn version_label(&self) -> &str {
+        match self.server_version.as_str() {
+            "" => "?",
+            version => version.split_whitespace().next().unwrap_or(version),
+        }
     }
 
     fn seconds(&self) -> f64 {
@@ -57,10 +83,12 @@ pub fn backup_table(backups: &[BackupRecord]) -> String {
         return "no backups yet: run `lifeline backup postgres`\n".into();
     }
     let mut table = format!(
-        "{:<26} {:<10} {:<5} {:<20} {:>8} {:>10} {:>9} {:>3} {:<12} {:<9} RESTORABILITY\n",
+        "{:<26} {:<10} {:<5} {:<8} {:<8} {:<20} {:>8} {:>10} {:>9} {:>3} {:<12} {:<9} RESTORABILITY\n",
         "BACKUP",
         "SERVICE",
         "KIND",
+        "VERSION",
+        "SOURCE",
         "STARTED (UTC)",
         "SECONDS",
         "SIZE MiB",
@@ -72,10 +100,12 @@ pub fn backup_table(backups: &[BackupRecord]) -> String {
     for b in backups {
         let _ = writeln!(
             table,
-            "{:<26} {:<10} {:<5} {:<20} {:>8.1} {:>10} {:>9} {:>3} {:<12} {:<9} {}",
+            "{:<26} {:<10} {:<5} {:<8} {:<8} {:<20} {:>8.1} {:>10} {:>9} {:>3} {:<12} {:<9} {}",
             b.backup_id,
             b.service,
             b.kind,
+            b.version_label(),
+            b.source_label(),
             utc_time(b.started_at_us),
             b.seconds(),
             mib(b.size_bytes),

@@ -26,6 +26,26 @@ impl ServerBinaries {
         }
     }
 
+    /// What `backup` needs to be started: its major and that major's binaries, or why none
+    /// were found. A restore goes on without them (the directory may be started elsewhere)
+    /// but says so.
+    pub async fn for_backup(
+        &self,
+        storage: &dyn storage::Storage,
+        backup: &catalog::BackupRecord,
+    ) -> Result<BackupBinaries, storage::StorageError> {
+        let major = major_of_backup(storage, backup).await?;
+        let dir = match major {
+            Some(major) => self.for_major(major).await,
+            None => Err("it does not record its PostgreSQL major".into()),
+        };
+        Ok(BackupBinaries {
+            backup_id: backup.backup_id.clone(),
+            major,
+            dir,
+        })
+    }
+
     /// The directory whose `postgres` is of `major`, or why there is none (with the fix).
     pub async fn for_major(&self, major: u32) -> Result<PathBuf, String> {
         if let Some(dir) = self.per_major.get(&major) {
@@ -52,6 +72,50 @@ impl ServerBinaries {
             tried.join("; ")
         ))
     }
+}
+
+/// A backup's major and where its server binaries are. `Display` is the line a restore prints.
+#[derive(Debug, Clone)]
+pub struct BackupBinaries {
+    pub backup_id: String,
+    pub major: Option<u32>,
+    pub dir: Result<PathBuf, String>,
+}
+
+impl std::fmt::Display for BackupBinaries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.major, &self.dir) {
+            (Some(major), Ok(dir)) => write!(
+                f,
+                "{} needs PostgreSQL {major}: its server is in {}",
+                self.backup_id,
+                dir.display()
+            ),
+            (Some(major), Err(why)) => write!(
+                f,
+                "{} needs PostgreSQL {major}; warning: {why}",
+                self.backup_id
+            ),
+            (None, _) => write!(
+                f,
+                "{} does not record its PostgreSQL major: start it with the major it was taken from",
+                self.backup_id
+            ),
+        }
+    }
+}
+
+/// The PostgreSQL major `backup` was taken from: the catalog's row says, or for a row from
+/// before versions were listed, its manifest. None when neither records it.
+pub async fn major_of_backup(
+    storage: &dyn storage::Storage,
+    backup: &catalog::BackupRecord,
+) -> Result<Option<u32>, storage::StorageError> {
+    if let Some(major) = storage::pg_version::major_of_version(&backup.server_version) {
+        return Ok(Some(major));
+    }
+    let manifest = storage::manifest::BackupManifest::load(storage, &backup.backup_id).await?;
+    Ok(manifest.major())
 }
 
 /// The major of the `postgres` in `dir`, from `postgres --version`.

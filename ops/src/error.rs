@@ -56,6 +56,9 @@ pub enum OpsError {
     Redis(String),
     #[error("Redis did not answer within 60 s of its restart")]
     RedisRestart(#[source] Box<OpsError>),
+    /// No server binaries of the backup's major: the text names what was tried and the fix.
+    #[error("{0}")]
+    NoServerBinaries(String),
     /// A step needs something the configuration does not name; the text names the key.
     #[error("{0}")]
     NotConfigured(String),

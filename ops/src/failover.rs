@@ -90,6 +90,8 @@ pub struct FailoverOptions<'a> {
     pub redis: Redis,
     /// PGDATA: where a restore from the repository goes.
     pub pgdata: Option<PathBuf>,
+    /// The server binaries of each major: a restore needs those of the backup's.
+    pub binaries: crate::binaries::ServerBinaries,
     /// Chunk groups read at once by a Redis restore.
     pub transfers: usize,
     /// The checks a data-center failover runs before it switches the application over.
@@ -403,6 +405,16 @@ async fn restore_from_repository(
         "newest base backup {}; newest archived WAL {last_wal}",
         backup.backup_id
     ));
+    // Before anything is restored: a directory no installed server can start helps nobody.
+    if let Some(major) = crate::binaries::major_of_backup(storage.as_ref(), backup).await? {
+        let found = opts.binaries.for_major(major).await;
+        let bin = found.map_err(OpsError::NoServerBinaries)?;
+        steps.found(format!(
+            "{} is PostgreSQL {major}: start it with the server in {}",
+            backup.backup_id,
+            bin.display()
+        ));
+    }
     let busy = tokio::fs::try_exists(data_dir.join("postmaster.pid"))
         .await
         .unwrap_or(false);
@@ -961,6 +973,7 @@ mod tests {
             services: BTreeMap::new(),
             redis: redis.clone(),
             pgdata: None,
+            binaries: Default::default(),
             transfers: 2,
             verify: VerifyOptions {
                 depth: Depth::Quick,

@@ -98,9 +98,16 @@ impl fmt::Display for RepositoryStatus {
             writeln!(f, "backups: none yet; run `lifeline backup postgres`")?;
         }
         for b in &self.last_backups {
+            let origin = match (b.major(), b.kind) {
+                (Some(major), storage::BackupKind::Base) => {
+                    format!("PostgreSQL {major} from the {}, ", b.source)
+                }
+                (Some(major), _) => format!("PostgreSQL {major}, "),
+                (None, _) => String::new(),
+            };
             writeln!(
                 f,
-                "last {} {} backup: {} finished {} UTC ({} MiB, {})",
+                "last {} {} backup: {} finished {} UTC ({origin}{} MiB, {})",
                 b.service,
                 b.kind,
                 b.backup_id,

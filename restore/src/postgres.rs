@@ -72,7 +72,13 @@ impl std::fmt::Display for RestoredBackup {
 
 impl RestoredBackup {
     /// What the operator does next: start the server, and what it will archive.
-    pub fn start_advice(&self, recovery: &RecoveryTarget, archive_mode: ArchiveMode) -> String {
+    /// What to do next; `bin_dir` is where the backup's major's server is, when found.
+    pub fn start_advice(
+        &self,
+        recovery: &RecoveryTarget,
+        archive_mode: ArchiveMode,
+        bin_dir: Option<&Path>,
+    ) -> String {
         let target = match recovery {
             RecoveryTarget::Immediate => {
                 format!("the backup's consistent end ({})", self.manifest.stop_lsn)
@@ -91,8 +97,14 @@ impl RestoredBackup {
                  archives into its archive_command's repository"
             }
         };
+        let server = match self.manifest.major() {
+            Some(major) => format!("PostgreSQL {major}"),
+            None => "PostgreSQL".to_string(),
+        };
+        let pg_ctl = bin_dir.map_or_else(|| PathBuf::from("pg_ctl"), |dir| dir.join("pg_ctl"));
         format!(
-            "next: start PostgreSQL on it (pg_ctl -D {} start); it replays WAL to {target} and promotes\n{archiving}",
+            "next: start {server} on it ({} -D {} start); it replays WAL to {target} and promotes\n{archiving}",
+            pg_ctl.display(),
             self.data_dir.display()
         )
     }
@@ -473,14 +485,21 @@ mod tests {
             restored.to_string(),
             "restored backup 20251227T010000Z-base into /srv/pg: 1200 files, 5 MiB in 1.2 s"
         );
-        let advice = restored.start_advice(&RecoveryTarget::Immediate, ArchiveMode::Off);
+        let advice = restored.start_advice(&RecoveryTarget::Immediate, ArchiveMode::Off, None);
         let (start, archiving) = advice.split_once('\n').expect("two lines");
         assert_eq!(
             start,
-            "next: start PostgreSQL on it (pg_ctl -D /srv/pg start); it replays WAL to the backup's consistent end (0/3000100) and promotes"
+            "next: start PostgreSQL 15 on it (pg_ctl -D /srv/pg start); it replays WAL to the backup's consistent end (0/3000100) and promotes"
+        );
+        let bin = Path::new("/usr/lib/postgresql/15/bin");
+        let advice = restored.start_advice(&RecoveryTarget::Immediate, ArchiveMode::Off, Some(bin));
+        assert!(
+            advice.starts_with("next: start PostgreSQL 15 on it (/usr/lib/postgresql/15/bin/pg_ctl -D /srv/pg start)"),
+            "{advice}"
         );
         assert!(archiving.contains("archive_mode = 'off'"), "{archiving}");
-        let advice = restored.start_advice(&RecoveryTarget::EndOfArchive, ArchiveMode::Preserve);
+        let advice =
+            restored.start_advice(&RecoveryTarget::EndOfArchive, ArchiveMode::Preserve, None);
         assert!(
             advice.contains("replays WAL to the end of the archive"),
             "{advice}"

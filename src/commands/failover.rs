@@ -58,6 +58,7 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         services: settings.ops.services.clone(),
         redis: verify.redis.clone(),
         pgdata: settings.pgdata.clone(),
+        binaries: settings.server_binaries(),
         transfers: settings.download_transfers(),
         verify,
         restore_options: &restore_options,

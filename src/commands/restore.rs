@@ -121,6 +121,9 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         timeline: plan.timeline,
     };
     let options = postgres_options(settings, &plan.backup, !args.skip_verify, choices)?;
+    let binaries = settings.server_binaries();
+    let needs = binaries.for_backup(storage.as_ref(), &plan.backup).await?;
+    println!("{needs}");
     let (id, progress) = (&plan.backup.backup_id, super::spinner("restore"));
     progress.set_message(format!("{id} into {}", data_dir.display()));
     let restored =
@@ -131,7 +134,8 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     if let Some(dir) = &settings.backup_dir {
         ops::status_file::record_restore(dir, id, &data_dir);
     }
-    let advice = restored.start_advice(&plan.recovery, args.archive_mode);
+    let bin_dir = needs.dir.ok();
+    let advice = restored.start_advice(&plan.recovery, args.archive_mode, bin_dir.as_deref());
     println!("{advice}");
     Ok(ExitCode::SUCCESS)
 }

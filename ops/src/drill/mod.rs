@@ -247,14 +247,7 @@ async fn server_binaries(
     storage: &dyn Storage,
     backup: &BackupRecord,
 ) -> Result<PathBuf, DrillError> {
-    let major = match storage::pg_version::major_of_version(&backup.server_version) {
-        Some(major) => Some(major),
-        // A catalog row from before versions were listed: the manifest knows.
-        None => storage::manifest::BackupManifest::load(storage, &backup.backup_id)
-            .await?
-            .major(),
-    };
-    let Some(major) = major else {
+    let Some(major) = crate::binaries::major_of_backup(storage, backup).await? else {
         tracing::warn!(
             "drill: {} does not record its PostgreSQL major: using {}",
             backup.backup_id,
