@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::chunk_store::{self, Lineage, pack_jobs};
 use crate::error::PgContext;
 use crate::publish::{new_backup_id, publish_base_backup};
+use crate::standby::{self, StandbyOptions};
 use crate::walk::{WalkEntry, match_tablespaces, walk_data_dir};
 use crate::{ArchiveError, ConnectionOptions, cluster};
 
@@ -52,6 +53,8 @@ pub struct BaseBackupOptions {
     pub catalog_path: PathBuf,
     /// The policy whose daily label a new backup starts with.
     pub retention: catalog::RetentionPolicy,
+    /// Read the data files from this standby (`backup-standby`); none: from the primary.
+    pub standby: Option<StandbyOptions>,
 }
 
 struct ServerFacts {
@@ -166,10 +169,16 @@ pub async fn run_base_backup(
                 .into(),
         ));
     }
-    let data_dir = opts
+    let primary_dir = opts
         .data_dir
         .clone()
         .unwrap_or(facts.data_directory.clone());
+    let standby_options = opts.standby.as_ref();
+    let mut standby = standby::choose(&client, facts.system_identifier, standby_options).await?;
+    let mut data_dir = match &standby {
+        Some(standby) => standby.data_dir.clone(),
+        None => primary_dir.clone(),
+    };
     check_data_dir(&data_dir, &facts).await?;
     cluster::bind(
         storage.as_ref(),
@@ -199,15 +208,52 @@ pub async fn run_base_backup(
         .get(0);
     let start_lsn: Lsn = start_lsn.parse().map_err(ArchiveError::Precondition)?;
     info!(%start_lsn, "checkpoint done, copying files");
+    // The standby's files must be at least as new as the primary's checkpoint. (Leaving with
+    // an error ends the session, which ends the backup on the primary.)
+    let checkpoint = match &standby {
+        Some(_) => standby::primary_checkpoint(&client).await?,
+        None => start_lsn,
+    };
+    if let (Some(reading), Some(options)) = (&standby, standby_options)
+        && let Err(why) = reading.reach_checkpoint(start_lsn, checkpoint).await
+    {
+        standby::unfit(options, why)?;
+        standby = None;
+        data_dir = primary_dir;
+        check_data_dir(&data_dir, &facts).await?;
+    }
+    let source = match &standby {
+        Some(_) => storage::BackupSource::Standby,
+        None => storage::BackupSource::Primary,
+    };
 
     let tablespace_rows = server_tablespaces(&client).await?;
-    let counts = tokio::spawn(count_rows(opts.connection.clone()));
+    // Counted where the files are read: a standby backup leaves the primary alone.
+    let counted_on = match (&standby, standby_options) {
+        (Some(_), Some(options)) => options.connection.clone(),
+        _ => opts.connection.clone(),
+    };
+    let counts = tokio::spawn(count_rows(counted_on));
     let walk_dir = data_dir.clone();
     let version_dir = facts.tablespace_version_dir.clone();
     let skipped = facts.layout.skip_contents;
-    let walk = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir, &version_dir, skipped))
-        .await
-        .map_err(ArchiveError::task("directory walk"))??;
+    let mut walk =
+        tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir, &version_dir, skipped))
+            .await
+            .map_err(ArchiveError::task("directory walk"))??;
+    let staging = tempfile::tempdir().map_err(|source| ArchiveError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    if let Some(reading) = &standby {
+        let from_primary =
+            standby::take_top_files_from_primary(&client, &mut walk, staging.path()).await?;
+        info!(
+            standby = %reading.name,
+            primary_bytes = from_primary,
+            "data files from the standby, configuration files from the primary"
+        );
+    }
     let tablespaces = match_tablespaces(tablespace_rows, &walk)?;
     for t in &tablespaces {
         info!(tablespace = %t.name, oid = t.oid, location = %t.location, "copying tablespace");
@@ -266,7 +312,7 @@ pub async fn run_base_backup(
         server_version: facts.version,
         major_version: facts.major_version,
         catalog_version: facts.catalog_version,
-        source: storage::BackupSource::Primary,
+        source,
         database: opts.connection.dbname.clone(),
         timeline,
         start_lsn,

@@ -14,6 +14,7 @@ mod dump;
 mod error;
 mod publish;
 mod redis;
+mod standby;
 mod stream_backup;
 mod wal_push;
 mod walk;
@@ -25,5 +26,6 @@ pub use error::ArchiveError;
 pub use redis::{
     RdbReader, RedisFacts, RedisOptions, keyspace, open_rdb, parse_keyspace, redis_data_dir,
 };
+pub use standby::{StandbyMode, StandbyOptions};
 pub use stream_backup::{RdbBackupOptions, run_aof_backup, run_rdb_backup};
 pub use wal_push::{PushOutcome, push_wal};

@@ -33,7 +33,7 @@ pub(crate) struct Walk {
 }
 
 /// Files omitted wherever they are.
-const FILES_OMITTED: &[&str] = &[
+pub(crate) const FILES_OMITTED: &[&str] = &[
     "postmaster.pid",
     "postmaster.opts",
     "pg_internal.init",

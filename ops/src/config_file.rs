@@ -59,6 +59,11 @@ pub struct ConfigFile {
     pub prune_grace_hours: Option<u64>,
     pub repack_unused_percent: Option<u64>,
     pub pg_bin_dir: Option<PathBuf>,
+    /// `"prefer"` or `"require"`: base backups read the data files of `[standby]`.
+    pub backup_standby: Option<String>,
+    /// A standby further behind than this is not read ("5m").
+    pub standby_max_lag: Option<String>,
+    pub standby: StandbyConfig,
     /// `[pg-bin-dirs]`: the server binaries of each major (`15 = "/usr/lib/postgresql/15/bin"`).
     pub pg_bin_dirs: std::collections::BTreeMap<String, PathBuf>,
     /// Where `lifeline drill` restores (default: the system's temporary directory).
@@ -67,6 +72,17 @@ pub struct ConfigFile {
     pub verify: VerifyConfig,
     pub failover: FailoverConfig,
     pub services: std::collections::BTreeMap<String, ServiceConfig>,
+}
+
+/// `[standby]`: the streaming standby base backups may read (the primary's user, password and
+/// database are used).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StandbyConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// Its data directory, readable on the host lifeline runs on.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// What every command works from, resolved once before any I/O.

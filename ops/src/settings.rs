@@ -39,6 +39,8 @@ pub struct Settings {
     /// `[pg-bin-dirs]`: the server binaries of each major.
     pg_bin_dirs: BTreeMap<u32, PathBuf>,
     pub retention: catalog::RetentionPolicy,
+    /// `backup-standby` and `[standby]`: see [`Settings::backup_standby`].
+    standby: StandbySettings,
     /// Unreferenced packs younger than this are left to the backup that may be writing them.
     pub prune_grace: Duration,
     /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
@@ -78,6 +80,33 @@ impl std::fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
+}
+
+/// Whether base backups read a standby (`backup-standby`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyMode {
+    Prefer,
+    Require,
+}
+
+/// The standby a base backup reads, as configured.
+#[derive(Debug, Clone, Default)]
+struct StandbySettings {
+    mode: Option<StandbyMode>,
+    host: Option<String>,
+    port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    max_lag: Duration,
+}
+
+/// The standby one base backup reads.
+#[derive(Debug, Clone)]
+pub struct BackupStandby {
+    pub mode: StandbyMode,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub max_lag: Duration,
 }
 
 /// What the operations commands (failover, verify-recovery, drill) and notifications use.
@@ -322,6 +351,35 @@ impl ConfigFile {
             .collect()
     }
 
+    fn standby_settings(&self) -> Result<StandbySettings, OpsError> {
+        let mode = match self.backup_standby.as_deref() {
+            None | Some("off") => None,
+            Some("prefer") => Some(StandbyMode::Prefer),
+            Some("require") => Some(StandbyMode::Require),
+            Some(other) => {
+                return Err(setting(format!(
+                    "backup-standby = {other:?}: use \"prefer\", \"require\" or \"off\""
+                )));
+            }
+        };
+        let max_lag = match &self.standby_max_lag {
+            Some(text) => parse_duration(text, "standby-max-lag")?,
+            None => Duration::from_secs(300),
+        };
+        let standby = StandbySettings {
+            mode,
+            host: self.standby.host.clone(),
+            port: self.standby.port,
+            data_dir: self.standby.data_dir.clone().map(absolute),
+            max_lag,
+        };
+        // Checked now: a typing error is found before the night's backup, not during it.
+        if mode.is_some() {
+            standby.complete(mode)?;
+        }
+        Ok(standby)
+    }
+
     fn prune_grace(&self) -> Result<Duration, OpsError> {
         if let Some(grace) = env_duration("LIFELINE_PRUNE_GRACE")? {
             return Ok(grace);
@@ -334,7 +392,37 @@ impl ConfigFile {
     }
 }
 
+impl StandbySettings {
+    fn complete(&self, mode: Option<StandbyMode>) -> Result<Option<BackupStandby>, OpsError> {
+        let Some(mode) = mode else {
+            return Ok(None);
+        };
+        let (Some(host), Some(data_dir)) = (&self.host, &self.data_dir) else {
+            return Err(OpsError::NotConfigured(
+                "a backup from a standby needs [standby] host and data-dir (and port, default 5432) in the configuration".into(),
+            ));
+        };
+        Ok(Some(BackupStandby {
+            mode,
+            host: host.clone(),
+            port: self.port.unwrap_or(5432),
+            data_dir: data_dir.clone(),
+            max_lag: self.max_lag,
+        }))
+    }
+}
+
 impl Settings {
+    /// The standby a base backup reads: `backup-standby`, or with `--from-standby` the
+    /// standby required; none: the primary.
+    pub fn backup_standby(&self, from_standby: bool) -> Result<Option<BackupStandby>, OpsError> {
+        let mode = match (from_standby, self.standby.mode) {
+            (true, _) => Some(StandbyMode::Require),
+            (false, mode) => mode,
+        };
+        self.standby.complete(mode)
+    }
+
     /// Check and resolve `file` (the environment and flags already laid over it); `config_file`
     /// is where it was read from, named again in the commands lifeline writes for PostgreSQL.
     pub fn resolve(file: ConfigFile, config_file: Option<PathBuf>) -> Result<Settings, OpsError> {
@@ -370,6 +458,7 @@ impl Settings {
                 .unwrap_or_else(|| format!("{dbname}_staging")),
             pg_bin_dir: file.pg_bin_dir.clone(),
             pg_bin_dirs: file.server_binary_dirs()?,
+            standby: file.standby_settings()?,
             retention: catalog::RetentionPolicy {
                 daily: file.keep_daily.unwrap_or(7),
                 weekly: file.keep_weekly.unwrap_or(4),

@@ -11,6 +11,10 @@ pub enum BackupCommand {
     Postgres {
         #[arg(long, value_parser = storage::BackupKind::parse_postgres, default_value = "base")]
         kind: storage::BackupKind,
+        /// Read the data files from the [standby] (a streaming replica) instead of the primary;
+        /// fails when it cannot be read (backup-standby = "prefer" falls back instead).
+        #[arg(long)]
+        from_standby: bool,
     },
     /// Back up Redis: an RDB snapshot over the replication protocol (REDIS_HOST, REDIS_PORT,
     /// REDIS_PASSWORD).
@@ -24,15 +28,15 @@ impl BackupCommand {
     /// How `.backup_status` names this backup: `backup postgres base`, `backup redis rdb`.
     pub fn operation(&self) -> String {
         match self {
-            BackupCommand::Postgres { kind } => format!("backup postgres {kind}"),
+            BackupCommand::Postgres { kind, .. } => format!("backup postgres {kind}"),
             BackupCommand::Redis { kind } => format!("backup redis {kind}"),
         }
     }
 }
 
 pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
-    let kind = match cmd {
-        BackupCommand::Postgres { kind } => kind,
+    let (kind, from_standby) = match cmd {
+        BackupCommand::Postgres { kind, from_standby } => (kind, from_standby),
         BackupCommand::Redis { kind } => return backup_redis(kind, settings).await,
     };
     if kind == storage::BackupKind::Dump {
@@ -49,14 +53,17 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         retention: settings.retention,
         wal_wait: settings.wal_wait,
         catalog_path: settings.catalog_path()?,
+        standby: super::platform::standby(settings, from_standby)?,
     };
     let started = Instant::now();
     let manifest = archiver::run_base_backup(storage, &opts)
         .await
         .context("base backup")?;
     println!(
-        "backup {} complete: {} files, {} MiB of data, {:.1} MiB new in the repository, WAL {} to {} (timeline {}), {:.1} s",
+        "backup {} complete: PostgreSQL {} from the {}, {} files, {} MiB of data, {:.1} MiB new in the repository, WAL {} to {} (timeline {}), {:.1} s",
         manifest.backup_id,
+        manifest.server_version,
+        manifest.source,
         manifest.files.len(),
         manifest.size_bytes >> 20,
         manifest.new_bytes as f64 / (1u64 << 20) as f64,

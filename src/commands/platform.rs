@@ -15,6 +15,29 @@ pub fn connection(db: &Database) -> archiver::ConnectionOptions {
     }
 }
 
+/// The standby a base backup reads, reached as the primary is (same user and database).
+pub fn standby(
+    settings: &Settings,
+    from_standby: bool,
+) -> Result<Option<archiver::StandbyOptions>, ops::OpsError> {
+    let Some(standby) = settings.backup_standby(from_standby)? else {
+        return Ok(None);
+    };
+    Ok(Some(archiver::StandbyOptions {
+        mode: match standby.mode {
+            ops::settings::StandbyMode::Prefer => archiver::StandbyMode::Prefer,
+            ops::settings::StandbyMode::Require => archiver::StandbyMode::Require,
+        },
+        connection: archiver::ConnectionOptions {
+            host: standby.host,
+            port: standby.port,
+            ..connection(&settings.db)
+        },
+        data_dir: standby.data_dir,
+        max_lag: standby.max_lag,
+    }))
+}
+
 /// Redis as the archiver reaches it.
 pub fn redis_client(redis: &RedisServer) -> archiver::RedisOptions {
     archiver::RedisOptions {
