@@ -207,8 +207,21 @@ fn a_standby_that_is_down_or_behind_is_refused_or_passed_over_as_configured() {
         "a refused backup was recorded"
     );
 
-    // prefer: the primary is read instead, with a warning.
+    // prefer, run where PGDATA is the standby's own directory (lifeline on the standby's
+    // host): falling back must not read the standby's files as the primary's.
     let prefer = standby_config(&scratch, &standby, "prefer", "2s");
+    let mut here = primary.db_env();
+    here.push(("LIFELINE_CONFIG".into(), prefer.clone()));
+    here.push(("PGDATA".into(), standby.data.to_string_lossy().into_owned()));
+    let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&here));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("standby.signal"), "{}", text(&out));
+    assert!(
+        listed_sources(&scratch).is_empty(),
+        "a refused backup was recorded"
+    );
+
+    // prefer: the primary is read instead, with a warning.
     env = primary.db_env();
     env.push(("LIFELINE_CONFIG".into(), prefer.clone()));
     let out = scratch.lifeline(&["backup", "postgres"], &env_refs(&env));
@@ -226,4 +239,15 @@ fn a_standby_that_is_down_or_behind_is_refused_or_passed_over_as_configured() {
     succeeded(&out, "backup with the standby down");
     let sources: Vec<String> = listed_sources(&scratch).into_iter().map(|s| s.1).collect();
     assert_eq!(sources, ["primary", "primary"]);
+
+    // The primary down: a standby cannot start and end a backup alone; said, with the way out.
+    standby.start();
+    primary.stop();
+    let out = scratch.lifeline(&["backup", "postgres", "--from-standby"], &env_refs(&env));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("the primary does not answer"),
+        "{}",
+        text(&out)
+    );
 }

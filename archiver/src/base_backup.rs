@@ -101,7 +101,7 @@ async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, Ar
         .map_err(ArchiveError::Precondition)?;
     if let Support::Newer(major) = support {
         warn!(
-            "PostgreSQL {major} ({version}) is newer than lifeline knows ({} to {}): backing up              with {}'s layout; run `lifeline drill` on this backup before relying on it",
+            "PostgreSQL {major} ({version}) is newer than lifeline knows ({} to {}): backing up with {}'s layout; run `lifeline drill` on this backup before relying on it",
             pg_version::OLDEST,
             pg_version::NEWEST,
             layout
@@ -160,7 +160,19 @@ pub async fn run_base_backup(
 ) -> Result<BackupManifest, ArchiveError> {
     let block_size =
         chunking::validate_block_size(opts.block_size).map_err(ArchiveError::Precondition)?;
-    let client = opts.connection.connect().await?;
+    let client = match opts.connection.connect().await {
+        Ok(client) => client,
+        // The backup's checkpoint, label and end record come from the primary: a standby
+        // alone cannot archive the segment its backup would end in until a primary writes
+        // again, so such a backup could never be completed.
+        Err(e) if opts.standby.is_some() => {
+            return Err(ArchiveError::Precondition(format!(
+                "the primary does not answer ({}), and a backup from the standby needs the primary to start and stop it: bring the primary back, or promote the standby (lifeline failover) and back up the new primary",
+                crate::standby::chain(&e)
+            )));
+        }
+        Err(e) => return Err(e),
+    };
     let facts = server_facts(&client).await?;
     if facts.archive_mode == "off" {
         return Err(ArchiveError::Precondition(
@@ -210,10 +222,7 @@ pub async fn run_base_backup(
     info!(%start_lsn, "checkpoint done, copying files");
     // The standby's files must be at least as new as the primary's checkpoint. (Leaving with
     // an error ends the session, which ends the backup on the primary.)
-    let checkpoint = match &standby {
-        Some(_) => standby::primary_checkpoint(&client).await?,
-        None => start_lsn,
-    };
+    let (checkpoint, timeline_now) = standby::primary_checkpoint(&client).await?;
     if let (Some(reading), Some(options)) = (&standby, standby_options)
         && let Err(why) = reading.reach_checkpoint(start_lsn, checkpoint).await
     {
@@ -222,6 +231,7 @@ pub async fn run_base_backup(
         data_dir = primary_dir;
         check_data_dir(&data_dir, &facts).await?;
     }
+    standby::check_fresh(&data_dir, start_lsn, timeline_now, standby.is_some()).await?;
     let source = match &standby {
         Some(_) => storage::BackupSource::Standby,
         None => storage::BackupSource::Primary,
@@ -241,13 +251,21 @@ pub async fn run_base_backup(
         tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir, &version_dir, skipped))
             .await
             .map_err(ArchiveError::task("directory walk"))??;
-    let staging = tempfile::tempdir().map_err(|source| ArchiveError::Io {
-        path: std::env::temp_dir(),
-        source,
-    })?;
+    // The primary's configuration (perhaps server.key) waits in the private BACKUP_DIR, not
+    // in a shared temporary directory, until it is copied.
+    let mut staging = None;
     if let Some(reading) = &standby {
+        let home = opts.catalog_path.parent().unwrap_or(Path::new("."));
+        let dir = tempfile::Builder::new()
+            .prefix(".standby-files-")
+            .tempdir_in(home)
+            .map_err(|source| ArchiveError::Io {
+                path: home.to_path_buf(),
+                source,
+            })?;
         let from_primary =
-            standby::take_top_files_from_primary(&client, &mut walk, staging.path()).await?;
+            standby::take_top_files_from_primary(&client, &mut walk, dir.path()).await?;
+        staging = Some(dir);
         info!(
             standby = %reading.name,
             primary_bytes = from_primary,
@@ -259,6 +277,10 @@ pub async fn run_base_backup(
         info!(tablespace = %t.name, oid = t.oid, location = %t.location, "copying tablespace");
     }
     let copied = copy_files(storage.clone(), walk.entries, block_size, opts, previous).await?;
+    drop(staging);
+    if let Some(reading) = &standby {
+        reading.still_in_recovery().await?;
+    }
     storage.sync().await?;
     info!(
         size_bytes = copied.size_bytes,
@@ -389,14 +411,22 @@ async fn check_data_dir(data_dir: &Path, facts: &ServerFacts) -> Result<(), Arch
     let bytes = tokio::fs::read(&control)
         .await
         .map_err(|e| unreadable(control, e))?;
-    let found = pg_version::parse_control_file(&bytes)
-        .map_err(ArchiveError::Precondition)?
-        .system_identifier;
+    let control_facts =
+        pg_version::parse_control_file(&bytes).map_err(ArchiveError::Precondition)?;
+    let found = control_facts.system_identifier;
     let expected = facts.system_identifier;
     if found != expected {
         return Err(ArchiveError::Precondition(format!(
             "{} belongs to cluster {found}, but the server at DB_HOST/DB_PORT is cluster {expected}: PGDATA and the connection point at different servers",
             data_dir.display()
+        )));
+    }
+    if u64::from(control_facts.catalog_version) != facts.catalog_version {
+        return Err(ArchiveError::Precondition(format!(
+            "{} has catalog version {}, but the server at DB_HOST/DB_PORT has {}: PGDATA and the connection point at different servers",
+            data_dir.display(),
+            control_facts.catalog_version,
+            facts.catalog_version
         )));
     }
     let version_file = data_dir.join("PG_VERSION");
@@ -414,13 +444,12 @@ async fn check_data_dir(data_dir: &Path, facts: &ServerFacts) -> Result<(), Arch
     Ok(())
 }
 
-/// The last segment holding the backup's WAL: the one containing `stop`, or at a segment
-/// boundary the one that ends there (a standby's stop point can fall on one; the segment that
-/// starts there may not be written for a long time).
+/// The last segment holding the backup's WAL (see `storage::wal::last_segment_number`).
 fn last_segment(timeline: TimelineId, start: Lsn, stop: Lsn, segment_size: u64) -> Segment {
-    let on_boundary = stop.0.is_multiple_of(segment_size) && stop.0 > start.0;
-    let end = if on_boundary { Lsn(stop.0 - 1) } else { stop };
-    Segment::containing(timeline, end, segment_size)
+    Segment {
+        timeline,
+        number: storage::wal::last_segment_number(start, stop, segment_size),
+    }
 }
 
 fn start_timeline(backup_label: &str) -> Result<TimelineId, ArchiveError> {

@@ -83,7 +83,7 @@ pub(crate) fn unfit(options: &StandbyOptions, why: String) -> Result<(), Archive
 }
 
 /// An error and its causes on one line.
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -112,8 +112,7 @@ async fn check(
         .query_one(
             "SELECT pg_is_in_recovery(),
                     (SELECT system_identifier::text FROM pg_control_system()),
-                    coalesce(pg_last_wal_replay_lsn()::text, '0/0'),
-                    coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), -1)::float8",
+                    coalesce(pg_last_wal_replay_lsn()::text, '0/0')",
             &[],
         )
         .await
@@ -134,14 +133,8 @@ async fn check(
         .map_err(|e| format!("the primary does not say where it is ({e})"))?
         .get::<_, String>(0)
         .parse()?;
-    let behind = Duration::from_secs_f64(row.get::<_, f64>(3).max(0.0));
-    if replayed < primary_at && behind > options.max_lag {
-        return Err(format!(
-            "it has replayed to {replayed} while the primary is at {primary_at}, its last replayed transaction {} s old, beyond standby-max-lag ({} s)",
-            behind.as_secs(),
-            options.max_lag.as_secs()
-        ));
-    }
+    // How far behind it is shows once the backup has started: it must replay past the
+    // backup's checkpoint within standby-max-lag (`reach_checkpoint`).
     let control = options.data_dir.join("global/pg_control");
     let bytes = tokio::fs::read(&control)
         .await
@@ -187,13 +180,12 @@ impl Standby {
             }
             if replayed > checkpoint {
                 self.client.batch_execute("CHECKPOINT").await.map_err(|e| {
-                    format!("its restartpoint failed ({e}): the backup user needs superuser or pg_checkpoint")
+                    format!("its restartpoint failed ({e}): the backup user needs superuser (or, from 15, pg_checkpoint)")
                 })?;
-                continue;
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "it did not replay to the backup's checkpoint {checkpoint} within standby-max-lag ({} s; it is at {replayed})",
+                    "it did not replay to the backup's checkpoint {checkpoint} and make a restartpoint there within standby-max-lag ({} s; it has replayed to {replayed}, its last restartpoint is at {redo})",
                     self.max_lag.as_secs()
                 ));
             }
@@ -202,19 +194,119 @@ impl Standby {
     }
 }
 
-/// Where the primary's newest checkpoint record is (the backup's, just made).
+impl Standby {
+    /// Still a standby after the copy: had it been promoted meanwhile (its session would have
+    /// survived), its files could hold writes the primary never made.
+    pub(crate) async fn still_in_recovery(&self) -> Result<(), ArchiveError> {
+        let in_recovery: bool = self
+            .client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .doing("asking the standby whether it is still one after the copy")?
+            .get(0);
+        if !in_recovery {
+            return Err(ArchiveError::Precondition(format!(
+                "the standby {} was promoted while its files were copied: the copy may hold writes the old primary never made; no backup was recorded: back up the new primary",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where the primary's newest checkpoint record is (the backup's, just made), and its
+/// timeline.
 pub(crate) async fn primary_checkpoint(
     primary: &tokio_postgres::Client,
-) -> Result<Lsn, ArchiveError> {
-    let text: String = primary
+) -> Result<(Lsn, u32), ArchiveError> {
+    let row = primary
         .query_one(
-            "SELECT checkpoint_lsn::text FROM pg_control_checkpoint()",
+            "SELECT checkpoint_lsn::text, timeline_id::bigint FROM pg_control_checkpoint()",
             &[],
         )
         .await
-        .doing("reading the backup's checkpoint (pg_control_checkpoint)")?
-        .get(0);
-    text.parse().map_err(ArchiveError::Precondition)
+        .doing("reading the backup's checkpoint (pg_control_checkpoint)")?;
+    let checkpoint: Lsn = row
+        .get::<_, String>(0)
+        .parse()
+        .map_err(ArchiveError::Precondition)?;
+    let timeline = u32::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+    Ok((checkpoint, timeline))
+}
+
+/// The data directory about to be read must hold everything before the backup's start: its
+/// `pg_control` names a checkpoint (or a standby's restartpoint) whose redo is at or after the
+/// start, on the primary's timeline. A stale copy, another standby's directory or a
+/// directory of the same cluster on another timeline is refused here, before it is read; and
+/// a directory read as the primary's must not be a standby's.
+pub(crate) async fn check_fresh(
+    data_dir: &Path,
+    start: Lsn,
+    timeline: u32,
+    from_standby: bool,
+) -> Result<(), ArchiveError> {
+    let control = data_dir.join("global/pg_control");
+    let bytes = tokio::fs::read(&control)
+        .await
+        .map_err(|source| ArchiveError::Io {
+            path: control.clone(),
+            source,
+        })?;
+    let facts =
+        storage::pg_version::parse_control_file(&bytes).map_err(ArchiveError::Precondition)?;
+    let setting = if from_standby {
+        "[standby] data-dir"
+    } else {
+        "PGDATA"
+    };
+    if !from_standby {
+        for signal in ["standby.signal", "recovery.signal"] {
+            if tokio::fs::try_exists(data_dir.join(signal))
+                .await
+                .unwrap_or(true)
+            {
+                return Err(ArchiveError::Precondition(format!(
+                    "PGDATA {} holds {signal}: it is a standby's or a recovering server's data directory, not the primary's; set PGDATA to the primary's (or back up from the standby with [standby])",
+                    data_dir.display()
+                )));
+            }
+        }
+    }
+    if facts.redo < start || facts.timeline != timeline {
+        return Err(ArchiveError::Precondition(format!(
+            "{setting} {} is not the data directory of the server being backed up: its last checkpoint (redo {} on timeline {}) is not the backup's (redo {start} on timeline {timeline}); set {setting} to that server's data directory",
+            data_dir.display(),
+            facts.redo,
+            facts.timeline
+        )));
+    }
+    Ok(())
+}
+
+/// Files at the top of PGDATA larger than this are not configuration: refused rather than
+/// held in memory.
+const TOP_FILE_MAX: i64 = 64 << 20;
+
+/// A name the primary listed must be one plain file name (it is joined to the staging
+/// directory and recorded in the manifest), and the file small.
+fn check_top_file(name: &str, size: i64) -> Result<(), ArchiveError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0');
+    if !plain {
+        return Err(ArchiveError::Precondition(format!(
+            "the primary listed {name:?} at the top of its data directory: not a plain file name; refusing to copy it"
+        )));
+    }
+    if size > TOP_FILE_MAX {
+        return Err(ArchiveError::Precondition(format!(
+            "{name} at the top of the primary's data directory is {} MiB: move it out of PGDATA (a configuration file is small)",
+            size >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// A file at the top of the primary's PGDATA, copied over the connection.
@@ -238,13 +330,22 @@ pub(crate) async fn take_top_files_from_primary(
     let mut read = 0;
     for file in files {
         let abs = staging.join(&file.name);
-        // Staged in a private directory for this run only: no durability needed.
-        tokio::fs::write(&abs, &file.bytes)
-            .await
-            .map_err(|source| ArchiveError::Io {
-                path: abs.clone(),
-                source,
-            })?;
+        // Staged in a private directory for this run only: no durability needed; never
+        // through anything already there.
+        let written = async {
+            use tokio::io::AsyncWriteExt;
+            let mut out = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&abs)
+                .await?;
+            out.write_all(&file.bytes).await
+        };
+        written.await.map_err(|source| ArchiveError::Io {
+            path: abs.clone(),
+            source,
+        })?;
         read += file.bytes.len() as u64;
         walk.entries.push(WalkEntry {
             rel: file.name,
@@ -264,30 +365,40 @@ async fn primary_top_files(
 ) -> Result<Vec<PrimaryFile>, ArchiveError> {
     let rows = primary
         .query(
-            "SELECT name, extract(epoch FROM (pg_stat_file(name)).modification)::bigint
-             FROM pg_ls_dir('.') AS name
-             WHERE NOT (pg_stat_file(name)).isdir ORDER BY name",
+            "SELECT name, (s).size, extract(epoch FROM (s).modification)::bigint
+             FROM (SELECT name, pg_catalog.pg_stat_file(name, true) AS s
+                   FROM pg_catalog.pg_ls_dir('.') AS name) AS f
+             WHERE (s).size IS NOT NULL AND NOT (s).isdir ORDER BY name",
             &[],
         )
         .await
-        .doing("listing the primary's configuration files (pg_ls_dir; needs superuser or pg_read_server_files)")?;
+        .doing("listing the primary's configuration files (pg_ls_dir, pg_stat_file: needs superuser or EXECUTE on them)")?;
     let mut files = Vec::new();
     for row in rows {
         let name: String = row.get(0);
+        let size: i64 = row.get(1);
         // The primary's own state (pid file, options, a label of a backup) is not copied, as
         // from any data directory.
         if FILES_OMITTED.contains(&name.as_str()) || name == "standby.signal" {
             continue;
         }
-        let bytes: Vec<u8> = primary
-            .query_one("SELECT pg_read_binary_file($1)", &[&name])
+        check_top_file(&name, size)?;
+        let read: Option<Vec<u8>> = primary
+            .query_one(
+                "SELECT pg_catalog.pg_read_binary_file($1, 0, $2, true)",
+                &[&name, &size],
+            )
             .await
-            .doing("reading a configuration file of the primary (pg_read_binary_file; needs superuser or pg_read_server_files)")?
+            .doing("reading a configuration file of the primary (pg_read_binary_file: needs superuser or EXECUTE on it)")?
             .get(0);
+        // Gone since it was listed: as a file a copy would not have found.
+        let Some(bytes) = read else {
+            continue;
+        };
         files.push(PrimaryFile {
             name,
             bytes,
-            mtime: row.get(1),
+            mtime: row.get(2),
         });
     }
     Ok(files)

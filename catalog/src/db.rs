@@ -521,6 +521,42 @@ mod tests {
     }
 
     #[test]
+    fn a_catalog_from_before_versions_were_listed_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATIONS[0]).expect("first schema");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("version");
+            conn.execute(
+                "INSERT INTO backups VALUES ('old', 'postgresql', 'base', '1', 1, 0, 1, '', '',
+                 0, 10, 0, 0, 0, 'complete', '7_days', 'UNVERIFIED')",
+                [],
+            )
+            .expect("an old row");
+        }
+        let cat = Catalog::open(&path).expect("migrates");
+        let rows = cat.backups(None).expect("list");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].server_version, "");
+        assert_eq!(rows[0].source, storage::BackupSource::Primary);
+        let mut b = rows[0].clone();
+        b.backup_id = "new".into();
+        b.finished_at_us = 20;
+        b.server_version = "16.2".into();
+        b.source = storage::BackupSource::Standby;
+        let mut cat = cat;
+        cat.upsert_backup(&b).expect("insert");
+        let again = Catalog::open(&path).expect("reopens");
+        let new = again.backups(None).expect("list");
+        assert_eq!(
+            (new[1].server_version.as_str(), new[1].source),
+            ("16.2", storage::BackupSource::Standby)
+        );
+    }
+
+    #[test]
     fn concurrent_writers_all_land() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("catalog.db");

@@ -59,8 +59,14 @@ impl ServerBinaries {
             };
         }
         let installed = self.installed_root.join(major.to_string()).join("bin");
+        // RHEL's layout, then whatever PATH names.
+        let rhel = PathBuf::from(format!("/usr/pgsql-{major}/bin"));
+        let path_dirs = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let candidates = self.configured.iter().chain([&installed, &rhel]);
         let mut tried = Vec::new();
-        for dir in self.configured.iter().chain([&installed]) {
+        for dir in candidates.chain(path_dirs.iter().filter(|d| d.join("postgres").is_file())) {
             match major_of(dir).await {
                 Ok(found) if found == major => return Ok(dir.clone()),
                 Ok(found) => tried.push(format!("{} is PostgreSQL {found}", dir.display())),
@@ -118,17 +124,23 @@ pub async fn major_of_backup(
     Ok(manifest.major())
 }
 
-/// The major of the `postgres` in `dir`, from `postgres --version`.
+/// The major of the `postgres` in `dir`, from `postgres --version`: run only when no other
+/// user could have put it there (a failover runs as root).
 async fn major_of(dir: &Path) -> Result<u32, String> {
     let postgres = dir.join("postgres");
     if !postgres.is_file() {
         return Err("no postgres there".into());
     }
-    let output = tokio::process::Command::new(&postgres)
+    trusted(&postgres)?;
+    trusted(dir)?;
+    let run = tokio::process::Command::new(&postgres)
         .arg("--version")
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(10), run)
         .await
+        .map_err(|_| "postgres --version did not answer within 10 s".to_string())?
         .map_err(|e| format!("postgres --version did not run ({e})"))?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
@@ -139,6 +151,27 @@ async fn major_of(dir: &Path) -> Result<u32, String> {
         ));
     }
     parse_version_output(&text).ok_or_else(|| format!("postgres --version said {:?}", text.trim()))
+}
+
+/// Owned by root or by this user, and writable by nobody else.
+fn trusted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, neither root nor this user: not run",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by other users: not run (chmod go-w it)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// "postgres (PostgreSQL) 15.4 (Debian 15.4-1)" -> 15.
@@ -156,6 +189,7 @@ mod tests {
     fn fake_bin(root: &Path, name: &str, version: &str) -> PathBuf {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let postgres = dir.join("postgres");
         let script = format!("#!/bin/sh\necho 'postgres (PostgreSQL) {version}'\n");
         std::fs::write(&postgres, script).expect("write");
@@ -197,5 +231,18 @@ mod tests {
         let none = binaries.for_major(14).await.expect_err("no 14 anywhere");
         assert!(none.contains("[pg-bin-dirs] 14"), "{none}");
         assert!(none.contains("PostgreSQL 16"), "{none}");
+        // A postgres others can replace is never run.
+        let open = fake_bin(root.path(), "open", "14.1");
+        std::fs::set_permissions(
+            open.join("postgres"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .expect("chmod");
+        let binaries = ServerBinaries {
+            configured: Some(open),
+            ..binaries
+        };
+        let refused = binaries.for_major(14).await.expect_err("not trusted");
+        assert!(refused.contains("writable by other users"), "{refused}");
     }
 }

@@ -757,7 +757,11 @@ pub fn plan_end_of_archive(
     let chosen = choose_timeline(backup, timeline, &known, histories)?;
     let path = timeline_path(chosen, histories, segment_size);
     let start = Lsn(backup.start_lsn).segment_number(segment_size);
-    let stop = Lsn(backup.stop_lsn).segment_number(segment_size);
+    let stop = storage::wal::last_segment_number(
+        Lsn(backup.start_lsn),
+        Lsn(backup.stop_lsn),
+        segment_size,
+    );
     let newest = index.newest_on(&path);
     let end = newest.map_or(stop, |s| s.number.max(stop));
     let mut last_present: Option<Segment> = None;
@@ -908,6 +912,26 @@ mod tests {
 
     fn ts(us: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_microsecond(us).expect("timestamp")
+    }
+
+    #[test]
+    fn a_backup_that_stops_on_a_segment_boundary_needs_only_the_segment_ending_there() {
+        let b = crate::test_support::complete_backup("a", 1, (2 * SEG + 40, 4 * SEG), (0, 10));
+        let wals: Vec<_> = (2..=3).map(|n| wal(1, n, n as i64 * 100)).collect();
+        let plan = plan_end_of_archive(&b, &wals, &BTreeMap::new(), SEG, TargetTimeline::Latest);
+        assert!(plan.is_ok(), "{:?}", plan.err());
+        let err = plan_end_of_archive(
+            &b,
+            &wals[..1],
+            &BTreeMap::new(),
+            SEG,
+            TargetTimeline::Latest,
+        )
+        .expect_err("segment 3 is missing");
+        assert!(
+            err.to_string().contains("cannot be made consistent"),
+            "{err}"
+        );
     }
 
     #[test]

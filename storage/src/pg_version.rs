@@ -183,23 +183,34 @@ pub fn parse_pg_version_file(text: &str) -> Result<u32, String> {
         .map_err(|_| format!("PG_VERSION holds {:?}, not a major version", text.trim()))
 }
 
-/// What the first bytes of `global/pg_control` say, laid out the same from 13 to 18.
+/// What the first bytes of `global/pg_control` say, laid out the same from 13 to 18 (read
+/// from each major's initdb and compared with `pg_controldata`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControlFacts {
     pub system_identifier: u64,
     pub control_version: u32,
     pub catalog_version: u32,
+    /// The last checkpoint (or a standby's restartpoint) record.
+    pub checkpoint: crate::wal::Lsn,
+    /// Its redo point: the data files hold everything written before it.
+    pub redo: crate::wal::Lsn,
+    /// Its timeline.
+    pub timeline: u32,
 }
 
 pub fn parse_control_file(bytes: &[u8]) -> Result<ControlFacts, String> {
-    let Some(b) = bytes.get(..16) else {
-        return Err("pg_control is shorter than 16 bytes".into());
+    let Some(b) = bytes.get(..52) else {
+        return Err("pg_control is shorter than 52 bytes: not a pg_control file".into());
     };
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
     Ok(ControlFacts {
-        system_identifier: u64::from(u32_at(0)) | (u64::from(u32_at(4)) << 32),
+        system_identifier: u64_at(0),
         control_version: u32_at(8),
         catalog_version: u32_at(12),
+        checkpoint: crate::wal::Lsn(u64_at(32)),
+        redo: crate::wal::Lsn(u64_at(40)),
+        timeline: u32_at(48),
     })
 }
 
@@ -274,14 +285,20 @@ mod tests {
 
     #[test]
     fn control_file_facts_are_read_little_endian() {
-        let mut bytes = vec![0u8; 32];
+        let mut bytes = vec![0u8; 296];
         bytes[..8].copy_from_slice(&7_345_678_901_234_567_890u64.to_le_bytes());
         bytes[8..12].copy_from_slice(&1300u32.to_le_bytes());
         bytes[12..16].copy_from_slice(&202_209_061u32.to_le_bytes());
+        bytes[32..40].copy_from_slice(&0x0150_07A0_u64.to_le_bytes());
+        bytes[40..48].copy_from_slice(&0x0150_0718_u64.to_le_bytes());
+        bytes[48..52].copy_from_slice(&3u32.to_le_bytes());
         let facts = parse_control_file(&bytes).expect("parses");
         assert_eq!(facts.system_identifier, 7_345_678_901_234_567_890);
         assert_eq!(facts.control_version, 1300);
         assert_eq!(facts.catalog_version, 202_209_061);
-        assert!(parse_control_file(&bytes[..12]).is_err());
+        assert_eq!(facts.checkpoint, crate::wal::Lsn(0x0150_07A0));
+        assert_eq!(facts.redo, crate::wal::Lsn(0x0150_0718));
+        assert_eq!(facts.timeline, 3);
+        assert!(parse_control_file(&bytes[..40]).is_err());
     }
 }

@@ -34,6 +34,15 @@ impl Lsn {
     }
 }
 
+/// The number of the last segment holding WAL of `[start, stop)`: the one containing `stop`,
+/// or for a `stop` exactly on a segment boundary the one that ends there (a standby's stop
+/// can fall on one, and the segment that starts there may not be written for a long time).
+pub fn last_segment_number(start: Lsn, stop: Lsn, segment_size: u64) -> u64 {
+    let on_boundary = stop.0.is_multiple_of(segment_size) && stop.0 > start.0;
+    let end = if on_boundary { Lsn(stop.0 - 1) } else { stop };
+    end.segment_number(segment_size)
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)

@@ -44,6 +44,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A child another test thread forked while the copy was open for writing holds that
+/// descriptor until it execs, and running the copy meanwhile fails with "Text file busy":
+/// wait until it runs once (after that, nothing can hold it open for writing).
+fn wait_executable(bin: &Path) {
+    for _ in 0..200 {
+        match Command::new(bin).arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("run {}: {e}", bin.display()),
+            Ok(_) => return,
+        }
+    }
+    panic!("{} stayed busy", bin.display());
+}
+
 /// A scratch directory owned by postgres, holding the binary, the repository and clusters.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
@@ -68,6 +84,7 @@ impl Scratch {
         let bin = dir.path().join("lifeline");
         std::fs::copy(env!("CARGO_BIN_EXE_lifeline"), &bin).expect("copy binary");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        wait_executable(&bin);
         let repo = dir.path().join("repo");
         std::fs::create_dir(&repo).expect("repo dir");
         chown_postgres(dir.path());
