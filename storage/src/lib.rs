@@ -16,6 +16,7 @@ pub mod atomic;
 pub mod chunking;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod crypto;
 mod error;
 mod kinds;
 pub mod layout;

@@ -32,7 +32,7 @@ pub enum Codec {
 }
 
 impl Codec {
-    fn to_byte(self) -> u8 {
+    pub(crate) fn to_byte(self) -> u8 {
         match self {
             Codec::None => 0,
             Codec::Zstd => 1,
@@ -40,7 +40,7 @@ impl Codec {
         }
     }
 
-    fn from_byte(byte: u8) -> Option<Self> {
+    pub(crate) fn from_byte(byte: u8) -> Option<Self> {
         match byte {
             0 => Some(Codec::None),
             1 => Some(Codec::Zstd),
