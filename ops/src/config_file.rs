@@ -40,6 +40,10 @@ pub struct ConfigFile {
     /// The former spelling of `s3-retry`, in seconds.
     pub s3_retry_seconds: Option<u64>,
     pub s3_ca_file: Option<PathBuf>,
+    /// S3's own encryption at rest on every put: "AES256" or "aws:kms".
+    pub s3_sse: Option<String>,
+    /// The KMS key for `s3-sse = "aws:kms"` (the account's default when unset).
+    pub s3_sse_kms_key_id: Option<String>,
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
     pub wal_prefetch: Option<usize>,

@@ -244,6 +244,11 @@ impl ConfigFile {
                 .map_err(|_| setting("s3-part-size-mib: too large for this machine".into()))?;
             opts.single_put_max = opts.single_put_max.max(opts.part_size);
         }
+        opts.sse = storage::ServerSideEncryption::from_settings(
+            self.s3_sse.as_deref(),
+            self.s3_sse_kms_key_id.as_deref(),
+        )
+        .map_err(setting)?;
         let retry = match env_duration("LIFELINE_S3_RETRY")? {
             Some(retry) => Some(retry),
             None => duration_key(
@@ -738,6 +743,34 @@ mod tests {
             err.to_string().starts_with("repack-unused-percent = 0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn server_side_encryption_is_one_of_s3s_and_checked_with_its_key() {
+        let with = |sse: Option<&str>, key: Option<&str>| {
+            let file = ConfigFile {
+                s3_bucket: Some("bucket".into()),
+                s3_sse: sse.map(str::to_string),
+                s3_sse_kms_key_id: key.map(str::to_string),
+                ..ConfigFile::default()
+            };
+            Settings::resolve(file, None).map(|s| s.s3.and_then(|o| o.sse))
+        };
+        assert_eq!(
+            with(Some("AES256"), None).expect("AES256"),
+            Some(storage::ServerSideEncryption::Aes256)
+        );
+        assert_eq!(
+            with(Some("aws:kms"), Some("alias/backups")).expect("kms"),
+            Some(storage::ServerSideEncryption::Kms {
+                key_id: Some("alias/backups".into())
+            })
+        );
+        assert_eq!(with(None, None).expect("none"), None);
+        let err = with(Some("aes256"), None).expect_err("case matters to S3");
+        assert!(err.to_string().contains("AES256"), "{err}");
+        let err = with(Some("AES256"), Some("k")).expect_err("a key without kms");
+        assert!(err.to_string().contains("aws:kms"), "{err}");
     }
 
     #[test]

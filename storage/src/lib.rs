@@ -38,7 +38,7 @@ pub use error::StorageError;
 pub use kinds::{BackupKind, BackupSource, Restorability, Service};
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};
-pub use s3::{MIN_PART_SIZE, S3Options, S3Storage, StaticCredentials};
+pub use s3::{MIN_PART_SIZE, S3Options, S3Storage, ServerSideEncryption, StaticCredentials};
 pub use storage::{
     Durability, ObjectMeta, ObjectReader, PutMode, Storage, StorageExt, validate_key,
 };

@@ -79,6 +79,39 @@ pub struct S3Options {
     /// The certificate authorities (PEM) to trust instead of the system's, as `AWS_CA_BUNDLE`
     /// means for every AWS tool: for stores with a private CA.
     pub ca_bundle: Option<Vec<u8>>,
+    /// Server-side encryption asked for on every put and multipart upload (`s3-sse`).
+    pub sse: Option<ServerSideEncryption>,
+}
+
+/// S3's own encryption at rest, on top of (never instead of) what lifeline does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    /// `AES256`: keys managed by S3.
+    Aes256,
+    /// `aws:kms`: a KMS key, the account's default one when none is named.
+    Kms { key_id: Option<String> },
+}
+
+impl ServerSideEncryption {
+    /// From `s3-sse` and `s3-sse-kms-key-id`, checked together.
+    pub fn from_settings(
+        sse: Option<&str>,
+        kms_key_id: Option<&str>,
+    ) -> Result<Option<ServerSideEncryption>, String> {
+        match (sse, kms_key_id) {
+            (None, None) => Ok(None),
+            (Some("AES256"), None) => Ok(Some(ServerSideEncryption::Aes256)),
+            (Some("aws:kms"), key) => Ok(Some(ServerSideEncryption::Kms {
+                key_id: key.map(str::to_string),
+            })),
+            (Some("AES256") | None, Some(_)) => Err(
+                "s3-sse-kms-key-id is set but s3-sse is not \"aws:kms\": set s3-sse = \"aws:kms\" or remove the key id".into(),
+            ),
+            (Some(other), _) => Err(format!(
+                "s3-sse = {other:?}: use \"AES256\" or \"aws:kms\""
+            )),
+        }
+    }
 }
 
 impl S3Options {
@@ -118,6 +151,7 @@ impl S3Options {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(300),
             ca_bundle: None,
+            sse: None,
         })
     }
 }
@@ -137,6 +171,7 @@ struct Inner {
     parallelism: usize,
     retry: RetryPolicy,
     stats: RetryStats,
+    sse: Option<ServerSideEncryption>,
 }
 
 impl S3Storage {
@@ -202,13 +237,45 @@ impl S3Storage {
                 parallelism: opts.parallelism.max(1),
                 retry: opts.retry,
                 stats: RetryStats::default(),
+                sse: opts.sse,
             }),
         })
+    }
+
+    /// The server-side encryption the store reports for `key` (tests of `s3-sse`).
+    #[cfg(feature = "conformance")]
+    pub async fn reported_encryption(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let object = self.inner.object_key(key)?;
+        let head = self
+            .inner
+            .client
+            .head_object()
+            .bucket(&self.inner.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| classify("HEAD", key, e))?;
+        Ok(head
+            .server_side_encryption()
+            .map(|s| s.as_str().to_string()))
     }
 
     /// What the retry layer has done so far.
     pub fn retry_stats(&self) -> &RetryStats {
         &self.inner.stats
+    }
+}
+
+/// The request's `x-amz-server-side-encryption` and KMS key id.
+fn sse_headers(
+    sse: &ServerSideEncryption,
+) -> (aws_sdk_s3::types::ServerSideEncryption, Option<String>) {
+    match sse {
+        ServerSideEncryption::Aes256 => (aws_sdk_s3::types::ServerSideEncryption::Aes256, None),
+        ServerSideEncryption::Kms { key_id } => (
+            aws_sdk_s3::types::ServerSideEncryption::AwsKms,
+            key_id.clone(),
+        ),
     }
 }
 
@@ -236,6 +303,12 @@ impl Inner {
                     .bucket(&self.bucket)
                     .key(&object)
                     .body(ByteStream::from(body.clone()));
+                if let Some(sse) = &self.sse {
+                    let (method, key_id) = sse_headers(sse);
+                    request = request
+                        .server_side_encryption(method)
+                        .set_ssekms_key_id(key_id);
+                }
                 if mode == PutMode::Create {
                     request = request.if_none_match("*");
                 }
@@ -261,11 +334,17 @@ impl Inner {
         let created = self
             .retry
             .run(&self.stats, "CREATE-MULTIPART", key, || {
-                let request = self
+                let mut request = self
                     .client
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&object);
+                if let Some(sse) = &self.sse {
+                    let (method, key_id) = sse_headers(sse);
+                    request = request
+                        .server_side_encryption(method)
+                        .set_ssekms_key_id(key_id);
+                }
                 async move {
                     request
                         .send()
