@@ -409,6 +409,53 @@ s_drill() {
   say "drill: $(grep -w -m1 VERIFIED "$MW/drill.out")"
 }
 
+# A streaming standby made from the newest backup, and a backup read from it: the data files
+# from the standby (PGDATA names nothing), started and stopped on the primary, restored whole.
+s_standby() {
+  local port4 i caught="" where out port5 have
+  lifeline restore postgres --type full --data-dir "$MW/standby" \
+    || die "lifeline restore postgres --type full (for the standby) exited $?: $(ll_cause)"
+  rm -f "$MW/standby/recovery.signal"
+  touch "$MW/standby/standby.signal"
+  chown postgres "$MW/standby/standby.signal"
+  cat >>"$MW/standby/postgresql.auto.conf" <<CONF
+primary_conninfo = 'host=127.0.0.1 port=$PORT user=postgres'
+recovery_target = ''
+CONF
+  port4=$(free_port)
+  pg_start standby "$MW/standby" "$port4" || die "the standby did not start"
+  sql "$PORT" "INSERT INTO matrix_rows (phase, note) VALUES ('standby', 'before the standby backup')" \
+    || die "INSERT 'standby' failed"
+  where=$(sql "$PORT" "SELECT pg_current_wal_lsn()")
+  for ((i = 0; i < RECOVERY_TIMEOUT * 2; i++)); do
+    caught=$(sql "$port4" "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= '$where'" 2>/dev/null || true)
+    [ "$caught" = t ] && break
+    sleep 0.5
+  done
+  [ "$caught" = t ] || die "the standby did not replay to $where within ${RECOVERY_TIMEOUT}s"
+  table_counts "$PORT" >"$MW/standby.counts" || die "could not count the rows before the standby backup"
+  cp "$MW/lifeline.toml" "$MW/standby.toml"
+  printf '\n[standby]\nhost = "127.0.0.1"\nport = %s\ndata-dir = "%s"\n' "$port4" "$MW/standby" >>"$MW/standby.toml"
+  chown postgres "$MW/standby.toml"
+  out=$(lifeline LIFELINE_CONFIG="$MW/standby.toml" PGDATA=/nonexistent backup postgres --from-standby) \
+    || die "lifeline backup postgres --from-standby exited $?: $(ll_cause)"
+  echo "$out"
+  [[ $out == *"from the standby"* ]] || die "the backup does not say it was read from the standby: $out"
+  lifeline restore postgres --type full --data-dir "$MW/fromstandby" \
+    || die "lifeline restore postgres --type full (of the standby backup) exited $?: $(ll_cause)"
+  port5=$(free_port)
+  pg_start fromstandby "$MW/fromstandby" "$port5" || die "the server restored from the standby backup did not start"
+  wait_promoted "$port5"
+  have=$(sql "$port5" "SELECT count(*) FROM matrix_rows WHERE phase = 'standby'")
+  [ "$have" = 1 ] || die "the standby backup's restore lacks the row written before it"
+  table_counts "$port5" >"$MW/fromstandby.counts" || die "could not count the restored rows"
+  diff -u "$MW/standby.counts" "$MW/fromstandby.counts" \
+    || die "the standby backup restored other row counts than the primary had: $(diff "$MW/standby.counts" "$MW/fromstandby.counts" | grep '^[<>]' | tr '\n' ' ')"
+  say "standby backup: read from the standby, restored with every table's rows"
+  pg_stop "$MW/fromstandby" || die "the server restored from the standby backup did not stop"
+  pg_stop "$MW/standby" || die "the standby did not stop"
+}
+
 s_stop() {
   pg_stop "$DATA" || die "the source server did not stop"
 }
@@ -476,6 +523,7 @@ run_major() { # in a subshell: exits non-zero when a step failed
   step full-restore s_full_restore
   step catalog-rebuild s_catalog
   step drill s_drill
+  step standby-backup s_standby
   step stop s_stop
 }
 
