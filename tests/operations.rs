@@ -50,27 +50,7 @@ fn primary_with_replica(scratch: &Scratch) -> (Pg, Pg) {
     let primary = Pg::running(scratch, "primary");
     seed(&primary);
     backup(scratch, &primary);
-    let replica_dir = scratch.path("replica");
-    let out = run_as_postgres(
-        &format!("{PG_BIN}/pg_basebackup"),
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-D",
-            replica_dir.to_str().expect("utf8"),
-            "-R",
-            "-X",
-            "stream",
-            "--no-sync",
-        ],
-    );
-    succeeded(&out, "pg_basebackup");
-    let replica = Pg::restored(scratch, replica_dir);
-    replica.start();
+    let replica = streaming_replica(scratch, &primary, "replica");
     primary.psql("INSERT INTO orders (account, amount) VALUES (1, 424242)");
     primary.switch_and_archive();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -15,27 +15,7 @@ use common::*;
 fn primary_with_standby(scratch: &Scratch) -> (Pg, Pg) {
     let primary = Pg::running(scratch, "primary");
     seed(&primary);
-    let standby_dir = scratch.path("standby");
-    let out = run_as_postgres(
-        &format!("{PG_BIN}/pg_basebackup"),
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-D",
-            standby_dir.to_str().expect("utf8"),
-            "-R",
-            "-X",
-            "stream",
-            "--no-sync",
-        ],
-    );
-    succeeded(&out, "pg_basebackup");
-    let standby = Pg::restored(scratch, standby_dir);
-    standby.start();
+    let standby = streaming_replica(scratch, &primary, "standby");
     wait_replayed(&primary, &standby);
     (primary, standby)
 }

@@ -474,6 +474,32 @@ impl Drop for Pg {
     }
 }
 
+/// A streaming replica of `primary` (pg_basebackup -R), started, in the scratch's `name`.
+pub fn streaming_replica(scratch: &Scratch, primary: &Pg, name: &str) -> Pg {
+    let dir = scratch.path(name);
+    let out = run_as_postgres(
+        &format!("{PG_BIN}/pg_basebackup"),
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            dir.to_str().expect("utf8"),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ],
+    );
+    succeeded(&out, "pg_basebackup");
+    let replica = Pg::restored(scratch, dir);
+    replica.start();
+    replica
+}
+
 pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
