@@ -21,6 +21,7 @@ mod http;
 pub mod identity;
 pub mod notify;
 pub mod oplog;
+pub mod passphrase;
 pub mod pg;
 pub mod process;
 pub mod redis;
