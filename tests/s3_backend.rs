@@ -77,61 +77,42 @@ async fn large_objects_stream_as_multipart_uploads() {
     assert!(store.get_bytes("big/bytes").await.expect("get") == data);
 }
 
+/// Put `data` as `key` into `store` and return the encryption the store reports for it.
+async fn put_and_report(store: &S3Storage, key: &str, data: Vec<u8>) -> Option<String> {
+    store
+        .put_bytes(key, data, PutMode::Create, Durability::Immediate)
+        .await
+        .expect("put");
+    store.reported_encryption(key).await.expect("head")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_encryption_is_asked_for_on_every_put_and_multipart_upload() {
     let server = MotoServer::start();
     server.create_bucket("sse");
-    let mut opts = options(&server, "sse/repo");
-    opts.part_size = storage::MIN_PART_SIZE;
-    opts.single_put_max = storage::MIN_PART_SIZE;
-    opts.sse = Some(storage::ServerSideEncryption::Aes256);
-    let store = S3Storage::open(opts).await.expect("open");
-    store
-        .put_bytes(
-            "small",
-            b"abc".to_vec(),
-            PutMode::Create,
-            Durability::Immediate,
-        )
-        .await
-        .expect("put");
-    let big = pattern(2 * storage::MIN_PART_SIZE + 1, 3);
-    store
-        .put_bytes("big", big.clone(), PutMode::Create, Durability::Immediate)
-        .await
-        .expect("multipart put");
-    for key in ["small", "big"] {
-        let reported = store.reported_encryption(key).await.expect("head");
-        assert_eq!(reported.as_deref(), Some("AES256"), "{key}");
-    }
-    assert!(store.get_bytes("big").await.expect("get") == big);
-    // Without the setting nothing is asked for: the test can tell the difference.
-    let plain = S3Storage::open(options(&server, "sse/plain"))
+    let open = |location: &str, sse: Option<storage::ServerSideEncryption>| {
+        let mut opts = options(&server, location);
+        opts.part_size = storage::MIN_PART_SIZE;
+        opts.single_put_max = storage::MIN_PART_SIZE;
+        opts.sse = sse;
+        S3Storage::open(opts)
+    };
+    let store = open("sse/repo", Some(storage::ServerSideEncryption::Aes256))
         .await
         .expect("open");
-    plain
-        .put_bytes(
-            "small",
-            b"abc".to_vec(),
-            PutMode::Create,
-            Durability::Immediate,
-        )
-        .await
-        .expect("put");
-    let reported = plain.reported_encryption("small").await.expect("head");
-    assert_eq!(reported, None);
-    let mut kms = options(&server, "sse/kms");
-    kms.sse = Some(storage::ServerSideEncryption::Kms { key_id: None });
-    let kms = S3Storage::open(kms).await.expect("open");
-    kms.put_bytes(
-        "small",
-        b"abc".to_vec(),
-        PutMode::Create,
-        Durability::Immediate,
-    )
-    .await
-    .expect("put with aws:kms");
-    let reported = kms.reported_encryption("small").await.expect("head");
+    let small = put_and_report(&store, "small", b"abc".to_vec()).await;
+    assert_eq!(small.as_deref(), Some("AES256"));
+    // Above single_put_max: a multipart upload.
+    let big = pattern(2 * storage::MIN_PART_SIZE + 1, 3);
+    let reported = put_and_report(&store, "big", big.clone()).await;
+    assert_eq!(reported.as_deref(), Some("AES256"));
+    assert!(store.get_bytes("big").await.expect("get") == big);
+    // Without the setting nothing is asked for: the test can tell the difference.
+    let plain = open("sse/plain", None).await.expect("open");
+    assert_eq!(put_and_report(&plain, "small", b"abc".to_vec()).await, None);
+    let kms = storage::ServerSideEncryption::Kms { key_id: None };
+    let kms = open("sse/kms", Some(kms)).await.expect("open");
+    let reported = put_and_report(&kms, "small", b"abc".to_vec()).await;
     assert_eq!(reported.as_deref(), Some("aws:kms"));
 }
 

@@ -168,7 +168,7 @@ pub async fn run_base_backup(
         Err(e) if opts.standby.is_some() => {
             return Err(ArchiveError::Precondition(format!(
                 "the primary does not answer ({}), and a backup from the standby needs the primary to start and stop it: bring the primary back, or promote the standby (lifeline failover) and back up the new primary",
-                crate::standby::chain(&e)
+                storage::error_chain(&e)
             )));
         }
         Err(e) => return Err(e),

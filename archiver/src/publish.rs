@@ -71,15 +71,7 @@ pub(crate) async fn publish_base_backup(
         &summary.retention,
         Restorability::Unverified,
     );
-    let path = catalog_path.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-        let mut catalog = catalog::Catalog::open(&path)?;
-        catalog.register_cluster(record.system_identifier, record.started_at_us)?;
-        catalog.upsert_backup(&record)?;
-        Ok(())
-    })
-    .await
-    .map_err(ArchiveError::task("catalog task"))?
+    record_backup(catalog_path, record, true).await
 }
 
 /// Make a stream backup (dump, RDB, AOF) exist and record it in the catalog.
@@ -107,9 +99,23 @@ pub(crate) async fn publish_stream_backup(
         &summary.retention,
         Restorability::Unverified,
     );
+    record_backup(catalog_path, record, false).await
+}
+
+/// List a published backup in the catalog (off the async threads: SQLite is blocking I/O);
+/// a base backup also registers its cluster.
+async fn record_backup(
+    catalog_path: &Path,
+    record: catalog::BackupRecord,
+    with_cluster: bool,
+) -> Result<(), ArchiveError> {
     let path = catalog_path.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-        catalog::Catalog::open(&path)?.upsert_backup(&record)?;
+        let mut catalog = catalog::Catalog::open(&path)?;
+        if with_cluster {
+            catalog.register_cluster(record.system_identifier, record.started_at_us)?;
+        }
+        catalog.upsert_backup(&record)?;
         Ok(())
     })
     .await

@@ -82,17 +82,6 @@ pub(crate) fn unfit(options: &StandbyOptions, why: String) -> Result<(), Archive
     }
 }
 
-/// An error and its causes on one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 fn address(connection: &ConnectionOptions) -> String {
     format!("{}:{}", connection.host, connection.port)
 }
@@ -107,7 +96,7 @@ async fn check(
         .connection
         .connect()
         .await
-        .map_err(|e| format!("it does not answer ({})", chain(&e)))?;
+        .map_err(|e| format!("it does not answer ({})", storage::error_chain(&e)))?;
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(),
@@ -261,10 +250,11 @@ pub(crate) async fn check_fresh(
     };
     if !from_standby {
         for signal in ["standby.signal", "recovery.signal"] {
-            if tokio::fs::try_exists(data_dir.join(signal))
+            let path = data_dir.join(signal);
+            let present = tokio::fs::try_exists(&path)
                 .await
-                .unwrap_or(true)
-            {
+                .map_err(|source| ArchiveError::Io { path, source })?;
+            if present {
                 return Err(ArchiveError::Precondition(format!(
                     "PGDATA {} holds {signal}: it is a standby's or a recovering server's data directory, not the primary's; set PGDATA to the primary's (or back up from the standby with [standby])",
                     data_dir.display()

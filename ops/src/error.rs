@@ -93,16 +93,7 @@ impl OpsError {
     }
 }
 
-/// An error and its causes on one line, `what: why: why`.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use storage::error_chain as chain;
 
 /// Why a restore drill could not run or could not finish. Inside the rehearsal (restore,
 /// recovery, checks) it becomes the FAILED verdict, with the whole chain as its reason.

@@ -309,7 +309,6 @@ fn fsync_dir(dir: &Path) -> Result<(), RestoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
 
     use super::*;
 
@@ -359,15 +358,7 @@ mod tests {
             dir.join("appendonlydir"),
             file,
         ] {
-            let meta = std::fs::symlink_metadata(&path).expect("meta");
-            assert_eq!(
-                (meta.uid(), meta.gid()),
-                (nobody, nobody),
-                "{} belongs to {}:{}",
-                path.display(),
-                meta.uid(),
-                meta.gid()
-            );
+            testing::fixtures::assert_owned_by(&path, nobody, nobody);
         }
     }
 }

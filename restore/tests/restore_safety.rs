@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -277,15 +277,7 @@ async fn a_root_run_restore_gives_everything_it_creates_to_the_owner() {
     }
     assert!(paths.contains(&wal.join("archive_status")));
     for path in &paths {
-        let meta = std::fs::symlink_metadata(path).expect("meta");
-        assert_eq!(
-            (meta.uid(), meta.gid()),
-            (nobody, nobody),
-            "{} belongs to {}:{}",
-            path.display(),
-            meta.uid(),
-            meta.gid()
-        );
+        testing::fixtures::assert_owned_by(path, nobody, nobody);
     }
 }
 

@@ -63,3 +63,15 @@ impl StorageError {
         }
     }
 }
+
+/// An error and its causes on one line, `what: why: why`, as the operator reads it in a
+/// message that has room for one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}

@@ -34,7 +34,7 @@ mod s3;
 mod storage;
 pub mod wal;
 
-pub use error::StorageError;
+pub use error::{StorageError, error_chain};
 pub use kinds::{BackupKind, BackupSource, Restorability, Service};
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};

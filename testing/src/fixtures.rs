@@ -89,3 +89,17 @@ pub fn file_entry(path: &str, kind: EntryKind, mode: u32) -> FileEntry {
         bundle_offset: None,
     }
 }
+
+/// `path` itself (not what a link points to) belongs to `uid:gid`; the failure names it.
+pub fn assert_owned_by(path: &std::path::Path, uid: u32, gid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).expect("stat the restored path");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (uid, gid),
+        "{} belongs to {}:{}",
+        path.display(),
+        meta.uid(),
+        meta.gid()
+    );
+}
