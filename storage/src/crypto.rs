@@ -8,24 +8,7 @@
 //! theirs), one for chunk ids (keyed BLAKE3, so an id says nothing of the content while equal
 //! chunks still share one), one to authenticate the key file itself.
 //!
-//! A sealed object:
-//!
-//! ```text
-//! offset size  field
-//!      0    4  magic "LLOE"
-//!      4    1  format version (1)
-//!      5    1  codec of the payload: 0 none, 1 zstd, 2 gzip
-//!      6    2  reserved, zero
-//!      8    4  key epoch, little endian
-//!     12    8  plaintext length, little endian
-//!     20   32  keyed blake3 of the plaintext (compares a re-pushed WAL file without a read)
-//!     52   24  nonce
-//!     76    …  the payload (compressed first) sealed with XChaCha20-Poly1305, with its tag
-//! ```
-//!
-//! The header and the object's key in the repository are the associated data: a flipped bit
-//! anywhere, a truncated object, a header moved onto another payload or an object copied
-//! under another name fails to open.
+//! Objects are sealed with the data keys in [`crate::sealed`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,10 +18,6 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub const SEALED_MAGIC: &[u8; 4] = b"LLOE";
-pub const SEALED_HEADER_LEN: usize = 76;
-const SEALED_VERSION: u8 = 1;
-const TAG_LEN: usize = 16;
 const NONCE_LEN: usize = 24;
 const KEY_FILE_FORMAT: u32 = 1;
 
@@ -201,18 +180,6 @@ impl Keyring {
         self.current_epoch
     }
 
-    /// A chunk's id in an encrypted repository: keyed BLAKE3 of its plaintext.
-    pub fn chunk_id(&self, plain: &[u8]) -> blake3::Hash {
-        let key = self.derive("lifeline 2026-11 chunk ids");
-        blake3::keyed_hash(&key, plain)
-    }
-
-    /// The keyed checksum a sealed object's header carries.
-    pub fn object_checksum(&self, plain: &[u8]) -> blake3::Hash {
-        let key = self.derive("lifeline 2026-11 object checksums");
-        blake3::keyed_hash(&key, plain)
-    }
-
     fn mac_key(&self) -> Zeroizing<[u8; 32]> {
         self.derive("lifeline 2026-11 key file authentication")
     }
@@ -247,138 +214,13 @@ impl Keyring {
         })
     }
 
-    /// Seal `payload` (already compressed with `codec`) as the object `key`.
-    pub fn seal(
-        &self,
-        key: &str,
-        codec: crate::Codec,
-        plain_len: u64,
-        checksum: blake3::Hash,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        let epoch = self.current_epoch;
-        let data_key = self
-            .data_keys
-            .get(&epoch)
-            .ok_or_else(|| CryptoError::KeyOperation(format!("no data key for epoch {epoch}")))?;
-        let nonce = random::<NONCE_LEN>()?;
-        let header = SealedHeader {
-            codec,
-            epoch,
-            plain_len,
-            checksum,
-            nonce,
-        }
-        .to_bytes();
-        let cipher = XChaCha20Poly1305::new(data_key.as_ref().into());
-        let aad = object_aad(&header, key);
-        let sealed = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: payload,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| CryptoError::KeyOperation(format!("sealing {key} failed")))?;
-        let mut out = Vec::with_capacity(SEALED_HEADER_LEN + sealed.len());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&sealed);
-        Ok(out)
+    /// The data key of `epoch`, if the key file has that epoch.
+    pub(crate) fn data_key(&self, epoch: u32) -> Option<&[u8; 32]> {
+        self.data_keys.get(&epoch).map(|key| &**key)
     }
 
-    /// Open the sealed object `key`: its header and its payload (still compressed).
-    pub fn open(&self, key: &str, object: &[u8]) -> Result<(SealedHeader, Vec<u8>), CryptoError> {
-        let refused = |reason: &str| CryptoError::Refused {
-            key: key.to_string(),
-            reason: reason.to_string(),
-        };
-        let header = SealedHeader::parse(object).map_err(|r| refused(&r))?;
-        let sealed = &object[SEALED_HEADER_LEN..];
-        if sealed.len() < TAG_LEN {
-            return Err(refused("truncated: shorter than its authentication tag"));
-        }
-        let data_key = self.data_keys.get(&header.epoch).ok_or_else(|| {
-            refused(&format!(
-                "sealed under key epoch {}, which this repository's key file does not have",
-                header.epoch
-            ))
-        })?;
-        let cipher = XChaCha20Poly1305::new(data_key.as_ref().into());
-        let aad = object_aad(&object[..SEALED_HEADER_LEN], key);
-        let payload = cipher
-            .decrypt(
-                XNonce::from_slice(&header.nonce),
-                Payload { msg: sealed, aad: &aad },
-            )
-            .map_err(|_| {
-                refused(
-                    "it fails authentication: it was altered, truncated, or copied here from another name",
-                )
-            })?;
-        Ok((header, payload))
-    }
-}
-
-fn object_aad(header: &[u8], key: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(header.len() + key.len());
-    aad.extend_from_slice(header);
-    aad.extend_from_slice(key.as_bytes());
-    aad
-}
-
-/// The clear header of a sealed object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SealedHeader {
-    pub codec: crate::Codec,
-    pub epoch: u32,
-    pub plain_len: u64,
-    pub checksum: blake3::Hash,
-    pub nonce: [u8; NONCE_LEN],
-}
-
-impl SealedHeader {
-    fn to_bytes(self) -> [u8; SEALED_HEADER_LEN] {
-        let mut out = [0u8; SEALED_HEADER_LEN];
-        out[0..4].copy_from_slice(SEALED_MAGIC);
-        out[4] = SEALED_VERSION;
-        out[5] = self.codec.to_byte();
-        out[8..12].copy_from_slice(&self.epoch.to_le_bytes());
-        out[12..20].copy_from_slice(&self.plain_len.to_le_bytes());
-        out[20..52].copy_from_slice(self.checksum.as_bytes());
-        out[52..76].copy_from_slice(&self.nonce);
-        out
-    }
-
-    pub fn parse(bytes: &[u8]) -> Result<SealedHeader, String> {
-        let Some(h) = bytes.get(..SEALED_HEADER_LEN) else {
-            return Err("shorter than a sealed object's header".into());
-        };
-        if &h[0..4] != SEALED_MAGIC {
-            return Err("not a sealed lifeline object".into());
-        }
-        if h[4] != SEALED_VERSION {
-            return Err(format!(
-                "sealed format {} is not supported by this lifeline; upgrade lifeline",
-                h[4]
-            ));
-        }
-        let codec = crate::Codec::from_byte(h[5]).ok_or("unknown codec")?;
-        let mut epoch = [0u8; 4];
-        epoch.copy_from_slice(&h[8..12]);
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&h[12..20]);
-        let mut checksum = [0u8; 32];
-        checksum.copy_from_slice(&h[20..52]);
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&h[52..76]);
-        Ok(SealedHeader {
-            codec,
-            epoch: u32::from_le_bytes(epoch),
-            plain_len: u64::from_le_bytes(len),
-            checksum: blake3::Hash::from_bytes(checksum),
-            nonce,
-        })
+    pub(crate) fn chunk_id_key(&self) -> Zeroizing<[u8; 32]> {
+        self.derive("lifeline 2026-11 chunk ids")
     }
 }
 
@@ -512,7 +354,6 @@ impl KeyFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     /// Cheap Argon2id for tests: the format, not the cost, is under test.
     const FAST: KdfParams = KdfParams {
@@ -533,7 +374,7 @@ mod tests {
         assert!(!text.contains("correct horse"));
         let back = KeyFile::from_json(&json).expect("parses");
         let opened = back.unlock(b"correct horse").expect("opens");
-        assert_eq!(opened.chunk_id(b"x"), keyring.chunk_id(b"x"));
+        assert_eq!(*opened.chunk_id_key(), *keyring.chunk_id_key());
         assert_eq!(
             back.unlock(b"wrong").err(),
             Some(CryptoError::WrongPassphrase)
@@ -561,30 +402,21 @@ mod tests {
     fn rotation_seals_new_objects_under_a_new_epoch_and_old_ones_still_open() {
         let (mut file, keyring) = keyring();
         let plain = b"a WAL segment";
-        let old = keyring
-            .seal(
-                "wal/1",
-                crate::Codec::None,
-                13,
-                keyring.object_checksum(plain),
-                plain,
-            )
-            .expect("seal");
+        let old = crate::sealed::seal(&keyring, "wal/1", plain).expect("seal");
         let rotated = file.rotate(&keyring).expect("rotate");
         assert_eq!(rotated.current_epoch(), 2);
         let reopened = file.unlock(b"correct horse").expect("opens after rotation");
-        let new = reopened
-            .seal(
-                "wal/2",
-                crate::Codec::None,
-                13,
-                reopened.object_checksum(plain),
-                plain,
-            )
-            .expect("seal");
-        assert_eq!(SealedHeader::parse(&new).expect("header").epoch, 2);
-        assert_eq!(reopened.open("wal/1", &old).expect("epoch 1").1, plain);
-        assert_eq!(reopened.open("wal/2", &new).expect("epoch 2").1, plain);
+        let new = crate::sealed::seal(&reopened, "wal/2", plain).expect("seal");
+        assert_eq!(crate::sealed::epoch_of("wal/1", &old).expect("sealed"), 1);
+        assert_eq!(crate::sealed::epoch_of("wal/2", &new).expect("sealed"), 2);
+        assert_eq!(
+            crate::sealed::open(&reopened, "wal/1", &old).expect("epoch 1"),
+            plain
+        );
+        assert_eq!(
+            crate::sealed::open(&reopened, "wal/2", &new).expect("epoch 2"),
+            plain
+        );
     }
 
     #[test]
@@ -603,46 +435,5 @@ mod tests {
             dropped.unlock(b"second"),
             Err(CryptoError::KeyFile(_))
         ));
-    }
-
-    #[test]
-    fn chunk_ids_are_keyed() {
-        let (_, a) = keyring();
-        let (_, b) = keyring();
-        assert_ne!(a.chunk_id(b"same"), blake3::hash(b"same"));
-        assert_ne!(a.chunk_id(b"same"), b.chunk_id(b"same"));
-        assert_eq!(a.chunk_id(b"same"), a.chunk_id(b"same"));
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-
-        #[test]
-        fn sealed_objects_open_only_whole_and_under_their_own_name(
-            plain in proptest::collection::vec(any::<u8>(), 0..2048),
-            flip in any::<usize>(),
-            bit in 0u8..8,
-            cut in any::<usize>(),
-        ) {
-            let (_, keyring) = keyring();
-            let sum = keyring.object_checksum(&plain);
-            let sealed = keyring
-                .seal("packs/ab/cd", crate::Codec::None, plain.len() as u64, sum, &plain)
-                .expect("seal");
-            let (header, opened) = keyring.open("packs/ab/cd", &sealed).expect("opens");
-            prop_assert_eq!(&opened, &plain);
-            prop_assert_eq!(header.plain_len, plain.len() as u64);
-            // The plaintext never appears in the object (beyond what chance allows).
-            if plain.len() >= 16 {
-                prop_assert!(!sealed.windows(plain.len()).any(|w| w == plain.as_slice()));
-            }
-            let mut flipped = sealed.clone();
-            let at = flip % flipped.len();
-            flipped[at] ^= 1 << bit;
-            prop_assert!(keyring.open("packs/ab/cd", &flipped).is_err());
-            let truncated = &sealed[..cut % sealed.len()];
-            prop_assert!(keyring.open("packs/ab/cd", truncated).is_err());
-            prop_assert!(keyring.open("packs/ab/ce", &sealed).is_err());
-        }
     }
 }

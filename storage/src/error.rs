@@ -9,6 +9,9 @@ pub enum StorageError {
     AlreadyExists { key: String },
     #[error("object {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// An encrypted repository's object that does not open: altered, moved, or not sealed.
+    #[error("object {key} was refused: {reason}")]
+    Refused { key: String, reason: String },
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
     #[error("repository I/O on {path}")]

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cluster.json                                 the cluster this repository archives (create-only)
+//! keys.json                                    key slots of an encrypted repository (clear)
 //! wal/<sysid>/<TTTTTTTT>/<wal file name>       one framed object per WAL, history or backup file
 //! packs/<first 2 hex>/<blake3 hex>             many framed chunks in one object (see `pack`)
 //! backups/<backup id>/manifest                 the framed JSON manifest; written last
@@ -17,6 +18,8 @@
 use crate::wal::WalFileName;
 
 pub const CLUSTER_KEY: &str = "cluster.json";
+/// An encrypted repository's key slots: the one object that is never sealed.
+pub const KEYS_KEY: &str = "keys.json";
 pub const WAL_PREFIX: &str = "wal/";
 pub const BACKUPS_PREFIX: &str = "backups/";
 pub const PACKS_PREFIX: &str = "packs/";

@@ -9,6 +9,8 @@
 //! - [`pack`]: many chunks per stored object.
 //! - [`manifest`]: what a backup is made of; [`layout`]: which key each object lives under.
 //! - [`atomic`]: a local file replaced whole (temporary name, fsync, rename, directory fsync).
+//! - [`crypto`]: key slots and keys of an encrypted repository; [`sealed`]: the sealed object
+//!   format and [`SealedStorage`], which seals everything such a repository stores.
 //! - [`private`]: 0600 files and 0700 directories with one owner, for everything lifeline
 //!   writes on local disk.
 
@@ -31,6 +33,7 @@ pub mod private;
 pub mod repack;
 pub mod retry;
 mod s3;
+pub mod sealed;
 mod storage;
 pub mod wal;
 
@@ -39,6 +42,7 @@ pub use kinds::{BackupKind, BackupSource, Restorability, Service};
 pub use local::LocalStorage;
 pub use object::{Codec, Compression, ObjectHeader};
 pub use s3::{MIN_PART_SIZE, S3Options, S3Storage, ServerSideEncryption, StaticCredentials};
+pub use sealed::{ChunkIds, SealedStorage};
 pub use storage::{
     Durability, ObjectMeta, ObjectReader, PutMode, Storage, StorageExt, validate_key,
 };

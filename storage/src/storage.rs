@@ -93,6 +93,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Where the repository is, for messages (never carries credentials).
     fn describe(&self) -> String;
+
+    /// How this repository names chunks and packs (keyed when it is encrypted).
+    fn chunk_ids(&self) -> crate::ChunkIds {
+        crate::ChunkIds::plain()
+    }
 }
 
 /// Conveniences over the required core, implemented for every backend.
