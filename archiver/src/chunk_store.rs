@@ -12,7 +12,7 @@ use storage::chunking::content_defined_chunks;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::{
-    BackupKind, Compression, Durability, PutMode, Storage, StorageError, layout, object,
+    ChunkIds,    BackupKind, Compression, Durability, PutMode, Storage, StorageError, layout, object,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -208,7 +208,8 @@ impl Packer {
             return Ok(());
         }
         let builder = std::mem::take(&mut self.current);
-        let sealed = tokio::task::spawn_blocking(move || builder.seal())
+        let ids = self.storage.chunk_ids();
+        let sealed = tokio::task::spawn_blocking(move || builder.seal(&ids))
             .await
             .map_err(ArchiveError::task("pack task"))??;
         self.written += sealed.bytes.len() as u64;
@@ -260,12 +261,13 @@ fn join_write(
 /// Hash a chunk, and compress it unless the repository (or this backup) already has it.
 pub(crate) async fn prepare_chunk<S: Send + 'static>(
     known: Arc<Mutex<HashSet<String>>>,
+    ids: ChunkIds,
     compression: Compression,
     job: Job<S>,
 ) -> Result<Prepared<S>, ArchiveError> {
     tokio::task::spawn_blocking(move || -> Result<Prepared<S>, StorageError> {
         let hash = object::checksum(&job.data);
-        let hex = hash.to_hex().to_string();
+        let hex = ids.of_checksum(hash).to_hex().to_string();
         let is_new = known
             .lock()
             .map(|mut k| k.insert(hex.clone()))
@@ -300,10 +302,11 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
 ) -> Result<(Packer, Vec<(S, String, u64)>), ArchiveError> {
     let known: Arc<Mutex<HashSet<String>>> =
         Arc::new(Mutex::new(previous.keys().cloned().collect()));
+    let ids = storage.chunk_ids();
     let packer = Packer::new(storage, previous, transfers);
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let (mut packer, slots) = jobs
-        .map(|job| prepare_chunk(known.clone(), compression, job))
+        .map(|job| prepare_chunk(known.clone(), ids.clone(), compression, job))
         .buffer_unordered(parallelism.max(1) * 2)
         .try_fold(
             (packer, Vec::new()),

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
 use storage::private::Owner;
-use storage::{Storage, StorageExt, layout, object};
+use storage::{Storage, StorageExt, layout};
 use tracing::debug;
 
 use crate::RestoreError;
@@ -375,7 +375,8 @@ async fn restore_into(
         let (storage, locks) = (storage.clone(), locks.clone());
         async move {
             let bytes = fetch_group(storage.as_ref(), &group).await?;
-            blocking("write task", move || write_group(&group, &bytes, &locks)).await
+            let ids = storage.chunk_ids();
+            blocking("write task", move || write_group(&group, &ids, &bytes, &locks)).await
         }
     })
     .await?;
@@ -449,18 +450,16 @@ fn corrupt(key: &str, reason: String) -> RestoreError {
 pub(crate) fn decode_chunk(
     pack_key: &str,
     chunk: &ChunkRef,
+    ids: &storage::ChunkIds,
     framed: &[u8],
 ) -> Result<Vec<u8>, RestoreError> {
-    let name = format!("chunk {} in {pack_key}", chunk.hash);
-    let plain = object::decode(&name, framed)?;
-    // The header verified the bytes; the hash proves they are the bytes the manifest meant.
-    if plain.len() as u64 != chunk.len || object::checksum(&plain).to_hex().as_str() != chunk.hash {
-        return Err(RestoreError::Storage(storage::StorageError::Corrupt {
-            key: name,
-            reason: "content does not match the chunk the manifest names".into(),
-        }));
-    }
-    Ok(plain)
+    Ok(storage::pack::open_chunk(
+        pack_key,
+        framed,
+        ids,
+        &chunk.hash,
+        chunk.len,
+    )?)
 }
 
 /// Open flags that refuse to follow a link in the last component: every file the restore
@@ -684,7 +683,12 @@ const OPEN_FILES_PER_TASK: usize = 4;
 
 /// Decode one chunk at a time and write it to each of its places: one decoded chunk per task
 /// is all the plaintext held in memory.
-fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<(), RestoreError> {
+fn write_group(
+    group: &WriteGroup,
+    ids: &storage::ChunkIds,
+    bytes: &[u8],
+    locks: &FileLocks,
+) -> Result<(), RestoreError> {
     // The most recently used first.
     let mut open: Vec<(Arc<PathBuf>, std::fs::File)> = Vec::with_capacity(OPEN_FILES_PER_TASK);
     for (chunk, targets) in &group.chunks {
@@ -698,7 +702,7 @@ fn write_group(group: &WriteGroup, bytes: &[u8], locks: &FileLocks) -> Result<()
                     format!("chunk {} lies outside what was read", chunk.hash),
                 )
             })?;
-        let plain = decode_chunk(&group.pack_key, chunk, framed)?;
+        let plain = decode_chunk(&group.pack_key, chunk, ids, framed)?;
         for target in targets {
             let slice = plain.get(target.range.clone()).ok_or_else(|| {
                 corrupt(

@@ -295,8 +295,8 @@ pub(crate) async fn fetch_chunk(
     let framed = storage
         .get_range(&pack_key, chunk.offset..chunk.offset + chunk.stored)
         .await?;
-    let chunk = chunk.clone();
-    tokio::task::spawn_blocking(move || decode_chunk(&pack_key, &chunk, &framed))
+    let (chunk, ids) = (chunk.clone(), storage.chunk_ids());
+    tokio::task::spawn_blocking(move || decode_chunk(&pack_key, &chunk, &ids, &framed))
         .await
         .map_err(RestoreError::task("decompression task"))?
 }

@@ -272,12 +272,13 @@ async fn check_pack(
     };
     let len = bytes.len() as u64;
     let chunks = chunks.clone();
+    let ids = storage.chunk_ids();
     let checked = tokio::task::spawn_blocking(move || {
         let mut problems = Vec::new();
         if let Err(e) = pack::read_index(&key, &bytes) {
             problems.push(format!("pack {key} has a damaged index: {e}"));
         }
-        if object::checksum(&bytes).to_hex().as_str() != key.rsplit('/').next().unwrap_or_default()
+        if ids.of(&bytes).to_hex().as_str() != key.rsplit('/').next().unwrap_or_default()
         {
             problems.push(format!(
                 "pack {key} does not match its name (its bytes changed)"
@@ -286,7 +287,7 @@ async fn check_pack(
         for (chunk, backups) in chunks.values() {
             let range = chunk.offset as usize..(chunk.offset + chunk.stored) as usize;
             let outcome = match bytes.get(range) {
-                Some(framed) => decode_chunk(&key, chunk, framed).map(|_| ()),
+                Some(framed) => decode_chunk(&key, chunk, &ids, framed).map(|_| ()),
                 None => Err(RestoreError::Refused(
                     "the pack is shorter than the manifest says".into(),
                 )),

@@ -312,6 +312,14 @@ const MAX_PLAIN_LEN: u64 = 1 << 30;
 
 /// Decode a whole object and verify it against its header. `key` names it in errors.
 pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, StorageError> {
+    decode_with_header(key, object).map(|(_, plain)| plain)
+}
+
+/// As [`decode`], with the header the plaintext was verified against.
+pub fn decode_with_header(
+    key: &str,
+    object: &[u8],
+) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
     let header = ObjectHeader::parse(key, object)?;
     let payload = &object[HEADER_LEN..];
     let corrupt = |reason: String| StorageError::Corrupt {
@@ -349,7 +357,7 @@ pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, StorageError> {
     if checksum(&plain) != header.checksum {
         return Err(corrupt("blake3 checksum mismatch".into()));
     }
-    Ok(plain)
+    Ok((header, plain))
 }
 
 #[cfg(test)]

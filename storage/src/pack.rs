@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Compression, StorageError, object};
+use crate::{ChunkIds, Compression, StorageError, object};
 
 const MAGIC: &[u8; 4] = b"LLPK";
 const TRAILER_LEN: usize = 12;
@@ -68,20 +68,41 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    pub fn seal(mut self) -> Result<SealedPack, StorageError> {
+    /// Finish the pack; `ids` names it (keyed in an encrypted repository).
+    pub fn seal(mut self, ids: &ChunkIds) -> Result<SealedPack, StorageError> {
         let index = serde_json::to_vec(&self.entries).expect("pack index serializes");
         let (_, framed) = object::encode(&index, Compression::default())?;
         self.bytes.extend_from_slice(&framed);
         self.bytes
             .extend_from_slice(&(framed.len() as u64).to_le_bytes());
         self.bytes.extend_from_slice(MAGIC);
-        let id = object::checksum(&self.bytes).to_hex().to_string();
+        let id = ids.of(&self.bytes).to_hex().to_string();
         Ok(SealedPack {
             id,
             bytes: self.bytes,
             entries: self.entries,
         })
     }
+}
+
+/// Decode the framed chunk `id` (of `len` bytes) read from the pack `key`, and prove it is the
+/// chunk a manifest meant: the frame's checksum verified the bytes, its id names them.
+pub fn open_chunk(
+    key: &str,
+    framed: &[u8],
+    ids: &ChunkIds,
+    id: &str,
+    len: u64,
+) -> Result<Vec<u8>, StorageError> {
+    let name = format!("chunk {id} in {key}");
+    let (header, plain) = object::decode_with_header(&name, framed)?;
+    if plain.len() as u64 != len || ids.of_checksum(header.checksum).to_hex().as_str() != id {
+        return Err(StorageError::Corrupt {
+            key: name,
+            reason: "content does not match the chunk the manifest names".into(),
+        });
+    }
+    Ok(plain)
 }
 
 /// Read the index at the end of a whole pack.
@@ -141,7 +162,7 @@ mod tests {
             let offset = builder.add(header.checksum.to_hex().to_string(), &framed);
             chunks.push((plain, offset, framed.len()));
         }
-        let sealed = builder.seal().expect("seal");
+        let sealed = builder.seal(&ChunkIds::plain()).expect("seal");
         assert_eq!(
             sealed.id,
             object::checksum(&sealed.bytes).to_hex().to_string()

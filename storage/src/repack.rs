@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use crate::manifest::{BackupManifest, ChunkRef, StreamManifest, put_manifest};
-use crate::pack::{DEFAULT_PACK_TARGET, PackBuilder};
-use crate::{Durability, PutMode, Storage, StorageError, StorageExt, layout, object};
+use crate::pack::{self, DEFAULT_PACK_TARGET, PackBuilder};
+use crate::{Durability, PutMode, Storage, StorageError, StorageExt, layout};
 
 /// What [`sweep_packs`] did.
 #[derive(Debug, Default)]
@@ -205,6 +205,7 @@ pub async fn repack(
     packs: &[String],
     live: &HashMap<String, Vec<ChunkRef>>,
 ) -> Result<Relocations, StorageError> {
+    let ids = storage.chunk_ids();
     let mut moved = Relocations::new();
     let mut builder = PackBuilder::new();
     let mut pending: Vec<((String, u64), ChunkRef)> = Vec::new();
@@ -216,7 +217,7 @@ pub async fn repack(
         let bytes = storage.get_bytes(&key).await?;
         for c in chunks {
             let framed = slice(&key, &bytes, c)?;
-            verify(&key, framed, c)?;
+            pack::open_chunk(&key, framed, &ids, &c.hash, c.len)?;
             let offset = builder.add(c.hash.clone(), framed);
             pending.push((
                 (c.pack.clone(), c.offset),
@@ -256,25 +257,13 @@ fn slice<'a>(key: &str, pack: &'a [u8], c: &ChunkRef) -> Result<&'a [u8], Storag
     }
 }
 
-/// A copy must be as good as the original: decode and compare with the manifest's hash.
-fn verify(key: &str, framed: &[u8], c: &ChunkRef) -> Result<(), StorageError> {
-    let plain = object::decode(key, framed)?;
-    if object::checksum(&plain).to_hex().as_str() != c.hash || plain.len() as u64 != c.len {
-        return Err(StorageError::Corrupt {
-            key: key.to_string(),
-            reason: format!("chunk {} does not match its manifest entry", c.hash),
-        });
-    }
-    Ok(())
-}
-
 async fn store(
     storage: &dyn Storage,
     builder: PackBuilder,
     pending: &mut Vec<((String, u64), ChunkRef)>,
     moved: &mut Relocations,
 ) -> Result<(), StorageError> {
-    let sealed = builder.seal()?;
+    let sealed = builder.seal(&storage.chunk_ids())?;
     let key = layout::pack_key(&sealed.id);
     match storage
         .put_bytes(&key, sealed.bytes, PutMode::Create, Durability::Immediate)
@@ -359,7 +348,7 @@ impl StreamManifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Compression, LocalStorage};
+    use crate::{Compression, LocalStorage, object};
 
     fn chunk(pack: &str, offset: u64, stored: u64) -> ChunkRef {
         ChunkRef {
@@ -439,7 +428,7 @@ mod tests {
                 stored: framed.len() as u64,
             });
         }
-        let sealed = builder.seal().expect("seal");
+        let sealed = builder.seal(&crate::ChunkIds::plain()).expect("seal");
         for r in &mut refs {
             r.pack = sealed.id.clone();
         }
@@ -506,7 +495,7 @@ mod tests {
         let mut builder = PackBuilder::new();
         let hash = object::checksum(&plain).to_hex().to_string();
         let offset = builder.add(hash.clone(), &framed);
-        let sealed = builder.seal().expect("seal");
+        let sealed = builder.seal(&crate::ChunkIds::plain()).expect("seal");
         let mut bytes = sealed.bytes;
         let last = framed.len() - 1;
         bytes[last] ^= 0xff;

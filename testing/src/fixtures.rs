@@ -11,12 +11,12 @@ pub async fn store_pack<C: AsRef<[u8]>>(storage: &dyn Storage, chunks: &[C]) -> 
     let mut pending = Vec::new();
     for data in chunks {
         let data = data.as_ref();
-        let hash = object::checksum(data).to_hex().to_string();
+        let hash = storage.chunk_ids().of(data).to_hex().to_string();
         let (_, framed) = object::encode(data, Compression::default()).expect("encode a chunk");
         let offset = builder.add(hash.clone(), &framed);
         pending.push((hash, data.len() as u64, offset, framed.len() as u64));
     }
-    let pack = builder.seal().expect("seal the pack");
+    let pack = builder.seal(&storage.chunk_ids()).expect("seal the pack");
     storage
         .put_bytes(
             &layout::pack_key(&pack.id),
