@@ -38,6 +38,13 @@ pub struct GlobalArgs {
     /// S3 region (default: the AWS profile's, else us-east-1).
     #[arg(long, global = true, env = "AWS_REGION")]
     pub s3_region: Option<String>,
+    /// An encrypted repository's passphrase file (mode 600); see also passphrase-command and
+    /// LIFELINE_PASSPHRASE.
+    #[arg(long, global = true, env = "LIFELINE_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// A command whose standard output is the passphrase.
+    #[arg(long, global = true, hide = true)]
+    pub passphrase_command: Option<String>,
     /// Segments `wal fetch` reads ahead into the spool (0 turns prefetch off).
     #[arg(long, global = true, env = "LIFELINE_WAL_PREFETCH")]
     pub wal_prefetch: Option<usize>,
@@ -50,6 +57,7 @@ impl GlobalArgs {
         let paths = [
             (&mut file.backup_dir, &self.backup_dir),
             (&mut file.catalog, &self.catalog),
+            (&mut file.passphrase_file, &self.passphrase_file),
         ];
         for (slot, flag) in paths {
             *slot = flag.clone().or(slot.take());
@@ -59,6 +67,7 @@ impl GlobalArgs {
             (&mut file.s3_bucket, &self.s3_bucket),
             (&mut file.s3_endpoint, &self.s3_endpoint),
             (&mut file.s3_region, &self.s3_region),
+            (&mut file.passphrase_command, &self.passphrase_command),
         ];
         for (slot, flag) in texts {
             *slot = flag.clone().or(slot.take());

@@ -60,6 +60,19 @@ enum Command {
     /// A restore rehearsal: restore the latest backup and WAL into a scratch server, verify it,
     /// measure RTO and RPO, and mark the backup VERIFIED or FAILED.
     Drill(commands::drill::DrillArgs),
+    /// The repository itself: `repo init` makes an empty one encrypted.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// An encrypted repository's keys: passphrases (slots) and data epochs.
+    #[command(subcommand)]
+    Key(commands::key::KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// Create an encrypted repository (the passphrase from passphrase-file, -command or
+    /// LIFELINE_PASSPHRASE) in an empty BACKUP_DIR or S3 prefix.
+    Init,
 }
 
 impl Command {
@@ -215,6 +228,8 @@ fn main() -> ExitCode {
             Command::VerifyRecovery(args) => commands::verify_recovery::run(args, &settings).await,
             Command::Runbook(args) => commands::runbook::run(args),
             Command::Drill(args) => commands::drill::run(args, &settings).await,
+            Command::Repo(RepoCommand::Init) => commands::key::run(None, &settings).await,
+            Command::Key(cmd) => commands::key::run(Some(cmd), &settings).await,
             Command::Prune(args) => {
                 let dry_run = args.dry_run;
                 let result = commands::prune::run(args, &settings).await;

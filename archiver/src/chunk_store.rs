@@ -12,7 +12,7 @@ use storage::chunking::content_defined_chunks;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::{
-    ChunkIds,    BackupKind, Compression, Durability, PutMode, Storage, StorageError, layout, object,
+    BackupKind, ChunkIds, Compression, Durability, PutMode, Storage, StorageError, layout, object,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};

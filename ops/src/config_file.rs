@@ -44,6 +44,12 @@ pub struct ConfigFile {
     pub s3_sse: Option<String>,
     /// The KMS key for `s3-sse = "aws:kms"` (the account's default when unset).
     pub s3_sse_kms_key_id: Option<String>,
+    /// An encrypted repository's passphrase: a file only its owner can read.
+    pub passphrase_file: Option<PathBuf>,
+    /// ... or the standard output of this command (run with /bin/sh).
+    pub passphrase_command: Option<String>,
+    /// Cache the unwrapped key on this host (`$HOME/.cache/lifeline`), default true.
+    pub key_cache: Option<bool>,
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
     pub wal_prefetch: Option<usize>,

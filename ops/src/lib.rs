@@ -15,6 +15,7 @@ mod config;
 pub mod config_file;
 pub mod connfile;
 pub mod drill;
+pub mod encryption;
 mod error;
 pub mod failover;
 mod http;

@@ -2,7 +2,7 @@
 //! (`--passphrase-file` / `passphrase-file`, readable by its owner only), a command's standard
 //! output (`passphrase-command`, as restic's), or `LIFELINE_PASSPHRASE`. What lifeline writes
 //! for PostgreSQL (`archive_command`, `restore_command`) names the file or the command, never
-//! the passphrase. Not wired to the settings yet (issue 15): the sources and their checks.
+//! the passphrase. [`crate::encryption`] reads it when it opens an encrypted repository.
 
 use std::path::Path;
 use std::time::Duration;

@@ -46,6 +46,8 @@ pub struct Settings {
     /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
     pub repack_unused_percent: u64,
     pub ops: OpsSettings,
+    /// `passphrase-file`, `passphrase-command`, `key-cache`: see [`crate::encryption`].
+    pub encryption: crate::encryption::EncryptionSettings,
 }
 
 /// The PostgreSQL server backed up (DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME).
@@ -481,6 +483,12 @@ impl Settings {
                 None => 30,
             },
             ops: file.ops_settings()?,
+            encryption: crate::encryption::EncryptionSettings {
+                passphrase_file: file.passphrase_file.clone().map(absolute),
+                passphrase_command: file.passphrase_command.clone(),
+                key_cache: file.key_cache.unwrap_or(true),
+                kdf: storage::crypto::KdfParams::default(),
+            },
             redis: RedisServer {
                 host: file.redis_host.unwrap_or_else(|| "127.0.0.1".into()),
                 port: file.redis_port.unwrap_or(6379),
@@ -522,22 +530,31 @@ impl Settings {
     }
 
     /// The repository for commands that write (a local one must exist and belong to this user).
+    /// An empty one becomes encrypted when a passphrase is configured.
     pub async fn repository_for_writing(&self) -> Result<Arc<dyn Storage>, OpsError> {
-        if let Some(opts) = &self.s3 {
-            return open_s3(opts).await;
-        }
-        let local = LocalStorage::open(self.backup_dir()?).map_err(OpsError::OpenRepository)?;
-        Ok(Arc::new(local))
+        let raw = self.unsealed_repository(true).await?;
+        crate::encryption::open(&self.encryption, raw, crate::encryption::Access::Write).await
     }
 
     /// The repository for commands that read: a local one must exist.
     pub async fn repository(&self) -> Result<Arc<dyn Storage>, OpsError> {
+        let raw = self.unsealed_repository(false).await?;
+        crate::encryption::open(&self.encryption, raw, crate::encryption::Access::Read).await
+    }
+
+    /// The repository's backend as it is, sealed objects and all: for `repo init` and the key
+    /// operations.
+    pub async fn unsealed_repository(&self, create: bool) -> Result<Arc<dyn Storage>, OpsError> {
         if let Some(opts) = &self.s3 {
             return open_s3(opts).await;
         }
-        let local =
-            LocalStorage::open_existing(self.backup_dir()?).map_err(OpsError::OpenRepository)?;
-        Ok(Arc::new(local))
+        let dir = self.backup_dir()?;
+        let local = if create {
+            LocalStorage::open(dir)
+        } else {
+            LocalStorage::open_existing(dir)
+        };
+        Ok(Arc::new(local.map_err(OpsError::OpenRepository)?))
     }
 
     /// Uploads in flight during a backup.
@@ -568,6 +585,14 @@ impl Settings {
         push("--backup-dir", self.backup_dir()?);
         if let Some(catalog) = &self.catalog {
             push("--catalog", catalog);
+        }
+        // The passphrase's source, never the passphrase (LIFELINE_PASSPHRASE must then be in
+        // the environment of whoever runs the command).
+        if let Some(file) = &self.encryption.passphrase_file {
+            push("--passphrase-file", file);
+        }
+        if let Some(command) = &self.encryption.passphrase_command {
+            push("--passphrase-command", Path::new(command));
         }
         if let Some(s3) = &self.s3 {
             let location = match s3.prefix.as_str() {

@@ -376,7 +376,10 @@ async fn restore_into(
         async move {
             let bytes = fetch_group(storage.as_ref(), &group).await?;
             let ids = storage.chunk_ids();
-            blocking("write task", move || write_group(&group, &ids, &bytes, &locks)).await
+            blocking("write task", move || {
+                write_group(&group, &ids, &bytes, &locks)
+            })
+            .await
         }
     })
     .await?;

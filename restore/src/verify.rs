@@ -278,8 +278,7 @@ async fn check_pack(
         if let Err(e) = pack::read_index(&key, &bytes) {
             problems.push(format!("pack {key} has a damaged index: {e}"));
         }
-        if ids.of(&bytes).to_hex().as_str() != key.rsplit('/').next().unwrap_or_default()
-        {
+        if ids.of(&bytes).to_hex().as_str() != key.rsplit('/').next().unwrap_or_default() {
             problems.push(format!(
                 "pack {key} does not match its name (its bytes changed)"
             ));

@@ -4,6 +4,7 @@ pub mod drill;
 pub mod dump;
 pub mod failover;
 pub mod info;
+pub mod key;
 mod platform;
 pub mod prune;
 pub mod restore;

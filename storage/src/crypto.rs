@@ -145,6 +145,13 @@ fn passphrase_key(
     Ok(key)
 }
 
+fn cache_key(passphrase: &[u8], salt: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut material = Zeroizing::new(Vec::with_capacity(passphrase.len() + salt.len()));
+    material.extend_from_slice(salt);
+    material.extend_from_slice(passphrase);
+    Zeroizing::new(blake3::derive_key("lifeline 2026-11 key cache", &material))
+}
+
 fn slot_aad(id: u32, params: KdfParams) -> Vec<u8> {
     format!(
         "lifeline key slot {id} argon2id m={} t={} p={}",
@@ -342,6 +349,57 @@ impl KeyFile {
         Ok(())
     }
 
+    /// This key file's master key sealed for a host-local cache under a key derived quickly
+    /// (BLAKE3, not Argon2id) from `passphrase`: the cache spares every `wal push` the
+    /// passphrase's deliberate cost, and is only as strong as the passphrase itself.
+    pub fn cache_entry(
+        &self,
+        keyring: &Keyring,
+        passphrase: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let salt = random::<16>()?;
+        let nonce = random::<NONCE_LEN>()?;
+        let key = cache_key(passphrase, &salt);
+        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: keyring.master.as_ref(),
+                    aad: self.mac.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::KeyOperation("sealing the key cache failed".into()))?;
+        Ok([&salt[..], &nonce[..], &sealed[..]].concat())
+    }
+
+    /// The keyring from a cache entry made by [`KeyFile::cache_entry`] for this very key file
+    /// and passphrase; `None` when it does not open (then unlock the slow way).
+    pub fn unlock_cached(&self, entry: &[u8], passphrase: &[u8]) -> Option<Keyring> {
+        let (salt, rest) = entry.split_at_checked(16)?;
+        let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
+        let key = cache_key(passphrase, salt);
+        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+        let master = Zeroizing::new(
+            cipher
+                .decrypt(
+                    XNonce::from_slice(nonce),
+                    Payload {
+                        msg: sealed,
+                        aad: self.mac.as_bytes(),
+                    },
+                )
+                .ok()?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        if master.len() != 32 {
+            return None;
+        }
+        key.copy_from_slice(&master);
+        let keyring = Keyring::from_master(key, self.current_epoch.max(1));
+        (self.compute_mac(&keyring) == self.mac).then_some(keyring)
+    }
+
     /// Start a new data epoch: objects sealed from now on use it; older ones keep theirs.
     pub fn rotate(&mut self, keyring: &Keyring) -> Result<Keyring, CryptoError> {
         let next = Keyring::from_master(keyring.master.clone(), keyring.current_epoch + 1);
@@ -416,6 +474,21 @@ mod tests {
         assert_eq!(
             crate::sealed::open(&reopened, "wal/2", &new).expect("epoch 2"),
             plain
+        );
+    }
+
+    #[test]
+    fn a_cache_entry_opens_only_with_its_passphrase_and_key_file() {
+        let (mut file, keyring) = keyring();
+        let entry = file.cache_entry(&keyring, b"correct horse").expect("entry");
+        let cached = file.unlock_cached(&entry, b"correct horse").expect("opens");
+        assert_eq!(*cached.chunk_id_key(), *keyring.chunk_id_key());
+        assert!(file.unlock_cached(&entry, b"wrong").is_none());
+        assert!(file.unlock_cached(&entry[..20], b"correct horse").is_none());
+        file.rotate(&keyring).expect("rotate");
+        assert!(
+            file.unlock_cached(&entry, b"correct horse").is_none(),
+            "a changed key file must invalidate the cache"
         );
     }
 

@@ -105,6 +105,27 @@ impl Scratch {
         scratch
     }
 
+    /// Make this scratch's repository encrypted from its first write: a passphrase file (mode
+    /// 600, owned by postgres) named in the configuration every command is given.
+    pub fn encrypted(mut self, passphrase: &str) -> Scratch {
+        let file = self.path("passphrase");
+        std::fs::write(&file, format!("{passphrase}\n")).expect("write passphrase");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        chown_postgres(&file);
+        let config = self
+            .config
+            .clone()
+            .unwrap_or_else(|| self.path("lifeline.toml"));
+        let mut text = std::fs::read_to_string(&config)
+            .unwrap_or_else(|_| format!("backup-dir = \"{}\"\n", self.repo.display()));
+        text.push_str(&format!("passphrase-file = \"{}\"\n", file.display()));
+        std::fs::write(&config, text).expect("write config");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        chown_postgres(&config);
+        self.config = Some(config);
+        self
+    }
+
     /// Write a configuration naming the S3 repository, with `state` as the local directory.
     pub fn write_s3_config(&self, path: &Path, state: &Path, endpoint: &str, location: &str) {
         std::fs::create_dir_all(state).expect("state dir");

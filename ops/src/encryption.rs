@@ -1,0 +1,487 @@
+//! Encrypted repositories: how a repository is opened (sealed when it has a key file, refused
+//! when the passphrase and the repository disagree), `repo init`, and the key operations
+//! (`key list`, `key add`, `key remove`, `key rotate [--rewrite]`).
+//!
+//! A repository is encrypted when `keys.json` is at its root. It becomes encrypted at its
+//! creation only: `repo init`, or the first write into an empty repository with a passphrase
+//! configured. Plaintext and sealed objects never mix: a writer without the passphrase is
+//! refused by an encrypted repository, and a passphrase is refused by a plain one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use storage::crypto::{KdfParams, KeyFile, Keyring};
+use storage::{
+    Durability, PutMode, SealedStorage, Storage, StorageError, StorageExt, layout, sealed,
+};
+
+use crate::OpsError;
+use crate::passphrase::{self, Passphrase, PassphraseSources};
+
+/// `passphrase-file`, `passphrase-command`, `key-cache`: where the passphrase comes from, and
+/// whether the unwrapped key may be cached on this host.
+#[derive(Debug, Clone, Default)]
+pub struct EncryptionSettings {
+    pub passphrase_file: Option<PathBuf>,
+    pub passphrase_command: Option<String>,
+    /// Cache the unwrapped master key under `$HOME/.cache/lifeline` (default on): a `wal push`
+    /// then costs no Argon2id.
+    pub key_cache: bool,
+    /// Argon2id's cost for new key slots.
+    pub kdf: KdfParams,
+}
+
+impl EncryptionSettings {
+    /// The configured passphrase, if any (`LIFELINE_PASSPHRASE` last).
+    pub async fn passphrase(&self) -> Result<Option<Passphrase>, OpsError> {
+        let environment = std::env::var("LIFELINE_PASSPHRASE").ok();
+        passphrase::read(&PassphraseSources {
+            file: self.passphrase_file.as_deref(),
+            command: self.passphrase_command.as_deref(),
+            environment: environment.as_deref(),
+        })
+        .await
+    }
+
+    /// The new passphrase of `key add`: `--new-passphrase-file`, else `LIFELINE_NEW_PASSPHRASE`.
+    pub async fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, OpsError> {
+        let environment = std::env::var("LIFELINE_NEW_PASSPHRASE").ok();
+        passphrase::read(&PassphraseSources {
+            file,
+            command: None,
+            environment: environment.as_deref(),
+        })
+        .await?
+        .ok_or_else(|| {
+            OpsError::Setting(
+                "no new passphrase: give --new-passphrase-file FILE (mode 600) or set LIFELINE_NEW_PASSPHRASE".into(),
+            )
+        })
+    }
+}
+
+/// What a repository is, as far as encryption goes.
+enum State {
+    Encrypted(KeyFile),
+    Plain,
+    Empty,
+    /// Sealed objects but no key file: nothing can be read, nothing may be written.
+    KeyFileMissing,
+}
+
+fn refused(message: String) -> OpsError {
+    OpsError::Repository(message)
+}
+
+async fn inspect(raw: &dyn Storage) -> Result<State, OpsError> {
+    match raw.get_bytes(layout::KEYS_KEY).await {
+        Ok(bytes) => {
+            let file = KeyFile::from_json(&bytes).map_err(|e| {
+                refused(format!(
+                    "{}: {e}; put back keys.json from a copy (lifeline writes nothing there meanwhile)",
+                    raw.describe()
+                ))
+            })?;
+            return Ok(State::Encrypted(file));
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    match raw.get_range(layout::CLUSTER_KEY, 0..4).await {
+        Ok(head) if sealed::looks_sealed(&head) => return Ok(State::KeyFileMissing),
+        Ok(_) => return Ok(State::Plain),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    // No cluster yet (a new repository, or Redis backups only): look at what is stored.
+    for prefix in [
+        layout::BACKUPS_PREFIX,
+        layout::PACKS_PREFIX,
+        layout::WAL_PREFIX,
+    ] {
+        if let Some(first) = raw.list(prefix).await?.first() {
+            let head = raw.get_range(&first.key, 0..4).await?;
+            return Ok(if sealed::looks_sealed(&head) {
+                State::KeyFileMissing
+            } else {
+                State::Plain
+            });
+        }
+    }
+    Ok(State::Empty)
+}
+
+/// Whether the command may make an empty repository encrypted (its first write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// The repository as commands use it: `raw` itself when it is plain, sealed when it is
+/// encrypted, refused when the passphrase and the repository disagree.
+pub async fn open(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+    access: Access,
+) -> Result<Arc<dyn Storage>, OpsError> {
+    let passphrase = settings.passphrase().await?;
+    let where_ = raw.describe();
+    match (inspect(&*raw).await?, passphrase) {
+        (State::Encrypted(file), Some(passphrase)) => {
+            let keyring = unlock(settings, &*raw, &file, &passphrase).await?;
+            Ok(Arc::new(SealedStorage::new(raw, Arc::new(keyring))))
+        }
+        (State::Encrypted(_), None) => Err(refused(format!(
+            "the repository at {where_} is encrypted and no passphrase is configured: set \
+             passphrase-file (mode 600), passphrase-command or LIFELINE_PASSPHRASE"
+        ))),
+        (State::KeyFileMissing, _) => Err(refused(format!(
+            "the repository at {where_} holds sealed objects but its key file keys.json is \
+             missing: put keys.json back from a copy (without it nothing there can be read); \
+             lifeline writes nothing there meanwhile"
+        ))),
+        (State::Plain, Some(_)) => Err(refused(format!(
+            "a passphrase is configured but the repository at {where_} is not encrypted: \
+             lifeline never mixes plaintext and sealed objects; remove the passphrase setting \
+             to use this repository, or start an encrypted one in a new, empty place \
+             (lifeline repo init)"
+        ))),
+        (State::Empty, Some(passphrase)) if access == Access::Write => {
+            create(settings, raw, &passphrase).await
+        }
+        (State::Plain | State::Empty, _) => Ok(raw),
+    }
+}
+
+/// Make the empty repository `raw` encrypted; `repo init`. Two first writers at once agree on
+/// one key file: the second finds the first's and opens it.
+pub async fn create(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+    passphrase: &Passphrase,
+) -> Result<Arc<dyn Storage>, OpsError> {
+    let (params, bytes) = (settings.kdf, passphrase.as_bytes().to_vec());
+    let (file, keyring) = tokio::task::spawn_blocking(move || KeyFile::create(&bytes, params))
+        .await?
+        .map_err(|e| refused(e.to_string()))?;
+    match raw
+        .put_bytes(
+            layout::KEYS_KEY,
+            file.to_json(),
+            PutMode::Create,
+            Durability::Immediate,
+        )
+        .await
+    {
+        Ok(()) => {
+            remember(settings, &*raw, &file, &keyring, passphrase);
+            tracing::info!(
+                "{} is now an encrypted repository (key slot 1)",
+                raw.describe()
+            );
+            Ok(Arc::new(SealedStorage::new(raw, Arc::new(keyring))))
+        }
+        Err(StorageError::AlreadyExists { .. }) => {
+            let State::Encrypted(file) = inspect(&*raw).await? else {
+                return Err(refused(format!(
+                    "{}: keys.json appeared and vanished while it was being created; try again",
+                    raw.describe()
+                )));
+            };
+            let keyring = unlock(settings, &*raw, &file, passphrase).await?;
+            Ok(Arc::new(SealedStorage::new(raw, Arc::new(keyring))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `repo init`: refuses anything but an empty repository.
+pub async fn init(settings: &EncryptionSettings, raw: Arc<dyn Storage>) -> Result<(), OpsError> {
+    let where_ = raw.describe();
+    let Some(passphrase) = settings.passphrase().await? else {
+        return Err(OpsError::Setting(
+            "repo init needs a passphrase: set passphrase-file (mode 600), passphrase-command or \
+             LIFELINE_PASSPHRASE"
+                .into(),
+        ));
+    };
+    match inspect(&*raw).await? {
+        State::Empty => create(settings, raw, &passphrase).await.map(|_| ()),
+        State::Encrypted(_) => Err(refused(format!(
+            "the repository at {where_} is already encrypted: nothing to do (key add gives it \
+             another passphrase)"
+        ))),
+        State::Plain | State::KeyFileMissing => Err(refused(format!(
+            "the repository at {where_} already holds backups or WAL: an encrypted repository \
+             starts empty; point BACKUP_DIR or S3_BACKUP_BUCKET at a new place"
+        ))),
+    }
+}
+
+async fn unlock(
+    settings: &EncryptionSettings,
+    raw: &dyn Storage,
+    file: &KeyFile,
+    passphrase: &Passphrase,
+) -> Result<Keyring, OpsError> {
+    let cache = settings.key_cache.then(|| cache_path(raw)).flatten();
+    if let Some(entry) = cache.as_deref().and_then(|p| std::fs::read(p).ok())
+        && let Some(keyring) = file.unlock_cached(&entry, passphrase.as_bytes())
+    {
+        return Ok(keyring);
+    }
+    let (owned, bytes) = (file.clone(), passphrase.as_bytes().to_vec());
+    let keyring = tokio::task::spawn_blocking(move || owned.unlock(&bytes))
+        .await?
+        .map_err(|e| match e {
+            storage::crypto::CryptoError::WrongPassphrase => OpsError::Setting(format!(
+                "wrong passphrase for the repository at {}: it opens none of its key slots; \
+                 check passphrase-file, passphrase-command or LIFELINE_PASSPHRASE (nothing was \
+                 read or written)",
+                raw.describe()
+            )),
+            other => refused(format!("{}: {other}", raw.describe())),
+        })?;
+    remember(settings, raw, file, &keyring, passphrase);
+    Ok(keyring)
+}
+
+/// The key cache of this repository on this host: `$HOME/.cache/lifeline/keys/<id>`, in a
+/// directory only this user can enter; `None` when there is no such place.
+fn cache_path(raw: &dyn Storage) -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    let dir = home.join(".cache/lifeline/keys");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .ok()?;
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let mine = meta.uid() == rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || !mine || meta.mode() & 0o077 != 0 {
+        return None;
+    }
+    let id = blake3::hash(raw.describe().as_bytes()).to_hex();
+    Some(dir.join(&id[..32]))
+}
+
+/// Cache the unwrapped key for the next process; a cache that cannot be written costs only
+/// time.
+fn remember(
+    settings: &EncryptionSettings,
+    raw: &dyn Storage,
+    file: &KeyFile,
+    keyring: &Keyring,
+    passphrase: &Passphrase,
+) {
+    let Some(path) = settings.key_cache.then(|| cache_path(raw)).flatten() else {
+        return;
+    };
+    let Ok(entry) = file.cache_entry(keyring, passphrase.as_bytes()) else {
+        return;
+    };
+    let options = storage::atomic::WriteOptions::private(storage::private::Owner::KEEP);
+    if let Err(e) = storage::atomic::write(&path, &entry, options) {
+        tracing::debug!("key cache not written: {e}");
+    }
+}
+
+/// The sealed repository of a key operation, with its key file and the passphrase that opened it.
+pub struct Unlocked {
+    pub sealed: SealedStorage,
+    pub file: KeyFile,
+    passphrase: Passphrase,
+}
+
+/// Open the encrypted repository `raw` for a key operation (always with the passphrase itself).
+pub async fn unlock_for_keys(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+) -> Result<Unlocked, OpsError> {
+    let where_ = raw.describe();
+    let State::Encrypted(file) = inspect(&*raw).await? else {
+        return Err(refused(format!(
+            "the repository at {where_} is not encrypted: it has no keys (an encrypted \
+             repository starts empty: lifeline repo init)"
+        )));
+    };
+    let Some(passphrase) = settings.passphrase().await? else {
+        return Err(OpsError::Setting(
+            "key operations need the current passphrase: set passphrase-file, \
+             passphrase-command or LIFELINE_PASSPHRASE"
+                .into(),
+        ));
+    };
+    let uncached = EncryptionSettings {
+        key_cache: false,
+        ..settings.clone()
+    };
+    let keyring = unlock(&uncached, &*raw, &file, &passphrase).await?;
+    Ok(Unlocked {
+        sealed: SealedStorage::new(raw, Arc::new(keyring)),
+        file,
+        passphrase,
+    })
+}
+
+impl Unlocked {
+    /// Replace the key file (atomically: one object), and refresh this host's cache.
+    async fn save(&self, settings: &EncryptionSettings, keyring: &Keyring) -> Result<(), OpsError> {
+        let raw = self.sealed.inner();
+        raw.put_bytes(
+            layout::KEYS_KEY,
+            self.file.to_json(),
+            PutMode::Overwrite,
+            Durability::Immediate,
+        )
+        .await?;
+        remember(settings, &**raw, &self.file, keyring, &self.passphrase);
+        Ok(())
+    }
+}
+
+/// One line per key slot, and the current data epoch.
+pub fn describe_slots(file: &KeyFile) -> Vec<String> {
+    let mut lines: Vec<String> = file
+        .slots
+        .iter()
+        .map(|s| {
+            format!(
+                "slot {}  {}  m={} KiB t={} p={}  created {}",
+                s.id,
+                s.kdf,
+                s.params.memory_kib,
+                s.params.iterations,
+                s.params.parallelism,
+                s.created_at
+            )
+        })
+        .collect();
+    lines.push(format!(
+        "data key epoch {} (new objects are sealed under it)",
+        file.current_epoch
+    ));
+    lines
+}
+
+/// `key list`: needs no passphrase (the slots hide nothing).
+pub async fn list(raw: Arc<dyn Storage>) -> Result<Vec<String>, OpsError> {
+    match inspect(&*raw).await? {
+        State::Encrypted(file) => Ok(describe_slots(&file)),
+        _ => Err(refused(format!(
+            "the repository at {} is not encrypted: it has no keys",
+            raw.describe()
+        ))),
+    }
+}
+
+/// `key add`: a new slot for `new`; returns its number. No data is rewritten.
+pub async fn add(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+    new: &Passphrase,
+) -> Result<u32, OpsError> {
+    let mut unlocked = unlock_for_keys(settings, raw).await?;
+    let keyring = unlocked.sealed.keyring().clone();
+    let (mut file, bytes, params) = (unlocked.file.clone(), new.as_bytes().to_vec(), settings.kdf);
+    let (file, id) = tokio::task::spawn_blocking(move || {
+        let id = file.add_slot(&keyring, &bytes, params)?;
+        Ok::<_, storage::crypto::CryptoError>((file, id))
+    })
+    .await?
+    .map_err(|e| refused(e.to_string()))?;
+    unlocked.file = file;
+    unlocked
+        .save(settings, &unlocked.sealed.keyring().clone())
+        .await?;
+    Ok(id)
+}
+
+/// `key remove SLOT`: never the last slot.
+pub async fn remove(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+    slot: u32,
+) -> Result<(), OpsError> {
+    let mut unlocked = unlock_for_keys(settings, raw).await?;
+    let keyring = unlocked.sealed.keyring().clone();
+    unlocked
+        .file
+        .remove_slot(&keyring, slot)
+        .map_err(|e| refused(e.to_string()))?;
+    unlocked.save(settings, &keyring).await
+}
+
+/// What `key rotate` did.
+#[derive(Debug, Default)]
+pub struct Rotation {
+    pub epoch: u32,
+    /// Objects re-sealed under the new epoch, and those already under it.
+    pub resealed: u64,
+    pub current: u64,
+}
+
+/// `key rotate`: a new data epoch for everything written from now on. With `rewrite`, every
+/// older object is re-sealed under it (resumable: `resume` continues under the current epoch
+/// without starting another). Each object is replaced whole and read back first, so an
+/// interruption leaves every object readable.
+pub async fn rotate(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+    rewrite: bool,
+    resume: bool,
+) -> Result<Rotation, OpsError> {
+    let mut unlocked = unlock_for_keys(settings, raw).await?;
+    let mut keyring = unlocked.sealed.keyring().clone();
+    if !resume {
+        keyring = Arc::new(
+            unlocked
+                .file
+                .rotate(&keyring)
+                .map_err(|e| refused(e.to_string()))?,
+        );
+        unlocked.save(settings, &keyring).await?;
+    }
+    let mut rotation = Rotation {
+        epoch: keyring.current_epoch(),
+        ..Rotation::default()
+    };
+    if !rewrite {
+        return Ok(rotation);
+    }
+    let sealed = SealedStorage::new(unlocked.sealed.inner().clone(), keyring);
+    let keys = sealed.inner().list("").await?;
+    for meta in keys.iter().filter(|m| is_repository_object(&m.key)) {
+        match sealed.reseal(&meta.key).await {
+            Ok(true) => rotation.resealed += 1,
+            Ok(false) => rotation.current += 1,
+            // Deleted meanwhile (prune, a finished restore's lease): nothing to re-seal.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(refused(format!(
+                    "{e}; {} objects were re-sealed so far, all readable: run lifeline key \
+                     rotate --rewrite --resume to finish",
+                    rotation.resealed
+                )));
+            }
+        }
+    }
+    Ok(rotation)
+}
+
+/// Objects of the repository, as opposed to the key file and, in a local repository, the
+/// catalog, logs and spool kept in the same directory.
+fn is_repository_object(key: &str) -> bool {
+    key == layout::CLUSTER_KEY
+        || [
+            layout::WAL_PREFIX,
+            layout::BACKUPS_PREFIX,
+            layout::PACKS_PREFIX,
+            layout::LEASES_PREFIX,
+            "prune/",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+}

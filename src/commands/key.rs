@@ -1,0 +1,65 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ops::Settings;
+use ops::encryption::{self as keys, EncryptionSettings};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// The key slots and the current data epoch (no passphrase needed).
+    List,
+    /// Add a passphrase (--new-passphrase-file, or LIFELINE_NEW_PASSPHRASE); rewrites no data.
+    Add {
+        /// A file holding the new passphrase, readable by its owner only.
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Remove a key slot (never the last one).
+    Remove { slot: u32 },
+    /// Start a new data epoch for everything written from now on; --rewrite re-seals the
+    /// existing objects under it (--resume finishes an interrupted rewrite).
+    Rotate {
+        #[arg(long)]
+        rewrite: bool,
+        #[arg(long, requires = "rewrite")]
+        resume: bool,
+    },
+}
+
+/// `repo init` and `key ...`: the logic is in `ops::encryption`.
+pub async fn run(cmd: Option<KeyCommand>, settings: &Settings) -> Result<ExitCode> {
+    let (encryption, raw) = (
+        &settings.encryption,
+        settings.unsealed_repository(true).await?,
+    );
+    let line = match cmd {
+        None => {
+            keys::init(encryption, raw.clone()).await?;
+            format!(
+                "{} is an encrypted repository: keep the passphrase safe, it cannot be recovered",
+                raw.describe()
+            )
+        }
+        Some(KeyCommand::List) => keys::list(raw).await?.join("\n"),
+        Some(KeyCommand::Add {
+            new_passphrase_file,
+        }) => {
+            let new = EncryptionSettings::new_passphrase(new_passphrase_file.as_deref()).await?;
+            format!("added key slot {}", keys::add(encryption, raw, &new).await?)
+        }
+        Some(KeyCommand::Remove { slot }) => {
+            keys::remove(encryption, raw, slot).await?;
+            format!("removed key slot {slot}")
+        }
+        Some(KeyCommand::Rotate { rewrite, resume }) => {
+            let r = keys::rotate(encryption, raw, rewrite, resume).await?;
+            format!(
+                "data key epoch {}: {} objects re-sealed, {} already under it",
+                r.epoch, r.resealed, r.current
+            )
+        }
+    };
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
