@@ -365,4 +365,8 @@ impl<S: Storage> Storage for Faulty<S> {
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }
+
+    fn chunk_ids(&self) -> storage::ChunkIds {
+        self.inner.chunk_ids()
+    }
 }

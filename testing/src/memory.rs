@@ -236,6 +236,10 @@ impl Storage for MemoryStorage {
     fn describe(&self) -> String {
         "memory://".to_string()
     }
+
+    fn chunk_ids(&self) -> storage::ChunkIds {
+        storage::ChunkIds::plain()
+    }
 }
 
 fn meta(key: &str, object: &Object) -> ObjectMeta {
