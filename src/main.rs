@@ -111,14 +111,9 @@ async fn report(
     ops::status_file::update(settings, operation, &outcome).await;
     // A command that found problems (verify) has notified with them itself.
     if let Err(e) = &result {
-        commands::notify(
-            settings,
-            operation,
-            false,
-            &format!("{e:#}"),
-            &format!("{e:#}"),
-        )
-        .await;
+        settings
+            .notify(operation, false, &format!("{e:#}"), &format!("{e:#}"))
+            .await;
     }
     result
 }

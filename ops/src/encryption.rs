@@ -196,8 +196,11 @@ pub async fn create(
     }
 }
 
-/// `repo init`: refuses anything but an empty repository.
-pub async fn init(settings: &EncryptionSettings, raw: Arc<dyn Storage>) -> Result<(), OpsError> {
+/// `repo init`: refuses anything but an empty repository; says what it made.
+pub async fn init(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+) -> Result<String, OpsError> {
     let where_ = raw.describe();
     let Some(passphrase) = settings.passphrase().await? else {
         return Err(OpsError::Setting(
@@ -207,7 +210,12 @@ pub async fn init(settings: &EncryptionSettings, raw: Arc<dyn Storage>) -> Resul
         ));
     };
     match inspect(&*raw).await? {
-        State::Empty => create(settings, raw, &passphrase).await.map(|_| ()),
+        State::Empty => create(settings, raw, &passphrase).await.map(|_| {
+            format!(
+                "{where_} is an encrypted repository: keep the passphrase safe, it cannot be \
+                 recovered (key add gives it a second one)"
+            )
+        }),
         State::Encrypted(_) => Err(refused(format!(
             "the repository at {where_} is already encrypted: nothing to do (key add gives it \
              another passphrase)"

@@ -631,6 +631,42 @@ impl Settings {
         Ok(command + " wal fetch")
     }
 
+    /// Tell Slack and email (when configured) how `operation` ended. Delivery failures are
+    /// warnings: the operation's own outcome stands.
+    pub async fn notify(&self, operation: &str, ok: bool, summary: &str, details: &str) {
+        let notifier = crate::Notifier::new(self.ops.notify.clone(), storage::lease::host_name());
+        if !notifier.is_configured() {
+            return;
+        }
+        let event = crate::Event {
+            operation: operation.to_string(),
+            ok,
+            summary: summary.to_string(),
+            details: details.to_string(),
+        };
+        notifier.send(&event).await;
+    }
+
+    /// What a restore of `backup` needs from the settings; `restore_command` runs this binary's
+    /// `wal fetch` against the same repository.
+    pub fn postgres_restore_options(
+        &self,
+        backup: &catalog::BackupRecord,
+        verify_first: bool,
+        choices: restore::RestoreChoices,
+    ) -> Result<restore::PostgresRestoreOptions, OpsError> {
+        let fetch = self.wal_fetch_command()?;
+        Ok(restore::PostgresRestoreOptions {
+            restore_program: format!("{fetch} --cluster {}", backup.system_identifier),
+            spool: self.spool(),
+            parallelism: self.parallelism,
+            transfers: self.download_transfers(),
+            verify_first,
+            choices,
+            owner: storage::private::Owner::KEEP,
+        })
+    }
+
     /// Start this binary's `wal prefetch` detached: recovery gets its answer now, and the
     /// segments after `name` are fetched while it replays this one. A prefetch that fails
     /// costs nothing: the next fetch reads the repository.

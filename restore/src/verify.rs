@@ -36,6 +36,53 @@ impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// What an alert says: how many problems in `repository`, and the first 20 of them.
+    pub fn alert(&self, repository: &str) -> (String, String) {
+        let shown: Vec<&str> = self.problems.iter().take(20).map(String::as_str).collect();
+        let more = self.problems.len().saturating_sub(shown.len());
+        let mut details = shown.join("\n");
+        if more > 0 {
+            details.push_str(&format!("\n... and {more} more"));
+        }
+        (
+            format!("{} problem(s) in {repository}", self.problems.len()),
+            details,
+        )
+    }
+}
+
+/// One `[FAIL]` line per problem, the temporary files found, and the summary line.
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for problem in &self.problems {
+            writeln!(f, "[FAIL] {problem}")?;
+        }
+        if self.temporary_files > 0 {
+            writeln!(
+                f,
+                "{} temporary files left by interrupted runs ({:.1} MiB), removed by prune after \
+                 the grace period",
+                self.temporary_files,
+                self.temporary_bytes as f64 / (1u64 << 20) as f64
+            )?;
+        }
+        let read_back = if self.bytes_read > 0 {
+            format!(", {} MiB read back", self.bytes_read >> 20)
+        } else {
+            String::new()
+        };
+        let verdict = if self.is_clean() {
+            "OK".to_string()
+        } else {
+            format!("{} problem(s)", self.problems.len())
+        };
+        write!(
+            f,
+            "checked {} backups, {} chunks in {} packs, {} WAL objects{read_back}: {verdict}",
+            self.backups, self.chunks, self.packs, self.wal_files
+        )
+    }
 }
 
 /// pack id -> chunk hash -> (the chunk, the backups that need it)

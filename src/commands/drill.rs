@@ -39,7 +39,8 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
     };
     let progress = super::spinner("drill");
     let restore_settings = |backup: &catalog::BackupRecord| {
-        super::restore::postgres_options(settings, backup, true, Default::default())
+        settings
+            .postgres_restore_options(backup, true, Default::default())
             .map_err(Into::into)
     };
     let outcome = ops::drill::drill(&options, storage, &restore_settings, &|step| {
@@ -73,6 +74,8 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         "backup {} is not restorable: {}",
         report.backup_id, report.reason
     );
-    super::notify(settings, "drill", false, &summary, &report.to_string()).await;
+    settings
+        .notify("drill", false, &summary, &report.to_string())
+        .await;
     Ok(ExitCode::FAILURE)
 }

@@ -41,7 +41,8 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let restore_options = |backup: &catalog::BackupRecord, choices| {
-        super::restore::postgres_options(settings, backup, true, choices)
+        settings
+            .postgres_restore_options(backup, true, choices)
             .map_err(|e| format!("{e:#}"))
     };
     let verify =
@@ -72,14 +73,9 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
     })
     .await;
     if !report.simulated {
-        super::notify(
-            settings,
-            "failover",
-            report.ok,
-            &report.summary,
-            &report.transcript,
-        )
-        .await;
+        settings
+            .notify("failover", report.ok, &report.summary, &report.transcript)
+            .await;
     }
     Ok(if report.ok {
         ExitCode::SUCCESS

@@ -25,25 +25,3 @@ pub fn spinner(operation: &str) -> indicatif::ProgressBar {
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
 }
-
-/// Tell Slack and email (when configured) how `operation` ended. Delivery failures are
-/// warnings: the operation's own outcome stands.
-pub async fn notify(
-    settings: &ops::Settings,
-    operation: &str,
-    ok: bool,
-    summary: &str,
-    details: &str,
-) {
-    let notifier = ops::Notifier::new(settings.ops.notify.clone(), storage::lease::host_name());
-    if !notifier.is_configured() {
-        return;
-    }
-    let event = ops::Event {
-        operation: operation.to_string(),
-        ok,
-        summary: summary.to_string(),
-        details: details.to_string(),
-    };
-    notifier.send(&event).await;
-}

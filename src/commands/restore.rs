@@ -120,7 +120,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         archive_mode: args.archive_mode,
         timeline: plan.timeline,
     };
-    let options = postgres_options(settings, &plan.backup, !args.skip_verify, choices)?;
+    let options = settings.postgres_restore_options(&plan.backup, !args.skip_verify, choices)?;
     let binaries = settings.server_binaries();
     let needs = binaries.for_backup(storage.as_ref(), &plan.backup).await?;
     println!("{needs}");
@@ -138,26 +138,6 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     let advice = restored.start_advice(&plan.recovery, args.archive_mode, bin_dir.as_deref());
     println!("{advice}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// What a restore of `backup` needs from the settings; `restore_command` runs this binary's
-/// `wal fetch` against the same repository.
-pub fn postgres_options(
-    settings: &Settings,
-    backup: &catalog::BackupRecord,
-    verify_first: bool,
-    choices: restore::RestoreChoices,
-) -> Result<restore::PostgresRestoreOptions> {
-    let fetch = settings.wal_fetch_command()?;
-    Ok(restore::PostgresRestoreOptions {
-        restore_program: format!("{fetch} --cluster {}", backup.system_identifier),
-        spool: settings.spool(),
-        parallelism: settings.parallelism,
-        transfers: settings.download_transfers(),
-        verify_first,
-        choices,
-        owner: storage::private::Owner::KEEP,
-    })
 }
 
 async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode> {

@@ -23,65 +23,13 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for problem in &report.problems {
-            println!("[FAIL] {problem}");
-        }
-        if report.temporary_files > 0 {
-            println!(
-                "{} temporary files left by interrupted runs ({} MiB), removed by prune after \
-                 the grace period",
-                report.temporary_files,
-                catalog::listing::mib(report.temporary_bytes)
-            );
-        }
-        println!(
-            "checked {} backups, {} chunks in {} packs, {} WAL objects{}: {}",
-            report.backups,
-            report.chunks,
-            report.packs,
-            report.wal_files,
-            if args.read_data {
-                format!(", {} MiB read back", report.bytes_read >> 20)
-            } else {
-                String::new()
-            },
-            if report.is_clean() {
-                "OK".to_string()
-            } else {
-                format!("{} problem(s)", report.problems.len())
-            }
-        );
+        println!("{report}");
     }
     if report.is_clean() {
         return Ok(ExitCode::SUCCESS);
     }
-    let shown: Vec<&str> = report
-        .problems
-        .iter()
-        .take(20)
-        .map(String::as_str)
-        .collect();
-    let more = report.problems.len().saturating_sub(shown.len());
-    super::notify(
-        settings,
-        "verify",
-        false,
-        &format!(
-            "{} problem(s) in {}",
-            report.problems.len(),
-            storage.describe()
-        ),
-        &format!(
-            "{}{}",
-            shown.join("\n"),
-            if more > 0 {
-                format!("\n... and {more} more")
-            } else {
-                String::new()
-            }
-        ),
-    )
-    .await;
+    let (summary, details) = report.alert(&storage.describe());
+    settings.notify("verify", false, &summary, &details).await;
     Ok(ExitCode::FAILURE)
 }
 

@@ -41,6 +41,8 @@ pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> anyhow::Resul
         return Ok(ExitCode::SUCCESS);
     }
     let summary = report.failure_summary();
-    super::notify(settings, "verify-recovery", false, &summary, &report.text()).await;
+    settings
+        .notify("verify-recovery", false, &summary, &report.text())
+        .await;
     Ok(ExitCode::FAILURE)
 }
