@@ -216,6 +216,20 @@ fn a_missing_or_wrong_passphrase_is_refused_before_anything_is_read_or_written()
     }
     common::chown_postgres(&wrong);
     let wrong_flag = wrong.to_string_lossy().into_owned();
+    // The server archives on its own (the backup's history file): wait until it is idle.
+    let status = pg.data.join("pg_wal/archive_status");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&status)
+        .expect("archive_status")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archiver never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let before = repository_objects(&scratch.repo);
     let backup_dir = scratch.repo.to_string_lossy().into_owned();
     let wal = wal_file.to_string_lossy().into_owned();
@@ -306,4 +320,47 @@ fn a_missing_or_wrong_passphrase_is_refused_before_anything_is_read_or_written()
         "a passphrase for a plain repository: {}",
         text(&out)
     );
+}
+
+#[test]
+fn dumps_and_redis_snapshots_stream_through_an_encrypted_repository() {
+    let scratch = Scratch::new().encrypted(PASSPHRASE);
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    let db_env = pg.db_env();
+    let env = common::env_refs(&db_env);
+    let out = scratch.lifeline(&["backup", "postgres", "--kind", "dump"], &env);
+    assert!(out.status.success(), "dump: {}", text(&out));
+    let at_dump = pg.snapshot();
+    let out = scratch.lifeline(
+        &[
+            "restore", "postgres", "--type", "full", "--kind", "dump", "--target", "staging",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "dump restore: {}", text(&out));
+    assert_eq!(
+        pg.snapshot_in("postgres_staging"),
+        at_dump,
+        "the staging copy differs"
+    );
+
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let source = common::redis::Redis::start(source_dir.path(), None);
+    source.cli(&["DEBUG", "POPULATE", "50000", "secret", "64"]);
+    let port = source.port.to_string();
+    let redis_env = [("REDIS_HOST", "127.0.0.1"), ("REDIS_PORT", port.as_str())];
+    let out = scratch.lifeline(&["backup", "redis", "--kind", "rdb"], &redis_env);
+    assert!(out.status.success(), "redis backup: {}", text(&out));
+    let restored_dir = scratch.path("redis-restored");
+    let out = scratch.restore_redis(&["--type", "rdb", "--from", "latest"], &restored_dir);
+    assert!(out.status.success(), "redis restore: {}", text(&out));
+    let restored = common::redis::Redis::start(&restored_dir, None);
+    assert_eq!(
+        restored.cli(&["DEBUG", "DIGEST"]),
+        source.cli(&["DEBUG", "DIGEST"]),
+        "the restored dataset differs"
+    );
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert!(out.status.success(), "verify: {}", text(&out));
 }
