@@ -45,6 +45,9 @@ pub struct GlobalArgs {
     /// A command whose standard output is the passphrase.
     #[arg(long, global = true, hide = true)]
     pub passphrase_command: Option<String>,
+    /// Refuse a repository that is not encrypted (written into restore_command).
+    #[arg(long, global = true, hide = true)]
+    pub require_encryption: bool,
     /// Segments `wal fetch` reads ahead into the spool (0 turns prefetch off).
     #[arg(long, global = true, env = "LIFELINE_WAL_PREFETCH")]
     pub wal_prefetch: Option<usize>,
@@ -81,6 +84,9 @@ impl GlobalArgs {
             *slot = flag.or(slot.take());
         }
         file.compression_level = self.compression_level.or(file.compression_level);
+        if self.require_encryption {
+            file.require_encryption = Some(true);
+        }
         Settings::resolve(file, self.config.clone())
     }
 }

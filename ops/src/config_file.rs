@@ -50,6 +50,8 @@ pub struct ConfigFile {
     pub passphrase_command: Option<String>,
     /// Cache the unwrapped key on this host (`$HOME/.cache/lifeline`), default true.
     pub key_cache: Option<bool>,
+    /// Refuse a repository that is not encrypted.
+    pub require_encryption: Option<bool>,
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
     pub wal_prefetch: Option<usize>,

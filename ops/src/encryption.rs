@@ -29,9 +29,22 @@ pub struct EncryptionSettings {
     pub key_cache: bool,
     /// Argon2id's cost for new key slots.
     pub kdf: KdfParams,
+    /// `require-encryption` / `--require-encryption`: refuse a repository that is not
+    /// encrypted (written into `restore_command`, so that a recovering server never takes
+    /// WAL from a repository whose key file was removed and plaintext planted).
+    pub required: bool,
 }
 
 impl EncryptionSettings {
+    /// True when the repository is meant to be encrypted: a passphrase source is configured
+    /// (or `LIFELINE_PASSPHRASE` is set), or encryption is required.
+    pub fn expected(&self) -> bool {
+        self.required
+            || self.passphrase_file.is_some()
+            || self.passphrase_command.is_some()
+            || std::env::var_os("LIFELINE_PASSPHRASE").is_some()
+    }
+
     /// The configured passphrase, if any (`LIFELINE_PASSPHRASE` last).
     pub async fn passphrase(&self) -> Result<Option<Passphrase>, OpsError> {
         let environment = std::env::var("LIFELINE_PASSPHRASE").ok();
@@ -127,7 +140,15 @@ pub async fn open(
 ) -> Result<Arc<dyn Storage>, OpsError> {
     let passphrase = settings.passphrase().await?;
     let where_ = raw.describe();
-    match (inspect(&*raw).await?, passphrase) {
+    let state = inspect(&*raw).await?;
+    if settings.required && !matches!(state, State::Encrypted(_)) {
+        return Err(refused(format!(
+            "the repository at {where_} is not encrypted (it has no keys.json) but encryption \
+             is required: nothing is read from or written to it; if its key file was removed, \
+             put keys.json back from a copy"
+        )));
+    }
+    match (state, passphrase) {
         (State::Encrypted(file), Some(passphrase)) => {
             let keyring = unlock(settings, &*raw, &file, &passphrase).await?;
             Ok(Arc::new(SealedStorage::new(raw, Arc::new(keyring))))
@@ -335,7 +356,9 @@ pub async fn unlock_for_keys(
 }
 
 impl Unlocked {
-    /// Replace the key file (atomically: one object), and refresh this host's cache.
+    /// Replace the key file (atomically: one object). The host's cache is refreshed when the
+    /// passphrase used still has a slot, and dropped otherwise (`key remove` of one's own
+    /// slot must not leave a cache that still opens the repository).
     async fn save(&self, settings: &EncryptionSettings, keyring: &Keyring) -> Result<(), OpsError> {
         let raw = self.sealed.inner();
         raw.put_bytes(
@@ -345,7 +368,14 @@ impl Unlocked {
             Durability::Immediate,
         )
         .await?;
-        remember(settings, &**raw, &self.file, keyring, &self.passphrase);
+        if let Some(path) = cache_path(&**raw) {
+            let _ = std::fs::remove_file(path);
+        }
+        let (file, bytes) = (self.file.clone(), self.passphrase.as_bytes().to_vec());
+        let still_opens = tokio::task::spawn_blocking(move || file.unlock(&bytes).is_ok()).await?;
+        if still_opens {
+            remember(settings, &**raw, &self.file, keyring, &self.passphrase);
+        }
         Ok(())
     }
 }
@@ -426,9 +456,33 @@ pub async fn remove(
 #[derive(Debug, Default)]
 pub struct Rotation {
     pub epoch: u32,
+    /// With a new master key: the slots dropped (their passphrases must be added again).
+    pub dropped_slots: Vec<u32>,
     /// Objects re-sealed under the new epoch, and those already under it.
     pub resealed: u64,
     pub current: u64,
+}
+
+impl Rotation {
+    /// The line about dropped slots, if any.
+    pub fn dropped(&self) -> String {
+        if self.dropped_slots.is_empty() {
+            return String::new();
+        }
+        format!(
+            "new master key: slots {:?} were dropped, add their passphrases again (key add)\n",
+            self.dropped_slots
+        )
+    }
+}
+
+/// How `key rotate` runs: `rewrite` re-seals the existing objects, `resume` finishes an
+/// interrupted rewrite without a new epoch, `new_master` also replaces the master key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RotateHow {
+    pub rewrite: bool,
+    pub resume: bool,
+    pub new_master: bool,
 }
 
 /// `key rotate`: a new data epoch for everything written from now on. With `rewrite`, every
@@ -438,22 +492,46 @@ pub struct Rotation {
 pub async fn rotate(
     settings: &EncryptionSettings,
     raw: Arc<dyn Storage>,
-    rewrite: bool,
-    resume: bool,
+    how: RotateHow,
 ) -> Result<Rotation, OpsError> {
+    let RotateHow {
+        rewrite,
+        resume,
+        new_master,
+    } = how;
     let mut unlocked = unlock_for_keys(settings, raw).await?;
     let mut keyring = unlocked.sealed.keyring().clone();
+    let mut dropped_slots = Vec::new();
     if !resume {
-        keyring = Arc::new(
+        let rotated = if new_master {
+            let (file, current, bytes, params) = (
+                unlocked.file.clone(),
+                keyring.clone(),
+                unlocked.passphrase.as_bytes().to_vec(),
+                settings.kdf,
+            );
+            let (file, next, dropped) = tokio::task::spawn_blocking(move || {
+                let mut file = file;
+                let (next, dropped) = file.replace_master(&current, &bytes, params)?;
+                Ok::<_, storage::crypto::CryptoError>((file, next, dropped))
+            })
+            .await?
+            .map_err(|e| refused(e.to_string()))?;
+            unlocked.file = file;
+            dropped_slots = dropped;
+            next
+        } else {
             unlocked
                 .file
                 .rotate(&keyring)
-                .map_err(|e| refused(e.to_string()))?,
-        );
+                .map_err(|e| refused(e.to_string()))?
+        };
+        keyring = Arc::new(rotated);
         unlocked.save(settings, &keyring).await?;
     }
     let mut rotation = Rotation {
         epoch: keyring.current_epoch(),
+        dropped_slots,
         ..Rotation::default()
     };
     if !rewrite {
@@ -479,16 +557,16 @@ pub async fn rotate(
     Ok(rotation)
 }
 
-/// Objects of the repository, as opposed to the key file and, in a local repository, the
-/// catalog, logs and spool kept in the same directory.
+/// The objects `--rewrite` re-seals: what the repository keeps (not the key file, nor in a
+/// local repository the catalog, logs and spool beside it). Leases and the prune state are
+/// left alone: their owners rewrite them (under the current epoch) while they run, and a
+/// re-seal racing with them could bring back a lease just released or undo a lock renewal.
 fn is_repository_object(key: &str) -> bool {
     key == layout::CLUSTER_KEY
         || [
             layout::WAL_PREFIX,
             layout::BACKUPS_PREFIX,
             layout::PACKS_PREFIX,
-            layout::LEASES_PREFIX,
-            "prune/",
         ]
         .iter()
         .any(|p| key.starts_with(p))

@@ -67,12 +67,19 @@ fn checked(mut bytes: Zeroizing<Vec<u8>>, source: &str) -> Result<Passphrase, Op
 
 async fn from_file(path: &Path) -> Result<Passphrase, OpsError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = tokio::fs::metadata(path)
+    use tokio::io::AsyncReadExt;
+    let io = |source| OpsError::Io {
+        doing: format!("read the passphrase file {}", path.display()),
+        source,
+    };
+    // Opened once, not through a link, and checked on what was opened: no swap in between.
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
         .await
-        .map_err(|source| OpsError::Io {
-            doing: format!("read the passphrase file {}", path.display()),
-            source,
-        })?;
+        .map_err(io)?;
+    let meta = file.metadata().await.map_err(io)?;
     if meta.mode() & 0o077 != 0 {
         return Err(refused(format!(
             "the passphrase file {} can be read or written by other users (mode {:o}): chmod 600 it",
@@ -80,11 +87,18 @@ async fn from_file(path: &Path) -> Result<Passphrase, OpsError> {
             meta.mode() & 0o777
         )));
     }
-    let bytes = tokio::fs::read(path).await.map_err(|source| OpsError::Io {
-        doing: format!("read the passphrase file {}", path.display()),
-        source,
-    })?;
-    checked(Zeroizing::new(bytes), &path.display().to_string())
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(refused(format!(
+            "the passphrase file {} belongs to user {}, not to the user lifeline runs as ({me}) \
+             nor root: chown it",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes).await.map_err(io)?;
+    checked(bytes, &path.display().to_string())
 }
 
 async fn from_command(command: &str) -> Result<Passphrase, OpsError> {

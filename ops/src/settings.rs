@@ -488,6 +488,7 @@ impl Settings {
                 passphrase_command: file.passphrase_command.clone(),
                 key_cache: file.key_cache.unwrap_or(true),
                 kdf: storage::crypto::KdfParams::default(),
+                required: file.require_encryption.unwrap_or(false),
             },
             redis: RedisServer {
                 host: file.redis_host.unwrap_or_else(|| "127.0.0.1".into()),
@@ -591,7 +592,9 @@ impl Settings {
         if let Some(file) = &self.encryption.passphrase_file {
             push("--passphrase-file", file);
         }
-        if let Some(command) = &self.encryption.passphrase_command {
+        // A command is named only when no configuration file carries it: command lines are
+        // visible to every local user.
+        if let (Some(command), None) = (&self.encryption.passphrase_command, &self.config_file) {
             push("--passphrase-command", Path::new(command));
         }
         if let Some(s3) = &self.s3 {
@@ -606,6 +609,9 @@ impl Settings {
                     push(flag, Path::new(value));
                 }
             }
+        }
+        if self.encryption.expected() {
+            args.push("--require-encryption".into());
         }
         Ok(args)
     }
@@ -629,6 +635,20 @@ impl Settings {
             command.push_str(&shell_quote(&arg));
         }
         Ok(command + " wal fetch")
+    }
+
+    /// Temporary files that killed writers left in the local repository and the `wal fetch`
+    /// spool. An S3 repository has none to count (interrupted uploads are the bucket's to
+    /// expire); its local spool still does.
+    pub async fn leftovers(&self) -> Result<Vec<storage::leftovers::Leftover>, OpsError> {
+        let (repository, spool) = (self.local_repository(), self.spool_dir());
+        // A walk of the whole local repository: on a blocking thread.
+        let found = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now();
+            storage::leftovers::find_all(repository.as_deref(), spool.as_deref(), now)
+        })
+        .await?;
+        Ok(found?)
     }
 
     /// Tell Slack and email (when configured) how `operation` ended. Delivery failures are
@@ -721,6 +741,17 @@ impl Settings {
     /// The `wal fetch` read-ahead spool, when prefetch is on and there is a place for it.
     pub fn spool(&self) -> Option<restore::Spool> {
         if self.prefetch.segments == 0 {
+            return None;
+        }
+        // Spooled segments are plaintext and served by their own checksum: never inside an
+        // encrypted local repository, where whoever can write the directory could plant them.
+        if let (true, Some(repo), Some(spool)) = (
+            self.encryption.expected(),
+            self.local_repository(),
+            self.spool_dir(),
+        ) && spool.starts_with(&repo)
+        {
+            tracing::debug!("no read-ahead: the spool would be inside the encrypted repository");
             return None;
         }
         let (segments, bytes) = (self.prefetch.segments, self.prefetch.bytes);

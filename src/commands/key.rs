@@ -18,12 +18,15 @@ pub enum KeyCommand {
     /// Remove a key slot (never the last one).
     Remove { slot: u32 },
     /// Start a new data epoch for everything written from now on; --rewrite re-seals the
-    /// existing objects under it (--resume finishes an interrupted rewrite).
+    /// existing objects under it (--resume finishes an interrupted rewrite); --new-master also
+    /// replaces the master key (after a leak: only the passphrase in use keeps a slot).
     Rotate {
         #[arg(long)]
         rewrite: bool,
         #[arg(long, requires = "rewrite")]
         resume: bool,
+        #[arg(long, conflicts_with = "resume")]
+        new_master: bool,
     },
 }
 
@@ -52,8 +55,23 @@ pub async fn run(cmd: Option<KeyCommand>, settings: &Settings) -> Result<ExitCod
             keys::remove(encryption, raw, slot).await?;
             format!("removed key slot {slot}")
         }
-        Some(KeyCommand::Rotate { rewrite, resume }) => {
-            let r = keys::rotate(encryption, raw, rewrite, resume).await?;
+        Some(KeyCommand::Rotate {
+            rewrite,
+            resume,
+            new_master,
+        }) => {
+            let how = keys::RotateHow {
+                rewrite,
+                resume,
+                new_master,
+            };
+            let r = keys::rotate(encryption, raw, how).await?;
+            if !r.dropped_slots.is_empty() {
+                println!(
+                    "new master key: slots {:?} were dropped; key add their passphrases again",
+                    r.dropped_slots
+                );
+            }
             format!(
                 "data key epoch {}: {} objects re-sealed, {} already under it",
                 r.epoch, r.resealed, r.current

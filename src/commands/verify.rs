@@ -17,7 +17,10 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     let storage = settings.repository().await?;
     let mut report =
         restore::verify_repository(storage.as_ref(), args.read_data, settings.parallelism).await?;
-    let leftovers = leftovers(settings).await?;
+    let leftovers = settings
+        .leftovers()
+        .await
+        .context("look for temporary files left by interrupted runs")?;
     report.temporary_files = leftovers.len();
     report.temporary_bytes = storage::leftovers::total_size(&leftovers);
     if args.json {
@@ -31,18 +34,4 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     let (summary, details) = report.alert(&storage.describe());
     settings.notify("verify", false, &summary, &details).await;
     Ok(ExitCode::FAILURE)
-}
-
-/// Temporary files that killed writers left in the local repository and the `wal fetch`
-/// spool. An S3 repository has none to count (interrupted uploads are the bucket's to expire);
-/// its local spool still does.
-async fn leftovers(settings: &Settings) -> Result<Vec<storage::leftovers::Leftover>> {
-    let (repository, spool) = (settings.local_repository(), settings.spool_dir());
-    // A walk of the whole local repository: on a blocking thread.
-    tokio::task::spawn_blocking(move || {
-        let now = std::time::SystemTime::now();
-        storage::leftovers::find_all(repository.as_deref(), spool.as_deref(), now)
-    })
-    .await?
-    .context("look for temporary files left by interrupted runs")
 }

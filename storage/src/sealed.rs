@@ -302,41 +302,34 @@ pub fn plain_size(stored: u64) -> u64 {
     full * SEGMENT_LEN as u64 + rest.saturating_sub(TAG_LEN as u64)
 }
 
-/// The segments that hold plaintext `range`, and where they are stored.
-fn stored_span(range: &Range<u64>) -> (u64, Range<u64>) {
+/// The segments that hold plaintext `range`, and where they are stored; `None` for a range
+/// no object can reach.
+fn stored_span(range: &Range<u64>) -> Option<(u64, Range<u64>)> {
     let first = range.start / SEGMENT_LEN as u64;
     let last = range.end.saturating_sub(1).max(range.start) / SEGMENT_LEN as u64;
-    let at = |segment: u64| HEADER_LEN as u64 + segment * STORED_SEGMENT as u64;
-    (first, at(first)..at(last + 1))
+    let at = |segment: u64| {
+        segment
+            .checked_mul(STORED_SEGMENT as u64)?
+            .checked_add(HEADER_LEN as u64)
+    };
+    Some((first, at(first)?..at(last.checked_add(1)?)?))
 }
 
-/// Open segments `first..` read back for a range; `asked` is how many bytes were asked for.
+/// Open segments `first..` read back for a range. `continues`: the object has bytes after
+/// `span` (one byte more than the span was asked for, and came back), so none of these
+/// segments may be its last; otherwise the last one here must be.
 fn open_span(
     cipher: &ObjectCipher,
     key: &str,
     first: u64,
     span: &[u8],
-    asked: u64,
+    continues: bool,
 ) -> Result<Vec<u8>, StorageError> {
     let mut out = Vec::with_capacity(span.len());
     let pieces: Vec<&[u8]> = span.chunks(STORED_SEGMENT).collect();
     for (n, sealed) in pieces.iter().enumerate() {
-        let index = first + n as u64;
-        let returned_last = n + 1 == pieces.len();
-        if !returned_last {
-            cipher.open_segment(key, index, false, sealed, &mut out)?;
-            continue;
-        }
-        // The object ends inside what was asked for: this must be its last segment. Otherwise
-        // it may or may not be; both are authentic readings of these bytes.
-        let ends_here = sealed.len() < STORED_SEGMENT || (span.len() as u64) < asked;
-        if ends_here
-            || cipher
-                .open_segment(key, index, false, sealed, &mut out)
-                .is_err()
-        {
-            cipher.open_segment(key, index, true, sealed, &mut out)?;
-        }
+        let last = !continues && n + 1 == pieces.len();
+        cipher.open_segment(key, first + n as u64, last, sealed, &mut out)?;
     }
     Ok(out)
 }
@@ -378,7 +371,9 @@ impl SealedStorage {
     /// The new object replaces the old one whole, and is read back before this returns.
     pub async fn reseal(&self, key: &str) -> Result<bool, StorageError> {
         let head = self.inner.get_range(key, 0..HEADER_LEN as u64).await?;
-        if epoch_of(key, &head)? >= self.keyring.current_epoch() {
+        // Only the current epoch is skipped unopened; anything else is opened (and refused
+        // if its header lies).
+        if epoch_of(key, &head)? == self.keyring.current_epoch() {
             return Ok(false);
         }
         let stored = crate::StorageExt::get_bytes(&*self.inner, key).await?;
@@ -636,22 +631,32 @@ impl Storage for SealedStorage {
         if range.start >= range.end {
             return Ok(Vec::new());
         }
-        let (first, span) = stored_span(&range);
+        let Some((first, span)) = stored_span(&range) else {
+            return Ok(Vec::new());
+        };
         let asked = span.end - span.start;
-        let (header, body) = if first == 0 {
-            let mut all = self.inner.get_range(key, 0..span.end).await?;
+        // One byte past the span tells whether the object goes on after it.
+        let beyond = span.end.saturating_add(1);
+        let (header, mut body) = if first == 0 {
+            let mut all = self.inner.get_range(key, 0..beyond).await?;
             let body = all.split_off(HEADER_LEN.min(all.len()));
             (all, body)
         } else {
             tokio::try_join!(
                 self.inner.get_range(key, 0..HEADER_LEN as u64),
-                self.inner.get_range(key, span.clone()),
+                self.inner.get_range(key, span.start..beyond),
             )?
         };
+        let continues = body.len() as u64 > asked;
+        body.truncate(asked.min(body.len() as u64) as usize);
+        if body.is_empty() && first > 0 {
+            // Past the end of the object: nothing to read, as any backend answers.
+            return Ok(Vec::new());
+        }
         let (keyring, owned_key) = (self.keyring.clone(), key.to_string());
         let plain = blocking(key, move || {
             let cipher = ObjectCipher::parse(&keyring, &owned_key, &header)?;
-            open_span(&cipher, &owned_key, first, &body, asked)
+            open_span(&cipher, &owned_key, first, &body, continues)
         })
         .await?;
         let skip = (range.start - first * SEGMENT_LEN as u64) as usize;
@@ -754,6 +759,35 @@ mod tests {
         assert!(moved.is_err(), "an object copied under another name opened");
     }
 
+    #[tokio::test]
+    async fn a_range_read_of_an_object_cut_on_a_segment_boundary_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local: Arc<dyn Storage> =
+            Arc::new(crate::LocalStorage::open(dir.path()).expect("open"));
+        let sealed = SealedStorage::new(local, Arc::new(keyring()));
+        let plain = vec![5u8; 3 * SEGMENT_LEN];
+        sealed
+            .put_bytes("p/x", plain, PutMode::Create, Durability::Immediate)
+            .await
+            .expect("put");
+        let path = dir.path().join("p/x");
+        let stored = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &stored[..HEADER_LEN + 2 * STORED_SEGMENT]).expect("cut");
+        let end = 2 * SEGMENT_LEN as u64;
+        assert!(sealed.get_range("p/x", end - 12..end).await.is_err());
+        assert!(
+            sealed.get_range("p/x", 0..10).await.is_ok(),
+            "the intact start still reads"
+        );
+        assert!(
+            sealed
+                .get_range("p/x", u64::MAX - 10..u64::MAX)
+                .await
+                .expect("far")
+                .is_empty()
+        );
+    }
+
     #[test]
     fn sizes_map_both_ways() {
         let keyring = keyring();
@@ -842,10 +876,11 @@ mod tests {
             let end = (start + width).min(len);
             if start < end {
                 let range = start as u64..end as u64;
-                let (first, span) = stored_span(&range);
+                let (first, span) = stored_span(&range).expect("reachable");
                 let cipher = ObjectCipher::parse(&keyring, "k", &sealed).expect("header");
                 let body = &sealed[(span.start as usize).min(sealed.len())..(span.end as usize).min(sealed.len())];
-                let opened = open_span(&cipher, "k", first, body, span.end - span.start).expect("opens");
+                let continues = sealed.len() as u64 > span.end;
+                let opened = open_span(&cipher, "k", first, body, continues).expect("opens");
                 let skip = start - first as usize * SEGMENT_LEN;
                 prop_assert_eq!(&opened[skip..skip + (end - start)], &plain[start..end]);
             }
