@@ -805,8 +805,18 @@ fn key_rotation_starts_an_epoch_and_rewrite_reseals_everything_with_every_row_re
     );
     drop(restored);
 
-    // --rewrite: epoch 3, and every object is re-sealed under it.
-    let objects = sealed_objects(&scratch.repo);
+    // --rewrite: epoch 3, and every object is re-sealed under it (leases and the prune state
+    // are their owners' to rewrite).
+    let resealable = |repo: &Path| -> Vec<PathBuf> {
+        sealed_objects(repo)
+            .into_iter()
+            .filter(|p| {
+                let key = key_of(repo, p);
+                !key.starts_with("leases/") && !key.starts_with("prune/")
+            })
+            .collect()
+    };
+    let objects = resealable(&scratch.repo);
     let out = scratch.lifeline(&["key", "rotate", "--rewrite"], &[]);
     let said = succeeded(&out, "key rotate --rewrite");
     assert!(
@@ -817,7 +827,7 @@ fn key_rotation_starts_an_epoch_and_rewrite_reseals_everything_with_every_row_re
         "expected {} objects re-sealed: {said}",
         objects.len()
     );
-    let after = epochs(&scratch.repo, &sealed_objects(&scratch.repo));
+    let after = epochs(&scratch.repo, &resealable(&scratch.repo));
     let behind: Vec<_> = after.iter().filter(|(_, e)| **e != 3).collect();
     assert!(behind.is_empty(), "objects not under epoch 3: {behind:?}");
     assert_eq!(
@@ -866,6 +876,30 @@ fn key_rotation_starts_an_epoch_and_rewrite_reseals_everything_with_every_row_re
     );
     let out = scratch.lifeline(&["key", "rotate", "--resume"], &[]);
     refused(&out, "--resume without --rewrite");
+
+    // After a leak: a new master key drops every other slot, and the old passphrase opens
+    // nothing; the one in use restores every row.
+    let leaked = secret_file(&scratch, "leaked-passphrase", "a passphrase that leaked");
+    let leaked_arg = leaked.to_string_lossy().into_owned();
+    let out = scratch.lifeline(&["key", "add", "--new-passphrase-file", &leaked_arg], &[]);
+    succeeded(&out, "key add");
+    let out = scratch.lifeline(&["key", "rotate", "--new-master", "--rewrite"], &[]);
+    let said = succeeded(&out, "key rotate --new-master --rewrite");
+    assert!(
+        said.contains("were dropped") && said.contains("data key epoch 4"),
+        "{said}"
+    );
+    let out = scratch.lifeline(
+        &["verify"],
+        &[("LIFELINE_PASSPHRASE_FILE", leaked_arg.as_str())],
+    );
+    assert!(refused(&out, "the dropped passphrase").contains("wrong passphrase"));
+    let restored = restore_full(&scratch, &ids[1], "second-new-master", &[]);
+    assert_eq!(
+        restored.snapshot(),
+        second_rows,
+        "the second backup under a new master key"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
