@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::files_under;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -29,20 +31,6 @@ fn configure(mut scratch: Scratch, line: &str) -> Scratch {
     common::chown_postgres(&config);
     scratch.config = Some(config);
     scratch
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// The repository's objects (not the catalog, logs and status files kept beside them).

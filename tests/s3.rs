@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::path::Path;
+use common::files_under;
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -17,23 +18,6 @@ fn no_secret(what: &str, haystack: &str) {
         !haystack.contains(TEST_SECRET),
         "the S3 secret key appears in {what}"
     );
-}
-
-/// Every file under `dir`, so that nothing lifeline wrote can hide the secret.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]

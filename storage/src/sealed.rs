@@ -463,11 +463,65 @@ fn invalid_data(error: StorageError) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
 }
 
+/// Seal or open one segment: [`ObjectCipher::seal_segment`] or [`ObjectCipher::open_segment`].
+type SegmentOp =
+    fn(&ObjectCipher, &str, u64, bool, &[u8], &mut Vec<u8>) -> Result<(), StorageError>;
+
+/// Run `op` over `source` in pieces of `piece_len` bytes, a batch of pieces per blocking task,
+/// sending each batch's output to `tx`. One byte of look-ahead tells the last piece.
+async fn pump(
+    cipher: Arc<ObjectCipher>,
+    key: String,
+    mut source: ObjectReader,
+    piece_len: usize,
+    op: SegmentOp,
+    tx: &mpsc::Sender<std::io::Result<Vec<u8>>>,
+) -> std::io::Result<()> {
+    let batch_len = SEGMENTS_PER_BATCH * piece_len;
+    let mut pending = read_up_to(&mut source, batch_len + 1).await?;
+    let mut index = 0u64;
+    loop {
+        let last = pending.len() <= batch_len;
+        let mut rest = if last {
+            Vec::new()
+        } else {
+            pending.split_off(batch_len)
+        };
+        let (c, k) = (cipher.clone(), key.clone());
+        let (out, pieces) = blocking(&key, move || {
+            let pieces = pending.len().div_ceil(piece_len).max(1);
+            let mut out = Vec::with_capacity(pending.len() + pieces * TAG_LEN);
+            for n in 0..pieces {
+                let piece = &pending
+                    [(n * piece_len).min(pending.len())..((n + 1) * piece_len).min(pending.len())];
+                op(
+                    &c,
+                    &k,
+                    index + n as u64,
+                    last && n + 1 == pieces,
+                    piece,
+                    &mut out,
+                )?;
+            }
+            Ok((out, pieces as u64))
+        })
+        .await
+        .map_err(invalid_data)?;
+        index += pieces;
+        if tx.send(Ok(out)).await.is_err() || last {
+            return Ok(());
+        }
+        let more = read_up_to(&mut source, batch_len + 1 - rest.len()).await?;
+        rest.extend_from_slice(&more);
+        pending = rest;
+    }
+}
+
 /// Seal what `source` yields as the object `key`, batch by batch, into `tx`.
 async fn seal_stream(
     keyring: Arc<Keyring>,
     key: String,
-    mut source: ObjectReader,
+    source: ObjectReader,
     tx: mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
     let result = async {
@@ -475,40 +529,8 @@ async fn seal_stream(
         if tx.send(Ok(cipher.header.to_vec())).await.is_err() {
             return Ok(());
         }
-        let batch_len = SEGMENTS_PER_BATCH * SEGMENT_LEN;
-        // One byte of look-ahead tells the last segment from the others.
-        let mut pending = read_up_to(&mut source, batch_len + 1).await?;
-        let mut index = 0u64;
-        loop {
-            let last = pending.len() <= batch_len;
-            let rest = if last {
-                Vec::new()
-            } else {
-                pending.split_off(batch_len)
-            };
-            let (c, k) = (cipher.clone(), key.clone());
-            let sealed = blocking(&key, move || {
-                let segments = pending.len().div_ceil(SEGMENT_LEN).max(1);
-                let mut out = Vec::with_capacity(pending.len() + segments * TAG_LEN);
-                for n in 0..segments {
-                    let piece = &pending[(n * SEGMENT_LEN).min(pending.len())
-                        ..((n + 1) * SEGMENT_LEN).min(pending.len())];
-                    let is_last = last && n + 1 == segments;
-                    c.seal_segment(&k, index + n as u64, is_last, piece, &mut out)?;
-                }
-                Ok((out, segments as u64))
-            })
-            .await
-            .map_err(invalid_data)?;
-            index += sealed.1;
-            if tx.send(Ok(sealed.0)).await.is_err() || last {
-                return Ok(());
-            }
-            let mut next = rest;
-            let more = read_up_to(&mut source, batch_len + 1 - next.len()).await?;
-            next.extend_from_slice(&more);
-            pending = next;
-        }
+        let op: SegmentOp = ObjectCipher::seal_segment;
+        pump(cipher, key, source, SEGMENT_LEN, op, &tx).await
     }
     .await;
     if let Err(e) = result {
@@ -526,39 +548,8 @@ async fn open_stream(
     let result = async {
         let header = read_up_to(&mut stored, HEADER_LEN).await?;
         let cipher = Arc::new(ObjectCipher::parse(&keyring, &key, &header).map_err(invalid_data)?);
-        let batch_len = SEGMENTS_PER_BATCH * STORED_SEGMENT;
-        let mut pending = read_up_to(&mut stored, batch_len + 1).await?;
-        let mut index = 0u64;
-        loop {
-            let last = pending.len() <= batch_len;
-            let rest = if last {
-                Vec::new()
-            } else {
-                pending.split_off(batch_len)
-            };
-            let (c, k) = (cipher.clone(), key.clone());
-            let opened = blocking(&key, move || {
-                let segments = pending.len().div_ceil(STORED_SEGMENT).max(1);
-                let mut out = Vec::with_capacity(pending.len());
-                for n in 0..segments {
-                    let piece = &pending[(n * STORED_SEGMENT).min(pending.len())
-                        ..((n + 1) * STORED_SEGMENT).min(pending.len())];
-                    let is_last = last && n + 1 == segments;
-                    c.open_segment(&k, index + n as u64, is_last, piece, &mut out)?;
-                }
-                Ok((out, segments as u64))
-            })
-            .await
-            .map_err(invalid_data)?;
-            index += opened.1;
-            if tx.send(Ok(opened.0)).await.is_err() || last {
-                return Ok(());
-            }
-            let mut next = rest;
-            let more = read_up_to(&mut stored, batch_len + 1 - next.len()).await?;
-            next.extend_from_slice(&more);
-            pending = next;
-        }
+        let op: SegmentOp = ObjectCipher::open_segment;
+        pump(cipher, key, stored, STORED_SEGMENT, op, &tx).await
     }
     .await;
     if let Err(e) = result {

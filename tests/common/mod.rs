@@ -597,3 +597,22 @@ pub fn seed(pg: &Pg) {
     pg.psql("INSERT INTO accounts SELECT g, 'owner ' || g, g * 10 FROM generate_series(1, 5000) g");
     pg.psql("INSERT INTO orders (account, amount) SELECT g % 5000 + 1, g FROM generate_series(1, 20000) g");
 }
+
+/// Every file under `dir` (none when it does not exist), recursively, sorted.
+#[allow(dead_code)]
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
