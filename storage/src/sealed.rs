@@ -188,6 +188,44 @@ impl ObjectCipher {
         aad
     }
 
+    /// Encrypt segment `index` in place; its tag.
+    fn seal_in_place(
+        &self,
+        key: &str,
+        index: u64,
+        last: bool,
+        segment: &mut [u8],
+    ) -> Result<Tag, StorageError> {
+        self.cipher
+            .encrypt_in_place_detached(&self.nonce(index), &self.aad(key, index, last), segment)
+            .map_err(|_| refused(key, "sealing failed"))
+    }
+
+    /// Decrypt segment `index` in place, if `tag` authenticates it.
+    fn open_in_place(
+        &self,
+        key: &str,
+        index: u64,
+        last: bool,
+        segment: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), StorageError> {
+        self.cipher
+            .decrypt_in_place_detached(
+                &self.nonce(index),
+                &self.aad(key, index, last),
+                segment,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| {
+                refused(
+                    key,
+                    "it fails authentication: it was altered or truncated, copied here from \
+                     another name or repository, or sealed with another key",
+                )
+            })
+    }
+
     /// Append segment `index` of `plain` (at most [`SEGMENT_LEN`] bytes), sealed, to `out`.
     fn seal_segment(
         &self,
@@ -199,14 +237,7 @@ impl ObjectCipher {
     ) -> Result<(), StorageError> {
         let start = out.len();
         out.extend_from_slice(plain);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(
-                &self.nonce(index),
-                &self.aad(key, index, last),
-                &mut out[start..],
-            )
-            .map_err(|_| refused(key, "sealing failed"))?;
+        let tag = self.seal_in_place(key, index, last, &mut out[start..])?;
         out.extend_from_slice(&tag);
         Ok(())
     }
@@ -220,66 +251,87 @@ impl ObjectCipher {
         sealed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), StorageError> {
-        let Some(body_len) = sealed.len().checked_sub(TAG_LEN) else {
+        let mut span = sealed.to_vec();
+        let opened = open_span_in_place(self, key, index, &mut span, !last)?;
+        out.extend_from_slice(&span[..opened]);
+        Ok(())
+    }
+}
+
+/// Open the segments `first..` held in `span` in place, moving the plaintext to its front;
+/// returns its length. `continues`: the object goes on after these segments (so none of them
+/// is its last).
+fn open_span_in_place(
+    cipher: &ObjectCipher,
+    key: &str,
+    first: u64,
+    span: &mut [u8],
+    continues: bool,
+) -> Result<usize, StorageError> {
+    // Even empty plaintext has one (empty, last) segment with its tag.
+    let pieces = span.len().div_ceil(STORED_SEGMENT).max(1);
+    let mut written = 0;
+    for n in 0..pieces {
+        let start = n * STORED_SEGMENT;
+        let end = (start + STORED_SEGMENT).min(span.len());
+        let Some(body_len) = end.checked_sub(start + TAG_LEN) else {
             return Err(refused(
                 key,
                 "truncated inside a segment's authentication tag",
             ));
         };
-        let start = out.len();
-        out.extend_from_slice(&sealed[..body_len]);
-        let tag = Tag::from_slice(&sealed[body_len..]);
-        if self
-            .cipher
-            .decrypt_in_place_detached(
-                &self.nonce(index),
-                &self.aad(key, index, last),
-                &mut out[start..],
-                tag,
-            )
-            .is_err()
-        {
-            out.truncate(start);
-            return Err(refused(
-                key,
-                "it fails authentication: it was altered or truncated, copied here from another \
-                 name or repository, or sealed with another key",
-            ));
-        }
-        Ok(())
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&span[start + body_len..end]);
+        let last = !continues && n + 1 == pieces;
+        cipher.open_in_place(
+            key,
+            first + n as u64,
+            last,
+            &mut span[start..start + body_len],
+            &tag,
+        )?;
+        span.copy_within(start..start + body_len, written);
+        written += body_len;
     }
+    Ok(written)
+}
+
+/// Seal `plain` as the object `key` in its own buffer, so that the object is never held
+/// twice: each segment moves to its place (the last first) and is encrypted there.
+pub fn seal_owned(
+    keyring: &Keyring,
+    key: &str,
+    mut plain: Vec<u8>,
+) -> Result<Vec<u8>, StorageError> {
+    let cipher = ObjectCipher::new_object(keyring, key)?;
+    let len = plain.len();
+    let segments = len.div_ceil(SEGMENT_LEN).max(1);
+    plain.resize(HEADER_LEN + len + segments * TAG_LEN, 0);
+    for index in (0..segments).rev() {
+        let from = index * SEGMENT_LEN;
+        let n = SEGMENT_LEN.min(len - from.min(len));
+        let to = HEADER_LEN + index * STORED_SEGMENT;
+        plain.copy_within(from..from + n, to);
+        let last = index + 1 == segments;
+        let tag = cipher.seal_in_place(key, index as u64, last, &mut plain[to..to + n])?;
+        plain[to + n..to + n + TAG_LEN].copy_from_slice(&tag);
+    }
+    plain[..HEADER_LEN].copy_from_slice(&cipher.header);
+    Ok(plain)
 }
 
 /// Seal `plain` as the object `key`.
 pub fn seal(keyring: &Keyring, key: &str, plain: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let cipher = ObjectCipher::new_object(keyring, key)?;
-    let segments = plain.len().div_ceil(SEGMENT_LEN).max(1);
-    let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + segments * TAG_LEN);
-    out.extend_from_slice(&cipher.header);
-    for index in 0..segments {
-        let piece = &plain
-            [(index * SEGMENT_LEN).min(plain.len())..((index + 1) * SEGMENT_LEN).min(plain.len())];
-        cipher.seal_segment(key, index as u64, index + 1 == segments, piece, &mut out)?;
-    }
-    Ok(out)
+    seal_owned(keyring, key, plain.to_vec())
 }
 
 /// Open the whole sealed object `key`.
 pub fn open(keyring: &Keyring, key: &str, stored: &[u8]) -> Result<Vec<u8>, StorageError> {
     let cipher = ObjectCipher::parse(keyring, key, stored)?;
-    let body = &stored[HEADER_LEN..];
-    // Even empty plaintext has one (empty, last) segment with its tag.
-    let pieces: Vec<&[u8]> = if body.is_empty() {
-        vec![body]
-    } else {
-        body.chunks(STORED_SEGMENT).collect()
-    };
-    let mut out = Vec::with_capacity(body.len());
-    for (index, sealed) in pieces.iter().enumerate() {
-        let last = index + 1 == pieces.len();
-        cipher.open_segment(key, index as u64, last, sealed, &mut out)?;
-    }
-    Ok(out)
+    let mut body = stored[HEADER_LEN..].to_vec();
+    let len = open_span_in_place(&cipher, key, 0, &mut body, false)?;
+    body.truncate(len);
+    Ok(body)
 }
 
 /// The key epoch an object was sealed under, from its first bytes.
@@ -313,25 +365,6 @@ fn stored_span(range: &Range<u64>) -> Option<(u64, Range<u64>)> {
             .checked_add(HEADER_LEN as u64)
     };
     Some((first, at(first)?..at(last.checked_add(1)?)?))
-}
-
-/// Open segments `first..` read back for a range. `continues`: the object has bytes after
-/// `span` (one byte more than the span was asked for, and came back), so none of these
-/// segments may be its last; otherwise the last one here must be.
-fn open_span(
-    cipher: &ObjectCipher,
-    key: &str,
-    first: u64,
-    span: &[u8],
-    continues: bool,
-) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::with_capacity(span.len());
-    let pieces: Vec<&[u8]> = span.chunks(STORED_SEGMENT).collect();
-    for (n, sealed) in pieces.iter().enumerate() {
-        let last = !continues && n + 1 == pieces.len();
-        cipher.open_segment(key, first + n as u64, last, sealed, &mut out)?;
-    }
-    Ok(out)
 }
 
 /// An encrypted repository: `inner` holds only sealed objects (and the clear `keys.json`).
@@ -596,7 +629,7 @@ impl Storage for SealedStorage {
             return self.inner.put_bytes(key, bytes, mode, durability).await;
         }
         let (keyring, owned_key) = (self.keyring.clone(), key.to_string());
-        let sealed = blocking(key, move || seal(&keyring, &owned_key, &bytes)).await?;
+        let sealed = blocking(key, move || seal_owned(&keyring, &owned_key, bytes)).await?;
         self.inner.put_bytes(key, sealed, mode, durability).await
     }
 
@@ -645,16 +678,17 @@ impl Storage for SealedStorage {
             return Ok(Vec::new());
         }
         let (keyring, owned_key) = (self.keyring.clone(), key.to_string());
-        let plain = blocking(key, move || {
-            let cipher = ObjectCipher::parse(&keyring, &owned_key, &header)?;
-            open_span(&cipher, &owned_key, first, &body, continues)
-        })
-        .await?;
         let skip = (range.start - first * SEGMENT_LEN as u64) as usize;
         let take = (range.end - range.start) as usize;
-        Ok(plain
-            .get(skip..)
-            .map_or_else(Vec::new, |rest| rest[..take.min(rest.len())].to_vec()))
+        blocking(key, move || {
+            let cipher = ObjectCipher::parse(&keyring, &owned_key, &header)?;
+            let len = open_span_in_place(&cipher, &owned_key, first, &mut body, continues)?;
+            // The plaintext is moved to the front of the buffer read: no second copy.
+            body.truncate(len.min(skip.saturating_add(take)));
+            body.drain(..skip.min(body.len()));
+            Ok(body)
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
@@ -871,7 +905,9 @@ mod tests {
                 let cipher = ObjectCipher::parse(&keyring, "k", &sealed).expect("header");
                 let body = &sealed[(span.start as usize).min(sealed.len())..(span.end as usize).min(sealed.len())];
                 let continues = sealed.len() as u64 > span.end;
-                let opened = open_span(&cipher, "k", first, body, continues).expect("opens");
+                let mut opened = body.to_vec();
+                let len = open_span_in_place(&cipher, "k", first, &mut opened, continues).expect("opens");
+                opened.truncate(len);
                 let skip = start - first as usize * SEGMENT_LEN;
                 prop_assert_eq!(&opened[skip..skip + (end - start)], &plain[start..end]);
             }
