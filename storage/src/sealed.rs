@@ -663,8 +663,10 @@ impl Storage for SealedStorage {
         let beyond = span.end.saturating_add(1);
         let (header, mut body) = if first == 0 {
             let mut all = self.inner.get_range(key, 0..beyond).await?;
-            let body = all.split_off(HEADER_LEN.min(all.len()));
-            (all, body)
+            // The body stays in the buffer it was read into (split_off would copy it).
+            let header = all[..HEADER_LEN.min(all.len())].to_vec();
+            all.drain(..header.len());
+            (header, all)
         } else {
             tokio::try_join!(
                 self.inner.get_range(key, 0..HEADER_LEN as u64),
