@@ -175,3 +175,17 @@ fn the_old_platforms_dump_gz_files_restore() {
         "a refused restore dropped staging"
     );
 }
+
+#[test]
+fn a_staging_target_with_a_base_backup_is_refused_with_what_to_do_instead() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("never-created");
+    let out = scratch.restore(&["--type", "full", "--target", "staging"], &dir);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("--kind dump --target staging") && said.contains("--data-dir"),
+        "{said}"
+    );
+    assert!(!dir.exists(), "a refused restore created its target");
+}

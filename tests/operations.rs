@@ -348,7 +348,7 @@ fn verify_recovery_and_drills_report_what_is_true() {
     let said = succeeded(&out, "verify-recovery --quick");
     assert!(said.contains("[PASS] PostgreSQL reachable"), "{said}");
     assert!(
-        said.ends_with("RESULT: PASS\n") || said.contains("RESULT: PASS"),
+        said.ends_with("Failed: 0\nRESULT: ALL CHECKS PASSED\n"),
         "{said}"
     );
 
@@ -395,7 +395,7 @@ fn verify_recovery_and_drills_report_what_is_true() {
         "{said}"
     );
     assert!(
-        said.contains("1 failed") && said.contains("RESULT: FAIL"),
+        said.contains("Failed: 1\n") && said.contains("RESULT: SOME CHECKS FAILED"),
         "{said}"
     );
     assert!(
@@ -558,7 +558,7 @@ fn the_runbook_lists_shows_and_validates() {
     let custom = scratch.path("custom.json");
     let broken = std::fs::read_to_string(&shipped)
         .expect("read")
-        .replace("\"rto_minutes\": 15", "\"rto_minutes\": 0")
+        .replace("\"rto_minutes\": 20", "\"rto_minutes\": 0")
         .replace(
             "lifeline verify-recovery --quick",
             "lifeline verfy-recovery --quick",

@@ -137,14 +137,16 @@ impl Report {
             let _ = writeln!(out, "{mark} {}: {}", c.name, c.detail);
         }
         let failed = self.failures().len();
-        let _ = writeln!(
-            out,
-            "checks: {} run, {} passed, {} failed",
-            self.checks.len(),
-            self.checks.len() - failed,
-            failed
-        );
-        let _ = writeln!(out, "RESULT: {}", if failed == 0 { "PASS" } else { "FAIL" });
+        // The seed's scripts' closing lines, which operators and their tooling grep for.
+        let _ = writeln!(out, "Total Checks: {}", self.checks.len());
+        let _ = writeln!(out, "Passed: {}", self.checks.len() - failed);
+        let _ = writeln!(out, "Failed: {failed}");
+        let verdict = if failed == 0 {
+            "ALL CHECKS PASSED"
+        } else {
+            "SOME CHECKS FAILED"
+        };
+        let _ = writeln!(out, "RESULT: {verdict}");
         out
     }
 
@@ -424,7 +426,7 @@ mod tests {
         assert!(
             report
                 .text()
-                .ends_with("checks: 1 run, 1 passed, 0 failed\nRESULT: PASS\n")
+                .ends_with("Total Checks: 1\nPassed: 1\nFailed: 0\nRESULT: ALL CHECKS PASSED\n")
         );
         report
             .checks
@@ -434,7 +436,10 @@ mod tests {
             text.contains("[FAIL] HTTP api: HTTP 500 (expected 200)\n"),
             "{text}"
         );
-        assert!(text.ends_with("RESULT: FAIL\n"), "{text}");
+        assert!(
+            text.ends_with("Failed: 1\nRESULT: SOME CHECKS FAILED\n"),
+            "{text}"
+        );
         assert_eq!(report.json()["failed"], 1);
         assert_eq!(report.json()["result"], "FAIL");
     }

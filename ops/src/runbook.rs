@@ -33,6 +33,9 @@ const COMMANDS: &[&str] = &[
 pub struct Runbook {
     pub version: u32,
     pub title: String,
+    /// The seed's key (`jq .backup_retention_policy` keeps working); `retention_policy`, an
+    /// earlier spelling, is still read.
+    #[serde(rename = "backup_retention_policy", alias = "retention_policy")]
     pub retention_policy: RetentionPolicy,
     pub escalation_matrix: Vec<Escalation>,
     pub incidents: Vec<Incident>,
@@ -246,7 +249,12 @@ mod tests {
         );
         assert!(runbook.incident("inc-003").is_some());
         let text = runbook.render(runbook.incident("INC-003").expect("INC-003"));
-        assert!(text.contains("RTO: 15 minutes"), "{text}");
+        // The seed's RTOs, incident by incident.
+        assert!(text.contains("RTO: 20 minutes"), "{text}");
+        let rtos: Vec<u32> = runbook.incidents.iter().map(|i| i.rto_minutes).collect();
+        assert_eq!(rtos, [5, 30, 20, 5, 60, 45]);
+        let json = serde_json::to_value(&runbook).expect("serializes");
+        assert_eq!(json["backup_retention_policy"]["daily"], 7);
         assert!(
             text.contains("$ lifeline failover --incident database_failure"),
             "{text}"

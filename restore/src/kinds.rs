@@ -22,6 +22,20 @@ pub enum Target {
 }
 
 impl Target {
+    /// A base backup restores a whole data directory, wherever `--data-dir` says: `staging`
+    /// names a database, which only a dump restore has. Refused rather than ignored.
+    pub fn refuse_for_base(self) -> Result<(), crate::RestoreError> {
+        if self == Target::Production {
+            return Ok(());
+        }
+        Err(crate::RestoreError::Refused(
+            "--target staging restores a dump into the staging database; a base backup restores \
+             a whole data directory: for a staging copy, restore it with --data-dir into a new \
+             directory and start it on another port, or use --kind dump --target staging"
+                .into(),
+        ))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Production => "production",

@@ -95,6 +95,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         }
         return super::dump::restore(&args.from, args.file, args.target, settings).await;
     }
+    args.target.refuse_for_base()?;
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("name the directory to restore into with --data-dir DIR (or PGDATA)");
     };
