@@ -18,7 +18,7 @@ use ops::Settings;
 #[derive(Debug, Parser)]
 #[command(
     name = "lifeline",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LIFELINE_COMMIT"), ")"),
     about = "Disaster recovery for PostgreSQL and Redis: WAL archiving, backups, point-in-time restore, verification and failover"
 )]
 struct Cli {
@@ -66,12 +66,15 @@ enum Command {
     /// An encrypted repository's keys: passphrases (slots) and data epochs.
     #[command(subcommand)]
     Key(commands::key::KeyCommand),
+    /// Print shell completion: bash, zsh or fish (> /etc/bash_completion.d/lifeline).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (> /usr/local/share/man/man1/lifeline.1).
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
 enum RepoCommand {
-    /// Create an encrypted repository (the passphrase from passphrase-file, -command or
-    /// LIFELINE_PASSPHRASE) in an empty BACKUP_DIR or S3 prefix.
+    /// Make an empty BACKUP_DIR or S3 prefix an encrypted repository (needs a passphrase).
     Init,
 }
 
@@ -96,26 +99,27 @@ impl Command {
     }
 }
 
-/// Record the outcome in `.backup_status` (a non-zero exit counts as a failure), notify a
-/// failure, and pass it on.
+/// Record the outcome in `.backup_status`, notify a failure, and pass it on.
 async fn report(
     settings: &Settings,
     operation: &str,
     result: anyhow::Result<ExitCode>,
 ) -> anyhow::Result<ExitCode> {
-    let outcome = match &result {
-        Ok(code) if *code == ExitCode::SUCCESS => Ok(()),
-        Ok(_) => Err("found problems (see its output)".to_string()),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    ops::status_file::update(settings, operation, &outcome).await;
-    // A command that found problems (verify) has notified with them itself.
-    if let Err(e) = &result {
-        settings
-            .notify(operation, false, &format!("{e:#}"), &format!("{e:#}"))
-            .await;
-    }
+    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let problems = matches!(&result, Ok(code) if *code != ExitCode::SUCCESS);
+    ops::status_file::report(settings, operation, error, problems).await;
     result
+}
+
+/// Shell completion for `shell`, or the man page, on stdout (a closed one ends quietly).
+fn generated(shell: Option<clap_complete::Shell>) -> anyhow::Result<ExitCode> {
+    let (mut command, mut text) = (<Cli as clap::CommandFactory>::command(), Vec::new());
+    match shell {
+        Some(shell) => clap_complete::generate(shell, &mut command, "lifeline", &mut text),
+        None => clap_mangen::Man::new(command).render(&mut text)?,
+    }
+    print!("{}", String::from_utf8_lossy(&text));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One line on stderr; a closed stderr is not a reason to fail differently.
@@ -225,6 +229,8 @@ fn main() -> ExitCode {
             Command::Drill(args) => commands::drill::run(args, &settings).await,
             Command::Repo(RepoCommand::Init) => commands::key::run(None, &settings).await,
             Command::Key(cmd) => commands::key::run(Some(cmd), &settings).await,
+            Command::Completions { shell } => generated(Some(shell)),
+            Command::Man => generated(None),
             Command::Prune(args) => {
                 let dry_run = args.dry_run;
                 let result = commands::prune::run(args, &settings).await;

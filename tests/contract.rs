@@ -570,3 +570,59 @@ fn list_and_status_report_backups_and_wal() {
     let out = scratch.lifeline(&["list"], &[]);
     assert!(text(&out).contains(id));
 }
+
+#[test]
+fn the_command_line_describes_itself_and_takes_postgres_for_postgresql() {
+    let scratch = Scratch::new();
+    let out = scratch.lifeline(&["--version"], &[]);
+    let said = text(&out);
+    assert!(
+        said.starts_with("lifeline ") && said.contains("(commit "),
+        "{said}"
+    );
+    for (shell, expected) in [
+        ("bash", "_lifeline()"),
+        ("zsh", "#compdef lifeline"),
+        ("fish", "complete -c lifeline"),
+    ] {
+        let out = scratch.lifeline(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{shell}: {}", text(&out));
+        assert!(
+            text(&out).contains("verify-recovery"),
+            "{shell} completes the commands"
+        );
+    }
+    let out = scratch.lifeline(&["man"], &[]);
+    assert!(
+        out.status.success() && text(&out).contains(".TH lifeline 1"),
+        "{}",
+        text(&out)
+    );
+    let out = scratch.lifeline(&["list", "--service", "postgres"], &[]);
+    assert!(
+        out.status.success(),
+        "list --service postgres: {}",
+        text(&out)
+    );
+    // Every flag says what it does.
+    for command in [
+        &["list"][..],
+        &["status"],
+        &["verify"],
+        &["drill"],
+        &["backup", "postgres"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = text(&scratch.lifeline(&args, &[]));
+        let bare: Vec<&str> = help
+            .lines()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0].trim_start().starts_with("--") && w[1].trim().is_empty())
+            .map(|w| w[0])
+            .collect();
+        assert!(bare.is_empty(), "{command:?}: flags without help: {bare:?}");
+    }
+}

@@ -10,6 +10,26 @@ use serde_json::{Map, Value};
 
 use crate::Repository;
 
+/// Record how `operation` ended in `.backup_status`: `error` when it failed, `problems` when it
+/// ran but found some (a non-zero exit counts as a failure). A failure is notified; a command
+/// that found problems (verify) has notified with them itself.
+pub async fn report(
+    settings: &crate::Settings,
+    operation: &str,
+    error: Option<String>,
+    problems: bool,
+) {
+    let outcome = match (&error, problems) {
+        (Some(e), _) => Err(e.clone()),
+        (None, true) => Err("found problems (see its output)".to_string()),
+        (None, false) => Ok(()),
+    };
+    update(settings, operation, &outcome).await;
+    if let Some(e) = error {
+        settings.notify(operation, false, &e, &e).await;
+    }
+}
+
 /// Record that `operation` (`backup postgres base`, `prune`, ...) ended with `outcome` (the
 /// error's words when it failed).
 pub async fn update(repo: &impl Repository, operation: &str, outcome: &Result<(), String>) {

@@ -9,7 +9,7 @@ use ops::Settings;
 pub enum BackupCommand {
     /// Back up PostgreSQL: base (physical, default) or dump (logical).
     Postgres {
-        #[arg(long, value_parser = storage::BackupKind::parse_postgres, default_value = "base")]
+        #[arg(long, value_parser = storage::BackupKind::parse_postgres, default_value = "base", help = "base (physical) or dump (logical)")]
         kind: storage::BackupKind,
         /// Read the data files from the [standby] (a streaming replica) instead of the primary;
         /// fails when it cannot be read (backup-standby = "prefer" falls back instead).
@@ -19,7 +19,7 @@ pub enum BackupCommand {
     /// Back up Redis: an RDB snapshot over the replication protocol (REDIS_HOST, REDIS_PORT,
     /// REDIS_PASSWORD).
     Redis {
-        #[arg(long, value_parser = storage::BackupKind::parse_redis, default_value = "rdb")]
+        #[arg(long, value_parser = storage::BackupKind::parse_redis, default_value = "rdb", help = "rdb (snapshot) or aof (append-only files)")]
         kind: storage::BackupKind,
     },
 }

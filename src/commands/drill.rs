@@ -13,7 +13,7 @@ pub struct DrillArgs {
     /// Keep the scratch directory (and stop the server) for inspection.
     #[arg(long)]
     keep: bool,
-    #[arg(long)]
+    #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
 }
 

@@ -9,13 +9,13 @@ pub struct ListArgs {
     /// Only the backups of this service.
     #[arg(long, value_enum)]
     service: Option<storage::Service>,
-    #[arg(long)]
+    #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    #[arg(long)]
+    #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
 }
 

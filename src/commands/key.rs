@@ -17,15 +17,14 @@ pub enum KeyCommand {
     },
     /// Remove a key slot (never the last one).
     Remove { slot: u32 },
-    /// Start a new data epoch for everything written from now on; --rewrite re-seals the
-    /// existing objects under it (--resume finishes an interrupted rewrite); --new-master also
-    /// replaces the master key (after a leak: only the passphrase in use keeps a slot).
+    /// A new data epoch for what is written from now on; --new-master after a leak (only the
+    /// passphrase in use keeps a slot).
     Rotate {
-        #[arg(long)]
+        #[arg(long, help = "Re-seal every existing object under the new epoch")]
         rewrite: bool,
-        #[arg(long, requires = "rewrite")]
+        #[arg(long, requires = "rewrite", help = "Finish a --rewrite")]
         resume: bool,
-        #[arg(long, conflicts_with = "resume")]
+        #[arg(long, conflicts_with = "resume", help = "A new master key too")]
         new_master: bool,
     },
 }

@@ -13,7 +13,7 @@ pub struct PruneArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// The plan as JSON.
-    #[arg(long)]
+    #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
 }
 

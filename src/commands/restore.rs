@@ -17,7 +17,7 @@ pub enum RestoreCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct RedisArgs {
-    #[arg(long = "type", value_parser = storage::BackupKind::parse_redis, default_value = "rdb")]
+    #[arg(long = "type", value_parser = storage::BackupKind::parse_redis, default_value = "rdb", help = "rdb (snapshot) or aof (append-only files)")]
     kind: storage::BackupKind,
     /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
     #[arg(long, default_value = "latest")]
@@ -40,7 +40,7 @@ pub struct RedisArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PostgresArgs {
-    #[arg(long = "type", value_enum)]
+    #[arg(long = "type", value_enum, help = "full, or pitr (with --until)")]
     restore_type: restore::RestoreType,
     /// latest, daily, weekly, monthly, YYYYMMDD or a backup id.
     #[arg(long, default_value = "latest")]

@@ -16,7 +16,7 @@ pub struct RunbookArgs {
     /// Read this runbook instead of the built-in one.
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
 }
 

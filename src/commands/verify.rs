@@ -9,7 +9,7 @@ pub struct VerifyArgs {
     /// Re-read and re-hash every chunk and WAL object, not just check that chunks exist.
     #[arg(long)]
     read_data: bool,
-    #[arg(long)]
+    #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
 }
 

@@ -19,7 +19,7 @@ pub struct VerifyRecoveryArgs {
     /// Check the staging database (and staging URLs) instead of production.
     #[arg(long, value_enum, default_value_t)]
     target: restore::Target,
-    #[arg(long)]
+    #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
 }
 

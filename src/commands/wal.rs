@@ -23,7 +23,7 @@ pub enum WalCommand {
     Prefetch {
         /// The segment recovery asked for last.
         name: String,
-        #[arg(long)]
+        #[arg(long, help = "The system identifier of the cluster whose WAL to read")]
         cluster: u64,
     },
 }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Service {
+    /// `postgres` as well, as in `backup postgres`.
+    #[cfg_attr(feature = "clap", value(alias = "postgres"))]
+    #[serde(alias = "postgres")]
     Postgresql,
     Redis,
 }
