@@ -605,6 +605,14 @@ fn the_command_line_describes_itself_and_takes_postgres_for_postgresql() {
         "list --service postgres: {}",
         text(&out)
     );
+    // Every --json output is versioned; the runbook keeps the seed's keys.
+    let out = scratch.lifeline(&["runbook", "--json"], &[]);
+    let runbook: serde_json::Value = serde_json::from_slice(&out.stdout).expect("runbook json");
+    assert_eq!(runbook["schema"], 1);
+    assert_eq!(runbook["backup_retention_policy"]["daily"], 7);
+    let out = scratch.lifeline(&["status", "--json"], &[]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["schema"], 1, "{status}");
     // Every flag says what it does.
     for command in [
         &["list"][..],

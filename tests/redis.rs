@@ -81,6 +81,17 @@ fn new_bytes_of_backups(scratch: &Scratch) -> Vec<(u64, u64)> {
         .iter()
         .filter(|b| b["service"] == "redis")
         .map(|b| {
+            // Versioned, and what does not apply to a snapshot is null, not a sentinel.
+            assert_eq!(b["schema"], 1, "{b}");
+            for absent in [
+                "start_lsn",
+                "stop_lsn",
+                "start_wal",
+                "timeline",
+                "system_identifier",
+            ] {
+                assert!(b[absent].is_null(), "{absent} in {b}");
+            }
             (
                 b["size_bytes"].as_u64().expect("size"),
                 b["new_bytes"].as_u64().expect("new"),

@@ -23,18 +23,20 @@ pub fn mib(bytes: u64) -> String {
 impl BackupRecord {
     /// The backup as `list --json` and `status --json` show it.
     pub fn to_json(&self) -> serde_json::Value {
+        let wal = self.kind == storage::BackupKind::Base;
         serde_json::json!({
             "backup_id": self.backup_id,
             "service": self.service,
             "kind": self.kind,
             // Only complete backups are listed; the field stays for the readers of the JSON.
             "state": "complete",
-            "system_identifier": self.system_identifier.to_string(),
-            "timeline": self.timeline,
-            "start_lsn": Lsn(self.start_lsn).to_string(),
-            "stop_lsn": Lsn(self.stop_lsn).to_string(),
-            "start_wal": self.start_wal,
-            "stop_wal": self.stop_wal,
+            // What does not apply (a Redis snapshot has no cluster, a dump no WAL) is null.
+            "system_identifier": (self.system_identifier != 0).then(|| self.system_identifier.to_string()),
+            "timeline": wal.then_some(self.timeline),
+            "start_lsn": wal.then(|| Lsn(self.start_lsn).to_string()),
+            "stop_lsn": wal.then(|| Lsn(self.stop_lsn).to_string()),
+            "start_wal": (!self.start_wal.is_empty()).then_some(&self.start_wal),
+            "stop_wal": (!self.stop_wal.is_empty()).then_some(&self.stop_wal),
             "started_at": jiff::Timestamp::from_microsecond(self.started_at_us).ok(),
             "finished_at": jiff::Timestamp::from_microsecond(self.finished_at_us).ok(),
             "duration_seconds": self.seconds(),

@@ -46,3 +46,26 @@ pub use runbook::Runbook;
 pub use settings::Settings;
 pub use steps::{Line, Steps};
 pub use verify_recovery::{Depth, VerifyOptions, recorded_rows, verify};
+
+/// The version of every `--json` output's format (`"schema"`), raised when a field changes
+/// meaning or goes away (new fields do not raise it).
+pub const JSON_SCHEMA: u32 = 1;
+
+/// `value` as a command's `--json` output: pretty, with `"schema"` in the object (in each
+/// object, for a list, so that `jq '.[0]'` keeps working).
+pub fn json_output(value: &impl serde::Serialize) -> Result<String, OpsError> {
+    fn versioned(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(fields) => {
+                let mut out = serde_json::Map::new();
+                out.insert("schema".into(), JSON_SCHEMA.into());
+                out.extend(fields.into_iter().filter(|(k, _)| k != "schema"));
+                serde_json::Value::Object(out)
+            }
+            serde_json::Value::Array(items) => items.into_iter().map(versioned).collect(),
+            other => other,
+        }
+    }
+    let value = serde_json::to_value(value).map_err(|e| OpsError::Setting(e.to_string()))?;
+    serde_json::to_string_pretty(&versioned(value)).map_err(|e| OpsError::Setting(e.to_string()))
+}

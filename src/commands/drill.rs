@@ -59,7 +59,7 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         println!("{restored}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
+        println!("{}", ops::json_output(&report.json())?);
     } else {
         print!("{report}");
     }

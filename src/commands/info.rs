@@ -23,7 +23,7 @@ pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
     let backups = settings.open_catalog()?.backups(args.service)?;
     if args.json {
         let all: Vec<_> = backups.iter().map(catalog::BackupRecord::to_json).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        println!("{}", ops::json_output(&all)?);
     } else {
         print!("{}", catalog::listing::backup_table(&backups));
     }
@@ -35,7 +35,7 @@ pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
     let status =
         ops::status::RepositoryStatus::gather(storage.as_ref(), &settings.open_catalog()?).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status.to_json())?);
+        println!("{}", ops::json_output(&status.to_json())?);
     } else {
         println!("{status}");
     }

@@ -41,7 +41,7 @@ pub fn run(args: RunbookArgs) -> Result<ExitCode> {
         None => Runbook::builtin()?,
     };
     match &args.incident {
-        None if args.json => println!("{}", serde_json::to_string_pretty(&runbook)?),
+        None if args.json => println!("{}", ops::json_output(&runbook)?),
         None => print!("{}", runbook.summary()),
         Some(id) => {
             let Some(incident) = runbook.incident(id) else {
@@ -56,7 +56,7 @@ pub fn run(args: RunbookArgs) -> Result<ExitCode> {
                 );
             };
             if args.json {
-                println!("{}", serde_json::to_string_pretty(incident)?);
+                println!("{}", ops::json_output(incident)?);
             } else {
                 print!("{}", runbook.render(incident));
             }

@@ -24,7 +24,7 @@ pub async fn run(args: VerifyArgs, settings: &Settings) -> Result<ExitCode> {
     report.temporary_files = leftovers.len();
     report.temporary_bytes = storage::leftovers::total_size(&leftovers);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", ops::json_output(&report)?);
     } else {
         println!("{report}");
     }

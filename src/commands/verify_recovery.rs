@@ -32,7 +32,7 @@ pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> anyhow::Resul
     let opts = super::platform::verify_options(settings, depth, args.target);
     let report = ops::verify(&opts, settings).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
+        println!("{}", ops::json_output(&report.json())?);
     } else {
         print!("{}", report.text());
     }
