@@ -39,6 +39,8 @@ enum Command {
     /// Restore a backup (full, or to a point in time).
     #[command(subcommand)]
     Restore(commands::restore::RestoreCommand),
+    /// Whether archiving works now, end to end (a forced WAL switch must reach the repository).
+    Check(commands::check::CheckArgs),
     /// Backups in the catalog.
     List(commands::info::ListArgs),
     /// Last backups, last archived WAL and its age, repository size.
@@ -50,15 +52,13 @@ enum Command {
     /// The SQLite catalog.
     #[command(subcommand)]
     Catalog(commands::catalog::CatalogCommand),
-    /// Orchestrated failover for one incident type; --simulate prints the plan, --status the
-    /// roles, replication lag and last backups.
+    /// Failover for one incident type; --simulate prints the plan, --status the roles and lag.
     Failover(commands::failover::FailoverArgs),
     /// Post-recovery checks: [PASS]/[FAIL] lines, totals and RESULT.
     VerifyRecovery(commands::verify_recovery::VerifyRecoveryArgs),
     /// The incident runbook: list, show one incident, or --validate a custom one.
     Runbook(commands::runbook::RunbookArgs),
-    /// A restore rehearsal: restore the latest backup and WAL into a scratch server, verify it,
-    /// measure RTO and RPO, and mark the backup VERIFIED or FAILED.
+    /// A restore rehearsal into a scratch server: RTO and RPO measured, VERIFIED or FAILED.
     Drill(commands::drill::DrillArgs),
     /// The repository itself: `repo init` makes an empty one encrypted.
     #[command(subcommand)]
@@ -216,6 +216,7 @@ fn main() -> ExitCode {
                 report(&settings, &operation, result).await
             }
             Command::Restore(cmd) => commands::restore::run(cmd, &settings).await,
+            Command::Check(args) => commands::check::run(args, &settings).await,
             Command::List(args) => commands::info::list(args, &settings),
             Command::Status(args) => commands::info::status(args, &settings).await,
             Command::Verify(args) => {

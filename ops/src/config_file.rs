@@ -78,6 +78,8 @@ pub struct ConfigFile {
     pub standby: StandbyConfig,
     /// `[pg-bin-dirs]`: the server binaries of each major (`15 = "/usr/lib/postgresql/15/bin"`).
     pub pg_bin_dirs: std::collections::BTreeMap<String, PathBuf>,
+    /// How long `lifeline check` waits for a switched WAL segment to reach the repository ("60s").
+    pub check_timeout: Option<String>,
     /// Where `lifeline drill` restores (default: the system's temporary directory).
     pub drill_dir: Option<PathBuf>,
     pub notify: NotifyConfig,

@@ -10,6 +10,7 @@
 //! and the catalog are reached through [`Repository`], which the binary implements.
 
 pub mod binaries;
+pub mod check;
 pub mod checks;
 mod config;
 pub mod config_file;

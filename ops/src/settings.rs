@@ -46,6 +46,8 @@ pub struct Settings {
     /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
     pub repack_unused_percent: u64,
     pub ops: OpsSettings,
+    /// How long `check` waits for its switched segment to be archived (`check-timeout`).
+    pub check_timeout: Duration,
     /// `passphrase-file`, `passphrase-command`, `key-cache`: see [`crate::encryption`].
     pub encryption: crate::encryption::EncryptionSettings,
 }
@@ -483,6 +485,10 @@ impl Settings {
                 None => 30,
             },
             ops: file.ops_settings()?,
+            check_timeout: match file.check_timeout.as_deref() {
+                Some(text) => crate::config_file::parse_duration(text, "check-timeout")?,
+                None => Duration::from_secs(60),
+            },
             encryption: crate::encryption::EncryptionSettings {
                 passphrase_file: file.passphrase_file.clone().map(absolute),
                 passphrase_command: file.passphrase_command.clone(),

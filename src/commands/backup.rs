@@ -59,19 +59,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     let manifest = archiver::run_base_backup(storage, &opts)
         .await
         .context("base backup")?;
-    println!(
-        "backup {} complete: PostgreSQL {} from the {}, {} files, {} MiB of data, {:.1} MiB new in the repository, WAL {} to {} (timeline {}), {:.1} s",
-        manifest.backup_id,
-        manifest.server_version,
-        manifest.source,
-        manifest.files.len(),
-        manifest.size_bytes >> 20,
-        manifest.new_bytes as f64 / (1u64 << 20) as f64,
-        manifest.start_wal,
-        manifest.stop_wal,
-        manifest.timeline.0,
-        started.elapsed().as_secs_f64()
-    );
+    println!("{}", manifest.summary(started.elapsed().as_secs_f64()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -99,14 +87,6 @@ async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<
             settings.redis.port
         )
     })?;
-    println!(
-        "backup {} complete: {} of {:.1} MiB, {:.1} MiB new in the repository, keys {}, {:.1} s",
-        manifest.backup_id,
-        kind.as_str().to_uppercase(),
-        manifest.size_bytes as f64 / (1u64 << 20) as f64,
-        manifest.new_bytes as f64 / (1u64 << 20) as f64,
-        restore::counts_line(&manifest.counts),
-        started.elapsed().as_secs_f64()
-    );
+    println!("{}", manifest.summary(started.elapsed().as_secs_f64()));
     Ok(ExitCode::SUCCESS)
 }

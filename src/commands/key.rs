@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ops::Settings;
 use ops::encryption::{self as keys, EncryptionSettings};
 
 #[derive(Debug, clap::Subcommand)]
@@ -30,7 +29,7 @@ pub enum KeyCommand {
 }
 
 /// `repo init` and `key ...`: the logic is in `ops::encryption`.
-pub async fn run(cmd: Option<KeyCommand>, settings: &Settings) -> Result<ExitCode> {
+pub async fn run(cmd: Option<KeyCommand>, settings: &ops::Settings) -> Result<ExitCode> {
     let (encryption, raw) = (
         &settings.encryption,
         settings.unsealed_repository(true).await?,

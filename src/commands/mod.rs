@@ -1,5 +1,6 @@
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod drill;
 pub mod dump;
 pub mod failover;

@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use ops::Settings;
-
 #[derive(Debug, clap::Args)]
 pub struct VerifyRecoveryArgs {
     /// Reachability only: PostgreSQL, the database, Redis.
@@ -23,7 +21,7 @@ pub struct VerifyRecoveryArgs {
     json: bool,
 }
 
-pub async fn run(args: VerifyRecoveryArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+pub async fn run(args: VerifyRecoveryArgs, settings: &ops::Settings) -> anyhow::Result<ExitCode> {
     let depth = match (args.smoke_test, args.full) {
         (true, _) => ops::Depth::Smoke,
         (_, true) => ops::Depth::Full,

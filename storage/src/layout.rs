@@ -53,6 +53,8 @@ pub fn manifest_key(backup_id: &str) -> String {
 }
 
 pub const STREAM_MANIFEST_NAME: &str = "stream-manifest";
+/// Where `lifeline check` writes (and at once removes) its probe.
+pub const CHECK_PREFIX: &str = "check/";
 pub const LEASES_PREFIX: &str = "leases/";
 /// Held by the prune that runs: one at a time, whichever host it runs on.
 pub const PRUNE_LOCK_KEY: &str = "prune/lock";

@@ -119,6 +119,22 @@ pub struct BackupManifest {
 }
 
 impl BackupManifest {
+    /// The line `backup postgres` ends with; `seconds` it took.
+    pub fn summary(&self, seconds: f64) -> String {
+        format!(
+            "backup {} complete: PostgreSQL {} from the {}, {} files, {} MiB of data, {:.1} MiB new in the repository, WAL {} to {} (timeline {}), {seconds:.1} s",
+            self.backup_id,
+            self.server_version,
+            self.source,
+            self.files.len(),
+            self.size_bytes >> 20,
+            self.new_bytes as f64 / (1u64 << 20) as f64,
+            self.start_wal,
+            self.stop_wal,
+            self.timeline.0,
+        )
+    }
+
     /// The PostgreSQL major the backup was taken from, and must be started with.
     pub fn major(&self) -> Option<u32> {
         match self.major_version {
@@ -253,6 +269,26 @@ pub struct StreamFile {
 }
 
 impl StreamManifest {
+    /// The line `backup redis` ends with; `seconds` it took.
+    pub fn summary(&self, seconds: f64) -> String {
+        let keys = match self.counts.is_empty() {
+            true => "none".to_string(),
+            false => self
+                .counts
+                .iter()
+                .map(|(db, n)| format!("{db}={n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        format!(
+            "backup {} complete: {} of {:.1} MiB, {:.1} MiB new in the repository, keys {keys}, {seconds:.1} s",
+            self.backup_id,
+            self.kind.as_str().to_uppercase(),
+            self.size_bytes as f64 / (1u64 << 20) as f64,
+            self.new_bytes as f64 / (1u64 << 20) as f64,
+        )
+    }
+
     /// The stream manifest of `backup_id`, verified.
     pub async fn load(
         storage: &dyn crate::Storage,
