@@ -56,7 +56,7 @@ async fn repository(
         Err(e) => {
             report.checks.push(Check::fail(
                 "repository writable",
-                format!("{}", crate::error::chain(&e)),
+                crate::error::chain(&e),
             ));
             return None;
         }
