@@ -38,8 +38,7 @@ pub struct GlobalArgs {
     /// S3 region (default: the AWS profile's, else us-east-1).
     #[arg(long, global = true, env = "AWS_REGION")]
     pub s3_region: Option<String>,
-    /// An encrypted repository's passphrase file (mode 600); see also passphrase-command and
-    /// LIFELINE_PASSPHRASE.
+    /// An encrypted repository's passphrase file (mode 600); or LIFELINE_PASSPHRASE.
     #[arg(long, global = true, env = "LIFELINE_PASSPHRASE_FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// A command whose standard output is the passphrase.

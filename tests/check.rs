@@ -129,3 +129,83 @@ fn check_names_a_server_it_cannot_reach() {
     );
     assert!(said.contains("[PASS] repository writable"), "{said}");
 }
+
+#[test]
+fn status_alerts_when_a_threshold_is_crossed_and_the_timer_notifies_once() {
+    use common::listeners::{HttpReply, HttpServer};
+    let webhook = HttpServer::start(|_| HttpReply::status(200, "ok"));
+    let mut scratch = Scratch::new();
+    let notify = format!("[notify]\nslack-webhook-url = \"{}\"", webhook.url("/hook"));
+    config_with(&mut scratch, &notify);
+    let pg = Pg::running(&scratch, "primary");
+    common::seed(&pg);
+    common::backup(&scratch, &pg);
+    pg.switch_and_archive();
+    let db_env = pg.db_env();
+    let env = env_refs(&db_env);
+
+    let out = scratch.lifeline(&["status"], &env);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = scratch.lifeline(&["status", "--nagios"], &env);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).starts_with("LIFELINE OK - "), "{}", text(&out));
+    assert!(text(&out).contains("| repository_bytes="), "{}", text(&out));
+
+    // The seed's RPO, shrunk to a second: the last WAL is now too old.
+    config_with(&mut scratch, &format!("alert-rpo = \"1s\"\n{notify}"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = scratch.lifeline(&["status"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("over alert-rpo (1 s)"),
+        "{}",
+        text(&out)
+    );
+    let out = scratch.lifeline(&["status", "--nagios"], &env);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).starts_with("LIFELINE CRITICAL - "),
+        "{}",
+        text(&out)
+    );
+    let out = scratch.lifeline(&["status", "--json"], &env);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["alerts"][0]["severity"], "CRITICAL", "{json}");
+
+    let crossed = |webhook: &HttpServer| {
+        webhook
+            .requests
+            .lock()
+            .expect("requests")
+            .iter()
+            .filter(|r| r.body.contains("threshold"))
+            .count()
+    };
+    scratch.lifeline(&["status", "--notify"], &env);
+    assert_eq!(crossed(&webhook), 1, "crossing a threshold notifies");
+    scratch.lifeline(&["status", "--notify"], &env);
+    assert_eq!(
+        crossed(&webhook),
+        1,
+        "an alert that stays is not notified again"
+    );
+
+    // A backup older than alert-backup-age is a warning.
+    config_with(
+        &mut scratch,
+        &format!("alert-backup-age = \"1s\"\n{notify}"),
+    );
+    pg.switch_and_archive();
+    let out = scratch.lifeline(&["status", "--nagios"], &env);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).starts_with("LIFELINE WARNING - "),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("over alert-backup-age"),
+        "{}",
+        text(&out)
+    );
+}

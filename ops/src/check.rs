@@ -54,10 +54,9 @@ async fn repository(
     let storage = match settings.repository_for_writing().await {
         Ok(storage) => storage,
         Err(e) => {
-            report.checks.push(Check::fail(
-                "repository writable",
-                crate::error::chain(&e),
-            ));
+            report
+                .checks
+                .push(Check::fail("repository writable", crate::error::chain(&e)));
             return None;
         }
     };
@@ -330,7 +329,7 @@ async fn switch_reaches_repository(
 }
 
 /// Failing now: the last failure is later than the last success.
-async fn archiver_failures(client: &pg::Client) -> Check {
+pub(crate) async fn archiver_failures(client: &pg::Client) -> Check {
     let name = "archiver";
     let sql = "SELECT archived_count, failed_count, coalesce(last_failed_wal, ''), \
                coalesce(last_failed_time::text, ''), \

@@ -78,6 +78,10 @@ pub struct ConfigFile {
     pub standby: StandbyConfig,
     /// `[pg-bin-dirs]`: the server binaries of each major (`15 = "/usr/lib/postgresql/15/bin"`).
     pub pg_bin_dirs: std::collections::BTreeMap<String, PathBuf>,
+    /// `status` alerts when the last WAL is older than this ("15m", the seed's RPO).
+    pub alert_rpo: Option<String>,
+    /// ... or the newest backup of a service and kind older than this ("26h").
+    pub alert_backup_age: Option<String>,
     /// How long `lifeline check` waits for a switched WAL segment to reach the repository ("60s").
     pub check_timeout: Option<String>,
     /// Where `lifeline drill` restores (default: the system's temporary directory).

@@ -9,6 +9,7 @@
 //! platform after a recovery; [`status_file`] keeps BACKUP_DIR's status files. The repository
 //! and the catalog are reached through [`Repository`], which the binary implements.
 
+pub mod alerts;
 pub mod binaries;
 pub mod check;
 pub mod checks;

@@ -46,6 +46,8 @@ pub struct Settings {
     /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
     pub repack_unused_percent: u64,
     pub ops: OpsSettings,
+    /// `alert-rpo`, `alert-backup-age`: see [`crate::alerts`].
+    pub thresholds: crate::alerts::Thresholds,
     /// How long `check` waits for its switched segment to be archived (`check-timeout`).
     pub check_timeout: Duration,
     /// `passphrase-file`, `passphrase-command`, `key-cache`: see [`crate::encryption`].
@@ -485,6 +487,16 @@ impl Settings {
                 None => 30,
             },
             ops: file.ops_settings()?,
+            thresholds: crate::alerts::Thresholds {
+                rpo: match file.alert_rpo.as_deref() {
+                    Some(text) => crate::config_file::parse_duration(text, "alert-rpo")?,
+                    None => crate::alerts::Thresholds::default().rpo,
+                },
+                backup_age: match file.alert_backup_age.as_deref() {
+                    Some(text) => crate::config_file::parse_duration(text, "alert-backup-age")?,
+                    None => crate::alerts::Thresholds::default().backup_age,
+                },
+            },
             check_timeout: match file.check_timeout.as_deref() {
                 Some(text) => crate::config_file::parse_duration(text, "check-timeout")?,
                 None => Duration::from_secs(60),

@@ -36,7 +36,86 @@ enum Chains {
     Unreadable(String),
 }
 
+/// How `status` reports: text, `--json`, or one `--nagios` line; `--notify` for the check
+/// timer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Output {
+    pub json: bool,
+    pub nagios: bool,
+    pub notify: bool,
+}
+
+impl Output {
+    pub fn new(json: bool, nagios: bool, notify: bool) -> Output {
+        Output {
+            json,
+            nagios,
+            notify,
+        }
+    }
+}
+
+/// `status`: what it prints and its exit code (1 on any alert; with `--nagios`, 0, 1 or 2).
+pub async fn run(
+    settings: &crate::Settings,
+    server: &crate::pg::Server,
+    output: Output,
+) -> Result<(String, u8), OpsError> {
+    use crate::alerts;
+    let storage = settings.repository().await?;
+    let status = RepositoryStatus::gather(storage.as_ref(), &settings.open_catalog()?).await?;
+    let failing = alerts::archiver_failing(server).await;
+    let found = alerts::alerts(&status, &settings.thresholds, failing);
+    if output.notify {
+        alerts::notify_on_change(settings, &found).await;
+    }
+    let worst = alerts::worst(&found) as u8;
+    if output.nagios {
+        return Ok((
+            alerts::nagios_line(&status, &settings.thresholds, &found),
+            worst,
+        ));
+    }
+    let text = if output.json {
+        let mut json = status.to_json();
+        json["alerts"] = serde_json::json!(found);
+        crate::json_output(&json)?
+    } else {
+        let lines = found
+            .iter()
+            .map(|a| format!("\nALERT {:?}: {}", a.severity, a.message));
+        format!("{status}{}", lines.collect::<String>())
+    };
+    Ok((text, u8::from(worst > 0)))
+}
+
 impl RepositoryStatus {
+    pub fn last_backups(&self) -> &[BackupRecord] {
+        &self.last_backups
+    }
+
+    /// Seconds since the last WAL was archived, if any was.
+    pub fn wal_age_seconds(&self) -> Option<f64> {
+        self.wal_age_seconds
+    }
+
+    pub fn backup_count(&self) -> usize {
+        self.backups
+    }
+
+    pub fn repository_bytes(&self) -> u64 {
+        self.repository_bytes
+    }
+
+    /// What is wrong with the WAL chain, if something is.
+    pub fn wal_gap(&self) -> Option<String> {
+        match &self.chains {
+            Chains::Checked { chains, .. } if !chains.is_clean() => Some(self.chains.to_string()),
+            Chains::Unreadable(e) => Some(format!("the WAL chain cannot be checked: {e}")),
+            _ => None,
+        }
+    }
+
     pub async fn gather(storage: &dyn Storage, catalog: &Catalog) -> Result<Self, OpsError> {
         let backups = catalog.backups(None)?;
         let last_wal = catalog.last_wal()?;

@@ -1,13 +1,11 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-
 use ops::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
-    /// Only the backups of this service.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = "Only the backups of this service")]
     service: Option<storage::Service>,
     #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
@@ -17,6 +15,13 @@ pub struct ListArgs {
 pub struct StatusArgs {
     #[arg(long, help = "Print JSON (documented in the README) instead of text")]
     json: bool,
+    #[arg(long, help = "One Nagios line; exit 0 OK, 1 WARNING, 2 CRITICAL")]
+    nagios: bool,
+    #[arg(
+        long,
+        help = "Notify when alerts are raised or cleared (the check timer)"
+    )]
+    notify: bool,
 }
 
 pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
@@ -31,13 +36,9 @@ pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
 }
 
 pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
-    let storage = settings.repository().await?;
-    let status =
-        ops::status::RepositoryStatus::gather(storage.as_ref(), &settings.open_catalog()?).await?;
-    if args.json {
-        println!("{}", ops::json_output(&status.to_json())?);
-    } else {
-        println!("{status}");
-    }
-    Ok(ExitCode::SUCCESS)
+    let output = ops::status::Output::new(args.json, args.nagios, args.notify);
+    let server = super::platform::server(&settings.db);
+    let (text, code) = ops::status::run(settings, &server, output).await?;
+    println!("{text}");
+    Ok(ExitCode::from(code))
 }

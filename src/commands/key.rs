@@ -16,8 +16,7 @@ pub enum KeyCommand {
     },
     /// Remove a key slot (never the last one).
     Remove { slot: u32 },
-    /// A new data epoch for what is written from now on; --new-master after a leak (only the
-    /// passphrase in use keeps a slot).
+    /// A new data epoch for what is written from now on (--new-master: after a leak).
     Rotate {
         #[arg(long, help = "Re-seal every existing object under the new epoch")]
         rewrite: bool,

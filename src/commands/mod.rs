@@ -14,8 +14,7 @@ pub mod verify;
 pub mod verify_recovery;
 pub mod wal;
 
-/// A spinner with the elapsed time and the current phase, on a terminal only (indicatif hides
-/// it when stderr is not one, as under systemd or PostgreSQL).
+/// A spinner with the elapsed time and the phase; indicatif hides it when stderr is no terminal.
 pub fn spinner(operation: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new_spinner();
     let template = format!("{{spinner}} {operation} {{elapsed:>4}} {{msg}}");

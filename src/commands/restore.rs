@@ -70,8 +70,7 @@ pub struct PostgresArgs {
     /// Put every tablespace not named by --tablespace-map into DIR/<name>.
     #[arg(long = "tablespace-map-all", value_name = "DIR")]
     tablespace_map_all: Option<PathBuf>,
-    /// Put pg_wal in DIR (empty or new) and link it from the data directory; by default pg_wal
-    /// is a directory inside the data directory.
+    /// Put pg_wal in DIR (empty or new), linked from the data directory (default: inside it).
     #[arg(long, value_name = "DIR")]
     waldir: Option<PathBuf>,
     /// off: the restored server archives nothing (archive_mode = off); preserve: keep the
