@@ -45,6 +45,8 @@ enum Command {
     List(commands::info::ListArgs),
     /// Last backups, last archived WAL and its age, repository size.
     Status(commands::info::StatusArgs),
+    /// Metrics in the Prometheus text format (also metrics-textfile after each operation).
+    Metrics,
     /// Check the repository: every backup's chunks exist; --read-data re-reads everything.
     Verify(commands::verify::VerifyArgs),
     /// Apply the retention policy: print the plan, then delete what it does not keep.
@@ -219,6 +221,7 @@ fn main() -> ExitCode {
             Command::Check(args) => commands::check::run(args, &settings).await,
             Command::List(args) => commands::info::list(args, &settings),
             Command::Status(args) => commands::info::status(args, &settings).await,
+            Command::Metrics => commands::info::metrics(&settings).await,
             Command::Verify(args) => {
                 let result = commands::verify::run(args, &settings).await;
                 report(&settings, "verify", result).await

@@ -209,3 +209,70 @@ fn status_alerts_when_a_threshold_is_crossed_and_the_timer_notifies_once() {
         text(&out)
     );
 }
+
+/// `name{labels}` -> value, from the Prometheus text format.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("name value");
+            (name.to_string(), value.parse::<f64>().expect("a number"))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_match_the_catalog_and_the_textfile_follows_each_operation() {
+    let mut scratch = Scratch::new();
+    let textfile = scratch.path("lifeline.prom");
+    config_with(
+        &mut scratch,
+        &format!("metrics-textfile = \"{}\"", textfile.display()),
+    );
+    let pg = Pg::running(&scratch, "primary");
+    common::seed(&pg);
+    common::backup(&scratch, &pg);
+    pg.switch_and_archive();
+    common::backup(&scratch, &pg);
+    let db_env = pg.db_env();
+    let env = env_refs(&db_env);
+    assert!(textfile.exists(), "the backup wrote the textfile");
+    let out = scratch.lifeline(&["verify"], &env);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+
+    let out = scratch.lifeline(&["metrics"], &env);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let metrics = samples(&String::from_utf8_lossy(&out.stdout));
+    let listed = scratch.lifeline(&["list", "--json"], &[]);
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("list json");
+    let newest = &list.as_array().expect("array")[1];
+    let finished: jiff::Timestamp = newest["finished_at"]
+        .as_str()
+        .expect("finished_at")
+        .parse()
+        .expect("time");
+    let base = "{service=\"postgresql\",kind=\"base\"}";
+    let at = metrics[&format!("lifeline_last_backup_timestamp_seconds{base}")];
+    assert!(
+        (at - finished.as_millisecond() as f64 / 1e3).abs() < 0.01,
+        "{at} vs {finished}"
+    );
+    assert_eq!(
+        metrics[&format!("lifeline_last_backup_size_bytes{base}")],
+        newest["size_bytes"].as_f64().expect("size")
+    );
+    let kept: f64 = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("lifeline_backups{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(kept, 2.0, "{metrics:?}");
+    assert_eq!(metrics["lifeline_last_verify_success"], 1.0);
+    assert_eq!(metrics["lifeline_wal_gaps"], 0.0);
+    assert_eq!(metrics["lifeline_archiver_failed_total"], 0.0);
+    assert!(metrics["lifeline_repository_size_bytes"] > 0.0);
+    assert!(metrics["lifeline_wal_archive_age_seconds"] < 600.0);
+    // The textfile follows: verify rewrote it with its own outcome.
+    let file = samples(&std::fs::read_to_string(&textfile).expect("textfile"));
+    assert_eq!(file["lifeline_last_verify_success"], 1.0);
+}

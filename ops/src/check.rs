@@ -34,6 +34,7 @@ pub async fn run(settings: &Settings, server: &pg::Server) -> Report {
         )),
     }
     report.checks.push(open_files());
+    crate::metrics::write_textfile(settings, Some(server)).await;
     report
 }
 

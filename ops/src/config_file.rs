@@ -82,6 +82,8 @@ pub struct ConfigFile {
     pub alert_rpo: Option<String>,
     /// ... or the newest backup of a service and kind older than this ("26h").
     pub alert_backup_age: Option<String>,
+    /// Rewritten with `lifeline metrics` after every backup, prune, verify, drill and check.
+    pub metrics_textfile: Option<PathBuf>,
     /// How long `lifeline check` waits for a switched WAL segment to reach the repository ("60s").
     pub check_timeout: Option<String>,
     /// Where `lifeline drill` restores (default: the system's temporary directory).

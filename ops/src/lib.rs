@@ -22,6 +22,7 @@ mod error;
 pub mod failover;
 mod http;
 pub mod identity;
+pub mod metrics;
 pub mod notify;
 pub mod oplog;
 pub mod passphrase;

@@ -46,6 +46,8 @@ pub struct Settings {
     /// Packs with at least this share of dead bytes are rewritten with their live chunks only.
     pub repack_unused_percent: u64,
     pub ops: OpsSettings,
+    /// `metrics-textfile`: see [`crate::metrics`].
+    pub metrics_textfile: Option<PathBuf>,
     /// `alert-rpo`, `alert-backup-age`: see [`crate::alerts`].
     pub thresholds: crate::alerts::Thresholds,
     /// How long `check` waits for its switched segment to be archived (`check-timeout`).
@@ -70,6 +72,27 @@ pub struct RedisServer {
     pub host: String,
     pub port: u16,
     pub password: Option<String>,
+}
+
+impl Database {
+    /// The server as the ops crate reaches it (`check`, `status`, `metrics`).
+    pub fn server(&self) -> crate::pg::Server {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname);
+        config.application_name("lifeline");
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        crate::pg::Server {
+            host: self.host.clone(),
+            port: self.port,
+            config,
+        }
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -487,6 +510,7 @@ impl Settings {
                 None => 30,
             },
             ops: file.ops_settings()?,
+            metrics_textfile: file.metrics_textfile.clone().map(absolute),
             thresholds: crate::alerts::Thresholds {
                 rpo: match file.alert_rpo.as_deref() {
                     Some(text) => crate::config_file::parse_duration(text, "alert-rpo")?,

@@ -107,6 +107,14 @@ impl RepositoryStatus {
         self.repository_bytes
     }
 
+    /// Gaps in the WAL chain (0 when it was not checked).
+    pub fn wal_gap_count(&self) -> usize {
+        match &self.chains {
+            Chains::Checked { chains, .. } => chains.gaps.len(),
+            _ => 0,
+        }
+    }
+
     /// What is wrong with the WAL chain, if something is.
     pub fn wal_gap(&self) -> Option<String> {
         match &self.chains {

@@ -64,6 +64,7 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         print!("{report}");
     }
     tracing::info!(target: "lifeline::report", "\n{report}");
+    ops::metrics::write_textfile(settings, None).await;
     if let Some(kept) = &report.kept {
         println!("scratch directory kept: {}", kept.display());
     }

@@ -34,7 +34,7 @@ impl FailoverArgs {
 }
 
 pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
-    let primary = super::platform::server(&settings.db);
+    let primary = settings.db.server();
     if args.status {
         let status = ops::failover::status(&primary, &settings.ops.failover, settings).await?;
         print!("{status}");

@@ -37,8 +37,16 @@ pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
 
 pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
     let output = ops::status::Output::new(args.json, args.nagios, args.notify);
-    let server = super::platform::server(&settings.db);
-    let (text, code) = ops::status::run(settings, &server, output).await?;
+    let (text, code) = ops::status::run(settings, &settings.db.server(), output).await?;
     println!("{text}");
     Ok(ExitCode::from(code))
+}
+
+/// `metrics`: the Prometheus text format (the logic is in `ops::metrics`).
+pub async fn metrics(settings: &Settings) -> Result<ExitCode> {
+    print!(
+        "{}",
+        ops::metrics::render(settings, Some(&settings.db.server())).await?
+    );
+    Ok(ExitCode::SUCCESS)
 }

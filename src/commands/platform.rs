@@ -47,15 +47,6 @@ pub fn redis_client(redis: &RedisServer) -> archiver::RedisOptions {
     }
 }
 
-/// The primary as the settings name it; the replica is the same at another address.
-pub fn server(db: &Database) -> ops::pg::Server {
-    ops::pg::Server {
-        host: db.host.clone(),
-        port: db.port,
-        config: connection(db).pg_config(),
-    }
-}
-
 /// What the checks reach, as the settings name it.
 pub fn verify_options(
     settings: &Settings,
@@ -65,7 +56,7 @@ pub fn verify_options(
     ops::VerifyOptions {
         depth,
         target,
-        database: server(&settings.db),
+        database: settings.db.server(),
         staging_database: settings.staging_db.clone(),
         checks: settings.ops.verify.clone(),
         redis: redis(&settings.redis),
