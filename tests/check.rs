@@ -276,3 +276,25 @@ fn metrics_match_the_catalog_and_the_textfile_follows_each_operation() {
     let file = samples(&std::fs::read_to_string(&textfile).expect("textfile"));
     assert_eq!(file["lifeline_last_verify_success"], 1.0);
 }
+
+#[test]
+fn libpq_variables_name_the_server_when_db_settings_are_absent() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    let port = pg.port.to_string();
+    let libpq = [
+        ("PGHOST", "127.0.0.1"),
+        ("PGPORT", port.as_str()),
+        ("PGUSER", "postgres"),
+        ("PGDATABASE", "postgres"),
+    ];
+    let out = scratch.lifeline(&["check"], &libpq);
+    let said = text(&out);
+    assert!(said.contains("[PASS] PostgreSQL reachable"), "{said}");
+    // TLS asked for and not available: refused, never a silent plaintext connection.
+    let mut tls = libpq.to_vec();
+    tls.push(("PGSSLMODE", "require"));
+    let out = scratch.lifeline(&["check"], &tls);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("PGSSLMODE=require"), "{}", text(&out));
+}

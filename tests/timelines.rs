@@ -111,9 +111,13 @@ fn a_segment_lost_from_the_middle_is_named_and_until_latest_refuses() {
         );
     }
 
-    let status = succeeded(&scratch.lifeline(&["status"], &[]), "status");
+    // A gap is an alert: status says so and exits 1.
+    let out = scratch.lifeline(&["status"], &[]);
+    let status = text(&out);
+    assert_eq!(code(&out), 1, "{status}");
     assert!(
-        status.contains(&format!("WAL gap: first missing {lost} on timeline 1")),
+        status.contains(&format!("WAL gap: first missing {lost} on timeline 1"))
+            && status.contains("ALERT CRITICAL: WAL gap"),
         "status shows the gap: {status}"
     );
     let out = scratch.lifeline(&["status", "--json"], &[]);

@@ -36,6 +36,16 @@ pub enum Severity {
     Critical = 2,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Ok => "OK",
+            Severity::Warning => "WARNING",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Alert {
     pub severity: Severity,
@@ -125,11 +135,7 @@ pub fn worst(alerts: &[Alert]) -> Severity {
 
 /// One Nagios plugin line: `LIFELINE OK|WARNING|CRITICAL - what | perfdata`.
 pub fn nagios_line(status: &RepositoryStatus, t: &Thresholds, alerts: &[Alert]) -> String {
-    let word = match worst(alerts) {
-        Severity::Ok => "OK",
-        Severity::Warning => "WARNING",
-        Severity::Critical => "CRITICAL",
-    };
+    let word = worst(alerts).as_str();
     let what = if alerts.is_empty() {
         match status.wal_age_seconds() {
             Some(age) => format!("last WAL {age:.0} s ago, {} backups", status.backup_count()),

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod oplog;
 pub mod passphrase;
 pub mod pg;
+pub mod pgpass;
 pub mod process;
 pub mod redis;
 mod repository;

@@ -75,6 +75,29 @@ pub struct RedisServer {
 }
 
 impl Database {
+    /// The password from `PGPASSFILE` or `~/.pgpass` when none is set, as libpq finds it (a file
+    /// others can read is ignored, as libpq does).
+    fn with_pgpass(mut self) -> Database {
+        if self.password.is_some() {
+            return self;
+        }
+        let file = env("PGPASSFILE")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".pgpass")));
+        let private = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.mode() & 0o077 == 0)
+        };
+        if let Some(text) = file
+            .filter(|f| private(f))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+        {
+            self.password =
+                crate::pgpass::lookup(&text, &self.host, self.port, &self.dbname, &self.user);
+        }
+        self
+    }
+
     /// The server as the ops crate reaches it (`check`, `status`, `metrics`).
     pub fn server(&self) -> crate::pg::Server {
         let mut config = tokio_postgres::Config::new();
@@ -253,6 +276,28 @@ impl ConfigFile {
             from_env(slot, name, "text")?;
         }
         from_env(&mut self.db_port, "DB_PORT", "a port number")?;
+        // libpq's variables, when neither DB_* nor the file names the server.
+        for (slot, name) in [
+            (&mut self.db_host, "PGHOST"),
+            (&mut self.db_user, "PGUSER"),
+            (&mut self.db_password, "PGPASSWORD"),
+            (&mut self.db_name, "PGDATABASE"),
+        ] {
+            if slot.is_none() {
+                from_env(slot, name, "text")?;
+            }
+        }
+        if self.db_port.is_none() {
+            from_env(&mut self.db_port, "PGPORT", "a port number")?;
+        }
+        if let Some(mode) =
+            env("PGSSLMODE").filter(|m| !matches!(m.as_str(), "disable" | "allow" | "prefer"))
+        {
+            return Err(setting(format!(
+                "PGSSLMODE={mode}: lifeline does not speak TLS to PostgreSQL yet and will not connect \
+                 without it when asked for it; unset PGSSLMODE (or set it to prefer) only on a trusted network"
+            )));
+        }
         from_env(&mut self.redis_port, "REDIS_PORT", "a port number")?;
         from_env(&mut self.pgdata, "PGDATA", "a path")?;
         from_env(&mut self.pg_bin_dir, "PG_BIN_DIR", "a path")?;
@@ -537,13 +582,13 @@ impl Settings {
                 port: file.redis_port.unwrap_or(6379),
                 password: file.redis_password,
             },
-            db: Database {
+            db: Database::with_pgpass(Database {
                 host: file.db_host.unwrap_or_else(|| "localhost".into()),
                 port: file.db_port.unwrap_or(5432),
                 user: file.db_user.unwrap_or_else(|| "postgres".into()),
                 password: file.db_password,
                 dbname,
-            },
+            }),
         })
     }
 

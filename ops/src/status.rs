@@ -83,7 +83,7 @@ pub async fn run(
     } else {
         let lines = found
             .iter()
-            .map(|a| format!("\nALERT {:?}: {}", a.severity, a.message));
+            .map(|a| format!("\nALERT {}: {}", a.severity.as_str(), a.message));
         format!("{status}{}", lines.collect::<String>())
     };
     Ok((text, u8::from(worst > 0)))
