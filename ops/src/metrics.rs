@@ -144,34 +144,38 @@ fn backups(registry: &mut Registry, all: &[catalog::BackupRecord]) {
     }
 }
 
-/// From `.backup_status`: when `verify` last ran and whether it found the repository clean.
-fn last_verify(registry: &mut Registry, dir: &Path) {
-    let Some(run) = std::fs::read(dir.join(".backup_status"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .map(|status| status["last_runs"]["verify"].clone())
-        .filter(|run| !run.is_null())
-    else {
-        return;
-    };
-    if let Some(at) = run["finished_at"]
-        .as_str()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-    {
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// `lifeline_last_<what>_timestamp_seconds` (from the RFC 3339 time `at`) and `_success`.
+fn last_run(registry: &mut Registry, what: &str, at: Option<&str>, ok: bool) {
+    if let Some(at) = at.and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
         gauge(
             registry,
-            "lifeline_last_verify_timestamp_seconds",
-            "When verify last ran",
+            &format!("lifeline_last_{what}_timestamp_seconds"),
+            &format!("When the last {what} ran"),
             at.as_millisecond() as f64 / 1e3,
         );
     }
-    let ok = run["outcome"] == "success";
     gauge(
         registry,
-        "lifeline_last_verify_success",
-        "1 when the last verify found the repository clean",
+        &format!("lifeline_last_{what}_success"),
+        &format!("1 when the last {what} succeeded"),
         f64::from(u8::from(ok)),
     );
+}
+
+/// From `.backup_status`: when `verify` last ran and whether it found the repository clean.
+fn last_verify(registry: &mut Registry, dir: &Path) {
+    let Some(status) = read_json(&dir.join(".backup_status")) else {
+        return;
+    };
+    let run = &status["last_runs"]["verify"];
+    if !run.is_null() {
+        let ok = run["outcome"] == "success";
+        last_run(registry, "verify", run["finished_at"].as_str(), ok);
+    }
 }
 
 /// From the newest `drill_*.json` report.
@@ -183,30 +187,11 @@ fn last_drill(registry: &mut Registry, logs: &Path) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("drill_") && n.ends_with(".json"))
         .max();
-    let Some(report) = newest
-        .and_then(|name| std::fs::read(logs.join(name)).ok())
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-    else {
+    let Some(report) = newest.and_then(|name| read_json(&logs.join(name))) else {
         return;
     };
-    if let Some(at) = report["started_at"]
-        .as_str()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-    {
-        gauge(
-            registry,
-            "lifeline_last_drill_timestamp_seconds",
-            "When the last restore drill started",
-            at.as_millisecond() as f64 / 1e3,
-        );
-    }
     let ok = report["result"] == "VERIFIED";
-    gauge(
-        registry,
-        "lifeline_last_drill_success",
-        "1 when the last drill ended VERIFIED",
-        f64::from(u8::from(ok)),
-    );
+    last_run(registry, "drill", report["started_at"].as_str(), ok);
     if let Some(rto) = report["rto_seconds"].as_f64() {
         gauge(
             registry,
