@@ -164,7 +164,10 @@ pub async fn notify_on_change(settings: &Settings, alerts: &[Alert]) {
     let path = dir.join(".alert_state");
     let now: Vec<&str> = alerts.iter().map(|a| a.message.as_str()).collect();
     let state = now.join("\n");
-    let before = std::fs::read_to_string(&path).unwrap_or_default();
+    // Never through a link: lifeline's own files are read as they are.
+    let before = crate::status_file::read_regular(&path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     if before == state {
         return;
     }

@@ -145,7 +145,7 @@ fn backups(registry: &mut Registry, all: &[catalog::BackupRecord]) {
 }
 
 fn read_json(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    serde_json::from_slice(&crate::status_file::read_regular(path).ok()?).ok()
 }
 
 /// `lifeline_last_<what>_timestamp_seconds` (from the RFC 3339 time `at`) and `_success`.

@@ -199,7 +199,7 @@ pub fn recent_logs(
 /// A status file's bytes, never through a link: a link there (planted by whoever can write
 /// to BACKUP_DIR) would copy another file's contents into the repository. Non-blocking, so
 /// that a FIFO there is refused rather than waited on.
-fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
