@@ -49,11 +49,18 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Alert {
     pub severity: Severity,
+    /// Which threshold (`rpo`, `backup-age postgresql base`, `wal-gap`, ...): stable from run
+    /// to run, unlike the message's figures, so that an alert that stays is notified once.
+    pub key: String,
     pub message: String,
 }
 
-fn alert(severity: Severity, message: String) -> Alert {
-    Alert { severity, message }
+fn alert(severity: Severity, key: &str, message: String) -> Alert {
+    Alert {
+        severity,
+        key: key.to_string(),
+        message,
+    }
 }
 
 /// Every threshold `status` crosses; `archiver_failing` is what the server says when it
@@ -72,6 +79,7 @@ pub fn alerts(
     match status.wal_age_seconds() {
         Some(age) if age > t.rpo.as_secs_f64() => out.push(alert(
             Severity::Critical,
+            "rpo",
             format!(
                 "the last WAL was archived {age:.0} s ago, over alert-rpo ({} s): archiving has stalled; run lifeline check",
                 t.rpo.as_secs()
@@ -80,6 +88,7 @@ pub fn alerts(
         Some(_) => {}
         None if has_base => out.push(alert(
             Severity::Critical,
+            "rpo",
             "no WAL archived: set archive_command = 'lifeline wal push %p' and run lifeline check".into(),
         )),
         None => {}
@@ -87,6 +96,7 @@ pub fn alerts(
     if status.last_backups().is_empty() {
         out.push(alert(
             Severity::Warning,
+            "backup-age",
             "no backup yet: run lifeline backup postgres".into(),
         ));
     }
@@ -96,6 +106,7 @@ pub fn alerts(
         if age > t.backup_age.as_secs_f64() {
             out.push(alert(
                 Severity::Warning,
+                &format!("backup-age {} {}", b.service, b.kind),
                 format!(
                     "the last {} {} backup is {:.1} h old, over alert-backup-age ({:.0} h): check its timer and log",
                     b.service,
@@ -107,10 +118,10 @@ pub fn alerts(
         }
     }
     if let Some(gap) = status.wal_gap() {
-        out.push(alert(Severity::Critical, gap));
+        out.push(alert(Severity::Critical, "wal-gap", gap));
     }
     if let Some(failing) = archiver_failing {
-        out.push(alert(Severity::Critical, failing));
+        out.push(alert(Severity::Critical, "archiver", failing));
     }
     out
 }
@@ -162,8 +173,7 @@ pub async fn notify_on_change(settings: &Settings, alerts: &[Alert]) {
         return;
     };
     let path = dir.join(".alert_state");
-    let now: Vec<&str> = alerts.iter().map(|a| a.message.as_str()).collect();
-    let state = now.join("\n");
+    let state: String = alerts.iter().map(|a| format!("{}\n", a.key)).collect();
     // Never through a link: lifeline's own files are read as they are.
     let before = crate::status_file::read_regular(&path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -172,11 +182,17 @@ pub async fn notify_on_change(settings: &Settings, alerts: &[Alert]) {
         return;
     }
     remember(dir, &path, &state);
-    let (ok, summary) = match now.len() {
-        0 => (true, "all thresholds are met again".to_string()),
-        n => (false, format!("{n} threshold(s) crossed: {}", now[0])),
+    let details: Vec<&str> = alerts.iter().map(|a| a.message.as_str()).collect();
+    let (ok, summary) = match details.first() {
+        None => (true, "all thresholds are met again".to_string()),
+        Some(first) => (
+            false,
+            format!("{} threshold(s) crossed: {first}", details.len()),
+        ),
     };
-    settings.notify("status", ok, &summary, &state).await;
+    settings
+        .notify("status", ok, &summary, &details.join("\n"))
+        .await;
 }
 
 fn remember(dir: &Path, path: &Path, state: &str) {
