@@ -141,7 +141,10 @@ pub async fn open(
     let passphrase = settings.passphrase().await?;
     let where_ = raw.describe();
     let state = inspect(&*raw).await?;
-    if settings.required && !matches!(state, State::Encrypted(_)) {
+    // Required: an encrypted repository, or an empty one this very write makes encrypted.
+    let becomes_encrypted =
+        matches!(state, State::Empty) && passphrase.is_some() && access == Access::Write;
+    if settings.required && !matches!(state, State::Encrypted(_)) && !becomes_encrypted {
         return Err(refused(format!(
             "the repository at {where_} is not encrypted (it has no keys.json) but encryption \
              is required: nothing is read from or written to it; if its key file was removed, \
@@ -570,4 +573,60 @@ fn is_repository_object(key: &str) -> bool {
         ]
         .iter()
         .any(|p| key.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(required: bool) -> EncryptionSettings {
+        EncryptionSettings {
+            passphrase_command: Some("echo correct horse".into()),
+            key_cache: false,
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            required,
+            ..EncryptionSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn required_encryption_lets_the_first_write_create_it_and_refuses_a_plain_repository() {
+        let empty: Arc<dyn Storage> = Arc::new(testing::MemoryStorage::new());
+        let read = open(&settings(true), empty.clone(), Access::Read).await;
+        assert!(
+            read.is_err(),
+            "an empty repository read while encryption is required"
+        );
+        let written = open(&settings(true), empty.clone(), Access::Write)
+            .await
+            .expect("created");
+        assert!(written.describe().ends_with("(encrypted)"));
+        assert!(open(&settings(true), empty, Access::Read).await.is_ok());
+
+        let plain: Arc<dyn Storage> = Arc::new(testing::MemoryStorage::new());
+        plain
+            .put_bytes(
+                layout::CLUSTER_KEY,
+                b"{}".to_vec(),
+                PutMode::Create,
+                Durability::Immediate,
+            )
+            .await
+            .expect("put");
+        let no_passphrase = EncryptionSettings {
+            passphrase_command: None,
+            ..settings(true)
+        };
+        let refused = open(&no_passphrase, plain, Access::Write)
+            .await
+            .expect_err("refused");
+        assert!(
+            refused.to_string().contains("encryption is required"),
+            "{refused}"
+        );
+    }
 }
