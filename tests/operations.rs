@@ -115,6 +115,26 @@ fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
     });
     assert!(webhook.received()[0].body.contains("failover FAILED"));
 
+    // A simulation on the healthy system does not fail: it shows the plan --force would follow,
+    // worded as what a run would do, and is not counted as a failover.
+    let out = scratch.lifeline(
+        &["failover", "--incident", "database_failure", "--simulate"],
+        &env,
+    );
+    let said = text(&out);
+    assert_eq!(code(&out), 0, "{said}");
+    assert!(
+        said.contains("a real run stops here unless --force") && said.contains("(would run)"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&env_file).expect("read"), original);
+    let out = scratch.lifeline(&["failover", "--status"], &env);
+    assert!(
+        !text(&out).contains("SUCCESS (simulation"),
+        "a simulation is listed among failovers: {}",
+        text(&out)
+    );
+
     // The primary dies.
     primary.crash();
 

@@ -200,7 +200,12 @@ async fn database_failure(
     let primary_config = &opts.primary.config;
     let primary = pg::probe(primary_config, &primary_name(&opts.primary), PROBE_TIMEOUT).await;
     steps.found(describe(&primary));
-    if primary.reachable && !primary.in_recovery && !opts.force {
+    if primary.reachable && !primary.in_recovery && !opts.force && steps.simulate() {
+        // The plan is still worth seeing on a healthy system: the one INC-002 would follow.
+        steps.found(
+            "the primary answers and accepts writes: a real run stops here unless --force (INC-002); the plan with --force follows",
+        );
+    } else if primary.reachable && !primary.in_recovery && !opts.force {
         return Err(stopped(
             "the primary answers and accepts writes: nothing to fail over. If it must be replaced anyway (INC-002), run again with --force",
         ));

@@ -176,24 +176,29 @@ pub fn recent_logs(
         })
         .unwrap_or_default();
     names.sort();
-    let skip = names.len().saturating_sub(count);
-    names
+    // Newest first; a simulation (`failover --simulate`) is not a run of the operation.
+    let mut found: Vec<(String, String)> = names
         .into_iter()
-        .skip(skip)
-        .map(|name| {
+        .rev()
+        .filter_map(|name| {
             // Never through a link or a FIFO: `failover --status` runs as root.
-            let result = read_regular(&dir.join(&name))
-                .ok()
-                .and_then(|bytes| {
-                    String::from_utf8_lossy(&bytes)
-                        .lines()
-                        .rev()
-                        .find_map(|l| l.split_once("RESULT: ").map(|(_, r)| r.to_string()))
-                })
+            let text = read_regular(&dir.join(&name))
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            if text.contains(crate::steps::SIMULATION_BANNER) {
+                return None;
+            }
+            let result = text
+                .lines()
+                .rev()
+                .find_map(|l| l.split_once("RESULT: ").map(|(_, r)| r.to_string()))
                 .unwrap_or_else(|| "no result recorded (interrupted?)".into());
-            (name, result)
+            Some((name, result))
         })
-        .collect()
+        .take(count)
+        .collect();
+    found.reverse();
+    found
 }
 
 /// A status file's bytes, never through a link: a link there (planted by whoever can write

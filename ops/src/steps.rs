@@ -11,6 +11,9 @@ pub enum Line<'a> {
     Aside(&'a str),
 }
 
+/// The first line of a simulation's transcript (and log): how a simulation is told from a run.
+pub const SIMULATION_BANNER: &str = "SIMULATION: read-only checks run; the steps below are what a real run would do, nothing is changed";
+
 pub struct Steps {
     simulate: bool,
     taken: usize,
@@ -38,7 +41,7 @@ impl Steps {
             sink: Box::new(sink),
         };
         if simulate {
-            steps.say("SIMULATION: read-only checks run; the steps below are the plan, nothing is changed");
+            steps.say(SIMULATION_BANNER);
         }
         steps
     }
@@ -107,7 +110,7 @@ mod tests {
         assert_eq!(
             said,
             [
-                r#"Report("SIMULATION: read-only checks run; the steps below are the plan, nothing is changed")"#,
+                r#"Report("SIMULATION: read-only checks run; the steps below are what a real run would do, nothing is changed")"#,
                 r#"Report("  check: primary is DOWN")"#,
                 r#"Aside("restored backup b into /d")"#,
                 r#"Report("step 1 (would run): promote the replica")"#,
@@ -116,7 +119,7 @@ mod tests {
         );
         assert_eq!(
             steps.transcript(),
-            "SIMULATION: read-only checks run; the steps below are the plan, nothing is changed\n  check: primary is DOWN\nstep 1 (would run): promote the replica\nstep 2 (would run): switch the connection file"
+            "SIMULATION: read-only checks run; the steps below are what a real run would do, nothing is changed\n  check: primary is DOWN\nstep 1 (would run): promote the replica\nstep 2 (would run): switch the connection file"
         );
     }
 
