@@ -128,6 +128,21 @@ fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
         "{said}"
     );
     assert_eq!(std::fs::read_to_string(&env_file).expect("read"), original);
+    // With no incident: the plan of each, against the same state, changing nothing.
+    let out = scratch.lifeline(&["failover", "--simulate"], &env);
+    let said = text(&out);
+    for incident in ["database_failure", "redis_failure", "datacenter_failure"] {
+        assert!(
+            said.contains(&format!("failover: incident {incident}")),
+            "{incident}: {said}"
+        );
+    }
+    assert_eq!(
+        said.matches("SIMULATION: read-only checks run").count(),
+        3,
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&env_file).expect("read"), original);
     let out = scratch.lifeline(&["failover", "--status"], &env);
     assert!(
         !text(&out).contains("SUCCESS (simulation"),

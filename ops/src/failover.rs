@@ -151,6 +151,38 @@ pub async fn failover(
     }
 }
 
+/// `failover --simulate` with no incident: the plan of every incident against the current
+/// state, one after the other (service_failure once per configured service). A simulation
+/// whatever `opts.simulate` says.
+pub async fn simulate_every_incident(
+    opts: &mut FailoverOptions<'_>,
+    repo: &impl Repository,
+    say: impl FnMut(Line<'_>) + Send + Clone + 'static,
+) -> FailoverReport {
+    opts.simulate = true;
+    let mut plans = vec![
+        (Incident::DatabaseFailure, None),
+        (Incident::RedisFailure, None),
+    ];
+    let services = opts.services.keys().cloned();
+    plans.extend(services.map(|name| (Incident::ServiceFailure, Some(name))));
+    plans.push((Incident::DatacenterFailure, None));
+    let (mut ok, mut summaries, mut transcripts) = (true, Vec::new(), Vec::new());
+    for (incident, service) in plans {
+        (opts.incident, opts.service) = (incident, service);
+        let report = failover(opts, repo, say.clone()).await;
+        ok &= report.ok;
+        summaries.push(report.summary);
+        transcripts.push(report.transcript);
+    }
+    FailoverReport {
+        ok,
+        simulated: true,
+        summary: summaries.join("; "),
+        transcript: transcripts.join("\n\n"),
+    }
+}
+
 fn stopped(why: impl Into<String>) -> OpsError {
     OpsError::Stopped(why.into())
 }

@@ -9,13 +9,12 @@ use ops::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct FailoverArgs {
-    /// database_failure, redis_failure, service_failure (with the service's name) or
-    /// datacenter_failure.
-    #[arg(long, value_parser = |s: &str| s.parse::<ops::Incident>(), required_unless_present = "status")]
+    /// database_failure, redis_failure, service_failure NAME or datacenter_failure.
+    #[arg(long, value_parser = |s: &str| s.parse::<ops::Incident>(), required_unless_present_any = ["status", "simulate"])]
     incident: Option<ops::Incident>,
     /// The service of service_failure, as named in [services.NAME].
     service: Option<String>,
-    /// Run the read-only checks and print the plan; change nothing (also SIMULATE_MODE=true).
+    /// Run the read-only checks and print the plan (of every incident without --incident).
     #[arg(long)]
     simulate: bool,
     /// Roles, replication lag, last backup, last archived WAL and its age, last failovers.
@@ -47,10 +46,8 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
     };
     let verify =
         super::platform::verify_options(settings, ops::Depth::Quick, restore::Target::Production);
-    let opts = ops::FailoverOptions {
-        incident: args
-            .incident
-            .ok_or_else(|| anyhow::anyhow!("name the incident: --incident INCIDENT"))?,
+    let mut opts = ops::FailoverOptions {
+        incident: args.incident.unwrap_or(ops::Incident::DatabaseFailure),
         service: args.service,
         simulate: args.simulate || settings.ops.simulate,
         force: args.force,
@@ -64,14 +61,17 @@ pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
         verify,
         restore_options: &restore_options,
     };
-    let report = ops::failover(&opts, settings, |line| match line {
+    let sink = |line: ops::Line<'_>| match line {
         ops::Line::Report(text) => {
             println!("{text}");
             tracing::info!(target: "lifeline::report", "{text}");
         }
         ops::Line::Aside(text) => println!("{text}"),
-    })
-    .await;
+    };
+    let report = match args.incident {
+        Some(_) => ops::failover(&opts, settings, sink).await,
+        None => ops::failover::simulate_every_incident(&mut opts, settings, sink).await,
+    };
     if !report.simulated {
         settings
             .notify("failover", report.ok, &report.summary, &report.transcript)
