@@ -9,27 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Pg, Scratch, backup, code, seed, succeeded, text};
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
+use common::{Pg, Scratch, backup, code, files_under, seed, succeeded, text};
 
 /// Files under `dir` whose name starts with `.tmp.` (what a local put writes before its rename).
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    walk(dir)
+    files_under(dir)
         .into_iter()
         .filter(|p| {
             p.file_name()
@@ -39,7 +23,7 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn wal_objects(scratch: &Scratch) -> Vec<PathBuf> {
-    walk(&scratch.repo.join("wal"))
+    files_under(&scratch.repo.join("wal"))
         .into_iter()
         .filter(|p| !p.to_string_lossy().contains("/.tmp."))
         .collect()
@@ -236,7 +220,7 @@ fn verify_without_read_data_names_a_truncated_pack() {
         .expect("backup id")
         .to_string();
 
-    let pack = walk(&scratch.repo.join("packs"))
+    let pack = files_under(&scratch.repo.join("packs"))
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .expect("a pack");
