@@ -238,21 +238,95 @@ fn failover_promotes_the_replica_switches_the_connection_file_and_notifies() {
         );
     }
 
-    // --status: the old primary down, the replica now the primary, the failover listed.
+    // --status: the promoted server is the primary lifeline reaches, the configured one is
+    // down, the configured replica is the primary now, the failover listed.
     let out = scratch.lifeline(&["failover", "--status"], &env);
     let status = succeeded(&out, "failover --status");
-    assert!(
-        status.contains(&format!("primary 127.0.0.1:{} is DOWN", primary.port)),
-        "{status}"
-    );
-    assert!(
-        status.contains(&format!(
-            "replica 127.0.0.1:{} is up, role primary",
+    for expected in [
+        format!("primary 127.0.0.1:{} is up, role primary", replica.port),
+        format!(
+            "  using the promoted primary 127.0.0.1:{} recorded by failover (database_failure)",
             replica.port
-        )),
+        ),
+        format!("configured primary 127.0.0.1:{} is DOWN", primary.port),
+        format!(
+            "replica: the configured replica is 127.0.0.1:{}, the primary now",
+            replica.port
+        ),
+        "SUCCESS (".to_string(),
+    ] {
+        assert!(status.contains(&expected), "{expected}: {status}");
+    }
+
+    // Issue 16, point 5: the runbook's next steps, as the failover printed them, reach the
+    // promoted server although lifeline's settings still name the dead primary.
+    let record = scratch.repo.join(".promoted_primary");
+    let record_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&record)
+            .expect("the record")
+            .permissions(),
+    );
+    assert_eq!(record_mode & 0o777, 0o600, "the record is not private");
+    assert!(
+        said.contains("next: `lifeline verify-recovery --full`, then `lifeline backup postgres`"),
+        "{said}"
+    );
+    replica.psql("INSERT INTO orders (account, amount) VALUES (3, 777)");
+    let using = format!("using the promoted primary 127.0.0.1:{}", replica.port);
+    let out = scratch.lifeline(&["verify-recovery", "--full"], &env);
+    let verified = succeeded(&out, "verify-recovery --full after the failover");
+    assert!(verified.contains("RESULT: ALL CHECKS PASSED"), "{verified}");
+    assert_eq!(verified.matches(&using).count(), 1, "{verified}");
+    let out = scratch.lifeline(&["backup", "postgres"], &env);
+    let backed_up = succeeded(&out, "backup postgres from the promoted primary");
+    assert!(backed_up.contains(&using), "{backed_up}");
+    let out = scratch.lifeline(&["check"], &env);
+    succeeded(&out, "check of the promoted primary's archiving");
+    let out = scratch.lifeline(&["status"], &env);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!("database: {using}")),
+        "{}",
+        text(&out)
+    );
+    let out = scratch.lifeline(&["status", "--json"], &env);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(json["promoted_primary"]["state"], "in_use", "{json}");
+    assert_eq!(
+        json["promoted_primary"]["address"],
+        format!("127.0.0.1:{}", replica.port)
+    );
+    // WAL archiving says nothing of it: PostgreSQL's log is no place for it.
+    assert!(!replica.log().contains("promoted primary"));
+    // A restore of the backup taken after the failover has what the new primary wrote.
+    let restored = scratch.restore_and_recover(
+        &["--type", "full"],
+        "after-failover",
+        "restore of the new primary's backup",
+    );
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM orders WHERE account = 3 AND amount = 777"),
+        "1"
+    );
+
+    // The operator updates the configuration: pointed at the new primary the record is moot;
+    // pointed elsewhere, the configuration wins and says so.
+    let port = replica.port.to_string();
+    let mut updated = env.clone();
+    updated.push(("DB_PORT", port.as_str()));
+    let out = scratch.lifeline(&["failover", "--status"], &updated);
+    let status = succeeded(&out, "failover --status with DB_PORT updated");
+    assert!(!status.contains("promoted primary"), "{status}");
+    let elsewhere = restored.port.to_string();
+    let mut moved = env.clone();
+    moved.push(("DB_PORT", elsewhere.as_str()));
+    let out = scratch.lifeline(&["failover", "--status"], &moved);
+    let status = succeeded(&out, "failover --status with DB_PORT elsewhere");
+    assert!(
+        status.contains(&format!("primary 127.0.0.1:{elsewhere} is up"))
+            && status.contains("is not used: DB_HOST/DB_PORT name"),
         "{status}"
     );
-    assert!(status.contains("SUCCESS ("), "{status}");
 }
 
 #[test]
@@ -628,6 +702,42 @@ fn without_a_replica_the_repository_brings_the_database_back_in_either_region() 
     primary.crash();
     // The disk is gone: what is left is moved aside, as the runbook says.
     std::fs::rename(&primary.data, scratch.path("primary.lost")).expect("move aside");
+
+    // Issue 16, point 6: with nothing configured for it, the simulation names every missing
+    // setting at once and still shows the plan; a real run names them all and changes nothing.
+    let bare = primary.db_env();
+    let bare = env_refs(&bare);
+    let missing = [
+        "missing setting [failover] replica-host / REPLICA_HOST: no replica configured",
+        "missing setting PGDATA (or pgdata in the config)",
+        "missing setting [failover] postgres-start-command",
+        "missing setting [failover] connection-file",
+    ];
+    let out = scratch.lifeline(
+        &["failover", "--incident", "database_failure", "--simulate"],
+        &bare,
+    );
+    let said = text(&out);
+    assert_eq!(code(&out), 1, "{said}");
+    for line in missing {
+        assert!(said.contains(line), "{line}: {said}");
+    }
+    assert!(
+        said.contains("(would run): restore ")
+            && said.contains("a real run would stop before changing anything: 4 settings missing"),
+        "{said}"
+    );
+    let out = scratch.lifeline(&["failover", "--incident", "database_failure"], &bare);
+    let said = text(&out);
+    assert_eq!(code(&out), 1, "{said}");
+    for line in missing {
+        assert!(said.contains(line), "{line}: {said}");
+    }
+    assert!(
+        said.contains("4 settings missing") && said.contains("Nothing was changed"),
+        "{said}"
+    );
+    assert!(!said.contains("step 1"), "{said}");
 
     let env_file = scratch.path("app.env");
     write_owned(

@@ -42,6 +42,9 @@ pub struct FailoverConfig {
     pub tablespace_map_all: Option<PathBuf>,
     /// `pg_wal` outside the data directory (`restore postgres --waldir`).
     pub waldir: Option<PathBuf>,
+    /// What the settings made of `BACKUP_DIR/.promoted_primary` (not a key of the file).
+    #[serde(skip)]
+    pub promoted: Option<crate::promoted::Resolution>,
 }
 
 /// `[services.NAME]`: an application service `service_failure NAME` restarts.

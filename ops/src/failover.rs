@@ -15,8 +15,9 @@ use storage::BackupKind;
 use storage::wal::{Lsn, WalFileName};
 
 use crate::pg::{self, NodeState};
+use crate::promoted::{self, PromotedPrimary};
 use crate::repository::read_catalog;
-use crate::steps::{Line, Steps};
+use crate::steps::{Line, Missing, Steps};
 use crate::verify_recovery::{Depth, VerifyOptions};
 use crate::{FailoverConfig, OpsError, Redis, Repository, ServiceConfig, process, status_file};
 
@@ -132,6 +133,18 @@ pub async fn failover(
         Incident::ServiceFailure => service_failure(opts, &mut steps).await,
         Incident::DatacenterFailure => datacenter_failure(opts, repo, &mut steps).await,
     };
+    let outcome = match (outcome, steps.unmet()) {
+        (outcome, []) => outcome,
+        (Ok(_), unmet) => Err(not_configured(format!(
+            "a real run would stop before changing anything: {}",
+            crate::steps::missing_sentence(unmet)
+        ))),
+        (Err(e), unmet) => Err(not_configured(format!(
+            "a real run would stop before changing anything: {}; and then: {}",
+            crate::steps::missing_sentence(unmet),
+            e.chain()
+        ))),
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let simulated = steps.simulate();
     let (ok, summary) = match &outcome {
@@ -195,12 +208,54 @@ fn primary_name(primary: &pg::Server) -> String {
     format!("primary {}", primary.address())
 }
 
-/// The replica: the primary's credentials and database on the replica's address.
+/// The replica: the primary's credentials and database on the replica's address. None when
+/// there is none, or when it is the primary itself (a failover promoted it).
 fn replica(primary: &pg::Server, failover: &FailoverConfig) -> Option<(pg::Server, String)> {
     let host = failover.replica_host.as_deref()?;
     let server = primary.at(host, failover.replica_port.unwrap_or(5432));
+    if server.address() == primary.address() {
+        return None;
+    }
     let name = format!("replica {}", server.address());
     Some((server, name))
+}
+
+const REPLICA_SETTING: &str = "[failover] replica-host / REPLICA_HOST";
+
+/// Why [`replica`] found none.
+fn no_replica(primary: &pg::Server, failover: &FailoverConfig) -> String {
+    match failover.replica_host {
+        Some(_) => format!(
+            "the configured replica is {}, the primary now (a failover promoted it): configure a new replica",
+            primary.address()
+        ),
+        None => "no replica configured".into(),
+    }
+}
+
+/// What a restore from the repository (no replica, or another region) needs and lacks.
+fn restore_settings_missing(opts: &FailoverOptions<'_>) -> Vec<Missing> {
+    let f = &opts.failover;
+    let mut missing = Vec::new();
+    if opts.pgdata.is_none() {
+        missing.push(Missing::required(
+            "PGDATA (or pgdata in the config)",
+            "no data directory to restore into",
+        ));
+    }
+    if f.postgres_start_command.is_none() {
+        missing.push(Missing::optional(
+            "[failover] postgres-start-command",
+            "PostgreSQL would have to be started by hand on the restored directory",
+        ));
+    }
+    if f.connection_file.is_none() {
+        missing.push(Missing::optional(
+            "[failover] connection-file",
+            "the application would have to be pointed at the new primary by hand",
+        ));
+    }
+    missing
 }
 
 /// A position as the server reports it (`0/3000060`), in bytes.
@@ -246,12 +301,23 @@ async fn database_failure(
     // The replica is looked up before anything changes: fencing a primary that nothing can
     // replace would leave production read-only and the failover failed.
     let Some((replica, replica_name)) = replica(&opts.primary, &opts.failover) else {
+        let why = no_replica(&opts.primary, &opts.failover);
+        if still_writable && opts.failover.replica_host.is_some() {
+            return Err(stopped(format!(
+                "the primary accepts writes and {why}; nothing was changed"
+            )));
+        }
         if still_writable {
             return Err(stopped(
                 "the primary accepts writes and no replica is configured to take over ([failover] replica-host / REPLICA_HOST); nothing was changed: configure the replica and run again, or stop the primary (pg_ctl stop) and run again to restore it from the repository",
             ));
         }
-        steps.found("no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository");
+        let mut missing = vec![Missing::optional(
+            REPLICA_SETTING,
+            format!("{why}: the repository's newest state would be restored instead"),
+        )];
+        missing.extend(restore_settings_missing(opts));
+        steps.settings(missing)?;
         let storage = repo.open().await?;
         let (backup, last_wal) = newest_state(storage.as_ref(), &repo.open_catalog()?).await?;
         return restore_from_repository(opts, storage, steps, "primary", &backup, &last_wal, repo)
@@ -312,6 +378,7 @@ async fn database_failure(
             "{replica_name} is already out of recovery: no promotion needed"
         ));
     }
+    let recorded = record_promoted(opts, repo, steps, &replica).await;
     switch_connection_file(&opts.failover, steps, &replica.host, replica.port).await?;
     if still_writable {
         steps.found(format!(
@@ -319,7 +386,86 @@ async fn database_failure(
             primary.node
         ));
     }
+    let reach = match recorded {
+        Some(path) => format!(
+            "lifeline's own commands reach {} through {} until DB_HOST/DB_PORT name it; then remove that file",
+            replica.address(),
+            path.display()
+        ),
+        None => format!(
+            "first point DB_HOST/DB_PORT at {}, lifeline's own commands still name the old primary",
+            replica.address()
+        ),
+    };
+    steps.found(format!(
+        "next: `lifeline verify-recovery --full`, then `lifeline backup postgres` (a first base backup on the new timeline); {reach}"
+    ));
     Ok(format!("{replica_name} promoted; {loss}"))
+}
+
+/// Record `promoted` as the primary lifeline's own commands reach from now on (see
+/// [`crate::promoted`]); where it was recorded, or `None` when it could not be. A record that
+/// cannot be written does not fail the failover: the promotion stands, and the next steps
+/// say what to set instead.
+async fn record_promoted(
+    opts: &FailoverOptions<'_>,
+    repo: &impl Repository,
+    steps: &mut Steps,
+    promoted: &pg::Server,
+) -> Option<PathBuf> {
+    let Some(dir) = repo.backup_dir().map(Path::to_path_buf) else {
+        steps.found("no BACKUP_DIR to record the new primary in");
+        return None;
+    };
+    // While an earlier record is in use, DB_HOST/DB_PORT still name what they named then.
+    let earlier = opts
+        .failover
+        .promoted
+        .as_ref()
+        .and_then(promoted::Resolution::in_use);
+    let (configured_host, configured_port) = earlier.map_or_else(
+        || (opts.primary.host.clone(), opts.primary.port),
+        |r| (r.configured_host.clone(), r.configured_port),
+    );
+    let record = PromotedPrimary {
+        host: promoted.host.clone(),
+        port: promoted.port,
+        configured_host,
+        configured_port,
+        replaced: opts.primary.address(),
+        incident: opts.incident.name().into(),
+        promoted_at: jiff::Timestamp::now(),
+    };
+    let path = promoted::path(&dir);
+    if !steps.step(format!(
+        "record {} in {} as the primary lifeline's own commands reach while DB_HOST/DB_PORT name {}",
+        record.address(),
+        path.display(),
+        record.configured()
+    )) {
+        return Some(path);
+    }
+    let written =
+        tokio::task::spawn_blocking(move || promoted::record(&dir, &record).map(|_| record)).await;
+    match written {
+        Ok(Ok(record)) => {
+            steps.done(format!(
+                "recorded; `lifeline failover --status` and `lifeline status` show it ({} replaced {})",
+                record.address(),
+                record.replaced
+            ));
+            Some(path)
+        }
+        Ok(Err(e)) => {
+            let cause = storage::error_chain(&e);
+            steps.found(format!("the new primary was not recorded: {cause}"));
+            None
+        }
+        Err(e) => {
+            steps.found(format!("the new primary was not recorded: {e}"));
+            None
+        }
+    }
 }
 
 /// What the promoted replica may lack: WAL in the archive beyond its replay position, and the
@@ -435,9 +581,12 @@ async fn restore_from_repository(
     last_wal: &str,
     repo: &impl Repository,
 ) -> Result<String, OpsError> {
-    let data_dir = opts.pgdata.clone().ok_or_else(|| {
-        not_configured("PGDATA (or pgdata in the config) names no data directory to restore into")
-    })?;
+    // A real run has refused without it ([`restore_settings_missing`]); a simulation goes on.
+    let data_dir = opts.pgdata.clone();
+    let shown = data_dir.as_ref().map_or_else(
+        || "the data directory PGDATA would name".to_string(),
+        |d| d.display().to_string(),
+    );
     steps.found(format!(
         "newest base backup {}; newest archived WAL {last_wal}",
         backup.backup_id
@@ -452,20 +601,26 @@ async fn restore_from_repository(
             bin.display()
         ));
     }
-    let busy = tokio::fs::try_exists(data_dir.join("postmaster.pid"))
-        .await
-        .unwrap_or(false);
+    let busy = match &data_dir {
+        Some(dir) => tokio::fs::try_exists(dir.join("postmaster.pid"))
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
     if busy {
         steps.found(format!(
-            "{} still has a postmaster.pid: if the old server is gone, move the directory aside first",
-            data_dir.display()
+            "{shown} still has a postmaster.pid: if the old server is gone, move the directory aside first"
         ));
     }
     if steps.step(format!(
-        "restore {} into {} and recover through the end of the archive",
+        "restore {} into {shown} and recover through the end of the archive",
         backup.backup_id,
-        data_dir.display()
     )) {
+        let data_dir = data_dir.clone().ok_or_else(|| {
+            not_configured(
+                "PGDATA (or pgdata in the config) names no data directory to restore into",
+            )
+        })?;
         let f = &opts.failover;
         // The restore makes the new primary: it archives as the old one did.
         let choices = restore::RestoreChoices {
@@ -505,9 +660,8 @@ async fn restore_from_repository(
     let Some(start) = opts.failover.postgres_start_command.clone() else {
         steps.found("no [failover] postgres-start-command: start PostgreSQL on the restored directory by hand");
         return Ok(format!(
-            "{} restored into {} as the new {role}",
-            backup.backup_id,
-            data_dir.display()
+            "{} restored into {shown} as the new {role}",
+            backup.backup_id
         ));
     };
     if steps.step(format!("start PostgreSQL: {start}")) {
@@ -589,11 +743,13 @@ async fn redis_failure(
         Ok(n) => steps.found(format!("{node} answers with {n} keys")),
         Err(e) => steps.found(format!("{node} is DOWN: {}", e.chain())),
     }
-    let restart = f.redis_restart_command.clone().ok_or_else(|| {
-        not_configured(
-            "no [failover] redis-restart-command configured: restart Redis by hand (INC-004)",
-        )
-    })?;
+    let simulate = steps.simulate();
+    steps.settings(redis_settings_missing(opts, recorded.is_some(), simulate))?;
+    // A real run has refused without it; a simulation goes on with the plan.
+    let restart = f
+        .redis_restart_command
+        .clone()
+        .unwrap_or_else(|| "(redis-restart-command not set)".into());
     if steps.step(format!("restart Redis: {restart}")) {
         process::run_shell(&restart, Duration::from_secs(120)).await?;
         let n = wait_redis(&opts.redis).await?;
@@ -613,14 +769,21 @@ async fn redis_failure(
             "Redis restarted with {keys} keys; no restore needed"
         ));
     }
-    let data_dir = f.redis_data_dir.clone().ok_or_else(|| {
-        not_configured(
-            "Redis came back empty and no [failover] redis-data-dir is configured to restore into",
-        )
-    })?;
-    let stop = f.redis_stop_command.clone().ok_or_else(|| {
-        not_configured("Redis came back empty and no [failover] redis-stop-command is configured")
-    })?;
+    // Named before the restart; both at once here. A simulation shows the plan without them.
+    let (data_dir, stop) = match (f.redis_data_dir.clone(), f.redis_stop_command.clone()) {
+        (Some(dir), Some(stop)) => (dir, stop),
+        _ if !steps.simulate() => {
+            return Err(not_configured(format!(
+                "Redis came back empty and cannot be restored from {}: {}",
+                backup.backup_id,
+                crate::steps::missing_sentence(&redis_restore_missing(f, true))
+            )));
+        }
+        (dir, stop) => (
+            dir.unwrap_or_else(|| PathBuf::from("(redis-data-dir not set)")),
+            stop.unwrap_or_else(|| "(redis-stop-command not set)".into()),
+        ),
+    };
     steps.found(format!(
         "Redis holds no keys; backup {} can bring it back",
         backup.backup_id
@@ -664,6 +827,47 @@ async fn redis_failure(
         ));
     }
     Ok(format!("Redis would be restored from {}", backup.backup_id))
+}
+
+/// What the Redis plan needs and lacks: the restart command always; what a restore needs
+/// when there is a backup to restore. Before a real restart it is not known whether Redis
+/// comes back empty, so those are then optional; a simulation plans for an empty Redis.
+fn redis_settings_missing(
+    opts: &FailoverOptions<'_>,
+    has_backup: bool,
+    simulate: bool,
+) -> Vec<Missing> {
+    let f = &opts.failover;
+    let mut missing = Vec::new();
+    if f.redis_restart_command.is_none() {
+        missing.push(Missing::required(
+            "[failover] redis-restart-command",
+            "Redis would have to be restarted by hand (INC-004)",
+        ));
+    }
+    if has_backup {
+        let required = simulate || !missing.is_empty();
+        missing.extend(redis_restore_missing(f, required));
+    }
+    missing
+}
+
+fn redis_restore_missing(f: &FailoverConfig, required: bool) -> Vec<Missing> {
+    let mut missing = Vec::new();
+    let without = "Redis would not be restored from its last backup if it comes back empty";
+    if f.redis_data_dir.is_none() {
+        missing.push(Missing {
+            required,
+            ..Missing::required("[failover] redis-data-dir", without)
+        });
+    }
+    if f.redis_stop_command.is_none() {
+        missing.push(Missing {
+            required,
+            ..Missing::required("[failover] redis-stop-command", without)
+        });
+    }
+    missing
 }
 
 /// A Redis that comes back with no keys from a backup that recorded some did not load the
@@ -719,6 +923,7 @@ async fn datacenter_failure(
     repo: &impl Repository,
     steps: &mut Steps,
 ) -> Result<String, OpsError> {
+    steps.settings(restore_settings_missing(opts))?;
     let storage = repo.open().await?;
     steps.found(format!("repository {}", storage.describe()));
     // A simulation plans from a throwaway catalog: this region's stays as it is.
@@ -803,7 +1008,24 @@ pub async fn status(
     for r in &state.replicas {
         lines.push(format!("  streaming to {r}"));
     }
-    if let Some((replica, name)) = replica(primary, failover) {
+    if let Some(found) = &failover.promoted {
+        lines.push(format!("  {}", found.note()));
+    }
+    // The primary the configuration still names: it must not come back as a second primary.
+    if let Some(record) = failover
+        .promoted
+        .as_ref()
+        .and_then(promoted::Resolution::in_use)
+    {
+        let old = primary.at(&record.configured_host, record.configured_port);
+        let name = format!("configured primary {}", old.address());
+        lines.push(describe(
+            &pg::probe(&old.config, &name, PROBE_TIMEOUT).await,
+        ));
+    }
+    if failover.replica_host.is_some() && replica(primary, failover).is_none() {
+        lines.push(format!("replica: {}", no_replica(primary, failover)));
+    } else if let Some((replica, name)) = replica(primary, failover) {
         let replica_state = pg::probe(&replica.config, &name, PROBE_TIMEOUT).await;
         lines.push(describe(&replica_state));
         let lag = state
@@ -1073,7 +1295,10 @@ mod tests {
     #[tokio::test]
     async fn without_a_replica_an_empty_repository_stops_the_database_failover_before_any_step() {
         let scratch = crate::repository::Scratch::new();
-        let opts = options(Incident::DatabaseFailure, &no_restore);
+        let mut opts = options(Incident::DatabaseFailure, &no_restore);
+        opts.pgdata = Some("/nonexistent/pgdata".into());
+        opts.failover.postgres_start_command = Some("false".into());
+        opts.failover.connection_file = Some("/nonexistent/app.env".into());
         let report = failover(&opts, &scratch, |_| {}).await;
         let said: Vec<_> = report.transcript.lines().skip(1).collect();
         assert!(!report.ok);
@@ -1084,11 +1309,158 @@ mod tests {
         assert_eq!(
             said[1..],
             [
-                "  check: no replica configured ([failover] replica-host / REPLICA_HOST): restoring from the repository",
+                "  check: missing setting [failover] replica-host / REPLICA_HOST: no replica configured: the repository's newest state would be restored instead",
                 "RESULT: FAILED (database_failure: the repository holds no cluster: nothing was ever archived or backed up there)",
             ]
         );
         assert!(scratch.storage.keys().is_empty());
+    }
+
+    const EVERY_RESTORE_SETTING: [&str; 4] = [
+        "[failover] replica-host / REPLICA_HOST: no replica configured: the repository's newest state would be restored instead",
+        "PGDATA (or pgdata in the config): no data directory to restore into",
+        "[failover] postgres-start-command: PostgreSQL would have to be started by hand on the restored directory",
+        "[failover] connection-file: the application would have to be pointed at the new primary by hand",
+    ];
+
+    #[tokio::test]
+    async fn a_real_database_failover_names_every_missing_setting_at_once_and_changes_nothing() {
+        let scratch = crate::repository::Scratch::new();
+        let opts = options(Incident::DatabaseFailure, &no_restore);
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(!report.ok);
+        for setting in EVERY_RESTORE_SETTING {
+            assert!(
+                report
+                    .transcript
+                    .contains(&format!("  check: missing setting {setting}\n")),
+                "{setting}: {}",
+                report.transcript
+            );
+            let (key, without) = setting.split_once(": ").expect("KEY: WITHOUT");
+            assert!(
+                report.summary.contains(key) && report.summary.contains(without),
+                "{}",
+                report.summary
+            );
+        }
+        assert!(
+            report
+                .summary
+                .starts_with("database_failure: 4 settings missing: PGDATA"),
+            "{}",
+            report.summary
+        );
+        assert!(
+            report.summary.ends_with(
+                "Nothing was changed: set PGDATA (or pgdata in the config) and run again"
+            )
+        );
+        assert!(
+            !report.transcript.contains("step 1"),
+            "{}",
+            report.transcript
+        );
+    }
+
+    #[tokio::test]
+    async fn a_simulation_names_every_missing_setting_and_shows_the_plan_without_them() {
+        let scratch = crate::repository::Scratch::new();
+        let mut opts = options(Incident::DatabaseFailure, &no_restore);
+        opts.simulate = true;
+        for incident in [Incident::DatabaseFailure, Incident::DatacenterFailure] {
+            opts.incident = incident;
+            let report = failover(&opts, &scratch, |_| {}).await;
+            assert!(report.simulated && !report.ok, "{}", report.transcript);
+            let settings = match incident {
+                Incident::DatabaseFailure => &EVERY_RESTORE_SETTING[..],
+                _ => &EVERY_RESTORE_SETTING[1..],
+            };
+            for setting in settings {
+                assert!(
+                    report
+                        .transcript
+                        .contains(&format!("missing setting {setting}")),
+                    "{setting}: {}",
+                    report.transcript
+                );
+            }
+            assert!(
+                report.summary.starts_with(&format!(
+                    "{incident}: a real run would stop before changing anything: {} settings missing: PGDATA (or pgdata in the config): no data directory to restore into; ",
+                    settings.len()
+                )),
+                "{}",
+                report.summary
+            );
+            // The simulation went on past them: the empty repository is named too.
+            assert!(
+                report.summary.ends_with("; and then: the repository holds no cluster: nothing was ever archived or backed up there"),
+                "{}",
+                report.summary
+            );
+        }
+        // Redis: the restart command, and what a restore of its backup needs.
+        opts.incident = Incident::RedisFailure;
+        let report = failover(&opts, &scratch, |_| {}).await;
+        assert!(
+            report
+                .transcript
+                .contains("missing setting [failover] redis-restart-command: Redis would have to be restarted by hand (INC-004)"),
+            "{}",
+            report.transcript
+        );
+        assert!(
+            report
+                .transcript
+                .contains("step 1 (would run): restart Redis: (redis-restart-command not set)"),
+            "{}",
+            report.transcript
+        );
+        assert!(
+            report.summary.contains("a real run would stop before changing anything: 1 setting missing: [failover] redis-restart-command"),
+            "{}",
+            report.summary
+        );
+    }
+
+    #[test]
+    fn a_redis_restore_needs_its_directory_and_stop_command_when_redis_may_come_back_empty() {
+        let mut opts = options(Incident::RedisFailure, &no_restore);
+        let names = |missing: Vec<Missing>| {
+            missing
+                .iter()
+                .map(|m| format!("{}{}", m.setting, if m.required { "!" } else { "" }))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(redis_settings_missing(&opts, true, false)),
+            [
+                "[failover] redis-restart-command!",
+                "[failover] redis-data-dir!",
+                "[failover] redis-stop-command!"
+            ]
+        );
+        assert_eq!(
+            names(redis_settings_missing(&opts, false, false)),
+            ["[failover] redis-restart-command!"]
+        );
+        opts.failover.redis_restart_command = Some("systemctl restart redis".into());
+        // Before a real restart, whether the restore is needed is not known.
+        assert_eq!(
+            names(redis_settings_missing(&opts, true, false)),
+            ["[failover] redis-data-dir", "[failover] redis-stop-command"]
+        );
+        assert_eq!(
+            names(redis_settings_missing(&opts, true, true)),
+            [
+                "[failover] redis-data-dir!",
+                "[failover] redis-stop-command!"
+            ]
+        );
+        opts.failover.redis_data_dir = Some("/var/lib/redis".into());
+        opts.failover.redis_stop_command = Some("systemctl stop redis".into());
+        assert!(redis_settings_missing(&opts, true, true).is_empty());
     }
 
     #[tokio::test]

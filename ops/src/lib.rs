@@ -29,6 +29,7 @@ pub mod passphrase;
 pub mod pg;
 pub mod pgpass;
 pub mod process;
+pub mod promoted;
 pub mod redis;
 mod repository;
 pub mod runbook;
@@ -48,7 +49,7 @@ pub use redis::Redis;
 pub use repository::Repository;
 pub use runbook::Runbook;
 pub use settings::Settings;
-pub use steps::{Line, Steps};
+pub use steps::{Line, Missing, Steps};
 pub use verify_recovery::{Depth, VerifyOptions, recorded_rows, verify};
 
 /// The version of every `--json` output's format (`"schema"`), raised when a field changes

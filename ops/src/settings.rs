@@ -54,6 +54,8 @@ pub struct Settings {
     pub check_timeout: Duration,
     /// `passphrase-file`, `passphrase-command`, `key-cache`: see [`crate::encryption`].
     pub encryption: crate::encryption::EncryptionSettings,
+    /// Whether [`Settings::database`] has said which server it is (once a run).
+    said_database: std::sync::atomic::AtomicBool,
 }
 
 /// The PostgreSQL server backed up (DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME).
@@ -513,7 +515,7 @@ impl Settings {
             ("wal-wait", file.wal_wait.as_deref()),
             ("wal-wait-seconds", file.wal_wait_seconds, 1),
         )?;
-        Ok(Settings {
+        let mut settings = Settings {
             config_file: config_file.map(absolute),
             backup_dir: file.backup_dir.clone().map(absolute),
             catalog: file.catalog.clone().map(absolute),
@@ -589,7 +591,40 @@ impl Settings {
                 password: file.db_password,
                 dbname,
             }),
-        })
+            said_database: std::sync::atomic::AtomicBool::new(false),
+        };
+        settings.follow_promoted_primary();
+        Ok(settings)
+    }
+
+    /// DB_HOST/DB_PORT give way to the server a failover promoted while they still name the
+    /// primary it replaced (see [`crate::promoted`]); user, password and database stay.
+    fn follow_promoted_primary(&mut self) {
+        let Some(dir) = &self.backup_dir else {
+            return;
+        };
+        let found = crate::promoted::resolve(dir, &self.db.host, self.db.port);
+        if let Some(record) = found.as_ref().and_then(crate::promoted::Resolution::in_use) {
+            self.db.host.clone_from(&record.host);
+            self.db.port = record.port;
+        }
+        self.ops.failover.promoted = found;
+    }
+
+    /// The PostgreSQL server the commands reach. The first call of a run says so when that is
+    /// the primary a failover promoted (or why a recorded one is not used): the configuration
+    /// names another server, and the operator must know which one a command touched.
+    pub fn database(&self) -> &Database {
+        use std::sync::atomic::Ordering;
+        if let Some(found) = &self.ops.failover.promoted
+            && !self.said_database.swap(true, Ordering::Relaxed)
+        {
+            match found.in_use() {
+                Some(_) => tracing::info!("{}", found.note()),
+                None => tracing::warn!("{}", found.note()),
+            }
+        }
+        &self.db
     }
 
     pub fn backup_dir(&self) -> Result<&Path, OpsError> {

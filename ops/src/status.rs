@@ -76,15 +76,23 @@ pub async fn run(
             worst,
         ));
     }
+    // Which server the PostgreSQL lines are about, when a failover's record decides it.
+    let promoted = settings.ops.failover.promoted.as_ref();
     let text = if output.json {
         let mut json = status.to_json();
         json["alerts"] = serde_json::json!(found);
+        json["promoted_primary"] = promoted.map_or(serde_json::Value::Null, |p| p.to_json());
         crate::json_output(&json)?
     } else {
         let lines = found
             .iter()
             .map(|a| format!("\nALERT {}: {}", a.severity.as_str(), a.message));
-        format!("{status}{}", lines.collect::<String>())
+        let database = promoted.map(|p| format!("database: {}\n", p.note()));
+        format!(
+            "{}{status}{}",
+            database.unwrap_or_default(),
+            lines.collect::<String>()
+        )
     };
     Ok((text, u8::from(worst > 0)))
 }

@@ -25,7 +25,7 @@ pub async fn report(
         (None, false) => Ok(()),
     };
     update(settings, operation, &outcome).await;
-    crate::metrics::write_textfile(settings, Some(&settings.db.server())).await;
+    crate::metrics::write_textfile(settings, Some(&settings.database().server())).await;
     if let Some(e) = error {
         settings.notify(operation, false, &e, &e).await;
     }

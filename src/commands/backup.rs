@@ -44,7 +44,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     }
     let storage = settings.repository_for_writing().await?;
     let opts = archiver::BaseBackupOptions {
-        connection: super::platform::connection(&settings.db),
+        connection: super::platform::connection(settings.database()),
         data_dir: settings.pgdata.clone(),
         compression: settings.compression,
         block_size: settings.block_size,

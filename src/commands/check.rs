@@ -7,7 +7,7 @@ pub struct CheckArgs {
 }
 
 pub async fn run(args: CheckArgs, settings: &ops::Settings) -> anyhow::Result<ExitCode> {
-    let report = ops::check::run(settings, &settings.db.server()).await;
+    let report = ops::check::run(settings, &settings.database().server()).await;
     match args.json {
         true => println!("{}", ops::json_output(&report.json())?),
         false => print!("{}", report.text()),

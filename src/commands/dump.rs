@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use ops::Settings;
 
 fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptions> {
-    let mut connection = super::platform::connection(&settings.db);
+    let mut connection = super::platform::connection(settings.database());
     connection.dbname = dbname.to_string();
     Ok(archiver::DumpOptions {
         connection,
@@ -48,7 +48,7 @@ pub async fn restore(
     target: restore::Target,
     settings: &Settings,
 ) -> Result<ExitCode> {
-    let production = &settings.db.dbname;
+    let production = &settings.database().dbname;
     let staging = (target == restore::Target::Staging).then_some(&*settings.staging_db);
     let database = restore::dump_target(production, staging)?;
     let source = match file {

@@ -33,7 +33,7 @@ impl FailoverArgs {
 }
 
 pub async fn run(args: FailoverArgs, settings: &Settings) -> Result<ExitCode> {
-    let primary = settings.db.server();
+    let primary = settings.database().server();
     if args.status {
         let status = ops::failover::status(&primary, &settings.ops.failover, settings).await?;
         print!("{status}");

@@ -37,7 +37,7 @@ pub fn list(args: ListArgs, settings: &Settings) -> Result<ExitCode> {
 
 pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
     let output = ops::status::Output::new(args.json, args.nagios, args.notify);
-    let (text, code) = ops::status::run(settings, &settings.db.server(), output).await?;
+    let (text, code) = ops::status::run(settings, &settings.database().server(), output).await?;
     println!("{text}");
     Ok(ExitCode::from(code))
 }
@@ -46,7 +46,7 @@ pub async fn status(args: StatusArgs, settings: &Settings) -> Result<ExitCode> {
 pub async fn metrics(settings: &Settings) -> Result<ExitCode> {
     print!(
         "{}",
-        ops::metrics::render(settings, Some(&settings.db.server())).await?
+        ops::metrics::render(settings, Some(&settings.database().server())).await?
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -31,7 +31,7 @@ pub fn standby(
         connection: archiver::ConnectionOptions {
             host: standby.host,
             port: standby.port,
-            ..connection(&settings.db)
+            ..connection(settings.database())
         },
         data_dir: standby.data_dir,
         max_lag: standby.max_lag,
@@ -56,7 +56,7 @@ pub fn verify_options(
     ops::VerifyOptions {
         depth,
         target,
-        database: settings.db.server(),
+        database: settings.database().server(),
         staging_database: settings.staging_db.clone(),
         checks: settings.ops.verify.clone(),
         redis: redis(&settings.redis),
