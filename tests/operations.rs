@@ -767,9 +767,30 @@ fn without_a_replica_the_repository_brings_the_database_back_in_either_region() 
     let mut env = primary.db_env();
     env.push(("LIFELINE_CONFIG".into(), config.display().to_string()));
     let env = env_refs(&env);
+    // An earlier failover's record stands in for the configured primary, at an address that
+    // is gone too: the restore brings back the configured server and retires the record.
+    let record = scratch.repo.join(".promoted_primary");
+    write_owned(
+        &record,
+        &format!(
+            r#"{{"host": "127.0.0.1", "port": {}, "configured_host": "127.0.0.1", "configured_port": {},
+               "replaced": "127.0.0.1:{}", "incident": "database_failure", "promoted_at": "2026-01-01T00:00:00Z"}}"#,
+            free_port(),
+            primary.port,
+            primary.port
+        ),
+    );
     let out = scratch.lifeline(&["failover", "--incident", "database_failure"], &env);
     let said = succeeded(&out, "failover without a replica");
     assert!(said.contains("no replica configured"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "the restored server takes the configured address 127.0.0.1:{}",
+            primary.port
+        )) && said.contains(&format!("127.0.0.1:{} accepts writes", primary.port)),
+        "{said}"
+    );
+    assert!(!record.exists(), "the record outlived the restore");
     assert!(
         said.contains("recover through the end of the archive"),
         "{said}"

@@ -258,6 +258,16 @@ fn restore_settings_missing(opts: &FailoverOptions<'_>) -> Vec<Missing> {
     missing
 }
 
+/// The server a restore from the repository brings up: the one DB_HOST/DB_PORT name (PGDATA
+/// and postgres-start-command are its), even while a promoted primary stands in for it.
+fn restored_primary(opts: &FailoverOptions<'_>) -> pg::Server {
+    let recorded = opts.failover.promoted.as_ref();
+    match recorded.and_then(promoted::Resolution::in_use) {
+        Some(r) => opts.primary.at(&r.configured_host, r.configured_port),
+        None => opts.primary.clone(),
+    }
+}
+
 /// A position as the server reports it (`0/3000060`), in bytes.
 fn lsn(text: &str) -> Option<u64> {
     text.parse::<Lsn>().ok().map(|l| l.0)
@@ -468,6 +478,38 @@ async fn record_promoted(
     }
 }
 
+/// After a restore from the repository the server is at the configured address again: a
+/// promoted primary's record must not keep lifeline's commands on the server it replaced.
+async fn retire_promoted(
+    opts: &FailoverOptions<'_>,
+    repo: &impl Repository,
+    steps: &mut Steps,
+) -> Result<(), OpsError> {
+    let recorded = opts.failover.promoted.as_ref();
+    let (Some(record), Some(dir)) = (
+        recorded.and_then(promoted::Resolution::in_use),
+        repo.backup_dir().map(Path::to_path_buf),
+    ) else {
+        return Ok(());
+    };
+    let path = promoted::path(&dir);
+    if steps.step(format!(
+        "remove {}: the restored server takes the configured address {} in place of the promoted {}",
+        path.display(),
+        record.configured(),
+        record.address()
+    )) {
+        tokio::task::spawn_blocking(move || promoted::forget(&dir))
+            .await?
+            .map_err(|source| OpsError::Io {
+                doing: format!("remove {}", path.display()),
+                source,
+            })?;
+        steps.done("lifeline's commands reach the configured DB_HOST/DB_PORT again");
+    }
+    Ok(())
+}
+
 /// What the promoted replica may lack: WAL in the archive beyond its replay position, and the
 /// commit time of the last transaction it replayed.
 async fn loss_window(repo: &impl Repository, replica: &NodeState) -> String {
@@ -657,6 +699,7 @@ async fn restore_from_repository(
         }
         steps.done(format!("restored {}", backup.backup_id));
     }
+    retire_promoted(opts, repo, steps).await?;
     let Some(start) = opts.failover.postgres_start_command.clone() else {
         steps.found("no [failover] postgres-start-command: start PostgreSQL on the restored directory by hand");
         return Ok(format!(
@@ -666,9 +709,10 @@ async fn restore_from_repository(
     };
     if steps.step(format!("start PostgreSQL: {start}")) {
         process::run_shell(&start, Duration::from_secs(600)).await?;
-        let node = opts.primary.address();
+        let server = restored_primary(opts);
+        let node = server.address();
         pg::wait_writable(
-            &opts.primary.config,
+            &server.config,
             &node,
             Instant::now() + Duration::from_secs(600),
         )
@@ -965,6 +1009,7 @@ async fn datacenter_failure(
         let verify = VerifyOptions {
             depth: Depth::Quick,
             target: restore::Target::Production,
+            database: restored_primary(opts),
             ..opts.verify.clone()
         };
         let report = crate::verify(&verify, repo).await;
@@ -977,7 +1022,8 @@ async fn datacenter_failure(
             ));
         }
     }
-    switch_connection_file(&opts.failover, steps, &opts.primary.host, opts.primary.port).await?;
+    let restored = restored_primary(opts);
+    switch_connection_file(&opts.failover, steps, &restored.host, restored.port).await?;
     Ok(summary)
 }
 
@@ -1461,6 +1507,64 @@ mod tests {
         opts.failover.redis_data_dir = Some("/var/lib/redis".into());
         opts.failover.redis_stop_command = Some("systemctl stop redis".into());
         assert!(redis_settings_missing(&opts, true, true).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_promotion_keeps_standing_in_for_the_configured_primary() {
+        let scratch = crate::repository::Scratch::new();
+        let mut opts = options(Incident::DatabaseFailure, &no_restore);
+        let first = opts.primary.at("10.0.0.6", 5432);
+        let mut steps = Steps::new(false, |_| {});
+        let path = record_promoted(&opts, &scratch, &mut steps, &first)
+            .await
+            .expect("recorded");
+        assert_eq!(path, scratch.dir.path().join(promoted::FILE_NAME));
+        // The next run resolves its settings through the record: the promoted server is its
+        // primary; DB_HOST/DB_PORT still name 127.0.0.1:1.
+        let found = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1).expect("a record");
+        opts.primary = first.clone();
+        opts.failover.promoted = Some(found);
+        let second = opts.primary.at("10.0.0.7", 5432);
+        record_promoted(&opts, &scratch, &mut steps, &second)
+            .await
+            .expect("recorded");
+        let found = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1).expect("a record");
+        let record = found.in_use().expect("in use");
+        assert_eq!(
+            (
+                record.address(),
+                record.configured(),
+                record.replaced.as_str()
+            ),
+            (
+                "10.0.0.7:5432".to_string(),
+                "127.0.0.1:1".to_string(),
+                "10.0.0.6:5432"
+            )
+        );
+        assert!(
+            found.note().contains(
+                "configured DB_HOST/DB_PORT 127.0.0.1:1 (the primary it replaced: 10.0.0.6:5432)"
+            ),
+            "{}",
+            found.note()
+        );
+        // A restore from the repository brings the configured server back, not the promoted.
+        opts.failover.promoted = Some(found.clone());
+        assert_eq!(restored_primary(&opts).address(), "127.0.0.1:1");
+        // A simulation only says where it would record it.
+        let mut simulated = Steps::new(true, |_| {});
+        record_promoted(&opts, &scratch, &mut simulated, &first).await;
+        assert!(
+            simulated
+                .transcript()
+                .contains("(would run): record 10.0.0.6:5432 in ")
+        );
+        let again = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1).expect("a record");
+        assert_eq!(
+            again.in_use().map(PromotedPrimary::address).as_deref(),
+            Some("10.0.0.7:5432")
+        );
     }
 
     #[tokio::test]

@@ -165,22 +165,39 @@ pub fn resolve(backup_dir: &Path, host: &str, port: u16) -> Option<Resolution> {
 }
 
 fn load(backup_dir: &Path, path: &Path) -> Result<Option<PromotedPrimary>, String> {
-    let bytes = match crate::status_file::read_regular(path) {
-        Ok(bytes) => bytes,
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link, never waiting on a FIFO; what is checked is what is read.
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path);
+    let file = match file {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read it ({e})")),
     };
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read it ({e})"))?;
-    let dir_owner = std::fs::metadata(backup_dir).map(|m| m.uid()).ok();
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
     if meta.mode() & 0o022 != 0 {
         return Err("others may write it".into());
     }
+    let dir_owner = std::fs::metadata(backup_dir).map(|m| m.uid()).ok();
     if meta.uid() != 0 && Some(meta.uid()) != dir_owner {
         return Err(format!(
             "it belongs to {}, neither root nor the owner of BACKUP_DIR",
             storage::private::user_name(meta.uid())
         ));
     }
+    let mut bytes = Vec::new();
+    file.take(64 << 10)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it ({e})"))?;
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| format!("it is not a record of a promoted primary ({e})"))
@@ -199,6 +216,18 @@ pub fn record(
     let owner = storage::private::Owner::of(backup_dir);
     storage::atomic::write(&path, &bytes, storage::atomic::WriteOptions::private(owner))?;
     Ok(path)
+}
+
+/// Remove the record from `backup_dir` (durably: the directory is synced); false when there
+/// was none.
+pub fn forget(backup_dir: &Path) -> io::Result<bool> {
+    match std::fs::remove_file(path(backup_dir)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(backup_dir)?.sync_all()?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -249,6 +278,9 @@ mod tests {
                 .contains("DB_HOST/DB_PORT name 10.0.0.7:5432")
         );
         assert_eq!(ignored.to_json()["state"], "ignored");
+        assert!(forget(dir.path()).expect("removed"));
+        assert_eq!(resolve(dir.path(), "10.0.0.5", 5432), None);
+        assert!(!forget(dir.path()).expect("nothing to remove"));
     }
 
     #[test]
