@@ -139,13 +139,6 @@ pub async fn run_dump_backup(
 /// its command line).
 pub fn pg_command(pg_bin: &Path, program: &str, connection: &ConnectionOptions) -> Command {
     let mut command = Command::new(pg_bin.join(program));
-    command
-        .env("PGHOST", &connection.host)
-        .env("PGPORT", connection.port.to_string())
-        .env("PGUSER", &connection.user)
-        .stdin(Stdio::null());
-    if let Some(password) = &connection.password {
-        command.env("PGPASSWORD", password);
-    }
+    command.envs(connection.libpq_env()).stdin(Stdio::null());
     command
 }

@@ -22,7 +22,7 @@ pub async fn run(settings: &Settings, server: &pg::Server) -> Report {
     let mut report = Report::new("check", &server.address());
     report.checks.push(configuration(settings));
     let storage = repository(settings, &mut report).await;
-    match pg::connect(&server.config, &server.address(), Duration::from_secs(10)).await {
+    match pg::connect(server, &server.address(), Duration::from_secs(10)).await {
         Ok(client) => {
             postgres(settings, storage.as_deref(), &client, &mut report).await;
         }

@@ -28,6 +28,10 @@ pub struct ConfigFile {
     pub db_user: Option<String>,
     pub db_password: Option<String>,
     pub db_name: Option<String>,
+    /// libpq's sslmode for every connection to PostgreSQL (default prefer).
+    pub db_sslmode: Option<String>,
+    /// The PEM file of the CA that signed the server's certificate, or "system".
+    pub db_sslrootcert: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
     pub transfers: Option<usize>,
     pub s3_bucket: Option<String>,

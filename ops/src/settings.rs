@@ -64,6 +64,8 @@ pub struct Database {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+    /// `db-sslmode`, `db-sslrootcert` (libpq's `PGSSLMODE`, `PGSSLROOTCERT`).
+    pub tls: pgtls::TlsSettings,
 }
 
 /// The Redis server backed up (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD).
@@ -114,6 +116,7 @@ impl Database {
             host: self.host.clone(),
             port: self.port,
             config,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -122,8 +125,8 @@ impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}@{}:{}/{}",
-            self.user, self.host, self.port, self.dbname
+            "{}@{}:{}/{} sslmode={}",
+            self.user, self.host, self.port, self.dbname, self.tls.mode
         )
     }
 }
@@ -276,12 +279,15 @@ impl ConfigFile {
             from_env(slot, name, "text")?;
         }
         from_env(&mut self.db_port, "DB_PORT", "a port number")?;
+        from_env(&mut self.db_sslmode, "DB_SSLMODE", "text")?;
+        from_env(&mut self.db_sslrootcert, "DB_SSLROOTCERT", "a path")?;
         // libpq's variables, when neither DB_* nor the file names the server.
         for (slot, name) in [
             (&mut self.db_host, "PGHOST"),
             (&mut self.db_user, "PGUSER"),
             (&mut self.db_password, "PGPASSWORD"),
             (&mut self.db_name, "PGDATABASE"),
+            (&mut self.db_sslmode, "PGSSLMODE"),
         ] {
             if slot.is_none() {
                 from_env(slot, name, "text")?;
@@ -290,13 +296,8 @@ impl ConfigFile {
         if self.db_port.is_none() {
             from_env(&mut self.db_port, "PGPORT", "a port number")?;
         }
-        if let Some(mode) =
-            env("PGSSLMODE").filter(|m| !matches!(m.as_str(), "disable" | "allow" | "prefer"))
-        {
-            return Err(setting(format!(
-                "PGSSLMODE={mode}: lifeline does not speak TLS to PostgreSQL yet and will not connect \
-                 without it when asked for it; unset PGSSLMODE (or set it to prefer) only on a trusted network"
-            )));
+        if self.db_sslrootcert.is_none() {
+            from_env(&mut self.db_sslrootcert, "PGSSLROOTCERT", "a path")?;
         }
         from_env(&mut self.redis_port, "REDIS_PORT", "a port number")?;
         from_env(&mut self.pgdata, "PGDATA", "a path")?;
@@ -588,6 +589,15 @@ impl Settings {
                 user: file.db_user.unwrap_or_else(|| "postgres".into()),
                 password: file.db_password,
                 dbname,
+                tls: pgtls::TlsSettings {
+                    mode: match &file.db_sslmode {
+                        None => pgtls::SslMode::default(),
+                        Some(mode) => mode.parse().map_err(|e| {
+                            setting(format!("db-sslmode (DB_SSLMODE, PGSSLMODE): {e}"))
+                        })?,
+                    },
+                    root_cert: file.db_sslrootcert,
+                },
             }),
         })
     }
