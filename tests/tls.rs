@@ -205,7 +205,11 @@ fn a_tls_only_server_is_backed_up_and_restored_and_a_wrong_certificate_is_refuse
     assert_eq!(code(&out), 0, "pg_dump over verify-full: {}", text(&out));
     let out = scratch.lifeline(&["check"], &env_refs(&verified));
     let said = text(&out);
-    for line in ["[PASS] PostgreSQL", "[PASS] WAL reaches the repository"] {
+    for line in [
+        "[PASS] PostgreSQL reachable",
+        "TLSv1.3 (db-sslmode verify-full)",
+        "[PASS] WAL reaches the repository",
+    ] {
         assert!(said.contains(line), "{line} missing in:\n{said}");
     }
     assert!(!said.contains(PASSWORD), "the password was printed: {said}");

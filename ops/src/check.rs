@@ -153,9 +153,21 @@ async fn postgres(
             return;
         }
     };
+    // Whether the connection is encrypted is worth seeing: prefer falls back to plain text.
+    let tls = query_text(
+        client,
+        "SELECT coalesce((SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl), \
+         'no TLS')",
+    )
+    .await
+    .unwrap_or_else(|_| "TLS unknown".into());
     report.checks.push(Check::pass(
         "PostgreSQL reachable",
-        format!("system identifier {}", sysid.unwrap_or_default()),
+        format!(
+            "system identifier {}, {tls} (db-sslmode {})",
+            sysid.unwrap_or_default(),
+            settings.db.tls.mode
+        ),
     ));
     if let (Some(storage), Some(sysid)) = (storage, sysid) {
         report.checks.push(same_cluster(storage, sysid).await);
