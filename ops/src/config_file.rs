@@ -60,6 +60,9 @@ pub struct ConfigFile {
     pub aws_secret_access_key: Option<String>,
     pub wal_prefetch: Option<usize>,
     pub wal_prefetch_mib: Option<u64>,
+    /// `wal push` look-ahead: segments (0: off) and MiB stored ahead by a detached worker.
+    pub wal_push_ahead: Option<usize>,
+    pub wal_push_ahead_mib: Option<u64>,
     pub wal_spool_dir: Option<PathBuf>,
     pub redis_host: Option<String>,
     pub redis_port: Option<u16>,

@@ -31,6 +31,8 @@ pub struct Settings {
     /// Packs uploaded or chunk groups downloaded at once; `None` picks by repository kind.
     pub transfers: Option<usize>,
     pub prefetch: Prefetch,
+    /// `wal-push-ahead`, `wal-push-ahead-mib`: see [`Settings::start_push_ahead`].
+    pub push_ahead: PushAhead,
     pub redis: RedisServer,
     /// The database a `--target staging` dump restore recreates.
     pub staging_db: String,
@@ -186,6 +188,14 @@ pub struct Prefetch {
     pub spool_dir: Option<PathBuf>,
 }
 
+/// `wal push` look-ahead: how many segments PostgreSQL has marked ready a detached worker
+/// stores ahead of their own `wal push`, and at most how many bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct PushAhead {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
 fn setting(message: String) -> OpsError {
     OpsError::Setting(message)
 }
@@ -300,6 +310,11 @@ impl ConfigFile {
             from_env(&mut self.db_sslrootcert, "PGSSLROOTCERT", "a path")?;
         }
         from_env(&mut self.redis_port, "REDIS_PORT", "a port number")?;
+        from_env(
+            &mut self.wal_push_ahead,
+            "LIFELINE_WAL_PUSH_AHEAD",
+            "a number",
+        )?;
         from_env(&mut self.pgdata, "PGDATA", "a path")?;
         from_env(&mut self.pg_bin_dir, "PG_BIN_DIR", "a path")?;
         Ok(())
@@ -531,6 +546,10 @@ impl Settings {
                 segments: file.wal_prefetch.unwrap_or(prefetch_default),
                 bytes: mib_to_bytes(file.wal_prefetch_mib.unwrap_or(512), "wal-prefetch-mib")?,
                 spool_dir: file.wal_spool_dir.clone().map(absolute),
+            },
+            push_ahead: PushAhead {
+                segments: file.wal_push_ahead.unwrap_or(8),
+                bytes: mib_to_bytes(file.wal_push_ahead_mib.unwrap_or(256), "wal-push-ahead-mib")?,
             },
             staging_db: file
                 .staging_db_name
@@ -806,6 +825,61 @@ impl Settings {
             .spawn();
         if let Err(e) = spawned {
             tracing::debug!("prefetch not started: {e}");
+        }
+    }
+
+    /// `wal prefetch`: read the segments after `name` into the spool (a detached worker of
+    /// `wal fetch`; without a spool there is nothing to do).
+    pub async fn prefetch(&self, name: &str, cluster: u64) -> Result<(), OpsError> {
+        name.parse::<storage::wal::WalFileName>()
+            .map_err(|e| setting(format!("wal prefetch {name}: {e}")))?;
+        let Some(spool) = self.spool() else {
+            return Ok(());
+        };
+        let storage = self.repository().await?;
+        let report = spool
+            .prefetch_after(storage.as_ref(), cluster, name, self.download_transfers())
+            .await?;
+        tracing::debug!(
+            segments = report.fetched,
+            bytes = report.bytes,
+            "prefetched"
+        );
+        Ok(())
+    }
+
+    /// After `wal push PATH` stored its segment: start this binary's `wal push --ahead PATH`
+    /// detached, to store the segments PostgreSQL has already marked ready (see
+    /// `archiver::push_ahead`). It must not delay the answer PostgreSQL waits for, nor
+    /// receive the signals meant for archive_command.
+    pub fn start_push_ahead(&self, path: &Path) {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        if self.push_ahead.segments == 0 {
+            return;
+        }
+        let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {
+            return;
+        };
+        let spawned = Command::new(exe)
+            .args(repository)
+            .args(["wal", "push", "--ahead"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        if let Err(e) = spawned {
+            tracing::debug!("look-ahead not started: {e}");
+        }
+    }
+
+    /// `wal push`'s compression: two workers, the archiver's one segment at a time.
+    pub fn push_compression(&self) -> Compression {
+        Compression {
+            workers: 2,
+            ..self.compression
         }
     }
 

@@ -346,6 +346,9 @@ impl Storage for RacingRepo {
     async fn sync(&self) -> Result<(), storage::StorageError> {
         self.inner.sync().await
     }
+    async fn sync_object(&self, key: &str) -> Result<(), storage::StorageError> {
+        self.inner.sync_object(key).await
+    }
     fn describe(&self) -> String {
         self.inner.describe()
     }
