@@ -426,6 +426,13 @@ mod tests {
     }
 
     #[test]
+    fn the_bar_templates_parse() {
+        for template in [PHASE_TEMPLATE, BYTES_TEMPLATE, BAR_TEMPLATE] {
+            assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+        }
+    }
+
+    #[test]
     fn the_last_line_has_the_average_rate() {
         let line = final_line(
             "restore",
