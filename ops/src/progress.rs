@@ -448,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_operation_logs_nothing_and_a_long_one_ends_with_a_last_line() {
+    fn only_an_operation_longer_than_the_interval_is_logged() {
         let quick = Reporter::start("backup", None, Duration::from_secs(3600));
         quick.advance(10);
         let handle = quick.logger.lock().expect("lock").take();
