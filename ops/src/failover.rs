@@ -642,6 +642,7 @@ async fn redis_failure(
         let options = restore::RedisRestoreOptions {
             transfers: opts.transfers,
             owner: storage::private::Owner::of(&data_dir),
+            progress: storage::progress::none(),
         };
         restore::restore_redis(storage.as_ref(), &loaded, &data_dir, &options).await?;
         steps.done(format!(

@@ -800,6 +800,7 @@ impl Settings {
             verify_first,
             choices,
             owner: storage::private::Owner::KEEP,
+            progress: storage::progress::none(),
         })
     }
 

@@ -419,6 +419,7 @@ async fn a_failed_redis_restore_leaves_the_existing_dump_where_redis_looks() {
         &restore::RedisRestoreOptions {
             transfers: 2,
             owner: storage::private::Owner::KEEP,
+            progress: storage::progress::none(),
         },
     )
     .await
