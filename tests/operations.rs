@@ -575,6 +575,25 @@ fn verify_recovery_and_drills_report_what_is_true() {
         0,
         "the scratch server was left behind"
     );
+    // What the drill measured is what metrics exports.
+    let rto: f64 = said
+        .split("RTO measured: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit() && c != '.').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the drill's RTO");
+    assert_eq!(metric(&scratch, &env, "lifeline_last_drill_success"), 1.0);
+    let exported = metric(&scratch, &env, "lifeline_last_drill_rto_seconds");
+    assert!(
+        (exported - rto).abs() < 1.0,
+        "exported RTO {exported}, drill said {rto}"
+    );
+    let drilled_at = metric(&scratch, &env, "lifeline_last_drill_timestamp_seconds");
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!(
+        (now - drilled_at).abs() < 600.0,
+        "drill time {drilled_at}, now {now}"
+    );
     assert!(
         logs(&scratch, "drill")
             .pop()
@@ -601,6 +620,7 @@ fn verify_recovery_and_drills_report_what_is_true() {
     let listed: serde_json::Value =
         serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &env).stdout).expect("list");
     assert_eq!(listed[0]["restorability"], "FAILED");
+    assert_eq!(metric(&scratch, &env, "lifeline_last_drill_success"), 0.0);
     let metadata =
         std::fs::read_to_string(scratch.repo.join(format!("backups/{id}/{id}.metadata")))
             .expect("metadata");
@@ -1355,4 +1375,14 @@ fn a_drill_checks_the_backup_at_its_consistent_point_then_promotes_and_writes() 
     let listed: serde_json::Value =
         serde_json::from_slice(&scratch.lifeline(&["list", "--json"], &[]).stdout).expect("list");
     assert_eq!(listed[0]["restorability"], "FAILED");
+}
+
+/// One sample of `lifeline metrics` (without labels).
+fn metric(scratch: &Scratch, env: &[(&str, &str)], name: &str) -> f64 {
+    let out = scratch.lifeline(&["metrics"], env);
+    assert_eq!(code(&out), 0, "metrics: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in metrics:\n{}", text(&out)))
 }

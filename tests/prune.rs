@@ -124,7 +124,13 @@ fn prune_keeps_the_policy_and_leaves_the_rest_restorable() {
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
     succeeded(&out, "verify after prune");
     // The packs the first prune found unreferenced go on the second (grace 0); then nothing.
+    // So does the probe of a `check` killed before it removed it.
+    let probe = scratch.repo.join("check/deadhost.4242");
+    std::fs::create_dir_all(probe.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&probe, "lifeline check").expect("plant a probe");
+    common::chown_postgres(&scratch.repo);
     let out = scratch.lifeline(&["prune"], &env);
+    assert!(!probe.exists(), "a stale check probe survived prune");
     assert!(
         text(&out).contains("pruned: 0 backups, 0 WAL files, "),
         "{}",

@@ -25,6 +25,7 @@ use storage::manifest::{
     BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
 };
 use storage::pg_version::{self, Major, Support};
+use storage::progress::Progress;
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
 use storage::{BackupKind, Compression, Service, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
@@ -55,6 +56,8 @@ pub struct BaseBackupOptions {
     pub retention: catalog::RetentionPolicy,
     /// Read the data files from this standby (`backup-standby`); none: from the primary.
     pub standby: Option<StandbyOptions>,
+    /// Bytes copied of the files found (`storage::progress::none()` for none).
+    pub progress: Arc<dyn Progress>,
 }
 
 struct ServerFacts {
@@ -282,6 +285,7 @@ pub async fn run_base_backup(
         reading.still_in_recovery().await?;
     }
     storage.sync().await?;
+    opts.progress.set_phase("waiting for WAL");
     info!(
         size_bytes = copied.size_bytes,
         new_bytes = copied.new_bytes,
@@ -362,6 +366,7 @@ pub async fn run_base_backup(
         &opts.retention,
     )
     .await?;
+    opts.progress.finish();
     info!(
         backup = %backup_id,
         size_bytes = manifest.size_bytes,
@@ -498,6 +503,8 @@ async fn copy_files(
         .map(|(i, e)| (i, e.abs.clone(), e.size >= block_size as u64))
         .collect();
     let entry_count = entries.len();
+    let total = entries.iter().filter(|e| e.kind == EntryKind::File);
+    opts.progress.set_total(total.map(|e| e.size).sum());
     let reader = tokio::task::spawn_blocking(move || read_files(plan, entry_count, block_size, tx));
 
     let (packer, slots) = pack_jobs(
@@ -507,6 +514,7 @@ async fn copy_files(
         opts.compression,
         parallelism,
         opts.transfers,
+        opts.progress.as_ref(),
     )
     .await?;
     let report = reader.await.map_err(ArchiveError::task("file reader"))??;

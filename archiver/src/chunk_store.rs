@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use storage::chunking::content_defined_chunks;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
+use storage::progress::Progress;
 use storage::{
     BackupKind, ChunkIds, Compression, Durability, PutMode, Storage, StorageError, layout, object,
 };
@@ -291,7 +292,8 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
 
 /// Hash, compress and pack every job `rx` delivers, `parallelism * 2` at a time (twice the cores:
 /// chunks keep compressing while a full pack is being written). Returns the packer, which knows
-/// where every chunk is, and each job's slot, hash and length, in completion order.
+/// where every chunk is, and each job's slot, hash and length, in completion order. Each chunk
+/// counts as progress once it is hashed and, when new, compressed.
 pub(crate) async fn pack_jobs<S: Send + 'static>(
     mut rx: mpsc::Receiver<Job<S>>,
     storage: Arc<dyn Storage>,
@@ -299,6 +301,7 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
     compression: Compression,
     parallelism: usize,
     transfers: usize,
+    progress: &dyn Progress,
 ) -> Result<(Packer, Vec<(S, String, u64)>), ArchiveError> {
     let known: Arc<Mutex<HashSet<String>>> =
         Arc::new(Mutex::new(previous.keys().cloned().collect()));
@@ -308,6 +311,7 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
     let (mut packer, slots) = jobs
         .map(|job| prepare_chunk(known.clone(), ids.clone(), compression, job))
         .buffer_unordered(parallelism.max(1) * 2)
+        .inspect_ok(|prepared| progress.advance(prepared.len))
         .try_fold(
             (packer, Vec::new()),
             |(mut packer, mut slots), prepared| async move {
@@ -340,6 +344,7 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
     compression: Compression,
     parallelism: usize,
     transfers: usize,
+    progress: &dyn Progress,
 ) -> Result<StoredStream, ArchiveError> {
     let parallelism = parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Job<usize>>(parallelism * 2);
@@ -357,8 +362,16 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         }
         Ok(())
     });
-    let (packer, mut slots) =
-        pack_jobs(rx, storage, previous, compression, parallelism, transfers).await?;
+    let (packer, mut slots) = pack_jobs(
+        rx,
+        storage,
+        previous,
+        compression,
+        parallelism,
+        transfers,
+        progress,
+    )
+    .await?;
     cutter
         .await
         .map_err(ArchiveError::task("stream reader"))?

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use tracing::debug;
-
 use crate::ArchiveError;
 use crate::error::PgContext;
 
@@ -16,6 +14,8 @@ pub struct ConnectionOptions {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+    /// `db-sslmode` and `db-sslrootcert`.
+    pub tls: pgtls::TlsSettings,
 }
 
 impl std::fmt::Debug for ConnectionOptions {
@@ -26,6 +26,7 @@ impl std::fmt::Debug for ConnectionOptions {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dbname", &self.dbname)
+            .field("sslmode", &self.tls.mode)
             .finish()
     }
 }
@@ -49,16 +50,30 @@ impl ConnectionOptions {
     }
 
     pub async fn connect(&self) -> Result<tokio_postgres::Client, ArchiveError> {
-        let (client, connection) = self
-            .pg_config()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .doing("connecting (check DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME)")?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!("PostgreSQL connection closed: {e}");
-            }
-        });
-        Ok(client)
+        match pgtls::connect(&self.pg_config(), &self.tls).await {
+            Ok(client) => Ok(client),
+            Err(pgtls::ConnectError::Tls(e)) => Err(e.into()),
+            Err(pgtls::ConnectError::Postgres(e)) => Err(e).doing(
+                "connecting (check DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME, db-sslmode)",
+            ),
+        }
+    }
+
+    /// libpq's variables for a client program (pg_dump, pg_restore, psql): the same server,
+    /// user and TLS as lifeline's own connections, the password never on a command line.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGHOST", self.host.clone()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", self.user.clone()),
+            ("PGSSLMODE", self.tls.mode.to_string()),
+        ];
+        if let Some(root) = &self.tls.root_cert {
+            env.push(("PGSSLROOTCERT", root.display().to_string()));
+        }
+        if let Some(password) = &self.password {
+            env.push(("PGPASSWORD", password.clone()));
+        }
+        env
     }
 }

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use storage::manifest::{MANIFEST_FORMAT, StreamFile, StreamManifest};
+use storage::progress::Progress;
 use storage::{BackupKind, Compression, Service, Storage};
 use tracing::{info, warn};
 
@@ -28,6 +29,8 @@ pub struct DumpOptions {
     pub catalog_path: PathBuf,
     /// The policy whose daily label a new backup starts with.
     pub retention: catalog::RetentionPolicy,
+    /// Bytes of the dump stored so far; its size is unknown until pg_dump ends.
+    pub progress: Arc<dyn Progress>,
 }
 
 /// Dump `connection.dbname` into the repository.
@@ -79,6 +82,7 @@ pub async fn run_dump_backup(
         opts.compression,
         opts.parallelism,
         opts.transfers,
+        opts.progress.as_ref(),
     )
     .await;
     if stored.is_err() {
@@ -131,6 +135,7 @@ pub async fn run_dump_backup(
         &opts.retention,
     )
     .await?;
+    opts.progress.finish();
     info!(backup = %manifest.backup_id, size_bytes = manifest.size_bytes, new_bytes = manifest.new_bytes, "dump complete");
     Ok(manifest)
 }
@@ -139,13 +144,6 @@ pub async fn run_dump_backup(
 /// its command line).
 pub fn pg_command(pg_bin: &Path, program: &str, connection: &ConnectionOptions) -> Command {
     let mut command = Command::new(pg_bin.join(program));
-    command
-        .env("PGHOST", &connection.host)
-        .env("PGPORT", connection.port.to_string())
-        .env("PGUSER", &connection.user)
-        .stdin(Stdio::null());
-    if let Some(password) = &connection.password {
-        command.env("PGPASSWORD", password);
-    }
+    command.envs(connection.libpq_env()).stdin(Stdio::null());
     command
 }

@@ -33,6 +33,8 @@ pub enum ArchiveError {
         archived: String,
         offered: String,
     },
+    #[error(transparent)]
+    Tls(#[from] pgtls::TlsError),
     #[error("PostgreSQL: {action}")]
     Postgres {
         action: &'static str,

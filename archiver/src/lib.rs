@@ -1,6 +1,7 @@
 //! Everything that writes backups into the repository.
 //!
-//! - [`push_wal`]: `archive_command`, one WAL, history or backup-history file per call.
+//! - [`push_wal`]: `archive_command`, one WAL, history or backup-history file per call;
+//!   [`push_ahead`] stores the segments PostgreSQL has marked ready after it, detached.
 //! - [`run_base_backup`]: a physical backup of a running cluster, chunked and deduplicated.
 //! - [`open_rdb`]: a consistent RDB snapshot of a running Redis over the replication protocol;
 //!   [`run_rdb_backup`] stores one, chunked and deduplicated like everything else.
@@ -13,6 +14,7 @@ mod connection;
 mod dump;
 mod error;
 mod publish;
+mod push_ahead;
 mod redis;
 mod standby;
 mod stream_backup;
@@ -23,6 +25,7 @@ pub use base_backup::{BaseBackupOptions, run_base_backup};
 pub use connection::ConnectionOptions;
 pub use dump::{DumpOptions, pg_command, run_dump_backup};
 pub use error::ArchiveError;
+pub use push_ahead::{AheadReport, push_ahead};
 pub use redis::{
     RdbReader, RedisFacts, RedisOptions, keyspace, open_rdb, parse_keyspace, redis_data_dir,
 };

@@ -379,6 +379,15 @@ impl RdbReader {
         }
     }
 
+    /// The snapshot's size as the server announced it (`$<len>`); none when it streams
+    /// diskless and marks the end instead.
+    pub fn announced_len(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(len) => Some(len),
+            Framing::EofMark(_) => None,
+        }
+    }
+
     fn fill(&mut self) -> std::io::Result<()> {
         let mut chunk = vec![0; 256 << 10];
         let want = match self.framing {

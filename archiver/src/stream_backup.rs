@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use storage::manifest::{MANIFEST_FORMAT, StreamFile, StreamManifest};
+use storage::progress::Progress;
 use storage::{BackupKind, Compression, Service, Storage};
 use tracing::info;
 
@@ -27,6 +28,8 @@ pub struct RdbBackupOptions {
     pub catalog_path: PathBuf,
     /// The policy whose daily label a new backup starts with.
     pub retention: catalog::RetentionPolicy,
+    /// Bytes stored of the snapshot or files (`storage::progress::none()` for none).
+    pub progress: Arc<dyn Progress>,
 }
 
 /// Snapshot Redis over the replication protocol into the repository.
@@ -39,6 +42,10 @@ pub async fn run_rdb_backup(
         .await
         .map_err(ArchiveError::task("Redis connection task"))??;
     info!(diskless = facts.diskless, "receiving the RDB snapshot");
+    // A diskless snapshot's size is known only at its end.
+    if let Some(size) = reader.announced_len() {
+        opts.progress.set_total(size);
+    }
     let sources: Vec<(String, Box<dyn Read + Send>)> =
         vec![("dump.rdb".to_string(), Box::new(reader))];
     store_redis_files(
@@ -68,6 +75,8 @@ pub async fn run_aof_backup(
     .await
     .map_err(ArchiveError::task("Redis connection task"))??;
     info!(files = pinned.files.len(), "copying the pinned AOF files");
+    opts.progress
+        .set_total(pinned.files.iter().map(|f| f.size).sum());
     let sources: Vec<(String, Box<dyn Read + Send>)> = pinned
         .files
         .into_iter()
@@ -99,6 +108,7 @@ async fn store_redis_files(
             opts.compression,
             opts.parallelism,
             opts.transfers,
+            opts.progress.as_ref(),
         )
         .await?;
         // Later files may share this one's chunks too.
@@ -136,6 +146,7 @@ async fn store_redis_files(
         &opts.retention,
     )
     .await?;
+    opts.progress.finish();
     info!(
         backup = %manifest.backup_id,
         kind = %kind,

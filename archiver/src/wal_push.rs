@@ -62,6 +62,9 @@ pub async fn push_wal(
         // PostgreSQL re-archives after a crash: comparing checksums is enough, no compression.
         let ours = hash_file(path, io).await?;
         let outcome = compare_with_archived(storage, &key, &name, &ours).await?;
+        // Another process (a look-ahead worker, an attempt killed mid-way) may have made it
+        // visible without flushing it yet: flushed before PostgreSQL may delete the segment.
+        storage.sync_object(&key).await?;
         let stored_bytes = storage.head(&key).await?.size;
         let record = wal_record(system_identifier, &name, segment_size, &ours, stored_bytes);
         record_in_catalog(catalog.await, record).await;
@@ -224,6 +227,7 @@ async fn store(
         // put and the catalog.
         Err(StorageError::AlreadyExists { .. }) => {
             let outcome = compare_with_archived(storage, key, name, header).await?;
+            storage.sync_object(key).await?;
             Ok((outcome, storage.head(key).await?.size))
         }
         Err(e) => Err(e.into()),

@@ -338,6 +338,10 @@ async fn apply(
     storage
         .delete_many(&storage::lease::expired(storage).await?)
         .await?;
+    // Probes of `check` runs killed between their write and their delete.
+    storage
+        .delete_many(&stale_check_probes(storage, options.grace).await?)
+        .await?;
     // 2. WAL outside every kept range.
     let wal = wal_to_delete(storage, &plan.wal_keep).await?;
     storage.delete_many(&wal).await?;
@@ -359,6 +363,23 @@ async fn apply(
         packs_waiting: packs.waiting,
         grace: options.grace,
     })
+}
+
+/// `check` probes older than the grace period: a live `check` deletes its own within seconds.
+async fn stale_check_probes(
+    storage: &dyn Storage,
+    grace: Duration,
+) -> Result<Vec<String>, CatalogError> {
+    let settled = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Ok(storage
+        .list(layout::CHECK_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| m.last_modified <= settled)
+        .map(|m| m.key)
+        .collect())
 }
 
 /// WAL segments (and backup-history files) wholly outside every range to keep. History files

@@ -128,7 +128,7 @@ pub fn alerts(
 
 /// What the server says about archiving, when it answers within 3 s: `Some` when it is failing now.
 pub async fn archiver_failing(server: &crate::pg::Server) -> Option<String> {
-    let client = crate::pg::connect(&server.config, &server.address(), Duration::from_secs(3))
+    let client = crate::pg::connect(server, &server.address(), Duration::from_secs(3))
         .await
         .ok()?;
     let check = crate::check::archiver_failures(&client).await;

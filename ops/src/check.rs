@@ -22,7 +22,7 @@ pub async fn run(settings: &Settings, server: &pg::Server) -> Report {
     let mut report = Report::new("check", &server.address());
     report.checks.push(configuration(settings));
     let storage = repository(settings, &mut report).await;
-    match pg::connect(&server.config, &server.address(), Duration::from_secs(10)).await {
+    match pg::connect(server, &server.address(), Duration::from_secs(10)).await {
         Ok(client) => {
             postgres(settings, storage.as_deref(), &client, &mut report).await;
         }
@@ -153,9 +153,21 @@ async fn postgres(
             return;
         }
     };
+    // Whether the connection is encrypted is worth seeing: prefer falls back to plain text.
+    let tls = query_text(
+        client,
+        "SELECT coalesce((SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl), \
+         'no TLS')",
+    )
+    .await
+    .unwrap_or_else(|_| "TLS unknown".into());
     report.checks.push(Check::pass(
         "PostgreSQL reachable",
-        format!("system identifier {}", sysid.unwrap_or_default()),
+        format!(
+            "system identifier {}, {tls} (db-sslmode {})",
+            sysid.unwrap_or_default(),
+            settings.db.tls.mode
+        ),
     ));
     if let (Some(storage), Some(sysid)) = (storage, sysid) {
         report.checks.push(same_cluster(storage, sysid).await);

@@ -175,13 +175,13 @@ pub struct RecordedRows {
 /// PostgreSQL reachable, the database present, and (with `recorded`) every table the backup
 /// recorded present with no more than `tolerance_percent` fewer rows than recorded.
 pub async fn postgres(
-    config: &tokio_postgres::Config,
+    server: &crate::pg::Server,
     node: &str,
     recorded: Option<&RecordedRows>,
     tolerance_percent: f64,
 ) -> Vec<Check> {
-    let dbname = config.get_dbname().unwrap_or("postgres").to_string();
-    let client = match crate::pg::connect(config, node, CHECK_TIMEOUT).await {
+    let dbname = server.config.get_dbname().unwrap_or("postgres").to_string();
+    let client = match crate::pg::connect(server, node, CHECK_TIMEOUT).await {
         Ok(c) => c,
         // invalid_catalog_name: the server answered, the database is not there. (A missing
         // role also "does not exist", so the SQLSTATE decides, not the words.)

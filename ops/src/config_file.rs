@@ -28,6 +28,10 @@ pub struct ConfigFile {
     pub db_user: Option<String>,
     pub db_password: Option<String>,
     pub db_name: Option<String>,
+    /// libpq's sslmode for every connection to PostgreSQL (default prefer).
+    pub db_sslmode: Option<String>,
+    /// The PEM file of the CA that signed the server's certificate, or "system".
+    pub db_sslrootcert: Option<PathBuf>,
     pub pgdata: Option<PathBuf>,
     pub transfers: Option<usize>,
     pub s3_bucket: Option<String>,
@@ -56,6 +60,9 @@ pub struct ConfigFile {
     pub aws_secret_access_key: Option<String>,
     pub wal_prefetch: Option<usize>,
     pub wal_prefetch_mib: Option<u64>,
+    /// `wal push` look-ahead: segments (0: off) and MiB stored ahead by a detached worker.
+    pub wal_push_ahead: Option<usize>,
+    pub wal_push_ahead_mib: Option<u64>,
     pub wal_spool_dir: Option<PathBuf>,
     pub redis_host: Option<String>,
     pub redis_port: Option<u16>,

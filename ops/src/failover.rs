@@ -294,8 +294,7 @@ async fn database_failure(
     repo: &impl Repository,
     steps: &mut Steps,
 ) -> Result<String, OpsError> {
-    let primary_config = &opts.primary.config;
-    let primary = pg::probe(primary_config, &primary_name(&opts.primary), PROBE_TIMEOUT).await;
+    let primary = pg::probe(&opts.primary, &primary_name(&opts.primary), PROBE_TIMEOUT).await;
     steps.found(describe(&primary));
     if primary.reachable && !primary.in_recovery && !opts.force && steps.simulate() {
         // The plan is still worth seeing on a healthy system: the one INC-002 would follow.
@@ -335,7 +334,7 @@ async fn database_failure(
     };
     if still_writable {
         // A replica that is down cannot take over either: the primary is left as it is.
-        let ready = pg::probe(&replica.config, &replica_name, PROBE_TIMEOUT).await;
+        let ready = pg::probe(&replica, &replica_name, PROBE_TIMEOUT).await;
         if !ready.reachable {
             steps.found(describe(&ready));
             return Err(stopped(
@@ -345,7 +344,7 @@ async fn database_failure(
         let client = if steps.simulate() {
             None
         } else {
-            Some(pg::connect(primary_config, &primary.node, PROBE_TIMEOUT).await?)
+            Some(pg::connect(&opts.primary, &primary.node, PROBE_TIMEOUT).await?)
         };
         let fence = "make the old primary read-only (default_transaction_read_only) so that nothing writes to both";
         if steps.step(fence)
@@ -363,7 +362,7 @@ async fn database_failure(
             steps.done(format!("{segment} archived"));
         }
     }
-    let state = pg::probe(&replica.config, &replica_name, PROBE_TIMEOUT).await;
+    let state = pg::probe(&replica, &replica_name, PROBE_TIMEOUT).await;
     steps.found(describe(&state));
     if !state.reachable {
         return Err(stopped(
@@ -377,7 +376,7 @@ async fn database_failure(
         if steps.step(format!(
             "promote {replica_name} (pg_promote) and wait until it accepts writes"
         )) {
-            let took = pg::promote(&replica.config, &replica_name, timeout).await?;
+            let took = pg::promote(&replica, &replica_name, timeout).await?;
             steps.done(format!(
                 "{replica_name} is the primary, accepting writes after {:.1} s",
                 took.as_secs_f64()
@@ -711,12 +710,7 @@ async fn restore_from_repository(
         process::run_shell(&start, Duration::from_secs(600)).await?;
         let server = restored_primary(opts);
         let node = server.address();
-        pg::wait_writable(
-            &server.config,
-            &node,
-            Instant::now() + Duration::from_secs(600),
-        )
-        .await?;
+        pg::wait_writable(&server, &node, Instant::now() + Duration::from_secs(600)).await?;
         steps.done(format!("{node} accepts writes"));
     }
     Ok(format!(
@@ -850,6 +844,7 @@ async fn redis_failure(
         let options = restore::RedisRestoreOptions {
             transfers: opts.transfers,
             owner: storage::private::Owner::of(&data_dir),
+            progress: storage::progress::none(),
         };
         restore::restore_redis(storage.as_ref(), &loaded, &data_dir, &options).await?;
         steps.done(format!(
@@ -1049,7 +1044,7 @@ pub async fn status(
     repo: &impl Repository,
 ) -> Result<Status, OpsError> {
     let mut lines = Vec::new();
-    let state = pg::probe(&primary.config, &primary_name(primary), PROBE_TIMEOUT).await;
+    let state = pg::probe(primary, &primary_name(primary), PROBE_TIMEOUT).await;
     lines.push(describe(&state));
     for r in &state.replicas {
         lines.push(format!("  streaming to {r}"));
@@ -1065,14 +1060,12 @@ pub async fn status(
     {
         let old = primary.at(&record.configured_host, record.configured_port);
         let name = format!("configured primary {}", old.address());
-        lines.push(describe(
-            &pg::probe(&old.config, &name, PROBE_TIMEOUT).await,
-        ));
+        lines.push(describe(&pg::probe(&old, &name, PROBE_TIMEOUT).await));
     }
     if failover.replica_host.is_some() && replica(primary, failover).is_none() {
         lines.push(format!("replica: {}", no_replica(primary, failover)));
     } else if let Some((replica, name)) = replica(primary, failover) {
-        let replica_state = pg::probe(&replica.config, &name, PROBE_TIMEOUT).await;
+        let replica_state = pg::probe(&replica, &name, PROBE_TIMEOUT).await;
         lines.push(describe(&replica_state));
         let lag = state
             .lsn
@@ -1164,6 +1157,7 @@ mod tests {
             host: "db1".into(),
             port: 5433,
             config,
+            tls: Default::default(),
         };
         let failover = FailoverConfig {
             replica_host: Some("db2".into()),
@@ -1262,6 +1256,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 1,
             config,
+            tls: Default::default(),
         };
         let redis = Redis {
             host: "127.0.0.1".into(),

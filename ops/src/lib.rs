@@ -29,6 +29,7 @@ pub mod passphrase;
 pub mod pg;
 pub mod pgpass;
 pub mod process;
+pub mod progress;
 pub mod promoted;
 pub mod redis;
 mod repository;

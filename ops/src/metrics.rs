@@ -203,13 +203,9 @@ fn last_drill(registry: &mut Registry, logs: &Path) {
 }
 
 async fn archiver_failed(server: &crate::pg::Server) -> Option<u64> {
-    let client = crate::pg::connect(
-        &server.config,
-        &server.address(),
-        std::time::Duration::from_secs(3),
-    )
-    .await
-    .ok()?;
+    let client = crate::pg::connect(server, &server.address(), std::time::Duration::from_secs(3))
+        .await
+        .ok()?;
     let row = client
         .query_one("SELECT failed_count FROM pg_stat_archiver", &[])
         .await

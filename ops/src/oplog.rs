@@ -60,13 +60,20 @@ pub fn init_logging(operation_log: Option<std::fs::File>) {
     use tracing_subscriber::filter::{EnvFilter, Targets};
     use tracing_subscriber::prelude::*;
     // Report lines are printed on stdout already; they go to the operation log only.
+    // On a terminal progress is a bar (crate::progress); its lines are for logs.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let off = if tty {
+        "lifeline::report=off,lifeline::progress=off"
+    } else {
+        "lifeline::report=off"
+    };
     let spec = std::env::var("LIFELINE_LOG").unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(format!("{spec},lifeline::report=off"))
-        .unwrap_or_else(|_| EnvFilter::new("info,lifeline::report=off"));
+    let filter = EnvFilter::try_new(format!("{spec},{off}"))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{off}")));
     let terminal = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // PostgreSQL copies archive_command's stderr into its log: no colour codes there.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(tty)
         .with_target(false)
         .with_filter(filter);
     let file = operation_log.map(|f| {

@@ -11,23 +11,22 @@ use crate::OpsError;
 pub use tokio_postgres::{Client, Config};
 
 pub async fn connect(
-    config: &tokio_postgres::Config,
+    server: &Server,
     node: &str,
     timeout: Duration,
 ) -> Result<tokio_postgres::Client, OpsError> {
-    let mut config = config.clone();
+    let mut config = server.config.clone();
     config.connect_timeout(timeout).application_name("lifeline");
-    let connecting = config.connect(tokio_postgres::NoTls);
-    let (client, connection) = tokio::time::timeout(timeout, connecting)
-        .await
-        .map_err(|_| pg_error(node, format!("no answer within {} s", timeout.as_secs())))?
-        .map_err(|e| failed(node, "", &e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("PostgreSQL connection closed: {e}");
-        }
-    });
-    Ok(client)
+    let connecting = pgtls::connect(&config, &server.tls);
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => Err(pg_error(
+            node,
+            format!("no answer within {} s", timeout.as_secs()),
+        )),
+        Ok(Err(pgtls::ConnectError::Tls(e))) => Err(pg_error(node, e.to_string())),
+        Ok(Err(pgtls::ConnectError::Postgres(e))) => Err(failed(node, "", &e)),
+        Ok(Ok(client)) => Ok(client),
+    }
 }
 
 fn pg_error(node: &str, message: String) -> OpsError {
@@ -87,7 +86,7 @@ impl NodeState {
     }
 }
 
-pub async fn probe(config: &tokio_postgres::Config, node: &str, timeout: Duration) -> NodeState {
+pub async fn probe(server: &Server, node: &str, timeout: Duration) -> NodeState {
     let mut state = NodeState {
         node: node.to_string(),
         reachable: false,
@@ -98,7 +97,7 @@ pub async fn probe(config: &tokio_postgres::Config, node: &str, timeout: Duratio
         last_replay_at: None,
         replicas: Vec::new(),
     };
-    let client = match connect(config, node, timeout).await {
+    let client = match connect(server, node, timeout).await {
         Ok(c) => c,
         Err(e) => {
             state.error = Some(e.to_string());
@@ -207,13 +206,9 @@ pub async fn fence_writes(client: &tokio_postgres::Client, node: &str) -> Result
 }
 
 /// Promote the replica and wait until it accepts a write.
-pub async fn promote(
-    config: &tokio_postgres::Config,
-    node: &str,
-    timeout: Duration,
-) -> Result<Duration, OpsError> {
+pub async fn promote(server: &Server, node: &str, timeout: Duration) -> Result<Duration, OpsError> {
     let started = Instant::now();
-    let client = connect(config, node, Duration::from_secs(10)).await?;
+    let client = connect(server, node, Duration::from_secs(10)).await?;
     let wait = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
     let promoted: bool = client
         .query_one("SELECT pg_promote(true, $1)", &[&wait])
@@ -226,19 +221,15 @@ pub async fn promote(
             timeout.as_secs()
         )));
     }
-    wait_writable(config, node, started + timeout).await?;
+    wait_writable(server, node, started + timeout).await?;
     Ok(started.elapsed())
 }
 
 /// Poll until a transaction id can be assigned (only a primary out of recovery can).
-pub async fn wait_writable(
-    config: &tokio_postgres::Config,
-    node: &str,
-    deadline: Instant,
-) -> Result<(), OpsError> {
+pub async fn wait_writable(server: &Server, node: &str, deadline: Instant) -> Result<(), OpsError> {
     loop {
         let attempt = async {
-            let client = connect(config, node, Duration::from_secs(5)).await?;
+            let client = connect(server, node, Duration::from_secs(5)).await?;
             client
                 .query_one("SELECT txid_current()", &[])
                 .await
@@ -254,23 +245,6 @@ pub async fn wait_writable(
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-}
-
-/// A server that reaches no network: its Unix socket in `socket_dir` only, as `user`.
-pub fn unix_socket_config(
-    socket_dir: &std::path::Path,
-    port: u16,
-    user: &str,
-    dbname: &str,
-) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(socket_dir)
-        .port(port)
-        .user(user)
-        .dbname(dbname)
-        .application_name("lifeline");
-    config
 }
 
 /// Where a server in archive recovery stands.
@@ -387,6 +361,7 @@ pub struct Server {
     pub port: u16,
     /// Its Debug output shows the password: never log it.
     pub config: tokio_postgres::Config,
+    pub tls: pgtls::TlsSettings,
 }
 
 impl Server {
@@ -418,6 +393,32 @@ impl Server {
             host: host.to_string(),
             port,
             config,
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// A server that reaches no network: its Unix socket in `socket_dir` only, as `user`.
+    pub fn unix_socket(
+        socket_dir: &std::path::Path,
+        port: u16,
+        user: &str,
+        dbname: &str,
+    ) -> Server {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(socket_dir)
+            .port(port)
+            .user(user)
+            .dbname(dbname)
+            .application_name("lifeline");
+        Server {
+            host: socket_dir.display().to_string(),
+            port,
+            config,
+            tls: pgtls::TlsSettings {
+                mode: pgtls::SslMode::Disable,
+                root_cert: None,
+            },
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Settings {
     /// Packs uploaded or chunk groups downloaded at once; `None` picks by repository kind.
     pub transfers: Option<usize>,
     pub prefetch: Prefetch,
+    /// `wal-push-ahead`, `wal-push-ahead-mib`: see [`Settings::start_push_ahead`].
+    pub push_ahead: PushAhead,
     pub redis: RedisServer,
     /// The database a `--target staging` dump restore recreates.
     pub staging_db: String,
@@ -66,6 +68,8 @@ pub struct Database {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+    /// `db-sslmode`, `db-sslrootcert` (libpq's `PGSSLMODE`, `PGSSLROOTCERT`).
+    pub tls: pgtls::TlsSettings,
 }
 
 /// The Redis server backed up (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD).
@@ -116,6 +120,7 @@ impl Database {
             host: self.host.clone(),
             port: self.port,
             config,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -124,8 +129,8 @@ impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}@{}:{}/{}",
-            self.user, self.host, self.port, self.dbname
+            "{}@{}:{}/{} sslmode={}",
+            self.user, self.host, self.port, self.dbname, self.tls.mode
         )
     }
 }
@@ -183,6 +188,14 @@ pub struct Prefetch {
     pub segments: usize,
     pub bytes: u64,
     pub spool_dir: Option<PathBuf>,
+}
+
+/// `wal push` look-ahead: how many segments PostgreSQL has marked ready a detached worker
+/// stores ahead of their own `wal push`, and at most how many bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct PushAhead {
+    pub segments: usize,
+    pub bytes: u64,
 }
 
 fn setting(message: String) -> OpsError {
@@ -278,12 +291,15 @@ impl ConfigFile {
             from_env(slot, name, "text")?;
         }
         from_env(&mut self.db_port, "DB_PORT", "a port number")?;
+        from_env(&mut self.db_sslmode, "DB_SSLMODE", "text")?;
+        from_env(&mut self.db_sslrootcert, "DB_SSLROOTCERT", "a path")?;
         // libpq's variables, when neither DB_* nor the file names the server.
         for (slot, name) in [
             (&mut self.db_host, "PGHOST"),
             (&mut self.db_user, "PGUSER"),
             (&mut self.db_password, "PGPASSWORD"),
             (&mut self.db_name, "PGDATABASE"),
+            (&mut self.db_sslmode, "PGSSLMODE"),
         ] {
             if slot.is_none() {
                 from_env(slot, name, "text")?;
@@ -292,15 +308,15 @@ impl ConfigFile {
         if self.db_port.is_none() {
             from_env(&mut self.db_port, "PGPORT", "a port number")?;
         }
-        if let Some(mode) =
-            env("PGSSLMODE").filter(|m| !matches!(m.as_str(), "disable" | "allow" | "prefer"))
-        {
-            return Err(setting(format!(
-                "PGSSLMODE={mode}: lifeline does not speak TLS to PostgreSQL yet and will not connect \
-                 without it when asked for it; unset PGSSLMODE (or set it to prefer) only on a trusted network"
-            )));
+        if self.db_sslrootcert.is_none() {
+            from_env(&mut self.db_sslrootcert, "PGSSLROOTCERT", "a path")?;
         }
         from_env(&mut self.redis_port, "REDIS_PORT", "a port number")?;
+        from_env(
+            &mut self.wal_push_ahead,
+            "LIFELINE_WAL_PUSH_AHEAD",
+            "a number",
+        )?;
         from_env(&mut self.pgdata, "PGDATA", "a path")?;
         from_env(&mut self.pg_bin_dir, "PG_BIN_DIR", "a path")?;
         Ok(())
@@ -533,6 +549,10 @@ impl Settings {
                 bytes: mib_to_bytes(file.wal_prefetch_mib.unwrap_or(512), "wal-prefetch-mib")?,
                 spool_dir: file.wal_spool_dir.clone().map(absolute),
             },
+            push_ahead: PushAhead {
+                segments: file.wal_push_ahead.unwrap_or(8),
+                bytes: mib_to_bytes(file.wal_push_ahead_mib.unwrap_or(256), "wal-push-ahead-mib")?,
+            },
             staging_db: file
                 .staging_db_name
                 .clone()
@@ -590,6 +610,15 @@ impl Settings {
                 user: file.db_user.unwrap_or_else(|| "postgres".into()),
                 password: file.db_password,
                 dbname,
+                tls: pgtls::TlsSettings {
+                    mode: match &file.db_sslmode {
+                        None => pgtls::SslMode::default(),
+                        Some(mode) => mode.parse().map_err(|e| {
+                            setting(format!("db-sslmode (DB_SSLMODE, PGSSLMODE): {e}"))
+                        })?,
+                    },
+                    root_cert: file.db_sslrootcert,
+                },
             }),
             said_database: std::sync::atomic::AtomicBool::new(false),
         };
@@ -806,6 +835,7 @@ impl Settings {
             verify_first,
             choices,
             owner: storage::private::Owner::KEEP,
+            progress: storage::progress::none(),
         })
     }
 
@@ -831,6 +861,61 @@ impl Settings {
             .spawn();
         if let Err(e) = spawned {
             tracing::debug!("prefetch not started: {e}");
+        }
+    }
+
+    /// `wal prefetch`: read the segments after `name` into the spool (a detached worker of
+    /// `wal fetch`; without a spool there is nothing to do).
+    pub async fn prefetch(&self, name: &str, cluster: u64) -> Result<(), OpsError> {
+        name.parse::<storage::wal::WalFileName>()
+            .map_err(|e| setting(format!("wal prefetch {name}: {e}")))?;
+        let Some(spool) = self.spool() else {
+            return Ok(());
+        };
+        let storage = self.repository().await?;
+        let report = spool
+            .prefetch_after(storage.as_ref(), cluster, name, self.download_transfers())
+            .await?;
+        tracing::debug!(
+            segments = report.fetched,
+            bytes = report.bytes,
+            "prefetched"
+        );
+        Ok(())
+    }
+
+    /// After `wal push PATH` stored its segment: start this binary's `wal push --ahead PATH`
+    /// detached, to store the segments PostgreSQL has already marked ready (see
+    /// `archiver::push_ahead`). It must not delay the answer PostgreSQL waits for, nor
+    /// receive the signals meant for archive_command.
+    pub fn start_push_ahead(&self, path: &Path) {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        if self.push_ahead.segments == 0 {
+            return;
+        }
+        let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {
+            return;
+        };
+        let spawned = Command::new(exe)
+            .args(repository)
+            .args(["wal", "push", "--ahead"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        if let Err(e) = spawned {
+            tracing::debug!("look-ahead not started: {e}");
+        }
+    }
+
+    /// `wal push`'s compression: two workers, the archiver's one segment at a time.
+    pub fn push_compression(&self) -> Compression {
+        Compression {
+            workers: 2,
+            ..self.compression
         }
     }
 

@@ -75,7 +75,7 @@ pub async fn verify(opts: &VerifyOptions, repo: &impl Repository) -> Report {
     };
     report.checks.extend(
         checks::postgres(
-            &db.config,
+            &db,
             &db.address(),
             recorded.as_ref(),
             opts.tolerance_percent(),
@@ -244,6 +244,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 1,
                 config,
+                tls: Default::default(),
             },
             staging_database: "shop_staging".into(),
             checks: VerifyConfig::default(),

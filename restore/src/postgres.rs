@@ -43,6 +43,8 @@ pub struct PostgresRestoreOptions {
     pub choices: RestoreChoices,
     /// Whom the restored files belong to (see [`RestoreOptions::owner`]).
     pub owner: storage::private::Owner,
+    /// Bytes written of the backup's size (`storage::progress::none()` for none).
+    pub progress: Arc<dyn storage::progress::Progress>,
 }
 
 /// A backup restored into a data directory; displays as the line the operator reads.
@@ -342,6 +344,7 @@ pub async fn restore_backup(
         timeline: choices.timeline,
         interrupted: interrupted.clone(),
         owner: options.owner,
+        progress: options.progress.clone(),
     };
     let started = Instant::now();
     storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
@@ -354,6 +357,7 @@ pub async fn restore_backup(
         into: data_dir.to_path_buf(),
         source: Box::new(source),
     })?;
+    options.progress.finish();
     Ok(RestoredBackup {
         backup_id: backup.backup_id.clone(),
         data_dir: data_dir.to_path_buf(),

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
 use storage::private::Owner;
+use storage::progress::Progress;
 use storage::{Storage, StorageExt, layout};
 use tracing::debug;
 
@@ -108,6 +109,8 @@ pub struct RestoreOptions {
     /// WAL directories it takes over) is given to: PostgreSQL's user when root restores for
     /// it. `Owner::KEEP` keeps the process's own.
     pub owner: Owner,
+    /// Bytes written of the backup's size.
+    pub progress: Arc<dyn Progress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,17 +370,18 @@ async fn restore_into(
     debug!("directories and files created");
     let plan = plan_writes(manifest, places)?;
     let locks = FileLocks::default();
+    opts.progress.set_total(manifest.size_bytes);
     let groups = plan
         .into_iter()
         .flat_map(|(pack, chunks)| write_groups(&pack, chunks));
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
     run_all(groups, opts.transfers.max(1), &opts.interrupted, |group| {
-        let (storage, locks) = (storage.clone(), locks.clone());
+        let (storage, locks, progress) = (storage.clone(), locks.clone(), opts.progress.clone());
         async move {
             let bytes = fetch_group(storage.as_ref(), &group).await?;
             let ids = storage.chunk_ids();
             blocking("write task", move || {
-                write_group(&group, &ids, &bytes, &locks)
+                write_group(&group, &ids, &bytes, &locks, progress.as_ref())
             })
             .await
         }
@@ -691,6 +695,7 @@ fn write_group(
     ids: &storage::ChunkIds,
     bytes: &[u8],
     locks: &FileLocks,
+    progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
     // The most recently used first.
     let mut open: Vec<(Arc<PathBuf>, std::fs::File)> = Vec::with_capacity(OPEN_FILES_PER_TASK);
@@ -730,6 +735,7 @@ fn write_group(
             };
             open[..=index].rotate_right(1);
             write_locked(locks, &target.path, &open[0].1, slice, target.offset)?;
+            progress.advance(slice.len() as u64);
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use storage::Storage;
 use storage::manifest::ChunkRef;
+use storage::progress::{NoProgress, Progress};
 
 use crate::restore_redis::fetch_chunk;
 use crate::{BackupSelector, RestoreError};
@@ -24,6 +25,7 @@ pub async fn write_chunks<W: Write + Send + 'static>(
     chunks: &[ChunkRef],
     out: W,
     transfers: usize,
+    progress: &dyn Progress,
 ) -> Result<W, RestoreError> {
     let mut out = out;
     let mut fetched = futures::stream::iter(chunks)
@@ -31,10 +33,12 @@ pub async fn write_chunks<W: Write + Send + 'static>(
         .buffered(transfers.max(1));
     // The writer goes to a blocking thread with each chunk and comes back with the write.
     while let Some(plain) = fetched.try_next().await? {
+        let len = plain.len() as u64;
         out = tokio::task::spawn_blocking(move || out.write_all(&plain).map(|()| out))
             .await
             .map_err(RestoreError::task("writer task"))?
             .map_err(|e| RestoreError::io("(pg_restore input)", e))?;
+        progress.advance(len);
     }
     Ok(out)
 }
@@ -121,6 +125,8 @@ pub struct DumpRestoreOptions {
     /// Chunk groups read from the repository at once.
     pub transfers: usize,
     pub pg_command: PgCommand,
+    /// Bytes of a dump from the repository fed to pg_restore (a dump file's are not counted).
+    pub progress: Arc<dyn Progress>,
 }
 
 /// A dump restored into a database; displays as the line the operator reads.
@@ -180,6 +186,7 @@ where
                 &chunks,
                 std::io::sink(),
                 options.transfers,
+                &NoProgress,
             )
             .await
             .map_err(RestoreError::step(format!(
@@ -262,9 +269,19 @@ where
     });
     let fed = match (source, chunks) {
         (DumpSource::Repository(_), Some(chunks)) => {
-            write_chunks(storage.as_ref(), &chunks, stdin, options.transfers)
-                .await
-                .map(drop)
+            options
+                .progress
+                .set_total(chunks.iter().map(|c| c.len).sum());
+            let progress = options.progress.as_ref();
+            write_chunks(
+                storage.as_ref(),
+                &chunks,
+                stdin,
+                options.transfers,
+                progress,
+            )
+            .await
+            .map(drop)
         }
         (DumpSource::File(path), _) => {
             let path = path.clone();
@@ -297,6 +314,7 @@ where
         )));
     }
     fed.map_err(RestoreError::step("read the dump"))?;
+    options.progress.finish();
     Ok(DumpRestored {
         what: match source {
             DumpSource::Repository(id) => format!("backup {id}"),
@@ -387,6 +405,7 @@ mod tests {
                 }
                 command
             }),
+            progress: storage::progress::none(),
         };
         let storage: Arc<dyn Storage> = Arc::new(testing::MemoryStorage::new());
         let restored = tokio::time::timeout(

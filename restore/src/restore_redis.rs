@@ -48,13 +48,15 @@ pub fn redis_running_in(dir: &Path) -> Option<u32> {
 }
 
 /// How a Redis backup is restored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RedisRestoreOptions {
     /// Chunks read from the repository at once.
     pub transfers: usize,
     /// Whom the restored files and the directories the restore creates are given to: Redis's
     /// user when root restores for it. `Owner::KEEP` keeps the process's own.
     pub owner: Owner,
+    /// Bytes written of the backup's size (`storage::progress::none()` for none).
+    pub progress: std::sync::Arc<dyn storage::progress::Progress>,
 }
 
 /// Restore the files of `manifest` into `dir` (created if missing) as `options` say.
@@ -64,7 +66,7 @@ pub async fn restore_redis(
     dir: &Path,
     options: &RedisRestoreOptions,
 ) -> Result<RedisRestoreReport, RestoreError> {
-    let RedisRestoreOptions { transfers, owner } = *options;
+    let (transfers, owner) = (options.transfers, options.owner);
     crate::validate::validate_stream(manifest)?;
     // Nothing is moved aside for a backup that cannot be read whole.
     crate::restore_base::check_packs_exist(
@@ -84,6 +86,7 @@ pub async fn restore_redis(
     if let Err(e) = written {
         return Err(put_back(dir, report.moved_aside.as_deref(), e));
     }
+    options.progress.finish();
     Ok(report)
 }
 
@@ -125,6 +128,7 @@ async fn write_files(
     options: &RedisRestoreOptions,
     report: &mut RedisRestoreReport,
 ) -> Result<(), RestoreError> {
+    options.progress.set_total(manifest.size_bytes);
     for file in &manifest.files {
         // `dump.rdb`, or `appendonlydir/appendonly.aof.1.base.rdb`: plain names, one level.
         let parts: Vec<&str> = file.name.split('/').collect();
@@ -275,10 +279,12 @@ async fn write_file(
         .map(|chunk| fetch_chunk(storage, chunk))
         .buffered(transfers.max(1));
     while let Some(plain) = fetched.try_next().await? {
+        let len = plain.len() as u64;
         staged = tokio::task::spawn_blocking(move || staged.write_all(&plain).map(|()| staged))
             .await
             .map_err(RestoreError::task("Redis file writer"))?
             .map_err(|e| RestoreError::io(e.path, e.source))?;
+        options.progress.advance(len);
     }
     // An error above drops the staged file, which removes its temporary name.
     tokio::task::spawn_blocking(move || staged.commit())
@@ -345,6 +351,7 @@ mod tests {
         let options = RedisRestoreOptions {
             transfers: 2,
             owner,
+            progress: storage::progress::none(),
         };
         let report = restore_redis(&storage, &manifest, &dir, &options)
             .await

@@ -346,6 +346,9 @@ impl Storage for RacingRepo {
     async fn sync(&self) -> Result<(), storage::StorageError> {
         self.inner.sync().await
     }
+    async fn sync_object(&self, key: &str) -> Result<(), storage::StorageError> {
+        self.inner.sync_object(key).await
+    }
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -416,6 +419,7 @@ async fn a_failed_redis_restore_leaves_the_existing_dump_where_redis_looks() {
         &restore::RedisRestoreOptions {
             transfers: 2,
             owner: storage::private::Owner::KEEP,
+            progress: storage::progress::none(),
         },
     )
     .await

@@ -54,6 +54,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         wal_wait: settings.wal_wait,
         catalog_path: settings.catalog_path()?,
         standby: super::platform::standby(settings, from_standby)?,
+        progress: ops::progress::for_operation("backup"),
     };
     let started = Instant::now();
     let manifest = archiver::run_base_backup(storage, &opts)
@@ -72,6 +73,7 @@ async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<
         transfers: settings.upload_transfers(),
         retention: settings.retention,
         catalog_path: settings.catalog_path()?,
+        progress: ops::progress::for_operation("backup"),
     };
     let started = Instant::now();
     let manifest = if kind == storage::BackupKind::Aof {

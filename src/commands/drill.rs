@@ -37,17 +37,17 @@ pub async fn run(args: DrillArgs, settings: &Settings) -> Result<ExitCode> {
         simulate: settings.ops.simulate,
         reports_dir: settings.backup_dir().ok().map(|d| d.join("logs")),
     };
-    let progress = super::spinner("drill");
+    let progress = ops::progress::for_operation("drill");
     let restore_settings = |backup: &catalog::BackupRecord| {
         settings
             .postgres_restore_options(backup, true, Default::default())
             .map_err(Into::into)
     };
     let outcome = ops::drill::drill(&options, storage, &restore_settings, &|step| {
-        progress.set_message(step.to_string())
+        progress.set_phase(step)
     })
     .await;
-    progress.finish_and_clear();
+    progress.finish();
     let report = match outcome? {
         DrillOutcome::Done(report) => report,
         simulated => {

@@ -21,6 +21,7 @@ fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptio
         transfers: settings.upload_transfers(),
         retention: settings.retention,
         catalog_path: settings.catalog_path()?,
+        progress: ops::progress::for_operation("backup"),
     })
 }
 
@@ -65,6 +66,7 @@ pub async fn restore(
         target,
         transfers: settings.download_transfers(),
         pg_command: Box::new(move |program| archiver::pg_command(&pg_bin, program, &db)),
+        progress: ops::progress::for_operation("restore"),
     };
     let restored =
         restore::restore_dump(storage, &source, &options, |storage, target| async move {

@@ -1,5 +1,4 @@
-//! What the archiver and the ops crate are given from the settings: the PostgreSQL server,
-//! Redis, and the verify checks.
+//! What archiver and ops are given from the settings: PostgreSQL, Redis, the verify checks.
 
 use ops::Settings;
 use ops::settings::{Database, RedisServer};
@@ -12,6 +11,7 @@ pub fn connection(db: &Database) -> archiver::ConnectionOptions {
         user: db.user.clone(),
         password: db.password.clone(),
         dbname: db.dbname.clone(),
+        tls: db.tls.clone(),
     }
 }
 

@@ -120,16 +120,16 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         archive_mode: args.archive_mode,
         timeline: plan.timeline,
     };
-    let options = settings.postgres_restore_options(&plan.backup, !args.skip_verify, choices)?;
+    let mut options =
+        settings.postgres_restore_options(&plan.backup, !args.skip_verify, choices)?;
     let binaries = settings.server_binaries();
     let needs = binaries.for_backup(storage.as_ref(), &plan.backup).await?;
     println!("{needs}");
-    let (id, progress) = (&plan.backup.backup_id, super::spinner("restore"));
-    progress.set_message(format!("{id} into {}", data_dir.display()));
+    let (id, into) = (&plan.backup.backup_id, data_dir.display());
+    options.progress = ops::progress::for_operation("restore");
+    options.progress.set_phase(&format!("{id} into {into}"));
     let restored =
-        restore::restore_backup(storage, &plan.backup, &plan.recovery, &data_dir, &options).await;
-    progress.finish_and_clear();
-    let restored = restored?;
+        restore::restore_backup(storage, &plan.backup, &plan.recovery, &data_dir, &options).await?;
     println!("{restored}");
     if let Some(dir) = &settings.backup_dir {
         ops::status_file::record_restore(dir, id, &data_dir);
@@ -157,6 +157,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
             let options = restore::RedisRestoreOptions {
                 transfers: settings.download_transfers(),
                 owner: storage::private::Owner::KEEP,
+                progress: ops::progress::for_operation("restore"),
             };
             restore::restore_redis_backup(
                 &*storage,

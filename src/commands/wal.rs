@@ -15,6 +15,12 @@ pub enum WalCommand {
     Push {
         /// The file PostgreSQL asks to archive (%p).
         path: PathBuf,
+        #[arg(
+            long,
+            hide = true,
+            help = "Store the ready segments after PATH (detached worker)"
+        )]
+        ahead: bool,
     },
     /// Fetch one archived file (restore_command = 'lifeline wal fetch %f %p').
     Fetch(FetchArgs),
@@ -41,18 +47,18 @@ pub struct FetchArgs {
 
 pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
     match cmd {
-        WalCommand::Push { path } => {
+        WalCommand::Push { path, ahead } => {
             let storage = settings.repository_for_writing().await?;
-            let mut compression = settings.compression;
-            compression.workers = 2;
-            archiver::push_wal(
-                storage.as_ref(),
-                &settings.catalog_path()?,
-                &path,
-                compression,
-            )
-            .await
-            .with_context(|| format!("archive {}", path.display()))?;
+            let (catalog, compression) = (settings.catalog_path()?, settings.push_compression());
+            if ahead {
+                let limits = (settings.push_ahead.segments, settings.push_ahead.bytes);
+                archiver::push_ahead(storage.as_ref(), &catalog, &path, compression, limits).await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            archiver::push_wal(storage.as_ref(), &catalog, &path, compression)
+                .await
+                .with_context(|| format!("archive {}", path.display()))?;
+            settings.start_push_ahead(&path);
             Ok(ExitCode::SUCCESS)
         }
         WalCommand::Fetch(args) => {
@@ -82,26 +88,7 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             }
         }
         WalCommand::Prefetch { name, cluster } => {
-            name.parse::<storage::wal::WalFileName>()
-                .map_err(anyhow::Error::msg)?;
-            let Some(spool) = settings.spool() else {
-                return Ok(ExitCode::SUCCESS);
-            };
-            let storage = settings.repository().await?;
-            let report = spool
-                .prefetch_after(
-                    storage.as_ref(),
-                    cluster,
-                    &name,
-                    settings.download_transfers(),
-                )
-                .await
-                .with_context(|| format!("prefetch after {name}"))?;
-            tracing::debug!(
-                segments = report.fetched,
-                bytes = report.bytes,
-                "prefetched"
-            );
+            settings.prefetch(&name, cluster).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

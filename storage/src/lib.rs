@@ -13,6 +13,7 @@
 //!   format and [`SealedStorage`], which seals everything such a repository stores.
 //! - [`private`]: 0600 files and 0700 directories with one owner, for everything lifeline
 //!   writes on local disk.
+//! - [`progress`]: how far a backup or restore is, counted by the libraries, shown by the CLI.
 
 pub mod atomic;
 pub mod chunking;
@@ -30,6 +31,7 @@ pub mod object;
 pub mod pack;
 pub mod pg_version;
 pub mod private;
+pub mod progress;
 pub mod repack;
 pub mod retry;
 mod s3;

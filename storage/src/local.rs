@@ -228,6 +228,21 @@ impl Storage for LocalStorage {
         .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
     }
 
+    async fn sync_object(&self, key: &str) -> Result<(), StorageError> {
+        let (path, key) = (self.path_of(key)?, key.to_string());
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| map_open_error(&key, &path, e))?;
+            match path.parent() {
+                Some(dir) => fsync_dir(dir),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| StorageError::io(&self.root, std::io::Error::other(e)))?
+    }
+
     fn describe(&self) -> String {
         self.root.display().to_string()
     }

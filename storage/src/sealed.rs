@@ -721,6 +721,10 @@ impl Storage for SealedStorage {
         self.inner.sync().await
     }
 
+    async fn sync_object(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.sync_object(key).await
+    }
+
     fn describe(&self) -> String {
         format!("{} (encrypted)", self.inner.describe())
     }

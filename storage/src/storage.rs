@@ -91,6 +91,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Make every earlier `Deferred` put durable.
     async fn sync(&self) -> Result<(), StorageError>;
 
+    /// Make the existing object `key` durable, whoever wrote it: another process may have
+    /// made it visible and not yet flushed it, and success must not be reported on it before.
+    async fn sync_object(&self, key: &str) -> Result<(), StorageError>;
+
     /// Where the repository is, for messages (never carries credentials).
     fn describe(&self) -> String;
 

@@ -362,6 +362,11 @@ impl<S: Storage> Storage for Faulty<S> {
         self.inner.sync().await
     }
 
+    async fn sync_object(&self, key: &str) -> Result<(), StorageError> {
+        self.enter(Op::Sync, key).await?;
+        self.inner.sync_object(key).await
+    }
+
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }

@@ -233,6 +233,11 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    async fn sync_object(&self, key: &str) -> Result<(), StorageError> {
+        self.state().unsynced.remove(key);
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         "memory://".to_string()
     }

@@ -233,9 +233,11 @@ pub fn code(out: &Output) -> i32 {
 
 pub fn run_as_postgres(program: &str, args: &[&str]) -> Output {
     let (uid, gid) = postgres_ids();
+    // Not root's HOME: libpq would try to read ~/.postgresql/ there, and fail on TLS servers.
     Command::new(program)
         .args(args)
         .current_dir("/tmp")
+        .env("HOME", "/tmp")
         .uid(uid)
         .gid(gid)
         .output()

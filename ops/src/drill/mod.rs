@@ -484,7 +484,7 @@ async fn rehearse(
     progress("counting rows at the consistent point");
     let recorded = crate::recorded_rows(&manifest);
     let counted = crate::checks::postgres(
-        &target.config(),
+        &target.server(),
         &target.node,
         Some(&recorded),
         options.row_count_tolerance_percent,

@@ -38,14 +38,14 @@ impl Target {
         self.roles.get(self.role).map_or("postgres", String::as_str)
     }
 
-    pub(super) fn config(&self) -> pg::Config {
-        pg::unix_socket_config(&self.socket_dir, self.port, self.role(), &self.dbname)
+    pub(super) fn server(&self) -> pg::Server {
+        pg::Server::unix_socket(&self.socket_dir, self.port, self.role(), &self.dbname)
     }
 
     /// A connection; a role that does not exist there moves on to the next allowed one.
     async fn connect(&mut self) -> Result<pg::Client, String> {
         loop {
-            match pg::connect(&self.config(), &self.node, Duration::from_secs(5)).await {
+            match pg::connect(&self.server(), &self.node, Duration::from_secs(5)).await {
                 Ok(client) => return Ok(client),
                 Err(e) => {
                     if no_such_role(&e) && self.role + 1 < self.roles.len() {
@@ -161,7 +161,7 @@ pub(super) struct Written {
 
 /// A committed write on the promoted server, and where its WAL stands.
 pub(super) async fn probe_write(target: &Target) -> Result<Written, DrillError> {
-    let client = pg::connect(&target.config(), &target.node, Duration::from_secs(10))
+    let client = pg::connect(&target.server(), &target.node, Duration::from_secs(10))
         .await
         .map_err(|e| DrillError::PromotedUnreachable(Box::new(e)))?;
     let schema = format!("lifeline_drill_{}", std::process::id());

@@ -20,5 +20,6 @@ pub fn options(data_dir: &Path) -> RestoreOptions {
         timeline: TargetTimeline::Latest,
         interrupted: Default::default(),
         owner: storage::private::Owner::KEEP,
+        progress: storage::progress::none(),
     }
 }

@@ -1,0 +1,192 @@
+//! Archive look-ahead: while PostgreSQL's archiver waits on one `wal push` at a time, the
+//! segments it has already marked ready are compressed and stored by a detached worker, so
+//! that their own `wal push` only has to confirm the stored object (a checksum compare) and
+//! can answer at once.
+//!
+//! Durability is unchanged: the worker stores objects exactly as `wal push` does (create-only,
+//! durable), and each segment is still reported archived only by its own `wal push`, once its
+//! object is there, matches the file, and is flushed. The worker writes nothing into `pg_wal`
+//! (no `.done` files: PostgreSQL's own archiver keeps its bookkeeping), so a worker killed at
+//! any point leaves nothing that changes what PostgreSQL does, and there is no queue to
+//! overflow: what the worker did not store, `wal push` stores itself.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use storage::wal::WalFileName;
+use storage::{Compression, Storage};
+use tracing::debug;
+
+use crate::wal_push::{PushOutcome, push_wal};
+
+/// How far ahead the worker goes: at most this many segments and bytes per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AheadLimits {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+/// What one run of the worker did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AheadReport {
+    /// Segments it stored.
+    pub archived: Vec<String>,
+    /// Another worker held the lock: this one did nothing.
+    pub busy: bool,
+}
+
+/// Store the segments after `path` (archive_command's `%p`) that PostgreSQL has marked ready,
+/// at most `(segments, bytes)` of them, one worker at a time (a lock beside the catalog says
+/// so). Never fails: a segment it could not store is stored by its own `wal push`, which
+/// reports why.
+pub async fn push_ahead(
+    storage: &dyn Storage,
+    catalog_path: &Path,
+    path: &Path,
+    compression: Compression,
+    (segments, bytes): (usize, u64),
+) -> AheadReport {
+    let limits = AheadLimits { segments, bytes };
+    let mut report = AheadReport::default();
+    let Some(_held) = try_lock(&lock_path(catalog_path)) else {
+        report.busy = true;
+        return report;
+    };
+    let (Some(pg_wal), Some(current)) = (path.parent(), segment_name(path)) else {
+        return report;
+    };
+    for (name, _) in ready_after(pg_wal, &current, limits) {
+        match push_wal(storage, catalog_path, &pg_wal.join(&name), compression).await {
+            Ok(PushOutcome::Archived { .. }) => report.archived.push(name),
+            Ok(PushOutcome::AlreadyArchived { .. }) => {}
+            Err(e) => {
+                // Most often PostgreSQL archived and removed it meanwhile.
+                debug!(wal = %name, "look-ahead stops: {e}");
+                break;
+            }
+        }
+    }
+    report
+}
+
+fn segment_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    matches!(name.parse::<WalFileName>(), Ok(WalFileName::Segment { .. })).then(|| name.into())
+}
+
+/// The lock that keeps one worker at a time (an advisory lock, released by the kernel when
+/// the worker exits however it exits).
+fn try_lock(path: &Path) -> Option<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        // Whoever can write the directory must not make a worker create or lock another file.
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .inspect_err(|e| debug!("look-ahead lock {}: {e}", path.display()))
+        .ok()?;
+    file.try_lock().ok()?;
+    Some(file)
+}
+
+/// The segments marked ready (`archive_status/NAME.ready`) that come after `current`, oldest
+/// first, within `limits`, with their sizes.
+fn ready_after(pg_wal: &Path, current: &str, limits: AheadLimits) -> Vec<(String, u64)> {
+    let Ok(entries) = std::fs::read_dir(pg_wal.join("archive_status")) else {
+        return Vec::new();
+    };
+    let mut ready: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|f| f.strip_suffix(".ready").map(str::to_string))
+        .filter(|name| name.as_str() > current)
+        .filter(|name| matches!(name.parse::<WalFileName>(), Ok(WalFileName::Segment { .. })))
+        .collect();
+    ready.sort();
+    let mut chosen = Vec::new();
+    let mut bytes = 0u64;
+    for name in ready.into_iter().take(limits.segments) {
+        let Ok(meta) = std::fs::metadata(pg_wal.join(&name)) else {
+            continue;
+        };
+        if bytes + meta.len() > limits.bytes {
+            break;
+        }
+        bytes += meta.len();
+        chosen.push((name, meta.len()));
+    }
+    chosen
+}
+
+/// Where the worker's lock lives: beside the catalog (`catalog.db-push-ahead.lock`), which
+/// the archiving user can write.
+pub fn lock_path(catalog_path: &Path) -> PathBuf {
+    let mut name = catalog_path
+        .file_name()
+        .map_or_else(|| "catalog.db".into(), |n| n.to_os_string());
+    name.push("-push-ahead.lock");
+    catalog_path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEGMENT: u64 = 16 << 20;
+
+    fn pg_wal_with(ready: &[&str], done: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("archive_status")).expect("mkdir");
+        for (names, suffix) in [(ready, "ready"), (done, "done")] {
+            for name in names {
+                let file = File::create(dir.path().join(name)).expect("segment");
+                file.set_len(SEGMENT).expect("size");
+                File::create(dir.path().join(format!("archive_status/{name}.{suffix}")))
+                    .expect("status");
+            }
+        }
+        dir
+    }
+
+    fn names(found: Vec<(String, u64)>) -> Vec<String> {
+        found.into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn only_ready_segments_after_the_current_one_within_the_limits() {
+        let a = "000000010000000000000003";
+        let b = "000000010000000000000004";
+        let c = "000000010000000000000005";
+        let d = "000000010000000000000006";
+        let dir = pg_wal_with(&[a, c, d, "00000002.history"], &[b]);
+        let wide = AheadLimits {
+            segments: 8,
+            bytes: u64::MAX,
+        };
+        // The current one and what is not ready (done, history) are never taken.
+        assert_eq!(names(ready_after(dir.path(), a, wide)), vec![c, d]);
+        let two = AheadLimits {
+            segments: 1,
+            bytes: u64::MAX,
+        };
+        assert_eq!(names(ready_after(dir.path(), a, two)), vec![c]);
+        let small = AheadLimits {
+            segments: 8,
+            bytes: SEGMENT + 1,
+        };
+        assert_eq!(names(ready_after(dir.path(), a, small)), vec![c]);
+        assert!(ready_after(dir.path(), d, wide).is_empty());
+    }
+
+    #[test]
+    fn one_worker_at_a_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lock = dir.path().join(".lock");
+        let held = try_lock(&lock).expect("first");
+        assert!(try_lock(&lock).is_none(), "a second worker got the lock");
+        drop(held);
+        assert!(try_lock(&lock).is_some(), "the lock outlived its worker");
+    }
+}
