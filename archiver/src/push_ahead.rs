@@ -32,31 +32,49 @@ pub struct AheadLimits {
 pub struct AheadReport {
     /// Segments it stored.
     pub archived: Vec<String>,
-    /// Another worker held the lock: this one did nothing.
-    pub busy: bool,
 }
 
-/// Store the segments after `path` (archive_command's `%p`) that PostgreSQL has marked ready,
-/// at most `(segments, bytes)` of them, one worker at a time (a lock beside the catalog says
-/// so). Never fails: a segment it could not store is stored by its own `wal push`, which
-/// reports why.
+/// The right to run the one look-ahead worker (an advisory lock beside the catalog, released
+/// by the kernel when the worker exits however it exits). Taken before the repository is
+/// opened, so that a worker with nothing to do costs nothing (no passphrase, no key
+/// derivation, no S3 client).
+#[derive(Debug)]
+pub struct AheadLock {
+    _file: File,
+    pg_wal: PathBuf,
+    current: String,
+}
+
+impl AheadLock {
+    /// The lock for the segments after `path` (archive_command's `%p`); `None` when another
+    /// worker holds it or `path` is not a segment (history and partial files have no
+    /// successors to store ahead).
+    pub fn try_acquire(catalog_path: &Path, path: &Path) -> Option<AheadLock> {
+        let current = segment_name(path)?;
+        let pg_wal = path.parent()?.to_path_buf();
+        let file = try_lock(&lock_path(catalog_path))?;
+        Some(AheadLock {
+            _file: file,
+            pg_wal,
+            current,
+        })
+    }
+}
+
+/// Store the segments after the lock's one that PostgreSQL has marked ready, at most
+/// `(segments, bytes)` of them. Never fails: a segment it could not store is stored by its own
+/// `wal push`, which reports why.
 pub async fn push_ahead(
+    lock: &AheadLock,
     storage: &dyn Storage,
     catalog_path: &Path,
-    path: &Path,
     compression: Compression,
     (segments, bytes): (usize, u64),
 ) -> AheadReport {
     let limits = AheadLimits { segments, bytes };
     let mut report = AheadReport::default();
-    let Some(_held) = try_lock(&lock_path(catalog_path)) else {
-        report.busy = true;
-        return report;
-    };
-    let (Some(pg_wal), Some(current)) = (path.parent(), segment_name(path)) else {
-        return report;
-    };
-    for (name, _) in ready_after(pg_wal, &current, limits) {
+    let (pg_wal, current) = (&lock.pg_wal, &lock.current);
+    for (name, _) in ready_after(pg_wal, current, limits) {
         match push_wal(storage, catalog_path, &pg_wal.join(&name), compression).await {
             Ok(PushOutcome::Archived { .. }) => report.archived.push(name),
             Ok(PushOutcome::AlreadyArchived { .. }) => {}
@@ -70,24 +88,29 @@ pub async fn push_ahead(
     report
 }
 
-fn segment_name(path: &Path) -> Option<String> {
+/// The segment's name, when `path` names a segment.
+pub fn segment_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     matches!(name.parse::<WalFileName>(), Ok(WalFileName::Segment { .. })).then(|| name.into())
 }
 
-/// The lock that keeps one worker at a time (an advisory lock, released by the kernel when
-/// the worker exits however it exits).
+/// The lock that keeps one worker at a time. Whoever can write the directory must not make a
+/// worker create or lock another file (a link), nor hang it (a FIFO).
 fn try_lock(path: &Path) -> Option<File> {
+    use rustix::fs::OFlags;
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        // Whoever can write the directory must not make a worker create or lock another file.
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
         .open(path)
         .inspect_err(|e| debug!("look-ahead lock {}: {e}", path.display()))
         .ok()?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        debug!("look-ahead lock {} is not a regular file", path.display());
+        return None;
+    }
     file.try_lock().ok()?;
     Some(file)
 }
@@ -188,5 +211,41 @@ mod tests {
         assert!(try_lock(&lock).is_none(), "a second worker got the lock");
         drop(held);
         assert!(try_lock(&lock).is_some(), "the lock outlived its worker");
+        // A FIFO in its place neither hangs the worker nor is taken for the lock.
+        std::fs::remove_file(&lock).expect("rm");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &lock,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        assert!(try_lock(&lock).is_none(), "a FIFO was taken for the lock");
+        std::fs::remove_file(&lock).expect("rm");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &lock).expect("link");
+        assert!(try_lock(&lock).is_none(), "a link was followed");
+        assert!(
+            !dir.path().join("elsewhere").exists(),
+            "a file was created through a link"
+        );
+    }
+
+    #[test]
+    fn only_segments_have_successors_to_store_ahead() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = dir.path().join("catalog.db");
+        for path in [
+            "pg_wal/00000002.history",
+            "pg_wal/000000010000000000000003.partial",
+        ] {
+            assert!(
+                AheadLock::try_acquire(&catalog, Path::new(path)).is_none(),
+                "{path}"
+            );
+        }
+        let lock = AheadLock::try_acquire(&catalog, Path::new("pg_wal/000000010000000000000003"))
+            .expect("a segment");
+        assert_eq!(lock.current, "000000010000000000000003");
     }
 }

@@ -319,7 +319,8 @@ async fn compare_with_archived(
     let bytes = storage.get_range(key, 0..object::HEADER_LEN as u64).await?;
     let archived = ObjectHeader::parse(key, &bytes)?;
     if archived.checksum == ours.checksum && archived.plain_len == ours.plain_len {
-        warn!(wal = %name, "already archived with identical contents; nothing to do");
+        // The normal path with look-ahead, and after a crash: no warning.
+        info!(wal = %name, "already archived with identical contents; nothing to do");
         return Ok(PushOutcome::AlreadyArchived {
             name: name.to_string(),
         });

@@ -366,6 +366,8 @@ async fn apply(
 }
 
 /// `check` probes older than the grace period: a live `check` deletes its own within seconds.
+/// Only keys of a probe's own form (`check/HOST.PID`): whoever can write the repository could
+/// make `check/` a link, and nothing else is ever deleted through it.
 async fn stale_check_probes(
     storage: &dyn Storage,
     grace: Duration,
@@ -377,9 +379,22 @@ async fn stale_check_probes(
         .list(layout::CHECK_PREFIX)
         .await?
         .into_iter()
-        .filter(|m| m.last_modified <= settled)
+        .filter(|m| m.last_modified <= settled && is_check_probe(&m.key))
         .map(|m| m.key)
         .collect())
+}
+
+fn is_check_probe(key: &str) -> bool {
+    let Some(name) = key.strip_prefix(layout::CHECK_PREFIX) else {
+        return false;
+    };
+    name.rsplit_once('.').is_some_and(|(host, pid)| {
+        !host.is_empty()
+            && !host.contains('/')
+            && !pid.is_empty()
+            && pid.len() <= 10
+            && pid.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// WAL segments (and backup-history files) wholly outside every range to keep. History files
@@ -696,6 +711,24 @@ impl fmt::Display for PruneReport {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_check_probes_are_taken_for_probes() {
+        use super::is_check_probe;
+        for probe in ["check/db1.4242", "check/host.example.com.1"] {
+            assert!(is_check_probe(probe), "{probe}");
+        }
+        for other in [
+            "check/PG_VERSION",
+            "check/postgresql.auto.conf",
+            "check/base/16384.1",
+            "check/.1",
+            "check/host.",
+            "wal/db1.1",
+        ] {
+            assert!(!is_check_probe(other), "{other}");
+        }
+    }
+
     use std::cell::Cell;
 
     use storage::manifest::{BackupManifest, BackupMetadata, put_manifest};

@@ -289,11 +289,43 @@ fn describe(state: &NodeState) -> String {
     }
 }
 
+/// While a promoted primary's record stands in for the configured one, the configured one
+/// must not be a writable primary: then the record is stale (the old primary came back, or was
+/// switched back to by hand) or two primaries are up, and failing over from the record would
+/// promote or restore a third.
+async fn stale_record_guard(opts: &FailoverOptions<'_>, steps: &mut Steps) -> Result<(), OpsError> {
+    let Some(record) = opts
+        .failover
+        .promoted
+        .as_ref()
+        .and_then(promoted::Resolution::in_use)
+    else {
+        return Ok(());
+    };
+    let configured = opts
+        .primary
+        .at(&record.configured_host, record.configured_port);
+    let name = format!("configured primary {}", configured.address());
+    let state = pg::probe(&configured, &name, PROBE_TIMEOUT).await;
+    steps.found(describe(&state));
+    if state.reachable && !state.in_recovery {
+        return Err(stopped(format!(
+            "{name} accepts writes, while {} names {} as the primary that replaced it: the record \
+             is stale, or two primaries are up (split brain). Find which one the application \
+             writes to, stop or fence the other, remove the record, and run again",
+            promoted::FILE_NAME,
+            record.address()
+        )));
+    }
+    Ok(())
+}
+
 async fn database_failure(
     opts: &FailoverOptions<'_>,
     repo: &impl Repository,
     steps: &mut Steps,
 ) -> Result<String, OpsError> {
+    stale_record_guard(opts, steps).await?;
     let primary = pg::probe(&opts.primary, &primary_name(&opts.primary), PROBE_TIMEOUT).await;
     steps.found(describe(&primary));
     if primary.reachable && !primary.in_recovery && !opts.force && steps.simulate() {
@@ -1516,14 +1548,16 @@ mod tests {
         assert_eq!(path, scratch.dir.path().join(promoted::FILE_NAME));
         // The next run resolves its settings through the record: the promoted server is its
         // primary; DB_HOST/DB_PORT still name 127.0.0.1:1.
-        let found = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1).expect("a record");
+        let found = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1, Some(("10.0.0.6", 5432)))
+            .expect("a record");
         opts.primary = first.clone();
         opts.failover.promoted = Some(found);
         let second = opts.primary.at("10.0.0.7", 5432);
         record_promoted(&opts, &scratch, &mut steps, &second)
             .await
             .expect("recorded");
-        let found = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1).expect("a record");
+        let found = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1, Some(("10.0.0.7", 5432)))
+            .expect("a record");
         let record = found.in_use().expect("in use");
         assert_eq!(
             (
@@ -1555,7 +1589,8 @@ mod tests {
                 .transcript()
                 .contains("(would run): record 10.0.0.6:5432 in ")
         );
-        let again = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1).expect("a record");
+        let again = promoted::resolve(scratch.dir.path(), "127.0.0.1", 1, Some(("10.0.0.7", 5432)))
+            .expect("a record");
         assert_eq!(
             again.in_use().map(PromotedPrimary::address).as_deref(),
             Some("10.0.0.7:5432")

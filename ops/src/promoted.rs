@@ -141,14 +141,34 @@ pub fn path(backup_dir: &Path) -> PathBuf {
     backup_dir.join(FILE_NAME)
 }
 
-/// The record in `backup_dir` against the configured `host`:`port`; `None` when there is none.
-pub fn resolve(backup_dir: &Path, host: &str, port: u16) -> Option<Resolution> {
+/// The record in `backup_dir` against the configured `host`:`port` and `replica`
+/// (`REPLICA_HOST`:`REPLICA_PORT`); `None` when there is none.
+///
+/// The record sends the database credentials to the server it names, and whoever can write
+/// files as the owner of BACKUP_DIR (a database role with `pg_write_server_files`, for one)
+/// can plant it: so it is followed only when it names the configured replica, over TCP, the
+/// one server a failover ever promotes.
+pub fn resolve(
+    backup_dir: &Path,
+    host: &str,
+    port: u16,
+    replica: Option<(&str, u16)>,
+) -> Option<Resolution> {
     let path = path(backup_dir);
     let record = match load(backup_dir, &path) {
         Ok(None) => return None,
         Ok(Some(record)) => record,
         Err(why) => return Some(Resolution::Unreadable { path, why }),
     };
+    if replica != Some((record.host.as_str(), record.port)) || record.host.starts_with('/') {
+        let why = format!(
+            "it names {}, which is not the configured replica (REPLICA_HOST/REPLICA_PORT {}), \
+             the only server a failover promotes",
+            record.address(),
+            replica.map_or_else(|| "unset".into(), |(h, p)| format!("{h}:{p}"))
+        );
+        return Some(Resolution::Unreadable { path, why });
+    }
     if record.configured_host == host && record.configured_port == port {
         Some(Resolution::InUse { record, path })
     } else if record.host == host && record.port == port {
@@ -234,6 +254,8 @@ pub fn forget(backup_dir: &Path) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    const REPLICA: Option<(&str, u16)> = Some(("10.0.0.6", 5433));
+
     fn promoted() -> PromotedPrimary {
         PromotedPrimary {
             host: "10.0.0.6".into(),
@@ -249,7 +271,7 @@ mod tests {
     #[test]
     fn the_record_stands_in_only_for_the_address_it_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(resolve(dir.path(), "10.0.0.5", 5432), None);
+        assert_eq!(resolve(dir.path(), "10.0.0.5", 5432, REPLICA), None);
         let path = record(dir.path(), &promoted()).expect("recorded");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path)
@@ -258,7 +280,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
 
-        let used = resolve(dir.path(), "10.0.0.5", 5432).expect("a record");
+        let used = resolve(dir.path(), "10.0.0.5", 5432, REPLICA).expect("a record");
         assert_eq!(used.in_use(), Some(&promoted()));
         assert!(
             used.note().starts_with(
@@ -268,9 +290,9 @@ mod tests {
             used.note()
         );
         // The operator pointed the configuration at the new primary: nothing to say.
-        assert_eq!(resolve(dir.path(), "10.0.0.6", 5433), None);
+        assert_eq!(resolve(dir.path(), "10.0.0.6", 5433, REPLICA), None);
         // ... or elsewhere: the configuration wins, and says so.
-        let ignored = resolve(dir.path(), "10.0.0.7", 5432).expect("a record");
+        let ignored = resolve(dir.path(), "10.0.0.7", 5432, REPLICA).expect("a record");
         assert_eq!(ignored.in_use(), None);
         assert!(
             ignored
@@ -279,8 +301,30 @@ mod tests {
         );
         assert_eq!(ignored.to_json()["state"], "ignored");
         assert!(forget(dir.path()).expect("removed"));
-        assert_eq!(resolve(dir.path(), "10.0.0.5", 5432), None);
+        assert_eq!(resolve(dir.path(), "10.0.0.5", 5432, REPLICA), None);
         assert!(!forget(dir.path()).expect("nothing to remove"));
+    }
+
+    #[test]
+    fn a_record_naming_another_server_than_the_replica_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        record(dir.path(), &promoted()).expect("recorded");
+        for replica in [None, Some(("10.0.0.9", 5433)), Some(("10.0.0.6", 5432))] {
+            let found = resolve(dir.path(), "10.0.0.5", 5432, replica).expect("a record");
+            assert_eq!(found.in_use(), None, "{replica:?}");
+            assert!(
+                found.note().contains("not the configured replica"),
+                "{}",
+                found.note()
+            );
+        }
+        let socket = PromotedPrimary {
+            host: "/tmp".into(),
+            ..promoted()
+        };
+        record(dir.path(), &socket).expect("recorded");
+        let found = resolve(dir.path(), "10.0.0.5", 5433, Some(("/tmp", 5433))).expect("a record");
+        assert_eq!(found.in_use(), None, "a Unix socket was followed");
     }
 
     #[test]
@@ -289,19 +333,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = record(dir.path(), &promoted()).expect("recorded");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-        let found = resolve(dir.path(), "10.0.0.5", 5432).expect("a record");
+        let found = resolve(dir.path(), "10.0.0.5", 5432, REPLICA).expect("a record");
         assert!(
             matches!(&found, Resolution::Unreadable { why, .. } if why == "others may write it"),
             "{found:?}"
         );
         std::fs::remove_file(&path).expect("rm");
         std::os::unix::fs::symlink("/etc/hostname", &path).expect("link");
-        let found = resolve(dir.path(), "10.0.0.5", 5432).expect("a record");
+        let found = resolve(dir.path(), "10.0.0.5", 5432, REPLICA).expect("a record");
         assert!(matches!(found, Resolution::Unreadable { .. }), "{found:?}");
         std::fs::remove_file(&path).expect("rm");
         std::fs::write(&path, "{}").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let found = resolve(dir.path(), "10.0.0.5", 5432).expect("a record");
+        let found = resolve(dir.path(), "10.0.0.5", 5432, REPLICA).expect("a record");
         assert!(found.note().contains("is not a record"), "{}", found.note());
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storage::retry::RetryPolicy;
+use storage::wal::WalFileName;
 use storage::{Codec, Compression, LocalStorage, S3Options, S3Storage, StaticCredentials, Storage};
 
 use crate::config_file::{ConfigFile, duration_key, mib_to_bytes, parse_duration, seconds};
@@ -632,7 +633,12 @@ impl Settings {
         let Some(dir) = &self.backup_dir else {
             return;
         };
-        let found = crate::promoted::resolve(dir, &self.db.host, self.db.port);
+        let failover = &self.ops.failover;
+        let replica = failover
+            .replica_host
+            .as_deref()
+            .map(|host| (host, failover.replica_port.unwrap_or(5432)));
+        let found = crate::promoted::resolve(dir, &self.db.host, self.db.port, replica);
         if let Some(record) = found.as_ref().and_then(crate::promoted::Resolution::in_use) {
             self.db.host.clone_from(&record.host);
             self.db.port = record.port;
@@ -891,7 +897,10 @@ impl Settings {
     pub fn start_push_ahead(&self, path: &Path) {
         use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
-        if self.push_ahead.segments == 0 {
+        let segment = path.file_name().and_then(|n| n.to_str()).map(str::parse);
+        if self.push_ahead.segments == 0
+            || !matches!(segment, Some(Ok(WalFileName::Segment { .. })))
+        {
             return;
         }
         let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {

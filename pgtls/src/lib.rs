@@ -104,6 +104,11 @@ pub enum TlsError {
          PGSSLROOTCERT at a PEM file of the CA that signed the server's certificate"
     )]
     RootCert { path: PathBuf, reason: String },
+    #[error(
+        "sslmode {mode} may not be used with the system's roots (db-sslrootcert = \"system\"): \
+         any publicly trusted certificate would pass for the server; use verify-full"
+    )]
+    WeakWithSystemRoots { mode: SslMode },
     #[error("TLS cannot be set up: {0}")]
     Setup(String),
 }
@@ -142,7 +147,18 @@ pub async fn connect(
         }
     });
     let connector = MakeRustlsConnect::new(client_config(mode, tls.root_cert.as_deref())?);
-    let (client, connection) = config.connect(connector).await?;
+    let (client, connection) = match config.connect(connector).await {
+        Ok(connected) => connected,
+        // libpq's prefer and allow fall back to plain text when the handshake fails (an old
+        // server's TLS that rustls refuses), not only when the server offers no TLS.
+        Err(e) if matches!(mode, SslMode::Allow | SslMode::Prefer) && handshake_failed(&e) => {
+            tracing::warn!("TLS handshake failed ({e}); sslmode {mode} connects without TLS");
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let plain = MakeRustlsConnect::new(client_config(SslMode::Disable, None)?);
+            config.connect(plain).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("PostgreSQL connection closed: {e}");
@@ -151,9 +167,17 @@ pub async fn connect(
     Ok(client)
 }
 
+/// The driver reports a failed handshake (not a refusal by the server) in these words.
+fn handshake_failed(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none() && e.to_string().contains("TLS handshake")
+}
+
 /// What a connection trusts: nothing checked below `require`, the chain for `verify-ca` (and
 /// `require` with a root certificate), the chain and the host name for `verify-full`.
 fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    if root_cert.is_some_and(|p| p.as_os_str() == "system") && mode != SslMode::VerifyFull {
+        return Err(TlsError::WeakWithSystemRoots { mode });
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable | SslMode::Allow | SslMode::Prefer => {
@@ -357,6 +381,15 @@ mod tests {
         // The lower modes never read it.
         for mode in [SslMode::Disable, SslMode::Allow, SslMode::Prefer] {
             assert!(client_config(mode, Some(missing)).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_system_roots_need_verify_full() {
+        let system = Path::new("system");
+        for mode in [SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
+            let err = client_config(mode, Some(system)).expect_err("weak mode with system roots");
+            assert!(err.to_string().contains("use verify-full"), "{err}");
         }
     }
 

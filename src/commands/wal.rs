@@ -48,13 +48,17 @@ pub struct FetchArgs {
 pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
     match cmd {
         WalCommand::Push { path, ahead } => {
-            let storage = settings.repository_for_writing().await?;
             let (catalog, compression) = (settings.catalog_path()?, settings.push_compression());
             if ahead {
+                let Some(lock) = archiver::AheadLock::try_acquire(&catalog, &path) else {
+                    return Ok(ExitCode::SUCCESS);
+                };
+                let storage = settings.repository_for_writing().await?;
                 let limits = (settings.push_ahead.segments, settings.push_ahead.bytes);
-                archiver::push_ahead(storage.as_ref(), &catalog, &path, compression, limits).await;
+                archiver::push_ahead(&lock, storage.as_ref(), &catalog, compression, limits).await;
                 return Ok(ExitCode::SUCCESS);
             }
+            let storage = settings.repository_for_writing().await?;
             archiver::push_wal(storage.as_ref(), &catalog, &path, compression)
                 .await
                 .with_context(|| format!("archive {}", path.display()))?;
