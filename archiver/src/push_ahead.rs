@@ -118,16 +118,7 @@ fn try_lock(path: &Path) -> Option<File> {
 /// The segments marked ready (`archive_status/NAME.ready`) that come after `current`, oldest
 /// first, within `limits`, with their sizes.
 fn ready_after(pg_wal: &Path, current: &str, limits: AheadLimits) -> Vec<(String, u64)> {
-    let Ok(entries) = std::fs::read_dir(pg_wal.join("archive_status")) else {
-        return Vec::new();
-    };
-    let mut ready: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|f| f.strip_suffix(".ready").map(str::to_string))
-        .filter(|name| name.as_str() > current)
-        .filter(|name| matches!(name.parse::<WalFileName>(), Ok(WalFileName::Segment { .. })))
-        .collect();
-    ready.sort();
+    let ready = storage::wal::ready_segments_after(pg_wal, current);
     let mut chosen = Vec::new();
     let mut bytes = 0u64;
     for name in ready.into_iter().take(limits.segments) {

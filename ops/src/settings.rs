@@ -897,10 +897,14 @@ impl Settings {
     pub fn start_push_ahead(&self, path: &Path) {
         use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
-        let segment = path.file_name().and_then(|n| n.to_str()).map(str::parse);
-        if self.push_ahead.segments == 0
-            || !matches!(segment, Some(Ok(WalFileName::Segment { .. })))
-        {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let segment = matches!(name.parse(), Ok(WalFileName::Segment { .. }));
+        // No backlog, no worker: the common case costs one small directory listing.
+        let waiting = |pg_wal: &Path| !storage::wal::ready_segments_after(pg_wal, name).is_empty();
+        if self.push_ahead.segments == 0 || !segment || !path.parent().is_some_and(waiting) {
             return;
         }
         let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {

@@ -268,6 +268,22 @@ impl fmt::Display for WalFileName {
     }
 }
 
+/// The segments PostgreSQL has marked ready to archive (`pg_wal/archive_status/NAME.ready`)
+/// that come after `current`, oldest first. Unreadable means none.
+pub fn ready_segments_after(pg_wal: &std::path::Path, current: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(pg_wal.join("archive_status")) else {
+        return Vec::new();
+    };
+    let mut ready: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|f| f.strip_suffix(".ready").map(str::to_string))
+        .filter(|name| name.as_str() > current)
+        .filter(|name| matches!(name.parse::<WalFileName>(), Ok(WalFileName::Segment { .. })))
+        .collect();
+    ready.sort();
+    ready
+}
+
 /// What the first page of a WAL segment says about where it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
