@@ -115,13 +115,15 @@ fn try_lock(path: &Path) -> Option<File> {
     Some(file)
 }
 
-/// The segments marked ready (`archive_status/NAME.ready`) that come after `current`, oldest
-/// first, within `limits`, with their sizes.
+/// The segments marked ready (`archive_status/NAME.ready`) that come after `current` but the
+/// next, oldest first, within `limits`, with their sizes.
 fn ready_after(pg_wal: &Path, current: &str, limits: AheadLimits) -> Vec<(String, u64)> {
     let ready = storage::wal::ready_segments_after(pg_wal, current);
     let mut chosen = Vec::new();
     let mut bytes = 0u64;
-    for name in ready.into_iter().take(limits.segments) {
+    // PostgreSQL asks for the first one the moment the push that started this worker answers:
+    // both would compress it. From the second on, the worker is ahead.
+    for name in ready.into_iter().skip(1).take(limits.segments) {
         let Ok(meta) = std::fs::metadata(pg_wal.join(&name)) else {
             continue;
         };
@@ -174,23 +176,25 @@ mod tests {
         let b = "000000010000000000000004";
         let c = "000000010000000000000005";
         let d = "000000010000000000000006";
-        let dir = pg_wal_with(&[a, c, d, "00000002.history"], &[b]);
+        let e = "000000010000000000000007";
+        let dir = pg_wal_with(&[a, c, d, e, "00000002.history"], &[b]);
         let wide = AheadLimits {
             segments: 8,
             bytes: u64::MAX,
         };
-        // The current one and what is not ready (done, history) are never taken.
-        assert_eq!(names(ready_after(dir.path(), a, wide)), vec![c, d]);
+        // The current one, the next one (its own push is about to start), and what is not
+        // ready (done, history) are never taken.
+        assert_eq!(names(ready_after(dir.path(), a, wide)), vec![d, e]);
         let two = AheadLimits {
             segments: 1,
             bytes: u64::MAX,
         };
-        assert_eq!(names(ready_after(dir.path(), a, two)), vec![c]);
+        assert_eq!(names(ready_after(dir.path(), a, two)), vec![d]);
         let small = AheadLimits {
             segments: 8,
             bytes: SEGMENT + 1,
         };
-        assert_eq!(names(ready_after(dir.path(), a, small)), vec![c]);
+        assert_eq!(names(ready_after(dir.path(), a, small)), vec![d]);
         assert!(ready_after(dir.path(), d, wide).is_empty());
     }
 

@@ -902,8 +902,9 @@ impl Settings {
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         let segment = matches!(name.parse(), Ok(WalFileName::Segment { .. }));
-        // No backlog, no worker: the common case costs one small directory listing.
-        let waiting = |pg_wal: &Path| !storage::wal::ready_segments_after(pg_wal, name).is_empty();
+        // No backlog, no worker (the next segment alone is its own push's): the common case
+        // costs one small directory listing.
+        let waiting = |pg_wal: &Path| storage::wal::ready_segments_after(pg_wal, name).len() > 1;
         if self.push_ahead.segments == 0 || !segment || !path.parent().is_some_and(waiting) {
             return;
         }
