@@ -25,7 +25,7 @@ pub use base_backup::{BaseBackupOptions, run_base_backup};
 pub use connection::ConnectionOptions;
 pub use dump::{DumpOptions, pg_command, run_dump_backup};
 pub use error::ArchiveError;
-pub use push_ahead::{AheadLock, AheadReport, push_ahead, segment_name};
+pub use push_ahead::{AheadLock, AheadReport, push_ahead};
 pub use redis::{
     RdbReader, RedisFacts, RedisOptions, keyspace, open_rdb, parse_keyspace, redis_data_dir,
 };

@@ -89,7 +89,7 @@ pub async fn push_ahead(
 }
 
 /// The segment's name, when `path` names a segment.
-pub fn segment_name(path: &Path) -> Option<String> {
+fn segment_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     matches!(name.parse::<WalFileName>(), Ok(WalFileName::Segment { .. })).then(|| name.into())
 }

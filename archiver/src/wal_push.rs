@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use catalog::{Catalog, WalRecord};
 use storage::wal::{self, WalFileName};
 use storage::{
-    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, StorageExt, layout,
-    object,
+    Compression, Durability, ObjectHeader, PutMode, Storage, StorageError, layout, object,
 };
 use tracing::{debug, info, warn};
 
@@ -58,14 +57,18 @@ pub async fn push_wal(
 
     let key = layout::wal_key(system_identifier, &name);
     let catalog = open_catalog(catalog_path.to_path_buf());
-    if storage.exists(&key).await? {
+    let stored = match storage.head(&key).await {
+        Ok(meta) => Some(meta.size),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(stored_bytes) = stored {
         // PostgreSQL re-archives after a crash: comparing checksums is enough, no compression.
         let ours = hash_file(path, io).await?;
         let outcome = compare_with_archived(storage, &key, &name, &ours).await?;
         // Another process (a look-ahead worker, an attempt killed mid-way) may have made it
         // visible without flushing it yet: flushed before PostgreSQL may delete the segment.
         storage.sync_object(&key).await?;
-        let stored_bytes = storage.head(&key).await?.size;
         let record = wal_record(system_identifier, &name, segment_size, &ours, stored_bytes);
         record_in_catalog(catalog.await, record).await;
         return Ok(outcome);

@@ -199,6 +199,30 @@ pub struct PushAhead {
     pub bytes: u64,
 }
 
+/// This binary with `args`, detached: no stdio, its own process group (signals meant for
+/// archive_command or restore_command are not meant for it). A worker that does not start
+/// costs nothing but its head start.
+fn spawn_detached<S: AsRef<std::ffi::OsStr>>(
+    exe: PathBuf,
+    repository: Vec<String>,
+    args: &[S],
+    what: &str,
+) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let spawned = Command::new(exe)
+        .args(repository)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::debug!("{what} not started: {e}");
+    }
+}
+
 fn setting(message: String) -> OpsError {
     OpsError::Setting(message)
 }
@@ -849,25 +873,25 @@ impl Settings {
     /// segments after `name` are fetched while it replays this one. A prefetch that fails
     /// costs nothing: the next fetch reads the repository.
     pub fn start_prefetcher(&self, system_identifier: u64, name: &str) {
-        use std::os::unix::process::CommandExt;
-        use std::process::{Command, Stdio};
         let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {
             return;
         };
         let cluster = system_identifier.to_string();
-        let spawned = Command::new(exe)
-            .args(repository)
-            .args(["--wal-prefetch", &self.prefetch.segments.to_string()])
-            .args(["wal", "prefetch", "--cluster", &cluster, name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: signals meant for restore_command are not meant for it.
-            .process_group(0)
-            .spawn();
-        if let Err(e) = spawned {
-            tracing::debug!("prefetch not started: {e}");
-        }
+        let segments = self.prefetch.segments.to_string();
+        spawn_detached(
+            exe,
+            repository,
+            &[
+                "--wal-prefetch",
+                &segments,
+                "wal",
+                "prefetch",
+                "--cluster",
+                &cluster,
+                name,
+            ],
+            "prefetch",
+        );
     }
 
     /// `wal prefetch`: read the segments after `name` into the spool (a detached worker of
@@ -895,8 +919,6 @@ impl Settings {
     /// `archiver::push_ahead`). It must not delay the answer PostgreSQL waits for, nor
     /// receive the signals meant for archive_command.
     pub fn start_push_ahead(&self, path: &Path) {
-        use std::os::unix::process::CommandExt;
-        use std::process::{Command, Stdio};
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -911,18 +933,13 @@ impl Settings {
         let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {
             return;
         };
-        let spawned = Command::new(exe)
-            .args(repository)
-            .args(["wal", "push", "--ahead"])
-            .arg(path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn();
-        if let Err(e) = spawned {
-            tracing::debug!("look-ahead not started: {e}");
-        }
+        let path = path.as_os_str();
+        spawn_detached(
+            exe,
+            repository,
+            &["wal".as_ref(), "push".as_ref(), "--ahead".as_ref(), path],
+            "look-ahead",
+        );
     }
 
     /// `wal push`'s compression: two workers, the archiver's one segment at a time.
