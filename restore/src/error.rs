@@ -57,6 +57,17 @@ pub enum RestoreError {
     /// program, its target and what it said.
     #[error("{0}")]
     Failed(String),
+    /// A delta restore stopped after it began to change the data directory, which is left
+    /// without `pg_control` so that it cannot start half-restored.
+    #[error(
+        "the delta restore stopped before the end; the data directory is left without \
+         global/pg_control so that it cannot start half-restored: run the same restore with \
+         --delta again to finish it"
+    )]
+    DeltaUnfinished {
+        #[source]
+        source: Box<RestoreError>,
+    },
     /// Stopped by a signal (Ctrl-C, SIGTERM, a lost terminal); everything written was removed.
     #[error("interrupted: every worker was stopped and everything this restore wrote was removed")]
     Interrupted,

@@ -12,6 +12,7 @@
 //! - [`restore_dump`]: recreate a database from a logical dump with pg_restore.
 //! - [`verify_repository`]: check that every backup's chunks and WAL are there and intact.
 
+mod delta;
 mod error;
 mod kinds;
 mod pitr;
@@ -30,6 +31,7 @@ mod verify;
 mod wal_fetch;
 mod wal_file;
 
+pub use delta::DeltaReport;
 pub use error::RestoreError;
 pub use kinds::{RestoreType, Target};
 pub use pitr::{

@@ -244,7 +244,7 @@ impl Places {
 /// `path` made absolute with `.` and `..` resolved lexically, so that the overlap check sees
 /// where it really points; a path that is not UTF-8 cannot be written into PostgreSQL's
 /// configuration faithfully and is refused.
-fn normal(path: &Path, flag: &str) -> Result<PathBuf, RestoreError> {
+pub(crate) fn normal(path: &Path, flag: &str) -> Result<PathBuf, RestoreError> {
     let absolute = std::path::absolute(path).map_err(|e| RestoreError::io(path, e))?;
     let mut out = PathBuf::new();
     for part in absolute.components() {
@@ -301,13 +301,14 @@ fn check_empty(dir: &Path, what: &str, flag: &str) -> Result<bool, RestoreError>
     if entries.next().is_none() {
         return Ok(true);
     }
-    if let Ok(backup) = std::fs::read_to_string(dir.join(crate::restore_base::MARKER)) {
+    if let Ok(marker) = std::fs::read_to_string(dir.join(crate::restore_base::MARKER)) {
         return Err(RestoreError::Refused(format!(
-            "{what} {} holds what an interrupted restore of {} left (it was killed before it could \
-             clean up): remove the directory, and the tablespace and --waldir directories that \
-             restore was given, then restore again",
+            "{what} {} holds what an interrupted restore of {} left (it was stopped before it \
+             could clean up, or it was a --delta restore): restore again with --delta to finish \
+             it in place, or remove the directory, and the tablespace and --waldir directories \
+             that restore was given, then restore again",
             dir.display(),
-            backup.trim()
+            marker.lines().next().unwrap_or_default().trim()
         )));
     }
     let running = dir.join("postmaster.pid").exists();

@@ -25,6 +25,9 @@ pub struct RestoreChoices {
     pub waldir: Option<PathBuf>,
     pub archive_mode: ArchiveMode,
     pub timeline: TargetTimeline,
+    /// `--delta`: reuse a stopped data directory of the backup's cluster, rewriting only what
+    /// differs.
+    pub delta: bool,
 }
 
 /// What a PostgreSQL restore needs beyond the backup and the data directory.
@@ -56,6 +59,8 @@ pub struct RestoredBackup {
     pub files: usize,
     pub bytes: u64,
     pub elapsed: Duration,
+    /// What a delta restore kept and changed.
+    pub delta: Option<crate::DeltaReport>,
 }
 
 impl std::fmt::Display for RestoredBackup {
@@ -68,7 +73,18 @@ impl std::fmt::Display for RestoredBackup {
             self.files,
             self.bytes >> 20,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        if let Some(d) = &self.delta {
+            write!(
+                f,
+                " (delta: {} MiB already in place, {} MiB written, {} files created, {} entries removed)",
+                d.kept_bytes >> 20,
+                d.written_bytes >> 20,
+                d.created,
+                d.removed
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -345,11 +361,12 @@ pub async fn restore_backup(
         interrupted: interrupted.clone(),
         owner: options.owner,
         progress: options.progress.clone(),
+        delta: choices.delta,
     };
     let started = Instant::now();
     storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
     let running = Arc::new(AtomicBool::new(true));
-    tokio::spawn(watch_signals(interrupted, running.clone()));
+    tokio::spawn(watch_signals(interrupted, running.clone(), choices.delta));
     let restored = crate::restore_base(storage, &manifest, &opts).await;
     running.store(false, Ordering::SeqCst);
     let report = restored.map_err(|source| RestoreError::RestoreInto {
@@ -365,13 +382,14 @@ pub async fn restore_backup(
         files: report.files,
         bytes: report.bytes,
         elapsed: started.elapsed(),
+        delta: report.delta,
     })
 }
 
 /// While a restore runs, the first SIGINT, SIGTERM or SIGHUP (Ctrl-C, `systemctl stop`, a lost
 /// SSH session) asks it to stop and clean up; another, or one after the restore, ends the
 /// process at once as the signal would have.
-async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
+async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>, delta: bool) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
@@ -387,8 +405,13 @@ async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>) {
             _ = hup.recv() => Signal::Hup,
         };
         if running.load(Ordering::SeqCst) && !interrupted.swap(true, Ordering::SeqCst) {
+            let and_then = if delta {
+                "leaving the data directory unable to start until a --delta restore finishes it"
+            } else {
+                "removing what it wrote"
+            };
             eprintln!(
-                "lifeline: {}: stopping the restore and removing what it wrote (send it again to stop at once)",
+                "lifeline: {}: stopping the restore and {and_then} (send it again to stop at once)",
                 signal.name()
             );
             continue;
@@ -478,6 +501,7 @@ mod tests {
         let mut manifest = testing::fixtures::base_manifest();
         manifest.stop_lsn = "0/3000100".parse().expect("an LSN");
         let restored = RestoredBackup {
+            delta: None,
             backup_id: "20251227T010000Z-base".into(),
             data_dir: "/srv/pg".into(),
             manifest,

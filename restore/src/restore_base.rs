@@ -111,12 +111,17 @@ pub struct RestoreOptions {
     pub owner: Owner,
     /// Bytes written of the backup's size.
     pub progress: Arc<dyn Progress>,
+    /// `--delta`: reuse a stopped data directory of the same cluster, rewriting only what
+    /// differs from the backup (an empty or missing directory is restored in full).
+    pub delta: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreReport {
     pub files: usize,
     pub bytes: u64,
+    /// What a delta restore kept, rewrote and removed; `None` for a full restore.
+    pub delta: Option<crate::delta::DeltaReport>,
 }
 
 pub async fn read_manifest(
@@ -135,6 +140,11 @@ pub async fn restore_base(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     crate::validate::validate_base(manifest)?;
+    if opts.delta
+        && let Some(existing) = crate::delta::existing_cluster(manifest, opts)?
+    {
+        return crate::delta::restore_delta(storage, manifest, opts, existing).await;
+    }
     let places = Arc::new(Places::plan(manifest, opts)?);
     if opts.verify_first {
         check_packs_exist(
@@ -202,7 +212,7 @@ pub(crate) async fn check_packs_exist<'a>(
 /// Run `work` on every item, `limit` at a time, to the end: after the first failure the items
 /// not yet started are skipped, but every one already running is waited for, so that nothing
 /// writes after the caller cleans up. Returns the first failure.
-async fn run_all<T, F, Fut>(
+pub(crate) async fn run_all<T, F, Fut>(
     items: impl IntoIterator<Item = T>,
     limit: usize,
     interrupted: &AtomicBool,
@@ -346,9 +356,9 @@ async fn restore_into(
     let skeleton = skeleton(manifest, places);
     let owner = opts.owner;
     let files = {
-        let (root, backup_id) = (root.clone(), manifest.backup_id.clone());
+        let marker = marker_text(manifest);
         blocking("directory creation task", move || {
-            write_new(&root.join(MARKER), backup_id.as_bytes(), owner)?;
+            write_new(&root.join(MARKER), marker.as_bytes(), owner)?;
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(DIR_MODE))
                 .map_err(|e| RestoreError::io(&root, e))?;
             owner
@@ -366,11 +376,38 @@ async fn restore_into(
         blocking("file creation task", move || create_files(&batch, owner))
     })
     .await?;
-
     debug!("directories and files created");
-    let plan = plan_writes(manifest, places)?;
-    let locks = FileLocks::default();
     opts.progress.set_total(manifest.size_bytes);
+    let plan = plan_writes(manifest, places, None)?;
+    write_data(storage, plan, opts).await?;
+    finish(manifest, opts, places).await?;
+    Ok(RestoreReport {
+        files: manifest
+            .files
+            .iter()
+            .filter(|f| f.kind == EntryKind::File)
+            .count(),
+        bytes: manifest.size_bytes,
+        delta: None,
+    })
+}
+
+/// What the marker of an unfinished restore says: the backup, and the cluster a `--delta` run
+/// may finish it for once `pg_control` is gone.
+pub(crate) fn marker_text(manifest: &BackupManifest) -> String {
+    format!(
+        "{}\nsystem_identifier {}\n",
+        manifest.backup_id, manifest.system_identifier
+    )
+}
+
+/// Fetch, decode and write every chunk of `plan`, `transfers` groups at a time.
+pub(crate) async fn write_data(
+    storage: Arc<dyn Storage>,
+    plan: WritePlan,
+    opts: &RestoreOptions,
+) -> Result<(), RestoreError> {
+    let locks = FileLocks::default();
     let groups = plan
         .into_iter()
         .flat_map(|(pack, chunks)| write_groups(&pack, chunks));
@@ -388,6 +425,18 @@ async fn restore_into(
     })
     .await?;
     debug!("all files written");
+    Ok(())
+}
+
+/// Write the recovery settings, make everything durable, then publish `pg_control` and
+/// remove the marker: until then the directory cannot start.
+pub(crate) async fn finish(
+    manifest: &BackupManifest,
+    opts: &RestoreOptions,
+    places: &Places,
+) -> Result<(), RestoreError> {
+    let root = places.root.dir.clone();
+    let owner = opts.owner;
     let recovery = recovery_files(manifest, opts, places);
     {
         let root = root.clone();
@@ -420,9 +469,12 @@ async fn restore_into(
         written.extend(place.dir.parent().map(Path::to_path_buf));
     }
     written.push(root.clone());
-    run_all(written, parallelism * 4, &opts.interrupted, |path| {
-        blocking("fsync task", move || fsync_path(&path))
-    })
+    run_all(
+        written,
+        opts.parallelism.max(1) * 4,
+        &opts.interrupted,
+        |path| blocking("fsync task", move || fsync_path(&path)),
+    )
     .await?;
     debug!("data directory durable");
     blocking("pg_control publication task", move || {
@@ -433,16 +485,7 @@ async fn restore_into(
         fsync_path(&root.join("global"))?;
         fsync_path(&root)
     })
-    .await?;
-
-    Ok(RestoreReport {
-        files: manifest
-            .files
-            .iter()
-            .filter(|f| f.kind == EntryKind::File)
-            .count(),
-        bytes: manifest.size_bytes,
-    })
+    .await
 }
 
 /// Damage found while writing: a storage-level corruption of `key`, not a refusal (something
@@ -471,11 +514,14 @@ pub(crate) fn decode_chunk(
 
 /// Open flags that refuse to follow a link in the last component: every file the restore
 /// writes is one it created itself.
-fn no_follow() -> i32 {
+pub(crate) fn no_follow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-fn create_files(files: &[(PathBuf, u64, u32)], owner: Owner) -> Result<(), RestoreError> {
+pub(crate) fn create_files(
+    files: &[(PathBuf, u64, u32)],
+    owner: Owner,
+) -> Result<(), RestoreError> {
     for (path, size, mode) in files {
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -507,7 +553,7 @@ fn write_new(path: &Path, bytes: &[u8], owner: Owner) -> Result<(), RestoreError
 }
 
 /// fsync a file or directory that may not exist (tablespace_map is optional).
-fn fsync_path(path: &Path) -> Result<(), RestoreError> {
+pub(crate) fn fsync_path(path: &Path) -> Result<(), RestoreError> {
     match std::fs::File::open(path) {
         Ok(file) => file.sync_all().map_err(|e| RestoreError::io(path, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -517,7 +563,7 @@ fn fsync_path(path: &Path) -> Result<(), RestoreError> {
 
 /// `range` of a chunk's plaintext belongs at `offset` of `path`.
 #[derive(Debug, Clone)]
-struct Target {
+pub(crate) struct Target {
     path: Arc<PathBuf>,
     offset: u64,
     range: std::ops::Range<usize>,
@@ -525,15 +571,21 @@ struct Target {
 
 /// Every chunk the restore needs, by pack (in pack order), each with every place it goes:
 /// a chunk used twice is fetched and decoded once.
-type WritePlan = BTreeMap<String, Vec<(ChunkRef, Vec<Target>)>>;
+pub(crate) type WritePlan = BTreeMap<String, Vec<(ChunkRef, Vec<Target>)>>;
 
 /// The manifest's entries the restore puts back: all but `standby.signal`, since the restore
 /// decides how the server recovers (it writes `recovery.signal`).
-fn restored_entries(manifest: &BackupManifest) -> impl Iterator<Item = &FileEntry> {
+pub(crate) fn restored_entries(manifest: &BackupManifest) -> impl Iterator<Item = &FileEntry> {
     manifest.files.iter().filter(|e| e.path != "standby.signal")
 }
 
-fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, RestoreError> {
+/// Every chunk to write, by pack. `unchanged` holds, by destination, the relation blocks a
+/// delta restore found already in place: those are not fetched.
+pub(crate) fn plan_writes(
+    manifest: &BackupManifest,
+    places: &Places,
+    unchanged: Option<&crate::delta::Unchanged>,
+) -> Result<WritePlan, RestoreError> {
     let mut by_pack: BTreeMap<String, HashMap<String, (ChunkRef, Vec<Target>)>> = BTreeMap::new();
     let mut add = |chunk: &ChunkRef, target: Target| {
         by_pack
@@ -546,8 +598,13 @@ fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, 
     };
     for entry in restored_entries(manifest).filter(|e| !e.blocks.is_empty()) {
         let path = Arc::new(places.destination(&entry.path));
+        let kept = unchanged.and_then(|u| u.get(path.as_ref()));
         let mut offset = 0;
-        for chunk in &entry.blocks {
+        for (index, chunk) in entry.blocks.iter().enumerate() {
+            if kept.is_some_and(|k| k.get(index).copied().unwrap_or(false)) {
+                offset += chunk.len;
+                continue;
+            }
             add(
                 chunk,
                 Target {
@@ -611,6 +668,15 @@ fn plan_writes(manifest: &BackupManifest, places: &Places) -> Result<WritePlan, 
             (pack, chunks)
         })
         .collect())
+}
+
+/// Bytes `plan` writes.
+pub(crate) fn plan_bytes(plan: &WritePlan) -> u64 {
+    plan.values()
+        .flatten()
+        .flat_map(|(_, targets)| targets)
+        .map(|t| t.range.len() as u64)
+        .sum()
 }
 
 /// Neighbouring chunks of one pack, read with one ranged request and decoded and written by
@@ -940,7 +1006,7 @@ mod tests {
             waldir: None,
             owner: Owner::KEEP,
         };
-        let plan = plan_writes(&manifest, &places).expect("plan");
+        let plan = plan_writes(&manifest, &places, None).expect("plan");
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
         for chunks in plan.values() {
             for (_, targets) in chunks {
@@ -970,7 +1036,7 @@ mod tests {
         );
         // A bundle that ends too early is refused.
         manifest.bundle.pop();
-        assert!(plan_writes(&manifest, &places).is_err());
+        assert!(plan_writes(&manifest, &places, None).is_err());
     }
 
     #[test]

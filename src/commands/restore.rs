@@ -81,6 +81,10 @@ pub struct PostgresArgs {
     /// number (--type pitr; default latest).
     #[arg(long, value_name = "latest|current|N")]
     target_timeline: Option<restore::TargetTimeline>,
+    /// Reuse the existing data directory of the backup's cluster (server stopped): keep what
+    /// already matches the backup, rewrite what differs, remove what it does not hold.
+    #[arg(long)]
+    delta: bool,
 }
 
 pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
@@ -119,6 +123,7 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         waldir: args.waldir.clone(),
         archive_mode: args.archive_mode,
         timeline: plan.timeline,
+        delta: args.delta,
     };
     let mut options =
         settings.postgres_restore_options(&plan.backup, !args.skip_verify, choices)?;

@@ -21,5 +21,6 @@ pub fn options(data_dir: &Path) -> RestoreOptions {
         interrupted: Default::default(),
         owner: storage::private::Owner::KEEP,
         progress: storage::progress::none(),
+        delta: false,
     }
 }

@@ -1,0 +1,601 @@
+//! Delta restore (`--delta`): restore onto a stopped data directory of the same cluster (an
+//! old primary, a replica that fell behind, a copy that was damaged), rewriting only what
+//! differs from the backup.
+//!
+//! The directory must belong to the backup's cluster (the system identifier in
+//! `global/pg_control`, or in the marker an unfinished restore left) and no server may run on
+//! it (`postmaster.pid` absent). Before anything changes, the marker is made durable and
+//! `global/pg_control` removed, so that a half-restored directory never starts; a delta
+//! restore that fails or is stopped leaves it so, and running it again finishes it. Then what
+//! the backup does not hold is removed (links unlinked, never followed), missing directories
+//! and files are created, every relation block is hashed and compared with the manifest's
+//! chunk id (keyed in an encrypted repository), and only the blocks that differ are fetched
+//! and written; small files are rewritten from the bundle. A file with a second hard link
+//! (`pg_upgrade --link`) is replaced, never written through. `pg_control` comes last, as in
+//! a full restore.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use storage::manifest::{BackupManifest, ChunkRef, EntryKind};
+use storage::private::Owner;
+use storage::{ChunkIds, Storage};
+use tracing::debug;
+
+use crate::RestoreError;
+use crate::error::blocking;
+use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places};
+use crate::restore_base::{
+    MARKER, RestoreOptions, RestoreReport, create_files, fsync_path, marker_text, no_follow,
+    restored_entries, run_all,
+};
+use crate::validate::{DIR_MODE, file_mode};
+
+/// By destination: which of a relation file's blocks already hold the backup's content.
+pub(crate) type Unchanged = HashMap<PathBuf, Vec<bool>>;
+
+/// What a delta restore found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeltaReport {
+    /// Bytes of relation blocks already in place: neither fetched nor written.
+    pub kept_bytes: u64,
+    /// Bytes fetched and written.
+    pub written_bytes: u64,
+    /// Files, directories and links removed because the backup does not hold them.
+    pub removed: usize,
+    /// Files created: missing, of another kind, or with a second hard link.
+    pub created: usize,
+}
+
+/// The larger blocks a (forged) manifest claims are not read: they cannot match.
+const MAX_BLOCK: u64 = 16 << 20;
+
+/// Blocks hashed by one task: big files are shared between the cores.
+const BLOCKS_PER_UNIT: usize = 32;
+
+/// A stopped data directory of the backup's cluster, checked; nothing written yet.
+pub(crate) struct Existing {
+    root: PathBuf,
+}
+
+/// The directory `--delta` may reuse, or `None` when it is missing or empty (then the restore
+/// is a full one). Everything is checked before anything is written.
+pub(crate) fn existing_cluster(
+    manifest: &BackupManifest,
+    opts: &RestoreOptions,
+) -> Result<Option<Existing>, RestoreError> {
+    let root = crate::places::normal(&opts.data_dir, "--data-dir")?;
+    let refuse = |why: String| {
+        Err(RestoreError::Refused(format!(
+            "--delta: {why}; nothing was written"
+        )))
+    };
+    let meta = match std::fs::metadata(&root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RestoreError::io(&root, e)),
+    };
+    if !meta.is_dir() {
+        return refuse(format!("{} is not a directory", root.display()));
+    }
+    let mut entries = std::fs::read_dir(&root).map_err(|e| RestoreError::io(&root, e))?;
+    if entries.next().is_none() {
+        return Ok(None);
+    }
+    if !manifest.tablespaces.is_empty() {
+        return refuse(format!(
+            "backup {} holds {} tablespace(s), and a delta restore does not restore tablespaces yet: \
+             restore in full into an empty directory (--tablespace-map to place them)",
+            manifest.backup_id,
+            manifest.tablespaces.len()
+        ));
+    }
+    if opts.waldir.is_some() {
+        return refuse(
+            "a delta restore keeps pg_wal inside the data directory: drop --waldir, or restore in \
+             full into an empty directory"
+                .into(),
+        );
+    }
+    if std::fs::symlink_metadata(root.join("postmaster.pid")).is_ok() {
+        return refuse(format!(
+            "a server may be running on {} (postmaster.pid exists): stop it first (pg_ctl stop); \
+             if it crashed, start and stop it once so that it removes the file",
+            root.display()
+        ));
+    }
+    let pg_wal = root.join("pg_wal");
+    if std::fs::symlink_metadata(&pg_wal).is_ok_and(|m| m.file_type().is_symlink()) {
+        let to = std::fs::read_link(&pg_wal).unwrap_or_default();
+        return refuse(format!(
+            "pg_wal in {} is a link to {}, and a delta restore writes nothing outside the data \
+             directory: restore in full into an empty directory with --waldir {}",
+            root.display(),
+            to.display(),
+            to.display()
+        ));
+    }
+    let Some(found) = system_identifier(&root)? else {
+        return refuse(format!(
+            "{} is not a PostgreSQL data directory (no global/pg_control) nor one an unfinished \
+             lifeline restore left: restore into an empty or new directory instead",
+            root.display()
+        ));
+    };
+    if found != manifest.system_identifier {
+        return refuse(format!(
+            "{} belongs to cluster {found}, and backup {} to cluster {}: a delta restore reuses \
+             only a directory of the backup's own cluster; restore into an empty or new \
+             directory instead",
+            root.display(),
+            manifest.backup_id,
+            manifest.system_identifier
+        ));
+    }
+    Ok(Some(Existing { root }))
+}
+
+/// The cluster a data directory belongs to: `global/pg_control`'s first field, or, once an
+/// unfinished restore removed it, the one its marker records.
+fn system_identifier(root: &Path) -> Result<Option<u64>, RestoreError> {
+    let control = root.join(CONTROL_FILE);
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(&control)
+    {
+        Ok(file) => {
+            let mut first = [0u8; 8];
+            return match file.read_exact_at(&mut first, 0) {
+                Ok(()) => Ok(Some(u64::from_ne_bytes(first))),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                Err(e) => Err(RestoreError::io(&control, e)),
+            };
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(RestoreError::io(&control, e)),
+    }
+    let marker = match std::fs::read_to_string(root.join(MARKER)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RestoreError::io(root.join(MARKER), e)),
+    };
+    Ok(marker
+        .lines()
+        .find_map(|l| l.strip_prefix("system_identifier "))
+        .and_then(|n| n.trim().parse().ok()))
+}
+
+/// Restore `manifest` onto the checked directory `existing`. A failure once the directory has
+/// begun to change leaves it unable to start, and says how to finish.
+pub(crate) async fn restore_delta(
+    storage: Arc<dyn Storage>,
+    manifest: &BackupManifest,
+    opts: &RestoreOptions,
+    existing: Existing,
+) -> Result<RestoreReport, RestoreError> {
+    if opts.verify_first {
+        crate::restore_base::check_packs_exist(
+            storage.as_ref(),
+            &manifest.backup_id,
+            manifest.chunks(),
+            opts.parallelism,
+        )
+        .await?;
+    }
+    if opts.interrupted.load(Ordering::Relaxed) {
+        return Err(RestoreError::Interrupted);
+    }
+    let places = Arc::new(Places {
+        root: Place::new(existing.root.clone(), true),
+        tablespaces: Default::default(),
+        waldir: None,
+        owner: opts.owner,
+    });
+    {
+        let (root, marker, owner) = (existing.root.clone(), marker_text(manifest), opts.owner);
+        blocking("delta restore start", move || seal(&root, &marker, owner)).await?;
+    }
+    reconcile_and_write(storage, manifest, opts, &places)
+        .await
+        .map_err(|e| RestoreError::DeltaUnfinished {
+            source: Box::new(match e {
+                RestoreError::Interrupted => {
+                    RestoreError::Failed("stopped by a signal; every worker was joined".into())
+                }
+                e => e,
+            }),
+        })
+}
+
+/// Make the marker durable, then remove `pg_control`: from here until the end the directory
+/// cannot start, and the marker still names its cluster.
+fn seal(root: &Path, marker: &str, owner: Owner) -> Result<(), RestoreError> {
+    let io = |p: &Path, e| RestoreError::io(p, e);
+    let path = root.join(MARKER);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(no_follow())
+        .open(&path)
+        .map_err(|e| io(&path, e))?;
+    owner.apply(&file).map_err(|e| io(&path, e))?;
+    file.write_all(marker.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io(&path, e))?;
+    fsync_path(root)?;
+    let control = root.join(CONTROL_FILE);
+    match std::fs::remove_file(&control) {
+        Ok(()) => fsync_path(&root.join("global")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&control, e)),
+    }
+}
+
+async fn reconcile_and_write(
+    storage: Arc<dyn Storage>,
+    manifest: &BackupManifest,
+    opts: &RestoreOptions,
+    places: &Places,
+) -> Result<RestoreReport, RestoreError> {
+    let root = places.root.dir.clone();
+    let wanted = wanted(manifest);
+    let owner = opts.owner;
+    let (removed, files) = {
+        let (root, wanted) = (root.clone(), wanted.clone());
+        blocking("delta restore directories", move || {
+            let (extra, kept) = walk(&root, &wanted)?;
+            for (rel, is_dir) in &extra {
+                remove(&root.join(rel), *is_dir)?;
+            }
+            prepare_directories(&root, &wanted, &kept, owner)?;
+            let files: Vec<(PathBuf, FileWanted)> = wanted
+                .files
+                .iter()
+                .map(|(rel, f)| (root.join(rel), f.with_state(kept.get(rel).copied())))
+                .collect();
+            Ok((extra.len(), files))
+        })
+        .await?
+    };
+    debug!(removed, "extra entries removed, directories in place");
+
+    let parallelism = opts.parallelism.max(1);
+    let batch = files.len().div_ceil(parallelism * 2).max(1);
+    let batches: Vec<Vec<_>> = files.chunks(batch).map(<[_]>::to_vec).collect();
+    let to_hash = Arc::new(Mutex::new(Vec::new()));
+    let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    run_all(batches, parallelism * 2, &opts.interrupted, |batch| {
+        let (to_hash, created) = (to_hash.clone(), created.clone());
+        blocking("delta restore files", move || {
+            let (reused, made) = prepare_files(&batch, owner)?;
+            created.fetch_add(made, Ordering::Relaxed);
+            lock(&to_hash).extend(reused);
+            Ok(())
+        })
+    })
+    .await?;
+
+    let to_hash = std::mem::take(&mut *lock(&to_hash));
+    let unchanged = hash_blocks(to_hash, storage.chunk_ids(), opts).await?;
+    let kept_bytes = kept_bytes(manifest, &root, &unchanged);
+    debug!(kept_bytes, "relation blocks compared");
+
+    let plan = crate::restore_base::plan_writes(manifest, places, Some(&unchanged))?;
+    let written_bytes = crate::restore_base::plan_bytes(&plan);
+    opts.progress.set_total(written_bytes);
+    crate::restore_base::write_data(storage, plan, opts).await?;
+    crate::restore_base::finish(manifest, opts, places).await?;
+    Ok(RestoreReport {
+        files: wanted.files.len(),
+        bytes: manifest.size_bytes,
+        delta: Some(DeltaReport {
+            kept_bytes,
+            written_bytes,
+            removed,
+            created: created.load(Ordering::Relaxed),
+        }),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A file of the backup: its size, mode and relation blocks, and what is there now.
+#[derive(Debug, Clone)]
+struct FileWanted {
+    size: u64,
+    mode: u32,
+    blocks: Arc<Vec<ChunkRef>>,
+    /// The hard links of the regular file there now, if one is.
+    links: Option<u64>,
+}
+
+impl FileWanted {
+    fn with_state(&self, found: Option<Found>) -> FileWanted {
+        let links = match found {
+            Some(Found::File { links }) => Some(links),
+            _ => None,
+        };
+        FileWanted {
+            links,
+            ..self.clone()
+        }
+    }
+}
+
+/// What the backup holds, by path relative to the data directory (`pg_control` under its
+/// temporary name), in manifest order: every directory before what it holds.
+#[derive(Debug, Clone, Default)]
+struct Wanted {
+    dirs: Vec<PathBuf>,
+    files: Vec<(PathBuf, FileWanted)>,
+    kinds: HashMap<PathBuf, bool>,
+}
+
+fn wanted(manifest: &BackupManifest) -> Arc<Wanted> {
+    let mut wanted = Wanted::default();
+    for entry in restored_entries(manifest) {
+        let rel = if entry.path == CONTROL_FILE {
+            PathBuf::from(CONTROL_PARTIAL)
+        } else {
+            PathBuf::from(&entry.path)
+        };
+        // A link an older backup recorded is only ever `pg_wal` (validated): a directory.
+        let is_dir = entry.kind != EntryKind::File;
+        wanted.kinds.insert(rel.clone(), is_dir);
+        if is_dir {
+            wanted.dirs.push(rel);
+        } else {
+            wanted.files.push((
+                rel,
+                FileWanted {
+                    size: entry.size,
+                    mode: file_mode(entry.mode),
+                    blocks: Arc::new(entry.blocks.clone()),
+                    links: None,
+                },
+            ));
+        }
+    }
+    for dir in ["pg_wal", "pg_wal/archive_status"] {
+        let rel = PathBuf::from(dir);
+        if wanted.kinds.insert(rel.clone(), true).is_none() {
+            wanted.dirs.push(rel);
+        }
+    }
+    Arc::new(wanted)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Dir,
+    File { links: u64 },
+}
+
+/// Walk the data directory without following links: what to remove (not in the backup, or of
+/// another kind; a directory whole), and what to keep, by relative path.
+#[allow(clippy::type_complexity)]
+fn walk(
+    root: &Path,
+    wanted: &Wanted,
+) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), RestoreError> {
+    let mut extra = Vec::new();
+    let mut kept = HashMap::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        let at = root.join(&dir);
+        for entry in std::fs::read_dir(&at).map_err(|e| RestoreError::io(&at, e))? {
+            let entry = entry.map_err(|e| RestoreError::io(&at, e))?;
+            let rel = dir.join(entry.file_name());
+            if rel.as_os_str() == MARKER {
+                continue;
+            }
+            let meta = entry
+                .metadata()
+                .map_err(|e| RestoreError::io(entry.path(), e))?;
+            let kind = meta.file_type();
+            match wanted.kinds.get(&rel) {
+                Some(true) if kind.is_dir() => {
+                    kept.insert(rel.clone(), Found::Dir);
+                    pending.push(rel);
+                }
+                Some(false) if kind.is_file() => {
+                    kept.insert(
+                        rel,
+                        Found::File {
+                            links: meta.nlink(),
+                        },
+                    );
+                }
+                _ => extra.push((rel, kind.is_dir())),
+            }
+        }
+    }
+    Ok((extra, kept))
+}
+
+/// Remove an entry the backup does not hold: a directory with all it holds, a link itself.
+fn remove(path: &Path, is_dir: bool) -> Result<(), RestoreError> {
+    let removed = if is_dir {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RestoreError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The data directory and every directory of the backup: created where missing, 0700 and
+/// given to `owner` everywhere.
+fn prepare_directories(
+    root: &Path,
+    wanted: &Wanted,
+    kept: &HashMap<PathBuf, Found>,
+    owner: Owner,
+) -> Result<(), RestoreError> {
+    let io = |p: &Path, e| RestoreError::io(p, e);
+    let mut dirs = vec![root.to_path_buf()];
+    for rel in &wanted.dirs {
+        let path = root.join(rel);
+        if !kept.contains_key(rel) {
+            std::fs::DirBuilder::new()
+                .mode(DIR_MODE)
+                .create(&path)
+                .map_err(|e| io(&path, e))?;
+        }
+        dirs.push(path);
+    }
+    for dir in dirs {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| io(&dir, e))?;
+        owner.apply_path(&dir).map_err(|e| io(&dir, e))?;
+    }
+    Ok(())
+}
+
+/// A reused relation file whose blocks are compared with the backup's.
+type ToHash = (PathBuf, Arc<Vec<ChunkRef>>);
+
+/// Put every file of `batch` at its size, mode and owner: a regular file with one link is
+/// reused, anything else created anew. Returns the reused relation files and how many files
+/// were created.
+fn prepare_files(
+    batch: &[(PathBuf, FileWanted)],
+    owner: Owner,
+) -> Result<(Vec<ToHash>, usize), RestoreError> {
+    let mut reused = Vec::new();
+    let mut new = Vec::new();
+    for (path, file) in batch {
+        let io = |e| RestoreError::io(path, e);
+        match file.links {
+            Some(1) => {
+                let handle = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(no_follow())
+                    .open(path)
+                    .map_err(io)?;
+                handle.set_len(file.size).map_err(io)?;
+                handle
+                    .set_permissions(std::fs::Permissions::from_mode(file.mode))
+                    .map_err(io)?;
+                owner.apply(&handle).map_err(io)?;
+                if !file.blocks.is_empty() {
+                    reused.push((path.clone(), file.blocks.clone()));
+                }
+            }
+            links => {
+                // A second link shares the data with another file (another cluster after
+                // pg_upgrade --link): writing in place would change that one too.
+                if links.is_some() {
+                    std::fs::remove_file(path).map_err(io)?;
+                }
+                new.push((path.clone(), file.size, file.mode));
+            }
+        }
+    }
+    create_files(&new, owner)?;
+    Ok((reused, new.len()))
+}
+
+/// Hash the reused files' blocks, `parallelism` tasks at a time, and compare each with the
+/// backup's chunk id.
+async fn hash_blocks(
+    files: Vec<ToHash>,
+    ids: ChunkIds,
+    opts: &RestoreOptions,
+) -> Result<Unchanged, RestoreError> {
+    let mut units = Vec::new();
+    for (index, (_, blocks)) in files.iter().enumerate() {
+        let mut offset = 0u64;
+        for (n, part) in blocks.chunks(BLOCKS_PER_UNIT).enumerate() {
+            units.push((index, n * BLOCKS_PER_UNIT, offset));
+            offset += part.iter().map(|c| c.len).sum::<u64>();
+        }
+    }
+    let unchanged: Unchanged = files
+        .iter()
+        .map(|(path, blocks)| (path.clone(), vec![false; blocks.len()]))
+        .collect();
+    let (files, unchanged, ids) = (
+        Arc::new(files),
+        Arc::new(Mutex::new(unchanged)),
+        Arc::new(ids),
+    );
+    run_all(
+        units,
+        opts.parallelism.max(1),
+        &opts.interrupted,
+        |(index, first, offset)| {
+            let (files, unchanged, ids) = (files.clone(), unchanged.clone(), ids.clone());
+            blocking("block comparison task", move || {
+                let (path, blocks) = &files[index];
+                let end = (first + BLOCKS_PER_UNIT).min(blocks.len());
+                let same = compare_blocks(path, &blocks[first..end], offset, &ids)?;
+                if let Some(flags) = lock(&unchanged).get_mut(path) {
+                    flags[first..end].copy_from_slice(&same);
+                }
+                Ok(())
+            })
+        },
+    )
+    .await?;
+    let unchanged = std::mem::take(&mut *lock(&unchanged));
+    Ok(unchanged)
+}
+
+/// Which of `blocks`, the first at `offset` of `path`, already hold the backup's content.
+fn compare_blocks(
+    path: &Path,
+    blocks: &[ChunkRef],
+    mut offset: u64,
+    ids: &ChunkIds,
+) -> Result<Vec<bool>, RestoreError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(path)
+        .map_err(|e| RestoreError::io(path, e))?;
+    let mut same = vec![false; blocks.len()];
+    let mut buf = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        if block.len > MAX_BLOCK {
+            break;
+        }
+        buf.resize(block.len as usize, 0);
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => {}
+            // The file is shorter now: this block and those after it are written.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(RestoreError::io(path, e)),
+        }
+        same[i] = ids.of_checksum(blake3::hash(&buf)).to_hex().as_str() == block.hash;
+        offset += block.len;
+    }
+    debug!(
+        path = %path.display(),
+        same = same.iter().filter(|s| **s).count(),
+        of = blocks.len(),
+        "blocks compared"
+    );
+    Ok(same)
+}
+
+/// Bytes of the relation blocks found in place.
+fn kept_bytes(manifest: &BackupManifest, root: &Path, unchanged: &Unchanged) -> u64 {
+    restored_entries(manifest)
+        .filter_map(|e| Some((e, unchanged.get(&root.join(&e.path))?)))
+        .flat_map(|(e, flags)| e.blocks.iter().zip(flags))
+        .filter(|(_, same)| **same)
+        .map(|(c, _)| c.len)
+        .sum()
+}

@@ -1,0 +1,259 @@
+//! Delta restore (`restore postgres --delta`) onto a stopped data directory of the same
+//! cluster: what already matches the backup is kept, what differs rewritten, what the backup
+//! does not hold removed, and the result is the same directory a full restore makes, which
+//! recovers row for row. Another cluster's directory, a running server and a directory that
+//! is not a data directory are refused untouched; a delta restore that fails leaves the
+//! directory unable to start, and running it again finishes it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::{Pg, Scratch, backup, code, succeeded, text};
+
+/// Every entry under `dir` (links not followed): its kind and, for a file, the blake3 of its
+/// content; `postgresql.auto.conf` without the line that dates the restore.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).expect("read dir").flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(dir).expect("under dir").to_path_buf();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            let what = if meta.file_type().is_symlink() {
+                format!(
+                    "link to {}",
+                    std::fs::read_link(&path).expect("link").display()
+                )
+            } else if meta.is_dir() {
+                pending.push(path);
+                format!("dir {:o}", meta.mode() & 0o7777)
+            } else {
+                let mut bytes = std::fs::read(&path).expect("read");
+                if rel == Path::new("postgresql.auto.conf") {
+                    let text = String::from_utf8_lossy(&bytes);
+                    bytes = text
+                        .lines()
+                        .filter(|l| !l.starts_with("# Added by lifeline restore"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        .into_bytes();
+                }
+                format!(
+                    "file {:o} {}",
+                    meta.mode() & 0o7777,
+                    blake3::hash(&bytes).to_hex()
+                )
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+/// The MiB figure before `label` in the restore's delta line.
+fn mib(said: &str, label: &str) -> u64 {
+    let (before, _) = said
+        .split_once(label)
+        .unwrap_or_else(|| panic!("no {label:?} in: {said}"));
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure before {label:?} in: {said}"))
+}
+
+/// A cluster with a table of about 30 MiB, vacuumed, (many blocks), a table to shrink and one to drop.
+fn cluster_with_data(scratch: &Scratch) -> Pg {
+    let pg = Pg::running(scratch, "primary");
+    common::seed(&pg);
+    pg.psql("CREATE TABLE big (id int PRIMARY KEY, payload text)");
+    pg.psql("INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 200000) g");
+    pg.psql("CREATE TABLE shrinks (id int, payload text)");
+    pg.psql("INSERT INTO shrinks SELECT g, repeat('s', 500) FROM generate_series(1, 20000) g");
+    pg.psql("CREATE TABLE dropped (id int)");
+    pg.psql("INSERT INTO dropped SELECT generate_series(1, 1000)");
+    // Settled, as a table that has been around is: a first VACUUM would set bits in every
+    // page after the backup.
+    pg.psql("VACUUM FREEZE");
+    pg.psql("CHECKPOINT");
+    pg
+}
+
+/// What happens to an old primary after its backup: rows changed in place, a table extended,
+/// one truncated by VACUUM, one dropped, one created; then it stops.
+fn diverge(pg: &Pg) {
+    // Rows too long for the gaps VACUUM left in every page, as pgbench's are: the changes
+    // stay in the pages they touch and at the end (short rows would land all over the table).
+    pg.psql("UPDATE big SET payload = repeat('changed', 40) WHERE id BETWEEN 1000 AND 3000");
+    pg.psql(
+        "INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(200001, 230000) g",
+    );
+    pg.psql("DELETE FROM shrinks WHERE id > 2000");
+    pg.psql("VACUUM shrinks");
+    pg.psql("DROP TABLE dropped");
+    pg.psql("CREATE TABLE created AS SELECT generate_series(1, 5000) AS id");
+    pg.psql("DELETE FROM accounts WHERE id > 4000");
+    pg.psql("CHECKPOINT");
+    pg.stop();
+}
+
+fn relation_path(pg: &Pg, table: &str) -> PathBuf {
+    pg.data
+        .join(pg.psql(&format!("SELECT pg_relation_filepath('{table}')")))
+}
+
+#[test]
+fn delta_restore_keeps_what_matches_and_equals_a_full_restore() {
+    let scratch = Scratch::new();
+    let pg = cluster_with_data(&scratch);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    let accounts = relation_path(&pg, "accounts");
+    diverge(&pg);
+
+    // Things the backup never held: an odd name, a directory, a signal file, a link to a
+    // directory outside (its content must survive: links are removed, never followed), and a
+    // second hard link to a relation file (the other name must keep its bytes).
+    let outside = scratch.path("outside");
+    std::fs::create_dir(&outside).expect("outside dir");
+    std::fs::write(outside.join("keep me"), "not PostgreSQL's").expect("outside file");
+    std::fs::write(pg.data.join("odd 'name' %\\ file"), "junk").expect("junk");
+    std::fs::create_dir_all(pg.data.join("junk dir/below")).expect("junk dir");
+    std::fs::write(pg.data.join("junk dir/below/file"), "junk").expect("junk");
+    std::fs::write(pg.data.join("standby.signal"), "").expect("standby.signal");
+    std::os::unix::fs::symlink(&outside, pg.data.join("pg_tblspc/99999")).expect("link");
+    let other_name = scratch.path("hard link to accounts");
+    std::fs::hard_link(&accounts, &other_name).expect("hard link");
+    let other_before = std::fs::read(&other_name).expect("read");
+    common::chown_postgres(&pg.data);
+
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    let said = succeeded(&out, "delta restore");
+    let (kept, written) = (
+        mib(&said, "MiB already in place"),
+        mib(&said, "MiB written"),
+    );
+    assert!(
+        kept >= 20 && written < kept,
+        "most of the unchanged table should be kept: {said}"
+    );
+
+    // The same backup restored in full: the two directories hold the same things.
+    let full = scratch.path("full");
+    succeeded(&scratch.restore(&["--type", "full"], &full), "full restore");
+    assert_eq!(tree(&pg.data), tree(&full));
+    assert_eq!(
+        std::fs::read_to_string(outside.join("keep me")).expect("outside file survives"),
+        "not PostgreSQL's"
+    );
+    assert_eq!(
+        std::fs::read(&other_name).expect("other name"),
+        other_before,
+        "a file with a second hard link was written through"
+    );
+
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after the delta restore"
+    );
+}
+
+#[test]
+fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_directory() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    common::seed(&pg);
+    backup(&scratch, &pg);
+
+    // The server still runs on it.
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    assert_ne!(code(&out), 0);
+    assert!(text(&out).contains("postmaster.pid"), "{}", text(&out));
+
+    // Another cluster's directory: refused, nothing changed.
+    let other = Pg::init(&scratch, "other");
+    let untouched = tree(&other.data);
+    let out = scratch.restore(&["--type", "full", "--delta"], &other.data);
+    assert_ne!(code(&out), 0);
+    assert!(text(&out).contains("belongs to cluster"), "{}", text(&out));
+    assert_eq!(
+        tree(&other.data),
+        untouched,
+        "another cluster's directory changed"
+    );
+
+    // Not a data directory at all.
+    let stray = scratch.path("stray");
+    std::fs::create_dir(&stray).expect("stray");
+    std::fs::write(stray.join("notes.txt"), "mine").expect("notes");
+    common::chown_postgres(&stray);
+    let out = scratch.restore(&["--type", "full", "--delta"], &stray);
+    assert_ne!(code(&out), 0);
+    assert!(
+        text(&out).contains("not a PostgreSQL data directory"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(stray.join("notes.txt"))
+            .ok()
+            .as_deref(),
+        Some("mine")
+    );
+
+    // Nothing there yet: a delta restore is a full one.
+    let before = pg.snapshot();
+    let restored = scratch.restore_and_recover(
+        &["--type", "full", "--delta"],
+        "new",
+        "delta into a new directory",
+    );
+    assert_eq!(restored.snapshot(), before);
+}
+
+#[test]
+fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
+    // Encrypted: the blocks compare against keyed chunk ids.
+    let scratch = Scratch::new().encrypted("delta restore passphrase");
+    let pg = cluster_with_data(&scratch);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    diverge(&pg);
+
+    // The packs are unreachable: the restore fails once it has begun.
+    let packs = scratch.repo.join("packs");
+    let away = scratch.path("packs away");
+    std::fs::rename(&packs, &away).expect("move packs away");
+    let out = scratch.restore(&["--type", "full", "--delta", "--skip-verify"], &pg.data);
+    assert_ne!(code(&out), 0);
+    assert!(
+        text(&out).contains("run the same restore with --delta again"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !pg.data.join("global/pg_control").exists(),
+        "a half-restored directory could start"
+    );
+    // A full restore will not take it over; it says how to finish.
+    let out = scratch.restore(&["--type", "full"], &pg.data);
+    assert_ne!(code(&out), 0);
+    assert!(text(&out).contains("--delta"), "{}", text(&out));
+
+    std::fs::rename(&away, &packs).expect("packs back");
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    let said = succeeded(&out, "the second delta restore");
+    assert!(mib(&said, "MiB already in place") >= 20, "{said}");
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after the finished delta restore"
+    );
+}
