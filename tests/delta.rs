@@ -247,8 +247,35 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
     assert!(text(&out).contains("--delta"), "{}", text(&out));
 
     std::fs::rename(&away, &packs).expect("packs back");
-    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
-    let said = succeeded(&out, "the second delta restore");
+    // Finished by root: what it writes still belongs to PostgreSQL's user.
+    let out = std::process::Command::new(&scratch.bin)
+        .args([
+            "restore",
+            "postgres",
+            "--type",
+            "full",
+            "--delta",
+            "--data-dir",
+        ])
+        .arg(&pg.data)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("BACKUP_DIR", &scratch.repo)
+        .env("LIFELINE_CONFIG", scratch.config.as_ref().expect("config"))
+        .output()
+        .expect("run the restore as root");
+    let said = succeeded(&out, "the second delta restore, as root");
+    let postgres = std::fs::metadata(&scratch.repo).expect("repo").uid();
+    let foreign: Vec<_> = tree(&pg.data)
+        .into_keys()
+        .filter(|rel| {
+            std::fs::symlink_metadata(pg.data.join(rel))
+                .map(|m| m.uid())
+                .ok()
+                != Some(postgres)
+        })
+        .collect();
+    assert!(foreign.is_empty(), "not PostgreSQL's user's: {foreign:?}");
     assert!(mib(&said, "MiB already in place") >= 20, "{said}");
     let restored = Pg::recover(&scratch, pg.data.clone());
     assert_eq!(

@@ -190,6 +190,16 @@ pub(crate) async fn restore_delta(
     if opts.interrupted.load(Ordering::Relaxed) {
         return Err(RestoreError::Interrupted);
     }
+    // Run by root, the restore keeps the directory's owner (PostgreSQL's user): a file it
+    // created as root would be unreadable to the server.
+    let owner = match opts.owner {
+        Owner::KEEP => Owner::of(&existing.root),
+        owner => owner,
+    };
+    let opts = &RestoreOptions {
+        owner,
+        ..opts.clone()
+    };
     let places = Arc::new(Places {
         root: Place::new(existing.root.clone(), true),
         tablespaces: Default::default(),
