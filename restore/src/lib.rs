@@ -6,7 +6,8 @@
 //!   carry it to the target; every check runs before anything is written.
 //! - [`plan_restore`], [`restore_backup`]: a PostgreSQL restore as the operator asks for it,
 //!   planned, then restored under a lease.
-//! - [`restore_base`]: put a base backup into a data directory, ready to recover when started.
+//! - [`restore_base`]: put a base backup into a data directory, ready to recover when started;
+//!   with `delta`, onto a stopped data directory of the same cluster, rewriting what differs.
 //! - [`restore_redis`]: put a Redis backup's files where a redis-server started there loads them;
 //!   [`restore_redis_backup`] and [`restore_redis_from_file`] as the operator asks for it.
 //! - [`restore_dump`]: recreate a database from a logical dump with pg_restore.
