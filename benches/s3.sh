@@ -113,11 +113,14 @@ echo "PGDATA: $DATA_MIB MiB (pgbench scale $SCALE); S3: moto_server over HTTPS o
 report() { # name lifeline pgbackrest unit
   awk -v n="$1" -v a="$2" -v b="$3" -v u="$4" 'BEGIN { printf "%-44s lifeline %9.2f %-5s pgBackRest %9.2f %-5s ratio %.2f\n", n, a, u, b, u, (b > 0 ? a / b : 0) }'
 }
-timed() { sync; local t0; t0=$(now); "$@" >/dev/null; T=$(echo "$(now) - $t0" | bc -l); }
+# timed CMD...: sets T (wall seconds) and RSS (peak KiB of the largest process it waited for).
+timed() { sync; /usr/bin/time -f "%e %M" -o "$W/time.out" "$@" >/dev/null; read -r T RSS < "$W/time.out"; }
+mib() { echo "$1 / 1024" | bc -l; }
 
-timed as_pg env DB_HOST=127.0.0.1 DB_PORT="$PORT" DB_USER=postgres $LL backup postgres; ll=$T
-timed as_pg $BR backup --type=full; br=$T
+timed as_pg env DB_HOST=127.0.0.1 DB_PORT="$PORT" DB_USER=postgres $LL backup postgres; ll=$T; ll_rss=$RSS
+timed as_pg $BR backup --type=full; br=$T; br_rss=$RSS
 report "full backup time" "$ll" "$br" s
+report "full backup peak memory" "$(mib "$ll_rss")" "$(mib "$br_rss")" MiB
 report "full backup throughput" "$(echo "$DATA_MIB / $ll" | bc -l)" "$(echo "$DATA_MIB / $br" | bc -l)" MiB/s
 
 # About WAL_MIB (default 1024) MiB of WAL after the backup, archived by both.
@@ -141,10 +144,11 @@ echo "WAL to replay: $WAL_MIB MiB ($(psql_at "$PORT" "SELECT count(*) FROM pg_ls
 # Restore of the files (recovery excluded), alternating who goes first.
 for round in 1 2; do
   rm -rf "$W/r-ll" "$W/r-br"
-  restore_ll() { timed as_pg $LL restore postgres --type full --data-dir "$W/r-ll"; ll=$T; }
-  restore_br() { timed as_pg $BR restore --pg1-path="$W/r-br" --type=immediate; br=$T; }
+  restore_ll() { timed as_pg $LL restore postgres --type full --data-dir "$W/r-ll"; ll=$T; ll_rss=$RSS; }
+  restore_br() { timed as_pg $BR restore --pg1-path="$W/r-br" --type=immediate; br=$T; br_rss=$RSS; }
   if [ "$round" = 1 ]; then restore_br; restore_ll; else restore_ll; restore_br; fi
   report "restore time (round $round)" "$ll" "$br" s
+  report "restore peak memory (round $round)" "$(mib "$ll_rss")" "$(mib "$br_rss")" MiB
   report "restore throughput (round $round)" "$(echo "$DATA_MIB / $ll" | bc -l)" "$(echo "$DATA_MIB / $br" | bc -l)" MiB/s
 done
 rm -rf "$W/r-ll" "$W/r-br"
