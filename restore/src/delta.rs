@@ -609,3 +609,76 @@ fn kept_bytes(manifest: &BackupManifest, root: &Path, unchanged: &Unchanged) -> 
         .map(|(c, _)| c.len)
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(content: &[u8]) -> ChunkRef {
+        ChunkRef {
+            hash: blake3::hash(content).to_hex().to_string(),
+            len: content.len() as u64,
+            pack: "p".into(),
+            offset: 0,
+            stored: 0,
+        }
+    }
+
+    #[test]
+    fn blocks_match_only_where_the_bytes_are_the_backups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relation");
+        // On disk: A, B', and half of C.
+        let (a, b, c) = ([1u8; 8192], [2u8; 8192], [3u8; 4096]);
+        let mut on_disk = a.to_vec();
+        on_disk.extend_from_slice(&[9u8; 8192]);
+        on_disk.extend_from_slice(&c[..2048]);
+        std::fs::write(&path, &on_disk).expect("write");
+        let ids = ChunkIds::plain();
+        let blocks = [block(&a), block(&b), block(&c)];
+        assert_eq!(
+            compare_blocks(&path, &blocks, 0, &ids).expect("compare"),
+            vec![true, false, false]
+        );
+        // From an offset, as a unit past the first does.
+        assert_eq!(
+            compare_blocks(&path, &blocks[..1], 8192, &ids).expect("compare"),
+            vec![false]
+        );
+        // A forged length is not read.
+        let mut huge = block(&a);
+        huge.len = MAX_BLOCK + 1;
+        assert_eq!(
+            compare_blocks(&path, &[huge, block(&a)], 0, &ids).expect("compare"),
+            vec![false, false]
+        );
+    }
+
+    #[test]
+    fn the_backup_holds_pg_control_under_its_temporary_name_and_pg_wal_always() {
+        let mut manifest = testing::fixtures::base_manifest();
+        let entry = |path: &str, kind| storage::manifest::FileEntry {
+            path: path.into(),
+            kind,
+            mode: 0o600,
+            size: 0,
+            mtime: 0,
+            link_target: None,
+            blocks: Vec::new(),
+            bundle_offset: None,
+        };
+        manifest.files = vec![
+            entry("global", EntryKind::Dir),
+            entry("global/pg_control", EntryKind::File),
+            entry("standby.signal", EntryKind::File),
+        ];
+        let wanted = wanted(&manifest);
+        assert_eq!(wanted.kinds.get(Path::new(CONTROL_PARTIAL)), Some(&false));
+        assert!(!wanted.kinds.contains_key(Path::new(CONTROL_FILE)));
+        assert!(!wanted.kinds.contains_key(Path::new("standby.signal")));
+        assert_eq!(
+            wanted.dirs,
+            ["global", "pg_wal", "pg_wal/archive_status"].map(PathBuf::from)
+        );
+    }
+}
