@@ -2,7 +2,7 @@
 //! cluster: what already matches the backup is kept, what differs rewritten, what the backup
 //! does not hold removed, and the result is the same directory a full restore makes, which
 //! recovers row for row. Another cluster's directory, a running server and a directory that
-//! is not a data directory are refused untouched; a delta restore that fails leaves the
+//! is not a data directory are refused untouched, and so is one holding WAL never archived; a delta restore that fails leaves the
 //! directory unable to start, and running it again finishes it.
 
 mod common;
@@ -176,6 +176,24 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     assert_ne!(code(&out), 0);
     assert!(text(&out).contains("postmaster.pid"), "{}", text(&out));
 
+    // Stopped with a segment never archived: it may hold the last commits.
+    let before = pg.snapshot();
+    pg.stop();
+    let untouched = tree(&pg.data);
+    let ready = pg
+        .data
+        .join("pg_wal/archive_status/000000010000000000000099.ready");
+    std::fs::write(&ready, "").expect("ready file");
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    assert_ne!(code(&out), 0);
+    assert!(text(&out).contains("never archived"), "{}", text(&out));
+    std::fs::remove_file(&ready).expect("remove ready file");
+    assert_eq!(
+        tree(&pg.data),
+        untouched,
+        "a refused delta restore changed the directory"
+    );
+
     // Another cluster's directory: refused, nothing changed.
     let other = Pg::init(&scratch, "other");
     let untouched = tree(&other.data);
@@ -208,7 +226,6 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     );
 
     // Nothing there yet: a delta restore is a full one.
-    let before = pg.snapshot();
     let restored = scratch.restore_and_recover(
         &["--type", "full", "--delta"],
         "new",
@@ -233,7 +250,7 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
     let out = scratch.restore(&["--type", "full", "--delta", "--skip-verify"], &pg.data);
     assert_ne!(code(&out), 0);
     assert!(
-        text(&out).contains("run the same restore with --delta again"),
+        text(&out).contains("run the restore with --delta again"),
         "{}",
         text(&out)
     );
@@ -247,7 +264,7 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
     assert!(text(&out).contains("--delta"), "{}", text(&out));
 
     std::fs::rename(&away, &packs).expect("packs back");
-    // Finished by root: what it writes still belongs to PostgreSQL's user.
+    // Finished by root (lifeline becomes the repository's owner): everything stays PostgreSQL's.
     let out = std::process::Command::new(&scratch.bin)
         .args([
             "restore",

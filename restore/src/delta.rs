@@ -51,6 +51,10 @@ pub struct DeltaReport {
     pub created: usize,
 }
 
+/// The marker while it is written, and `pg_control` moved aside until the walk removes it.
+const MARKER_PARTIAL: &str = ".lifeline-restore-incomplete.partial";
+const CONTROL_ASIDE: &str = "global/pg_control.lifeline-old";
+
 /// The larger blocks a (forged) manifest claims are not read: they cannot match.
 const MAX_BLOCK: u64 = 16 << 20;
 
@@ -101,22 +105,41 @@ pub(crate) fn existing_cluster(
                 .into(),
         );
     }
-    if std::fs::symlink_metadata(root.join("postmaster.pid")).is_ok() {
+    if let Some(owner) = swappable_by_another_user(&root) {
         return refuse(format!(
-            "a server may be running on {} (postmaster.pid exists): stop it first (pg_ctl stop); \
-             if it crashed, start and stop it once so that it removes the file",
+            "run as root, it would change files by name in {}, which {owner} can replace \
+             meanwhile: run it as the data directory's owner (runuser -u {owner} -- lifeline ...)",
+            root.display()
+        ));
+    }
+    if server_may_run(&root) {
+        return refuse(format!(
+            "a server may be running on {} (postmaster.pid exists): stop it first (pg_ctl stop). \
+             If it crashed and `pg_ctl status -D {}` says no server is running, remove \
+             postmaster.pid and restore again",
+            root.display(),
             root.display()
         ));
     }
     let pg_wal = root.join("pg_wal");
     if std::fs::symlink_metadata(&pg_wal).is_ok_and(|m| m.file_type().is_symlink()) {
-        let to = std::fs::read_link(&pg_wal).unwrap_or_default();
         return refuse(format!(
-            "pg_wal in {} is a link to {}, and a delta restore writes nothing outside the data \
-             directory: restore in full into an empty directory with --waldir {}",
-            root.display(),
-            to.display(),
-            to.display()
+            "pg_wal in {} is a link, and a delta restore writes nothing outside the data \
+             directory: restore in full into an empty directory (--waldir to put pg_wal in \
+             another empty directory)",
+            root.display()
+        ));
+    }
+    let waiting = unarchived_wal(&pg_wal);
+    if let Some(first) = waiting.first() {
+        return refuse(format!(
+            "{} WAL file(s) in {} were never archived (e.g. {first}, marked .ready), and a delta \
+             restore removes pg_wal: they may hold the last commits. Archive them first (for each, \
+             `lifeline wal push {}/pg_wal/NAME`), or copy them elsewhere and remove their .ready \
+             files",
+            waiting.len(),
+            pg_wal.display(),
+            root.display()
         ));
     }
     let Some(found) = system_identifier(&root)? else {
@@ -139,32 +162,75 @@ pub(crate) fn existing_cluster(
     Ok(Some(Existing { root }))
 }
 
-/// The cluster a data directory belongs to: `global/pg_control`'s first field, or, once an
-/// unfinished restore removed it, the one its marker records.
-fn system_identifier(root: &Path) -> Result<Option<u64>, RestoreError> {
-    let control = root.join(CONTROL_FILE);
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(no_follow())
-        .open(&control)
-    {
-        Ok(file) => {
-            let mut first = [0u8; 8];
-            return match file.read_exact_at(&mut first, 0) {
-                Ok(()) => Ok(Some(u64::from_ne_bytes(first))),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-                Err(e) => Err(RestoreError::io(&control, e)),
-            };
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(RestoreError::io(&control, e)),
+/// Run as root, the owner of the data directory or of a directory above it, when that is
+/// another user: one who could swap it for a link between the checks and the writes.
+fn swappable_by_another_user(root: &Path) -> Option<String> {
+    if !storage::private::running_as_root() {
+        return None;
     }
-    let marker = match std::fs::read_to_string(root.join(MARKER)) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(RestoreError::io(root.join(MARKER), e)),
+    let real = std::fs::canonicalize(root).ok()?;
+    real.ancestors()
+        .filter_map(|dir| std::fs::metadata(dir).ok())
+        .find(|meta| meta.uid() != 0)
+        .map(|meta| storage::private::user_name(meta.uid()))
+}
+
+fn server_may_run(root: &Path) -> bool {
+    std::fs::symlink_metadata(root.join("postmaster.pid")).is_ok()
+}
+
+/// WAL files PostgreSQL marked ready for archiving and never saw archived.
+fn unarchived_wal(pg_wal: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(pg_wal.join("archive_status")) else {
+        return Vec::new();
     };
-    Ok(marker
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// At most `limit` bytes of the regular file `path` (never through a link, never blocking on
+/// a FIFO); `None` when it does not exist.
+fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, RestoreError> {
+    let io = |e| RestoreError::io(path, e);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(RestoreError::Refused(format!(
+            "{} is not a regular file: nothing was written",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut bytes).map_err(io)?;
+    Ok(Some(bytes))
+}
+
+/// The cluster a data directory belongs to: `global/pg_control`'s first field, or, once an
+/// unfinished restore moved it away, the one its marker records.
+fn system_identifier(root: &Path) -> Result<Option<u64>, RestoreError> {
+    if let Some(control) = read_small(&root.join(CONTROL_FILE), 8)? {
+        return Ok(control.try_into().ok().map(u64::from_ne_bytes));
+    }
+    let Some(marker) = read_small(&root.join(MARKER), 4096)? else {
+        return Ok(None);
+    };
+    Ok(String::from_utf8_lossy(&marker)
         .lines()
         .find_map(|l| l.strip_prefix("system_identifier "))
         .and_then(|n| n.trim().parse().ok()))
@@ -190,62 +256,72 @@ pub(crate) async fn restore_delta(
     if opts.interrupted.load(Ordering::Relaxed) {
         return Err(RestoreError::Interrupted);
     }
-    // Run by root, the restore keeps the directory's owner (PostgreSQL's user): a file it
-    // created as root would be unreadable to the server.
-    let owner = match opts.owner {
-        Owner::KEEP => Owner::of(&existing.root),
-        owner => owner,
-    };
-    let opts = &RestoreOptions {
-        owner,
-        ..opts.clone()
-    };
     let places = Arc::new(Places {
         root: Place::new(existing.root.clone(), true),
         tablespaces: Default::default(),
         waldir: None,
         owner: opts.owner,
     });
-    {
+    let sealed = {
         let (root, marker, owner) = (existing.root.clone(), marker_text(manifest), opts.owner);
-        blocking("delta restore start", move || seal(&root, &marker, owner)).await?;
-    }
-    reconcile_and_write(storage, manifest, opts, &places)
-        .await
-        .map_err(|e| RestoreError::DeltaUnfinished {
+        blocking("delta restore start", move || seal(&root, &marker, owner)).await
+    };
+    let work = async {
+        sealed?;
+        reconcile_and_write(storage, manifest, opts, &places).await
+    };
+    work.await.map_err(|e| match e {
+        // Refused by the second look for a server: pg_control is back, nothing changed.
+        RestoreError::Refused(_) => e,
+        e => RestoreError::DeltaUnfinished {
             source: Box::new(match e {
                 RestoreError::Interrupted => {
                     RestoreError::Failed("stopped by a signal; every worker was joined".into())
                 }
                 e => e,
             }),
-        })
+        },
+    })
 }
 
-/// Make the marker durable, then remove `pg_control`: from here until the end the directory
-/// cannot start, and the marker still names its cluster.
+/// Make the marker durable (written aside and renamed: a crash never leaves it half
+/// written), then move `pg_control` aside: from here until the end the directory cannot
+/// start, and the marker still names its cluster. A server started since the first look has
+/// written `postmaster.pid` before it read `pg_control`: then `pg_control` goes back and the
+/// restore is refused; one starting later finds no `pg_control` and stops.
 fn seal(root: &Path, marker: &str, owner: Owner) -> Result<(), RestoreError> {
     let io = |p: &Path, e| RestoreError::io(p, e);
-    let path = root.join(MARKER);
+    let (path, temporary) = (root.join(MARKER), root.join(MARKER_PARTIAL));
+    let _ = std::fs::remove_file(&temporary);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .custom_flags(no_follow())
-        .open(&path)
-        .map_err(|e| io(&path, e))?;
-    owner.apply(&file).map_err(|e| io(&path, e))?;
+        .open(&temporary)
+        .map_err(|e| io(&temporary, e))?;
+    owner.apply(&file).map_err(|e| io(&temporary, e))?;
     file.write_all(marker.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| io(&path, e))?;
+        .map_err(|e| io(&temporary, e))?;
+    std::fs::rename(&temporary, &path).map_err(|e| io(&path, e))?;
     fsync_path(root)?;
-    let control = root.join(CONTROL_FILE);
-    match std::fs::remove_file(&control) {
-        Ok(()) => fsync_path(&root.join("global")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(&control, e)),
+    let (control, aside) = (root.join(CONTROL_FILE), root.join(CONTROL_ASIDE));
+    match std::fs::rename(&control, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&control, e)),
     }
+    if server_may_run(root) {
+        std::fs::rename(&aside, &control).map_err(|e| io(&control, e))?;
+        let _ = std::fs::remove_file(&path);
+        return Err(RestoreError::Refused(format!(
+            "--delta: a server started on {} while the restore was checking (postmaster.pid \
+             appeared): stop it first; nothing was changed",
+            root.display()
+        )));
+    }
+    fsync_path(&root.join("global"))
 }
 
 async fn reconcile_and_write(
@@ -487,34 +563,44 @@ fn prepare_files(
     let mut new = Vec::new();
     for (path, file) in batch {
         let io = |e| RestoreError::io(path, e);
-        match file.links {
-            Some(1) => {
-                let handle = std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(no_follow())
-                    .open(path)
-                    .map_err(io)?;
-                handle.set_len(file.size).map_err(io)?;
-                handle
-                    .set_permissions(std::fs::Permissions::from_mode(file.mode))
-                    .map_err(io)?;
-                owner.apply(&handle).map_err(io)?;
-                if !file.blocks.is_empty() {
-                    reused.push((path.clone(), file.blocks.clone()));
-                }
+        // A second link shares the data with another file (another cluster after
+        // pg_upgrade --link): writing in place would change that one too.
+        if file.links == Some(1) && reuse(path, file, owner)? {
+            if !file.blocks.is_empty() {
+                reused.push((path.clone(), file.blocks.clone()));
             }
-            links => {
-                // A second link shares the data with another file (another cluster after
-                // pg_upgrade --link): writing in place would change that one too.
-                if links.is_some() {
-                    std::fs::remove_file(path).map_err(io)?;
-                }
-                new.push((path.clone(), file.size, file.mode));
-            }
+            continue;
         }
+        if file.links.is_some() {
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        new.push((path.clone(), file.size, file.mode));
     }
     create_files(&new, owner)?;
     Ok((reused, new.len()))
+}
+
+/// Put the regular file at `path` at the backup's size, mode and owner; `false` when it may not
+/// be written in place (read-only, another user's) and is to be replaced.
+fn reuse(path: &Path, file: &FileWanted, owner: Owner) -> Result<bool, RestoreError> {
+    let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+    let handle = match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
+        Ok(handle) => handle,
+        Err(e) if denied(&e) => return Ok(false),
+        Err(e) => return Err(RestoreError::io(path, e)),
+    };
+    let io = |e| RestoreError::io(path, e);
+    match handle.set_permissions(std::fs::Permissions::from_mode(file.mode)) {
+        Err(e) if denied(&e) => return Ok(false),
+        other => other.map_err(io)?,
+    }
+    handle.set_len(file.size).map_err(io)?;
+    owner.apply(&handle).map_err(io)?;
+    Ok(true)
 }
 
 /// Hash the reused files' blocks, `parallelism` tasks at a time, and compare each with the
@@ -572,7 +658,7 @@ fn compare_blocks(
 ) -> Result<Vec<bool>, RestoreError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(no_follow())
+        .custom_flags(no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
         .map_err(|e| RestoreError::io(path, e))?;
     let mut same = vec![false; blocks.len()];
@@ -652,6 +738,19 @@ mod tests {
             compare_blocks(&path, &[huge, block(&a)], 0, &ids).expect("compare"),
             vec![false, false]
         );
+    }
+
+    #[test]
+    fn root_refuses_a_directory_another_user_could_swap() {
+        if !storage::private::running_as_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data");
+        assert_eq!(swappable_by_another_user(&data), None);
+        std::os::unix::fs::chown(dir.path(), Some(65534), None).expect("chown");
+        assert!(swappable_by_another_user(&data).is_some());
     }
 
     #[test]

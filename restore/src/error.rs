@@ -60,9 +60,10 @@ pub enum RestoreError {
     /// A delta restore stopped after it began to change the data directory, which is left
     /// without `pg_control` so that it cannot start half-restored.
     #[error(
-        "the delta restore stopped before the end; the data directory is left without \
-         global/pg_control so that it cannot start half-restored: run the same restore with \
-         --delta again to finish it"
+        "the delta restore stopped before the end, and the data directory is left without \
+         global/pg_control so that it cannot start half-restored: mend the cause below, then \
+         run the restore with --delta again to finish it (with --from another backup of this \
+         cluster if this one is damaged)"
     )]
     DeltaUnfinished {
         #[source]

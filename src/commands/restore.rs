@@ -93,6 +93,9 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         RestoreCommand::Redis(args) => return restore_redis(args, settings).await,
     };
     if args.kind == storage::BackupKind::Dump || args.file.is_some() {
+        if args.delta {
+            bail!("--delta applies to base backups only: a dump is restored whole with pg_restore");
+        }
         if args.restore_type != restore::RestoreType::Full {
             bail!("a dump restores whole: use --type full with --kind dump");
         }
