@@ -399,7 +399,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct FileWanted {
     size: u64,
     mode: u32,
-    blocks: Arc<Vec<ChunkRef>>,
+    blocks: Arc<Vec<Expected>>,
     /// The hard links of the regular file there now, if one is.
     links: Option<u64>,
 }
@@ -445,7 +445,7 @@ fn wanted(manifest: &BackupManifest) -> Arc<Wanted> {
                 FileWanted {
                     size: entry.size,
                     mode: file_mode(entry.mode),
-                    blocks: Arc::new(entry.blocks.clone()),
+                    blocks: Arc::new(entry.blocks.iter().map(Expected::of).collect()),
                     links: None,
                 },
             ));
@@ -549,8 +549,25 @@ fn prepare_directories(
     Ok(())
 }
 
+/// A relation block as the comparison needs it: a fraction of a chunk reference's memory.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    /// The chunk id; `None` when the manifest's is not one (it then never matches).
+    id: Option<blake3::Hash>,
+    len: u64,
+}
+
+impl Expected {
+    fn of(chunk: &ChunkRef) -> Expected {
+        Expected {
+            id: blake3::Hash::from_hex(&chunk.hash).ok(),
+            len: chunk.len,
+        }
+    }
+}
+
 /// A reused relation file whose blocks are compared with the backup's.
-type ToHash = (PathBuf, Arc<Vec<ChunkRef>>);
+type ToHash = (PathBuf, Arc<Vec<Expected>>);
 
 /// Put every file of `batch` at its size, mode and owner: a regular file with one link is
 /// reused, anything else created anew. Returns the reused relation files and how many files
@@ -652,7 +669,7 @@ async fn hash_blocks(
 /// Which of `blocks`, the first at `offset` of `path`, already hold the backup's content.
 fn compare_blocks(
     path: &Path,
-    blocks: &[ChunkRef],
+    blocks: &[Expected],
     mut offset: u64,
     ids: &ChunkIds,
 ) -> Result<Vec<bool>, RestoreError> {
@@ -674,7 +691,7 @@ fn compare_blocks(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(RestoreError::io(path, e)),
         }
-        same[i] = ids.of_checksum(blake3::hash(&buf)).to_hex().as_str() == block.hash;
+        same[i] = block.id == Some(ids.of_checksum(blake3::hash(&buf)));
         offset += block.len;
     }
     debug!(
@@ -700,14 +717,14 @@ fn kept_bytes(manifest: &BackupManifest, root: &Path, unchanged: &Unchanged) -> 
 mod tests {
     use super::*;
 
-    fn block(content: &[u8]) -> ChunkRef {
-        ChunkRef {
+    fn block(content: &[u8]) -> Expected {
+        Expected::of(&ChunkRef {
             hash: blake3::hash(content).to_hex().to_string(),
             len: content.len() as u64,
             pack: "p".into(),
             offset: 0,
             stored: 0,
-        }
+        })
     }
 
     #[test]
