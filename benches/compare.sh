@@ -3,6 +3,7 @@
 # process-max 2) on the same pgbench database, in the same run. Run as root:
 #   bash benches/compare.sh            # SCALE=50 (about 1.35 GiB of PGDATA after the updates)
 #   SCALE=10 SEGMENTS=16 bash benches/compare.sh
+#   SCALE=200 bash benches/compare.sh  # about 3 GiB; also measures the delta restore of a 2 % change
 # Prints one line per measurement with the lifeline/pgBackRest ratio (lower is better).
 set -euo pipefail
 SCALE=${SCALE:-50}
@@ -93,3 +94,24 @@ t0=$(now); as_pg bash -c "cd $W/data && for f in $W/segs/*; do $W/lifeline --bac
 as_pg bash -c "cd $W/data && for f in $W/segs/*; do $BR archive-push \$f; done"; t2=$(now)
 report "wal push per 16 MiB segment" "$(echo "($t1 - $t0) * 1000 / $n" | bc -l)" "$(echo "($t2 - $t1) * 1000 / $n" | bc -l)" ms
 report "wal archive bytes per segment" "$(echo "$(bytes "$W/repo2/wal") / $n / 1048576" | bc -l)" "$(echo "$(bytes "$W/br2/archive") / $n / 1048576" | bc -l)" MiB
+
+# Delta restore after a 2 % change. Each tool restores its latest backup into a directory (the
+# old copy); 2 % of the accounts change (a contiguous range: the pages that hold them, and the
+# new row versions at the end, as pgbench's updates land); each tool backs up again and
+# restores that backup onto its old copy with --delta. A full restore of the same backup into
+# an empty directory is the yardstick.
+sed -i "s#repo1-path=$W/br2\$#repo1-path=$W/br#" "$W/pgbackrest.conf"
+rm -rf "$W/ll-restore" "$W/br-restore"
+restore_ll; restore_br
+as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $SCALE * 2000; CHECKPOINT" postgres
+runuser -u postgres -- $LLB >/dev/null
+runuser -u postgres -- $BR backup --type=incr >/dev/null
+timed runuser -u postgres -- env LIFELINE_LOG=warn $LL restore postgres --type full --delta --data-dir "$W/ll-restore" >"$W/delta.out"; ll_delta=$T; ll_rss=$RSS
+timed runuser -u postgres -- $BR restore --delta --pg1-path="$W/br-restore" --type=immediate; br_delta=$T; br_rss=$RSS
+report "delta restore after a 2% change" "$ll_delta" "$br_delta" s
+report "delta restore peak memory" "$(echo "$ll_rss / 1024" | bc -l)" "$(echo "$br_rss / 1024" | bc -l)" MiB
+echo "lifeline $(grep -o 'delta: [^)]*' "$W/delta.out")"
+rm -rf "$W/ll-restore" "$W/br-restore"
+restore_ll; restore_br
+report "full restore of the same backup" "$ll_t" "$br_t" s
+echo "delta / full restore: lifeline $(echo "$ll_delta / $ll_t" | bc -l | cut -c1-4), pgBackRest $(echo "$br_delta / $br_t" | bc -l | cut -c1-4)"
