@@ -42,7 +42,7 @@ report() { # name lifeline other unit
 }
 now() { date +%s.%N; }
 repo_bytes() { du -sb "$W/repo/packs" "$W/repo/backups" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
-LL="$ROOT/target/release/lifeline --backup-dir $W/repo"
+LL="${CARGO_TARGET_DIR:-$ROOT/target}/release/lifeline --backup-dir $W/repo"
 export REDIS_PORT=$PORT LIFELINE_LOG=warn
 
 backup_both() { # night

@@ -28,7 +28,7 @@ cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 W=$(mktemp -d /tmp/lifeline-retention.XXXXXX)
 chmod 755 "$W"
 trap 'runuser -u postgres -- $PG/pg_ctl -D "$W/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
-cp "$ROOT/target/release/lifeline" "$W/lifeline"
+cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/lifeline" "$W/lifeline"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$W/repo" "$W/br" "$W/brlog" "$W/brlock"
 . "$ROOT/benches/lib.sh"

@@ -28,7 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cp "$ROOT/target/release/lifeline" "$W/lifeline"
+cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/lifeline" "$W/lifeline"
 PORT=$(free_port)
 MPORT=$(free_port)   # HTTPS (nginx)
 HPORT=$(free_port)   # moto_server, plain HTTP behind it
