@@ -2,8 +2,8 @@
 //! the segments PostgreSQL has marked ready, byte for byte, and touches nothing in pg_wal;
 //! PostgreSQL's own `wal push` of each then only confirms it. And on the ugly paths (a worker
 //! killed with -9 mid-upload, a low open-file limit, paths that need quoting, encrypted and S3
-//! repositories with a backlog, two pushes at once), every segment is still archived with
-//! exit 0 and fetched byte for byte.
+//! repositories with a backlog, two pushes at once, archive_command's own flags), every
+//! segment is still archived with exit 0 and fetched byte for byte.
 
 mod common;
 
@@ -559,4 +559,25 @@ fn two_pushes_at_once_run_one_worker_at_a_time() {
     assert!(temporary(&scratch.repo).is_empty(), "temporary files left");
     let out = scratch.lifeline(&["verify", "--read-data"], &[]);
     assert_eq!(code(&out), 0, "verify: {}", text(&out));
+}
+
+#[test]
+fn the_worker_stores_as_archive_command_says() {
+    let scratch = Scratch::new();
+    let pg = held_back(&scratch, "primary");
+    let waiting = backlog(&pg, 8, 2_000);
+    // A flag of archive_command's own, not a repository setting: the worker must honour it.
+    let command = archive_command(&scratch).replace(" wal push", " --compression none wal push");
+    drain(&scratch, &pg, &waiting, &command);
+    assert!(confirmed_ahead(&pg), "no look-ahead:\n{}", pg.log());
+    let stored = files_under(&scratch.repo.join("wal"));
+    assert!(stored.len() >= waiting.len(), "{stored:?}");
+    for object in stored {
+        let size = std::fs::metadata(&object).expect("object").len();
+        assert!(
+            size >= 16 << 20,
+            "{} is compressed ({size} bytes), not as archive_command says",
+            object.display()
+        );
+    }
 }
