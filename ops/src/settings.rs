@@ -933,13 +933,25 @@ impl Settings {
         let (Ok(exe), Ok(repository)) = (std::env::current_exe(), self.repository_args()) else {
             return;
         };
-        let path = path.as_os_str();
-        spawn_detached(
-            exe,
-            repository,
-            &["wal".as_ref(), "push".as_ref(), "--ahead".as_ref(), path],
-            "look-ahead",
-        );
+        // The compression as resolved here, flags included: the worker stores each object as
+        // this `wal push` would have, and the segment's own push only confirms it.
+        let codec = match self.compression.codec {
+            Codec::None => "none",
+            Codec::Zstd => "zstd",
+            Codec::Gzip => "gzip",
+        };
+        let level = self.compression.level.to_string();
+        let args: [&std::ffi::OsStr; 8] = [
+            "--compression".as_ref(),
+            codec.as_ref(),
+            "--compression-level".as_ref(),
+            level.as_ref(),
+            "wal".as_ref(),
+            "push".as_ref(),
+            "--ahead".as_ref(),
+            path.as_os_str(),
+        ];
+        spawn_detached(exe, repository, &args, "look-ahead");
     }
 
     /// `wal push`'s compression: two workers, the archiver's one segment at a time.
