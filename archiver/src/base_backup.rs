@@ -285,9 +285,7 @@ pub async fn run_base_backup(
     if let Some(reading) = &standby {
         reading.still_in_recovery().await?;
     }
-    let syncing = std::time::Instant::now();
-    storage.sync().await?;
-    debug!(seconds = syncing.elapsed().as_secs_f64(), "packs durable");
+    // Every pack was durable when its write ended (chunk_store::Packer): nothing to flush.
     opts.progress.set_phase("waiting for WAL");
     info!(
         size_bytes = copied.size_bytes,

@@ -166,8 +166,15 @@ pub(crate) struct Prepared<S> {
     pub(crate) framed: Option<Vec<u8>>,
 }
 
+/// Room for a pack filled to its target, one more chunk (a content-defined chunk is at most
+/// 1 MiB, framed a little more) and the index: a pack never outgrows its first buffer.
+const PACK_CAPACITY: usize = DEFAULT_PACK_TARGET + (2 << 20);
+
 /// Gathers new chunks into packs and writes each pack when it is full, in the background
-/// (at most `transfers` at a time) so that compression never waits for the disk.
+/// (at most `transfers` at a time) so that compression never waits for the disk. Each pack
+/// is durable (fsynced) when its write ends, while the next ones are being compressed: the
+/// backup needs no flush of the whole filesystem at the end, whose time would depend on
+/// what every other process on it has written.
 pub(crate) struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
@@ -190,7 +197,7 @@ impl Packer {
     ) -> Packer {
         Packer {
             storage,
-            current: PackBuilder::new(),
+            current: PackBuilder::with_capacity(PACK_CAPACITY),
             locations: previous
                 .into_iter()
                 .map(|(hash, c)| (hash, (c.pack, c.offset, c.stored)))
@@ -232,7 +239,8 @@ impl Packer {
         if self.current.is_empty() {
             return Ok(());
         }
-        let builder = std::mem::take(&mut self.current);
+        let builder =
+            std::mem::replace(&mut self.current, PackBuilder::with_capacity(PACK_CAPACITY));
         let ids = self.storage.chunk_ids();
         let stages = self.stages.clone();
         let sealed = tokio::task::spawn_blocking(move || stages.time(PACK, || builder.seal(&ids)))
@@ -257,7 +265,7 @@ impl Packer {
                     &layout::pack_key(&sealed.id),
                     sealed.bytes,
                     PutMode::Overwrite,
-                    Durability::Deferred,
+                    Durability::Immediate,
                 )
                 .await?;
             stages.add(PACK_WRITE, started.elapsed());
