@@ -24,7 +24,20 @@ write_pgbackrest_conf "repo1-path=$W/br"
 chown -R postgres:postgres "$W"
 as_pg() { runuser -u postgres -- "$@"; }
 now() { date +%s.%N; }
-bytes() { { du -sb "$@" 2>/dev/null || true; } | awk '{s+=$1} END {print s+0}'; }
+# Whole bytes: awk's default output turns sums over 2^31 into 3.15936e+09, which bash cannot add.
+bytes() { { du -sb "$@" 2>/dev/null || true; } | awk '{s+=$1} END {printf "%.0f\n", s}'; }
+# Wait until PostgreSQL's archiver has pushed every ready segment to both tools: at larger
+# scales pgbench leaves a backlog (each segment goes through both archive_commands), and a
+# backup waits for its own WAL behind it, so whichever tool ran first would pay for it.
+archived() {
+  local i
+  for i in $(seq 1 1200); do
+    ls "$W/data/pg_wal/archive_status" | grep -q '\.ready$' || return 0
+    sleep 0.5
+  done
+  echo "the archiver still has ready segments after 10 minutes" >&2
+  return 1
+}
 LL="$W/lifeline --backup-dir $W/repo"
 BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres DB_NAME=postgres LIFELINE_LOG=warn
@@ -38,6 +51,7 @@ report() { # name lifeline pgbackrest unit
 # timed CMD...: runs it; sets T (wall seconds), RSS (peak KiB of the process tree) and CPU (%).
 # Everyone's dirty data is flushed first, so no run pays for the writeback of the one before.
 timed() {
+  archived
   sync
   /usr/bin/time -f "%e %M %P" -o "$W/time.out" "$@"
   read -r T RSS CPU < "$W/time.out"
@@ -72,12 +86,15 @@ report "backup after 1% update, new bytes" "$(echo "($(stored) - $ll_before) / 1
 # Restore of the latest backup (files only; recovery excluded for both). Writing into memory
 # this VM has never touched is slow for whoever gets it, so the rounds alternate which tool
 # goes first; later rounds reuse page cache freed by the earlier ones. Round 1 is "cold".
-restore_ll() { timed runuser -u postgres -- env LIFELINE_LOG="${BENCH_LOG:-warn}" $LL restore postgres --type full --data-dir "$W/ll-restore" >/dev/null; ll_t=$T; ll_rss=$RSS; }
-restore_br() { timed runuser -u postgres -- $BR restore --pg1-path="$W/br-restore" --type=immediate; br_t=$T; br_rss=$RSS; }
+# Each copy is removed once timed, so the disk holds one restored copy at a time (6 GiB at
+# scale 200 otherwise).
+restore_ll() { timed runuser -u postgres -- env LIFELINE_LOG="${BENCH_LOG:-warn}" $LL restore postgres --type full --data-dir "$W/ll-restore" >/dev/null; ll_t=$T; ll_rss=$RSS; ll_cpu=$CPU; rm -rf "$W/ll-restore"; }
+restore_br() { timed runuser -u postgres -- $BR restore --pg1-path="$W/br-restore" --type=immediate; br_t=$T; br_rss=$RSS; br_cpu=$CPU; rm -rf "$W/br-restore"; }
 for round in 1 2 3 4; do
   rm -rf "$W/ll-restore" "$W/br-restore"
   if [ $((round % 2)) = 1 ]; then restore_br; restore_ll; first=pgBackRest; else restore_ll; restore_br; first=lifeline; fi
   report "restore time (round $round, $first first)" "$ll_t" "$br_t" s
+  echo "  CPU use: lifeline $ll_cpu, pgBackRest $br_cpu"
 done
 report "restore peak memory" "$(echo "$ll_rss / 1024" | bc -l)" "$(echo "$br_rss / 1024" | bc -l)" MiB
 rm -rf "$W/ll-restore" "$W/br-restore"
@@ -90,9 +107,18 @@ sed -i "s#repo1-path=$W/br\$#repo1-path=$W/br2#" "$W/pgbackrest.conf"
 as_pg $BR stanza-create
 n=$(ls "$W/segs" | wc -l)
 # One shell as postgres runs the whole loop, so runuser's own cost is not counted per segment.
-t0=$(now); as_pg bash -c "cd $W/data && for f in $W/segs/*; do $W/lifeline --backup-dir $W/repo2 wal push \$f; done"; t1=$(now)
-as_pg bash -c "cd $W/data && for f in $W/segs/*; do $BR archive-push \$f; done"; t2=$(now)
-report "wal push per 16 MiB segment" "$(echo "($t1 - $t0) * 1000 / $n" | bc -l)" "$(echo "($t2 - $t1) * 1000 / $n" | bc -l)" ms
+# Two rounds into fresh repositories, alternating which tool goes first: whoever follows the
+# restores above also pays for the disk still discarding their freed blocks.
+push_ll() { rm -rf "$W/repo2"; mkdir -m 700 "$W/repo2"; chown postgres:postgres "$W/repo2"; archived; sync
+  t0=$(now); as_pg bash -c "cd $W/data && for f in $W/segs/*; do $W/lifeline --backup-dir $W/repo2 wal push \$f; done"; t1=$(now)
+  ll_ms=$(echo "($t1 - $t0) * 1000 / $n" | bc -l); }
+push_br() { rm -rf "$W"/br2/archive/bench/*-*/*; archived; sync
+  t0=$(now); as_pg bash -c "cd $W/data && for f in $W/segs/*; do $BR archive-push \$f; done"; t1=$(now)
+  br_ms=$(echo "($t1 - $t0) * 1000 / $n" | bc -l); }
+push_ll; push_br
+report "wal push per 16 MiB segment (lifeline first)" "$ll_ms" "$br_ms" ms
+push_br; push_ll
+report "wal push per 16 MiB segment (pgBackRest first)" "$ll_ms" "$br_ms" ms
 report "wal archive bytes per segment" "$(echo "$(bytes "$W/repo2/wal") / $n / 1048576" | bc -l)" "$(echo "$(bytes "$W/br2/archive") / $n / 1048576" | bc -l)" MiB
 
 # Delta restore after a 2 % change. Each tool restores its latest backup into a directory (the

@@ -26,10 +26,11 @@ use storage::manifest::{
 };
 use storage::pg_version::{self, Major, Support};
 use storage::progress::Progress;
+use storage::stages::Stages;
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
 use storage::{BackupKind, Compression, Service, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::chunk_store::{self, Lineage, pack_jobs};
 use crate::error::PgContext;
@@ -284,7 +285,7 @@ pub async fn run_base_backup(
     if let Some(reading) = &standby {
         reading.still_in_recovery().await?;
     }
-    storage.sync().await?;
+    // Every pack was durable when its write ended (chunk_store::Packer): nothing to flush.
     opts.progress.set_phase("waiting for WAL");
     info!(
         size_bytes = copied.size_bytes,
@@ -505,7 +506,11 @@ async fn copy_files(
     let entry_count = entries.len();
     let total = entries.iter().filter(|e| e.kind == EntryKind::File);
     opts.progress.set_total(total.map(|e| e.size).sum());
-    let reader = tokio::task::spawn_blocking(move || read_files(plan, entry_count, block_size, tx));
+    let stages = Arc::new(Stages::new(chunk_store::STAGES));
+    let reader_stages = stages.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        read_files(plan, entry_count, block_size, tx, &reader_stages)
+    });
 
     let (packer, slots) = pack_jobs(
         rx,
@@ -515,9 +520,11 @@ async fn copy_files(
         parallelism,
         opts.transfers,
         opts.progress.as_ref(),
+        &stages,
     )
     .await?;
     let report = reader.await.map_err(ArchiveError::task("file reader"))??;
+    debug!(stages = %stages.summary(), "files copied");
 
     let mut blocks: HashMap<usize, Vec<Option<ChunkRef>>> = HashMap::new();
     let mut bundle: Vec<Option<ChunkRef>> = Vec::new();
@@ -579,6 +586,7 @@ fn read_files(
     entry_count: usize,
     block_size: usize,
     tx: mpsc::Sender<Job>,
+    stages: &Stages,
 ) -> Result<ReadReport, ArchiveError> {
     let mut report = ReadReport {
         sizes: vec![None; entry_count],
@@ -595,21 +603,24 @@ fn read_files(
         offset: 0,
         records: Vec::new(),
     };
-    for (index, chunk) in content_defined_chunks(&mut pack).enumerate() {
+    let mut chunks = content_defined_chunks(&mut pack).enumerate();
+    while let Some((index, chunk)) = stages.time(chunk_store::READ, || chunks.next()) {
         let data = chunk.map_err(|source| ArchiveError::Io {
             path: PathBuf::from("(small files)"),
             source,
         })?;
-        if tx
-            .blocking_send(Job {
-                slot: Slot::Bundle(index),
-                data,
-            })
+        let job = Job {
+            slot: Slot::Bundle(index),
+            data,
+        };
+        if stages
+            .time(chunk_store::READER_BLOCKED, || tx.blocking_send(job))
             .is_err()
         {
             return Ok(report);
         }
     }
+    drop(chunks);
     for (file, offset, len) in pack.records {
         report.sizes[file] = Some(len);
         report.bundle_offsets.insert(file, offset);
@@ -622,21 +633,24 @@ fn read_files(
         };
         let mut size = 0u64;
         for index in 0.. {
-            let data = chunking::read_block(&mut reader, block_size).map_err(|source| {
-                ArchiveError::Io {
+            let data = stages
+                .time(chunk_store::READ, || {
+                    chunking::read_block(&mut reader, block_size)
+                })
+                .map_err(|source| ArchiveError::Io {
                     path: path.clone(),
                     source,
-                }
-            })?;
+                })?;
             if data.is_empty() {
                 break;
             }
             size += data.len() as u64;
-            if tx
-                .blocking_send(Job {
-                    slot: Slot::Block { file, index },
-                    data,
-                })
+            let job = Job {
+                slot: Slot::Block { file, index },
+                data,
+            };
+            if stages
+                .time(chunk_store::READER_BLOCKED, || tx.blocking_send(job))
                 .is_err()
             {
                 return Ok(report);

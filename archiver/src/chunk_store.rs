@@ -12,11 +12,12 @@ use storage::chunking::content_defined_chunks;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::progress::Progress;
+use storage::stages::Stages;
 use storage::{
     BackupKind, ChunkIds, Compression, Durability, PutMode, Storage, StorageError, layout, object,
 };
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::ArchiveError;
 
@@ -131,6 +132,26 @@ fn usable_chunks(
     (usable, lost)
 }
 
+/// The stages of the chunk pipeline, as `Stages` names them in the debug log at the end.
+pub(crate) const STAGES: &[&str] = &[
+    "read",
+    "reader blocked on a full queue",
+    "hash",
+    "compress",
+    "pack",
+    "pack write",
+    "packer waiting for chunks",
+    "packer waiting for a pack write",
+];
+pub(crate) const READ: usize = 0;
+pub(crate) const READER_BLOCKED: usize = 1;
+const HASH: usize = 2;
+const COMPRESS: usize = 3;
+const PACK: usize = 4;
+const PACK_WRITE: usize = 5;
+const PACKER_IDLE: usize = 6;
+const PACKER_BLOCKED: usize = 7;
+
 /// One chunk's bytes and where it belongs (`S`: a block of a file, a place in a stream).
 pub(crate) struct Job<S> {
     pub(crate) slot: S,
@@ -145,8 +166,15 @@ pub(crate) struct Prepared<S> {
     pub(crate) framed: Option<Vec<u8>>,
 }
 
+/// Room for a pack filled to its target, one more chunk (a content-defined chunk is at most
+/// 1 MiB, framed a little more) and the index: a pack never outgrows its first buffer.
+const PACK_CAPACITY: usize = DEFAULT_PACK_TARGET + (2 << 20);
+
 /// Gathers new chunks into packs and writes each pack when it is full, in the background
-/// (at most `transfers` at a time) so that compression never waits for the disk.
+/// (at most `transfers` at a time) so that compression never waits for the disk. Each pack
+/// is durable (fsynced) when its write ends, while the next ones are being compressed: the
+/// backup needs no flush of the whole filesystem at the end, whose time would depend on
+/// what every other process on it has written.
 pub(crate) struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
@@ -156,6 +184,7 @@ pub(crate) struct Packer {
     writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
     transfers: usize,
     pub(crate) written: u64,
+    stages: Arc<Stages>,
 }
 
 impl Packer {
@@ -164,10 +193,11 @@ impl Packer {
         storage: Arc<dyn Storage>,
         previous: HashMap<String, ChunkRef>,
         transfers: usize,
+        stages: Arc<Stages>,
     ) -> Packer {
         Packer {
             storage,
-            current: PackBuilder::new(),
+            current: PackBuilder::with_capacity(PACK_CAPACITY),
             locations: previous
                 .into_iter()
                 .map(|(hash, c)| (hash, (c.pack, c.offset, c.stored)))
@@ -176,6 +206,7 @@ impl Packer {
             writes: tokio::task::JoinSet::new(),
             transfers: transfers.max(1),
             written: 0,
+            stages,
         }
     }
 
@@ -208,9 +239,11 @@ impl Packer {
         if self.current.is_empty() {
             return Ok(());
         }
-        let builder = std::mem::take(&mut self.current);
+        let builder =
+            std::mem::replace(&mut self.current, PackBuilder::with_capacity(PACK_CAPACITY));
         let ids = self.storage.chunk_ids();
-        let sealed = tokio::task::spawn_blocking(move || builder.seal(&ids))
+        let stages = self.stages.clone();
+        let sealed = tokio::task::spawn_blocking(move || stages.time(PACK, || builder.seal(&ids)))
             .await
             .map_err(ArchiveError::task("pack task"))??;
         self.written += sealed.bytes.len() as u64;
@@ -218,19 +251,24 @@ impl Packer {
             self.locations
                 .insert(hash, (sealed.id.clone(), offset, stored));
         }
+        let waiting = std::time::Instant::now();
         while self.writes.len() >= self.transfers {
             join_write(self.writes.join_next().await)?;
         }
+        self.stages.add(PACKER_BLOCKED, waiting.elapsed());
         let storage = self.storage.clone();
+        let stages = self.stages.clone();
         self.writes.spawn(async move {
+            let started = std::time::Instant::now();
             storage
                 .put_bytes(
                     &layout::pack_key(&sealed.id),
                     sealed.bytes,
                     PutMode::Overwrite,
-                    Durability::Deferred,
+                    Durability::Immediate,
                 )
                 .await?;
+            stages.add(PACK_WRITE, started.elapsed());
             Ok(())
         });
         Ok(())
@@ -265,16 +303,20 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
     ids: ChunkIds,
     compression: Compression,
     job: Job<S>,
+    stages: Arc<Stages>,
 ) -> Result<Prepared<S>, ArchiveError> {
     tokio::task::spawn_blocking(move || -> Result<Prepared<S>, StorageError> {
-        let hash = object::checksum(&job.data);
+        let hash = stages.time(HASH, || object::checksum(&job.data));
         let hex = ids.of_checksum(hash).to_hex().to_string();
         let is_new = known
             .lock()
             .map(|mut k| k.insert(hex.clone()))
             .unwrap_or(true);
         let framed = if is_new {
-            Some(object::encode_with_checksum(&job.data, hash, compression)?.1)
+            let encoded = stages.time(COMPRESS, || {
+                object::encode_with_checksum(&job.data, hash, compression)
+            });
+            Some(encoded?.1)
         } else {
             None
         };
@@ -294,6 +336,7 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
 /// chunks keep compressing while a full pack is being written). Returns the packer, which knows
 /// where every chunk is, and each job's slot, hash and length, in completion order. Each chunk
 /// counts as progress once it is hashed and, when new, compressed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pack_jobs<S: Send + 'static>(
     mut rx: mpsc::Receiver<Job<S>>,
     storage: Arc<dyn Storage>,
@@ -302,24 +345,26 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
     parallelism: usize,
     transfers: usize,
     progress: &dyn Progress,
+    stages: &Arc<Stages>,
 ) -> Result<(Packer, Vec<(S, String, u64)>), ArchiveError> {
     let known: Arc<Mutex<HashSet<String>>> =
         Arc::new(Mutex::new(previous.keys().cloned().collect()));
     let ids = storage.chunk_ids();
-    let packer = Packer::new(storage, previous, transfers);
+    let packer = Packer::new(storage, previous, transfers, stages.clone());
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let (mut packer, slots) = jobs
-        .map(|job| prepare_chunk(known.clone(), ids.clone(), compression, job))
+    let (mut packer, slots, _) = jobs
+        .map(|job| prepare_chunk(known.clone(), ids.clone(), compression, job, stages.clone()))
         .buffer_unordered(parallelism.max(1) * 2)
         .inspect_ok(|prepared| progress.advance(prepared.len))
         .try_fold(
-            (packer, Vec::new()),
-            |(mut packer, mut slots), prepared| async move {
+            (packer, Vec::new(), std::time::Instant::now()),
+            |(mut packer, mut slots, idle_since), prepared| async move {
+                packer.stages.add(PACKER_IDLE, idle_since.elapsed());
                 if let Some(framed) = &prepared.framed {
                     packer.add(prepared.hash.clone(), framed).await?;
                 }
                 slots.push((prepared.slot, prepared.hash, prepared.len));
-                Ok((packer, slots))
+                Ok((packer, slots, std::time::Instant::now()))
             },
         )
         .await?;
@@ -348,13 +393,17 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
 ) -> Result<StoredStream, ArchiveError> {
     let parallelism = parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Job<usize>>(parallelism * 2);
+    let stages = Arc::new(Stages::new(STAGES));
+    let reader_stages = stages.clone();
     let cutter = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
-        for (index, chunk) in content_defined_chunks(reader).enumerate() {
-            if tx
-                .blocking_send(Job {
-                    slot: index,
-                    data: chunk?,
-                })
+        let mut chunks = content_defined_chunks(reader).enumerate();
+        while let Some((index, chunk)) = reader_stages.time(READ, || chunks.next()) {
+            let job = Job {
+                slot: index,
+                data: chunk?,
+            };
+            if reader_stages
+                .time(READER_BLOCKED, || tx.blocking_send(job))
                 .is_err()
             {
                 break;
@@ -370,8 +419,10 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         parallelism,
         transfers,
         progress,
+        &stages,
     )
     .await?;
+    debug!(stages = %stages.summary(), "stream stored");
     cutter
         .await
         .map_err(ArchiveError::task("stream reader"))?

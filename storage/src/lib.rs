@@ -14,6 +14,7 @@
 //! - [`private`]: 0600 files and 0700 directories with one owner, for everything lifeline
 //!   writes on local disk.
 //! - [`progress`]: how far a backup or restore is, counted by the libraries, shown by the CLI.
+//! - [`stages`]: where a backup's or restore's time goes, per pipeline stage, for a debug log.
 
 pub mod atomic;
 pub mod chunking;
@@ -36,6 +37,7 @@ pub mod repack;
 pub mod retry;
 mod s3;
 pub mod sealed;
+pub mod stages;
 mod storage;
 pub mod wal;
 

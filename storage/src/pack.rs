@@ -48,6 +48,16 @@ impl PackBuilder {
         PackBuilder::default()
     }
 
+    /// A builder whose buffer holds `bytes` without growing: a pack filled to
+    /// [`DEFAULT_PACK_TARGET`] and sealed in place is never copied to a larger buffer (growing
+    /// by doubling would copy it and reserve twice its size).
+    pub fn with_capacity(bytes: usize) -> Self {
+        PackBuilder {
+            bytes: Vec::with_capacity(bytes),
+            entries: Vec::new(),
+        }
+    }
+
     /// Append one framed chunk; returns its offset in the pack.
     pub fn add(&mut self, hash: String, framed: &[u8]) -> u64 {
         let offset = self.bytes.len() as u64;
