@@ -3,8 +3,9 @@
 # process-max 2) on the same pgbench database, in the same run. Run as root:
 #   bash benches/compare.sh            # SCALE=50 (about 1.35 GiB of PGDATA after the updates)
 #   SCALE=10 SEGMENTS=16 bash benches/compare.sh
-#   SCALE=200 bash benches/compare.sh  # about 3 GiB; also measures the delta restore of a 2 % change
-# Prints one line per measurement with the lifeline/pgBackRest ratio (lower is better).
+#   SCALE=200 bash benches/compare.sh  # about 3 GiB of PGDATA
+# Prints one line per measurement with the lifeline/pgBackRest ratio (lower is better). The
+# last lines measure a delta restore after a 2 % change against a full restore of the same backup.
 set -euo pipefail
 SCALE=${SCALE:-50}
 SEGMENTS=${SEGMENTS:-32}
@@ -121,23 +122,27 @@ push_br; push_ll
 report "wal push per 16 MiB segment (pgBackRest first)" "$ll_ms" "$br_ms" ms
 report "wal archive bytes per segment" "$(echo "$(bytes "$W/repo2/wal") / $n / 1048576" | bc -l)" "$(echo "$(bytes "$W/br2/archive") / $n / 1048576" | bc -l)" MiB
 
-# Delta restore after a 2 % change. Each tool restores its latest backup into a directory (the
-# old copy); 2 % of the accounts change (a contiguous range: the pages that hold them, and the
-# new row versions at the end, as pgbench's updates land); each tool backs up again and
-# restores that backup onto its old copy with --delta. A full restore of the same backup into
-# an empty directory is the yardstick.
+# Delta restore after a 2 % change. 2 % of the accounts change (a contiguous range: the pages
+# that hold them, and the new row versions at the end, as pgbench's updates land) and each tool
+# backs up again. Then, one tool at a time (one copy on disk), its backup from before the change
+# is restored into a directory (the old copy) and its new backup restored onto it with --delta.
+# A full restore of the new backup into an empty directory is the yardstick.
 sed -i "s#repo1-path=$W/br2\$#repo1-path=$W/br#" "$W/pgbackrest.conf"
-rm -rf "$W/ll-restore" "$W/br-restore"
-restore_ll; restore_br
+ll_old=$(as_pg $LL list --service postgresql --json | python3 -c 'import json, sys; print(max((b for b in json.load(sys.stdin) if b["kind"] == "base"), key=lambda b: b["finished_at"])["backup_id"])')
+br_old=$(as_pg $BR info --output=json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["backup"][-1]["label"])')
 as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $SCALE * 2000; CHECKPOINT" postgres
+archived
 runuser -u postgres -- $LLB >/dev/null
 runuser -u postgres -- $BR backup --type=incr >/dev/null
-timed runuser -u postgres -- env LIFELINE_LOG=warn $LL restore postgres --type full --delta --data-dir "$W/ll-restore" >"$W/delta.out"; ll_delta=$T; ll_rss=$RSS
-timed runuser -u postgres -- $BR restore --delta --pg1-path="$W/br-restore" --type=immediate; br_delta=$T; br_rss=$RSS
+as_pg $LL restore postgres --type full --from "$ll_old" --data-dir "$W/ll-restore" >/dev/null
+timed runuser -u postgres -- env LIFELINE_LOG=warn $LL restore postgres --type full --delta --data-dir "$W/ll-restore" >"$W/delta.out"; ll_delta=$T; ll_drss=$RSS
+rm -rf "$W/ll-restore"
+as_pg $BR restore --set="$br_old" --pg1-path="$W/br-restore" --type=immediate
+timed runuser -u postgres -- $BR restore --delta --pg1-path="$W/br-restore" --type=immediate; br_delta=$T; br_drss=$RSS
+rm -rf "$W/br-restore"
 report "delta restore after a 2% change" "$ll_delta" "$br_delta" s
-report "delta restore peak memory" "$(echo "$ll_rss / 1024" | bc -l)" "$(echo "$br_rss / 1024" | bc -l)" MiB
+report "delta restore peak memory" "$(echo "$ll_drss / 1024" | bc -l)" "$(echo "$br_drss / 1024" | bc -l)" MiB
 echo "lifeline $(grep -o 'delta: [^)]*' "$W/delta.out")"
-rm -rf "$W/ll-restore" "$W/br-restore"
 restore_ll; restore_br
 report "full restore of the same backup" "$ll_t" "$br_t" s
 echo "delta / full restore: lifeline $(echo "$ll_delta / $ll_t" | bc -l | cut -c1-4), pgBackRest $(echo "$br_delta / $br_t" | bc -l | cut -c1-4)"
