@@ -117,8 +117,8 @@ report() { # name lifeline pgbackrest unit
 timed() { sync; /usr/bin/time -f "%e %M" -o "$W/time.out" "$@" >/dev/null; read -r T RSS < "$W/time.out"; }
 mib() { echo "$1 / 1024" | bc -l; }
 
-timed as_pg env DB_HOST=127.0.0.1 DB_PORT="$PORT" DB_USER=postgres $LL backup postgres; ll=$T; ll_rss=$RSS
-timed as_pg $BR backup --type=full; br=$T; br_rss=$RSS
+timed runuser -u postgres -- env DB_HOST=127.0.0.1 DB_PORT="$PORT" DB_USER=postgres $LL backup postgres; ll=$T; ll_rss=$RSS
+timed runuser -u postgres -- $BR backup --type=full; br=$T; br_rss=$RSS
 report "full backup time" "$ll" "$br" s
 report "full backup peak memory" "$(mib "$ll_rss")" "$(mib "$br_rss")" MiB
 report "full backup throughput" "$(echo "$DATA_MIB / $ll" | bc -l)" "$(echo "$DATA_MIB / $br" | bc -l)" MiB/s
@@ -144,8 +144,8 @@ echo "WAL to replay: $WAL_MIB MiB ($(psql_at "$PORT" "SELECT count(*) FROM pg_ls
 # Restore of the files (recovery excluded), alternating who goes first.
 for round in 1 2; do
   rm -rf "$W/r-ll" "$W/r-br"
-  restore_ll() { timed as_pg $LL restore postgres --type full --data-dir "$W/r-ll"; ll=$T; ll_rss=$RSS; }
-  restore_br() { timed as_pg $BR restore --pg1-path="$W/r-br" --type=immediate; br=$T; br_rss=$RSS; }
+  restore_ll() { timed runuser -u postgres -- $LL restore postgres --type full --data-dir "$W/r-ll"; ll=$T; ll_rss=$RSS; }
+  restore_br() { timed runuser -u postgres -- $BR restore --pg1-path="$W/r-br" --type=immediate; br=$T; br_rss=$RSS; }
   if [ "$round" = 1 ]; then restore_br; restore_ll; else restore_ll; restore_br; fi
   report "restore time (round $round)" "$ll" "$br" s
   report "restore peak memory (round $round)" "$(mib "$ll_rss")" "$(mib "$br_rss")" MiB
