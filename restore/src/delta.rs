@@ -611,11 +611,20 @@ fn reuse(path: &Path, file: &FileWanted, owner: Owner) -> Result<bool, RestoreEr
         Err(e) => return Err(RestoreError::io(path, e)),
     };
     let io = |e| RestoreError::io(path, e);
-    match handle.set_permissions(std::fs::Permissions::from_mode(file.mode)) {
-        Err(e) if denied(&e) => return Ok(false),
-        other => other.map_err(io)?,
+    let now = handle.metadata().map_err(io)?;
+    if !now.is_file() {
+        return Ok(false);
     }
-    handle.set_len(file.size).map_err(io)?;
+    // Only what differs is changed: an untouched inode stays clean, and its fsync is cheap.
+    if now.mode() & 0o7777 != file.mode {
+        match handle.set_permissions(std::fs::Permissions::from_mode(file.mode)) {
+            Err(e) if denied(&e) => return Ok(false),
+            other => other.map_err(io)?,
+        }
+    }
+    if now.len() != file.size {
+        handle.set_len(file.size).map_err(io)?;
+    }
     owner.apply(&handle).map_err(io)?;
     Ok(true)
 }

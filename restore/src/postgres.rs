@@ -406,7 +406,7 @@ async fn watch_signals(interrupted: Arc<AtomicBool>, running: Arc<AtomicBool>, d
         };
         if running.load(Ordering::SeqCst) && !interrupted.swap(true, Ordering::SeqCst) {
             let and_then = if delta {
-                "leaving the data directory unable to start until a --delta restore finishes it"
+                "saying what it leaves (a --delta restore run again finishes what it began)"
             } else {
                 "removing what it wrote"
             };
