@@ -107,7 +107,7 @@ BR="pgbackrest --config=$W/pgbackrest.conf --stanza=bench"
 export LIFELINE_LOG=warn
 
 start_pgbench_cluster 4GB
-DATA_MIB=$(( $(du -sb "$W/data/base" "$W/data/global" | awk '{s+=$1} END {print s}') >> 20 ))
+DATA_MIB=$(( $(du -sb "$W/data/base" "$W/data/global" | awk '{s+=$1} END {printf "%.0f\n", s}') >> 20 ))
 echo "PGDATA: $DATA_MIB MiB (pgbench scale $SCALE); S3: moto_server over HTTPS on loopback"
 
 report() { # name lifeline pgbackrest unit
