@@ -55,7 +55,8 @@ pub struct PostgresArgs {
     /// base (physical) or dump (logical).
     #[arg(long, value_parser = storage::BackupKind::parse_postgres, default_value = "base")]
     kind: storage::BackupKind,
-    /// The data directory to restore into: must be empty or not exist.
+    /// The data directory to restore into: empty or new (with --delta, a stopped data directory
+    /// of the backup's cluster).
     #[arg(long, env = "PGDATA")]
     data_dir: Option<PathBuf>,
     /// For a dump: production (DB_NAME) or staging (STAGING_DB_NAME).
