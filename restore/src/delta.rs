@@ -197,13 +197,19 @@ fn unarchived_wal(pg_wal: &Path) -> Vec<String> {
     names
 }
 
+/// Open flags for a file the directory's owner could have swapped for a FIFO or a link: never
+/// followed, never waited on.
+fn no_follow_nonblocking() -> i32 {
+    no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32
+}
+
 /// At most `limit` bytes of the regular file `path` (never through a link, never blocking on
 /// a FIFO); `None` when it does not exist.
 fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, RestoreError> {
     let io = |e| RestoreError::io(path, e);
     let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .custom_flags(no_follow_nonblocking())
         .open(path)
     {
         Ok(file) => file,
@@ -225,15 +231,14 @@ fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, RestoreError> 
 /// unfinished restore moved it away, the one its marker records.
 fn system_identifier(root: &Path) -> Result<Option<u64>, RestoreError> {
     if let Some(control) = read_small(&root.join(CONTROL_FILE), 8)? {
-        return Ok(control.try_into().ok().map(u64::from_ne_bytes));
+        return Ok(storage::wal::parse_control_file_system_identifier(&control).ok());
     }
     let Some(marker) = read_small(&root.join(MARKER), 4096)? else {
         return Ok(None);
     };
-    Ok(String::from_utf8_lossy(&marker)
-        .lines()
-        .find_map(|l| l.strip_prefix("system_identifier "))
-        .and_then(|n| n.trim().parse().ok()))
+    Ok(crate::restore_base::marker_system_identifier(
+        &String::from_utf8_lossy(&marker),
+    ))
 }
 
 /// Restore `manifest` onto the checked directory `existing`. A failure once the directory has
@@ -603,7 +608,7 @@ fn reuse(path: &Path, file: &FileWanted, owner: Owner) -> Result<bool, RestoreEr
     let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
     let handle = match std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .custom_flags(no_follow_nonblocking())
         .open(path)
     {
         Ok(handle) => handle,
@@ -684,7 +689,7 @@ fn compare_blocks(
 ) -> Result<Vec<bool>, RestoreError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .custom_flags(no_follow_nonblocking())
         .open(path)
         .map_err(|e| RestoreError::io(path, e))?;
     let mut same = vec![false; blocks.len()];

@@ -401,6 +401,14 @@ pub(crate) fn marker_text(manifest: &BackupManifest) -> String {
     )
 }
 
+/// The cluster a marker written by [`marker_text`] names, if it names one.
+pub(crate) fn marker_system_identifier(marker: &str) -> Option<u64> {
+    marker
+        .lines()
+        .find_map(|l| l.strip_prefix("system_identifier "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// Fetch, decode and write every chunk of `plan`, `transfers` groups at a time.
 pub(crate) async fn write_data(
     storage: Arc<dyn Storage>,
@@ -1037,6 +1045,18 @@ mod tests {
         // A bundle that ends too early is refused.
         manifest.bundle.pop();
         assert!(plan_writes(&manifest, &places, None).is_err());
+    }
+
+    #[test]
+    fn the_marker_names_the_cluster_it_was_written_for() {
+        let manifest = testing::fixtures::base_manifest();
+        let marker = marker_text(&manifest);
+        assert_eq!(
+            marker_system_identifier(&marker),
+            Some(manifest.system_identifier)
+        );
+        // A marker from before the cluster was recorded names none.
+        assert_eq!(marker_system_identifier(&manifest.backup_id), None);
     }
 
     #[test]
