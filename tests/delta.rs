@@ -9,6 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 
 use common::{Pg, Scratch, backup, code, succeeded, text};
@@ -194,6 +195,28 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
         "a refused delta restore changed the directory"
     );
 
+    // Another file system mounted inside it, which the backup does not hold.
+    {
+        let mounted = pg.data.join("mounted disk");
+        std::fs::create_dir(&mounted).expect("mount point");
+        let _mount = Mounted::tmpfs(&mounted);
+        std::fs::write(mounted.join("keep.txt"), "theirs").expect("file on the mount");
+        let untouched = tree(&pg.data);
+        let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+        assert_ne!(code(&out), 0);
+        assert!(
+            text(&out).contains("another file system mounted"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(
+            tree(&pg.data),
+            untouched,
+            "a refused delta restore changed the directory"
+        );
+    }
+    std::fs::remove_dir(pg.data.join("mounted disk")).expect("unmounted mount point");
+
     // Another cluster's directory: refused, nothing changed.
     let other = Pg::init(&scratch, "other");
     let untouched = tree(&other.data);
@@ -299,5 +322,171 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
         restored.snapshot(),
         before,
         "row for row after the finished delta restore"
+    );
+}
+
+/// A tmpfs mounted at a directory until dropped.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn tmpfs(at: &Path) -> Mounted {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0777", "lifeline-test"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs (the tests run as root): {}",
+            text(&out)
+        );
+        Mounted(at.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
+    }
+}
+
+/// The data directory locked as a running restore holds it.
+fn hold_like_a_restore(dir: &Path) -> std::fs::File {
+    let file = std::fs::File::open(dir).expect("open the directory");
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .expect("lock the directory");
+    file
+}
+
+#[test]
+fn a_directory_another_restore_holds_is_refused_untouched() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    common::seed(&pg);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    pg.psql("DELETE FROM accounts WHERE id > 10");
+    pg.stop();
+
+    let untouched = tree(&pg.data);
+    let held = hold_like_a_restore(&pg.data);
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    assert_ne!(code(&out), 0);
+    assert!(
+        text(&out).contains("another lifeline restore"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(tree(&pg.data), untouched, "a held directory changed");
+
+    // A full restore into an empty directory another restore holds.
+    let empty = scratch.path("empty");
+    std::fs::create_dir(&empty).expect("empty dir");
+    common::chown_postgres(&empty);
+    let held_empty = hold_like_a_restore(&empty);
+    let out = scratch.restore(&["--type", "full"], &empty);
+    assert_ne!(code(&out), 0);
+    assert!(
+        text(&out).contains("another lifeline restore"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        std::fs::read_dir(&empty)
+            .expect("still there")
+            .next()
+            .is_none(),
+        "a held directory was written to"
+    );
+    drop(held_empty);
+
+    // Once the other restore is gone, the delta restore runs.
+    drop(held);
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    succeeded(&out, "the delta restore once the directory is free");
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(restored.snapshot(), before);
+}
+
+#[test]
+fn a_delta_restore_killed_midway_is_finished_by_the_next_one_in_an_odd_path_with_few_files_open() {
+    let scratch = Scratch::new();
+    let pg = cluster_with_data(&scratch);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    diverge(&pg);
+    let odd = scratch.path("old primary it's 100% a\\b c");
+    std::fs::rename(&pg.data, &odd).expect("move the data directory");
+
+    let (uid, gid) = common::postgres_ids();
+    let restore_args = |bin: &Path| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg("ulimit -n 32 && exec \"$@\"")
+            .arg("sh")
+            .arg(bin)
+            .args([
+                "restore",
+                "postgres",
+                "--type",
+                "full",
+                "--delta",
+                "--data-dir",
+            ])
+            .arg(&odd)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("BACKUP_DIR", &scratch.repo)
+            .current_dir("/tmp")
+            .uid(uid)
+            .gid(gid);
+        cmd
+    };
+
+    // Killed with -9 as soon as pg_control is moved aside (the directory is marked): mid-restore.
+    let mut child = restore_args(&scratch.bin)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the delta restore");
+    let aside = odd.join("global/pg_control.lifeline-old");
+    let started = std::time::Instant::now();
+    while !aside.exists() {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "the delta restore ended before it marked the directory"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "never marked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().expect("kill -9");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the kill landed after it ended: {status:?}"
+    );
+    assert!(
+        !odd.join("global/pg_control").exists(),
+        "a directory killed mid-restore could start"
+    );
+    let out = scratch.restore(&["--type", "full"], &odd);
+    assert_ne!(code(&out), 0);
+    assert!(text(&out).contains("--delta"), "{}", text(&out));
+
+    // The next one (32 descriptors, the path quoted nowhere) finishes it.
+    let out = restore_args(&scratch.bin)
+        .output()
+        .expect("run the delta restore");
+    let said = succeeded(&out, "the delta restore after the kill");
+    assert!(mib(&said, "MiB already in place") >= 20, "{said}");
+    let restored = Pg::recover(&scratch, odd.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after the killed delta restore was finished"
     );
 }

@@ -64,6 +64,8 @@ const BLOCKS_PER_UNIT: usize = 32;
 /// A stopped data directory of the backup's cluster, checked; nothing written yet.
 pub(crate) struct Existing {
     root: PathBuf,
+    /// Held until the restore ends: a second restore into the directory is refused.
+    _claim: crate::places::Claim,
 }
 
 /// The directory `--delta` may reuse, or `None` when it is missing or empty (then the restore
@@ -90,6 +92,8 @@ pub(crate) fn existing_cluster(
     if entries.next().is_none() {
         return Ok(None);
     }
+    // Before any look inside: what is checked must stay so until the restore ends.
+    let claim = crate::places::claim_directory(&root, "the data directory")?;
     if !manifest.tablespaces.is_empty() {
         return refuse(format!(
             "backup {} holds {} tablespace(s), and a delta restore does not restore tablespaces yet: \
@@ -159,7 +163,10 @@ pub(crate) fn existing_cluster(
             manifest.system_identifier
         ));
     }
-    Ok(Some(Existing { root }))
+    Ok(Some(Existing {
+        root,
+        _claim: claim,
+    }))
 }
 
 /// Run as root, the owner of the data directory or of a directory above it, when that is
@@ -269,7 +276,13 @@ pub(crate) async fn restore_delta(
     });
     let sealed = {
         let (root, marker, owner) = (existing.root.clone(), marker_text(manifest), opts.owner);
-        blocking("delta restore start", move || seal(&root, &marker, owner)).await
+        let wanted = wanted(manifest);
+        blocking("delta restore start", move || {
+            // Refused here, before anything is written, rather than midway.
+            walk(&root, &wanted)?;
+            seal(&root, &marker, owner)
+        })
+        .await
     };
     let work = async {
         sealed?;
@@ -341,7 +354,11 @@ async fn reconcile_and_write(
     let (removed, files) = {
         let (root, wanted) = (root.clone(), wanted.clone());
         blocking("delta restore directories", move || {
-            let (extra, kept) = walk(&root, &wanted)?;
+            // A mount that appeared since the first walk: too late to be a clean refusal.
+            let (extra, kept) = walk(&root, &wanted).map_err(|e| match e {
+                RestoreError::Refused(why) => RestoreError::Failed(why),
+                e => e,
+            })?;
             for (rel, is_dir) in &extra {
                 remove(&root.join(rel), *is_dir)?;
             }
@@ -480,6 +497,9 @@ fn walk(
 ) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), RestoreError> {
     let mut extra = Vec::new();
     let mut kept = HashMap::new();
+    let device = std::fs::metadata(root)
+        .map_err(|e| RestoreError::io(root, e))?
+        .dev();
     let mut pending = vec![PathBuf::new()];
     while let Some(dir) = pending.pop() {
         let at = root.join(&dir);
@@ -505,6 +525,14 @@ fn walk(
                             links: meta.nlink(),
                         },
                     );
+                }
+                _ if kind.is_dir() && meta.dev() != device => {
+                    return Err(RestoreError::Refused(format!(
+                        "--delta: {} is another file system mounted inside the data directory, \
+                         and the backup does not hold it: removing it would delete what that file \
+                         system holds. Unmount it (or move what it holds out), then restore again",
+                        entry.path().display()
+                    )));
                 }
                 _ => extra.push((rel, kind.is_dir())),
             }

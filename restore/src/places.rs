@@ -5,7 +5,7 @@
 //! makes are `pg_tblspc/<oid>` and `pg_wal`, to places chosen here.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
@@ -29,6 +29,16 @@ pub(crate) struct Place {
     pub existed: bool,
     /// Directories this restore created, parents first.
     created: Mutex<Vec<PathBuf>>,
+    /// Set once this restore holds the place; a place it does not hold is never cleaned up,
+    /// whatever it created there.
+    held: Mutex<Option<Claim>>,
+}
+
+/// A restore's hold on a directory: the open directory whose `flock` keeps every other
+/// lifeline restore out (none where the file system has no locks).
+#[derive(Debug)]
+pub(crate) struct Claim {
+    _lock: Option<std::fs::File>,
 }
 
 impl Place {
@@ -37,6 +47,7 @@ impl Place {
             dir,
             existed,
             created: Mutex::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -49,6 +60,9 @@ impl Place {
     /// Back to how it was: what the restore made is removed (parents only while empty), a
     /// place that was there is emptied, and a place someone else made meanwhile is left alone.
     fn clean_up(&self) {
+        if self.held.lock().map_or(true, |held| held.is_none()) {
+            return;
+        }
         let created = std::mem::take(&mut *self.created());
         if created.last() == Some(&self.dir) {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -71,6 +85,26 @@ impl Place {
                 _ => std::fs::remove_file(&path),
             };
         }
+    }
+
+    /// Lock the directory against every other lifeline restore until this one ends, then make
+    /// sure it is still empty: two restores into one directory would interleave their files.
+    fn hold(&self, what: &str) -> Result<(), RestoreError> {
+        let claim = claim_directory(&self.dir, what)?;
+        let mut entries =
+            std::fs::read_dir(&self.dir).map_err(|e| RestoreError::io(&self.dir, e))?;
+        if entries.next().is_some() {
+            return Err(RestoreError::Refused(format!(
+                "{what} {} was written to while this restore was checking the backup (another \
+                 restore?): nothing was written there",
+                self.dir.display()
+            )));
+        }
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(claim);
+        Ok(())
     }
 
     /// Create the directory and its missing parents, one level at a time, recording each and
@@ -182,8 +216,10 @@ impl Places {
     /// Create the data directory, the tablespace directories and `--waldir`.
     pub fn create(&self) -> Result<(), RestoreError> {
         self.root.create(self.owner)?;
-        for (_, place) in self.others() {
+        self.root.hold("the data directory")?;
+        for (what, place) in self.others() {
             place.create(self.owner)?;
+            place.hold(&what)?;
         }
         Ok(())
     }
@@ -280,6 +316,33 @@ fn resolved(path: &Path) -> PathBuf {
                 at = parent;
             }
             _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// An exclusive `flock` on the directory `dir` itself, held while the claim lives (the kernel
+/// drops it when the process dies, even by kill -9). Where the file system has no such locks
+/// (some network file systems) the claim holds none, and nothing excludes a second restore.
+pub(crate) fn claim_directory(dir: &Path, what: &str) -> Result<Claim, RestoreError> {
+    use rustix::fs::{FlockOperation, flock};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32)
+        .open(dir)
+        .map_err(|e| RestoreError::io(dir, e))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Claim { _lock: Some(file) }),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(RestoreError::Refused(format!(
+            "another lifeline restore is writing into {what} {}: let it finish (or stop it), \
+             then look at what it reported; nothing was written",
+            dir.display()
+        ))),
+        Err(e) => {
+            tracing::warn!(
+                "{what} {} cannot be locked ({e}); nothing keeps a second restore out of it",
+                dir.display()
+            );
+            Ok(Claim { _lock: None })
         }
     }
 }

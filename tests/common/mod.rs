@@ -13,7 +13,7 @@ pub mod redis;
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn postgres_ids() -> (u32, u32) {
+pub fn postgres_ids() -> (u32, u32) {
     let id = |flag: &str| -> u32 {
         let out = Command::new("id")
             .args([flag, "postgres"])
