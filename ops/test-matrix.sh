@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # lifeline against every PostgreSQL major: for each one, a scratch cluster archiving into its
 # own local repository, two base backups, a point-in-time restore compared table by table with
-# the source, a full restore, a catalog rebuild and a restore drill. Prints a summary table and
+# the source, a full restore (then, started and stopped, brought back by a delta
+# restore), a catalog rebuild and a restore drill. Prints a summary table and
 # exits 0 only when every major passed.
 #
 #   bash ops/test-matrix.sh [MAJOR...]          # default: 13 14 15 16 17 18; run as root
@@ -380,6 +381,24 @@ s_full_restore() {
   pg_stop "$MW/full" || die "the fully restored server did not stop"
 }
 
+# The fully restored directory, started, promoted and stopped (a new timeline, its own
+# checkpoints and WAL), brought back to the newest backup by a delta restore.
+s_delta_restore() {
+  local port6 said
+  said=$(lifeline restore postgres --type full --delta --data-dir "$MW/full") \
+    || die "lifeline restore postgres --type full --delta exited $?: $(ll_cause)"
+  echo "$said"
+  [[ $said == *"MiB already in place"* ]] || die "the delta restore did not report what it kept: $said"
+  port6=$(free_port)
+  pg_start delta "$MW/full" "$port6" || die "the server restored by --delta did not start"
+  wait_promoted "$port6"
+  table_counts "$port6" >"$MW/delta.counts" || die "could not count the rows after --delta"
+  diff -u "$MW/full.counts" "$MW/delta.counts" \
+    || die "the delta restore left other row counts than the full restore: $(diff "$MW/full.counts" "$MW/delta.counts" | grep '^[<>]' | tr '\n' ' ')"
+  say "delta restore: $(grep -o '[0-9.]* MiB already in place[^)]*' <<<"$said" | head -1)"
+  pg_stop "$MW/full" || die "the server restored by --delta did not stop"
+}
+
 s_catalog() {
   local n
   rm -f "$REPO"/catalog.db "$REPO"/catalog.db-wal "$REPO"/catalog.db-shm "$REPO"/catalog.db-journal
@@ -521,6 +540,7 @@ run_major() { # in a subshell: exits non-zero when a step failed
   step pitr-target s_pitr_target
   step pitr-restore s_pitr_restore
   step full-restore s_full_restore
+  step delta-restore s_delta_restore
   step catalog-rebuild s_catalog
   step drill s_drill
   step standby-backup s_standby
