@@ -1,4 +1,4 @@
-//! Where chunks go: hashed and, when new, compressed on blocking threads, then gathered into
+//! Where chunks go: hashed and, when new, compressed on threads of their own, then gathered into
 //! packs written in the background. A chunk the repository already holds (by the blake3 of its
 //! plaintext) is referenced, not stored again. Shared by base backups and stream backups.
 
@@ -297,39 +297,86 @@ fn join_write(
     }
 }
 
+type Task = Box<dyn FnOnce() + Send>;
+
+/// The threads that hash and compress a backup's chunks, one per chunk in flight, for as long
+/// as it packs: each keeps its zstd context warm. Tokio's blocking pool handed each chunk to
+/// whichever of its (a dozen and more) idle threads came first, each building a context of its
+/// own and finding it cold: measured at scale 200, 12 % slower and 11 MiB more.
+pub(crate) struct Compressors {
+    tasks: std::sync::mpsc::Sender<Task>,
+}
+
+impl Compressors {
+    pub(crate) fn start(threads: usize) -> Result<Compressors, ArchiveError> {
+        let (tasks, queue) = std::sync::mpsc::channel::<Task>();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("lifeline-compress".into())
+                .spawn(move || {
+                    // Ends once every sender is gone and the queue is drained.
+                    while let Some(task) = queue.lock().ok().and_then(|q| q.recv().ok()) {
+                        task();
+                    }
+                })
+                .map_err(|e| {
+                    ArchiveError::Internal(format!("cannot start a compression thread: {e}"))
+                })?;
+        }
+        Ok(Compressors { tasks })
+    }
+
+    /// Run `work` on one of the threads and wait for its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ArchiveError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let task: Task = Box::new(move || {
+            let _ = done.send(work());
+        });
+        let lost = || ArchiveError::Internal("a compression thread stopped mid-chunk".into());
+        self.tasks.send(task).map_err(|_| lost())?;
+        result.await.map_err(|_| lost())
+    }
+}
+
 /// Hash a chunk, and compress it unless the repository (or this backup) already has it.
 pub(crate) async fn prepare_chunk<S: Send + 'static>(
+    compressors: &Compressors,
     known: Arc<Mutex<HashSet<String>>>,
     ids: ChunkIds,
     compression: Compression,
     job: Job<S>,
     stages: Arc<Stages>,
 ) -> Result<Prepared<S>, ArchiveError> {
-    tokio::task::spawn_blocking(move || -> Result<Prepared<S>, StorageError> {
-        let hash = stages.time(HASH, || object::checksum(&job.data));
-        let hex = ids.of_checksum(hash).to_hex().to_string();
-        let is_new = known
-            .lock()
-            .map(|mut k| k.insert(hex.clone()))
-            .unwrap_or(true);
-        let framed = if is_new {
-            let encoded = stages.time(COMPRESS, || {
-                object::encode_with_checksum(&job.data, hash, compression)
-            });
-            Some(encoded?.1)
-        } else {
-            None
-        };
-        Ok(Prepared {
-            slot: job.slot,
-            hash: hex,
-            len: job.data.len() as u64,
-            framed,
+    compressors
+        .run(move || -> Result<Prepared<S>, StorageError> {
+            let hash = stages.time(HASH, || object::checksum(&job.data));
+            let hex = ids.of_checksum(hash).to_hex().to_string();
+            let is_new = known
+                .lock()
+                .map(|mut k| k.insert(hex.clone()))
+                .unwrap_or(true);
+            let framed = if is_new {
+                let encoded = stages.time(COMPRESS, || {
+                    object::encode_with_checksum(&job.data, hash, compression)
+                });
+                Some(encoded?.1)
+            } else {
+                None
+            };
+            Ok(Prepared {
+                slot: job.slot,
+                hash: hex,
+                len: job.data.len() as u64,
+                framed,
+            })
         })
-    })
-    .await
-    .map_err(ArchiveError::task("compression task"))?
-    .map_err(ArchiveError::from)
+        .await?
+        .map_err(ArchiveError::from)
 }
 
 /// Hash, compress and pack every job `rx` delivers, `parallelism * 2` at a time (twice the cores:
@@ -351,10 +398,21 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
         Arc::new(Mutex::new(previous.keys().cloned().collect()));
     let ids = storage.chunk_ids();
     let packer = Packer::new(storage, previous, transfers, stages.clone());
+    let in_flight = parallelism.max(1) * 2;
+    let compressors = Compressors::start(in_flight)?;
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let (mut packer, slots, _) = jobs
-        .map(|job| prepare_chunk(known.clone(), ids.clone(), compression, job, stages.clone()))
-        .buffer_unordered(parallelism.max(1) * 2)
+        .map(|job| {
+            prepare_chunk(
+                &compressors,
+                known.clone(),
+                ids.clone(),
+                compression,
+                job,
+                stages.clone(),
+            )
+        })
+        .buffer_unordered(in_flight)
         .inspect_ok(|prepared| progress.advance(prepared.len))
         .try_fold(
             (packer, Vec::new(), std::time::Instant::now()),
