@@ -1,9 +1,10 @@
 //! Delta restore (`restore postgres --delta`) onto a stopped data directory of the same
 //! cluster: what already matches the backup is kept, what differs rewritten, what the backup
 //! does not hold removed, and the result is the same directory a full restore makes, which
-//! recovers row for row. Another cluster's directory, a running server and a directory that
-//! is not a data directory are refused untouched, and so is one holding WAL never archived; a delta restore that fails leaves the
-//! directory unable to start, and running it again finishes it.
+//! recovers row for row. Another cluster's directory, a running server, a directory that is
+//! not a data directory, one holding WAL never archived, one with another file system mounted
+//! inside and one another restore holds are refused untouched. A delta restore that fails, or
+//! is killed with -9, leaves the directory unable to start, and running it again finishes it.
 
 mod common;
 
@@ -201,32 +202,22 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
         std::fs::create_dir(&mounted).expect("mount point");
         let _mount = Mounted::tmpfs(&mounted);
         std::fs::write(mounted.join("keep.txt"), "theirs").expect("file on the mount");
-        let untouched = tree(&pg.data);
-        let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
-        assert_ne!(code(&out), 0);
-        assert!(
-            text(&out).contains("another file system mounted"),
-            "{}",
-            text(&out)
-        );
-        assert_eq!(
-            tree(&pg.data),
-            untouched,
-            "a refused delta restore changed the directory"
+        refused_untouched(
+            &scratch,
+            &["--type", "full", "--delta"],
+            &pg.data,
+            "another file system mounted",
         );
     }
     std::fs::remove_dir(pg.data.join("mounted disk")).expect("unmounted mount point");
 
     // Another cluster's directory: refused, nothing changed.
     let other = Pg::init(&scratch, "other");
-    let untouched = tree(&other.data);
-    let out = scratch.restore(&["--type", "full", "--delta"], &other.data);
-    assert_ne!(code(&out), 0);
-    assert!(text(&out).contains("belongs to cluster"), "{}", text(&out));
-    assert_eq!(
-        tree(&other.data),
-        untouched,
-        "another cluster's directory changed"
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &other.data,
+        "belongs to cluster",
     );
 
     // Not a data directory at all.
@@ -325,6 +316,20 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
     );
 }
 
+/// Run the restore into `dir`: it must fail, say `says`, and leave `dir` as it was.
+fn refused_untouched(scratch: &Scratch, args: &[&str], dir: &Path, says: &str) {
+    let untouched = tree(dir);
+    let out = scratch.restore(args, dir);
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(text(&out).contains(says), "{}", text(&out));
+    assert_eq!(
+        tree(dir),
+        untouched,
+        "a refused restore changed {}",
+        dir.display()
+    );
+}
+
 /// A tmpfs mounted at a directory until dropped.
 struct Mounted(PathBuf);
 
@@ -368,35 +373,24 @@ fn a_directory_another_restore_holds_is_refused_untouched() {
     pg.psql("DELETE FROM accounts WHERE id > 10");
     pg.stop();
 
-    let untouched = tree(&pg.data);
     let held = hold_like_a_restore(&pg.data);
-    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
-    assert_ne!(code(&out), 0);
-    assert!(
-        text(&out).contains("another lifeline restore"),
-        "{}",
-        text(&out)
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &pg.data,
+        "another lifeline restore",
     );
-    assert_eq!(tree(&pg.data), untouched, "a held directory changed");
 
     // A full restore into an empty directory another restore holds.
     let empty = scratch.path("empty");
     std::fs::create_dir(&empty).expect("empty dir");
     common::chown_postgres(&empty);
     let held_empty = hold_like_a_restore(&empty);
-    let out = scratch.restore(&["--type", "full"], &empty);
-    assert_ne!(code(&out), 0);
-    assert!(
-        text(&out).contains("another lifeline restore"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        std::fs::read_dir(&empty)
-            .expect("still there")
-            .next()
-            .is_none(),
-        "a held directory was written to"
+    refused_untouched(
+        &scratch,
+        &["--type", "full"],
+        &empty,
+        "another lifeline restore",
     );
     drop(held_empty);
 
