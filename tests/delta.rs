@@ -210,6 +210,20 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
         );
     }
     std::fs::remove_dir(pg.data.join("mounted disk")).expect("unmounted mount point");
+    // Deeper inside a directory it would remove.
+    {
+        let mounted = pg.data.join("junk/deeper");
+        std::fs::create_dir_all(&mounted).expect("mount point");
+        let _mount = Mounted::tmpfs(&mounted);
+        std::fs::write(mounted.join("keep.txt"), "theirs").expect("file on the mount");
+        refused_untouched(
+            &scratch,
+            &["--type", "full", "--delta"],
+            &pg.data,
+            "another file system mounted",
+        );
+    }
+    std::fs::remove_dir_all(pg.data.join("junk")).expect("unmounted mount point");
 
     // Another cluster's directory: refused, nothing changed.
     let other = Pg::init(&scratch, "other");
@@ -246,6 +260,15 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
         "delta into a new directory",
     );
     assert_eq!(restored.snapshot(), before);
+
+    // pg_wal on a file system of its own, with its own lost+found: no mount to refuse.
+    let pg_wal = pg.data.join("pg_wal");
+    let _mount = Mounted::tmpfs(&pg_wal);
+    std::fs::create_dir(pg_wal.join("lost+found")).expect("lost+found");
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    succeeded(&out, "the delta restore with pg_wal mounted on its own");
+    assert!(pg_wal.join("archive_status").is_dir());
+    assert!(!pg_wal.join("lost+found").exists());
 }
 
 #[test]
@@ -335,8 +358,11 @@ struct Mounted(PathBuf);
 
 impl Mounted {
     fn tmpfs(at: &Path) -> Mounted {
+        let (uid, gid) = common::postgres_ids();
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "mode=0777", "lifeline-test"])
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("mode=0700,uid={uid},gid={gid}"))
+            .arg("lifeline-test")
             .arg(at)
             .output()
             .expect("run mount");

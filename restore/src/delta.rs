@@ -497,11 +497,15 @@ fn walk(
 ) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), RestoreError> {
     let mut extra = Vec::new();
     let mut kept = HashMap::new();
-    let device = std::fs::metadata(root)
+    let root_device = std::fs::metadata(root)
         .map_err(|e| RestoreError::io(root, e))?
         .dev();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(dir) = pending.pop() {
+    // Each directory with its device: one on another device than its parent is a mount point
+    // (a `pg_wal` mounted on its own may hold its own `lost+found`, which is no mount). The
+    // directories to remove are walked too, for a mount point deeper inside: removing a
+    // directory removes everything below it, across mount points.
+    let mut pending = vec![(PathBuf::new(), root_device, false)];
+    while let Some((dir, device, removed)) = pending.pop() {
         let at = root.join(&dir);
         for entry in std::fs::read_dir(&at).map_err(|e| RestoreError::io(&at, e))? {
             let entry = entry.map_err(|e| RestoreError::io(&at, e))?;
@@ -513,10 +517,22 @@ fn walk(
                 .metadata()
                 .map_err(|e| RestoreError::io(entry.path(), e))?;
             let kind = meta.file_type();
+            if kind.is_dir()
+                && meta.dev() != device
+                && (removed || wanted.kinds.get(&rel) != Some(&true))
+            {
+                return Err(mounted_inside(&entry.path()));
+            }
+            if removed {
+                if kind.is_dir() {
+                    pending.push((rel, device, true));
+                }
+                continue;
+            }
             match wanted.kinds.get(&rel) {
                 Some(true) if kind.is_dir() => {
                     kept.insert(rel.clone(), Found::Dir);
-                    pending.push(rel);
+                    pending.push((rel, meta.dev(), false));
                 }
                 Some(false) if kind.is_file() => {
                     kept.insert(
@@ -526,19 +542,25 @@ fn walk(
                         },
                     );
                 }
-                _ if kind.is_dir() && meta.dev() != device => {
-                    return Err(RestoreError::Refused(format!(
-                        "--delta: {} is another file system mounted inside the data directory, \
-                         and the backup does not hold it: removing it would delete what that file \
-                         system holds. Unmount it (or move what it holds out), then restore again",
-                        entry.path().display()
-                    )));
+                _ => {
+                    if kind.is_dir() {
+                        pending.push((rel.clone(), device, true));
+                    }
+                    extra.push((rel, kind.is_dir()));
                 }
-                _ => extra.push((rel, kind.is_dir())),
             }
         }
     }
     Ok((extra, kept))
+}
+
+fn mounted_inside(path: &Path) -> RestoreError {
+    RestoreError::Refused(format!(
+        "--delta: {} is another file system mounted inside the data directory, where the \
+         backup holds nothing: removing it would delete what that file system holds. Unmount \
+         it (or move what it holds out), then restore again",
+        path.display()
+    ))
 }
 
 /// Remove an entry the backup does not hold: a directory with all it holds, a link itself.
