@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 
@@ -210,12 +210,15 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
         );
     }
     std::fs::remove_dir(pg.data.join("mounted disk")).expect("unmounted mount point");
-    // Deeper inside a directory it would remove.
+    // A bind mount of a directory outside (same device), deeper inside a directory it would
+    // remove.
+    let outside = scratch.path("outside");
+    std::fs::create_dir(&outside).expect("outside dir");
+    std::fs::write(outside.join("keep.txt"), "theirs").expect("file outside");
     {
         let mounted = pg.data.join("junk/deeper");
         std::fs::create_dir_all(&mounted).expect("mount point");
-        let _mount = Mounted::tmpfs(&mounted);
-        std::fs::write(mounted.join("keep.txt"), "theirs").expect("file on the mount");
+        let _mount = Mounted::bind(&outside, &mounted);
         refused_untouched(
             &scratch,
             &["--type", "full", "--delta"],
@@ -224,6 +227,12 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
         );
     }
     std::fs::remove_dir_all(pg.data.join("junk")).expect("unmounted mount point");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("keep.txt"))
+            .ok()
+            .as_deref(),
+        Some("theirs")
+    );
 
     // Another cluster's directory: refused, nothing changed.
     let other = Pg::init(&scratch, "other");
@@ -261,14 +270,17 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     );
     assert_eq!(restored.snapshot(), before);
 
-    // pg_wal on a file system of its own, with its own lost+found: no mount to refuse.
+    // pg_wal on a file system of its own, with its own lost+found (root's, 0700, as mkfs
+    // makes it): no mount to refuse, and lost+found is left alone.
     let pg_wal = pg.data.join("pg_wal");
     let _mount = Mounted::tmpfs(&pg_wal);
-    std::fs::create_dir(pg_wal.join("lost+found")).expect("lost+found");
+    let lost = pg_wal.join("lost+found");
+    std::fs::create_dir(&lost).expect("lost+found");
+    std::fs::set_permissions(&lost, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
     succeeded(&out, "the delta restore with pg_wal mounted on its own");
     assert!(pg_wal.join("archive_status").is_dir());
-    assert!(!pg_wal.join("lost+found").exists());
+    assert!(lost.is_dir(), "lost+found was removed");
 }
 
 #[test]
@@ -369,6 +381,23 @@ impl Mounted {
         assert!(
             out.status.success(),
             "mount a tmpfs (the tests run as root): {}",
+            text(&out)
+        );
+        Mounted(at.to_path_buf())
+    }
+}
+
+impl Mounted {
+    fn bind(from: &Path, at: &Path) -> Mounted {
+        let out = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "bind mount (the tests run as root): {}",
             text(&out)
         );
         Mounted(at.to_path_buf())

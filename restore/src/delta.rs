@@ -65,7 +65,7 @@ const BLOCKS_PER_UNIT: usize = 32;
 pub(crate) struct Existing {
     root: PathBuf,
     /// Held until the restore ends: a second restore into the directory is refused.
-    _claim: crate::places::Claim,
+    claim: crate::places::Claim,
 }
 
 /// The directory `--delta` may reuse, or `None` when it is missing or empty (then the restore
@@ -93,7 +93,7 @@ pub(crate) fn existing_cluster(
         return Ok(None);
     }
     // Before any look inside: what is checked must stay so until the restore ends.
-    let claim = crate::places::claim_directory(&root, "the data directory")?;
+    let claim = crate::places::claim_directory(&root, "the data directory", true)?;
     if !manifest.tablespaces.is_empty() {
         return refuse(format!(
             "backup {} holds {} tablespace(s), and a delta restore does not restore tablespaces yet: \
@@ -163,10 +163,7 @@ pub(crate) fn existing_cluster(
             manifest.system_identifier
         ));
     }
-    Ok(Some(Existing {
-        root,
-        _claim: claim,
-    }))
+    Ok(Some(Existing { root, claim }))
 }
 
 /// Run as root, the owner of the data directory or of a directory above it, when that is
@@ -268,21 +265,26 @@ pub(crate) async fn restore_delta(
     if opts.interrupted.load(Ordering::Relaxed) {
         return Err(RestoreError::Interrupted);
     }
+    let Existing { root, claim } = existing;
+    {
+        // Refused here, before anything is written, rather than midway.
+        let (root, wanted) = (root.clone(), wanted(manifest));
+        blocking("delta restore check", move || walk(&root, &wanted))
+            .await
+            .map_err(|e| match e {
+                RestoreError::Refused(_) => e,
+                e => RestoreError::Refused(format!("--delta: {e}; nothing was changed")),
+            })?;
+    }
     let places = Arc::new(Places {
-        root: Place::new(existing.root.clone(), true),
+        root: Place::claimed(root.clone(), claim),
         tablespaces: Default::default(),
         waldir: None,
         owner: opts.owner,
     });
     let sealed = {
-        let (root, marker, owner) = (existing.root.clone(), marker_text(manifest), opts.owner);
-        let wanted = wanted(manifest);
-        blocking("delta restore start", move || {
-            // Refused here, before anything is written, rather than midway.
-            walk(&root, &wanted)?;
-            seal(&root, &marker, owner)
-        })
-        .await
+        let (root, marker, owner) = (root, marker_text(manifest), opts.owner);
+        blocking("delta restore start", move || seal(&root, &marker, owner)).await
     };
     let work = async {
         sealed?;
@@ -346,7 +348,7 @@ async fn reconcile_and_write(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
     opts: &RestoreOptions,
-    places: &Places,
+    places: &Arc<Places>,
 ) -> Result<RestoreReport, RestoreError> {
     let root = places.root.dir.clone();
     let wanted = wanted(manifest);
@@ -500,12 +502,16 @@ fn walk(
     let root_device = std::fs::metadata(root)
         .map_err(|e| RestoreError::io(root, e))?
         .dev();
-    // Each directory with its device: one on another device than its parent is a mount point
-    // (a `pg_wal` mounted on its own may hold its own `lost+found`, which is no mount). The
-    // directories to remove are walked too, for a mount point deeper inside: removing a
-    // directory removes everything below it, across mount points.
-    let mut pending = vec![(PathBuf::new(), root_device, false)];
-    while let Some((dir, device, removed)) = pending.pop() {
+    let root_is_mount = root.parent().is_some_and(|parent| {
+        let parent_device = std::fs::metadata(parent).map_or(root_device, |m| m.dev());
+        mount_root(root, parent_device, root_device)
+    });
+    // Each directory with its device and whether it is a mount's root. A mount's own
+    // `lost+found` (`pg_wal` on a file system of its own, root's and unreadable) is left alone.
+    // The directories to remove are walked too, for a mount deeper inside: removing a
+    // directory removes everything below it, across mounts.
+    let mut pending = vec![(PathBuf::new(), root_device, false, root_is_mount)];
+    while let Some((dir, device, removed, is_mount)) = pending.pop() {
         let at = root.join(&dir);
         for entry in std::fs::read_dir(&at).map_err(|e| RestoreError::io(&at, e))? {
             let entry = entry.map_err(|e| RestoreError::io(&at, e))?;
@@ -517,22 +523,23 @@ fn walk(
                 .metadata()
                 .map_err(|e| RestoreError::io(entry.path(), e))?;
             let kind = meta.file_type();
-            if kind.is_dir()
-                && meta.dev() != device
-                && (removed || wanted.kinds.get(&rel) != Some(&true))
-            {
+            let mounted = kind.is_dir() && mount_root(&entry.path(), device, meta.dev());
+            if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
+                continue;
+            }
+            if mounted && (removed || wanted.kinds.get(&rel) != Some(&true)) {
                 return Err(mounted_inside(&entry.path()));
             }
             if removed {
                 if kind.is_dir() {
-                    pending.push((rel, device, true));
+                    pending.push((rel, meta.dev(), true, false));
                 }
                 continue;
             }
             match wanted.kinds.get(&rel) {
                 Some(true) if kind.is_dir() => {
                     kept.insert(rel.clone(), Found::Dir);
-                    pending.push((rel, meta.dev(), false));
+                    pending.push((rel, meta.dev(), false, mounted));
                 }
                 Some(false) if kind.is_file() => {
                     kept.insert(
@@ -544,7 +551,7 @@ fn walk(
                 }
                 _ => {
                     if kind.is_dir() {
-                        pending.push((rel.clone(), device, true));
+                        pending.push((rel.clone(), meta.dev(), true, false));
                     }
                     extra.push((rel, kind.is_dir()));
                 }
@@ -552,6 +559,28 @@ fn walk(
         }
     }
     Ok((extra, kept))
+}
+
+/// Whether the directory `path` is the root of a mount: asked of the kernel (statx, Linux
+/// 5.8 and later: bind mounts too, and not a btrfs subvolume, which has a device of its own),
+/// else judged by its device against its parent's.
+fn mount_root(path: &Path, parent_device: u64, device: u64) -> bool {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    match statx(
+        CWD,
+        path,
+        AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::empty(),
+    ) {
+        Ok(found)
+            if found
+                .stx_attributes_mask
+                .contains(StatxAttributes::MOUNT_ROOT) =>
+        {
+            found.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        _ => device != parent_device,
+    }
 }
 
 fn mounted_inside(path: &Path) -> RestoreError {

@@ -34,11 +34,21 @@ pub(crate) struct Place {
     held: Mutex<Option<Claim>>,
 }
 
-/// A restore's hold on a directory: the open directory whose `flock` keeps every other
-/// lifeline restore out (none where the file system has no locks).
+/// A restore's hold on a directory: the directory, open from before the first write, whose
+/// `flock` keeps every other lifeline restore out (where the file system has such locks).
 #[derive(Debug)]
 pub(crate) struct Claim {
-    _lock: Option<std::fs::File>,
+    dir: std::fs::File,
+}
+
+impl Claim {
+    /// Flush the directory's whole file system and report any write to it that failed since
+    /// the claim was taken (Linux 5.8 and later), even to a file whose error no descriptor
+    /// saw before its inode left memory: the fsync of each file by a new descriptor can miss
+    /// that one.
+    fn sync_file_system(&self, dir: &Path) -> Result<(), RestoreError> {
+        rustix::fs::syncfs(&self.dir).map_err(|e| RestoreError::io(dir, e.into()))
+    }
 }
 
 impl Place {
@@ -51,6 +61,27 @@ impl Place {
         }
     }
 
+    /// A directory that was there, already claimed.
+    pub fn claimed(dir: PathBuf, claim: Claim) -> Place {
+        let place = Place::new(dir, true);
+        *place.held() = Some(claim);
+        place
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Claim>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// See [`Claim::sync_file_system`]; nothing for a place this restore does not hold.
+    pub fn sync_file_system(&self) -> Result<(), RestoreError> {
+        match &*self.held() {
+            Some(claim) => claim.sync_file_system(&self.dir),
+            None => Ok(()),
+        }
+    }
+
     fn created(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         self.created
             .lock()
@@ -60,10 +91,15 @@ impl Place {
     /// Back to how it was: what the restore made is removed (parents only while empty), a
     /// place that was there is emptied, and a place someone else made meanwhile is left alone.
     fn clean_up(&self) {
-        if self.held.lock().map_or(true, |held| held.is_none()) {
+        let created = std::mem::take(&mut *self.created());
+        if self.held().is_none() {
+            // Another restore may be writing into it: only what this one made and is still
+            // empty goes.
+            for dir in created.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
             return;
         }
-        let created = std::mem::take(&mut *self.created());
         if created.last() == Some(&self.dir) {
             let _ = std::fs::remove_dir_all(&self.dir);
             for parent in created.iter().rev().skip(1) {
@@ -89,8 +125,8 @@ impl Place {
 
     /// Lock the directory against every other lifeline restore until this one ends, then make
     /// sure it is still empty: two restores into one directory would interleave their files.
-    fn hold(&self, what: &str) -> Result<(), RestoreError> {
-        let claim = claim_directory(&self.dir, what)?;
+    fn hold(&self, what: &str, follow_link: bool) -> Result<(), RestoreError> {
+        let claim = claim_directory(&self.dir, what, follow_link)?;
         let mut entries =
             std::fs::read_dir(&self.dir).map_err(|e| RestoreError::io(&self.dir, e))?;
         if entries.next().is_some() {
@@ -216,10 +252,21 @@ impl Places {
     /// Create the data directory, the tablespace directories and `--waldir`.
     pub fn create(&self) -> Result<(), RestoreError> {
         self.root.create(self.owner)?;
-        self.root.hold("the data directory")?;
+        // --data-dir may name a link; the other places were refused as links when checked.
+        self.root.hold("the data directory", true)?;
         for (what, place) in self.others() {
             place.create(self.owner)?;
-            place.hold(&what)?;
+            place.hold(&what, false)?;
+        }
+        Ok(())
+    }
+
+    /// Flush the file systems of every place this restore holds; see
+    /// [`Claim::sync_file_system`].
+    pub fn sync_file_systems(&self) -> Result<(), RestoreError> {
+        self.root.sync_file_system()?;
+        for (_, place) in self.others() {
+            place.sync_file_system()?;
         }
         Ok(())
     }
@@ -322,16 +369,25 @@ fn resolved(path: &Path) -> PathBuf {
 
 /// An exclusive `flock` on the directory `dir` itself, held while the claim lives (the kernel
 /// drops it when the process dies, even by kill -9). Where the file system has no such locks
-/// (some network file systems) the claim holds none, and nothing excludes a second restore.
-pub(crate) fn claim_directory(dir: &Path, what: &str) -> Result<Claim, RestoreError> {
-    use rustix::fs::{FlockOperation, flock};
+/// (some network file systems, or NFS with its lock daemon down) the claim holds none, says
+/// so, and nothing excludes a second restore.
+pub(crate) fn claim_directory(
+    dir: &Path,
+    what: &str,
+    follow_link: bool,
+) -> Result<Claim, RestoreError> {
+    use rustix::fs::{FlockOperation, OFlags, flock};
+    let flags = match follow_link {
+        true => OFlags::DIRECTORY,
+        false => OFlags::DIRECTORY | OFlags::NOFOLLOW,
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32)
+        .custom_flags(flags.bits() as i32)
         .open(dir)
         .map_err(|e| RestoreError::io(dir, e))?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Claim { _lock: Some(file) }),
+        Ok(()) => Ok(Claim { dir: file }),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(RestoreError::Refused(format!(
             "another lifeline restore is writing into {what} {}: let it finish (or stop it), \
              then look at what it reported; nothing was written",
@@ -342,7 +398,7 @@ pub(crate) fn claim_directory(dir: &Path, what: &str) -> Result<Claim, RestoreEr
                 "{what} {} cannot be locked ({e}); nothing keeps a second restore out of it",
                 dir.display()
             );
-            Ok(Claim { _lock: None })
+            Ok(Claim { dir: file })
         }
     }
 }
@@ -363,6 +419,10 @@ fn check_empty(dir: &Path, what: &str, flag: &str) -> Result<bool, RestoreError>
     let mut entries = std::fs::read_dir(dir).map_err(|e| RestoreError::io(dir, e))?;
     if entries.next().is_none() {
         return Ok(true);
+    }
+    // A restore still running leaves the same marker as one interrupted: tell them apart.
+    if let Err(running @ RestoreError::Refused(_)) = claim_directory(dir, what, true) {
+        return Err(running);
     }
     if let Ok(marker) = std::fs::read_to_string(dir.join(crate::restore_base::MARKER)) {
         return Err(RestoreError::Refused(format!(

@@ -346,7 +346,7 @@ async fn restore_into(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
     opts: &RestoreOptions,
-    places: &Places,
+    places: &Arc<Places>,
 ) -> Result<RestoreReport, RestoreError> {
     let root = places.root.dir.clone();
 
@@ -441,7 +441,7 @@ pub(crate) async fn write_data(
 pub(crate) async fn finish(
     manifest: &BackupManifest,
     opts: &RestoreOptions,
-    places: &Places,
+    places: &Arc<Places>,
 ) -> Result<(), RestoreError> {
     let root = places.root.dir.clone();
     let owner = opts.owner;
@@ -484,6 +484,10 @@ pub(crate) async fn finish(
         |path| blocking("fsync task", move || fsync_path(&path)),
     )
     .await?;
+    {
+        let places = places.clone();
+        blocking("file system sync task", move || places.sync_file_systems()).await?;
+    }
     debug!("data directory durable");
     blocking("pg_control publication task", move || {
         let io = |p: &Path, e| RestoreError::io(p, e);
@@ -762,12 +766,14 @@ struct Unflushed {
 }
 
 impl Unflushed {
-    /// Count a write; a run that is long enough, or that this write does not continue, is
-    /// returned to be written back.
+    /// Count a write; a run that is long enough, or one of at least `MIN_RUN` that this write
+    /// does not continue, is returned to be written back. Shorter runs (a delta restore's
+    /// scattered blocks) are left to the final fsync rather than each costing a small write.
     fn add(&mut self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        const MIN_RUN: u64 = 1 << 20;
         let mut ready = None;
         if offset != self.end {
-            if self.end > self.start {
+            if self.end >= self.start + MIN_RUN {
                 ready = Some((self.start, self.end));
             }
             self.start = offset;
@@ -1011,12 +1017,14 @@ mod tests {
             ready,
             vec![(0, FLUSH_EVERY), (FLUSH_EVERY, 2 * FLUSH_EVERY)]
         );
-        // A jump hands over the run so far, never the gap.
+        // A jump hands over the run so far, never the gap; a short run is left to the fsync.
         let at = 10 * FLUSH_EVERY;
+        for n in 0..8 {
+            assert_eq!(run.add(at + n * block, block), None);
+        }
+        assert_eq!(run.add(0, block), Some((at, at + 8 * block)));
+        assert_eq!(run.add(5 * block, block), None);
         assert_eq!(run.add(at, block), None);
-        assert_eq!(run.add(at + block, block), None);
-        assert_eq!(run.add(0, block), Some((at, at + 2 * block)));
-        assert_eq!(run.add(5 * block, block), Some((0, block)));
     }
 
     fn chunk(hash: &str, len: u64, pack: &str, offset: u64) -> ChunkRef {
