@@ -766,14 +766,14 @@ struct Unflushed {
 }
 
 impl Unflushed {
-    /// Count a write; a run that is long enough, or one of at least `MIN_RUN` that this write
-    /// does not continue, is returned to be written back. Shorter runs (a delta restore's
-    /// scattered blocks) are left to the final fsync rather than each costing a small write.
+    /// Count a write; a run that is long enough, or that this write does not continue, is
+    /// returned to be written back. Even short runs are: the write tasks interleave their
+    /// writes to a file, and leaving short runs to the final fsync (tried) made a scale 200
+    /// restore 30-50 % slower.
     fn add(&mut self, offset: u64, len: u64) -> Option<(u64, u64)> {
-        const MIN_RUN: u64 = 1 << 20;
         let mut ready = None;
         if offset != self.end {
-            if self.end >= self.start + MIN_RUN {
+            if self.end > self.start {
                 ready = Some((self.start, self.end));
             }
             self.start = offset;
@@ -1017,14 +1017,12 @@ mod tests {
             ready,
             vec![(0, FLUSH_EVERY), (FLUSH_EVERY, 2 * FLUSH_EVERY)]
         );
-        // A jump hands over the run so far, never the gap; a short run is left to the fsync.
+        // A jump hands over the run so far, never the gap.
         let at = 10 * FLUSH_EVERY;
-        for n in 0..8 {
-            assert_eq!(run.add(at + n * block, block), None);
-        }
-        assert_eq!(run.add(0, block), Some((at, at + 8 * block)));
-        assert_eq!(run.add(5 * block, block), None);
         assert_eq!(run.add(at, block), None);
+        assert_eq!(run.add(at + block, block), None);
+        assert_eq!(run.add(0, block), Some((at, at + 2 * block)));
+        assert_eq!(run.add(5 * block, block), Some((0, block)));
     }
 
     fn chunk(hash: &str, len: u64, pack: &str, offset: u64) -> ChunkRef {
