@@ -369,35 +369,27 @@ fn refused_untouched(scratch: &Scratch, args: &[&str], dir: &Path, says: &str) {
 struct Mounted(PathBuf);
 
 impl Mounted {
+    /// A tmpfs of PostgreSQL's user at `at`.
     fn tmpfs(at: &Path) -> Mounted {
         let (uid, gid) = common::postgres_ids();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("mode=0700,uid={uid},gid={gid}"))
-            .arg("lifeline-test")
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount a tmpfs (the tests run as root): {}",
-            text(&out)
-        );
-        Mounted(at.to_path_buf())
+        let options = format!("mode=0700,uid={uid},gid={gid}");
+        Mounted::with(&["-t", "tmpfs", "-o", &options, "lifeline-test"], at)
     }
-}
 
-impl Mounted {
+    /// The directory `from` bound at `at`: the same device, another mount.
     fn bind(from: &Path, at: &Path) -> Mounted {
+        Mounted::with(&["--bind", from.to_str().expect("utf8 path")], at)
+    }
+
+    fn with(args: &[&str], at: &Path) -> Mounted {
         let out = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(from)
+            .args(args)
             .arg(at)
             .output()
             .expect("run mount");
         assert!(
             out.status.success(),
-            "bind mount (the tests run as root): {}",
+            "mount {args:?} (the tests run as root): {}",
             text(&out)
         );
         Mounted(at.to_path_buf())

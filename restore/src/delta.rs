@@ -266,9 +266,10 @@ pub(crate) async fn restore_delta(
         return Err(RestoreError::Interrupted);
     }
     let Existing { root, claim } = existing;
+    let wanted = wanted(manifest);
     {
         // Refused here, before anything is written, rather than midway.
-        let (root, wanted) = (root.clone(), wanted(manifest));
+        let (root, wanted) = (root.clone(), wanted.clone());
         blocking("delta restore check", move || walk(&root, &wanted))
             .await
             .map_err(|e| match e {
@@ -288,7 +289,7 @@ pub(crate) async fn restore_delta(
     };
     let work = async {
         sealed?;
-        reconcile_and_write(storage, manifest, opts, &places).await
+        reconcile_and_write(storage, manifest, opts, &places, wanted).await
     };
     work.await.map_err(|e| match e {
         // Refused by the second look for a server: pg_control is back, nothing changed.
@@ -349,9 +350,9 @@ async fn reconcile_and_write(
     manifest: &BackupManifest,
     opts: &RestoreOptions,
     places: &Arc<Places>,
+    wanted: Arc<Wanted>,
 ) -> Result<RestoreReport, RestoreError> {
     let root = places.root.dir.clone();
-    let wanted = wanted(manifest);
     let owner = opts.owner;
     let (removed, files) = {
         let (root, wanted) = (root.clone(), wanted.clone());
@@ -506,12 +507,22 @@ fn walk(
         let parent_device = std::fs::metadata(parent).map_or(root_device, |m| m.dev());
         mount_root(root, parent_device, root_device)
     });
-    // Each directory with its device and whether it is a mount's root. A mount's own
-    // `lost+found` (`pg_wal` on a file system of its own, root's and unreadable) is left alone.
-    // The directories to remove are walked too, for a mount deeper inside: removing a
-    // directory removes everything below it, across mounts.
-    let mut pending = vec![(PathBuf::new(), root_device, false, root_is_mount)];
-    while let Some((dir, device, removed, is_mount)) = pending.pop() {
+    // A mount's own `lost+found` (`pg_wal` on a file system of its own, root's and unreadable)
+    // is left alone. The directories to remove are walked too, for a mount deeper inside:
+    // removing a directory removes everything below it, across mounts.
+    let mut pending = vec![Pending {
+        dir: PathBuf::new(),
+        device: root_device,
+        removed: false,
+        is_mount: root_is_mount,
+    }];
+    while let Some(Pending {
+        dir,
+        device,
+        removed,
+        is_mount,
+    }) = pending.pop()
+    {
         let at = root.join(&dir);
         for entry in std::fs::read_dir(&at).map_err(|e| RestoreError::io(&at, e))? {
             let entry = entry.map_err(|e| RestoreError::io(&at, e))?;
@@ -527,19 +538,30 @@ fn walk(
             if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
                 continue;
             }
-            if mounted && (removed || wanted.kinds.get(&rel) != Some(&true)) {
+            let held = if removed {
+                None
+            } else {
+                wanted.kinds.get(&rel)
+            };
+            if mounted && held != Some(&true) {
                 return Err(mounted_inside(&entry.path()));
             }
+            let below = |removed| Pending {
+                dir: rel.clone(),
+                device: meta.dev(),
+                removed,
+                is_mount: mounted,
+            };
             if removed {
                 if kind.is_dir() {
-                    pending.push((rel, meta.dev(), true, false));
+                    pending.push(below(true));
                 }
                 continue;
             }
-            match wanted.kinds.get(&rel) {
+            match held {
                 Some(true) if kind.is_dir() => {
                     kept.insert(rel.clone(), Found::Dir);
-                    pending.push((rel, meta.dev(), false, mounted));
+                    pending.push(below(false));
                 }
                 Some(false) if kind.is_file() => {
                     kept.insert(
@@ -551,7 +573,7 @@ fn walk(
                 }
                 _ => {
                     if kind.is_dir() {
-                        pending.push((rel.clone(), meta.dev(), true, false));
+                        pending.push(below(true));
                     }
                     extra.push((rel, kind.is_dir()));
                 }
@@ -559,6 +581,15 @@ fn walk(
         }
     }
     Ok((extra, kept))
+}
+
+/// A directory `walk` has yet to read: its device, whether everything in it is to be removed,
+/// and whether it is the root of a mount.
+struct Pending {
+    dir: PathBuf,
+    device: u64,
+    removed: bool,
+    is_mount: bool,
 }
 
 /// Whether the directory `path` is the root of a mount: asked of the kernel (statx, Linux

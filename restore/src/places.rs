@@ -136,10 +136,7 @@ impl Place {
                 self.dir.display()
             )));
         }
-        *self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(claim);
+        *self.held() = Some(claim);
         Ok(())
     }
 
