@@ -479,6 +479,19 @@ enum Slot {
     Bundle(usize),
 }
 
+impl Slot {
+    /// The bundle's number among the entries: after every file.
+    const BUNDLE: usize = usize::MAX;
+
+    /// Whose chunk it is, as an entry's number, and which of its chunks.
+    fn place(&self) -> (usize, usize) {
+        match *self {
+            Slot::Block { file, index } => (file, index),
+            Slot::Bundle(index) => (Slot::BUNDLE, index),
+        }
+    }
+}
+
 type Job = chunk_store::Job<Slot>;
 
 /// What the reader thread learned: the bytes actually copied of each file (None: vanished)
@@ -493,7 +506,7 @@ async fn copy_files(
     entries: Vec<WalkEntry>,
     block_size: usize,
     opts: &BaseBackupOptions,
-    previous: HashMap<String, ChunkRef>,
+    previous: HashMap<storage::ChunkHash, ChunkRef>,
 ) -> Result<Copied, ArchiveError> {
     let parallelism = opts.parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Job>(parallelism * 2);
@@ -526,23 +539,28 @@ async fn copy_files(
     let report = reader.await.map_err(ArchiveError::task("file reader"))??;
     debug!(stages = %stages.summary(), "files copied");
 
-    let mut blocks: HashMap<usize, Vec<Option<ChunkRef>>> = HashMap::new();
-    let mut bundle: Vec<Option<ChunkRef>> = Vec::new();
-    for (slot, hash, len) in slots {
-        let chunk = packer.chunk_ref(hash, len)?;
-        let (list, index) = match slot {
-            Slot::Block { file, index } => (blocks.entry(file).or_default(), index),
-            Slot::Bundle(index) => (&mut bundle, index),
-        };
-        if list.len() <= index {
-            list.resize(index + 1, None);
+    // Each file's chunks in order, then the bundle's: sorted in place rather than gathered
+    // into lists of their own, since the metadata of a large cluster is most of what a backup
+    // keeps in memory.
+    let mut slots = slots;
+    slots.sort_unstable_by_key(|(slot, _, _)| slot.place());
+    let mut slots = slots.into_iter().peekable();
+    let mut chunks_of = |owner: usize| -> Result<Vec<ChunkRef>, ArchiveError> {
+        // A file that vanished while it was read left chunks no entry names.
+        while slots
+            .next_if(|(slot, _, _)| slot.place().0 < owner)
+            .is_some()
+        {}
+        let mut chunks = Vec::new();
+        while let Some((slot, hash, len)) = slots.next_if(|(slot, _, _)| slot.place().0 == owner) {
+            if slot.place().1 != chunks.len() {
+                return Err(ArchiveError::Internal(
+                    "a chunk went missing in the copy pipeline".into(),
+                ));
+            }
+            chunks.push(packer.chunk_ref(hash, len)?);
         }
-        list[index] = Some(chunk);
-    }
-    let complete = |list: Vec<Option<ChunkRef>>| -> Result<Vec<ChunkRef>, ArchiveError> {
-        list.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-            ArchiveError::Internal("a chunk went missing in the copy pipeline".into())
-        })
+        Ok(chunks)
     };
 
     let mut files = Vec::with_capacity(entries.len());
@@ -566,14 +584,14 @@ async fn copy_files(
             size_bytes += size;
             entry.bundle_offset = report.bundle_offsets.get(&i).copied();
             if entry.bundle_offset.is_none() {
-                entry.blocks = complete(blocks.remove(&i).unwrap_or_default())?;
+                entry.blocks = chunks_of(i)?;
             }
         }
         files.push(entry);
     }
     Ok(Copied {
         files,
-        bundle: complete(bundle)?,
+        bundle: chunks_of(Slot::BUNDLE)?,
         size_bytes,
         new_bytes: packer.written,
     })

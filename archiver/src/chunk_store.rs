@@ -16,6 +16,7 @@ use storage::stages::Stages;
 use storage::{
     BackupKind, ChunkIds, Compression, Durability, PutMode, Storage, StorageError, layout, object,
 };
+use storage::{ChunkHash, PackId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -54,7 +55,7 @@ pub(crate) async fn previous_chunks(
     storage: &dyn Storage,
     catalog_path: &Path,
     lineage: Lineage,
-) -> HashMap<String, ChunkRef> {
+) -> HashMap<ChunkHash, ChunkRef> {
     let path = catalog_path.to_path_buf();
     let latest = tokio::task::spawn_blocking(move || {
         catalog::Catalog::open(&path)?.newest_backup(lineage.kind(), lineage.system_identifier())
@@ -76,10 +77,10 @@ pub(crate) async fn previous_chunks(
     let chunks: Result<Vec<ChunkRef>, StorageError> = match lineage {
         Lineage::Base { .. } => BackupManifest::load(storage, &id)
             .await
-            .map(|m| m.chunks().cloned().collect()),
+            .map(|m| m.chunks().copied().collect()),
         Lineage::Stream { .. } => StreamManifest::load(storage, &id)
             .await
-            .map(|m| m.chunks().cloned().collect()),
+            .map(|m| m.chunks().copied().collect()),
     };
     let chunks = match chunks {
         Ok(chunks) => chunks,
@@ -88,10 +89,10 @@ pub(crate) async fn previous_chunks(
             return HashMap::new();
         }
     };
-    let packs: HashMap<String, u64> = match storage.list(layout::PACKS_PREFIX).await {
+    let packs: HashMap<PackId, u64> = match storage.list(layout::PACKS_PREFIX).await {
         Ok(list) => list
             .into_iter()
-            .filter_map(|m| Some((m.key.rsplit('/').next()?.to_string(), m.size)))
+            .filter_map(|m| Some((m.key.rsplit('/').next()?.parse().ok()?, m.size)))
             .collect(),
         Err(e) => {
             warn!("cannot list the packs ({e}), storing every chunk again");
@@ -113,8 +114,8 @@ pub(crate) async fn previous_chunks(
 /// The chunks whose pack (by id, with its size) holds them whole, and how many were dropped.
 fn usable_chunks(
     chunks: Vec<ChunkRef>,
-    packs: &HashMap<String, u64>,
-) -> (HashMap<String, ChunkRef>, usize) {
+    packs: &HashMap<PackId, u64>,
+) -> (HashMap<ChunkHash, ChunkRef>, usize) {
     let mut lost = 0;
     let mut usable = HashMap::with_capacity(chunks.len());
     for c in chunks {
@@ -124,7 +125,7 @@ fn usable_chunks(
                 .is_some_and(|end| end <= size)
         });
         if whole {
-            usable.insert(c.hash.clone(), c);
+            usable.insert(c.hash, c);
         } else {
             lost += 1;
         }
@@ -161,7 +162,7 @@ pub(crate) struct Job<S> {
 /// A chunk hashed (and, when new, compressed) and ready to be packed.
 pub(crate) struct Prepared<S> {
     pub(crate) slot: S,
-    pub(crate) hash: String,
+    pub(crate) hash: ChunkHash,
     pub(crate) len: u64,
     pub(crate) framed: Option<Vec<u8>>,
 }
@@ -179,8 +180,8 @@ pub(crate) struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
     /// hash -> (pack id, offset, stored length) of every chunk this backup can reference.
-    locations: HashMap<String, (String, u64, u64)>,
-    pending: Vec<(String, u64, u64)>,
+    locations: HashMap<ChunkHash, (PackId, u64, u64)>,
+    pending: Vec<(ChunkHash, u64, u64)>,
     writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
     transfers: usize,
     pub(crate) written: u64,
@@ -191,7 +192,7 @@ impl Packer {
     /// A packer that knows where `previous` chunks already are (they are not stored again).
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
-        previous: HashMap<String, ChunkRef>,
+        previous: HashMap<ChunkHash, ChunkRef>,
         transfers: usize,
         stages: Arc<Stages>,
     ) -> Packer {
@@ -211,8 +212,8 @@ impl Packer {
     }
 
     /// Where a packed chunk is, as a manifest names it.
-    pub(crate) fn chunk_ref(&self, hash: String, len: u64) -> Result<ChunkRef, ArchiveError> {
-        let Some((pack, offset, stored)) = self.locations.get(&hash).cloned() else {
+    pub(crate) fn chunk_ref(&self, hash: ChunkHash, len: u64) -> Result<ChunkRef, ArchiveError> {
+        let Some(&(pack, offset, stored)) = self.locations.get(&hash) else {
             return Err(ArchiveError::Internal(format!(
                 "chunk {hash} was never packed"
             )));
@@ -226,8 +227,8 @@ impl Packer {
         })
     }
 
-    pub(crate) async fn add(&mut self, hash: String, framed: &[u8]) -> Result<(), ArchiveError> {
-        let offset = self.current.add(hash.clone(), framed);
+    pub(crate) async fn add(&mut self, hash: ChunkHash, framed: &[u8]) -> Result<(), ArchiveError> {
+        let offset = self.current.add(hash, framed);
         self.pending.push((hash, offset, framed.len() as u64));
         if self.current.len() >= DEFAULT_PACK_TARGET {
             self.seal().await?;
@@ -248,8 +249,7 @@ impl Packer {
             .map_err(ArchiveError::task("pack task"))??;
         self.written += sealed.bytes.len() as u64;
         for (hash, offset, stored) in self.pending.drain(..) {
-            self.locations
-                .insert(hash, (sealed.id.clone(), offset, stored));
+            self.locations.insert(hash, (sealed.id, offset, stored));
         }
         let waiting = std::time::Instant::now();
         while self.writes.len() >= self.transfers {
@@ -346,7 +346,7 @@ impl Compressors {
 /// Hash a chunk, and compress it unless the repository (or this backup) already has it.
 pub(crate) async fn prepare_chunk<S: Send + 'static>(
     compressors: &Compressors,
-    known: Arc<Mutex<HashSet<String>>>,
+    known: Arc<Mutex<HashSet<ChunkHash>>>,
     ids: ChunkIds,
     compression: Compression,
     job: Job<S>,
@@ -355,11 +355,8 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
     compressors
         .run(move || -> Result<Prepared<S>, StorageError> {
             let hash = stages.time(HASH, || object::checksum(&job.data));
-            let hex = ids.of_checksum(hash).to_hex().to_string();
-            let is_new = known
-                .lock()
-                .map(|mut k| k.insert(hex.clone()))
-                .unwrap_or(true);
+            let id = ChunkHash::from(ids.of_checksum(hash));
+            let is_new = known.lock().map(|mut k| k.insert(id)).unwrap_or(true);
             let framed = if is_new {
                 let encoded = stages.time(COMPRESS, || {
                     object::encode_with_checksum(&job.data, hash, compression)
@@ -370,7 +367,7 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
             };
             Ok(Prepared {
                 slot: job.slot,
-                hash: hex,
+                hash: id,
                 len: job.data.len() as u64,
                 framed,
             })
@@ -387,15 +384,15 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
 pub(crate) async fn pack_jobs<S: Send + 'static>(
     mut rx: mpsc::Receiver<Job<S>>,
     storage: Arc<dyn Storage>,
-    previous: HashMap<String, ChunkRef>,
+    previous: HashMap<ChunkHash, ChunkRef>,
     compression: Compression,
     parallelism: usize,
     transfers: usize,
     progress: &dyn Progress,
     stages: &Arc<Stages>,
-) -> Result<(Packer, Vec<(S, String, u64)>), ArchiveError> {
-    let known: Arc<Mutex<HashSet<String>>> =
-        Arc::new(Mutex::new(previous.keys().cloned().collect()));
+) -> Result<(Packer, Vec<(S, ChunkHash, u64)>), ArchiveError> {
+    let known: Arc<Mutex<HashSet<ChunkHash>>> =
+        Arc::new(Mutex::new(previous.keys().copied().collect()));
     let ids = storage.chunk_ids();
     let packer = Packer::new(storage, previous, transfers, stages.clone());
     let in_flight = parallelism.max(1) * 2;
@@ -419,7 +416,7 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
             |(mut packer, mut slots, idle_since), prepared| async move {
                 packer.stages.add(PACKER_IDLE, idle_since.elapsed());
                 if let Some(framed) = &prepared.framed {
-                    packer.add(prepared.hash.clone(), framed).await?;
+                    packer.add(prepared.hash, framed).await?;
                 }
                 slots.push((prepared.slot, prepared.hash, prepared.len));
                 Ok((packer, slots, std::time::Instant::now()))
@@ -443,7 +440,7 @@ pub(crate) struct StoredStream {
 pub(crate) async fn store_stream<R: Read + Send + 'static>(
     storage: Arc<dyn Storage>,
     reader: R,
-    previous: HashMap<String, ChunkRef>,
+    previous: HashMap<ChunkHash, ChunkRef>,
     compression: Compression,
     parallelism: usize,
     transfers: usize,
@@ -505,11 +502,11 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
 mod tests {
     use super::*;
 
-    fn chunk(hash: &str, pack: &str, offset: u64, stored: u64) -> ChunkRef {
+    fn chunk(hash: u8, pack: u8, offset: u64, stored: u64) -> ChunkRef {
         ChunkRef {
-            hash: hash.into(),
+            hash: ChunkHash::from_bytes([hash; 32]),
             len: stored,
-            pack: pack.into(),
+            pack: PackId::from_bytes([pack; 32]),
             offset,
             stored,
         }
@@ -517,18 +514,22 @@ mod tests {
 
     #[test]
     fn chunks_in_missing_or_short_packs_are_not_reused() {
-        let packs = HashMap::from([("p1".to_string(), 100), ("p2".to_string(), 50)]);
+        let packs = HashMap::from([
+            (PackId::from_bytes([1; 32]), 100),
+            (PackId::from_bytes([2; 32]), 50),
+        ]);
+        let gone = 9;
         let chunks = vec![
-            chunk("a", "p1", 0, 100),
-            chunk("b", "p2", 40, 20),
-            chunk("c", "gone", 0, 10),
-            chunk("d", "p2", u64::MAX, 2),
-            chunk("e", "p2", 0, 50),
+            chunk(b'a', 1, 0, 100),
+            chunk(b'b', 2, 40, 20),
+            chunk(b'c', gone, 0, 10),
+            chunk(b'd', 2, u64::MAX, 2),
+            chunk(b'e', 2, 0, 50),
         ];
         let (usable, lost) = usable_chunks(chunks, &packs);
-        let mut kept: Vec<&str> = usable.keys().map(String::as_str).collect();
+        let mut kept: Vec<u8> = usable.keys().map(|h| h.as_bytes()[0]).collect();
         kept.sort_unstable();
-        assert_eq!(kept, ["a", "e"]);
+        assert_eq!(kept, [b'a', b'e']);
         assert_eq!(lost, 3);
     }
 }

@@ -65,7 +65,7 @@ pub(crate) async fn publish_base_backup(
         "catalog_version": manifest.catalog_version,
         "source": manifest.source,
     });
-    publish_manifest(storage, &summary, &manifest.to_json(), extra).await?;
+    publish_manifest(storage, &summary, manifest, extra).await?;
     let record = catalog::BackupRecord::from_manifest(
         manifest,
         &summary.retention,
@@ -93,7 +93,7 @@ pub(crate) async fn publish_stream_backup(
         retention: new_backup_retention(policy),
     };
     let extra = serde_json::json!({ "counts": manifest.counts });
-    publish_manifest(storage, &summary, &manifest.to_json(), extra).await?;
+    publish_manifest(storage, &summary, manifest, extra).await?;
     let record = catalog::BackupRecord::from_stream_manifest(
         manifest,
         &summary.retention,
@@ -127,16 +127,12 @@ async fn record_backup(
 async fn publish_manifest(
     storage: &dyn Storage,
     summary: &MetadataSummary<'_>,
-    manifest_json: &[u8],
+    manifest: &impl storage::manifest::Manifest,
     extra: serde_json::Value,
 ) -> Result<(), ArchiveError> {
-    let checksum = storage::manifest::put_manifest(
-        storage,
-        &summary.manifest_key,
-        manifest_json,
-        PutMode::Create,
-    )
-    .await?;
+    let checksum =
+        storage::manifest::put_manifest(storage, &summary.manifest_key, manifest, PutMode::Create)
+            .await?;
     metadata(summary, &checksum, extra).store(storage).await?;
     Ok(())
 }

@@ -112,7 +112,7 @@ async fn store_redis_files(
         )
         .await?;
         // Later files may share this one's chunks too.
-        previous.extend(stored.chunks.iter().map(|c| (c.hash.clone(), c.clone())));
+        previous.extend(stored.chunks.iter().map(|c| (c.hash, *c)));
         new_bytes += stored.new_bytes;
         files.push(StreamFile {
             name,

@@ -800,7 +800,7 @@ mod tests {
         put_manifest(
             storage,
             &layout::manifest_key(id),
-            &manifest.to_json(),
+            &manifest,
             PutMode::Create,
         )
         .await

@@ -399,7 +399,7 @@ async fn reconcile_and_write(
     debug!(kept_bytes, "relation blocks compared");
 
     let plan = crate::restore_base::plan_writes(manifest, places, Some(&unchanged))?;
-    let written_bytes = crate::restore_base::plan_bytes(&plan);
+    let written_bytes = plan.bytes();
     opts.progress.set_total(written_bytes);
     crate::restore_base::write_data(storage, plan, opts).await?;
     crate::restore_base::finish(manifest, opts, places).await?;
@@ -667,15 +667,14 @@ fn prepare_directories(
 /// A relation block as the comparison needs it: a fraction of a chunk reference's memory.
 #[derive(Debug, Clone, Copy)]
 struct Expected {
-    /// The chunk id; `None` when the manifest's is not one (it then never matches).
-    id: Option<blake3::Hash>,
+    id: storage::ChunkHash,
     len: u64,
 }
 
 impl Expected {
     fn of(chunk: &ChunkRef) -> Expected {
         Expected {
-            id: blake3::Hash::from_hex(&chunk.hash).ok(),
+            id: chunk.hash,
             len: chunk.len,
         }
     }
@@ -815,7 +814,7 @@ fn compare_blocks(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(RestoreError::io(path, e)),
         }
-        same[i] = block.id == Some(ids.of_checksum(blake3::hash(&buf)));
+        same[i] = block.id == storage::ChunkHash::from(ids.of_checksum(blake3::hash(&buf)));
         offset += block.len;
     }
     debug!(
@@ -843,9 +842,9 @@ mod tests {
 
     fn block(content: &[u8]) -> Expected {
         Expected::of(&ChunkRef {
-            hash: blake3::hash(content).to_hex().to_string(),
+            hash: blake3::hash(content).into(),
             len: content.len() as u64,
-            pack: "p".into(),
+            pack: storage::PackId::from_bytes([0; 32]),
             offset: 0,
             stored: 0,
         })

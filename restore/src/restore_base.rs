@@ -7,7 +7,7 @@
 //! at a time. Where each file goes is decided by [`Places`]; what may be written at all, by
 //! the manifest's validation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -184,8 +184,8 @@ pub(crate) async fn check_packs_exist<'a>(
     chunks: impl Iterator<Item = &'a ChunkRef>,
     parallelism: usize,
 ) -> Result<(), RestoreError> {
-    let packs: std::collections::BTreeSet<String> = chunks.map(|c| c.pack.clone()).collect();
-    let missing: Vec<String> = futures::stream::iter(packs)
+    let packs: std::collections::BTreeSet<storage::PackId> = chunks.map(|c| c.pack).collect();
+    let missing: Vec<storage::PackId> = futures::stream::iter(packs)
         .map(|pack| async move {
             match storage.exists(&layout::pack_key(&pack)).await {
                 Ok(true) => Ok(None),
@@ -412,13 +412,11 @@ pub(crate) fn marker_system_identifier(marker: &str) -> Option<u64> {
 /// Fetch, decode and write every chunk of `plan`, `transfers` groups at a time.
 pub(crate) async fn write_data(
     storage: Arc<dyn Storage>,
-    plan: WritePlan,
+    plan: WritePlan<'_>,
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
     let locks = FileLocks::default();
-    let groups = plan
-        .into_iter()
-        .flat_map(|(pack, chunks)| write_groups(&pack, chunks));
+    let groups = write_groups(&plan);
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
     run_all(groups, opts.transfers.max(1), &opts.interrupted, |group| {
         let (storage, locks, progress) = (storage.clone(), locks.clone(), opts.progress.clone());
@@ -581,9 +579,19 @@ pub(crate) struct Target {
     range: std::ops::Range<usize>,
 }
 
-/// Every chunk the restore needs, by pack (in pack order), each with every place it goes:
-/// a chunk used twice is fetched and decoded once.
-pub(crate) type WritePlan = BTreeMap<String, Vec<(ChunkRef, Vec<Target>)>>;
+/// Every write the restore makes, in pack order (by pack, then place in the pack): neighbours
+/// are read with one request, and a chunk used twice (by two places) is fetched and decoded
+/// once. One entry of 40 bytes per write, referring to the manifest's chunk rather than a copy.
+pub(crate) struct WritePlan<'a> {
+    writes: Vec<(&'a ChunkRef, Target)>,
+}
+
+impl WritePlan<'_> {
+    /// Bytes it writes.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.writes.iter().map(|(_, t)| t.range.len() as u64).sum()
+    }
+}
 
 /// The manifest's entries the restore puts back: all but `standby.signal`, since the restore
 /// decides how the server recovers (it writes `recovery.signal`).
@@ -593,21 +601,13 @@ pub(crate) fn restored_entries(manifest: &BackupManifest) -> impl Iterator<Item 
 
 /// Every chunk to write, by pack. `unchanged` holds, by destination, the relation blocks a
 /// delta restore found already in place: those are not fetched.
-pub(crate) fn plan_writes(
-    manifest: &BackupManifest,
+pub(crate) fn plan_writes<'a>(
+    manifest: &'a BackupManifest,
     places: &Places,
     unchanged: Option<&crate::delta::Unchanged>,
-) -> Result<WritePlan, RestoreError> {
-    let mut by_pack: BTreeMap<String, HashMap<String, (ChunkRef, Vec<Target>)>> = BTreeMap::new();
-    let mut add = |chunk: &ChunkRef, target: Target| {
-        by_pack
-            .entry(chunk.pack.clone())
-            .or_default()
-            .entry(chunk.hash.clone())
-            .or_insert_with(|| (chunk.clone(), Vec::new()))
-            .1
-            .push(target);
-    };
+) -> Result<WritePlan<'a>, RestoreError> {
+    let mut writes = Vec::new();
+    let mut add = |chunk, target| writes.push((chunk, target));
     for entry in restored_entries(manifest).filter(|e| !e.blocks.is_empty()) {
         let path = Arc::new(places.destination(&entry.path));
         let kept = unchanged.and_then(|u| u.get(path.as_ref()));
@@ -672,23 +672,8 @@ pub(crate) fn plan_writes(
             ),
         ));
     }
-    Ok(by_pack
-        .into_iter()
-        .map(|(pack, chunks)| {
-            let mut chunks: Vec<_> = chunks.into_values().collect();
-            chunks.sort_by_key(|(c, _)| c.offset);
-            (pack, chunks)
-        })
-        .collect())
-}
-
-/// Bytes `plan` writes.
-pub(crate) fn plan_bytes(plan: &WritePlan) -> u64 {
-    plan.values()
-        .flatten()
-        .flat_map(|(_, targets)| targets)
-        .map(|t| t.range.len() as u64)
-        .sum()
+    writes.sort_unstable_by_key(|(c, _)| (c.pack, c.offset));
+    Ok(WritePlan { writes })
 }
 
 /// Neighbouring chunks of one pack, read with one ranged request and decoded and written by
@@ -707,37 +692,39 @@ const CHUNKS_PER_GROUP: usize = 16;
 /// (forged) manifest places chunks.
 const MAX_GROUP_SPAN: u64 = 64 << 20;
 
-fn write_groups(pack: &str, chunks: Vec<(ChunkRef, Vec<Target>)>) -> Vec<WriteGroup> {
-    let key = layout::pack_key(pack);
-    let mut groups = Vec::new();
-    let mut chunks = chunks.into_iter().peekable();
-    while let Some((first, _)) = chunks.peek() {
-        let start = first.offset;
-        let mut taken = Vec::new();
-        while let Some((next, _)) = chunks.peek() {
-            let end = next.offset.saturating_add(next.stored);
-            let full = taken.len() == CHUNKS_PER_GROUP
-                || (!taken.is_empty() && end.saturating_sub(start) > MAX_GROUP_SPAN);
-            if full {
+/// The groups of `plan`, made as they are asked for: only the groups in flight hold copies.
+fn write_groups<'p>(plan: &'p WritePlan<'_>) -> impl Iterator<Item = WriteGroup> + 'p {
+    let mut writes = plan.writes.iter().peekable();
+    std::iter::from_fn(move || {
+        let &(first, _) = writes.peek()?;
+        let (pack, start) = (first.pack, first.offset);
+        let mut end = start;
+        let mut chunks: Vec<(ChunkRef, Vec<Target>)> = Vec::new();
+        while let Some((next, target)) = writes.peek() {
+            if let Some((last, targets)) = chunks.last_mut()
+                && (last.pack, last.offset) == (next.pack, next.offset)
+            {
+                targets.push(target.clone());
+                writes.next();
+                continue;
+            }
+            let next_end = next.offset.saturating_add(next.stored);
+            let full =
+                chunks.len() == CHUNKS_PER_GROUP || next_end.saturating_sub(start) > MAX_GROUP_SPAN;
+            if next.pack != pack || (!chunks.is_empty() && full) {
                 break;
             }
-            taken.extend(chunks.next());
+            end = end.max(next_end);
+            chunks.push((**next, vec![target.clone()]));
+            writes.next();
         }
-        // The chunks come sorted by offset: the first starts the range.
-        let chunks = taken;
-        let end = chunks
-            .iter()
-            .map(|(c, _)| c.offset.saturating_add(c.stored))
-            .max()
-            .unwrap_or(0);
-        groups.push(WriteGroup {
-            pack_key: key.clone(),
+        Some(WriteGroup {
+            pack_key: layout::pack_key(&pack),
             start,
             end,
             chunks,
-        });
-    }
-    groups
+        })
+    })
 }
 
 async fn fetch_group(storage: &dyn Storage, group: &WriteGroup) -> Result<Vec<u8>, RestoreError> {
@@ -1003,6 +990,7 @@ fn write_recovery_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn writeback_ranges_hold_only_what_was_just_written() {
@@ -1025,11 +1013,12 @@ mod tests {
         assert_eq!(run.add(5 * block, block), Some((0, block)));
     }
 
-    fn chunk(hash: &str, len: u64, pack: &str, offset: u64) -> ChunkRef {
+    /// A chunk named by `hash` in the pack named by `pack`.
+    fn chunk(hash: u8, len: u64, pack: u8, offset: u64) -> ChunkRef {
         ChunkRef {
-            hash: hash.into(),
+            hash: storage::ChunkHash::from_bytes([hash; 32]),
             len,
-            pack: pack.into(),
+            pack: storage::PackId::from_bytes([pack; 32]),
             offset,
             stored: 10,
         }
@@ -1066,13 +1055,13 @@ mod tests {
                 "big",
                 16,
                 None,
-                vec![chunk("z", 8, "p1", 0), chunk("z", 8, "p1", 0)],
+                vec![chunk(b'z', 8, 1, 0), chunk(b'z', 8, 1, 0)],
             ),
         ];
         manifest.bundle = vec![
-            chunk("x", 8, "p1", 10),
-            chunk("y", 8, "p2", 0),
-            chunk("w", 4, "p2", 10),
+            chunk(b'x', 8, 1, 10),
+            chunk(b'y', 8, 2, 0),
+            chunk(b'w', 4, 2, 10),
         ];
         let places = Places {
             root: crate::places::Place::new(PathBuf::from("/r"), true),
@@ -1081,9 +1070,10 @@ mod tests {
             owner: Owner::KEEP,
         };
         let plan = plan_writes(&manifest, &places, None).expect("plan");
+        let groups: Vec<WriteGroup> = write_groups(&plan).collect();
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
-        for chunks in plan.values() {
-            for (_, targets) in chunks {
+        for group in &groups {
+            for (_, targets) in &group.chunks {
                 for t in targets {
                     *written.entry(t.path.display().to_string()).or_default() +=
                         t.range.len() as u64;
@@ -1101,13 +1091,26 @@ mod tests {
             ),
             (5, 0, 12, 3, 16)
         );
-        // The zero block used twice is one chunk with two targets.
-        let p1 = &plan["p1"];
-        assert_eq!(p1.iter().filter(|(c, _)| c.hash == "z").count(), 1);
+        assert_eq!(plan.bytes(), 5 + 12 + 3 + 16);
+        // One group per pack, in pack order, each in order of place in the pack; the zero block
+        // used twice is one chunk with two targets.
+        let order: Vec<Vec<(u8, u64, usize)>> = groups
+            .iter()
+            .map(|g| {
+                let chunks = g.chunks.iter();
+                chunks
+                    .map(|(c, t)| (c.hash.as_bytes()[0], c.offset, t.len()))
+                    .collect()
+            })
+            .collect();
         assert_eq!(
-            p1.iter().find(|(c, _)| c.hash == "z").map(|(_, t)| t.len()),
-            Some(2)
+            order,
+            [
+                vec![(b'z', 0, 2), (b'x', 10, 2)],
+                vec![(b'y', 0, 1), (b'w', 10, 2)]
+            ]
         );
+        assert_eq!((groups[0].start, groups[0].end), (0, 20));
         // A bundle that ends too early is refused.
         manifest.bundle.pop();
         assert!(plan_writes(&manifest, &places, None).is_err());

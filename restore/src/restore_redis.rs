@@ -301,7 +301,7 @@ pub(crate) async fn fetch_chunk(
     let framed = storage
         .get_range(&pack_key, chunk.offset..chunk.offset + chunk.stored)
         .await?;
-    let (chunk, ids) = (chunk.clone(), storage.chunk_ids());
+    let (chunk, ids) = (*chunk, storage.chunk_ids());
     tokio::task::spawn_blocking(move || decode_chunk(&pack_key, &chunk, &ids, &framed))
         .await
         .map_err(RestoreError::task("decompression task"))?

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
 use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
-use storage::{Storage, StorageExt, layout, object, pack};
+use storage::{ChunkHash, PackId, Storage, StorageExt, layout, object, pack};
 
 use crate::RestoreError;
 use crate::pitr::{BackupWal, WalGap, check_wal_chains};
@@ -86,7 +86,7 @@ impl std::fmt::Display for VerifyReport {
 }
 
 /// pack id -> chunk hash -> (the chunk, the backups that need it)
-type Needed = BTreeMap<String, BTreeMap<String, (ChunkRef, Vec<String>)>>;
+type Needed = BTreeMap<PackId, BTreeMap<ChunkHash, (ChunkRef, Vec<String>)>>;
 
 pub async fn verify_repository(
     storage: &dyn Storage,
@@ -114,13 +114,13 @@ pub async fn verify_repository(
             }
             (
                 id,
-                manifest.map(|m| m.chunks().cloned().collect::<Vec<_>>()),
+                manifest.map(|m| m.chunks().copied().collect::<Vec<_>>()),
             )
         } else if let Some(id) = layout::parse_stream_manifest_key(&meta.key) {
             let manifest = StreamManifest::load(storage, id).await;
             (
                 id,
-                manifest.map(|m| m.chunks().cloned().collect::<Vec<_>>()),
+                manifest.map(|m| m.chunks().copied().collect::<Vec<_>>()),
             )
         } else {
             continue;
@@ -131,10 +131,10 @@ pub async fn verify_repository(
             Ok(chunks) => {
                 for chunk in &chunks {
                     needed
-                        .entry(chunk.pack.clone())
+                        .entry(chunk.pack)
                         .or_default()
-                        .entry(chunk.hash.clone())
-                        .or_insert_with(|| (chunk.clone(), Vec::new()))
+                        .entry(chunk.hash)
+                        .or_insert_with(|| (*chunk, Vec::new()))
                         .1
                         .push(id.to_string());
                 }
@@ -143,11 +143,11 @@ pub async fn verify_repository(
         }
     }
     // pack id -> its size, from the listing (no pack is read without --read-data)
-    let present: HashMap<String, u64> = storage
+    let present: HashMap<PackId, u64> = storage
         .list(layout::PACKS_PREFIX)
         .await?
         .into_iter()
-        .filter_map(|m| Some((m.key.rsplit('/').next()?.to_string(), m.size)))
+        .filter_map(|m| Some((m.key.rsplit('/').next()?.parse().ok()?, m.size)))
         .collect();
     report.packs = present.len();
     report.chunks = needed.values().map(BTreeMap::len).sum();
@@ -172,7 +172,7 @@ pub async fn verify_repository(
             continue;
         };
         if let Some(problem) = pack_size_problem(pack_id, size, chunks, backups) {
-            truncated.insert(pack_id.clone());
+            truncated.insert(*pack_id);
             report.problems.push(problem);
         }
     }
@@ -235,9 +235,9 @@ const PACK_TAIL_MIN: u64 = object::HEADER_LEN as u64 + 12;
 
 /// A pack shorter than the chunks the manifests place in it (from its listed size alone).
 fn pack_size_problem(
-    pack_id: &str,
+    pack_id: &PackId,
     size: u64,
-    chunks: &BTreeMap<String, (ChunkRef, Vec<String>)>,
+    chunks: &BTreeMap<ChunkHash, (ChunkRef, Vec<String>)>,
     backups: impl FnOnce() -> String,
 ) -> Option<String> {
     let key = layout::pack_key(pack_id);
@@ -309,8 +309,8 @@ async fn check_history_files(
 /// Read a pack once and check its index and every chunk a backup needs from it.
 async fn check_pack(
     storage: &dyn Storage,
-    pack_id: &str,
-    chunks: &BTreeMap<String, (ChunkRef, Vec<String>)>,
+    pack_id: &PackId,
+    chunks: &BTreeMap<ChunkHash, (ChunkRef, Vec<String>)>,
 ) -> (u64, Vec<String>) {
     let key = layout::pack_key(pack_id);
     let bytes = match storage.get_bytes(&key).await {
@@ -320,12 +320,13 @@ async fn check_pack(
     let len = bytes.len() as u64;
     let chunks = chunks.clone();
     let ids = storage.chunk_ids();
+    let pack_id = *pack_id;
     let checked = tokio::task::spawn_blocking(move || {
         let mut problems = Vec::new();
         if let Err(e) = pack::read_index(&key, &bytes) {
             problems.push(format!("pack {key} has a damaged index: {e}"));
         }
-        if ids.of(&bytes).to_hex().as_str() != key.rsplit('/').next().unwrap_or_default() {
+        if PackId::from(ids.of(&bytes)) != pack_id {
             problems.push(format!(
                 "pack {key} does not match its name (its bytes changed)"
             ));

@@ -28,7 +28,7 @@ async fn repository(dir: &Path, chunks: &[&[u8]]) -> (Arc<LocalStorage>, Vec<Chu
 fn file(path: &str, mode: u32, chunk: &ChunkRef) -> FileEntry {
     FileEntry {
         size: chunk.len,
-        blocks: vec![chunk.clone()],
+        blocks: vec![*chunk],
         ..file_entry(path, EntryKind::File, mode)
     }
 }
@@ -222,7 +222,7 @@ async fn overlapping_bundle_ranges_never_restore_zeros_with_success() {
         },
         vec![file_entry("small", EntryKind::Dir, 0o700)],
     );
-    m.bundle = vec![chunks[1].clone(), chunks[2].clone()];
+    m.bundle = vec![chunks[1], chunks[2]];
     // "a" is the whole 16-byte bundle; "b" is bytes 2..4 of it.
     m.files.push(FileEntry {
         size: 16,
@@ -260,8 +260,8 @@ async fn overlapping_bundle_ranges_never_restore_zeros_with_success() {
 async fn a_failed_restore_removes_the_parent_directories_it_created() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"pg_control"]).await;
-    let mut missing = chunks[0].clone();
-    missing.pack = "ab".repeat(32);
+    let mut missing = chunks[0];
+    missing.pack = storage::PackId::from_bytes([0xab; 32]);
     let m = manifest(
         &missing,
         Tablespace {
@@ -398,8 +398,8 @@ async fn a_failed_restore_keeps_a_directory_someone_else_created_after_the_check
 async fn a_failed_redis_restore_leaves_the_existing_dump_where_redis_looks() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (storage, chunks) = repository(&tmp.path().join("repo"), &[b"REDIS0011 new"]).await;
-    let mut missing = chunks[0].clone();
-    missing.pack = "ab".repeat(32);
+    let mut missing = chunks[0];
+    missing.pack = storage::PackId::from_bytes([0xab; 32]);
     let json = serde_json::json!({
         "format": 1, "backup_id": "redis_20250101_000000", "service": "redis", "kind": "rdb",
         "server_version": "7", "source": "127.0.0.1:6379",

@@ -93,7 +93,7 @@ async fn backup(repo: &mut Repo) -> BackupManifest {
     }
     let mut pg_control = file_entry("global/pg_control", EntryKind::File, 0o600);
     pg_control.size = 16;
-    pg_control.blocks = vec![repo.chunks[control].clone()];
+    pg_control.blocks = vec![repo.chunks[control]];
     files.push(pg_control);
     for (i, chunk) in relations.iter().enumerate() {
         let dir = if i < 3 {
@@ -104,17 +104,14 @@ async fn backup(repo: &mut Repo) -> BackupManifest {
         // setuid on a relation: a forged mode that must never reach the disk.
         let mut f = file_entry(&format!("{dir}/{}", 1000 + i), EntryKind::File, 0o4755);
         f.size = 16384;
-        f.blocks = vec![repo.chunks[*chunk].clone()];
+        f.blocks = vec![repo.chunks[*chunk]];
         files.push(f);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut manifest = testing::fixtures::base_manifest();
     manifest.block_size = 16384;
     manifest.files = files;
-    manifest.bundle = bundle_chunks
-        .iter()
-        .map(|i| repo.chunks[*i].clone())
-        .collect();
+    manifest.bundle = bundle_chunks.iter().map(|i| repo.chunks[*i]).collect();
     manifest.tablespaces = vec![Tablespace {
         oid: 16385,
         name: "fast space".into(),
@@ -453,7 +450,7 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind() {
         .files
         .iter()
         .find(|f| f.path == "base/1/1000")
-        .map(|f| f.blocks[0].pack.clone())
+        .map(|f| f.blocks[0].pack)
         .expect("relation");
     let key = layout::pack_key(&relations_pack);
     let path = s.root.join("repo").join(&key);
@@ -468,14 +465,14 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind() {
         .files
         .iter()
         .find(|f| f.path == "base/1/1001")
-        .map(|f| f.blocks[0].clone())
+        .map(|f| f.blocks[0])
         .expect("relation");
     let last = manifest
         .files
         .iter_mut()
         .find(|f| f.path.ends_with("/1005"))
         .expect("relation");
-    last.blocks[0].hash = "00".repeat(32);
+    last.blocks[0].hash = storage::ChunkHash::from_bytes([0; 32]);
     last.blocks[0].offset = other.offset;
     last.blocks[0].stored = other.stored;
     fails_leaving_nothing(&s, &manifest, "does not match").await;
@@ -495,11 +492,10 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_stored_under_another_backups_name_is_refused() {
     let s = setup().await;
-    let json = s.manifest.to_json();
     storage::manifest::put_manifest(
         s.repo.storage.as_ref(),
         &layout::manifest_key("backup_20990101_000000"),
-        &json,
+        &s.manifest,
         PutMode::Create,
     )
     .await

@@ -43,9 +43,9 @@ pub fn parse_wal_key(key: &str) -> Option<(u64, WalFileName)> {
     parts.next().is_none().then_some((sysid, name))
 }
 
-pub fn pack_key(pack_id: &str) -> String {
-    let shard = pack_id.get(..2).unwrap_or("00");
-    format!("{PACKS_PREFIX}{shard}/{pack_id}")
+pub fn pack_key(pack_id: &crate::PackId) -> String {
+    let hex = pack_id.to_hex();
+    format!("{PACKS_PREFIX}{}/{hex}", &hex[..2])
 }
 
 pub fn manifest_key(backup_id: &str) -> String {
@@ -118,6 +118,10 @@ mod tests {
             parse_stream_manifest_key(&stream_manifest_key("backup_1")),
             Some("backup_1")
         );
-        assert_eq!(pack_key("abcdef"), "packs/ab/abcdef");
+        let id = "ab".repeat(32);
+        assert_eq!(
+            pack_key(&id.parse().expect("hex")),
+            format!("packs/ab/{id}")
+        );
     }
 }

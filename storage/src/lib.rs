@@ -21,6 +21,7 @@ pub mod chunking;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod crypto;
+pub mod digest;
 mod error;
 mod kinds;
 pub mod layout;
@@ -41,6 +42,7 @@ pub mod stages;
 mod storage;
 pub mod wal;
 
+pub use digest::{ChunkHash, PackId};
 pub use error::{StorageError, error_chain};
 pub use kinds::{BackupKind, BackupSource, Restorability, Service};
 pub use local::LocalStorage;

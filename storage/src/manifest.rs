@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::{ChunkHash, PackId};
 use crate::wal::{Lsn, TimelineId};
 use crate::{BackupKind, Restorability, Service};
 
@@ -16,14 +17,14 @@ pub const MANIFEST_FORMAT: u32 = 1;
 /// Tables with more rows than this (by the planner's estimate) are not counted exactly.
 pub const EXACT_COUNT_LIMIT: i64 = 1_000_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
-    /// blake3 of the plaintext, hex.
-    pub hash: String,
+    /// blake3 of the plaintext.
+    pub hash: ChunkHash,
     /// Plaintext length.
     pub len: u64,
     /// Where the framed chunk is stored: pack id, offset and length in the pack.
-    pub pack: String,
+    pub pack: PackId,
     pub offset: u64,
     pub stored: u64,
 }
@@ -150,7 +151,7 @@ impl BackupManifest {
             .iter()
             .flat_map(|f| f.blocks.iter())
             .chain(self.bundle.iter())
-            .filter(move |c| seen.insert(c.hash.as_str()))
+            .filter(move |c| seen.insert(c.hash))
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -169,33 +170,55 @@ impl BackupManifest {
         backup_id: &str,
     ) -> Result<Self, crate::StorageError> {
         let key = crate::layout::manifest_key(backup_id);
-        let manifest = BackupManifest::from_json(&key, &read_object(storage, &key).await?)?;
+        let manifest: BackupManifest = read_manifest(storage, &key).await?;
+        check_format(&key, manifest.format)?;
         check_id(&key, backup_id, &manifest.backup_id)?;
         Ok(manifest)
     }
 }
 
-/// A framed object's plaintext, checked against its checksum.
-async fn read_object(
-    storage: &dyn crate::Storage,
-    key: &str,
-) -> Result<Vec<u8>, crate::StorageError> {
-    use crate::StorageExt;
-    let bytes = storage.get_bytes(key).await?;
-    crate::object::decode(key, &bytes)
+/// What [`put_manifest`] stores: a backup's or a stream backup's manifest, nothing else (JSON
+/// bytes given by mistake would be stored as an array of numbers).
+pub trait Manifest: Serialize + Sync + private::Sealed {}
+impl Manifest for BackupManifest {}
+impl Manifest for StreamManifest {}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::BackupManifest {}
+    impl Sealed for super::StreamManifest {}
 }
 
-/// Store a manifest's JSON as a framed object under `key` (`Create` for a new backup,
-/// `Overwrite` when prune points it at repacked chunks), durably; returns the blake3 of the
-/// JSON that `.metadata` records.
-pub async fn put_manifest(
+/// The manifest stored under `key`, parsed as it is decoded (its text is never held whole, and
+/// may be larger than any other object) and verified against its checksum before it is returned.
+async fn read_manifest<T: serde::de::DeserializeOwned>(
     storage: &dyn crate::Storage,
     key: &str,
-    json: &[u8],
+) -> Result<T, crate::StorageError> {
+    use crate::StorageExt;
+    let bytes = storage.get_bytes(key).await?;
+    crate::object::decode_json(key, &bytes).map_err(|e| match e {
+        crate::StorageError::Corrupt { key, reason } if reason.starts_with("does not parse") => {
+            crate::StorageError::Corrupt {
+                key,
+                reason: format!("manifest {reason}"),
+            }
+        }
+        other => other,
+    })
+}
+
+/// Store a manifest as a framed object under `key` (`Create` for a new backup, `Overwrite` when
+/// prune points it at repacked chunks), durably, its JSON compressed as it is written; returns
+/// the blake3 of the JSON that `.metadata` records.
+pub async fn put_manifest<T: Manifest>(
+    storage: &dyn crate::Storage,
+    key: &str,
+    manifest: &T,
     mode: crate::PutMode,
 ) -> Result<blake3::Hash, crate::StorageError> {
-    let checksum = crate::object::checksum(json);
-    let (_, encoded) = crate::object::encode(json, crate::Compression::default())?;
+    let (header, encoded) = crate::object::encode_json(manifest, crate::Compression::default())?;
+    let checksum = header.checksum;
     storage
         .put_bytes(key, encoded, mode, crate::Durability::Immediate)
         .await?;
@@ -295,7 +318,8 @@ impl StreamManifest {
         backup_id: &str,
     ) -> Result<Self, crate::StorageError> {
         let key = crate::layout::stream_manifest_key(backup_id);
-        let manifest = StreamManifest::from_json(&key, &read_object(storage, &key).await?)?;
+        let manifest: StreamManifest = read_manifest(storage, &key).await?;
+        check_format(&key, manifest.format)?;
         check_id(&key, backup_id, &manifest.backup_id)?;
         Ok(manifest)
     }
@@ -306,7 +330,7 @@ impl StreamManifest {
         self.files
             .iter()
             .flat_map(|f| f.chunks.iter())
-            .filter(move |c| seen.insert(c.hash.as_str()))
+            .filter(move |c| seen.insert(c.hash))
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -515,9 +539,9 @@ mod tests {
     #[test]
     fn round_trips_and_lists_chunks_once() {
         let chunk = ChunkRef {
-            hash: "ab".repeat(32),
+            hash: "ab".repeat(32).parse().expect("hex"),
             len: 8192,
-            pack: "cd".repeat(32),
+            pack: "cd".repeat(32).parse().expect("hex"),
             offset: 0,
             stored: 100,
         };
@@ -548,10 +572,10 @@ mod tests {
                 size: 16384,
                 mtime: 0,
                 link_target: None,
-                blocks: vec![chunk.clone(), chunk.clone()],
+                blocks: vec![chunk, chunk],
                 bundle_offset: None,
             }],
-            bundle: vec![chunk.clone()],
+            bundle: vec![chunk],
             backup_label: "START WAL LOCATION: 0/2000028".into(),
             tablespace_map: None,
             tablespaces: vec![Tablespace {
@@ -569,6 +593,26 @@ mod tests {
         assert_eq!(back.chunks().count(), 1);
         assert_eq!(back.major(), Some(15));
         assert!(BackupManifest::from_json("k", b"{}").is_err());
+        // Written as before the chunk entries were compacted: hex names.
+        let text = String::from_utf8(manifest.to_json()).expect("utf-8");
+        assert!(
+            text.contains(&format!(r#""hash":"{}""#, "ab".repeat(32))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(r#""pack":"{}""#, "cd".repeat(32))),
+            "{text}"
+        );
+        // A pack or chunk name that is not 64 hex digits never gets past reading: it would
+        // name a path.
+        for forged in ["../../etc/passwd", "cd", ""] {
+            let json = text.replace(&"cd".repeat(32), forged);
+            let err = BackupManifest::from_json("k", json.as_bytes()).expect_err(forged);
+            assert!(err.to_string().contains("a pack id"), "{err}");
+        }
+        let json = text.replace(&"ab".repeat(32), &"ab".repeat(31));
+        let err = BackupManifest::from_json("k", json.as_bytes()).expect_err("short hash");
+        assert!(err.to_string().contains("a chunk hash"), "{err}");
     }
 
     #[test]

@@ -230,12 +230,8 @@ pub fn encode_reader<R: Read>(
     size_hint: u64,
     compression: Compression,
 ) -> std::io::Result<(ObjectHeader, Vec<u8>)> {
-    let mut out = Vec::with_capacity(HEADER_LEN + (size_hint / 4) as usize);
-    out.resize(HEADER_LEN, 0);
-    let mut sink = Sink::new(out, compression)?;
-    let mut hasher = blake3::Hasher::new();
+    let mut writer = ObjectWriter::new((size_hint / 4) as usize, compression)?;
     let mut piece = vec![0u8; 1 << 20];
-    let mut plain_len = 0u64;
     loop {
         let n = match reader.read(&mut piece) {
             Ok(0) => break,
@@ -243,18 +239,143 @@ pub fn encode_reader<R: Read>(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        sink.write_all(&piece[..n])?;
-        hasher.update(&piece[..n]);
-        plain_len += n as u64;
+        writer.write_all(&piece[..n])?;
     }
-    let mut out = sink.finish()?;
-    let header = ObjectHeader {
-        codec: compression.codec,
-        plain_len,
-        checksum: hasher.finalize(),
+    writer.finish()
+}
+
+/// Frames what is written to it: hashed and encoded piece by piece, the plaintext never held
+/// whole; the header goes in front once the last piece is in.
+struct ObjectWriter {
+    sink: Sink,
+    hasher: blake3::Hasher,
+    plain_len: u64,
+    codec: Codec,
+}
+
+impl ObjectWriter {
+    fn new(size_hint: usize, compression: Compression) -> std::io::Result<ObjectWriter> {
+        let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
+        out.resize(HEADER_LEN, 0);
+        Ok(ObjectWriter {
+            sink: Sink::new(out, compression)?,
+            hasher: blake3::Hasher::new(),
+            plain_len: 0,
+            codec: compression.codec,
+        })
+    }
+
+    fn finish(self) -> std::io::Result<(ObjectHeader, Vec<u8>)> {
+        let mut out = self.sink.finish()?;
+        let header = ObjectHeader {
+            codec: self.codec,
+            plain_len: self.plain_len,
+            checksum: self.hasher.finalize(),
+        };
+        out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        Ok((header, out))
+    }
+}
+
+impl Write for ObjectWriter {
+    fn write(&mut self, piece: &[u8]) -> std::io::Result<usize> {
+        self.sink.write_all(piece)?;
+        self.hasher.update(piece);
+        self.plain_len += piece.len() as u64;
+        Ok(piece.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Frame `value` as JSON while it is serialized: a manifest of millions of chunks is never
+/// held as text, only compressed.
+pub fn encode_json<T: serde::Serialize>(
+    value: &T,
+    compression: Compression,
+) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
+    let encode_error = |e: std::io::Error| StorageError::Corrupt {
+        key: "(new object)".into(),
+        reason: format!("cannot encode: {e}"),
     };
-    out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-    Ok((header, out))
+    let writer = ObjectWriter::new(64 << 10, compression).map_err(encode_error)?;
+    let mut buffered = std::io::BufWriter::with_capacity(64 << 10, writer);
+    serde_json::to_writer(&mut buffered, value).map_err(|e| encode_error(e.into()))?;
+    let writer = buffered
+        .into_inner()
+        .map_err(|e| encode_error(e.into_error()))?;
+    writer.finish().map_err(encode_error)
+}
+
+/// Largest plaintext a JSON object (a manifest) may claim: a manifest takes about 200 bytes per
+/// 256 KiB of backed-up data, so this is a database of about 80 PiB.
+const MAX_JSON_LEN: u64 = 1 << 46;
+
+/// Parse the JSON an object holds while it is decoded, the plaintext never held whole, and
+/// return it only once the whole plaintext has been read and verified against the header.
+/// `key` names it in errors.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    object: &[u8],
+) -> Result<T, StorageError> {
+    let header = plausible_header(key, object, MAX_JSON_LEN)?;
+    let corrupt = |reason: String| corrupt(key, reason);
+    let payload = &object[HEADER_LEN..];
+    let decoder: Box<dyn Read + '_> = match header.codec {
+        Codec::None => Box::new(payload),
+        Codec::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(payload)
+                .map_err(|e| corrupt(format!("payload does not decode: {e}")))?,
+        ),
+        Codec::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
+    };
+    // One byte more than claimed is enough to know the header lies.
+    let mut reader = Verifying {
+        inner: decoder.take(header.plain_len + 1),
+        hasher: blake3::Hasher::new(),
+        len: 0,
+        failed: None,
+    };
+    let parsed =
+        serde_json::from_reader::<_, T>(std::io::BufReader::with_capacity(64 << 10, &mut reader));
+    // Whatever the parse made of it, the bytes are judged first: a damaged object is reported
+    // as damaged, not as a parse error, and a parse is used only once the bytes are proven.
+    let rest = std::io::copy(&mut reader, &mut std::io::sink());
+    if let Some(e) = reader.failed.or(rest.err().map(|e| e.to_string())) {
+        return Err(corrupt(format!("payload does not decode: {e}")));
+    }
+    if reader.len != header.plain_len {
+        return Err(corrupt(format!(
+            "decoded {} bytes, header says {}",
+            reader.len, header.plain_len
+        )));
+    }
+    if reader.hasher.finalize() != header.checksum {
+        return Err(corrupt("blake3 checksum mismatch".into()));
+    }
+    parsed.map_err(|e| corrupt(format!("does not parse: {e}")))
+}
+
+/// Counts and hashes the plaintext as the parser reads it.
+struct Verifying<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+    /// The first error decoding met, whoever was reading.
+    failed: Option<String>,
+}
+
+impl<R: Read> Read for Verifying<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf).inspect_err(|e| {
+            self.failed.get_or_insert_with(|| e.to_string());
+        })?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 /// Length and blake3 of everything `reader` yields, read in 1 MiB pieces.
@@ -310,6 +431,25 @@ fn decompress_zstd(payload: &[u8], plain_len: usize) -> std::io::Result<Vec<u8>>
 /// Largest plaintext a single object may claim (WAL segments go up to 1 GiB).
 const MAX_PLAIN_LEN: u64 = 1 << 30;
 
+fn corrupt(key: &str, reason: String) -> StorageError {
+    StorageError::Corrupt {
+        key: key.to_string(),
+        reason,
+    }
+}
+
+/// The header of `object`, which claims at most `max_len` bytes of plaintext.
+fn plausible_header(key: &str, object: &[u8], max_len: u64) -> Result<ObjectHeader, StorageError> {
+    let header = ObjectHeader::parse(key, object)?;
+    if header.plain_len > max_len {
+        return Err(corrupt(
+            key,
+            format!("header claims an implausible length {}", header.plain_len),
+        ));
+    }
+    Ok(header)
+}
+
 /// Decode a whole object and verify it against its header. `key` names it in errors.
 pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, StorageError> {
     decode_with_header(key, object).map(|(_, plain)| plain)
@@ -320,18 +460,9 @@ pub fn decode_with_header(
     key: &str,
     object: &[u8],
 ) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
-    let header = ObjectHeader::parse(key, object)?;
+    let header = plausible_header(key, object, MAX_PLAIN_LEN)?;
     let payload = &object[HEADER_LEN..];
-    let corrupt = |reason: String| StorageError::Corrupt {
-        key: key.to_string(),
-        reason,
-    };
-    if header.plain_len > MAX_PLAIN_LEN {
-        return Err(corrupt(format!(
-            "header claims an implausible length {}",
-            header.plain_len
-        )));
-    }
+    let corrupt = |reason: String| corrupt(key, reason);
     let limit = header.plain_len as usize;
     let plain = match header.codec {
         Codec::None => Ok(payload.to_vec()),
@@ -429,6 +560,51 @@ mod tests {
             let (header, framed) = encode_reader(&data[..], data.len() as u64, c).expect("encode");
             assert_eq!(header.checksum, checksum(&data));
             assert_eq!(decode("k", &framed).expect("decode"), data);
+        }
+    }
+
+    #[test]
+    fn json_is_framed_and_read_back_without_its_text_held_whole() {
+        let value: Vec<(String, u64)> = (0..20_000u64).map(|i| (format!("file {i}"), i)).collect();
+        for c in all_compressions() {
+            let (header, framed) = encode_json(&value, c).expect("encode");
+            let text = serde_json::to_vec(&value).expect("json");
+            assert_eq!(header.plain_len, text.len() as u64);
+            assert_eq!(header.checksum, checksum(&text));
+            assert_eq!(decode("k", &framed).expect("decode"), text);
+            let back: Vec<(String, u64)> = decode_json("k", &framed).expect("decode_json");
+            assert_eq!(back, value);
+            // Any flipped bit is refused or changes nothing; a damaged payload is reported as
+            // damaged, not as a parse error.
+            for at in [
+                HEADER_LEN,
+                HEADER_LEN + 100,
+                framed.len() / 2,
+                framed.len() - 1,
+            ] {
+                let mut damaged = framed.clone();
+                damaged[at] ^= 0x10;
+                match decode_json::<Vec<(String, u64)>>("k", &damaged) {
+                    Ok(back) => assert_eq!(back, value),
+                    Err(e) => assert!(!e.to_string().contains("does not parse"), "{e}"),
+                }
+            }
+            for len in [0, HEADER_LEN, framed.len() - 1] {
+                assert!(decode_json::<Vec<(String, u64)>>("k", &framed[..len]).is_err());
+            }
+        }
+        // Text that is whole and verified but not the JSON asked for is a parse error.
+        let (_, framed) = encode(b"not json", Compression::default()).expect("encode");
+        let err = decode_json::<Vec<u64>>("k", &framed).expect_err("not json");
+        assert!(err.to_string().contains("does not parse"), "{err}");
+        // A header claiming less (or more) than the payload holds is refused.
+        let (mut header, framed) = encode(b"[1,2,3]", Compression::default()).expect("encode");
+        for claimed in [6, 8, 2 << 30] {
+            header.plain_len = claimed;
+            let mut lying = framed.clone();
+            lying[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+            let err = decode_json::<Vec<u64>>("k", &lying).expect_err("lying length");
+            assert!(err.to_string().contains("header says"), "{err}");
         }
     }
 

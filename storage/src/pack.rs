@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkIds, Compression, StorageError, object};
+use crate::{ChunkHash, ChunkIds, Compression, PackId, StorageError, object};
 
 const MAGIC: &[u8; 4] = b"LLPK";
 const TRAILER_LEN: usize = 12;
@@ -24,7 +24,7 @@ pub const DEFAULT_PACK_TARGET: usize = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackEntry {
-    pub hash: String,
+    pub hash: ChunkHash,
     pub offset: u64,
     pub len: u64,
 }
@@ -38,7 +38,7 @@ pub struct PackBuilder {
 /// A finished pack, ready to store under `layout::pack_key(&id)`.
 #[derive(Debug)]
 pub struct SealedPack {
-    pub id: String,
+    pub id: PackId,
     pub bytes: Vec<u8>,
     pub entries: Vec<PackEntry>,
 }
@@ -59,7 +59,7 @@ impl PackBuilder {
     }
 
     /// Append one framed chunk; returns its offset in the pack.
-    pub fn add(&mut self, hash: String, framed: &[u8]) -> u64 {
+    pub fn add(&mut self, hash: ChunkHash, framed: &[u8]) -> u64 {
         let offset = self.bytes.len() as u64;
         self.bytes.extend_from_slice(framed);
         self.entries.push(PackEntry {
@@ -86,7 +86,7 @@ impl PackBuilder {
         self.bytes
             .extend_from_slice(&(framed.len() as u64).to_le_bytes());
         self.bytes.extend_from_slice(MAGIC);
-        let id = ids.of(&self.bytes).to_hex().to_string();
+        let id = PackId::from(ids.of(&self.bytes));
         Ok(SealedPack {
             id,
             bytes: self.bytes,
@@ -101,12 +101,12 @@ pub fn open_chunk(
     key: &str,
     framed: &[u8],
     ids: &ChunkIds,
-    id: &str,
+    id: &ChunkHash,
     len: u64,
 ) -> Result<Vec<u8>, StorageError> {
     let name = format!("chunk {id} in {key}");
     let (header, plain) = object::decode_with_header(&name, framed)?;
-    if plain.len() as u64 != len || ids.of_checksum(header.checksum).to_hex().as_str() != id {
+    if plain.len() as u64 != len || ChunkHash::from(ids.of_checksum(header.checksum)) != *id {
         return Err(StorageError::Corrupt {
             key: name,
             reason: "content does not match the chunk the manifest names".into(),
@@ -169,14 +169,11 @@ mod tests {
         for i in 0..5u8 {
             let plain = vec![i; 1000 * (i as usize + 1)];
             let (header, framed) = object::encode(&plain, Compression::default()).expect("encode");
-            let offset = builder.add(header.checksum.to_hex().to_string(), &framed);
+            let offset = builder.add(header.checksum.into(), &framed);
             chunks.push((plain, offset, framed.len()));
         }
         let sealed = builder.seal(&ChunkIds::plain()).expect("seal");
-        assert_eq!(
-            sealed.id,
-            object::checksum(&sealed.bytes).to_hex().to_string()
-        );
+        assert_eq!(sealed.id, PackId::from(object::checksum(&sealed.bytes)));
         let index = read_index("p", &sealed.bytes).expect("index");
         assert_eq!(index, sealed.entries);
         for (plain, offset, len) in chunks {

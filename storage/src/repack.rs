@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::manifest::{BackupManifest, ChunkRef, StreamManifest, put_manifest};
 use crate::pack::{self, DEFAULT_PACK_TARGET, PackBuilder};
-use crate::{Durability, PutMode, Storage, StorageError, StorageExt, layout};
+use crate::{Durability, PackId, PutMode, Storage, StorageError, StorageExt, layout};
 
 /// What [`sweep_packs`] did.
 #[derive(Debug, Default)]
@@ -40,13 +40,31 @@ impl Manifest {
         }
     }
 
-    /// Point the manifest at the copies; its backup id and new JSON when anything moved.
-    fn relocate(&mut self, moved: &Relocations) -> Option<(String, Vec<u8>)> {
-        let (changed, id, json) = match self {
-            Manifest::Base(m) => (m.relocate(moved), &m.backup_id, m.to_json()),
-            Manifest::Stream(m) => (m.relocate(moved), &m.backup_id, m.to_json()),
+    /// Point the manifest at the copies; true when anything moved.
+    fn relocate(&mut self, moved: &Relocations) -> bool {
+        match self {
+            Manifest::Base(m) => m.relocate(moved),
+            Manifest::Stream(m) => m.relocate(moved),
+        }
+    }
+
+    /// Store it under `key` in place of the old one; its backup id and the new checksum.
+    async fn overwrite(
+        &self,
+        storage: &dyn Storage,
+        key: &str,
+    ) -> Result<(String, blake3::Hash), StorageError> {
+        let (id, checksum) = match self {
+            Manifest::Base(m) => (
+                &m.backup_id,
+                put_manifest(storage, key, m, PutMode::Overwrite).await?,
+            ),
+            Manifest::Stream(m) => (
+                &m.backup_id,
+                put_manifest(storage, key, m, PutMode::Overwrite).await?,
+            ),
         };
-        changed.then(|| (id.clone(), json))
+        Ok((id.clone(), checksum))
     }
 }
 
@@ -66,8 +84,10 @@ async fn remaining_manifests(
     Ok(all)
 }
 
-fn pack_id(key: &str) -> String {
-    key.rsplit('/').next().unwrap_or("").to_string()
+/// The pack a key under `packs/` names; none for anything else found there (not lifeline's,
+/// so never deleted).
+fn pack_id(key: &str) -> Option<PackId> {
+    key.rsplit('/').next()?.parse().ok()
 }
 
 /// Repack the packs at least `min_unused_percent` dead (and older than `grace`: younger ones
@@ -84,12 +104,12 @@ pub async fn sweep_packs(
     let settled = SystemTime::now()
         .checked_sub(grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let sizes: BTreeMap<String, u64> = storage
+    let sizes: BTreeMap<PackId, u64> = storage
         .list(layout::PACKS_PREFIX)
         .await?
         .iter()
         .filter(|m| m.last_modified <= settled)
-        .map(|m| (pack_id(&m.key), m.size))
+        .filter_map(|m| Some((pack_id(&m.key)?, m.size)))
         .collect();
     let live = live_chunks(manifests.iter().flat_map(|(_, m)| m.chunks()));
     let sparse = sparse_packs(&sizes, &live, min_unused_percent);
@@ -105,23 +125,24 @@ pub async fn sweep_packs(
     if !sparse.is_empty() {
         let moved = repack(storage, &sparse, &live).await?;
         for (key, manifest) in &mut manifests {
-            if let Some((backup_id, json)) = manifest.relocate(&moved) {
-                let checksum = put_manifest(storage, key, &json, PutMode::Overwrite).await?;
-                sweep.rewritten.push((backup_id, checksum));
+            if manifest.relocate(&moved) {
+                sweep
+                    .rewritten
+                    .push(manifest.overwrite(storage, key).await?);
             }
         }
     }
 
-    let referenced: HashSet<String> = manifests
+    let referenced: HashSet<PackId> = manifests
         .iter()
         .flat_map(|(_, m)| m.chunks())
-        .map(|c| c.pack.clone())
+        .map(|c| c.pack)
         .collect();
-    let packs: Vec<String> = storage
+    let packs: Vec<PackId> = storage
         .list(layout::PACKS_PREFIX)
         .await?
         .iter()
-        .map(|m| pack_id(&m.key))
+        .filter_map(|m| pack_id(&m.key))
         .collect();
     let pending = load_pending(storage).await;
     let grace_us = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
@@ -132,7 +153,7 @@ pub async fn sweep_packs(
         now.as_microsecond(),
         grace_us,
     );
-    let keys: Vec<String> = doomed.iter().map(|id| layout::pack_key(id)).collect();
+    let keys: Vec<String> = doomed.iter().map(layout::pack_key).collect();
     storage.delete_many(&keys).await?;
     let text = serde_json::to_vec_pretty(&marks).unwrap_or_default();
     storage
@@ -164,17 +185,17 @@ async fn load_pending(storage: &dyn Storage) -> PendingPacks {
 }
 
 /// Where chunks moved: (old pack, old offset) to the chunk in its new pack.
-pub type Relocations = HashMap<(String, u64), ChunkRef>;
+pub type Relocations = HashMap<(PackId, u64), ChunkRef>;
 
 /// Live chunks per pack, each once, from every manifest that remains.
 pub fn live_chunks<'a>(
     refs: impl IntoIterator<Item = &'a ChunkRef>,
-) -> HashMap<String, Vec<ChunkRef>> {
+) -> HashMap<PackId, Vec<ChunkRef>> {
     let mut seen = std::collections::HashSet::new();
-    let mut live: HashMap<String, Vec<ChunkRef>> = HashMap::new();
+    let mut live: HashMap<PackId, Vec<ChunkRef>> = HashMap::new();
     for c in refs {
-        if seen.insert((c.pack.as_str(), c.offset)) {
-            live.entry(c.pack.clone()).or_default().push(c.clone());
+        if seen.insert((c.pack, c.offset)) {
+            live.entry(c.pack).or_default().push(*c);
         }
     }
     live
@@ -184,17 +205,17 @@ pub fn live_chunks<'a>(
 /// to no live chunk, but some do: those worth rewriting. Wholly dead packs are not listed
 /// (they are deleted, not repacked).
 pub fn sparse_packs(
-    sizes: &BTreeMap<String, u64>,
-    live: &HashMap<String, Vec<ChunkRef>>,
+    sizes: &BTreeMap<PackId, u64>,
+    live: &HashMap<PackId, Vec<ChunkRef>>,
     min_unused_percent: u64,
-) -> Vec<String> {
+) -> Vec<PackId> {
     sizes
         .iter()
         .filter_map(|(id, &size)| {
             let chunks = live.get(id)?;
             let used: u64 = chunks.iter().map(|c| c.stored).sum();
             let unused = size.saturating_sub(used);
-            (size > 0 && unused * 100 >= size * min_unused_percent).then(|| id.clone())
+            (size > 0 && unused * 100 >= size * min_unused_percent).then_some(*id)
         })
         .collect()
 }
@@ -202,13 +223,13 @@ pub fn sparse_packs(
 /// Copy the live chunks of `packs` into new packs (written durably before this returns).
 pub async fn repack(
     storage: &dyn Storage,
-    packs: &[String],
-    live: &HashMap<String, Vec<ChunkRef>>,
+    packs: &[PackId],
+    live: &HashMap<PackId, Vec<ChunkRef>>,
 ) -> Result<Relocations, StorageError> {
     let ids = storage.chunk_ids();
     let mut moved = Relocations::new();
     let mut builder = PackBuilder::new();
-    let mut pending: Vec<((String, u64), ChunkRef)> = Vec::new();
+    let mut pending: Vec<((PackId, u64), ChunkRef)> = Vec::new();
     for id in packs {
         let Some(chunks) = live.get(id) else {
             continue;
@@ -218,15 +239,9 @@ pub async fn repack(
         for c in chunks {
             let framed = slice(&key, &bytes, c)?;
             pack::open_chunk(&key, framed, &ids, &c.hash, c.len)?;
-            let offset = builder.add(c.hash.clone(), framed);
-            pending.push((
-                (c.pack.clone(), c.offset),
-                ChunkRef {
-                    pack: String::new(),
-                    offset,
-                    ..c.clone()
-                },
-            ));
+            let offset = builder.add(c.hash, framed);
+            // The new pack is named once sealed: `store` sets it.
+            pending.push(((c.pack, c.offset), ChunkRef { offset, ..*c }));
             if builder.len() >= DEFAULT_PACK_TARGET {
                 let full = std::mem::take(&mut builder);
                 store(storage, full, &mut pending, &mut moved).await?;
@@ -260,7 +275,7 @@ fn slice<'a>(key: &str, pack: &'a [u8], c: &ChunkRef) -> Result<&'a [u8], Storag
 async fn store(
     storage: &dyn Storage,
     builder: PackBuilder,
-    pending: &mut Vec<((String, u64), ChunkRef)>,
+    pending: &mut Vec<((PackId, u64), ChunkRef)>,
     moved: &mut Relocations,
 ) -> Result<(), StorageError> {
     let sealed = builder.seal(&storage.chunk_ids())?;
@@ -274,7 +289,7 @@ async fn store(
         Err(e) => return Err(e),
     }
     for (from, mut to) in pending.drain(..) {
-        to.pack = sealed.id.clone();
+        to.pack = sealed.id;
         moved.insert(from, to);
     }
     Ok(())
@@ -283,19 +298,19 @@ async fn store(
 /// Packs found unreferenced, with when (microseconds since the epoch): the first phase of the
 /// sweep. Kept in the repository (`layout::PRUNE_PENDING_KEY`) so that any host's next prune
 /// carries on.
-pub type PendingPacks = BTreeMap<String, i64>;
+pub type PendingPacks = BTreeMap<PackId, i64>;
 
 /// The two-phase sweep: a pack is deleted only when it was unreferenced when an earlier prune
 /// marked it, at least `grace_us` ago, and is still unreferenced now. A backup that was
 /// writing its packs (or naming old ones) when they were marked has published its manifest by
 /// then, and the pack is referenced again. Returns the packs to delete and the marks to keep.
 pub fn plan_sweep(
-    packs: &[String],
-    referenced: &std::collections::HashSet<String>,
+    packs: &[PackId],
+    referenced: &std::collections::HashSet<PackId>,
     pending: &PendingPacks,
     now_us: i64,
     grace_us: i64,
-) -> (Vec<String>, PendingPacks) {
+) -> (Vec<PackId>, PendingPacks) {
     let mut doomed = Vec::new();
     let mut marks = PendingPacks::new();
     for id in packs {
@@ -303,12 +318,12 @@ pub fn plan_sweep(
             continue;
         }
         match pending.get(id) {
-            Some(&marked) if now_us.saturating_sub(marked) >= grace_us => doomed.push(id.clone()),
+            Some(&marked) if now_us.saturating_sub(marked) >= grace_us => doomed.push(*id),
             Some(&marked) => {
-                marks.insert(id.clone(), marked);
+                marks.insert(*id, marked);
             }
             None => {
-                marks.insert(id.clone(), now_us);
+                marks.insert(*id, now_us);
             }
         }
     }
@@ -318,8 +333,8 @@ pub fn plan_sweep(
 fn relocate_all<'a>(refs: impl Iterator<Item = &'a mut ChunkRef>, moved: &Relocations) -> bool {
     let mut changed = false;
     for c in refs {
-        if let Some(to) = moved.get(&(c.pack.clone(), c.offset)) {
-            *c = to.clone();
+        if let Some(to) = moved.get(&(c.pack, c.offset)) {
+            *c = *to;
             changed = true;
         }
     }
@@ -350,11 +365,18 @@ mod tests {
     use super::*;
     use crate::{Compression, LocalStorage, object};
 
-    fn chunk(pack: &str, offset: u64, stored: u64) -> ChunkRef {
+    /// A pack id made of `n`.
+    fn id(n: u8) -> PackId {
+        PackId::from_bytes([n; 32])
+    }
+
+    fn chunk(pack: u8, offset: u64, stored: u64) -> ChunkRef {
+        let mut hash = [pack; 32];
+        hash[..8].copy_from_slice(&offset.to_le_bytes());
         ChunkRef {
-            hash: format!("{pack}-{offset}"),
+            hash: crate::ChunkHash::from_bytes(hash),
             len: stored,
-            pack: pack.into(),
+            pack: id(pack),
             offset,
             stored,
         }
@@ -362,46 +384,34 @@ mod tests {
 
     #[test]
     fn only_packs_with_enough_dead_bytes_are_sparse() {
+        let (full, half, dead, little) = (1, 2, 3, 4);
         let sizes = BTreeMap::from([
-            ("full".to_string(), 1000),
-            ("half".to_string(), 1000),
-            ("dead".to_string(), 1000),
-            ("little".to_string(), 1000),
+            (id(full), 1000),
+            (id(half), 1000),
+            (id(dead), 1000),
+            (id(little), 1000),
         ]);
         let refs = [
-            chunk("full", 0, 980),
-            chunk("half", 0, 500),
-            chunk("half", 0, 500),
-            chunk("little", 0, 800),
+            chunk(full, 0, 980),
+            chunk(half, 0, 500),
+            chunk(half, 0, 500),
+            chunk(little, 0, 800),
         ];
         let live = live_chunks(refs.iter());
-        assert_eq!(live["half"].len(), 1, "a chunk named twice is live once");
-        assert_eq!(sparse_packs(&sizes, &live, 30), vec!["half".to_string()]);
-        assert_eq!(
-            sparse_packs(&sizes, &live, 20),
-            vec!["half".to_string(), "little".to_string()]
-        );
+        assert_eq!(live[&id(half)].len(), 1, "a chunk named twice is live once");
+        assert_eq!(sparse_packs(&sizes, &live, 30), vec![id(half)]);
+        assert_eq!(sparse_packs(&sizes, &live, 20), vec![id(half), id(little)]);
     }
 
     #[test]
     fn packs_are_deleted_only_after_two_sightings_a_grace_period_apart() {
-        let packs: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let referenced = std::collections::HashSet::from(["a".to_string()]);
-        let pending = PendingPacks::from([
-            ("b".to_string(), 0),
-            ("c".to_string(), 50),
-            ("a".to_string(), 0),
-        ]);
+        let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+        let packs = vec![a, b, c, d];
+        let referenced = std::collections::HashSet::from([a]);
+        let pending = PendingPacks::from([(b, 0), (c, 50), (a, 0)]);
         let (doomed, marks) = plan_sweep(&packs, &referenced, &pending, 100, 60);
-        assert_eq!(
-            doomed,
-            vec!["b".to_string()],
-            "c was marked too recently, d only now"
-        );
-        assert_eq!(
-            marks,
-            PendingPacks::from([("c".to_string(), 50), ("d".to_string(), 100)])
-        );
+        assert_eq!(doomed, vec![b], "c was marked too recently, d only now");
+        assert_eq!(marks, PendingPacks::from([(c, 50), (d, 100)]));
         // With no grace, a pack still goes only on the second sighting.
         let (doomed, marks) = plan_sweep(&packs, &referenced, &PendingPacks::new(), 100, 0);
         assert!(doomed.is_empty());
@@ -418,21 +428,21 @@ mod tests {
         for i in 0..4u8 {
             let plain = vec![i; 5000];
             let (_, framed) = object::encode(&plain, Compression::default()).expect("encode");
-            let hash = object::checksum(&plain).to_hex().to_string();
-            let offset = builder.add(hash.clone(), &framed);
+            let hash = object::checksum(&plain).into();
+            let offset = builder.add(hash, &framed);
             refs.push(ChunkRef {
                 hash,
                 len: 5000,
-                pack: String::new(),
+                pack: id(0),
                 offset,
                 stored: framed.len() as u64,
             });
         }
         let sealed = builder.seal(&crate::ChunkIds::plain()).expect("seal");
         for r in &mut refs {
-            r.pack = sealed.id.clone();
+            r.pack = sealed.id;
         }
-        let old = sealed.id.clone();
+        let old = sealed.id;
         storage
             .put_bytes(
                 &layout::pack_key(&old),
@@ -448,7 +458,7 @@ mod tests {
             .await
             .expect("repack");
         assert_eq!(moved.len(), 2);
-        let new = &moved[&(old.clone(), refs[1].offset)];
+        let new = &moved[&(old, refs[1].offset)];
         assert_ne!(new.pack, old);
         let bytes = storage
             .get_bytes(&layout::pack_key(&new.pack))
@@ -472,7 +482,7 @@ mod tests {
             files: vec![crate::manifest::StreamFile {
                 name: "dump.rdb".into(),
                 size: 10_000,
-                chunks: vec![refs[1].clone(), refs[3].clone()],
+                chunks: vec![refs[1], refs[3]],
             }],
             counts: BTreeMap::new(),
             size_bytes: 10_000,
@@ -493,8 +503,8 @@ mod tests {
         let plain = vec![7u8; 4000];
         let (_, framed) = object::encode(&plain, Compression::default()).expect("encode");
         let mut builder = PackBuilder::new();
-        let hash = object::checksum(&plain).to_hex().to_string();
-        let offset = builder.add(hash.clone(), &framed);
+        let hash = object::checksum(&plain).into();
+        let offset = builder.add(hash, &framed);
         let sealed = builder.seal(&crate::ChunkIds::plain()).expect("seal");
         let mut bytes = sealed.bytes;
         let last = framed.len() - 1;
@@ -511,7 +521,7 @@ mod tests {
         let c = ChunkRef {
             hash,
             len: 4000,
-            pack: sealed.id.clone(),
+            pack: sealed.id,
             offset,
             stored: framed.len() as u64,
         };

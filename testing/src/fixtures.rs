@@ -11,9 +11,9 @@ pub async fn store_pack<C: AsRef<[u8]>>(storage: &dyn Storage, chunks: &[C]) -> 
     let mut pending = Vec::new();
     for data in chunks {
         let data = data.as_ref();
-        let hash = storage.chunk_ids().of(data).to_hex().to_string();
+        let hash = storage.chunk_ids().of(data).into();
         let (_, framed) = object::encode(data, Compression::default()).expect("encode a chunk");
-        let offset = builder.add(hash.clone(), &framed);
+        let offset = builder.add(hash, &framed);
         pending.push((hash, data.len() as u64, offset, framed.len() as u64));
     }
     let pack = builder.seal(&storage.chunk_ids()).expect("seal the pack");
@@ -31,7 +31,7 @@ pub async fn store_pack<C: AsRef<[u8]>>(storage: &dyn Storage, chunks: &[C]) -> 
         .map(|(hash, len, offset, stored)| ChunkRef {
             hash,
             len,
-            pack: pack.id.clone(),
+            pack: pack.id,
             offset,
             stored,
         })
