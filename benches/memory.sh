@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Peak memory against the database's size: for each pgbench scale given, a new cluster, a full
+# backup into a new repository and two full restores, each under `/usr/bin/time -f %M`. Run as
+# root:
+#   bash benches/memory.sh 50 200 400
+#   BINARIES="/tmp/old/lifeline /tmp/new/lifeline" bash benches/memory.sh 50 400   # compare builds
+# What should stay flat is the restore's peak: the data in flight is bounded, and what grows is
+# the metadata (an 88-byte entry and a 40-byte write per 256 KiB block).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PG=/usr/lib/postgresql/15/bin
+(($#)) || set -- 50 200
+if [ -z "${BINARIES:-}" ]; then
+  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+  BINARIES="${CARGO_TARGET_DIR:-$ROOT/target}/release/lifeline"
+fi
+
+W=$(mktemp -d /tmp/lifeline-memory.XXXXXX)
+chmod 755 "$W"
+trap 'runuser -u postgres -- $PG/pg_ctl -D "$W/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
+as_pg() { runuser -u postgres -- "$@"; }
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+peak() { # peak KiB and seconds of CMD..., as "12.3 MiB 4.5 s"
+  /usr/bin/time -f "%M %e" -o "$W/time.out" "$@" >/dev/null || { cat "$W/time.out" >&2; return 1; }
+  awk '{ printf "%.1f MiB %.2f s", $1 / 1024, $2 }' "$W/time.out"
+}
+
+for scale in "$@"; do
+  as_pg $PG/pg_ctl -D "$W/data" -m fast -w stop >/dev/null 2>&1 || true
+  rm -rf "${W:?}"/*
+  n=0
+  archive=""
+  for bin in $BINARIES; do
+    n=$((n + 1))
+    cp "$bin" "$W/lifeline$n"
+    mkdir -m 700 "$W/repo$n"
+    archive+="$W/lifeline$n --backup-dir $W/repo$n wal push %p && "
+  done
+  chown -R postgres:postgres "$W"
+  as_pg $PG/initdb -D "$W/data" --auth=trust -U postgres >/dev/null
+  cat >> "$W/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$W'
+archive_mode = on
+archive_command = '${archive}true'
+max_wal_size = 4GB
+CONF
+  as_pg $PG/pg_ctl -D "$W/data" -l "$W/pg.log" -w start >/dev/null
+  as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$scale" -q postgres 2>/dev/null
+  as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "CHECKPOINT" postgres
+  data=$(du -sm "$W/data/base" | cut -f1)
+  for i in $(seq 1 $n); do
+    env="BACKUP_DIR=$W/repo$i LIFELINE_LOG=warn"
+    backup=$(peak runuser -u postgres -- env $env DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres \
+      DB_NAME=postgres PGDATA="$W/data" "$W/lifeline$i" backup postgres)
+    restores=""
+    for round in 1 2; do
+      rm -rf "$W/restored"
+      restores+="$(peak runuser -u postgres -- env $env "$W/lifeline$i" restore postgres --type full \
+        --data-dir "$W/restored"); "
+    done
+    rm -rf "$W/restored"
+    echo "scale $scale ($data MiB in base/), $(echo $BINARIES | cut -d' ' -f"$i"): backup $backup; restores $restores"
+  done
+done
