@@ -545,7 +545,8 @@ async fn copy_files(
     slots.sort_unstable_by_key(|(slot, _, _)| slot.place());
     let mut slots = slots.into_iter().peekable();
     let mut chunks_of = |owner: usize| -> Result<Vec<ChunkRef>, ArchiveError> {
-        // A file that vanished while it was read left chunks no entry names.
+        // Chunks of an entry the manifest leaves out are passed over (none today: a file that
+        // vanished is never read, one that was opened keeps its size).
         while slots
             .next_if(|(slot, _, _)| slot.place().0 < owner)
             .is_some()

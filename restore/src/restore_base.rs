@@ -672,7 +672,7 @@ pub(crate) fn plan_writes<'a>(
             ),
         ));
     }
-    writes.sort_unstable_by_key(|(c, _)| (c.pack, c.offset));
+    writes.sort_unstable_by_key(|(c, _)| (c.pack, c.offset, c.hash, c.len, c.stored));
     Ok(WritePlan { writes })
 }
 
@@ -701,8 +701,10 @@ fn write_groups<'p>(plan: &'p WritePlan<'_>) -> impl Iterator<Item = WriteGroup>
         let mut end = start;
         let mut chunks: Vec<(ChunkRef, Vec<Target>)> = Vec::new();
         while let Some((next, target)) = writes.peek() {
+            // Only the very same reference is decoded once: two that share a place but name
+            // different chunks (a forged manifest) are each checked against their own hash.
             if let Some((last, targets)) = chunks.last_mut()
-                && (last.pack, last.offset) == (next.pack, next.offset)
+                && last == *next
             {
                 targets.push(target.clone());
                 writes.next();
@@ -1111,6 +1113,17 @@ mod tests {
             ]
         );
         assert_eq!((groups[0].start, groups[0].end), (0, 20));
+        // Two references to one place that name different chunks (a forged manifest) are two
+        // chunks, each decoded and checked against its own hash.
+        manifest.files[4].blocks[1] = chunk(b'q', 8, 1, 0);
+        let plan = plan_writes(&manifest, &places, None).expect("plan");
+        let first = write_groups(&plan).next().expect("a group");
+        let names: Vec<(u8, u64, usize)> = first
+            .chunks
+            .iter()
+            .map(|(c, t)| (c.hash.as_bytes()[0], c.offset, t.len()))
+            .collect();
+        assert_eq!(names, [(b'q', 0, 1), (b'z', 0, 1), (b'x', 10, 2)]);
         // A bundle that ends too early is refused.
         manifest.bundle.pop();
         assert!(plan_writes(&manifest, &places, None).is_err());

@@ -309,9 +309,14 @@ pub fn encode_json<T: serde::Serialize>(
     writer.finish().map_err(encode_error)
 }
 
-/// Largest plaintext a JSON object (a manifest) may claim: a manifest takes about 200 bytes per
-/// 256 KiB of backed-up data, so this is a database of about 80 PiB.
-const MAX_JSON_LEN: u64 = 1 << 46;
+/// Largest plaintext a JSON object (a manifest) may claim: 1 GiB (the limit of every other
+/// object), or more when its payload is large enough to hold it. A manifest compresses about
+/// 4.4 times (its hashes do not compress at all), so a genuine one is always let through, while
+/// a small forged one cannot claim gigabytes of a single string for the parser to hold.
+fn max_json_len(payload_len: usize) -> u64 {
+    const MAX_RATIO: u64 = 64;
+    MAX_PLAIN_LEN.max((payload_len as u64).saturating_mul(MAX_RATIO))
+}
 
 /// Parse the JSON an object holds while it is decoded, the plaintext never held whole, and
 /// return it only once the whole plaintext has been read and verified against the header.
@@ -320,7 +325,8 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(
     key: &str,
     object: &[u8],
 ) -> Result<T, StorageError> {
-    let header = plausible_header(key, object, MAX_JSON_LEN)?;
+    let payload_len = object.len().saturating_sub(HEADER_LEN);
+    let header = plausible_header(key, object, max_json_len(payload_len))?;
     let corrupt = |reason: String| corrupt(key, reason);
     let payload = &object[HEADER_LEN..];
     let decoder: Box<dyn Read + '_> = match header.codec {
@@ -599,13 +605,21 @@ mod tests {
         assert!(err.to_string().contains("does not parse"), "{err}");
         // A header claiming less (or more) than the payload holds is refused.
         let (mut header, framed) = encode(b"[1,2,3]", Compression::default()).expect("encode");
-        for claimed in [6, 8, 2 << 30] {
+        for claimed in [6, 8] {
             header.plain_len = claimed;
             let mut lying = framed.clone();
             lying[..HEADER_LEN].copy_from_slice(&header.to_bytes());
             let err = decode_json::<Vec<u64>>("k", &lying).expect_err("lying length");
             assert!(err.to_string().contains("header says"), "{err}");
         }
+        // Past 1 GiB, only as much as the payload could hold: a small object cannot make the
+        // parser hold gigabytes.
+        header.plain_len = 2 << 30;
+        let mut bomb = framed.clone();
+        bomb[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        let err = decode_json::<Vec<u64>>("k", &bomb).expect_err("implausible");
+        assert!(err.to_string().contains("implausible length"), "{err}");
+        assert_eq!(max_json_len(100 << 20), 6400 << 20);
     }
 
     #[test]

@@ -173,13 +173,21 @@ pub async fn sweep_packs(
 /// pack is only deleted later).
 async fn load_pending(storage: &dyn Storage) -> PendingPacks {
     match storage.get_bytes(layout::PRUNE_PENDING_KEY).await {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(
-                "{} does not parse ({e}); marking afresh",
-                layout::PRUNE_PENDING_KEY
-            );
-            PendingPacks::new()
-        }),
+        // By name first: a mark an older lifeline left on something under packs/ that is not
+        // a pack costs that mark only, not the others.
+        Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, i64>>(&bytes) {
+            Ok(marks) => marks
+                .into_iter()
+                .filter_map(|(id, at)| Some((id.parse().ok()?, at)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(
+                    "{} does not parse ({e}); marking afresh",
+                    layout::PRUNE_PENDING_KEY
+                );
+                PendingPacks::new()
+            }
+        },
         Err(_) => PendingPacks::new(),
     }
 }
@@ -493,6 +501,26 @@ mod tests {
         assert!(
             !manifest.relocate(&moved),
             "relocating twice changes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mark_on_something_that_is_not_a_pack_costs_only_that_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = LocalStorage::open(dir.path()).expect("open");
+        let marks = format!(r#"{{"{}": 5, "not-a-pack": 7}}"#, id(1).to_hex());
+        storage
+            .put_bytes(
+                layout::PRUNE_PENDING_KEY,
+                marks.into_bytes(),
+                PutMode::Create,
+                Durability::Immediate,
+            )
+            .await
+            .expect("put");
+        assert_eq!(
+            load_pending(&storage).await,
+            PendingPacks::from([(id(1), 5)])
         );
     }
 
