@@ -7,6 +7,7 @@
 # What should stay flat is the restore's peak: the data in flight is bounded, and what grows is
 # the metadata (an 88-byte entry and a 40-byte write per 256 KiB block).
 set -euo pipefail
+trap 'echo "benches/memory.sh: line $LINENO failed (exit $?); a scale 400 run needs about 20 GiB free" >&2' ERR
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PG=/usr/lib/postgresql/15/bin
 (($#)) || set -- 50 200

@@ -104,7 +104,7 @@ pub fn write(path: &Path, bytes: &[u8], options: WriteOptions) -> Result<(), Wri
     staged.commit()
 }
 
-/// [`write`] on a blocking thread.
+/// [`write()`] on a blocking thread.
 pub async fn write_async(
     path: PathBuf,
     bytes: Vec<u8>,

@@ -6,7 +6,8 @@
 //!   stored object uses; anything read back is verified against it.
 //! - [`wal`]: WAL file names, timelines and LSNs as validated types.
 //! - [`chunking`]: page-aligned blocks for relation files, content-defined chunks for streams.
-//! - [`pack`]: many chunks per stored object.
+//! - [`pack`]: many chunks per stored object; [`ChunkHash`] and [`PackId`] ([`digest`]): the
+//!   32-byte names of chunks and packs.
 //! - [`manifest`]: what a backup is made of; [`layout`]: which key each object lives under.
 //! - [`atomic`]: a local file replaced whole (temporary name, fsync, rename, directory fsync).
 //! - [`crypto`]: key slots and keys of an encrypted repository; [`sealed`]: the sealed object
