@@ -1,5 +1,6 @@
-# Shared by the comparison scripts (sourced, not run). Expects PG, W, PORT, SCALE, LL (lifeline
-# with its repository flags), BR (pgbackrest with its stanza) and as_pg to be set.
+# Shared by the benchmark scripts (sourced, not run). Expects PG, W, PORT and as_pg to be set;
+# the pgBackRest helpers also SCALE, LL (lifeline with its repository flags) and BR (pgbackrest
+# with its stanza).
 
 # $W/pgbackrest.conf for the stanza "bench" on $W/data at $PORT; the arguments are the
 # repository's lines (repo1-path=..., repo1-retention-full=...), one per argument.
@@ -22,19 +23,29 @@ CONF
   } > "$W/pgbackrest.conf"
 }
 
-# initdb a cluster in $W/data archiving to both tools, start it and load pgbench at $SCALE.
-start_pgbench_cluster() { # max_wal_size
+# initdb a cluster in $W/data with this archive_command and max_wal_size, and start it.
+start_cluster() { # archive_command max_wal_size
   as_pg $PG/initdb -D "$W/data" --auth=trust -U postgres >/dev/null
   cat >> "$W/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$W'
 archive_mode = on
-archive_command = '$LL wal push %p && $BR archive-push %p'
-max_wal_size = $1
+archive_command = '$1'
+max_wal_size = $2
 CONF
   as_pg $PG/pg_ctl -D "$W/data" -l "$W/pg.log" -w start >/dev/null
-  as_pg $BR stanza-create
-  as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" -q postgres 2>/dev/null
+}
+
+# Load pgbench at this scale and checkpoint.
+load_pgbench() { # scale
+  as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$1" -q postgres 2>/dev/null
   as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "CHECKPOINT" postgres
+}
+
+# initdb a cluster in $W/data archiving to both tools, start it and load pgbench at $SCALE.
+start_pgbench_cluster() { # max_wal_size
+  start_cluster "$LL wal push %p && $BR archive-push %p" "$1"
+  as_pg $BR stanza-create
+  load_pgbench "$SCALE"
 }

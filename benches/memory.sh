@@ -20,6 +20,7 @@ W=$(mktemp -d /tmp/lifeline-memory.XXXXXX)
 chmod 755 "$W"
 trap 'runuser -u postgres -- $PG/pg_ctl -D "$W/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 as_pg() { runuser -u postgres -- "$@"; }
+. "$ROOT/benches/lib.sh"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 peak() { # peak KiB and seconds of CMD..., as "12.3 MiB 4.5 s"
   /usr/bin/time -f "%M %e" -o "$W/time.out" "$@" >/dev/null || { cat "$W/time.out" >&2; return 1; }
@@ -38,18 +39,8 @@ for scale in "$@"; do
     archive+="$W/lifeline$n --backup-dir $W/repo$n wal push %p && "
   done
   chown -R postgres:postgres "$W"
-  as_pg $PG/initdb -D "$W/data" --auth=trust -U postgres >/dev/null
-  cat >> "$W/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$W'
-archive_mode = on
-archive_command = '${archive}true'
-max_wal_size = 4GB
-CONF
-  as_pg $PG/pg_ctl -D "$W/data" -l "$W/pg.log" -w start >/dev/null
-  as_pg $PG/pgbench -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$scale" -q postgres 2>/dev/null
-  as_pg $PG/psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "CHECKPOINT" postgres
+  start_cluster "${archive}true" 4GB
+  load_pgbench "$scale"
   data=$(du -sm "$W/data/base" | cut -f1)
   for i in $(seq 1 $n); do
     env="BACKUP_DIR=$W/repo$i LIFELINE_LOG=warn"
