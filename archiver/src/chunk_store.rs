@@ -92,7 +92,7 @@ pub(crate) async fn previous_chunks(
     let packs: HashMap<PackId, u64> = match storage.list(layout::PACKS_PREFIX).await {
         Ok(list) => list
             .into_iter()
-            .filter_map(|m| Some((m.key.rsplit('/').next()?.parse().ok()?, m.size)))
+            .filter_map(|m| Some((layout::parse_pack_key(&m.key)?, m.size)))
             .collect(),
         Err(e) => {
             warn!("cannot list the packs ({e}), storing every chunk again");

@@ -147,7 +147,7 @@ pub async fn verify_repository(
         .list(layout::PACKS_PREFIX)
         .await?
         .into_iter()
-        .filter_map(|m| Some((m.key.rsplit('/').next()?.parse().ok()?, m.size)))
+        .filter_map(|m| Some((layout::parse_pack_key(&m.key)?, m.size)))
         .collect();
     report.packs = present.len();
     report.chunks = needed.values().map(BTreeMap::len).sum();

@@ -48,6 +48,15 @@ pub fn pack_key(pack_id: &crate::PackId) -> String {
     format!("{PACKS_PREFIX}{}/{hex}", &hex[..2])
 }
 
+/// The pack a key under `packs/` names; none for anything else found there (not lifeline's).
+pub fn parse_pack_key(key: &str) -> Option<crate::PackId> {
+    key.strip_prefix(PACKS_PREFIX)?
+        .rsplit('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn manifest_key(backup_id: &str) -> String {
     format!("{BACKUPS_PREFIX}{backup_id}/{MANIFEST_NAME}")
 }
@@ -119,9 +128,9 @@ mod tests {
             Some("backup_1")
         );
         let id = "ab".repeat(32);
-        assert_eq!(
-            pack_key(&id.parse().expect("hex")),
-            format!("packs/ab/{id}")
-        );
+        let key = pack_key(&id.parse().expect("hex"));
+        assert_eq!(key, format!("packs/ab/{id}"));
+        assert_eq!(parse_pack_key(&key).map(|p| p.to_hex()), Some(id));
+        assert_eq!(parse_pack_key("packs/ab/.tmp.abcdef.99.3"), None);
     }
 }

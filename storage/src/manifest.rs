@@ -197,15 +197,7 @@ async fn read_manifest<T: serde::de::DeserializeOwned>(
 ) -> Result<T, crate::StorageError> {
     use crate::StorageExt;
     let bytes = storage.get_bytes(key).await?;
-    crate::object::decode_json(key, &bytes).map_err(|e| match e {
-        crate::StorageError::Corrupt { key, reason } if reason.starts_with("does not parse") => {
-            crate::StorageError::Corrupt {
-                key,
-                reason: format!("manifest {reason}"),
-            }
-        }
-        other => other,
-    })
+    crate::object::decode_json(key, "manifest", &bytes)
 }
 
 /// Store a manifest as a framed object under `key` (`Create` for a new backup, `Overwrite` when

@@ -320,9 +320,10 @@ fn max_json_len(payload_len: usize) -> u64 {
 
 /// Parse the JSON an object holds while it is decoded, the plaintext never held whole, and
 /// return it only once the whole plaintext has been read and verified against the header.
-/// `key` names it in errors.
+/// `key` names it in errors, `what` the JSON a parse error is about ("manifest").
 pub fn decode_json<T: serde::de::DeserializeOwned>(
     key: &str,
+    what: &str,
     object: &[u8],
 ) -> Result<T, StorageError> {
     let payload_len = object.len().saturating_sub(HEADER_LEN);
@@ -361,7 +362,7 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(
     if reader.hasher.finalize() != header.checksum {
         return Err(corrupt("blake3 checksum mismatch".into()));
     }
-    parsed.map_err(|e| corrupt(format!("does not parse: {e}")))
+    parsed.map_err(|e| corrupt(format!("{what} does not parse: {e}")))
 }
 
 /// Counts and hashes the plaintext as the parser reads it.
@@ -578,7 +579,7 @@ mod tests {
             assert_eq!(header.plain_len, text.len() as u64);
             assert_eq!(header.checksum, checksum(&text));
             assert_eq!(decode("k", &framed).expect("decode"), text);
-            let back: Vec<(String, u64)> = decode_json("k", &framed).expect("decode_json");
+            let back: Vec<(String, u64)> = decode_json("k", "test", &framed).expect("decode_json");
             assert_eq!(back, value);
             // Any flipped bit is refused or changes nothing; a damaged payload is reported as
             // damaged, not as a parse error.
@@ -590,18 +591,18 @@ mod tests {
             ] {
                 let mut damaged = framed.clone();
                 damaged[at] ^= 0x10;
-                match decode_json::<Vec<(String, u64)>>("k", &damaged) {
+                match decode_json::<Vec<(String, u64)>>("k", "test", &damaged) {
                     Ok(back) => assert_eq!(back, value),
                     Err(e) => assert!(!e.to_string().contains("does not parse"), "{e}"),
                 }
             }
             for len in [0, HEADER_LEN, framed.len() - 1] {
-                assert!(decode_json::<Vec<(String, u64)>>("k", &framed[..len]).is_err());
+                assert!(decode_json::<Vec<(String, u64)>>("k", "test", &framed[..len]).is_err());
             }
         }
         // Text that is whole and verified but not the JSON asked for is a parse error.
         let (_, framed) = encode(b"not json", Compression::default()).expect("encode");
-        let err = decode_json::<Vec<u64>>("k", &framed).expect_err("not json");
+        let err = decode_json::<Vec<u64>>("k", "test", &framed).expect_err("not json");
         assert!(err.to_string().contains("does not parse"), "{err}");
         // A header claiming less (or more) than the payload holds is refused.
         let (mut header, framed) = encode(b"[1,2,3]", Compression::default()).expect("encode");
@@ -609,7 +610,7 @@ mod tests {
             header.plain_len = claimed;
             let mut lying = framed.clone();
             lying[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-            let err = decode_json::<Vec<u64>>("k", &lying).expect_err("lying length");
+            let err = decode_json::<Vec<u64>>("k", "test", &lying).expect_err("lying length");
             assert!(err.to_string().contains("header says"), "{err}");
         }
         // Past 1 GiB, only as much as the payload could hold: a small object cannot make the
@@ -617,7 +618,7 @@ mod tests {
         header.plain_len = 2 << 30;
         let mut bomb = framed.clone();
         bomb[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-        let err = decode_json::<Vec<u64>>("k", &bomb).expect_err("implausible");
+        let err = decode_json::<Vec<u64>>("k", "test", &bomb).expect_err("implausible");
         assert!(err.to_string().contains("implausible length"), "{err}");
         assert_eq!(max_json_len(100 << 20), 6400 << 20);
     }

@@ -84,12 +84,6 @@ async fn remaining_manifests(
     Ok(all)
 }
 
-/// The pack a key under `packs/` names; none for anything else found there (not lifeline's,
-/// so never deleted).
-fn pack_id(key: &str) -> Option<PackId> {
-    key.rsplit('/').next()?.parse().ok()
-}
-
 /// Repack the packs at least `min_unused_percent` dead (and older than `grace`: younger ones
 /// belong to a backup that has only now published them), point the manifests at the copies,
 /// then delete the packs an earlier sweep found unreferenced at least `grace` ago and that
@@ -109,7 +103,7 @@ pub async fn sweep_packs(
         .await?
         .iter()
         .filter(|m| m.last_modified <= settled)
-        .filter_map(|m| Some((pack_id(&m.key)?, m.size)))
+        .filter_map(|m| Some((layout::parse_pack_key(&m.key)?, m.size)))
         .collect();
     let live = live_chunks(manifests.iter().flat_map(|(_, m)| m.chunks()));
     let sparse = sparse_packs(&sizes, &live, min_unused_percent);
@@ -142,7 +136,8 @@ pub async fn sweep_packs(
         .list(layout::PACKS_PREFIX)
         .await?
         .iter()
-        .filter_map(|m| pack_id(&m.key))
+        // Anything else under packs/ is not lifeline's: never deleted.
+        .filter_map(|m| layout::parse_pack_key(&m.key))
         .collect();
     let pending = load_pending(storage).await;
     let grace_us = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
