@@ -107,6 +107,9 @@ async fn report(
     operation: &str,
     result: anyhow::Result<ExitCode>,
 ) -> anyhow::Result<ExitCode> {
+    if settings.ops.simulate {
+        return result;
+    }
     let error = result.as_ref().err().map(|e| format!("{e:#}"));
     let problems = matches!(&result, Ok(code) if *code != ExitCode::SUCCESS);
     ops::status_file::report(settings, operation, error, problems).await;
@@ -159,7 +162,6 @@ fn main() -> ExitCode {
         },
         _ => ops::oplog::PanicExit::default(),
     });
-    let operation = cli.command.log_name();
     let settings = match cli.global.resolve() {
         Ok(s) => s,
         Err(e) => {
@@ -171,6 +173,11 @@ fn main() -> ExitCode {
             };
         }
     };
+    // A simulated run leaves no log of an operation that did not happen; failover and drill
+    // log their simulations.
+    let operation = cli.command.log_name().filter(|_| {
+        !settings.ops.simulate || matches!(cli.command, Command::Failover(_) | Command::Drill(_))
+    });
     // Before the operation log, the catalog or anything else is created.
     if let Err(why) = act_as_repository_owner(&settings, &cli.command) {
         say(&format!("lifeline: {why}"));

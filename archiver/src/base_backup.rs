@@ -60,22 +60,24 @@ pub struct BaseBackupOptions {
     pub progress: Arc<dyn Progress>,
 }
 
-struct ServerFacts {
-    version: String,
-    major_version: u32,
-    catalog_version: u64,
+pub(crate) struct ServerFacts {
+    pub(crate) version: String,
+    pub(crate) major_version: u32,
+    pub(crate) catalog_version: u64,
     /// What this major's base backup differs in (see `storage::pg_version`).
-    layout: &'static Major,
-    system_identifier: u64,
-    data_directory: PathBuf,
-    segment_size: u64,
-    archive_mode: String,
+    pub(crate) layout: &'static Major,
+    pub(crate) system_identifier: u64,
+    pub(crate) data_directory: PathBuf,
+    pub(crate) segment_size: u64,
+    pub(crate) archive_mode: String,
     /// The directory this server version keeps inside every tablespace,
     /// `PG_<major>_<catversion>`; the others there belong to other majors.
-    tablespace_version_dir: String,
+    pub(crate) tablespace_version_dir: String,
 }
 
-async fn server_facts(client: &tokio_postgres::Client) -> Result<ServerFacts, ArchiveError> {
+pub(crate) async fn server_facts(
+    client: &tokio_postgres::Client,
+) -> Result<ServerFacts, ArchiveError> {
     let row = client
         .query_one(
             "SELECT current_setting('server_version'),
@@ -156,11 +158,18 @@ async fn server_tablespaces(
         .collect())
 }
 
-/// Take a base backup and return its manifest once it is complete and restorable.
-pub async fn run_base_backup(
-    storage: Arc<dyn Storage>,
-    opts: &BaseBackupOptions,
-) -> Result<BackupManifest, ArchiveError> {
+/// What a backup learns before it changes anything: the server, and where its files are read.
+pub(crate) struct Preflight {
+    pub(crate) block_size: usize,
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) facts: ServerFacts,
+    pub(crate) primary_dir: PathBuf,
+    pub(crate) standby: Option<standby::Standby>,
+    pub(crate) data_dir: PathBuf,
+}
+
+/// The checks every base backup runs first; they only read.
+pub(crate) async fn preflight(opts: &BaseBackupOptions) -> Result<Preflight, ArchiveError> {
     let block_size =
         chunking::validate_block_size(opts.block_size).map_err(ArchiveError::Precondition)?;
     let client = match opts.connection.connect().await {
@@ -189,12 +198,36 @@ pub async fn run_base_backup(
         .clone()
         .unwrap_or(facts.data_directory.clone());
     let standby_options = opts.standby.as_ref();
-    let mut standby = standby::choose(&client, facts.system_identifier, standby_options).await?;
-    let mut data_dir = match &standby {
+    let standby = standby::choose(&client, facts.system_identifier, standby_options).await?;
+    let data_dir = match &standby {
         Some(standby) => standby.data_dir.clone(),
         None => primary_dir.clone(),
     };
     check_data_dir(&data_dir, &facts).await?;
+    Ok(Preflight {
+        block_size,
+        client,
+        facts,
+        primary_dir,
+        standby,
+        data_dir,
+    })
+}
+
+/// Take a base backup and return its manifest once it is complete and restorable.
+pub async fn run_base_backup(
+    storage: Arc<dyn Storage>,
+    opts: &BaseBackupOptions,
+) -> Result<BackupManifest, ArchiveError> {
+    let Preflight {
+        block_size,
+        client,
+        facts,
+        primary_dir,
+        mut standby,
+        mut data_dir,
+    } = preflight(opts).await?;
+    let standby_options = opts.standby.as_ref();
     cluster::bind(
         storage.as_ref(),
         facts.system_identifier,

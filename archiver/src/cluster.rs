@@ -42,6 +42,29 @@ pub(crate) async fn bind(
             }
         }
     };
+    belongs(&identity, system_identifier, what)?;
+    Ok(identity)
+}
+
+/// Whether the repository may take `system_identifier`'s files, read only: `Ok(None)` when no
+/// cluster has claimed it yet.
+pub(crate) async fn check(
+    storage: &dyn Storage,
+    system_identifier: u64,
+    what: &str,
+) -> Result<Option<ClusterIdentity>, ArchiveError> {
+    let Some(identity) = ClusterIdentity::load(storage).await? else {
+        return Ok(None);
+    };
+    belongs(&identity, system_identifier, what)?;
+    Ok(Some(identity))
+}
+
+fn belongs(
+    identity: &ClusterIdentity,
+    system_identifier: u64,
+    what: &str,
+) -> Result<(), ArchiveError> {
     let expected = identity.system_identifier().ok_or_else(|| {
         ArchiveError::Storage(StorageError::Corrupt {
             key: layout::CLUSTER_KEY.into(),
@@ -55,5 +78,5 @@ pub(crate) async fn bind(
             found: system_identifier,
         });
     }
-    Ok(identity)
+    Ok(())
 }

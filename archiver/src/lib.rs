@@ -2,6 +2,7 @@
 //!
 //! - [`push_wal`]: `archive_command`, one WAL, history or backup-history file per call;
 //!   [`push_ahead`] stores the segments PostgreSQL has marked ready after it, detached.
+//! - [`preview_base_backup`]: what a base backup would copy, for `SIMULATE_MODE`; changes nothing.
 //! - [`run_base_backup`]: a physical backup of a running cluster, chunked and deduplicated.
 //! - [`open_rdb`]: a consistent RDB snapshot of a running Redis over the replication protocol;
 //!   [`run_rdb_backup`] stores one, chunked and deduplicated like everything else.
@@ -13,6 +14,7 @@ mod cluster;
 mod connection;
 mod dump;
 mod error;
+mod preview;
 mod publish;
 mod push_ahead;
 mod redis;
@@ -25,6 +27,7 @@ pub use base_backup::{BaseBackupOptions, run_base_backup};
 pub use connection::ConnectionOptions;
 pub use dump::{DumpOptions, pg_command, run_dump_backup};
 pub use error::ArchiveError;
+pub use preview::{BackupPreview, preview_base_backup, preview_dump, preview_redis};
 pub use push_ahead::{AheadLock, AheadReport, push_ahead};
 pub use redis::{
     RdbReader, RedisFacts, RedisOptions, keyspace, open_rdb, parse_keyspace, redis_data_dir,

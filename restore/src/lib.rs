@@ -5,7 +5,8 @@
 //! - [`select_backup`], [`plan_pitr`]: which backup to restore, and whether the archive can
 //!   carry it to the target; every check runs before anything is written.
 //! - [`plan_restore`], [`restore_backup`]: a PostgreSQL restore as the operator asks for it,
-//!   planned, then restored under a lease.
+//!   planned, then restored under a lease; [`preview_restore`] runs the same checks and writes
+//!   nothing (`SIMULATE_MODE`).
 //! - [`restore_base`]: put a base backup into a data directory, ready to recover when started;
 //!   with `delta`, onto a stopped data directory of the same cluster, rewriting what differs.
 //! - [`restore_redis`]: put a Redis backup's files where a redis-server started there loads them;
@@ -40,13 +41,13 @@ pub use pitr::{
     confirm_target_reachable, plan_end_of_archive, plan_pitr, timeline_histories, wal_records,
 };
 pub use postgres::{
-    PostgresRestoreOptions, RestoreChoices, RestorePlan, RestoreRequest, RestoredBackup,
-    cluster_backups, parse_until, plan_restore, restore_backup,
+    PostgresRestoreOptions, RestoreChoices, RestorePlan, RestorePreview, RestoreRequest,
+    RestoredBackup, cluster_backups, parse_until, plan_restore, preview_restore, restore_backup,
 };
 pub use prefetch::{PrefetchReport, Spool};
 pub use redis_flow::{
-    KeyCounter, KeyCounts, LoadCheck, RedisRestored, counts_line, refuse_if_redis_serves,
-    restore_redis_backup, restore_redis_from_file,
+    KeyCounter, KeyCounts, LoadCheck, RedisRestored, choose_redis_backup, counts_line,
+    refuse_if_redis_serves, restore_redis_backup, restore_redis_from_file,
 };
 pub use restore_base::quote as quote_setting;
 pub use restore_base::{

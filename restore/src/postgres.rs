@@ -321,6 +321,118 @@ pub fn plan_restore<'a>(
     }
 }
 
+async fn read_backup_manifest(
+    storage: &dyn Storage,
+    backup: &BackupRecord,
+) -> Result<BackupManifest, RestoreError> {
+    crate::read_manifest(storage, &backup.backup_id)
+        .await
+        .map_err(|source| RestoreError::ReadManifest {
+            backup_id: backup.backup_id.clone(),
+            source: Box::new(source),
+        })
+}
+
+fn restore_options(
+    options: &PostgresRestoreOptions,
+    recovery: &RecoveryTarget,
+    data_dir: &Path,
+    interrupted: Arc<AtomicBool>,
+) -> RestoreOptions {
+    let choices = &options.choices;
+    RestoreOptions {
+        data_dir: data_dir.to_path_buf(),
+        parallelism: options.parallelism,
+        transfers: options.transfers,
+        verify_first: options.verify_first,
+        target: recovery.clone(),
+        // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.
+        restore_command: format!("{} %f %p", options.restore_program.replace('%', "%%")),
+        tablespaces: choices.tablespaces.clone(),
+        waldir: choices.waldir.clone(),
+        archive_mode: choices.archive_mode,
+        timeline: choices.timeline,
+        interrupted,
+        owner: options.owner,
+        progress: options.progress.clone(),
+        delta: choices.delta,
+    }
+}
+
+/// What `restore_backup` would do, for `SIMULATE_MODE`.
+#[derive(Debug)]
+pub struct RestorePreview {
+    pub backup_id: String,
+    pub data_dir: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+    pub delta: bool,
+    pub tablespaces: Vec<(u32, PathBuf)>,
+    pub waldir: Option<PathBuf>,
+    /// Whether every pack the backup needs was found (false: the check was skipped).
+    pub packs_checked: bool,
+}
+
+/// Every check `restore_backup` runs before its first write (the manifest, the places, the
+/// packs), and what it would write; nothing is written, nor any lease taken.
+pub async fn preview_restore(
+    storage: &dyn Storage,
+    backup: &BackupRecord,
+    recovery: &RecoveryTarget,
+    data_dir: &Path,
+    options: &PostgresRestoreOptions,
+) -> Result<RestorePreview, RestoreError> {
+    let manifest = read_backup_manifest(storage, backup).await?;
+    let opts = restore_options(options, recovery, data_dir, Arc::default());
+    let destinations = crate::restore_base::preview_base(storage, &manifest, &opts).await?;
+    let restored: Vec<_> = crate::restore_base::restored_entries(&manifest)
+        .filter(|e| e.kind == storage::manifest::EntryKind::File)
+        .collect();
+    Ok(RestorePreview {
+        backup_id: backup.backup_id.clone(),
+        data_dir: data_dir.to_path_buf(),
+        files: restored.len(),
+        bytes: restored.iter().map(|e| e.size).sum(),
+        delta: destinations.delta,
+        tablespaces: destinations.tablespaces,
+        waldir: destinations.waldir,
+        packs_checked: options.verify_first,
+    })
+}
+
+impl std::fmt::Display for RestorePreview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.delta {
+            true => {
+                "onto the stopped data directory of its cluster, rewriting what differs and removing what it does not hold,"
+            }
+            false => "into the empty or new directory",
+        };
+        writeln!(
+            f,
+            "SIMULATE_MODE: would restore backup {} {how} {}: {} files, {:.1} MiB",
+            self.backup_id,
+            self.data_dir.display(),
+            self.files,
+            self.bytes as f64 / 1048576.0
+        )?;
+        for (oid, dir) in &self.tablespaces {
+            writeln!(f, "  tablespace {oid} into {}", dir.display())?;
+        }
+        if let Some(dir) = &self.waldir {
+            writeln!(f, "  pg_wal into {}", dir.display())?;
+        }
+        let packs = match self.packs_checked {
+            true => "every pack it needs is in the repository",
+            false => "the packs were not looked for (--skip-verify)",
+        };
+        write!(
+            f,
+            "{packs}; nothing was changed: unset SIMULATE_MODE to restore"
+        )
+    }
+}
+
 /// Restore `backup` into `data_dir` with `recovery` written for the server's start, under a
 /// lease that keeps `prune` off the backup; SIGINT, SIGTERM or SIGHUP stop it and remove what
 /// it wrote.
@@ -336,33 +448,11 @@ pub async fn restore_backup(
         spool.clear(backup.system_identifier)?;
     }
     let interrupted = Arc::new(AtomicBool::new(false));
-    // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.
-    let restore_command = format!("{} %f %p", options.restore_program.replace('%', "%%"));
     tracing::debug!(backup = %backup.backup_id, "reading the manifest");
-    let manifest = crate::read_manifest(storage.as_ref(), &backup.backup_id)
-        .await
-        .map_err(|source| RestoreError::ReadManifest {
-            backup_id: backup.backup_id.clone(),
-            source: Box::new(source),
-        })?;
+    let manifest = read_backup_manifest(storage.as_ref(), backup).await?;
     tracing::debug!(files = manifest.files.len(), "manifest read");
     let choices = &options.choices;
-    let opts = RestoreOptions {
-        data_dir: data_dir.to_path_buf(),
-        parallelism: options.parallelism,
-        transfers: options.transfers,
-        verify_first: options.verify_first,
-        target: recovery.clone(),
-        restore_command,
-        tablespaces: choices.tablespaces.clone(),
-        waldir: choices.waldir.clone(),
-        archive_mode: choices.archive_mode,
-        timeline: choices.timeline,
-        interrupted: interrupted.clone(),
-        owner: options.owner,
-        progress: options.progress.clone(),
-        delta: choices.delta,
-    };
+    let opts = restore_options(options, recovery, data_dir, interrupted.clone());
     let started = Instant::now();
     storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
     let running = Arc::new(AtomicBool::new(true));

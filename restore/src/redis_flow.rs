@@ -134,6 +134,27 @@ pub async fn restore_redis_from_file(
     })
 }
 
+/// The Redis backup of `kind` that `selector` names in the catalog.
+pub fn choose_redis_backup(
+    catalog: &catalog::Catalog,
+    selector: &BackupSelector,
+    kind: storage::BackupKind,
+) -> Result<catalog::BackupRecord, RestoreError> {
+    let backups = catalog.backups(Some(storage::Service::Redis))?;
+    if backups.is_empty() {
+        return Err(RestoreError::Refused(
+            "the catalog lists no Redis backups: run `lifeline backup redis`".into(),
+        ));
+    }
+    crate::select_backup(
+        &backups,
+        kind,
+        selector,
+        jiff::Timestamp::now(),
+        &jiff::tz::TimeZone::system(),
+    )
+}
+
 /// Restore the Redis backup of `kind` (RDB or AOF) that `selector` names in
 /// the catalog into `data_dir`, under a lease that keeps `prune` off it. The catalog is read
 /// at the call: the future holds no reference to it.
@@ -146,28 +167,9 @@ pub fn restore_redis_backup<'a>(
     options: crate::RedisRestoreOptions,
 ) -> impl Future<Output = Result<RedisRestored, RestoreError>> + 'a {
     let started = Instant::now();
-    let chosen = catalog
-        .backups(Some(storage::Service::Redis))
-        .map(|backups| {
-            crate::select_backup(
-                &backups,
-                kind,
-                selector,
-                jiff::Timestamp::now(),
-                &jiff::tz::TimeZone::system(),
-            )
-            .map_err(|e| {
-                if backups.is_empty() {
-                    RestoreError::Refused(
-                        "the catalog lists no Redis backups: run `lifeline backup redis`".into(),
-                    )
-                } else {
-                    e
-                }
-            })
-        });
+    let chosen = choose_redis_backup(catalog, selector, kind);
     async move {
-        let backup = chosen??;
+        let backup = chosen?;
         let manifest = storage::manifest::StreamManifest::load(storage, &backup.backup_id)
             .await
             .map_err(|source| RestoreError::ReadManifest {

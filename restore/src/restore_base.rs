@@ -177,6 +177,54 @@ pub async fn restore_base(
     result
 }
 
+/// Where `restore_base` would write, found by the checks it runs before its first write.
+#[derive(Debug)]
+pub(crate) struct Destinations {
+    /// Onto the existing data directory of the backup's cluster (`--delta`).
+    pub delta: bool,
+    /// Tablespace oid -> its directory.
+    pub tablespaces: Vec<(u32, PathBuf)>,
+    pub waldir: Option<PathBuf>,
+}
+
+/// Every check `restore_base` runs before its first write, for `SIMULATE_MODE`; nothing is
+/// written.
+pub(crate) async fn preview_base(
+    storage: &dyn Storage,
+    manifest: &BackupManifest,
+    opts: &RestoreOptions,
+) -> Result<Destinations, RestoreError> {
+    crate::validate::validate_base(manifest)?;
+    let destinations = if opts.delta && crate::delta::existing_cluster(manifest, opts)?.is_some() {
+        Destinations {
+            delta: true,
+            tablespaces: Vec::new(),
+            waldir: None,
+        }
+    } else {
+        let places = Places::plan(manifest, opts)?;
+        Destinations {
+            delta: false,
+            tablespaces: places
+                .tablespaces
+                .iter()
+                .map(|(oid, p)| (*oid, p.dir.clone()))
+                .collect(),
+            waldir: places.waldir.as_ref().map(|p| p.dir.clone()),
+        }
+    };
+    if opts.verify_first {
+        check_packs_exist(
+            storage,
+            &manifest.backup_id,
+            manifest.chunks(),
+            opts.parallelism,
+        )
+        .await?;
+    }
+    Ok(destinations)
+}
+
 /// Every pack `chunks` lie in exists, or the backup is refused before anything is written.
 pub(crate) async fn check_packs_exist<'a>(
     storage: &dyn Storage,

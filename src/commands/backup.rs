@@ -42,7 +42,10 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     if kind == storage::BackupKind::Dump {
         return super::dump::backup(settings).await;
     }
-    let storage = settings.repository_for_writing().await?;
+    let storage = match settings.ops.simulate {
+        true => settings.repository().await?,
+        false => settings.repository_for_writing().await?,
+    };
     let opts = archiver::BaseBackupOptions {
         connection: super::platform::connection(settings.database()),
         data_dir: settings.pgdata.clone(),
@@ -56,6 +59,11 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         standby: super::platform::standby(settings, from_standby)?,
         progress: ops::progress::for_operation("backup"),
     };
+    if settings.ops.simulate {
+        let preview = archiver::preview_base_backup(storage.as_ref(), &opts).await;
+        println!("{}", preview.context("base backup")?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let started = Instant::now();
     let manifest = archiver::run_base_backup(storage, &opts)
         .await
@@ -65,7 +73,10 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
 }
 
 async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<ExitCode> {
-    let storage = settings.repository_for_writing().await?;
+    let storage = match settings.ops.simulate {
+        true => settings.repository().await?,
+        false => settings.repository_for_writing().await?,
+    };
     let opts = archiver::RdbBackupOptions {
         redis: super::platform::redis_client(&settings.redis),
         compression: settings.compression,
@@ -75,6 +86,11 @@ async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<
         catalog_path: settings.catalog_path()?,
         progress: ops::progress::for_operation("backup"),
     };
+    if settings.ops.simulate {
+        let preview = archiver::preview_redis(storage.as_ref(), &opts, kind).await;
+        println!("{}", preview.context("Redis backup")?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let started = Instant::now();
     let manifest = if kind == storage::BackupKind::Aof {
         archiver::run_aof_backup(storage, &opts).await

@@ -13,6 +13,14 @@ pub enum CatalogCommand {
 pub async fn run(cmd: CatalogCommand, settings: &Settings) -> Result<ExitCode> {
     let CatalogCommand::Rebuild = cmd;
     let storage = settings.repository().await?;
+    if settings.ops.simulate {
+        println!(
+            "SIMULATE_MODE: would rebuild the catalog {} from {}\nnothing was changed: unset SIMULATE_MODE to rebuild",
+            settings.catalog_path()?.display(),
+            storage.describe()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut catalog = settings.open_catalog()?;
     let summary = catalog::rebuild(storage.as_ref(), &mut catalog)
         .await

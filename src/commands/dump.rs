@@ -26,6 +26,13 @@ fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptio
 }
 
 pub async fn backup(settings: &Settings) -> Result<ExitCode> {
+    if settings.ops.simulate {
+        let storage = settings.repository().await?;
+        let opts = dump_options(settings, &settings.db.dbname)?;
+        let preview = archiver::preview_dump(storage.as_ref(), &opts).await;
+        println!("{}", preview.context("dump")?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let storage = settings.repository_for_writing().await?;
     let started = Instant::now();
     let manifest =
@@ -59,6 +66,26 @@ pub async fn restore(
             restore::choose_dump(&settings.open_catalog()?, &selector)?
         }
     };
+    if settings.ops.simulate {
+        let (what, storage) = match &source {
+            restore::DumpSource::File(path) => (format!("the dump file {}", path.display()), None),
+            restore::DumpSource::Repository(id) => (
+                format!("dump backup {id}"),
+                Some(settings.repository().await?),
+            ),
+        };
+        let first = match target {
+            restore::Target::Production => "after a pre-restore dump of what it replaces",
+            restore::Target::Staging => "dropping the staging database first",
+        };
+        println!(
+            "SIMULATE_MODE: would restore {what}{} into database {database} with pg_restore, {first}\nnothing was changed: unset SIMULATE_MODE to restore",
+            storage
+                .map(|s| format!(" from {}", s.describe()))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let storage = settings.repository_for_writing().await?;
     let (pg_bin, db) = (settings.pg_bin(), super::platform::connection(&settings.db));
     let options = restore::DumpRestoreOptions {

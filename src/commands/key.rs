@@ -29,6 +29,21 @@ pub enum KeyCommand {
 
 /// `repo init` and `key ...`: the logic is in `ops::encryption`.
 pub async fn run(cmd: Option<KeyCommand>, settings: &ops::Settings) -> Result<ExitCode> {
+    let change = match &cmd {
+        None => Some("make this repository encrypted".to_string()),
+        Some(KeyCommand::List) => None,
+        Some(KeyCommand::Add { .. }) => Some("add a key slot".into()),
+        Some(KeyCommand::Remove { slot }) => Some(format!("remove key slot {slot}")),
+        Some(KeyCommand::Rotate { .. }) => Some("start a new data key epoch".into()),
+    };
+    if let (true, Some(what)) = (settings.ops.simulate, change) {
+        let raw = settings.unsealed_repository(false).await?;
+        println!(
+            "SIMULATE_MODE: would {what} in {}\nnothing was changed: unset SIMULATE_MODE to do it",
+            raw.describe()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let (encryption, raw) = (
         &settings.encryption,
         settings.unsealed_repository(true).await?,

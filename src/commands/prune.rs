@@ -17,7 +17,8 @@ pub struct PruneArgs {
     json: bool,
 }
 
-pub async fn run(args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
+pub async fn run(mut args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
+    args.dry_run |= settings.ops.simulate;
     // A prune that deletes is a writer: only the repository's owner (or root on its behalf).
     let storage = if args.dry_run {
         settings.repository().await?

@@ -134,6 +134,17 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     let binaries = settings.server_binaries();
     let needs = binaries.for_backup(storage.as_ref(), &plan.backup).await?;
     println!("{needs}");
+    if settings.ops.simulate {
+        let preview = restore::preview_restore(
+            storage.as_ref(),
+            &plan.backup,
+            &plan.recovery,
+            &data_dir,
+            &options,
+        );
+        println!("{}", preview.await?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let (id, into) = (&plan.backup.backup_id, data_dir.display());
     options.progress = ops::progress::for_operation("restore");
     options.progress.set_phase(&format!("{id} into {into}"));
@@ -157,6 +168,24 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
         .flatten();
     let address = format!("{}:{}", settings.redis.host, settings.redis.port);
     restore::refuse_if_redis_serves(&address, served, &args.data_dir).await?;
+    if settings.ops.simulate {
+        let from = match &args.file {
+            Some(file) => file.display().to_string(),
+            None => {
+                let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
+                let catalog = settings.open_catalog()?;
+                let backup = restore::choose_redis_backup(&catalog, &selector, args.kind)?;
+                let storage = settings.repository().await?;
+                format!("backup {} in {}", backup.backup_id, storage.describe())
+            }
+        };
+        println!(
+            "SIMULATE_MODE: would restore the Redis {} files of {from} into {}\nnothing was changed: unset SIMULATE_MODE to restore",
+            args.kind.as_str().to_uppercase(),
+            args.data_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let restored = match &args.file {
         Some(file) => restore::restore_redis_from_file(file, &args.data_dir, args.kind).await?,
         None => {

@@ -48,6 +48,9 @@ pub struct FetchArgs {
 pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
     match cmd {
         WalCommand::Push { path, ahead } => {
+            if settings.ops.simulate {
+                return simulated_push(&path, ahead, settings).await;
+            }
             let (catalog, compression) = (settings.catalog_path()?, settings.push_compression());
             if ahead {
                 let Some(lock) = archiver::AheadLock::try_acquire(&catalog, &path) else {
@@ -96,4 +99,23 @@ pub async fn run(cmd: WalCommand, settings: &Settings) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `wal push` under SIMULATE_MODE: nothing archived, and not exit 0, which would let
+/// PostgreSQL recycle a segment that is nowhere else.
+async fn simulated_push(
+    path: &std::path::Path,
+    ahead: bool,
+    settings: &Settings,
+) -> Result<ExitCode> {
+    if ahead {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let storage = settings.repository().await?;
+    anyhow::bail!(
+        "SIMULATE_MODE=true: would archive {} into {}; not archived, so PostgreSQL keeps it and \
+         asks again: unset SIMULATE_MODE where the server runs to archive",
+        path.display(),
+        storage.describe()
+    )
 }

@@ -1,0 +1,164 @@
+//! What a backup would do, for `SIMULATE_MODE`: the same checks a backup runs before it starts
+//! (the server answers, archives, and is the cluster whose files are read; the repository is
+//! that cluster's), then a walk of the files it would copy. Nothing is written anywhere: no
+//! `pg_backup_start`, no claim on the repository, no catalog created.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use storage::{BackupKind, Storage};
+
+use crate::base_backup::{BaseBackupOptions, Preflight, preflight};
+use crate::walk::walk_data_dir;
+use crate::{ArchiveError, cluster};
+
+/// The plan of a base backup, as `run_base_backup` would carry it out now.
+#[derive(Debug)]
+pub struct BackupPreview {
+    pub server_version: String,
+    pub system_identifier: u64,
+    /// `primary`, or the standby's name.
+    pub source: String,
+    pub data_dir: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+    pub tablespaces: usize,
+    pub repository: String,
+    /// False: no cluster has claimed the repository yet; the backup would claim it.
+    pub repository_bound: bool,
+    /// The backup it would build on (only the chunks that one lacks would be stored).
+    pub previous: Option<String>,
+}
+
+/// Run a base backup's read-only checks and say what it would copy.
+pub async fn preview_base_backup(
+    storage: &dyn Storage,
+    opts: &BaseBackupOptions,
+) -> Result<BackupPreview, ArchiveError> {
+    let Preflight {
+        facts,
+        standby,
+        data_dir,
+        ..
+    } = preflight(opts).await?;
+    let bound = cluster::check(storage, facts.system_identifier, "this server").await?;
+    let walk = {
+        let (dir, version_dir) = (data_dir.clone(), facts.tablespace_version_dir.clone());
+        let skipped = facts.layout.skip_contents;
+        tokio::task::spawn_blocking(move || walk_data_dir(&dir, &version_dir, skipped))
+            .await
+            .map_err(ArchiveError::task("directory walk"))??
+    };
+    let files = walk
+        .entries
+        .iter()
+        .filter(|e| e.kind == storage::manifest::EntryKind::File);
+    let (count, bytes) = files.fold((0, 0), |(n, b), e| (n + 1, b + e.size));
+    Ok(BackupPreview {
+        server_version: facts.version,
+        system_identifier: facts.system_identifier,
+        source: standby.map_or_else(|| "primary".to_string(), |s| s.name),
+        data_dir,
+        files: count,
+        bytes,
+        tablespaces: walk.linked.len() + walk.in_place.len(),
+        repository: storage.describe(),
+        repository_bound: bound.is_some(),
+        previous: previous_backup(opts, facts.system_identifier).await,
+    })
+}
+
+/// The newest base backup of this cluster in the catalog, when there is a catalog (opening a
+/// missing one would create it).
+async fn previous_backup(opts: &BaseBackupOptions, system_identifier: u64) -> Option<String> {
+    let path = opts.catalog_path.clone();
+    if !path.exists() {
+        return None;
+    }
+    let newest = tokio::task::spawn_blocking(move || {
+        catalog::Catalog::open(&path)?.newest_backup(BackupKind::Base, Some(system_identifier))
+    })
+    .await;
+    match newest {
+        Ok(Ok(record)) => record.map(|b| b.backup_id),
+        _ => None,
+    }
+}
+
+impl fmt::Display for BackupPreview {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "SIMULATE_MODE: would take a base backup of PostgreSQL {} (cluster {}) from the {}, \
+             reading {}: {} files, {:.1} MiB, {} tablespace(s)",
+            self.server_version,
+            self.system_identifier,
+            self.source,
+            self.data_dir.display(),
+            self.files,
+            self.bytes as f64 / 1048576.0,
+            self.tablespaces
+        )?;
+        let into = match (&self.previous, self.repository_bound) {
+            (Some(previous), _) => {
+                format!("building on {previous}: only the chunks it lacks would be stored")
+            }
+            (None, true) => "a full copy: no earlier base backup of this cluster".to_string(),
+            (None, false) => format!(
+                "a full copy, and the repository would be bound to cluster {}",
+                self.system_identifier
+            ),
+        };
+        writeln!(f, "  into {}, {into}", self.repository)?;
+        write!(f, "nothing was changed: unset SIMULATE_MODE to back up")
+    }
+}
+
+/// A logical dump's read-only checks (the database answers) and what it would store.
+pub async fn preview_dump(
+    storage: &dyn Storage,
+    opts: &crate::DumpOptions,
+) -> Result<String, ArchiveError> {
+    use crate::error::PgContext;
+    let client = opts.connection.connect().await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), pg_database_size(current_database())",
+            &[],
+        )
+        .await
+        .doing("reading the database's size")?;
+    let (version, size): (String, i64) = (row.get(0), row.get(1));
+    Ok(format!(
+        "SIMULATE_MODE: would dump database {} (PostgreSQL {version}, {:.1} MiB on disk) with \
+         pg_dump into {}\nnothing was changed: unset SIMULATE_MODE to back up",
+        opts.connection.dbname,
+        size as f64 / 1048576.0,
+        storage.describe()
+    ))
+}
+
+/// A Redis backup's read-only check (the server answers and is not loading) and what it would
+/// store.
+pub async fn preview_redis(
+    storage: &dyn Storage,
+    opts: &crate::RdbBackupOptions,
+    kind: BackupKind,
+) -> Result<String, ArchiveError> {
+    let redis = opts.redis.clone();
+    let keys = tokio::task::spawn_blocking(move || crate::keyspace(&redis))
+        .await
+        .map_err(ArchiveError::task("Redis check"))??;
+    let what = match kind {
+        BackupKind::Aof => "its append-only files",
+        _ => "an RDB snapshot over the replication protocol",
+    };
+    Ok(format!(
+        "SIMULATE_MODE: would back up Redis at {}:{} ({} keys) as {what} into {}\nnothing was \
+         changed: unset SIMULATE_MODE to back up",
+        opts.redis.host,
+        opts.redis.port,
+        keys.values().sum::<u64>(),
+        storage.describe()
+    ))
+}
