@@ -1,9 +1,10 @@
 //! Archive look-ahead: `wal push --ahead` (the detached worker every `wal push` starts) stores
 //! the segments PostgreSQL has marked ready, byte for byte, and touches nothing in pg_wal;
 //! PostgreSQL's own `wal push` of each then only confirms it. And on the ugly paths (a worker
-//! killed with -9 mid-upload, a low open-file limit, paths that need quoting, encrypted and S3
-//! repositories with a backlog, two pushes at once, archive_command's own flags), every
-//! segment is still archived with exit 0 and fetched byte for byte.
+//! killed with -9 mid-upload, on a local or an S3 repository, a low open-file limit, paths that
+//! need quoting, encrypted and S3 repositories with a backlog, two pushes at once,
+//! archive_command's own flags), every segment is still archived with exit 0 and fetched byte
+//! for byte.
 
 mod common;
 
@@ -437,6 +438,76 @@ fn a_worker_killed_mid_upload_leaves_nothing_that_looks_archived() {
             text(&out)
         );
     }
+}
+
+#[test]
+fn a_worker_killed_mid_run_on_s3_loses_nothing() {
+    let s3 = MotoServer::start();
+    s3.create_bucket("ahead");
+    let scratch = Scratch::with_s3(&s3.endpoint(), "ahead/prod");
+    let pg = held_back(&scratch, "primary");
+    let waiting = backlog(&pg, 12, 30_000);
+    let archived = || s3.keys("ahead", "prod/wal/").len();
+
+    // Workers as `wal push` starts them, each killed with -9 once it has stored a segment: an
+    // upload in flight is cut off, or the next one not started.
+    let mut killed_mid_run = 0;
+    for current in &waiting[..4] {
+        let before = archived();
+        let mut worker = in_pgdata(
+            &scratch,
+            &pg,
+            &["wal", "push", "--ahead", &format!("pg_wal/{current}")],
+            &[("LIFELINE_WAL_PUSH_AHEAD", "64")],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start a worker");
+        let group =
+            rustix::process::Pid::from_raw(i32::try_from(worker.id()).expect("pid")).expect("pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stored_one = loop {
+            if archived() > before {
+                break true;
+            }
+            if worker.try_wait().expect("wait").is_some() {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker neither stored nor ended"
+            );
+        };
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let status = worker.wait().expect("reap");
+        // Killed, not ended of its own accord: it still had segments to store.
+        if stored_one && std::os::unix::process::ExitStatusExt::signal(&status) == Some(9) {
+            killed_mid_run += 1;
+        }
+    }
+    assert!(
+        killed_mid_run > 0,
+        "no worker was killed with segments left to store: this test proved nothing"
+    );
+    assert!(running(&scratch.bin).is_empty(), "a worker survived -9");
+
+    // PostgreSQL's own pushes: every one succeeds, and every segment reads back exactly.
+    for name in &waiting {
+        clean(&push(&scratch, &pg, name), &format!("wal push {name}"));
+    }
+    wait_idle(&scratch.bin);
+    for name in &waiting {
+        let original = std::fs::read(pg.data.join("pg_wal").join(name)).expect("segment");
+        assert!(
+            fetched(&scratch, name) == Some(original),
+            "{name} not archived exactly"
+        );
+    }
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert_eq!(code(&out), 0, "verify: {}", text(&out));
 }
 
 #[test]

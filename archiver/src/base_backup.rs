@@ -32,6 +32,7 @@ use storage::{BackupKind, Compression, Service, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::chunk_index::ChunkIndex;
 use crate::chunk_store::{self, Lineage, pack_jobs};
 use crate::error::PgContext;
 use crate::publish::{new_backup_id, publish_base_backup};
@@ -538,7 +539,7 @@ async fn copy_files(
     entries: Vec<WalkEntry>,
     block_size: usize,
     opts: &BaseBackupOptions,
-    previous: HashMap<storage::ChunkHash, ChunkRef>,
+    previous: ChunkIndex,
 ) -> Result<Copied, ArchiveError> {
     let parallelism = opts.parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Job>(parallelism * 2);
@@ -560,7 +561,7 @@ async fn copy_files(
     let (packer, slots) = pack_jobs(
         rx,
         storage,
-        previous,
+        Arc::new(previous),
         opts.compression,
         parallelism,
         opts.transfers,
@@ -593,6 +594,8 @@ async fn copy_files(
             }
             chunks.push(packer.chunk_ref(hash, len)?);
         }
+        // Kept until the manifest is written: no room to spare per block.
+        chunks.shrink_to_fit();
         Ok(chunks)
     };
 
@@ -888,7 +891,7 @@ mod tests {
             standby: None,
             progress: storage::progress::none(),
         };
-        let copied = copy_files(storage, entries, block, &opts, HashMap::new())
+        let copied = copy_files(storage, entries, block, &opts, ChunkIndex::default())
             .await
             .expect("copied");
         let paths: Vec<&str> = copied.files.iter().map(|f| f.path.as_str()).collect();

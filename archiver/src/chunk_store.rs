@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::ArchiveError;
+use crate::chunk_index::ChunkIndex;
 
 /// Which earlier backup a new one may build on.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +56,7 @@ pub(crate) async fn previous_chunks(
     storage: &dyn Storage,
     catalog_path: &Path,
     lineage: Lineage,
-) -> HashMap<ChunkHash, ChunkRef> {
+) -> ChunkIndex {
     let path = catalog_path.to_path_buf();
     let latest = tokio::task::spawn_blocking(move || {
         catalog::Catalog::open(&path)?.newest_backup(lineage.kind(), lineage.system_identifier())
@@ -63,30 +64,30 @@ pub(crate) async fn previous_chunks(
     .await;
     let latest = match latest {
         Ok(Ok(Some(latest))) => latest,
-        Ok(Ok(None)) => return HashMap::new(),
+        Ok(Ok(None)) => return ChunkIndex::default(),
         Ok(Err(e)) => {
             warn!("the catalog cannot be read ({e}), storing every chunk again");
-            return HashMap::new();
+            return ChunkIndex::default();
         }
         Err(e) => {
             warn!("the catalog reader stopped ({e}), storing every chunk again");
-            return HashMap::new();
+            return ChunkIndex::default();
         }
     };
     let id = latest.backup_id;
-    let chunks: Result<Vec<ChunkRef>, StorageError> = match lineage {
+    let manifest: Result<Previous, StorageError> = match lineage {
         Lineage::Base { .. } => BackupManifest::load(storage, &id)
             .await
-            .map(|m| m.chunks().copied().collect()),
+            .map(|m| Previous::Base(Box::new(m))),
         Lineage::Stream { .. } => StreamManifest::load(storage, &id)
             .await
-            .map(|m| m.chunks().copied().collect()),
+            .map(Previous::Stream),
     };
-    let chunks = match chunks {
-        Ok(chunks) => chunks,
+    let manifest = match manifest {
+        Ok(manifest) => manifest,
         Err(e) => {
             warn!("previous backup {id} unreadable, storing every chunk again: {e}");
-            return HashMap::new();
+            return ChunkIndex::default();
         }
     };
     let packs: HashMap<PackId, u64> = match storage.list(layout::PACKS_PREFIX).await {
@@ -96,10 +97,13 @@ pub(crate) async fn previous_chunks(
             .collect(),
         Err(e) => {
             warn!("cannot list the packs ({e}), storing every chunk again");
-            return HashMap::new();
+            return ChunkIndex::default();
         }
     };
-    let (usable, lost) = usable_chunks(chunks, &packs);
+    let (usable, lost) = match &manifest {
+        Previous::Base(m) => usable_chunks(m.chunks(), &packs),
+        Previous::Stream(m) => usable_chunks(m.chunks(), &packs),
+    };
     if lost > 0 {
         warn!(
             "{lost} chunk(s) of backup {id} are in packs that are missing or truncated: storing \
@@ -111,22 +115,26 @@ pub(crate) async fn previous_chunks(
     usable
 }
 
+/// The manifest a new backup builds on, held only while its chunks are indexed.
+enum Previous {
+    Base(Box<BackupManifest>),
+    Stream(StreamManifest),
+}
+
 /// The chunks whose pack (by id, with its size) holds them whole, and how many were dropped.
-fn usable_chunks(
-    chunks: Vec<ChunkRef>,
+fn usable_chunks<'a>(
+    chunks: impl Iterator<Item = &'a ChunkRef>,
     packs: &HashMap<PackId, u64>,
-) -> (HashMap<ChunkHash, ChunkRef>, usize) {
+) -> (ChunkIndex, usize) {
     let mut lost = 0;
-    let mut usable = HashMap::with_capacity(chunks.len());
+    let mut usable = ChunkIndex::with_capacity(chunks.size_hint().0);
     for c in chunks {
         let whole = packs.get(&c.pack).is_some_and(|&size| {
             c.offset
                 .checked_add(c.stored)
                 .is_some_and(|end| end <= size)
         });
-        if whole {
-            usable.insert(c.hash, c);
-        } else {
+        if !(whole && usable.insert_ref(c)) {
             lost += 1;
         }
     }
@@ -179,8 +187,10 @@ const PACK_CAPACITY: usize = DEFAULT_PACK_TARGET + (2 << 20);
 pub(crate) struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
-    /// hash -> (pack id, offset, stored length) of every chunk this backup can reference.
-    locations: HashMap<ChunkHash, (PackId, u64, u64)>,
+    /// Where the chunks of the backup this one builds on are.
+    previous: Arc<ChunkIndex>,
+    /// Where the chunks this backup stored are, once their pack is sealed.
+    packed: ChunkIndex,
     pending: Vec<(ChunkHash, u64, u64)>,
     writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
     transfers: usize,
@@ -192,17 +202,15 @@ impl Packer {
     /// A packer that knows where `previous` chunks already are (they are not stored again).
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
-        previous: HashMap<ChunkHash, ChunkRef>,
+        previous: Arc<ChunkIndex>,
         transfers: usize,
         stages: Arc<Stages>,
     ) -> Packer {
         Packer {
             storage,
             current: PackBuilder::with_capacity(PACK_CAPACITY),
-            locations: previous
-                .into_iter()
-                .map(|(hash, c)| (hash, (c.pack, c.offset, c.stored)))
-                .collect(),
+            previous,
+            packed: ChunkIndex::default(),
             pending: Vec::new(),
             writes: tokio::task::JoinSet::new(),
             transfers: transfers.max(1),
@@ -213,18 +221,10 @@ impl Packer {
 
     /// Where a packed chunk is, as a manifest names it.
     pub(crate) fn chunk_ref(&self, hash: ChunkHash, len: u64) -> Result<ChunkRef, ArchiveError> {
-        let Some(&(pack, offset, stored)) = self.locations.get(&hash) else {
-            return Err(ArchiveError::Internal(format!(
-                "chunk {hash} was never packed"
-            )));
-        };
-        Ok(ChunkRef {
-            hash,
-            len,
-            pack,
-            offset,
-            stored,
-        })
+        self.packed
+            .chunk_ref(hash, len)
+            .or_else(|| self.previous.chunk_ref(hash, len))
+            .ok_or_else(|| ArchiveError::Internal(format!("chunk {hash} was never packed")))
     }
 
     pub(crate) async fn add(&mut self, hash: ChunkHash, framed: &[u8]) -> Result<(), ArchiveError> {
@@ -249,7 +249,11 @@ impl Packer {
             .map_err(ArchiveError::task("pack task"))??;
         self.written += sealed.bytes.len() as u64;
         for (hash, offset, stored) in self.pending.drain(..) {
-            self.locations.insert(hash, (sealed.id, offset, stored));
+            if !self.packed.insert(hash, sealed.id, offset, stored) {
+                return Err(ArchiveError::Internal(format!(
+                    "chunk {hash} takes {stored} bytes in its pack"
+                )));
+            }
         }
         let waiting = std::time::Instant::now();
         while self.writes.len() >= self.transfers {
@@ -346,6 +350,7 @@ impl Compressors {
 /// Hash a chunk, and compress it unless the repository (or this backup) already has it.
 pub(crate) async fn prepare_chunk<S: Send + 'static>(
     compressors: &Compressors,
+    previous: Arc<ChunkIndex>,
     known: Arc<Mutex<HashSet<ChunkHash>>>,
     ids: ChunkIds,
     compression: Compression,
@@ -356,7 +361,8 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
         .run(move || -> Result<Prepared<S>, StorageError> {
             let hash = stages.time(HASH, || object::checksum(&job.data));
             let id = ChunkHash::from(ids.of_checksum(hash));
-            let is_new = known.lock().map(|mut k| k.insert(id)).unwrap_or(true);
+            let is_new =
+                !previous.contains(&id) && known.lock().map(|mut k| k.insert(id)).unwrap_or(true);
             let framed = if is_new {
                 let encoded = stages.time(COMPRESS, || {
                     object::encode_with_checksum(&job.data, hash, compression)
@@ -384,17 +390,17 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
 pub(crate) async fn pack_jobs<S: Send + 'static>(
     mut rx: mpsc::Receiver<Job<S>>,
     storage: Arc<dyn Storage>,
-    previous: HashMap<ChunkHash, ChunkRef>,
+    previous: Arc<ChunkIndex>,
     compression: Compression,
     parallelism: usize,
     transfers: usize,
     progress: &dyn Progress,
     stages: &Arc<Stages>,
 ) -> Result<(Packer, Vec<(S, ChunkHash, u64)>), ArchiveError> {
-    let known: Arc<Mutex<HashSet<ChunkHash>>> =
-        Arc::new(Mutex::new(previous.keys().copied().collect()));
+    // The chunks this backup is storing: a second copy of one is referenced, not stored.
+    let known: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
     let ids = storage.chunk_ids();
-    let packer = Packer::new(storage, previous, transfers, stages.clone());
+    let packer = Packer::new(storage, previous.clone(), transfers, stages.clone());
     let in_flight = parallelism.max(1) * 2;
     let compressors = Compressors::start(in_flight)?;
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -402,6 +408,7 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
         .map(|job| {
             prepare_chunk(
                 &compressors,
+                previous.clone(),
                 known.clone(),
                 ids.clone(),
                 compression,
@@ -440,7 +447,7 @@ pub(crate) struct StoredStream {
 pub(crate) async fn store_stream<R: Read + Send + 'static>(
     storage: Arc<dyn Storage>,
     reader: R,
-    previous: HashMap<ChunkHash, ChunkRef>,
+    previous: Arc<ChunkIndex>,
     compression: Compression,
     parallelism: usize,
     transfers: usize,
@@ -519,16 +526,19 @@ mod tests {
             (PackId::from_bytes([2; 32]), 50),
         ]);
         let gone = 9;
-        let chunks = vec![
+        let chunks = [
             chunk(b'a', 1, 0, 100),
             chunk(b'b', 2, 40, 20),
             chunk(b'c', gone, 0, 10),
             chunk(b'd', 2, u64::MAX, 2),
             chunk(b'e', 2, 0, 50),
         ];
-        let (usable, lost) = usable_chunks(chunks, &packs);
-        let mut kept: Vec<u8> = usable.keys().map(|h| h.as_bytes()[0]).collect();
-        kept.sort_unstable();
+        let (usable, lost) = usable_chunks(chunks.iter(), &packs);
+        let kept: Vec<u8> = chunks
+            .iter()
+            .filter(|c| usable.contains(&c.hash))
+            .map(|c| c.hash.as_bytes()[0])
+            .collect();
         assert_eq!(kept, [b'a', b'e']);
         assert_eq!(lost, 3);
     }

@@ -9,6 +9,7 @@
 
 mod aof;
 mod base_backup;
+mod chunk_index;
 mod chunk_store;
 mod cluster;
 mod connection;

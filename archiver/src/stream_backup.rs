@@ -95,7 +95,8 @@ async fn store_redis_files(
     sources: Vec<(String, Box<dyn Read + Send>)>,
 ) -> Result<StreamManifest, ArchiveError> {
     let lineage = Lineage::Stream { kind };
-    let mut previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
+    let mut previous =
+        Arc::new(previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await);
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     let mut files = Vec::with_capacity(sources.len());
@@ -112,7 +113,10 @@ async fn store_redis_files(
         )
         .await?;
         // Later files may share this one's chunks too.
-        previous.extend(stored.chunks.iter().map(|c| (c.hash, *c)));
+        let index = Arc::make_mut(&mut previous);
+        for c in &stored.chunks {
+            index.insert_ref(c);
+        }
         new_bytes += stored.new_bytes;
         files.push(StreamFile {
             name,

@@ -316,6 +316,24 @@ impl MotoServer {
             "create bucket: {response}"
         );
     }
+
+    /// The keys in `bucket` under `prefix` (at most 1000; moto takes unsigned requests).
+    // Test support, run from the test's own thread: waiting for curl stalls nothing else.
+    #[allow(clippy::disallowed_methods)]
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.endpoint());
+        let out = Command::new("curl")
+            .args(["-sfk", &url])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "list {bucket}/{prefix} failed");
+        let body = String::from_utf8_lossy(&out.stdout);
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 impl Drop for MotoServer {
