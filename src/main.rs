@@ -81,6 +81,23 @@ enum RepoCommand {
 }
 
 impl Command {
+    /// Whether `SIMULATE_MODE` makes this command only say what it would do, leaving no
+    /// operation log or status of its own (failover logs its simulation as such; the commands
+    /// that only read run as usual).
+    fn simulates(&self) -> bool {
+        matches!(
+            self,
+            Command::Wal(_)
+                | Command::Backup(_)
+                | Command::Restore(_)
+                | Command::Prune(_)
+                | Command::Catalog(_)
+                | Command::Drill(_)
+                | Command::Repo(_)
+                | Command::Key(_)
+        )
+    }
+
     /// The name of this run's operation log, for the commands that keep one.
     fn log_name(&self) -> Option<String> {
         let name = match self {
@@ -107,9 +124,6 @@ async fn report(
     operation: &str,
     result: anyhow::Result<ExitCode>,
 ) -> anyhow::Result<ExitCode> {
-    if settings.ops.simulate {
-        return result;
-    }
     let error = result.as_ref().err().map(|e| format!("{e:#}"));
     let problems = matches!(&result, Ok(code) if *code != ExitCode::SUCCESS);
     ops::status_file::report(settings, operation, error, problems).await;
@@ -175,9 +189,8 @@ fn main() -> ExitCode {
     };
     // A simulated run leaves no log of an operation that did not happen; failover and drill
     // log their simulations.
-    let operation = cli.command.log_name().filter(|_| {
-        !settings.ops.simulate || matches!(cli.command, Command::Failover(_) | Command::Drill(_))
-    });
+    let simulated = settings.ops.simulate && cli.command.simulates();
+    let operation = cli.command.log_name().filter(|_| !simulated);
     // Before the operation log, the catalog or anything else is created.
     if let Err(why) = act_as_repository_owner(&settings, &cli.command) {
         say(&format!("lifeline: {why}"));
@@ -222,6 +235,9 @@ fn main() -> ExitCode {
             Command::Backup(cmd) => {
                 let operation = cmd.operation();
                 let result = commands::backup::run(cmd, &settings).await;
+                if simulated {
+                    return result;
+                }
                 report(&settings, &operation, result).await
             }
             Command::Restore(cmd) => commands::restore::run(cmd, &settings).await,
@@ -243,7 +259,7 @@ fn main() -> ExitCode {
             Command::Completions { shell } => generated(Some(shell)),
             Command::Man => generated(None),
             Command::Prune(args) => {
-                let dry_run = args.dry_run;
+                let dry_run = args.dry_run || simulated;
                 let result = commands::prune::run(args, &settings).await;
                 if dry_run {
                     result

@@ -84,6 +84,17 @@ fn postgres_commands_under_simulate_mode_say_what_they_would_do_and_change_nothi
     wrong.push(("DB_PORT", "1"));
     let out = scratch.lifeline(&["backup", "postgres"], &wrong);
     assert_eq!(code(&out), 1, "{}", text(&out));
+    // ... and so does a user who may read the settings but not start a backup.
+    pg.psql("CREATE ROLE reader LOGIN IN ROLE pg_read_all_settings");
+    let mut reader = env.clone();
+    reader.push(("DB_USER", "reader"));
+    let out = scratch.lifeline(&["backup", "postgres"], &reader);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("may not run pg_backup_start()"),
+        "{}",
+        text(&out)
+    );
 
     // A restore into a new directory: planned and checked, nothing created.
     let fresh = scratch.path("new 'dir' %");
@@ -105,24 +116,97 @@ fn postgres_commands_under_simulate_mode_say_what_they_would_do_and_change_nothi
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(text(&out).contains("is not empty"), "{}", text(&out));
 
-    // A delta restore onto the stopped restored directory: checked, and left as it was.
-    let out = simulated_restore(&scratch, &["--type", "full", "--delta"], &target);
-    let said = succeeded(&out, "simulated delta restore");
-    assert!(
-        said.contains("onto the stopped data directory of its cluster"),
-        "{said}"
+    // ... and a directory this user may not create.
+    let out = simulated_restore(
+        &scratch,
+        &["--type", "full"],
+        Path::new("/usr/lifeline-x/data"),
     );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot be written by this user"),
+        "{}",
+        text(&out)
+    );
+
+    // A delta restore onto the stopped restored directory: checked, and left as it was; what
+    // it would remove is counted (one more once a file the backup lacks is added).
+    let removals = |out: &std::process::Output| -> usize {
+        let said = succeeded(out, "simulated delta restore");
+        assert!(
+            said.contains("onto the stopped data directory of its cluster"),
+            "{said}"
+        );
+        let (_, after) = said.split_once("removing ").expect("a count");
+        after
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a number")
+    };
+    let restored = state(std::slice::from_ref(&target));
+    let lacking = removals(&simulated_restore(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &target,
+    ));
+    let extra = target.join("left over");
+    std::fs::write(&extra, b"not in the backup").expect("extra file");
+    common::chown_postgres(&extra);
+    let with_extra = state(std::slice::from_ref(&target));
+    let second = removals(&simulated_restore(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &target,
+    ));
+    assert_eq!(second, lacking + 1);
     assert_eq!(
         state(std::slice::from_ref(&target)),
-        restored,
+        with_extra,
         "a simulated delta restore changed files"
     );
+    assert_ne!(restored, with_extra);
+    // What the real delta restore would refuse midway, the simulation refuses too.
+    let locked = target.join("locked");
+    std::fs::create_dir_all(locked.join("sub")).expect("mkdir");
+    common::chown_postgres(&locked);
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+        .expect("chmod");
+    let out = simulated_restore(&scratch, &["--type", "full", "--delta"], &target);
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("--delta"), "{}", text(&out));
     unchanged("restore postgres");
 
-    // Prune: the plan, nothing deleted (the same as --dry-run).
-    let out = scratch.lifeline(&["prune"], &env);
-    succeeded(&out, "simulated prune");
+    // Prune: the plan, nothing deleted (the same as --dry-run), and no catalog written: one
+    // that is missing stays missing.
+    let absent = scratch.path("no catalog.db");
+    let absent_text = absent.to_string_lossy().into_owned();
+    let mut no_catalog = env.clone();
+    no_catalog.push(("LIFELINE_CATALOG", absent_text.as_str()));
+    let out = scratch.lifeline(&["prune"], &no_catalog);
+    let said = succeeded(&out, "simulated prune");
+    assert!(said.contains("keep") && said.contains("dry run"), "{said}");
+    assert!(!absent.exists(), "a simulated prune created the catalog");
+    let out = simulated_restore_with(&scratch, &["--type", "full"], &fresh, &no_catalog);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(!absent.exists(), "a simulated restore created the catalog");
     unchanged("prune");
+
+    // A dump that is not there is refused, as by the real restore.
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "full",
+            "--file",
+            "/nonexistent.dump",
+        ],
+        &env,
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
 
     let out = scratch.lifeline(&["catalog", "rebuild"], &env);
     let said = succeeded(&out, "simulated catalog rebuild");
@@ -131,16 +215,18 @@ fn postgres_commands_under_simulate_mode_say_what_they_would_do_and_change_nothi
         "{said}"
     );
 
-    for (args, says) in [
-        (
-            &["repo", "init"][..],
-            "would make this repository encrypted",
-        ),
-        (&["key", "add"][..], "would add a key slot"),
+    // Key changes on a plain repository holding backups: refused, as the real runs refuse.
+    let mut with_passphrase = env.clone();
+    with_passphrase.push(("LIFELINE_PASSPHRASE", "a passphrase"));
+    with_passphrase.push(("LIFELINE_NEW_PASSPHRASE", "another passphrase"));
+    for (args, refusal) in [
+        (&["repo", "init"][..], "already holds backups or WAL"),
+        (&["key", "add"][..], "is not encrypted"),
+        (&["key", "remove", "7"][..], "is not encrypted"),
     ] {
-        let out = scratch.lifeline(args, &env);
-        let said = succeeded(&out, &args.join(" "));
-        assert!(said.contains(says), "{said}");
+        let out = scratch.lifeline(args, &with_passphrase);
+        assert_eq!(code(&out), 1, "{}: {}", args.join(" "), text(&out));
+        assert!(text(&out).contains(refusal), "{}", text(&out));
     }
     unchanged("repo init and key add");
 
@@ -175,11 +261,20 @@ fn postgres_commands_under_simulate_mode_say_what_they_would_do_and_change_nothi
 }
 
 fn simulated_restore(scratch: &Scratch, args: &[&str], dir: &Path) -> std::process::Output {
+    simulated_restore_with(scratch, args, dir, &[SIMULATE])
+}
+
+fn simulated_restore_with(
+    scratch: &Scratch,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let dir = dir.to_string_lossy().into_owned();
     let mut all = vec!["restore", "postgres"];
     all.extend_from_slice(args);
     all.extend(["--data-dir", dir.as_str()]);
-    scratch.lifeline(&all, &[SIMULATE])
+    scratch.lifeline(&all, env)
 }
 
 #[test]
@@ -219,5 +314,77 @@ fn redis_backup_and_restore_under_simulate_mode_change_nothing() {
         "a simulated Redis restore created {}",
         target.display()
     );
+
+    // Refused as the real runs refuse: an AOF backup of a Redis without one, an AOF "file",
+    // and the directory the running Redis works in.
+    let out = scratch.lifeline(&["backup", "redis", "--kind", "aof"], &simulated(&env));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("appendonly off"), "{}", text(&out));
+    let rdb = scratch.path("dump.rdb");
+    std::fs::write(&rdb, b"REDIS0011").expect("rdb");
+    common::chown_postgres(&rdb);
+    let (rdb_arg, target_arg) = (rdb.to_string_lossy(), target.to_string_lossy());
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "redis",
+            "--type",
+            "aof",
+            "--file",
+            &rdb_arg,
+            "--data-dir",
+            &target_arg,
+        ],
+        &simulated(&env),
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "redis",
+            "--data-dir",
+            &dir.path().to_string_lossy(),
+        ],
+        &simulated(&env),
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("is running in"), "{}", text(&out));
     assert_eq!(state(&repository_places(&scratch)), before);
+}
+
+#[test]
+fn key_changes_under_simulate_mode_are_checked_and_described_not_made() {
+    let scratch = Scratch::new().encrypted("correct horse battery staple");
+    succeeded(&scratch.lifeline(&["repo", "init"], &[]), "repo init");
+    let keys = scratch.repo.join("keys.json");
+    let before = std::fs::read(&keys).expect("keys.json");
+    let new = [SIMULATE, ("LIFELINE_NEW_PASSPHRASE", "a second passphrase")];
+    for (args, says) in [
+        (&["key", "add"][..], "would add a key slot"),
+        (&["key", "rotate"][..], "would start data key epoch 2"),
+        (
+            &["key", "rotate", "--rewrite", "--new-master"][..],
+            "with a new master key",
+        ),
+    ] {
+        let out = scratch.lifeline(args, &new);
+        let said = succeeded(&out, &args.join(" "));
+        assert!(said.contains(says), "{said}");
+    }
+    // The checks of the real runs: the last slot stays, a wrong passphrase unlocks nothing.
+    let out = scratch.lifeline(&["key", "remove", "0"], &[SIMULATE]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let out = scratch.lifeline(
+        &["key", "add"],
+        &[SIMULATE, ("LIFELINE_PASSPHRASE", "wrong")],
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&keys).expect("keys.json"),
+        before,
+        "keys.json changed"
+    );
+    let out = scratch.lifeline(&["key", "list"], &[SIMULATE]);
+    let listed = succeeded(&out, "key list");
+    assert_eq!(listed.matches("slot").count(), 1, "{listed}");
 }

@@ -142,7 +142,7 @@ fn tablespace_version_dir(server_version_num: u64, catalog_version: u64) -> Stri
 
 /// The tablespaces the server knows (not `pg_default` and `pg_global`, which live in PGDATA):
 /// (oid, name, location).
-async fn server_tablespaces(
+pub(crate) async fn server_tablespaces(
     client: &tokio_postgres::Client,
 ) -> Result<Vec<(u32, String, String)>, ArchiveError> {
     let rows = client

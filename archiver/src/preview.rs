@@ -8,8 +8,11 @@ use std::path::PathBuf;
 
 use storage::{BackupKind, Storage};
 
-use crate::base_backup::{BaseBackupOptions, Preflight, preflight};
-use crate::walk::walk_data_dir;
+use crate::base_backup::{
+    BaseBackupOptions, Preflight, ServerFacts, preflight, server_tablespaces,
+};
+use crate::error::PgContext;
+use crate::walk::{match_tablespaces, walk_data_dir};
 use crate::{ArchiveError, cluster};
 
 /// The plan of a base backup, as `run_base_backup` would carry it out now.
@@ -36,12 +39,14 @@ pub async fn preview_base_backup(
     opts: &BaseBackupOptions,
 ) -> Result<BackupPreview, ArchiveError> {
     let Preflight {
+        client,
         facts,
         standby,
         data_dir,
         ..
     } = preflight(opts).await?;
     let bound = cluster::check(storage, facts.system_identifier, "this server").await?;
+    may_run_backup_functions(&client, &facts).await?;
     let walk = {
         let (dir, version_dir) = (data_dir.clone(), facts.tablespace_version_dir.clone());
         let skipped = facts.layout.skip_contents;
@@ -49,6 +54,7 @@ pub async fn preview_base_backup(
             .await
             .map_err(ArchiveError::task("directory walk"))??
     };
+    match_tablespaces(server_tablespaces(&client).await?, &walk)?;
     let files = walk
         .entries
         .iter()
@@ -66,6 +72,33 @@ pub async fn preview_base_backup(
         repository_bound: bound.is_some(),
         previous: previous_backup(opts, facts.system_identifier).await,
     })
+}
+
+/// The backup's user may start and stop a backup, as the real run would find out only once it
+/// calls them.
+async fn may_run_backup_functions(
+    client: &tokio_postgres::Client,
+    facts: &ServerFacts,
+) -> Result<(), ArchiveError> {
+    let functions = facts.layout.backup_functions;
+    for name in [functions.start_name(), functions.stop_name()] {
+        let allowed: Option<bool> = client
+            .query_one(
+                "SELECT bool_or(has_function_privilege(oid, 'EXECUTE')) FROM pg_proc \
+                 WHERE proname = $1 AND pronamespace = 'pg_catalog'::regnamespace",
+                &[&name],
+            )
+            .await
+            .doing("checking the backup user's privileges")?
+            .get(0);
+        if allowed != Some(true) {
+            return Err(ArchiveError::Precondition(format!(
+                "the backup user may not run {name}(): back up as a superuser, or GRANT EXECUTE \
+                 ON FUNCTION {name} to it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The newest base backup of this cluster in the catalog, when there is a catalog (opening a
@@ -146,12 +179,24 @@ pub async fn preview_redis(
     kind: BackupKind,
 ) -> Result<String, ArchiveError> {
     let redis = opts.redis.clone();
-    let keys = tokio::task::spawn_blocking(move || crate::keyspace(&redis))
-        .await
-        .map_err(ArchiveError::task("Redis check"))??;
-    let what = match kind {
-        BackupKind::Aof => "its append-only files",
-        _ => "an RDB snapshot over the replication protocol",
+    let (keys, aof) = tokio::task::spawn_blocking(move || {
+        let keys = crate::keyspace(&redis)?;
+        // The files an AOF backup would copy, found as the real run finds them.
+        let aof = match kind {
+            BackupKind::Aof => Some(crate::aof::pin_aof(&redis)?),
+            _ => None,
+        };
+        Ok::<_, ArchiveError>((keys, aof))
+    })
+    .await
+    .map_err(ArchiveError::task("Redis check"))??;
+    let what = match aof {
+        Some(aof) => format!(
+            "its append-only files ({} files, {:.1} MiB)",
+            aof.files.len(),
+            aof.files.iter().map(|f| f.size).sum::<u64>() as f64 / 1048576.0
+        ),
+        None => "an RDB snapshot over the replication protocol".to_string(),
     };
     Ok(format!(
         "SIMULATE_MODE: would back up Redis at {}:{} ({} keys) as {what} into {}\nnothing was \

@@ -148,6 +148,29 @@ impl Catalog {
         Ok(Catalog { conn, path })
     }
 
+    /// An empty catalog in memory: a dry run plans from it, and writes no file.
+    pub fn in_memory() -> Result<Self, CatalogError> {
+        let path = PathBuf::from(":memory:");
+        let mut conn = Connection::open_in_memory().map_err(|cause| CatalogError::Open {
+            path: path.clone(),
+            cause,
+        })?;
+        migrate(&mut conn).map_err(|e| CatalogError::Migrate {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Catalog { conn, path })
+    }
+
+    /// The catalog at `path` when there is one, else an empty one in memory: for runs that
+    /// must create nothing (`SIMULATE_MODE`).
+    pub fn open_existing_or_empty(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
+        match path.as_ref().exists() {
+            true => Catalog::open(path),
+            false => Catalog::in_memory(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -129,6 +129,9 @@ async fn inspect(raw: &dyn Storage) -> Result<State, OpsError> {
 pub enum Access {
     Read,
     Write,
+    /// The checks of a write without the write (`SIMULATE_MODE`): an empty repository the
+    /// write would make encrypted is left as it is.
+    WouldWrite,
 }
 
 /// The repository as commands use it: `raw` itself when it is plain, sealed when it is
@@ -143,7 +146,7 @@ pub async fn open(
     let state = inspect(&*raw).await?;
     // Required: an encrypted repository, or an empty one this very write makes encrypted.
     let becomes_encrypted =
-        matches!(state, State::Empty) && passphrase.is_some() && access == Access::Write;
+        matches!(state, State::Empty) && passphrase.is_some() && access != Access::Read;
     if settings.required && !matches!(state, State::Encrypted(_)) && !becomes_encrypted {
         return Err(refused(format!(
             "the repository at {where_} is not encrypted (it has no keys.json) but encryption \
@@ -225,6 +228,20 @@ pub async fn init(
     settings: &EncryptionSettings,
     raw: Arc<dyn Storage>,
 ) -> Result<String, OpsError> {
+    let passphrase = may_init(settings, &*raw).await?;
+    create(settings, raw.clone(), &passphrase).await?;
+    Ok(format!(
+        "{} is an encrypted repository: keep the passphrase safe, it cannot be recovered (key \
+         add gives it a second one)",
+        raw.describe()
+    ))
+}
+
+/// `repo init`'s checks: a passphrase, and an empty repository.
+async fn may_init(
+    settings: &EncryptionSettings,
+    raw: &dyn Storage,
+) -> Result<Passphrase, OpsError> {
     let where_ = raw.describe();
     let Some(passphrase) = settings.passphrase().await? else {
         return Err(OpsError::Setting(
@@ -233,13 +250,8 @@ pub async fn init(
                 .into(),
         ));
     };
-    match inspect(&*raw).await? {
-        State::Empty => create(settings, raw, &passphrase).await.map(|_| {
-            format!(
-                "{where_} is an encrypted repository: keep the passphrase safe, it cannot be \
-                 recovered (key add gives it a second one)"
-            )
-        }),
+    match inspect(raw).await? {
+        State::Empty => Ok(passphrase),
         State::Encrypted(_) => Err(refused(format!(
             "the repository at {where_} is already encrypted: nothing to do (key add gives it \
              another passphrase)"
@@ -381,6 +393,60 @@ impl Unlocked {
         }
         Ok(())
     }
+}
+
+/// A key operation `SIMULATE_MODE` describes instead of doing.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyChange {
+    Init,
+    Add,
+    Remove(u32),
+    Rotate(RotateHow),
+}
+
+/// What `change` would do, after every check it runs before it writes (the passphrase
+/// unlocks the repository, the slot exists and is not the last); nothing is written.
+pub async fn preview(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+    change: KeyChange,
+) -> Result<String, OpsError> {
+    let where_ = raw.describe();
+    if let KeyChange::Init = change {
+        may_init(settings, &*raw).await?;
+        return Ok(format!("would make {where_} an encrypted repository"));
+    }
+    let unlocked = unlock_for_keys(settings, raw).await?;
+    Ok(match change {
+        // (Init returned above.)
+        KeyChange::Init | KeyChange::Add => format!("would add a key slot to {where_}"),
+        KeyChange::Remove(slot) => {
+            let mut file = unlocked.file.clone();
+            file.remove_slot(unlocked.sealed.keyring(), slot)
+                .map_err(|e| refused(e.to_string()))?;
+            format!("would remove key slot {slot} from {where_}")
+        }
+        KeyChange::Rotate(how) => {
+            let epoch = match how.resume {
+                true => format!(
+                    "finish re-sealing under data key epoch {}",
+                    unlocked.file.current_epoch
+                ),
+                false => format!("start data key epoch {}", unlocked.file.current_epoch + 1),
+            };
+            let master = match how.new_master {
+                true => {
+                    " with a new master key (every other slot is dropped: key add their passphrases again)"
+                }
+                false => "",
+            };
+            let rewrite = match how.rewrite {
+                true => ", re-sealing every object under it",
+                false => " for what is written from now on",
+            };
+            format!("would {epoch}{master} in {where_}{rewrite}")
+        }
+    })
 }
 
 /// One line per key slot, and the current data epoch.

@@ -708,7 +708,13 @@ impl Settings {
     }
 
     pub fn open_catalog(&self) -> Result<catalog::Catalog, OpsError> {
-        crate::Repository::open_catalog(self)
+        if !self.ops.simulate {
+            return crate::Repository::open_catalog(self);
+        }
+        // A simulated run creates nothing: without a catalog it sees an empty one.
+        let path = self.catalog_path()?;
+        catalog::Catalog::open_existing_or_empty(&path)
+            .map_err(|source| OpsError::OpenCatalog { path, source })
     }
 
     /// The repository for commands that write (a local one must exist and belong to this user).
@@ -716,6 +722,15 @@ impl Settings {
     pub async fn repository_for_writing(&self) -> Result<Arc<dyn Storage>, OpsError> {
         let raw = self.unsealed_repository(true).await?;
         crate::encryption::open(&self.encryption, raw, crate::encryption::Access::Write).await
+    }
+
+    /// The repository as a command that writes would find it, for its `SIMULATE_MODE` run: the
+    /// same refusals, and nothing created (not even the keys of an empty repository a
+    /// passphrase would make encrypted).
+    pub async fn repository_to_preview_writing(&self) -> Result<Arc<dyn Storage>, OpsError> {
+        let raw = self.unsealed_repository(false).await?;
+        let access = crate::encryption::Access::WouldWrite;
+        crate::encryption::open(&self.encryption, raw, access).await
     }
 
     /// The repository for commands that read: a local one must exist.

@@ -267,16 +267,8 @@ pub(crate) async fn restore_delta(
     }
     let Existing { root, claim } = existing;
     let wanted = wanted(manifest);
-    {
-        // Refused here, before anything is written, rather than midway.
-        let (root, wanted) = (root.clone(), wanted.clone());
-        blocking("delta restore check", move || walk(&root, &wanted))
-            .await
-            .map_err(|e| match e {
-                RestoreError::Refused(_) => e,
-                e => RestoreError::Refused(format!("--delta: {e}; nothing was changed")),
-            })?;
-    }
+    // Refused here, before anything is written, rather than midway.
+    check_walk(&root, &wanted).await?;
     let places = Arc::new(Places {
         root: Place::claimed(root.clone(), claim),
         tablespaces: Default::default(),
@@ -303,6 +295,28 @@ pub(crate) async fn restore_delta(
             }),
         },
     })
+}
+
+/// The walk of what is there, refused before anything is written; the number of entries the
+/// backup does not hold (a delta restore removes them).
+async fn check_walk(root: &Path, wanted: &Arc<Wanted>) -> Result<usize, RestoreError> {
+    let (root, wanted) = (root.to_path_buf(), wanted.clone());
+    blocking("delta restore check", move || walk(&root, &wanted))
+        .await
+        .map(|(extra, _)| extra.len())
+        .map_err(|e| match e {
+            RestoreError::Refused(_) => e,
+            e => RestoreError::Refused(format!("--delta: {e}; nothing was changed")),
+        })
+}
+
+/// What a delta restore onto `existing` would remove, checked as `restore_delta` checks it
+/// before its first write (`SIMULATE_MODE`).
+pub(crate) async fn preview_delta(
+    manifest: &BackupManifest,
+    existing: &Existing,
+) -> Result<usize, RestoreError> {
+    check_walk(&existing.root, &wanted(manifest)).await
 }
 
 /// Make the marker durable (written aside and renamed: a crash never leaves it half

@@ -46,8 +46,8 @@ pub use postgres::{
 };
 pub use prefetch::{PrefetchReport, Spool};
 pub use redis_flow::{
-    KeyCounter, KeyCounts, LoadCheck, RedisRestored, choose_redis_backup, counts_line,
-    refuse_if_redis_serves, restore_redis_backup, restore_redis_from_file,
+    KeyCounter, KeyCounts, LoadCheck, RedisRestored, RedisSource, choose_redis_backup, counts_line,
+    preview_redis_restore, refuse_if_redis_serves, restore_redis_backup, restore_redis_from_file,
 };
 pub use restore_base::quote as quote_setting;
 pub use restore_base::{
@@ -56,7 +56,7 @@ pub use restore_base::{
 };
 pub use restore_dump::{
     DumpRestoreOptions, DumpRestored, DumpSource, PgCommand, choose_dump, dump_target,
-    open_dump_file, restore_dump, write_chunks,
+    open_dump_file, preview_dump_restore, restore_dump, write_chunks,
 };
 pub use restore_redis::{
     RedisRestoreOptions, RedisRestoreReport, redis_running_in, restore_redis, restore_redis_file,

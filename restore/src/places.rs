@@ -140,6 +140,13 @@ impl Place {
         Ok(())
     }
 
+    /// Whether this user may create the directory (or write into it, when it is there): what
+    /// `create` and the first write would find out. The nearest directory that exists must
+    /// let it add entries.
+    fn check_creatable(&self) -> Result<(), RestoreError> {
+        check_creatable(&self.dir)
+    }
+
     /// Create the directory and its missing parents, one level at a time, recording each and
     /// giving it to `owner`: a directory that appeared since the check is refused, not adopted.
     fn create(&self, owner: Owner) -> Result<(), RestoreError> {
@@ -246,6 +253,14 @@ impl Places {
         Ok(())
     }
 
+    /// Every place may be created or written by this user (`SIMULATE_MODE`'s stand-in for
+    /// `create`).
+    pub fn check_creatable(&self) -> Result<(), RestoreError> {
+        self.root.check_creatable()?;
+        self.others()
+            .try_for_each(|(_, place)| place.check_creatable())
+    }
+
     /// Create the data directory, the tablespace directories and `--waldir`.
     pub fn create(&self) -> Result<(), RestoreError> {
         self.root.create(self.owner)?;
@@ -319,6 +334,27 @@ impl Places {
         }
         Some(map)
     }
+}
+
+/// Whether this user may create `dir` (or write into it, when it is there): the nearest
+/// directory that exists must let it add entries.
+pub(crate) fn check_creatable(dir: &Path) -> Result<(), RestoreError> {
+    let mut at = dir;
+    while std::fs::symlink_metadata(at).is_err() {
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    rustix::fs::access(at, access).map_err(|e| {
+        RestoreError::Refused(format!(
+            "{} cannot be written by this user ({e}), so {} cannot be restored there: choose a \
+             directory it may create, or run as its owner; nothing was written",
+            at.display(),
+            dir.display()
+        ))
+    })
 }
 
 /// `path` made absolute with `.` and `..` resolved lexically, so that the overlap check sees

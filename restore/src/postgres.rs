@@ -366,7 +366,8 @@ pub struct RestorePreview {
     pub data_dir: PathBuf,
     pub files: usize,
     pub bytes: u64,
-    pub delta: bool,
+    /// A delta restore, and how many entries it would remove.
+    pub delta: Option<usize>,
     pub tablespaces: Vec<(u32, PathBuf)>,
     pub waldir: Option<PathBuf>,
     /// Whether every pack the backup needs was found (false: the check was skipped).
@@ -403,10 +404,11 @@ pub async fn preview_restore(
 impl std::fmt::Display for RestorePreview {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let how = match self.delta {
-            true => {
-                "onto the stopped data directory of its cluster, rewriting what differs and removing what it does not hold,"
-            }
-            false => "into the empty or new directory",
+            Some(removed) => format!(
+                "onto the stopped data directory of its cluster, keeping what matches, rewriting \
+                 what differs and removing {removed} entries it does not hold, in"
+            ),
+            None => "into the empty or new directory".to_string(),
         };
         writeln!(
             f,

@@ -134,6 +134,86 @@ pub async fn restore_redis_from_file(
     })
 }
 
+/// Where a previewed Redis restore would read from.
+pub enum RedisSource<'a> {
+    File(&'a Path),
+    Backup {
+        storage: &'a dyn Storage,
+        backup: catalog::BackupRecord,
+    },
+}
+
+/// What a Redis restore would do, for `SIMULATE_MODE`: every check it runs before it changes
+/// anything (the source reads as one, every pack is there, no redis-server runs in the
+/// directory, which this user may create); nothing is written.
+pub async fn preview_redis_restore(
+    source: RedisSource<'_>,
+    kind: storage::BackupKind,
+    data_dir: &Path,
+) -> Result<String, RestoreError> {
+    let what = match source {
+        RedisSource::File(file) => {
+            if kind != storage::BackupKind::Rdb {
+                return Err(RestoreError::Refused(
+                    "--file takes an RDB file: use --type rdb".into(),
+                ));
+            }
+            let mut magic = [0u8; 5];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open(file).map_err(|e| RestoreError::io(file, e))?,
+                &mut magic,
+            )
+            .map_err(|e| RestoreError::io(file, e))?;
+            if &magic != b"REDIS" {
+                return Err(RestoreError::Refused(format!(
+                    "{} is not an RDB file (it does not start with REDIS); nothing was changed",
+                    file.display()
+                )));
+            }
+            file.display().to_string()
+        }
+        RedisSource::Backup { storage, backup } => {
+            let manifest = storage::manifest::StreamManifest::load(storage, &backup.backup_id)
+                .await
+                .map_err(|source| RestoreError::ReadManifest {
+                    backup_id: backup.backup_id.clone(),
+                    source: Box::new(source.into()),
+                })?;
+            crate::validate::validate_stream(&manifest)?;
+            crate::restore_base::check_packs_exist(
+                storage,
+                &manifest.backup_id,
+                manifest.chunks(),
+                4,
+            )
+            .await?;
+            let size: u64 = manifest.files.iter().map(|f| f.size).sum();
+            format!(
+                "backup {} ({} files, {:.1} MiB) in {}",
+                backup.backup_id,
+                manifest.files.len(),
+                size as f64 / 1048576.0,
+                storage.describe()
+            )
+        }
+    };
+    if let Some(pid) = crate::redis_running_in(data_dir) {
+        return Err(RestoreError::Refused(format!(
+            "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
+             or `systemctl stop redis-server`), then restore again; nothing was changed",
+            data_dir.display()
+        )));
+    }
+    crate::places::check_creatable(data_dir)?;
+    Ok(format!(
+        "SIMULATE_MODE: would restore the Redis {} files of {what} into {}, moving the files in \
+         their way into lifeline-replaced-<time>/ there\nnothing was changed: unset SIMULATE_MODE \
+         to restore",
+        kind.as_str().to_uppercase(),
+        data_dir.display()
+    ))
+}
+
 /// The Redis backup of `kind` that `selector` names in the catalog.
 pub fn choose_redis_backup(
     catalog: &catalog::Catalog,

@@ -180,8 +180,9 @@ pub async fn restore_base(
 /// Where `restore_base` would write, found by the checks it runs before its first write.
 #[derive(Debug)]
 pub(crate) struct Destinations {
-    /// Onto the existing data directory of the backup's cluster (`--delta`).
-    pub delta: bool,
+    /// Onto the existing data directory of the backup's cluster (`--delta`), removing this
+    /// many entries it does not hold.
+    pub delta: Option<usize>,
     /// Tablespace oid -> its directory.
     pub tablespaces: Vec<(u32, PathBuf)>,
     pub waldir: Option<PathBuf>,
@@ -195,16 +196,21 @@ pub(crate) async fn preview_base(
     opts: &RestoreOptions,
 ) -> Result<Destinations, RestoreError> {
     crate::validate::validate_base(manifest)?;
-    let destinations = if opts.delta && crate::delta::existing_cluster(manifest, opts)?.is_some() {
+    let existing = match opts.delta {
+        true => crate::delta::existing_cluster(manifest, opts)?,
+        false => None,
+    };
+    let destinations = if let Some(existing) = existing {
         Destinations {
-            delta: true,
+            delta: Some(crate::delta::preview_delta(manifest, &existing).await?),
             tablespaces: Vec::new(),
             waldir: None,
         }
     } else {
         let places = Places::plan(manifest, opts)?;
+        places.check_creatable()?;
         Destinations {
-            delta: false,
+            delta: None,
             tablespaces: places
                 .tablespaces
                 .iter()

@@ -150,6 +150,78 @@ impl std::fmt::Display for DumpRestored {
     }
 }
 
+/// Read the whole source, checking every chunk or the file's own checksums: a damaged dump
+/// fails here, while the database still exists. A dump backup's chunks are returned.
+async fn check_source(
+    storage: &dyn Storage,
+    source: &DumpSource,
+    transfers: usize,
+) -> Result<Option<Vec<ChunkRef>>, RestoreError> {
+    match source {
+        DumpSource::Repository(id) => {
+            let manifest = storage::manifest::StreamManifest::load(storage, id)
+                .await
+                .map_err(|source| RestoreError::ReadManifest {
+                    backup_id: id.clone(),
+                    source: Box::new(source.into()),
+                })?;
+            crate::validate_stream(&manifest)?;
+            let chunks: Vec<_> = manifest.files.into_iter().flat_map(|f| f.chunks).collect();
+            // Every chunk read, decoded and hash-checked, then dropped (memory holds only the
+            // chunks in flight): a damaged dump must fail here, while the database still exists.
+            write_chunks(storage, &chunks, std::io::sink(), transfers, &NoProgress)
+                .await
+                .map_err(RestoreError::step(format!(
+                    "check dump {id} before restoring it (nothing was dropped; restore another \
+                     dump with --from BACKUP_ID, `lifeline list` names them)"
+                )))?;
+            Ok(Some(chunks))
+        }
+        DumpSource::File(path) => {
+            // Read it whole: a .gz file's checksums are only checked at the end of its members.
+            let file = path.clone();
+            let copied = tokio::task::spawn_blocking(move || {
+                let mut reader = open_dump_file(&file)?;
+                Ok::<_, RestoreError>(std::io::copy(&mut reader, &mut std::io::sink()))
+            })
+            .await
+            .map_err(RestoreError::task("dump file check"))??;
+            copied.map_err(RestoreError::step(format!(
+                "check {} before restoring it (nothing was dropped)",
+                path.display()
+            )))?;
+            Ok(None)
+        }
+    }
+}
+
+/// What `restore_dump` would do, for `SIMULATE_MODE`: the source read and checked whole, and
+/// whether the database exists (then it is dumped first); nothing dropped, created or leased.
+pub async fn preview_dump_restore(
+    storage: &dyn Storage,
+    source: &DumpSource,
+    options: &DumpRestoreOptions,
+) -> Result<String, RestoreError> {
+    check_source(storage, source, options.transfers).await?;
+    let target = &options.database;
+    let first = match options.target {
+        crate::Target::Staging => "",
+        crate::Target::Production if database_exists(&options.pg_command, target).await? => {
+            "a pre-restore dump of it (it exists), then "
+        }
+        crate::Target::Production => "",
+    };
+    let what = match source {
+        DumpSource::Repository(id) => format!("dump backup {id} from {}", storage.describe()),
+        DumpSource::File(path) => format!("the dump file {}", path.display()),
+    };
+    Ok(format!(
+        "SIMULATE_MODE: would restore {what} (read whole and checked) into database {target}: \
+         {first}dropdb --if-exists --force {target} (ending its sessions), createdb, pg_restore\n\
+         nothing was changed: unset SIMULATE_MODE to restore"
+    ))
+}
+
 /// Recreate `options.database` from `source` with pg_restore. The source is read whole and
 /// checked before anything is dropped; a production database that exists is first dumped by
 /// `pre_restore_dump` (given the repository and the database's name), and a failure there
@@ -169,48 +241,7 @@ where
         storage::lease::take_here(storage.as_ref(), id).await;
     }
     // Check the source before anything is dropped.
-    let chunks = match source {
-        DumpSource::Repository(id) => {
-            let manifest = storage::manifest::StreamManifest::load(storage.as_ref(), id)
-                .await
-                .map_err(|source| RestoreError::ReadManifest {
-                    backup_id: id.clone(),
-                    source: Box::new(source.into()),
-                })?;
-            crate::validate_stream(&manifest)?;
-            let chunks: Vec<_> = manifest.files.into_iter().flat_map(|f| f.chunks).collect();
-            // Every chunk read, decoded and hash-checked, then dropped (memory holds only the
-            // chunks in flight): a damaged dump must fail here, while the database still exists.
-            write_chunks(
-                storage.as_ref(),
-                &chunks,
-                std::io::sink(),
-                options.transfers,
-                &NoProgress,
-            )
-            .await
-            .map_err(RestoreError::step(format!(
-                "check dump {id} before restoring it (nothing was dropped; restore another \
-                     dump with --from BACKUP_ID, `lifeline list` names them)"
-            )))?;
-            Some(chunks)
-        }
-        DumpSource::File(path) => {
-            // Read it whole: a .gz file's checksums are only checked at the end of its members.
-            let file = path.clone();
-            let copied = tokio::task::spawn_blocking(move || {
-                let mut reader = open_dump_file(&file)?;
-                Ok::<_, RestoreError>(std::io::copy(&mut reader, &mut std::io::sink()))
-            })
-            .await
-            .map_err(RestoreError::task("dump file check"))??;
-            copied.map_err(RestoreError::step(format!(
-                "check {} before restoring it (nothing was dropped)",
-                path.display()
-            )))?;
-            None
-        }
-    };
+    let chunks = check_source(storage.as_ref(), source, options.transfers).await?;
     let started = Instant::now();
     if options.target == crate::Target::Production
         && database_exists(&options.pg_command, target).await?

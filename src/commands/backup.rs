@@ -43,7 +43,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
         return super::dump::backup(settings).await;
     }
     let storage = match settings.ops.simulate {
-        true => settings.repository().await?,
+        true => settings.repository_to_preview_writing().await?,
         false => settings.repository_for_writing().await?,
     };
     let opts = archiver::BaseBackupOptions {
@@ -74,7 +74,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
 
 async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<ExitCode> {
     let storage = match settings.ops.simulate {
-        true => settings.repository().await?,
+        true => settings.repository_to_preview_writing().await?,
         false => settings.repository_for_writing().await?,
     };
     let opts = archiver::RdbBackupOptions {

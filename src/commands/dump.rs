@@ -27,7 +27,7 @@ fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptio
 
 pub async fn backup(settings: &Settings) -> Result<ExitCode> {
     if settings.ops.simulate {
-        let storage = settings.repository().await?;
+        let storage = settings.repository_to_preview_writing().await?;
         let opts = dump_options(settings, &settings.db.dbname)?;
         let preview = archiver::preview_dump(storage.as_ref(), &opts).await;
         println!("{}", preview.context("dump")?);
@@ -66,27 +66,10 @@ pub async fn restore(
             restore::choose_dump(&settings.open_catalog()?, &selector)?
         }
     };
-    if settings.ops.simulate {
-        let (what, storage) = match &source {
-            restore::DumpSource::File(path) => (format!("the dump file {}", path.display()), None),
-            restore::DumpSource::Repository(id) => (
-                format!("dump backup {id}"),
-                Some(settings.repository().await?),
-            ),
-        };
-        let first = match target {
-            restore::Target::Production => "after a pre-restore dump of what it replaces",
-            restore::Target::Staging => "dropping the staging database first",
-        };
-        println!(
-            "SIMULATE_MODE: would restore {what}{} into database {database} with pg_restore, {first}\nnothing was changed: unset SIMULATE_MODE to restore",
-            storage
-                .map(|s| format!(" from {}", s.describe()))
-                .unwrap_or_default()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let storage = settings.repository_for_writing().await?;
+    let storage = match settings.ops.simulate {
+        true => settings.repository_to_preview_writing().await?,
+        false => settings.repository_for_writing().await?,
+    };
     let (pg_bin, db) = (settings.pg_bin(), super::platform::connection(&settings.db));
     let options = restore::DumpRestoreOptions {
         database,
@@ -95,6 +78,11 @@ pub async fn restore(
         pg_command: Box::new(move |program| archiver::pg_command(&pg_bin, program, &db)),
         progress: ops::progress::for_operation("restore"),
     };
+    if settings.ops.simulate {
+        let preview = restore::preview_dump_restore(storage.as_ref(), &source, &options);
+        println!("{}", preview.await?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let restored =
         restore::restore_dump(storage, &source, &options, |storage, target| async move {
             let before =

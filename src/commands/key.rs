@@ -30,18 +30,30 @@ pub enum KeyCommand {
 /// `repo init` and `key ...`: the logic is in `ops::encryption`.
 pub async fn run(cmd: Option<KeyCommand>, settings: &ops::Settings) -> Result<ExitCode> {
     let change = match &cmd {
-        None => Some("make this repository encrypted".to_string()),
+        None => Some(keys::KeyChange::Init),
         Some(KeyCommand::List) => None,
-        Some(KeyCommand::Add { .. }) => Some("add a key slot".into()),
-        Some(KeyCommand::Remove { slot }) => Some(format!("remove key slot {slot}")),
-        Some(KeyCommand::Rotate { .. }) => Some("start a new data key epoch".into()),
+        Some(KeyCommand::Add { .. }) => Some(keys::KeyChange::Add),
+        Some(KeyCommand::Remove { slot }) => Some(keys::KeyChange::Remove(*slot)),
+        Some(KeyCommand::Rotate {
+            rewrite,
+            resume,
+            new_master,
+        }) => Some(keys::KeyChange::Rotate(keys::RotateHow {
+            rewrite: *rewrite,
+            resume: *resume,
+            new_master: *new_master,
+        })),
     };
-    if let (true, Some(what)) = (settings.ops.simulate, change) {
+    if let (true, Some(change)) = (settings.ops.simulate, change) {
+        if let Some(KeyCommand::Add {
+            new_passphrase_file,
+        }) = &cmd
+        {
+            EncryptionSettings::new_passphrase(new_passphrase_file.as_deref()).await?;
+        }
         let raw = settings.unsealed_repository(false).await?;
-        println!(
-            "SIMULATE_MODE: would {what} in {}\nnothing was changed: unset SIMULATE_MODE to do it",
-            raw.describe()
-        );
+        let would = keys::preview(&settings.encryption, raw, change).await?;
+        println!("SIMULATE_MODE: {would}\nnothing was changed: unset SIMULATE_MODE to do it");
         return Ok(ExitCode::SUCCESS);
     }
     let (encryption, raw) = (

@@ -25,7 +25,11 @@ pub async fn run(mut args: PruneArgs, settings: &Settings) -> Result<ExitCode> {
     } else {
         settings.repository_for_writing().await?
     };
-    let mut catalog = settings.open_catalog()?;
+    // A dry run plans from the repository rebuilt into memory: it writes no catalog either.
+    let mut catalog = match args.dry_run {
+        true => catalog::Catalog::in_memory()?,
+        false => settings.open_catalog()?,
+    };
     let options = PruneOptions {
         policy: settings.retention,
         time_zone: jiff::tz::TimeZone::system(),

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use jiff::tz::TimeZone;
-use restore::BackupSelector;
+use restore::{BackupSelector, RedisSource};
 
 use ops::Settings;
 
@@ -169,21 +169,22 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
     let address = format!("{}:{}", settings.redis.host, settings.redis.port);
     restore::refuse_if_redis_serves(&address, served, &args.data_dir).await?;
     if settings.ops.simulate {
-        let from = match &args.file {
-            Some(file) => file.display().to_string(),
+        let (kind, dir) = (args.kind, &args.data_dir);
+        let preview = match &args.file {
+            Some(file) => restore::preview_redis_restore(RedisSource::File(file), kind, dir).await,
             None => {
                 let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
-                let catalog = settings.open_catalog()?;
-                let backup = restore::choose_redis_backup(&catalog, &selector, args.kind)?;
+                let backup =
+                    restore::choose_redis_backup(&settings.open_catalog()?, &selector, kind)?;
                 let storage = settings.repository().await?;
-                format!("backup {} in {}", backup.backup_id, storage.describe())
+                let source = RedisSource::Backup {
+                    storage: storage.as_ref(),
+                    backup,
+                };
+                restore::preview_redis_restore(source, kind, dir).await
             }
         };
-        println!(
-            "SIMULATE_MODE: would restore the Redis {} files of {from} into {}\nnothing was changed: unset SIMULATE_MODE to restore",
-            args.kind.as_str().to_uppercase(),
-            args.data_dir.display()
-        );
+        println!("{}", preview?);
         return Ok(ExitCode::SUCCESS);
     }
     let restored = match &args.file {

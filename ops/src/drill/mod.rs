@@ -100,8 +100,18 @@ pub async fn drill(
     progress: &dyn Fn(&str),
 ) -> Result<DrillOutcome, DrillError> {
     refuse_root()?;
-    let catalog_path = options.catalog_path.clone();
-    let catalog = blocking("catalog read", move || open_catalog(&catalog_path)).await?;
+    let (catalog_path, simulate) = (options.catalog_path.clone(), options.simulate);
+    let catalog = blocking("catalog read", move || match simulate {
+        // A simulation creates nothing, not even an empty catalog.
+        true => catalog::Catalog::open_existing_or_empty(&catalog_path).map_err(|source| {
+            DrillError::OpenCatalog {
+                path: catalog_path.clone(),
+                source,
+            }
+        }),
+        false => open_catalog(&catalog_path),
+    })
+    .await?;
     let listing = restore::cluster_backups(storage.as_ref(), &catalog);
     drop(catalog);
     let (sysid, segment_size, backups) = listing.await?;
