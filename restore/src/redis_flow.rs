@@ -110,11 +110,7 @@ pub async fn restore_redis_from_file(
     kind: storage::BackupKind,
 ) -> Result<RedisRestored, RestoreError> {
     let started = Instant::now();
-    if kind != storage::BackupKind::Rdb {
-        return Err(RestoreError::Refused(
-            "--file takes an RDB file: use --type rdb".into(),
-        ));
-    }
+    rdb_file_only(kind)?;
     let (from, into) = (file.to_path_buf(), data_dir.to_path_buf());
     let report = tokio::task::spawn_blocking(move || crate::restore_redis_file(&from, &into))
         .await
@@ -134,6 +130,16 @@ pub async fn restore_redis_from_file(
     })
 }
 
+/// `--file` restores an RDB file only.
+fn rdb_file_only(kind: storage::BackupKind) -> Result<(), RestoreError> {
+    match kind {
+        storage::BackupKind::Rdb => Ok(()),
+        _ => Err(RestoreError::Refused(
+            "--file takes an RDB file: use --type rdb".into(),
+        )),
+    }
+}
+
 /// Where a previewed Redis restore would read from.
 pub enum RedisSource<'a> {
     File(&'a Path),
@@ -150,43 +156,18 @@ pub async fn preview_redis_restore(
     source: RedisSource<'_>,
     kind: storage::BackupKind,
     data_dir: &Path,
+    transfers: usize,
 ) -> Result<String, RestoreError> {
     let what = match source {
         RedisSource::File(file) => {
-            if kind != storage::BackupKind::Rdb {
-                return Err(RestoreError::Refused(
-                    "--file takes an RDB file: use --type rdb".into(),
-                ));
-            }
-            let mut magic = [0u8; 5];
-            std::io::Read::read_exact(
-                &mut std::fs::File::open(file).map_err(|e| RestoreError::io(file, e))?,
-                &mut magic,
-            )
-            .map_err(|e| RestoreError::io(file, e))?;
-            if &magic != b"REDIS" {
-                return Err(RestoreError::Refused(format!(
-                    "{} is not an RDB file (it does not start with REDIS); nothing was changed",
-                    file.display()
-                )));
-            }
+            rdb_file_only(kind)?;
+            crate::restore_redis::open_rdb_file(file)?;
             file.display().to_string()
         }
         RedisSource::Backup { storage, backup } => {
-            let manifest = storage::manifest::StreamManifest::load(storage, &backup.backup_id)
-                .await
-                .map_err(|source| RestoreError::ReadManifest {
-                    backup_id: backup.backup_id.clone(),
-                    source: Box::new(source.into()),
-                })?;
-            crate::validate::validate_stream(&manifest)?;
-            crate::restore_base::check_packs_exist(
-                storage,
-                &manifest.backup_id,
-                manifest.chunks(),
-                4,
-            )
-            .await?;
+            let manifest =
+                crate::restore_redis::load_stream_manifest(storage, &backup.backup_id).await?;
+            crate::restore_redis::check_backup(storage, &manifest, transfers).await?;
             let size: u64 = manifest.files.iter().map(|f| f.size).sum();
             format!(
                 "backup {} ({} files, {:.1} MiB) in {}",
@@ -197,13 +178,7 @@ pub async fn preview_redis_restore(
             )
         }
     };
-    if let Some(pid) = crate::redis_running_in(data_dir) {
-        return Err(RestoreError::Refused(format!(
-            "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
-             or `systemctl stop redis-server`), then restore again; nothing was changed",
-            data_dir.display()
-        )));
-    }
+    crate::restore_redis::refuse_if_running(data_dir)?;
     crate::places::check_creatable(data_dir)?;
     Ok(format!(
         "SIMULATE_MODE: would restore the Redis {} files of {what} into {}, moving the files in \
@@ -250,12 +225,8 @@ pub fn restore_redis_backup<'a>(
     let chosen = choose_redis_backup(catalog, selector, kind);
     async move {
         let backup = chosen?;
-        let manifest = storage::manifest::StreamManifest::load(storage, &backup.backup_id)
-            .await
-            .map_err(|source| RestoreError::ReadManifest {
-                backup_id: backup.backup_id.clone(),
-                source: Box::new(source.into()),
-            })?;
+        let manifest =
+            crate::restore_redis::load_stream_manifest(storage, &backup.backup_id).await?;
         storage::lease::take_here(storage, &backup.backup_id).await;
         let report = crate::restore_redis(storage, &manifest, data_dir, &options)
             .await

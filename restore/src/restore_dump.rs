@@ -159,12 +159,7 @@ async fn check_source(
 ) -> Result<Option<Vec<ChunkRef>>, RestoreError> {
     match source {
         DumpSource::Repository(id) => {
-            let manifest = storage::manifest::StreamManifest::load(storage, id)
-                .await
-                .map_err(|source| RestoreError::ReadManifest {
-                    backup_id: id.clone(),
-                    source: Box::new(source.into()),
-                })?;
+            let manifest = crate::restore_redis::load_stream_manifest(storage, id).await?;
             crate::validate_stream(&manifest)?;
             let chunks: Vec<_> = manifest.files.into_iter().flat_map(|f| f.chunks).collect();
             // Every chunk read, decoded and hash-checked, then dropped (memory holds only the

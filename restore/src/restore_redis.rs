@@ -59,6 +59,35 @@ pub struct RedisRestoreOptions {
     pub progress: std::sync::Arc<dyn storage::progress::Progress>,
 }
 
+/// The manifest of the stream backup (dump, RDB, AOF) `backup_id`.
+pub(crate) async fn load_stream_manifest(
+    storage: &dyn Storage,
+    backup_id: &str,
+) -> Result<StreamManifest, RestoreError> {
+    StreamManifest::load(storage, backup_id)
+        .await
+        .map_err(|source| RestoreError::ReadManifest {
+            backup_id: backup_id.to_string(),
+            source: Box::new(source.into()),
+        })
+}
+
+/// `manifest` as a whole, and every pack it needs present: checked before anything changes.
+pub(crate) async fn check_backup(
+    storage: &dyn Storage,
+    manifest: &StreamManifest,
+    transfers: usize,
+) -> Result<(), RestoreError> {
+    crate::validate::validate_stream(manifest)?;
+    crate::restore_base::check_packs_exist(
+        storage,
+        &manifest.backup_id,
+        manifest.chunks(),
+        transfers,
+    )
+    .await
+}
+
 /// Restore the files of `manifest` into `dir` (created if missing) as `options` say.
 pub async fn restore_redis(
     storage: &dyn Storage,
@@ -66,16 +95,9 @@ pub async fn restore_redis(
     dir: &Path,
     options: &RedisRestoreOptions,
 ) -> Result<RedisRestoreReport, RestoreError> {
-    let (transfers, owner) = (options.transfers, options.owner);
-    crate::validate::validate_stream(manifest)?;
+    let owner = options.owner;
     // Nothing is moved aside for a backup that cannot be read whole.
-    crate::restore_base::check_packs_exist(
-        storage,
-        &manifest.backup_id,
-        manifest.chunks(),
-        transfers,
-    )
-    .await?;
+    check_backup(storage, manifest, options.transfers).await?;
     let moved_aside = prepare_dir(dir, owner)?;
     let mut report = RedisRestoreReport {
         files: Vec::new(),
@@ -168,18 +190,7 @@ fn create_subdir(dir: &Path, owner: Owner) -> Result<(), RestoreError> {
 
 /// Restore an RDB file from disk (an older backup, a copy from another host) as `dump.rdb`.
 pub fn restore_redis_file(file: &Path, dir: &Path) -> Result<RedisRestoreReport, RestoreError> {
-    use std::io::Read;
-    let mut source = std::fs::File::open(file).map_err(|e| RestoreError::io(file, e))?;
-    let mut magic = [0u8; 5];
-    source
-        .read_exact(&mut magic)
-        .map_err(|e| RestoreError::io(file, e))?;
-    if &magic != b"REDIS" {
-        return Err(RestoreError::Refused(format!(
-            "{} is not an RDB file (it does not start with REDIS); nothing was changed",
-            file.display()
-        )));
-    }
+    let (mut source, magic) = open_rdb_file(file)?;
     let moved_aside = prepare_dir(dir, Owner::KEEP)?;
     let path = dir.join("dump.rdb");
     let copied =
@@ -202,18 +213,41 @@ pub fn restore_redis_file(file: &Path, dir: &Path) -> Result<RedisRestoreReport,
     })
 }
 
+/// `file` opened, and its first bytes, which must be an RDB file's `REDIS`.
+pub(crate) fn open_rdb_file(file: &Path) -> Result<(std::fs::File, [u8; 5]), RestoreError> {
+    use std::io::Read;
+    let mut source = std::fs::File::open(file).map_err(|e| RestoreError::io(file, e))?;
+    let mut magic = [0u8; 5];
+    source
+        .read_exact(&mut magic)
+        .map_err(|e| RestoreError::io(file, e))?;
+    if &magic != b"REDIS" {
+        return Err(RestoreError::Refused(format!(
+            "{} is not an RDB file (it does not start with REDIS); nothing was changed",
+            file.display()
+        )));
+    }
+    Ok((source, magic))
+}
+
+/// Refused while a redis-server works in `dir`.
+pub(crate) fn refuse_if_running(dir: &Path) -> Result<(), RestoreError> {
+    match redis_running_in(dir) {
+        Some(pid) => Err(RestoreError::Refused(format!(
+            "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
+             or `systemctl stop redis-server`), then restore again; nothing was changed",
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Create `dir` (what of it was missing given to `owner`), refuse if a redis-server works
 /// there, and move what would shadow the restored files aside. Nothing changes when it
 /// refuses.
 fn prepare_dir(dir: &Path, owner: Owner) -> Result<Option<PathBuf>, RestoreError> {
     create_dirs(dir, owner)?;
-    if let Some(pid) = redis_running_in(dir) {
-        return Err(RestoreError::Refused(format!(
-            "redis-server (pid {pid}) is running in {}: stop it first (`redis-cli shutdown nosave` \
-             or `systemctl stop redis-server`), then restore again; nothing was changed",
-            dir.display()
-        )));
-    }
+    refuse_if_running(dir)?;
     move_shadows_aside(dir, owner)
 }
 

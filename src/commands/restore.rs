@@ -170,8 +170,11 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
     restore::refuse_if_redis_serves(&address, served, &args.data_dir).await?;
     if settings.ops.simulate {
         let (kind, dir) = (args.kind, &args.data_dir);
+        let transfers = settings.download_transfers();
         let preview = match &args.file {
-            Some(file) => restore::preview_redis_restore(RedisSource::File(file), kind, dir).await,
+            Some(file) => {
+                restore::preview_redis_restore(RedisSource::File(file), kind, dir, transfers).await
+            }
             None => {
                 let selector: BackupSelector = args.from.parse().map_err(anyhow::Error::msg)?;
                 let backup =
@@ -181,7 +184,7 @@ async fn restore_redis(args: RedisArgs, settings: &Settings) -> Result<ExitCode>
                     storage: storage.as_ref(),
                     backup,
                 };
-                restore::preview_redis_restore(source, kind, dir).await
+                restore::preview_redis_restore(source, kind, dir, transfers).await
             }
         };
         println!("{}", preview?);
