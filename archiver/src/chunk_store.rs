@@ -57,20 +57,11 @@ pub(crate) async fn previous_chunks(
     catalog_path: &Path,
     lineage: Lineage,
 ) -> ChunkIndex {
-    let path = catalog_path.to_path_buf();
-    let latest = tokio::task::spawn_blocking(move || {
-        catalog::Catalog::open(&path)?.newest_backup(lineage.kind(), lineage.system_identifier())
-    })
-    .await;
-    let latest = match latest {
-        Ok(Ok(Some(latest))) => latest,
-        Ok(Ok(None)) => return ChunkIndex::default(),
-        Ok(Err(e)) => {
-            warn!("the catalog cannot be read ({e}), storing every chunk again");
-            return ChunkIndex::default();
-        }
-        Err(e) => {
-            warn!("the catalog reader stopped ({e}), storing every chunk again");
+    let latest = match newest_backup(catalog_path, lineage, |p| catalog::Catalog::open(p)).await {
+        Ok(Some(latest)) => latest,
+        Ok(None) => return ChunkIndex::default(),
+        Err(why) => {
+            warn!("{why}, storing every chunk again");
             return ChunkIndex::default();
         }
     };
@@ -100,10 +91,7 @@ pub(crate) async fn previous_chunks(
             return ChunkIndex::default();
         }
     };
-    let (usable, lost) = match &manifest {
-        Previous::Base(m) => usable_chunks(m.chunks(), &packs),
-        Previous::Stream(m) => usable_chunks(m.chunks(), &packs),
-    };
+    let (usable, lost) = usable_chunks(manifest.chunks(), manifest.chunks().count(), &packs);
     if lost > 0 {
         warn!(
             "{lost} chunk(s) of backup {id} are in packs that are missing or truncated: storing \
@@ -115,19 +103,46 @@ pub(crate) async fn previous_chunks(
     usable
 }
 
+/// The newest complete backup of `lineage` in the catalog at `catalog_path`, which `open`
+/// opens, read off the async threads; the error says why it could not be read.
+pub(crate) async fn newest_backup(
+    catalog_path: &Path,
+    lineage: Lineage,
+    open: fn(&Path) -> Result<catalog::Catalog, catalog::CatalogError>,
+) -> Result<Option<catalog::BackupRecord>, String> {
+    let path = catalog_path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        open(&path)?.newest_backup(lineage.kind(), lineage.system_identifier())
+    })
+    .await
+    .map_err(|e| format!("the catalog reader stopped ({e})"))?
+    .map_err(|e| format!("the catalog cannot be read ({e})"))
+}
+
 /// The manifest a new backup builds on, held only while its chunks are indexed.
 enum Previous {
     Base(Box<BackupManifest>),
     Stream(StreamManifest),
 }
 
-/// The chunks whose pack (by id, with its size) holds them whole, and how many were dropped.
+impl Previous {
+    fn chunks(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
+        match self {
+            Previous::Base(m) => Box::new(m.chunks()),
+            Previous::Stream(m) => Box::new(m.chunks()),
+        }
+    }
+}
+
+/// The chunks (`count` of them) whose pack (by id, with its size) holds them whole, and how
+/// many were dropped. The index is sized once: growing it would hold two tables at a time.
 fn usable_chunks<'a>(
     chunks: impl Iterator<Item = &'a ChunkRef>,
+    count: usize,
     packs: &HashMap<PackId, u64>,
 ) -> (ChunkIndex, usize) {
     let mut lost = 0;
-    let mut usable = ChunkIndex::with_capacity(chunks.size_hint().0);
+    let mut usable = ChunkIndex::with_capacity(count);
     for c in chunks {
         let whole = packs.get(&c.pack).is_some_and(|&size| {
             c.offset
@@ -533,7 +548,7 @@ mod tests {
             chunk(b'd', 2, u64::MAX, 2),
             chunk(b'e', 2, 0, 50),
         ];
-        let (usable, lost) = usable_chunks(chunks.iter(), &packs);
+        let (usable, lost) = usable_chunks(chunks.iter(), chunks.len(), &packs);
         let kept: Vec<u8> = chunks
             .iter()
             .filter(|c| usable.contains(&c.hash))

@@ -11,6 +11,7 @@ use storage::{BackupKind, Storage};
 use crate::base_backup::{
     BaseBackupOptions, Preflight, ServerFacts, preflight, server_tablespaces,
 };
+use crate::chunk_store::{Lineage, newest_backup};
 use crate::error::PgContext;
 use crate::walk::{match_tablespaces, walk_data_dir};
 use crate::{ArchiveError, cluster};
@@ -101,21 +102,12 @@ async fn may_run_backup_functions(
     Ok(())
 }
 
-/// The newest base backup of this cluster in the catalog, when there is a catalog (opening a
-/// missing one would create it).
+/// The newest base backup of this cluster in the catalog (a missing catalog is not created).
 async fn previous_backup(opts: &BaseBackupOptions, system_identifier: u64) -> Option<String> {
-    let path = opts.catalog_path.clone();
-    if !path.exists() {
-        return None;
-    }
-    let newest = tokio::task::spawn_blocking(move || {
-        catalog::Catalog::open(&path)?.newest_backup(BackupKind::Base, Some(system_identifier))
-    })
-    .await;
-    match newest {
-        Ok(Ok(record)) => record.map(|b| b.backup_id),
-        _ => None,
-    }
+    let lineage = Lineage::Base { system_identifier };
+    let open = |p: &std::path::Path| catalog::Catalog::open_existing_or_empty(p);
+    let newest = newest_backup(&opts.catalog_path, lineage, open).await;
+    newest.ok().flatten().map(|b| b.backup_id)
 }
 
 impl fmt::Display for BackupPreview {
