@@ -395,13 +395,24 @@ impl Unlocked {
     }
 }
 
-/// A key operation `SIMULATE_MODE` describes instead of doing.
+/// A key operation `SIMULATE_MODE` describes instead of doing (`repo init`: [`preview_init`]).
 #[derive(Debug, Clone, Copy)]
 pub enum KeyChange {
-    Init,
     Add,
     Remove(u32),
     Rotate(RotateHow),
+}
+
+/// What `repo init` would do, after its checks (a passphrase, an empty repository).
+pub async fn preview_init(
+    settings: &EncryptionSettings,
+    raw: Arc<dyn Storage>,
+) -> Result<String, OpsError> {
+    may_init(settings, &*raw).await?;
+    Ok(format!(
+        "would make {} an encrypted repository",
+        raw.describe()
+    ))
 }
 
 /// What `change` would do, after every check it runs before it writes (the passphrase
@@ -412,14 +423,9 @@ pub async fn preview(
     change: KeyChange,
 ) -> Result<String, OpsError> {
     let where_ = raw.describe();
-    if let KeyChange::Init = change {
-        may_init(settings, &*raw).await?;
-        return Ok(format!("would make {where_} an encrypted repository"));
-    }
     let unlocked = unlock_for_keys(settings, raw).await?;
     Ok(match change {
-        // (Init returned above.)
-        KeyChange::Init | KeyChange::Add => format!("would add a key slot to {where_}"),
+        KeyChange::Add => format!("would add a key slot to {where_}"),
         KeyChange::Remove(slot) => {
             let mut file = unlocked.file.clone();
             file.remove_slot(unlocked.sealed.keyring(), slot)

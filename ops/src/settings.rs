@@ -724,10 +724,14 @@ impl Settings {
         crate::encryption::open(&self.encryption, raw, crate::encryption::Access::Write).await
     }
 
-    /// The repository as a command that writes would find it, for its `SIMULATE_MODE` run: the
-    /// same refusals, and nothing created (not even the keys of an empty repository a
-    /// passphrase would make encrypted).
-    pub async fn repository_to_preview_writing(&self) -> Result<Arc<dyn Storage>, OpsError> {
+    /// The repository for a command that writes and says what it would do under
+    /// `SIMULATE_MODE`: then it is opened as the write would find it, with the same refusals,
+    /// and nothing is created (not even the keys of an empty repository a passphrase would make
+    /// encrypted).
+    pub async fn repository_to_write(&self) -> Result<Arc<dyn Storage>, OpsError> {
+        if !self.ops.simulate {
+            return self.repository_for_writing().await;
+        }
         let raw = self.unsealed_repository(false).await?;
         let access = crate::encryption::Access::WouldWrite;
         crate::encryption::open(&self.encryption, raw, access).await

@@ -42,10 +42,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
     if kind == storage::BackupKind::Dump {
         return super::dump::backup(settings).await;
     }
-    let storage = match settings.ops.simulate {
-        true => settings.repository_to_preview_writing().await?,
-        false => settings.repository_for_writing().await?,
-    };
+    let storage = settings.repository_to_write().await?;
     let opts = archiver::BaseBackupOptions {
         connection: super::platform::connection(settings.database()),
         data_dir: settings.pgdata.clone(),
@@ -73,10 +70,7 @@ pub async fn run(cmd: BackupCommand, settings: &Settings) -> Result<ExitCode> {
 }
 
 async fn backup_redis(kind: storage::BackupKind, settings: &Settings) -> Result<ExitCode> {
-    let storage = match settings.ops.simulate {
-        true => settings.repository_to_preview_writing().await?,
-        false => settings.repository_for_writing().await?,
-    };
+    let storage = settings.repository_to_write().await?;
     let opts = archiver::RdbBackupOptions {
         redis: super::platform::redis_client(&settings.redis),
         compression: settings.compression,

@@ -27,7 +27,7 @@ fn dump_options(settings: &Settings, dbname: &str) -> Result<archiver::DumpOptio
 
 pub async fn backup(settings: &Settings) -> Result<ExitCode> {
     if settings.ops.simulate {
-        let storage = settings.repository_to_preview_writing().await?;
+        let storage = settings.repository_to_write().await?;
         let opts = dump_options(settings, &settings.db.dbname)?;
         let preview = archiver::preview_dump(storage.as_ref(), &opts).await;
         println!("{}", preview.context("dump")?);
@@ -66,10 +66,7 @@ pub async fn restore(
             restore::choose_dump(&settings.open_catalog()?, &selector)?
         }
     };
-    let storage = match settings.ops.simulate {
-        true => settings.repository_to_preview_writing().await?,
-        false => settings.repository_for_writing().await?,
-    };
+    let storage = settings.repository_to_write().await?;
     let (pg_bin, db) = (settings.pg_bin(), super::platform::connection(&settings.db));
     let options = restore::DumpRestoreOptions {
         database,

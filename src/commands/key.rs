@@ -29,30 +29,9 @@ pub enum KeyCommand {
 
 /// `repo init` and `key ...`: the logic is in `ops::encryption`.
 pub async fn run(cmd: Option<KeyCommand>, settings: &ops::Settings) -> Result<ExitCode> {
-    let change = match &cmd {
-        None => Some(keys::KeyChange::Init),
-        Some(KeyCommand::List) => None,
-        Some(KeyCommand::Add { .. }) => Some(keys::KeyChange::Add),
-        Some(KeyCommand::Remove { slot }) => Some(keys::KeyChange::Remove(*slot)),
-        Some(KeyCommand::Rotate {
-            rewrite,
-            resume,
-            new_master,
-        }) => Some(keys::KeyChange::Rotate(keys::RotateHow {
-            rewrite: *rewrite,
-            resume: *resume,
-            new_master: *new_master,
-        })),
-    };
-    if let (true, Some(change)) = (settings.ops.simulate, change) {
-        if let Some(KeyCommand::Add {
-            new_passphrase_file,
-        }) = &cmd
-        {
-            EncryptionSettings::new_passphrase(new_passphrase_file.as_deref()).await?;
-        }
-        let raw = settings.unsealed_repository(false).await?;
-        let would = keys::preview(&settings.encryption, raw, change).await?;
+    if settings.ops.simulate
+        && let Some(would) = simulated(&cmd, settings).await?
+    {
         println!("SIMULATE_MODE: {would}\nnothing was changed: unset SIMULATE_MODE to do it");
         return Ok(ExitCode::SUCCESS);
     }
@@ -104,4 +83,35 @@ pub async fn run(cmd: Option<KeyCommand>, settings: &ops::Settings) -> Result<Ex
     };
     println!("{line}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Under `SIMULATE_MODE`, what the command would do, after its checks; `None` for `key list`,
+/// which changes nothing and runs.
+async fn simulated(cmd: &Option<KeyCommand>, settings: &ops::Settings) -> Result<Option<String>> {
+    let encryption = &settings.encryption;
+    let change = match cmd {
+        None => {
+            let raw = settings.unsealed_repository(false).await?;
+            return Ok(Some(keys::preview_init(encryption, raw).await?));
+        }
+        Some(KeyCommand::List) => return Ok(None),
+        Some(KeyCommand::Add {
+            new_passphrase_file,
+        }) => {
+            EncryptionSettings::new_passphrase(new_passphrase_file.as_deref()).await?;
+            keys::KeyChange::Add
+        }
+        Some(KeyCommand::Remove { slot }) => keys::KeyChange::Remove(*slot),
+        Some(KeyCommand::Rotate {
+            rewrite,
+            resume,
+            new_master,
+        }) => keys::KeyChange::Rotate(keys::RotateHow {
+            rewrite: *rewrite,
+            resume: *resume,
+            new_master: *new_master,
+        }),
+    };
+    let raw = settings.unsealed_repository(false).await?;
+    Ok(Some(keys::preview(encryption, raw, change).await?))
 }

@@ -111,7 +111,7 @@ async fn simulated_push(
     if ahead {
         return Ok(ExitCode::SUCCESS);
     }
-    let storage = settings.repository_to_preview_writing().await?;
+    let storage = settings.repository_to_write().await?;
     anyhow::bail!(
         "SIMULATE_MODE=true: would archive {} into {}; not archived, so PostgreSQL keeps it and \
          asks again: unset SIMULATE_MODE where the server runs to archive",

@@ -103,12 +103,10 @@ pub async fn drill(
     let (catalog_path, simulate) = (options.catalog_path.clone(), options.simulate);
     let catalog = blocking("catalog read", move || match simulate {
         // A simulation creates nothing, not even an empty catalog.
-        true => catalog::Catalog::open_existing_or_empty(&catalog_path).map_err(|source| {
-            DrillError::OpenCatalog {
-                path: catalog_path.clone(),
-                source,
-            }
-        }),
+        true => opened(
+            &catalog_path,
+            catalog::Catalog::open_existing_or_empty(&catalog_path),
+        ),
         false => open_catalog(&catalog_path),
     })
     .await?;
@@ -572,7 +570,14 @@ async fn rehearse(
 }
 
 fn open_catalog(path: &Path) -> Result<catalog::Catalog, DrillError> {
-    catalog::Catalog::open(path).map_err(|source| DrillError::OpenCatalog {
+    opened(path, catalog::Catalog::open(path))
+}
+
+fn opened(
+    path: &Path,
+    catalog: Result<catalog::Catalog, catalog::CatalogError>,
+) -> Result<catalog::Catalog, DrillError> {
+    catalog.map_err(|source| DrillError::OpenCatalog {
         path: path.to_path_buf(),
         source,
     })
