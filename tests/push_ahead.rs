@@ -358,6 +358,66 @@ fn confirmed_ahead(pg: &Pg) -> bool {
         .contains("already archived with identical contents")
 }
 
+/// A look-ahead worker for the segments after `current`, as `wal push` starts it (detached, in
+/// its own process group), killed with -9 once `busy` says it is storing; whether it died of
+/// that signal, busy, rather than ending of its own accord first.
+fn kill_once_busy(
+    scratch: &Scratch,
+    pg: &Pg,
+    current: &str,
+    mut busy: impl FnMut() -> bool,
+) -> bool {
+    let mut worker = in_pgdata(
+        scratch,
+        pg,
+        &["wal", "push", "--ahead", &format!("pg_wal/{current}")],
+        &[("LIFELINE_WAL_PUSH_AHEAD", "64")],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .process_group(0)
+    .spawn()
+    .expect("start a worker");
+    let group =
+        rustix::process::Pid::from_raw(i32::try_from(worker.id()).expect("pid")).expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let was_busy = loop {
+        if busy() {
+            break true;
+        }
+        if worker.try_wait().expect("wait").is_some() {
+            break false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker neither stored nor ended"
+        );
+        std::thread::yield_now();
+    };
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    let status = worker.wait().expect("reap");
+    was_busy && std::os::unix::process::ExitStatusExt::signal(&status) == Some(9)
+}
+
+/// PostgreSQL's own `wal push` of each of `waiting` succeeds cleanly, each segment then reads
+/// back byte for byte, and every stored object re-reads whole.
+fn push_all_exactly(scratch: &Scratch, pg: &Pg, waiting: &[String]) {
+    for name in waiting {
+        clean(&push(scratch, pg, name), &format!("wal push {name}"));
+    }
+    wait_idle(&scratch.bin);
+    for name in waiting {
+        let original = std::fs::read(pg.data.join("pg_wal").join(name)).expect("segment");
+        assert!(
+            fetched(scratch, name) == Some(original),
+            "{name} not archived exactly"
+        );
+    }
+    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
+    assert_eq!(code(&out), 0, "verify: {}", text(&out));
+}
+
 #[test]
 fn a_worker_killed_mid_upload_leaves_nothing_that_looks_archived() {
     let scratch = Scratch::new();
@@ -369,38 +429,10 @@ fn a_worker_killed_mid_upload_leaves_nothing_that_looks_archived() {
     let mut killed_mid_write = 0;
     let mut seen = std::collections::BTreeSet::new();
     for current in &waiting[..6] {
-        let mut worker = in_pgdata(
-            &scratch,
-            &pg,
-            &["wal", "push", "--ahead", &format!("pg_wal/{current}")],
-            &[("LIFELINE_WAL_PUSH_AHEAD", "64")],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start a worker");
-        let group =
-            rustix::process::Pid::from_raw(i32::try_from(worker.id()).expect("pid")).expect("pid");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let writing = loop {
-            let temps = temporary(&scratch.repo);
-            if temps.iter().any(|t| !seen.contains(t)) {
-                break true;
-            }
-            if worker.try_wait().expect("wait").is_some() {
-                break false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the worker neither wrote nor ended"
-            );
-            std::thread::yield_now();
+        let writing = |seen: &std::collections::BTreeSet<PathBuf>| {
+            temporary(&scratch.repo).iter().any(|t| !seen.contains(t))
         };
-        let killed = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        worker.wait().expect("reap");
-        if writing && killed.is_ok() {
+        if kill_once_busy(&scratch, &pg, current, || writing(&seen)) {
             killed_mid_write += 1;
         }
         seen.extend(temporary(&scratch.repo));
@@ -411,22 +443,10 @@ fn a_worker_killed_mid_upload_leaves_nothing_that_looks_archived() {
     );
     assert!(running(&scratch.bin).is_empty(), "a worker survived -9");
 
-    // PostgreSQL's own pushes (each starting workers of its own): every one succeeds.
-    for name in &waiting {
-        clean(&push(&scratch, &pg, name), &format!("wal push {name}"));
-    }
-    wait_idle(&scratch.bin);
-    for name in &waiting {
-        let original = std::fs::read(pg.data.join("pg_wal").join(name)).expect("segment");
-        assert!(
-            fetched(&scratch, name) == Some(original),
-            "{name} not archived exactly"
-        );
-    }
-    // Every stored object reads back whole; what the kills left are temporary files only,
-    // each one prune removes (past its grace period, here none).
-    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert_eq!(code(&out), 0, "verify: {}", text(&out));
+    // PostgreSQL's own pushes (each starting workers of its own) all succeed, every segment
+    // reads back exactly; what the kills left are temporary files only, each one prune removes
+    // (past its grace period, here none).
+    push_all_exactly(&scratch, &pg, &waiting);
     let left = temporary(&scratch.repo);
     let out = scratch.lifeline(&["prune", "--dry-run"], &[("LIFELINE_PRUNE_GRACE", "0")]);
     assert_eq!(code(&out), 0, "prune --dry-run: {}", text(&out));
@@ -454,37 +474,7 @@ fn a_worker_killed_mid_run_on_s3_loses_nothing() {
     let mut killed_mid_run = 0;
     for current in &waiting[..4] {
         let before = archived();
-        let mut worker = in_pgdata(
-            &scratch,
-            &pg,
-            &["wal", "push", "--ahead", &format!("pg_wal/{current}")],
-            &[("LIFELINE_WAL_PUSH_AHEAD", "64")],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start a worker");
-        let group =
-            rustix::process::Pid::from_raw(i32::try_from(worker.id()).expect("pid")).expect("pid");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let stored_one = loop {
-            if archived() > before {
-                break true;
-            }
-            if worker.try_wait().expect("wait").is_some() {
-                break false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the worker neither stored nor ended"
-            );
-        };
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        let status = worker.wait().expect("reap");
-        // Killed, not ended of its own accord: it still had segments to store.
-        if stored_one && std::os::unix::process::ExitStatusExt::signal(&status) == Some(9) {
+        if kill_once_busy(&scratch, &pg, current, || archived() > before) {
             killed_mid_run += 1;
         }
     }
@@ -495,19 +485,7 @@ fn a_worker_killed_mid_run_on_s3_loses_nothing() {
     assert!(running(&scratch.bin).is_empty(), "a worker survived -9");
 
     // PostgreSQL's own pushes: every one succeeds, and every segment reads back exactly.
-    for name in &waiting {
-        clean(&push(&scratch, &pg, name), &format!("wal push {name}"));
-    }
-    wait_idle(&scratch.bin);
-    for name in &waiting {
-        let original = std::fs::read(pg.data.join("pg_wal").join(name)).expect("segment");
-        assert!(
-            fetched(&scratch, name) == Some(original),
-            "{name} not archived exactly"
-        );
-    }
-    let out = scratch.lifeline(&["verify", "--read-data"], &[]);
-    assert_eq!(code(&out), 0, "verify: {}", text(&out));
+    push_all_exactly(&scratch, &pg, &waiting);
 }
 
 #[test]
