@@ -27,6 +27,7 @@ use storage::manifest::{
 use storage::pg_version::{self, Major, Support};
 use storage::progress::Progress;
 use storage::stages::Stages;
+use storage::tuning::Tuner;
 use storage::wal::{Lsn, Segment, TimelineId, WalFileName};
 use storage::{BackupKind, Compression, Service, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
@@ -658,6 +659,7 @@ fn read_files(
         records: Vec::new(),
     };
     let mut chunks = content_defined_chunks(&mut pack).enumerate();
+    let mut tuner = Tuner::default();
     while let Some((index, chunk)) = stages.time(chunk_store::READ, || chunks.next()) {
         let data = chunk.map_err(|source| ArchiveError::Io {
             path: PathBuf::from("(small files)"),
@@ -666,6 +668,7 @@ fn read_files(
         let job = Job {
             slot: Slot::Bundle(index),
             data,
+            tuning: tuner.next_chunk(),
         };
         if stages
             .time(chunk_store::READER_BLOCKED, || tx.blocking_send(job))
@@ -685,6 +688,9 @@ fn read_files(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(ArchiveError::Io { path, source }),
         };
+        // Only sizes the sampling: a file that grows or shrinks while read is still read whole.
+        let expected = reader.metadata().map_or(0, |m| m.len());
+        tuner.start_file(expected.div_ceil(block_size as u64));
         let mut size = 0u64;
         for index in 0.. {
             let data = stages
@@ -702,6 +708,7 @@ fn read_files(
             let job = Job {
                 slot: Slot::Block { file, index },
                 data,
+                tuning: tuner.next_chunk(),
             };
             if stages
                 .time(chunk_store::READER_BLOCKED, || tx.blocking_send(job))

@@ -13,6 +13,7 @@ use storage::manifest::{BackupManifest, ChunkRef, StreamManifest};
 use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::progress::Progress;
 use storage::stages::Stages;
+use storage::tuning::{ChunkTuning, Tuner};
 use storage::{
     BackupKind, ChunkIds, Compression, Durability, PutMode, Storage, StorageError, layout, object,
 };
@@ -180,6 +181,8 @@ const PACKER_BLOCKED: usize = 7;
 pub(crate) struct Job<S> {
     pub(crate) slot: S,
     pub(crate) data: Vec<u8>,
+    /// Which zstd setting compresses it, should it be new.
+    pub(crate) tuning: ChunkTuning,
 }
 
 /// A chunk hashed (and, when new, compressed) and ready to be packed.
@@ -380,7 +383,7 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
                 !previous.contains(&id) && known.lock().map(|mut k| k.insert(id)).unwrap_or(true);
             let framed = if is_new {
                 let encoded = stages.time(COMPRESS, || {
-                    object::encode_with_checksum(&job.data, hash, compression)
+                    object::encode_tuned(&job.data, hash, compression, &job.tuning)
                 });
                 Some(encoded?.1)
             } else {
@@ -474,10 +477,12 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
     let reader_stages = stages.clone();
     let cutter = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
         let mut chunks = content_defined_chunks(reader).enumerate();
+        let mut tuner = Tuner::default();
         while let Some((index, chunk)) = reader_stages.time(READ, || chunks.next()) {
             let job = Job {
                 slot: index,
                 data: chunk?,
+                tuning: tuner.next_chunk(),
             };
             if reader_stages
                 .time(READER_BLOCKED, || tx.blocking_send(job))

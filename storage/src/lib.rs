@@ -15,6 +15,7 @@
 //! - [`private`]: 0600 files and 0700 directories with one owner, for everything lifeline
 //!   writes on local disk.
 //! - [`progress`]: how far a backup or restore is, counted by the libraries, shown by the CLI.
+//! - [`tuning`]: which zstd setting each file's chunks are compressed with, learnt by sampling.
 //! - [`stages`]: where a backup's or restore's time goes, per pipeline stage, for a debug log.
 
 pub mod atomic;
@@ -41,6 +42,7 @@ mod s3;
 pub mod sealed;
 pub mod stages;
 mod storage;
+pub mod tuning;
 pub mod wal;
 
 pub use digest::{ChunkHash, PackId};

@@ -18,6 +18,7 @@
 use std::io::{Read, Write};
 
 use crate::StorageError;
+use crate::tuning::{ChunkTuning, Setting};
 
 pub const HEADER_LEN: usize = 48;
 const MAGIC: &[u8; 4] = b"LLOB";
@@ -166,7 +167,49 @@ pub fn encode_with_checksum(
         plain_len: plain.len() as u64,
         checksum: hash,
     };
-    let payload = compress_zstd(plain, compression.level).map_err(encode_error)?;
+    let payload =
+        compress_zstd(plain, compression.level, Setting::Configured).map_err(encode_error)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(&payload);
+    Ok((header, out))
+}
+
+/// As [`encode_with_checksum`] for a backup's chunk: compressed with its file's current zstd
+/// setting, or, for a sample, with each setting, keeping the smallest and making it the file's
+/// choice ([`crate::tuning`]). Other codecs ignore the tuning.
+pub fn encode_tuned(
+    plain: &[u8],
+    hash: blake3::Hash,
+    compression: Compression,
+    tuning: &ChunkTuning,
+) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
+    if compression.codec != Codec::Zstd || compression.workers > 0 {
+        return encode_with_checksum(plain, hash, compression);
+    }
+    let encode_error = |e: std::io::Error| StorageError::Corrupt {
+        key: "(new chunk)".into(),
+        reason: format!("cannot encode: {e}"),
+    };
+    let payload = if tuning.sample {
+        let mut best: Option<(Setting, Vec<u8>)> = None;
+        for setting in Setting::ALL {
+            let payload = compress_zstd(plain, compression.level, setting).map_err(encode_error)?;
+            if best.as_ref().is_none_or(|(_, b)| payload.len() < b.len()) {
+                best = Some((setting, payload));
+            }
+        }
+        let (setting, payload) = best.expect("Setting::ALL is not empty");
+        tuning.choice.set(setting);
+        payload
+    } else {
+        compress_zstd(plain, compression.level, tuning.choice.current()).map_err(encode_error)?
+    };
+    let header = ObjectHeader {
+        codec: compression.codec,
+        plain_len: plain.len() as u64,
+        checksum: hash,
+    };
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(&payload);
@@ -405,22 +448,47 @@ pub fn checksum_reader<R: Read>(mut reader: R) -> std::io::Result<(u64, blake3::
 
 thread_local! {
     // A zstd context holds megabytes of tables: allocating one per chunk costs more than the
-    // compression itself, so each thread keeps one.
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(None) };
+    // compression itself, so each thread keeps one per setting.
+    static COMPRESSORS: std::cell::RefCell<Vec<(i32, Setting, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
 }
 
-fn compress_zstd(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+fn new_compressor(
+    level: i32,
+    setting: Setting,
+) -> std::io::Result<zstd::bulk::Compressor<'static>> {
+    use zstd::zstd_safe::CParameter;
+    let mut compressor = match setting {
+        Setting::Configured => zstd::bulk::Compressor::new(level)?,
+        Setting::FastShortMatches => {
+            let mut compressor = zstd::bulk::Compressor::new(1)?;
+            compressor.set_parameter(CParameter::MinMatch(4))?;
+            compressor
         }
-        let (_, compressor) = slot.as_mut().expect("just set");
-        compressor.include_contentsize(true)?;
-        compressor.compress(plain)
+        Setting::Fast => zstd::bulk::Compressor::new(1)?,
+    };
+    compressor.include_contentsize(true)?;
+    Ok(compressor)
+}
+
+fn compress_zstd(plain: &[u8], level: i32, setting: Setting) -> std::io::Result<Vec<u8>> {
+    COMPRESSORS.with(|cell| {
+        let mut compressors = cell.borrow_mut();
+        let found = compressors
+            .iter()
+            .position(|(l, s, _)| *l == level && *s == setting);
+        let at = match found {
+            Some(at) => at,
+            None => {
+                // A thread serves one repository's level: a new level replaces the old contexts.
+                compressors.retain(|(l, _, _)| *l == level);
+                compressors.push((level, setting, new_compressor(level, setting)?));
+                compressors.len() - 1
+            }
+        };
+        compressors[at].2.compress(plain)
     })
 }
 
@@ -621,6 +689,69 @@ mod tests {
         let err = decode_json::<Vec<u64>>("k", "test", &bomb).expect_err("implausible");
         assert!(err.to_string().contains("implausible length"), "{err}");
         assert_eq!(max_json_len(100 << 20), 6400 << 20);
+    }
+
+    #[test]
+    fn a_sampled_chunk_is_stored_with_the_smallest_setting_and_the_file_follows_it() {
+        // Rows of a few integers and padding, as in pgbench's accounts, and plain text.
+        let rows: Vec<u8> = (0..(256u32 << 10) / 16)
+            .flat_map(|i| {
+                let mut row = [b' '; 16];
+                row[..4].copy_from_slice(&i.to_le_bytes());
+                row[4..8].copy_from_slice(&(i / 100).to_le_bytes());
+                row
+            })
+            .collect();
+        let text: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("line {i}: the quick brown fox {} ", i * 7 % 13).into_bytes())
+            .collect();
+        let zstd = Compression::default();
+        let mut winners = Vec::new();
+        for data in [rows, text] {
+            let sizes: Vec<usize> = Setting::ALL
+                .iter()
+                .map(|s| {
+                    compress_zstd(&data, zstd.level, *s)
+                        .expect("compress")
+                        .len()
+                })
+                .collect();
+            let smallest = *sizes.iter().min().expect("sizes");
+            let winner = Setting::ALL[sizes.iter().position(|s| *s == smallest).expect("min")];
+            let sample = ChunkTuning::configured();
+            let sample = ChunkTuning {
+                sample: true,
+                ..sample
+            };
+            let (_, framed) = encode_tuned(&data, checksum(&data), zstd, &sample).expect("encode");
+            assert_eq!(framed.len(), HEADER_LEN + smallest);
+            assert_eq!(sample.choice.current(), winner);
+            winners.push(winner);
+            assert_eq!(decode("k", &framed).expect("decode"), data);
+            let next = ChunkTuning {
+                sample: false,
+                ..sample
+            };
+            let (_, framed) = encode_tuned(&data, checksum(&data), zstd, &next).expect("encode");
+            assert_eq!(framed.len(), HEADER_LEN + smallest, "the file's next chunk");
+            assert_eq!(decode("k", &framed).expect("decode"), data);
+        }
+        // Measured: zstd's fastest setting wins on the rows, level 3 on the text.
+        assert_eq!(winners, [Setting::Fast, Setting::Configured]);
+        // Another codec ignores the tuning.
+        let gzip = Compression {
+            codec: Codec::Gzip,
+            level: 6,
+            workers: 0,
+        };
+        let tuning = ChunkTuning {
+            sample: true,
+            ..ChunkTuning::configured()
+        };
+        let (header, framed) = encode_tuned(b"abc", checksum(b"abc"), gzip, &tuning).expect("gz");
+        assert_eq!(header.codec, Codec::Gzip);
+        assert_eq!(decode("k", &framed).expect("decode"), b"abc");
+        assert_eq!(tuning.choice.current(), Setting::Configured);
     }
 
     #[test]
