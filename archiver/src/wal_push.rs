@@ -177,7 +177,7 @@ async fn hash_file(
     })
 }
 
-/// Read, hash and compress the file; one segment is one job, so zstd's workers share it.
+/// Read, hash and compress the file; a segment is split between threads (at least two).
 async fn compress_file(
     path: &Path,
     size: u64,
@@ -194,7 +194,7 @@ async fn compress_file(
     };
     tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&source)?;
-        object::encode_reader(file, size, compression)
+        object::encode_file_in_parts(&file, size, compression)
     })
     .await
     .map_err(ArchiveError::task("compression task"))?
