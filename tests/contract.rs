@@ -122,6 +122,34 @@ fn wal_push_and_fetch_contract() {
         text(&out)
     );
 
+    // A partial segment longer than a segment: refused before it is read.
+    let partial = incoming.join(format!("{name}.partial"));
+    let mut longer = original.clone();
+    longer.push(0);
+    write_as_postgres(&partial, &longer);
+    let out = scratch.lifeline(&["wal", "push", partial.to_str().expect("utf8")], &[]);
+    assert!(
+        code(&out) != 0 && code(&out) <= 125 && text(&out).contains("more than the"),
+        "{}",
+        text(&out)
+    );
+    // At a segment's size it is archived (compressed in halves) and fetched back as it was.
+    write_as_postgres(&partial, &original);
+    let out = scratch.lifeline(&["wal", "push", partial.to_str().expect("utf8")], &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let fetched = incoming.join("fetched-partial");
+    let out = scratch.lifeline(
+        &[
+            "wal",
+            "fetch",
+            &format!("{name}.partial"),
+            fetched.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(std::fs::read(&fetched).expect("fetched") == original);
+
     // Fetch of a name never archived: exit 1, quietly.
     let dest = incoming.join("RECOVERYXLOG");
     let out = scratch.lifeline(

@@ -82,13 +82,6 @@ pub async fn push_wal(
     bound?;
     let (header, encoded) = compressed?;
     debug!(wal = %name, "compressed");
-    if header.plain_len != size {
-        return Err(invalid(format!(
-            "it changed size while being archived ({size} then {} bytes); PostgreSQL never \
-             modifies a segment it asked to archive, so something else is writing to it",
-            header.plain_len
-        )));
-    }
 
     let (outcome, stored_bytes) = store(storage, &key, &name, &header, encoded).await?;
     debug!(wal = %name, "durable; recording in the catalog");
@@ -177,7 +170,7 @@ async fn hash_file(
     })
 }
 
-/// Read, hash and compress the file; a segment is split between threads (at least two).
+/// Read, hash and compress the file; a segment of 4 MiB or more is split between threads.
 async fn compress_file(
     path: &Path,
     size: u64,
@@ -198,9 +191,20 @@ async fn compress_file(
     })
     .await
     .map_err(ArchiveError::task("compression task"))?
-    .map_err(|source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
+    .map_err(|source| {
+        if object::is_changed_size(&source) {
+            return ArchiveError::InvalidWalFile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it changed size while being archived (from {size} bytes); PostgreSQL never \
+                     modifies a file it asked to archive, so something else is writing to it"
+                ),
+            };
+        }
+        ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
@@ -277,6 +281,13 @@ async fn identify(
         if !matches!(name, WalFileName::Partial { .. }) && size != header.segment_size {
             return Err(invalid(format!(
                 "{size} bytes, but its header says segments are {} bytes: the file is truncated",
+                header.segment_size
+            )));
+        }
+        // A partial segment is at most a segment (PostgreSQL writes them whole).
+        if size > header.segment_size {
+            return Err(invalid(format!(
+                "{size} bytes, more than the {} bytes of a segment its header names",
                 header.segment_size
             )));
         }

@@ -71,7 +71,8 @@ pub struct Compression {
     pub codec: Codec,
     /// zstd 1..=19, gzip 0..=9; ignored for `none`.
     pub level: i32,
-    /// zstd worker threads for one large object (WAL segments); 0 compresses on the caller's thread.
+    /// Threads compressing one large object (a WAL segment: `encode_file_in_parts`, or zstd's
+    /// own workers in `encode_reader`); 0 compresses on the caller's thread.
     pub workers: u32,
 }
 
@@ -299,8 +300,8 @@ const PIECE_LEN: usize = 256 << 10;
 /// The ranges are subtrees of the file's BLAKE3 tree, so their chaining values merge into the
 /// file's checksum, and each is one zstd frame: concatenated frames decode as one stream. With
 /// zstd's own workers one thread read and hashed the whole file and copied it into their job
-/// buffers while they compressed: 10-20 % slower on two cores (benches/README.md). A file that
-/// changes size while it is read is an error, never an object.
+/// buffers while they compressed ("`wal push` in halves", benches/README.md). A file that is not
+/// `size` bytes throughout is an error ([`is_changed_size`]), never an object.
 pub fn encode_file_in_parts(
     file: &std::fs::File,
     size: u64,
@@ -310,11 +311,13 @@ pub fn encode_file_in_parts(
     if compression.codec != Codec::Zstd || parts < 2 {
         let mut whole = file;
         std::io::Seek::seek(&mut whole, std::io::SeekFrom::Start(0))?;
-        return encode_reader(whole, size, compression);
+        let (header, out) = encode_reader(whole, size, compression)?;
+        if header.plain_len != size {
+            return Err(changed_size());
+        }
+        return Ok((header, out));
     }
-    // Room for the header and every frame, so the frames are written in place; only the pages
-    // written are ever touched.
-    let mut out = Vec::with_capacity(HEADER_LEN + zstd::zstd_safe::compress_bound(size as usize));
+    let mut out = Vec::with_capacity(HEADER_LEN + estimated_frames_len(size));
     out.resize(HEADER_LEN, 0);
     let part = Part {
         file,
@@ -329,6 +332,12 @@ pub fn encode_file_in_parts(
     };
     out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
     Ok((header, out))
+}
+
+/// What to reserve for the frames of `len` bytes: a segment compresses 4 to 30 times, and a Vec
+/// that must grow past it is remapped, not copied.
+fn estimated_frames_len(len: u64) -> usize {
+    usize::try_from(len / 4).unwrap_or(usize::MAX)
 }
 
 fn prev_power_of_two(n: u64) -> u64 {
@@ -356,17 +365,21 @@ impl Part<'_> {
     ) -> std::io::Result<(ChainingValue, ChainingValue)> {
         let left_len = blake3::hazmat::left_subtree_len(len);
         let right_len = len - left_len;
+        let encode_right = move || {
+            let mut frames = Vec::with_capacity(estimated_frames_len(right_len));
+            self.encode_subtree(offset + left_len, right_len, parts / 2, &mut frames)
+                .map(|cv| (cv, frames))
+        };
         let (left, right) = std::thread::scope(|scope| {
-            let right = scope.spawn(move || {
-                let mut frames =
-                    Vec::with_capacity(zstd::zstd_safe::compress_bound(right_len as usize));
-                self.encode_subtree(offset + left_len, right_len, parts / 2, &mut frames)
-                    .map(|cv| (cv, frames))
-            });
+            // Without a thread (a process limit), the right half waits for the left one.
+            let spawned = std::thread::Builder::new().spawn_scoped(scope, encode_right);
             let left = self.encode_subtree(offset, left_len, parts / 2, out);
-            let right = right
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("a compression thread panicked")));
+            let right = match spawned {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("a compression thread panicked"))
+                }),
+                Err(_) => encode_right(),
+            };
             (left, right)
         });
         let (right, frames) = right?;
@@ -409,7 +422,8 @@ impl Part<'_> {
         let mut piece = vec![0u8; PIECE_LEN];
         let mut done = 0;
         while done < len {
-            let want = piece.len().min((len - done) as usize);
+            let want =
+                usize::try_from(len - done).map_or(piece.len(), |rest| rest.min(piece.len()));
             let n = match self.file.read_at(&mut piece[..want], offset + done) {
                 Ok(0) => return Err(changed_size()),
                 Ok(n) => n,
@@ -433,12 +447,18 @@ fn check_no_more(file: &std::fs::File, size: u64) -> std::io::Result<()> {
     }
 }
 
+/// The error `encode_file_in_parts` returns for a file that grew or shrank while it was read.
+#[derive(Debug, thiserror::Error)]
+#[error("the file changed size while it was read")]
+struct ChangedSize;
+
 fn changed_size() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        "the file changed size while it was read, so nothing was stored: something other than \
-         PostgreSQL is writing to it",
-    )
+    std::io::Error::new(std::io::ErrorKind::InvalidData, ChangedSize)
+}
+
+/// Whether `encode_file_in_parts` failed because the file changed size while it was read.
+pub fn is_changed_size(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<ChangedSize>())
 }
 
 /// Frames what is written to it: hashed and encoded piece by piece, the plaintext never held
@@ -836,10 +856,16 @@ mod tests {
             level: 3,
             workers: 2,
         };
-        let err = encode_file_in_parts(&file, 4 << 20, c).expect_err("grew");
-        assert!(err.to_string().contains("changed size"), "{err}");
-        let err = encode_file_in_parts(&file, 5 << 20, c).expect_err("shrank");
-        assert!(err.to_string().contains("changed size"), "{err}");
+        // In parts, and whole (one thread) as a file too small to split is.
+        for workers in [2, 0] {
+            let c = Compression { workers, ..c };
+            let err = encode_file_in_parts(&file, 4 << 20, c).expect_err("grew");
+            assert!(is_changed_size(&err), "{err}");
+            let err = encode_file_in_parts(&file, 5 << 20, c).expect_err("shrank");
+            assert!(is_changed_size(&err), "{err}");
+        }
+        let other = std::io::Error::other("disk on fire");
+        assert!(!is_changed_size(&other));
     }
 
     #[test]
