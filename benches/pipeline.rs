@@ -45,7 +45,7 @@ fn framing(c: &mut Criterion) {
             workers,
         };
         let id = format!("codec={codec:?}/level={level}/workers={workers}/size=16MiB");
-        // What `wal push` runs: stream, hash and compress.
+        // Stream, hash and compress (zstd's own workers when `workers` > 0).
         group.bench_function(BenchmarkId::new("encode", &id), |b| {
             b.iter(|| {
                 object::encode_reader(&segment[..], segment.len() as u64, compression)
@@ -57,6 +57,28 @@ fn framing(c: &mut Criterion) {
             b.iter(|| object::decode("bench", &framed).expect("decode"))
         });
     }
+    // What `wal push` runs: the segment's halves read, hashed and compressed on two threads.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("000000010000000000000001");
+    std::fs::write(&path, &segment).expect("write the segment");
+    let file = std::fs::File::open(&path).expect("open the segment");
+    let compression = Compression {
+        codec: Codec::Zstd,
+        level: 3,
+        workers: 2,
+    };
+    group.bench_function(
+        BenchmarkId::new(
+            "encode_file_in_parts",
+            "codec=Zstd/level=3/workers=2/size=16MiB",
+        ),
+        |b| {
+            b.iter(|| {
+                object::encode_file_in_parts(&file, segment.len() as u64, compression)
+                    .expect("encode")
+            })
+        },
+    );
     group.finish();
 }
 
