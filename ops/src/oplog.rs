@@ -131,6 +131,19 @@ impl Default for PanicExit {
     }
 }
 
+/// A thread the system would not start (tokio's runtime and std panic then) is a limit the
+/// operator can raise, not a bug.
+fn thread_refused(panic_message: &str) -> Option<String> {
+    let refused =
+        panic_message.contains("can't spawn") || panic_message.contains("failed to spawn thread");
+    refused.then(|| {
+        format!(
+            "the system refused to start a thread ({panic_message}): raise this user's process \
+             limit (ulimit -u, systemd's TasksMax, the pids cgroup) or stop what is using it up"
+        )
+    })
+}
+
 /// No panic reaches the operator as a Rust backtrace: a closed standard output (`lifeline
 /// status | head -1`) ends the command quietly, and any other panic is logged, with where it
 /// happened, to stderr and the operation log, then ends the command with `exit.code`.
@@ -147,6 +160,11 @@ pub fn on_panic(exit: PanicExit) {
         if let (true, Some(code)) = (closed_output, exit.closed_output) {
             std::process::exit(code);
         }
+        if let Some(refusal) = thread_refused(&message) {
+            tracing::error!(target: "lifeline::report", "ERROR: {refusal}");
+            let _ = writeln!(std::io::stderr(), "lifeline: {refusal}");
+            std::process::exit(exit.code);
+        }
         let place = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
@@ -158,4 +176,24 @@ pub fn on_panic(exit: PanicExit) {
         );
         std::process::exit(exit.code);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_refused;
+
+    #[test]
+    fn a_thread_the_system_refused_is_a_limit_to_raise_not_a_bug() {
+        for message in [
+            "OS can't spawn worker thread: Resource temporarily unavailable (os error 11)",
+            "failed to spawn thread: Os { code: 11, kind: WouldBlock, message: \"Resource temporarily unavailable\" }",
+        ] {
+            let said = thread_refused(message).expect("a refusal");
+            assert!(
+                said.contains("ulimit -u") && said.contains(message),
+                "{said}"
+            );
+        }
+        assert_eq!(thread_refused("index out of bounds"), None);
+    }
 }
