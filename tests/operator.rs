@@ -60,6 +60,37 @@ fn a_closed_standard_output_ends_reports_quietly() {
 }
 
 #[test]
+fn a_thread_the_system_refuses_is_named_as_a_limit_to_raise() {
+    let scratch = Scratch::new();
+    let segment = scratch.path("000000010000000000000001");
+    std::fs::write(&segment, b"not reached").expect("write");
+    // One process for the whole user: the shell that sets the limit is it, so the runtime's
+    // first thread is refused, as under a pids cgroup or TasksMax that is used up.
+    let out = common::run_as_postgres(
+        "bash",
+        &[
+            "-c",
+            "ulimit -u 1 && exec \"$0\" \"$@\"",
+            scratch.bin.to_str().expect("utf8"),
+            "--backup-dir",
+            scratch.repo.to_str().expect("utf8"),
+            "wal",
+            "push",
+            segment.to_str().expect("utf8"),
+        ],
+    );
+    // 1: PostgreSQL's archiver retries (above 125 it would stop).
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("the system refused to start a thread")
+            && text(&out).contains("ulimit -u")
+            && !text(&out).contains("a bug"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn wal_fetch_refuses_a_name_that_is_not_a_wal_file_before_anything_else() {
     let scratch = Scratch::new();
     let dest = scratch.path("RECOVERYXLOG");
