@@ -423,14 +423,14 @@ impl Part<'_> {
         let mut piece = vec![0u8; PIECE_LEN];
         let mut done = 0;
         while done < len {
-            let want =
-                usize::try_from(len - done).map_or(piece.len(), |rest| rest.min(piece.len()));
-            let n = match self.file.read_at(&mut piece[..want], offset + done) {
-                Ok(0) => return Err(changed_size()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let n = usize::try_from(len - done).map_or(piece.len(), |rest| rest.min(piece.len()));
+            // Short means the file shrank since its size was taken.
+            self.file
+                .read_exact_at(&mut piece[..n], offset + done)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => changed_size(),
+                    _ => e,
+                })?;
             hasher.update(&piece[..n]);
             encoder.write_all(&piece[..n])?;
             done += n as u64;
