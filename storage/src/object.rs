@@ -813,6 +813,16 @@ mod tests {
         }
     }
 
+    fn zstd_frames(mut payload: &[u8]) -> usize {
+        let mut frames = 0;
+        while !payload.is_empty() {
+            let len = zstd::zstd_safe::find_frame_compressed_size(payload).expect("a frame");
+            payload = &payload[len..];
+            frames += 1;
+        }
+        frames
+    }
+
     #[test]
     fn a_file_encoded_in_parts_is_the_same_object_as_one_encoded_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -842,6 +852,13 @@ mod tests {
                     .read_to_end(&mut streamed)
                     .expect("stream");
                 assert_eq!(streamed, data, "{size} bytes, {workers} workers, streamed");
+                // Split (one frame per part) exactly when there are threads and 2 MiB to share.
+                let split = workers >= 2 && size >= 2 * MIN_PART;
+                assert_eq!(
+                    zstd_frames(&framed[HEADER_LEN..]) > 1,
+                    split,
+                    "{size}, {workers}"
+                );
             }
         }
     }
