@@ -1,6 +1,14 @@
-# Shared by the benchmark scripts (sourced, not run). Expects PG, W, PORT and as_pg to be set;
+# Shared by the benchmark scripts (sourced, not run). Its functions expect ROOT, PG, W, PORT and as_pg;
 # the pgBackRest helpers also SCALE, LL (lifeline with its repository flags) and BR (pgbackrest
 # with its stanza).
+
+# The builds a comparison runs: $BINARIES as given, or this checkout's release build.
+default_binaries() {
+  if [ -z "${BINARIES:-}" ]; then
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+    BINARIES="${CARGO_TARGET_DIR:-$ROOT/target}/release/lifeline"
+  fi
+}
 
 # $W/pgbackrest.conf for the stanza "bench" on $W/data at $PORT; the arguments are the
 # repository's lines (repo1-path=..., repo1-retention-full=...), one per argument.

@@ -11,16 +11,13 @@ trap 'echo "benches/memory.sh: line $LINENO failed (exit $?); a scale 400 run ne
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PG=/usr/lib/postgresql/15/bin
 (($#)) || set -- 50 200
-if [ -z "${BINARIES:-}" ]; then
-  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-  BINARIES="${CARGO_TARGET_DIR:-$ROOT/target}/release/lifeline"
-fi
+. "$ROOT/benches/lib.sh"
+default_binaries
 
 W=$(mktemp -d /tmp/lifeline-memory.XXXXXX)
 chmod 755 "$W"
 trap 'runuser -u postgres -- $PG/pg_ctl -D "$W/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 as_pg() { runuser -u postgres -- "$@"; }
-. "$ROOT/benches/lib.sh"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 peak() { # peak KiB and seconds of CMD..., as "12.3 MiB 4.5 s"
   /usr/bin/time -f "%M %e" -o "$W/time.out" "$@" >/dev/null || { cat "$W/time.out" >&2; return 1; }

@@ -10,16 +10,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PG=/usr/lib/postgresql/15/bin
 ROUNDS=${ROUNDS:-4}
-if [ -z "${BINARIES:-}" ]; then
-  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-  BINARIES="${CARGO_TARGET_DIR:-$ROOT/target}/release/lifeline"
-fi
+. "$ROOT/benches/lib.sh"
+default_binaries
 
 W=$(mktemp -d /tmp/lifeline-walpush.XXXXXX)
 chmod 755 "$W"
 trap 'runuser -u postgres -- $PG/pg_ctl -D "$W/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 as_pg() { runuser -u postgres -- "$@"; }
-. "$ROOT/benches/lib.sh"
 
 if [ -z "${SEGS:-}" ]; then
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
