@@ -193,14 +193,8 @@ pub fn encode_tuned(
         reason: format!("cannot encode: {e}"),
     };
     let payload = if tuning.sample {
-        let mut best: Option<(Setting, Vec<u8>)> = None;
-        for setting in Setting::ALL {
-            let payload = compress_zstd(plain, compression.level, setting).map_err(encode_error)?;
-            if best.as_ref().is_none_or(|(_, b)| payload.len() < b.len()) {
-                best = Some((setting, payload));
-            }
-        }
-        let (setting, payload) = best.expect("Setting::ALL is not empty");
+        let (setting, payload) =
+            smallest(plain, compression.level, &Setting::ALL).map_err(encode_error)?;
         tuning.choice.set(setting);
         payload
     } else {
@@ -407,7 +401,8 @@ impl Part<'_> {
     }
 
     /// One range read piece by piece, each piece hashed (as part of the range's subtree) and
-    /// compressed while it is in cache; the range is one zstd frame appended to `out`.
+    /// compressed while it is in cache; the range is one zstd frame appended to `out`, with the
+    /// setting that stores its first piece smallest ([`Setting::FOR_WAL`]).
     fn encode_leaf(
         self,
         offset: u64,
@@ -415,28 +410,39 @@ impl Part<'_> {
         out: &mut Vec<u8>,
     ) -> std::io::Result<ChainingValue> {
         use blake3::hazmat::HasherExt;
-        use std::os::unix::fs::FileExt;
         let mut hasher = blake3::Hasher::new();
         hasher.set_input_offset(offset);
-        let mut encoder = zstd::stream::Encoder::new(out, self.level)?;
-        encoder.set_pledged_src_size(Some(len))?;
         let mut piece = vec![0u8; PIECE_LEN];
+        let mut n = self.read_piece(&mut piece, offset, len)?;
+        let setting = smallest_setting(&piece[..n], self.level, &Setting::FOR_WAL)?;
+        let mut encoder = stream_encoder(out, self.level, setting)?;
+        encoder.set_pledged_src_size(Some(len))?;
         let mut done = 0;
-        while done < len {
-            let n = usize::try_from(len - done).map_or(piece.len(), |rest| rest.min(piece.len()));
-            // Short means the file shrank since its size was taken.
-            self.file
-                .read_exact_at(&mut piece[..n], offset + done)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => changed_size(),
-                    _ => e,
-                })?;
+        loop {
             hasher.update(&piece[..n]);
             encoder.write_all(&piece[..n])?;
             done += n as u64;
+            if done >= len {
+                break;
+            }
+            n = self.read_piece(&mut piece, offset + done, len - done)?;
         }
         encoder.finish()?;
         Ok(hasher.finalize_non_root())
+    }
+
+    /// Read the next piece at `offset` of a range with `left` bytes still to read; returns its
+    /// length. Short means the file shrank since its size was taken.
+    fn read_piece(self, piece: &mut [u8], offset: u64, left: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = usize::try_from(left).map_or(piece.len(), |left| left.min(piece.len()));
+        self.file
+            .read_exact_at(&mut piece[..n], offset)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => changed_size(),
+                _ => e,
+            })?;
+        Ok(n)
     }
 }
 
@@ -630,22 +636,69 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// The zstd level a setting starts from and the minimum match length it sets, if any.
+fn zstd_parameters(level: i32, setting: Setting) -> (i32, Option<u32>) {
+    match setting {
+        Setting::Configured => (level, None),
+        Setting::FastShortMatches => (1, Some(4)),
+        Setting::Fast => (1, None),
+    }
+}
+
 fn new_compressor(
     level: i32,
     setting: Setting,
 ) -> std::io::Result<zstd::bulk::Compressor<'static>> {
-    use zstd::zstd_safe::CParameter;
-    let mut compressor = match setting {
-        Setting::Configured => zstd::bulk::Compressor::new(level)?,
-        Setting::FastShortMatches => {
-            let mut compressor = zstd::bulk::Compressor::new(1)?;
-            compressor.set_parameter(CParameter::MinMatch(4))?;
-            compressor
-        }
-        Setting::Fast => zstd::bulk::Compressor::new(1)?,
-    };
+    let (level, min_match) = zstd_parameters(level, setting);
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    if let Some(min_match) = min_match {
+        compressor.set_parameter(zstd::zstd_safe::CParameter::MinMatch(min_match))?;
+    }
     compressor.include_contentsize(true)?;
     Ok(compressor)
+}
+
+fn stream_encoder<W: Write>(
+    out: W,
+    level: i32,
+    setting: Setting,
+) -> std::io::Result<zstd::stream::Encoder<'static, W>> {
+    let (level, min_match) = zstd_parameters(level, setting);
+    let mut encoder = zstd::stream::Encoder::new(out, level)?;
+    if let Some(min_match) = min_match {
+        encoder.set_parameter(zstd::zstd_safe::CParameter::MinMatch(min_match))?;
+    }
+    Ok(encoder)
+}
+
+/// `plain` compressed with each of `settings` (the first wins ties): the smallest and its
+/// setting.
+fn smallest(plain: &[u8], level: i32, settings: &[Setting]) -> std::io::Result<(Setting, Vec<u8>)> {
+    let mut best: Option<(Setting, Vec<u8>)> = None;
+    for &setting in settings {
+        let payload = compress_zstd(plain, level, setting)?;
+        if best.as_ref().is_none_or(|(_, b)| payload.len() < b.len()) {
+            best = Some((setting, payload));
+        }
+    }
+    best.ok_or_else(|| std::io::Error::other("no zstd setting to compress with"))
+}
+
+/// Which of `settings` (the first wins ties) stores `sample`, the start of a longer stream, in
+/// the fewest bytes. Streamed with no size given, as zstd then picks the parameters of a long
+/// input, the stream's own: told 256 KiB, it picks those of a short one, which rank differently.
+fn smallest_setting(sample: &[u8], level: i32, settings: &[Setting]) -> std::io::Result<Setting> {
+    let mut best: Option<(Setting, usize)> = None;
+    for &setting in settings {
+        let mut encoder = stream_encoder(Vec::with_capacity(sample.len()), level, setting)?;
+        encoder.write_all(sample)?;
+        let len = encoder.finish()?.len();
+        if best.is_none_or(|(_, b)| len < b) {
+            best = Some((setting, len));
+        }
+    }
+    best.map(|(setting, _)| setting)
+        .ok_or_else(|| std::io::Error::other("no zstd setting to compress with"))
 }
 
 fn compress_zstd(plain: &[u8], level: i32, setting: Setting) -> std::io::Result<Vec<u8>> {
@@ -861,6 +914,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn stream_len(data: &[u8], setting: Setting) -> usize {
+        let mut encoder = stream_encoder(Vec::new(), 3, setting).expect("encoder");
+        encoder
+            .set_pledged_src_size(Some(data.len() as u64))
+            .expect("size");
+        encoder.write_all(data).expect("write");
+        encoder.finish().expect("finish").len()
+    }
+
+    #[test]
+    fn each_part_of_a_segment_takes_the_smaller_wal_setting() {
+        // One half of 4-byte words drawn from 4096 (only 4-byte matches: fast with 4-byte
+        // matches wins by a quarter), one half of long repeats (level 3 wins by a quarter).
+        let mut state: u64 = 1;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u32
+        };
+        let words: Vec<u32> = (0..4096).map(|_| next()).collect();
+        let half = 2 << 20;
+        let short_matches: Vec<u8> = (0..half / 4)
+            .flat_map(|_| words[(next() % 4096) as usize].to_le_bytes())
+            .collect();
+        let long_repeats: Vec<u8> = (0..half as u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+            .collect();
+        let [configured, short] = Setting::FOR_WAL;
+        let data = [short_matches.as_slice(), long_repeats.as_slice()].concat();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        std::fs::write(&path, &data).expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        let c = Compression {
+            codec: Codec::Zstd,
+            level: 3,
+            workers: 2,
+        };
+        let (_, framed) = encode_file_in_parts(&file, data.len() as u64, c).expect("encode");
+        assert_eq!(decode("k", &framed).expect("decode"), data);
+        let first =
+            zstd::zstd_safe::find_frame_compressed_size(&framed[HEADER_LEN..]).expect("a frame");
+        let second = framed.len() - HEADER_LEN - first;
+        let (short_fast, short_level) = (
+            stream_len(&short_matches, short),
+            stream_len(&short_matches, configured),
+        );
+        let (long_fast, long_level) = (
+            stream_len(&long_repeats, short),
+            stream_len(&long_repeats, configured),
+        );
+        assert!(short_fast < short_level && long_level < long_fast);
+        assert_eq!((first, second), (short_fast, long_level));
     }
 
     #[test]
