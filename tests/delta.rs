@@ -531,3 +531,176 @@ fn a_delta_restore_killed_midway_is_finished_by_the_next_one_in_an_odd_path_with
         "row for row after the killed delta restore was finished"
     );
 }
+
+/// Every entry of `tree` but those at `skip` (relative paths).
+fn tree_without(dir: &Path, skip: &[&str]) -> BTreeMap<PathBuf, String> {
+    let mut all = tree(dir);
+    all.retain(|rel, _| !skip.iter().any(|s| rel == Path::new(s)));
+    all
+}
+
+/// The version directory (`PG_15_...`) PostgreSQL made in a tablespace's directory.
+fn version_dir(place: &Path) -> String {
+    std::fs::read_dir(place)
+        .expect("tablespace dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("PG_15_") || n.starts_with("PG_"))
+        .expect("a version directory")
+}
+
+#[test]
+fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_given() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "old primary");
+    let place = scratch.path("ts place % 1");
+    std::fs::create_dir(&place).expect("tablespace dir");
+    common::chown_postgres(&place);
+    pg.psql(&format!(
+        "CREATE TABLESPACE fast LOCATION '{}'",
+        place.display()
+    ));
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'fast'");
+    common::seed(&pg);
+    pg.psql("CREATE TABLE ledger (id int PRIMARY KEY USING INDEX TABLESPACE fast, note text) TABLESPACE fast");
+    pg.psql(
+        "INSERT INTO ledger SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 150000) g",
+    );
+    pg.psql("CREATE TABLE gone (id int) TABLESPACE fast");
+    pg.psql("INSERT INTO gone SELECT generate_series(1, 1000)");
+    pg.psql("VACUUM FREEZE");
+    pg.psql("CHECKPOINT");
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+
+    // The old primary goes on: rows change in the tablespace, a table there is dropped, one
+    // is created; a stray file appears in its version directory, and at its top another
+    // major's version directory (pg_upgrade's leftover), which is not this backup's to touch.
+    pg.psql("UPDATE ledger SET note = repeat('changed', 40) WHERE id BETWEEN 500 AND 1500");
+    pg.psql("INSERT INTO ledger SELECT g, 'new' FROM generate_series(150001, 160000) g");
+    pg.psql("DROP TABLE gone");
+    pg.psql("CREATE TABLE later TABLESPACE fast AS SELECT generate_series(1, 3000) AS id");
+    pg.psql("CHECKPOINT");
+    pg.stop();
+    let version = version_dir(&place);
+    std::fs::write(place.join(&version).join("stray 'file'"), "junk").expect("stray");
+    let foreign = place.join("PG_99_000000000");
+    std::fs::create_dir_all(foreign.join("5")).expect("foreign version dir");
+    std::fs::write(foreign.join("5/1234"), "another major's table").expect("foreign file");
+    common::chown_postgres(&place);
+    let map = format!("fast={}", place.display());
+
+    // Not mapped: refused, since a copied directory's link may lead to another server's
+    // tablespace; nothing changes in either directory.
+    let (data_then, place_then) = (tree(&pg.data), tree(&place));
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!("--tablespace-map {oid}=DIR")),
+        "{}",
+        text(&out)
+    );
+    // Mapped to a directory that holds something but is not where pg_tblspc/<oid> leads.
+    let elsewhere = scratch.path("someone else's");
+    std::fs::create_dir(&elsewhere).expect("elsewhere");
+    std::fs::write(elsewhere.join("data"), "theirs").expect("theirs");
+    common::chown_postgres(&elsewhere);
+    let wrong = format!("fast={}", elsewhere.display());
+    let out = scratch.restore(
+        &["--type", "full", "--delta", "--tablespace-map", &wrong],
+        &pg.data,
+    );
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(
+        text(&out).contains("only where the data directory's own"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        tree(&pg.data),
+        data_then,
+        "a refused delta changed the data directory"
+    );
+    assert_eq!(
+        tree(&place),
+        place_then,
+        "a refused delta changed the tablespace"
+    );
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("data")).expect("theirs"),
+        "theirs"
+    );
+
+    // Mapped to its own directory: kept where it matches, equal to a full restore.
+    let out = scratch.restore(
+        &["--type", "full", "--delta", "--tablespace-map", &map],
+        &pg.data,
+    );
+    let said = succeeded(&out, "delta restore with a tablespace");
+    assert!(
+        mib(&said, "MiB already in place") >= 10,
+        "the unchanged blocks in the tablespace should be kept: {said}"
+    );
+    let full_place = scratch.path("full ts");
+    let full_map = format!("fast={}", full_place.display());
+    let full = scratch.path("full");
+    succeeded(
+        &scratch.restore(&["--type", "full", "--tablespace-map", &full_map], &full),
+        "full restore",
+    );
+    let link = format!("pg_tblspc/{oid}");
+    assert_eq!(
+        tree_without(&pg.data, &[&link, "tablespace_map"]),
+        tree_without(&full, &[&link, "tablespace_map"])
+    );
+    assert_eq!(
+        tree(&place.join(&version)),
+        tree(&full_place.join(&version)),
+        "the tablespace's version directory differs from a full restore's"
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("5/1234")).expect("foreign file survives"),
+        "another major's table"
+    );
+    assert_eq!(
+        std::fs::canonicalize(pg.data.join(&link)).expect("link"),
+        std::fs::canonicalize(&place).expect("place")
+    );
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after the delta restore"
+    );
+    restored.stop();
+
+    // Mapped to a new directory: the tablespace is written there in full and the link moved;
+    // the old directory is left as it was.
+    let moved = scratch.path("ts moved");
+    let moved_map = format!("fast={}", moved.display());
+    let old_place = tree(&place);
+    let out = scratch.restore(
+        &["--type", "full", "--delta", "--tablespace-map", &moved_map],
+        &pg.data,
+    );
+    succeeded(&out, "delta restore moving the tablespace");
+    assert_eq!(
+        tree(&place),
+        old_place,
+        "the old tablespace directory was changed"
+    );
+    assert_eq!(
+        tree(&moved.join(&version)),
+        tree(&full_place.join(&version))
+    );
+    assert_eq!(
+        std::fs::canonicalize(pg.data.join(&link)).expect("link"),
+        std::fs::canonicalize(&moved).expect("moved")
+    );
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after moving the tablespace"
+    );
+}

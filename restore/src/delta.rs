@@ -14,7 +14,7 @@
 //! (`pg_upgrade --link`) is replaced, never written through. `pg_control` comes last, as in
 //! a full restore.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::RestoreError;
 use crate::error::blocking;
-use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places};
+use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places, split_tablespace};
 use crate::restore_base::{
     MARKER, RestoreOptions, RestoreReport, create_files, fsync_path, marker_text, no_follow,
     restored_entries, run_all,
@@ -61,11 +61,22 @@ const MAX_BLOCK: u64 = 16 << 20;
 /// Blocks hashed by one task: big files are shared between the cores.
 const BLOCKS_PER_UNIT: usize = 32;
 
-/// A stopped data directory of the backup's cluster, checked; nothing written yet.
+/// A stopped data directory of the backup's cluster and its tablespaces' directories,
+/// checked and claimed (a second restore into them is refused until this one ends); nothing
+/// written yet.
 pub(crate) struct Existing {
-    root: PathBuf,
-    /// Held until the restore ends: a second restore into the directory is refused.
-    claim: crate::places::Claim,
+    places: Places,
+}
+
+impl Existing {
+    /// Where the tablespaces go, by oid.
+    pub(crate) fn tablespaces(&self) -> Vec<(u32, PathBuf)> {
+        self.places
+            .tablespaces
+            .iter()
+            .map(|(oid, p)| (*oid, p.dir.clone()))
+            .collect()
+    }
 }
 
 /// The directory `--delta` may reuse, or `None` when it is missing or empty (then the restore
@@ -94,14 +105,6 @@ pub(crate) fn existing_cluster(
     }
     // Before any look inside: what is checked must stay so until the restore ends.
     let claim = crate::places::claim_directory(&root, "the data directory", true)?;
-    if !manifest.tablespaces.is_empty() {
-        return refuse(format!(
-            "backup {} holds {} tablespace(s), and a delta restore does not restore tablespaces yet: \
-             restore in full into an empty directory (--tablespace-map to place them)",
-            manifest.backup_id,
-            manifest.tablespaces.len()
-        ));
-    }
     if opts.waldir.is_some() {
         return refuse(
             "a delta restore keeps pg_wal inside the data directory: drop --waldir, or restore in \
@@ -163,7 +166,19 @@ pub(crate) fn existing_cluster(
             manifest.system_identifier
         ));
     }
-    Ok(Some(Existing { root, claim }))
+    let tablespaces = crate::places::delta_tablespace_places(manifest, &opts.tablespaces, &root)?;
+    for place in tablespaces.values().filter(|p| p.existed) {
+        if let Some(owner) = swappable_by_another_user(&place.dir) {
+            return refuse(format!(
+                "run as root, it would change files by name in {}, which {owner} can replace \
+                 meanwhile: run it as the tablespace directory's owner (runuser -u {owner} -- \
+                 lifeline ...)",
+                place.dir.display()
+            ));
+        }
+    }
+    let places = Places::for_delta(Place::claimed(root, claim), tablespaces, opts.owner)?;
+    Ok(Some(Existing { places }))
 }
 
 /// Run as root, the owner of the data directory or of a directory above it, when that is
@@ -265,23 +280,17 @@ pub(crate) async fn restore_delta(
     if opts.interrupted.load(Ordering::Relaxed) {
         return Err(RestoreError::Interrupted);
     }
-    let Existing { root, claim } = existing;
-    let wanted = wanted(manifest);
+    let places = Arc::new(existing.places);
+    let trees = trees(manifest, &places);
     // Refused here, before anything is written, rather than midway.
-    check_walk(&root, &wanted).await?;
-    let places = Arc::new(Places {
-        root: Place::claimed(root.clone(), claim),
-        tablespaces: Default::default(),
-        waldir: None,
-        owner: opts.owner,
-    });
+    check_walk(&trees).await?;
     let sealed = {
-        let (root, marker, owner) = (root, marker_text(manifest), opts.owner);
+        let (root, marker, owner) = (places.root.dir.clone(), marker_text(manifest), opts.owner);
         blocking("delta restore start", move || seal(&root, &marker, owner)).await
     };
     let work = async {
         sealed?;
-        reconcile_and_write(storage, manifest, opts, &places, wanted).await
+        reconcile_and_write(storage, manifest, opts, &places, trees).await
     };
     work.await.map_err(|e| match e {
         // Refused by the second look for a server: pg_control is back, nothing changed.
@@ -299,15 +308,20 @@ pub(crate) async fn restore_delta(
 
 /// The walk of what is there, refused before anything is written; the number of entries the
 /// backup does not hold (a delta restore removes them).
-async fn check_walk(root: &Path, wanted: &Arc<Wanted>) -> Result<usize, RestoreError> {
-    let (root, wanted) = (root.to_path_buf(), wanted.clone());
-    blocking("delta restore check", move || walk(&root, &wanted))
-        .await
-        .map(|(extra, _)| extra.len())
-        .map_err(|e| match e {
-            RestoreError::Refused(_) => e,
-            e => RestoreError::Refused(format!("--delta: {e}; nothing was changed")),
-        })
+async fn check_walk(trees: &Arc<Vec<Tree>>) -> Result<usize, RestoreError> {
+    let trees = trees.clone();
+    blocking("delta restore check", move || {
+        let mut extra = 0;
+        for tree in trees.iter().filter(|t| t.existed) {
+            extra += walk(tree)?.0.len();
+        }
+        Ok(extra)
+    })
+    .await
+    .map_err(|e| match e {
+        RestoreError::Refused(_) => e,
+        e => RestoreError::Refused(format!("--delta: {e}; nothing was changed")),
+    })
 }
 
 /// What a delta restore onto `existing` would remove, checked as `restore_delta` checks it
@@ -316,7 +330,7 @@ pub(crate) async fn preview_delta(
     manifest: &BackupManifest,
     existing: &Existing,
 ) -> Result<usize, RestoreError> {
-    check_walk(&existing.root, &wanted(manifest)).await
+    check_walk(&trees(manifest, &existing.places)).await
 }
 
 /// Make the marker durable (written aside and renamed: a crash never leaves it half
@@ -364,28 +378,19 @@ async fn reconcile_and_write(
     manifest: &BackupManifest,
     opts: &RestoreOptions,
     places: &Arc<Places>,
-    wanted: Arc<Wanted>,
+    trees: Arc<Vec<Tree>>,
 ) -> Result<RestoreReport, RestoreError> {
-    let root = places.root.dir.clone();
     let owner = opts.owner;
     let (removed, files) = {
-        let (root, wanted) = (root.clone(), wanted.clone());
+        let (places, trees) = (places.clone(), trees.clone());
         blocking("delta restore directories", move || {
-            // A mount that appeared since the first walk: too late to be a clean refusal.
-            let (extra, kept) = walk(&root, &wanted).map_err(|e| match e {
-                RestoreError::Refused(why) => RestoreError::Failed(why),
-                e => e,
-            })?;
-            for (rel, is_dir) in &extra {
-                remove(&root.join(rel), *is_dir)?;
+            // The tablespaces' directories that were missing, created and claimed.
+            places.create()?;
+            let (mut removed, mut files) = (0, Vec::new());
+            for tree in trees.iter() {
+                removed += reconcile_tree(tree, owner, &mut files)?;
             }
-            prepare_directories(&root, &wanted, &kept, owner)?;
-            let files: Vec<(PathBuf, FileWanted)> = wanted
-                .files
-                .iter()
-                .map(|(rel, f)| (root.join(rel), f.with_state(kept.get(rel).copied())))
-                .collect();
-            Ok((extra.len(), files))
+            Ok((removed, files))
         })
         .await?
     };
@@ -409,7 +414,7 @@ async fn reconcile_and_write(
 
     let to_hash = std::mem::take(&mut *lock(&to_hash));
     let unchanged = hash_blocks(to_hash, storage.chunk_ids(), opts).await?;
-    let kept_bytes = kept_bytes(manifest, &root, &unchanged);
+    let kept_bytes = kept_bytes(manifest, places, &unchanged);
     debug!(kept_bytes, "relation blocks compared");
 
     let plan = crate::restore_base::plan_writes(manifest, places, Some(&unchanged))?;
@@ -418,7 +423,7 @@ async fn reconcile_and_write(
     crate::restore_base::write_data(storage, plan, opts).await?;
     crate::restore_base::finish(manifest, opts, places).await?;
     Ok(RestoreReport {
-        files: wanted.files.len(),
+        files: trees.iter().map(|t| t.wanted.files.len()).sum(),
         bytes: manifest.size_bytes,
         delta: Some(DeltaReport {
             kept_bytes,
@@ -427,6 +432,31 @@ async fn reconcile_and_write(
             created: created.load(Ordering::Relaxed),
         }),
     })
+}
+
+/// Make one tree as the backup holds it (what it does not hold removed, its directories and
+/// links made), adding its files, by destination, to `files`; the number of entries removed.
+fn reconcile_tree(
+    tree: &Tree,
+    owner: Owner,
+    files: &mut Vec<(PathBuf, FileWanted)>,
+) -> Result<usize, RestoreError> {
+    // A mount that appeared since the first walk: too late to be a clean refusal.
+    let (extra, kept) = walk(tree).map_err(|e| match e {
+        RestoreError::Refused(why) => RestoreError::Failed(why),
+        e => e,
+    })?;
+    for (rel, is_dir) in &extra {
+        remove(&tree.dir.join(rel), *is_dir)?;
+    }
+    prepare_directories(tree, &kept, owner)?;
+    files.extend(
+        tree.wanted
+            .files
+            .iter()
+            .map(|(rel, f)| (tree.dir.join(rel), f.with_state(kept.get(rel).copied()))),
+    );
+    Ok(extra.len())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -456,62 +486,113 @@ impl FileWanted {
     }
 }
 
-/// What the backup holds, by path relative to the data directory (`pg_control` under its
-/// temporary name), in manifest order: every directory before what it holds.
+/// What the backup holds in one directory tree, by path relative to it (`pg_control` under
+/// its temporary name), in manifest order: every directory before what it holds.
 #[derive(Debug, Clone, Default)]
 struct Wanted {
     dirs: Vec<PathBuf>,
     files: Vec<(PathBuf, FileWanted)>,
     kinds: HashMap<PathBuf, bool>,
+    /// `pg_tblspc/<oid>` in the data directory: the link to the tablespace's directory.
+    links: HashMap<PathBuf, PathBuf>,
 }
 
-fn wanted(manifest: &BackupManifest) -> Arc<Wanted> {
-    let mut wanted = Wanted::default();
+/// The data directory or a tablespace's directory, and what the backup holds there.
+#[derive(Debug)]
+struct Tree {
+    dir: PathBuf,
+    wanted: Wanted,
+    /// Whether the directory was there when checked (a tablespace's may be made anew).
+    existed: bool,
+    /// A tablespace's directory: what lies at its top that the backup does not hold (another
+    /// major's version directory, after pg_upgrade) is another cluster's, and left alone.
+    leave_others: bool,
+}
+
+/// The data directory's tree first, then one per tablespace, by oid.
+fn trees(manifest: &BackupManifest, places: &Places) -> Arc<Vec<Tree>> {
+    let tree = |dir: &PathBuf, existed, leave_others| Tree {
+        dir: dir.clone(),
+        wanted: Wanted::default(),
+        existed,
+        leave_others,
+    };
+    let mut root = tree(&places.root.dir, true, false);
+    let mut tablespaces: BTreeMap<u32, Tree> = places
+        .tablespaces
+        .iter()
+        .map(|(oid, p)| (*oid, tree(&p.dir, p.existed, true)))
+        .collect();
+    for (oid, place) in &places.tablespaces {
+        root.wanted.links.insert(
+            Path::new("pg_tblspc").join(oid.to_string()),
+            place.dir.clone(),
+        );
+    }
     for entry in restored_entries(manifest) {
-        let rel = if entry.path == CONTROL_FILE {
-            PathBuf::from(CONTROL_PARTIAL)
-        } else {
-            PathBuf::from(&entry.path)
+        let (wanted, rel) = match split_tablespace(&entry.path) {
+            Some((oid, rest)) if tablespaces.contains_key(&oid) => match rest {
+                // `pg_tblspc/<oid>` itself is the link, made apart.
+                None => continue,
+                Some(rest) => (
+                    &mut tablespaces.get_mut(&oid).expect("checked").wanted,
+                    rest,
+                ),
+            },
+            _ if entry.path == CONTROL_FILE => (&mut root.wanted, CONTROL_PARTIAL),
+            _ => (&mut root.wanted, entry.path.as_str()),
         };
-        // A link an older backup recorded is only ever `pg_wal` (validated): a directory.
-        let is_dir = entry.kind != EntryKind::File;
-        wanted.kinds.insert(rel.clone(), is_dir);
-        if is_dir {
-            wanted.dirs.push(rel);
-        } else {
-            wanted.files.push((
-                rel,
-                FileWanted {
-                    size: entry.size,
-                    mode: file_mode(entry.mode),
-                    blocks: Arc::new(entry.blocks.iter().map(Expected::of).collect()),
-                    links: None,
-                },
-            ));
-        }
+        wanted.add(PathBuf::from(rel), entry);
     }
     for dir in ["pg_wal", "pg_wal/archive_status"] {
         let rel = PathBuf::from(dir);
-        if wanted.kinds.insert(rel.clone(), true).is_none() {
-            wanted.dirs.push(rel);
+        if root.wanted.kinds.insert(rel.clone(), true).is_none() {
+            root.wanted.dirs.push(rel);
         }
     }
-    Arc::new(wanted)
+    Arc::new(
+        std::iter::once(root)
+            .chain(tablespaces.into_values())
+            .collect(),
+    )
+}
+
+impl Wanted {
+    fn add(&mut self, rel: PathBuf, entry: &storage::manifest::FileEntry) {
+        // A link an older backup recorded is only ever `pg_wal` (validated): a directory.
+        let is_dir = entry.kind != EntryKind::File;
+        self.kinds.insert(rel.clone(), is_dir);
+        if is_dir {
+            self.dirs.push(rel);
+            return;
+        }
+        self.files.push((
+            rel,
+            FileWanted {
+                size: entry.size,
+                mode: file_mode(entry.mode),
+                blocks: Arc::new(entry.blocks.iter().map(Expected::of).collect()),
+                links: None,
+            },
+        ));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
     Dir,
-    File { links: u64 },
+    File {
+        links: u64,
+    },
+    /// A link to the tablespace's directory it stands for.
+    Link,
 }
 
-/// Walk the data directory without following links: what to remove (not in the backup, or of
-/// another kind; a directory whole), and what to keep, by relative path.
+/// Walk a tree without following links: what to remove (not in the backup, or of another
+/// kind; a directory whole), and what to keep, by relative path.
 #[allow(clippy::type_complexity)]
-fn walk(
-    root: &Path,
-    wanted: &Wanted,
-) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), RestoreError> {
+fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), RestoreError> {
+    let (root, wanted) = (tree.dir.as_path(), &tree.wanted);
     let mut extra = Vec::new();
     let mut kept = HashMap::new();
     let root_device = std::fs::metadata(root)
@@ -557,6 +638,16 @@ fn walk(
             } else {
                 wanted.kinds.get(&rel)
             };
+            if held.is_none() && !removed && tree.leave_others && dir.as_os_str().is_empty() {
+                continue;
+            }
+            if kind.is_symlink()
+                && let Some(to) = wanted.links.get(&rel)
+                && crate::places::is_same_dir(to, Some(&entry.path()))
+            {
+                kept.insert(rel, Found::Link);
+                continue;
+            }
             if mounted && held != Some(&true) {
                 return Err(mounted_inside(&entry.path()));
             }
@@ -650,14 +741,14 @@ fn remove(path: &Path, is_dir: bool) -> Result<(), RestoreError> {
     }
 }
 
-/// The data directory and every directory of the backup: created where missing, 0700 and
-/// given to `owner` everywhere.
+/// The tree's directory and every directory of the backup in it: created where missing, 0700
+/// and given to `owner` everywhere; then the links to the tablespaces' directories.
 fn prepare_directories(
-    root: &Path,
-    wanted: &Wanted,
+    tree: &Tree,
     kept: &HashMap<PathBuf, Found>,
     owner: Owner,
 ) -> Result<(), RestoreError> {
+    let (root, wanted) = (tree.dir.as_path(), &tree.wanted);
     let io = |p: &Path, e| RestoreError::io(p, e);
     let mut dirs = vec![root.to_path_buf()];
     for rel in &wanted.dirs {
@@ -674,6 +765,14 @@ fn prepare_directories(
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(DIR_MODE))
             .map_err(|e| io(&dir, e))?;
         owner.apply_path(&dir).map_err(|e| io(&dir, e))?;
+    }
+    for (rel, to) in &wanted.links {
+        if kept.get(rel) == Some(&Found::Link) {
+            continue;
+        }
+        let at = root.join(rel);
+        std::os::unix::fs::symlink(to, &at).map_err(|e| io(&at, e))?;
+        owner.apply_path(&at).map_err(|e| io(&at, e))?;
     }
     Ok(())
 }
@@ -841,9 +940,9 @@ fn compare_blocks(
 }
 
 /// Bytes of the relation blocks found in place.
-fn kept_bytes(manifest: &BackupManifest, root: &Path, unchanged: &Unchanged) -> u64 {
+fn kept_bytes(manifest: &BackupManifest, places: &Places, unchanged: &Unchanged) -> u64 {
     restored_entries(manifest)
-        .filter_map(|e| Some((e, unchanged.get(&root.join(&e.path))?)))
+        .filter_map(|e| Some((e, unchanged.get(&places.destination(&e.path))?)))
         .flat_map(|(e, flags)| e.blocks.iter().zip(flags))
         .filter(|(_, same)| **same)
         .map(|(c, _)| c.len)
@@ -924,14 +1023,38 @@ mod tests {
             entry("global", EntryKind::Dir),
             entry("global/pg_control", EntryKind::File),
             entry("standby.signal", EntryKind::File),
+            entry("pg_tblspc", EntryKind::Dir),
+            entry("pg_tblspc/16385", EntryKind::Dir),
+            entry("pg_tblspc/16385/PG_15_1", EntryKind::Dir),
+            entry("pg_tblspc/16385/PG_15_1/5/100", EntryKind::File),
         ];
-        let wanted = wanted(&manifest);
+        let (data, space) = (PathBuf::from("/nowhere/data"), PathBuf::from("/nowhere/ts"));
+        let places = Places::for_delta(
+            Place::new(data.clone(), true),
+            [(16385, Place::new(space.clone(), false))].into(),
+            Owner::default(),
+        )
+        .expect("apart");
+        let trees = trees(&manifest, &places);
+        let [root, tablespace] = trees.as_slice() else {
+            panic!("two trees: {trees:?}");
+        };
+        let wanted = &root.wanted;
         assert_eq!(wanted.kinds.get(Path::new(CONTROL_PARTIAL)), Some(&false));
         assert!(!wanted.kinds.contains_key(Path::new(CONTROL_FILE)));
         assert!(!wanted.kinds.contains_key(Path::new("standby.signal")));
         assert_eq!(
             wanted.dirs,
-            ["global", "pg_wal", "pg_wal/archive_status"].map(PathBuf::from)
+            ["global", "pg_tblspc", "pg_wal", "pg_wal/archive_status"].map(PathBuf::from)
         );
+        assert_eq!(
+            wanted.links,
+            [(PathBuf::from("pg_tblspc/16385"), space.clone())].into()
+        );
+        assert!(root.dir == data && root.existed && !root.leave_others);
+        assert!(tablespace.dir == space && !tablespace.existed && tablespace.leave_others);
+        assert_eq!(tablespace.wanted.dirs, [PathBuf::from("PG_15_1")]);
+        assert_eq!(tablespace.wanted.files.len(), 1);
+        assert_eq!(tablespace.wanted.files[0].0, Path::new("PG_15_1/5/100"));
     }
 }

@@ -126,6 +126,10 @@ impl Place {
     /// Lock the directory against every other lifeline restore until this one ends, then make
     /// sure it is still empty: two restores into one directory would interleave their files.
     fn hold(&self, what: &str, follow_link: bool) -> Result<(), RestoreError> {
+        // A delta restore claimed the directories it reuses before its first look inside.
+        if self.held().is_some() {
+            return Ok(());
+        }
         let claim = claim_directory(&self.dir, what, follow_link)?;
         let mut entries =
             std::fs::read_dir(&self.dir).map_err(|e| RestoreError::io(&self.dir, e))?;
@@ -223,6 +227,23 @@ impl Places {
         Ok(places)
     }
 
+    /// The places of a delta restore: the claimed data directory and its tablespaces'
+    /// directories (see [`delta_tablespace_places`]); `pg_wal` stays inside.
+    pub fn for_delta(
+        root: Place,
+        tablespaces: BTreeMap<u32, Place>,
+        owner: Owner,
+    ) -> Result<Self, RestoreError> {
+        let places = Places {
+            root,
+            tablespaces,
+            waldir: None,
+            owner,
+        };
+        places.check_apart()?;
+        Ok(places)
+    }
+
     fn others(&self) -> impl Iterator<Item = (String, &Place)> {
         self.tablespaces
             .iter()
@@ -297,11 +318,9 @@ impl Places {
         if rel == CONTROL_FILE {
             return self.root.dir.join(CONTROL_PARTIAL);
         }
-        let (head, rest) = match rel.match_indices('/').nth(1) {
-            Some((i, _)) => (&rel[..i], Some(&rel[i + 1..])),
-            None => (rel, None),
-        };
-        if let Some(place) = tablespace_link_oid(head).and_then(|oid| self.tablespaces.get(&oid)) {
+        if let Some((place, rest)) =
+            split_tablespace(rel).and_then(|(oid, rest)| Some((self.tablespaces.get(&oid)?, rest)))
+        {
             return rest.map_or_else(|| place.dir.clone(), |r| place.dir.join(r));
         }
         if let (Some(wal), Some(rest)) = (&self.waldir, rel.strip_prefix("pg_wal")) {
@@ -480,29 +499,10 @@ fn check_empty(dir: &Path, what: &str, flag: &str) -> Result<bool, RestoreError>
 }
 
 fn tablespace_place(ts: &Tablespace, mapping: &TablespaceMapping) -> Result<Place, RestoreError> {
-    let oid = ts.oid.to_string();
-    let named = mapping
-        .each
-        .iter()
-        .find(|(name, _)| *name == ts.name || *name == oid);
-    let what = format!("tablespace {:?} (oid {})", ts.name, ts.oid);
-    if let Some((name, dir)) = named {
-        let flag = format!("--tablespace-map {name}=DIR");
-        let dir = normal(dir, &flag)?;
+    let oid = ts.oid;
+    let what = what_tablespace(ts);
+    if let Some((dir, flag)) = mapped_dir(ts, mapping)? {
         let existed = check_empty(&dir, &what, &flag)?;
-        return Ok(Place::new(dir, existed));
-    }
-    if let Some(all) = &mapping.all {
-        // The name becomes a directory name here, and only here.
-        if ts.name.is_empty() || ts.name == "." || ts.name == ".." || ts.name.contains(['/', '\0'])
-        {
-            return Err(RestoreError::Refused(format!(
-                "{what} has a name that cannot be a directory name under --tablespace-map-all: \
-                 map it by oid with --tablespace-map {oid}=DIR; nothing was written"
-            )));
-        }
-        let dir = normal(&all.join(&ts.name), "--tablespace-map-all")?;
-        let existed = check_empty(&dir, &what, "--tablespace-map-all")?;
         return Ok(Place::new(dir, existed));
     }
     let original = PathBuf::from(&ts.location);
@@ -536,6 +536,116 @@ fn tablespace_place(ts: &Tablespace, mapping: &TablespaceMapping) -> Result<Plac
         other => other,
     })?;
     Ok(Place::new(original, existed))
+}
+
+/// A manifest path in a tablespace, `pg_tblspc/<oid>[/rest]`: the oid and the rest.
+pub(crate) fn split_tablespace(rel: &str) -> Option<(u32, Option<&str>)> {
+    let (head, rest) = match rel.match_indices('/').nth(1) {
+        Some((i, _)) => (&rel[..i], Some(&rel[i + 1..])),
+        None => (rel, None),
+    };
+    tablespace_link_oid(head).map(|oid| (oid, rest))
+}
+
+fn what_tablespace(ts: &Tablespace) -> String {
+    format!("tablespace {:?} (oid {})", ts.name, ts.oid)
+}
+
+/// Where the operator mapped `ts` (`--tablespace-map`, then `--tablespace-map-all`), with
+/// the flag that named it.
+fn mapped_dir(
+    ts: &Tablespace,
+    mapping: &TablespaceMapping,
+) -> Result<Option<(PathBuf, String)>, RestoreError> {
+    let oid = ts.oid.to_string();
+    let named = mapping
+        .each
+        .iter()
+        .find(|(name, _)| *name == ts.name || *name == oid);
+    if let Some((name, dir)) = named {
+        let flag = format!("--tablespace-map {name}=DIR");
+        return Ok(Some((normal(dir, &flag)?, flag)));
+    }
+    let Some(all) = &mapping.all else {
+        return Ok(None);
+    };
+    // The name becomes a directory name here, and only here.
+    if ts.name.is_empty() || ts.name == "." || ts.name == ".." || ts.name.contains(['/', '\0']) {
+        return Err(RestoreError::Refused(format!(
+            "{} has a name that cannot be a directory name under --tablespace-map-all: map it \
+             by oid with --tablespace-map {oid}=DIR; nothing was written",
+            what_tablespace(ts)
+        )));
+    }
+    let flag = "--tablespace-map-all".to_string();
+    Ok(Some((normal(&all.join(&ts.name), &flag)?, flag)))
+}
+
+/// Where a delta restore onto the data directory `root` writes each tablespace of the
+/// backup: only where the operator mapped it, since the directory is rewritten in place and a
+/// copied data directory's links may lead to another server's tablespace. A mapped directory
+/// that is missing or empty is filled in full; one that holds something is reused only when
+/// it is where `root`'s own `pg_tblspc/<oid>` leads (the tablespace of this very directory),
+/// and is claimed here, before anything in it is looked at.
+pub(crate) fn delta_tablespace_places(
+    manifest: &BackupManifest,
+    mapping: &TablespaceMapping,
+    root: &Path,
+) -> Result<BTreeMap<u32, Place>, RestoreError> {
+    check_mapping_names(manifest, mapping)?;
+    let mut places = BTreeMap::new();
+    for ts in &manifest.tablespaces {
+        let what = what_tablespace(ts);
+        let link = root.join("pg_tblspc").join(ts.oid.to_string());
+        let leads_to = std::fs::read_link(&link)
+            .ok()
+            .map(|to| link.parent().map_or(to.clone(), |p| p.join(&to)));
+        let Some((dir, flag)) = mapped_dir(ts, mapping)? else {
+            let now = leads_to.map_or_else(
+                || format!("{} is not a link", link.display()),
+                |to| format!("{} leads to {}", link.display(), to.display()),
+            );
+            return Err(RestoreError::Refused(format!(
+                "--delta: {what} is rewritten in place, so name its directory: \
+                 --tablespace-map {}=DIR ({now}; an empty or new DIR is filled in full); \
+                 nothing was written",
+                ts.oid
+            )));
+        };
+        let place = match check_empty(&dir, &what, &flag) {
+            Ok(existed) => Place::new(dir, existed),
+            Err(RestoreError::Refused(_)) if is_same_dir(&dir, leads_to.as_deref()) => {
+                Place::claimed(dir.clone(), claim_directory(&dir, &what, false)?)
+            }
+            Err(RestoreError::Refused(why)) => {
+                let now = leads_to.map_or_else(
+                    || "is not a link".to_string(),
+                    |to| format!("leads to {}", to.display()),
+                );
+                return Err(RestoreError::Refused(format!(
+                    "--delta: {why}. A delta restore reuses a tablespace's directory only where \
+                     the data directory's own {} leads (it {now}), so that it never rewrites \
+                     another cluster's tablespace",
+                    link.display()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        places.insert(ts.oid, place);
+    }
+    Ok(places)
+}
+
+/// Whether the directory `dir` (not a link) is the one `link_target` leads to.
+pub(crate) fn is_same_dir(dir: &Path, link_target: Option<&Path>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(at), Some(Ok(there))) = (
+        std::fs::symlink_metadata(dir),
+        link_target.map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    at.is_dir() && at.dev() == there.dev() && at.ino() == there.ino()
 }
 
 /// A `--tablespace-map` that names no tablespace of the backup is a typo, not a no-op.

@@ -203,7 +203,7 @@ pub(crate) async fn preview_base(
     let destinations = if let Some(existing) = existing {
         Destinations {
             delta: Some(crate::delta::preview_delta(manifest, &existing).await?),
-            tablespaces: Vec::new(),
+            tablespaces: existing.tablespaces(),
             waldir: None,
         }
     } else {
