@@ -704,3 +704,117 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
         "row for row after moving the tablespace"
     );
 }
+
+#[test]
+fn delta_restore_of_a_cluster_with_its_wal_elsewhere_reuses_that_directory_only_when_named() {
+    let scratch = Scratch::new();
+    let wal = scratch.path("wal 'disk' %");
+    let pg = Pg::init_with(
+        &scratch,
+        "old primary",
+        &["--waldir", wal.to_str().expect("utf8")],
+    );
+    pg.start();
+    common::seed(&pg);
+    pg.psql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 3) AS payload FROM generate_series(1, 100000) g");
+    pg.psql("VACUUM FREEZE");
+    pg.psql("CHECKPOINT");
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    pg.psql("UPDATE big SET payload = 'changed' WHERE id <= 2000");
+    pg.psql("CHECKPOINT");
+    pg.stop();
+    let old_segments = std::fs::read_dir(&wal)
+        .expect("wal dir")
+        .flatten()
+        .filter(|e| e.file_name().len() == 24)
+        .count();
+    assert!(
+        old_segments > 0,
+        "the old primary left no WAL in {}",
+        wal.display()
+    );
+
+    // Without --waldir, pg_wal (a link) is not followed; with another directory that holds
+    // something, refused; neither run changes anything.
+    let (data_then, wal_then) = (tree(&pg.data), tree(&wal));
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(text(&out).contains("--waldir DIR"), "{}", text(&out));
+    let elsewhere = scratch.path("another wal");
+    std::fs::create_dir(&elsewhere).expect("elsewhere");
+    std::fs::write(elsewhere.join("000000010000000000000001"), "theirs").expect("theirs");
+    common::chown_postgres(&elsewhere);
+    let out = scratch.restore(
+        &[
+            "--type",
+            "full",
+            "--delta",
+            "--waldir",
+            elsewhere.to_str().expect("utf8"),
+        ],
+        &pg.data,
+    );
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(
+        text(&out).contains("only where the data directory's own"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        tree(&pg.data),
+        data_then,
+        "a refused delta changed the data directory"
+    );
+    assert_eq!(
+        tree(&wal),
+        wal_then,
+        "a refused delta changed the WAL directory"
+    );
+
+    // Named: the old WAL goes, pg_wal still leads there, and the result is a full restore's.
+    let out = scratch.restore(
+        &[
+            "--type",
+            "full",
+            "--delta",
+            "--waldir",
+            wal.to_str().expect("utf8"),
+        ],
+        &pg.data,
+    );
+    succeeded(&out, "delta restore with --waldir");
+    let full_wal = scratch.path("full wal");
+    let full = scratch.path("full");
+    succeeded(
+        &scratch.restore(
+            &[
+                "--type",
+                "full",
+                "--waldir",
+                full_wal.to_str().expect("utf8"),
+            ],
+            &full,
+        ),
+        "full restore",
+    );
+    assert_eq!(
+        tree_without(&pg.data, &["pg_wal"]),
+        tree_without(&full, &["pg_wal"])
+    );
+    assert_eq!(
+        tree(&wal),
+        tree(&full_wal),
+        "the WAL directory is not a full restore's"
+    );
+    assert_eq!(
+        std::fs::canonicalize(pg.data.join("pg_wal")).expect("link"),
+        std::fs::canonicalize(&wal).expect("wal")
+    );
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after the delta restore"
+    );
+}

@@ -4,7 +4,9 @@
 //!
 //! The directory must belong to the backup's cluster (the system identifier in
 //! `global/pg_control`, or in the marker an unfinished restore left) and no server may run on
-//! it (`postmaster.pid` absent). Before anything changes, the marker is made durable and
+//! it (`postmaster.pid` absent). Tablespaces and a `pg_wal` elsewhere go where the operator maps
+//! them (`--tablespace-map`, `--waldir`): such a directory is reused only where the data
+//! directory's own link leads, and otherwise must be empty or new. Before anything changes, the marker is made durable and
 //! `global/pg_control` removed, so that a half-restored directory never starts; a delta
 //! restore that fails or is stopped leaves it so, and running it again finishes it. Then what
 //! the backup does not hold is removed (links unlinked, never followed), missing directories
@@ -77,6 +79,11 @@ impl Existing {
             .map(|(oid, p)| (*oid, p.dir.clone()))
             .collect()
     }
+
+    /// Where `pg_wal` goes when it is not inside the data directory.
+    pub(crate) fn waldir(&self) -> Option<PathBuf> {
+        self.places.waldir.as_ref().map(|p| p.dir.clone())
+    }
 }
 
 /// The directory `--delta` may reuse, or `None` when it is missing or empty (then the restore
@@ -105,13 +112,6 @@ pub(crate) fn existing_cluster(
     }
     // Before any look inside: what is checked must stay so until the restore ends.
     let claim = crate::places::claim_directory(&root, "the data directory", true)?;
-    if opts.waldir.is_some() {
-        return refuse(
-            "a delta restore keeps pg_wal inside the data directory: drop --waldir, or restore in \
-             full into an empty directory"
-                .into(),
-        );
-    }
     if let Some(owner) = swappable_by_another_user(&root) {
         return refuse(format!(
             "run as root, it would change files by name in {}, which {owner} can replace \
@@ -129,14 +129,6 @@ pub(crate) fn existing_cluster(
         ));
     }
     let pg_wal = root.join("pg_wal");
-    if std::fs::symlink_metadata(&pg_wal).is_ok_and(|m| m.file_type().is_symlink()) {
-        return refuse(format!(
-            "pg_wal in {} is a link, and a delta restore writes nothing outside the data \
-             directory: restore in full into an empty directory (--waldir to put pg_wal in \
-             another empty directory)",
-            root.display()
-        ));
-    }
     let waiting = unarchived_wal(&pg_wal);
     if let Some(first) = waiting.first() {
         return refuse(format!(
@@ -167,17 +159,17 @@ pub(crate) fn existing_cluster(
         ));
     }
     let tablespaces = crate::places::delta_tablespace_places(manifest, &opts.tablespaces, &root)?;
-    for place in tablespaces.values().filter(|p| p.existed) {
+    let waldir = crate::places::delta_waldir(&root, opts.waldir.as_deref())?;
+    for place in tablespaces.values().chain(&waldir).filter(|p| p.existed) {
         if let Some(owner) = swappable_by_another_user(&place.dir) {
             return refuse(format!(
                 "run as root, it would change files by name in {}, which {owner} can replace \
-                 meanwhile: run it as the tablespace directory's owner (runuser -u {owner} -- \
-                 lifeline ...)",
+                 meanwhile: run it as that directory's owner (runuser -u {owner} -- lifeline ...)",
                 place.dir.display()
             ));
         }
     }
-    let places = Places::for_delta(Place::claimed(root, claim), tablespaces, opts.owner)?;
+    let places = Places::for_delta(Place::claimed(root, claim), tablespaces, waldir, opts.owner)?;
     Ok(Some(Existing { places }))
 }
 
@@ -509,7 +501,7 @@ struct Tree {
     leave_others: bool,
 }
 
-/// The data directory's tree first, then one per tablespace, by oid.
+/// The data directory's tree first, then one per tablespace, by oid, then `--waldir`'s.
 fn trees(manifest: &BackupManifest, places: &Places) -> Arc<Vec<Tree>> {
     let tree = |dir: &PathBuf, existed, leave_others| Tree {
         dir: dir.clone(),
@@ -529,35 +521,49 @@ fn trees(manifest: &BackupManifest, places: &Places) -> Arc<Vec<Tree>> {
             place.dir.clone(),
         );
     }
+    // The backup holds nothing beneath pg_wal (validated); `--waldir` holds what it holds.
+    let wal = places.waldir.as_ref().map(|place| {
+        root.wanted
+            .links
+            .insert(PathBuf::from("pg_wal"), place.dir.clone());
+        let mut wal = tree(&place.dir, place.existed, false);
+        wal.wanted.want_dir(PathBuf::from("archive_status"));
+        wal
+    });
     for entry in restored_entries(manifest) {
-        let (wanted, rel) = match split_tablespace(&entry.path) {
-            Some((oid, rest)) if tablespaces.contains_key(&oid) => match rest {
-                // `pg_tblspc/<oid>` itself is the link, made apart.
-                None => continue,
-                Some(rest) => (
-                    &mut tablespaces.get_mut(&oid).expect("checked").wanted,
-                    rest,
-                ),
-            },
-            _ if entry.path == CONTROL_FILE => (&mut root.wanted, CONTROL_PARTIAL),
-            _ => (&mut root.wanted, entry.path.as_str()),
+        let in_tablespace = split_tablespace(&entry.path)
+            .and_then(|(oid, rest)| Some((tablespaces.get_mut(&oid)?, rest)));
+        let (wanted, rel) = match in_tablespace {
+            // `pg_tblspc/<oid>` itself is the link, made apart.
+            Some((_, None)) => continue,
+            Some((tree, Some(rest))) => (&mut tree.wanted, rest),
+            None if entry.path == "pg_wal" && wal.is_some() => continue,
+            None if entry.path == CONTROL_FILE => (&mut root.wanted, CONTROL_PARTIAL),
+            None => (&mut root.wanted, entry.path.as_str()),
         };
         wanted.add(PathBuf::from(rel), entry);
     }
-    for dir in ["pg_wal", "pg_wal/archive_status"] {
-        let rel = PathBuf::from(dir);
-        if root.wanted.kinds.insert(rel.clone(), true).is_none() {
-            root.wanted.dirs.push(rel);
+    if wal.is_none() {
+        for dir in ["pg_wal", "pg_wal/archive_status"] {
+            root.wanted.want_dir(PathBuf::from(dir));
         }
     }
     Arc::new(
         std::iter::once(root)
             .chain(tablespaces.into_values())
+            .chain(wal)
             .collect(),
     )
 }
 
 impl Wanted {
+    /// A directory the backup may not list (`pg_wal` and its `archive_status`).
+    fn want_dir(&mut self, rel: PathBuf) {
+        if self.kinds.insert(rel.clone(), true).is_none() {
+            self.dirs.push(rel);
+        }
+    }
+
     fn add(&mut self, rel: PathBuf, entry: &storage::manifest::FileEntry) {
         // A link an older backup recorded is only ever `pg_wal` (validated): a directory.
         let is_dir = entry.kind != EntryKind::File;
@@ -1032,6 +1038,7 @@ mod tests {
         let places = Places::for_delta(
             Place::new(data.clone(), true),
             [(16385, Place::new(space.clone(), false))].into(),
+            None,
             Owner::default(),
         )
         .expect("apart");
@@ -1056,5 +1063,29 @@ mod tests {
         assert_eq!(tablespace.wanted.dirs, [PathBuf::from("PG_15_1")]);
         assert_eq!(tablespace.wanted.files.len(), 1);
         assert_eq!(tablespace.wanted.files[0].0, Path::new("PG_15_1/5/100"));
+
+        // With --waldir, pg_wal is a link to it, and archive_status is made there.
+        let wal_dir = PathBuf::from("/nowhere/wal");
+        let places = Places::for_delta(
+            Place::new(data.clone(), true),
+            BTreeMap::new(),
+            Some(Place::new(wal_dir.clone(), true)),
+            Owner::default(),
+        )
+        .expect("apart");
+        manifest.files.push(entry("pg_wal", EntryKind::Dir));
+        let trees = super::trees(&manifest, &places);
+        let [root, wal] = trees.as_slice() else {
+            panic!("two trees: {trees:?}");
+        };
+        assert!(!root.wanted.kinds.contains_key(Path::new("pg_wal")));
+        assert_eq!(
+            root.wanted.links.get(Path::new("pg_wal")),
+            Some(&wal_dir),
+            "{root:?}"
+        );
+        assert!(wal.dir == wal_dir && wal.existed && !wal.leave_others);
+        assert_eq!(wal.wanted.dirs, [PathBuf::from("archive_status")]);
+        assert!(wal.wanted.files.is_empty());
     }
 }

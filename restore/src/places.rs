@@ -227,17 +227,18 @@ impl Places {
         Ok(places)
     }
 
-    /// The places of a delta restore: the claimed data directory and its tablespaces'
-    /// directories (see [`delta_tablespace_places`]); `pg_wal` stays inside.
+    /// The places of a delta restore: the claimed data directory, its tablespaces' directories
+    /// (see [`delta_tablespace_places`]) and `--waldir` (see [`delta_waldir`]).
     pub fn for_delta(
         root: Place,
         tablespaces: BTreeMap<u32, Place>,
+        waldir: Option<Place>,
         owner: Owner,
     ) -> Result<Self, RestoreError> {
         let places = Places {
             root,
             tablespaces,
-            waldir: None,
+            waldir,
             owner,
         };
         places.check_apart()?;
@@ -597,43 +598,72 @@ pub(crate) fn delta_tablespace_places(
     for ts in &manifest.tablespaces {
         let what = what_tablespace(ts);
         let link = root.join("pg_tblspc").join(ts.oid.to_string());
-        let leads_to = std::fs::read_link(&link)
-            .ok()
-            .map(|to| link.parent().map_or(to.clone(), |p| p.join(&to)));
         let Some((dir, flag)) = mapped_dir(ts, mapping)? else {
-            let now = leads_to.map_or_else(
-                || format!("{} is not a link", link.display()),
-                |to| format!("{} leads to {}", link.display(), to.display()),
-            );
             return Err(RestoreError::Refused(format!(
                 "--delta: {what} is rewritten in place, so name its directory: \
-                 --tablespace-map {}=DIR ({now}; an empty or new DIR is filled in full); \
+                 --tablespace-map {}=DIR ({}; an empty or new DIR is filled in full); \
                  nothing was written",
-                ts.oid
+                ts.oid,
+                where_link_leads(&link)
             )));
         };
-        let place = match check_empty(&dir, &what, &flag) {
-            Ok(existed) => Place::new(dir, existed),
-            Err(RestoreError::Refused(_)) if is_same_dir(&dir, leads_to.as_deref()) => {
-                Place::claimed(dir.clone(), claim_directory(&dir, &what, false)?)
-            }
-            Err(RestoreError::Refused(why)) => {
-                let now = leads_to.map_or_else(
-                    || "is not a link".to_string(),
-                    |to| format!("leads to {}", to.display()),
-                );
-                return Err(RestoreError::Refused(format!(
-                    "--delta: {why}. A delta restore reuses a tablespace's directory only where \
-                     the data directory's own {} leads (it {now}), so that it never rewrites \
-                     another cluster's tablespace",
-                    link.display()
-                )));
-            }
-            Err(e) => return Err(e),
-        };
-        places.insert(ts.oid, place);
+        places.insert(ts.oid, reused_place(dir, &what, &flag, &link)?);
     }
     Ok(places)
+}
+
+/// Where a delta restore onto `root` puts `pg_wal`: inside (`None`), or in the `--waldir`
+/// directory, which is reused (its old WAL removed) only where `root`'s own `pg_wal` leads. A
+/// `pg_wal` that is a link is followed only when `--waldir` names where it leads.
+pub(crate) fn delta_waldir(
+    root: &Path,
+    waldir: Option<&Path>,
+) -> Result<Option<Place>, RestoreError> {
+    let link = root.join("pg_wal");
+    let Some(dir) = waldir else {
+        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(RestoreError::Refused(format!(
+                "--delta: {}, and a delta restore follows no link on its own: name that \
+                 directory with --waldir DIR (its old WAL is removed, as in pg_wal), or give an \
+                 empty or new DIR; nothing was written",
+                where_link_leads(&link)
+            )));
+        }
+        return Ok(None);
+    };
+    let dir = normal(dir, "--waldir")?;
+    reused_place(dir, "--waldir", "--waldir", &link).map(Some)
+}
+
+/// The mapped directory `dir` of a delta restore: missing or empty, to be filled in full; or
+/// holding something and claimed, when it is where the data directory's `link` leads (this
+/// directory's own), refused otherwise.
+fn reused_place(dir: PathBuf, what: &str, flag: &str, link: &Path) -> Result<Place, RestoreError> {
+    let leads_to = std::fs::read_link(link)
+        .ok()
+        .map(|to| link.parent().map_or(to.clone(), |p| p.join(&to)));
+    match check_empty(&dir, what, flag) {
+        Ok(existed) => Ok(Place::new(dir, existed)),
+        Err(RestoreError::Refused(_)) if is_same_dir(&dir, leads_to.as_deref()) => {
+            let claim = claim_directory(&dir, what, false)?;
+            Ok(Place::claimed(dir, claim))
+        }
+        Err(RestoreError::Refused(why)) => Err(RestoreError::Refused(format!(
+            "--delta: {why}. A delta restore reuses a directory outside the data directory only \
+             where the data directory's own link leads ({}), so that it never rewrites another \
+             cluster's",
+            where_link_leads(link)
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// "LINK leads to DIR", or "LINK is not a link".
+fn where_link_leads(link: &Path) -> String {
+    match std::fs::read_link(link) {
+        Ok(to) => format!("{} leads to {}", link.display(), to.display()),
+        Err(_) => format!("{} is not a link", link.display()),
+    }
 }
 
 /// Whether the directory `dir` (not a link) is the one `link_target` leads to.

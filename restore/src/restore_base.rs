@@ -97,8 +97,9 @@ pub struct RestoreOptions {
     /// The `restore_command` to write (absolute binary path, no secrets).
     pub restore_command: String,
     pub tablespaces: TablespaceMapping,
-    /// `--waldir`: `pg_wal` becomes a link to this empty or new directory; otherwise a real
-    /// directory inside the data directory.
+    /// `--waldir`: `pg_wal` becomes a link to this empty or new directory (with `--delta`, or
+    /// the one the data directory's `pg_wal` leads to); otherwise a real directory inside the
+    /// data directory.
     pub waldir: Option<PathBuf>,
     pub archive_mode: ArchiveMode,
     pub timeline: crate::TargetTimeline,
@@ -204,7 +205,7 @@ pub(crate) async fn preview_base(
         Destinations {
             delta: Some(crate::delta::preview_delta(manifest, &existing).await?),
             tablespaces: existing.tablespaces(),
-            waldir: None,
+            waldir: existing.waldir(),
         }
     } else {
         let places = Places::plan(manifest, opts)?;

@@ -65,13 +65,15 @@ pub struct PostgresArgs {
     /// Skip checking that every chunk exists before writing (chunks are still verified as read).
     #[arg(long, env = "SKIP_VERIFICATION", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     skip_verify: bool,
-    /// Put tablespace NAME (its name or oid) into DIR, which must be empty or new. Repeatable.
+    /// Put tablespace NAME (its name or oid) into DIR, which must be empty or new (with --delta,
+    /// also the directory the data directory's pg_tblspc/<oid> leads to). Repeatable.
     #[arg(long = "tablespace-map", value_name = "NAME=DIR", value_parser = restore::TablespaceMapping::parse_entry)]
     tablespace_map: Vec<(String, PathBuf)>,
     /// Put every tablespace not named by --tablespace-map into DIR/<name>.
     #[arg(long = "tablespace-map-all", value_name = "DIR")]
     tablespace_map_all: Option<PathBuf>,
-    /// Put pg_wal in DIR (empty or new), linked from the data directory (default: inside it).
+    /// Put pg_wal in DIR (empty or new; with --delta, also the directory the data directory's
+    /// pg_wal leads to), linked from the data directory (default: inside it).
     #[arg(long, value_name = "DIR")]
     waldir: Option<PathBuf>,
     /// off: the restored server archives nothing (archive_mode = off); preserve: keep the
