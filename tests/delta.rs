@@ -573,6 +573,32 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
     let before = pg.snapshot();
     backup(&scratch, &pg);
 
+    // A copy of the data directory, made while the server was stopped, still leads to the
+    // server's tablespace: mapped there, a delta restore onto the copy is refused while that
+    // server runs.
+    pg.stop();
+    let copy = scratch.path("copy of the data directory");
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .args([&pg.data, &copy])
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    pg.start();
+    let copy_then = tree(&copy);
+    let in_use = format!("fast={}", place.display());
+    let out = scratch.restore(
+        &["--type", "full", "--delta", "--tablespace-map", &in_use],
+        &copy,
+    );
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(
+        text(&out).contains("is in use by the server running on"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(tree(&copy), copy_then, "a refused delta changed the copy");
+
     // The old primary goes on: rows change in the tablespace, a table there is dropped, one
     // is created; a stray file appears in its version directory, and at its top another
     // major's version directory (pg_upgrade's leftover), which is not this backup's to touch.
@@ -613,6 +639,21 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
     assert_ne!(code(&out), 0, "not refused: {}", text(&out));
     assert!(
         text(&out).contains("only where the data directory's own"),
+        "{}",
+        text(&out)
+    );
+    // Mapped through the data directory's own link.
+    let through = format!(
+        "fast={}",
+        pg.data.join(format!("pg_tblspc/{oid}/sub")).display()
+    );
+    let out = scratch.restore(
+        &["--type", "full", "--delta", "--tablespace-map", &through],
+        &pg.data,
+    );
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(
+        text(&out).contains("lies inside the data directory"),
         "{}",
         text(&out)
     );

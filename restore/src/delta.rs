@@ -160,8 +160,13 @@ pub(crate) fn existing_cluster(
     }
     let tablespaces = crate::places::delta_tablespace_places(manifest, &opts.tablespaces, &root)?;
     let waldir = crate::places::delta_waldir(&root, opts.waldir.as_deref())?;
-    for place in tablespaces.values().chain(&waldir).filter(|p| p.existed) {
-        if let Some(owner) = swappable_by_another_user(&place.dir) {
+    for place in tablespaces.values().chain(&waldir) {
+        // A directory to be made: the one it is made in, which its owner could swap.
+        let made_in = place
+            .dir
+            .ancestors()
+            .find(|d| std::fs::symlink_metadata(d).is_ok());
+        if let Some(owner) = made_in.and_then(swappable_by_another_user) {
             return refuse(format!(
                 "run as root, it would change files by name in {}, which {owner} can replace \
                  meanwhile: run it as that directory's owner (runuser -u {owner} -- lifeline ...)",
@@ -170,6 +175,8 @@ pub(crate) fn existing_cluster(
         }
     }
     let places = Places::for_delta(Place::claimed(root, claim), tablespaces, waldir, opts.owner)?;
+    // Found now rather than after the seal, when the directory no longer starts.
+    places.check_creatable()?;
     Ok(Some(Existing { places }))
 }
 
@@ -376,8 +383,9 @@ async fn reconcile_and_write(
     let (removed, files) = {
         let (places, trees) = (places.clone(), trees.clone());
         blocking("delta restore directories", move || {
-            // The tablespaces' directories that were missing, created and claimed.
-            places.create()?;
+            // The tablespaces' directories that were missing, created and claimed. Past the
+            // seal, a refusal (a directory written to since the check) leaves it unfinished.
+            places.create().map_err(past_the_seal)?;
             let (mut removed, mut files) = (0, Vec::new());
             for tree in trees.iter() {
                 removed += reconcile_tree(tree, owner, &mut files)?;
@@ -434,10 +442,7 @@ fn reconcile_tree(
     files: &mut Vec<(PathBuf, FileWanted)>,
 ) -> Result<usize, RestoreError> {
     // A mount that appeared since the first walk: too late to be a clean refusal.
-    let (extra, kept) = walk(tree).map_err(|e| match e {
-        RestoreError::Refused(why) => RestoreError::Failed(why),
-        e => e,
-    })?;
+    let (extra, kept) = walk(tree).map_err(past_the_seal)?;
     for (rel, is_dir) in &extra {
         remove(&tree.dir.join(rel), *is_dir)?;
     }
@@ -449,6 +454,15 @@ fn reconcile_tree(
             .map(|(rel, f)| (tree.dir.join(rel), f.with_state(kept.get(rel).copied()))),
     );
     Ok(extra.len())
+}
+
+/// A refusal once the directory is sealed is a failure: the directory was changed, and only
+/// running the restore again finishes it.
+fn past_the_seal(e: RestoreError) -> RestoreError {
+    match e {
+        RestoreError::Refused(why) => RestoreError::Failed(why),
+        e => e,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

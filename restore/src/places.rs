@@ -607,7 +607,7 @@ pub(crate) fn delta_tablespace_places(
                 where_link_leads(&link)
             )));
         };
-        places.insert(ts.oid, reused_place(dir, &what, &flag, &link)?);
+        places.insert(ts.oid, reused_place(dir, &what, &flag, &link, root)?);
     }
     Ok(places)
 }
@@ -632,13 +632,28 @@ pub(crate) fn delta_waldir(
         return Ok(None);
     };
     let dir = normal(dir, "--waldir")?;
-    reused_place(dir, "--waldir", "--waldir", &link).map(Some)
+    reused_place(dir, "--waldir", "--waldir", &link, root).map(Some)
 }
 
 /// The mapped directory `dir` of a delta restore: missing or empty, to be filled in full; or
 /// holding something and claimed, when it is where the data directory's `link` leads (this
 /// directory's own), refused otherwise.
-fn reused_place(dir: PathBuf, what: &str, flag: &str, link: &Path) -> Result<Place, RestoreError> {
+fn reused_place(
+    dir: PathBuf,
+    what: &str,
+    flag: &str,
+    link: &Path,
+    root: &Path,
+) -> Result<Place, RestoreError> {
+    // Reached through the data directory (its own link, say): that link is replaced midway.
+    if dir.starts_with(root) {
+        return Err(RestoreError::Refused(format!(
+            "--delta: {flag} {} lies inside the data directory {}: name the directory itself, \
+             outside it; nothing was written",
+            dir.display(),
+            root.display()
+        )));
+    }
     let leads_to = std::fs::read_link(link)
         .ok()
         .map(|to| link.parent().map_or(to.clone(), |p| p.join(&to)));
@@ -646,6 +661,14 @@ fn reused_place(dir: PathBuf, what: &str, flag: &str, link: &Path) -> Result<Pla
         Ok(existed) => Ok(Place::new(dir, existed)),
         Err(RestoreError::Refused(_)) if is_same_dir(&dir, leads_to.as_deref()) => {
             let claim = claim_directory(&dir, what, false)?;
+            if let Some(server) = running_server_using(&dir) {
+                return Err(RestoreError::Refused(format!(
+                    "--delta: {what} {} is in use by {server}: a copy of a data directory still \
+                     leads to the original's directories. Map it to an empty or new directory \
+                     ({flag}); nothing was written",
+                    dir.display()
+                )));
+            }
             Ok(Place::claimed(dir, claim))
         }
         Err(RestoreError::Refused(why)) => Err(RestoreError::Refused(format!(
@@ -656,6 +679,40 @@ fn reused_place(dir: PathBuf, what: &str, flag: &str, link: &Path) -> Result<Pla
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// The running server whose data directory links to `dir` (`pg_tblspc/<oid>` or `pg_wal`), as
+/// "the server running on DATA (pid N)". A postmaster and its children work in their data
+/// directory, so each process's working directory is looked at; those this user may not see
+/// (another user's, unless run as root) are not.
+fn running_server_using(dir: &Path) -> Option<String> {
+    let processes = std::fs::read_dir("/proc").ok()?;
+    for process in processes.flatten() {
+        let pid = process.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(data) = std::fs::read_link(process.path().join("cwd")) else {
+            continue;
+        };
+        if !data.join("postmaster.pid").exists() || !data.join("PG_VERSION").exists() {
+            continue;
+        }
+        let tablespaces = std::fs::read_dir(data.join("pg_tblspc"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        let mut links = tablespaces.chain(std::iter::once(data.join("pg_wal")));
+        if links.any(|link| is_same_dir(dir, Some(&link))) {
+            return Some(format!(
+                "the server running on {} (pid {})",
+                data.display(),
+                pid.to_string_lossy()
+            ));
+        }
+    }
+    None
 }
 
 /// "LINK leads to DIR", or "LINK is not a link".

@@ -32,13 +32,15 @@ pub(crate) fn file_mode(mode: u32) -> u32 {
 /// records (PostgreSQL refuses a data directory open to others).
 pub(crate) const DIR_MODE: u32 = 0o700;
 
-/// Whether `path` is `pg_tblspc/<oid>`, and the oid.
+/// Whether `path` is `pg_tblspc/<oid>`, and the oid. Only the oid as PostgreSQL writes it: a
+/// forged `pg_tblspc/016385` would otherwise reach tablespace 16385's directory past the checks
+/// made on `pg_tblspc/16385/`.
 pub(crate) fn tablespace_link_oid(path: &str) -> Option<u32> {
     let oid = path.strip_prefix("pg_tblspc/")?;
     if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    oid.parse().ok()
+    oid.parse().ok().filter(|n: &u32| n.to_string() == oid)
 }
 
 fn refused(backup_id: &str, what: String) -> RestoreError {
@@ -307,6 +309,15 @@ fn check_stream(manifest: &StreamManifest) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tablespace_oid_has_one_spelling() {
+        assert_eq!(super::tablespace_link_oid("pg_tblspc/16385"), Some(16385));
+        assert_eq!(super::tablespace_link_oid("pg_tblspc/016385"), None);
+        assert_eq!(super::tablespace_link_oid("pg_tblspc/00"), None);
+        assert_eq!(super::tablespace_link_oid("pg_tblspc/4294967296"), None);
+        assert_eq!(super::tablespace_link_oid("pg_tblspc/"), None);
+    }
+
     use super::*;
     use storage::manifest::{FileEntry, StreamFile, Tablespace};
 
