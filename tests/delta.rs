@@ -585,19 +585,13 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
         .expect("cp");
     assert!(copied.success());
     pg.start();
-    let copy_then = tree(&copy);
     let in_use = format!("fast={}", place.display());
-    let out = scratch.restore(
+    refused_untouched(
+        &scratch,
         &["--type", "full", "--delta", "--tablespace-map", &in_use],
         &copy,
+        "is in use by the server running on",
     );
-    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
-    assert!(
-        text(&out).contains("is in use by the server running on"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(tree(&copy), copy_then, "a refused delta changed the copy");
 
     // The old primary goes on: rows change in the tablespace, a table there is dropped, one
     // is created; a stray file appears in its version directory, and at its top another
@@ -618,13 +612,13 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
 
     // Not mapped: refused, since a copied directory's link may lead to another server's
     // tablespace; nothing changes in either directory.
-    let (data_then, place_then) = (tree(&pg.data), tree(&place));
-    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
-    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
-    assert!(
-        text(&out).contains(&format!("--tablespace-map {oid}=DIR")),
-        "{}",
-        text(&out)
+    let place_then = tree(&place);
+    let delta = ["--type", "full", "--delta", "--tablespace-map"];
+    refused_untouched(
+        &scratch,
+        &delta[..3],
+        &pg.data,
+        &format!("--tablespace-map {oid}=DIR"),
     );
     // Mapped to a directory that holds something but is not where pg_tblspc/<oid> leads.
     let elsewhere = scratch.path("someone else's");
@@ -632,35 +626,22 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
     std::fs::write(elsewhere.join("data"), "theirs").expect("theirs");
     common::chown_postgres(&elsewhere);
     let wrong = format!("fast={}", elsewhere.display());
-    let out = scratch.restore(
-        &["--type", "full", "--delta", "--tablespace-map", &wrong],
+    refused_untouched(
+        &scratch,
+        &[&delta[..], &[&wrong]].concat(),
         &pg.data,
-    );
-    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
-    assert!(
-        text(&out).contains("only where the data directory's own"),
-        "{}",
-        text(&out)
+        "only where the data directory's own",
     );
     // Mapped through the data directory's own link.
     let through = format!(
         "fast={}",
         pg.data.join(format!("pg_tblspc/{oid}/sub")).display()
     );
-    let out = scratch.restore(
-        &["--type", "full", "--delta", "--tablespace-map", &through],
+    refused_untouched(
+        &scratch,
+        &[&delta[..], &[&through]].concat(),
         &pg.data,
-    );
-    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
-    assert!(
-        text(&out).contains("lies inside the data directory"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(
-        tree(&pg.data),
-        data_then,
-        "a refused delta changed the data directory"
+        "lies inside the data directory",
     );
     assert_eq!(
         tree(&place),
@@ -778,34 +759,23 @@ fn delta_restore_of_a_cluster_with_its_wal_elsewhere_reuses_that_directory_only_
 
     // Without --waldir, pg_wal (a link) is not followed; with another directory that holds
     // something, refused; neither run changes anything.
-    let (data_then, wal_then) = (tree(&pg.data), tree(&wal));
-    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
-    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
-    assert!(text(&out).contains("--waldir DIR"), "{}", text(&out));
+    let wal_then = tree(&wal);
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &pg.data,
+        "--waldir DIR",
+    );
     let elsewhere = scratch.path("another wal");
     std::fs::create_dir(&elsewhere).expect("elsewhere");
     std::fs::write(elsewhere.join("000000010000000000000001"), "theirs").expect("theirs");
     common::chown_postgres(&elsewhere);
-    let out = scratch.restore(
-        &[
-            "--type",
-            "full",
-            "--delta",
-            "--waldir",
-            elsewhere.to_str().expect("utf8"),
-        ],
+    let other = elsewhere.to_str().expect("utf8");
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta", "--waldir", other],
         &pg.data,
-    );
-    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
-    assert!(
-        text(&out).contains("only where the data directory's own"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(
-        tree(&pg.data),
-        data_then,
-        "a refused delta changed the data directory"
+        "only where the data directory's own",
     );
     assert_eq!(
         tree(&wal),

@@ -4,9 +4,10 @@
 //!
 //! The directory must belong to the backup's cluster (the system identifier in
 //! `global/pg_control`, or in the marker an unfinished restore left) and no server may run on
-//! it (`postmaster.pid` absent). Tablespaces and a `pg_wal` elsewhere go where the operator maps
-//! them (`--tablespace-map`, `--waldir`): such a directory is reused only where the data
-//! directory's own link leads, and otherwise must be empty or new. Before anything changes, the marker is made durable and
+//! it (`postmaster.pid` absent). Tablespaces and a `pg_wal` elsewhere go where the operator
+//! maps them (`--tablespace-map`, `--waldir`): such a directory is reused only where the data
+//! directory's own link leads and no running server's does, and otherwise must be empty or
+//! new. Before anything changes, the marker is made durable and
 //! `global/pg_control` removed, so that a half-restored directory never starts; a delta
 //! restore that fails or is stopped leaves it so, and running it again finishes it. Then what
 //! the backup does not hold is removed (links unlinked, never followed), missing directories
@@ -499,11 +500,12 @@ struct Wanted {
     dirs: Vec<PathBuf>,
     files: Vec<(PathBuf, FileWanted)>,
     kinds: HashMap<PathBuf, bool>,
-    /// `pg_tblspc/<oid>` in the data directory: the link to the tablespace's directory.
+    /// `pg_tblspc/<oid>` and, with `--waldir`, `pg_wal` in the data directory: the links to
+    /// the directories they stand for.
     links: HashMap<PathBuf, PathBuf>,
 }
 
-/// The data directory or a tablespace's directory, and what the backup holds there.
+/// The data directory, a tablespace's directory or `--waldir`, and what the backup holds there.
 #[derive(Debug)]
 struct Tree {
     dir: PathBuf,
