@@ -829,3 +829,104 @@ fn delta_restore_of_a_cluster_with_its_wal_elsewhere_reuses_that_directory_only_
         "row for row after the delta restore"
     );
 }
+
+/// Run a delta restore as postgres and kill it with -9 once `reached` exists; the directory
+/// must then refuse to start.
+fn kill_delta_once(scratch: &Scratch, args: &[&str], data: &Path, reached: &Path) {
+    let (uid, gid) = common::postgres_ids();
+    let mut child = std::process::Command::new(&scratch.bin)
+        .args(["restore", "postgres"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("BACKUP_DIR", &scratch.repo)
+        .current_dir("/tmp")
+        .uid(uid)
+        .gid(gid)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the delta restore");
+    let started = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "the delta restore ended before {} appeared",
+            reached.display()
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().expect("kill -9");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), Some(9), "the kill landed after it ended");
+    assert!(
+        !data.join("global/pg_control").exists(),
+        "a directory killed mid-restore could start"
+    );
+}
+
+#[test]
+fn a_delta_restore_moving_a_tablespace_killed_twice_is_finished_by_the_next_one() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "old primary");
+    let place = scratch.path("ts place");
+    std::fs::create_dir(&place).expect("tablespace dir");
+    common::chown_postgres(&place);
+    pg.psql(&format!(
+        "CREATE TABLESPACE fast LOCATION '{}'",
+        place.display()
+    ));
+    common::seed(&pg);
+    pg.psql("CREATE TABLE ledger TABLESPACE fast AS SELECT g AS id, repeat(md5(g::text), 3) AS note FROM generate_series(1, 150000) g");
+    pg.psql("CHECKPOINT");
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    pg.psql("UPDATE ledger SET note = 'changed' WHERE id <= 5000");
+    pg.psql("CHECKPOINT");
+    pg.stop();
+    let version = version_dir(&place);
+    let old_place = tree(&place);
+
+    // Killed once the directory is sealed, then again once the tablespace's new directory
+    // has its version directory; each time with the same mapping.
+    let moved = scratch.path("ts moved 'here' %");
+    let map = format!("fast={}", moved.display());
+    let args = ["--type", "full", "--delta", "--tablespace-map", &map];
+    kill_delta_once(
+        &scratch,
+        &args,
+        &pg.data,
+        &pg.data.join("global/pg_control.lifeline-old"),
+    );
+    kill_delta_once(&scratch, &args, &pg.data, &moved.join(&version));
+
+    let said = succeeded(
+        &scratch.restore(&args, &pg.data),
+        "the delta restore after two kills",
+    );
+    assert!(said.contains("MiB already in place"), "{said}");
+    assert_eq!(
+        tree(&place),
+        old_place,
+        "the old tablespace directory was changed"
+    );
+    assert_eq!(
+        std::fs::canonicalize(
+            pg.data.join("pg_tblspc").join(
+                std::fs::read_dir(pg.data.join("pg_tblspc"))
+                    .expect("pg_tblspc")
+                    .flatten()
+                    .next()
+                    .expect("one link")
+                    .file_name()
+            )
+        )
+        .expect("link"),
+        std::fs::canonicalize(&moved).expect("moved")
+    );
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(restored.snapshot(), before, "row for row after two kills");
+}
