@@ -653,6 +653,39 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
         "theirs"
     );
 
+    // SIMULATE_MODE: checked and walked as the real run would, named, and nothing changed.
+    let (data_then, place_then) = (tree(&pg.data), tree(&place));
+    let data = pg.data.to_string_lossy().into_owned();
+    let out = scratch.lifeline(
+        &[
+            "restore",
+            "postgres",
+            "--type",
+            "full",
+            "--delta",
+            "--tablespace-map",
+            &map,
+            "--data-dir",
+            &data,
+        ],
+        &[("SIMULATE_MODE", "true")],
+    );
+    let said = succeeded(&out, "simulated delta restore with a tablespace");
+    assert!(
+        said.contains(&format!("tablespace {oid} into {}", place.display())),
+        "{said}"
+    );
+    assert_eq!(
+        tree(&pg.data),
+        data_then,
+        "a simulated delta changed the data directory"
+    );
+    assert_eq!(
+        tree(&place),
+        place_then,
+        "a simulated delta changed the tablespace"
+    );
+
     // Mapped to its own directory: kept where it matches, equal to a full restore.
     let out = scratch.restore(
         &["--type", "full", "--delta", "--tablespace-map", &map],
