@@ -646,7 +646,7 @@ fn reused_place(
     root: &Path,
 ) -> Result<Place, RestoreError> {
     // Reached through the data directory (its own link, say): that link is replaced midway.
-    if dir.starts_with(root) {
+    if reached_through(&dir, root) {
         return Err(RestoreError::Refused(format!(
             "--delta: {flag} {} lies inside the data directory {}: name the directory itself, \
              outside it; nothing was written",
@@ -679,6 +679,16 @@ fn reused_place(
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `dir` lies inside the data directory `root`, by name or through a link on its way
+/// (a parent that is a link to the data directory or to a directory inside it).
+fn reached_through(dir: &Path, root: &Path) -> bool {
+    let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    dir.ancestors().any(|at| {
+        at.starts_with(root)
+            || std::fs::canonicalize(at).is_ok_and(|real| real.starts_with(&real_root))
+    })
 }
 
 /// The running server whose data directory links to `dir` (`pg_tblspc/<oid>` or `pg_wal`), as
@@ -768,6 +778,25 @@ fn check_mapping_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_reached_through_the_data_directory_is_inside_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (data, ts, alias) = (
+            tmp.path().join("data"),
+            tmp.path().join("ts"),
+            tmp.path().join("alias"),
+        );
+        std::fs::create_dir_all(data.join("pg_tblspc")).expect("data");
+        std::fs::create_dir(&ts).expect("ts");
+        std::os::unix::fs::symlink(&ts, data.join("pg_tblspc/16385")).expect("link");
+        std::os::unix::fs::symlink(&data, &alias).expect("alias");
+        assert!(reached_through(&data.join("pg_tblspc/16385/sub"), &data));
+        assert!(reached_through(&alias.join("pg_tblspc/16385/sub"), &data));
+        assert!(reached_through(&data.join("pg_tblspc/16385/sub"), &alias));
+        assert!(!reached_through(&ts.join("sub"), &data));
+        assert!(!reached_through(&tmp.path().join("new"), &data));
+    }
 
     /// The advice names the tablespace by oid: a name may hold a space, a quote or `=`.
     #[test]
