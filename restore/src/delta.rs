@@ -665,7 +665,7 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
             }
             if kind.is_symlink()
                 && let Some(to) = wanted.links.get(&rel)
-                && crate::places::is_same_dir(to, Some(&entry.path()))
+                && crate::places::is_same_dir(to, &entry.path())
             {
                 kept.insert(rel, Found::Link);
                 continue;

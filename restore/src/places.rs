@@ -659,7 +659,7 @@ fn reused_place(
         .map(|to| link.parent().map_or(to.clone(), |p| p.join(&to)));
     match check_empty(&dir, what, flag) {
         Ok(existed) => Ok(Place::new(dir, existed)),
-        Err(RestoreError::Refused(_)) if is_same_dir(&dir, leads_to.as_deref()) => {
+        Err(RestoreError::Refused(_)) if leads_to.is_some_and(|to| is_same_dir(&dir, &to)) => {
             let claim = claim_directory(&dir, what, false)?;
             if let Some(server) = running_server_using(&dir) {
                 return Err(RestoreError::Refused(format!(
@@ -714,7 +714,7 @@ fn running_server_using(dir: &Path) -> Option<String> {
             .flatten()
             .map(|e| e.path());
         let mut links = tablespaces.chain(std::iter::once(data.join("pg_wal")));
-        if links.any(|link| is_same_dir(dir, Some(&link))) {
+        if links.any(|link| is_same_dir(dir, &link)) {
             return Some(format!(
                 "the server running on {} (pid {})",
                 data.display(),
@@ -733,13 +733,10 @@ fn where_link_leads(link: &Path) -> String {
     }
 }
 
-/// Whether the directory `dir` (not a link) is the one `link_target` leads to.
-pub(crate) fn is_same_dir(dir: &Path, link_target: Option<&Path>) -> bool {
+/// Whether the directory `dir` (not a link) is the one `link` leads to.
+pub(crate) fn is_same_dir(dir: &Path, link: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let (Ok(at), Some(Ok(there))) = (
-        std::fs::symlink_metadata(dir),
-        link_target.map(std::fs::metadata),
-    ) else {
+    let (Ok(at), Ok(there)) = (std::fs::symlink_metadata(dir), std::fs::metadata(link)) else {
         return false;
     };
     at.is_dir() && at.dev() == there.dev() && at.ino() == there.ino()
