@@ -106,11 +106,19 @@ fn wal_push_refuses_history_files_that_do_not_parse_and_verify_names_them() {
     let pg = Pg::running(&scratch, "primary");
     pg.switch_and_archive();
     backup(&scratch, &pg);
-    // PostgreSQL archived the backup's real backup-history file through the same checks.
-    assert!(
-        wal_objects(&scratch)
+    // PostgreSQL archived the backup's real backup-history file through the same checks. The
+    // backup waits for its last segment only; the archiver pushes the history file after it.
+    let archived = |scratch: &Scratch| {
+        wal_objects(scratch)
             .iter()
-            .any(|p| p.to_string_lossy().ends_with(".backup")),
+            .any(|p| p.to_string_lossy().ends_with(".backup"))
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !archived(&scratch) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        archived(&scratch),
         "the backup-history file was not archived: {:?}",
         wal_objects(&scratch)
     );
