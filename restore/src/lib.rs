@@ -16,6 +16,7 @@
 
 mod delta;
 mod error;
+mod file_writes;
 mod kinds;
 mod pitr;
 mod places;

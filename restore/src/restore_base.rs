@@ -7,12 +7,11 @@
 //! at a time. Where each file goes is decided by [`Places`]; what may be written at all, by
 //! the manifest's validation.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry};
@@ -23,6 +22,7 @@ use tracing::debug;
 
 use crate::RestoreError;
 use crate::error::blocking;
+use crate::file_writes::{SharedWrites, TaskFiles};
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Places};
 use crate::validate::{DIR_MODE, file_mode, tablespace_link_oid};
 
@@ -470,16 +470,16 @@ pub(crate) async fn write_data(
     plan: WritePlan<'_>,
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
-    let locks = FileLocks::default();
+    let shared = SharedWrites::new();
     let groups = write_groups(&plan);
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
     run_all(groups, opts.transfers.max(1), &opts.interrupted, |group| {
-        let (storage, locks, progress) = (storage.clone(), locks.clone(), opts.progress.clone());
+        let (storage, shared, progress) = (storage.clone(), shared.clone(), opts.progress.clone());
         async move {
             let bytes = fetch_group(storage.as_ref(), &group).await?;
             let ids = storage.chunk_ids();
             blocking("write task", move || {
-                write_group(&group, &ids, &bytes, &locks, progress.as_ref())
+                write_group(&group, &ids, &bytes, &shared, progress.as_ref())
             })
             .await
         }
@@ -797,59 +797,16 @@ async fn fetch_group(storage: &dyn Storage, group: &WriteGroup) -> Result<Vec<u8
     Ok(bytes)
 }
 
-/// One lock per file: writers to the same file take turns in user space instead of spinning
-/// on the inode lock in the kernel (which, measured, cost more than the copy itself).
-/// The lock also keeps what was written since the file's writeback was last started.
-type FileLocks = Arc<Mutex<HashMap<Arc<PathBuf>, Arc<Mutex<Unflushed>>>>>;
-
-/// The run of contiguous bytes written to a file since its writeback was last started.
-#[derive(Debug, Default)]
-struct Unflushed {
-    start: u64,
-    end: u64,
-}
-
-impl Unflushed {
-    /// Count a write; a run that is long enough, or that this write does not continue, is
-    /// returned to be written back. Even short runs are: the write tasks interleave their
-    /// writes to a file, and leaving short runs to the final fsync (tried) made a scale 200
-    /// restore 30-50 % slower.
-    fn add(&mut self, offset: u64, len: u64) -> Option<(u64, u64)> {
-        let mut ready = None;
-        if offset != self.end {
-            if self.end > self.start {
-                ready = Some((self.start, self.end));
-            }
-            self.start = offset;
-        }
-        self.end = offset + len;
-        if ready.is_none() && self.end - self.start >= FLUSH_EVERY {
-            ready = Some((self.start, self.end));
-            self.start = self.end;
-        }
-        ready
-    }
-}
-
-/// Start writing a file's data to disk every this many bytes, so that writeback runs
-/// alongside decoding instead of all at the end.
-const FLUSH_EVERY: u64 = 32 << 20;
-
-/// Files one write task keeps open: a chunk of the small-file bundle can hold hundreds of
-/// files, and open files must stay bounded whatever the data directory holds.
-const OPEN_FILES_PER_TASK: usize = 4;
-
 /// Decode one chunk at a time and write it to each of its places: one decoded chunk per task
 /// is all the plaintext held in memory.
 fn write_group(
     group: &WriteGroup,
     ids: &storage::ChunkIds,
     bytes: &[u8],
-    locks: &FileLocks,
+    shared: &SharedWrites,
     progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
-    // The most recently used first.
-    let mut open: Vec<(Arc<PathBuf>, std::fs::File)> = Vec::with_capacity(OPEN_FILES_PER_TASK);
+    let mut files = TaskFiles::new(shared);
     for (chunk, targets) in &group.chunks {
         // The manifest is checksummed, but a slice of its numbers must still never panic.
         let framed = usize::try_from(chunk.offset - group.start)
@@ -869,71 +826,11 @@ fn write_group(
                     format!("chunk {} is shorter than the manifest says", chunk.hash),
                 )
             })?;
-            let index = match open.iter().position(|(p, _)| *p == target.path) {
-                Some(i) => i,
-                None => {
-                    if open.len() == OPEN_FILES_PER_TASK {
-                        open.pop();
-                    }
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .custom_flags(no_follow())
-                        .open(target.path.as_ref())
-                        .map_err(|err| RestoreError::io(target.path.as_ref(), err))?;
-                    open.push((target.path.clone(), file));
-                    open.len() - 1
-                }
-            };
-            open[..=index].rotate_right(1);
-            write_locked(locks, &target.path, &open[0].1, slice, target.offset)?;
+            files.write(&target.path, target.offset, slice)?;
             progress.advance(slice.len() as u64);
         }
     }
     Ok(())
-}
-
-/// Write under the file's lock, and every `FLUSH_EVERY` bytes start the writeback of what was
-/// just written. Starting is enough: the restore fsyncs every file before `pg_control` is
-/// published, and waiting here (fdatasync) held the write task idle while the disk worked.
-fn write_locked(
-    locks: &FileLocks,
-    path: &Arc<PathBuf>,
-    file: &std::fs::File,
-    slice: &[u8],
-    offset: u64,
-) -> Result<(), RestoreError> {
-    let lock = locks
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .entry(path.clone())
-        .or_default()
-        .clone();
-    let mut unflushed = lock
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    file.write_all_at(slice, offset)
-        .map_err(|e| RestoreError::io(path.as_ref(), e))?;
-    let flush = unflushed.add(offset, slice.len() as u64);
-    drop(unflushed);
-    if let Some((start, end)) = flush {
-        start_writeback(file, start, end);
-    }
-    Ok(())
-}
-
-/// Ask the kernel to write the dirty pages of `start..end` to disk now, without waiting for
-/// them: `POSIX_FADV_DONTNEED` starts writeback of a dirty range (as PostgreSQL's
-/// `pg_flush_data` does where `sync_file_range` is missing). It drops the pages of the range
-/// that are already clean, so the range is only what was just written: most of the restored
-/// files stay in the page cache for the server that starts on them. Only a hint: durability
-/// comes from the fsync at the end, and a writeback error stays recorded for it to report.
-fn start_writeback(file: &std::fs::File, start: u64, end: u64) {
-    let _ = rustix::fs::fadvise(
-        file,
-        start,
-        std::num::NonZeroU64::new(end - start),
-        rustix::fs::Advice::DontNeed,
-    );
 }
 
 /// A string value for PostgreSQL's configuration files (recovery settings, a drill's
@@ -1048,27 +945,6 @@ fn write_recovery_files(
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-
-    #[test]
-    fn writeback_ranges_hold_only_what_was_just_written() {
-        let mut run = Unflushed::default();
-        let block = 256 << 10;
-        let mut ready = Vec::new();
-        // Contiguous writes: one range per FLUSH_EVERY bytes, back to back.
-        for n in 0..(2 * FLUSH_EVERY / block) {
-            ready.extend(run.add(n * block, block));
-        }
-        assert_eq!(
-            ready,
-            vec![(0, FLUSH_EVERY), (FLUSH_EVERY, 2 * FLUSH_EVERY)]
-        );
-        // A jump hands over the run so far, never the gap.
-        let at = 10 * FLUSH_EVERY;
-        assert_eq!(run.add(at, block), None);
-        assert_eq!(run.add(at + block, block), None);
-        assert_eq!(run.add(0, block), Some((at, at + 2 * block)));
-        assert_eq!(run.add(5 * block, block), Some((0, block)));
-    }
 
     /// A chunk named by `hash` in the pack named by `pack`.
     fn chunk(hash: u8, len: u64, pack: u8, offset: u64) -> ChunkRef {
