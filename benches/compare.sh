@@ -27,6 +27,7 @@ as_pg() { runuser -u postgres -- "$@"; }
 now() { date +%s.%N; }
 # Whole bytes: awk's default output turns sums over 2^31 into 3.15936e+09, which bash cannot add.
 bytes() { { du -sb "$@" 2>/dev/null || true; } | awk '{s+=$1} END {printf "%.0f\n", s}'; }
+warm() { find "$1" -type f -print0 | xargs -0 cat > /dev/null; } # read a directory into the page cache
 # Wait until PostgreSQL's archiver has pushed every ready segment to both tools: at larger
 # scales pgbench leaves a backlog (each segment goes through both archive_commands), and a
 # backup waits for its own WAL behind it, so whichever tool ran first would pay for it.
@@ -126,7 +127,9 @@ report "wal archive bytes per segment" "$(echo "$(bytes "$W/repo2/wal") / $n / 1
 # that hold them, and the new row versions at the end, as pgbench's updates land) and each tool
 # backs up again. Then, one tool at a time (one copy on disk), its backup from before the change
 # is restored into a directory (the old copy) and its new backup restored onto it with --delta.
-# A full restore of the new backup into an empty directory is the yardstick.
+# A full restore of the new backup into an empty directory is the yardstick. Each old copy is
+# read once before its delta, so that both tools start from it in the page cache (as a server
+# that has just stopped leaves its files; lifeline's restore writes around the page cache).
 sed -i "s#repo1-path=$W/br2\$#repo1-path=$W/br#" "$W/pgbackrest.conf"
 ll_old=$(as_pg $LL list --service postgresql --json | python3 -c 'import json, sys; print(max((b for b in json.load(sys.stdin) if b["kind"] == "base"), key=lambda b: b["finished_at"])["backup_id"])')
 br_old=$(as_pg $BR info --output=json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["backup"][-1]["label"])')
@@ -135,9 +138,11 @@ archived
 runuser -u postgres -- $LLB >/dev/null
 runuser -u postgres -- $BR backup --type=incr >/dev/null
 as_pg $LL restore postgres --type full --from "$ll_old" --data-dir "$W/ll-restore" >/dev/null
+warm "$W/ll-restore"
 timed runuser -u postgres -- env LIFELINE_LOG=warn $LL restore postgres --type full --delta --data-dir "$W/ll-restore" >"$W/delta.out"; ll_delta=$T; ll_drss=$RSS
 rm -rf "$W/ll-restore"
 as_pg $BR restore --set="$br_old" --pg1-path="$W/br-restore" --type=immediate
+warm "$W/br-restore"
 timed runuser -u postgres -- $BR restore --delta --pg1-path="$W/br-restore" --type=immediate; br_delta=$T; br_drss=$RSS
 rm -rf "$W/br-restore"
 report "delta restore after a 2% change" "$ll_delta" "$br_delta" s
