@@ -176,7 +176,7 @@ fn main() -> ExitCode {
         },
         _ => ops::oplog::PanicExit::default(),
     });
-    let settings = match cli.global.resolve() {
+    let mut settings = match cli.global.resolve() {
         Ok(s) => s,
         Err(e) => {
             say(&format!("lifeline: {e:#}"));
@@ -190,6 +190,10 @@ fn main() -> ExitCode {
     // A simulated run leaves no log of an operation that did not happen; failover and drill
     // log their simulations.
     let simulated = settings.ops.simulate && cli.command.simulates();
+    if simulated {
+        // Unlocking an encrypted repository would cache its key under $HOME: a write.
+        settings.encryption.key_cache = false;
+    }
     let operation = cli.command.log_name().filter(|_| !simulated);
     // Before the operation log, the catalog or anything else is created.
     if let Err(why) = act_as_repository_owner(&settings, &cli.command) {

@@ -358,7 +358,16 @@ fn key_changes_under_simulate_mode_are_checked_and_described_not_made() {
     succeeded(&scratch.lifeline(&["repo", "init"], &[]), "repo init");
     let keys = scratch.repo.join("keys.json");
     let before = std::fs::read(&keys).expect("keys.json");
-    let new = [SIMULATE, ("LIFELINE_NEW_PASSPHRASE", "a second passphrase")];
+    // With a home where the unlocked key would be cached: a simulation caches nothing.
+    let home = scratch.path("home");
+    std::fs::create_dir(&home).expect("mkdir home");
+    common::chown_postgres(&home);
+    let home_arg = home.to_string_lossy().into_owned();
+    let new = [
+        SIMULATE,
+        ("LIFELINE_NEW_PASSPHRASE", "a second passphrase"),
+        ("HOME", home_arg.as_str()),
+    ];
     for (args, says) in [
         (&["key", "add"][..], "would add a key slot"),
         (&["key", "rotate"][..], "would start data key epoch 2"),
@@ -387,4 +396,16 @@ fn key_changes_under_simulate_mode_are_checked_and_described_not_made() {
     let out = scratch.lifeline(&["key", "list"], &[SIMULATE]);
     let listed = succeeded(&out, "key list");
     assert_eq!(listed.matches("slot").count(), 1, "{listed}");
+    // A command that opens the repository the usual way (key commands unlock it uncached).
+    succeeded(&scratch.lifeline(&["prune"], &new), "simulated prune");
+    assert_eq!(
+        std::fs::read_dir(&home).expect("home").count(),
+        0,
+        "a simulated run wrote into HOME: {:?}",
+        files_under(&home)
+    );
+    // A run that changes nothing without SIMULATE_MODE caches the key in the same home: the
+    // check above can fail.
+    succeeded(&scratch.lifeline(&["verify"], &new[1..]), "verify");
+    assert_eq!(files_under(&home.join(".cache")).len(), 1);
 }
