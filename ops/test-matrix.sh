@@ -2,7 +2,8 @@
 # lifeline against every PostgreSQL major: for each one, a scratch cluster archiving into its
 # own local repository, two base backups, a point-in-time restore compared table by table with
 # the source, a full restore (then, started and stopped, brought back by a delta
-# restore), a catalog rebuild and a restore drill. Prints a summary table and
+# restore), a catalog rebuild, a restore drill, a backup from a standby, and a delta restore
+# of a cluster with a tablespace. Prints a summary table and
 # exits 0 only when every major passed.
 #
 #   bash ops/test-matrix.sh [MAJOR...]          # default: 13 14 15 16 17 18; run as root
@@ -475,6 +476,47 @@ CONF
   pg_stop "$MW/standby" || die "the standby did not stop"
 }
 
+# A tablespace on the source and a backup of it, restored whole with the tablespace mapped to
+# a copy (started, promoted and stopped); then more rows in the tablespace, a new backup, and a
+# delta restore onto the copy with the same mapping: every table comes back with its rows, and
+# the copy's link still leads to the mapped directory, which holds this major's version directory.
+s_tablespace_delta() {
+  local ts=$MW/ts copy=$MW/ts-copy port7 said oid link version_dirs
+  mkdir -m 700 "$ts"
+  chown postgres: "$ts"
+  sql "$PORT" "CREATE TABLESPACE matrix_ts LOCATION '$ts'" || die "CREATE TABLESPACE failed"
+  sql "$PORT" "CREATE TABLE ts_rows TABLESPACE matrix_ts AS SELECT g AS n, repeat('x', 200) AS pad FROM generate_series(1, 20000) g" \
+    || die "CREATE TABLE ts_rows in the tablespace failed"
+  oid=$(sql "$PORT" "SELECT oid FROM pg_tablespace WHERE spcname = 'matrix_ts'") || die "no oid for matrix_ts"
+  lifeline backup postgres || die "lifeline backup postgres (with a tablespace) exited $?: $(ll_cause)"
+  lifeline restore postgres --type full --data-dir "$MW/tsfull" --tablespace-map "matrix_ts=$copy" \
+    || die "lifeline restore postgres --type full --tablespace-map exited $?: $(ll_cause)"
+  port7=$(free_port)
+  pg_start tsfull "$MW/tsfull" "$port7" || die "the server restored with a tablespace did not start"
+  wait_promoted "$port7"
+  pg_stop "$MW/tsfull" || die "the server restored with a tablespace did not stop"
+
+  sql "$PORT" "INSERT INTO ts_rows SELECT g, 'y' FROM generate_series(20001, 25000) g" || die "INSERT into ts_rows failed"
+  sql "$PORT" "DELETE FROM ts_rows WHERE n <= 100" || die "DELETE from ts_rows failed"
+  table_counts "$PORT" >"$MW/ts.counts" || die "could not count the rows before the tablespace backup"
+  lifeline backup postgres || die "lifeline backup postgres (second, with a tablespace) exited $?: $(ll_cause)"
+  said=$(lifeline restore postgres --type full --delta --data-dir "$MW/tsfull" --tablespace-map "matrix_ts=$copy") \
+    || die "lifeline restore postgres --type full --delta --tablespace-map exited $?: $(ll_cause)"
+  echo "$said"
+  [[ $said == *"MiB already in place"* ]] || die "the delta restore with a tablespace did not report what it kept: $said"
+  link=$(readlink "$MW/tsfull/pg_tblspc/$oid") || die "pg_tblspc/$oid is not a link after the delta restore"
+  [ "$link" = "$copy" ] || die "pg_tblspc/$oid leads to $link, not to the mapped $copy"
+  version_dirs=$(find "$copy" -mindepth 1 -maxdepth 1 -name "PG_${M}_*" | wc -l)
+  [ "$version_dirs" = 1 ] || die "the mapped directory holds $version_dirs PG_${M}_* directories (want 1): $(ls "$copy")"
+  pg_start tsdelta "$MW/tsfull" "$port7" || die "the server restored by --delta with a tablespace did not start"
+  wait_promoted "$port7"
+  table_counts "$port7" >"$MW/tsdelta.counts" || die "could not count the rows after the delta restore"
+  diff -u "$MW/ts.counts" "$MW/tsdelta.counts" \
+    || die "the delta restore with a tablespace left other row counts than the source had: $(diff "$MW/ts.counts" "$MW/tsdelta.counts" | grep '^[<>]' | tr '\n' ' ')"
+  pg_stop "$MW/tsfull" || die "the server restored by --delta with a tablespace did not stop"
+  say "tablespace delta restore: $(grep -o '[0-9.]* MiB already in place[^)]*' <<<"$said" | head -1); ts_rows $(grep '^ts_rows|' "$MW/tsdelta.counts" | cut -d'|' -f2)"
+}
+
 s_stop() {
   pg_stop "$DATA" || die "the source server did not stop"
 }
@@ -544,6 +586,7 @@ run_major() { # in a subshell: exits non-zero when a step failed
   step catalog-rebuild s_catalog
   step drill s_drill
   step standby-backup s_standby
+  step tablespace-delta s_tablespace_delta
   step stop s_stop
 }
 
