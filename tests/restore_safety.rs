@@ -258,3 +258,70 @@ fn a_restore_stopped_by_a_signal_removes_what_it_wrote() {
     let out = scratch.restore(&["--type", "full"], &dir);
     succeeded(&out, "a restore after the interrupted one");
 }
+
+/// Resident bytes of `path` in the page cache (util-linux `fincore`).
+fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--raw", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("run fincore");
+    assert!(out.status.success(), "fincore: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("fincore prints a number")
+}
+
+/// A restore writes relation blocks with O_DIRECT, leaving them out of the page cache;
+/// `LIFELINE_DIRECT_IO=false` writes through the page cache instead. Both recover every row.
+#[test]
+fn direct_writes_can_be_turned_off_and_both_restores_recover_every_row() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    pg.psql("CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 8) AS pad FROM generate_series(1, 20000) g");
+    let table = pg.psql("SELECT pg_relation_filepath('wide')");
+    let before = pg.snapshot();
+    common::backup(&scratch, &pg);
+    pg.stop();
+
+    for (name, env) in [
+        ("direct", vec![]),
+        ("cached", vec![("LIFELINE_DIRECT_IO", "false")]),
+    ] {
+        let dir = scratch.path(name);
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let out = scratch.lifeline(
+            &[
+                "restore",
+                "postgres",
+                "--type",
+                "full",
+                "--data-dir",
+                &dir_arg,
+            ],
+            &env,
+        );
+        succeeded(&out, &format!("restore ({name})"));
+        let file = dir.join(&table);
+        let size = std::fs::metadata(&file).expect("the table's file").len();
+        assert!(size > 4 << 20, "the table is only {size} bytes");
+        let cached = cached_bytes(&file);
+        if name == "direct" {
+            // Only the last piece, when it is short, goes through the page cache.
+            assert!(
+                cached < 256 << 10,
+                "{cached} of {size} bytes left in the page cache"
+            );
+        } else {
+            assert!(
+                cached > size / 2,
+                "only {cached} of {size} bytes in the page cache"
+            );
+        }
+        let copy = Pg::recover(&scratch, dir);
+        assert_eq!(copy.snapshot(), before, "{name}");
+        copy.stop();
+    }
+}

@@ -1,13 +1,16 @@
 //! Writing restored chunks into the files they belong to.
 //!
-//! A chunk whose place and length are multiples of [`DIRECT_ALIGN`] (every relation block but a
-//! file's last, when that one is short) is written with `O_DIRECT`: straight from the decoded
-//! chunk to the disk. Going through the page cache cost about twice the disk's own time on the
-//! VMs measured (copying into memory the guest had not touched, then writing it back; see
-//! benches/README.md, "Restore with O_DIRECT"). Everything else, and everything on a file
-//! system that refuses `O_DIRECT` (found at the first refusal, then not tried again), goes
-//! through the page cache with its writeback started as it is written. Either way, durability
-//! comes from the fsync of every file before `pg_control` is published.
+//! A piece of at least [`DIRECT_MIN`] bytes whose place and length are multiples of
+//! [`DIRECT_ALIGN`] (every relation block but a file's last, when that one is short) is written
+//! with `O_DIRECT`: from an aligned copy of the decoded chunk straight to the disk. Going through
+//! the page cache cost about twice the disk's own time on the VMs measured (copying into memory
+//! the guest had not touched, then writing it back; see benches/README.md, "Restore with
+//! O_DIRECT"). Everything else goes through the page cache with its writeback started as it is
+//! written: short pieces and small files, everything when the operator turns direct writes off
+//! (`direct-io = false`), and everything once a file system refuses `O_DIRECT`, or says (statx)
+//! that it would only pretend to honour it or needs a larger alignment (ext4 with
+//! `data=journal`, tmpfs, some FUSE and network file systems). Either way, durability comes from
+//! the fsync of every file before `pg_control` is published.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -15,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tracing::debug;
+use tracing::info;
 
 use crate::RestoreError;
 use crate::restore_base::no_follow;
@@ -23,6 +26,10 @@ use crate::restore_base::no_follow;
 /// Alignment of memory, place and length that every Linux file system taking `O_DIRECT` accepts
 /// (the logical block size of nearly every disk is 512 or 4096 bytes).
 const DIRECT_ALIGN: usize = 4096;
+
+/// Pieces shorter than this go through the page cache: a small file's own `O_DIRECT` open and
+/// synchronous write would cost more than they save.
+const DIRECT_MIN: usize = 64 << 10;
 
 /// Start writing a file's data to disk every this many bytes, so that writeback runs
 /// alongside decoding instead of all at the end.
@@ -40,24 +47,26 @@ pub(crate) struct SharedWrites {
     /// more than the copy itself). It also keeps what was written since the file's writeback
     /// was last started.
     locks: Mutex<HashMap<Arc<PathBuf>, Arc<Mutex<Unflushed>>>>,
-    /// Cleared once the file system refuses `O_DIRECT`.
+    /// Whether pieces may still go direct: cleared once a file system refuses `O_DIRECT`.
     direct: AtomicBool,
 }
 
 impl SharedWrites {
-    pub(crate) fn new() -> Arc<Self> {
+    /// `direct`: whether the operator allows `O_DIRECT` writes.
+    pub(crate) fn new(direct: bool) -> Arc<Self> {
         Arc::new(SharedWrites {
             locks: Mutex::default(),
-            direct: AtomicBool::new(true),
+            direct: AtomicBool::new(direct),
         })
     }
 
     fn refuse_direct(&self, path: &std::path::Path, err: &std::io::Error) {
         if self.direct.swap(false, Ordering::Relaxed) {
-            debug!(
+            info!(
                 path = %path.display(),
                 error = %err,
-                "the file system refuses O_DIRECT: writing through the page cache"
+                "no O_DIRECT writes on this file system: the rest of the restore writes through \
+                 the page cache"
             );
         }
     }
@@ -93,13 +102,16 @@ impl<'a> TaskFiles<'a> {
         offset: u64,
         data: &[u8],
     ) -> Result<(), RestoreError> {
-        if is_aligned(offset, data.len()) && self.shared.direct.load(Ordering::Relaxed) {
+        if goes_direct(offset, data.len()) && self.shared.direct.load(Ordering::Relaxed) {
             match self.write_direct(path, offset, data) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 // A refusal after part of it was written is fine: the buffered write below
                 // writes all of it again.
-                Err(err) if refuses_direct(&err) => self.shared.refuse_direct(path, &err),
+                Err(err) if refuses_direct(&err) => {
+                    self.shared.refuse_direct(path, &err);
+                    self.open.retain(|o| !o.direct);
+                }
                 Err(err) => return Err(RestoreError::io(path.as_ref(), err)),
             }
         }
@@ -135,8 +147,8 @@ impl<'a> TaskFiles<'a> {
     }
 }
 
-/// The descriptor for `path` among `open`, opened if need be (closing the least recently used
-/// beyond [`OPEN_FILES_PER_TASK`]) and moved to the front.
+/// The descriptor for `path` among `open`, opened if need be (after closing the least recently
+/// used, so that a task never holds more than [`OPEN_FILES_PER_TASK`]) and moved to the front.
 fn open_in<'o>(
     open: &'o mut Vec<OpenFile>,
     path: &Arc<PathBuf>,
@@ -148,7 +160,11 @@ fn open_in<'o>(
     {
         Some(index) => index,
         None => {
-            let mut flags = no_follow();
+            if open.len() == OPEN_FILES_PER_TASK {
+                open.pop();
+            }
+            // Non-blocking: a FIFO put in a file's place fails the open instead of hanging it.
+            let mut flags = no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32;
             if direct {
                 flags |= rustix::fs::OFlags::DIRECT.bits() as i32;
             }
@@ -156,8 +172,8 @@ fn open_in<'o>(
                 .write(true)
                 .custom_flags(flags)
                 .open(path.as_ref())?;
-            if open.len() == OPEN_FILES_PER_TASK {
-                open.pop();
+            if direct && !honours_direct(&file) {
+                return Err(rustix::io::Errno::OPNOTSUPP.into());
             }
             open.push(OpenFile {
                 path: path.clone(),
@@ -171,13 +187,31 @@ fn open_in<'o>(
     Ok(&open[0].file)
 }
 
-fn is_aligned(offset: u64, len: usize) -> bool {
-    len > 0 && offset.is_multiple_of(DIRECT_ALIGN as u64) && len.is_multiple_of(DIRECT_ALIGN)
+fn goes_direct(offset: u64, len: usize) -> bool {
+    len >= DIRECT_MIN
+        && offset.is_multiple_of(DIRECT_ALIGN as u64)
+        && len.is_multiple_of(DIRECT_ALIGN)
 }
 
-/// How Linux says a file system (or a device's block size) does not take a direct write:
-/// tmpfs before 6.6, FUSE, and others refuse the `open`; a disk with larger logical blocks
-/// refuses the write.
+/// Whether the file system of `file` writes it directly with [`DIRECT_ALIGN`]: it says so
+/// through `statx` since Linux 6.1. Zero means it takes `O_DIRECT` but writes through the page
+/// cache all the same (ext4 with `data=journal`); a larger alignment would refuse our writes.
+/// An older kernel says nothing, and the first write finds out.
+fn honours_direct(file: &std::fs::File) -> bool {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let Ok(stat) = rustix::fs::statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) else {
+        return true;
+    };
+    if stat.stx_mask & StatxFlags::DIOALIGN.bits() == 0 {
+        return true;
+    }
+    let (memory, offset) = (stat.stx_dio_mem_align, stat.stx_dio_offset_align);
+    offset != 0 && offset as usize <= DIRECT_ALIGN && memory as usize <= DIRECT_ALIGN
+}
+
+/// How Linux says a file system (or a device's block size) does not take a direct write: some
+/// (tmpfs before 6.6, network and FUSE file systems without it) refuse the `open`, a disk with
+/// larger logical blocks refuses the write; [`honours_direct`] says `OPNOTSUPP` for the others.
 fn refuses_direct(err: &std::io::Error) -> bool {
     matches!(
         rustix::io::Errno::from_io_error(err),
@@ -286,11 +320,12 @@ mod tests {
 
     #[test]
     fn only_whole_aligned_blocks_go_direct() {
-        assert!(is_aligned(0, 8192));
-        assert!(is_aligned(256 << 10, 256 << 10));
-        assert!(!is_aligned(0, 0));
-        assert!(!is_aligned(0, 8191));
-        assert!(!is_aligned(512, 4096));
+        assert!(goes_direct(0, DIRECT_MIN));
+        assert!(goes_direct(256 << 10, 256 << 10));
+        assert!(!goes_direct(0, 0));
+        assert!(!goes_direct(0, 8192));
+        assert!(!goes_direct(0, DIRECT_MIN + 1));
+        assert!(!goes_direct(512, DIRECT_MIN));
         let invalid = std::io::Error::from_raw_os_error(rustix::io::Errno::INVAL.raw_os_error());
         assert!(refuses_direct(&invalid));
         let full = std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
@@ -316,8 +351,7 @@ mod tests {
             let path = Arc::new(dir.path().join(format!("file {direct}")));
             let file = std::fs::File::create(path.as_ref()).expect("create");
             file.set_len(len as u64).expect("size");
-            let shared = SharedWrites::new();
-            shared.direct.store(direct, Ordering::Relaxed);
+            let shared = SharedWrites::new(direct);
             std::thread::scope(|scope| {
                 for half in pieces.chunks(3) {
                     let (shared, path, expected) = (&shared, &path, &expected);
@@ -332,9 +366,14 @@ mod tests {
                 }
             });
             assert_eq!(std::fs::read(path.as_ref()).expect("read"), expected);
-            // The temporary directory's file system takes O_DIRECT (ext4, xfs, tmpfs since
-            // Linux 6.6): the direct round did write directly.
-            assert_eq!(shared.direct.load(Ordering::Relaxed), direct);
+            // Where the temporary directory's file system writes directly (ext4, XFS), the
+            // direct round did.
+            let probe = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                .open(path.as_ref());
+            let honoured = probe.is_ok_and(|file| honours_direct(&file));
+            assert_eq!(shared.direct.load(Ordering::Relaxed), direct && honoured);
         }
     }
 }

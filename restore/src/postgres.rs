@@ -41,6 +41,8 @@ pub struct PostgresRestoreOptions {
     pub parallelism: usize,
     /// Chunk groups read from the repository at once.
     pub transfers: usize,
+    /// See [`RestoreOptions::direct_io`].
+    pub direct_io: bool,
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub choices: RestoreChoices,
@@ -344,6 +346,7 @@ fn restore_options(
         data_dir: data_dir.to_path_buf(),
         parallelism: options.parallelism,
         transfers: options.transfers,
+        direct_io: options.direct_io,
         verify_first: options.verify_first,
         target: recovery.clone(),
         // PostgreSQL expands `%` in restore_command: a `%` of a path is written `%%`.

@@ -91,6 +91,9 @@ pub struct RestoreOptions {
     pub parallelism: usize,
     /// Chunk groups read from the repository at once.
     pub transfers: usize,
+    /// Write relation blocks with `O_DIRECT` where the file system takes it (see
+    /// `file_writes`); false: everything through the page cache.
+    pub direct_io: bool,
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub target: RecoveryTarget,
@@ -470,7 +473,7 @@ pub(crate) async fn write_data(
     plan: WritePlan<'_>,
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
-    let shared = SharedWrites::new();
+    let shared = SharedWrites::new(opts.direct_io);
     let groups = write_groups(&plan);
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
     run_all(groups, opts.transfers.max(1), &opts.interrupted, |group| {
@@ -619,7 +622,12 @@ fn write_new(path: &Path, bytes: &[u8], owner: Owner) -> Result<(), RestoreError
 
 /// fsync a file or directory that may not exist (tablespace_map is optional).
 pub(crate) fn fsync_path(path: &Path) -> Result<(), RestoreError> {
-    match std::fs::File::open(path) {
+    // Non-blocking: a FIFO put in a file's place fails the fsync instead of hanging the open.
+    let open = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path);
+    match open {
         Ok(file) => file.sync_all().map_err(|e| RestoreError::io(path, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RestoreError::io(path, e)),
@@ -798,7 +806,7 @@ async fn fetch_group(storage: &dyn Storage, group: &WriteGroup) -> Result<Vec<u8
 }
 
 /// Decode one chunk at a time and write it to each of its places: one decoded chunk per task
-/// is all the plaintext held in memory.
+/// (and its aligned copy for a direct write) is all the plaintext held in memory.
 fn write_group(
     group: &WriteGroup,
     ids: &storage::ChunkIds,

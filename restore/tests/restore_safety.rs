@@ -124,6 +124,7 @@ async fn backup(repo: &mut Repo) -> BackupManifest {
 fn options(data_dir: &Path) -> RestoreOptions {
     RestoreOptions {
         transfers: 4,
+        direct_io: true,
         ..common::options(data_dir)
     }
 }

@@ -11,6 +11,7 @@ pub fn options(data_dir: &Path) -> RestoreOptions {
         data_dir: data_dir.to_path_buf(),
         parallelism: 2,
         transfers: 2,
+        direct_io: true,
         verify_first: false,
         target: RecoveryTarget::Immediate,
         restore_command: "lifeline wal fetch %f %p".into(),
