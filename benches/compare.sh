@@ -129,7 +129,7 @@ report "wal archive bytes per segment" "$(echo "$(bytes "$W/repo2/wal") / $n / 1
 # is restored into a directory (the old copy) and its new backup restored onto it with --delta.
 # A full restore of the new backup into an empty directory is the yardstick. Each old copy is
 # read once before its delta, so that both tools start from it in the page cache (as a server
-# that has just stopped leaves its files; lifeline's restore writes around the page cache).
+# that has just stopped leaves its files, whatever way the copy was written).
 sed -i "s#repo1-path=$W/br2\$#repo1-path=$W/br#" "$W/pgbackrest.conf"
 ll_old=$(as_pg $LL list --service postgresql --json | python3 -c 'import json, sys; print(max((b for b in json.load(sys.stdin) if b["kind"] == "base"), key=lambda b: b["finished_at"])["backup_id"])')
 br_old=$(as_pg $BR info --output=json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["backup"][-1]["label"])')

@@ -60,7 +60,7 @@ pub struct ConfigFile {
     pub aws_secret_access_key: Option<String>,
     pub wal_prefetch: Option<usize>,
     pub wal_prefetch_mib: Option<u64>,
-    /// A restore writes relation blocks with `O_DIRECT` (default true).
+    /// A restore writes relation blocks with `O_DIRECT` (default false).
     pub direct_io: Option<bool>,
     /// `wal push` look-ahead: segments (0: off) and MiB stored ahead by a detached worker.
     pub wal_push_ahead: Option<usize>,

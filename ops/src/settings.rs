@@ -31,7 +31,8 @@ pub struct Settings {
     pub s3: Option<S3Options>,
     /// Packs uploaded or chunk groups downloaded at once; `None` picks by repository kind.
     pub transfers: Option<usize>,
-    /// `direct-io`, `LIFELINE_DIRECT_IO`: a restore writes relation blocks with `O_DIRECT`.
+    /// `direct-io`, `LIFELINE_DIRECT_IO`: a restore writes relation blocks with `O_DIRECT`
+    /// (default false).
     pub direct_io: bool,
     pub prefetch: Prefetch,
     /// `wal-push-ahead`, `wal-push-ahead-mib`: see [`Settings::start_push_ahead`].
@@ -573,7 +574,7 @@ impl Settings {
             transfers: file.transfers,
             direct_io: bool_env("LIFELINE_DIRECT_IO")?
                 .or(file.direct_io)
-                .unwrap_or(true),
+                .unwrap_or(false),
             prefetch: Prefetch {
                 segments: file.wal_prefetch.unwrap_or(prefetch_default),
                 bytes: mib_to_bytes(file.wal_prefetch_mib.unwrap_or(512), "wal-prefetch-mib")?,

@@ -1,16 +1,18 @@
 //! Writing restored chunks into the files they belong to.
 //!
-//! A piece of at least [`DIRECT_MIN`] bytes whose place and length are multiples of
-//! [`DIRECT_ALIGN`] (every relation block but a file's last, when that one is short) is written
-//! with `O_DIRECT`: from an aligned copy of the decoded chunk straight to the disk. Going through
-//! the page cache cost about twice the disk's own time on the VMs measured (copying into memory
-//! the guest had not touched, then writing it back; see benches/README.md, "Restore with
-//! O_DIRECT"). Everything else goes through the page cache with its writeback started as it is
-//! written: short pieces and small files, everything when the operator turns direct writes off
-//! (`direct-io = false`), and everything once a file system refuses `O_DIRECT`, or says (statx)
-//! that it would only pretend to honour it or needs a larger alignment (ext4 with
-//! `data=journal`, tmpfs, some FUSE and network file systems). Either way, durability comes from
-//! the fsync of every file before `pg_control` is published.
+//! Through the page cache by default, with the writeback of what was written started as it is
+//! written, so that the restored files stay cached for the server that starts on them. When the
+//! operator asks for direct writes (`direct-io = true`), a piece of at least [`DIRECT_MIN`]
+//! bytes whose place and length are multiples of [`DIRECT_ALIGN`] (every relation block but a
+//! file's last, when that one is short) is written with `O_DIRECT`, from an aligned copy of the
+//! decoded chunk straight to the disk. On a freshly booted VM whose free memory the host has
+//! taken back, that halved a full restore (every page cached is memory the guest must first get
+//! back); on a machine whose memory is in use it was slower (benches/README.md, "Restore with
+//! O_DIRECT"). Short pieces and small files go through the page cache either way, and so does
+//! everything once a file system refuses `O_DIRECT`, or says (statx) that it would only pretend
+//! to honour it or needs a larger alignment (ext4 with `data=journal`, tmpfs, some FUSE and
+//! network file systems). Durability comes from the fsync of every file before `pg_control` is
+//! published.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
