@@ -710,11 +710,17 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
     let moved = scratch.path("ts moved");
     let moved_map = format!("fast={}", moved.display());
     let old_place = tree(&place);
-    let out = scratch.restore(
+    let out = delta_command(
+        &scratch,
         &["--type", "full", "--delta", "--tablespace-map", &moved_map],
         &pg.data,
+    )
+    .output()
+    .expect("run the delta restore");
+    succeeded(
+        &out,
+        "delta restore moving the tablespace, 32 files open at most",
     );
-    succeeded(&out, "delta restore moving the tablespace");
     assert_eq!(
         tree(&place),
         old_place,
@@ -839,11 +845,16 @@ fn delta_restore_of_a_cluster_with_its_wal_elsewhere_reuses_that_directory_only_
     );
 }
 
-/// `restore postgres ARGS --data-dir DATA` as postgres, in a clean environment.
+/// `lifeline restore postgres ARGS --data-dir DATA` as postgres, in a clean environment, with
+/// 32 open files at most.
 fn delta_command(scratch: &Scratch, args: &[&str], data: &Path) -> std::process::Command {
     let (uid, gid) = common::postgres_ids();
-    let mut cmd = std::process::Command::new(&scratch.bin);
-    cmd.args(["restore", "postgres"])
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 32 && exec \"$@\"")
+        .arg("sh")
+        .arg(&scratch.bin)
+        .args(["restore", "postgres"])
         .args(args)
         .arg("--data-dir")
         .arg(data)
