@@ -314,34 +314,12 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
 
     std::fs::rename(&away, &packs).expect("packs back");
     // Finished by root (lifeline becomes the repository's owner): everything stays PostgreSQL's.
-    let out = std::process::Command::new(&scratch.bin)
-        .args([
-            "restore",
-            "postgres",
-            "--type",
-            "full",
-            "--delta",
-            "--data-dir",
-        ])
-        .arg(&pg.data)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("BACKUP_DIR", &scratch.repo)
-        .env("LIFELINE_CONFIG", scratch.config.as_ref().expect("config"))
-        .output()
-        .expect("run the restore as root");
+    let out = restore_as_root(&scratch, &["--type", "full", "--delta"], &pg.data);
     let said = succeeded(&out, "the second delta restore, as root");
-    let postgres = std::fs::metadata(&scratch.repo).expect("repo").uid();
-    let foreign: Vec<_> = tree(&pg.data)
-        .into_keys()
-        .filter(|rel| {
-            std::fs::symlink_metadata(pg.data.join(rel))
-                .map(|m| m.uid())
-                .ok()
-                != Some(postgres)
-        })
-        .collect();
-    assert!(foreign.is_empty(), "not PostgreSQL's user's: {foreign:?}");
+    assert_eq!(
+        not_postgres_owned(&scratch, &pg.data),
+        Vec::<PathBuf>::new()
+    );
     assert!(mib(&said, "MiB already in place") >= 20, "{said}");
     let restored = Pg::recover(&scratch, pg.data.clone());
     assert_eq!(
@@ -349,6 +327,36 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
         before,
         "row for row after the finished delta restore"
     );
+}
+
+/// `lifeline restore postgres ARGS --data-dir DATA` run as root, in a clean environment.
+fn restore_as_root(scratch: &Scratch, args: &[&str], data: &Path) -> std::process::Output {
+    let mut cmd = std::process::Command::new(&scratch.bin);
+    cmd.args(["restore", "postgres"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("BACKUP_DIR", &scratch.repo);
+    if let Some(config) = &scratch.config {
+        cmd.env("LIFELINE_CONFIG", config);
+    }
+    cmd.output().expect("run the restore as root")
+}
+
+/// `dir` and the entries under it that PostgreSQL's user (the repository's owner) does not own.
+fn not_postgres_owned(scratch: &Scratch, dir: &Path) -> Vec<PathBuf> {
+    let postgres = std::fs::metadata(&scratch.repo).expect("repo").uid();
+    std::iter::once(PathBuf::new())
+        .chain(tree(dir).into_keys())
+        .filter(|rel| {
+            std::fs::symlink_metadata(dir.join(rel))
+                .map(|m| m.uid())
+                .ok()
+                != Some(postgres)
+        })
+        .collect()
 }
 
 /// Run the restore into `dir`: it must fail, say `says`, and leave `dir` as it was.
@@ -940,11 +948,17 @@ fn a_delta_restore_moving_a_tablespace_killed_twice_is_finished_by_the_next_one(
         &moved.join(&version),
     );
 
+    // Finished by root next to PostgreSQL's user: what it writes is still PostgreSQL's.
     let said = succeeded(
-        &scratch.restore(&args, &pg.data),
-        "the delta restore after two kills",
+        &restore_as_root(&scratch, &args, &pg.data),
+        "the delta restore after two kills, as root",
     );
     assert!(said.contains("MiB already in place"), "{said}");
+    assert_eq!(
+        not_postgres_owned(&scratch, &pg.data),
+        Vec::<PathBuf>::new()
+    );
+    assert_eq!(not_postgres_owned(&scratch, &moved), Vec::<PathBuf>::new());
     assert_eq!(
         tree(&place),
         old_place,
