@@ -523,6 +523,19 @@ fn tree_without(dir: &Path, skip: &[&str]) -> BTreeMap<PathBuf, String> {
     all
 }
 
+/// A running cluster with the tablespace `fast` in the new directory `name` of the scratch.
+fn old_primary_with_tablespace(scratch: &Scratch, name: &str) -> (Pg, PathBuf) {
+    let pg = Pg::running(scratch, "old primary");
+    let place = scratch.path(name);
+    std::fs::create_dir(&place).expect("tablespace dir");
+    common::chown_postgres(&place);
+    pg.psql(&format!(
+        "CREATE TABLESPACE fast LOCATION '{}'",
+        place.display()
+    ));
+    (pg, place)
+}
+
 /// The version directory (`PG_15_...`) PostgreSQL made in a tablespace's directory.
 fn version_dir(place: &Path) -> String {
     std::fs::read_dir(place)
@@ -536,14 +549,7 @@ fn version_dir(place: &Path) -> String {
 #[test]
 fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_given() {
     let scratch = Scratch::new();
-    let pg = Pg::running(&scratch, "old primary");
-    let place = scratch.path("ts place % 1");
-    std::fs::create_dir(&place).expect("tablespace dir");
-    common::chown_postgres(&place);
-    pg.psql(&format!(
-        "CREATE TABLESPACE fast LOCATION '{}'",
-        place.display()
-    ));
+    let (pg, place) = old_primary_with_tablespace(&scratch, "ts place % 1");
     let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'fast'");
     common::seed(&pg);
     pg.psql("CREATE TABLE ledger (id int PRIMARY KEY USING INDEX TABLESPACE fast, note text) TABLESPACE fast");
@@ -913,14 +919,7 @@ fn kill_once_reached(mut cmd: std::process::Command, data: &Path, reached: &Path
 #[test]
 fn a_delta_restore_moving_a_tablespace_killed_twice_is_finished_by_the_next_one() {
     let scratch = Scratch::new();
-    let pg = Pg::running(&scratch, "old primary");
-    let place = scratch.path("ts place");
-    std::fs::create_dir(&place).expect("tablespace dir");
-    common::chown_postgres(&place);
-    pg.psql(&format!(
-        "CREATE TABLESPACE fast LOCATION '{}'",
-        place.display()
-    ));
+    let (pg, place) = old_primary_with_tablespace(&scratch, "ts place");
     common::seed(&pg);
     pg.psql("CREATE TABLE ledger TABLESPACE fast AS SELECT g AS id, repeat(md5(g::text), 3) AS note FROM generate_series(1, 150000) g");
     pg.psql("CHECKPOINT");

@@ -145,20 +145,7 @@ fn list_ids(scratch: &Scratch) -> Vec<String> {
 /// promoted.
 fn restore_full(scratch: &Scratch, from: &str, name: &str, env: &[(&str, &str)]) -> Pg {
     let dir = scratch.path(name);
-    let dir_arg = dir.to_string_lossy().into_owned();
-    let out = scratch.lifeline(
-        &[
-            "restore",
-            "postgres",
-            "--type",
-            "full",
-            "--from",
-            from,
-            "--data-dir",
-            &dir_arg,
-        ],
-        env,
-    );
+    let out = scratch.restore_with(&["--type", "full", "--from", from], &dir, env);
     succeeded(&out, &format!("full restore of {from} into {name}"));
     Pg::recover(scratch, dir)
 }

@@ -292,18 +292,7 @@ fn direct_writes_can_be_asked_for_and_both_restores_recover_every_row() {
         ("cached", vec![]),
     ] {
         let dir = scratch.path(name);
-        let dir_arg = dir.to_string_lossy().into_owned();
-        let out = scratch.lifeline(
-            &[
-                "restore",
-                "postgres",
-                "--type",
-                "full",
-                "--data-dir",
-                &dir_arg,
-            ],
-            &env,
-        );
+        let out = scratch.restore_with(&["--type", "full"], &dir, &env);
         succeeded(&out, &format!("restore ({name})"));
         let file = dir.join(&table);
         let size = std::fs::metadata(&file).expect("the table's file").len();

@@ -163,12 +163,27 @@ impl Scratch {
         self.restore_service("redis", args, dir)
     }
 
+    /// `lifeline restore postgres ARGS --data-dir DIR` with `env` added.
+    pub fn restore_with(&self, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+        self.restore_service_with("postgres", args, dir, env)
+    }
+
     fn restore_service(&self, service: &str, args: &[&str], dir: &Path) -> Output {
+        self.restore_service_with(service, args, dir, &[])
+    }
+
+    fn restore_service_with(
+        &self,
+        service: &str,
+        args: &[&str],
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Output {
         let dir = dir.to_string_lossy().into_owned();
         let mut all = vec!["restore", service];
         all.extend_from_slice(args);
         all.extend(["--data-dir", dir.as_str()]);
-        self.lifeline(&all, &[])
+        self.lifeline(&all, env)
     }
 
     /// `lifeline restore postgres ARGS` into a new directory `name`, which must succeed (`what`
