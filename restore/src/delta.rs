@@ -64,6 +64,11 @@ const MAX_BLOCK: u64 = 16 << 20;
 /// Blocks hashed by one task: big files are shared between the cores.
 const BLOCKS_PER_UNIT: usize = 32;
 
+/// Comparison tasks per core: while one task waits for its blocks to be read, another hashes.
+/// At scale 200 on two cores, two tasks kept them 150 % busy, four 175 %, eight no more
+/// (`benches/README.md`, "Delta restore: two comparisons per core").
+const COMPARISONS_PER_CORE: usize = 2;
+
 /// A stopped data directory of the backup's cluster and its tablespaces' directories,
 /// checked and claimed (a second restore into them is refused until this one ends); nothing
 /// written yet.
@@ -878,8 +883,8 @@ fn reuse(path: &Path, file: &FileWanted, owner: Owner) -> Result<bool, RestoreEr
     Ok(true)
 }
 
-/// Hash the reused files' blocks, `parallelism` tasks at a time, and compare each with the
-/// backup's chunk id.
+/// Hash the reused files' blocks, [`COMPARISONS_PER_CORE`] tasks per core at a time, and
+/// compare each with the backup's chunk id.
 async fn hash_blocks(
     files: Vec<ToHash>,
     ids: ChunkIds,
@@ -904,7 +909,7 @@ async fn hash_blocks(
     );
     run_all(
         units,
-        opts.parallelism.max(1),
+        opts.parallelism.max(1) * COMPARISONS_PER_CORE,
         &opts.interrupted,
         |(index, first, offset)| {
             let (files, unchanged, ids) = (files.clone(), unchanged.clone(), ids.clone());
