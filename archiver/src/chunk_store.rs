@@ -193,9 +193,16 @@ pub(crate) struct Prepared<S> {
     pub(crate) framed: Option<Vec<u8>>,
 }
 
-/// Room for a pack filled to its target, one more chunk (a content-defined chunk is at most
-/// 1 MiB, framed a little more) and the index: a pack never outgrows its first buffer.
-const PACK_CAPACITY: usize = DEFAULT_PACK_TARGET + (2 << 20);
+/// A pack's buffer. It must hold a pack filled to its target, one more chunk (a
+/// content-defined chunk is at most 1 MiB, framed a little more) and the index, so that a pack
+/// never outgrows its first buffer. It is asked for as 40 MiB, above the largest request glibc's
+/// malloc ever serves from its heaps (its dynamic mmap threshold stops at 32 MiB on 64-bit,
+/// `mallopt(3)`): each pack buffer is then a mapping of its own, of which only the pages written
+/// are resident, all given back when the pack is stored. At 18 MiB, once the first pack buffer
+/// had been freed the threshold rose above it, and later ones came from the heaps, whose freed
+/// pages stay resident: peak RSS of a scale 200 backup 83-86 MiB against 55-60 MiB.
+const PACK_CAPACITY: usize = 40 << 20;
+const _: () = assert!(PACK_CAPACITY >= DEFAULT_PACK_TARGET + (2 << 20));
 
 /// Gathers new chunks into packs and writes each pack when it is full, in the background
 /// (at most `transfers` at a time) so that compression never waits for the disk. Each pack
