@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 
@@ -33,6 +33,8 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
             } else if meta.is_dir() {
                 pending.push(path);
                 format!("dir {:o}", meta.mode() & 0o7777)
+            } else if meta.file_type().is_fifo() {
+                format!("fifo {:o}", meta.mode() & 0o7777)
             } else {
                 let mut bytes = std::fs::read(&path).expect("read");
                 if rel == Path::new("postgresql.auto.conf") {
@@ -281,6 +283,91 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     succeeded(&out, "the delta restore with pg_wal mounted on its own");
     assert!(pg_wal.join("archive_status").is_dir());
     assert!(lost.is_dir(), "lost+found was removed");
+}
+
+/// A FIFO owned by PostgreSQL's user at `path`, in place of whatever was there.
+fn fifo_in_place_of(path: &Path) {
+    if path.exists() {
+        std::fs::remove_file(path).expect("remove what the FIFO replaces");
+    }
+    let out = std::process::Command::new("mkfifo")
+        .arg(path)
+        .output()
+        .expect("run mkfifo");
+    assert!(out.status.success(), "mkfifo {}: {out:?}", path.display());
+    common::chown_postgres(path);
+}
+
+/// The restore `scratch.restore(args, data)` would run, as a child killed once `limit` has
+/// passed: a restore that waits on a FIFO fails the test instead of hanging it.
+fn restore_within(
+    scratch: &Scratch,
+    args: &[&str],
+    data: &Path,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let mut child = delta_command(scratch, args, data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the restore");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("poll").is_none() {
+        if started.elapsed() > limit {
+            child.kill().expect("kill the restore");
+            panic!(
+                "the restore into {} still ran after {limit:?}",
+                data.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("the restore's output")
+}
+
+#[test]
+fn fifos_in_the_data_directory_are_replaced_or_refused_never_waited_on() {
+    let scratch = Scratch::new();
+    let pg = cluster_with_data(&scratch);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    let shrinks = relation_path(&pg, "shrinks");
+    diverge(&pg);
+    let limit = std::time::Duration::from_secs(120);
+    let delta = ["--type", "full", "--delta"];
+
+    // A FIFO where pg_control should be: the cluster cannot be told, so nothing is touched.
+    let control = pg.data.join("global/pg_control");
+    let control_bytes = std::fs::read(&control).expect("pg_control");
+    fifo_in_place_of(&control);
+    let untouched = tree(&pg.data);
+    let out = restore_within(&scratch, &delta, &pg.data, limit);
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(text(&out).contains("not a regular file"), "{}", text(&out));
+    assert_eq!(
+        tree(&pg.data),
+        untouched,
+        "a refused restore changed the directory"
+    );
+    std::fs::remove_file(&control).expect("remove the FIFO");
+    std::fs::write(&control, control_bytes).expect("pg_control back");
+    common::chown_postgres(&control);
+
+    // FIFOs in place of a relation file the backup holds and under a name it does not:
+    // replaced by the file, and removed.
+    fifo_in_place_of(&shrinks);
+    fifo_in_place_of(&pg.data.join("base/odd fifo"));
+    let out = restore_within(&scratch, &delta, &pg.data, limit);
+    succeeded(&out, "the delta restore over two FIFOs");
+    let full = scratch.path("full");
+    succeeded(&scratch.restore(&["--type", "full"], &full), "full restore");
+    assert_eq!(tree(&pg.data), tree(&full));
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after the delta restore over FIFOs"
+    );
 }
 
 #[test]
