@@ -220,6 +220,7 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     {
         let mounted = pg.data.join("junk/deeper");
         std::fs::create_dir_all(&mounted).expect("mount point");
+        common::chown_postgres(&pg.data.join("junk"));
         let _mount = Mounted::bind(&outside, &mounted);
         refused_untouched(
             &scratch,
@@ -229,12 +230,62 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
         );
     }
     std::fs::remove_dir_all(pg.data.join("junk")).expect("unmounted mount point");
+    // A file bound over one the backup holds (a configuration file mounted in, as containers
+    // do): written in place, the backup's copy would land in the file outside.
+    let hba_outside = scratch.path("hba outside");
+    std::fs::write(&hba_outside, "# theirs\n").expect("file outside");
+    common::chown_postgres(&hba_outside);
+    {
+        let _mount = Mounted::bind(&hba_outside, &pg.data.join("pg_hba.conf"));
+        refused_untouched(
+            &scratch,
+            &["--type", "full", "--delta"],
+            &pg.data,
+            "another file system mounted",
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&hba_outside).ok().as_deref(),
+        Some("# theirs\n")
+    );
     assert_eq!(
         std::fs::read_to_string(outside.join("keep.txt"))
             .ok()
             .as_deref(),
         Some("theirs")
     );
+
+    // A directory it could not empty (read-only, as a slip of chmod leaves it): found before
+    // anything is changed, not once the directory can no longer start.
+    let locked = pg.data.join("old logs/2026");
+    std::fs::create_dir_all(&locked).expect("locked dir");
+    std::fs::write(locked.join("postgresql.log"), "old log").expect("file in it");
+    common::chown_postgres(&pg.data.join("old logs"));
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &pg.data,
+        "cannot be changed by postgres",
+    );
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::remove_dir_all(pg.data.join("old logs")).expect("remove the old logs");
+
+    // `global` a link to another directory of the cluster: pg_control would be read and moved
+    // aside there.
+    let global = pg.data.join("global");
+    let elsewhere = scratch.path("global elsewhere");
+    std::fs::rename(&global, &elsewhere).expect("move global");
+    std::os::unix::fs::symlink(&elsewhere, &global).expect("link global");
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &pg.data,
+        "global is not a directory",
+    );
+    assert!(elsewhere.join("pg_control").is_file(), "pg_control moved");
+    std::fs::remove_file(&global).expect("remove the link");
+    std::fs::rename(&elsewhere, &global).expect("global back");
 
     // Another cluster's directory: refused, nothing changed.
     let other = Pg::init(&scratch, "other");
@@ -368,6 +419,105 @@ fn fifos_in_the_data_directory_are_replaced_or_refused_never_waited_on() {
         before,
         "row for row after the delta restore over FIFOs"
     );
+
+    // A FIFO named as an unfinished restore's marker, in a directory a full restore is given:
+    // refused as not empty, not waited on.
+    let stray = scratch.path("stray");
+    std::fs::create_dir(&stray).expect("stray dir");
+    common::chown_postgres(&stray);
+    fifo_in_place_of(&stray.join(".lifeline-restore-incomplete"));
+    let out = restore_within(&scratch, &["--type", "full"], &stray, limit);
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(text(&out).contains("is not empty"), "{}", text(&out));
+}
+
+#[test]
+fn root_restoring_from_a_repository_of_its_own_gives_the_files_to_the_directory_owner() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    common::seed(&pg);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    // A copy of the repository that root owns: lifeline has no other user to become.
+    let repo = scratch.path("root's repository");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&scratch.repo)
+        .arg(&repo)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let chowned = std::process::Command::new("chown")
+        .args(["-R", "root:root"])
+        .arg(&repo)
+        .status()
+        .expect("chown");
+    assert!(chowned.success());
+
+    // Into PostgreSQL's empty directory, with --delta (then a full restore) and without.
+    let mut restored = Vec::new();
+    for (name, args) in [
+        ("with delta", &["--type", "full", "--delta"][..]),
+        ("without", &["--type", "full"][..]),
+    ] {
+        let dir = scratch.path(name);
+        std::fs::create_dir(&dir).expect("data dir");
+        common::chown_postgres(&dir);
+        let out = restore_as_root_from(&scratch, &repo, args, &dir);
+        succeeded(&out, "a restore as root from root's repository");
+        assert_eq!(
+            not_postgres_owned(&scratch, &dir),
+            Vec::<PathBuf>::new(),
+            "{name}"
+        );
+        restored.push((name, dir));
+    }
+    // Recovery fetches WAL as PostgreSQL's user, from the repository the restore names.
+    common::chown_postgres(&repo);
+    for (name, dir) in restored {
+        let pg = Pg::recover(&scratch, dir);
+        assert_eq!(pg.snapshot(), before, "row for row, {name}");
+        pg.stop();
+    }
+}
+
+#[test]
+fn a_primary_that_crashed_is_refused_until_its_unarchived_wal_is_given_up() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    common::seed(&pg);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    let delta = ["--type", "full", "--delta"];
+
+    // A copy restored and never started carries the backup's pg_control, which says "in
+    // production", and its backup_label: it is taken.
+    let copy = scratch.path("copy");
+    succeeded(&scratch.restore(&["--type", "full"], &copy), "full restore");
+    succeeded(
+        &scratch.restore(&delta, &copy),
+        "a delta restore onto a restored copy never started",
+    );
+
+    // Commits after the last archived segment, then a crash: they are in pg_wal only.
+    pg.psql("CREATE TABLE after_the_backup AS SELECT generate_series(1, 100) AS id");
+    pg.crash();
+    refused_untouched(&scratch, &delta, &pg.data, "did not shut down cleanly");
+    let out = scratch.restore(&["--type", "full", "--discard-unarchived-wal"], &copy);
+    assert_ne!(code(&out), 0, "accepted without --delta: {}", text(&out));
+
+    // Given up on purpose, as after a failover.
+    let out = scratch.restore(
+        &["--type", "full", "--delta", "--discard-unarchived-wal"],
+        &pg.data,
+    );
+    succeeded(&out, "the delta restore giving up the unarchived WAL");
+    let restored = Pg::recover(&scratch, pg.data.clone());
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after the delta restore"
+    );
 }
 
 #[test]
@@ -418,6 +568,16 @@ fn a_failed_delta_restore_cannot_start_and_running_it_again_finishes_it() {
 
 /// `lifeline restore postgres ARGS --data-dir DATA` run as root, in a clean environment.
 fn restore_as_root(scratch: &Scratch, args: &[&str], data: &Path) -> std::process::Output {
+    restore_as_root_from(scratch, &scratch.repo, args, data)
+}
+
+/// The same, from the repository at `repo`.
+fn restore_as_root_from(
+    scratch: &Scratch,
+    repo: &Path,
+    args: &[&str],
+    data: &Path,
+) -> std::process::Output {
     let mut cmd = std::process::Command::new(&scratch.bin);
     cmd.args(["restore", "postgres"])
         .args(args)
@@ -425,7 +585,7 @@ fn restore_as_root(scratch: &Scratch, args: &[&str], data: &Path) -> std::proces
         .arg(data)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("BACKUP_DIR", &scratch.repo);
+        .env("BACKUP_DIR", repo);
     if let Some(config) = &scratch.config {
         cmd.env("LIFELINE_CONFIG", config);
     }
@@ -471,7 +631,7 @@ impl Mounted {
         Mounted::with(&["-t", "tmpfs", "-o", &options, "lifeline-test"], at)
     }
 
-    /// The directory `from` bound at `at`: the same device, another mount.
+    /// The directory or file `from` bound at `at`: the same device, another mount.
     fn bind(from: &Path, at: &Path) -> Mounted {
         Mounted::with(&["--bind", from.to_str().expect("utf8 path")], at)
     }

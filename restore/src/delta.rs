@@ -136,15 +136,29 @@ pub(crate) fn existing_cluster(
     }
     let pg_wal = root.join("pg_wal");
     let waiting = unarchived_wal(&pg_wal);
-    if let Some(first) = waiting.first() {
+    if let Some(first) = waiting.first()
+        && !opts.discard_unarchived_wal
+    {
         return refuse(format!(
             "{} WAL file(s) in {} were never archived (e.g. {first}, marked .ready), and a delta \
              restore removes pg_wal: they may hold the last commits. Archive them first (for each, \
              `lifeline wal push {}/pg_wal/NAME`), or copy them elsewhere and remove their .ready \
-             files",
+             files; to give them up (as after a failover to another server), restore again with \
+             --discard-unarchived-wal",
             waiting.len(),
             pg_wal.display(),
             root.display()
+        ));
+    }
+    // pg_control is read and later moved aside by its path: through a link named `global`,
+    // that would be another directory's.
+    if let Ok(global) = std::fs::symlink_metadata(root.join("global"))
+        && !global.is_dir()
+    {
+        return refuse(format!(
+            "{} is not a directory (a link?): a delta restore follows no link in a data \
+             directory; restore into an empty or new directory instead",
+            root.join("global").display()
         ));
     }
     let Some(found) = system_identifier(&root)? else {
@@ -162,6 +176,18 @@ pub(crate) fn existing_cluster(
             root.display(),
             manifest.backup_id,
             manifest.system_identifier
+        ));
+    }
+    if !opts.discard_unarchived_wal
+        && let Some(state) = unclean_shutdown(&root)?
+    {
+        return refuse(format!(
+            "the server on {} did not shut down cleanly (pg_control says {state}): its pg_wal may \
+             hold commits after the last archived segment, found nowhere else, and a delta \
+             restore removes pg_wal. If another server took over and those commits are to be \
+             given up, restore again with --discard-unarchived-wal; if not, start it and stop it \
+             cleanly first (its WAL is then archived), or copy its pg_wal elsewhere",
+            root.display()
         ));
     }
     let tablespaces = crate::places::delta_tablespace_places(manifest, &opts.tablespaces, &root)?;
@@ -229,7 +255,7 @@ fn no_follow_nonblocking() -> i32 {
 
 /// At most `limit` bytes of the regular file `path` (never through a link, never blocking on
 /// a FIFO); `None` when it does not exist.
-fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, RestoreError> {
+pub(crate) fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, RestoreError> {
     let io = |e| RestoreError::io(path, e);
     let file = match std::fs::OpenOptions::new()
         .read(true)
@@ -249,6 +275,38 @@ fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, RestoreError> 
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut bytes).map_err(io)?;
     Ok(Some(bytes))
+}
+
+/// How pg_control says the server on `root` ended, when that may have left WAL of its own
+/// never archived: it was a primary (or had become one) and did not shut down cleanly. `None`
+/// when it shut down cleanly, stopped while replaying WAL that came from elsewhere (a standby,
+/// a recovery), or never started since it was restored (`backup_label` is still there: its
+/// pg_control is the backup's copy); also when pg_control is missing (an unfinished restore).
+fn unclean_shutdown(root: &Path) -> Result<Option<&'static str>, RestoreError> {
+    let Some(control) = read_small(&root.join(CONTROL_FILE), 20)? else {
+        return Ok(None);
+    };
+    let restored_not_started = std::fs::symlink_metadata(root.join("backup_label"))
+        .map(|m| m.is_file())
+        .unwrap_or(false);
+    if restored_not_started {
+        return Ok(None);
+    }
+    Ok(storage::wal::parse_control_file_state(&control).and_then(primary_not_shut_down))
+}
+
+/// PostgreSQL's `DBState` (pg_control.h, the same from 9.x to 18) when it means a primary that
+/// did not shut down cleanly.
+fn primary_not_shut_down(state: u32) -> Option<&'static str> {
+    match state {
+        // shut down; shut down in recovery; in archive recovery (replaying others' WAL)
+        1 | 2 | 5 => None,
+        0 => Some("starting up"),
+        3 => Some("shutting down"),
+        4 => Some("in crash recovery"),
+        6 => Some("in production"),
+        _ => Some("an unknown state"),
+    }
 }
 
 /// The cluster a data directory belongs to: `global/pg_control`'s first field, or, once an
@@ -646,6 +704,7 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
     }) = pending.pop()
     {
         let at = root.join(&dir);
+        refuse_unchangeable(&at)?;
         for entry in std::fs::read_dir(&at).map_err(|e| RestoreError::io(&at, e))? {
             let entry = entry.map_err(|e| RestoreError::io(&at, e))?;
             let rel = dir.join(entry.file_name());
@@ -656,7 +715,9 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
                 .metadata()
                 .map_err(|e| RestoreError::io(entry.path(), e))?;
             let kind = meta.file_type();
-            let mounted = kind.is_dir() && mount_root(&entry.path(), device, meta.dev());
+            // A file can be a mount point too (a bind-mounted configuration file): written in
+            // place, the backup's copy would land in the file mounted there.
+            let mounted = !kind.is_symlink() && mount_root(&entry.path(), device, meta.dev());
             if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
                 continue;
             }
@@ -715,6 +776,28 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
     Ok((extra, kept))
 }
 
+/// Refuse a directory this user may not change (a read-only mode, another user's, root's made
+/// by `sudo mkdir`): found while walking, before the seal, rather than once the directory can
+/// no longer start.
+fn refuse_unchangeable(dir: &Path) -> Result<(), RestoreError> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    match accessat(
+        CWD,
+        dir,
+        Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    ) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(RestoreError::Refused(format!(
+            "--delta: {} cannot be changed by {} ({e}), and a delta restore removes and rewrites \
+             entries in it: give it to PostgreSQL's user with owner rights (chown, chmod u+rwx), \
+             then restore again; nothing was changed",
+            dir.display(),
+            storage::private::user_name(rustix::process::geteuid().as_raw()),
+        ))),
+    }
+}
+
 /// A directory `walk` has yet to read: its device, whether everything in it is to be removed,
 /// and whether it is the root of a mount.
 struct Pending {
@@ -748,9 +831,10 @@ fn mount_root(path: &Path, parent_device: u64, device: u64) -> bool {
 
 fn mounted_inside(path: &Path) -> RestoreError {
     RestoreError::Refused(format!(
-        "--delta: {} is another file system mounted inside the data directory, where the \
-         backup holds nothing: removing it would delete what that file system holds. Unmount \
-         it (or move what it holds out), then restore again",
+        "--delta: {} has another file system mounted on it (or a file or directory bound \
+         there) inside the data directory, where the backup holds no directory: the restore \
+         would remove it or write through it into what is mounted. Unmount it (or move what it \
+         holds out), then restore again",
         path.display()
     ))
 }

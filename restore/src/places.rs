@@ -477,7 +477,10 @@ fn check_empty(dir: &Path, what: &str, flag: &str) -> Result<bool, RestoreError>
     if let Err(running @ RestoreError::Refused(_)) = claim_directory(dir, what, true) {
         return Err(running);
     }
-    if let Ok(marker) = std::fs::read_to_string(dir.join(crate::restore_base::MARKER)) {
+    // Read without blocking: a FIFO by that name would hang the restore.
+    if let Ok(Some(marker)) = crate::delta::read_small(&dir.join(crate::restore_base::MARKER), 4096)
+    {
+        let marker = String::from_utf8_lossy(&marker);
         return Err(RestoreError::Refused(format!(
             "{what} {} holds what an interrupted restore of {} left (it was stopped before it \
              could clean up, or it was a --delta restore): restore again with --delta to finish \

@@ -28,6 +28,9 @@ pub struct RestoreChoices {
     /// `--delta`: reuse a stopped data directory of the backup's cluster, rewriting only what
     /// differs.
     pub delta: bool,
+    /// With `delta`: reuse a directory whose pg_wal may hold WAL never archived (a server that
+    /// crashed, segments still marked ready), giving that WAL up.
+    pub discard_unarchived_wal: bool,
 }
 
 /// What a PostgreSQL restore needs beyond the backup and the data directory.
@@ -359,6 +362,7 @@ fn restore_options(
         owner: options.owner,
         progress: options.progress.clone(),
         delta: choices.delta,
+        discard_unarchived_wal: choices.discard_unarchived_wal,
     }
 }
 

@@ -118,6 +118,8 @@ pub struct RestoreOptions {
     /// `--delta`: reuse a stopped data directory of the same cluster, rewriting only what
     /// differs from the backup (an empty or missing directory is restored in full).
     pub delta: bool,
+    /// With `delta`: the WAL of the directory's pg_wal that was never archived may be given up.
+    pub discard_unarchived_wal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,6 +88,11 @@ pub struct PostgresArgs {
     /// already matches the backup, rewrite what differs, remove what it does not hold.
     #[arg(long)]
     delta: bool,
+    /// With --delta: reuse the directory even though its pg_wal may hold WAL never archived
+    /// (the server crashed, or segments are still marked .ready), giving that WAL up, as after
+    /// a failover to another server.
+    #[arg(long, requires = "delta")]
+    discard_unarchived_wal: bool,
 }
 
 pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
@@ -130,9 +135,14 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
         archive_mode: args.archive_mode,
         timeline: plan.timeline,
         delta: args.delta,
+        discard_unarchived_wal: args.discard_unarchived_wal,
     };
     let mut options =
         settings.postgres_restore_options(&plan.backup, !args.skip_verify, choices)?;
+    // Run as root with a repository of root's (so lifeline stays root): what it restores goes
+    // to the owner of the data directory or of the directory it is made in, as in a failover,
+    // or PostgreSQL would refuse to start on it.
+    options.owner = storage::private::Owner::of(&data_dir);
     let binaries = settings.server_binaries();
     let needs = binaries.for_backup(storage.as_ref(), &plan.backup).await?;
     println!("{needs}");

@@ -333,6 +333,14 @@ pub fn parse_control_file_system_identifier(bytes: &[u8]) -> Result<u64, String>
     Ok(u64::from_le_bytes(id))
 }
 
+/// pg_control's `state` (PostgreSQL's `DBState`: 1 shut down, 2 shut down in recovery, 6 in
+/// production, ...), the field after the system identifier and the two version numbers;
+/// `None` when the bytes are too few.
+pub fn parse_control_file_state(bytes: &[u8]) -> Option<u32> {
+    let field: [u8; 4] = bytes.get(16..20)?.try_into().ok()?;
+    Some(u32::from_le_bytes(field))
+}
+
 /// One line of a timeline history file: the parent timeline and where the child branched off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimelineSwitch {

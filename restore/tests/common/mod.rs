@@ -23,5 +23,6 @@ pub fn options(data_dir: &Path) -> RestoreOptions {
         owner: storage::private::Owner::KEEP,
         progress: storage::progress::none(),
         delta: false,
+        discard_unarchived_wal: false,
     }
 }
