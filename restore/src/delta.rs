@@ -717,7 +717,15 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
             let kind = meta.file_type();
             // A file can be a mount point too (a bind-mounted configuration file): written in
             // place, the backup's copy would land in the file mounted there.
-            let mounted = !kind.is_symlink() && mount_root(&entry.path(), device, meta.dev());
+            let mounted = if kind.is_dir() {
+                mount_root(&entry.path(), device, meta.dev())
+            } else if kind.is_symlink() {
+                false
+            } else {
+                // Asked of the kernel only: a file's device may differ from its directory's
+                // without any mount (overlayfs reports the layer's).
+                mount_root(&entry.path(), device, device)
+            };
             if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
                 continue;
             }
@@ -807,9 +815,10 @@ struct Pending {
     is_mount: bool,
 }
 
-/// Whether the directory `path` is the root of a mount: asked of the kernel (statx, Linux
-/// 5.8 and later: bind mounts too, and not a btrfs subvolume, which has a device of its own),
-/// else judged by its device against its parent's.
+/// Whether `path` is the root of a mount: asked of the kernel (statx, Linux 5.8 and later:
+/// bind mounts too, of a directory or a file, and not a btrfs subvolume, which has a device of
+/// its own), else judged by its device against its parent's (a file passes its parent's as its
+/// own: only the kernel's answer counts for it).
 fn mount_root(path: &Path, parent_device: u64, device: u64) -> bool {
     use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
     match statx(
