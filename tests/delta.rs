@@ -270,6 +270,28 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     );
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     std::fs::remove_dir_all(pg.data.join("old logs")).expect("remove the old logs");
+    // A directory the backup holds made root's, and a file root's alone (a `sudo` slip): the
+    // directory's mode could not be set, nor the file compared.
+    let (uid, gid) = common::postgres_ids();
+    let base = pg.data.join("base");
+    std::os::unix::fs::chown(&base, Some(0), Some(0)).expect("chown base to root");
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &pg.data,
+        "belongs to root, not to postgres",
+    );
+    std::os::unix::fs::chown(&base, Some(uid), Some(gid)).expect("base back");
+    let version = pg.data.join("PG_VERSION");
+    std::os::unix::fs::chown(&version, Some(0), Some(0)).expect("chown PG_VERSION to root");
+    std::fs::set_permissions(&version, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    refused_untouched(
+        &scratch,
+        &["--type", "full", "--delta"],
+        &pg.data,
+        "cannot be read by postgres",
+    );
+    std::os::unix::fs::chown(&version, Some(uid), Some(gid)).expect("PG_VERSION back");
 
     // `global` a link to another directory of the cluster: pg_control would be read and moved
     // aside there.

@@ -141,9 +141,9 @@ pub(crate) fn existing_cluster(
     {
         return refuse(format!(
             "{} WAL file(s) in {} were never archived (e.g. {first}, marked .ready), and a delta \
-             restore removes pg_wal: they may hold the last commits. Archive them first (for each, \
-             `lifeline wal push {}/pg_wal/NAME`), or copy them elsewhere and remove their .ready \
-             files; to give them up (as after a failover to another server), restore again with \
+             restore removes pg_wal: they may hold the last commits. Archive each (`lifeline wal \
+             push {}/pg_wal/NAME`) or copy it elsewhere, then remove its .ready file; or, to give \
+             them up (as after a failover to another server), restore again with \
              --discard-unarchived-wal",
             waiting.len(),
             pg_wal.display(),
@@ -184,9 +184,10 @@ pub(crate) fn existing_cluster(
         return refuse(format!(
             "the server on {} did not shut down cleanly (pg_control says {state}): its pg_wal may \
              hold commits after the last archived segment, found nowhere else, and a delta \
-             restore removes pg_wal. If another server took over and those commits are to be \
-             given up, restore again with --discard-unarchived-wal; if not, start it and stop it \
-             cleanly first (its WAL is then archived), or copy its pg_wal elsewhere",
+             restore removes pg_wal. Start it and stop it cleanly first, with archive_mode on \
+             (its last WAL is then archived), then restore again; or, once its pg_wal is copied \
+             elsewhere, or if another server took over and those commits are to be given up, \
+             restore again with --discard-unarchived-wal",
             root.display()
         ));
     }
@@ -282,13 +283,17 @@ pub(crate) fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Res
 /// when it shut down cleanly, stopped while replaying WAL that came from elsewhere (a standby,
 /// a recovery), or never started since it was restored (`backup_label` is still there: its
 /// pg_control is the backup's copy); also when pg_control is missing (an unfinished restore).
-fn unclean_shutdown(root: &Path) -> Result<Option<&'static str>, RestoreError> {
+fn unclean_shutdown(root: &Path) -> Result<Option<String>, RestoreError> {
     let Some(control) = read_small(&root.join(CONTROL_FILE), 20)? else {
         return Ok(None);
     };
-    let restored_not_started = std::fs::symlink_metadata(root.join("backup_label"))
-        .map(|m| m.is_file())
-        .unwrap_or(false);
+    // A restore leaves a signal file beside backup_label; a primary of PostgreSQL 13 or 14
+    // that crashed in an exclusive backup leaves backup_label alone.
+    let is_file = |name| {
+        std::fs::symlink_metadata(root.join(name)).is_ok_and(|m: std::fs::Metadata| m.is_file())
+    };
+    let restored_not_started =
+        is_file("backup_label") && (is_file("recovery.signal") || is_file("standby.signal"));
     if restored_not_started {
         return Ok(None);
     }
@@ -297,16 +302,17 @@ fn unclean_shutdown(root: &Path) -> Result<Option<&'static str>, RestoreError> {
 
 /// PostgreSQL's `DBState` (pg_control.h, the same from 9.x to 18) when it means a primary that
 /// did not shut down cleanly.
-fn primary_not_shut_down(state: u32) -> Option<&'static str> {
-    match state {
+fn primary_not_shut_down(state: u32) -> Option<String> {
+    let said = match state {
         // shut down; shut down in recovery; in archive recovery (replaying others' WAL)
-        1 | 2 | 5 => None,
-        0 => Some("starting up"),
-        3 => Some("shutting down"),
-        4 => Some("in crash recovery"),
-        6 => Some("in production"),
-        _ => Some("an unknown state"),
-    }
+        1 | 2 | 5 => return None,
+        0 => "starting up",
+        3 => "shutting down",
+        4 => "in crash recovery",
+        6 => "in production",
+        _ => return Some(format!("state {state}, unknown")),
+    };
+    Some(said.to_string())
 }
 
 /// The cluster a data directory belongs to: `global/pg_control`'s first field, or, once an
@@ -704,7 +710,7 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
     }) = pending.pop()
     {
         let at = root.join(&dir);
-        refuse_unchangeable(&at)?;
+        refuse_unchangeable(&at, !removed)?;
         for entry in std::fs::read_dir(&at).map_err(|e| RestoreError::io(&at, e))? {
             let entry = entry.map_err(|e| RestoreError::io(&at, e))?;
             let rel = dir.join(entry.file_name());
@@ -765,6 +771,7 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
                     pending.push(below(false));
                 }
                 Some(false) if kind.is_file() => {
+                    refuse_unreadable(&entry.path())?;
                     kept.insert(
                         rel,
                         Found::File {
@@ -786,23 +793,56 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
 
 /// Refuse a directory this user may not change (a read-only mode, another user's, root's made
 /// by `sudo mkdir`): found while walking, before the seal, rather than once the directory can
-/// no longer start.
-fn refuse_unchangeable(dir: &Path) -> Result<(), RestoreError> {
+/// no longer start. Every directory `kept` is given PostgreSQL's mode, which only its owner (or
+/// root) may do. A check the kernel cannot answer (a sandbox refusing the call) is left to the
+/// writes themselves.
+fn refuse_unchangeable(dir: &Path, kept: bool) -> Result<(), RestoreError> {
     use rustix::fs::{Access, AtFlags, CWD, accessat};
-    match accessat(
-        CWD,
-        dir,
-        Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK,
-        AtFlags::EACCESS,
-    ) {
-        Ok(()) => Ok(()),
-        Err(e) => Err(RestoreError::Refused(format!(
-            "--delta: {} cannot be changed by {} ({e}), and a delta restore removes and rewrites \
-             entries in it: give it to PostgreSQL's user with owner rights (chown, chmod u+rwx), \
-             then restore again; nothing was changed",
-            dir.display(),
-            storage::private::user_name(rustix::process::geteuid().as_raw()),
+    let user = rustix::process::geteuid();
+    let name = storage::private::user_name(user.as_raw());
+    let refuse = |why: String, fix: &str| {
+        Err(RestoreError::Refused(format!(
+            "--delta: {} {why}, and a delta restore removes and rewrites entries in it and sets \
+             its mode: {fix}, then restore again",
+            dir.display()
+        )))
+    };
+    let owner = std::fs::symlink_metadata(dir)
+        .map_err(|e| RestoreError::io(dir, e))?
+        .uid();
+    if kept && !user.is_root() && owner != user.as_raw() {
+        let other = storage::private::user_name(owner);
+        return refuse(
+            format!("belongs to {other}, not to {name}"),
+            &format!("give it back (chown {name})"),
+        );
+    }
+    let all = Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK;
+    match accessat(CWD, dir, all, AtFlags::empty()) {
+        Err(rustix::io::Errno::ACCESS) => refuse(
+            format!("cannot be changed by {name} (its mode)"),
+            "chmod u+rwx it",
+        ),
+        Err(rustix::io::Errno::ROFS) => refuse(
+            "is on a read-only file system".into(),
+            "mount it read-write",
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse a file kept for comparison that this user may not read (root's 0600, left by a
+/// `sudo cp`): its blocks are hashed after the seal.
+fn refuse_unreadable(path: &Path) -> Result<(), RestoreError> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    match accessat(CWD, path, Access::READ_OK, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::ACCESS) => Err(RestoreError::Refused(format!(
+            "--delta: {} cannot be read by {}, and a delta restore compares it with the backup: \
+             give it back to PostgreSQL's user (chown, chmod u+rw), then restore again",
+            path.display(),
+            storage::private::user_name(rustix::process::geteuid().as_raw())
         ))),
+        _ => Ok(()),
     }
 }
 
@@ -841,9 +881,8 @@ fn mount_root(path: &Path, parent_device: u64, device: u64) -> bool {
 fn mounted_inside(path: &Path) -> RestoreError {
     RestoreError::Refused(format!(
         "--delta: {} has another file system mounted on it (or a file or directory bound \
-         there) inside the data directory, where the backup holds no directory: the restore \
-         would remove it or write through it into what is mounted. Unmount it (or move what it \
-         holds out), then restore again",
+         there) inside the data directory: a delta restore would remove it, or write the backup's \
+         copy of a file through it into the file mounted there. Unmount it, then restore again",
         path.display()
     ))
 }

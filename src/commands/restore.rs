@@ -139,10 +139,11 @@ pub async fn run(cmd: RestoreCommand, settings: &Settings) -> Result<ExitCode> {
     };
     let mut options =
         settings.postgres_restore_options(&plan.backup, !args.skip_verify, choices)?;
-    // Run as root with a repository of root's (so lifeline stays root): what it restores goes
-    // to the owner of the data directory or of the directory it is made in, as in a failover,
-    // or PostgreSQL would refuse to start on it.
-    options.owner = storage::private::Owner::of(&data_dir);
+    // Run as root and still root (a repository of root's, or none on this machine): what it
+    // restores goes to the owner of the data directory or of the directory it is made in, as
+    // in a failover, or PostgreSQL would refuse to start on it.
+    options.owner =
+        storage::private::Owner::of(&std::path::absolute(&data_dir).unwrap_or(data_dir.clone()));
     let binaries = settings.server_binaries();
     let needs = binaries.for_backup(storage.as_ref(), &plan.backup).await?;
     println!("{needs}");
