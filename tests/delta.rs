@@ -179,6 +179,18 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
     assert_ne!(code(&out), 0);
     assert!(text(&out).contains("postmaster.pid"), "{}", text(&out));
+    // And still runs once its postmaster.pid is removed by hand.
+    let pid_file = pg.data.join("postmaster.pid");
+    let pid_aside = scratch.path("postmaster.pid aside");
+    std::fs::rename(&pid_file, &pid_aside).expect("move postmaster.pid aside");
+    let out = scratch.restore(&["--type", "full", "--delta"], &pg.data);
+    std::fs::rename(&pid_aside, &pid_file).expect("postmaster.pid back");
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(
+        text(&out).contains("a PostgreSQL process"),
+        "{}",
+        text(&out)
+    );
 
     // Stopped with a segment never archived: it may hold the last commits.
     let before = pg.snapshot();

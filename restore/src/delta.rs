@@ -134,6 +134,14 @@ pub(crate) fn existing_cluster(
             root.display()
         ));
     }
+    if let Some(pid) = postgres_working_in(&root) {
+        return refuse(format!(
+            "a PostgreSQL process (pid {pid}) works in {}: a server runs on it although its \
+             postmaster.pid is gone. Put postmaster.pid back and stop the server (pg_ctl stop), \
+             or stop it by its pid (kill -INT {pid}), then restore again",
+            root.display()
+        ));
+    }
     let pg_wal = root.join("pg_wal");
     let waiting = unarchived_wal(&pg_wal);
     if let Some(first) = waiting.first()
@@ -226,6 +234,31 @@ fn swappable_by_another_user(root: &Path) -> Option<String> {
         .map(|meta| storage::private::user_name(meta.uid()))
 }
 
+/// The pid of a PostgreSQL process whose working directory is `root`: a server and its
+/// children work in their data directory, and one still runs there when its postmaster.pid was
+/// removed by hand. Only the processes this user may see are looked at (all of them as root,
+/// the server's own as its user).
+fn postgres_working_in(root: &Path) -> Option<String> {
+    let ours = std::fs::metadata(root).ok()?;
+    for process in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = process.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cwd) = std::fs::metadata(process.path().join("cwd")) else {
+            continue;
+        };
+        if (cwd.dev(), cwd.ino()) != (ours.dev(), ours.ino()) {
+            continue;
+        }
+        let name = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+        if matches!(name.trim_end(), "postgres" | "postmaster") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 fn server_may_run(root: &Path) -> bool {
     std::fs::symlink_metadata(root.join("postmaster.pid")).is_ok()
 }
@@ -281,8 +314,9 @@ pub(crate) fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Res
 /// How pg_control says the server on `root` ended, when that may have left WAL of its own
 /// never archived: it was a primary (or had become one) and did not shut down cleanly. `None`
 /// when it shut down cleanly, stopped while replaying WAL that came from elsewhere (a standby,
-/// a recovery), or never started since it was restored (`backup_label` is still there: its
-/// pg_control is the backup's copy); also when pg_control is missing (an unfinished restore).
+/// a recovery), or never started since it was restored (its `backup_label` and signal file are
+/// still there: its pg_control is the backup's copy); also when pg_control is missing (an
+/// unfinished restore).
 fn unclean_shutdown(root: &Path) -> Result<Option<String>, RestoreError> {
     let Some(control) = read_small(&root.join(CONTROL_FILE), 20)? else {
         return Ok(None);
