@@ -357,13 +357,7 @@ fn corrupted_and_missing_chunks_and_bad_input() {
         .expect("a backup")
         .file_name();
     let forged = backups.join("backup_20990101_000000");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(backups.join(&original))
-        .arg(&forged)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    common::copy_tree(&backups.join(&original), &forged);
     let out = scratch.lifeline(&["catalog", "rebuild"], &[]);
     assert!(
         code(&out) == 1

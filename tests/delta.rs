@@ -474,13 +474,7 @@ fn root_restoring_from_a_repository_of_its_own_gives_the_files_to_the_directory_
     backup(&scratch, &pg);
     // A copy of the repository that root owns: lifeline has no other user to become.
     let repo = scratch.path("root's repository");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&scratch.repo)
-        .arg(&repo)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    common::copy_tree(&scratch.repo, &repo);
     let chowned = std::process::Command::new("chown")
         .args(["-R", "root:root"])
         .arg(&repo)
@@ -849,12 +843,7 @@ fn delta_restore_of_a_cluster_with_a_tablespace_reuses_only_the_directory_it_is_
     // server runs.
     pg.stop();
     let copy = scratch.path("copy of the data directory");
-    let copied = std::process::Command::new("cp")
-        .args(["-a", "--"])
-        .args([&pg.data, &copy])
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    common::copy_tree(&pg.data, &copy);
     pg.start();
     let in_use = format!("fast={}", place.display());
     refused_untouched(

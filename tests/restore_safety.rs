@@ -82,13 +82,7 @@ fn recovery_settings_survive_a_space_quote_percent_and_backslash_in_paths() {
     std::fs::copy(&scratch.bin, &bin).expect("copy binary");
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let repo = odd.join(r"re'po\%p");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&scratch.repo)
-        .arg(&repo)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    common::copy_tree(&scratch.repo, &repo);
     chown_postgres(&odd);
 
     let dir = scratch.path("restored");

@@ -27,6 +27,21 @@ pub fn postgres_ids() -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
+/// `cp -a FROM TO`: a copy keeping modes, owners and links.
+pub fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .args(["-a", "--"])
+        .args([from, to])
+        .status()
+        .expect("cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
 pub fn chown_postgres(path: &Path) {
     let status = Command::new("chown")
         .args(["-R", "postgres:postgres"])
