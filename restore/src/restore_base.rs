@@ -476,7 +476,7 @@ pub(crate) async fn write_data(
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
     let shared = SharedWrites::new(opts.direct_io);
-    let groups = write_groups(&plan);
+    let groups = write_groups(&plan, opts.transfers.max(1));
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
     run_all(groups, opts.transfers.max(1), &opts.interrupted, |group| {
         let (storage, shared, progress) = (storage.clone(), shared.clone(), opts.progress.clone());
@@ -757,9 +757,55 @@ const CHUNKS_PER_GROUP: usize = 16;
 /// (forged) manifest places chunks.
 const MAX_GROUP_SPAN: u64 = 64 << 20;
 
-/// The groups of `plan`, made as they are asked for: only the groups in flight hold copies.
-fn write_groups<'p>(plan: &'p WritePlan<'_>) -> impl Iterator<Item = WriteGroup> + 'p {
-    let mut writes = plan.writes.iter().peekable();
+/// The groups of `plan`, made as they are asked for (only the groups in flight hold copies),
+/// taken in turn from `lanes` stretches of the plan of about equal bytes. Groups next to each
+/// other in pack order mostly write the same file, and writes to one file go one at a time
+/// (the kernel's inode lock, and ours in front of it): tasks that took consecutive groups
+/// waited on each other while a core stood idle. Stretches far apart write different files.
+fn write_groups<'p>(
+    plan: &'p WritePlan<'_>,
+    lanes: usize,
+) -> impl Iterator<Item = WriteGroup> + 'p {
+    let mut lanes: Vec<_> = lane_bounds(&plan.writes, lanes)
+        .windows(2)
+        .map(|w| groups_of(&plan.writes[w[0]..w[1]]))
+        .collect();
+    let mut next = 0;
+    std::iter::from_fn(move || {
+        while !lanes.is_empty() {
+            next %= lanes.len();
+            if let Some(group) = lanes[next].next() {
+                next += 1;
+                return Some(group);
+            }
+            // The lane after the finished one moves into its index.
+            drop(lanes.remove(next));
+        }
+        None
+    })
+}
+
+/// Where `writes` is cut into `lanes` stretches of about equal bytes: each cut moved forward to
+/// where the chunk changes, so that a chunk with several places is still decoded once.
+fn lane_bounds(writes: &[(&ChunkRef, Target)], lanes: usize) -> Vec<usize> {
+    let total: u64 = writes.iter().map(|(_, t)| t.range.len() as u64).sum();
+    let share = total / lanes.max(1) as u64;
+    let mut bounds = vec![0];
+    let mut bytes = 0u64;
+    for (i, (chunk, target)) in writes.iter().enumerate() {
+        let cut = bytes >= share * bounds.len() as u64 && bounds.len() < lanes.max(1);
+        if i > 0 && cut && writes[i - 1].0 != *chunk {
+            bounds.push(i);
+        }
+        bytes += target.range.len() as u64;
+    }
+    bounds.push(writes.len());
+    bounds
+}
+
+/// The groups of one stretch of the plan, in its order.
+fn groups_of<'p>(writes: &'p [(&ChunkRef, Target)]) -> impl Iterator<Item = WriteGroup> + 'p {
+    let mut writes = writes.iter().peekable();
     std::iter::from_fn(move || {
         let &(first, _) = writes.peek()?;
         let (pack, start) = (first.pack, first.offset);
@@ -1013,7 +1059,7 @@ mod tests {
             owner: Owner::KEEP,
         };
         let plan = plan_writes(&manifest, &places, None).expect("plan");
-        let groups: Vec<WriteGroup> = write_groups(&plan).collect();
+        let groups: Vec<WriteGroup> = write_groups(&plan, 1).collect();
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
         for group in &groups {
             for (_, targets) in &group.chunks {
@@ -1058,7 +1104,7 @@ mod tests {
         // chunks, each decoded and checked against its own hash.
         manifest.files[4].blocks[1] = chunk(b'q', 8, 1, 0);
         let plan = plan_writes(&manifest, &places, None).expect("plan");
-        let first = write_groups(&plan).next().expect("a group");
+        let first = write_groups(&plan, 1).next().expect("a group");
         let names: Vec<(u8, u64, usize)> = first
             .chunks
             .iter()
@@ -1080,6 +1126,56 @@ mod tests {
         );
         // A marker from before the cluster was recorded names none.
         assert_eq!(marker_system_identifier(&manifest.backup_id), None);
+    }
+
+    #[test]
+    fn lanes_take_turns_on_far_apart_files_and_write_everything_once() {
+        let mut manifest = testing::fixtures::base_manifest();
+        // Three files of 40 chunks of 8 bytes, each in a pack of its own; the last chunk of
+        // "x" is also the first of "y" (one chunk, two places).
+        let blocks = |pack: u8| -> Vec<ChunkRef> {
+            (0..40u8)
+                .map(|i| chunk(pack * 50 + i, 8, pack, u64::from(i) * 10))
+                .collect()
+        };
+        let mut y = blocks(2);
+        y[0] = blocks(1)[39];
+        manifest.files = vec![
+            file("x", 320, None, blocks(1)),
+            file("y", 320, None, y),
+            file("z", 320, None, blocks(3)),
+        ];
+        let places = Places {
+            root: crate::places::Place::new(PathBuf::from("/r"), true),
+            tablespaces: BTreeMap::new(),
+            waldir: None,
+            owner: Owner::KEEP,
+        };
+        let plan = plan_writes(&manifest, &places, None).expect("plan");
+        let everything = |lanes| {
+            let mut writes: Vec<(String, u64, u8)> = write_groups(&plan, lanes)
+                .flat_map(|g| g.chunks)
+                .flat_map(|(c, targets)| {
+                    let hash = c.hash.as_bytes()[0];
+                    targets
+                        .into_iter()
+                        .map(move |t| (t.path.display().to_string(), t.offset, hash))
+                })
+                .collect();
+            writes.sort();
+            writes
+        };
+        let one_lane = everything(1);
+        assert_eq!(one_lane.len(), 120);
+        for lanes in 2..=7 {
+            assert_eq!(everything(lanes), one_lane, "{lanes} lanes");
+        }
+        // Three lanes: the first groups handed out write three different files.
+        let first: Vec<String> = write_groups(&plan, 3)
+            .take(3)
+            .map(|g| g.chunks[0].1[0].path.display().to_string())
+            .collect();
+        assert_eq!(first, ["/r/x", "/r/y", "/r/z"]);
     }
 
     #[test]
