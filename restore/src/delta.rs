@@ -31,10 +31,11 @@ use tracing::debug;
 
 use crate::RestoreError;
 use crate::error::blocking;
+use crate::opening::{no_follow, no_follow_nonblocking, read_small};
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places, split_tablespace};
 use crate::restore_base::{
-    MARKER, RestoreOptions, RestoreReport, create_files, fsync_path, marker_text, no_follow,
-    restored_entries, run_all,
+    MARKER, RestoreOptions, RestoreReport, create_files, fsync_path, marker_text, restored_entries,
+    run_all,
 };
 use crate::validate::{DIR_MODE, file_mode};
 
@@ -169,7 +170,9 @@ pub(crate) fn existing_cluster(
             root.join("global").display()
         ));
     }
-    let Some(found) = system_identifier(&root)? else {
+    // pg_control's first 20 bytes: the cluster (8) and the state its server ended in (at 16).
+    let control = read_small(&root.join(CONTROL_FILE), 20)?;
+    let Some(found) = system_identifier(&root, control.as_deref())? else {
         return refuse(format!(
             "{} is not a PostgreSQL data directory (no global/pg_control) nor one an unfinished \
              lifeline restore left: restore into an empty or new directory instead",
@@ -187,7 +190,7 @@ pub(crate) fn existing_cluster(
         ));
     }
     if !opts.discard_unarchived_wal
-        && let Some(state) = unclean_shutdown(&root)?
+        && let Some(state) = unclean_shutdown(&root, control.as_deref())
     {
         return refuse(format!(
             "the server on {} did not shut down cleanly (pg_control says {state}): its pg_wal may \
@@ -281,46 +284,14 @@ fn unarchived_wal(pg_wal: &Path) -> Vec<String> {
     names
 }
 
-/// Open flags for a file the directory's owner could have swapped for a FIFO or a link: never
-/// followed, never waited on.
-fn no_follow_nonblocking() -> i32 {
-    no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32
-}
-
-/// At most `limit` bytes of the regular file `path` (never through a link, never blocking on
-/// a FIFO); `None` when it does not exist.
-pub(crate) fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, RestoreError> {
-    let io = |e| RestoreError::io(path, e);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(no_follow_nonblocking())
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    if !file.metadata().map_err(io)?.is_file() {
-        return Err(RestoreError::Refused(format!(
-            "{} is not a regular file: nothing was written",
-            path.display()
-        )));
-    }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut bytes).map_err(io)?;
-    Ok(Some(bytes))
-}
-
 /// How pg_control says the server on `root` ended, when that may have left WAL of its own
 /// never archived: it was a primary (or had become one) and did not shut down cleanly. `None`
 /// when it shut down cleanly, stopped while replaying WAL that came from elsewhere (a standby,
 /// a recovery), or never started since it was restored (its `backup_label` and signal file are
 /// still there: its pg_control is the backup's copy); also when pg_control is missing (an
 /// unfinished restore).
-fn unclean_shutdown(root: &Path) -> Result<Option<String>, RestoreError> {
-    let Some(control) = read_small(&root.join(CONTROL_FILE), 20)? else {
-        return Ok(None);
-    };
+fn unclean_shutdown(root: &Path, control: Option<&[u8]>) -> Option<String> {
+    let control = control?;
     // A restore leaves a signal file beside backup_label; a primary of PostgreSQL 13 or 14
     // that crashed in an exclusive backup leaves backup_label alone.
     let is_file = |name| {
@@ -329,9 +300,12 @@ fn unclean_shutdown(root: &Path) -> Result<Option<String>, RestoreError> {
     let restored_not_started =
         is_file("backup_label") && (is_file("recovery.signal") || is_file("standby.signal"));
     if restored_not_started {
-        return Ok(None);
+        return None;
     }
-    Ok(storage::wal::parse_control_file_state(&control).and_then(primary_not_shut_down))
+    match storage::wal::parse_control_file_state(control) {
+        Some(state) => primary_not_shut_down(state),
+        None => Some("nothing: it is shorter than 20 bytes".into()),
+    }
 }
 
 /// PostgreSQL's `DBState` (pg_control.h, the same from 9.x to 18) when it means a primary that
@@ -349,11 +323,11 @@ fn primary_not_shut_down(state: u32) -> Option<String> {
     Some(said.to_string())
 }
 
-/// The cluster a data directory belongs to: `global/pg_control`'s first field, or, once an
-/// unfinished restore moved it away, the one its marker records.
-fn system_identifier(root: &Path) -> Result<Option<u64>, RestoreError> {
-    if let Some(control) = read_small(&root.join(CONTROL_FILE), 8)? {
-        return Ok(storage::wal::parse_control_file_system_identifier(&control).ok());
+/// The cluster a data directory belongs to: the first field of its `global/pg_control`
+/// (`control`), or, once an unfinished restore moved that away, the one its marker records.
+fn system_identifier(root: &Path, control: Option<&[u8]>) -> Result<Option<u64>, RestoreError> {
+    if let Some(control) = control {
+        return Ok(storage::wal::parse_control_file_system_identifier(control).ok());
     }
     let Some(marker) = read_small(&root.join(MARKER), 4096)? else {
         return Ok(None);
@@ -725,7 +699,7 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
         .dev();
     let root_is_mount = root.parent().is_some_and(|parent| {
         let parent_device = std::fs::metadata(parent).map_or(root_device, |m| m.dev());
-        mount_root(root, parent_device, root_device)
+        mount_root(root, Some((parent_device, root_device)))
     });
     // A mount's own `lost+found` (`pg_wal` on a file system of its own, root's and unreadable)
     // is left alone. The directories to remove are walked too, for a mount deeper inside:
@@ -758,13 +732,13 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
             // A file can be a mount point too (a bind-mounted configuration file): written in
             // place, the backup's copy would land in the file mounted there.
             let mounted = if kind.is_dir() {
-                mount_root(&entry.path(), device, meta.dev())
+                mount_root(&entry.path(), Some((device, meta.dev())))
             } else if kind.is_symlink() {
                 false
             } else {
                 // Asked of the kernel only: a file's device may differ from its directory's
                 // without any mount (overlayfs reports the layer's).
-                mount_root(&entry.path(), device, device)
+                mount_root(&entry.path(), None)
             };
             if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
                 continue;
@@ -891,9 +865,9 @@ struct Pending {
 
 /// Whether `path` is the root of a mount: asked of the kernel (statx, Linux 5.8 and later:
 /// bind mounts too, of a directory or a file, and not a btrfs subvolume, which has a device of
-/// its own), else judged by its device against its parent's (a file passes its parent's as its
-/// own: only the kernel's answer counts for it).
-fn mount_root(path: &Path, parent_device: u64, device: u64) -> bool {
+/// its own), else judged by `devices`, its parent's and its own, when they differ (a
+/// directory's); without them (a file's) only the kernel's answer counts.
+fn mount_root(path: &Path, devices: Option<(u64, u64)>) -> bool {
     use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
     match statx(
         CWD,
@@ -908,7 +882,7 @@ fn mount_root(path: &Path, parent_device: u64, device: u64) -> bool {
         {
             found.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
         }
-        _ => device != parent_device,
+        _ => devices.is_some_and(|(parent, own)| parent != own),
     }
 }
 
@@ -1184,6 +1158,39 @@ mod tests {
             compare_blocks(&path, &[huge, block(&a)], 0, &ids).expect("compare"),
             vec![false, false]
         );
+    }
+
+    #[test]
+    fn only_a_clean_stop_or_a_restored_copy_never_started_counts_as_clean() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let control = |state: u32| {
+            let mut bytes = vec![0u8; 16];
+            bytes.extend(state.to_le_bytes());
+            bytes
+        };
+        let says = |state: u32| unclean_shutdown(dir.path(), Some(&control(state)));
+        for clean in [1, 2, 5] {
+            assert_eq!(says(clean), None, "state {clean}");
+        }
+        for (state, said) in [
+            (0, "starting up"),
+            (3, "shutting down"),
+            (4, "in crash recovery"),
+            (6, "in production"),
+            (99, "state 99, unknown"),
+        ] {
+            assert_eq!(says(state).as_deref(), Some(said));
+        }
+        // Too short to hold a state: not taken for a clean stop.
+        assert!(unclean_shutdown(dir.path(), Some(&control(1)[..19])).is_some());
+        // No pg_control at all: an unfinished restore, nothing of its own to lose.
+        assert_eq!(unclean_shutdown(dir.path(), None), None);
+        // backup_label alone is a primary that crashed in an exclusive backup; beside a signal
+        // file, a restored copy never started.
+        std::fs::write(dir.path().join("backup_label"), "").expect("label");
+        assert_eq!(says(6).as_deref(), Some("in production"));
+        std::fs::write(dir.path().join("recovery.signal"), "").expect("signal");
+        assert_eq!(says(6), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use tracing::info;
 
 use crate::RestoreError;
-use crate::restore_base::no_follow;
+use crate::opening::no_follow_nonblocking;
 
 /// Alignment of memory, place and length that every Linux file system taking `O_DIRECT` accepts
 /// (the logical block size of nearly every disk is 512 or 4096 bytes).
@@ -166,7 +166,7 @@ fn open_in<'o>(
                 open.pop();
             }
             // Non-blocking: a FIFO put in a file's place fails the open instead of hanging it.
-            let mut flags = no_follow() | rustix::fs::OFlags::NONBLOCK.bits() as i32;
+            let mut flags = no_follow_nonblocking();
             if direct {
                 flags |= rustix::fs::OFlags::DIRECT.bits() as i32;
             }

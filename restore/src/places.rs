@@ -478,7 +478,8 @@ fn check_empty(dir: &Path, what: &str, flag: &str) -> Result<bool, RestoreError>
         return Err(running);
     }
     // Read without blocking: a FIFO by that name would hang the restore.
-    if let Ok(Some(marker)) = crate::delta::read_small(&dir.join(crate::restore_base::MARKER), 4096)
+    if let Ok(Some(marker)) =
+        crate::opening::read_small(&dir.join(crate::restore_base::MARKER), 4096)
     {
         let marker = String::from_utf8_lossy(&marker);
         return Err(RestoreError::Refused(format!(

@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::RestoreError;
 use crate::error::blocking;
 use crate::file_writes::{SharedWrites, TaskFiles};
+use crate::opening::no_follow;
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Places};
 use crate::validate::{DIR_MODE, file_mode, tablespace_link_oid};
 
@@ -580,12 +581,6 @@ pub(crate) fn decode_chunk(
         &chunk.hash,
         chunk.len,
     )?)
-}
-
-/// Open flags that refuse to follow a link in the last component: every file the restore
-/// writes is one it created itself.
-pub(crate) fn no_follow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 pub(crate) fn create_files(
