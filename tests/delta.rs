@@ -282,6 +282,23 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
     );
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     std::fs::remove_dir_all(pg.data.join("old logs")).expect("remove the old logs");
+    // The whole directory on a read-only mount (bound onto itself, then remounted read-only):
+    // refused before anything, with the fix that applies.
+    {
+        let _bound = Mounted::bind(&pg.data, &pg.data);
+        let remount = std::process::Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&pg.data)
+            .output()
+            .expect("run mount");
+        assert!(remount.status.success(), "remount ro: {}", text(&remount));
+        refused_untouched(
+            &scratch,
+            &["--type", "full", "--delta"],
+            &pg.data,
+            "mount it read-write",
+        );
+    }
     // A directory the backup holds made root's, and a file root's alone (a `sudo` slip): the
     // directory's mode could not be set, nor the file compared.
     let (uid, gid) = common::postgres_ids();
