@@ -649,7 +649,9 @@ pub(crate) struct WritePlan<'a> {
 impl WritePlan<'_> {
     /// Bytes it writes.
     pub(crate) fn bytes(&self) -> u64 {
-        self.writes.iter().map(|(_, t)| t.range.len() as u64).sum()
+        self.writes
+            .iter()
+            .fold(0u64, |sum, (_, t)| sum.saturating_add(t.range.len() as u64))
     }
 }
 
@@ -783,16 +785,20 @@ fn write_groups<'p>(
 /// Where `writes` is cut into `lanes` stretches of about equal bytes: each cut moved forward to
 /// where the chunk changes, so that a chunk with several places is still decoded once.
 fn lane_bounds(writes: &[(&ChunkRef, Target)], lanes: usize) -> Vec<usize> {
-    let total: u64 = writes.iter().map(|(_, t)| t.range.len() as u64).sum();
+    // Saturating: the lengths come from the manifest, and a cut in the wrong place only costs
+    // speed.
+    let total = writes
+        .iter()
+        .fold(0u64, |sum, (_, t)| sum.saturating_add(t.range.len() as u64));
     let share = total / lanes.max(1) as u64;
     let mut bounds = vec![0];
     let mut bytes = 0u64;
     for (i, (chunk, target)) in writes.iter().enumerate() {
-        let cut = bytes >= share * bounds.len() as u64 && bounds.len() < lanes.max(1);
+        let cut = bytes >= share.saturating_mul(bounds.len() as u64) && bounds.len() < lanes.max(1);
         if i > 0 && cut && writes[i - 1].0 != *chunk {
             bounds.push(i);
         }
-        bytes += target.range.len() as u64;
+        bytes = bytes.saturating_add(target.range.len() as u64);
     }
     bounds.push(writes.len());
     bounds
