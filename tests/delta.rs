@@ -296,9 +296,11 @@ fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_direc
             &scratch,
             &["--type", "full", "--delta"],
             &pg.data,
-            "mount it read-write",
+            "is on a read-only file system",
         );
     }
+    std::fs::write(pg.data.join("written after the mounts"), "").expect("read-write again");
+    std::fs::remove_file(pg.data.join("written after the mounts")).expect("remove");
     // A directory the backup holds made root's, and a file root's alone (a `sudo` slip): the
     // directory's mode could not be set, nor the file compared.
     let (uid, gid) = common::postgres_ids();
@@ -452,6 +454,18 @@ fn fifos_in_the_data_directory_are_replaced_or_refused_never_waited_on() {
         "a refused restore changed the directory"
     );
     std::fs::remove_file(&control).expect("remove the FIFO");
+    // A pg_control cut short: neither the cluster nor how its server stopped can be told.
+    std::fs::write(&control, &control_bytes[..12]).expect("pg_control cut short");
+    common::chown_postgres(&control);
+    let untouched = tree(&pg.data);
+    let out = restore_within(&scratch, &delta, &pg.data, limit);
+    assert_ne!(code(&out), 0, "not refused: {}", text(&out));
+    assert!(
+        text(&out).contains("is damaged (12 bytes)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(tree(&pg.data), untouched, "a refused restore changed it");
     std::fs::write(&control, control_bytes).expect("pg_control back");
     common::chown_postgres(&control);
 

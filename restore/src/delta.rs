@@ -172,6 +172,16 @@ pub(crate) fn existing_cluster(
     }
     // pg_control's first 20 bytes: the cluster (8) and the state its server ended in (at 16).
     let control = read_small(&root.join(CONTROL_FILE), 20)?;
+    if let Some(short) = control.as_deref().filter(|c| c.len() < 20) {
+        return refuse(format!(
+            "{} is damaged ({} bytes): a delta restore cannot tell which cluster the directory \
+             belongs to or how its server stopped, and PostgreSQL cannot start on it; restore \
+             into an empty or new directory instead (copy its pg_wal aside first if it may hold \
+             commits never archived)",
+            root.join(CONTROL_FILE).display(),
+            short.len()
+        ));
+    }
     let Some(found) = system_identifier(&root, control.as_deref())? else {
         return refuse(format!(
             "{} is not a PostgreSQL data directory (no global/pg_control) nor one an unfinished \

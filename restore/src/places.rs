@@ -368,14 +368,19 @@ pub(crate) fn check_creatable(dir: &Path) -> Result<(), RestoreError> {
     }
     let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
     rustix::fs::access(at, access).map_err(|e| {
-        let fix = if e == rustix::io::Errno::ROFS {
-            "mount it read-write, or choose a directory on another file system"
+        let (why, fix) = if e == rustix::io::Errno::ROFS {
+            (
+                "is on a read-only file system".to_string(),
+                "mount it read-write, or choose a directory on another file system",
+            )
         } else {
-            "choose a directory it may create, or run as its owner"
+            (
+                format!("cannot be written by this user ({e})"),
+                "choose a directory it may create, or run as its owner",
+            )
         };
         RestoreError::Refused(format!(
-            "{} cannot be written by this user ({e}), so {} cannot be restored there: {fix}; \
-             nothing was written",
+            "{} {why}, so {} cannot be restored there: {fix}; nothing was written",
             at.display(),
             dir.display()
         ))

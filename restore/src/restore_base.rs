@@ -1168,9 +1168,19 @@ mod tests {
         };
         let one_lane = everything(1);
         assert_eq!(one_lane.len(), 120);
-        for lanes in 2..=7 {
+        for lanes in [2, 3, 4, 7, 119, 120, 500] {
             assert_eq!(everything(lanes), one_lane, "{lanes} lanes");
+            // Each chunk is decoded once: in one group, with all its places.
+            let mut decoded: Vec<ChunkRef> = write_groups(&plan, lanes)
+                .flat_map(|g| g.chunks.into_iter().map(|(c, _)| c))
+                .collect();
+            let all = decoded.len();
+            decoded.sort_unstable_by_key(|c| (c.pack, c.offset, c.hash));
+            decoded.dedup();
+            assert_eq!((all, decoded.len()), (119, 119), "{lanes} lanes");
         }
+        let empty = WritePlan { writes: Vec::new() };
+        assert_eq!(write_groups(&empty, 3).count(), 0);
         // Three lanes: the first groups handed out write three different files.
         let first: Vec<String> = write_groups(&plan, 3)
             .take(3)
