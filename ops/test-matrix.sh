@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # lifeline against every PostgreSQL major: for each one, a scratch cluster archiving into its
 # own local repository, two base backups, a point-in-time restore compared table by table with
-# the source, a full restore (then, started and stopped, brought back by a delta
-# restore), a catalog rebuild, a restore drill, a backup from a standby, and a delta restore
-# of a cluster with a tablespace. Prints a summary table and
-# exits 0 only when every major passed.
+# the source, a full restore (then, started and stopped, brought back by a delta restore;
+# then crashed as a primary, and a delta restore refused), a catalog rebuild, a restore drill,
+# a backup from a standby, and a delta restore of a cluster with a tablespace. Prints a
+# summary table and exits 0 only when every major passed.
 #
 #   bash ops/test-matrix.sh [MAJOR...]          # default: 13 14 15 16 17 18; run as root
 #
@@ -121,6 +121,13 @@ wait_promoted() { # wait_promoted PORT: until the server has left recovery
     sleep 0.5
   done
   die "the restored server on port $port was still in recovery (pg_is_in_recovery=${state:-no answer}) after ${RECOVERY_TIMEOUT}s"
+}
+
+# Whether a process works in directory $1 (a server's processes work in their data directory).
+working_in() {
+  local cwd
+  for cwd in /proc/[0-9]*/cwd; do [ "$cwd" -ef "$1" ] 2>/dev/null && return 0; done
+  return 1
 }
 
 # Kill every postmaster under $1 (ours: the source, restored and drill servers), by its pid.
@@ -400,6 +407,44 @@ s_delta_restore() {
   pg_stop "$MW/full" || die "the server restored by --delta did not stop"
 }
 
+# The delta-restored server, crashed as a primary after a commit (kill -9, its postmaster.pid
+# then removed, as after a reboot): a delta restore is refused and changes nothing, since its
+# pg_wal may hold that commit and nothing else does; started again, the server recovers it.
+s_crashed_primary() {
+  local port8 pid said before after
+  port8=$(free_port)
+  pg_start crashed "$MW/full" "$port8" || die "the delta-restored server did not start again"
+  wait_promoted "$port8"
+  sql "$port8" "CREATE TABLE crash_marker AS SELECT 42 AS answer" \
+    || die "could not commit on the delta-restored server"
+  pid=$(head -1 "$MW/full/postmaster.pid")
+  [[ $pid =~ ^[0-9]+$ ]] || die "no postmaster pid in $MW/full/postmaster.pid"
+  kill -KILL "$pid"
+  # Its backends leave once they see the postmaster gone; lifeline would rightly refuse while
+  # one still works in the directory.
+  for _ in $(seq 100); do
+    working_in "$MW/full" || break
+    sleep 0.1
+  done
+  rm -f "$MW/full/postmaster.pid"
+  before=$(cd "$MW/full" && find . -printf '%p %s %T@\n' | sort | md5sum)
+  if said=$(lifeline restore postgres --type full --delta --data-dir "$MW/full"); then
+    die "a delta restore onto a crashed primary was not refused: $said"
+  fi
+  [[ $(ll_cause) == *"did not shut down cleanly"* ]] \
+    || die "the delta restore onto a crashed primary was refused for another reason: $(ll_cause)"
+  after=$(cd "$MW/full" && find . -printf '%p %s %T@\n' | sort | md5sum)
+  [ "$before" = "$after" ] || die "the refused delta restore changed the crashed primary's directory"
+  # On a port of its own: the killed postmaster's socket lock stays while it is an unreaped
+  # zombie (a container whose init does not reap).
+  port8=$(free_port)
+  pg_start recovered "$MW/full" "$port8" || die "the crashed primary did not start after the refusal"
+  [ "$(sql "$port8" "SELECT answer FROM crash_marker")" = 42 ] \
+    || die "the commit made before the crash is gone after the refused delta restore"
+  pg_stop "$MW/full" || die "the recovered server did not stop"
+  say "crashed primary: delta restore refused ($(ll_cause | grep -o 'pg_control says [^)]*')), its commit recovered"
+}
+
 s_catalog() {
   local n
   rm -f "$REPO"/catalog.db "$REPO"/catalog.db-wal "$REPO"/catalog.db-shm "$REPO"/catalog.db-journal
@@ -583,6 +628,7 @@ run_major() { # in a subshell: exits non-zero when a step failed
   step pitr-restore s_pitr_restore
   step full-restore s_full_restore
   step delta-restore s_delta_restore
+  step crashed-primary s_crashed_primary
   step catalog-rebuild s_catalog
   step drill s_drill
   step standby-backup s_standby

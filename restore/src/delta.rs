@@ -31,6 +31,7 @@ use tracing::debug;
 
 use crate::RestoreError;
 use crate::error::blocking;
+use crate::mounts::{MountTable, mount_root};
 use crate::opening::{no_follow, no_follow_nonblocking, read_small};
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places, split_tablespace};
 use crate::restore_base::{
@@ -704,12 +705,13 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
     let (root, wanted) = (tree.dir.as_path(), &tree.wanted);
     let mut extra = Vec::new();
     let mut kept = HashMap::new();
+    let mounts = MountTable::default();
     let root_device = std::fs::metadata(root)
         .map_err(|e| RestoreError::io(root, e))?
         .dev();
     let root_is_mount = root.parent().is_some_and(|parent| {
         let parent_device = std::fs::metadata(parent).map_or(root_device, |m| m.dev());
-        mount_root(root, Some((parent_device, root_device)))
+        mount_root(root, Some((parent_device, root_device)), &mounts)
     });
     // A mount's own `lost+found` (`pg_wal` on a file system of its own, root's and unreadable)
     // is left alone. The directories to remove are walked too, for a mount deeper inside:
@@ -742,13 +744,12 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
             // A file can be a mount point too (a bind-mounted configuration file): written in
             // place, the backup's copy would land in the file mounted there.
             let mounted = if kind.is_dir() {
-                mount_root(&entry.path(), Some((device, meta.dev())))
+                mount_root(&entry.path(), Some((device, meta.dev())), &mounts)
             } else if kind.is_symlink() {
                 false
             } else {
-                // Asked of the kernel only: a file's device may differ from its directory's
-                // without any mount (overlayfs reports the layer's).
-                mount_root(&entry.path(), None)
+                // Not by device: a file's may differ from its directory's without any mount.
+                mount_root(&entry.path(), None, &mounts)
             };
             if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
                 continue;
@@ -871,29 +872,6 @@ struct Pending {
     device: u64,
     removed: bool,
     is_mount: bool,
-}
-
-/// Whether `path` is the root of a mount: asked of the kernel (statx, Linux 5.8 and later:
-/// bind mounts too, of a directory or a file, and not a btrfs subvolume, which has a device of
-/// its own), else judged by `devices`, its parent's and its own, when they differ (a
-/// directory's); without them (a file's) only the kernel's answer counts.
-fn mount_root(path: &Path, devices: Option<(u64, u64)>) -> bool {
-    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
-    match statx(
-        CWD,
-        path,
-        AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::empty(),
-    ) {
-        Ok(found)
-            if found
-                .stx_attributes_mask
-                .contains(StatxAttributes::MOUNT_ROOT) =>
-        {
-            found.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
-        }
-        _ => devices.is_some_and(|(parent, own)| parent != own),
-    }
 }
 
 fn mounted_inside(path: &Path) -> RestoreError {

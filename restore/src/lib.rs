@@ -18,6 +18,7 @@ mod delta;
 mod error;
 mod file_writes;
 mod kinds;
+mod mounts;
 mod opening;
 mod pitr;
 mod places;
