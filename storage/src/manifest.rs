@@ -189,20 +189,84 @@ mod private {
     impl Sealed for super::StreamManifest {}
 }
 
-/// The manifest stored under `key`, parsed as it is decoded (its text is never held whole, and
-/// may be larger than any other object) and verified against its checksum before it is returned.
-async fn read_manifest<T: serde::de::DeserializeOwned>(
+/// The manifest stored under `key`, parsed on a blocking thread as it is read and decoded
+/// (neither its stored bytes nor its text are held whole, and it may be larger than any other
+/// object), and verified against its checksum before it is returned.
+async fn read_manifest<T: serde::de::DeserializeOwned + Send + 'static>(
     storage: &dyn crate::Storage,
     key: &str,
 ) -> Result<T, crate::StorageError> {
-    use crate::StorageExt;
-    let bytes = storage.get_bytes(key).await?;
-    crate::object::decode_json(key, "manifest", &bytes)
+    use tokio::io::AsyncReadExt;
+    const PIECE: u64 = 256 << 10;
+    let stored_len = storage.head(key).await?.size;
+    let mut object = storage.get_stream(key).await?;
+    let (pieces, received) = tokio::sync::mpsc::channel(4);
+    let parsing = {
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            crate::object::decode_json_from(&key, "manifest", Pieces::new(received), stored_len)
+        })
+    };
+    // Read ahead of the parser; a failed read is the storage's error, not a damaged manifest.
+    let mut failed = None;
+    loop {
+        let mut piece = Vec::with_capacity(PIECE as usize);
+        match (&mut object).take(PIECE).read_to_end(&mut piece).await {
+            Ok(0) => break,
+            Ok(_) => {
+                if pieces.send(piece).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(crate::StorageError::io(key, e));
+                break;
+            }
+        }
+    }
+    drop(pieces);
+    let parsed = parsing
+        .await
+        .map_err(|e| crate::StorageError::io(key, std::io::Error::other(e)))?;
+    match failed {
+        Some(e) => Err(e),
+        None => parsed,
+    }
 }
 
-/// Store a manifest as a framed object under `key` (`Create` for a new backup, `Overwrite` when
-/// prune points it at repacked chunks), durably, its JSON compressed as it is written; returns
-/// the blake3 of the JSON that `.metadata` records.
+/// A blocking reader over the pieces of an object another task reads: the end of the pieces
+/// is the end of the object.
+struct Pieces {
+    received: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Pieces {
+    fn new(received: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Pieces {
+        Pieces {
+            received,
+            current: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.received.blocking_recv() {
+                Some(piece) => (self.current, self.at) = (piece, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 pub async fn put_manifest<T: Manifest>(
     storage: &dyn crate::Storage,
     key: &str,

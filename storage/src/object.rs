@@ -550,14 +550,31 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(
     what: &str,
     object: &[u8],
 ) -> Result<T, StorageError> {
-    let payload_len = object.len().saturating_sub(HEADER_LEN);
-    let header = plausible_header(key, object, max_json_len(payload_len))?;
+    decode_json_from(key, what, object, object.len() as u64)
+}
+
+/// As [`decode_json`], reading the object (of `stored_len` bytes as stored) from `object`:
+/// neither its stored bytes nor its plaintext are ever held whole.
+pub fn decode_json_from<T: serde::de::DeserializeOwned>(
+    key: &str,
+    what: &str,
+    mut object: impl Read,
+    stored_len: u64,
+) -> Result<T, StorageError> {
     let corrupt = |reason: String| corrupt(key, reason);
-    let payload = &object[HEADER_LEN..];
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    (&mut object)
+        .take(HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| corrupt(format!("header does not read: {e}")))?;
+    let payload_len =
+        usize::try_from(stored_len.saturating_sub(HEADER_LEN as u64)).unwrap_or(usize::MAX);
+    let header = plausible_header(key, &head, max_json_len(payload_len))?;
+    let payload = object;
     let decoder: Box<dyn Read + '_> = match header.codec {
         Codec::None => Box::new(payload),
         Codec::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(payload)
+            zstd::stream::read::Decoder::new(payload)
                 .map_err(|e| corrupt(format!("payload does not decode: {e}")))?,
         ),
         Codec::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
@@ -995,6 +1012,18 @@ mod tests {
         assert!(!is_changed_size(&other));
     }
 
+    /// A reader that hands over at most 7 bytes a read.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(7).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     #[test]
     fn json_is_framed_and_read_back_without_its_text_held_whole() {
         let value: Vec<(String, u64)> = (0..20_000u64).map(|i| (format!("file {i}"), i)).collect();
@@ -1006,6 +1035,15 @@ mod tests {
             assert_eq!(decode("k", &framed).expect("decode"), text);
             let back: Vec<(String, u64)> = decode_json("k", "test", &framed).expect("decode_json");
             assert_eq!(back, value);
+            // Read as a stream hands it over: a few bytes at a time, the header's split too.
+            let trickle = Trickle(&framed[..]);
+            let back: Vec<(String, u64)> =
+                decode_json_from("k", "test", trickle, framed.len() as u64).expect("from a reader");
+            assert_eq!(back, value);
+            let cut = Trickle(&framed[..framed.len() - 1]);
+            let err = decode_json_from::<Vec<(String, u64)>>("k", "test", cut, framed.len() as u64)
+                .expect_err("cut short");
+            assert!(!err.to_string().contains("does not parse"), "{err}");
             // Any flipped bit is refused or changes nothing; a damaged payload is reported as
             // damaged, not as a parse error.
             for at in [
