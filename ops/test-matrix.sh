@@ -130,6 +130,16 @@ working_in() {
   return 1
 }
 
+# The processes working in directory $1, as "pid (name)".
+pids_in() {
+  local cwd pid
+  for cwd in /proc/[0-9]*/cwd; do
+    [ "$cwd" -ef "$1" ] 2>/dev/null || continue
+    pid=${cwd#/proc/}; pid=${pid%/cwd}
+    printf '%s (%s) ' "$pid" "$(cat "/proc/$pid/comm" 2>/dev/null)"
+  done
+}
+
 # Kill every postmaster under $1 (ours: the source, restored and drill servers), by its pid.
 stop_all_under() {
   local pidfile pid
@@ -426,18 +436,21 @@ s_crashed_primary() {
     working_in "$MW/full" || break
     sleep 0.1
   done
+  ! working_in "$MW/full" \
+    || die "10 s after the postmaster was killed, a process still works in $MW/full: $(pids_in "$MW/full")"
   rm -f "$MW/full/postmaster.pid"
-  before=$(cd "$MW/full" && find . -printf '%p %s %T@\n' | sort | md5sum)
+  before=$(cd "$MW/full" && find . -printf '%p %s %T@ %m %U\n' | sort | md5sum)
   if said=$(lifeline restore postgres --type full --delta --data-dir "$MW/full"); then
     die "a delta restore onto a crashed primary was not refused: $said"
   fi
   [[ $(ll_cause) == *"did not shut down cleanly"* ]] \
     || die "the delta restore onto a crashed primary was refused for another reason: $(ll_cause)"
-  after=$(cd "$MW/full" && find . -printf '%p %s %T@\n' | sort | md5sum)
+  after=$(cd "$MW/full" && find . -printf '%p %s %T@ %m %U\n' | sort | md5sum)
   [ "$before" = "$after" ] || die "the refused delta restore changed the crashed primary's directory"
   # On a port of its own: the killed postmaster's socket lock stays while it is an unreaped
   # zombie (a container whose init does not reap).
-  port8=$(free_port)
+  local crashed_port=$port8
+  until [ "$port8" != "$crashed_port" ]; do port8=$(free_port); done
   pg_start recovered "$MW/full" "$port8" || die "the crashed primary did not start after the refusal"
   [ "$(sql "$port8" "SELECT answer FROM crash_marker")" = 42 ] \
     || die "the commit made before the crash is gone after the refused delta restore"

@@ -31,7 +31,7 @@ use tracing::debug;
 
 use crate::RestoreError;
 use crate::error::blocking;
-use crate::mounts::{MountTable, mount_root};
+use crate::mounts::mount_root;
 use crate::opening::{no_follow, no_follow_nonblocking, read_small};
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places, split_tablespace};
 use crate::restore_base::{
@@ -705,14 +705,16 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
     let (root, wanted) = (tree.dir.as_path(), &tree.wanted);
     let mut extra = Vec::new();
     let mut kept = HashMap::new();
-    let mounts = MountTable::default();
     let root_device = std::fs::metadata(root)
         .map_err(|e| RestoreError::io(root, e))?
         .dev();
-    let root_is_mount = root.parent().is_some_and(|parent| {
-        let parent_device = std::fs::metadata(parent).map_or(root_device, |m| m.dev());
-        mount_root(root, Some((parent_device, root_device)), &mounts)
-    });
+    let root_is_mount = match root.parent() {
+        Some(parent) => {
+            let parent_device = std::fs::metadata(parent).map_or(root_device, |m| m.dev());
+            mount_root(root, Some((parent_device, root_device)))?
+        }
+        None => false,
+    };
     // A mount's own `lost+found` (`pg_wal` on a file system of its own, root's and unreadable)
     // is left alone. The directories to remove are walked too, for a mount deeper inside:
     // removing a directory removes everything below it, across mounts.
@@ -744,12 +746,12 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
             // A file can be a mount point too (a bind-mounted configuration file): written in
             // place, the backup's copy would land in the file mounted there.
             let mounted = if kind.is_dir() {
-                mount_root(&entry.path(), Some((device, meta.dev())), &mounts)
+                mount_root(&entry.path(), Some((device, meta.dev())))?
             } else if kind.is_symlink() {
                 false
             } else {
                 // Not by device: a file's may differ from its directory's without any mount.
-                mount_root(&entry.path(), None, &mounts)
+                mount_root(&entry.path(), None)?
             };
             if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
                 continue;

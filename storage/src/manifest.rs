@@ -198,13 +198,12 @@ async fn read_manifest<T: serde::de::DeserializeOwned + Send + 'static>(
 ) -> Result<T, crate::StorageError> {
     use tokio::io::AsyncReadExt;
     const PIECE: u64 = 256 << 10;
-    let stored_len = storage.head(key).await?.size;
     let mut object = storage.get_stream(key).await?;
     let (pieces, received) = tokio::sync::mpsc::channel(4);
     let parsing = {
         let key = key.to_string();
         tokio::task::spawn_blocking(move || {
-            crate::object::decode_json_from(&key, "manifest", Pieces::new(received), stored_len)
+            crate::object::decode_json_from(&key, "manifest", Pieces::new(received))
         })
     };
     // Read ahead of the parser; a failed read is the storage's error, not a damaged manifest.
@@ -219,7 +218,7 @@ async fn read_manifest<T: serde::de::DeserializeOwned + Send + 'static>(
                 }
             }
             Err(e) => {
-                failed = Some(crate::StorageError::io(key, e));
+                failed = Some(read_error(key, e));
                 break;
             }
         }
@@ -231,6 +230,27 @@ async fn read_manifest<T: serde::de::DeserializeOwned + Send + 'static>(
     match failed {
         Some(e) => Err(e),
         None => parsed,
+    }
+}
+
+/// What a failed read of `key` was: the repository's own refusal when a layer below (the
+/// decryption of an encrypted repository) gave one, else an I/O error.
+fn read_error(key: &str, e: std::io::Error) -> crate::StorageError {
+    if !e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<crate::StorageError>())
+    {
+        return crate::StorageError::io(key, e);
+    }
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<crate::StorageError>())
+    {
+        Some(Ok(refused)) => *refused,
+        _ => crate::StorageError::Corrupt {
+            key: key.to_string(),
+            reason: "unreadable".into(),
+        },
     }
 }
 
@@ -267,6 +287,9 @@ impl std::io::Read for Pieces {
     }
 }
 
+/// Store a manifest as a framed object under `key` (`Create` for a new backup, `Overwrite` when
+/// prune points it at repacked chunks), durably, its JSON compressed as it is written; returns
+/// the blake3 of the JSON that `.metadata` records.
 pub async fn put_manifest<T: Manifest>(
     storage: &dyn crate::Storage,
     key: &str,

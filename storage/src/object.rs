@@ -537,9 +537,9 @@ pub fn encode_json<T: serde::Serialize>(
 /// object), or more when its payload is large enough to hold it. A manifest compresses about
 /// 4.4 times (its hashes do not compress at all), so a genuine one is always let through, while
 /// a small forged one cannot claim gigabytes of a single string for the parser to hold.
-fn max_json_len(payload_len: usize) -> u64 {
+fn max_json_len(payload_len: u64) -> u64 {
     const MAX_RATIO: u64 = 64;
-    MAX_PLAIN_LEN.max((payload_len as u64).saturating_mul(MAX_RATIO))
+    MAX_PLAIN_LEN.max(payload_len.saturating_mul(MAX_RATIO))
 }
 
 /// Parse the JSON an object holds while it is decoded, the plaintext never held whole, and
@@ -550,26 +550,32 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(
     what: &str,
     object: &[u8],
 ) -> Result<T, StorageError> {
-    decode_json_from(key, what, object, object.len() as u64)
+    let payload_len = object.len().saturating_sub(HEADER_LEN) as u64;
+    plausible_header(key, object, max_json_len(payload_len))?;
+    decode_json_from(key, what, object)
 }
 
-/// As [`decode_json`], reading the object (of `stored_len` bytes as stored) from `object`:
-/// neither its stored bytes nor its plaintext are ever held whole.
+/// As [`decode_json`], reading the object from `object`: neither its stored bytes nor its
+/// plaintext are held whole. Its length is not known beforehand, so the bound a header's
+/// claim meets at once in [`decode_json`] is kept as it is read: past 1 GiB, no more plaintext
+/// than 64 times the bytes read so far.
 pub fn decode_json_from<T: serde::de::DeserializeOwned>(
     key: &str,
     what: &str,
-    mut object: impl Read,
-    stored_len: u64,
+    object: impl Read,
 ) -> Result<T, StorageError> {
     let corrupt = |reason: String| corrupt(key, reason);
+    let stored = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let mut object = Counted {
+        inner: object,
+        count: stored.clone(),
+    };
     let mut head = Vec::with_capacity(HEADER_LEN);
     (&mut object)
         .take(HEADER_LEN as u64)
         .read_to_end(&mut head)
         .map_err(|e| corrupt(format!("header does not read: {e}")))?;
-    let payload_len =
-        usize::try_from(stored_len.saturating_sub(HEADER_LEN as u64)).unwrap_or(usize::MAX);
-    let header = plausible_header(key, &head, max_json_len(payload_len))?;
+    let header = ObjectHeader::parse(key, &head)?;
     let payload = object;
     let decoder: Box<dyn Read + '_> = match header.codec {
         Codec::None => Box::new(payload),
@@ -584,6 +590,7 @@ pub fn decode_json_from<T: serde::de::DeserializeOwned>(
         inner: decoder.take(header.plain_len + 1),
         hasher: blake3::Hasher::new(),
         len: 0,
+        stored,
         failed: None,
     };
     let parsed =
@@ -606,11 +613,27 @@ pub fn decode_json_from<T: serde::de::DeserializeOwned>(
     parsed.map_err(|e| corrupt(format!("{what} does not parse: {e}")))
 }
 
-/// Counts and hashes the plaintext as the parser reads it.
+/// Counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Counts and hashes the plaintext as the parser reads it, and stops it where it grows
+/// implausibly past what was `stored`.
 struct Verifying<R> {
     inner: R,
     hasher: blake3::Hasher,
     len: u64,
+    stored: std::rc::Rc<std::cell::Cell<u64>>,
     /// The first error decoding met, whoever was reading.
     failed: Option<String>,
 }
@@ -622,6 +645,15 @@ impl<R: Read> Read for Verifying<R> {
         })?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
+        if self.len > max_json_len(self.stored.get()) {
+            let why = format!(
+                "implausible length: {} bytes of plaintext from {} stored",
+                self.len,
+                self.stored.get()
+            );
+            self.failed.get_or_insert_with(|| why.clone());
+            return Err(std::io::Error::other(why));
+        }
         Ok(n)
     }
 }
@@ -1038,11 +1070,11 @@ mod tests {
             // Read as a stream hands it over: a few bytes at a time, the header's split too.
             let trickle = Trickle(&framed[..]);
             let back: Vec<(String, u64)> =
-                decode_json_from("k", "test", trickle, framed.len() as u64).expect("from a reader");
+                decode_json_from("k", "test", trickle).expect("from a reader");
             assert_eq!(back, value);
             let cut = Trickle(&framed[..framed.len() - 1]);
-            let err = decode_json_from::<Vec<(String, u64)>>("k", "test", cut, framed.len() as u64)
-                .expect_err("cut short");
+            let err =
+                decode_json_from::<Vec<(String, u64)>>("k", "test", cut).expect_err("cut short");
             assert!(!err.to_string().contains("does not parse"), "{err}");
             // Any flipped bit is refused or changes nothing; a damaged payload is reported as
             // damaged, not as a parse error.
@@ -1084,6 +1116,31 @@ mod tests {
         let err = decode_json::<Vec<u64>>("k", "test", &bomb).expect_err("implausible");
         assert!(err.to_string().contains("implausible length"), "{err}");
         assert_eq!(max_json_len(100 << 20), 6400 << 20);
+    }
+
+    /// Read as a stream, whose length is not known beforehand, a bomb is stopped as it grows:
+    /// a zstd frame of run-length blocks that decodes to 1 GiB and 128 KiB of zeros from 32 KiB.
+    #[test]
+    fn a_streamed_object_cannot_decode_to_more_than_it_could_hold() {
+        const BLOCK: u32 = 128 << 10;
+        let blocks = ((1u64 << 30) / u64::from(BLOCK) + 1) as usize;
+        // Magic, a frame header with no content size and a 128 KiB window.
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 7 << 3];
+        for n in 0..blocks {
+            let last = u32::from(n + 1 == blocks);
+            let header = last | (1 << 1) | (BLOCK << 3);
+            frame.extend_from_slice(&header.to_le_bytes()[..3]);
+            frame.push(0);
+        }
+        let header = ObjectHeader {
+            codec: Codec::Zstd,
+            plain_len: (blocks as u64) * u64::from(BLOCK),
+            checksum: blake3::hash(b"whatever"),
+        };
+        let mut bomb = header.to_bytes().to_vec();
+        bomb.extend_from_slice(&frame);
+        let err = decode_json_from::<Vec<u64>>("k", "test", &bomb[..]).expect_err("a bomb");
+        assert!(err.to_string().contains("implausible length"), "{err}");
     }
 
     #[test]

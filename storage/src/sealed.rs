@@ -492,8 +492,9 @@ async fn read_up_to(reader: &mut ObjectReader, len: usize) -> std::io::Result<Ve
     Ok(out)
 }
 
+/// The error carried whole, for a reader that can give it back as the repository's own.
 fn invalid_data(error: StorageError) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
+    std::io::Error::new(std::io::ErrorKind::InvalidData, error)
 }
 
 /// Seal or open one segment: [`ObjectCipher::seal_segment`] or [`ObjectCipher::open_segment`].
