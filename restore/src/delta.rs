@@ -708,10 +708,12 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
     let root_device = std::fs::metadata(root)
         .map_err(|e| RestoreError::io(root, e))?
         .dev();
-    let root_is_mount = match root.parent() {
+    // The directory itself, wherever a link naming it leads.
+    let real_root = std::fs::canonicalize(root).map_err(|e| RestoreError::io(root, e))?;
+    let root_is_mount = match real_root.parent() {
         Some(parent) => {
             let parent_device = std::fs::metadata(parent).map_or(root_device, |m| m.dev());
-            mount_root(root, Some((parent_device, root_device)))?
+            mount_root(&real_root, parent, Some((parent_device, root_device)))?
         }
         None => false,
     };
@@ -746,12 +748,12 @@ fn walk(tree: &Tree) -> Result<(Vec<(PathBuf, bool)>, HashMap<PathBuf, Found>), 
             // A file can be a mount point too (a bind-mounted configuration file): written in
             // place, the backup's copy would land in the file mounted there.
             let mounted = if kind.is_dir() {
-                mount_root(&entry.path(), Some((device, meta.dev())))?
+                mount_root(&entry.path(), &at, Some((device, meta.dev())))?
             } else if kind.is_symlink() {
                 false
             } else {
                 // Not by device: a file's may differ from its directory's without any mount.
-                mount_root(&entry.path(), None)?
+                mount_root(&entry.path(), &at, None)?
             };
             if is_mount && kind.is_dir() && entry.file_name() == "lost+found" {
                 continue;

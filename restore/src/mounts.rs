@@ -7,14 +7,18 @@ use std::path::Path;
 
 use crate::RestoreError;
 
-/// Whether `path` (never followed if a link) is the root of a mount: asked of the kernel
-/// (statx, Linux 5.8 and later: bind mounts too, of a directory or a file, and not a btrfs
-/// subvolume, which has a device of its own). Before 5.8 (RHEL 8), by the mount ids of it and
-/// of the directory it is in, which differ exactly across a mount (`/proc/self/fdinfo`, Linux
-/// 3.15 and later), or, for a directory, by `devices` (its parent's and its own) when they
-/// differ. A file's device alone says nothing: overlayfs reports the layer's. When the kernel
-/// cannot tell, the restore is refused rather than guessed.
-pub(crate) fn mount_root(path: &Path, devices: Option<(u64, u64)>) -> Result<bool, RestoreError> {
+/// Whether `path` (never followed if a link), an entry of directory `parent`, is the root of a
+/// mount: asked of the kernel (statx, Linux 5.8 and later: bind mounts too, of a directory or a
+/// file, and not a btrfs subvolume, which has a device of its own). Before 5.8 (RHEL 8), by the
+/// mount ids of it and of `parent`, which differ exactly across a mount (`/proc/self/fdinfo`,
+/// Linux 3.15 and later); where those cannot be read, a directory whose device (`devices`: its
+/// parent's and its own) differs counts as one, and otherwise the restore is refused rather
+/// than guessed. A file's device alone says nothing: overlayfs reports the layer's.
+pub(crate) fn mount_root(
+    path: &Path,
+    parent: &Path,
+    devices: Option<(u64, u64)>,
+) -> Result<bool, RestoreError> {
     use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
     if let Ok(found) = statx(
         CWD,
@@ -27,49 +31,51 @@ pub(crate) fn mount_root(path: &Path, devices: Option<(u64, u64)>) -> Result<boo
     {
         return Ok(found.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
     }
-    if devices.is_some_and(|(parent, own)| parent != own) {
-        return Ok(true);
-    }
-    crosses_mount(path).map_err(|e| {
-        RestoreError::Refused(format!(
-            "--delta: cannot tell whether {} is a mount point ({e}: this kernel's statx does not \
-             say, and /proc/self/fdinfo gave no mount id); a delta restore must not write \
-             through a mount. Mount /proc, or restore into an empty or new directory instead",
+    match (mount_id(path, false)?, mount_id(parent, true)?) {
+        (Some(own), Some(parents)) => Ok(own != parents),
+        _ if devices.is_some_and(|(parent, own)| parent != own) => Ok(true),
+        _ => Err(RestoreError::Refused(format!(
+            "--delta: cannot tell whether {} is a mount point: this kernel's statx does not              say, and /proc/self/fdinfo gives no mount id; a delta restore must not write              through a mount. Mount /proc, or restore into an empty or new directory instead",
             path.display()
-        ))
-    })
+        ))),
+    }
 }
 
-/// Whether `path` lies on another mount than the directory it is in, by their mount ids.
-fn crosses_mount(path: &Path) -> std::io::Result<bool> {
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    Ok(mount_id(path)? != mount_id(parent)?)
-}
-
-/// The id of the mount `path` (not followed if a link) lies on, from `/proc/self/fdinfo`.
-fn mount_id(path: &Path) -> std::io::Result<u64> {
+/// The id of the mount `path` lies on (`follow`: through a link it is), from
+/// `/proc/self/fdinfo`; `None` when that does not say.
+fn mount_id(path: &Path, follow: bool) -> Result<Option<u64>, RestoreError> {
     use rustix::fs::{Mode, OFlags, open};
-    let fd = open(
-        path,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.lines()
+    let flags = match follow {
+        true => OFlags::PATH | OFlags::CLOEXEC,
+        false => OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    };
+    let fd = open(path, flags, Mode::empty())
+        .map_err(|e| RestoreError::io(path, std::io::Error::from(e)))?;
+    let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) else {
+        return Ok(None);
+    };
+    Ok(info
+        .lines()
         .find_map(|line| line.strip_prefix("mnt_id:"))
-        .and_then(|id| id.trim().parse().ok())
-        .ok_or_else(|| std::io::Error::other("no mnt_id line"))
+        .and_then(|id| id.trim().parse().ok()))
+}
+
+/// Whether `path`, an entry of directory `parent`, lies on another mount, by mount ids alone.
+#[cfg(test)]
+fn crosses_mount(path: &Path, parent: &Path) -> Option<bool> {
+    match (mount_id(path, false).ok()?, mount_id(parent, true).ok()?) {
+        (Some(own), Some(parents)) => Some(own != parents),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The way kernels before 5.8 are answered, against a real bind mount of a file and of a
-    /// directory, in a path with odd characters (root only: mounting needs it).
+    /// The way kernels before 5.8 are answered, against real mounts (root only): a bind mount
+    /// of a file and of a directory inside a data directory on a file system of its own, named
+    /// through a link, in a path with odd characters.
     #[test]
     #[allow(clippy::disallowed_methods)] // a plain test thread: no runtime to block
     fn bind_mounts_cross_a_mount_and_plain_entries_do_not() {
@@ -77,39 +83,66 @@ mod tests {
             eprintln!("skipped: mounting needs root");
             return;
         }
+        let run = |args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .expect("runs");
+            assert!(status.success(), "{args:?} failed");
+        };
         let scratch = tempfile::tempdir().expect("tempdir");
-        let dir = scratch.path().join("data 'x' %\\");
-        let (outside, inside, plain) = (
-            scratch.path().join("outside"),
-            dir.join("pg_hba.conf"),
-            dir.join("plain"),
-        );
-        let (outside_dir, inside_dir) = (scratch.path().join("outside_dir"), dir.join("base"));
-        std::fs::create_dir_all(&outside_dir).expect("mkdir");
-        std::fs::create_dir_all(&inside_dir).expect("mkdir");
-        for file in [&outside, &inside, &plain] {
+        let mnt = scratch.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        run(&[
+            "mount".as_ref(),
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "tmpfs".as_ref(),
+            mnt.as_ref(),
+        ]);
+        let real = mnt.join("data 'x' %\\");
+        let (outside, outside_dir) = (scratch.path().join("outside"), scratch.path().join("od"));
+        for dir in [&real.join("base"), &outside_dir] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        for file in [
+            &outside,
+            &real.join("pg_hba.conf"),
+            &real.join("PG_VERSION"),
+        ] {
             std::fs::write(file, b"x").expect("write");
         }
-        let mount = |from: &Path, to: &Path| {
-            let status = std::process::Command::new("mount")
-                .arg("--bind")
-                .args([from, to])
-                .status()
-                .expect("mount runs");
-            assert!(status.success(), "mount --bind failed");
+        let link = scratch.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let bind = |from: &Path, to: &Path| {
+            run(&[
+                "mount".as_ref(),
+                "--bind".as_ref(),
+                from.as_ref(),
+                to.as_ref(),
+            ]);
         };
-        mount(&outside, &inside);
-        mount(&outside_dir, &inside_dir);
-        let found = [&inside, &inside_dir, &plain, &dir].map(|p| crosses_mount(p).ok());
-        for mounted in [&inside, &inside_dir] {
-            let status = std::process::Command::new("umount")
-                .arg(mounted)
-                .status()
-                .expect("umount runs");
-            assert!(status.success(), "umount failed");
+        bind(&outside, &real.join("pg_hba.conf"));
+        bind(&outside_dir, &real.join("base"));
+        // Entries as the walk names them, through the link; the data directory by its real path.
+        let seen = [
+            crosses_mount(&link.join("pg_hba.conf"), &link),
+            crosses_mount(&link.join("base"), &link),
+            crosses_mount(&link.join("PG_VERSION"), &link),
+            crosses_mount(&real, &mnt),
+            crosses_mount(&mnt, scratch.path()),
+        ];
+        for mounted in [real.join("pg_hba.conf"), real.join("base"), mnt.clone()] {
+            run(&["umount".as_ref(), mounted.as_ref()]);
         }
-        assert_eq!(found, [Some(true), Some(true), Some(false), Some(false)]);
-        assert_eq!(crosses_mount(&inside).ok(), Some(false), "unmounted");
-        assert!(crosses_mount(&dir.join("missing")).is_err(), "cannot tell");
+        assert_eq!(
+            seen,
+            [Some(true), Some(true), Some(false), Some(false), Some(true)],
+            "bound file, bound directory, plain file, the data directory, the tmpfs"
+        );
+        assert!(
+            mount_id(&link.join("gone"), false).is_err(),
+            "a missing path"
+        );
     }
 }
