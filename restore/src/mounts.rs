@@ -35,7 +35,9 @@ pub(crate) fn mount_root(
         (Some(own), Some(parents)) => Ok(own != parents),
         _ if devices.is_some_and(|(parent, own)| parent != own) => Ok(true),
         _ => Err(RestoreError::Refused(format!(
-            "--delta: cannot tell whether {} is a mount point: this kernel's statx does not              say, and /proc/self/fdinfo gives no mount id; a delta restore must not write              through a mount. Mount /proc, or restore into an empty or new directory instead",
+            "--delta: cannot tell whether {} is a mount point: this kernel's statx does not \
+             say, and /proc/self/fdinfo gives no mount id; a delta restore must not write \
+             through a mount. Mount /proc, or restore into an empty or new directory instead",
             path.display()
         ))),
     }
