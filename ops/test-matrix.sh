@@ -123,14 +123,8 @@ wait_promoted() { # wait_promoted PORT: until the server has left recovery
   die "the restored server on port $port was still in recovery (pg_is_in_recovery=${state:-no answer}) after ${RECOVERY_TIMEOUT}s"
 }
 
-# Whether a process works in directory $1 (a server's processes work in their data directory).
-working_in() {
-  local cwd
-  for cwd in /proc/[0-9]*/cwd; do [ "$cwd" -ef "$1" ] 2>/dev/null && return 0; done
-  return 1
-}
-
-# The processes working in directory $1, as "pid (name)".
+# The processes working in directory $1 (a server's work in their data directory), as
+# "pid (name)".
 pids_in() {
   local cwd pid
   for cwd in /proc/[0-9]*/cwd; do
@@ -421,7 +415,7 @@ s_delta_restore() {
 # then removed, as after a reboot): a delta restore is refused and changes nothing, since its
 # pg_wal may hold that commit and nothing else does; started again, the server recovers it.
 s_crashed_primary() {
-  local port8 pid said before after
+  local port8 pid said before after left
   port8=$(free_port)
   pg_start crashed "$MW/full" "$port8" || die "the delta-restored server did not start again"
   wait_promoted "$port8"
@@ -433,11 +427,11 @@ s_crashed_primary() {
   # Its backends leave once they see the postmaster gone; lifeline would rightly refuse while
   # one still works in the directory.
   for _ in $(seq 100); do
-    working_in "$MW/full" || break
+    [ -n "$(pids_in "$MW/full")" ] || break
     sleep 0.1
   done
-  ! working_in "$MW/full" \
-    || die "10 s after the postmaster was killed, a process still works in $MW/full: $(pids_in "$MW/full")"
+  left=$(pids_in "$MW/full")
+  [ -z "$left" ] || die "10 s after the postmaster was killed, a process still works in $MW/full: $left"
   rm -f "$MW/full/postmaster.pid"
   before=$(cd "$MW/full" && find . -printf '%p %s %T@ %m %U\n' | sort | md5sum)
   if said=$(lifeline restore postgres --type full --delta --data-dir "$MW/full"); then

@@ -649,10 +649,15 @@ pub(crate) struct WritePlan<'a> {
 impl WritePlan<'_> {
     /// Bytes it writes.
     pub(crate) fn bytes(&self) -> u64 {
-        self.writes
-            .iter()
-            .fold(0u64, |sum, (_, t)| sum.saturating_add(t.range.len() as u64))
+        bytes_of(&self.writes)
     }
+}
+
+/// Bytes `writes` write, saturating: the lengths come from the manifest.
+fn bytes_of(writes: &[(&ChunkRef, Target)]) -> u64 {
+    writes
+        .iter()
+        .fold(0u64, |sum, (_, t)| sum.saturating_add(t.range.len() as u64))
 }
 
 /// The manifest's entries the restore puts back: all but `standby.signal`, since the restore
@@ -785,12 +790,8 @@ fn write_groups<'p>(
 /// Where `writes` is cut into `lanes` stretches of about equal bytes: each cut moved forward to
 /// where the chunk changes, so that a chunk with several places is still decoded once.
 fn lane_bounds(writes: &[(&ChunkRef, Target)], lanes: usize) -> Vec<usize> {
-    // Saturating: the lengths come from the manifest, and a cut in the wrong place only costs
-    // speed.
-    let total = writes
-        .iter()
-        .fold(0u64, |sum, (_, t)| sum.saturating_add(t.range.len() as u64));
-    let share = total / lanes.max(1) as u64;
+    // Saturating: a cut in the wrong place only costs speed.
+    let share = bytes_of(writes) / lanes.max(1) as u64;
     let mut bounds = vec![0];
     let mut bytes = 0u64;
     for (i, (chunk, target)) in writes.iter().enumerate() {
@@ -1014,6 +1015,16 @@ mod tests {
         }
     }
 
+    /// The places of a restore into `/r`, with no tablespace nor `--waldir`.
+    fn places_at_r() -> Places {
+        Places {
+            root: crate::places::Place::new(PathBuf::from("/r"), true),
+            tablespaces: BTreeMap::new(),
+            waldir: None,
+            owner: Owner::KEEP,
+        }
+    }
+
     fn file(
         path: &str,
         size: u64,
@@ -1053,12 +1064,7 @@ mod tests {
             chunk(b'y', 8, 2, 0),
             chunk(b'w', 4, 2, 10),
         ];
-        let places = Places {
-            root: crate::places::Place::new(PathBuf::from("/r"), true),
-            tablespaces: BTreeMap::new(),
-            waldir: None,
-            owner: Owner::KEEP,
-        };
+        let places = places_at_r();
         let plan = plan_writes(&manifest, &places, None).expect("plan");
         let groups: Vec<WriteGroup> = write_groups(&plan, 1).collect();
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
@@ -1146,12 +1152,7 @@ mod tests {
             file("y", 320, None, y),
             file("z", 320, None, blocks(3)),
         ];
-        let places = Places {
-            root: crate::places::Place::new(PathBuf::from("/r"), true),
-            tablespaces: BTreeMap::new(),
-            waldir: None,
-            owner: Owner::KEEP,
-        };
+        let places = places_at_r();
         let plan = plan_writes(&manifest, &places, None).expect("plan");
         let everything = |lanes| {
             let mut writes: Vec<(String, u64, u8)> = write_groups(&plan, lanes)

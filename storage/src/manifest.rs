@@ -236,22 +236,8 @@ async fn read_manifest<T: serde::de::DeserializeOwned + Send + 'static>(
 /// What a failed read of `key` was: the repository's own refusal when a layer below (the
 /// decryption of an encrypted repository) gave one, else an I/O error.
 fn read_error(key: &str, e: std::io::Error) -> crate::StorageError {
-    if !e
-        .get_ref()
-        .is_some_and(|inner| inner.is::<crate::StorageError>())
-    {
-        return crate::StorageError::io(key, e);
-    }
-    match e
-        .into_inner()
-        .map(|inner| inner.downcast::<crate::StorageError>())
-    {
-        Some(Ok(refused)) => *refused,
-        _ => crate::StorageError::Corrupt {
-            key: key.to_string(),
-            reason: "unreadable".into(),
-        },
-    }
+    e.downcast::<crate::StorageError>()
+        .unwrap_or_else(|e| crate::StorageError::io(key, e))
 }
 
 /// A blocking reader over the pieces of an object another task reads: the end of the pieces
