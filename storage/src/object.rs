@@ -252,6 +252,16 @@ impl Sink {
         }
     }
 
+    /// Payload bytes written out so far (the compressor holds back what it has not finished).
+    fn stored(&self) -> u64 {
+        let out = match self {
+            Sink::Plain(out) => out,
+            Sink::Zstd(encoder) => encoder.get_ref(),
+            Sink::Gzip(encoder) => encoder.get_ref(),
+        };
+        out.len().saturating_sub(HEADER_LEN) as u64
+    }
+
     fn finish(self) -> std::io::Result<Vec<u8>> {
         match self {
             Sink::Plain(out) => Ok(out),
@@ -475,6 +485,9 @@ struct ObjectWriter {
     hasher: blake3::Hasher,
     plain_len: u64,
     codec: Codec,
+    /// The bound a reader of JSON holds the object to, and whether it was passed.
+    bound: Option<JsonBound>,
+    beyond_bound: bool,
 }
 
 impl ObjectWriter {
@@ -486,6 +499,8 @@ impl ObjectWriter {
             hasher: blake3::Hasher::new(),
             plain_len: 0,
             codec: compression.codec,
+            bound: None,
+            beyond_bound: false,
         })
     }
 
@@ -503,9 +518,17 @@ impl ObjectWriter {
 
 impl Write for ObjectWriter {
     fn write(&mut self, piece: &[u8]) -> std::io::Result<usize> {
+        // A reader has decoded none of `piece` before it has read every byte stored before it:
+        // judged with those bytes alone, the piece's end is where a reader is held tightest.
+        let stored_before = self.sink.stored();
         self.sink.write_all(piece)?;
         self.hasher.update(piece);
         self.plain_len += piece.len() as u64;
+        if let Some(bound) = self.bound
+            && self.plain_len > bound.max_len(stored_before)
+        {
+            self.beyond_bound = true;
+        }
         Ok(piece.len())
     }
 
@@ -520,26 +543,76 @@ pub fn encode_json<T: serde::Serialize>(
     value: &T,
     compression: Compression,
 ) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
+    encode_json_within(value, compression, JSON_BOUND)
+}
+
+/// As [`encode_json`], for readers that hold the object to `bound`: JSON that compresses past
+/// it (a manifest of TiBs of identical blocks) is stored plain, which any reader accepts,
+/// rather than as an object every restore of it would refuse.
+fn encode_json_within<T: serde::Serialize>(
+    value: &T,
+    compression: Compression,
+    bound: JsonBound,
+) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
+    let (header, framed, beyond_bound) = encode_json_once(value, compression, bound)?;
+    if !beyond_bound || compression.codec == Codec::None {
+        return Ok((header, framed));
+    }
+    drop(framed);
+    let plain = Compression {
+        codec: Codec::None,
+        ..compression
+    };
+    let (header, framed, _) = encode_json_once(value, plain, bound)?;
+    Ok((header, framed))
+}
+
+/// `value` framed as JSON, and whether a reader holding it to `bound` would refuse it.
+fn encode_json_once<T: serde::Serialize>(
+    value: &T,
+    compression: Compression,
+    bound: JsonBound,
+) -> Result<(ObjectHeader, Vec<u8>, bool), StorageError> {
     let encode_error = |e: std::io::Error| StorageError::Corrupt {
         key: "(new object)".into(),
         reason: format!("cannot encode: {e}"),
     };
-    let writer = ObjectWriter::new(64 << 10, compression).map_err(encode_error)?;
+    let mut writer = ObjectWriter::new(64 << 10, compression).map_err(encode_error)?;
+    writer.bound = Some(bound);
     let mut buffered = std::io::BufWriter::with_capacity(64 << 10, writer);
     serde_json::to_writer(&mut buffered, value).map_err(|e| encode_error(e.into()))?;
     let writer = buffered
         .into_inner()
         .map_err(|e| encode_error(e.into_error()))?;
-    writer.finish().map_err(encode_error)
+    let beyond_bound = writer.beyond_bound;
+    let (header, framed) = writer.finish().map_err(encode_error)?;
+    Ok((header, framed, beyond_bound))
 }
 
-/// Largest plaintext a JSON object (a manifest) may claim: 1 GiB (the limit of every other
-/// object), or more when its payload is large enough to hold it. A manifest compresses about
-/// 4.4 times (its hashes do not compress at all), so a genuine one is always let through, while
-/// a small forged one cannot claim gigabytes of a single string for the parser to hold.
+/// How much plaintext a JSON object (a manifest) may decode to for the bytes stored: up to
+/// `floor` (1 GiB, the limit of every other object), and past it up to `ratio` times the stored
+/// bytes. A manifest compresses about 4.4 times (its hashes do not compress at all), so a small
+/// forged one cannot claim gigabytes of a single string for the parser to hold; the rare
+/// genuine one that would compress further is stored plain ([`encode_json`]).
+#[derive(Debug, Clone, Copy)]
+struct JsonBound {
+    floor: u64,
+    ratio: u64,
+}
+
+const JSON_BOUND: JsonBound = JsonBound {
+    floor: MAX_PLAIN_LEN,
+    ratio: 64,
+};
+
+impl JsonBound {
+    fn max_len(self, stored: u64) -> u64 {
+        self.floor.max(stored.saturating_mul(self.ratio))
+    }
+}
+
 fn max_json_len(payload_len: u64) -> u64 {
-    const MAX_RATIO: u64 = 64;
-    MAX_PLAIN_LEN.max(payload_len.saturating_mul(MAX_RATIO))
+    JSON_BOUND.max_len(payload_len)
 }
 
 /// Parse the JSON an object holds while it is decoded, the plaintext never held whole, and
@@ -563,6 +636,15 @@ pub fn decode_json_from<T: serde::de::DeserializeOwned>(
     key: &str,
     what: &str,
     object: impl Read,
+) -> Result<T, StorageError> {
+    decode_json_within(key, what, object, JSON_BOUND)
+}
+
+fn decode_json_within<T: serde::de::DeserializeOwned>(
+    key: &str,
+    what: &str,
+    object: impl Read,
+    bound: JsonBound,
 ) -> Result<T, StorageError> {
     let corrupt = |reason: String| corrupt(key, reason);
     let stored = std::rc::Rc::new(std::cell::Cell::new(0u64));
@@ -591,6 +673,7 @@ pub fn decode_json_from<T: serde::de::DeserializeOwned>(
         hasher: blake3::Hasher::new(),
         len: 0,
         stored,
+        bound,
         failed: None,
     };
     let parsed =
@@ -634,6 +717,7 @@ struct Verifying<R> {
     hasher: blake3::Hasher,
     len: u64,
     stored: std::rc::Rc<std::cell::Cell<u64>>,
+    bound: JsonBound,
     /// The first error decoding met, whoever was reading.
     failed: Option<String>,
 }
@@ -645,7 +729,7 @@ impl<R: Read> Read for Verifying<R> {
         })?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
-        if self.len > max_json_len(self.stored.get()) {
+        if self.len > self.bound.max_len(self.stored.get()) {
             let why = format!(
                 "implausible length: {} bytes of plaintext from {} stored",
                 self.len,
@@ -1141,6 +1225,40 @@ mod tests {
         bomb.extend_from_slice(&frame);
         let err = decode_json_from::<Vec<u64>>("k", "test", &bomb[..]).expect_err("a bomb");
         assert!(err.to_string().contains("implausible length"), "{err}");
+    }
+
+    /// JSON that compresses past what a reader lets through (here past 1 MiB, 64 times the
+    /// bytes stored; 1 GiB in use) is stored plain and read back; JSON like a manifest's stays
+    /// compressed.
+    #[test]
+    fn json_compressed_past_the_readers_bound_is_stored_plain() {
+        let bound = JsonBound {
+            floor: 1 << 20,
+            ratio: 64,
+        };
+        let zeros = vec!["0".repeat(1000); 8_000];
+        let (_, compressed, beyond) =
+            encode_json_once(&zeros, Compression::default(), bound).expect("encode");
+        assert!(beyond);
+        let err = decode_json_within::<Vec<String>>("k", "test", &compressed[..], bound)
+            .expect_err("held to the bound");
+        assert!(err.to_string().contains("implausible length"), "{err}");
+        for c in all_compressions() {
+            let (header, framed) = encode_json_within(&zeros, c, bound).expect("encode");
+            assert_eq!(header.codec, Codec::None);
+            let back: Vec<String> =
+                decode_json_within("k", "test", &framed[..], bound).expect("read back");
+            assert_eq!(back, zeros);
+        }
+        let hashes: Vec<String> = (0..40_000u32)
+            .map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string())
+            .collect();
+        let (header, framed) =
+            encode_json_within(&hashes, Compression::default(), bound).expect("encode");
+        assert_eq!(header.codec, Codec::Zstd);
+        let back: Vec<String> =
+            decode_json_within("k", "test", &framed[..], bound).expect("read back");
+        assert_eq!(back, hashes);
     }
 
     #[test]
