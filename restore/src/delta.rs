@@ -506,10 +506,10 @@ async fn reconcile_and_write(
     let kept_bytes = kept_bytes(manifest, places, &unchanged);
     debug!(kept_bytes, "relation blocks compared");
 
-    let plan = crate::restore_base::plan_writes(manifest, places, Some(&unchanged))?;
-    let written_bytes = plan.bytes();
+    let written_bytes =
+        crate::restore_base::planned_bytes(manifest, places, Some(&unchanged), opts.plan_window)?;
     opts.progress.set_total(written_bytes);
-    crate::restore_base::write_data(storage, plan, opts).await?;
+    crate::restore_base::write_windows(storage, manifest, places, Some(&unchanged), opts).await?;
     crate::restore_base::finish(manifest, opts, places).await?;
     Ok(RestoreReport {
         files: trees.iter().map(|t| t.wanted.files.len()).sum(),

@@ -54,8 +54,8 @@ pub use redis_flow::{
 };
 pub use restore_base::quote as quote_setting;
 pub use restore_base::{
-    ArchiveMode, RecoveryTarget, RestoreOptions, RestoreReport, TablespaceMapping, read_manifest,
-    restore_base,
+    ArchiveMode, PLAN_WINDOW, RecoveryTarget, RestoreOptions, RestoreReport, TablespaceMapping,
+    read_manifest, restore_base,
 };
 pub use restore_dump::{
     DumpRestoreOptions, DumpRestored, DumpSource, PgCommand, choose_dump, dump_target,

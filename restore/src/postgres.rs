@@ -363,6 +363,7 @@ fn restore_options(
         progress: options.progress.clone(),
         delta: choices.delta,
         discard_unarchived_wal: choices.discard_unarchived_wal,
+        plan_window: crate::PLAN_WINDOW,
     }
 }
 

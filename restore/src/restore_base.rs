@@ -121,7 +121,16 @@ pub struct RestoreOptions {
     pub delta: bool,
     /// With `delta`: the WAL of the directory's pg_wal that was never archived may be given up.
     pub discard_unarchived_wal: bool,
+    /// Chunk writes planned at a time ([`PLAN_WINDOW`]): a larger cluster is written in
+    /// windows of whole files, one after the other.
+    pub plan_window: usize,
 }
+
+/// Chunk writes planned at a time: about 64 GiB of relation blocks in a plan of 10 MiB. The
+/// plan (40 bytes a write) is what grew with the cluster besides the manifest; in windows, a
+/// 1 TiB cluster holds 10 MiB of it rather than 160 MiB. A window ends with a file, so each
+/// file is written within one.
+pub const PLAN_WINDOW: usize = 1 << 18;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -439,8 +448,7 @@ async fn restore_into(
     .await?;
     debug!("directories and files created");
     opts.progress.set_total(manifest.size_bytes);
-    let plan = plan_writes(manifest, places, None)?;
-    write_data(storage, plan, opts).await?;
+    write_windows(storage, manifest, places, None, opts).await?;
     finish(manifest, opts, places).await?;
     Ok(RestoreReport {
         files: manifest
@@ -470,8 +478,37 @@ pub(crate) fn marker_system_identifier(marker: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+/// Fetch, decode and write every chunk the restore writes (but the relation blocks a delta
+/// restore found `unchanged`), one window of files at a time.
+pub(crate) async fn write_windows(
+    storage: Arc<dyn Storage>,
+    manifest: &BackupManifest,
+    places: &Places,
+    unchanged: Option<&crate::delta::Unchanged>,
+    opts: &RestoreOptions,
+) -> Result<(), RestoreError> {
+    for window in windows(manifest, opts.plan_window) {
+        let plan = plan_writes(manifest, places, unchanged, &window)?;
+        write_data(storage.clone(), plan, opts).await?;
+    }
+    Ok(())
+}
+
+/// Bytes [`write_windows`] writes; planning every window first also finds a manifest whose
+/// plan cannot be made before anything is written.
+pub(crate) fn planned_bytes(
+    manifest: &BackupManifest,
+    places: &Places,
+    unchanged: Option<&crate::delta::Unchanged>,
+    window: usize,
+) -> Result<u64, RestoreError> {
+    windows(manifest, window).iter().try_fold(0u64, |sum, w| {
+        Ok(sum.saturating_add(plan_writes(manifest, places, unchanged, w)?.bytes()))
+    })
+}
+
 /// Fetch, decode and write every chunk of `plan`, `transfers` groups at a time.
-pub(crate) async fn write_data(
+async fn write_data(
     storage: Arc<dyn Storage>,
     plan: WritePlan<'_>,
     opts: &RestoreOptions,
@@ -663,19 +700,59 @@ fn bytes_of(writes: &[(&ChunkRef, Target)]) -> u64 {
 /// The manifest's entries the restore puts back: all but `standby.signal`, since the restore
 /// decides how the server recovers (it writes `recovery.signal`).
 pub(crate) fn restored_entries(manifest: &BackupManifest) -> impl Iterator<Item = &FileEntry> {
-    manifest.files.iter().filter(|e| e.path != "standby.signal")
+    restored(&manifest.files)
 }
 
-/// Every chunk to write, by pack. `unchanged` holds, by destination, the relation blocks a
-/// delta restore found already in place: those are not fetched.
-pub(crate) fn plan_writes<'a>(
+fn restored(entries: &[FileEntry]) -> impl Iterator<Item = &FileEntry> {
+    entries.iter().filter(|e| e.path != "standby.signal")
+}
+
+/// Files of the manifest planned and written together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Window {
+    files: std::ops::Range<usize>,
+    /// The first window also cuts the bundle back into the small files.
+    bundle: bool,
+}
+
+/// The manifest's files in windows of at least `writes` chunks each (the last may hold
+/// fewer), cut between files; always one window at least.
+fn windows(manifest: &BackupManifest, writes: usize) -> Vec<Window> {
+    let mut windows = Vec::new();
+    let (mut start, mut count) = (0, 0usize);
+    for (i, entry) in manifest.files.iter().enumerate() {
+        count = count.saturating_add(entry.blocks.len());
+        if count >= writes.max(1) {
+            let bundle = windows.is_empty();
+            windows.push(Window {
+                files: start..i + 1,
+                bundle,
+            });
+            (start, count) = (i + 1, 0);
+        }
+    }
+    if start < manifest.files.len() || windows.is_empty() {
+        let bundle = windows.is_empty();
+        windows.push(Window {
+            files: start..manifest.files.len(),
+            bundle,
+        });
+    }
+    windows
+}
+
+/// Every chunk `window` writes, by pack. `unchanged` holds, by destination, the relation
+/// blocks a delta restore found already in place: those are not fetched.
+fn plan_writes<'a>(
     manifest: &'a BackupManifest,
     places: &Places,
     unchanged: Option<&crate::delta::Unchanged>,
+    window: &Window,
 ) -> Result<WritePlan<'a>, RestoreError> {
     let mut writes = Vec::new();
     let mut add = |chunk, target| writes.push((chunk, target));
-    for entry in restored_entries(manifest).filter(|e| !e.blocks.is_empty()) {
+    let entries = manifest.files.get(window.files.clone()).unwrap_or_default();
+    for entry in restored(entries).filter(|e| !e.blocks.is_empty()) {
         let path = Arc::new(places.destination(&entry.path));
         let kept = unchanged.and_then(|u| u.get(path.as_ref()));
         let mut offset = 0;
@@ -695,7 +772,19 @@ pub(crate) fn plan_writes<'a>(
             offset += chunk.len;
         }
     }
-    // Small files: cut the bundle stream back into files at their recorded offsets.
+    if window.bundle {
+        cut_bundle(manifest, places, &mut add)?;
+    }
+    writes.sort_unstable_by_key(|(c, _)| (c.pack, c.offset, c.hash, c.len, c.stored));
+    Ok(WritePlan { writes })
+}
+
+/// Small files: the bundle stream cut back into files at their recorded offsets.
+fn cut_bundle<'a>(
+    manifest: &'a BackupManifest,
+    places: &Places,
+    add: &mut impl FnMut(&'a ChunkRef, Target),
+) -> Result<(), RestoreError> {
     let mut small: Vec<(u64, u64, Arc<PathBuf>)> = Vec::new();
     for f in restored_entries(manifest) {
         if let Some(start) = f.bundle_offset {
@@ -739,8 +828,7 @@ pub(crate) fn plan_writes<'a>(
             ),
         ));
     }
-    writes.sort_unstable_by_key(|(c, _)| (c.pack, c.offset, c.hash, c.len, c.stored));
-    Ok(WritePlan { writes })
+    Ok(())
 }
 
 /// Neighbouring chunks of one pack, read with one ranged request and decoded and written by
@@ -1065,7 +1153,7 @@ mod tests {
             chunk(b'w', 4, 2, 10),
         ];
         let places = places_at_r();
-        let plan = plan_writes(&manifest, &places, None).expect("plan");
+        let plan = plan_writes(&manifest, &places, None, &whole(&manifest)).expect("plan");
         let groups: Vec<WriteGroup> = write_groups(&plan, 1).collect();
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
         for group in &groups {
@@ -1110,7 +1198,7 @@ mod tests {
         // Two references to one place that name different chunks (a forged manifest) are two
         // chunks, each decoded and checked against its own hash.
         manifest.files[4].blocks[1] = chunk(b'q', 8, 1, 0);
-        let plan = plan_writes(&manifest, &places, None).expect("plan");
+        let plan = plan_writes(&manifest, &places, None, &whole(&manifest)).expect("plan");
         let first = write_groups(&plan, 1).next().expect("a group");
         let names: Vec<(u8, u64, usize)> = first
             .chunks
@@ -1120,7 +1208,7 @@ mod tests {
         assert_eq!(names, [(b'q', 0, 1), (b'z', 0, 1), (b'x', 10, 2)]);
         // A bundle that ends too early is refused.
         manifest.bundle.pop();
-        assert!(plan_writes(&manifest, &places, None).is_err());
+        assert!(plan_writes(&manifest, &places, None, &whole(&manifest)).is_err());
     }
 
     #[test]
@@ -1153,7 +1241,7 @@ mod tests {
             file("z", 320, None, blocks(3)),
         ];
         let places = places_at_r();
-        let plan = plan_writes(&manifest, &places, None).expect("plan");
+        let plan = plan_writes(&manifest, &places, None, &whole(&manifest)).expect("plan");
         let everything = |lanes| {
             let mut writes: Vec<(String, u64, u8)> = write_groups(&plan, lanes)
                 .flat_map(|g| g.chunks)
@@ -1188,6 +1276,80 @@ mod tests {
             .map(|g| g.chunks[0].1[0].path.display().to_string())
             .collect();
         assert_eq!(first, ["/r/x", "/r/y", "/r/z"]);
+    }
+
+    /// The whole manifest in one window.
+    fn whole(manifest: &BackupManifest) -> Window {
+        let mut all = windows(manifest, usize::MAX);
+        assert_eq!(all.len(), 1);
+        all.remove(0)
+    }
+
+    #[test]
+    fn windows_end_with_files_and_together_write_what_one_plan_writes() {
+        let mut manifest = testing::fixtures::base_manifest();
+        assert_eq!(windows(&manifest, 1), [whole(&manifest)]);
+        let blocks = |pack: u8, n: u8| -> Vec<ChunkRef> {
+            (0..n)
+                .map(|i| chunk(pack * 50 + i, 8, pack, u64::from(i) * 10))
+                .collect()
+        };
+        // Relation files of 40, 3 and 40 chunks around small files in a bundle of two chunks.
+        manifest.files = vec![
+            file("a", 5, Some(0), vec![]),
+            file("x", 320, None, blocks(1, 40)),
+            file("b", 11, Some(5), vec![]),
+            file("y", 24, None, blocks(2, 3)),
+            file("z", 320, None, blocks(3, 40)),
+            file("c", 0, Some(16), vec![]),
+        ];
+        manifest.bundle = vec![chunk(b'x', 8, 4, 0), chunk(b'y', 8, 4, 10)];
+        let places = places_at_r();
+        // A delta restore found the first ten blocks of x and all of z in place.
+        let mut found = crate::delta::Unchanged::new();
+        found.insert("/r/x".into(), (0..40).map(|i| i < 10).collect());
+        found.insert("/r/z".into(), vec![true; 40]);
+        let writes = |windows: &[Window], unchanged: Option<&crate::delta::Unchanged>| {
+            let mut writes: Vec<(String, u64, usize, usize, u8)> = Vec::new();
+            for window in windows {
+                let plan = plan_writes(&manifest, &places, unchanged, window).expect("plan");
+                writes.extend(plan.writes.iter().map(|(c, t)| {
+                    let path = t.path.display().to_string();
+                    (
+                        path,
+                        t.offset,
+                        t.range.start,
+                        t.range.end,
+                        c.hash.as_bytes()[0],
+                    )
+                }));
+            }
+            writes.sort();
+            writes
+        };
+        let everything = writes(&[whole(&manifest)], None);
+        assert_eq!(everything.len(), 40 + 3 + 40 + 3);
+        let changed = writes(&[whole(&manifest)], Some(&found));
+        assert_eq!(changed.len(), 30 + 3 + 3);
+        for (size, expected) in [
+            (1, vec![(0, 2), (2, 4), (4, 5), (5, 6)]),
+            (40, vec![(0, 2), (2, 5), (5, 6)]),
+            (43, vec![(0, 4), (4, 6)]),
+            (44, vec![(0, 5), (5, 6)]),
+            (83, vec![(0, 5), (5, 6)]),
+            (84, vec![(0, 6)]),
+        ] {
+            let cut = windows(&manifest, size);
+            let files: Vec<_> = cut.iter().map(|w| (w.files.start, w.files.end)).collect();
+            assert_eq!(files, expected, "windows of {size}");
+            let bundles: Vec<bool> = cut.iter().map(|w| w.bundle).collect();
+            assert_eq!(bundles.iter().filter(|b| **b).count(), 1, "{size}");
+            assert!(bundles[0], "{size}");
+            assert_eq!(writes(&cut, None), everything, "windows of {size}");
+            assert_eq!(writes(&cut, Some(&found)), changed, "windows of {size}");
+            let bytes = planned_bytes(&manifest, &places, Some(&found), size).expect("bytes");
+            assert_eq!(bytes, 30 * 8 + 3 * 8 + 16, "windows of {size}");
+        }
     }
 
     #[test]

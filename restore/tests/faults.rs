@@ -154,3 +154,74 @@ async fn a_pack_that_reads_short_is_reported_corrupt_and_nothing_is_left() {
     }
     assert!(!data.exists(), "the target was left behind");
 }
+
+/// Every file and directory under `dir`, by relative path, with a file's bytes.
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(dir)
+                .expect("under dir")
+                .display()
+                .to_string();
+            if e.file_type().expect("type").is_dir() {
+                stack.push(path);
+                found.insert(rel, None);
+            } else {
+                found.insert(rel, Some(std::fs::read(&path).expect("read")));
+            }
+        }
+    }
+    found
+}
+
+/// In windows of one chunk (each relation file planned and written on its own), a restore
+/// writes the same directory, and a read that fails in its last window leaves nothing.
+#[tokio::test]
+async fn a_restore_in_windows_writes_the_same_and_a_late_failure_leaves_nothing() {
+    let memory = MemoryStorage::new();
+    let manifest = backup(&memory).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (whole, windowed) = (dir.path().join("whole"), dir.path().join("windowed"));
+    let gets_whole = gets_of_a_clean_restore(&memory, &manifest).await;
+    restore::restore_base(
+        Arc::new(Faulty::builder(memory.clone()).build()),
+        &manifest,
+        &options(&whole),
+    )
+    .await
+    .expect("restore in one window");
+    let in_windows = |data: &std::path::Path| restore::RestoreOptions {
+        plan_window: 1,
+        ..options(data)
+    };
+    let store = Arc::new(Faulty::builder(memory.clone()).build());
+    restore::restore_base(store.clone(), &manifest, &in_windows(&windowed))
+        .await
+        .expect("restore in windows");
+    assert_eq!(contents(&windowed), contents(&whole));
+    assert_eq!(
+        std::fs::read(windowed.join("base/1/1003")).expect("relation"),
+        relation(3)
+    );
+    // The four relation files share a pack: read in more pieces when each is planned alone.
+    let gets = store.calls(Op::Get);
+    assert!(
+        gets > gets_whole,
+        "{gets} reads in windows, {gets_whole} in one"
+    );
+    let data = dir.path().join("failed");
+    let store = Arc::new(
+        Faulty::builder(memory.clone())
+            .fail_nth_get(gets, Fault::Rejected)
+            .build(),
+    );
+    restore::restore_base(store.clone(), &manifest, &in_windows(&data))
+        .await
+        .expect_err("the last read fails the restore");
+    assert_eq!(store.injected(), 1);
+    assert!(!data.exists(), "the target was left behind");
+}

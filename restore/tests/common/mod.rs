@@ -24,5 +24,6 @@ pub fn options(data_dir: &Path) -> RestoreOptions {
         progress: storage::progress::none(),
         delta: false,
         discard_unarchived_wal: false,
+        plan_window: restore::PLAN_WINDOW,
     }
 }
