@@ -92,7 +92,8 @@ pub(crate) async fn previous_chunks(
             return ChunkIndex::default();
         }
     };
-    let (usable, lost) = usable_chunks(manifest.chunks(), manifest.chunks().count(), &packs);
+    let (usable, lost) =
+        usable_chunks(manifest.references(), manifest.references().count(), &packs);
     if lost > 0 {
         warn!(
             "{lost} chunk(s) of backup {id} are in packs that are missing or truncated: storing \
@@ -127,16 +128,19 @@ enum Previous {
 }
 
 impl Previous {
-    fn chunks(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
+    /// Its chunk references, a chunk used twice named twice: the index holds each chunk once
+    /// without a set of them all beside it.
+    fn references(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
         match self {
-            Previous::Base(m) => Box::new(m.chunks()),
-            Previous::Stream(m) => Box::new(m.chunks()),
+            Previous::Base(m) => Box::new(m.references()),
+            Previous::Stream(m) => Box::new(m.references()),
         }
     }
 }
 
-/// The chunks (`count` of them) whose pack (by id, with its size) holds them whole, and how
-/// many were dropped. The index is sized once: growing it would hold two tables at a time.
+/// The chunks (`count` references to them) whose pack (by id, with its size) holds them whole,
+/// and how many references were dropped. The index is sized once: growing it would hold two
+/// tables at a time.
 fn usable_chunks<'a>(
     chunks: impl Iterator<Item = &'a ChunkRef>,
     count: usize,

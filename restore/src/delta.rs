@@ -360,7 +360,7 @@ pub(crate) async fn restore_delta(
         crate::restore_base::check_packs_exist(
             storage.as_ref(),
             &manifest.backup_id,
-            manifest.chunks(),
+            manifest.packs(),
             opts.parallelism,
         )
         .await?;

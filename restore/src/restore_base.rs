@@ -166,7 +166,7 @@ pub async fn restore_base(
         check_packs_exist(
             storage.as_ref(),
             &manifest.backup_id,
-            manifest.chunks(),
+            manifest.packs(),
             opts.parallelism,
         )
         .await?;
@@ -239,7 +239,7 @@ pub(crate) async fn preview_base(
         check_packs_exist(
             storage,
             &manifest.backup_id,
-            manifest.chunks(),
+            manifest.packs(),
             opts.parallelism,
         )
         .await?;
@@ -247,14 +247,13 @@ pub(crate) async fn preview_base(
     Ok(destinations)
 }
 
-/// Every pack `chunks` lie in exists, or the backup is refused before anything is written.
-pub(crate) async fn check_packs_exist<'a>(
+/// Every one of `packs` exists, or the backup is refused before anything is written.
+pub(crate) async fn check_packs_exist(
     storage: &dyn Storage,
     backup_id: &str,
-    chunks: impl Iterator<Item = &'a ChunkRef>,
+    packs: std::collections::BTreeSet<storage::PackId>,
     parallelism: usize,
 ) -> Result<(), RestoreError> {
-    let packs: std::collections::BTreeSet<storage::PackId> = chunks.map(|c| c.pack).collect();
     let missing: Vec<storage::PackId> = futures::stream::iter(packs)
         .map(|pack| async move {
             match storage.exists(&layout::pack_key(&pack)).await {

@@ -82,7 +82,7 @@ pub(crate) async fn check_backup(
     crate::restore_base::check_packs_exist(
         storage,
         &manifest.backup_id,
-        manifest.chunks(),
+        manifest.packs(),
         transfers,
     )
     .await

@@ -5,7 +5,7 @@
 //! cut by content, and each small file names its offset in that stream. Every chunk names the
 //! pack that holds it and where.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +152,19 @@ impl BackupManifest {
             .flat_map(|f| f.blocks.iter())
             .chain(self.bundle.iter())
             .filter(move |c| seen.insert(c.hash))
+    }
+
+    /// Every reference to a chunk, in order, a chunk used twice (a page of zeros) named twice:
+    /// for readers that need no set of every chunk, which at 40 bytes a chunk is the size of
+    /// the manifest again.
+    pub fn references(&self) -> impl Iterator<Item = &ChunkRef> {
+        let blocks = self.files.iter().flat_map(|f| f.blocks.iter());
+        blocks.chain(self.bundle.iter())
+    }
+
+    /// The packs the backup's chunks lie in.
+    pub fn packs(&self) -> BTreeSet<PackId> {
+        self.references().map(|c| c.pack).collect()
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -396,6 +409,16 @@ impl StreamManifest {
             .iter()
             .flat_map(|f| f.chunks.iter())
             .filter(move |c| seen.insert(c.hash))
+    }
+
+    /// Every reference to a chunk, in order, a chunk used twice named twice.
+    pub fn references(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.files.iter().flat_map(|f| f.chunks.iter())
+    }
+
+    /// The packs the backup's chunks lie in.
+    pub fn packs(&self) -> BTreeSet<PackId> {
+        self.references().map(|c| c.pack).collect()
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -656,6 +679,8 @@ mod tests {
         let back = BackupManifest::from_json("k", &manifest.to_json()).expect("parse");
         assert_eq!(back, manifest);
         assert_eq!(back.chunks().count(), 1);
+        assert_eq!(back.references().count(), 3);
+        assert_eq!(back.packs().into_iter().collect::<Vec<_>>(), [chunk.pack]);
         assert_eq!(back.major(), Some(15));
         assert!(BackupManifest::from_json("k", b"{}").is_err());
         // Written as before the chunk entries were compacted: hex names.
