@@ -4,6 +4,7 @@
 # root:
 #   bash benches/memory.sh 50 200 400
 #   BINARIES="/tmp/old/lifeline /tmp/new/lifeline" bash benches/memory.sh 50 400   # compare builds
+#   HEAP=1 bash benches/memory.sh 400   # a third restore under heaptrack: its peak heap, exact
 # What should stay flat is the restore's peak: the data in flight is bounded, and what grows is
 # the metadata (an 88-byte entry and a 40-byte write per 256 KiB block).
 set -euo pipefail
@@ -50,6 +51,13 @@ for scale in "$@"; do
         --data-dir "$W/restored"); "
     done
     rm -rf "$W/restored"
+    if [ "${HEAP:-}" = 1 ]; then
+      rm -f "$W"/heap.*
+      runuser -u postgres -- env $env heaptrack -o "$W/heap" "$W/lifeline$i" restore postgres \
+        --type full --data-dir "$W/restored" >/dev/null 2>&1
+      rm -rf "$W/restored"
+      restores+="peak heap $(heaptrack_print -f "$W"/heap.* | sed -n 's/^peak heap memory consumption: //p'); "
+    fi
     echo "scale $scale ($data MiB in base/), $(echo $BINARIES | cut -d' ' -f"$i"): backup $backup; restores $restores"
   done
 done
