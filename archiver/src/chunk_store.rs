@@ -139,26 +139,31 @@ impl Previous {
 }
 
 /// The chunks (`count` references to them) whose pack (by id, with its size) holds them whole,
-/// and how many references were dropped. The index is sized once: growing it would hold two
-/// tables at a time.
+/// each at the first such place named, and how many chunks have no such place. The index is
+/// sized once: growing it would hold two tables at a time.
 fn usable_chunks<'a>(
     chunks: impl Iterator<Item = &'a ChunkRef>,
     count: usize,
     packs: &HashMap<PackId, u64>,
 ) -> (ChunkIndex, usize) {
-    let mut lost = 0;
+    // Only the chunks of lost packs: none in a sound repository.
+    let mut lost = HashSet::new();
     let mut usable = ChunkIndex::with_capacity(count);
     for c in chunks {
+        if usable.contains(&c.hash) {
+            continue;
+        }
         let whole = packs.get(&c.pack).is_some_and(|&size| {
             c.offset
                 .checked_add(c.stored)
                 .is_some_and(|end| end <= size)
         });
         if !(whole && usable.insert_ref(c)) {
-            lost += 1;
+            lost.insert(c.hash);
         }
     }
-    (usable, lost)
+    lost.retain(|hash| !usable.contains(hash));
+    (usable, lost.len())
 }
 
 /// The stages of the chunk pipeline, as `Stages` names them in the debug log at the end.
@@ -563,14 +568,23 @@ mod tests {
             chunk(b'c', gone, 0, 10),
             chunk(b'd', 2, u64::MAX, 2),
             chunk(b'e', 2, 0, 50),
+            // Named again: the lost chunk counts once; the first whole place is kept, one
+            // found after a lost one too.
+            chunk(b'c', gone, 0, 10),
+            chunk(b'a', 2, 0, 10),
+            chunk(b'd', 1, 0, 2),
         ];
         let (usable, lost) = usable_chunks(chunks.iter(), chunks.len(), &packs);
-        let kept: Vec<u8> = chunks
+        let kept: Vec<u8> = chunks[..5]
             .iter()
             .filter(|c| usable.contains(&c.hash))
             .map(|c| c.hash.as_bytes()[0])
             .collect();
-        assert_eq!(kept, [b'a', b'e']);
-        assert_eq!(lost, 3);
+        assert_eq!(kept, [b'a', b'd', b'e']);
+        assert_eq!(lost, 2, "b and c");
+        let a = usable.chunk_ref(chunks[0].hash, 100).expect("a");
+        assert_eq!((a.pack, a.offset), (chunks[0].pack, 0));
+        let d = usable.chunk_ref(chunks[3].hash, 2).expect("d");
+        assert_eq!((d.pack, d.offset), (chunks[7].pack, 0));
     }
 }

@@ -446,7 +446,10 @@ async fn restore_into(
     })
     .await?;
     debug!("directories and files created");
-    opts.progress.set_total(manifest.size_bytes);
+    // Every window planned before the first is written: a plan that cannot be made is found
+    // before any data is.
+    opts.progress
+        .set_total(planned_bytes(manifest, places, None, opts.plan_window)?);
     write_windows(storage, manifest, places, None, opts).await?;
     finish(manifest, opts, places).await?;
     Ok(RestoreReport {
@@ -486,9 +489,11 @@ pub(crate) async fn write_windows(
     unchanged: Option<&crate::delta::Unchanged>,
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
+    // One for the whole restore: a file system found to refuse O_DIRECT is not tried again.
+    let shared = SharedWrites::new(opts.direct_io);
     for window in windows(manifest, opts.plan_window) {
         let plan = plan_writes(manifest, places, unchanged, &window)?;
-        write_data(storage.clone(), plan, opts).await?;
+        write_data(storage.clone(), plan, &shared, opts).await?;
     }
     Ok(())
 }
@@ -510,9 +515,9 @@ pub(crate) fn planned_bytes(
 async fn write_data(
     storage: Arc<dyn Storage>,
     plan: WritePlan<'_>,
+    shared: &Arc<SharedWrites>,
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
-    let shared = SharedWrites::new(opts.direct_io);
     let groups = write_groups(&plan, opts.transfers.max(1));
     // More reads than cores: a task waiting on a read or a flush leaves the cores busy.
     run_all(groups, opts.transfers.max(1), &opts.interrupted, |group| {
@@ -706,35 +711,33 @@ fn restored(entries: &[FileEntry]) -> impl Iterator<Item = &FileEntry> {
     entries.iter().filter(|e| e.path != "standby.signal")
 }
 
-/// Files of the manifest planned and written together.
+/// Files of the manifest planned and written together: their relation blocks and their
+/// pieces of the bundle of small files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Window {
     files: std::ops::Range<usize>,
-    /// The first window also cuts the bundle back into the small files.
-    bundle: bool,
 }
 
-/// The manifest's files in windows of at least `writes` chunks each (the last may hold
-/// fewer), cut between files; always one window at least.
+/// The manifest's files in windows of at least `writes` writes each (the last may hold
+/// fewer; a small file counts as one), cut between files; always one window at least.
 fn windows(manifest: &BackupManifest, writes: usize) -> Vec<Window> {
     let mut windows = Vec::new();
     let (mut start, mut count) = (0, 0usize);
     for (i, entry) in manifest.files.iter().enumerate() {
-        count = count.saturating_add(entry.blocks.len());
+        let small = usize::from(entry.bundle_offset.is_some());
+        count = count
+            .saturating_add(entry.blocks.len())
+            .saturating_add(small);
         if count >= writes.max(1) {
-            let bundle = windows.is_empty();
             windows.push(Window {
                 files: start..i + 1,
-                bundle,
             });
             (start, count) = (i + 1, 0);
         }
     }
     if start < manifest.files.len() || windows.is_empty() {
-        let bundle = windows.is_empty();
         windows.push(Window {
             files: start..manifest.files.len(),
-            bundle,
         });
     }
     windows
@@ -771,21 +774,21 @@ fn plan_writes<'a>(
             offset += chunk.len;
         }
     }
-    if window.bundle {
-        cut_bundle(manifest, places, &mut add)?;
-    }
+    cut_bundle(manifest, entries, places, &mut add)?;
     writes.sort_unstable_by_key(|(c, _)| (c.pack, c.offset, c.hash, c.len, c.stored));
     Ok(WritePlan { writes })
 }
 
-/// Small files: the bundle stream cut back into files at their recorded offsets.
+/// The small files among `entries`: the bundle stream cut back into files at their recorded
+/// offsets.
 fn cut_bundle<'a>(
     manifest: &'a BackupManifest,
+    entries: &[FileEntry],
     places: &Places,
     add: &mut impl FnMut(&'a ChunkRef, Target),
 ) -> Result<(), RestoreError> {
     let mut small: Vec<(u64, u64, Arc<PathBuf>)> = Vec::new();
-    for f in restored_entries(manifest) {
+    for f in restored(entries) {
         if let Some(start) = f.bundle_offset {
             small.push((start, f.size, Arc::new(places.destination(&f.path))));
         }
@@ -794,11 +797,12 @@ fn cut_bundle<'a>(
     let mut stream_offset = 0u64;
     let mut first = 0;
     for chunk in &manifest.bundle {
-        let chunk_end = stream_offset + chunk.len;
+        // Saturating: the lengths and offsets come from the manifest.
+        let chunk_end = stream_offset.saturating_add(chunk.len);
         let mut i = first;
         while i < small.len() && small[i].0 < chunk_end {
             let (start, size, path) = &small[i];
-            let end = start + size;
+            let end = start.saturating_add(*size);
             let (from, to) = ((*start).max(stream_offset), end.min(chunk_end));
             if to > from {
                 let range = (from - stream_offset) as usize..(to - stream_offset) as usize;
@@ -1330,20 +1334,30 @@ mod tests {
         assert_eq!(everything.len(), 40 + 3 + 40 + 3);
         let changed = writes(&[whole(&manifest)], Some(&found));
         assert_eq!(changed.len(), 30 + 3 + 3);
+        // A small file counts as one write: 1, 40, 1, 3, 40 and 1.
         for (size, expected) in [
-            (1, vec![(0, 2), (2, 4), (4, 5), (5, 6)]),
+            (1, vec![(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]),
             (40, vec![(0, 2), (2, 5), (5, 6)]),
             (43, vec![(0, 4), (4, 6)]),
-            (44, vec![(0, 5), (5, 6)]),
-            (83, vec![(0, 5), (5, 6)]),
-            (84, vec![(0, 6)]),
+            (46, vec![(0, 5), (5, 6)]),
+            (86, vec![(0, 6)]),
+            (87, vec![(0, 6)]),
         ] {
             let cut = windows(&manifest, size);
             let files: Vec<_> = cut.iter().map(|w| (w.files.start, w.files.end)).collect();
             assert_eq!(files, expected, "windows of {size}");
-            let bundles: Vec<bool> = cut.iter().map(|w| w.bundle).collect();
-            assert_eq!(bundles.iter().filter(|b| **b).count(), 1, "{size}");
-            assert!(bundles[0], "{size}");
+            // Each window writes its own files only, small ones included.
+            for window in &cut {
+                let plan = plan_writes(&manifest, &places, None, window).expect("plan");
+                let own: Vec<String> = manifest.files[window.files.clone()]
+                    .iter()
+                    .map(|f| format!("/r/{}", f.path))
+                    .collect();
+                for (_, t) in &plan.writes {
+                    let path = t.path.display().to_string();
+                    assert!(own.contains(&path), "{path} in {window:?}");
+                }
+            }
             assert_eq!(writes(&cut, None), everything, "windows of {size}");
             assert_eq!(writes(&cut, Some(&found)), changed, "windows of {size}");
             let bytes = planned_bytes(&manifest, &places, Some(&found), size).expect("bytes");

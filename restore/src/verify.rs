@@ -114,13 +114,13 @@ pub async fn verify_repository(
             }
             (
                 id,
-                manifest.map(|m| m.chunks().copied().collect::<Vec<_>>()),
+                manifest.map(|m| m.references().copied().collect::<Vec<_>>()),
             )
         } else if let Some(id) = layout::parse_stream_manifest_key(&meta.key) {
             let manifest = StreamManifest::load(storage, id).await;
             (
                 id,
-                manifest.map(|m| m.chunks().copied().collect::<Vec<_>>()),
+                manifest.map(|m| m.references().copied().collect::<Vec<_>>()),
             )
         } else {
             continue;

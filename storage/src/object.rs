@@ -669,7 +669,7 @@ fn decode_json_within<T: serde::de::DeserializeOwned>(
     };
     // One byte more than claimed is enough to know the header lies.
     let mut reader = Verifying {
-        inner: decoder.take(header.plain_len + 1),
+        inner: decoder.take(header.plain_len.saturating_add(1)),
         hasher: blake3::Hasher::new(),
         len: 0,
         stored,
@@ -908,7 +908,7 @@ pub fn decode_with_header(
         Codec::Gzip => {
             let mut plain = Vec::with_capacity(limit.min(64 << 20));
             flate2::read::GzDecoder::new(payload)
-                .take(header.plain_len + 1)
+                .take(header.plain_len.saturating_add(1))
                 .read_to_end(&mut plain)
                 .map(|_| plain)
         }
@@ -1200,6 +1200,11 @@ mod tests {
         let err = decode_json::<Vec<u64>>("k", "test", &bomb).expect_err("implausible");
         assert!(err.to_string().contains("implausible length"), "{err}");
         assert_eq!(max_json_len(100 << 20), 6400 << 20);
+        // Read as a stream, a claim of the largest length is refused, not an overflow.
+        header.plain_len = u64::MAX;
+        bomb[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        let err = decode_json_from::<Vec<u64>>("k", "test", &bomb[..]).expect_err("u64::MAX");
+        assert!(err.to_string().contains("header says"), "{err}");
     }
 
     /// Read as a stream, whose length is not known beforehand, a bomb is stopped as it grows:

@@ -33,10 +33,12 @@ enum Manifest {
 }
 
 impl Manifest {
-    fn chunks(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
+    /// Every chunk reference: a chunk named at two places (which lifeline never writes, but a
+    /// manifest could say) keeps both places live.
+    fn references(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
         match self {
-            Manifest::Base(m) => Box::new(m.chunks()),
-            Manifest::Stream(m) => Box::new(m.chunks()),
+            Manifest::Base(m) => Box::new(m.references()),
+            Manifest::Stream(m) => Box::new(m.references()),
         }
     }
 
@@ -105,7 +107,7 @@ pub async fn sweep_packs(
         .filter(|m| m.last_modified <= settled)
         .filter_map(|m| Some((layout::parse_pack_key(&m.key)?, m.size)))
         .collect();
-    let live = live_chunks(manifests.iter().flat_map(|(_, m)| m.chunks()));
+    let live = live_chunks(manifests.iter().flat_map(|(_, m)| m.references()));
     let sparse = sparse_packs(&sizes, &live, min_unused_percent);
     let mut sweep = PackSweep {
         repacked: sparse.len(),
@@ -129,7 +131,7 @@ pub async fn sweep_packs(
 
     let referenced: HashSet<PackId> = manifests
         .iter()
-        .flat_map(|(_, m)| m.chunks())
+        .flat_map(|(_, m)| m.references())
         .map(|c| c.pack)
         .collect();
     let packs: Vec<PackId> = storage
