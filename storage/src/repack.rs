@@ -501,6 +501,74 @@ mod tests {
         );
     }
 
+    /// A manifest that names one chunk at two places (lifeline never writes one, but a
+    /// repacked or hand-made one could) keeps both packs; a pack nothing names goes.
+    #[tokio::test]
+    async fn every_place_a_manifest_names_stays_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = LocalStorage::open(dir.path()).expect("open");
+        let plain = vec![5u8; 3000];
+        let (_, framed) = object::encode(&plain, Compression::default()).expect("encode");
+        let hash = object::checksum(&plain).into();
+        let mut places = Vec::new();
+        for salt in 0..3u8 {
+            let mut builder = PackBuilder::new();
+            // Packs of different bytes, so of different ids.
+            builder.add(crate::ChunkHash::from_bytes([salt; 32]), &[salt; 10]);
+            let offset = builder.add(hash, &framed);
+            let sealed = builder.seal(&crate::ChunkIds::plain()).expect("seal");
+            let key = layout::pack_key(&sealed.id);
+            storage
+                .put_bytes(&key, sealed.bytes, PutMode::Create, Durability::Immediate)
+                .await
+                .expect("put");
+            let place = ChunkRef {
+                hash,
+                len: 3000,
+                pack: sealed.id,
+                offset,
+                stored: framed.len() as u64,
+            };
+            places.push((key, place));
+        }
+        let manifest = StreamManifest {
+            format: crate::manifest::MANIFEST_FORMAT,
+            backup_id: "b".into(),
+            service: crate::Service::Redis,
+            kind: crate::BackupKind::Aof,
+            server_version: String::new(),
+            source: String::new(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            finished_at: jiff::Timestamp::UNIX_EPOCH,
+            files: ["a.aof", "b.aof"]
+                .iter()
+                .zip(&places)
+                .map(|(name, (_, place))| crate::manifest::StreamFile {
+                    name: name.to_string(),
+                    size: 3000,
+                    chunks: vec![*place],
+                })
+                .collect(),
+            counts: BTreeMap::new(),
+            size_bytes: 6000,
+            new_bytes: 0,
+        };
+        let key = layout::stream_manifest_key("b");
+        crate::manifest::put_manifest(&storage, &key, &manifest, PutMode::Create)
+            .await
+            .expect("manifest");
+        for _ in 0..2 {
+            sweep_packs(&storage, Duration::ZERO, 101)
+                .await
+                .expect("sweep");
+        }
+        let kept: Vec<bool> = places
+            .iter()
+            .map(|(key, _)| dir.path().join(key).exists())
+            .collect();
+        assert_eq!(kept, [true, true, false]);
+    }
+
     #[tokio::test]
     async fn a_mark_on_something_that_is_not_a_pack_costs_only_that_mark() {
         let dir = tempfile::tempdir().expect("tempdir");
