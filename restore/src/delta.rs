@@ -36,7 +36,7 @@ use crate::opening::{no_follow, no_follow_nonblocking, read_small};
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places, split_tablespace};
 use crate::restore_base::{
     MARKER, RestoreOptions, RestoreReport, create_files, fsync_path, marker_text, restored_entries,
-    run_all,
+    restored_indexed, run_all,
 };
 use crate::validate::{DIR_MODE, file_mode};
 
@@ -502,7 +502,7 @@ async fn reconcile_and_write(
     .await?;
 
     let to_hash = std::mem::take(&mut *lock(&to_hash));
-    let unchanged = hash_blocks(to_hash, storage.chunk_ids(), opts).await?;
+    let unchanged = hash_blocks(to_hash, manifest, storage.chunk_ids(), opts).await?;
     let kept_bytes = kept_bytes(manifest, places, &unchanged);
     debug!(kept_bytes, "relation blocks compared");
 
@@ -563,7 +563,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct FileWanted {
     size: u64,
     mode: u32,
-    blocks: Arc<Vec<Expected>>,
+    /// A relation file's place in the manifest's files, where its blocks are listed.
+    relation: Option<usize>,
     /// The hard links of the regular file there now, if one is.
     links: Option<u64>,
 }
@@ -634,7 +635,7 @@ fn trees(manifest: &BackupManifest, places: &Places) -> Arc<Vec<Tree>> {
         wal.wanted.want_dir(PathBuf::from("archive_status"));
         wal
     });
-    for entry in restored_entries(manifest) {
+    for (index, entry) in restored_indexed(manifest) {
         let in_tablespace = split_tablespace(&entry.path)
             .and_then(|(oid, rest)| Some((tablespaces.get_mut(&oid)?, rest)));
         let (wanted, rel) = match in_tablespace {
@@ -645,7 +646,7 @@ fn trees(manifest: &BackupManifest, places: &Places) -> Arc<Vec<Tree>> {
             None if entry.path == CONTROL_FILE => (&mut root.wanted, CONTROL_PARTIAL),
             None => (&mut root.wanted, entry.path.as_str()),
         };
-        wanted.add(PathBuf::from(rel), entry);
+        wanted.add(PathBuf::from(rel), index, entry);
     }
     if wal.is_none() {
         for dir in ["pg_wal", "pg_wal/archive_status"] {
@@ -668,7 +669,8 @@ impl Wanted {
         }
     }
 
-    fn add(&mut self, rel: PathBuf, entry: &storage::manifest::FileEntry) {
+    /// The file or directory `entry`, the manifest's file number `index`, at `rel`.
+    fn add(&mut self, rel: PathBuf, index: usize, entry: &storage::manifest::FileEntry) {
         // A link an older backup recorded is only ever `pg_wal` (validated): a directory.
         let is_dir = entry.kind != EntryKind::File;
         self.kinds.insert(rel.clone(), is_dir);
@@ -681,7 +683,7 @@ impl Wanted {
             FileWanted {
                 size: entry.size,
                 mode: file_mode(entry.mode),
-                blocks: Arc::new(entry.blocks.iter().map(Expected::of).collect()),
+                relation: (!entry.blocks.is_empty()).then_some(index),
                 links: None,
             },
         ));
@@ -952,8 +954,9 @@ impl Expected {
     }
 }
 
-/// A reused relation file whose blocks are compared with the backup's.
-type ToHash = (PathBuf, Arc<Vec<Expected>>);
+/// A reused relation file whose blocks are compared with the backup's, and its place in the
+/// manifest's files.
+type ToHash = (PathBuf, usize);
 
 /// Put every file of `batch` at its size, mode and owner: a regular file with one link is
 /// reused, anything else created anew. Returns the reused relation files and how many files
@@ -969,8 +972,8 @@ fn prepare_files(
         // A second link shares the data with another file (another cluster after
         // pg_upgrade --link): writing in place would change that one too.
         if file.links == Some(1) && reuse(path, file, owner)? {
-            if !file.blocks.is_empty() {
-                reused.push((path.clone(), file.blocks.clone()));
+            if let Some(index) = file.relation {
+                reused.push((path.clone(), index));
             }
             continue;
         }
@@ -1015,42 +1018,63 @@ fn reuse(path: &Path, file: &FileWanted, owner: Owner) -> Result<bool, RestoreEr
     Ok(true)
 }
 
+/// Up to [`BLOCKS_PER_UNIT`] blocks of one file, compared by one task.
+struct Unit {
+    path: PathBuf,
+    /// The number of the first block in the file, and where it starts.
+    first: usize,
+    offset: u64,
+    blocks: Vec<Expected>,
+}
+
+/// The blocks the manifest lists for its file number `index`.
+fn blocks_of(manifest: &BackupManifest, index: usize) -> &[ChunkRef] {
+    manifest.files.get(index).map_or(&[], |f| f.blocks.as_slice())
+}
+
 /// Hash the reused files' blocks, [`COMPARISONS_PER_CORE`] tasks per core at a time, and
-/// compare each with the backup's chunk id.
+/// compare each with the backup's chunk id. The units of work are cut from the manifest as
+/// the tasks take them: only those in flight hold copies of its entries.
 async fn hash_blocks(
     files: Vec<ToHash>,
+    manifest: &BackupManifest,
     ids: ChunkIds,
     opts: &RestoreOptions,
 ) -> Result<Unchanged, RestoreError> {
-    let mut units = Vec::new();
-    for (index, (_, blocks)) in files.iter().enumerate() {
-        let mut offset = 0u64;
-        for (n, part) in blocks.chunks(BLOCKS_PER_UNIT).enumerate() {
-            units.push((index, n * BLOCKS_PER_UNIT, offset));
-            offset += part.iter().map(|c| c.len).sum::<u64>();
-        }
-    }
     let unchanged: Unchanged = files
         .iter()
-        .map(|(path, blocks)| (path.clone(), vec![false; blocks.len()]))
+        .map(|(path, index)| (path.clone(), vec![false; blocks_of(manifest, *index).len()]))
         .collect();
-    let (files, unchanged, ids) = (
-        Arc::new(files),
-        Arc::new(Mutex::new(unchanged)),
-        Arc::new(ids),
-    );
+    let units = files.iter().flat_map(|(path, index)| {
+        let mut offset = 0u64;
+        let parts = blocks_of(manifest, *index).chunks(BLOCKS_PER_UNIT);
+        parts.enumerate().map(move |(n, part)| {
+            let unit = Unit {
+                path: path.clone(),
+                first: n * BLOCKS_PER_UNIT,
+                offset,
+                blocks: part.iter().map(Expected::of).collect(),
+            };
+            // Saturating: the lengths come from the manifest.
+            let len = part.iter().fold(0u64, |sum, c| sum.saturating_add(c.len));
+            offset = offset.saturating_add(len);
+            unit
+        })
+    });
+    let (unchanged, ids) = (Arc::new(Mutex::new(unchanged)), Arc::new(ids));
     run_all(
         units,
         opts.parallelism.max(1) * COMPARISONS_PER_CORE,
         &opts.interrupted,
-        |(index, first, offset)| {
-            let (files, unchanged, ids) = (files.clone(), unchanged.clone(), ids.clone());
+        |unit| {
+            let (unchanged, ids) = (unchanged.clone(), ids.clone());
             blocking("block comparison task", move || {
-                let (path, blocks) = &files[index];
-                let end = (first + BLOCKS_PER_UNIT).min(blocks.len());
-                let same = compare_blocks(path, &blocks[first..end], offset, &ids)?;
-                if let Some(flags) = lock(&unchanged).get_mut(path) {
-                    flags[first..end].copy_from_slice(&same);
+                let same = compare_blocks(&unit.path, &unit.blocks, unit.offset, &ids)?;
+                let range = unit.first..unit.first + same.len();
+                let mut unchanged = lock(&unchanged);
+                let flags = unchanged.get_mut(&unit.path).and_then(|f| f.get_mut(range));
+                if let Some(flags) = flags {
+                    flags.copy_from_slice(&same);
                 }
                 Ok(())
             })

@@ -707,8 +707,20 @@ pub(crate) fn restored_entries(manifest: &BackupManifest) -> impl Iterator<Item 
     restored(&manifest.files)
 }
 
+/// [`restored_entries`], each with its place in the manifest's files.
+pub(crate) fn restored_indexed(
+    manifest: &BackupManifest,
+) -> impl Iterator<Item = (usize, &FileEntry)> {
+    let files = manifest.files.iter().enumerate();
+    files.filter(|(_, e)| is_restored(e))
+}
+
 fn restored(entries: &[FileEntry]) -> impl Iterator<Item = &FileEntry> {
-    entries.iter().filter(|e| e.path != "standby.signal")
+    entries.iter().filter(|e| is_restored(e))
+}
+
+fn is_restored(entry: &FileEntry) -> bool {
+    entry.path != "standby.signal"
 }
 
 /// Files of the manifest planned and written together: their relation blocks and their
