@@ -1029,7 +1029,10 @@ struct Unit {
 
 /// The blocks the manifest lists for its file number `index`.
 fn blocks_of(manifest: &BackupManifest, index: usize) -> &[ChunkRef] {
-    manifest.files.get(index).map_or(&[], |f| f.blocks.as_slice())
+    manifest
+        .files
+        .get(index)
+        .map_or(&[], |f| f.blocks.as_slice())
 }
 
 /// Hash the reused files' blocks, [`COMPARISONS_PER_CORE`] tasks per core at a time, and

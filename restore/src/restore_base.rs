@@ -769,10 +769,10 @@ fn plan_writes<'a>(
     for entry in restored(entries).filter(|e| !e.blocks.is_empty()) {
         let path = Arc::new(places.destination(&entry.path));
         let kept = unchanged.and_then(|u| u.get(path.as_ref()));
-        let mut offset = 0;
+        let mut offset = 0u64;
         for (index, chunk) in entry.blocks.iter().enumerate() {
             if kept.is_some_and(|k| k.get(index).copied().unwrap_or(false)) {
-                offset += chunk.len;
+                offset = offset.saturating_add(chunk.len);
                 continue;
             }
             add(
@@ -783,7 +783,7 @@ fn plan_writes<'a>(
                     range: 0..chunk.len as usize,
                 },
             );
-            offset += chunk.len;
+            offset = offset.saturating_add(chunk.len);
         }
     }
     cut_bundle(manifest, entries, places, &mut add)?;
