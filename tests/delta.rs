@@ -168,6 +168,51 @@ fn delta_restore_keeps_what_matches_and_equals_a_full_restore() {
     );
 }
 
+/// Restores planned a few writes at a time (`LIFELINE_RESTORE_PLAN_WINDOW`, each window of
+/// files planned and written in turn, the small files' bundle cut per window) put back the
+/// same directory as one plan, full and delta alike, and the data row for row.
+#[test]
+fn restores_in_windows_of_a_few_writes_equal_one_plan() {
+    let scratch = Scratch::new();
+    let pg = cluster_with_data(&scratch);
+    let before = pg.snapshot();
+    backup(&scratch, &pg);
+    diverge(&pg);
+    let windows = [("LIFELINE_RESTORE_PLAN_WINDOW", "7")];
+    let out = scratch.restore_with(&["--type", "full", "--delta"], &pg.data, &windows);
+    let said = succeeded(&out, "delta restore in windows");
+    assert!(mib(&said, "MiB already in place") >= 20, "{said}");
+    let whole = scratch.path("one plan");
+    succeeded(
+        &scratch.restore(&["--type", "full"], &whole),
+        "full restore",
+    );
+    let windowed = scratch.path("windows");
+    let logged = [windows[0], ("LIFELINE_LOG", "debug")];
+    let out = scratch.restore_with(&["--type", "full"], &windowed, &logged);
+    succeeded(&out, "full restore in windows");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let written = log.matches("writing a window of files").count();
+    assert!(written > 100, "{written} windows");
+    assert_eq!(tree(&windowed), tree(&whole));
+    assert_eq!(tree(&pg.data), tree(&whole));
+    let zero = scratch.restore_with(
+        &["--type", "full"],
+        &scratch.path("never"),
+        &[("LIFELINE_RESTORE_PLAN_WINDOW", "0")],
+    );
+    assert!(!zero.status.success());
+    let err = String::from_utf8_lossy(&zero.stderr);
+    assert!(err.contains("restore-plan-window"), "{err}");
+    assert!(!scratch.path("never").exists());
+    let restored = Pg::recover(&scratch, windowed);
+    assert_eq!(
+        restored.snapshot(),
+        before,
+        "row for row after a restore in windows"
+    );
+}
+
 #[test]
 fn delta_restore_refuses_what_it_must_not_touch_and_restores_into_an_empty_directory() {
     let scratch = Scratch::new();

@@ -62,6 +62,8 @@ pub struct ConfigFile {
     pub wal_prefetch_mib: Option<u64>,
     /// A restore writes relation blocks with `O_DIRECT` (default false).
     pub direct_io: Option<bool>,
+    /// Chunk writes a restore plans at a time (default `restore::PLAN_WINDOW`).
+    pub restore_plan_window: Option<usize>,
     /// `wal push` look-ahead: segments (0: off) and MiB stored ahead by a detached worker.
     pub wal_push_ahead: Option<usize>,
     pub wal_push_ahead_mib: Option<u64>,

@@ -34,6 +34,9 @@ pub struct Settings {
     /// `direct-io`, `LIFELINE_DIRECT_IO`: a restore writes relation blocks with `O_DIRECT`
     /// (default false).
     pub direct_io: bool,
+    /// `restore-plan-window`, `LIFELINE_RESTORE_PLAN_WINDOW`: chunk writes a restore plans at
+    /// a time (default [`restore::PLAN_WINDOW`]).
+    pub restore_plan_window: usize,
     pub prefetch: Prefetch,
     /// `wal-push-ahead`, `wal-push-ahead-mib`: see [`Settings::start_push_ahead`].
     pub push_ahead: PushAhead,
@@ -345,6 +348,11 @@ impl ConfigFile {
             "LIFELINE_WAL_PUSH_AHEAD",
             "a number",
         )?;
+        from_env(
+            &mut self.restore_plan_window,
+            "LIFELINE_RESTORE_PLAN_WINDOW",
+            "a number",
+        )?;
         from_env(&mut self.pgdata, "PGDATA", "a path")?;
         from_env(&mut self.pg_bin_dir, "PG_BIN_DIR", "a path")?;
         Ok(())
@@ -575,6 +583,11 @@ impl Settings {
             direct_io: bool_env("LIFELINE_DIRECT_IO")?
                 .or(file.direct_io)
                 .unwrap_or(false),
+            restore_plan_window: match file.restore_plan_window {
+                Some(0) => return Err(setting("restore-plan-window must be at least 1".into())),
+                Some(window) => window,
+                None => restore::PLAN_WINDOW,
+            },
             prefetch: Prefetch {
                 segments: file.wal_prefetch.unwrap_or(prefetch_default),
                 bytes: mib_to_bytes(file.wal_prefetch_mib.unwrap_or(512), "wal-prefetch-mib")?,
@@ -888,6 +901,7 @@ impl Settings {
             parallelism: self.parallelism,
             transfers: self.download_transfers(),
             direct_io: self.direct_io,
+            plan_window: self.restore_plan_window,
             verify_first,
             choices,
             owner: storage::private::Owner::KEEP,

@@ -46,6 +46,8 @@ pub struct PostgresRestoreOptions {
     pub transfers: usize,
     /// See [`RestoreOptions::direct_io`].
     pub direct_io: bool,
+    /// See [`RestoreOptions::plan_window`].
+    pub plan_window: usize,
     /// Check that every chunk exists before writing anything.
     pub verify_first: bool,
     pub choices: RestoreChoices,
@@ -363,7 +365,7 @@ fn restore_options(
         progress: options.progress.clone(),
         delta: choices.delta,
         discard_unarchived_wal: choices.discard_unarchived_wal,
-        plan_window: crate::PLAN_WINDOW,
+        plan_window: options.plan_window,
     }
 }
 

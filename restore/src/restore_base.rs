@@ -491,8 +491,16 @@ pub(crate) async fn write_windows(
 ) -> Result<(), RestoreError> {
     // One for the whole restore: a file system found to refuse O_DIRECT is not tried again.
     let shared = SharedWrites::new(opts.direct_io);
-    for window in windows(manifest, opts.plan_window) {
-        let plan = plan_writes(manifest, places, unchanged, &window)?;
+    let windows = windows(manifest, opts.plan_window);
+    for (n, window) in windows.iter().enumerate() {
+        let of = windows.len();
+        debug!(
+            window = n + 1,
+            of,
+            files = window.files.len(),
+            "writing a window of files"
+        );
+        let plan = plan_writes(manifest, places, unchanged, window)?;
         write_data(storage.clone(), plan, &shared, opts).await?;
     }
     Ok(())
