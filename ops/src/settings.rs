@@ -584,7 +584,13 @@ impl Settings {
                 .or(file.direct_io)
                 .unwrap_or(false),
             restore_plan_window: match file.restore_plan_window {
-                Some(0) => return Err(setting("restore-plan-window must be at least 1".into())),
+                Some(0) => {
+                    return Err(setting(
+                        "restore-plan-window (LIFELINE_RESTORE_PLAN_WINDOW) is 0: give the chunk \
+                         writes a restore plans at a time, at least 1 (default 262144)"
+                            .into(),
+                    ));
+                }
                 Some(window) => window,
                 None => restore::PLAN_WINDOW,
             },

@@ -31,10 +31,10 @@ pub(crate) fn mount_root(
     {
         return Ok(found.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
     }
-    match (mount_id(path, false)?, mount_id(parent, true)?) {
-        (Some(own), Some(parents)) => Ok(own != parents),
-        _ if devices.is_some_and(|(parent, own)| parent != own) => Ok(true),
-        _ => Err(RestoreError::Refused(format!(
+    match crosses_mount(path, parent)? {
+        Some(crosses) => Ok(crosses),
+        None if devices.is_some_and(|(parent, own)| parent != own) => Ok(true),
+        None => Err(RestoreError::Refused(format!(
             "--delta: cannot tell whether {} is a mount point: this kernel's statx does not \
              say, and /proc/self/fdinfo gives no mount id; a delta restore must not write \
              through a mount. Mount /proc, or restore into an empty or new directory instead",
@@ -62,12 +62,12 @@ fn mount_id(path: &Path, follow: bool) -> Result<Option<u64>, RestoreError> {
         .and_then(|id| id.trim().parse().ok()))
 }
 
-/// Whether `path`, an entry of directory `parent`, lies on another mount, by mount ids alone.
-#[cfg(test)]
-fn crosses_mount(path: &Path, parent: &Path) -> Option<bool> {
-    match (mount_id(path, false).ok()?, mount_id(parent, true).ok()?) {
-        (Some(own), Some(parents)) => Some(own != parents),
-        _ => None,
+/// Whether `path`, an entry of directory `parent`, lies on another mount, by mount ids alone;
+/// `None` when `/proc/self/fdinfo` does not say.
+fn crosses_mount(path: &Path, parent: &Path) -> Result<Option<bool>, RestoreError> {
+    match (mount_id(path, false)?, mount_id(parent, true)?) {
+        (Some(own), Some(parents)) => Ok(Some(own != parents)),
+        _ => Ok(None),
     }
 }
 
@@ -128,11 +128,15 @@ mod tests {
         bind(&outside_dir, &real.join("base"));
         // Entries as the walk names them, through the link; the data directory by its real path.
         let seen = [
-            crosses_mount(&link.join("pg_hba.conf"), &link),
-            crosses_mount(&link.join("base"), &link),
-            crosses_mount(&link.join("PG_VERSION"), &link),
-            crosses_mount(&real, &mnt),
-            crosses_mount(&mnt, scratch.path()),
+            crosses_mount(&link.join("pg_hba.conf"), &link)
+                .ok()
+                .flatten(),
+            crosses_mount(&link.join("base"), &link).ok().flatten(),
+            crosses_mount(&link.join("PG_VERSION"), &link)
+                .ok()
+                .flatten(),
+            crosses_mount(&real, &mnt).ok().flatten(),
+            crosses_mount(&mnt, scratch.path()).ok().flatten(),
         ];
         for mounted in [real.join("pg_hba.conf"), real.join("base"), mnt.clone()] {
             run(&["umount".as_ref(), mounted.as_ref()]);

@@ -492,8 +492,8 @@ pub(crate) async fn write_windows(
     // One for the whole restore: a file system found to refuse O_DIRECT is not tried again.
     let shared = SharedWrites::new(opts.direct_io);
     let windows = windows(manifest, opts.plan_window);
+    let of = windows.len();
     for (n, window) in windows.iter().enumerate() {
-        let of = windows.len();
         debug!(
             window = n + 1,
             of,
