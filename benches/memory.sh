@@ -5,8 +5,11 @@
 #   bash benches/memory.sh 50 200 400
 #   BINARIES="/tmp/old/lifeline /tmp/new/lifeline" bash benches/memory.sh 50 400   # compare builds
 #   HEAP=1 bash benches/memory.sh 400   # a third restore under heaptrack: its peak heap, exact
-# What should stay flat is the restore's peak: the data in flight is bounded, and what grows is
-# the metadata (an 88-byte entry and a 40-byte write per 256 KiB block).
+#   RESTORE_WINDOW=1024 HEAP=1 bash benches/memory.sh 50 400   # restores plan 1024 writes at a
+#       time (LIFELINE_RESTORE_PLAN_WINDOW): past one window, the peak no longer grows
+# What should stay flat is the restore's peak: the data in flight is bounded, the manifest's block
+# lists are kept on disk, and what is planned at a time is one window of files (by default 256 Ki
+# writes of a 256 KiB block: 64 GiB; an 88-byte entry and a 40-byte write per block in it).
 set -euo pipefail
 trap 'echo "benches/memory.sh: line $LINENO failed (exit $?); a scale 400 run needs about 20 GiB free" >&2' ERR
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +48,7 @@ for scale in "$@"; do
     backup=$(peak runuser -u postgres -- env $env DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres \
       DB_NAME=postgres PGDATA="$W/data" "$W/lifeline$i" backup postgres)
     restores=""
+    [ -z "${RESTORE_WINDOW:-}" ] || env+=" LIFELINE_RESTORE_PLAN_WINDOW=$RESTORE_WINDOW"
     for round in 1 2; do
       rm -rf "$W/restored"
       restores+="$(peak runuser -u postgres -- env $env "$W/lifeline$i" restore postgres --type full \

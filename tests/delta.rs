@@ -169,8 +169,9 @@ fn delta_restore_keeps_what_matches_and_equals_a_full_restore() {
 }
 
 /// Restores planned a few writes at a time (`LIFELINE_RESTORE_PLAN_WINDOW`, each window of
-/// files planned and written in turn, the small files' bundle cut per window) put back the
-/// same directory as one plan, full and delta alike, and the data row for row.
+/// files planned and written in turn, the small files' bundle cut per window, the block lists
+/// read back from disk) put back the same directory as one plan, full and delta alike, and the
+/// data row for row.
 #[test]
 fn restores_in_windows_of_a_few_writes_equal_one_plan() {
     let scratch = Scratch::new();
@@ -194,6 +195,8 @@ fn restores_in_windows_of_a_few_writes_equal_one_plan() {
     let log = String::from_utf8_lossy(&out.stderr);
     let written = log.matches("writing a window of files").count();
     assert!(written > 100, "{written} windows");
+    // The windows read their block lists back from a file with no name: none is left.
+    assert!(log.contains("its block lists kept on disk"), "{log}");
     assert_eq!(tree(&windowed), tree(&whole));
     assert_eq!(tree(&pg.data), tree(&whole));
     let zero = scratch.restore_with(

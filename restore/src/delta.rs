@@ -30,13 +30,14 @@ use storage::{ChunkIds, Storage};
 use tracing::debug;
 
 use crate::RestoreError;
+use crate::block_lists::BlockLists;
 use crate::error::blocking;
 use crate::mounts::mount_root;
 use crate::opening::{no_follow, no_follow_nonblocking, read_small};
 use crate::places::{CONTROL_FILE, CONTROL_PARTIAL, Place, Places, split_tablespace};
 use crate::restore_base::{
-    MARKER, RestoreOptions, RestoreReport, create_files, fsync_path, marker_text, restored_entries,
-    restored_indexed, run_all,
+    MARKER, RestoreOptions, RestoreReport, create_files, fsync_path, marker_text, restored_indexed,
+    run_all,
 };
 use crate::validate::{DIR_MODE, file_mode};
 
@@ -353,6 +354,7 @@ fn system_identifier(root: &Path, control: Option<&[u8]>) -> Result<Option<u64>,
 pub(crate) async fn restore_delta(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
+    mut lists: BlockLists,
     opts: &RestoreOptions,
     existing: Existing,
 ) -> Result<RestoreReport, RestoreError> {
@@ -360,7 +362,7 @@ pub(crate) async fn restore_delta(
         crate::restore_base::check_packs_exist(
             storage.as_ref(),
             &manifest.backup_id,
-            manifest.packs(),
+            lists.packs(manifest),
             opts.parallelism,
         )
         .await?;
@@ -369,7 +371,7 @@ pub(crate) async fn restore_delta(
         return Err(RestoreError::Interrupted);
     }
     let places = Arc::new(existing.places);
-    let trees = trees(manifest, &places);
+    let trees = trees(manifest, &lists, &places);
     // Refused here, before anything is written, rather than midway.
     check_walk(&trees).await?;
     let sealed = {
@@ -378,7 +380,8 @@ pub(crate) async fn restore_delta(
     };
     let work = async {
         sealed?;
-        reconcile_and_write(storage, manifest, opts, &places, trees).await
+        lists.keep_in(storage.as_ref(), &places.root.dir).await?;
+        reconcile_and_write(storage, manifest, &lists, opts, &places, trees).await
     };
     work.await.map_err(|e| match e {
         // Refused by the second look for a server: pg_control is back, nothing changed.
@@ -418,7 +421,7 @@ pub(crate) async fn preview_delta(
     manifest: &BackupManifest,
     existing: &Existing,
 ) -> Result<usize, RestoreError> {
-    check_walk(&trees(manifest, &existing.places)).await
+    check_walk(&trees(manifest, &BlockLists::whole(), &existing.places)).await
 }
 
 /// Make the marker durable (written aside and renamed: a crash never leaves it half
@@ -464,6 +467,7 @@ fn seal(root: &Path, marker: &str, owner: Owner) -> Result<(), RestoreError> {
 async fn reconcile_and_write(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
+    lists: &BlockLists,
     opts: &RestoreOptions,
     places: &Arc<Places>,
     trees: Arc<Vec<Tree>>,
@@ -502,14 +506,16 @@ async fn reconcile_and_write(
     .await?;
 
     let to_hash = std::mem::take(&mut *lock(&to_hash));
-    let unchanged = hash_blocks(to_hash, manifest, storage.chunk_ids(), opts).await?;
-    let kept_bytes = kept_bytes(manifest, places, &unchanged);
+    let unchanged = hash_blocks(to_hash, manifest, lists, storage.chunk_ids(), opts).await?;
+    let kept_bytes = kept_bytes(manifest, lists, places, &unchanged)?;
     debug!(kept_bytes, "relation blocks compared");
 
+    let unchanged = Some(&unchanged);
+    let window = opts.plan_window;
     let written_bytes =
-        crate::restore_base::planned_bytes(manifest, places, Some(&unchanged), opts.plan_window)?;
+        crate::restore_base::planned_bytes(manifest, lists, places, unchanged, window)?;
     opts.progress.set_total(written_bytes);
-    crate::restore_base::write_windows(storage, manifest, places, Some(&unchanged), opts).await?;
+    crate::restore_base::write_windows(storage, manifest, lists, places, unchanged, opts).await?;
     crate::restore_base::finish(manifest, opts, places).await?;
     Ok(RestoreReport {
         files: trees.iter().map(|t| t.wanted.files.len()).sum(),
@@ -607,7 +613,7 @@ struct Tree {
 }
 
 /// The data directory's tree first, then one per tablespace, by oid, then `--waldir`'s.
-fn trees(manifest: &BackupManifest, places: &Places) -> Arc<Vec<Tree>> {
+fn trees(manifest: &BackupManifest, lists: &BlockLists, places: &Places) -> Arc<Vec<Tree>> {
     let tree = |dir: &PathBuf, existed, leave_others| Tree {
         dir: dir.clone(),
         wanted: Wanted::default(),
@@ -646,7 +652,8 @@ fn trees(manifest: &BackupManifest, places: &Places) -> Arc<Vec<Tree>> {
             None if entry.path == CONTROL_FILE => (&mut root.wanted, CONTROL_PARTIAL),
             None => (&mut root.wanted, entry.path.as_str()),
         };
-        wanted.add(PathBuf::from(rel), index, entry);
+        let relation = (lists.count(manifest, index) != 0).then_some(index);
+        wanted.add(PathBuf::from(rel), relation, entry);
     }
     if wal.is_none() {
         for dir in ["pg_wal", "pg_wal/archive_status"] {
@@ -669,8 +676,9 @@ impl Wanted {
         }
     }
 
-    /// The file or directory `entry`, the manifest's file number `index`, at `rel`.
-    fn add(&mut self, rel: PathBuf, index: usize, entry: &storage::manifest::FileEntry) {
+    /// The file or directory `entry` at `rel`; `relation`: the manifest's file number of a
+    /// file with blocks.
+    fn add(&mut self, rel: PathBuf, relation: Option<usize>, entry: &storage::manifest::FileEntry) {
         // A link an older backup recorded is only ever `pg_wal` (validated): a directory.
         let is_dir = entry.kind != EntryKind::File;
         self.kinds.insert(rel.clone(), is_dir);
@@ -683,7 +691,7 @@ impl Wanted {
             FileWanted {
                 size: entry.size,
                 mode: file_mode(entry.mode),
-                relation: (!entry.blocks.is_empty()).then_some(index),
+                relation,
                 links: None,
             },
         ));
@@ -1027,42 +1035,41 @@ struct Unit {
     blocks: Vec<Expected>,
 }
 
-/// The blocks the manifest lists for its file number `index`.
-fn blocks_of(manifest: &BackupManifest, index: usize) -> &[ChunkRef] {
-    manifest
-        .files
-        .get(index)
-        .map_or(&[], |f| f.blocks.as_slice())
-}
-
 /// Hash the reused files' blocks, [`COMPARISONS_PER_CORE`] tasks per core at a time, and
-/// compare each with the backup's chunk id. The units of work are cut from the manifest as
-/// the tasks take them: only those in flight hold copies of its entries.
+/// compare each with the backup's chunk id. The units of work are cut from the block lists as
+/// the tasks take them: only those in flight hold copies of their entries.
 async fn hash_blocks(
     files: Vec<ToHash>,
     manifest: &BackupManifest,
+    lists: &BlockLists,
     ids: ChunkIds,
     opts: &RestoreOptions,
 ) -> Result<Unchanged, RestoreError> {
     let unchanged: Unchanged = files
         .iter()
-        .map(|(path, index)| (path.clone(), vec![false; blocks_of(manifest, *index).len()]))
+        .map(|(path, index)| (path.clone(), vec![false; lists.count(manifest, *index)]))
         .collect();
     let units = files.iter().flat_map(|(path, index)| {
+        let blocks = match lists.blocks(manifest, *index) {
+            Ok(blocks) => blocks.into_owned(),
+            Err(e) => return vec![Err(e)],
+        };
         let mut offset = 0u64;
-        let parts = blocks_of(manifest, *index).chunks(BLOCKS_PER_UNIT);
-        parts.enumerate().map(move |(n, part)| {
-            let unit = Unit {
-                path: path.clone(),
-                first: n * BLOCKS_PER_UNIT,
-                offset,
-                blocks: part.iter().map(Expected::of).collect(),
-            };
-            // Saturating: the lengths come from the manifest.
-            let len = part.iter().fold(0u64, |sum, c| sum.saturating_add(c.len));
-            offset = offset.saturating_add(len);
-            unit
-        })
+        let parts = blocks.chunks(BLOCKS_PER_UNIT).enumerate();
+        parts
+            .map(|(n, part)| {
+                let unit = Unit {
+                    path: path.clone(),
+                    first: n * BLOCKS_PER_UNIT,
+                    offset,
+                    blocks: part.iter().map(Expected::of).collect(),
+                };
+                // Saturating: the lengths come from the manifest.
+                let len = part.iter().fold(0u64, |sum, c| sum.saturating_add(c.len));
+                offset = offset.saturating_add(len);
+                Ok(unit)
+            })
+            .collect()
     });
     let (unchanged, ids) = (Arc::new(Mutex::new(unchanged)), Arc::new(ids));
     run_all(
@@ -1072,6 +1079,7 @@ async fn hash_blocks(
         |unit| {
             let (unchanged, ids) = (unchanged.clone(), ids.clone());
             blocking("block comparison task", move || {
+                let unit = unit?;
                 let same = compare_blocks(&unit.path, &unit.blocks, unit.offset, &ids)?;
                 let range = unit.first..unit.first + same.len();
                 let mut unchanged = lock(&unchanged);
@@ -1126,13 +1134,22 @@ fn compare_blocks(
 }
 
 /// Bytes of the relation blocks found in place.
-fn kept_bytes(manifest: &BackupManifest, places: &Places, unchanged: &Unchanged) -> u64 {
-    restored_entries(manifest)
-        .filter_map(|e| Some((e, unchanged.get(&places.destination(&e.path))?)))
-        .flat_map(|(e, flags)| e.blocks.iter().zip(flags))
-        .filter(|(_, same)| **same)
-        .map(|(c, _)| c.len)
-        .sum()
+fn kept_bytes(
+    manifest: &BackupManifest,
+    lists: &BlockLists,
+    places: &Places,
+    unchanged: &Unchanged,
+) -> Result<u64, RestoreError> {
+    let mut kept = 0u64;
+    for (index, entry) in restored_indexed(manifest) {
+        let Some(flags) = unchanged.get(&places.destination(&entry.path)) else {
+            continue;
+        };
+        let blocks = lists.blocks(manifest, index)?;
+        let same = blocks.iter().zip(flags).filter(|(_, same)| **same);
+        kept = same.fold(kept, |sum, (c, _)| sum.saturating_add(c.len));
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -1255,7 +1272,7 @@ mod tests {
             Owner::default(),
         )
         .expect("apart");
-        let trees = trees(&manifest, &places);
+        let trees = trees(&manifest, &BlockLists::whole(), &places);
         let [root, tablespace] = trees.as_slice() else {
             panic!("two trees: {trees:?}");
         };
@@ -1287,7 +1304,7 @@ mod tests {
         )
         .expect("apart");
         manifest.files.push(entry("pg_wal", EntryKind::Dir));
-        let trees = super::trees(&manifest, &places);
+        let trees = super::trees(&manifest, &BlockLists::whole(), &places);
         let [root, wal] = trees.as_slice() else {
             panic!("two trees: {trees:?}");
         };

@@ -14,6 +14,7 @@
 //! - [`restore_dump`]: recreate a database from a logical dump with pg_restore.
 //! - [`verify_repository`]: check that every backup's chunks and WAL are there and intact.
 
+mod block_lists;
 mod delta;
 mod error;
 mod file_writes;

@@ -62,6 +62,7 @@ pub struct PostgresRestoreOptions {
 pub struct RestoredBackup {
     pub backup_id: String,
     pub data_dir: PathBuf,
+    /// The backup's manifest without its files' block lists (the restore kept them on disk).
     pub manifest: BackupManifest,
     pub files: usize,
     pub bytes: u64,
@@ -460,8 +461,14 @@ pub async fn restore_backup(
         spool.clear(backup.system_identifier)?;
     }
     let interrupted = Arc::new(AtomicBool::new(false));
-    tracing::debug!(backup = %backup.backup_id, "reading the manifest");
-    let manifest = read_backup_manifest(storage.as_ref(), backup).await?;
+    tracing::debug!(backup = %backup.backup_id, "reading the manifest's outline");
+    let outline = crate::block_lists::read_outline(storage.as_ref(), &backup.backup_id)
+        .await
+        .map_err(|source| RestoreError::ReadManifest {
+            backup_id: backup.backup_id.clone(),
+            source: Box::new(source),
+        })?;
+    let (manifest, lists) = crate::block_lists::BlockLists::of(outline);
     tracing::debug!(files = manifest.files.len(), "manifest read");
     let choices = &options.choices;
     let opts = restore_options(options, recovery, data_dir, interrupted.clone());
@@ -469,7 +476,7 @@ pub async fn restore_backup(
     storage::lease::take_here(storage.as_ref(), &backup.backup_id).await;
     let running = Arc::new(AtomicBool::new(true));
     tokio::spawn(watch_signals(interrupted, running.clone(), choices.delta));
-    let restored = crate::restore_base(storage, &manifest, &opts).await;
+    let restored = crate::restore_base::restore_with(storage, &manifest, lists, &opts).await;
     running.store(false, Ordering::SeqCst);
     let report = restored.map_err(|source| RestoreError::RestoreInto {
         what: backup.backup_id.clone(),

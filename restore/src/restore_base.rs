@@ -21,6 +21,7 @@ use storage::{Storage, StorageExt, layout};
 use tracing::debug;
 
 use crate::RestoreError;
+use crate::block_lists::BlockLists;
 use crate::error::blocking;
 use crate::file_writes::{SharedWrites, TaskFiles};
 use crate::opening::no_follow;
@@ -155,18 +156,28 @@ pub async fn restore_base(
     manifest: &BackupManifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
-    crate::validate::validate_base(manifest)?;
+    restore_with(storage, manifest, BlockLists::whole(), opts).await
+}
+
+/// [`restore_base`] of a manifest whose block lists `lists` keeps.
+pub(crate) async fn restore_with(
+    storage: Arc<dyn Storage>,
+    manifest: &BackupManifest,
+    lists: BlockLists,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    crate::validate::validate_with(manifest, &lists)?;
     if opts.delta
         && let Some(existing) = crate::delta::existing_cluster(manifest, opts)?
     {
-        return crate::delta::restore_delta(storage, manifest, opts, existing).await;
+        return crate::delta::restore_delta(storage, manifest, lists, opts, existing).await;
     }
     let places = Arc::new(Places::plan(manifest, opts)?);
     if opts.verify_first {
         check_packs_exist(
             storage.as_ref(),
             &manifest.backup_id,
-            manifest.packs(),
+            lists.packs(manifest),
             opts.parallelism,
         )
         .await?;
@@ -180,7 +191,7 @@ pub async fn restore_base(
         blocking("directory creation task", move || places.create()).await
     };
     let result = match created {
-        Ok(()) => restore_into(storage, manifest, opts, &places).await,
+        Ok(()) => restore_into(storage, manifest, lists, opts, &places).await,
         Err(e) => Err(e),
     };
     if result.is_err() {
@@ -414,6 +425,7 @@ fn create_directories(skeleton: &Skeleton, owner: Owner) -> Result<(), RestoreEr
 async fn restore_into(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
+    mut lists: BlockLists,
     opts: &RestoreOptions,
     places: &Arc<Places>,
 ) -> Result<RestoreReport, RestoreError> {
@@ -446,11 +458,12 @@ async fn restore_into(
     })
     .await?;
     debug!("directories and files created");
+    lists.keep_in(storage.as_ref(), &places.root.dir).await?;
     // Every window planned before the first is written: a plan that cannot be made is found
     // before any data is.
-    opts.progress
-        .set_total(planned_bytes(manifest, places, None, opts.plan_window)?);
-    write_windows(storage, manifest, places, None, opts).await?;
+    let total = planned_bytes(manifest, &lists, places, None, opts.plan_window)?;
+    opts.progress.set_total(total);
+    write_windows(storage, manifest, &lists, places, None, opts).await?;
     finish(manifest, opts, places).await?;
     Ok(RestoreReport {
         files: manifest
@@ -485,13 +498,14 @@ pub(crate) fn marker_system_identifier(marker: &str) -> Option<u64> {
 pub(crate) async fn write_windows(
     storage: Arc<dyn Storage>,
     manifest: &BackupManifest,
+    lists: &BlockLists,
     places: &Places,
     unchanged: Option<&crate::delta::Unchanged>,
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
     // One for the whole restore: a file system found to refuse O_DIRECT is not tried again.
     let shared = SharedWrites::new(opts.direct_io);
-    let windows = windows(manifest, opts.plan_window);
+    let windows = windows(manifest, lists, opts.plan_window);
     let of = windows.len();
     for (n, window) in windows.iter().enumerate() {
         debug!(
@@ -500,7 +514,8 @@ pub(crate) async fn write_windows(
             files = window.files.len(),
             "writing a window of files"
         );
-        let plan = plan_writes(manifest, places, unchanged, window)?;
+        let entries = lists.entries(manifest, window.files.clone())?;
+        let plan = plan_writes(&entries, &manifest.bundle, places, unchanged)?;
         write_data(storage.clone(), plan, &shared, opts).await?;
     }
     Ok(())
@@ -510,12 +525,16 @@ pub(crate) async fn write_windows(
 /// plan cannot be made before anything is written.
 pub(crate) fn planned_bytes(
     manifest: &BackupManifest,
+    lists: &BlockLists,
     places: &Places,
     unchanged: Option<&crate::delta::Unchanged>,
     window: usize,
 ) -> Result<u64, RestoreError> {
-    windows(manifest, window).iter().try_fold(0u64, |sum, w| {
-        Ok(sum.saturating_add(plan_writes(manifest, places, unchanged, w)?.bytes()))
+    let windows = windows(manifest, lists, window);
+    windows.iter().try_fold(0u64, |sum, w| {
+        let entries = lists.entries(manifest, w.files.clone())?;
+        let plan = plan_writes(&entries, &manifest.bundle, places, unchanged)?;
+        Ok(sum.saturating_add(plan.bytes()))
     })
 }
 
@@ -740,13 +759,13 @@ pub(crate) struct Window {
 
 /// The manifest's files in windows of at least `writes` writes each (the last may hold
 /// fewer; a small file counts as one), cut between files; always one window at least.
-fn windows(manifest: &BackupManifest, writes: usize) -> Vec<Window> {
+fn windows(manifest: &BackupManifest, lists: &BlockLists, writes: usize) -> Vec<Window> {
     let mut windows = Vec::new();
     let (mut start, mut count) = (0, 0usize);
     for (i, entry) in manifest.files.iter().enumerate() {
         let small = usize::from(entry.bundle_offset.is_some());
         count = count
-            .saturating_add(entry.blocks.len())
+            .saturating_add(lists.count(manifest, i))
             .saturating_add(small);
         if count >= writes.max(1) {
             windows.push(Window {
@@ -763,17 +782,17 @@ fn windows(manifest: &BackupManifest, writes: usize) -> Vec<Window> {
     windows
 }
 
-/// Every chunk `window` writes, by pack. `unchanged` holds, by destination, the relation
-/// blocks a delta restore found already in place: those are not fetched.
+/// Every chunk the files `entries` (a window, with their blocks) write, by pack; `bundle` is
+/// the manifest's. `unchanged` holds, by destination, the relation blocks a delta restore
+/// found already in place: those are not fetched.
 fn plan_writes<'a>(
-    manifest: &'a BackupManifest,
+    entries: &'a [FileEntry],
+    bundle: &'a [ChunkRef],
     places: &Places,
     unchanged: Option<&crate::delta::Unchanged>,
-    window: &Window,
 ) -> Result<WritePlan<'a>, RestoreError> {
     let mut writes = Vec::new();
     let mut add = |chunk, target| writes.push((chunk, target));
-    let entries = manifest.files.get(window.files.clone()).unwrap_or_default();
     for entry in restored(entries).filter(|e| !e.blocks.is_empty()) {
         let path = Arc::new(places.destination(&entry.path));
         let kept = unchanged.and_then(|u| u.get(path.as_ref()));
@@ -794,7 +813,7 @@ fn plan_writes<'a>(
             offset = offset.saturating_add(chunk.len);
         }
     }
-    cut_bundle(manifest, entries, places, &mut add)?;
+    cut_bundle(bundle, entries, places, &mut add)?;
     writes.sort_unstable_by_key(|(c, _)| (c.pack, c.offset, c.hash, c.len, c.stored));
     Ok(WritePlan { writes })
 }
@@ -802,7 +821,7 @@ fn plan_writes<'a>(
 /// The small files among `entries`: the bundle stream cut back into files at their recorded
 /// offsets.
 fn cut_bundle<'a>(
-    manifest: &'a BackupManifest,
+    bundle: &'a [ChunkRef],
     entries: &[FileEntry],
     places: &Places,
     add: &mut impl FnMut(&'a ChunkRef, Target),
@@ -816,7 +835,7 @@ fn cut_bundle<'a>(
     small.sort_by_key(|f| f.0);
     let mut stream_offset = 0u64;
     let mut first = 0;
-    for chunk in &manifest.bundle {
+    for chunk in bundle {
         // Saturating: the lengths and offsets come from the manifest.
         let chunk_end = stream_offset.saturating_add(chunk.len);
         let mut i = first;
@@ -1176,7 +1195,7 @@ mod tests {
             chunk(b'w', 4, 2, 10),
         ];
         let places = places_at_r();
-        let plan = plan_writes(&manifest, &places, None, &whole(&manifest)).expect("plan");
+        let plan = plan_of(&manifest, &places, None, &whole(&manifest)).expect("plan");
         let groups: Vec<WriteGroup> = write_groups(&plan, 1).collect();
         let mut written: BTreeMap<String, u64> = BTreeMap::new();
         for group in &groups {
@@ -1221,7 +1240,7 @@ mod tests {
         // Two references to one place that name different chunks (a forged manifest) are two
         // chunks, each decoded and checked against its own hash.
         manifest.files[4].blocks[1] = chunk(b'q', 8, 1, 0);
-        let plan = plan_writes(&manifest, &places, None, &whole(&manifest)).expect("plan");
+        let plan = plan_of(&manifest, &places, None, &whole(&manifest)).expect("plan");
         let first = write_groups(&plan, 1).next().expect("a group");
         let names: Vec<(u8, u64, usize)> = first
             .chunks
@@ -1231,7 +1250,7 @@ mod tests {
         assert_eq!(names, [(b'q', 0, 1), (b'z', 0, 1), (b'x', 10, 2)]);
         // A bundle that ends too early is refused.
         manifest.bundle.pop();
-        assert!(plan_writes(&manifest, &places, None, &whole(&manifest)).is_err());
+        assert!(plan_of(&manifest, &places, None, &whole(&manifest)).is_err());
     }
 
     #[test]
@@ -1264,7 +1283,7 @@ mod tests {
             file("z", 320, None, blocks(3)),
         ];
         let places = places_at_r();
-        let plan = plan_writes(&manifest, &places, None, &whole(&manifest)).expect("plan");
+        let plan = plan_of(&manifest, &places, None, &whole(&manifest)).expect("plan");
         let everything = |lanes| {
             let mut writes: Vec<(String, u64, u8)> = write_groups(&plan, lanes)
                 .flat_map(|g| g.chunks)
@@ -1301,9 +1320,20 @@ mod tests {
         assert_eq!(first, ["/r/x", "/r/y", "/r/z"]);
     }
 
+    /// The writes of `window` of a manifest that holds its blocks.
+    fn plan_of<'a>(
+        manifest: &'a BackupManifest,
+        places: &Places,
+        unchanged: Option<&crate::delta::Unchanged>,
+        window: &Window,
+    ) -> Result<WritePlan<'a>, RestoreError> {
+        let entries = &manifest.files[window.files.clone()];
+        plan_writes(entries, &manifest.bundle, places, unchanged)
+    }
+
     /// The whole manifest in one window.
     fn whole(manifest: &BackupManifest) -> Window {
-        let mut all = windows(manifest, usize::MAX);
+        let mut all = windows(manifest, &BlockLists::whole(), usize::MAX);
         assert_eq!(all.len(), 1);
         all.remove(0)
     }
@@ -1311,7 +1341,10 @@ mod tests {
     #[test]
     fn windows_end_with_files_and_together_write_what_one_plan_writes() {
         let mut manifest = testing::fixtures::base_manifest();
-        assert_eq!(windows(&manifest, 1), [whole(&manifest)]);
+        assert_eq!(
+            windows(&manifest, &BlockLists::whole(), 1),
+            [whole(&manifest)]
+        );
         let blocks = |pack: u8, n: u8| -> Vec<ChunkRef> {
             (0..n)
                 .map(|i| chunk(pack * 50 + i, 8, pack, u64::from(i) * 10))
@@ -1335,7 +1368,7 @@ mod tests {
         let writes = |windows: &[Window], unchanged: Option<&crate::delta::Unchanged>| {
             let mut writes: Vec<(String, u64, usize, usize, u8)> = Vec::new();
             for window in windows {
-                let plan = plan_writes(&manifest, &places, unchanged, window).expect("plan");
+                let plan = plan_of(&manifest, &places, unchanged, window).expect("plan");
                 writes.extend(plan.writes.iter().map(|(c, t)| {
                     let path = t.path.display().to_string();
                     (
@@ -1363,12 +1396,12 @@ mod tests {
             (86, vec![(0, 6)]),
             (87, vec![(0, 6)]),
         ] {
-            let cut = windows(&manifest, size);
+            let cut = windows(&manifest, &BlockLists::whole(), size);
             let files: Vec<_> = cut.iter().map(|w| (w.files.start, w.files.end)).collect();
             assert_eq!(files, expected, "windows of {size}");
             // Each window writes its own files only, small ones included.
             for window in &cut {
-                let plan = plan_writes(&manifest, &places, None, window).expect("plan");
+                let plan = plan_of(&manifest, &places, None, window).expect("plan");
                 let own: Vec<String> = manifest.files[window.files.clone()]
                     .iter()
                     .map(|f| format!("/r/{}", f.path))
@@ -1380,7 +1413,8 @@ mod tests {
             }
             assert_eq!(writes(&cut, None), everything, "windows of {size}");
             assert_eq!(writes(&cut, Some(&found)), changed, "windows of {size}");
-            let bytes = planned_bytes(&manifest, &places, Some(&found), size).expect("bytes");
+            let bytes = planned_bytes(&manifest, &BlockLists::whole(), &places, Some(&found), size)
+                .expect("bytes");
             assert_eq!(bytes, 30 * 8 + 3 * 8 + 16, "windows of {size}");
         }
     }

@@ -5,9 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use storage::manifest::{BackupManifest, ChunkRef, EntryKind, StreamManifest};
+use storage::manifest::{BackupManifest, ChunkRef, EntryKind, FileEntry, StreamManifest};
 
 use crate::RestoreError;
+use crate::block_lists::BlockLists;
 
 /// The largest chunk any lifeline writes is a relation block (`block-size`, at most 16 MiB) or a
 /// content-defined chunk (at most 1 MiB); anything larger is a forged length.
@@ -90,12 +91,36 @@ fn total_len(chunks: &[ChunkRef]) -> Result<u64, String> {
     })
 }
 
-/// Check a base backup's manifest as a whole; see the module documentation.
-pub fn validate_base(manifest: &BackupManifest) -> Result<(), RestoreError> {
-    check_base(manifest).map_err(|what| refused(&manifest.backup_id, what))
+/// A relation file's blocks, if the entry holds them: each of a possible size and place, and
+/// together the file's size.
+pub(crate) fn check_blocks(entry: &FileEntry) -> Result<(), String> {
+    if entry.blocks.is_empty() {
+        return Ok(());
+    }
+    let len = total_len(&entry.blocks)?;
+    if len == entry.size {
+        return Ok(());
+    }
+    Err(format!(
+        "{:?} claims {} bytes but its blocks hold {len}",
+        entry.path, entry.size
+    ))
 }
 
-fn check_base(manifest: &BackupManifest) -> Result<(), String> {
+/// Check a base backup's manifest as a whole; see the module documentation.
+pub fn validate_base(manifest: &BackupManifest) -> Result<(), RestoreError> {
+    validate_with(manifest, &BlockLists::whole())
+}
+
+/// [`validate_base`] for a manifest whose block lists `lists` keeps.
+pub(crate) fn validate_with(
+    manifest: &BackupManifest,
+    lists: &BlockLists,
+) -> Result<(), RestoreError> {
+    check_base(manifest, lists).map_err(|what| refused(&manifest.backup_id, what))
+}
+
+fn check_base(manifest: &BackupManifest, lists: &BlockLists) -> Result<(), String> {
     let bundle_len = total_len(&manifest.bundle)?;
     let mut kinds: HashMap<&str, EntryKind> = HashMap::new();
     for entry in &manifest.files {
@@ -110,8 +135,9 @@ fn check_base(manifest: &BackupManifest) -> Result<(), String> {
             ));
         }
     }
-    for entry in &manifest.files {
+    for (index, entry) in manifest.files.iter().enumerate() {
         let path = entry.path.as_str();
+        let blocks = lists.count(manifest, index);
         // Everything but the top level sits in a directory the manifest lists: never beneath a
         // link, never beneath a file.
         if let Some((parent, _)) = path.rsplit_once('/')
@@ -124,12 +150,15 @@ fn check_base(manifest: &BackupManifest) -> Result<(), String> {
         match entry.kind {
             EntryKind::Symlink => check_link(manifest, path)?,
             EntryKind::Dir => {
-                if entry.size != 0 || !entry.blocks.is_empty() || entry.bundle_offset.is_some() {
+                if entry.size != 0 || blocks != 0 || entry.bundle_offset.is_some() {
                     return Err(format!("directory {path:?} claims data"));
                 }
             }
-            EntryKind::File => check_file_data(entry, bundle_len)?,
+            EntryKind::File => check_file_data(entry, blocks, bundle_len)?,
         }
+    }
+    if let Some(reason) = lists.refusal() {
+        return Err(reason.to_string());
     }
     check_bundle_ranges(manifest)?;
     check_tablespaces(manifest, &kinds)
@@ -174,9 +203,11 @@ fn check_link(manifest: &BackupManifest, path: &str) -> Result<(), String> {
     ))
 }
 
-fn check_file_data(entry: &storage::manifest::FileEntry, bundle_len: u64) -> Result<(), String> {
+/// A file's data: a range of the bundle, or `blocks` blocks (checked by [`check_blocks`] when
+/// the manifest keeps them), or nothing when empty.
+fn check_file_data(entry: &FileEntry, blocks: usize, bundle_len: u64) -> Result<(), String> {
     let path = &entry.path;
-    match (entry.bundle_offset, entry.blocks.is_empty()) {
+    match (entry.bundle_offset, blocks == 0) {
         (Some(_), false) => Err(format!("{path:?} is both a small and a large file")),
         (Some(offset), true) => match offset.checked_add(entry.size) {
             Some(end) if end <= bundle_len => Ok(()),
@@ -185,17 +216,7 @@ fn check_file_data(entry: &storage::manifest::FileEntry, bundle_len: u64) -> Res
                 entry.size
             )),
         },
-        (None, false) => {
-            let len = total_len(&entry.blocks)?;
-            if len == entry.size {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{path:?} claims {} bytes but its blocks hold {len}",
-                    entry.size
-                ))
-            }
-        }
+        (None, false) => check_blocks(entry),
         (None, true) if entry.size == 0 => Ok(()),
         (None, true) => Err(format!(
             "{path:?} claims {} bytes but has no data",

@@ -190,6 +190,133 @@ impl BackupManifest {
     }
 }
 
+/// A base-backup manifest whose files' block lists were handed, file by file, to the caller as
+/// it was read, and are not held: a restore keeps per file, not per block, whatever the size of
+/// the cluster.
+#[derive(Debug)]
+pub struct ManifestOutline {
+    /// The manifest, every `blocks` empty.
+    pub manifest: BackupManifest,
+    /// The blake3 of the manifest's JSON: two reads with the same checksum read the same
+    /// document.
+    pub checksum: blake3::Hash,
+}
+
+impl BackupManifest {
+    /// The manifest of `backup_id`, verified, each file given to `sink` (with its place in
+    /// `files`) as it is read, then kept without its blocks. The sink sees the blocks before
+    /// the whole manifest is verified: what it keeps of a read that then fails is to be
+    /// discarded. A refusal from it (a reason) ends the read as a damaged manifest.
+    pub async fn load_outline<S: BlockSink>(
+        storage: &dyn crate::Storage,
+        backup_id: &str,
+        sink: S,
+    ) -> Result<(ManifestOutline, S), crate::StorageError> {
+        let key = crate::layout::manifest_key(backup_id);
+        let ((manifest, sink), checksum) = read_manifest_with(storage, &key, |key, pieces| {
+            crate::object::decode_json_seeded(key, "manifest", pieces, OutlineSeed { sink })
+        })
+        .await?;
+        check_format(&key, manifest.format)?;
+        check_id(&key, backup_id, &manifest.backup_id)?;
+        Ok((ManifestOutline { manifest, checksum }, sink))
+    }
+}
+
+/// What [`BackupManifest::load_outline`] hands each file to, on the thread that parses.
+pub trait BlockSink: Send + 'static {
+    /// File number `index` of the manifest, with its blocks; a reason ends the read.
+    fn file(&mut self, index: usize, entry: &FileEntry) -> Result<(), String>;
+}
+
+/// Parses a [`BackupManifest`] with each file handed to `sink` and its blocks dropped: the
+/// other fields are parsed as JSON values first and then as the manifest (they are per file or
+/// per table, never per block).
+struct OutlineSeed<S> {
+    sink: S,
+}
+
+impl<'de, S: BlockSink> serde::de::DeserializeSeed<'de> for OutlineSeed<S> {
+    type Value = (BackupManifest, S);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: BlockSink> serde::de::Visitor<'de> for OutlineSeed<S> {
+    type Value = (BackupManifest, S);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a backup manifest")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        mut self,
+        mut map: A,
+    ) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut rest = serde_json::Map::new();
+        let mut files = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "files" {
+                if files.is_some() {
+                    return Err(A::Error::duplicate_field("files"));
+                }
+                let seed = FilesSeed {
+                    sink: &mut self.sink,
+                };
+                files = Some(map.next_value_seed(seed)?);
+                continue;
+            }
+            let value: serde_json::Value = map.next_value()?;
+            if rest.insert(key.clone(), value).is_some() {
+                return Err(A::Error::custom(format!("duplicate field `{key}`")));
+            }
+        }
+        let files = files.ok_or_else(|| A::Error::missing_field("files"))?;
+        rest.insert("files".into(), serde_json::Value::Array(Vec::new()));
+        let mut manifest: BackupManifest =
+            serde_json::from_value(serde_json::Value::Object(rest)).map_err(A::Error::custom)?;
+        manifest.files = files;
+        Ok((manifest, self.sink))
+    }
+}
+
+struct FilesSeed<'s, S> {
+    sink: &'s mut S,
+}
+
+impl<'de, S: BlockSink> serde::de::DeserializeSeed<'de> for FilesSeed<'_, S> {
+    type Value = Vec<FileEntry>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, S: BlockSink> serde::de::Visitor<'de> for FilesSeed<'_, S> {
+    type Value = Vec<FileEntry>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of files")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut files = Vec::new();
+        // A relation file is at most a segment (1 GiB): one file's blocks are few.
+        while let Some(mut entry) = seq.next_element::<FileEntry>()? {
+            let index = files.len();
+            self.sink
+                .file(index, &entry)
+                .map_err(serde::de::Error::custom)?;
+            entry.blocks = Vec::new();
+            files.push(entry);
+        }
+        Ok(files)
+    }
+}
+
 /// What [`put_manifest`] stores: a backup's or a stream backup's manifest, nothing else (JSON
 /// bytes given by mistake would be stored as an array of numbers).
 pub trait Manifest: Serialize + Sync + private::Sealed {}
@@ -209,15 +336,25 @@ async fn read_manifest<T: serde::de::DeserializeOwned + Send + 'static>(
     storage: &dyn crate::Storage,
     key: &str,
 ) -> Result<T, crate::StorageError> {
+    read_manifest_with(storage, key, |key, pieces| {
+        crate::object::decode_json_from(key, "manifest", pieces)
+    })
+    .await
+}
+
+/// [`read_manifest`], parsed by `parse` from the object's pieces.
+async fn read_manifest_with<T: Send + 'static>(
+    storage: &dyn crate::Storage,
+    key: &str,
+    parse: impl FnOnce(&str, Pieces) -> Result<T, crate::StorageError> + Send + 'static,
+) -> Result<T, crate::StorageError> {
     use tokio::io::AsyncReadExt;
     const PIECE: u64 = 256 << 10;
     let mut object = storage.get_stream(key).await?;
     let (pieces, received) = tokio::sync::mpsc::channel(4);
     let parsing = {
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || {
-            crate::object::decode_json_from(&key, "manifest", Pieces::new(received))
-        })
+        tokio::task::spawn_blocking(move || parse(&key, Pieces::new(received)))
     };
     // Read ahead of the parser; a failed read is the storage's error, not a damaged manifest.
     let mut failed = None;

@@ -640,12 +640,45 @@ pub fn decode_json_from<T: serde::de::DeserializeOwned>(
     decode_json_within(key, what, object, JSON_BOUND)
 }
 
+/// As [`decode_json_from`], the JSON read through `seed` (a parse that hands each part of the
+/// document to its caller as it goes rather than building all of it); returns the blake3 of
+/// the JSON too, by which two reads of one object are known to have read the same document.
+/// The seed sees the plaintext before it is verified: whatever it keeps of a failed read is
+/// its caller's to discard.
+pub fn decode_json_seeded<T, S>(
+    key: &str,
+    what: &str,
+    object: impl Read,
+    seed: S,
+) -> Result<(T, blake3::Hash), StorageError>
+where
+    S: for<'de> serde::de::DeserializeSeed<'de, Value = T>,
+{
+    decode_json_parsed(key, what, object, JSON_BOUND, |json| {
+        let mut de = serde_json::Deserializer::from_reader(json);
+        let value = seed.deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    })
+}
+
 fn decode_json_within<T: serde::de::DeserializeOwned>(
     key: &str,
     what: &str,
     object: impl Read,
     bound: JsonBound,
 ) -> Result<T, StorageError> {
+    let parse = |json: &mut dyn Read| serde_json::from_reader::<_, T>(json);
+    decode_json_parsed(key, what, object, bound, parse).map(|(value, _)| value)
+}
+
+fn decode_json_parsed<T>(
+    key: &str,
+    what: &str,
+    object: impl Read,
+    bound: JsonBound,
+    parse: impl FnOnce(&mut dyn Read) -> serde_json::Result<T>,
+) -> Result<(T, blake3::Hash), StorageError> {
     let corrupt = |reason: String| corrupt(key, reason);
     let stored = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let mut object = Counted {
@@ -676,8 +709,10 @@ fn decode_json_within<T: serde::de::DeserializeOwned>(
         bound,
         failed: None,
     };
-    let parsed =
-        serde_json::from_reader::<_, T>(std::io::BufReader::with_capacity(64 << 10, &mut reader));
+    let parsed = parse(&mut std::io::BufReader::with_capacity(
+        64 << 10,
+        &mut reader,
+    ));
     // Whatever the parse made of it, the bytes are judged first: a damaged object is reported
     // as damaged, not as a parse error, and a parse is used only once the bytes are proven.
     let rest = std::io::copy(&mut reader, &mut std::io::sink());
@@ -693,7 +728,8 @@ fn decode_json_within<T: serde::de::DeserializeOwned>(
     if reader.hasher.finalize() != header.checksum {
         return Err(corrupt("blake3 checksum mismatch".into()));
     }
-    parsed.map_err(|e| corrupt(format!("{what} does not parse: {e}")))
+    let parsed = parsed.map_err(|e| corrupt(format!("{what} does not parse: {e}")))?;
+    Ok((parsed, header.checksum))
 }
 
 /// Counts the bytes read through it.
