@@ -7,6 +7,8 @@
 #   HEAP=1 bash benches/memory.sh 400   # a third restore under heaptrack: its peak heap, exact
 #   RESTORE_WINDOW=1024 HEAP=1 bash benches/memory.sh 50 400   # restores plan 1024 writes at a
 #       time (LIFELINE_RESTORE_PLAN_WINDOW): past one window, the peak no longer grows
+#   BLOCK_SIZE=8192 ... bash benches/memory.sh 50 200   # backups in 8 KiB blocks (block-size):
+#       32 times the per-block metadata of the default, for what grows with it to show
 # What should stay flat is the restore's peak: the data in flight is bounded, the manifest's block
 # lists are kept on disk, and what is planned at a time is one window of files (by default 256 Ki
 # writes of a 256 KiB block: 64 GiB; an 88-byte entry and a 40-byte write per block in it).
@@ -45,6 +47,10 @@ for scale in "$@"; do
   data=$(du -sm "$W/data/base" | cut -f1)
   for i in $(seq 1 $n); do
     env="BACKUP_DIR=$W/repo$i LIFELINE_LOG=warn"
+    if [ -n "${BLOCK_SIZE:-}" ]; then
+      echo "block-size = $BLOCK_SIZE" > "$W/lifeline.toml"
+      env+=" LIFELINE_CONFIG=$W/lifeline.toml"
+    fi
     backup=$(peak runuser -u postgres -- env $env DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres \
       DB_NAME=postgres PGDATA="$W/data" "$W/lifeline$i" backup postgres)
     restores=""

@@ -136,12 +136,13 @@ async fn latest_recorded_rows(repo: &impl Repository) -> Result<Option<RecordedR
         return Ok(None);
     };
     let storage = repo.open().await?;
-    let manifest = restore::read_manifest(storage.as_ref(), &backup_id)
+    // The outline: the row counts are all this needs, and no block list is held.
+    let outline = restore::read_outline(storage.as_ref(), &backup_id)
         .await
         .map_err(|e| OpsError::Manifest {
             message: format!("{backup_id}: {e}"),
         })?;
-    Ok(Some(recorded_rows(&manifest)))
+    Ok(Some(recorded_rows(&outline.manifest)))
 }
 
 /// What a base backup's manifest recorded about its tables.

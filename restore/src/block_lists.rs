@@ -297,7 +297,9 @@ impl BlockLists {
             || outline.manifest.files.len() != files
         {
             return Err(RestoreError::Refused(format!(
-                "the manifest of backup {} changed between its two reads (someone wrote to the                  repository during the restore); nothing the second read holds was used: run                  the restore again",
+                "the manifest of backup {} changed between its two reads (someone wrote to the \
+                 repository during the restore); nothing the second read holds was used: run \
+                 the restore again",
                 lists.backup_id
             )));
         }
@@ -327,14 +329,23 @@ fn unlinked_file(dir: &Path) -> Result<std::fs::File, RestoreError> {
     };
     let unsupported =
         [rustix::io::Errno::OPNOTSUPP, rustix::io::Errno::ISDIR].map(|e| Some(e.raw_os_error()));
-    match open(dir, rustix::fs::OFlags::TMPFILE.bits() as i32) {
+    // O_EXCL: never linked into the directory later (through /proc/<pid>/fd).
+    let flags = rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::EXCL;
+    match open(dir, flags.bits() as i32) {
         Ok(file) => return Ok(file),
         Err(e) if !unsupported.contains(&e.raw_os_error()) => {
             return Err(RestoreError::io(dir, e));
         }
         Err(_) => {}
     }
-    let path = dir.join(format!(".lifeline-block-lists.{}", std::process::id()));
+    // A name no backup holds, nor another restore picks.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = dir.join(format!(
+        ".lifeline-block-lists.{}.{nanos}",
+        std::process::id()
+    ));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

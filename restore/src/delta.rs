@@ -374,13 +374,15 @@ pub(crate) async fn restore_delta(
     let trees = trees(manifest, &lists, &places);
     // Refused here, before anything is written, rather than midway.
     check_walk(&trees).await?;
+    // Before the seal: a second read that fails or finds the manifest changed leaves the
+    // directory as it was (the file has no name, and the walk never sees it).
+    lists.keep_in(storage.as_ref(), &places.root.dir).await?;
     let sealed = {
         let (root, marker, owner) = (places.root.dir.clone(), marker_text(manifest), opts.owner);
         blocking("delta restore start", move || seal(&root, &marker, owner)).await
     };
     let work = async {
         sealed?;
-        lists.keep_in(storage.as_ref(), &places.root.dir).await?;
         reconcile_and_write(storage, manifest, &lists, opts, &places, trees).await
     };
     work.await.map_err(|e| match e {
@@ -419,9 +421,10 @@ async fn check_walk(trees: &Arc<Vec<Tree>>) -> Result<usize, RestoreError> {
 /// before its first write (`SIMULATE_MODE`).
 pub(crate) async fn preview_delta(
     manifest: &BackupManifest,
+    lists: &BlockLists,
     existing: &Existing,
 ) -> Result<usize, RestoreError> {
-    check_walk(&trees(manifest, &BlockLists::whole(), &existing.places)).await
+    check_walk(&trees(manifest, lists, &existing.places)).await
 }
 
 /// Make the marker durable (written aside and renamed: a crash never leaves it half

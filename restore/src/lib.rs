@@ -37,6 +37,7 @@ mod verify;
 mod wal_fetch;
 mod wal_file;
 
+pub use block_lists::{Outline, read_outline};
 pub use delta::DeltaReport;
 pub use error::RestoreError;
 pub use kinds::{RestoreType, Target};

@@ -13,6 +13,7 @@ use jiff::tz::TimeZone;
 use storage::Storage;
 use storage::manifest::BackupManifest;
 
+use crate::block_lists::BlockLists;
 use crate::{
     ArchiveMode, BackupSelector, RecoveryTarget, RestoreError, RestoreOptions, RestoreType, Spool,
     TablespaceMapping, TargetTimeline,
@@ -329,16 +330,18 @@ pub fn plan_restore<'a>(
     }
 }
 
-async fn read_backup_manifest(
+/// The outline of `backup`'s manifest (its first read), and its block lists to read again.
+async fn read_backup_outline(
     storage: &dyn Storage,
     backup: &BackupRecord,
-) -> Result<BackupManifest, RestoreError> {
-    crate::read_manifest(storage, &backup.backup_id)
+) -> Result<(BackupManifest, BlockLists), RestoreError> {
+    let outline = crate::block_lists::read_outline(storage, &backup.backup_id)
         .await
         .map_err(|source| RestoreError::ReadManifest {
             backup_id: backup.backup_id.clone(),
             source: Box::new(source),
-        })
+        })?;
+    Ok(BlockLists::of(outline))
 }
 
 fn restore_options(
@@ -394,9 +397,9 @@ pub async fn preview_restore(
     data_dir: &Path,
     options: &PostgresRestoreOptions,
 ) -> Result<RestorePreview, RestoreError> {
-    let manifest = read_backup_manifest(storage, backup).await?;
+    let (manifest, lists) = read_backup_outline(storage, backup).await?;
     let opts = restore_options(options, recovery, data_dir, Arc::default());
-    let destinations = crate::restore_base::preview_base(storage, &manifest, &opts).await?;
+    let destinations = crate::restore_base::preview_base(storage, &manifest, &lists, &opts).await?;
     let restored: Vec<_> = crate::restore_base::restored_entries(&manifest)
         .filter(|e| e.kind == storage::manifest::EntryKind::File)
         .collect();
@@ -462,13 +465,7 @@ pub async fn restore_backup(
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     tracing::debug!(backup = %backup.backup_id, "reading the manifest's outline");
-    let outline = crate::block_lists::read_outline(storage.as_ref(), &backup.backup_id)
-        .await
-        .map_err(|source| RestoreError::ReadManifest {
-            backup_id: backup.backup_id.clone(),
-            source: Box::new(source),
-        })?;
-    let (manifest, lists) = crate::block_lists::BlockLists::of(outline);
+    let (manifest, lists) = read_backup_outline(storage.as_ref(), backup).await?;
     tracing::debug!(files = manifest.files.len(), "manifest read");
     let choices = &options.choices;
     let opts = restore_options(options, recovery, data_dir, interrupted.clone());

@@ -220,16 +220,17 @@ pub(crate) struct Destinations {
 pub(crate) async fn preview_base(
     storage: &dyn Storage,
     manifest: &BackupManifest,
+    lists: &BlockLists,
     opts: &RestoreOptions,
 ) -> Result<Destinations, RestoreError> {
-    crate::validate::validate_base(manifest)?;
+    crate::validate::validate_with(manifest, lists)?;
     let existing = match opts.delta {
         true => crate::delta::existing_cluster(manifest, opts)?,
         false => None,
     };
     let destinations = if let Some(existing) = existing {
         Destinations {
-            delta: Some(crate::delta::preview_delta(manifest, &existing).await?),
+            delta: Some(crate::delta::preview_delta(manifest, lists, &existing).await?),
             tablespaces: existing.tablespaces(),
             waldir: existing.waldir(),
         }
@@ -250,7 +251,7 @@ pub(crate) async fn preview_base(
         check_packs_exist(
             storage,
             &manifest.backup_id,
-            manifest.packs(),
+            lists.packs(manifest),
             opts.parallelism,
         )
         .await?;

@@ -256,7 +256,10 @@ impl<'de, S: BlockSink> serde::de::Visitor<'de> for OutlineSeed<S> {
         mut map: A,
     ) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
-        let mut rest = serde_json::Map::new();
+        // The other fields as their JSON text, parsed as the manifest once `files` is read:
+        // no larger than the text, whatever it holds.
+        // A field named twice is refused by that parse, as by [`BackupManifest::load`].
+        let mut rest = String::from("{");
         let mut files = None;
         while let Some(key) = map.next_key::<String>()? {
             if key == "files" {
@@ -269,15 +272,16 @@ impl<'de, S: BlockSink> serde::de::Visitor<'de> for OutlineSeed<S> {
                 files = Some(map.next_value_seed(seed)?);
                 continue;
             }
-            let value: serde_json::Value = map.next_value()?;
-            if rest.insert(key.clone(), value).is_some() {
-                return Err(A::Error::custom(format!("duplicate field `{key}`")));
-            }
+            let value: Box<serde_json::value::RawValue> = map.next_value()?;
+            let key = serde_json::to_string(&key).map_err(A::Error::custom)?;
+            rest.push_str(&key);
+            rest.push(':');
+            rest.push_str(value.get());
+            rest.push(',');
         }
         let files = files.ok_or_else(|| A::Error::missing_field("files"))?;
-        rest.insert("files".into(), serde_json::Value::Array(Vec::new()));
-        let mut manifest: BackupManifest =
-            serde_json::from_value(serde_json::Value::Object(rest)).map_err(A::Error::custom)?;
+        rest.push_str("\"files\":[]}");
+        let mut manifest: BackupManifest = serde_json::from_str(&rest).map_err(A::Error::custom)?;
         manifest.files = files;
         Ok((manifest, self.sink))
     }
@@ -728,6 +732,147 @@ impl ClusterIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Storage;
+
+    fn chunk(n: u8) -> ChunkRef {
+        ChunkRef {
+            hash: crate::ChunkHash::from_bytes([n; 32]),
+            len: 8192,
+            pack: crate::PackId::from_bytes([n / 2; 32]),
+            offset: u64::from(n) * 100,
+            stored: 50,
+        }
+    }
+
+    fn sample() -> BackupManifest {
+        let at: jiff::Timestamp = "2025-01-01T00:00:00Z".parse().expect("a timestamp");
+        let file = |path: &str, n: u8| FileEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            size: u64::from(n) * 8192,
+            mtime: -1,
+            link_target: None,
+            blocks: (0..n).map(chunk).collect(),
+            bundle_offset: None,
+        };
+        BackupManifest {
+            format: MANIFEST_FORMAT,
+            backup_id: "backup_20250101_000000".into(),
+            service: Service::Postgresql,
+            kind: BackupKind::Base,
+            system_identifier: u64::MAX,
+            server_version: "15.4".into(),
+            major_version: 15,
+            catalog_version: 202_209_061,
+            source: crate::BackupSource::Primary,
+            database: "postgres".into(),
+            timeline: TimelineId(3),
+            start_lsn: "0/2000028".parse().expect("an LSN"),
+            stop_lsn: "FFFFFFFF/FFFFFFFF".parse().expect("an LSN"),
+            start_wal: "000000030000000000000002".into(),
+            stop_wal: "000000030000000000000002".into(),
+            segment_size: 16 << 20,
+            started_at: at,
+            finished_at: at,
+            block_size: 8192,
+            files: vec![file("base/1", 3), file("base/2", 0), file("base/3", 5)],
+            bundle: vec![chunk(9)],
+            backup_label: "START WAL LOCATION: 0/2000028\n\"'%\\".into(),
+            tablespace_map: Some("16385 /mnt/a b".into()),
+            tablespaces: Vec::new(),
+            row_counts: [("public.t".to_string(), i64::MIN)].into(),
+            row_estimates: [("public.u".to_string(), i64::MAX)].into(),
+            size_bytes: u64::MAX,
+            new_bytes: 0,
+        }
+    }
+
+    /// Keeps what the outline's read hands it.
+    #[derive(Default)]
+    struct Kept(Vec<(usize, Vec<ChunkRef>)>);
+
+    impl BlockSink for Kept {
+        fn file(&mut self, index: usize, entry: &FileEntry) -> Result<(), String> {
+            self.0.push((index, entry.blocks.clone()));
+            Ok(())
+        }
+    }
+
+    /// `json` stored as a manifest, read by `load` and by `load_outline` with its blocks put
+    /// back: the two reads must agree, in what they accept and in what they return.
+    async fn read_both(
+        json: &str,
+    ) -> (
+        Result<BackupManifest, String>,
+        Result<BackupManifest, String>,
+    ) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::LocalStorage::open(dir.path()).expect("open");
+        let raw = serde_json::value::RawValue::from_string(json.to_string()).expect("JSON");
+        let (_, bytes) =
+            crate::object::encode_json(&raw, crate::Compression::default()).expect("encode");
+        let id = "backup_20250101_000000";
+        let key = crate::layout::manifest_key(id);
+        store
+            .put_bytes(
+                &key,
+                bytes,
+                crate::PutMode::Create,
+                crate::Durability::Immediate,
+            )
+            .await
+            .expect("put");
+        let whole = BackupManifest::load(&store, id)
+            .await
+            .map_err(|e| e.to_string());
+        let outlined = BackupManifest::load_outline(&store, id, Kept::default())
+            .await
+            .map(|(outline, kept)| {
+                let mut m = outline.manifest;
+                assert!(m.files.iter().all(|f| f.blocks.is_empty()));
+                assert_eq!(kept.0.len(), m.files.len());
+                for (index, blocks) in kept.0 {
+                    m.files[index].blocks = blocks;
+                }
+                m
+            })
+            .map_err(|e| e.to_string());
+        (whole, outlined)
+    }
+
+    #[tokio::test]
+    async fn an_outline_reads_what_a_whole_read_reads_and_refuses_what_it_refuses() {
+        let m = sample();
+        let json = String::from_utf8(m.to_json()).expect("UTF-8");
+        let (whole, outlined) = read_both(&json).await;
+        assert_eq!(whole.as_ref(), Ok(&m));
+        assert_eq!(outlined, whole);
+        // `files` first, and a field this lifeline does not know: both pass over it.
+        let files = serde_json::to_string(&m.files).expect("JSON");
+        let moved = json
+            .replacen(&format!("\"files\":{files},"), "", 1)
+            .replacen(
+                '{',
+                &format!("{{\"files\":{files},\"later\":{{\"x\":[1,2]}},"),
+                1,
+            );
+        assert_ne!(moved, json);
+        let (whole, outlined) = read_both(&moved).await;
+        assert_eq!(whole.as_ref(), Ok(&m));
+        assert_eq!(outlined, whole);
+        // A field named twice, `files` or another: both refuse.
+        for twice in [
+            json.replacen('{', &format!("{{\"files\":{files},"), 1),
+            json.replacen('{', "{\"backup_id\":\"backup_20250101_000000\",", 1),
+        ] {
+            let (whole, outlined) = read_both(&twice).await;
+            assert!(
+                whole.is_err() && outlined.is_err(),
+                "{whole:?} {outlined:?}"
+            );
+        }
+    }
 
     #[test]
     fn metadata_keeps_the_seed_fields_labels_and_what_it_does_not_name() {
