@@ -137,7 +137,7 @@ async fn latest_recorded_rows(repo: &impl Repository) -> Result<Option<RecordedR
     };
     let storage = repo.open().await?;
     // The outline: the row counts are all this needs, and no block list is held.
-    let outline = restore::read_outline(storage.as_ref(), &backup_id)
+    let outline = restore::read_outline(storage.as_ref(), &backup_id, 0)
         .await
         .map_err(|e| OpsError::Manifest {
             message: format!("{backup_id}: {e}"),

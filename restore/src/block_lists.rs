@@ -7,7 +7,9 @@
 //! stops the restore), and that read must have the first one's checksum: the manifest cannot
 //! change in between. Each window of files then reads its own lists back. Memory is per file.
 //!
-//! A manifest given whole (tests, previews) keeps its lists: [`BlockLists::whole`].
+//! A manifest with no more blocks than one window plans keeps its lists from the first read:
+//! that window would hold them all anyway, and there is no second read. A manifest given whole
+//! (tests) keeps its lists too: [`BlockLists::whole`].
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -36,33 +38,49 @@ pub struct Outline {
     checksum: blake3::Hash,
     counts: Vec<u32>,
     packs: BTreeSet<PackId>,
-    /// The first refusal the checks of the blocks found, reported by [`BlockLists::check`].
+    /// The first refusal the checks of the blocks found, reported by the validation.
     refusal: Option<String>,
+    /// Every file's blocks, when they were few enough to keep.
+    kept: Option<Vec<Vec<ChunkRef>>>,
 }
 
-/// Read the outline of `backup_id`'s manifest: the first of its two reads.
-pub async fn read_outline(storage: &dyn Storage, backup_id: &str) -> Result<Outline, RestoreError> {
-    let (outline, counted) =
-        BackupManifest::load_outline(storage, backup_id, Counting::default()).await?;
+/// Read the outline of `backup_id`'s manifest: the first of its two reads. A manifest of at
+/// most `keep_up_to` blocks keeps them.
+pub async fn read_outline(
+    storage: &dyn Storage,
+    backup_id: &str,
+    keep_up_to: usize,
+) -> Result<Outline, RestoreError> {
+    let counting = Counting {
+        keep_up_to,
+        kept: Some(Vec::new()),
+        ..Counting::default()
+    };
+    let (outline, counted) = BackupManifest::load_outline(storage, backup_id, counting).await?;
     Ok(Outline {
         manifest: outline.manifest,
         checksum: outline.checksum,
         counts: counted.counts,
         packs: counted.packs,
         refusal: counted.refusal,
+        kept: counted.kept,
     })
 }
 
-/// The first read's sink: counts, checks and gathers the packs.
+/// The first read's sink: counts, checks and gathers the packs, and keeps the blocks while
+/// they are at most `keep_up_to`.
 #[derive(Default)]
 struct Counting {
     counts: Vec<u32>,
     packs: BTreeSet<PackId>,
     refusal: Option<String>,
+    keep_up_to: usize,
+    blocks: usize,
+    kept: Option<Vec<Vec<ChunkRef>>>,
 }
 
 impl storage::manifest::BlockSink for Counting {
-    fn file(&mut self, _index: usize, entry: &FileEntry) -> Result<(), String> {
+    fn file(&mut self, _index: usize, entry: &mut FileEntry) -> Result<(), String> {
         let Ok(count) = u32::try_from(entry.blocks.len()) else {
             return Err(format!(
                 "{:?} lists more blocks than any file holds",
@@ -75,6 +93,13 @@ impl storage::manifest::BlockSink for Counting {
             && let Err(reason) = crate::validate::check_blocks(entry)
         {
             self.refusal = Some(reason);
+        }
+        self.blocks = self.blocks.saturating_add(entry.blocks.len());
+        if self.blocks > self.keep_up_to {
+            self.kept = None;
+        }
+        if let Some(kept) = &mut self.kept {
+            kept.push(std::mem::take(&mut entry.blocks));
         }
         Ok(())
     }
@@ -91,7 +116,7 @@ struct Keeping {
 }
 
 impl storage::manifest::BlockSink for Keeping {
-    fn file(&mut self, index: usize, entry: &FileEntry) -> Result<(), String> {
+    fn file(&mut self, index: usize, entry: &mut FileEntry) -> Result<(), String> {
         if self.counts.get(index).map(|c| *c as usize) != Some(entry.blocks.len()) {
             self.changed = true;
         }
@@ -164,8 +189,16 @@ impl BlockLists {
         BlockLists { outline: None }
     }
 
-    /// The lists of `outline`'s manifest (its first read), to read again with [`Self::keep_in`].
+    /// The lists of `outline`'s manifest (its first read), to read again with [`Self::keep_in`]
+    /// unless the first read kept them.
     pub(crate) fn of(outline: Outline) -> (BackupManifest, BlockLists) {
+        if let Some(kept) = outline.kept {
+            let mut manifest = outline.manifest;
+            for (entry, blocks) in manifest.files.iter_mut().zip(kept) {
+                entry.blocks = blocks;
+            }
+            return (manifest, BlockLists::whole());
+        }
         let mut first = Vec::with_capacity(outline.counts.len());
         let mut next = 0u64;
         for count in &outline.counts {
@@ -432,7 +465,9 @@ mod tests {
         );
         let m = manifest();
         let store = stored(repo.path(), &m).await;
-        let outline = read_outline(&store, &m.backup_id).await.expect("outline");
+        let outline = read_outline(&store, &m.backup_id, 0)
+            .await
+            .expect("outline");
         assert!(outline.manifest.files.iter().all(|f| f.blocks.is_empty()));
         let (outlined, mut lists) = BlockLists::of(outline);
         crate::validate::validate_with(&outlined, &lists).expect("valid");
@@ -454,6 +489,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_manifest_of_at_most_one_window_keeps_its_lists_from_the_first_read() {
+        let (repo, target) = (
+            tempfile::tempdir().expect("temp dir"),
+            tempfile::tempdir().expect("temp dir"),
+        );
+        let m = manifest();
+        let store = stored(repo.path(), &m).await;
+        for (keep_up_to, kept) in [(43, true), (42, false), (usize::MAX, true)] {
+            let outline = read_outline(&store, &m.backup_id, keep_up_to)
+                .await
+                .expect("outline");
+            let (outlined, mut lists) = BlockLists::of(outline);
+            assert_eq!(outlined == m, kept, "up to {keep_up_to}");
+            assert_eq!(lists.count(&outlined, 1), 40);
+            if kept {
+                // Nothing to read again: no second read, no file.
+                lists.keep_in(&store, target.path()).await.expect("kept");
+                assert_eq!(
+                    *lists.blocks(&outlined, 4).expect("read"),
+                    m.files[4].blocks[..]
+                );
+            } else {
+                assert!(lists.blocks(&outlined, 4).is_err());
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_manifest_changed_between_its_two_reads_is_refused() {
         let (repo, target) = (
             tempfile::tempdir().expect("temp dir"),
@@ -469,7 +532,9 @@ mod tests {
         longer.files[4].size += 8192;
         for changed in [moved, longer] {
             let store = stored(repo.path(), &m).await;
-            let outline = read_outline(&store, &m.backup_id).await.expect("outline");
+            let outline = read_outline(&store, &m.backup_id, 0)
+                .await
+                .expect("outline");
             let (outlined, mut lists) = BlockLists::of(outline);
             let store = stored(repo.path(), &changed).await;
             let err = lists
@@ -490,8 +555,11 @@ mod tests {
         let mut m = manifest();
         m.files[4].size += 1;
         let store = stored(repo.path(), &m).await;
-        let (outlined, lists) =
-            BlockLists::of(read_outline(&store, &m.backup_id).await.expect("outline"));
+        let (outlined, lists) = BlockLists::of(
+            read_outline(&store, &m.backup_id, 0)
+                .await
+                .expect("outline"),
+        );
         let err = crate::validate::validate_with(&outlined, &lists).expect_err("refused");
         assert!(err.to_string().contains("base/16384"), "{err}");
         assert_eq!(

@@ -330,12 +330,14 @@ pub fn plan_restore<'a>(
     }
 }
 
-/// The outline of `backup`'s manifest (its first read), and its block lists to read again.
+/// The outline of `backup`'s manifest (its first read), and its block lists: kept if at most
+/// `keep_up_to`, else to read again.
 async fn read_backup_outline(
     storage: &dyn Storage,
     backup: &BackupRecord,
+    keep_up_to: usize,
 ) -> Result<(BackupManifest, BlockLists), RestoreError> {
-    let outline = crate::block_lists::read_outline(storage, &backup.backup_id)
+    let outline = crate::block_lists::read_outline(storage, &backup.backup_id, keep_up_to)
         .await
         .map_err(|source| RestoreError::ReadManifest {
             backup_id: backup.backup_id.clone(),
@@ -397,7 +399,8 @@ pub async fn preview_restore(
     data_dir: &Path,
     options: &PostgresRestoreOptions,
 ) -> Result<RestorePreview, RestoreError> {
-    let (manifest, lists) = read_backup_outline(storage, backup).await?;
+    // The preview needs the counts only.
+    let (manifest, lists) = read_backup_outline(storage, backup, 0).await?;
     let opts = restore_options(options, recovery, data_dir, Arc::default());
     let destinations = crate::restore_base::preview_base(storage, &manifest, &lists, &opts).await?;
     let restored: Vec<_> = crate::restore_base::restored_entries(&manifest)
@@ -465,7 +468,8 @@ pub async fn restore_backup(
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     tracing::debug!(backup = %backup.backup_id, "reading the manifest's outline");
-    let (manifest, lists) = read_backup_outline(storage.as_ref(), backup).await?;
+    let keep_up_to = options.plan_window;
+    let (manifest, lists) = read_backup_outline(storage.as_ref(), backup, keep_up_to).await?;
     tracing::debug!(files = manifest.files.len(), "manifest read");
     let choices = &options.choices;
     let opts = restore_options(options, recovery, data_dir, interrupted.clone());

@@ -225,8 +225,9 @@ impl BackupManifest {
 
 /// What [`BackupManifest::load_outline`] hands each file to, on the thread that parses.
 pub trait BlockSink: Send + 'static {
-    /// File number `index` of the manifest, with its blocks; a reason ends the read.
-    fn file(&mut self, index: usize, entry: &FileEntry) -> Result<(), String>;
+    /// File number `index` of the manifest, with its blocks, which the sink may take; what it
+    /// leaves of them is dropped. A reason ends the read.
+    fn file(&mut self, index: usize, entry: &mut FileEntry) -> Result<(), String>;
 }
 
 /// Parses a [`BackupManifest`] with each file handed to `sink` and its blocks dropped: the
@@ -312,7 +313,7 @@ impl<'de, S: BlockSink> serde::de::Visitor<'de> for FilesSeed<'_, S> {
         while let Some(mut entry) = seq.next_element::<FileEntry>()? {
             let index = files.len();
             self.sink
-                .file(index, &entry)
+                .file(index, &mut entry)
                 .map_err(serde::de::Error::custom)?;
             entry.blocks = Vec::new();
             files.push(entry);
@@ -793,8 +794,8 @@ mod tests {
     struct Kept(Vec<(usize, Vec<ChunkRef>)>);
 
     impl BlockSink for Kept {
-        fn file(&mut self, index: usize, entry: &FileEntry) -> Result<(), String> {
-            self.0.push((index, entry.blocks.clone()));
+        fn file(&mut self, index: usize, entry: &mut FileEntry) -> Result<(), String> {
+            self.0.push((index, std::mem::take(&mut entry.blocks)));
             Ok(())
         }
     }
