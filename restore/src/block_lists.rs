@@ -340,8 +340,9 @@ impl BlockLists {
             .out
             .into_inner()
             .map_err(|e| RestoreError::io(dir, e.into_error()))?;
+        let blocks: u64 = lists.counts.iter().map(|c| u64::from(*c)).sum();
         debug!(
-            blocks = lists.first.last().copied().unwrap_or(0),
+            blocks,
             files, "the manifest read again, its block lists kept on disk"
         );
         lists.kept = Some((file, dir.to_path_buf()));
