@@ -63,7 +63,8 @@ pub struct PostgresRestoreOptions {
 pub struct RestoredBackup {
     pub backup_id: String,
     pub data_dir: PathBuf,
-    /// The backup's manifest without its files' block lists (the restore kept them on disk).
+    /// The backup's manifest; past one plan window, without its files' block lists (the
+    /// restore kept them on disk).
     pub manifest: BackupManifest,
     pub files: usize,
     pub bytes: u64,
