@@ -9,7 +9,7 @@ use common::files_under;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Pg, Scratch, backup, code, seed, server_second, text};
+use common::{Pg, Scratch, backup, code, seed, server_second, succeeded, text};
 use storage::conformance::MotoServer;
 
 const PASSPHRASE: &str = "correct horse battery staple";
@@ -174,7 +174,18 @@ fn pitr_round_trip(scratch: &Scratch) {
         "rows after an encrypted PITR differ"
     );
     drop(restored);
-    let full = scratch.restore_and_recover(&["--type", "full"], "full", "full restore");
+    // Planned a few writes at a time, the restore reads the manifest's block lists again into
+    // its target: through the encrypted repository, local and S3.
+    let dir = scratch.path("full");
+    let logged = [
+        ("LIFELINE_RESTORE_PLAN_WINDOW", "5"),
+        ("LIFELINE_LOG", "debug"),
+    ];
+    let out = scratch.restore_with(&["--type", "full"], &dir, &logged);
+    succeeded(&out, "full restore");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("its block lists kept on disk"), "{log}");
+    let full = Pg::recover(scratch, dir);
     assert!(
         full.psql("SELECT count(*) FROM accounts")
             .parse::<u32>()
