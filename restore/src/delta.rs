@@ -509,8 +509,8 @@ async fn reconcile_and_write(
     .await?;
 
     let to_hash = std::mem::take(&mut *lock(&to_hash));
-    let unchanged = hash_blocks(to_hash, manifest, lists, storage.chunk_ids(), opts).await?;
-    let kept_bytes = kept_bytes(manifest, lists, places, &unchanged)?;
+    let (unchanged, kept_bytes) =
+        hash_blocks(to_hash, manifest, lists, storage.chunk_ids(), opts).await?;
     debug!(kept_bytes, "relation blocks compared");
 
     let unchanged = Some(&unchanged);
@@ -1040,21 +1040,22 @@ struct Unit {
 
 /// Hash the reused files' blocks, [`COMPARISONS_PER_CORE`] tasks per core at a time, and
 /// compare each with the backup's chunk id. The units of work are cut from the block lists as
-/// the tasks take them: only those in flight hold copies of their entries.
+/// the tasks take them: only those in flight hold copies of their entries. Returns the blocks
+/// found in place, and their bytes.
 async fn hash_blocks(
     files: Vec<ToHash>,
     manifest: &BackupManifest,
     lists: &BlockLists,
     ids: ChunkIds,
     opts: &RestoreOptions,
-) -> Result<Unchanged, RestoreError> {
+) -> Result<(Unchanged, u64), RestoreError> {
     let unchanged: Unchanged = files
         .iter()
         .map(|(path, index)| (path.clone(), vec![false; lists.count(manifest, *index)]))
         .collect();
     let units = files.iter().flat_map(|(path, index)| {
         let blocks = match lists.blocks(manifest, *index) {
-            Ok(blocks) => blocks.into_owned(),
+            Ok(blocks) => blocks,
             Err(e) => return vec![Err(e)],
         };
         let mut offset = 0u64;
@@ -1074,7 +1075,7 @@ async fn hash_blocks(
             })
             .collect()
     });
-    let (unchanged, ids) = (Arc::new(Mutex::new(unchanged)), Arc::new(ids));
+    let (unchanged, ids) = (Arc::new(Mutex::new((unchanged, 0u64))), Arc::new(ids));
     run_all(
         units,
         opts.parallelism.max(1) * COMPARISONS_PER_CORE,
@@ -1085,18 +1086,21 @@ async fn hash_blocks(
                 let unit = unit?;
                 let same = compare_blocks(&unit.path, &unit.blocks, unit.offset, &ids)?;
                 let range = unit.first..unit.first + same.len();
-                let mut unchanged = lock(&unchanged);
+                let found = unit.blocks.iter().zip(&same).filter(|(_, same)| **same);
+                let found_bytes = found.fold(0u64, |sum, (b, _)| sum.saturating_add(b.len));
+                let (unchanged, kept) = &mut *lock(&unchanged);
                 let flags = unchanged.get_mut(&unit.path).and_then(|f| f.get_mut(range));
                 if let Some(flags) = flags {
                     flags.copy_from_slice(&same);
+                    *kept = kept.saturating_add(found_bytes);
                 }
                 Ok(())
             })
         },
     )
     .await?;
-    let unchanged = std::mem::take(&mut *lock(&unchanged));
-    Ok(unchanged)
+    let found = std::mem::take(&mut *lock(&unchanged));
+    Ok(found)
 }
 
 /// Which of `blocks`, the first at `offset` of `path`, already hold the backup's content.
@@ -1134,25 +1138,6 @@ fn compare_blocks(
         "blocks compared"
     );
     Ok(same)
-}
-
-/// Bytes of the relation blocks found in place.
-fn kept_bytes(
-    manifest: &BackupManifest,
-    lists: &BlockLists,
-    places: &Places,
-    unchanged: &Unchanged,
-) -> Result<u64, RestoreError> {
-    let mut kept = 0u64;
-    for (index, entry) in restored_indexed(manifest) {
-        let Some(flags) = unchanged.get(&places.destination(&entry.path)) else {
-            continue;
-        };
-        let blocks = lists.blocks(manifest, index)?;
-        let same = blocks.iter().zip(flags).filter(|(_, same)| **same);
-        kept = same.fold(kept, |sum, (c, _)| sum.saturating_add(c.len));
-    }
-    Ok(kept)
 }
 
 #[cfg(test)]
