@@ -372,6 +372,11 @@ fn unlinked_file(dir: &Path) -> Result<std::fs::File, RestoreError> {
         }
         Err(_) => {}
     }
+    named_then_unlinked(dir)
+}
+
+/// [`unlinked_file`] where the file system has no `O_TMPFILE`.
+fn named_then_unlinked(dir: &Path) -> Result<std::fs::File, RestoreError> {
     // A name no backup holds, nor another restore picks.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -437,6 +442,10 @@ mod tests {
         m
     }
 
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("temp dir")
+    }
+
     async fn stored(dir: &Path, m: &BackupManifest) -> LocalStorage {
         let store = LocalStorage::open(dir).expect("open");
         let key = layout::manifest_key(&m.backup_id);
@@ -444,6 +453,21 @@ mod tests {
             .await
             .expect("put");
         store
+    }
+
+    #[test]
+    fn the_file_has_no_name_either_way_even_in_an_odd_directory() {
+        let top = temp_dir();
+        let dir = top.path().join("old primary it's 100% a\\b c");
+        std::fs::create_dir(&dir).expect("mkdir");
+        for make in [unlinked_file, named_then_unlinked] {
+            let file = make(&dir).expect("made");
+            file.write_all_at(b"record", 88).expect("write");
+            let mut back = [0u8; 6];
+            file.read_exact_at(&mut back, 88).expect("read");
+            assert_eq!(&back, b"record");
+            assert_eq!(std::fs::read_dir(&dir).expect("read").count(), 0);
+        }
     }
 
     #[test]
@@ -460,10 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_lists_kept_on_disk_are_the_manifests_own_and_leave_no_name() {
-        let (repo, target) = (
-            tempfile::tempdir().expect("temp dir"),
-            tempfile::tempdir().expect("temp dir"),
-        );
+        let (repo, target) = (temp_dir(), temp_dir());
         let m = manifest();
         let store = stored(repo.path(), &m).await;
         let outline = read_outline(&store, &m.backup_id, 0)
@@ -491,10 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_manifest_of_at_most_one_window_keeps_its_lists_from_the_first_read() {
-        let (repo, target) = (
-            tempfile::tempdir().expect("temp dir"),
-            tempfile::tempdir().expect("temp dir"),
-        );
+        let (repo, target) = (temp_dir(), temp_dir());
         let m = manifest();
         let store = stored(repo.path(), &m).await;
         for (keep_up_to, kept) in [(43, true), (42, false), (usize::MAX, true)] {
@@ -519,10 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_manifest_changed_between_its_two_reads_is_refused() {
-        let (repo, target) = (
-            tempfile::tempdir().expect("temp dir"),
-            tempfile::tempdir().expect("temp dir"),
-        );
+        let (repo, target) = (temp_dir(), temp_dir());
         let m = manifest();
         // A block moved to another pack: the same counts, other contents.
         let mut moved = m.clone();
@@ -552,7 +567,7 @@ mod tests {
 
     #[tokio::test]
     async fn blocks_that_do_not_make_their_file_are_refused_from_the_outline() {
-        let repo = tempfile::tempdir().expect("temp dir");
+        let repo = temp_dir();
         let mut m = manifest();
         m.files[4].size += 1;
         let store = stored(repo.path(), &m).await;

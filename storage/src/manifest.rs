@@ -231,8 +231,8 @@ pub trait BlockSink: Send + 'static {
 }
 
 /// Parses a [`BackupManifest`] with each file handed to `sink` and its blocks dropped: the
-/// other fields are parsed as JSON values first and then as the manifest (they are per file or
-/// per table, never per block).
+/// other fields are kept as their JSON text and then parsed as the manifest (they are per file
+/// or per table, never per block).
 struct OutlineSeed<S> {
     sink: S,
 }
