@@ -51,10 +51,12 @@ report() { # name lifeline pgbackrest unit
   awk -v n="$1" -v a="$2" -v b="$3" -v u="$4" 'BEGIN { printf "%-40s lifeline %10.3f %-4s pgBackRest %10.3f %-4s ratio %.2f\n", n, a, u, b, u, (b > 0 ? a / b : 0) }'
 }
 # timed CMD...: runs it; sets T (wall seconds), RSS (peak KiB of the process tree) and CPU (%).
-# Everyone's dirty data is flushed first, so no run pays for the writeback of the one before.
+# Everyone's dirty data is flushed and the disk left to settle first, so no run pays for the
+# writeback or the discards of the one before.
 timed() {
   archived
   sync
+  disk_settle
   /usr/bin/time -f "%e %M %P" -o "$W/time.out" "$@"
   read -r T RSS CPU < "$W/time.out"
 }
