@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storage::chunking::{self, content_defined_chunks};
-use storage::manifest::{
-    BackupManifest, ChunkRef, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT,
-};
+use storage::manifest::{BackupManifest, EXACT_COUNT_LIMIT, EntryKind, FileEntry, MANIFEST_FORMAT};
 use storage::pg_version::{self, Major, Support};
 use storage::progress::Progress;
 use storage::stages::Stages;
@@ -33,6 +31,7 @@ use storage::{BackupKind, Compression, Service, Storage, StorageExt, layout};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::block_spool::{BlockSpool, SpooledLists};
 use crate::chunk_index::ChunkIndex;
 use crate::chunk_store::{self, Lineage, pack_jobs};
 use crate::error::PgContext;
@@ -293,7 +292,7 @@ pub async fn run_base_backup(
     // in a shared temporary directory, until it is copied.
     let mut staging = None;
     if let Some(reading) = &standby {
-        let home = opts.catalog_path.parent().unwrap_or(Path::new("."));
+        let home = private_dir(opts);
         let dir = tempfile::Builder::new()
             .prefix(".standby-files-")
             .tempdir_in(home)
@@ -385,7 +384,7 @@ pub async fn run_base_backup(
         finished_at: jiff::Timestamp::now(),
         block_size: block_size as u64,
         files: copied.files,
-        bundle: copied.bundle,
+        bundle: Vec::new(),
         backup_label,
         tablespace_map,
         tablespaces,
@@ -397,6 +396,8 @@ pub async fn run_base_backup(
     publish_base_backup(
         storage.as_ref(),
         &manifest,
+        copied.lists,
+        private_dir(opts),
         &opts.catalog_path,
         &opts.retention,
     )
@@ -502,8 +503,9 @@ fn start_timeline(backup_label: &str) -> Result<TimelineId, ArchiveError> {
 }
 
 struct Copied {
+    /// The manifest's files, their blocks in `lists`.
     files: Vec<FileEntry>,
-    bundle: Vec<ChunkRef>,
+    lists: SpooledLists,
     size_bytes: u64,
     new_bytes: u64,
 }
@@ -559,7 +561,8 @@ async fn copy_files(
         read_files(plan, entry_count, block_size, tx, &reader_stages)
     });
 
-    let (packer, slots) = pack_jobs(
+    let mut spool = BlockSpool::create_in(private_dir(opts))?;
+    let packer = pack_jobs(
         rx,
         storage,
         Arc::new(previous),
@@ -568,37 +571,20 @@ async fn copy_files(
         opts.transfers,
         opts.progress.as_ref(),
         &stages,
+        |slot, hash, len| {
+            let (owner, index) = slot.place();
+            spool.push(owner, index, hash, len)
+        },
     )
     .await?;
     let report = reader.await.map_err(ArchiveError::task("file reader"))??;
     debug!(stages = %stages.summary(), "files copied");
-
-    // Each file's chunks in order, then the bundle's: sorted in place rather than gathered
-    // into lists of their own, since the metadata of a large cluster is most of what a backup
-    // keeps in memory.
-    let mut slots = slots;
-    slots.sort_unstable_by_key(|(slot, _, _)| slot.place());
-    let mut slots = slots.into_iter().peekable();
-    let mut chunks_of = |owner: usize| -> Result<Vec<ChunkRef>, ArchiveError> {
-        // Chunks of an entry the manifest leaves out are passed over (none today: a file that
-        // vanished is never read, one that was opened keeps its size).
-        while slots
-            .next_if(|(slot, _, _)| slot.place().0 < owner)
-            .is_some()
-        {}
-        let mut chunks = Vec::new();
-        while let Some((slot, hash, len)) = slots.next_if(|(slot, _, _)| slot.place().0 == owner) {
-            if slot.place().1 != chunks.len() {
-                return Err(ArchiveError::Internal(
-                    "a chunk went missing in the copy pipeline".into(),
-                ));
-            }
-            chunks.push(packer.chunk_ref(hash, len)?);
-        }
-        // Kept until the manifest is written: no room to spare per block.
-        chunks.shrink_to_fit();
-        Ok(chunks)
-    };
+    let new_bytes = packer.written;
+    // The chunk index goes with the packer: the lists name each chunk's place from here on.
+    let locations = packer.into_locations();
+    let mut lists = tokio::task::spawn_blocking(move || spool.resolve(&locations))
+        .await
+        .map_err(ArchiveError::task("block lists"))??;
 
     let mut files = Vec::with_capacity(entries.len());
     let mut size_bytes = 0;
@@ -613,7 +599,9 @@ async fn copy_files(
             blocks: Vec::new(),
             bundle_offset: None,
         };
+        let mut owner = None;
         if e.kind == EntryKind::File {
+            // A file that vanished before it was read is left out.
             let Some(size) = report.sizes[i] else {
                 continue;
             };
@@ -621,17 +609,34 @@ async fn copy_files(
             size_bytes += size;
             entry.bundle_offset = report.bundle_offsets.get(&i).copied();
             if entry.bundle_offset.is_none() {
-                entry.blocks = chunks_of(i)?;
+                owner = Some(i);
             }
+        }
+        let listed = lists.next_file(owner);
+        if owner.is_some() && listed != entry.size {
+            return Err(ArchiveError::Internal(format!(
+                "the blocks of {} add up to {listed} bytes, not the {} read",
+                entry.path, entry.size
+            )));
         }
         files.push(entry);
     }
+    lists.set_bundle(Slot::BUNDLE);
     Ok(Copied {
         files,
-        bundle: chunks_of(Slot::BUNDLE)?,
+        lists,
         size_bytes,
-        new_bytes: packer.written,
+        new_bytes,
     })
+}
+
+/// Where the backup keeps what is its own until it ends (the block lists, a standby's
+/// configuration files): beside the catalog, in BACKUP_DIR, never a shared temporary directory.
+fn private_dir(opts: &BaseBackupOptions) -> &Path {
+    match opts.catalog_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 /// The reader thread: small files first, as one content-chunked bundle stream, then relation
@@ -848,6 +853,7 @@ async fn wait_for_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use storage::manifest::BlockSource;
 
     /// Every chunk of every file lands in its own file's list, in order, whatever order the
     /// compression threads finish in; a file that vanished before it was read is left out.
@@ -903,23 +909,34 @@ mod tests {
             .expect("copied");
         let paths: Vec<&str> = copied.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["base/1/0", "base/1/1", "base/1/3", "base/1/4"]);
-        for f in &copied.files {
+        let mut lists = copied.lists;
+        for (n, f) in copied.files.iter().enumerate() {
+            assert!(f.blocks.is_empty(), "{}: its list is kept apart", f.path);
+            let mut blocks = Vec::new();
+            lists.file_blocks(n, &mut blocks).expect("read back");
             let i: usize = f.path["base/1/".len()..].parse().expect("number");
             let data = content(i, sizes[i]);
             if sizes[i] < block {
-                assert!(
-                    f.blocks.is_empty() && f.bundle_offset.is_some(),
-                    "{}",
-                    f.path
-                );
+                assert!(blocks.is_empty() && f.bundle_offset.is_some(), "{}", f.path);
                 continue;
             }
             let expected: Vec<storage::ChunkHash> =
                 data.chunks(block).map(|b| blake3::hash(b).into()).collect();
-            let got: Vec<storage::ChunkHash> = f.blocks.iter().map(|c| c.hash).collect();
+            let got: Vec<storage::ChunkHash> = blocks.iter().map(|c| c.hash).collect();
             assert_eq!(got, expected, "{}", f.path);
+            let lens: Vec<u64> = blocks.iter().map(|c| c.len).collect();
+            let expected: Vec<u64> = data.chunks(block).map(|b| b.len() as u64).collect();
+            assert_eq!(lens, expected, "{}", f.path);
         }
-        assert!(!copied.bundle.is_empty());
+        let mut bundle = Vec::new();
+        lists.bundle(&mut bundle).expect("read back");
+        assert!(!bundle.is_empty());
+        assert!(
+            lists
+                .file_blocks(copied.files.len(), &mut Vec::new())
+                .is_err(),
+            "a file past the manifest's has no list"
+        );
     }
 
     #[test]

@@ -7,13 +7,17 @@ use std::collections::HashMap;
 use storage::manifest::ChunkRef;
 use storage::{ChunkHash, PackId};
 
-/// A chunk's place: which pack (a number into `ChunkIndex::packs`), where, how many bytes.
+/// A chunk's place: which pack (a number into `ChunkIndex::packs`, or [`PENDING`]), where, how
+/// many bytes.
 #[derive(Debug, Clone, Copy)]
 struct Location {
     offset: u64,
     stored: u32,
     pack: u32,
 }
+
+/// The pack number of a chunk claimed by the backup being taken, whose pack is not sealed yet.
+const PENDING: u32 = u32::MAX;
 
 /// Chunk hash -> where that chunk is stored.
 #[derive(Debug, Clone, Default)]
@@ -46,7 +50,10 @@ impl ChunkIndex {
         let number = match self.numbers.get(&pack) {
             Some(&n) => n,
             None => {
-                let Ok(n) = u32::try_from(self.packs.len()) else {
+                let Some(n) = u32::try_from(self.packs.len())
+                    .ok()
+                    .filter(|&n| n < PENDING)
+                else {
                     return false;
                 };
                 self.packs.push(pack);
@@ -67,13 +74,30 @@ impl ChunkIndex {
         self.insert(c.hash, c.pack, c.offset, c.stored)
     }
 
+    /// Whether `hash` is here, placed or claimed.
     pub(crate) fn contains(&self, hash: &ChunkHash) -> bool {
         self.chunks.contains_key(hash)
     }
 
-    /// The manifest's reference to `hash`, a chunk of `len` bytes, when it is here.
+    /// Claim `hash` for the backup being taken, its place to follow ([`ChunkIndex::insert`]):
+    /// true when it was neither placed nor claimed before, and is the one copy to store. One
+    /// index serves both, rather than a set of new chunks beside it: 32 bytes and more a chunk.
+    pub(crate) fn claim(&mut self, hash: ChunkHash) -> bool {
+        let mut claimed = false;
+        self.chunks.entry(hash).or_insert_with(|| {
+            claimed = true;
+            Location {
+                offset: 0,
+                stored: 0,
+                pack: PENDING,
+            }
+        });
+        claimed
+    }
+
+    /// The manifest's reference to `hash`, a chunk of `len` bytes, when it is placed here.
     pub(crate) fn chunk_ref(&self, hash: ChunkHash, len: u64) -> Option<ChunkRef> {
-        let at = self.chunks.get(&hash)?;
+        let at = self.chunks.get(&hash).filter(|at| at.pack != PENDING)?;
         Some(ChunkRef {
             hash,
             len,
@@ -132,6 +156,20 @@ mod tests {
             u64::from(u32::MAX) + 1
         ));
         assert!(!index.contains(&hash));
+    }
+
+    #[test]
+    fn a_claimed_chunk_is_claimed_once_and_has_no_place_until_it_is_packed() {
+        let mut index = ChunkIndex::default();
+        let hash = ChunkHash::from_bytes([7; 32]);
+        assert!(index.claim(hash));
+        assert!(!index.claim(hash), "a second copy is not stored");
+        assert!(index.contains(&hash));
+        assert!(index.chunk_ref(hash, 10).is_none(), "no place yet");
+        assert!(index.insert(hash, PackId::from_bytes([3; 32]), 40, 5));
+        let c = index.chunk_ref(hash, 10).expect("placed");
+        assert_eq!((c.offset, c.stored), (40, 5));
+        assert!(!index.claim(hash), "a packed chunk is not stored again");
     }
 
     #[test]

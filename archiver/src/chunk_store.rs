@@ -223,8 +223,9 @@ pub(crate) struct Packer {
     current: PackBuilder,
     /// Where the chunks of the backup this one builds on are.
     previous: Arc<ChunkIndex>,
-    /// Where the chunks this backup stored are, once their pack is sealed.
-    packed: ChunkIndex,
+    /// The chunks this backup stores: claimed by the compression threads as they find a new
+    /// one (a second copy is referenced, not stored), placed here once their pack is sealed.
+    packed: Arc<Mutex<ChunkIndex>>,
     pending: Vec<(ChunkHash, u64, u64)>,
     writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
     transfers: usize,
@@ -237,6 +238,7 @@ impl Packer {
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
         previous: Arc<ChunkIndex>,
+        packed: Arc<Mutex<ChunkIndex>>,
         transfers: usize,
         stages: Arc<Stages>,
     ) -> Packer {
@@ -244,7 +246,7 @@ impl Packer {
             storage,
             current: PackBuilder::with_capacity(PACK_CAPACITY),
             previous,
-            packed: ChunkIndex::default(),
+            packed,
             pending: Vec::new(),
             writes: tokio::task::JoinSet::new(),
             transfers: transfers.max(1),
@@ -253,12 +255,17 @@ impl Packer {
         }
     }
 
-    /// Where a packed chunk is, as a manifest names it.
-    pub(crate) fn chunk_ref(&self, hash: ChunkHash, len: u64) -> Result<ChunkRef, ArchiveError> {
-        self.packed
-            .chunk_ref(hash, len)
-            .or_else(|| self.previous.chunk_ref(hash, len))
-            .ok_or_else(|| ArchiveError::Internal(format!("chunk {hash} was never packed")))
+    /// Where every chunk is, once the last pack is sealed ([`Packer::finish`]).
+    pub(crate) fn into_locations(self) -> Locations {
+        // The compression threads are done with it: this is its last holder.
+        let packed = match Arc::try_unwrap(self.packed) {
+            Ok(packed) => packed.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Err(shared) => lock(&shared).clone(),
+        };
+        Locations {
+            packed,
+            previous: self.previous,
+        }
     }
 
     pub(crate) async fn add(&mut self, hash: ChunkHash, framed: &[u8]) -> Result<(), ArchiveError> {
@@ -282,11 +289,14 @@ impl Packer {
             .await
             .map_err(ArchiveError::task("pack task"))??;
         self.written += sealed.bytes.len() as u64;
-        for (hash, offset, stored) in self.pending.drain(..) {
-            if !self.packed.insert(hash, sealed.id, offset, stored) {
-                return Err(ArchiveError::Internal(format!(
-                    "chunk {hash} takes {stored} bytes in its pack"
-                )));
+        {
+            let mut packed = lock(&self.packed);
+            for (hash, offset, stored) in self.pending.drain(..) {
+                if !packed.insert(hash, sealed.id, offset, stored) {
+                    return Err(ArchiveError::Internal(format!(
+                        "chunk {hash} takes {stored} bytes in its pack"
+                    )));
+                }
             }
         }
         let waiting = std::time::Instant::now();
@@ -319,6 +329,33 @@ impl Packer {
             join_write(Some(result))?;
         }
         Ok(())
+    }
+}
+
+/// The index, even if a thread panicked holding it: each of its changes is one map operation,
+/// never left half done.
+fn lock(index: &Mutex<ChunkIndex>) -> std::sync::MutexGuard<'_, ChunkIndex> {
+    index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where each chunk of a backup lies: those it stored and those of the backup it builds on.
+pub(crate) struct Locations {
+    packed: ChunkIndex,
+    previous: Arc<ChunkIndex>,
+}
+
+impl Locations {
+    #[cfg(test)]
+    pub(crate) fn new(packed: ChunkIndex, previous: Arc<ChunkIndex>) -> Locations {
+        Locations { packed, previous }
+    }
+
+    /// Where a chunk is, as a manifest names it.
+    pub(crate) fn chunk_ref(&self, hash: ChunkHash, len: u64) -> Result<ChunkRef, ArchiveError> {
+        self.packed
+            .chunk_ref(hash, len)
+            .or_else(|| self.previous.chunk_ref(hash, len))
+            .ok_or_else(|| ArchiveError::Internal(format!("chunk {hash} was never packed")))
     }
 }
 
@@ -385,7 +422,7 @@ impl Compressors {
 pub(crate) async fn prepare_chunk<S: Send + 'static>(
     compressors: &Compressors,
     previous: Arc<ChunkIndex>,
-    known: Arc<Mutex<HashSet<ChunkHash>>>,
+    packed: Arc<Mutex<ChunkIndex>>,
     ids: ChunkIds,
     compression: Compression,
     job: Job<S>,
@@ -395,8 +432,7 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
         .run(move || -> Result<Prepared<S>, StorageError> {
             let hash = stages.time(HASH, || object::checksum(&job.data));
             let id = ChunkHash::from(ids.of_checksum(hash));
-            let is_new =
-                !previous.contains(&id) && known.lock().map(|mut k| k.insert(id)).unwrap_or(true);
+            let is_new = !previous.contains(&id) && lock(&packed).claim(id);
             let framed = if is_new {
                 let encoded = stages.time(COMPRESS, || {
                     object::encode_tuned(&job.data, hash, compression, &job.tuning)
@@ -417,12 +453,13 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
 }
 
 /// Hash, compress and pack every job `rx` delivers, `parallelism * 2` at a time (twice the cores:
-/// chunks keep compressing while a full pack is being written). Returns the packer, which knows
-/// where every chunk is, and each job's slot, hash and length, in completion order. Each chunk
-/// counts as progress once it is hashed and, when new, compressed.
+/// chunks keep compressing while a full pack is being written), and hand each job's slot, hash
+/// and length to `chunk_done` in the order `rx` delivered them. Returns the packer, which knows
+/// where every chunk is. Each chunk counts as progress once it is hashed and, when new,
+/// compressed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pack_jobs<S: Send + 'static>(
-    mut rx: mpsc::Receiver<Job<S>>,
+    rx: mpsc::Receiver<Job<S>>,
     storage: Arc<dyn Storage>,
     previous: Arc<ChunkIndex>,
     compression: Compression,
@@ -430,42 +467,67 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
     transfers: usize,
     progress: &dyn Progress,
     stages: &Arc<Stages>,
-) -> Result<(Packer, Vec<(S, ChunkHash, u64)>), ArchiveError> {
-    // The chunks this backup is storing: a second copy of one is referenced, not stored.
-    let known: Arc<Mutex<HashSet<ChunkHash>>> = Arc::default();
+    mut chunk_done: impl FnMut(S, ChunkHash, u64) -> Result<(), ArchiveError>,
+) -> Result<Packer, ArchiveError> {
+    let packed: Arc<Mutex<ChunkIndex>> = Arc::default();
     let ids = storage.chunk_ids();
-    let packer = Packer::new(storage, previous.clone(), transfers, stages.clone());
+    let mut packer = Packer::new(
+        storage,
+        previous.clone(),
+        packed.clone(),
+        transfers,
+        stages.clone(),
+    );
     let in_flight = parallelism.max(1) * 2;
     let compressors = Compressors::start(in_flight)?;
+    let mut rx = rx;
     let jobs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let (mut packer, slots, _) = jobs
-        .map(|job| {
+    let mut prepared = jobs
+        .enumerate()
+        .map(|(sequence, job)| {
+            let job = Job {
+                slot: (sequence, job.slot),
+                data: job.data,
+                tuning: job.tuning,
+            };
             prepare_chunk(
                 &compressors,
                 previous.clone(),
-                known.clone(),
+                packed.clone(),
                 ids.clone(),
                 compression,
                 job,
                 stages.clone(),
             )
         })
-        .buffer_unordered(in_flight)
-        .inspect_ok(|prepared| progress.advance(prepared.len))
-        .try_fold(
-            (packer, Vec::new(), std::time::Instant::now()),
-            |(mut packer, mut slots, idle_since), prepared| async move {
-                packer.stages.add(PACKER_IDLE, idle_since.elapsed());
-                if let Some(framed) = &prepared.framed {
-                    packer.add(prepared.hash, framed).await?;
-                }
-                slots.push((prepared.slot, prepared.hash, prepared.len));
-                Ok((packer, slots, std::time::Instant::now()))
-            },
-        )
-        .await?;
+        .buffer_unordered(in_flight);
+    // Chunks packed as soon as they are ready, handed on in order: those that overtook a slower
+    // one wait here (a few, as many as were in flight while it was).
+    let mut overtaking = std::collections::BTreeMap::new();
+    let mut next = 0;
+    let mut idle_since = std::time::Instant::now();
+    while let Some(chunk) = prepared.try_next().await? {
+        packer.stages.add(PACKER_IDLE, idle_since.elapsed());
+        progress.advance(chunk.len);
+        if let Some(framed) = &chunk.framed {
+            packer.add(chunk.hash, framed).await?;
+        }
+        let (sequence, slot) = chunk.slot;
+        overtaking.insert(sequence, (slot, chunk.hash, chunk.len));
+        while let Some(entry) = overtaking.first_entry().filter(|e| *e.key() == next) {
+            let (slot, hash, len) = entry.remove();
+            chunk_done(slot, hash, len)?;
+            next += 1;
+        }
+        idle_since = std::time::Instant::now();
+    }
+    if !overtaking.is_empty() {
+        return Err(ArchiveError::Internal(
+            "a chunk went missing in the copy pipeline".into(),
+        ));
+    }
     packer.finish().await?;
-    Ok((packer, slots))
+    Ok(packer)
 }
 
 /// A stream stored as content-defined chunks.
@@ -509,7 +571,8 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         }
         Ok(())
     });
-    let (packer, mut slots) = pack_jobs(
+    let mut chunks = Vec::new();
+    let packer = pack_jobs(
         rx,
         storage,
         previous,
@@ -518,6 +581,10 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         transfers,
         progress,
         &stages,
+        |_, hash, len| {
+            chunks.push((hash, len));
+            Ok(())
+        },
     )
     .await?;
     debug!(stages = %stages.summary(), "stream stored");
@@ -528,16 +595,17 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
             path: "(stream)".into(),
             source,
         })?;
-    slots.sort_by_key(|s| s.0);
-    let size = slots.iter().map(|s| s.2).sum();
-    let chunks = slots
+    let size = chunks.iter().map(|c| c.1).sum();
+    let new_bytes = packer.written;
+    let locations = packer.into_locations();
+    let chunks = chunks
         .into_iter()
-        .map(|(_, hash, len)| packer.chunk_ref(hash, len))
+        .map(|(hash, len)| locations.chunk_ref(hash, len))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(StoredStream {
         chunks,
         size,
-        new_bytes: packer.written,
+        new_bytes,
     })
 }
 

@@ -9,6 +9,7 @@
 
 mod aof;
 mod base_backup;
+mod block_spool;
 mod chunk_index;
 mod chunk_store;
 mod cluster;

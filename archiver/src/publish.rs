@@ -9,6 +9,7 @@ use storage::manifest::{BackupManifest, StreamManifest};
 use storage::{BackupKind, PutMode, Restorability, Service, Storage, StorageExt, layout};
 
 use crate::ArchiveError;
+use crate::block_spool::SpooledLists;
 
 /// The retention label a new backup starts with, until a prune classes it: the daily class of
 /// the configured policy.
@@ -38,10 +39,13 @@ pub(crate) async fn new_backup_id(storage: &dyn Storage) -> Result<String, Archi
     )))
 }
 
-/// Make a base backup exist and record it in the catalog.
+/// Make a base backup exist and record it in the catalog: `manifest`, without its block
+/// lists, which are written from `lists`, the object framed in `spill_dir` first.
 pub(crate) async fn publish_base_backup(
     storage: &dyn Storage,
     manifest: &BackupManifest,
+    lists: SpooledLists,
+    spill_dir: &Path,
     catalog_path: &Path,
     policy: &RetentionPolicy,
 ) -> Result<(), ArchiveError> {
@@ -65,7 +69,16 @@ pub(crate) async fn publish_base_backup(
         "catalog_version": manifest.catalog_version,
         "source": manifest.source,
     });
-    publish_manifest(storage, &summary, manifest, extra).await?;
+    let checksum = storage::manifest::put_manifest_with_lists(
+        storage,
+        &summary.manifest_key,
+        manifest.clone(),
+        Box::new(lists),
+        spill_dir,
+        PutMode::Create,
+    )
+    .await?;
+    metadata(&summary, &checksum, extra).store(storage).await?;
     let record = catalog::BackupRecord::from_manifest(
         manifest,
         &summary.retention,

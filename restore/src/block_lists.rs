@@ -19,15 +19,15 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use storage::manifest::{BackupManifest, ChunkRef, FileEntry};
-use storage::{ChunkHash, PackId, Storage};
+use storage::{PackId, Storage};
 
 use tracing::debug;
 
 use crate::RestoreError;
 use crate::error::blocking;
 
-/// Bytes of one block in the file: hash, length, pack, offset, stored length.
-const RECORD: usize = 32 + 8 + 32 + 8 + 8;
+/// Bytes of one block in the file.
+const RECORD: usize = ChunkRef::RECORD_LEN;
 
 /// A base backup's manifest without its block lists, and what the restore needs of them
 /// before they are read again.
@@ -124,42 +124,12 @@ impl storage::manifest::BlockSink for Keeping {
             return Ok(());
         }
         for chunk in &entry.blocks {
-            if let Err(e) = self.out.write_all(&encode(chunk)) {
+            if let Err(e) = self.out.write_all(&chunk.to_record()) {
                 self.failed = Some(e);
                 break;
             }
         }
         Ok(())
-    }
-}
-
-fn encode(chunk: &ChunkRef) -> [u8; RECORD] {
-    let mut record = [0u8; RECORD];
-    record[..32].copy_from_slice(chunk.hash.as_bytes());
-    record[32..40].copy_from_slice(&chunk.len.to_le_bytes());
-    record[40..72].copy_from_slice(chunk.pack.as_bytes());
-    record[72..80].copy_from_slice(&chunk.offset.to_le_bytes());
-    record[80..88].copy_from_slice(&chunk.stored.to_le_bytes());
-    record
-}
-
-fn decode(record: &[u8]) -> ChunkRef {
-    let bytes32 = |at: usize| {
-        let mut b = [0u8; 32];
-        b.copy_from_slice(&record[at..at + 32]);
-        b
-    };
-    let u64_at = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&record[at..at + 8]);
-        u64::from_le_bytes(b)
-    };
-    ChunkRef {
-        hash: ChunkHash::from_bytes(bytes32(0)),
-        len: u64_at(32),
-        pack: PackId::from_bytes(bytes32(40)),
-        offset: u64_at(72),
-        stored: u64_at(80),
     }
 }
 
@@ -270,7 +240,10 @@ impl BlockLists {
         let at = lists.first.get(index).copied().unwrap_or(0) * RECORD as u64;
         file.read_exact_at(&mut bytes, at)
             .map_err(|e| RestoreError::io(dir, e))?;
-        Ok(Cow::Owned(bytes.chunks_exact(RECORD).map(decode).collect()))
+        let (records, _) = bytes.as_chunks::<RECORD>();
+        Ok(Cow::Owned(
+            records.iter().map(ChunkRef::from_record).collect(),
+        ))
     }
 
     /// Files `files` of the manifest, each with its blocks.
@@ -401,7 +374,7 @@ fn named_then_unlinked(dir: &Path) -> Result<std::fs::File, RestoreError> {
 mod tests {
     use super::*;
     use storage::manifest::{EntryKind, put_manifest};
-    use storage::{LocalStorage, PutMode, layout};
+    use storage::{ChunkHash, LocalStorage, PutMode, layout};
     use testing::fixtures::file_entry;
 
     fn chunk(n: u32, len: u64) -> ChunkRef {
@@ -479,7 +452,7 @@ mod tests {
             offset: 1 << 40,
             stored: 3,
         };
-        assert_eq!(decode(&encode(&c)), c);
+        assert_eq!(ChunkRef::from_record(&c.to_record()), c);
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ pub mod lease;
 pub mod leftovers;
 mod local;
 pub mod manifest;
+mod manifest_writer;
 pub mod object;
 pub mod pack;
 pub mod pg_version;

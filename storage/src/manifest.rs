@@ -13,6 +13,8 @@ use crate::digest::{ChunkHash, PackId};
 use crate::wal::{Lsn, TimelineId};
 use crate::{BackupKind, Restorability, Service};
 
+pub use crate::manifest_writer::{BlockSource, put_manifest_with_lists};
+
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Tables with more rows than this (by the planner's estimate) are not counted exactly.
 pub const EXACT_COUNT_LIMIT: i64 = 1_000_000;
@@ -27,6 +29,43 @@ pub struct ChunkRef {
     pub pack: PackId,
     pub offset: u64,
     pub stored: u64,
+}
+
+impl ChunkRef {
+    /// Bytes of [`ChunkRef::to_record`]: hash, length, pack, offset, stored length.
+    pub const RECORD_LEN: usize = 32 + 8 + 32 + 8 + 8;
+
+    /// The reference as a fixed-size record, for block lists kept in files rather than memory.
+    pub fn to_record(&self) -> [u8; Self::RECORD_LEN] {
+        let mut record = [0u8; Self::RECORD_LEN];
+        record[..32].copy_from_slice(self.hash.as_bytes());
+        record[32..40].copy_from_slice(&self.len.to_le_bytes());
+        record[40..72].copy_from_slice(self.pack.as_bytes());
+        record[72..80].copy_from_slice(&self.offset.to_le_bytes());
+        record[80..88].copy_from_slice(&self.stored.to_le_bytes());
+        record
+    }
+
+    pub fn from_record(record: &[u8; Self::RECORD_LEN]) -> ChunkRef {
+        // Fixed places in a fixed-size array: no slice here can fall short.
+        let bytes32 = |at: usize| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(&record[at..at + 32]);
+            b
+        };
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&record[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        ChunkRef {
+            hash: ChunkHash::from_bytes(bytes32(0)),
+            len: u64_at(32),
+            pack: PackId::from_bytes(bytes32(40)),
+            offset: u64_at(72),
+            stored: u64_at(80),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +107,8 @@ pub struct Tablespace {
     pub location: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Written as JSON by `crate::manifest_writer`, the one layout of its fields.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct BackupManifest {
     pub format: u32,
     pub backup_id: String,
@@ -731,7 +771,7 @@ impl ClusterIdentity {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Storage;
 
@@ -745,7 +785,7 @@ mod tests {
         }
     }
 
-    fn sample() -> BackupManifest {
+    pub(crate) fn sample() -> BackupManifest {
         let at: jiff::Timestamp = "2025-01-01T00:00:00Z".parse().expect("a timestamp");
         let file = |path: &str, n: u8| FileEntry {
             path: path.into(),

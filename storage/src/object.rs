@@ -211,15 +211,87 @@ pub fn encode_tuned(
     Ok((header, out))
 }
 
-/// Where a streamed encode writes its payload.
-enum Sink {
-    Plain(Vec<u8>),
-    Zstd(zstd::stream::Encoder<'static, Vec<u8>>),
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+/// Where a streamed encode puts the framed object: memory, or a file for an object (a large
+/// manifest) that is not to be held. The header's place is written first and filled last.
+trait Framed: Write {
+    /// Bytes written so far, the header's place included.
+    fn written(&self) -> u64;
+
+    /// Put `header` in its place at the start.
+    fn put_header(&mut self, header: &[u8; HEADER_LEN]) -> std::io::Result<()>;
 }
 
-impl Sink {
-    fn new(out: Vec<u8>, compression: Compression) -> std::io::Result<Sink> {
+impl Framed for Vec<u8> {
+    fn written(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn put_header(&mut self, header: &[u8; HEADER_LEN]) -> std::io::Result<()> {
+        match self.get_mut(..HEADER_LEN) {
+            Some(place) => {
+                place.copy_from_slice(header);
+                Ok(())
+            }
+            None => Err(std::io::Error::other(
+                "the header's place was never written",
+            )),
+        }
+    }
+}
+
+/// A framed object in a file of its own, written through a buffer.
+struct FramedFile {
+    out: std::io::BufWriter<std::fs::File>,
+    written: u64,
+}
+
+impl FramedFile {
+    fn new(file: std::fs::File) -> std::io::Result<FramedFile> {
+        let mut framed = FramedFile {
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+        };
+        framed.write_all(&[0; HEADER_LEN])?;
+        Ok(framed)
+    }
+
+    fn into_file(self) -> std::io::Result<std::fs::File> {
+        self.out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+impl Write for FramedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl Framed for FramedFile {
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn put_header(&mut self, header: &[u8; HEADER_LEN]) -> std::io::Result<()> {
+        self.out.flush()?;
+        std::os::unix::fs::FileExt::write_all_at(self.out.get_ref(), header, 0)
+    }
+}
+
+/// Where a streamed encode writes its payload.
+enum Sink<O: Framed> {
+    Plain(O),
+    Zstd(zstd::stream::Encoder<'static, O>),
+    Gzip(flate2::write::GzEncoder<O>),
+}
+
+impl<O: Framed> Sink<O> {
+    fn new(out: O, compression: Compression) -> std::io::Result<Sink<O>> {
         Ok(match compression.codec {
             Codec::None => Sink::Plain(out),
             Codec::Zstd => {
@@ -243,10 +315,7 @@ impl Sink {
 
     fn write_all(&mut self, piece: &[u8]) -> std::io::Result<()> {
         match self {
-            Sink::Plain(out) => {
-                out.extend_from_slice(piece);
-                Ok(())
-            }
+            Sink::Plain(out) => out.write_all(piece),
             Sink::Zstd(encoder) => encoder.write_all(piece),
             Sink::Gzip(encoder) => encoder.write_all(piece),
         }
@@ -259,10 +328,10 @@ impl Sink {
             Sink::Zstd(encoder) => encoder.get_ref(),
             Sink::Gzip(encoder) => encoder.get_ref(),
         };
-        out.len().saturating_sub(HEADER_LEN) as u64
+        out.written().saturating_sub(HEADER_LEN as u64)
     }
 
-    fn finish(self) -> std::io::Result<Vec<u8>> {
+    fn finish(self) -> std::io::Result<O> {
         match self {
             Sink::Plain(out) => Ok(out),
             Sink::Zstd(encoder) => encoder.finish(),
@@ -480,8 +549,8 @@ pub fn is_changed_size(error: &std::io::Error) -> bool {
 
 /// Frames what is written to it: hashed and encoded piece by piece, the plaintext never held
 /// whole; the header goes in front once the last piece is in.
-struct ObjectWriter {
-    sink: Sink,
+struct ObjectWriter<O: Framed = Vec<u8>> {
+    sink: Sink<O>,
     hasher: blake3::Hasher,
     plain_len: u64,
     codec: Codec,
@@ -494,6 +563,13 @@ impl ObjectWriter {
     fn new(size_hint: usize, compression: Compression) -> std::io::Result<ObjectWriter> {
         let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
         out.resize(HEADER_LEN, 0);
+        ObjectWriter::into(out, compression)
+    }
+}
+
+impl<O: Framed> ObjectWriter<O> {
+    /// A writer into `out`, whose first `HEADER_LEN` bytes are the header's place.
+    fn into(out: O, compression: Compression) -> std::io::Result<ObjectWriter<O>> {
         Ok(ObjectWriter {
             sink: Sink::new(out, compression)?,
             hasher: blake3::Hasher::new(),
@@ -504,19 +580,19 @@ impl ObjectWriter {
         })
     }
 
-    fn finish(self) -> std::io::Result<(ObjectHeader, Vec<u8>)> {
+    fn finish(self) -> std::io::Result<(ObjectHeader, O)> {
         let mut out = self.sink.finish()?;
         let header = ObjectHeader {
             codec: self.codec,
             plain_len: self.plain_len,
             checksum: self.hasher.finalize(),
         };
-        out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        out.put_header(&header.to_bytes())?;
         Ok((header, out))
     }
 }
 
-impl Write for ObjectWriter {
+impl<O: Framed> Write for ObjectWriter<O> {
     fn write(&mut self, piece: &[u8]) -> std::io::Result<usize> {
         // A reader has decoded none of `piece` before it has read every byte stored before it:
         // judged with those bytes alone, the piece's end is where a reader is held tightest.
@@ -543,18 +619,40 @@ pub fn encode_json<T: serde::Serialize>(
     value: &T,
     compression: Compression,
 ) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
-    encode_json_within(value, compression, JSON_BOUND)
+    encode_json_within(value, compression, JSON_BOUND, |c| {
+        ObjectWriter::new(64 << 10, c)
+    })
+}
+
+/// As [`encode_json`], into an unnamed file in `dir` rather than memory: the object is returned
+/// as that file, to be stored as a stream.
+pub fn encode_json_to_file<T: serde::Serialize>(
+    value: &T,
+    compression: Compression,
+    dir: &std::path::Path,
+) -> Result<(ObjectHeader, std::fs::File), StorageError> {
+    let encode_error = |e: std::io::Error| StorageError::Corrupt {
+        key: "(new object)".into(),
+        reason: format!("cannot encode in {}: {e}", dir.display()),
+    };
+    let (header, framed) = encode_json_within(value, compression, JSON_BOUND, |c| {
+        ObjectWriter::into(FramedFile::new(tempfile::tempfile_in(dir)?)?, c)
+    })?;
+    Ok((header, framed.into_file().map_err(encode_error)?))
 }
 
 /// As [`encode_json`], for readers that hold the object to `bound`: JSON that compresses past
 /// it (a manifest of TiBs of identical blocks) is stored plain, which any reader accepts,
-/// rather than as an object every restore of it would refuse.
-fn encode_json_within<T: serde::Serialize>(
+/// rather than as an object every restore of it would refuse. `writer` makes the writer of
+/// each attempt, for the compression given.
+fn encode_json_within<T: serde::Serialize, O: Framed>(
     value: &T,
     compression: Compression,
     bound: JsonBound,
-) -> Result<(ObjectHeader, Vec<u8>), StorageError> {
-    let (header, framed, beyond_bound) = encode_json_once(value, compression, bound)?;
+    writer: impl Fn(Compression) -> std::io::Result<ObjectWriter<O>>,
+) -> Result<(ObjectHeader, O), StorageError> {
+    let first = writer(compression).map_err(cannot_encode)?;
+    let (header, framed, beyond_bound) = encode_json_once(value, first, bound)?;
     if !beyond_bound || compression.codec == Codec::None {
         return Ok((header, framed));
     }
@@ -563,29 +661,33 @@ fn encode_json_within<T: serde::Serialize>(
         codec: Codec::None,
         ..compression
     };
+    let plain = writer(plain).map_err(cannot_encode)?;
     let (header, framed, _) = encode_json_once(value, plain, bound)?;
     Ok((header, framed))
 }
 
-/// `value` framed as JSON, and whether a reader holding it to `bound` would refuse it.
-fn encode_json_once<T: serde::Serialize>(
-    value: &T,
-    compression: Compression,
-    bound: JsonBound,
-) -> Result<(ObjectHeader, Vec<u8>, bool), StorageError> {
-    let encode_error = |e: std::io::Error| StorageError::Corrupt {
+fn cannot_encode(e: std::io::Error) -> StorageError {
+    StorageError::Corrupt {
         key: "(new object)".into(),
         reason: format!("cannot encode: {e}"),
-    };
-    let mut writer = ObjectWriter::new(64 << 10, compression).map_err(encode_error)?;
+    }
+}
+
+/// `value` framed as JSON by `writer`, and whether a reader holding it to `bound` would
+/// refuse it.
+fn encode_json_once<T: serde::Serialize, O: Framed>(
+    value: &T,
+    mut writer: ObjectWriter<O>,
+    bound: JsonBound,
+) -> Result<(ObjectHeader, O, bool), StorageError> {
     writer.bound = Some(bound);
     let mut buffered = std::io::BufWriter::with_capacity(64 << 10, writer);
-    serde_json::to_writer(&mut buffered, value).map_err(|e| encode_error(e.into()))?;
+    serde_json::to_writer(&mut buffered, value).map_err(|e| cannot_encode(e.into()))?;
     let writer = buffered
         .into_inner()
-        .map_err(|e| encode_error(e.into_error()))?;
+        .map_err(|e| cannot_encode(e.into_error()))?;
     let beyond_bound = writer.beyond_bound;
-    let (header, framed) = writer.finish().map_err(encode_error)?;
+    let (header, framed) = writer.finish().map_err(cannot_encode)?;
     Ok((header, framed, beyond_bound))
 }
 
@@ -1268,9 +1370,33 @@ mod tests {
         assert!(err.to_string().contains("implausible length"), "{err}");
     }
 
+    /// `value` encoded in memory and through a file (read back): the same object both ways.
+    fn encoded_both_ways<T: serde::Serialize>(
+        value: &T,
+        c: Compression,
+        bound: JsonBound,
+    ) -> (ObjectHeader, Vec<u8>) {
+        let (header, framed) =
+            encode_json_within(value, c, bound, |c| ObjectWriter::new(0, c)).expect("encode");
+        let (in_file, file) = encode_json_within(value, c, bound, |c| {
+            ObjectWriter::into(FramedFile::new(tempfile::tempfile()?)?, c)
+        })
+        .expect("encode to a file");
+        let mut file = file.into_file().expect("flushed");
+        let mut read = Vec::new();
+        std::io::Seek::rewind(&mut file).expect("rewind");
+        file.read_to_end(&mut read).expect("read back");
+        assert_eq!(
+            (in_file, &read),
+            (header, &framed),
+            "the same object in a file"
+        );
+        (header, framed)
+    }
+
     /// JSON that compresses past what a reader lets through (here past 1 MiB, 64 times the
     /// bytes stored; 1 GiB in use) is stored plain and read back; JSON like a manifest's stays
-    /// compressed.
+    /// compressed. An object encoded into a file is the one encoded in memory.
     #[test]
     fn json_compressed_past_the_readers_bound_is_stored_plain() {
         let bound = JsonBound {
@@ -1278,14 +1404,14 @@ mod tests {
             ratio: 64,
         };
         let zeros = vec!["0".repeat(1000); 8_000];
-        let (_, compressed, beyond) =
-            encode_json_once(&zeros, Compression::default(), bound).expect("encode");
+        let writer = ObjectWriter::new(0, Compression::default()).expect("writer");
+        let (_, compressed, beyond) = encode_json_once(&zeros, writer, bound).expect("encode");
         assert!(beyond);
         let err = decode_json_within::<Vec<String>>("k", "test", &compressed[..], bound)
             .expect_err("held to the bound");
         assert!(err.to_string().contains("implausible length"), "{err}");
         for c in all_compressions() {
-            let (header, framed) = encode_json_within(&zeros, c, bound).expect("encode");
+            let (header, framed) = encoded_both_ways(&zeros, c, bound);
             assert_eq!(header.codec, Codec::None);
             let back: Vec<String> =
                 decode_json_within("k", "test", &framed[..], bound).expect("read back");
@@ -1294,8 +1420,7 @@ mod tests {
         let hashes: Vec<String> = (0..40_000u32)
             .map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string())
             .collect();
-        let (header, framed) =
-            encode_json_within(&hashes, Compression::default(), bound).expect("encode");
+        let (header, framed) = encoded_both_ways(&hashes, Compression::default(), bound);
         assert_eq!(header.codec, Codec::Zstd);
         let back: Vec<String> =
             decode_json_within("k", "test", &framed[..], bound).expect("read back");
