@@ -12,6 +12,8 @@
 # What should stay flat is the restore's peak: the data in flight is bounded, the manifest's block
 # lists are kept on disk, and what is planned at a time is one window of files (by default 256 Ki
 # writes of a 256 KiB block: 64 GiB; an 88-byte entry and a 40-byte write per block in it).
+# The backup keeps its block lists and the manifest it writes on disk too; what still grows with
+# the blocks is its chunk index (48 bytes a chunk, in a hash table).
 set -euo pipefail
 trap 'echo "benches/memory.sh: line $LINENO failed (exit $?); a scale 400 run needs about 20 GiB free" >&2' ERR
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
