@@ -68,6 +68,8 @@ impl BlockSpool {
     ) -> Result<(), ArchiveError> {
         let run = match &mut self.current {
             Some((o, run)) if *o == owner && run.count == index as u64 => run,
+            // A new owner only: one already begun (current or in `runs`) never starts over.
+            Some((o, _)) if *o == owner => return Err(out_of_order()),
             _ if index == 0 && !self.runs.contains_key(&owner) => {
                 if let Some((o, run)) = self.current.take() {
                     self.runs.insert(o, run);
@@ -220,6 +222,10 @@ impl BlockSource for SpooledLists {
             None => Ok(()),
         }
     }
+
+    fn file_count(&self) -> usize {
+        self.files.len()
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +327,10 @@ mod tests {
         spool.push(2, 0, hash(2), 2).expect("the next file");
         assert!(spool.push(1, 1, hash(1), 1).is_err(), "a file resumed");
         assert!(spool.push(1, 0, hash(1), 1).is_err(), "a file begun twice");
+        assert!(
+            spool.push(2, 0, hash(2), 2).is_err(),
+            "the current file begun again"
+        );
     }
 
     #[test]

@@ -502,7 +502,8 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
         })
         .buffer_unordered(in_flight);
     // Chunks packed as soon as they are ready, handed on in order: those that overtook a slower
-    // one wait here (a few, as many as were in flight while it was).
+    // one wait here, as many as finish while it is compressed (about 70 bytes each; not their
+    // data, which is packed already).
     let mut overtaking = std::collections::BTreeMap::new();
     let mut next = 0;
     let mut idle_since = std::time::Instant::now();

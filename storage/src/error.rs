@@ -20,6 +20,16 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// A file of this machine's that an object is written into before it is stored (a
+    /// backup's manifest): the repository is not at fault.
+    #[error(
+        "a temporary file in {path} failed (an object waits there until it is stored; if the disk is full, free space on it)"
+    )]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A remote repository failed in a way that may pass (throttling, timeouts, 5xx,
     /// connection refused); already retried when it reaches a caller.
     #[error("repository request {operation} {key} failed: {reason}")]

@@ -17,6 +17,9 @@ pub trait BlockSource: Send {
 
     /// Into `chunks` (empty when called), the bundle's chunks, in order.
     fn bundle(&mut self, chunks: &mut Vec<ChunkRef>) -> Result<(), String>;
+
+    /// How many files it has lists for: the manifest's files, no more and no fewer.
+    fn file_count(&self) -> usize;
 }
 
 /// Store `manifest` as [`crate::manifest::put_manifest`] does, its block lists (empty in
@@ -31,7 +34,18 @@ pub async fn put_manifest_with_lists(
     dir: &std::path::Path,
     mode: crate::PutMode,
 ) -> Result<blake3::Hash, crate::StorageError> {
-    let dir = dir.to_path_buf();
+    if source.file_count() != manifest.files.len() {
+        return Err(crate::StorageError::Corrupt {
+            key: key.to_string(),
+            reason: format!(
+                "not stored: it names {} files but has block lists for {}",
+                manifest.files.len(),
+                source.file_count()
+            ),
+        });
+    }
+    let scratch = dir.to_path_buf();
+    let dir = scratch.clone();
     let (header, mut framed) = tokio::task::spawn_blocking(move || {
         let with_lists = WithLists {
             manifest: &manifest,
@@ -44,7 +58,10 @@ pub async fn put_manifest_with_lists(
         key: key.to_string(),
         reason: format!("the manifest's encoding stopped: {e}"),
     })??;
-    std::io::Seek::rewind(&mut framed).map_err(|e| crate::StorageError::io(key, e))?;
+    std::io::Seek::rewind(&mut framed).map_err(|source| crate::StorageError::Scratch {
+        path: scratch,
+        source,
+    })?;
     let payload: crate::ObjectReader = Box::new(tokio::fs::File::from_std(framed));
     storage
         .put_stream(key, payload, mode, crate::Durability::Immediate)
@@ -253,6 +270,10 @@ mod tests {
             chunks.extend_from_slice(&self.bundle);
             Ok(())
         }
+
+        fn file_count(&self) -> usize {
+            self.files.len()
+        }
     }
 
     #[test]
@@ -320,11 +341,42 @@ mod tests {
         )
         .await
         .expect_err("refused");
+        let why = std::error::Error::source(&err).map(ToString::to_string);
         assert!(
-            err.to_string()
-                .contains("file 2: the spool could not be read"),
-            "{err}"
+            err.to_string().contains(&dir.path().display().to_string())
+                && why
+                    .as_deref()
+                    .is_some_and(|w| w.contains("file 2: the spool could not be read")),
+            "{err}: {why:?}"
         );
         assert!(!store.exists("m").await.expect("exists"));
+    }
+
+    #[tokio::test]
+    async fn lists_for_more_or_fewer_files_than_the_manifest_store_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::LocalStorage::open(dir.path()).expect("open");
+        let mut m = full_sample();
+        let lists = Lists::taken_from(&mut m);
+        for files in [m.files.len() - 1, m.files.len() + 1] {
+            let mut lists = Lists {
+                files: lists.files.clone(),
+                bundle: lists.bundle.clone(),
+                fail_at: None,
+            };
+            lists.files.resize(files, Vec::new());
+            let err = put_manifest_with_lists(
+                &store,
+                "m",
+                m.clone(),
+                Box::new(lists),
+                dir.path(),
+                crate::PutMode::Create,
+            )
+            .await
+            .expect_err("refused");
+            assert!(err.to_string().contains("block lists for"), "{err}");
+            assert!(!store.exists("m").await.expect("exists"));
+        }
     }
 }

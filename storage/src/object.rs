@@ -622,37 +622,43 @@ pub fn encode_json<T: serde::Serialize>(
     encode_json_within(value, compression, JSON_BOUND, |c| {
         ObjectWriter::new(64 << 10, c)
     })
+    .map_err(|e| StorageError::Corrupt {
+        key: "(new object)".into(),
+        reason: format!("cannot encode: {e}"),
+    })
 }
 
 /// As [`encode_json`], into an unnamed file in `dir` rather than memory: the object is returned
-/// as that file, to be stored as a stream.
+/// as that file, to be stored as a stream. A full disk is named as this machine's, not the
+/// repository's.
 pub fn encode_json_to_file<T: serde::Serialize>(
     value: &T,
     compression: Compression,
     dir: &std::path::Path,
 ) -> Result<(ObjectHeader, std::fs::File), StorageError> {
-    let encode_error = |e: std::io::Error| StorageError::Corrupt {
-        key: "(new object)".into(),
-        reason: format!("cannot encode in {}: {e}", dir.display()),
+    let scratch = |source: std::io::Error| StorageError::Scratch {
+        path: dir.to_path_buf(),
+        source,
     };
     let (header, framed) = encode_json_within(value, compression, JSON_BOUND, |c| {
         ObjectWriter::into(FramedFile::new(tempfile::tempfile_in(dir)?)?, c)
-    })?;
-    Ok((header, framed.into_file().map_err(encode_error)?))
+    })
+    .map_err(scratch)?;
+    Ok((header, framed.into_file().map_err(scratch)?))
 }
 
 /// As [`encode_json`], for readers that hold the object to `bound`: JSON that compresses past
 /// it (a manifest of TiBs of identical blocks) is stored plain, which any reader accepts,
 /// rather than as an object every restore of it would refuse. `writer` makes the writer of
-/// each attempt, for the compression given.
+/// each attempt, for the compression given; the first attempt's is dropped before the second's
+/// is made.
 fn encode_json_within<T: serde::Serialize, O: Framed>(
     value: &T,
     compression: Compression,
     bound: JsonBound,
     writer: impl Fn(Compression) -> std::io::Result<ObjectWriter<O>>,
-) -> Result<(ObjectHeader, O), StorageError> {
-    let first = writer(compression).map_err(cannot_encode)?;
-    let (header, framed, beyond_bound) = encode_json_once(value, first, bound)?;
+) -> std::io::Result<(ObjectHeader, O)> {
+    let (header, framed, beyond_bound) = encode_json_once(value, writer(compression)?, bound)?;
     if !beyond_bound || compression.codec == Codec::None {
         return Ok((header, framed));
     }
@@ -661,16 +667,8 @@ fn encode_json_within<T: serde::Serialize, O: Framed>(
         codec: Codec::None,
         ..compression
     };
-    let plain = writer(plain).map_err(cannot_encode)?;
-    let (header, framed, _) = encode_json_once(value, plain, bound)?;
+    let (header, framed, _) = encode_json_once(value, writer(plain)?, bound)?;
     Ok((header, framed))
-}
-
-fn cannot_encode(e: std::io::Error) -> StorageError {
-    StorageError::Corrupt {
-        key: "(new object)".into(),
-        reason: format!("cannot encode: {e}"),
-    }
 }
 
 /// `value` framed as JSON by `writer`, and whether a reader holding it to `bound` would
@@ -679,15 +677,13 @@ fn encode_json_once<T: serde::Serialize, O: Framed>(
     value: &T,
     mut writer: ObjectWriter<O>,
     bound: JsonBound,
-) -> Result<(ObjectHeader, O, bool), StorageError> {
+) -> std::io::Result<(ObjectHeader, O, bool)> {
     writer.bound = Some(bound);
     let mut buffered = std::io::BufWriter::with_capacity(64 << 10, writer);
-    serde_json::to_writer(&mut buffered, value).map_err(|e| cannot_encode(e.into()))?;
-    let writer = buffered
-        .into_inner()
-        .map_err(|e| cannot_encode(e.into_error()))?;
+    serde_json::to_writer(&mut buffered, value)?;
+    let writer = buffered.into_inner().map_err(|e| e.into_error())?;
     let beyond_bound = writer.beyond_bound;
-    let (header, framed) = writer.finish().map_err(cannot_encode)?;
+    let (header, framed) = writer.finish()?;
     Ok((header, framed, beyond_bound))
 }
 
@@ -1368,6 +1364,20 @@ mod tests {
         bomb.extend_from_slice(&frame);
         let err = decode_json_from::<Vec<u64>>("k", "test", &bomb[..]).expect_err("a bomb");
         assert!(err.to_string().contains("implausible length"), "{err}");
+    }
+
+    /// A local directory that cannot take the file is named as such, not as a corrupt object.
+    #[test]
+    fn a_directory_that_cannot_take_the_file_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gone = dir.path().join("it's 100% \\ gone");
+        let err = encode_json_to_file(&vec![1u8; 10], Compression::default(), &gone)
+            .expect_err("no such directory");
+        assert!(
+            matches!(&err, StorageError::Scratch { path, .. } if *path == gone),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("temporary file in"), "{err}");
     }
 
     /// `value` encoded in memory and through a file (read back): the same object both ways.

@@ -438,11 +438,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| refused(key, format!("sealing task failed: {e}")))?
 }
 
-/// Reads what a task sends, in order; an error sent is returned by the read.
+/// What a task sends once it has sent everything: an empty piece (no other piece is empty).
+const END: &[u8] = &[];
+
+/// Reads what a task sends, in order; an error sent is returned by the read. The stream ends
+/// only where the task said [`END`]: a task that stopped without saying it (a panic) is an error
+/// for the read, not an object cut short.
 struct ChannelReader {
     rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     current: Vec<u8>,
     at: usize,
+    ended: bool,
 }
 
 impl ChannelReader {
@@ -451,6 +457,7 @@ impl ChannelReader {
             rx,
             current: Vec::new(),
             at: 0,
+            ended: false,
         }
     }
 }
@@ -469,10 +476,19 @@ impl AsyncRead for ChannelReader {
                 self.at += n;
                 return Poll::Ready(Ok(()));
             }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
             match self.rx.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the encryption task stopped before the end of the object",
+                    )));
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(piece))) if piece.is_empty() => self.ended = true,
                 Poll::Ready(Some(Ok(piece))) => {
                     self.current = piece;
                     self.at = 0;
@@ -567,9 +583,7 @@ async fn seal_stream(
         pump(cipher, key, source, SEGMENT_LEN, op, &tx).await
     }
     .await;
-    if let Err(e) = result {
-        let _ = tx.send(Err(e)).await;
-    }
+    let _ = tx.send(result.map(|()| END.to_vec())).await;
 }
 
 /// Open the sealed stream `stored` of the object `key`, batch by batch, into `tx`.
@@ -586,9 +600,7 @@ async fn open_stream(
         pump(cipher, key, stored, STORED_SEGMENT, op, &tx).await
     }
     .await;
-    if let Err(e) = result {
-        let _ = tx.send(Err(e)).await;
-    }
+    let _ = tx.send(result.map(|()| END.to_vec())).await;
 }
 
 #[async_trait]
@@ -789,6 +801,44 @@ mod tests {
         std::fs::copy(dir.path().join("s/big"), dir.path().join("s/other")).expect("copy");
         let moved = crate::StorageExt::get_bytes(&sealed, "s/other").await;
         assert!(moved.is_err(), "an object copied under another name opened");
+    }
+
+    /// Gives `left` bytes, then panics, as a bug in whatever produced the stream would.
+    struct PanicsAfter {
+        left: usize,
+    }
+
+    impl AsyncRead for PanicsAfter {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            assert!(self.left > 0, "the producer's bug");
+            let n = self.left.min(buf.remaining());
+            buf.put_slice(&vec![7u8; n]);
+            self.left -= n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_sealing_stops_midway_is_an_error_and_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = crate::LocalStorage::open(dir.path()).expect("open");
+        let sealed = SealedStorage::new(Arc::new(local), Arc::new(keyring()));
+        let source: ObjectReader = Box::new(PanicsAfter {
+            left: 2 * SEGMENT_LEN * SEGMENTS_PER_BATCH + 3,
+        });
+        let stored = sealed
+            .put_stream("s/cut", source, PutMode::Create, Durability::Immediate)
+            .await;
+        assert!(stored.is_err(), "an object cut short was stored");
+        assert!(
+            !crate::StorageExt::exists(&sealed, "s/cut")
+                .await
+                .expect("exists")
+        );
     }
 
     #[tokio::test]
