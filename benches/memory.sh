@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Peak memory against the database's size: for each pgbench scale given, a new cluster, a full
-# backup into a new repository and two full restores, each under `/usr/bin/time -f %M`. Run as
+# Peak memory against the database's size: for each pgbench scale given, a new cluster, two full
+# backups into a new repository (the second builds on the first) and two full restores, each
+# under `/usr/bin/time -f %M`. Run as
 # root:
 #   bash benches/memory.sh 50 200 400
 #   BINARIES="/tmp/old/lifeline /tmp/new/lifeline" bash benches/memory.sh 50 400   # compare builds
@@ -12,8 +13,8 @@
 # What should stay flat is the restore's peak: the data in flight is bounded, the manifest's block
 # lists are kept on disk, and what is planned at a time is one window of files (by default 256 Ki
 # writes of a 256 KiB block: 64 GiB; an 88-byte entry and a 40-byte write per block in it).
-# The backup keeps its block lists and the manifest it writes on disk too; what still grows with
-# the blocks is its chunk index (48 bytes a chunk, in a hash table).
+# The backup keeps its block lists, the manifest it writes and its chunk index on disk too
+# (unnamed files beside the catalog), and reads the previous backup's manifest file by file.
 set -euo pipefail
 trap 'echo "benches/memory.sh: line $LINENO failed (exit $?); a scale 400 run needs about 20 GiB free" >&2' ERR
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,8 +54,13 @@ for scale in "$@"; do
       echo "block-size = $BLOCK_SIZE" > "$W/lifeline.toml"
       env+=" LIFELINE_CONFIG=$W/lifeline.toml"
     fi
-    backup=$(peak runuser -u postgres -- env $env DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres \
-      DB_NAME=postgres PGDATA="$W/data" "$W/lifeline$i" backup postgres)
+    backup() {
+      peak runuser -u postgres -- env $env DB_HOST=127.0.0.1 DB_PORT=$PORT DB_USER=postgres \
+        DB_NAME=postgres PGDATA="$W/data" "$W/lifeline$i" backup postgres
+    }
+    backup=$(backup)
+    # The second builds on the first: it indexes the first's chunks from its manifest.
+    second=$(backup)
     restores=""
     [ -z "${RESTORE_WINDOW:-}" ] || env+=" LIFELINE_RESTORE_PLAN_WINDOW=$RESTORE_WINDOW"
     for round in 1 2; do
@@ -70,6 +76,6 @@ for scale in "$@"; do
       rm -rf "$W/restored"
       restores+="peak heap $(heaptrack_print -f "$W"/heap.* | sed -n 's/^peak heap memory consumption: //p'); "
     fi
-    echo "scale $scale ($data MiB in base/), $(echo $BINARIES | cut -d' ' -f"$i"): backup $backup; restores $restores"
+    echo "scale $scale ($data MiB in base/), $(echo $BINARIES | cut -d' ' -f"$i"): backup $backup; second backup $second; restores $restores"
   done
 done

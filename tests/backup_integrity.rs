@@ -218,3 +218,71 @@ fn a_dump_with_a_corrupted_chunk_is_refused_before_dropdb() {
         );
     }
 }
+
+/// Each base backup's new bytes, oldest first, as `list --json` gives them.
+fn base_backup_new_bytes(scratch: &Scratch) -> Vec<u64> {
+    let out = scratch.lifeline(&["list", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut backups: Vec<(String, u64)> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|b| b["kind"] == "base")
+        .map(|b| {
+            let id = b["backup_id"].as_str().expect("id").to_string();
+            (id, b["new_bytes"].as_u64().expect("new"))
+        })
+        .collect();
+    backups.sort();
+    backups.into_iter().map(|(_, new)| new).collect()
+}
+
+/// A second backup finds the blocks that did not change in the first one's chunks (the index of
+/// them is built from its manifest, file by file, into a file of its own) and stores only the
+/// rest; it restores the rows of its own moment, and the third one still builds on the second.
+#[test]
+fn a_second_backup_stores_only_what_changed_and_restores() {
+    let scratch = Scratch::new();
+    let pg = Pg::running(&scratch, "primary");
+    seed(&pg);
+    pg.psql(
+        "CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 8) AS payload \
+         FROM generate_series(1, 60000) g",
+    );
+    // Nothing left for autovacuum to rewrite (hint bits, freezing) between the backups.
+    pg.psql("VACUUM (FREEZE, ANALYZE)");
+    pg.psql("CHECKPOINT");
+    backup(&scratch, &pg);
+    pg.psql("UPDATE accounts SET balance = balance + 1 WHERE id = 7");
+    pg.psql("CHECKPOINT");
+    backup(&scratch, &pg);
+    pg.psql("INSERT INTO wide VALUES (60001, 'the third backup')");
+    let expected = pg.snapshot();
+    backup(&scratch, &pg);
+
+    let new = base_backup_new_bytes(&scratch);
+    assert_eq!(new.len(), 3, "{new:?}");
+    assert!(
+        new[0] > 2 << 20,
+        "the first backup stored only {} bytes",
+        new[0]
+    );
+    for later in &new[1..] {
+        assert!(
+            *later * 5 < new[0],
+            "a backup after a small change stored {later} of the first's {} bytes",
+            new[0]
+        );
+    }
+    let restored = scratch.restore_and_recover(
+        &["--type", "full", "--from", "latest"],
+        "restored",
+        "restore of the third backup",
+    );
+    assert_eq!(
+        restored.snapshot(),
+        expected,
+        "the third backup does not restore the source's rows"
+    );
+}

@@ -292,7 +292,7 @@ pub async fn run_base_backup(
     // in a shared temporary directory, until it is copied.
     let mut staging = None;
     if let Some(reading) = &standby {
-        let home = private_dir(opts);
+        let home = chunk_store::scratch_dir(&opts.catalog_path);
         let dir = tempfile::Builder::new()
             .prefix(".standby-files-")
             .tempdir_in(home)
@@ -397,7 +397,7 @@ pub async fn run_base_backup(
         storage.as_ref(),
         &manifest,
         copied.lists,
-        private_dir(opts),
+        chunk_store::scratch_dir(&opts.catalog_path),
         &opts.catalog_path,
         &opts.retention,
     )
@@ -542,7 +542,7 @@ async fn copy_files(
     entries: Vec<WalkEntry>,
     block_size: usize,
     opts: &BaseBackupOptions,
-    previous: ChunkIndex,
+    index: ChunkIndex,
 ) -> Result<Copied, ArchiveError> {
     let parallelism = opts.parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Job>(parallelism * 2);
@@ -561,11 +561,11 @@ async fn copy_files(
         read_files(plan, entry_count, block_size, tx, &reader_stages)
     });
 
-    let mut spool = BlockSpool::create_in(private_dir(opts))?;
+    let mut spool = BlockSpool::create_in(chunk_store::scratch_dir(&opts.catalog_path))?;
     let packer = pack_jobs(
         rx,
         storage,
-        Arc::new(previous),
+        Arc::new(std::sync::Mutex::new(index)),
         opts.compression,
         parallelism,
         opts.transfers,
@@ -632,13 +632,6 @@ async fn copy_files(
 
 /// Where the backup keeps what is its own until it ends (the block lists, a standby's
 /// configuration files): beside the catalog, in BACKUP_DIR, never a shared temporary directory.
-fn private_dir(opts: &BaseBackupOptions) -> &Path {
-    match opts.catalog_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
 /// The reader thread: small files first, as one content-chunked bundle stream, then relation
 /// files block by block. Stops early when the writers have gone (an error downstream).
 fn read_files(
@@ -904,7 +897,7 @@ mod tests {
             standby: None,
             progress: storage::progress::none(),
         };
-        let copied = copy_files(storage, entries, block, &opts, ChunkIndex::default())
+        let copied = copy_files(storage, entries, block, &opts, ChunkIndex::new(dir.path()))
             .await
             .expect("copied");
         let paths: Vec<&str> = copied.files.iter().map(|f| f.path.as_str()).collect();

@@ -230,7 +230,6 @@ impl BlockSource for SpooledLists {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use storage::PackId;
 
@@ -247,15 +246,14 @@ mod tests {
 
     /// Chunks 0..100 stored by this backup in pack 1, 100.. by the one before in pack 2.
     fn locations() -> Locations {
-        let (mut packed, mut previous) = (ChunkIndex::default(), ChunkIndex::default());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut index = ChunkIndex::new(dir.path());
         for n in 0..200 {
-            let (index, pack) = match n < 100 {
-                true => (&mut packed, PackId::from_bytes([1; 32])),
-                false => (&mut previous, PackId::from_bytes([2; 32])),
-            };
-            assert!(index.insert(hash(n), pack, u64::from(n) << 20, 1000 + u64::from(n)));
+            let pack = PackId::from_bytes([1 + u8::from(n >= 100); 32]);
+            let placed = index.insert(hash(n), pack, u64::from(n) << 20, 1000 + u64::from(n));
+            assert!(placed.expect("written"));
         }
-        Locations::new(packed, Arc::new(previous))
+        Locations::new(index)
     }
 
     fn read(lists: &mut SpooledLists, file: usize) -> Vec<u32> {

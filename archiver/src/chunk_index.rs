@@ -1,38 +1,244 @@
-//! Where each chunk a backup may reference lies, in 48 bytes a chunk: the metadata of a large
-//! cluster is most of what a backup keeps in memory (a 1 TiB cluster has four million 256 KiB
-//! blocks), so each pack is named once and its chunks carry its number.
+//! Where each chunk a backup may reference lies, kept in an unnamed file rather than memory: a
+//! cluster of a TiB has four million 256 KiB blocks, and their index would be most of what the
+//! backup holds (48 bytes and more a chunk in a map). The file is an open-addressed table of
+//! 48-byte records, read and written in place; the page cache holds what is hot. Each pack is
+//! named once, in memory (one entry per pack of tens of MiB), and its chunks carry its number.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::hash::BuildHasher;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use storage::manifest::ChunkRef;
 use storage::{ChunkHash, PackId};
 
-/// A chunk's place: which pack (a number into `ChunkIndex::packs`, or [`PENDING`]), where, how
-/// many bytes.
-#[derive(Debug, Clone, Copy)]
-struct Location {
+use crate::ArchiveError;
+
+/// Bytes of a record: the chunk's hash, its offset in its pack, its stored length, its pack.
+const RECORD: usize = 32 + 8 + 4 + 4;
+/// Records read at a time while probing: most lookups end within them.
+const WINDOW: u64 = 8;
+/// The table's first size, in records (192 KiB).
+const FIRST_SLOTS: u64 = 4096;
+
+/// The pack field of an empty slot.
+const EMPTY: u32 = 0;
+/// The pack field of a chunk claimed by the backup being taken, whose pack is not sealed yet.
+const PENDING: u32 = 1;
+/// The pack field of pack number `n` is `n + FIRST_PACK`.
+const FIRST_PACK: u32 = 2;
+
+/// Chunk hash -> where that chunk is stored.
+pub(crate) struct ChunkIndex {
+    dir: PathBuf,
+    /// Made at the first insertion: an index never written to touches no disk.
+    table: Option<Table>,
+    packs: Vec<PackId>,
+    numbers: HashMap<PackId, u32>,
+    /// Spreads the hashes over the slots with a key of this process's: the hashes come from a
+    /// manifest, which someone who can write to the bucket could fill with ones that collide.
+    spread: std::collections::hash_map::RandomState,
+}
+
+/// One record as read from or written to the table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Record {
+    hash: ChunkHash,
     offset: u64,
     stored: u32,
     pack: u32,
 }
 
-/// The pack number of a chunk claimed by the backup being taken, whose pack is not sealed yet.
-const PENDING: u32 = u32::MAX;
+impl Record {
+    fn to_bytes(self) -> [u8; RECORD] {
+        let mut bytes = [0u8; RECORD];
+        bytes[..32].copy_from_slice(self.hash.as_bytes());
+        bytes[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        bytes[40..44].copy_from_slice(&self.stored.to_le_bytes());
+        bytes[44..].copy_from_slice(&self.pack.to_le_bytes());
+        bytes
+    }
 
-/// Chunk hash -> where that chunk is stored.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ChunkIndex {
-    packs: Vec<PackId>,
-    numbers: HashMap<PackId, u32>,
-    chunks: HashMap<ChunkHash, Location>,
+    fn from_bytes(bytes: &[u8; RECORD]) -> Record {
+        let mut hash = [0u8; 32];
+        let mut offset = [0u8; 8];
+        let (mut stored, mut pack) = ([0u8; 4], [0u8; 4]);
+        hash.copy_from_slice(&bytes[..32]);
+        offset.copy_from_slice(&bytes[32..40]);
+        stored.copy_from_slice(&bytes[40..44]);
+        pack.copy_from_slice(&bytes[44..]);
+        Record {
+            hash: ChunkHash::from_bytes(hash),
+            offset: u64::from_le_bytes(offset),
+            stored: u32::from_le_bytes(stored),
+            pack: u32::from_le_bytes(pack),
+        }
+    }
+}
+
+/// The file: `slots` records (a power of two), `used` of them not empty.
+struct Table {
+    file: File,
+    slots: u64,
+    used: u64,
+}
+
+/// Where a probe for a hash ended: the slot that holds it, or the empty slot it would take.
+enum Probe {
+    Found(u64, Record),
+    Vacant(u64),
+}
+
+impl Table {
+    fn create_in(dir: &Path, slots: u64) -> Result<Table, std::io::Error> {
+        let file = tempfile::tempfile_in(dir)?;
+        file.set_len(slots * RECORD as u64)?;
+        Ok(Table {
+            file,
+            slots,
+            used: 0,
+        })
+    }
+
+    fn probe(&self, hash: &ChunkHash, start: u64) -> Result<Probe, std::io::Error> {
+        let mask = self.slots - 1;
+        let mut buf = [0u8; RECORD * WINDOW as usize];
+        let mut at = start & mask;
+        // A table is never full (grown at three quarters), so an empty slot ends every probe.
+        for _ in 0..self.slots.div_ceil(WINDOW) + 2 {
+            let n = WINDOW.min(self.slots - at);
+            let bytes = &mut buf[..n as usize * RECORD];
+            self.file.read_exact_at(bytes, at * RECORD as u64)?;
+            let (records, _) = bytes.as_chunks::<RECORD>();
+            for (i, raw) in records.iter().enumerate() {
+                let record = Record::from_bytes(raw);
+                let slot = at + i as u64;
+                if record.pack == EMPTY {
+                    return Ok(Probe::Vacant(slot));
+                }
+                if record.hash == *hash {
+                    return Ok(Probe::Found(slot, record));
+                }
+            }
+            at = (at + n) & mask;
+        }
+        Err(std::io::Error::other("the chunk index has no empty slot"))
+    }
+
+    fn write(&self, slot: u64, record: Record) -> Result<(), std::io::Error> {
+        self.file
+            .write_all_at(&record.to_bytes(), slot * RECORD as u64)
+    }
+
+    /// Every record, in the order of the file.
+    fn for_each(
+        &self,
+        mut each: impl FnMut(Record) -> Result<(), std::io::Error>,
+    ) -> Result<(), std::io::Error> {
+        const BATCH: u64 = 4096;
+        let mut buf = vec![0u8; BATCH as usize * RECORD];
+        let mut at = 0;
+        while at < self.slots {
+            let n = BATCH.min(self.slots - at);
+            let bytes = &mut buf[..n as usize * RECORD];
+            self.file.read_exact_at(bytes, at * RECORD as u64)?;
+            let (records, _) = bytes.as_chunks::<RECORD>();
+            for raw in records {
+                let record = Record::from_bytes(raw);
+                if record.pack != EMPTY {
+                    each(record)?;
+                }
+            }
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 impl ChunkIndex {
-    pub(crate) fn with_capacity(chunks: usize) -> ChunkIndex {
+    /// An empty index whose file, once needed, is made in `dir`, unnamed (gone with the process
+    /// however it ends).
+    pub(crate) fn new(dir: &Path) -> ChunkIndex {
         ChunkIndex {
-            chunks: HashMap::with_capacity(chunks),
-            ..ChunkIndex::default()
+            dir: dir.to_path_buf(),
+            table: None,
+            packs: Vec::new(),
+            numbers: HashMap::new(),
+            spread: Default::default(),
         }
+    }
+
+    fn io_error(&self, source: std::io::Error) -> ArchiveError {
+        ArchiveError::Io {
+            path: self.dir.join("(the backup's chunk index, unnamed)"),
+            source,
+        }
+    }
+
+    fn start(&self, hash: &ChunkHash) -> u64 {
+        self.spread.hash_one(hash.as_bytes())
+    }
+
+    fn find(&self, hash: &ChunkHash) -> Result<Option<Record>, ArchiveError> {
+        let Some(table) = &self.table else {
+            return Ok(None);
+        };
+        match table.probe(hash, self.start(hash)) {
+            Ok(Probe::Found(_, record)) => Ok(Some(record)),
+            Ok(Probe::Vacant(_)) => Ok(None),
+            Err(e) => Err(self.io_error(e)),
+        }
+    }
+
+    /// Write `record` in the slot of its hash: over the record there only when `replace`.
+    /// True when written. The table grows first when a new record would fill more than three
+    /// quarters of it.
+    fn put(&mut self, record: Record, replace: bool) -> Result<bool, ArchiveError> {
+        self.make_room().map_err(|e| self.io_error(e))?;
+        let start = self.start(&record.hash);
+        let Some(table) = &mut self.table else {
+            return Err(ArchiveError::Internal(
+                "the chunk index has no table".into(),
+            ));
+        };
+        let result = match table.probe(&record.hash, start) {
+            Ok(Probe::Found(_, _)) if !replace => Ok(false),
+            Ok(Probe::Found(slot, _)) => table.write(slot, record).map(|()| true),
+            Ok(Probe::Vacant(slot)) => table.write(slot, record).map(|()| {
+                table.used += 1;
+                true
+            }),
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| self.io_error(e))
+    }
+
+    fn make_room(&mut self) -> Result<(), std::io::Error> {
+        match &self.table {
+            None => self.table = Some(Table::create_in(&self.dir, FIRST_SLOTS)?),
+            Some(old) if (old.used + 1) * 4 > old.slots * 3 => {
+                // The old table stays in place until the grown one holds all it held.
+                self.table = Some(self.grown(old)?);
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// `old`'s records in a table of twice its slots.
+    fn grown(&self, old: &Table) -> Result<Table, std::io::Error> {
+        let mut grown = Table::create_in(&self.dir, old.slots * 2)?;
+        old.for_each(
+            |record| match grown.probe(&record.hash, self.start(&record.hash))? {
+                Probe::Vacant(slot) => {
+                    grown.used += 1;
+                    grown.write(slot, record)
+                }
+                Probe::Found(..) => Err(std::io::Error::other("a chunk is in the index twice")),
+            },
+        )?;
+        Ok(grown)
     }
 
     /// Record where `hash` lies; false (nothing recorded) when the place cannot be held, which
@@ -43,72 +249,77 @@ impl ChunkIndex {
         pack: PackId,
         offset: u64,
         stored: u64,
-    ) -> bool {
+    ) -> Result<bool, ArchiveError> {
         let Ok(stored) = u32::try_from(stored) else {
-            return false;
+            return Ok(false);
         };
         let number = match self.numbers.get(&pack) {
             Some(&n) => n,
             None => {
                 let Some(n) = u32::try_from(self.packs.len())
                     .ok()
-                    .filter(|&n| n < PENDING)
+                    .filter(|&n| n < u32::MAX - FIRST_PACK)
                 else {
-                    return false;
+                    return Ok(false);
                 };
                 self.packs.push(pack);
                 self.numbers.insert(pack, n);
                 n
             }
         };
-        let location = Location {
+        let record = Record {
+            hash,
             offset,
             stored,
-            pack: number,
+            pack: number + FIRST_PACK,
         };
-        self.chunks.insert(hash, location);
-        true
+        self.put(record, true)
     }
 
-    pub(crate) fn insert_ref(&mut self, c: &ChunkRef) -> bool {
+    pub(crate) fn insert_ref(&mut self, c: &ChunkRef) -> Result<bool, ArchiveError> {
         self.insert(c.hash, c.pack, c.offset, c.stored)
     }
 
     /// Whether `hash` is here, placed or claimed.
-    pub(crate) fn contains(&self, hash: &ChunkHash) -> bool {
-        self.chunks.contains_key(hash)
+    pub(crate) fn contains(&self, hash: &ChunkHash) -> Result<bool, ArchiveError> {
+        Ok(self.find(hash)?.is_some())
     }
 
     /// Claim `hash` for the backup being taken, its place to follow ([`ChunkIndex::insert`]):
-    /// true when it was neither placed nor claimed before, and is the one copy to store. One
-    /// index serves both, rather than a set of new chunks beside it: 32 bytes and more a chunk.
-    pub(crate) fn claim(&mut self, hash: ChunkHash) -> bool {
-        let mut claimed = false;
-        self.chunks.entry(hash).or_insert_with(|| {
-            claimed = true;
-            Location {
-                offset: 0,
-                stored: 0,
-                pack: PENDING,
-            }
-        });
-        claimed
+    /// true when it was neither placed nor claimed before, and is the one copy to store.
+    pub(crate) fn claim(&mut self, hash: ChunkHash) -> Result<bool, ArchiveError> {
+        let record = Record {
+            hash,
+            offset: 0,
+            stored: 0,
+            pack: PENDING,
+        };
+        self.put(record, false)
     }
 
     /// The manifest's reference to `hash`, a chunk of `len` bytes, when it is placed here.
-    pub(crate) fn chunk_ref(&self, hash: ChunkHash, len: u64) -> Option<ChunkRef> {
-        let at = self.chunks.get(&hash).filter(|at| at.pack != PENDING)?;
-        Some(ChunkRef {
-            hash,
-            len,
-            pack: *self.packs.get(at.pack as usize)?,
-            offset: at.offset,
-            stored: u64::from(at.stored),
-        })
+    pub(crate) fn chunk_ref(
+        &self,
+        hash: ChunkHash,
+        len: u64,
+    ) -> Result<Option<ChunkRef>, ArchiveError> {
+        let Some(at) = self.find(&hash)?.filter(|at| at.pack >= FIRST_PACK) else {
+            return Ok(None);
+        };
+        Ok(self
+            .packs
+            .get((at.pack - FIRST_PACK) as usize)
+            .map(|&pack| ChunkRef {
+                hash,
+                len,
+                pack,
+                offset: at.offset,
+                stored: u64::from(at.stored),
+            }))
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.chunks.len()
+    pub(crate) fn len(&self) -> u64 {
+        self.table.as_ref().map_or(0, |t| t.used)
     }
 }
 
@@ -116,64 +327,146 @@ impl ChunkIndex {
 mod tests {
     use super::*;
 
+    fn hash(n: u32) -> ChunkHash {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        ChunkHash::from_bytes(bytes)
+    }
+
     #[test]
     fn chunks_read_back_as_recorded_with_each_pack_named_once() {
-        let mut index = ChunkIndex::default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut index = ChunkIndex::new(dir.path());
         let (a, b) = (PackId::from_bytes([1; 32]), PackId::from_bytes([2; 32]));
         for i in 0..100u8 {
             let pack = if i % 3 == 0 { a } else { b };
-            assert!(index.insert(
-                ChunkHash::from_bytes([i; 32]),
-                pack,
-                u64::from(i) << 40,
-                7 + u64::from(i)
-            ));
+            let placed = index
+                .insert(
+                    ChunkHash::from_bytes([i; 32]),
+                    pack,
+                    u64::from(i) << 40,
+                    7 + u64::from(i),
+                )
+                .expect("written");
+            assert!(placed);
         }
         assert_eq!(index.len(), 100);
         assert_eq!(index.packs, [a, b]);
         let c = index
             .chunk_ref(ChunkHash::from_bytes([42; 32]), 262144)
+            .expect("read")
             .expect("recorded");
         assert_eq!(
             (c.pack, c.offset, c.stored, c.len),
             (a, 42 << 40, 49, 262144)
         );
-        assert!(
-            index
-                .chunk_ref(ChunkHash::from_bytes([200; 32]), 1)
-                .is_none()
+        let absent = index.chunk_ref(ChunkHash::from_bytes([200; 32]), 1);
+        assert!(absent.expect("read").is_none());
+    }
+
+    /// Past its first size the table grows, several times over, and keeps every record.
+    #[test]
+    fn every_chunk_is_found_after_the_table_grows() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = dir.path().join("it's 100% \\ here");
+        std::fs::create_dir(&dir).expect("dir");
+        let mut index = ChunkIndex::new(&dir);
+        let pack = PackId::from_bytes([5; 32]);
+        let n = (FIRST_SLOTS * 5) as u32;
+        for i in 0..n {
+            match i % 2 {
+                0 => assert!(
+                    index
+                        .insert(hash(i), pack, u64::from(i), 3)
+                        .expect("insert")
+                ),
+                _ => assert!(index.claim(hash(i)).expect("claim")),
+            }
+        }
+        assert_eq!(index.len(), u64::from(n));
+        let table = index.table.as_ref().expect("made");
+        assert!(table.slots >= FIRST_SLOTS * 8, "{} slots", table.slots);
+        for i in 0..n {
+            let found = index.chunk_ref(hash(i), 1).expect("read");
+            match i % 2 {
+                0 => assert_eq!(found.map(|c| c.offset), Some(u64::from(i)), "{i}"),
+                _ => {
+                    assert!(found.is_none(), "{i}: claimed, not placed");
+                    assert!(index.contains(&hash(i)).expect("read"), "{i}");
+                }
+            }
+        }
+        assert!(!index.contains(&hash(n)).expect("read"));
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("list").count(),
+            0,
+            "the index has no name"
         );
     }
 
     #[test]
     fn a_place_too_large_to_hold_is_not_recorded() {
-        let mut index = ChunkIndex::default();
-        let hash = ChunkHash::from_bytes([9; 32]);
-        assert!(!index.insert(
-            hash,
-            PackId::from_bytes([1; 32]),
-            0,
-            u64::from(u32::MAX) + 1
-        ));
-        assert!(!index.contains(&hash));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut index = ChunkIndex::new(dir.path());
+        let placed = index
+            .insert(
+                hash(9),
+                PackId::from_bytes([1; 32]),
+                0,
+                u64::from(u32::MAX) + 1,
+            )
+            .expect("nothing written");
+        assert!(!placed);
+        assert!(!index.contains(&hash(9)).expect("read"));
     }
 
     #[test]
     fn a_claimed_chunk_is_claimed_once_and_has_no_place_until_it_is_packed() {
-        let mut index = ChunkIndex::default();
-        let hash = ChunkHash::from_bytes([7; 32]);
-        assert!(index.claim(hash));
-        assert!(!index.claim(hash), "a second copy is not stored");
-        assert!(index.contains(&hash));
-        assert!(index.chunk_ref(hash, 10).is_none(), "no place yet");
-        assert!(index.insert(hash, PackId::from_bytes([3; 32]), 40, 5));
-        let c = index.chunk_ref(hash, 10).expect("placed");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut index = ChunkIndex::new(dir.path());
+        let hash = hash(7);
+        assert!(index.claim(hash).expect("claim"));
+        assert!(
+            !index.claim(hash).expect("claim"),
+            "a second copy is not stored"
+        );
+        assert!(index.contains(&hash).expect("read"));
+        assert!(
+            index.chunk_ref(hash, 10).expect("read").is_none(),
+            "no place yet"
+        );
+        assert!(
+            index
+                .insert(hash, PackId::from_bytes([3; 32]), 40, 5)
+                .expect("insert")
+        );
+        let c = index.chunk_ref(hash, 10).expect("read").expect("placed");
         assert_eq!((c.offset, c.stored), (40, 5));
-        assert!(!index.claim(hash), "a packed chunk is not stored again");
+        assert!(
+            !index.claim(hash).expect("claim"),
+            "a packed chunk is not stored again"
+        );
+        assert_eq!(index.len(), 1);
     }
 
     #[test]
-    fn an_entry_takes_48_bytes() {
-        assert_eq!(std::mem::size_of::<(ChunkHash, Location)>(), 48);
+    fn an_index_never_written_to_makes_no_file() {
+        let gone = std::path::Path::new("/nonexistent/lifeline");
+        let index = ChunkIndex::new(gone);
+        assert!(!index.contains(&hash(1)).expect("nothing to read"));
+        let mut index = index;
+        let err = index.claim(hash(1)).expect_err("no directory");
+        assert!(err.to_string().contains("chunk index"), "{err}");
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let record = Record {
+            hash: hash(0xfeed_beef),
+            offset: u64::MAX - 1,
+            stored: u32::MAX,
+            pack: FIRST_PACK + 12,
+        };
+        assert_eq!(Record::from_bytes(&record.to_bytes()), record);
     }
 }

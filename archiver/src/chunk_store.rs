@@ -49,39 +49,36 @@ impl Lineage {
     }
 }
 
+/// The directory of the catalog at `catalog_path`, where a backup keeps its unnamed working
+/// files (chunk index, block lists): this machine's, private, outside the repository.
+pub(crate) fn scratch_dir(catalog_path: &Path) -> &Path {
+    match catalog_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// Chunks the newest complete backup of `lineage` stored, with where they are: those need not be
 /// written again. Only chunks whose pack is still in the repository and long enough to hold them
 /// are offered (one listing of the packs per backup): a chunk in a lost pack is stored again, so
-/// one lost pack damages the backups that used it, never the ones taken after.
+/// one lost pack damages the backups that used it, never the ones taken after. The index is
+/// kept in the catalog's directory; the previous manifest's block lists are read file by file,
+/// never held.
 pub(crate) async fn previous_chunks(
     storage: &dyn Storage,
     catalog_path: &Path,
     lineage: Lineage,
 ) -> ChunkIndex {
+    let dir = scratch_dir(catalog_path);
     let latest = match newest_backup(catalog_path, lineage, |p| catalog::Catalog::open(p)).await {
         Ok(Some(latest)) => latest,
-        Ok(None) => return ChunkIndex::default(),
+        Ok(None) => return ChunkIndex::new(dir),
         Err(why) => {
             warn!("{why}, storing every chunk again");
-            return ChunkIndex::default();
+            return ChunkIndex::new(dir);
         }
     };
     let id = latest.backup_id;
-    let manifest: Result<Previous, StorageError> = match lineage {
-        Lineage::Base { .. } => BackupManifest::load(storage, &id)
-            .await
-            .map(|m| Previous::Base(Box::new(m))),
-        Lineage::Stream { .. } => StreamManifest::load(storage, &id)
-            .await
-            .map(Previous::Stream),
-    };
-    let manifest = match manifest {
-        Ok(manifest) => manifest,
-        Err(e) => {
-            warn!("previous backup {id} unreadable, storing every chunk again: {e}");
-            return ChunkIndex::default();
-        }
-    };
     let packs: HashMap<PackId, u64> = match storage.list(layout::PACKS_PREFIX).await {
         Ok(list) => list
             .into_iter()
@@ -89,11 +86,45 @@ pub(crate) async fn previous_chunks(
             .collect(),
         Err(e) => {
             warn!("cannot list the packs ({e}), storing every chunk again");
-            return ChunkIndex::default();
+            return ChunkIndex::new(dir);
         }
     };
-    let (usable, lost) =
-        usable_chunks(manifest.references(), manifest.references().count(), &packs);
+    let reusable = Reusable::new(ChunkIndex::new(dir), packs);
+    let reusable = match lineage {
+        Lineage::Base { .. } => BackupManifest::load_outline(storage, &id, reusable)
+            .await
+            .and_then(|(outline, mut reusable)| {
+                for c in &outline.manifest.bundle {
+                    reusable.offer(c).map_err(|e| StorageError::Corrupt {
+                        key: id.clone(),
+                        reason: e,
+                    })?;
+                }
+                Ok(reusable)
+            }),
+        Lineage::Stream { .. } => StreamManifest::load(storage, &id).await.and_then(|m| {
+            let mut reusable = reusable;
+            for c in m.references() {
+                reusable.offer(c).map_err(|e| StorageError::Corrupt {
+                    key: id.clone(),
+                    reason: e,
+                })?;
+            }
+            Ok(reusable)
+        }),
+    };
+    let (usable, lost) = match reusable.and_then(|r| {
+        r.finish().map_err(|e| StorageError::Corrupt {
+            key: id.clone(),
+            reason: e,
+        })
+    }) {
+        Ok(done) => done,
+        Err(e) => {
+            warn!("cannot build on backup {id}, storing every chunk again: {e}");
+            return ChunkIndex::new(dir);
+        }
+    };
     if lost > 0 {
         warn!(
             "{lost} chunk(s) of backup {id} are in packs that are missing or truncated: storing \
@@ -121,49 +152,57 @@ pub(crate) async fn newest_backup(
     .map_err(|e| format!("the catalog cannot be read ({e})"))
 }
 
-/// The manifest a new backup builds on, held only while its chunks are indexed.
-enum Previous {
-    Base(Box<BackupManifest>),
-    Stream(StreamManifest),
+/// The chunks of the backup a new one builds on, offered one reference at a time (a chunk used
+/// twice is named twice), kept at the first place named whose pack (by id, with its size) holds
+/// it whole. As the manifest's sink, it is given each file's blocks as they are parsed.
+struct Reusable {
+    index: ChunkIndex,
+    packs: HashMap<PackId, u64>,
+    /// Only the chunks of lost packs: none in a sound repository.
+    lost: HashSet<ChunkHash>,
 }
 
-impl Previous {
-    /// Its chunk references, a chunk used twice named twice: the index holds each chunk once
-    /// without a set of them all beside it.
-    fn references(&self) -> Box<dyn Iterator<Item = &ChunkRef> + '_> {
-        match self {
-            Previous::Base(m) => Box::new(m.references()),
-            Previous::Stream(m) => Box::new(m.references()),
+impl Reusable {
+    fn new(index: ChunkIndex, packs: HashMap<PackId, u64>) -> Reusable {
+        Reusable {
+            index,
+            packs,
+            lost: HashSet::new(),
         }
     }
-}
 
-/// The chunks (`count` references to them) whose pack (by id, with its size) holds them whole,
-/// each at the first such place named, and how many chunks have no such place. The index is
-/// sized once: growing it would hold two tables at a time.
-fn usable_chunks<'a>(
-    chunks: impl Iterator<Item = &'a ChunkRef>,
-    count: usize,
-    packs: &HashMap<PackId, u64>,
-) -> (ChunkIndex, usize) {
-    // Only the chunks of lost packs: none in a sound repository.
-    let mut lost = HashSet::new();
-    let mut usable = ChunkIndex::with_capacity(count);
-    for c in chunks {
-        if usable.contains(&c.hash) {
-            continue;
+    /// The reason is the index's: its file could not be written.
+    fn offer(&mut self, c: &ChunkRef) -> Result<(), String> {
+        if self.index.contains(&c.hash).map_err(|e| e.to_string())? {
+            return Ok(());
         }
-        let whole = packs.get(&c.pack).is_some_and(|&size| {
+        let whole = self.packs.get(&c.pack).is_some_and(|&size| {
             c.offset
                 .checked_add(c.stored)
                 .is_some_and(|end| end <= size)
         });
-        if !(whole && usable.insert_ref(c)) {
-            lost.insert(c.hash);
+        if !(whole && self.index.insert_ref(c).map_err(|e| e.to_string())?) {
+            self.lost.insert(c.hash);
         }
+        Ok(())
     }
-    lost.retain(|hash| !usable.contains(hash));
-    (usable, lost.len())
+
+    /// The index, and how many chunks have no usable place.
+    fn finish(mut self) -> Result<(ChunkIndex, usize), String> {
+        let mut lost = 0;
+        for hash in std::mem::take(&mut self.lost) {
+            if !self.index.contains(&hash).map_err(|e| e.to_string())? {
+                lost += 1;
+            }
+        }
+        Ok((self.index, lost))
+    }
+}
+
+impl storage::manifest::BlockSink for Reusable {
+    fn file(&mut self, _: usize, entry: &mut storage::manifest::FileEntry) -> Result<(), String> {
+        entry.blocks.iter().try_for_each(|c| self.offer(c))
+    }
 }
 
 /// The stages of the chunk pipeline, as `Stages` names them in the debug log at the end.
@@ -221,11 +260,10 @@ const _: () = assert!(PACK_CAPACITY >= DEFAULT_PACK_TARGET + (2 << 20));
 pub(crate) struct Packer {
     storage: Arc<dyn Storage>,
     current: PackBuilder,
-    /// Where the chunks of the backup this one builds on are.
-    previous: Arc<ChunkIndex>,
-    /// The chunks this backup stores: claimed by the compression threads as they find a new
-    /// one (a second copy is referenced, not stored), placed here once their pack is sealed.
-    packed: Arc<Mutex<ChunkIndex>>,
+    /// Where the chunks of the backup this one builds on are, and those this backup stores:
+    /// claimed by the compression threads as they find a new one (a second copy is referenced,
+    /// not stored), placed once their pack is sealed.
+    index: Arc<Mutex<ChunkIndex>>,
     pending: Vec<(ChunkHash, u64, u64)>,
     writes: tokio::task::JoinSet<Result<(), ArchiveError>>,
     transfers: usize,
@@ -234,19 +272,18 @@ pub(crate) struct Packer {
 }
 
 impl Packer {
-    /// A packer that knows where `previous` chunks already are (they are not stored again).
+    /// A packer that places new chunks in `index`, which knows where earlier ones are (they
+    /// are not stored again).
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
-        previous: Arc<ChunkIndex>,
-        packed: Arc<Mutex<ChunkIndex>>,
+        index: Arc<Mutex<ChunkIndex>>,
         transfers: usize,
         stages: Arc<Stages>,
     ) -> Packer {
         Packer {
             storage,
             current: PackBuilder::with_capacity(PACK_CAPACITY),
-            previous,
-            packed,
+            index,
             pending: Vec::new(),
             writes: tokio::task::JoinSet::new(),
             transfers: transfers.max(1),
@@ -257,15 +294,7 @@ impl Packer {
 
     /// Where every chunk is, once the last pack is sealed ([`Packer::finish`]).
     pub(crate) fn into_locations(self) -> Locations {
-        // The compression threads are done with it: this is its last holder.
-        let packed = match Arc::try_unwrap(self.packed) {
-            Ok(packed) => packed.into_inner().unwrap_or_else(|e| e.into_inner()),
-            Err(shared) => lock(&shared).clone(),
-        };
-        Locations {
-            packed,
-            previous: self.previous,
-        }
+        Locations { index: self.index }
     }
 
     pub(crate) async fn add(&mut self, hash: ChunkHash, framed: &[u8]) -> Result<(), ArchiveError> {
@@ -290,9 +319,9 @@ impl Packer {
             .map_err(ArchiveError::task("pack task"))??;
         self.written += sealed.bytes.len() as u64;
         {
-            let mut packed = lock(&self.packed);
+            let mut index = lock(&self.index);
             for (hash, offset, stored) in self.pending.drain(..) {
-                if !packed.insert(hash, sealed.id, offset, stored) {
+                if !index.insert(hash, sealed.id, offset, stored)? {
                     return Err(ArchiveError::Internal(format!(
                         "chunk {hash} takes {stored} bytes in its pack"
                     )));
@@ -332,29 +361,29 @@ impl Packer {
     }
 }
 
-/// The index, even if a thread panicked holding it: each of its changes is one map operation,
-/// never left half done.
+/// The index, even if a thread panicked holding it: each of its changes is one write of a
+/// record, or a grown table swapped in whole.
 fn lock(index: &Mutex<ChunkIndex>) -> std::sync::MutexGuard<'_, ChunkIndex> {
     index.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where each chunk of a backup lies: those it stored and those of the backup it builds on.
 pub(crate) struct Locations {
-    packed: ChunkIndex,
-    previous: Arc<ChunkIndex>,
+    index: Arc<Mutex<ChunkIndex>>,
 }
 
 impl Locations {
     #[cfg(test)]
-    pub(crate) fn new(packed: ChunkIndex, previous: Arc<ChunkIndex>) -> Locations {
-        Locations { packed, previous }
+    pub(crate) fn new(index: ChunkIndex) -> Locations {
+        Locations {
+            index: Arc::new(Mutex::new(index)),
+        }
     }
 
     /// Where a chunk is, as a manifest names it.
     pub(crate) fn chunk_ref(&self, hash: ChunkHash, len: u64) -> Result<ChunkRef, ArchiveError> {
-        self.packed
-            .chunk_ref(hash, len)
-            .or_else(|| self.previous.chunk_ref(hash, len))
+        lock(&self.index)
+            .chunk_ref(hash, len)?
             .ok_or_else(|| ArchiveError::Internal(format!("chunk {hash} was never packed")))
     }
 }
@@ -421,18 +450,17 @@ impl Compressors {
 /// Hash a chunk, and compress it unless the repository (or this backup) already has it.
 pub(crate) async fn prepare_chunk<S: Send + 'static>(
     compressors: &Compressors,
-    previous: Arc<ChunkIndex>,
-    packed: Arc<Mutex<ChunkIndex>>,
+    index: Arc<Mutex<ChunkIndex>>,
     ids: ChunkIds,
     compression: Compression,
     job: Job<S>,
     stages: Arc<Stages>,
 ) -> Result<Prepared<S>, ArchiveError> {
     compressors
-        .run(move || -> Result<Prepared<S>, StorageError> {
+        .run(move || -> Result<Prepared<S>, ArchiveError> {
             let hash = stages.time(HASH, || object::checksum(&job.data));
             let id = ChunkHash::from(ids.of_checksum(hash));
-            let is_new = !previous.contains(&id) && lock(&packed).claim(id);
+            let is_new = lock(&index).claim(id)?;
             let framed = if is_new {
                 let encoded = stages.time(COMPRESS, || {
                     object::encode_tuned(&job.data, hash, compression, &job.tuning)
@@ -449,7 +477,6 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
             })
         })
         .await?
-        .map_err(ArchiveError::from)
 }
 
 /// Hash, compress and pack every job `rx` delivers, `parallelism * 2` at a time (twice the cores:
@@ -461,7 +488,7 @@ pub(crate) async fn prepare_chunk<S: Send + 'static>(
 pub(crate) async fn pack_jobs<S: Send + 'static>(
     rx: mpsc::Receiver<Job<S>>,
     storage: Arc<dyn Storage>,
-    previous: Arc<ChunkIndex>,
+    index: Arc<Mutex<ChunkIndex>>,
     compression: Compression,
     parallelism: usize,
     transfers: usize,
@@ -469,15 +496,8 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
     stages: &Arc<Stages>,
     mut chunk_done: impl FnMut(S, ChunkHash, u64) -> Result<(), ArchiveError>,
 ) -> Result<Packer, ArchiveError> {
-    let packed: Arc<Mutex<ChunkIndex>> = Arc::default();
     let ids = storage.chunk_ids();
-    let mut packer = Packer::new(
-        storage,
-        previous.clone(),
-        packed.clone(),
-        transfers,
-        stages.clone(),
-    );
+    let mut packer = Packer::new(storage, index.clone(), transfers, stages.clone());
     let in_flight = parallelism.max(1) * 2;
     let compressors = Compressors::start(in_flight)?;
     let mut rx = rx;
@@ -492,8 +512,7 @@ pub(crate) async fn pack_jobs<S: Send + 'static>(
             };
             prepare_chunk(
                 &compressors,
-                previous.clone(),
-                packed.clone(),
+                index.clone(),
                 ids.clone(),
                 compression,
                 job,
@@ -539,12 +558,13 @@ pub(crate) struct StoredStream {
     pub(crate) new_bytes: u64,
 }
 
-/// Cut `reader` by content on a blocking thread and store its chunks; `previous` chunks are
-/// referenced rather than stored again. Memory stays bounded by the chunks and packs in flight.
+/// Cut `reader` by content on a blocking thread and store its chunks; those `index` holds are
+/// referenced rather than stored again, and those stored are added to it. Memory stays bounded
+/// by the chunks and packs in flight.
 pub(crate) async fn store_stream<R: Read + Send + 'static>(
     storage: Arc<dyn Storage>,
     reader: R,
-    previous: Arc<ChunkIndex>,
+    index: Arc<Mutex<ChunkIndex>>,
     compression: Compression,
     parallelism: usize,
     transfers: usize,
@@ -576,7 +596,7 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
     let packer = pack_jobs(
         rx,
         storage,
-        previous,
+        index,
         compression,
         parallelism,
         transfers,
@@ -643,17 +663,28 @@ mod tests {
             chunk(b'a', 2, 0, 10),
             chunk(b'd', 1, 0, 2),
         ];
-        let (usable, lost) = usable_chunks(chunks.iter(), chunks.len(), &packs);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut reusable = Reusable::new(ChunkIndex::new(dir.path()), packs);
+        for c in &chunks {
+            reusable.offer(c).expect("offered");
+        }
+        let (usable, lost) = reusable.finish().expect("finished");
         let kept: Vec<u8> = chunks[..5]
             .iter()
-            .filter(|c| usable.contains(&c.hash))
+            .filter(|c| usable.contains(&c.hash).expect("read"))
             .map(|c| c.hash.as_bytes()[0])
             .collect();
         assert_eq!(kept, [b'a', b'd', b'e']);
         assert_eq!(lost, 2, "b and c");
-        let a = usable.chunk_ref(chunks[0].hash, 100).expect("a");
+        let a = usable
+            .chunk_ref(chunks[0].hash, 100)
+            .expect("read")
+            .expect("a");
         assert_eq!((a.pack, a.offset), (chunks[0].pack, 0));
-        let d = usable.chunk_ref(chunks[3].hash, 2).expect("d");
+        let d = usable
+            .chunk_ref(chunks[3].hash, 2)
+            .expect("read")
+            .expect("d");
         assert_eq!((d.pack, d.offset), (chunks[7].pack, 0));
     }
 }

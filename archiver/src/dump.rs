@@ -41,7 +41,8 @@ pub async fn run_dump_backup(
     let lineage = Lineage::Stream {
         kind: BackupKind::Dump,
     };
-    let previous = Arc::new(previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await);
+    let previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
+    let previous = Arc::new(std::sync::Mutex::new(previous));
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     // Which server the dump is of, for `list` and `status`; pg_dump's own error says more

@@ -95,8 +95,9 @@ async fn store_redis_files(
     sources: Vec<(String, Box<dyn Read + Send>)>,
 ) -> Result<StreamManifest, ArchiveError> {
     let lineage = Lineage::Stream { kind };
-    let mut previous =
-        Arc::new(previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await);
+    // Later files may share an earlier one's chunks too: each is added to the index as stored.
+    let index = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
+    let index = Arc::new(std::sync::Mutex::new(index));
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     let mut files = Vec::with_capacity(sources.len());
@@ -105,18 +106,13 @@ async fn store_redis_files(
         let stored = store_stream(
             storage.clone(),
             reader,
-            previous.clone(),
+            index.clone(),
             opts.compression,
             opts.parallelism,
             opts.transfers,
             opts.progress.as_ref(),
         )
         .await?;
-        // Later files may share this one's chunks too.
-        let index = Arc::make_mut(&mut previous);
-        for c in &stored.chunks {
-            index.insert_ref(c);
-        }
         new_bytes += stored.new_bytes;
         files.push(StreamFile {
             name,
