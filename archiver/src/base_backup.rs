@@ -243,6 +243,7 @@ pub async fn run_base_backup(
         Lineage::Base {
             system_identifier: facts.system_identifier,
         },
+        opts.block_size as u64,
     )
     .await;
     let backup_id = new_backup_id(storage.as_ref()).await?;
@@ -542,8 +543,23 @@ async fn copy_files(
     entries: Vec<WalkEntry>,
     block_size: usize,
     opts: &BaseBackupOptions,
-    index: ChunkIndex,
+    mut index: ChunkIndex,
 ) -> Result<Copied, ArchiveError> {
+    // Room in the index for every block and the bundle's chunks, made before the first one.
+    let (small, blocks) = entries.iter().filter(|e| e.kind == EntryKind::File).fold(
+        (0u64, 0u64),
+        |(small, blocks), e| match e.size >= block_size as u64 {
+            true => (
+                small,
+                blocks.saturating_add(e.size.div_ceil(block_size as u64)),
+            ),
+            false => (small.saturating_add(e.size), blocks),
+        },
+    );
+    let expected = blocks.saturating_add(small / u64::from(chunking::CDC_MIN) + 1);
+    let index = tokio::task::spawn_blocking(move || index.reserve(expected).map(|()| index))
+        .await
+        .map_err(ArchiveError::task("chunk index"))??;
     let parallelism = opts.parallelism.max(1);
     let (tx, rx) = mpsc::channel::<Job>(parallelism * 2);
     let plan: Vec<(usize, PathBuf, bool)> = entries

@@ -68,6 +68,7 @@ pub(crate) async fn previous_chunks(
     storage: &dyn Storage,
     catalog_path: &Path,
     lineage: Lineage,
+    chunk_bytes: u64,
 ) -> ChunkIndex {
     let dir = scratch_dir(catalog_path);
     let latest = match newest_backup(catalog_path, lineage, |p| catalog::Catalog::open(p)).await {
@@ -89,7 +90,15 @@ pub(crate) async fn previous_chunks(
             return ChunkIndex::new(dir);
         }
     };
-    let reusable = Reusable::new(ChunkIndex::new(dir), packs);
+    // Room for the previous backup's chunks (from its size, in chunks of `chunk_bytes`) and as
+    // many new ones, made once rather than grown as they come.
+    let mut index = ChunkIndex::new(dir);
+    let expected = (latest.size_bytes / chunk_bytes.max(1)).saturating_add(latest.file_count);
+    if let Err(e) = index.reserve(expected.saturating_mul(2)) {
+        warn!("{e}, storing every chunk again");
+        return ChunkIndex::new(dir);
+    }
+    let reusable = Reusable::new(index, packs);
     let reusable = match lineage {
         Lineage::Base { .. } => BackupManifest::load_outline(storage, &id, reusable)
             .await
@@ -173,14 +182,12 @@ impl Reusable {
 
     /// The reason is the index's: its file could not be written.
     fn offer(&mut self, c: &ChunkRef) -> Result<(), String> {
-        if self.index.contains(&c.hash).map_err(|e| e.to_string())? {
-            return Ok(());
-        }
         let whole = self.packs.get(&c.pack).is_some_and(|&size| {
             c.offset
                 .checked_add(c.stored)
                 .is_some_and(|end| end <= size)
         });
+        // A place found earlier is kept; a chunk lost here may have one (`finish`).
         if !(whole && self.index.insert_ref(c).map_err(|e| e.to_string())?) {
             self.lost.insert(c.hash);
         }
@@ -314,20 +321,24 @@ impl Packer {
             std::mem::replace(&mut self.current, PackBuilder::with_capacity(PACK_CAPACITY));
         let ids = self.storage.chunk_ids();
         let stages = self.stages.clone();
-        let sealed = tokio::task::spawn_blocking(move || stages.time(PACK, || builder.seal(&ids)))
-            .await
-            .map_err(ArchiveError::task("pack task"))??;
-        self.written += sealed.bytes.len() as u64;
-        {
-            let mut index = lock(&self.index);
-            for (hash, offset, stored) in self.pending.drain(..) {
-                if !index.insert(hash, sealed.id, offset, stored)? {
+        let index = self.index.clone();
+        let pending = std::mem::take(&mut self.pending);
+        let sealed = tokio::task::spawn_blocking(move || -> Result<_, ArchiveError> {
+            let sealed = stages.time(PACK, || builder.seal(&ids))?;
+            for (hash, offset, stored) in pending {
+                // One record at a time: the compression threads claim chunks in between, rather
+                // than waiting for a whole pack's places (thousands of small writes).
+                if !lock(&index).insert(hash, sealed.id, offset, stored)? {
                     return Err(ArchiveError::Internal(format!(
                         "chunk {hash} takes {stored} bytes in its pack"
                     )));
                 }
             }
-        }
+            Ok(sealed)
+        })
+        .await
+        .map_err(ArchiveError::task("pack task"))??;
+        self.written += sealed.bytes.len() as u64;
         let waiting = std::time::Instant::now();
         while self.writes.len() >= self.transfers {
             join_write(self.writes.join_next().await)?;

@@ -16,6 +16,7 @@ use crate::ArchiveError;
 use crate::ConnectionOptions;
 use crate::chunk_store::{Lineage, previous_chunks, store_stream};
 use crate::publish::{new_backup_id, publish_stream_backup};
+use storage::chunking::CDC_AVG;
 
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
@@ -41,7 +42,13 @@ pub async fn run_dump_backup(
     let lineage = Lineage::Stream {
         kind: BackupKind::Dump,
     };
-    let previous = previous_chunks(storage.as_ref(), &opts.catalog_path, lineage).await;
+    let previous = previous_chunks(
+        storage.as_ref(),
+        &opts.catalog_path,
+        lineage,
+        CDC_AVG.into(),
+    )
+    .await;
     let previous = Arc::new(std::sync::Mutex::new(previous));
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
