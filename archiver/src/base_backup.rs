@@ -245,7 +245,7 @@ pub async fn run_base_backup(
         },
         opts.block_size as u64,
     )
-    .await;
+    .await?;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     info!(backup = %backup_id, data_dir = %data_dir.display(), "starting base backup");
@@ -545,7 +545,9 @@ async fn copy_files(
     opts: &BaseBackupOptions,
     mut index: ChunkIndex,
 ) -> Result<Copied, ArchiveError> {
-    // Room in the index for every block and the bundle's chunks, made before the first one.
+    // A first backup: room in the index for every block and the bundle's chunks, made before
+    // the first one. After the previous backup's chunks, most blocks are found there, and the
+    // table (made for those, with a third to spare) grows only if more are new.
     let (small, blocks) = entries.iter().filter(|e| e.kind == EntryKind::File).fold(
         (0u64, 0u64),
         |(small, blocks), e| match e.size >= block_size as u64 {
@@ -556,7 +558,10 @@ async fn copy_files(
             false => (small.saturating_add(e.size), blocks),
         },
     );
-    let expected = blocks.saturating_add(small / u64::from(chunking::CDC_MIN) + 1);
+    let expected = match index.len() {
+        0 => blocks.saturating_add(small / u64::from(chunking::CDC_MIN) + 1),
+        _ => 0,
+    };
     let index = tokio::task::spawn_blocking(move || index.reserve(expected).map(|()| index))
         .await
         .map_err(ArchiveError::task("chunk index"))??;

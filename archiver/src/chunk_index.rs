@@ -285,8 +285,8 @@ impl ChunkIndex {
             stored,
             pack: number + FIRST_PACK,
         };
-        self.claimed.remove(&hash);
         self.put(record)?;
+        self.claimed.remove(&hash);
         Ok(true)
     }
 
@@ -436,6 +436,62 @@ mod tests {
         let first = index.chunk_ref(hash(0), 1).expect("read").expect("kept");
         assert_eq!(first.offset, 7);
         assert!(index.reserve(u64::MAX).is_err(), "more than can be indexed");
+    }
+
+    /// Probes that begin at the last slots go on at the first ones.
+    #[test]
+    fn a_probe_wraps_around_the_end_of_the_table() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut table = Table::create_in(dir.path(), FIRST_SLOTS).expect("table");
+        let record = |n: u32| Record {
+            hash: hash(n),
+            offset: u64::from(n),
+            stored: 1,
+            pack: FIRST_PACK,
+        };
+        let start = FIRST_SLOTS - 3;
+        for n in 0..20 {
+            match table.probe(&hash(n), start).expect("probe") {
+                Probe::Vacant(slot) => {
+                    assert_eq!(slot, (start + u64::from(n)) % FIRST_SLOTS, "{n}");
+                    table.write(slot, record(n)).expect("write");
+                    table.used += 1;
+                }
+                Probe::Found(_) => panic!("{n} found before it was written"),
+            }
+        }
+        for n in 0..20 {
+            match table.probe(&hash(n), start).expect("probe") {
+                Probe::Found(found) => assert_eq!(found, record(n)),
+                Probe::Vacant(slot) => panic!("{n} not found (slot {slot})"),
+            }
+        }
+        // 20 records from three before the end: the next empty slot is the 18th.
+        assert!(matches!(
+            table.probe(&hash(99), start),
+            Ok(Probe::Vacant(17))
+        ));
+    }
+
+    /// Threads claiming the same chunks: each chunk is claimed by one of them only.
+    #[test]
+    fn each_chunk_is_claimed_once_among_threads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = std::sync::Mutex::new(ChunkIndex::new(dir.path()));
+        let claims = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for n in 0..2000 {
+                        let mut index = index.lock().expect("lock");
+                        if index.claim(hash(n)).expect("claim") {
+                            claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(claims.into_inner(), 2000);
     }
 
     #[test]

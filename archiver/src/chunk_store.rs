@@ -14,9 +14,7 @@ use storage::pack::{DEFAULT_PACK_TARGET, PackBuilder};
 use storage::progress::Progress;
 use storage::stages::Stages;
 use storage::tuning::{ChunkTuning, Tuner};
-use storage::{
-    BackupKind, ChunkIds, Compression, Durability, PutMode, Storage, StorageError, layout, object,
-};
+use storage::{BackupKind, ChunkIds, Compression, Durability, PutMode, Storage, layout, object};
 use storage::{ChunkHash, PackId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -69,14 +67,14 @@ pub(crate) async fn previous_chunks(
     catalog_path: &Path,
     lineage: Lineage,
     chunk_bytes: u64,
-) -> ChunkIndex {
+) -> Result<ChunkIndex, ArchiveError> {
     let dir = scratch_dir(catalog_path);
     let latest = match newest_backup(catalog_path, lineage, |p| catalog::Catalog::open(p)).await {
         Ok(Some(latest)) => latest,
-        Ok(None) => return ChunkIndex::new(dir),
+        Ok(None) => return Ok(ChunkIndex::new(dir)),
         Err(why) => {
             warn!("{why}, storing every chunk again");
-            return ChunkIndex::new(dir);
+            return Ok(ChunkIndex::new(dir));
         }
     };
     let id = latest.backup_id;
@@ -87,51 +85,44 @@ pub(crate) async fn previous_chunks(
             .collect(),
         Err(e) => {
             warn!("cannot list the packs ({e}), storing every chunk again");
-            return ChunkIndex::new(dir);
+            return Ok(ChunkIndex::new(dir));
         }
     };
-    // Room for the previous backup's chunks (from its size, in chunks of `chunk_bytes`) and as
-    // many new ones, made once rather than grown as they come.
+    // Room for the previous backup's chunks (from its size, in chunks of `chunk_bytes`), made
+    // once rather than grown as they come. A failure here is this machine's disk: the backup
+    // would fail on it anyway.
     let mut index = ChunkIndex::new(dir);
     let expected = (latest.size_bytes / chunk_bytes.max(1)).saturating_add(latest.file_count);
-    if let Err(e) = index.reserve(expected.saturating_mul(2)) {
-        warn!("{e}, storing every chunk again");
-        return ChunkIndex::new(dir);
-    }
-    let reusable = Reusable::new(index, packs);
-    let reusable = match lineage {
-        Lineage::Base { .. } => BackupManifest::load_outline(storage, &id, reusable)
-            .await
-            .and_then(|(outline, mut reusable)| {
-                for c in &outline.manifest.bundle {
-                    reusable.offer(c).map_err(|e| StorageError::Corrupt {
-                        key: id.clone(),
-                        reason: e,
-                    })?;
-                }
-                Ok(reusable)
-            }),
-        Lineage::Stream { .. } => StreamManifest::load(storage, &id).await.and_then(|m| {
-            let mut reusable = reusable;
-            for c in m.references() {
-                reusable.offer(c).map_err(|e| StorageError::Corrupt {
-                    key: id.clone(),
-                    reason: e,
-                })?;
+    index.reserve(expected)?;
+    let mut reusable = Reusable::new(index, packs);
+    let failed = reusable.failed.clone();
+    let read = match lineage {
+        Lineage::Base { .. } => match BackupManifest::load_outline(storage, &id, reusable).await {
+            Ok((outline, read)) => {
+                reusable = read;
+                let mut bundle = outline.manifest.bundle.iter();
+                bundle
+                    .try_for_each(|c| reusable.offer(c))
+                    .map(|()| reusable)
             }
-            Ok(reusable)
-        }),
+            Err(e) => Err(e.to_string()),
+        },
+        Lineage::Stream { .. } => match StreamManifest::load(storage, &id).await {
+            Ok(manifest) => {
+                let offered = manifest.references().try_for_each(|c| reusable.offer(c));
+                offered.map(|()| reusable)
+            }
+            Err(e) => Err(e.to_string()),
+        },
     };
-    let (usable, lost) = match reusable.and_then(|r| {
-        r.finish().map_err(|e| StorageError::Corrupt {
-            key: id.clone(),
-            reason: e,
-        })
-    }) {
-        Ok(done) => done,
-        Err(e) => {
-            warn!("cannot build on backup {id}, storing every chunk again: {e}");
-            return ChunkIndex::new(dir);
+    if let Some(e) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(e);
+    }
+    let (usable, lost) = match read {
+        Ok(reusable) => reusable.finish()?,
+        Err(why) => {
+            warn!("cannot build on backup {id}, storing every chunk again: {why}");
+            return Ok(ChunkIndex::new(dir));
         }
     };
     if lost > 0 {
@@ -142,7 +133,7 @@ pub(crate) async fn previous_chunks(
     } else {
         info!(previous = %id, chunks = usable.len(), "building on the previous backup");
     }
-    usable
+    Ok(usable)
 }
 
 /// The newest complete backup of `lineage` in the catalog at `catalog_path`, which `open`
@@ -161,6 +152,10 @@ pub(crate) async fn newest_backup(
     .map_err(|e| format!("the catalog cannot be read ({e})"))
 }
 
+/// Chunks without a usable place that are told apart (and counted once); past it, references
+/// are counted. A sound repository has none; a forged manifest could name millions.
+const LOST_KEPT: usize = 1 << 16;
+
 /// The chunks of the backup a new one builds on, offered one reference at a time (a chunk used
 /// twice is named twice), kept at the first place named whose pack (by id, with its size) holds
 /// it whole. As the manifest's sink, it is given each file's blocks as they are parsed.
@@ -169,6 +164,12 @@ struct Reusable {
     packs: HashMap<PackId, u64>,
     /// Only the chunks of lost packs: none in a sound repository.
     lost: HashSet<ChunkHash>,
+    /// References without a usable place beyond those in `lost`.
+    more_lost: usize,
+    /// Why the index could not be written (this machine's disk, not the manifest): the backup
+    /// stops rather than storing every chunk again onto the same full disk. Shared: a sink
+    /// that refuses is dropped with the manifest's read.
+    failed: Arc<Mutex<Option<ArchiveError>>>,
 }
 
 impl Reusable {
@@ -177,10 +178,12 @@ impl Reusable {
             index,
             packs,
             lost: HashSet::new(),
+            more_lost: 0,
+            failed: Arc::default(),
         }
     }
 
-    /// The reason is the index's: its file could not be written.
+    /// An error ends the reading of the manifest; it is kept in `failed`.
     fn offer(&mut self, c: &ChunkRef) -> Result<(), String> {
         let whole = self.packs.get(&c.pack).is_some_and(|&size| {
             c.offset
@@ -188,17 +191,34 @@ impl Reusable {
                 .is_some_and(|end| end <= size)
         });
         // A place found earlier is kept; a chunk lost here may have one (`finish`).
-        if !(whole && self.index.insert_ref(c).map_err(|e| e.to_string())?) {
-            self.lost.insert(c.hash);
+        let placed = match whole {
+            true => self.index.insert_ref(c).map_err(|e| self.fail(e))?,
+            false => false,
+        };
+        if !placed && !self.lost.contains(&c.hash) {
+            match self.lost.len() < LOST_KEPT {
+                true => self.lost.insert(c.hash),
+                false => {
+                    self.more_lost += 1;
+                    true
+                }
+            };
         }
         Ok(())
     }
 
-    /// The index, and how many chunks have no usable place.
-    fn finish(mut self) -> Result<(ChunkIndex, usize), String> {
-        let mut lost = 0;
+    fn fail(&mut self, e: ArchiveError) -> String {
+        let why = e.to_string();
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get_or_insert(e);
+        why
+    }
+
+    /// The index, and how many chunks (at least) have no usable place.
+    fn finish(mut self) -> Result<(ChunkIndex, usize), ArchiveError> {
+        let mut lost = self.more_lost;
         for hash in std::mem::take(&mut self.lost) {
-            if !self.index.contains(&hash).map_err(|e| e.to_string())? {
+            if !self.index.contains(&hash)? {
                 lost += 1;
             }
         }
@@ -653,6 +673,42 @@ mod tests {
             offset,
             stored,
         }
+    }
+
+    /// The index's own failure (this machine's disk) is kept apart from the manifest's: the
+    /// backup stops on it rather than storing every chunk again onto the same disk.
+    #[test]
+    fn an_index_that_cannot_be_written_is_kept_as_the_reason() {
+        let gone = Path::new("/nonexistent/lifeline");
+        let packs = HashMap::from([(PackId::from_bytes([1; 32]), 100)]);
+        let mut reusable = Reusable::new(ChunkIndex::new(gone), packs);
+        let why = reusable.offer(&chunk(b'a', 1, 0, 10)).expect_err("refused");
+        assert!(why.contains("chunk index"), "{why}");
+        let failed = reusable.failed.lock().expect("lock").take();
+        assert!(
+            matches!(failed, Some(ArchiveError::Io { .. })),
+            "{failed:?}"
+        );
+    }
+
+    /// Chunks of lost packs are told apart up to a bound, and counted past it.
+    #[test]
+    fn chunks_of_lost_packs_are_counted_past_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut reusable = Reusable::new(ChunkIndex::new(dir.path()), HashMap::new());
+        let lost = LOST_KEPT + 10;
+        for n in 0..lost {
+            let mut c = chunk(0, 9, 0, 1);
+            c.hash = ChunkHash::from_bytes(blake3::hash(&n.to_le_bytes()).into());
+            reusable.offer(&c).expect("offered");
+            reusable.offer(&c).expect("named twice");
+        }
+        let (_, counted) = reusable.finish().expect("finished");
+        assert_eq!(
+            counted,
+            lost + 10,
+            "those past the bound count each reference"
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub async fn run_dump_backup(
         lineage,
         CDC_AVG.into(),
     )
-    .await;
+    .await?;
     let previous = Arc::new(std::sync::Mutex::new(previous));
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();

@@ -103,7 +103,7 @@ async fn store_redis_files(
         lineage,
         CDC_AVG.into(),
     )
-    .await;
+    .await?;
     let index = Arc::new(std::sync::Mutex::new(index));
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
