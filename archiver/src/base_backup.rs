@@ -651,8 +651,6 @@ async fn copy_files(
     })
 }
 
-/// Where the backup keeps what is its own until it ends (the block lists, a standby's
-/// configuration files): beside the catalog, in BACKUP_DIR, never a shared temporary directory.
 /// The reader thread: small files first, as one content-chunked bundle stream, then relation
 /// files block by block. Stops early when the writers have gone (an error downstream).
 fn read_files(

@@ -47,8 +47,9 @@ impl Lineage {
     }
 }
 
-/// The directory of the catalog at `catalog_path`, where a backup keeps its unnamed working
-/// files (chunk index, block lists): this machine's, private, outside the repository.
+/// The directory of the catalog at `catalog_path`, where a backup keeps what is its own until it
+/// ends (its unnamed chunk index and block lists, a standby's configuration files): this
+/// machine's, private (BACKUP_DIR), never a shared temporary directory.
 pub(crate) fn scratch_dir(catalog_path: &Path) -> &Path {
     match catalog_path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
