@@ -558,7 +558,9 @@ async fn pump(
         .await
         .map_err(invalid_data)?;
         index += pieces;
-        if tx.send(Ok(out)).await.is_err() || last {
+        // An empty piece is [`END`]: nothing is sent for a batch that made no bytes.
+        let sent = out.is_empty() || tx.send(Ok(out)).await.is_ok();
+        if !sent || last {
             return Ok(());
         }
         let more = read_up_to(&mut source, batch_len + 1 - rest.len()).await?;
