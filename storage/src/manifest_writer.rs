@@ -44,9 +44,8 @@ pub async fn put_manifest_with_lists(
             ),
         });
     }
-    let scratch = dir.to_path_buf();
-    let dir = scratch.clone();
-    let (header, mut framed) = tokio::task::spawn_blocking(move || {
+    let dir = dir.to_path_buf();
+    let (header, framed) = tokio::task::spawn_blocking(move || {
         let with_lists = WithLists {
             manifest: &manifest,
             source: RefCell::new(source),
@@ -58,10 +57,6 @@ pub async fn put_manifest_with_lists(
         key: key.to_string(),
         reason: format!("the manifest's encoding stopped: {e}"),
     })??;
-    std::io::Seek::rewind(&mut framed).map_err(|source| crate::StorageError::Scratch {
-        path: scratch,
-        source,
-    })?;
     let payload: crate::ObjectReader = Box::new(tokio::fs::File::from_std(framed));
     storage
         .put_stream(key, payload, mode, crate::Durability::Immediate)

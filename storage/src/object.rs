@@ -255,8 +255,11 @@ impl FramedFile {
         Ok(framed)
     }
 
+    /// The file, flushed and rewound: the object from its first byte, ready to be stored.
     fn into_file(self) -> std::io::Result<std::fs::File> {
-        self.out.into_inner().map_err(|e| e.into_error())
+        let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
+        std::io::Seek::rewind(&mut file)?;
+        Ok(file)
     }
 }
 
@@ -629,7 +632,7 @@ pub fn encode_json<T: serde::Serialize>(
 }
 
 /// As [`encode_json`], into an unnamed file in `dir` rather than memory: the object is returned
-/// as that file, to be stored as a stream. A full disk is named as this machine's, not the
+/// as that file, rewound, to be stored as a stream. A full disk is named as this machine's, not the
 /// repository's.
 pub fn encode_json_to_file<T: serde::Serialize>(
     value: &T,
@@ -1394,7 +1397,6 @@ mod tests {
         .expect("encode to a file");
         let mut file = file.into_file().expect("flushed");
         let mut read = Vec::new();
-        std::io::Seek::rewind(&mut file).expect("rewind");
         file.read_to_end(&mut read).expect("read back");
         assert_eq!(
             (in_file, &read),
