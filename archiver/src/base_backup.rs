@@ -545,21 +545,11 @@ async fn copy_files(
     opts: &BaseBackupOptions,
     mut index: ChunkIndex,
 ) -> Result<Copied, ArchiveError> {
-    // A first backup: room in the index for every block and the bundle's chunks, made before
-    // the first one. After the previous backup's chunks, most blocks are found there, and the
-    // table (made for those, with a third to spare) grows only if more are new.
-    let (small, blocks) = entries.iter().filter(|e| e.kind == EntryKind::File).fold(
-        (0u64, 0u64),
-        |(small, blocks), e| match e.size >= block_size as u64 {
-            true => (
-                small,
-                blocks.saturating_add(e.size.div_ceil(block_size as u64)),
-            ),
-            false => (small.saturating_add(e.size), blocks),
-        },
-    );
+    // A first backup: room in the index for every chunk, made before the first one. After the
+    // previous backup's chunks, most blocks are found there, and the table (made for those,
+    // with a third to spare) grows only if more are new.
     let expected = match index.len() {
-        0 => blocks.saturating_add(small / u64::from(chunking::CDC_MIN) + 1),
+        0 => expected_chunks(&entries, block_size as u64),
         _ => 0,
     };
     let index = tokio::task::spawn_blocking(move || index.reserve(expected).map(|()| index))
@@ -649,6 +639,20 @@ async fn copy_files(
         size_bytes,
         new_bytes,
     })
+}
+
+/// At most how many chunks `entries` make: every block of the files of a block or more, and
+/// the bundle of the smaller ones in content-defined chunks of at least `CDC_MIN` bytes.
+fn expected_chunks(entries: &[WalkEntry], block_size: u64) -> u64 {
+    let files = entries.iter().filter(|e| e.kind == EntryKind::File);
+    let (blocks, bundled) = files.fold((0u64, 0u64), |(blocks, bundled), e| {
+        if e.size >= block_size {
+            (blocks.saturating_add(e.size.div_ceil(block_size)), bundled)
+        } else {
+            (blocks, bundled.saturating_add(e.size))
+        }
+    });
+    blocks.saturating_add(bundled / u64::from(chunking::CDC_MIN) + 1)
 }
 
 /// The reader thread: small files first, as one content-chunked bundle stream, then relation
@@ -866,6 +870,37 @@ async fn wait_for_wal(
 mod tests {
     use super::*;
     use storage::manifest::BlockSource;
+
+    /// Every block of the large files, the small ones' bytes in the smallest content-defined
+    /// chunks, no directory; a size no file system has saturates instead of wrapping.
+    #[test]
+    fn the_chunks_expected_count_every_block_and_the_bundle() {
+        let entry = |kind, size| WalkEntry {
+            rel: String::new(),
+            abs: PathBuf::new(),
+            kind,
+            mode: 0o600,
+            size,
+            mtime: 0,
+        };
+        let min = u64::from(chunking::CDC_MIN);
+        let entries = [
+            entry(EntryKind::File, 5 * 4096 + 100),
+            entry(EntryKind::File, 3 * 4096),
+            entry(EntryKind::File, 10),
+            entry(EntryKind::File, 2 * min),
+            entry(EntryKind::Dir, 1 << 40),
+        ];
+        // Blocks 6 + 3 + 32; 10 bytes bundled make no whole chunk of CDC_MIN, and one more.
+        assert_eq!(expected_chunks(&entries, 4096), 6 + 3 + 32 + 1);
+        // Every file bundled: 2 * min + 32,878 bytes, two whole chunks of CDC_MIN, and one more.
+        assert_eq!(expected_chunks(&entries, 4 * min), 2 + 1);
+        let huge = [
+            entry(EntryKind::File, u64::MAX),
+            entry(EntryKind::File, 1 << 62),
+        ];
+        assert_eq!(expected_chunks(&huge, 1), u64::MAX);
+    }
 
     /// Every chunk of every file lands in its own file's list, in order, whatever order the
     /// compression threads finish in; a file that vanished before it was read is left out.

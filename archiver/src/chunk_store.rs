@@ -137,6 +137,19 @@ pub(crate) async fn previous_chunks(
     Ok(usable)
 }
 
+/// [`previous_chunks`] for a stream backup of `kind` (content-defined chunks), shared by the
+/// streams it stores: each adds the chunks it stores, which later ones may share.
+pub(crate) async fn previous_stream_chunks(
+    storage: &dyn Storage,
+    catalog_path: &Path,
+    kind: BackupKind,
+) -> Result<Arc<Mutex<ChunkIndex>>, ArchiveError> {
+    let lineage = Lineage::Stream { kind };
+    let chunk_bytes = u64::from(storage::chunking::CDC_AVG);
+    let index = previous_chunks(storage, catalog_path, lineage, chunk_bytes).await?;
+    Ok(Arc::new(Mutex::new(index)))
+}
+
 /// The newest complete backup of `lineage` in the catalog at `catalog_path`, which `open`
 /// opens, read off the async threads; the error says why it could not be read.
 pub(crate) async fn newest_backup(
@@ -196,14 +209,13 @@ impl Reusable {
             true => self.index.insert_ref(c).map_err(|e| self.fail(e))?,
             false => false,
         };
-        if !placed && !self.lost.contains(&c.hash) {
-            match self.lost.len() < LOST_KEPT {
-                true => self.lost.insert(c.hash),
-                false => {
-                    self.more_lost += 1;
-                    true
-                }
-            };
+        if placed || self.lost.contains(&c.hash) {
+            return Ok(());
+        }
+        if self.lost.len() < LOST_KEPT {
+            self.lost.insert(c.hash);
+        } else {
+            self.more_lost += 1;
         }
         Ok(())
     }

@@ -14,9 +14,8 @@ use tracing::{info, warn};
 
 use crate::ArchiveError;
 use crate::ConnectionOptions;
-use crate::chunk_store::{Lineage, previous_chunks, store_stream};
+use crate::chunk_store::{previous_stream_chunks, store_stream};
 use crate::publish::{new_backup_id, publish_stream_backup};
-use storage::chunking::CDC_AVG;
 
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
@@ -39,17 +38,8 @@ pub async fn run_dump_backup(
     storage: Arc<dyn Storage>,
     opts: &DumpOptions,
 ) -> Result<StreamManifest, ArchiveError> {
-    let lineage = Lineage::Stream {
-        kind: BackupKind::Dump,
-    };
-    let previous = previous_chunks(
-        storage.as_ref(),
-        &opts.catalog_path,
-        lineage,
-        CDC_AVG.into(),
-    )
-    .await?;
-    let previous = Arc::new(std::sync::Mutex::new(previous));
+    let previous =
+        previous_stream_chunks(storage.as_ref(), &opts.catalog_path, BackupKind::Dump).await?;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     // Which server the dump is of, for `list` and `status`; pg_dump's own error says more

@@ -13,11 +13,10 @@ use storage::{BackupKind, Compression, Service, Storage};
 use tracing::info;
 
 use crate::aof::pin_aof;
-use crate::chunk_store::{Lineage, previous_chunks, store_stream};
+use crate::chunk_store::{previous_stream_chunks, store_stream};
 use crate::publish::{new_backup_id, publish_stream_backup};
 use crate::redis::info_value;
 use crate::{ArchiveError, RedisOptions, keyspace, open_rdb};
-use storage::chunking::CDC_AVG;
 
 #[derive(Debug, Clone)]
 pub struct RdbBackupOptions {
@@ -95,16 +94,7 @@ async fn store_redis_files(
     keys: BTreeMap<u32, u64>,
     sources: Vec<(String, Box<dyn Read + Send>)>,
 ) -> Result<StreamManifest, ArchiveError> {
-    let lineage = Lineage::Stream { kind };
-    // Later files may share an earlier one's chunks too: each is added to the index as stored.
-    let index = previous_chunks(
-        storage.as_ref(),
-        &opts.catalog_path,
-        lineage,
-        CDC_AVG.into(),
-    )
-    .await?;
-    let index = Arc::new(std::sync::Mutex::new(index));
+    let index = previous_stream_chunks(storage.as_ref(), &opts.catalog_path, kind).await?;
     let backup_id = new_backup_id(storage.as_ref()).await?;
     let started_at = jiff::Timestamp::now();
     let mut files = Vec::with_capacity(sources.len());
