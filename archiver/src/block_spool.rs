@@ -45,7 +45,7 @@ pub(crate) struct BlockSpool {
 impl BlockSpool {
     /// A spool in an unnamed file in `dir`, gone with the process however it ends.
     pub(crate) fn create_in(dir: &Path) -> Result<BlockSpool, ArchiveError> {
-        let file = tempfile::tempfile_in(dir).map_err(|source| ArchiveError::Io {
+        let file = tempfile::tempfile_in(dir).map_err(|source| ArchiveError::Scratch {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -105,7 +105,7 @@ impl BlockSpool {
             .out
             .into_inner()
             .map_err(|e| spool_error(&dir, e.into_error()))?;
-        let file = tempfile::tempfile_in(&dir).map_err(|source| ArchiveError::Io {
+        let file = tempfile::tempfile_in(&dir).map_err(|source| ArchiveError::Scratch {
             path: dir.clone(),
             source,
         })?;
@@ -147,7 +147,7 @@ impl BlockSpool {
 }
 
 fn spool_error(dir: &Path, source: std::io::Error) -> ArchiveError {
-    ArchiveError::Io {
+    ArchiveError::Scratch {
         path: dir.join("(the backup's block lists, unnamed)"),
         source,
     }

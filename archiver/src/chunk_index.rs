@@ -177,7 +177,7 @@ impl ChunkIndex {
     }
 
     fn io_error(&self, source: std::io::Error) -> ArchiveError {
-        ArchiveError::Io {
+        ArchiveError::Scratch {
             path: self.dir.join("(the backup's chunk index, unnamed)"),
             source,
         }

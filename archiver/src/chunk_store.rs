@@ -699,7 +699,7 @@ mod tests {
         assert!(why.contains("chunk index"), "{why}");
         let failed = reusable.failed.lock().expect("lock").take();
         assert!(
-            matches!(failed, Some(ArchiveError::Io { .. })),
+            matches!(failed, Some(ArchiveError::Scratch { .. })),
             "{failed:?}"
         );
     }

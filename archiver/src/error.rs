@@ -12,6 +12,16 @@ pub enum ArchiveError {
         #[source]
         source: std::io::Error,
     },
+    /// A backup's own working file on this machine (its chunk index, block lists) in the
+    /// catalog's directory: the repository is not at fault.
+    #[error(
+        "the backup's working file {path} failed (it lives in the catalog's directory; if that disk is full, free space on it or move the catalog with LIFELINE_CATALOG)"
+    )]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} is not an archivable WAL file: {reason}")]
     InvalidWalFile { path: PathBuf, reason: String },
     #[error(
